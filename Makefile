@@ -1,0 +1,51 @@
+# ztaudit developer entry points. `make demo` and `make test` are the two commands a new machine needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LAKE    ?= demo-lake
+
+.PHONY: demo test test-fast lint typecheck bench kafka kafka-stop system-deps clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+## make demo: sample logs -> lake -> detect -> report, no Kafka needed.
+demo: $(STAMP)
+	$(BIN)/ztaudit demo --lake $(LAKE)
+
+## make test: every test, against a real Kafka broker that scripts/kafka-broker starts and stops.
+test: $(STAMP) system-deps
+	scripts/run-tests
+
+## make test-fast: the unit tests only (no broker, no browser).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not kafka and not browser" -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline detectors tests bench scripts
+	$(BIN)/mypy pipeline detectors
+
+typecheck: lint
+
+system-deps:
+	scripts/system-deps
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/ingest.py
+	scripts/with-kafka $(BIN)/python bench/consume.py
+	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/reach.py
+	$(BIN)/python bench/report.py
+
+## make kafka: a local broker on 127.0.0.1:9092 for trying `ztaudit consume` by hand (Ctrl-C stops it).
+kafka:
+	scripts/kafka-broker run --port 9092
+
+clean:
+	rm -rf $(LAKE) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""ztaudit.detectors: correlation and anomaly detectors over the lake, producing findings."""

@@ -1,0 +1,103 @@
+"""Findings and the detector contract.
+
+A detector reads the lake through a DuckDB connection with the catalog views
+(``ztaudit.pipeline.catalog``) and returns :class:`Finding` values; it never writes. ``detect``
+(batch) and the consumer's post-flush hook (streaming) call :meth:`Detector.run` with a
+:class:`DetectContext` naming the time window to judge and the configuration.
+
+``finding_id`` is a stable hash of the detector id and the finding's *key* (what makes two
+findings the same incident: for example actor and credential and day), so running ``detect``
+twice over the same data replaces findings instead of duplicating them. Score direction: higher
+is more anomalous or more certain (the opposite of scikit-learn's ``score_samples``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol
+
+import duckdb
+
+from ztaudit.pipeline.config import Config
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+def finding_id(detector: str, key: Sequence[Any]) -> str:
+    """Stable id: sha256 of the detector id and the key parts (JSON), first 32 hex chars."""
+    payload = json.dumps([detector, *[str(k) if k is not None else None for k in key]],
+                         separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One incident a person should look at. ``evidence`` are event references (table:key)."""
+
+    detector: str
+    key: tuple[Any, ...]
+    severity: Severity
+    actor: str | None
+    summary: str
+    first_seen: datetime | None
+    last_seen: datetime | None
+    evidence: tuple[str, ...] = ()
+    credential_id: str | None = None
+    cluster: str | None = None
+    namespace: str | None = None
+    score: float | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finding_id(self) -> str:
+        return finding_id(self.detector, self.key)
+
+    def row(self, detected_at: datetime) -> dict[str, Any]:
+        """The finding as a ``findings`` table row."""
+        return {
+            "finding_id": self.finding_id,
+            "detector": self.detector,
+            "severity": str(self.severity),
+            "actor": self.actor,
+            "credential_id": self.credential_id,
+            "cluster": self.cluster,
+            "namespace": self.namespace,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "summary": self.summary,
+            "evidence": list(self.evidence)[:50],
+            "score": self.score,
+            "context": json.dumps(self.context, default=str, sort_keys=True),
+            "detected_at": detected_at,
+        }
+
+
+@dataclass(frozen=True)
+class DetectContext:
+    """What a detector run judges: events in [since, until) plus whatever lookback it needs."""
+
+    con: duckdb.DuckDBPyConnection
+    config: Config
+    since: datetime | None = None
+    until: datetime | None = None
+    lake: str | None = None
+
+
+class Detector(Protocol):
+    """A detector: ``id`` is the public id (registry key), ``run`` returns findings."""
+
+    id: ClassVar[str]
+    description: ClassVar[str]
+
+    def run(self, ctx: DetectContext) -> list[Finding]: ...

@@ -1,0 +1,1 @@
+"""ztaudit.pipeline: sources, decode, normalize, lake sink, catalog, reports and the CLI."""

@@ -1,0 +1,1 @@
+"""One module per ``ztaudit`` subcommand; registered in ``pipeline/cli.py`` (``COMMANDS``)."""

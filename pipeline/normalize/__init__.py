@@ -1,0 +1,80 @@
+"""Normalizers, one per source kind, in one registry keyed by the source id.
+
+Contract (shared by every source kind):
+
+* :meth:`Normalizer.unwrap` is called on each decoded JSON value *before* any field is mapped. It
+  returns the inner records this normalizer recognises (an ``EventList``'s items, a GKE
+  ``protoPayload`` rebuilt as an Event, an Okta event, ...) each with envelope metadata (for
+  example the cluster name an envelope carries), or ``None`` when the value is not this kind.
+  That answer is also how the source kind is detected when the user did not name it.
+* :meth:`Normalizer.parse_text` does the same for a non-JSON line (oauth2-proxy request lines,
+  Keycloak jboss-logging lines); ``None`` when it is not this kind.
+* :meth:`Normalizer.to_table` maps recognised records to a table of this kind's schema. A record
+  that cannot be mapped becomes a :class:`~ztaudit.pipeline.records.Rejected` value with a named
+  reason; it never raises for bad input.
+
+``NORMALIZERS`` maps source id -> "module:ClassName" (imported on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+import pyarrow as pa
+
+from ..records import Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Unwrapped:
+    """One recognised record and what its envelope said about it."""
+
+    record: Mapping[str, Any]
+    cluster: str | None = None
+    form: str = "raw"  # raw | eventlist | gke | aks | eks | sekoia-like | text ...
+
+
+@dataclass(frozen=True)
+class NormalizeContext:
+    """Settings a normalizer needs: default cluster, ingestion time, proxy settings."""
+
+    cluster: str | None = None
+    ingested_at: datetime | None = None
+    proxy_hosts: Mapping[str, str] = field(default_factory=dict)
+    proxy_utc_offset: str = ""
+
+
+class Normalizer(Protocol):
+    source: ClassVar[str]
+
+    def unwrap(self, value: Any) -> list[Unwrapped] | None: ...
+
+    def parse_text(self, line: str) -> list[Unwrapped] | None: ...
+
+    def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
+                 ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]: ...
+
+
+NORMALIZERS: dict[str, str] = {
+    "k8s_audit": "ztaudit.pipeline.normalize.k8s_audit:K8sAuditNormalizer",
+    "proxy_decision": "ztaudit.pipeline.normalize.proxy_decision:ProxyDecisionNormalizer",
+    "idp_event": "ztaudit.pipeline.normalize.idp_event:IdpEventNormalizer",
+}
+
+_cache: dict[str, Normalizer] = {}
+
+
+def get(source: str) -> Normalizer:
+    """The normalizer for ``source``. KeyError names the valid source ids."""
+    if source not in _cache:
+        try:
+            target = NORMALIZERS[source]
+        except KeyError:
+            raise KeyError(f"unknown source kind {source!r}; known: {', '.join(NORMALIZERS)}") from None
+        module_name, cls = target.split(":")
+        _cache[source] = getattr(importlib.import_module(module_name), cls)()
+    return _cache[source]

@@ -1,0 +1,113 @@
+"""Values that flow through the pipeline: raw batches in, rejected records out.
+
+A :class:`RawBatch` is a run of raw records from one place, in order, with enough to name each
+record's coordinates (file and line, or Kafka topic, partition and offset) without building an
+object per record on the hot path. A :class:`Rejected` is a bad record travelling as a value to
+quarantine (DESIGN.md: "A bad record is a value, not an exception").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class Reason(StrEnum):
+    """Why a record went to quarantine. The values are what users see in reports."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_UTF8 = "not_utf8"
+    OVERSIZED = "oversized"
+    UNKNOWN_SHAPE = "unknown_shape"
+    WRONG_TYPE = "wrong_type"
+    TRUNCATED = "truncated"
+    EMPTY = "empty"
+    MISSING_FIELD = "missing_field"
+    BAD_TIMESTAMP = "bad_timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class LineOrigins:
+    """Records read from a file (or stdin): record *i* is at line ``first_line + i``.
+
+    ``lines`` overrides that when records do not map to consecutive lines (a pretty-printed
+    document spanning lines, a CSV file); then record *i* starts at ``lines[i]``.
+    """
+
+    path: str
+    first_line: int = 1
+    lines: Sequence[int] | None = None
+
+    def at(self, i: int) -> str:
+        line = self.lines[i] if self.lines is not None else self.first_line + i
+        return f"file:{self.path}:{line}"
+
+    def prefix(self) -> str:
+        return f"file:{self.path}:"
+
+    def line_numbers(self, n: int) -> Sequence[int]:
+        return self.lines if self.lines is not None else range(self.first_line, self.first_line + n)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOrigins:
+    """Records polled from one Kafka partition: record *i* has offset ``offsets[i]``."""
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+
+    def at(self, i: int) -> str:
+        return f"kafka:{self.topic}/{self.partition}/{self.offsets[i]}"
+
+    def prefix(self) -> str:
+        return f"kafka:{self.topic}/{self.partition}/"
+
+    def line_numbers(self, n: int) -> Sequence[int]:
+        return self.offsets
+
+
+Origins = LineOrigins | KafkaOrigins
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """Raw records from one place, in order.
+
+    ``source`` is the source kind the user named (``--source``, ``--topic NAME=KIND``) or None to
+    detect it per record. ``cluster`` is the default cluster name (``--cluster``); an envelope that
+    names its cluster (GKE, AKS, EKS) wins over it.
+    """
+
+    records: list[bytes]
+    origins: Origins
+    source: str | None = None
+    cluster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that could not be normalized, with why and where."""
+
+    origin: str
+    reason: Reason
+    detail: str
+    raw: bytes
+    source_guess: str | None = None
+    raw_size: int = -1
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch became: a conformed Arrow table per source kind, and the rejects."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t in self.tables.values())
+
