@@ -67,6 +67,7 @@ DERIVED_VIEWS: dict[str, DerivedView] = {}
 #: import scikit-learn just to open a connection).
 VIEW_PROVIDERS: list[str] = [
     "ztaudit.pipeline.views",
+    "ztaudit.detectors.views",
 ]
 
 
