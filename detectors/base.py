@@ -22,7 +22,6 @@ from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 import duckdb
-
 from ztaudit.pipeline.config import Config
 
 
