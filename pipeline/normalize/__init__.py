@@ -46,6 +46,9 @@ class NormalizeContext:
     ingested_at: datetime | None = None
     proxy_hosts: Mapping[str, str] = field(default_factory=dict)
     proxy_utc_offset: str = ""
+    #: identities.system_user_patterns (regexes); empty = the config defaults. Used by k8s_audit's
+    #: actor_kind (control-plane components and cloud agents are ``system``).
+    system_user_patterns: Sequence[str] = ()
 
 
 class Normalizer(Protocol):
@@ -63,6 +66,7 @@ NORMALIZERS: dict[str, str] = {
     "k8s_audit": "ztaudit.pipeline.normalize.k8s_audit:K8sAuditNormalizer",
     "proxy_decision": "ztaudit.pipeline.normalize.proxy_decision:ProxyDecisionNormalizer",
     "idp_event": "ztaudit.pipeline.normalize.idp_event:IdpEventNormalizer",
+    "rbac_snapshot": "ztaudit.pipeline.normalize.rbac_snapshot:RbacSnapshotNormalizer",
 }
 
 _cache: dict[str, Normalizer] = {}

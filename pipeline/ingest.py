@@ -1,0 +1,235 @@
+"""File ingest: paths -> chunks -> ``process()`` -> lake, and what it all came to.
+
+:func:`ingest_paths` is the library API (``ztaudit ingest``, ``ztaudit demo``, tests and
+``bench/ingest.py`` call it). Its loop reads as the pipeline does -- read a chunk, process it,
+write it -- and each chunk's tables go through :class:`~ztaudit.pipeline.sink.LakeSink` as soon as
+they exist, so memory is bounded by one chunk whatever the input size.
+
+Failure: a missing or unreadable input raises :class:`~ztaudit.pipeline.errors.SourceError`
+before anything from that input is written (inputs before it are already in the lake); a lake
+that cannot be written raises :class:`~ztaudit.pipeline.errors.SinkError`. Bad *records* never
+raise: they are counted and written to ``quarantine/``, and the run goes on (``--strict`` turns a
+non-empty quarantine into exit code 3 at the end, in the CLI).
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, TextIO
+
+from .config import Config
+from .errors import SourceError
+from .normalize import NORMALIZERS, NormalizeContext
+from .process import process
+from .records import BatchResult, RawBatch
+from .sink import LakeSink
+from .sources.files import Chunk, expand_paths, read_chunks, total_size
+
+
+@dataclass
+class IngestStats:
+    """What an ingest run did: rows per table, rejects per reason, speed."""
+
+    inputs: int = 0
+    records: int = 0
+    rows: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    bytes_read: int = 0
+    files_written: list[Path] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def events_per_s(self) -> float:
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        """The closing summary the CLI prints."""
+        lines = [f"ingested {self.records:,} records from {self.inputs} input(s) in {self.elapsed:.1f} s "
+                 f"({self.events_per_s:,.0f} records/s, {self.bytes_read / 1e6:,.1f} MB)"]
+        for table in sorted(self.rows):
+            lines.append(f"  {table:<16} {self.rows[table]:>12,} rows")
+        if self.quarantined:
+            lines.append(f"  {'quarantine':<16} {self.quarantined_total:>12,} records:")
+            for reason, count in self.quarantined.most_common():
+                lines.append(f"    {reason:<20} {count:>10,}")
+        else:
+            lines.append("  quarantine                  0 records")
+        return "\n".join(lines)
+
+
+class _Progress:
+    """A one-line updating counter on stderr (only on a TTY)."""
+
+    def __init__(self, enabled: bool, total_bytes: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.total = total_bytes
+        self.start = time.monotonic()
+        self.shown = False
+
+    def update(self, stats: IngestStats) -> None:
+        if not self.enabled:
+            return
+        rate = stats.records / max(time.monotonic() - self.start, 1e-6)
+        pct = f" {100 * stats.bytes_read / self.total:5.1f}%" if self.total else ""
+        self.stream.write(f"\r{pct} {stats.records:,} records, {sum(stats.rows.values()):,} rows, "
+                          f"{stats.quarantined_total:,} quarantined, {rate:,.0f} records/s   ")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cluster_for_path(path: str, pattern: re.Pattern[str] | None) -> str | None:
+    """The cluster a file's path names (config ``ingest.cluster_from_path``), or None.
+
+    Kubernetes audit lines do not say which cluster wrote them (the API server does not log its
+    own cluster name), so file layouts such as ``audit/cluster=prod/2026-11-01.jsonl`` carry it.
+    A path match wins over ``--cluster``; an envelope that names its cluster (GKE, AKS, EKS) wins
+    over both.
+    """
+    if pattern is None:
+        return None
+    m = pattern.search(path.replace("\\", "/"))
+    return m.group("cluster") if m and m.group("cluster") else None
+
+
+def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str | None = None,
+                 cluster: str | None = None, config: Config | None = None, progress: bool = False,
+                 max_record_bytes: int | None = None, chunk_bytes: int | None = None) -> IngestStats:
+    """Ingest files, folders, ``.gz`` files or ``-`` (stdin) into ``lake``.
+
+    ``source`` names the source kind of every record (else detected per record); ``cluster`` is
+    the default cluster name (an envelope's own wins). ``max_record_bytes``/``chunk_bytes``
+    override ``config.ingest``. Raises SourceError (bad path, unknown source) or SinkError.
+    """
+    cfg = config or Config()
+    if source is not None and source not in NORMALIZERS:
+        raise SourceError(f"unknown source kind {source!r}",
+                          fix=f"use one of: {', '.join(NORMALIZERS)} (or leave --source out to detect it)")
+    cap = max_record_bytes or cfg.ingest.max_record_bytes
+    chunk_size = chunk_bytes or cfg.ingest.chunk_bytes
+    path_pattern = re.compile(cfg.ingest.cluster_from_path) if cfg.ingest.cluster_from_path else None
+    inputs = expand_paths([str(p) for p in paths])
+    sink = LakeSink(Path(lake))
+    ctx = NormalizeContext(
+        cluster=cluster,
+        ingested_at=datetime.now(UTC),
+        proxy_hosts=dict(cfg.impersonation.proxy_hosts),
+        proxy_utc_offset=cfg.correlation.proxy_utc_offset,
+        system_user_patterns=tuple(cfg.identities.system_user_patterns),
+    )
+    stats = IngestStats(inputs=len(inputs))
+    bar = _Progress(progress, total_size(inputs))
+    started = time.monotonic()
+    # Three stages overlap: a reader thread reads and splits chunk k+1 while DuckDB maps chunk k
+    # (DuckDB, file reads, hashing, Parquet encoding and fsync release the GIL), and a writer
+    # thread writes chunk k-1. One chunk waits at each hand-over, so memory stays bounded by a
+    # few chunks; a SourceError or SinkError surfaces in this thread at the next hand-over.
+    pending: Future[list[Path]] | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztaudit-sink") as writer, \
+                _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
+            for ch in chunks:
+                batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
+                result = process(RawBatch(ch.records, ch.origins, source=source, cluster=batch_cluster), ctx,
+                                 max_record_bytes=cap)
+                stats.records += len(ch.records)
+                stats.bytes_read += ch.nbytes
+                del ch.records[:]
+                for table_name, table in result.tables.items():
+                    stats.rows[table_name] += table.num_rows
+                stats.quarantined.update(str(r.reason) for r in result.rejected)
+                if pending is not None:
+                    stats.files_written += pending.result()
+                pending = writer.submit(_write, sink, result, ch.file_key)
+                del result, ch
+                bar.update(stats)
+            if pending is not None:
+                stats.files_written += pending.result()
+    finally:
+        bar.close()
+        stats.elapsed = time.monotonic() - started
+    return stats
+
+
+class _Prefetch:
+    """Run an iterator in a background thread, one item ahead; re-raise its error here.
+
+    Used as a context manager so that leaving early (an error in the consumer) stops the thread
+    and lets it close the file it reads.
+    """
+
+    _END: Final = object()
+
+    def __init__(self, it: Iterator[Chunk]) -> None:
+        self._it = it
+        self._q: queue.Queue[object] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ztaudit-reader", daemon=True)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+        finally:
+            if isinstance(self._it, Generator):
+                self._it.close()
+            self._put(self._END)
+
+    def __enter__(self) -> Iterator[Chunk]:
+        self._thread.start()
+        return self._iter()
+
+    def _iter(self) -> Iterator[Chunk]:
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Chunk)
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _write(sink: LakeSink, result: BatchResult, file_key: str) -> list[Path]:
+    """Write one processed chunk: its tables, then its rejects (runs on the writer thread)."""
+    written: list[Path] = []
+    for table_name, table in result.tables.items():
+        written += sink.write(table_name, table, file_key)
+    if result.rejected:
+        written += sink.write_quarantine(result.rejected, file_key)
+    return written

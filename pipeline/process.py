@@ -1,0 +1,288 @@
+"""``process()``: one batch of raw records in, conformed tables and rejects out.
+
+This is THE shared entry point: ``ztaudit ingest`` (``pipeline/ingest.py``) calls it once per
+input chunk and ``ztaudit consume`` once per Kafka flush. It never raises for bad input -- every
+record becomes either rows or a :class:`~ztaudit.pipeline.records.Rejected` value (DESIGN.md: "A
+bad record is a value, not an exception"); property tests in ``tests/test_properties.py`` hold it
+to that.
+
+The batch reads as a sentence -- bound, fast path, slow path, assemble:
+
+1. **bound**: records over ``max_record_bytes`` are quarantined ``oversized`` without being
+   decoded; the rest are decoded as UTF-8 in one vectorised Arrow cast (per record only if that
+   fails, to find the bad ones: ``not_utf8``).
+2. **fast path** (source ``k8s_audit`` or undetected): all candidate records go to DuckDB as one
+   Arrow string column; plain Kubernetes Event lines are mapped there, columnar, by the one
+   mapping in :mod:`ztaudit.pipeline.normalize.k8s_audit`.
+3. **slow path**: whatever the fast path did not take (invalid JSON, envelopes, arrays, other
+   source kinds, text lines) is decoded in Python (orjson), classified (``empty``,
+   ``invalid_json``, ``truncated``), split (a JSON array yields one record per element, all with
+   the array's origin), and offered to each registered normalizer's ``unwrap``/``parse_text`` --
+   ``k8s_audit`` first -- when the batch's source is not named. Kubernetes Events found here are
+   serialised back to canonical Event JSON and run through the *same* SQL mapping.
+4. **assemble**: one conformed table per source kind, plus the rejects with scrubbed raw bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+
+from .decode.values import decode_record, dumps
+from .normalize import NORMALIZERS, NormalizeContext, Normalizer, Unwrapped, get
+from .normalize.k8s_audit import SOURCE as K8S
+from .normalize.k8s_audit import map_events
+from .records import BatchResult, Origins, RawBatch, Reason, Rejected
+from .redact import scrub_raw
+from .schema import TABLES, conform
+from .sink import QUARANTINE_RAW_CAP
+
+log = logging.getLogger(__name__)
+
+MiB: Final = 1024 * 1024
+#: Below this many records the columnar fast path is skipped (see process(), step 2).
+FAST_PATH_MIN_RECORDS = 64
+
+
+def detect_order() -> list[str]:
+    """Detection order when the batch's source is not named: Kubernetes first (most volume, and
+    its envelopes are the most specific), then the other registered kinds in registry order."""
+    return [K8S, *[k for k in NORMALIZERS if k != K8S]]
+
+
+_UNAVAILABLE: set[str] = set()
+
+
+def available_normalizers(source: str | None) -> list[tuple[str, Normalizer]]:
+    """(kind, normalizer) to offer records to: the named one, or every importable one in
+    :func:`detect_order`. A registered normalizer whose module does not exist yet is skipped
+    (another engineer may not have written it); a named one that is missing raises KeyError or
+    ImportError."""
+    if source is not None:
+        return [(source, get(source))]
+    out = []
+    for kind in detect_order():
+        if kind in _UNAVAILABLE:
+            continue
+        try:
+            out.append((kind, get(kind)))
+        except ImportError as exc:  # not written yet, or broken: detect the other kinds, say so once
+            log.warning("source kind %s is not available for detection: %s", kind, exc)
+            _UNAVAILABLE.add(kind)
+    return out
+
+
+def _int_array(values: np.ndarray[Any, np.dtype[Any]]) -> pa.Array:
+    """An int64 Arrow array over a numpy array's buffer (no per-element conversion)."""
+    data = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+def _origin_numbers(origins: Origins, idx: np.ndarray[Any, np.dtype[np.int64]], n: int) -> pa.Array:
+    """Line numbers / offsets of records ``idx``; the SQL prefixes them (``origins.prefix()``)."""
+    numbers = origins.line_numbers(n)
+    if isinstance(numbers, range):
+        return _int_array(idx * numbers.step + numbers.start)
+    return _int_array(np.asarray(numbers, dtype=np.int64)[idx])
+
+
+def _binary_array(records: list[bytes]) -> tuple[pa.Array, np.ndarray[Any, np.dtype[np.int64]]]:
+    """All records as one Arrow large_binary array built from a single join (``pa.array`` on a
+    list of bytes is ~100x slower), and their lengths."""
+    n = len(records)
+    lengths = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(records)
+    arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return arr, lengths
+
+
+def _utf8_candidates(arr: pa.Array, idx: np.ndarray[Any, np.dtype[np.int64]], everything: bool
+                     ) -> tuple[pa.Array, np.ndarray[Any, np.dtype[np.int64]]]:
+    """Decode the records ``idx`` as UTF-8 in one cast; if any is invalid, find them one by one
+    and leave them out (the slow path quarantines them as ``not_utf8``)."""
+    sub = arr if everything else arr.take(_int_array(idx))
+    try:
+        return sub.cast(pa.large_string()), idx
+    except pa.ArrowInvalid:
+        ok = []
+        for j, v in enumerate(sub.to_pylist()):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            ok.append(j)
+        okarr = np.asarray(ok, dtype=np.int64)
+        return sub.take(_int_array(okarr)).cast(pa.large_string()), idx[okarr]
+
+
+class _Collector:
+    """Unwrapped records per source kind, with where each came from, for the slow path."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[Unwrapped]] = defaultdict(list)
+        self.origins: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, kind: str, items: Sequence[Unwrapped], origin: str) -> None:
+        for u in items:
+            self.records[kind].append(u)
+            self.origins[kind].append(origin)
+
+
+_ERROR: Final[tuple[str, list[Unwrapped]]] = ("", [])  # _offer: a normalizer raised; the record is already quarantined
+
+
+def _offer(normalizers: list[tuple[str, Normalizer]], value: Any, text: str | None,
+           origin: str, rejected: list[Rejected]) -> tuple[str, list[Unwrapped]] | None:
+    """First normalizer that recognises ``value`` (JSON) or ``text`` (a non-JSON line); None if
+    none does; :data:`_ERROR` if one raised (then a ``wrong_type`` reject was appended)."""
+    for kind, norm in normalizers:
+        try:
+            got = norm.unwrap(value) if text is None else norm.parse_text(text)
+        except Exception as exc:  # a normalizer bug must not stop the run; the record is kept
+            log.warning("%s: normalizer %s failed on a record: %s", origin, kind, exc)
+            raw = dumps(value) if text is None else text.encode()
+            rejected.append(Rejected(origin, Reason.WRONG_TYPE, f"{kind} normalizer error: {exc}"[:300],
+                                     scrub_raw(raw), kind, len(raw)))
+            return _ERROR
+        if got is not None:
+            return kind, got
+    return None
+
+
+def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = MiB) -> BatchResult:
+    """Decode, unwrap, detect and normalize one batch (see the module docstring).
+
+    ``batch.source`` names the source kind or is None to detect it per record; ``batch.cluster``
+    (``--cluster``) is the default cluster, which an envelope's own cluster overrides. Raises only
+    for programming errors (a ``batch.source`` that is not a registered kind: KeyError); bad
+    records never raise.
+    """
+    result = BatchResult()
+    records = batch.records
+    n = len(records)
+    if n == 0:
+        return result
+    if batch.cluster is not None:
+        ctx = dataclasses.replace(ctx, cluster=batch.cluster)
+    if ctx.ingested_at is None:
+        ctx = dataclasses.replace(ctx, ingested_at=datetime.now(UTC))
+    normalizers = available_normalizers(batch.source)
+    origins = batch.origins
+    tables: dict[str, list[pa.Table]] = defaultdict(list)
+    rejected: list[Rejected] = []
+
+    # 1. bound: size cap first (never decode an oversized record), then vectorised UTF-8.
+    if set(map(type, records)) == {bytes}:
+        clean = records
+    else:  # a None (Kafka tombstone value) or bytearray/memoryview: normalise to bytes
+        clean = [r if isinstance(r, bytes) else b"" if r is None else bytes(r) for r in records]
+    arr, lengths = _binary_array(clean)
+    fast_ok = (lengths > 0) & (lengths <= max_record_bytes)
+    slow_mask = ~fast_ok
+    extra_slow: list[int] = []
+
+    # 2. fast path: plain Kubernetes Event lines, columnar. (A tiny batch skips it: one SQL run
+    #    over the slow path's output costs less than two.)
+    if batch.source in (None, K8S) and n >= FAST_PATH_MIN_RECORDS and fast_ok.any():
+        idx = np.flatnonzero(fast_ok).astype(np.int64)
+        lines, kept = _utf8_candidates(arr, idx, everything=len(idx) == n)
+        if len(kept) != len(idx):
+            slow_mask[np.setdiff1d(idx, kept)] = True
+        src = pa.table({
+            "idx": _int_array(kept),
+            "sub": _int_array(np.zeros(len(kept), dtype=np.int64)),
+            "origin": pa.nulls(len(kept), pa.string()),
+            "origin_no": _origin_numbers(origins, kept, n),
+            "line": lines,
+            "env_cluster": pa.nulls(len(kept), pa.string()),
+        })
+        del lines, arr
+        mapped = map_events(src, ctx, origin_prefix=origins.prefix())
+        del src
+        if mapped.table.num_rows:
+            tables[K8S].append(mapped.table)
+        for i, _sub, reason, detail in mapped.rejected:
+            raw = clean[i]
+            rejected.append(Rejected(origins.at(i), reason, detail, scrub_raw(raw), K8S, len(raw)))
+        extra_slow = mapped.not_taken
+    else:
+        slow_mask |= fast_ok
+    slow = sorted(set(np.flatnonzero(slow_mask).tolist()) | set(extra_slow))
+
+    # 3. slow path: decode, classify, split arrays, detect the source kind per record.
+    found = _Collector()
+    for i in slow:
+        raw = clean[i]
+        origin = origins.at(i)
+        d = decode_record(raw, max_record_bytes)
+        if d.reason is not None:
+            # Oversized records are never parsed, and only the part quarantine keeps is scrubbed.
+            safe = scrub_raw(raw[:QUARANTINE_RAW_CAP], parse=d.reason is not Reason.OVERSIZED)
+            rejected.append(Rejected(origin, d.reason, d.detail, safe, batch.source, len(raw)))
+            continue
+        if not d.is_json:
+            hit = _offer(normalizers, None, d.text, origin, rejected)
+            if hit is _ERROR:
+                continue
+            if hit is not None:
+                found.add(hit[0], hit[1], origin)
+            else:
+                rejected.append(Rejected(origin, d.json_error or Reason.INVALID_JSON,
+                                         d.detail or "not JSON and not a known text format",
+                                         scrub_raw(raw, parse=False), batch.source, len(raw)))
+            continue
+        values = d.value if isinstance(d.value, list) else [d.value]
+        for value in values:
+            hit = _offer(normalizers, value, None, origin, rejected)
+            if hit is _ERROR:
+                continue
+            if hit is not None:
+                found.add(hit[0], hit[1], origin)
+            else:
+                what = "a JSON array element" if isinstance(d.value, list) else "JSON"
+                el = dumps(value) if isinstance(d.value, list) else raw
+                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE,
+                                         f"{what} of type {type(value).__name__} that no normalizer recognises",
+                                         scrub_raw(el), batch.source, len(el)))
+
+    for kind, recs in found.records.items():
+        origins_k = found.origins[kind]
+        # Kubernetes Events found here run through the same SQL mapping as the fast path.
+        table, rej = _guarded_to_table(kind, recs, origins_k, ctx)
+        if table.num_rows:
+            tables[kind].append(table)
+        rejected.extend(rej)
+
+    # 4. assemble.
+    for kind, parts in tables.items():
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        result.tables[kind] = table
+    result.rejected = rejected
+    return result
+
+
+def _guarded_to_table(kind: str, recs: list[Unwrapped], origins: list[str],
+                    ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
+    """A normalizer's ``to_table``, guarded: if it raises (a bug, not bad input), its records are
+    quarantined ``wrong_type`` with the error, and the run goes on."""
+    try:
+        table, rej = get(kind).to_table(recs, origins, ctx)
+        schema = TABLES.get(kind)
+        return (conform(table, schema) if schema is not None else table), list(rej)
+    except Exception as exc:
+        log.warning("normalizer %s failed on a batch of %d records: %s", kind, len(recs), exc)
+        out = []
+        for u, o in zip(recs, origins, strict=True):
+            raw = dumps(dict(u.record))
+            out.append(Rejected(o, Reason.WRONG_TYPE, f"{kind} normalizer error: {exc}"[:300], scrub_raw(raw),
+                                kind, len(raw)))
+        return pa.table({}), out
