@@ -1,0 +1,454 @@
+"""``proxy_decision``: identity-aware proxy decisions, one row per decision or proxied request.
+
+Formats (field references: ``shared/reference/proxy-idp-formats.md``, cited as §n):
+
+* Pomerium ``"message":"authorize check"`` lines from the authorize service (§1.2), in both key
+  styles: current hyphen keys (``check-request-id``) and the underscore keys of older releases
+  (``check_request_id``, §1.2 "Version drift"). ``is_allowed = allow and not deny``.
+* Pomerium Envoy access lines, ``"service":"envoy","message":"http-request"`` (§1.3):
+  ``record_type=access``, ``is_allowed = response-code < 400``, and ``request-id`` is kept as
+  ``check_request_id`` too, because it equals the authorize line's ``check-request-id`` (1:1 join).
+* Teleport ``kube.request`` audit events (§2.1).
+* oauth2-proxy request-log lines (plain text, §2.2), through :meth:`parse_text`.
+
+What this module does not claim: Kubernetes audit events, Pomerium ``identity_manager`` lines
+(they are ``idp_event``), Teleport ``lock.created`` (``idp_event``), Pomerium's other services'
+messages, Cloudflare Access login records (a login decision per application session, not a
+request; §2.4). Those return ``None`` from :meth:`unwrap`, so the engine tries other kinds or
+quarantines them as ``unknown_shape``.
+
+Route checksums (``route-checksum``, uint64, can exceed 2**53, §1.1) are never converted to a
+float: they are not stored, and ``route_id`` is the string ``route-id``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Final
+
+import orjson
+import pyarrow as pa
+
+from ..records import Reason, Rejected
+from ..redact import mask_query as redact_query
+from ..redact import scrub_raw
+from ..schema import PROXY_DECISION, conform
+from ..timeutil import TimestampError, parse_go_layout, parse_timestamp
+from . import NormalizeContext, Unwrapped
+
+__all__ = ["ProxyDecisionNormalizer", "mask_query"]
+
+SOURCE: Final = "proxy_decision"
+
+# --- query masking -------------------------------------------------------------------------------
+
+_SECRET_PARAM: Final = re.compile(
+    r"(?i)^(?:.*(?:token|secret|passw(?:or)?d|signature|credential|assertion|api[_-]?key|jwt|auth)"
+    r".*|code|key|sig|pwd|x-amz-security-token|x-goog-signature)$"
+)
+_JWT_LIKE: Final = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.?[A-Za-z0-9_-]*")
+MASK: Final = "***"
+
+
+def mask_query(query: str | None) -> str | None:
+    """Mask the values of token-like query parameters (DESIGN.md: tokens in queries are masked).
+
+    A parameter is masked when its name looks secret (``access_token``, ``code``, ``sig``,
+    ``X-Amz-Signature``, ...) or its value looks like a JWT. Names and order are kept so the
+    query still says what was asked. ``None`` and ``""`` pass through.
+    """
+    if not query:
+        return query
+    q = query[1:] if query.startswith("?") else query
+    out = []
+    for part in q.split("&"):
+        name, sep, value = part.partition("=")
+        if sep and (_SECRET_PARAM.match(name) or _JWT_LIKE.search(value)):
+            out.append(f"{name}={MASK}")
+        elif not sep and _JWT_LIKE.search(name):
+            out.append(MASK)
+        else:
+            out.append(part)
+    return "&".join(out)
+
+
+def _split_uri(uri: str | None) -> tuple[str | None, str | None]:
+    """``/a/b?x=1`` -> (``/a/b``, masked ``x=1``)."""
+    if uri is None:
+        return None, None
+    path, sep, query = uri.partition("?")
+    return path, (mask_query(query) if sep else None)
+
+
+# --- small field readers -------------------------------------------------------------------------
+
+
+def _get(rec: Mapping[str, Any], key: str) -> Any:
+    """Value of a hyphen key or its underscore spelling (Pomerium key styles, §1.2)."""
+    if key in rec:
+        return rec[key]
+    return rec.get(key.replace("-", "_"))
+
+
+def _str(value: Any) -> str | None:
+    """A string column value: strings as is ('' -> None), ints as decimal text, others None."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _strs(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(v) for v in value if v is not None]
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -(2**31) <= value < 2**31 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value) if len(value) < 10 else None
+    if isinstance(value, float) and value.is_integer() and -(2**31) <= value < 2**31:
+        return int(value)
+    return None
+
+
+_EMAIL: Final = re.compile(r"^[^@\s:]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email_like(value: Any) -> str | None:
+    return value if isinstance(value, str) and _EMAIL.match(value) else None
+
+
+def _strip_port(addr: Any) -> str | None:
+    """``1.2.3.4:5678`` -> ``1.2.3.4``; ``[::1]:43026`` -> ``::1``; a bare IP is returned as is."""
+    if not isinstance(addr, str) or not addr:
+        return None
+    if addr.startswith("["):
+        end = addr.find("]")
+        return addr[1:end] if end > 0 else addr
+    if addr.count(":") == 1:
+        return addr.split(":", 1)[0]
+    return addr
+
+
+def _cluster_for(host: str | None, ctx: NormalizeContext) -> str | None:
+    """Cluster behind a proxy route host: ``proxy_hosts`` (with or without port), else --cluster."""
+    if host and ctx.proxy_hosts:
+        hit = ctx.proxy_hosts.get(host) or ctx.proxy_hosts.get(host.rsplit(":", 1)[0])
+        if hit:
+            return hit
+    return ctx.cluster
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if isinstance(headers, Mapping):
+        low = name.lower()
+        for k, v in headers.items():
+            if isinstance(k, str) and k.lower() == low:
+                return _str(v)
+    return None
+
+
+class _Reject(Exception):
+    """Internal: a record cannot be mapped; becomes a :class:`Rejected` in ``to_table``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _time(rec: Mapping[str, Any], key: str, ctx: NormalizeContext, what: str) -> Any:
+    value = rec.get(key)
+    if value is None:
+        # A decision without any time cannot be correlated with the audit log (the join is a
+        # time-window match, §0 tier C), so it is quarantined rather than stored with a null
+        # decided_at. Pomerium's unit-test logger writes such lines (§1.2 "Real lines").
+        raise _Reject(Reason.MISSING_FIELD, f"{what} has no '{key}': it cannot be placed in time")
+    try:
+        return parse_timestamp(value, ctx.proxy_utc_offset)
+    except TimestampError as exc:
+        raise _Reject(Reason.BAD_TIMESTAMP, f"{what} '{key}': {exc}") from None
+
+
+# --- recognisers ---------------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str | None:
+    """Which proxy record ``value`` is, or None. Only dicts with the identifying keys match."""
+    if not isinstance(value, dict):
+        return None
+    service = value.get("service")
+    message = value.get("message")
+    if service == "authorize" and message == "authorize check":
+        return "pomerium-authorize"
+    if service == "envoy" and message == "http-request":
+        return "pomerium-access"
+    if value.get("event") == "kube.request" and ("kubernetes_cluster" in value or "request_path" in value):
+        return "teleport"
+    if value.get("form") == "oauth2-proxy" and "line" in value:  # built by parse_text only
+        return "oauth2-proxy"
+    return None
+
+
+# oauth2-proxy request template (§2.2):
+# {{.Client}} - {{.RequestID}} - {{.Username}} [{{.Timestamp}}] {{.Host}} {{.RequestMethod}}
+# {{.Upstream}} {{.RequestURI}} {{.Protocol}} {{.UserAgent}} {{.StatusCode}} {{.ResponseSize}}
+# {{.RequestDuration}}; RequestURI and UserAgent are Go %q-quoted.
+_OAUTH2_REQUEST: Final = re.compile(
+    r'^(?P<client>\S+) - (?P<request_id>\S*) - (?P<user>\S*) \[(?P<ts>[^\]]*)\] (?P<host>\S+) '
+    r'(?P<method>[A-Z]+) (?P<upstream>\S+) "(?P<uri>(?:[^"\\]|\\.)*)" (?P<proto>\S+) '
+    r'"(?P<ua>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<size>\d+) (?P<duration>[\d.]+)\s*$'
+)
+
+
+def _go_unquote(s: str) -> str:
+    return re.sub(r"\\(.)", r"\1", s) if "\\" in s else s
+
+
+# --- row builders --------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+
+
+def _pomerium_authorize(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
+    """One ``authorize check`` line (§1.2). Missing ``allow`` or ``time`` -> missing_field."""
+    decided_at = _time(rec, "time", ctx, "authorize check")
+    allow = rec.get("allow")
+    deny = _get(rec, "deny")
+    if not isinstance(allow, bool):
+        raise _Reject(Reason.MISSING_FIELD, "authorize check without a boolean 'allow': no decision to record")
+    path, query = _split_uri(_str(rec.get("path")))  # pre-2022 versions logged path with the query
+    if rec.get("query") is not None:
+        query = mask_query(_str(rec.get("query")))
+    host = _str(rec.get("host")) or _header(rec.get("headers"), ":authority")
+    reasons_allow = _get(rec, "allow-why-true") if allow else _get(rec, "allow-why-false")
+    reasons_deny = _get(rec, "deny-why-true") if deny is True else _get(rec, "deny-why-false")
+    return {
+        "decided_at": decided_at,
+        "proxy": "pomerium",
+        "request_id": _str(_get(rec, "request-id")),
+        "check_request_id": _str(_get(rec, "check-request-id")) or _header(rec.get("headers"), "x-request-id"),
+        "session_id": _str(_get(rec, "session-id")),
+        "user_id": _str(rec.get("user")),
+        "email": _str(rec.get("email")),
+        "service_account_id": _str(_get(rec, "service-account-id")),
+        "method": (_str(rec.get("method")) or _header(rec.get("headers"), ":method") or "").upper() or None,
+        "host": host,
+        "path": path,
+        "query": query,
+        "route_id": _str(_get(rec, "route-id")) or _str(_get(rec, "envoy-route-id")),
+        "client_ip": _str(rec.get("ip")),
+        "is_allowed": allow and deny is not True,
+        "allow_reasons": _strs(reasons_allow),
+        "deny_reasons": _strs(reasons_deny),
+        "cluster": _cluster_for(host, ctx),
+        "user_agent": _str(rec.get("user-agent")) or _header(rec.get("headers"), "user-agent"),
+        "response_code": None,
+        "record_type": "authorize",
+    }
+
+
+def _pomerium_access(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
+    """One Envoy ``http-request`` access line as re-emitted by Pomerium (§1.3)."""
+    decided_at = _time(rec, "time", ctx, "access line")
+    path, query = _split_uri(_str(rec.get("path")))
+    if rec.get("query") is not None:
+        query = mask_query(_str(rec.get("query")))
+    host = _str(rec.get("authority")) or _header(rec.get("headers"), ":authority")
+    code = _int(_get(rec, "response-code"))
+    request_id = _str(_get(rec, "request-id"))
+    client_ip = _str(rec.get("ip"))
+    if client_ip is None:
+        fwd = _str(_get(rec, "forwarded-for"))
+        if fwd:
+            client_ip = fwd.split(",")[-1].strip() or None  # the hop Envoy itself appended
+    return {
+        "decided_at": decided_at,
+        "proxy": "pomerium",
+        "request_id": request_id,
+        "check_request_id": request_id,  # equals authorize check-request-id (§1.3)
+        "method": (_str(rec.get("method")) or "").upper() or None,
+        "host": host,
+        "path": path,
+        "query": query,
+        "client_ip": client_ip,
+        "is_allowed": None if code is None else code < 400,
+        "cluster": _cluster_for(host, ctx),
+        "user_agent": _str(_get(rec, "user-agent")) or _header(rec.get("headers"), "user-agent"),
+        "response_code": code,
+        "record_type": "access",
+    }
+
+
+def _dotted(rec: Mapping[str, Any], key: str) -> Any:
+    """Teleport writes ``addr.remote`` as a dotted key; some shippers nest it."""
+    if key in rec:
+        return rec[key]
+    cur: Any = rec
+    for part in key.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _teleport(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
+    """One Teleport ``kube.request`` (T3009I) event (§2.1); ``time`` is ms UTC."""
+    decided_at = _time(rec, "time", ctx, "kube.request")
+    path, query = _split_uri(_str(rec.get("request_path")))
+    code = _int(rec.get("response_code"))
+    user = _str(rec.get("user"))
+    return {
+        "decided_at": decided_at,
+        "proxy": "teleport",
+        "request_id": _str(rec.get("uid")),
+        "session_id": _str(rec.get("sid")),
+        "user_id": user,
+        # Teleport impersonates the Teleport user when kubernetes_users is empty (§2.1); an
+        # email-shaped user name is the name the audit log's impersonatedUser will carry.
+        "email": _email_like(user),
+        "method": (_str(rec.get("verb")) or "").upper() or None,
+        "path": path,
+        "query": query,
+        "client_ip": _strip_port(_dotted(rec, "addr.remote")),
+        "is_allowed": None if code is None else code < 400,
+        "cluster": _str(rec.get("kubernetes_cluster")) or ctx.cluster,
+        "response_code": code,
+        "record_type": "kube.request",
+    }
+
+
+def _oauth2_proxy(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
+    """One oauth2-proxy request line (§2.2), already split by :meth:`parse_text`."""
+    fields: Mapping[str, str] = rec["fields"]
+    try:
+        decided_at = parse_go_layout(fields["ts"], ctx.proxy_utc_offset)
+    except TimestampError as exc:
+        raise _Reject(Reason.BAD_TIMESTAMP, f"oauth2-proxy request line: {exc}") from None
+    path, query = _split_uri(_go_unquote(fields["uri"]))
+    code = int(fields["status"])
+    upstream = fields["upstream"]
+    user = fields["user"] if fields["user"] not in ("", "-") else None
+    host = fields["host"]
+    ua = _go_unquote(fields["ua"]) or None
+    return {
+        "decided_at": decided_at,
+        "proxy": "oauth2-proxy",
+        "request_id": fields["request_id"] or None,
+        "user_id": user,
+        "email": _email_like(user),
+        "method": fields["method"],
+        "host": host,
+        "path": path,
+        "query": query,
+        "route_id": upstream if upstream != "-" else None,
+        "client_ip": fields["client"] if fields["client"] != "-" else None,
+        # Upstream "-" means oauth2-proxy answered itself (sign-in redirect, 401/403, /ping): the
+        # request was not let through, whatever the status.
+        "is_allowed": code < 400 and upstream != "-",
+        "cluster": _cluster_for(host, ctx),
+        "user_agent": ua,
+        "response_code": code,
+        "record_type": "request",
+    }
+
+
+_BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], NormalizeContext], Row]]] = {
+    "pomerium-authorize": _pomerium_authorize,
+    "pomerium-access": _pomerium_access,
+    "teleport": _teleport,
+    "oauth2-proxy": _oauth2_proxy,
+}
+
+
+def _raw(rec: Mapping[str, Any]) -> bytes:
+    """The record's bytes for quarantine, scrubbed of secrets (the sink expects scrubbed raw)."""
+    if rec.get("form") == "oauth2-proxy" and isinstance(rec.get("line"), str):
+        return scrub_raw((redact_query(str(rec["line"])) or "").encode(), parse=False)
+    try:
+        return scrub_raw(orjson.dumps(rec))
+    except TypeError:
+        return scrub_raw(repr(rec).encode(), parse=False)
+
+
+class ProxyDecisionNormalizer:
+    """Normalizer for the ``proxy_decision`` source kind (see the module docstring for formats)."""
+
+    source: ClassVar[str] = SOURCE
+
+    def unwrap(self, value: Any) -> list[Unwrapped] | None:
+        """Recognise a decoded JSON value as proxy decisions; ``None`` when it is not this kind.
+
+        Called by the engine on every decoded value before any mapping. A JSON array is claimed
+        only when every element is a proxy record. Never raises.
+        """
+        if isinstance(value, list):
+            if not value:
+                return None
+            kinds = [_kind(v) for v in value]
+            if any(k is None for k in kinds):
+                return None
+            return [Unwrapped(record=v, form=k or "raw") for v, k in zip(value, kinds, strict=True)]
+        kind = _kind(value)
+        if kind is None:
+            return None
+        return [Unwrapped(record=value, form=kind)]
+
+    def parse_text(self, line: str) -> list[Unwrapped] | None:
+        """Recognise a non-JSON line: only oauth2-proxy request lines (§2.2). Never raises."""
+        m = _OAUTH2_REQUEST.match(line.rstrip("\r\n"))
+        if not m:
+            return None
+        record = {"form": "oauth2-proxy", "line": line.rstrip("\r\n"), "fields": m.groupdict()}
+        return [Unwrapped(record=record, form="oauth2-proxy")]
+
+    def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
+                 ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
+        """Map recognised records to a ``proxy_decision`` table.
+
+        Called once per batch with the records :meth:`unwrap` / :meth:`parse_text` returned and
+        their origins. A record that cannot be mapped (no time, unreadable time, an authorize line
+        without ``allow``) becomes a :class:`Rejected` with a named reason; nothing raises for bad
+        input. Columns a format does not carry are null.
+        """
+        rows: list[Row] = []
+        rejected: list[Rejected] = []
+        for item, origin in zip(records, origins, strict=True):
+            rec = item.record
+            kind = item.form if item.form in _BUILDERS else _kind(rec)
+            if kind is None:
+                raw = _raw(rec)
+                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "not a proxy decision record", raw,
+                                         SOURCE, len(raw)))
+                continue
+            try:
+                row = _BUILDERS[kind](rec, ctx)
+            except _Reject as exc:
+                raw = _raw(rec)
+                rejected.append(Rejected(origin, exc.reason, exc.detail, raw, SOURCE, len(raw)))
+                continue
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+                # A field of a type no producer writes: this record only goes to quarantine.
+                raw = _raw(rec)
+                rejected.append(Rejected(origin, Reason.WRONG_TYPE, f"{kind}: {type(exc).__name__}: {exc}"[:300],
+                                         raw, SOURCE, len(raw)))
+                continue
+            if item.cluster and not row.get("cluster"):
+                row["cluster"] = item.cluster
+            row["origin"] = origin
+            row["ingested_at"] = ctx.ingested_at
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=PROXY_DECISION) if rows else PROXY_DECISION.empty_table()
+        return conform(table, PROXY_DECISION), rejected
+
