@@ -36,6 +36,10 @@ def _opt(default: Any, why: str) -> Any:
 class IngestSettings:
     max_record_bytes: int = _opt(1024 * 1024, "1 MiB: the API server's own audit truncation keeps events "
                                  "well below it; anything larger is hostile or broken")
+    cluster_from_path: str = _opt(
+        r"(?:^|/)cluster=(?P<cluster>[^/]+)/",
+        "audit lines carry no cluster name; a shipper that writes one folder per cluster "
+        "(hive-style cluster=NAME/) names it; a regex with a (?P<cluster>...) group, matched on the input path")
     chunk_bytes: int = _opt(64 * 1024 * 1024, "64 MiB per columnar parse: large enough for DuckDB-sized row "
                             "groups, small enough to bound memory whatever the input size")
 
@@ -73,6 +77,9 @@ class CorrelationSettings:
     proxy_utc_offset: str = _opt(
         "", "offset for proxy lines whose time has no zone (e.g. '+02:00'); empty = the line's own "
         "offset, else UTC")
+    exact_id_window_seconds: float = _opt(
+        300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
+        "client-chosen Audit-IDs reused much later, so it can be generous")
 
 
 @dataclass(frozen=True)
@@ -106,12 +113,33 @@ class ReachSettings:
     contamination: float = _opt(0.001, "expected share of anomalous actor-windows in the baseline")
     min_history_windows: int = _opt(3, "below this an actor is judged against its peers only")
     random_state: int = _opt(7, "fixed so scores are reproducible run to run")
+    model_top_share: float = _opt(
+        0.05, "a reach finding needs the model to rank the window among the most unusual 5 % of the baseline's "
+        "actor-windows; the robust per-feature gate (margins over the actor's usual and its peers' maximum) "
+        "gives the precision")
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    streaming_lookback_seconds: int = _opt(
+        3600, "after each consumer flush, detectors re-judge the last hour so proxy and audit lines that "
+        "arrive minutes apart still pair up")
+    lock_timeout_seconds: float = _opt(
+        120.0, "batch detect and the streaming consumer take turns on the findings files; waiting 2 min "
+        "covers a full detect run on a day of data")
+    max_evidence: int = _opt(50, "event references kept per finding: enough to investigate, small enough "
+                             "to read")
+    memory_limit: str = _opt("2GB", "DuckDB spills to disk beyond this, so detect over a week of a busy "
+                             "cluster stays within a 4 GiB host; empty = DuckDB's default (80% of RAM)")
 
 
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = _opt("127.0.0.1:9092", "a local broker, as started by `make kafka`")
     group: str = _opt("ztaudit", "one consumer group; more processes in it scale ingest out")
+    session_timeout_ms: int = _opt(
+        10_000, "a killed consumer holds its partitions until this expires; 10 s fails over quickly and "
+        "heartbeats run on kafka-python's IO thread, so long flushes do not expire it")
     topics: list[str] = _opt([], "NAME or NAME=SOURCE_KIND; empty means --topic must be given")
     start_from: str = _opt("earliest", "a new lake wants history, not only what arrives from now on")
     flush_records: int = _opt(100_000, "about one DuckDB row group per file")
@@ -149,6 +177,7 @@ class Config:
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     reach: ReachSettings = field(default_factory=ReachSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
     source_path: str | None = None
 
     # --- helpers the detectors use -------------------------------------------------------
@@ -247,6 +276,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"impersonation.approved_impersonators.{cluster}", "must be a list of usernames")
     if cfg.kafka.start_from not in ("earliest", "latest"):
         raise ConfigError("kafka.start_from", f"{cfg.kafka.start_from!r} is not earliest|latest")
+    if cfg.kafka.session_timeout_ms < 1000:
+        raise ConfigError("kafka.session_timeout_ms", "must be >= 1000 (brokers reject less by default: 6000)")
     if cfg.kafka.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
         raise ConfigError("kafka.security_protocol", f"{cfg.kafka.security_protocol!r} is not supported",
                           fix="use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
@@ -259,6 +290,27 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("correlation.match_window_seconds", "must be > 0")
     if cfg.reach.window not in ("hour", "day"):
         raise ConfigError("reach.window", f"{cfg.reach.window!r} is not hour|day")
+    if cfg.correlation.exact_id_window_seconds <= 0:
+        raise ConfigError("correlation.exact_id_window_seconds", "must be > 0")
+    if cfg.detect.streaming_lookback_seconds < 0:
+        raise ConfigError("detect.streaming_lookback_seconds", "must be >= 0")
+    if cfg.detect.lock_timeout_seconds <= 0:
+        raise ConfigError("detect.lock_timeout_seconds", "must be > 0")
+    if cfg.detect.max_evidence < 1:
+        raise ConfigError("detect.max_evidence", "must be >= 1")
+    if cfg.detect.memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", cfg.detect.memory_limit):
+        raise ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
+                          fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default")
+    for host in cfg.impersonation.proxy_hosts.values():
+        if not isinstance(host, str) or not host:
+            raise ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
+                              fix='write proxy_hosts = { "k8s.example.com" = "prod" }')
+    try:
+        if cfg.ingest.cluster_from_path and "cluster" not in re.compile(cfg.ingest.cluster_from_path).groupindex:
+            raise ConfigError("ingest.cluster_from_path", "the pattern has no (?P<cluster>...) group",
+                              fix="name the part of the path that is the cluster, e.g. cluster=(?P<cluster>[^/]+)/")
+    except re.error as exc:
+        raise ConfigError("ingest.cluster_from_path", f"bad regular expression: {exc}") from exc
     if cfg.ingest.max_record_bytes < 1024:
         raise ConfigError("ingest.max_record_bytes", "must be at least 1024")
 
