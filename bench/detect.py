@@ -1,0 +1,171 @@
+"""Benchmark ``ztaudit detect`` (impersonation + revocation detectors) at 1M and 4M audit events.
+
+Run by ``make bench`` (or ``python bench/detect.py``). Synthesises the lakes directly with DuckDB
+(much faster than the generator; the detectors only see Parquet): N audit events (90 % impersonated
+by the Pomerium service account, each with its allowed proxy decision logged at second precision,
+repeated identical requests included; 10 % control-plane traffic) and N proxy decisions (the 90 %
+plus 10 % denied), with a 0.1 % sprinkle of unmatched rows on both sides, a few direct human
+requests and a few revocations. Then runs ``ztaudit detect`` in a fresh process per lake and
+reports wall time, peak RSS (``getrusage`` of the child) and the growth ratio.
+
+Targets (issue): 4M events < 30 s and < 4 GiB on 2 cores; time roughly linear in N.
+Failure: a failing ``detect`` aborts the benchmark with its exit code and stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+from ztaudit.pipeline.catalog import _duck_type
+from ztaudit.pipeline.schema import TABLES
+
+SA = "system:serviceaccount:pomerium:pomerium-authorize"
+DETECTORS = ["impersonation.proxy_bypass", "impersonation.unobserved", "impersonation.unbrokered",
+             "impersonation.unapproved_impersonator", "revocation.not_enforced"]
+
+
+def _full_select(table: str, given: dict[str, str]) -> str:
+    cols = []
+    for f in TABLES[table]:
+        expr = given.get(f.name, "NULL")
+        cols.append(f"CAST({expr} AS {_duck_type(f.type)}) AS \"{f.name}\"")
+    return ", ".join(cols)
+
+
+def synthesize(lake: Path, n: int) -> None:
+    """Write a lake of ``n`` audit events and ``n`` proxy decisions over one day."""
+    if lake.exists():
+        shutil.rmtree(lake)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    day = "2026-11-20"
+    for t in ("k8s_audit", "proxy_decision", "idp_event"):
+        (lake / t / f"dt={day}").mkdir(parents=True)
+    step_us = 86_400_000_000 // n
+    con.execute(f"""
+        CREATE TABLE base AS
+        SELECT i, TIMESTAMPTZ '{day} 00:00:00+00' + to_microseconds(i * {step_us} + (hash(i) % 400000)::BIGINT) AS t,
+               'user' || (hash(i, 'u') % 2000) || '@example.com' AS who,
+               (hash(i, 'p') % 200) AS pth, (hash(i, 'v') % 10) AS v,
+               'c' || (hash(i, 'c') % 3) AS cluster,
+               hash(i, 'kind') % 1000 AS r
+        FROM range({n}) r(i)
+    """)
+    verb = "CASE WHEN v < 6 THEN 'list' WHEN v < 8 THEN 'get' WHEN v = 8 THEN 'create' ELSE 'delete' END"
+    method = "CASE WHEN v < 8 THEN 'GET' WHEN v = 8 THEN 'POST' ELSE 'DELETE' END"
+    path = "'/api/v1/namespaces/ns' || (pth % 20) || '/pods' || CASE WHEN v < 6 THEN '' ELSE '/p' || pth END"
+    # r < 900: impersonated via proxy; 900 <= r < 1000: control plane. r == 0: audit without decision
+    # (unbrokered); r == 1: decision without audit (unobserved); hash(i) % 50000 == 7: direct human.
+    audit = _full_select("k8s_audit", {
+        "audit_id": "uuid()::VARCHAR", "cluster": "cluster", "stage": "'ResponseComplete'", "level": "'Metadata'",
+        "request_received_at": "t", "stage_at": "t + INTERVAL 20 MILLISECOND", "verb": verb,
+        "request_uri": path + " || CASE WHEN v < 6 THEN '?limit=500' ELSE '' END",
+        "user_name": f"CASE WHEN hash(i) % 50000 = 7 THEN who WHEN r < 900 THEN '{SA}' "
+                     "ELSE 'system:kube-controller-manager' END",
+        "impersonator": f"CASE WHEN hash(i) % 50000 = 7 THEN NULL WHEN r < 900 THEN '{SA}' END",
+        "impersonated_user": "CASE WHEN hash(i) % 50000 = 7 THEN NULL WHEN r < 900 THEN who END",
+        "actor": "CASE WHEN r < 900 THEN who ELSE 'system:kube-controller-manager' END",
+        "response_code": "200", "source_ip": "'10.0.0.' || (pth % 250)", "user_agent": "'kubectl/v1.31.0'",
+        "resource": "'pods'", "namespace": "'ns' || (pth % 20)", "decision": "'allow'",
+        "origin": "'bench:' || i", "credential_id": "'JTI=' || (hash(cluster) % 1000)",
+    })
+    con.execute(f"""COPY (SELECT {audit} FROM base WHERE r <> 1 ORDER BY t)
+                    TO '{lake}/k8s_audit/dt={day}/bench.parquet' (FORMAT parquet, ROW_GROUP_SIZE 122880)""")
+    proxy = _full_select("proxy_decision", {
+        "decided_at": "date_trunc('second', t - INTERVAL 40 MILLISECOND)", "proxy": "'pomerium'",
+        "request_id": "'req-' || i", "check_request_id": "'req-' || i", "session_id": "'s-' || who",
+        "user_id": "'00u' || hash(who) % 100000", "email": "who", "method": method,
+        "host": "'k8s-' || cluster || '.example.com'", "path": path, "is_allowed": "r < 900",
+        "cluster": "cluster", "record_type": "'authorize'", "origin": "'bench:p:' || i",
+    })
+    con.execute(f"""COPY (SELECT {proxy} FROM base WHERE r <> 0 ORDER BY t)
+                    TO '{lake}/proxy_decision/dt={day}/bench.parquet' (FORMAT parquet, ROW_GROUP_SIZE 122880)""")
+    idp = _full_select("idp_event", {
+        "occurred_at": "TIMESTAMPTZ '2026-11-20 12:00:00+00' + to_minutes(i::BIGINT)", "idp": "'okta'",
+        "event_type": "'user.lifecycle.deactivate'", "is_revocation": "true",
+        "subject_login": "'user' || i || '@example.com'",
+        "subject_id": "'00u' || hash('user' || i || '@example.com') % 100000",
+        "origin": "'bench:i:' || i",
+    })
+    con.execute(f"""COPY (SELECT {idp} FROM range(20) r(i))
+                    TO '{lake}/idp_event/dt={day}/bench.parquet' (FORMAT parquet)""")
+    con.close()
+
+
+def run_detect(lake: Path) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MiB, stdout) of one ``ztaudit detect`` in a fresh process.
+
+    CPU seconds (user + system of the child) are reported too because the wall time on a shared
+    host depends on what else runs; CPU time does much less so.
+    """
+    cmd = [sys.executable, "-c", "from ztaudit.pipeline.cli import main; main()", "detect", "--lake", str(lake),
+           "--no-tables", "--config", os.devnull]
+    for d in DETECTORS:
+        cmd += ["--detector", d]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over every child,
+        # including the synthesiser)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        sys.stderr.write(stderr)
+        raise SystemExit(proc.returncode)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024.0, stdout
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--synthesize-only":
+        synthesize(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,4000000")
+    ap.add_argument("--dir", default=os.environ.get("ZTAUDIT_BENCH_DIR", "/tmp/ztaudit-bench-detect"))
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    root = Path(args.dir)
+    results = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        lake = root / f"lake-{n}"
+        t0 = time.perf_counter()
+        # synthesise in a child process: a child forked from a large parent would report the parent's
+        # pages in its ru_maxrss (fork copies the RSS before exec), inflating detect's peak RSS
+        subprocess.run([sys.executable, __file__, "--synthesize-only", str(lake), str(n)], check=True)
+        gen = time.perf_counter() - t0
+        load = os.getloadavg()[0]
+        wall, cpu, rss, out = run_detect(lake)
+        results.append({"audit_events": n, "proxy_decisions": n, "synth_s": round(gen, 1),
+                        "detect_s": round(wall, 2), "detect_cpu_s": round(cpu, 1), "peak_rss_mib": round(rss),
+                        "load_avg_before": round(load, 1), "summary": out.strip()})
+        print(f"N={n:>9,}  synth {gen:6.1f}s  detect {wall:6.2f}s wall, {cpu:6.1f}s CPU  peak RSS {rss:7.0f} MiB"
+              f"  (load average {load:.1f} on {os.cpu_count()} CPUs)", flush=True)
+        print(out, flush=True)
+        if not args.keep:
+            shutil.rmtree(lake)
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        ratio = b["detect_s"] / a["detect_s"]
+        cpu_ratio = b["detect_cpu_s"] / max(a["detect_cpu_s"], 1e-9)
+        print(f"growth: {b['audit_events'] / a['audit_events']:.1f}x events -> {ratio:.2f}x wall time, "
+              f"{cpu_ratio:.2f}x CPU time")
+    print(json.dumps([{k: v for k, v in r.items() if k != "summary"} for r in results]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Write findings into ``LAKE/findings/dt=D/findings.parquet``: merge by ``finding_id``, atomically.
+
+Called by ``ztaudit detect`` (batch) and by the streaming hook after each consumer flush; both may
+run at once, so every merge holds an exclusive ``flock`` on ``LAKE/findings/.lock`` (waiting up to
+``detect.lock_timeout_seconds``). Within the lock, for every day partition touched, the existing
+file is read, rows are merged by ``finding_id`` (the new row wins), and the file is rewritten with
+``write_parquet_atomic`` (tmp file, fsync, rename), so a reader sees the old or the new file.
+
+Idempotence: ``finding_id`` is a stable hash of the detector and the finding's key, so re-running
+``detect`` over the same data replaces findings instead of duplicating them. A re-run also
+*retracts*: findings of the detectors that ran whose ``first_seen`` lies in the judged window and
+which the run no longer produced are removed (late data can turn an unmatched decision into a
+matched one). An unchanged finding keeps its original ``detected_at``.
+
+Failure: :class:`LockTimeout` (a :class:`SinkError`, exit 4) if the lock is not obtained in time;
+``SinkError`` when the disk refuses. Nothing is half-written in either case.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ztaudit.pipeline.errors import SinkError
+from ztaudit.pipeline.schema import FINDINGS, conform
+from ztaudit.pipeline.sink import UNDATED, makedirs, write_parquet_atomic
+
+FILE_NAME = "findings.parquet"
+
+
+class LockTimeout(SinkError):  # type: ignore[misc]  # mypy sees ztaudit.pipeline as Any (package-dir)
+    """Another detect or the consumer held the findings lock for longer than the timeout."""
+
+
+@contextmanager
+def findings_lock(lake: Path, timeout: float) -> Iterator[None]:
+    """Hold the exclusive findings lock of ``lake`` (blocks up to ``timeout`` seconds)."""
+    root = Path(lake) / "findings"
+    makedirs(root)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{root / '.lock'} is held by another detect or consumer",
+                                      fix="wait for it to finish, or raise detect.lock_timeout_seconds") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _day(ts: datetime | None) -> str:
+    return ts.date().isoformat() if ts is not None else UNDATED
+
+
+def _partition(lake: Path, day: str) -> Path:
+    return Path(lake) / "findings" / f"dt={day}" / FILE_NAME
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    table = pq.read_table(path)
+    if "dt" in table.column_names:
+        table = table.drop(["dt"])
+    return list(conform(table, FINDINGS).to_pylist())
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in FINDINGS.names if k != "detected_at")
+
+
+def _in_scope(row: dict[str, Any], detectors: set[str], since: datetime | None, until: datetime | None) -> bool:
+    if row["detector"] not in detectors:
+        return False
+    t = row["first_seen"]
+    if t is None:
+        return since is None and until is None
+    return (since is None or t >= since) and (until is None or t < until)
+
+
+def _existing_days(lake: Path) -> list[str]:
+    root = Path(lake) / "findings"
+    if not root.exists():
+        return []
+    return sorted(p.name[3:] for p in root.glob("dt=*") if p.is_dir())
+
+
+def _combine(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` widened by ``old``: a run over a partial window only speaks for its part of the span."""
+    evidence = list(dict.fromkeys([*(old.get("evidence") or []), *(new.get("evidence") or [])]))[:50]
+    firsts = [t for t in (old["first_seen"], new["first_seen"]) if t is not None]
+    lasts = [t for t in (old["last_seen"], new["last_seen"]) if t is not None]
+    scores = [x for x in (old.get("score"), new.get("score")) if x is not None]
+    return {**new, "first_seen": min(firsts) if firsts else None, "last_seen": max(lasts) if lasts else None,
+            "evidence": evidence, "score": max(scores) if scores else None}
+
+
+def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detectors: Sequence[str],
+                   since: datetime | None = None, until: datetime | None = None,
+                   lock_timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Merge ``rows`` (findings-table dicts) into the lake; return the rows that are new or changed.
+
+    ``detectors`` and [``since``, ``until``) name what this run judged: existing findings of those
+    detectors with ``first_seen`` in that window that are not in ``rows`` are retracted. When an
+    existing finding with the same id started before ``since`` (the run saw only part of it, e.g. the
+    streaming hook's last hour of a per-day finding), the two are combined (earliest first_seen,
+    latest last_seen, union of evidence) instead of the partial one replacing the whole.
+    """
+    lake = Path(lake)
+    new: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        new[r["finding_id"]] = r
+    scope = set(detectors)
+    changed: list[dict[str, Any]] = []
+    with findings_lock(lake, lock_timeout):
+        days = {_day(r["first_seen"]) for r in new.values()}
+        for d in _existing_days(lake):
+            if since is None and until is None:
+                days.add(d)
+            elif d != UNDATED:
+                lo = since.date().isoformat() if since else "0000"
+                hi = until.date().isoformat() if until else "9999"
+                if lo <= d <= hi:
+                    days.add(d)
+        old_by_day = {d: _read(_partition(lake, d)) for d in sorted(days)}
+        previous = {r["finding_id"]: r for rows_ in old_by_day.values() for r in rows_}
+        final: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in old_by_day}
+        for d, old_rows in old_by_day.items():
+            for r in old_rows:
+                if r["finding_id"] in new or _in_scope(r, scope, since, until):
+                    continue  # replaced below, or retracted
+                final[d][r["finding_id"]] = r
+        for fid, r in new.items():
+            prev = previous.get(fid)
+            if prev is not None and since is not None and prev["first_seen"] is not None \
+                    and prev["first_seen"] < since:
+                r = _combine(prev, r)
+            if prev is not None and _same(prev, r):
+                r = {**r, "detected_at": prev["detected_at"]}
+            else:
+                changed.append(r)
+            final.setdefault(_day(r["first_seen"]), {})[fid] = r
+        for day, merged in sorted(final.items()):
+            path = _partition(lake, day)
+            if not merged:
+                if path.exists():
+                    path.unlink()
+                continue
+            if day in old_by_day and {r["finding_id"]: r for r in old_by_day[day]} == merged:
+                continue  # nothing changed in this partition: leave the file alone
+            ordered = sorted(merged.values(), key=lambda r: (r["detector"], r["first_seen"] is None,
+                                                              r["first_seen"] or 0, r["finding_id"]))
+            table = conform(pa.Table.from_pylist(ordered, schema=FINDINGS), FINDINGS)
+            makedirs(path.parent)
+            write_parquet_atomic(table, path)
+    return changed

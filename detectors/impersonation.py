@@ -1,0 +1,347 @@
+"""Impersonation checks: every human request should arrive as the proxy impersonating that human.
+
+Four detectors (DESIGN.md "Detector ids"; detection-anchors.md "What NONE of them has";
+k8s-audit-schema.md §6; proxy-idp-formats.md §1.5, §4 "Pitfalls"). Each is called by
+``ztaudit detect`` and the streaming hook with a :class:`DetectContext`; each reads the lake
+through DuckDB, returns findings grouped per actor per cluster per UTC day (so a busy day is one
+finding, with counts and up to ``detect.max_evidence`` event references), and raises on SQL
+errors (a broken lake is an error, never a silent "no findings").
+
+Human, break-glass and system identities come from ``[identities]`` / ``[impersonation]`` in the
+config at detect time (not from ``actor_kind`` fixed at ingest), so changing the config and
+re-running ``detect`` re-judges old data. Patterns are regular expressions evaluated by DuckDB
+(RE2 syntax); ``ztaudit config check`` verifies they compile there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import duckdb
+from ztaudit.pipeline.config import Config
+
+from . import correlate
+from .base import DetectContext, Finding, Severity
+
+_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _any_pattern(patterns: Sequence[str]) -> str | None:
+    """One RE2 alternation of ``patterns`` (None when the list is empty)."""
+    return "|".join(f"(?:{p})" for p in patterns) if patterns else None
+
+
+def _window(ctx: DetectContext) -> dict[str, Any]:
+    return {"lo": ctx.since or _MIN, "hi": ctx.until or _MAX}
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description or []]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _day(ts: datetime) -> str:
+    return ts.astimezone(UTC).date().isoformat()
+
+
+def _fmt(ts: datetime | None) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "?"
+
+
+_ACTION = "verb || ' ' || coalesce(resource, '')"
+
+
+def _dl(col: str, n: int) -> str:
+    """SQL: up to ``n`` distinct non-null values of ``col`` (an empty list, never NULL)."""
+    return f"coalesce(list(DISTINCT {col} ORDER BY {col}) FILTER (WHERE {col} IS NOT NULL), [])[1:{n}]"
+
+
+def _cl(cluster: str | None) -> str:
+    return cluster if cluster else "(unnamed; ingest with --cluster)"
+
+
+def _ips(ips: Sequence[str] | None) -> str:
+    return ", ".join(ips) if ips else "an unlogged address"
+
+
+def _audit_refs(cluster: str | None, ids: Sequence[str], cap: int) -> tuple[str, ...]:
+    return tuple(f"k8s_audit:{cluster}/{i}" for i in list(ids)[:cap])
+
+
+def _human_sql() -> str:
+    """Predicate: ``user_name`` / ``user_groups`` of the row make it a human, per config."""
+    return ("(($human IS NOT NULL AND regexp_matches(user_name, $human)) OR "
+            "($hgroups IS NOT NULL AND len(list_filter(coalesce(user_groups, []), "
+            "lambda g: regexp_matches(g, $hgroups))) > 0)) AND "
+            "NOT ($system IS NOT NULL AND regexp_matches(user_name, $system))")
+
+
+def _identity_params(cfg: Config) -> dict[str, Any]:
+    return {"human": _any_pattern(cfg.identities.human_user_patterns),
+            "hgroups": _any_pattern(cfg.identities.human_group_patterns),
+            "system": _any_pattern(cfg.identities.system_user_patterns),
+            "breakglass": list(cfg.impersonation.break_glass)}
+
+
+class ProxyBypass:
+    """``impersonation.proxy_bypass``: a human (or break-glass identity) reached the API directly.
+
+    The authenticated identity (``user.username``) itself is a person: a kubeconfig with an OIDC
+    token or client certificate, not the proxy. A person who then impersonates someone else
+    (``kubectl --as``) bypassed the proxy too; that is also reported by
+    ``impersonation.unapproved_impersonator``.
+    """
+
+    id: ClassVar[str] = "impersonation.proxy_bypass"
+    description: ClassVar[str] = ("a human identity reached the API server directly, not through an approved "
+                                  "impersonator")
+
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """Requests whose ``user.username`` is a human or break-glass identity, per (cluster, identity,
+        day). Break-glass use is severity low; anyone else high."""
+        params = {**_window(ctx), **_identity_params(ctx.config), "cap": ctx.config.detect.max_evidence}
+        rows = _rows(ctx.con, f"""
+            WITH req AS (
+                SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
+                       max(response_code) AS response_code, any_value(source_ip) AS source_ip,
+                       any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
+                       any_value(verb) AS verb, any_value(resource) AS resource,
+                       max(impersonated_user) AS impersonated_user
+                FROM k8s_audit
+                WHERE request_received_at >= $lo AND request_received_at < $hi
+                  AND user_name IS NOT NULL
+                  AND (list_contains($breakglass::VARCHAR[], user_name)
+                       OR (user_name NOT LIKE 'system:%' AND {_human_sql()}))
+                GROUP BY cluster, audit_id, request_received_at
+            )
+            SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day,
+                   list_contains($breakglass::VARCHAR[], user_name) AS break_glass,
+                   count(*) AS requests, count(*) FILTER (WHERE response_code IN (401, 403)) AS denied,
+                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+                   {_dl('source_ip', 5)} AS source_ips,
+                   {_dl('user_agent', 3)} AS user_agents,
+                   {_dl('credential_id', 5)}
+                       AS credential_ids,
+                   {_dl('impersonated_user', 5)}
+                       AS impersonated,
+                   {_dl(_ACTION, 10)} AS actions,
+                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+            FROM req GROUP BY ALL ORDER BY cluster, user_name, day
+        """, params)
+        out = []
+        for r in rows:
+            bg = bool(r["break_glass"])
+            what = (f"{r['requests']} request(s) ({r['denied']} denied) from {_ips(r['source_ips'])} "
+                    f"between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])}")
+            if r["impersonated"]:
+                what += f", impersonating {', '.join(r['impersonated'])}"
+            if bg:
+                summary = (f"Break-glass identity {r['user_name']} used the API server directly in cluster "
+                           f"{_cl(r['cluster'])}: {what}. Confirm the emergency was declared and rotate the "
+                           "break-glass credential afterwards.")
+            else:
+                summary = (f"Human identity {r['user_name']} reached the API server of cluster {_cl(r['cluster'])} "
+                           f"directly, not through the identity-aware proxy: {what}. Find and revoke the "
+                           "credential it used (kubeconfig, client certificate, OIDC token) and route access "
+                           "through the proxy.")
+            out.append(Finding(
+                detector=self.id, key=(r["cluster"], r["user_name"], str(r["day"])),
+                severity=Severity.LOW if bg else Severity.HIGH, actor=r["user_name"], summary=summary,
+                first_seen=r["first_seen"], last_seen=r["last_seen"],
+                evidence=_audit_refs(r["cluster"], r["audit_ids"], ctx.config.detect.max_evidence),
+                credential_id=(r["credential_ids"] or [None])[0], cluster=r["cluster"],
+                score=float(r["requests"]),
+                context={"break_glass": bg, "requests": r["requests"], "denied": r["denied"],
+                         "source_ips": r["source_ips"], "user_agents": r["user_agents"],
+                         "credential_ids": r["credential_ids"], "impersonated": r["impersonated"],
+                         "actions": r["actions"]},
+            ))
+        return out
+
+
+class Unobserved:
+    """``impersonation.unobserved``: the proxy allowed a request the API server never saw as the user.
+
+    Two shapes: (1) an allowed proxy decision with no matching impersonated audit request after the
+    match window (``correlate``); (2) the misconfiguration where an approved proxy identity reaches
+    the API with no ``impersonatedUser`` at all — the raw service-account token in use, so the human
+    behind it is unobservable (proxy-idp-formats.md §1.5 "Expected combinations", §4 "Pitfalls").
+    """
+
+    id: ClassVar[str] = "impersonation.unobserved"
+    description: ClassVar[str] = ("the proxy allowed a Kubernetes request but no matching impersonated audit "
+                                  "event exists")
+
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """Unmatched allowed decisions per (cluster, user, day) plus raw proxy-identity use per
+        (cluster, identity, day). Decisions too close to the end of the audit data are not judged."""
+        cap = ctx.config.detect.max_evidence
+        corr = correlate.ensure(ctx.con, ctx.config, ctx.since, ctx.until)
+        out: list[Finding] = []
+        for r in _rows(ctx.con, f"""
+            SELECT cluster, actor, CAST(decided_at AS DATE) AS day, count(*) AS decisions,
+                   min(decided_at) AS first_seen, max(decided_at) AS last_seen,
+                   list(DISTINCT method || ' ' || path ORDER BY method || ' ' || path)[1:10] AS requests,
+                   {_dl('client_ip', 5)} AS client_ips, {_dl('user_id', 3)} AS user_ids,
+                   list(coalesce(request_id, origin) ORDER BY decided_at, coalesce(request_id, origin))[1:$cap] AS refs
+            FROM {corr.unmatched_proxy} WHERE judgeable GROUP BY ALL ORDER BY cluster, actor, day
+        """, {"cap": cap}):
+            summary = (f"The proxy allowed {r['decisions']} Kubernetes request(s) for {r['actor']} to cluster "
+                       f"{_cl(r['cluster'])} between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
+                       f"(e.g. {', '.join(r['requests'][:3])}) but no audit event shows them arriving as that "
+                       "user. Check that the route impersonates (kubernetes_service_account_token), that the "
+                       "audit policy logs the proxy's service account, and that the API server behind the "
+                       "route is the audited one.")
+            out.append(Finding(
+                detector=self.id, key=("decision", r["cluster"], r["actor"], str(r["day"])),
+                severity=Severity.MEDIUM, actor=r["actor"], summary=summary,
+                first_seen=r["first_seen"], last_seen=r["last_seen"],
+                evidence=tuple(f"proxy_decision:{x}" for x in r["refs"]), cluster=r["cluster"],
+                score=float(r["decisions"]),
+                context={"shape": "decision_without_audit", "decisions": r["decisions"],
+                         "requests": r["requests"], "client_ips": r["client_ips"], "user_ids": r["user_ids"]},
+            ))
+        correlate.install_config(ctx.con, ctx.config)
+        for r in _rows(ctx.con, f"""
+            WITH req AS (
+                SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
+                       max(response_code) AS response_code, any_value(source_ip) AS source_ip,
+                       any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
+                       any_value(verb) AS verb, any_value(resource) AS resource
+                FROM k8s_audit r
+                WHERE request_received_at >= $lo AND request_received_at < $hi
+                  AND {correlate.approved_predicate('r.user_name', 'r.cluster')}
+                GROUP BY cluster, audit_id, request_received_at
+                HAVING bool_and(impersonator IS NULL)
+            )
+            SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+                   count(*) FILTER (WHERE response_code = 403) AS forbidden,
+                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+                   {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
+                   {_dl('credential_id', 5)} AS credential_ids,
+                   {_dl(_ACTION, 10)} AS actions,
+                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+            FROM req GROUP BY ALL ORDER BY cluster, user_name, day
+        """, {**_window(ctx), "cap": cap}):
+            summary = (f"Approved impersonator {r['user_name']} made {r['requests']} request(s) to cluster "
+                       f"{_cl(r['cluster'])} without impersonating anyone ({r['forbidden']} forbidden), from "
+                       f"{_ips(r['source_ips'])} between {_fmt(r['first_seen'])} and "
+                       f"{_fmt(r['last_seen'])}: the proxy's own token is being used directly, so no person "
+                       "is accountable for these requests. Rotate the token and find who holds it.")
+            out.append(Finding(
+                detector=self.id, key=("raw_identity", r["cluster"], r["user_name"], str(r["day"])),
+                severity=Severity.HIGH, actor=r["user_name"], summary=summary,
+                first_seen=r["first_seen"], last_seen=r["last_seen"],
+                evidence=_audit_refs(r["cluster"], r["audit_ids"], cap),
+                credential_id=(r["credential_ids"] or [None])[0], cluster=r["cluster"],
+                score=float(r["requests"]),
+                context={"shape": "proxy_identity_without_impersonation", "requests": r["requests"],
+                         "forbidden": r["forbidden"], "source_ips": r["source_ips"],
+                         "user_agents": r["user_agents"], "actions": r["actions"]},
+            ))
+        return out
+
+
+class Unbrokered:
+    """``impersonation.unbrokered``: an approved impersonator impersonated someone with no proxy
+    decision behind it — the proxy's credential used outside the proxy."""
+
+    id: ClassVar[str] = "impersonation.unbrokered"
+    description: ClassVar[str] = ("an approved impersonator's credential impersonated someone with no proxy "
+                                  "decision behind it")
+
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """Unmatched impersonated requests per (cluster, impersonated user, day); requests too close
+        to the end of the proxy data, or in a cluster with no proxy data, are not judged."""
+        cap = ctx.config.detect.max_evidence
+        corr = correlate.ensure(ctx.con, ctx.config, ctx.since, ctx.until)
+        out: list[Finding] = []
+        for r in _rows(ctx.con, f"""
+            SELECT cluster, actor, any_value(impersonated_user) AS impersonated_user,
+                   CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+                   list(DISTINCT impersonator ORDER BY impersonator)[1:3] AS impersonators,
+                   {_dl('credential_id', 5)} AS credential_ids,
+                   {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
+                   list(DISTINCT verb || ' ' || path ORDER BY verb || ' ' || path)[1:10] AS requests_seen,
+                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+            FROM {corr.unmatched_audit} WHERE judgeable GROUP BY cluster, actor, day
+            ORDER BY cluster, actor, day
+        """, {"cap": cap}):
+            imps = ", ".join(map(str, r["impersonators"]))
+            summary = (f"{imps} impersonated {r['impersonated_user']} in cluster {_cl(r['cluster'])} for "
+                       f"{r['requests']} request(s) between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
+                       f"(from {_ips(r['source_ips'])}) with no proxy decision behind them: the "
+                       "proxy's credential is being used outside the proxy. Rotate it "
+                       f"(credential {', '.join(map(str, r['credential_ids'])) or 'unknown'}) and find the "
+                       "client.")
+            out.append(Finding(
+                detector=self.id, key=(r["cluster"], r["actor"], str(r["day"])),
+                severity=Severity.HIGH, actor=r["impersonated_user"], summary=summary,
+                first_seen=r["first_seen"], last_seen=r["last_seen"],
+                evidence=_audit_refs(r["cluster"], r["audit_ids"], cap),
+                credential_id=(r["credential_ids"] or [None])[0], cluster=r["cluster"],
+                score=float(r["requests"]),
+                context={"impersonators": r["impersonators"], "requests": r["requests"],
+                         "source_ips": r["source_ips"], "user_agents": r["user_agents"],
+                         "requests_seen": r["requests_seen"], "credential_ids": r["credential_ids"]},
+            ))
+        return out
+
+
+class UnapprovedImpersonator:
+    """``impersonation.unapproved_impersonator``: impersonation by an identity not approved for the
+    cluster (``impersonation.approved_impersonators``, '*' lists apply to every cluster)."""
+
+    id: ClassVar[str] = "impersonation.unapproved_impersonator"
+    description: ClassVar[str] = "an identity that is not an approved impersonator used impersonation"
+
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """Impersonated requests whose impersonator is not approved, per (cluster, impersonator, day)."""
+        cap = ctx.config.detect.max_evidence
+        correlate.install_config(ctx.con, ctx.config)
+        out: list[Finding] = []
+        for r in _rows(ctx.con, f"""
+            WITH req AS (
+                SELECT cluster, audit_id, request_received_at, any_value(impersonator) AS impersonator,
+                       any_value(impersonated_user) AS impersonated_user, max(response_code) AS response_code,
+                       any_value(source_ip) AS source_ip, any_value(credential_id) AS credential_id
+                FROM k8s_audit r
+                WHERE request_received_at >= $lo AND request_received_at < $hi AND impersonator IS NOT NULL
+                  AND NOT {correlate.approved_predicate('r.impersonator', 'r.cluster')}
+                GROUP BY cluster, audit_id, request_received_at
+            )
+            SELECT cluster, impersonator, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+                   count(*) FILTER (WHERE response_code = 403) AS forbidden,
+                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+                   list(DISTINCT impersonated_user ORDER BY impersonated_user)[1:10] AS targets,
+                   {_dl('source_ip', 5)} AS source_ips, {_dl('credential_id', 5)} AS credential_ids,
+                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+            FROM req GROUP BY ALL ORDER BY cluster, impersonator, day
+        """, {**_window(ctx), "cap": cap}):
+            targets = ", ".join(map(str, r["targets"]))
+            summary = (f"{r['impersonator']} is not an approved impersonator for cluster {_cl(r['cluster'])} but "
+                       f"impersonated {targets} in {r['requests']} request(s) ({r['forbidden']} forbidden by "
+                       f"RBAC) between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])}. Remove its "
+                       "'impersonate' permission, or add it to impersonation.approved_impersonators if it is "
+                       "a sanctioned proxy.")
+            out.append(Finding(
+                detector=self.id, key=(r["cluster"], r["impersonator"], str(r["day"])),
+                severity=Severity.HIGH, actor=r["impersonator"], summary=summary,
+                first_seen=r["first_seen"], last_seen=r["last_seen"],
+                evidence=_audit_refs(r["cluster"], r["audit_ids"], cap),
+                credential_id=(r["credential_ids"] or [None])[0], cluster=r["cluster"],
+                score=float(r["requests"]),
+                context={"impersonated": r["targets"], "requests": r["requests"], "forbidden": r["forbidden"],
+                         "source_ips": r["source_ips"], "credential_ids": r["credential_ids"]},
+            ))
+        return out
+
+
+__all__ = ["ProxyBypass", "UnapprovedImpersonator", "Unbrokered", "Unobserved", "impersonation_summary"]
+
+impersonation_summary = correlate.impersonation_summary

@@ -1,0 +1,325 @@
+"""Revocation tracking: was each revocation observed at the proxy and at the API server?
+
+Called by ``revocation.not_enforced`` (``ztaudit detect``, the streaming hook) and by the report
+engineer's ``ztaudit report revocation`` through :func:`revocation_status`. All work is DuckDB
+SQL; values from config and time bounds are bound parameters.
+
+What counts as a revocation (the ``revocations`` view):
+
+* IdP events with ``is_revocation`` (Okta deactivate/suspend/session clear, Entra disable /
+  StsRefreshTokensValidFrom, Google SUSPEND/DELETE_USER, Keycloak, Pomerium ``identity_manager``
+  "deleting session"; proxy-idp-formats.md §3, §1.4, §4 step 1). ``revocation_scope`` says what
+  is cut; when it is missing, a Pomerium line is a ``session`` and anything else an ``identity``.
+* The audit log itself (k8s-audit-schema.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
+  object (the service account ``system:serviceaccount:NS:NAME``), of a ``secrets`` object that
+  was used as a legacy token (credential ``SECRET=NS/NAME``, §5.2), or of a ``rolebindings`` /
+  ``clusterrolebindings`` object (the binding).
+
+Identity bridge (proxy-idp-formats.md §0, §3): ``subject_login`` (email / UPN / login) ↔ proxy
+``email`` ↔ audit ``impersonated_user`` / ``actor`` (case-insensitive); ``subject_id`` ↔ proxy
+``user_id`` (and, when the IdP event names no login, the email the proxy logged for that user id);
+``session_id`` ↔ proxy ``session_id``. Session revocations are judged at the proxy only: the
+audit log carries no session id (§1.5).
+
+Per revocation: last allowed use before it, first allowed and first denied use after it, at the
+proxy and at the API server; ``status`` is
+
+* ``not_enforced``: an allowed use later than ``revoked_at + revocation.grace_seconds``;
+* ``enforced``: no such use, and a denied attempt at or after ``revoked_at`` was seen;
+* ``unverified``: neither (nothing tried again, which is common: after a revocation Pomerium's
+  denied lines carry no identity, §1.4, and a deleted token fails authentication with a 401 that
+  names no user, k8s-audit-schema.md §5.4).
+
+Timing rules: API requests are judged by ``request_received_at`` (a watch or exec opened before
+the revocation and closed after it is not a violation, §4 step 4). Proxy times have second
+precision (§1.1): a decision logged at second S happened in ``[S, S+1 s)``, so "allowed after the
+grace period" requires the *logged* time to be past it (never a false alarm from truncation), and a
+denial logged in the revocation's own second counts as after it, with latency clamped at 0.
+Judgement stops when the subject is restored (IdP activate/unsuspend/enable event for the same
+subject; re-creation of the same service account, secret or binding).
+
+Failure: SQL errors propagate; an empty lake gives an empty table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import duckdb
+import pyarrow as pa
+from ztaudit.pipeline.config import Config
+
+from .base import DetectContext, Finding, Severity
+
+_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+
+REVOCATIONS_DESCRIPTION = (
+    "Revocations seen in the IdP log (is_revocation) and in the audit log (deleted service accounts, "
+    "legacy-token secrets, role bindings), one row each; subject and kind say what was cut.")
+
+#: Reactivation events end a revocation's judgement (word-boundary so 'deactivate' is not one).
+_RESTORE_RE = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
+
+REVOCATIONS_SQL = f"""
+    SELECT 'idp' AS source, i.idp AS system, CAST(NULL AS VARCHAR) AS cluster,
+           coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' ELSE 'identity' END) AS kind,
+           CASE WHEN coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' END) = 'session'
+                     AND i.session_id IS NOT NULL THEN i.session_id
+                ELSE coalesce(lower(i.subject_login), i.subject_id, i.session_id) END AS subject,
+           lower(i.subject_login) AS login, i.subject_id, i.session_id,
+           i.occurred_at AS revoked_at, i.actor AS revoked_by, i.event_type,
+           'idp_event:' || coalesce(i.origin, i.idp || '/' || CAST(i.occurred_at AS VARCHAR)) AS evidence,
+           (SELECT min(e.occurred_at) FROM idp_event e
+             WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
+               AND regexp_matches(e.event_type, '{_RESTORE_RE}')
+               AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
+                    OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
+           ) AS restored_at
+    FROM idp_event i
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+    UNION ALL
+    SELECT 'k8s_audit', d.cluster, d.cluster,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
+                ELSE 'binding' END,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'system:serviceaccount:' || d.namespace || ':' || d.name
+                WHEN 'secrets' THEN 'SECRET=' || d.namespace || '/' || d.name
+                WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
+                ELSE 'ClusterRoleBinding/' || d.name END,
+           NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
+           'k8s_audit:' || d.cluster || '/' || d.audit_id,
+           (SELECT min(c.request_received_at) FROM k8s_audit c
+             WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
+               AND c.subresource IS NULL AND c.name = d.name
+               AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
+               AND c.response_code BETWEEN 200 AND 299 AND c.request_received_at > d.request_received_at)
+    FROM (
+        SELECT cluster, audit_id, request_received_at, any_value(resource) AS resource,
+               any_value(namespace) AS namespace, any_value(name) AS name, any_value(actor) AS actor
+        FROM k8s_audit
+        WHERE verb = 'delete' AND subresource IS NULL
+          AND resource IN ('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')
+        GROUP BY cluster, audit_id, request_received_at
+        HAVING max(response_code) BETWEEN 200 AND 299
+    ) d
+    WHERE d.resource <> 'secrets' OR ('SECRET=' || d.namespace || '/' || d.name) IN (
+        SELECT credential_id FROM k8s_audit WHERE credential_id LIKE 'SECRET=%' AND cluster = d.cluster)
+"""
+
+STATUS_COLUMNS = [
+    "kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system", "event_type",
+    "revoked_at", "revoked_by", "restored_at", "last_allowed_proxy_before", "first_allowed_proxy_after",
+    "first_denied_proxy", "last_allowed_api_before", "first_allowed_api_after", "first_denied_api",
+    "allowed_after_grace_proxy", "allowed_after_grace_api", "first_allowed_after_grace",
+    "last_allowed_after_grace", "latency_seconds", "exposure_seconds", "status", "evidence",
+    "violations",
+]
+
+
+def _usage_inserts(kinds: set[str]) -> list[str]:
+    """INSERT statements that collect the uses of each revoked subject (only for kinds present)."""
+    out: list[str] = []
+    ident = "('identity', 'token', 'grant')"
+    proxy_cols = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
+           CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
+           d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref"""
+    window = "d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND d.decided_at < $until"
+    if kinds & {"identity", "token", "grant"}:
+        out.append(f"""INSERT INTO zt_rev_use
+            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
+            WHERE r.kind IN {ident} AND {window}
+            UNION
+            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
+            WHERE r.kind IN {ident} AND {window}""")
+        out.append(f"""INSERT INTO zt_rev_use
+            SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
+                   'k8s_audit:' || q.cluster || '/' || q.audit_id
+            FROM zt_rev r JOIN (
+                SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
+                       max(response_code) AS response_code
+                FROM k8s_audit WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL)
+                  AND request_received_at < $until
+                GROUP BY ALL) q ON q.who = r.login
+            WHERE r.kind IN {ident} AND q.response_code IS NOT NULL
+              AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
+    if "session" in kinds:
+        out.append(f"""INSERT INTO zt_rev_use
+            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
+            WHERE r.kind = 'session' AND {window}""")
+    for kind, column in (("service_account", "user_name"), ("legacy_token", "credential_id")):
+        if kind in kinds:
+            out.append(f"""INSERT INTO zt_rev_use
+                SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
+                       'k8s_audit:' || q.cluster || '/' || q.audit_id
+                FROM zt_rev r JOIN (
+                    SELECT cluster, audit_id, request_received_at, any_value({column}) AS subj,
+                           max(response_code) AS response_code
+                    FROM k8s_audit WHERE {column} IN (SELECT subject FROM zt_rev WHERE kind = '{kind}')
+                      AND request_received_at < $until
+                    GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
+                WHERE r.kind = '{kind}' AND q.response_code IS NOT NULL
+                  AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
+    if "binding" in kinds:
+        # RBAC reason strings: 'RBAC: allowed by ClusterRoleBinding "NAME" of ...' and
+        # 'RBAC: allowed by RoleBinding "NAME/NS" of ...' (corpus: Pinniped sample).
+        out.append("""INSERT INTO zt_rev_use
+            SELECT r.rev_id, 'api', q.request_received_at, 0, true, 'k8s_audit:' || q.cluster || '/' || q.audit_id
+            FROM zt_rev r JOIN (
+                SELECT cluster, audit_id, request_received_at,
+                       CASE WHEN m.kind = 'ClusterRoleBinding' THEN 'ClusterRoleBinding/' || m.ref
+                            ELSE 'RoleBinding/' || split_part(m.ref, '/', 2) || '/' || split_part(m.ref, '/', 1)
+                       END AS subj
+                FROM (SELECT cluster, audit_id, request_received_at,
+                             regexp_extract(any_value(authz_reason),
+                                            'allowed by (ClusterRoleBinding|RoleBinding) "([^"]+)"',
+                                            ['kind', 'ref']) AS m
+                      FROM k8s_audit
+                      WHERE authz_reason LIKE '%RoleBinding "%' AND request_received_at < $until
+                      GROUP BY ALL HAVING max(response_code) BETWEEN 200 AND 399)) q
+              ON q.subj = r.subject AND q.cluster = r.cluster
+            WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
+    return out
+
+
+def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
+          until: datetime | None, *, lookback: bool = False) -> str:
+    """Build temp table ``zt_rev_status`` (one row per revocation) on ``con``; return its name.
+
+    Revocations revoked in [since, until) — or, with ``lookback`` (the detector), in
+    [since − revocation.lookback_days, until) — are judged against uses before ``until``; with
+    ``lookback`` only uses at or after ``since`` count as violations, so a run over a later window
+    reports only what happened in it. Called by :func:`revocation_status` and the detector.
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    lo = (since - timedelta(days=cfg.revocation.lookback_days if lookback else 0)) if since else _MIN
+    vsince = since if (lookback and since) else _MIN
+    hi = until or _MAX
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE zt_rev AS
+        SELECT row_number() OVER (ORDER BY v.revoked_at, v.subject, v.source, v.evidence) AS rev_id,
+               v.* REPLACE (coalesce(v.login, (SELECT lower(any_value(p.email)) FROM proxy_decision p
+                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
+        FROM revocations v WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
+    """, {"lo": lo, "hi": hi})
+    kinds = {str(r[0]) for r in con.execute("SELECT DISTINCT kind FROM zt_rev").fetchall()}
+    con.execute("""CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
+                   prec_us BIGINT, allowed BOOLEAN, ref VARCHAR)""")
+    for sql in _usage_inserts(kinds):
+        con.execute(sql, {"until": hi})
+    grace = timedelta(seconds=cfg.revocation.grace_seconds)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE zt_rev_status AS
+        WITH u AS (
+            SELECT u.*, r.revoked_at, coalesce(r.restored_at, $max) AS stop,
+                   greatest(r.revoked_at + $grace, $vsince) AS vfrom
+            FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+        ), agg AS (
+            SELECT rev_id,
+              max(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) <= revoked_at)
+                AS last_allowed_proxy_before,
+              min(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) > revoked_at
+                              AND ts < stop) AS first_allowed_proxy_after,
+              min(ts) FILTER (WHERE plane = 'proxy' AND NOT allowed AND ts + to_microseconds(prec_us) > revoked_at
+                              AND ts < stop) AS first_denied_proxy,
+              max(ts) FILTER (WHERE plane = 'api' AND allowed AND ts <= revoked_at) AS last_allowed_api_before,
+              min(ts) FILTER (WHERE plane = 'api' AND allowed AND ts > revoked_at AND ts < stop)
+                AS first_allowed_api_after,
+              min(ts) FILTER (WHERE plane = 'api' AND NOT allowed AND ts > revoked_at AND ts < stop)
+                AS first_denied_api,
+              count(*) FILTER (WHERE plane = 'proxy' AND allowed AND ts > vfrom AND ts < stop)
+                AS allowed_after_grace_proxy,
+              count(*) FILTER (WHERE plane = 'api' AND allowed AND ts > vfrom AND ts < stop)
+                AS allowed_after_grace_api,
+              min(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
+              max(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
+              list(ref ORDER BY ts, ref) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS viol
+            FROM u GROUP BY rev_id
+        )
+        SELECT r.kind, r.subject, coalesce(r.login, r.subject) AS identity, r.subject_id, r.session_id,
+               r.cluster, r.source, r.system, r.event_type,
+               r.revoked_at, r.revoked_by, r.restored_at,
+               a.last_allowed_proxy_before, a.first_allowed_proxy_after, a.first_denied_proxy,
+               a.last_allowed_api_before, a.first_allowed_api_after, a.first_denied_api,
+               coalesce(a.allowed_after_grace_proxy, 0) AS allowed_after_grace_proxy,
+               coalesce(a.allowed_after_grace_api, 0) AS allowed_after_grace_api,
+               a.first_allowed_after_grace, a.last_allowed_after_grace,
+               CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) = 0
+                     AND least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL
+                    THEN greatest(0.0, epoch_us(least(a.first_denied_proxy, a.first_denied_api))
+                                       - epoch_us(r.revoked_at)) / 1e6 END AS latency_seconds,
+               CASE WHEN a.last_allowed_after_grace IS NOT NULL
+                    THEN (epoch_us(a.last_allowed_after_grace) - epoch_us(r.revoked_at)) / 1e6 END
+                    AS exposure_seconds,
+               CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) > 0
+                    THEN 'not_enforced'
+                    WHEN least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL THEN 'enforced'
+                    ELSE 'unverified' END AS status,
+               r.evidence, coalesce(a.viol, []) AS violations
+        FROM zt_rev r LEFT JOIN agg a USING (rev_id)
+        ORDER BY r.revoked_at, r.subject
+    """, {"grace": grace, "max": _MAX, "vsince": vsince})
+    return "zt_rev_status"
+
+
+def revocation_status(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
+                      until: datetime | None = None) -> pa.Table:
+    """One row per revocation with its enforcement status and latency (``ztaudit report revocation``).
+
+    Columns: :data:`STATUS_COLUMNS` (``violations`` lists up to 20 event references of allowed uses
+    after the grace period). Raises on SQL errors; an empty lake gives an empty table.
+    """
+    table = build(con, config, since, until)
+    cols = ", ".join(c if c != "violations" else "violations[1:20] AS violations" for c in STATUS_COLUMNS)
+    return con.sql(f"SELECT {cols} FROM {table}").to_arrow_table()
+
+
+class NotEnforced:
+    """``revocation.not_enforced``: allowed activity for a revoked subject after the grace period."""
+
+    id: ClassVar[str] = "revocation.not_enforced"
+    description: ClassVar[str] = ("allowed activity (proxy or audit) for a revoked identity, session, token "
+                                  "or binding after the grace period")
+
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """One finding per revocation still honoured after ``revocation.grace_seconds``.
+
+        Called by detect and the streaming hook; raises on SQL errors.
+        """
+        table = build(ctx.con, ctx.config, ctx.since, ctx.until, lookback=True)
+        rows = ctx.con.execute(f"SELECT * FROM {table} WHERE status = 'not_enforced'").fetchall()
+        names = [d[0] for d in ctx.con.description or []]
+        grace = ctx.config.revocation.grace_seconds
+        out: list[Finding] = []
+        for values in rows:
+            r: dict[str, Any] = dict(zip(names, values, strict=True))
+            where = []
+            if r["allowed_after_grace_proxy"]:
+                where.append(f"{r['allowed_after_grace_proxy']} allowed proxy decision(s)")
+            if r["allowed_after_grace_api"]:
+                where.append(f"{r['allowed_after_grace_api']} allowed API request(s)")
+            revoked = r["revoked_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            who = r["subject"] if r["identity"] == r["subject"] else f"{r['subject']} ({r['identity']})"
+            summary = (f"{r['kind']} {who} was revoked at {revoked} ({r['event_type']}, "
+                       f"{r['system']}) but {' and '.join(where)} followed more than {grace}s later, the last "
+                       f"{r['exposure_seconds']:.0f}s after the revocation. Cut the remaining access: end its "
+                       "proxy sessions, delete the token or binding it still uses, and check the proxy's "
+                       "IdP refresh interval.")
+            out.append(Finding(
+                detector=self.id,
+                key=(r["kind"], r["subject"], r["cluster"], r["revoked_at"].astimezone(UTC).isoformat()),
+                severity=Severity.HIGH,
+                actor=r["identity"],
+                summary=summary,
+                first_seen=r["revoked_at"],
+                last_seen=r["last_allowed_after_grace"],
+                evidence=(r["evidence"], *list(r["violations"])[: ctx.config.detect.max_evidence - 1]),
+                credential_id=r["subject"] if r["kind"] == "legacy_token" else None,
+                cluster=r["cluster"],
+                score=float(r["allowed_after_grace_proxy"] + r["allowed_after_grace_api"]),
+                context={k: r[k] for k in ("kind", "subject_id", "session_id", "revoked_by", "event_type",
+                                           "first_allowed_after_grace", "last_allowed_after_grace",
+                                           "allowed_after_grace_proxy", "allowed_after_grace_api",
+                                           "exposure_seconds", "restored_at")},
+            ))
+        return out

@@ -1,0 +1,142 @@
+"""Run detectors over the lake and store their findings: the engine behind ``ztaudit detect``.
+
+Called by ``detect`` (batch) and by :mod:`ztaudit.detectors.streaming` (after each consumer flush).
+Order, as a sentence: open the catalog, build the derived tables (``detectors/tables.py``) and write
+them, run each detector, merge the findings into the lake.
+
+Failure: a builder or detector that raises is reported in :attr:`RunResult.errors` and the others
+still run; findings of the detectors that succeeded are written, and only those detectors' old
+findings in the window can be retracted (a failing detector never erases its previous findings).
+An unknown detector id raises :class:`DetectError` (exit 2) before anything runs. Lake write
+errors raise ``SinkError`` (exit 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from ztaudit.pipeline import catalog
+from ztaudit.pipeline.config import Config
+from ztaudit.pipeline.errors import ZtauditError
+from ztaudit.pipeline.schema import FINDINGS
+from ztaudit.pipeline.sink import LakeSink
+
+from . import registry, tables
+from .base import DetectContext
+from .findings_store import write_findings
+
+log = logging.getLogger(__name__)
+
+
+class DetectError(ZtauditError):  # type: ignore[misc]  # mypy sees ztaudit.pipeline as Any
+    """A usage error of detect (unknown detector id)."""
+
+    exit_code = 2
+
+
+@dataclass
+class RunResult:
+    """What one run did: findings per detector, errors, and the new/changed finding rows."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    tables_built: dict[str, int] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_detectors(ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(ids to run, registered ids skipped because their module is not in this checkout)."""
+    available = registry.available()
+    if not ids:
+        return available, [d for d in registry.DETECTORS if d not in available]
+    unknown = [d for d in ids if d not in registry.DETECTORS]
+    if unknown:
+        raise DetectError(f"unknown detector {unknown[0]!r}",
+                          fix=f"use one of: {', '.join(sorted(registry.DETECTORS))}")
+    return [d for d in ids if d in available], [d for d in ids if d not in available]
+
+
+def build_derived(ctx: DetectContext, lake: Path, result: RunResult) -> None:
+    """Build and write every derived table whose builder exists; errors go to ``result.errors``."""
+    sink = LakeSink(lake)
+    for name, builder in tables.builders().items():
+        t0 = time.perf_counter()
+        try:
+            table = builder(ctx)
+            sink.write(name, table, "derived")
+            result.tables_built[name] = table.num_rows
+        except ZtauditError:
+            raise
+        except Exception as exc:  # a broken builder must not stop the other detectors
+            log.error("building derived table %s failed: %s", name, exc)
+            result.errors[f"table:{name}"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        result.seconds[f"table:{name}"] = time.perf_counter() - t0
+    catalog.create_views(ctx.con, lake)  # the new tables' views
+
+
+def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = None,
+                  until: datetime | None = None, detector_ids: Sequence[str] | None = None,
+                  build_tables: bool = True, write: bool = True,
+                  con: duckdb.DuckDBPyConnection | None = None,
+                  memory_limit: str | None = None) -> RunResult:
+    """Run the selected (default: all importable) detectors over [since, until) and store findings."""
+    lake = Path(lake)
+    ids, skipped = select_detectors(detector_ids)
+    own = con is None
+    con = con or catalog.connect(lake, memory_limit=memory_limit)
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    # spill files go to the system temp dir, not ./.tmp in whatever directory detect was started from
+    spill = Path(tempfile.gettempdir()) / f"ztaudit-duckdb-{os.getpid()}"
+    con.execute("SET temp_directory = " + catalog.sql_literal(str(spill)))
+    result = RunResult(skipped=skipped)
+    ctx = DetectContext(con=con, config=config, since=since, until=until, lake=str(lake))
+    try:
+        if build_tables:
+            build_derived(ctx, lake, result)
+        now = datetime.now(UTC)
+        ok: list[str] = []
+        for did in ids:
+            t0 = time.perf_counter()
+            try:
+                findings = registry.get(did).run(ctx)
+            except ZtauditError:
+                raise
+            except Exception as exc:  # one broken detector must not hide the others' findings
+                log.error("detector %s failed: %s", did, exc)
+                result.errors[did] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+                result.seconds[did] = time.perf_counter() - t0
+                continue
+            rows = [f.row(now) for f in findings]
+            try:  # a detector's malformed row (e.g. NaN in a text column) fails that detector only
+                pa.Table.from_pylist(rows, schema=FINDINGS)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                log.error("detector %s returned a finding the findings table cannot hold: %s", did, exc)
+                result.errors[did] = f"invalid finding row: {type(exc).__name__}: {exc}"
+                result.seconds[did] = time.perf_counter() - t0
+                continue
+            ok.append(did)
+            result.seconds[did] = time.perf_counter() - t0
+            result.counts[did] = len(findings)
+            result.rows.extend(rows)
+        if write:
+            result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
+                                            lock_timeout=config.detect.lock_timeout_seconds)
+    finally:
+        if own:
+            con.close()
+    return result
