@@ -1,0 +1,224 @@
+"""Granted vs used: RBAC grants (``rbac_grant``) against what each identity actually did.
+
+In the spirit of audit2rbac (detection-anchors.md §1.9: the *used* set per identity) and Audicia
+(the only tool found that diffs granted against used): for every identity, each granted rule of
+the latest RBAC snapshot of its cluster with how many requests it covered in the period, the
+granted rules never used (a least-privilege suggestion: drop them or narrow the binding), the
+requests no rule of the snapshot explains (``used_not_granted``: system:masters, Node
+authorizer, webhooks, or a snapshot older than the binding), and impersonation rights.
+
+Subjects are resolved the way the authorizer sees them (k8s-audit-schema.md §5.1, §6): a user
+by name; a service account as ``system:serviceaccount:NS:NAME`` plus its implicit groups
+``system:serviceaccounts``, ``system:serviceaccounts:NS`` and ``system:authenticated``; groups
+from the audit log (``impersonated_groups`` when the proxy impersonates a person, else
+``user_groups``). Rule matching follows RBAC semantics: ``*`` wildcards for verbs, groups and
+resources, ``resource/subresource`` and ``resource/*``, ``resourceNames`` restricting by object
+name, ``nonResourceURLs`` with a trailing ``*`` prefix match.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa
+from ztaudit.pipeline.normalize import rbac_snapshot  # registers rbac_snapshot + the rbac_grant view
+
+GRANTED_VS_USED: Final = pa.schema([
+    ("cluster", pa.string()), ("identity", pa.string()), ("identity_kind", pa.string()),
+    ("row_type", pa.string()),  # granted | used_not_granted
+    ("via", pa.string()), ("binding", pa.string()), ("role", pa.string()), ("scope_namespace", pa.string()),
+    ("verbs", pa.list_(pa.string())), ("api_groups", pa.list_(pa.string())), ("resources", pa.list_(pa.string())),
+    ("resource_names", pa.list_(pa.string())), ("can_impersonate", pa.bool_()),
+    ("used_requests", pa.int64()), ("used_permissions", pa.list_(pa.string())), ("never_used", pa.bool_()),
+    ("suggestion", pa.string()),
+])
+
+_EPOCH0: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One granted rule, as a row of ``rbac_grant``."""
+
+    verbs: tuple[str, ...]
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    resource_names: tuple[str, ...]
+    non_resource_urls: tuple[str, ...]
+    scope_namespace: str | None
+
+
+@dataclass(frozen=True)
+class Use:
+    """A distinct permission exercised: verb on group/resource[/subresource] in a namespace."""
+
+    verb: str
+    api_group: str
+    resource: str | None
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+    path: str | None
+    requests: int
+
+    def label(self) -> str:
+        if self.resource is None:
+            return f"{self.verb} {self.path or '?'}"
+        res = self.resource + (f"/{self.subresource}" if self.subresource else "")
+        grp = f"{self.api_group}/" if self.api_group else ""
+        return f"{self.verb} {grp}{res}" + (f" in {self.namespace}" if self.namespace else " (cluster)")
+
+
+def covers(rule: Rule, use: Use) -> bool:
+    """True when ``rule`` (in its binding's scope) authorises ``use`` under RBAC semantics."""
+    if "*" not in rule.verbs and use.verb not in rule.verbs:
+        return False
+    if use.resource is None:  # non-resource URL (only ClusterRoleBindings grant them)
+        path = use.path or ""
+        return rule.scope_namespace is None and any(
+            u == path or u == "*" or (u.endswith("*") and path.startswith(u[:-1])) for u in rule.non_resource_urls)
+    if rule.scope_namespace is not None and use.namespace != rule.scope_namespace:
+        return False
+    if "*" not in rule.api_groups and use.api_group not in rule.api_groups:
+        return False
+    full = use.resource + (f"/{use.subresource}" if use.subresource else "")
+    ok = any(r == "*" or r == full or (use.subresource and r == f"{use.resource}/*")
+             or (r == f"*/{use.subresource}" if use.subresource else False) for r in rule.resources)
+    if not ok:
+        return False
+    return not rule.resource_names or (use.name is not None and use.name in rule.resource_names)
+
+
+def implicit_groups(identity: str) -> set[str]:
+    """Groups the authenticator adds for an identity (service accounts, nodes, everyone)."""
+    groups = {"system:authenticated"}
+    if identity.startswith("system:serviceaccount:"):
+        ns = identity.split(":")[2]
+        groups |= {"system:serviceaccounts", f"system:serviceaccounts:{ns}"}
+    elif identity.startswith("system:node:"):
+        groups.add("system:nodes")
+    return groups
+
+
+def _kind_of(identity: str) -> str:
+    if identity.startswith("system:serviceaccount:"):
+        return "service_account"
+    if identity.startswith("system:node:"):
+        return "node"
+    if identity.startswith("system:"):
+        return "system"
+    return "human"
+
+
+def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    got = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0]
+    return bool(got and got[0])
+
+
+def latest_grants(con: duckdb.DuckDBPyConnection, until: datetime | None) -> list[dict[str, Any]]:
+    """Rows of the latest RBAC snapshot per cluster taken before ``until`` (all clusters)."""
+    if not _has_view(con, rbac_snapshot.TABLE):
+        return []
+    rows: list[dict[str, Any]] = con.sql(
+        f"""SELECT * FROM {rbac_snapshot.TABLE} g
+            WHERE snapshot_at = (SELECT max(snapshot_at) FROM {rbac_snapshot.TABLE} h
+                                 WHERE h.cluster IS NOT DISTINCT FROM g.cluster AND h.snapshot_at < $until)""",
+        params={"until": until or _FAR}).to_arrow_table().to_pylist()
+    return rows
+
+
+def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
+                    until: datetime | None) -> pa.Table:
+    """Per identity and cluster: granted rules with their use in [since, until), never-used rules,
+    used-but-not-granted permissions and impersonation rights (table :data:`GRANTED_VS_USED`)."""
+    lo, hi = since or _EPOCH0, until or _FAR
+    grants = latest_grants(con, hi)
+    uses_rows = con.execute(
+        """SELECT cluster, actor, any_value(actor_kind),
+                  list_distinct(flatten(list(coalesce(impersonated_groups, user_groups, [])))),
+                  verb, coalesce(api_group, ''), resource, subresource, namespace, name,
+                  CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END, count(*)
+           FROM k8s_requests
+           WHERE request_received_at >= ? AND request_received_at < ? AND actor IS NOT NULL
+             AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+           GROUP BY cluster, actor, verb, coalesce(api_group, ''), resource, subresource, namespace, name,
+                    CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END""",
+        [lo, hi]).fetchall()
+    uses: dict[tuple[str, str], list[Use]] = defaultdict(list)
+    groups: dict[tuple[str, str], set[str]] = defaultdict(set)
+    kinds: dict[tuple[str, str], str] = {}
+    for cluster, actor, kind, grps, verb, grp, res, sub, ns, name, path, n in uses_rows:
+        key = (cluster, actor)
+        uses[key].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
+        groups[key] |= set(grps or [])
+        kinds[key] = kind or _kind_of(actor)
+    by_cluster: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+    for g in grants:
+        by_cluster[g["cluster"]].append(g)
+    identities = set(uses)
+    for g in grants:  # users and service accounts named in bindings, even if never seen
+        if g["subject_kind"] in ("User", "ServiceAccount"):
+            identities.add((g["cluster"], g["subject"]))
+    out: list[dict[str, Any]] = []
+    for cluster, identity in sorted(identities, key=lambda k: (str(k[0]), str(k[1]))):
+        key = (cluster, identity)
+        subject_names = {identity}
+        subject_groups = groups.get(key, set()) | implicit_groups(identity)
+        mine = [g for g in by_cluster.get(cluster, [])
+                if (g["subject_kind"] == "Group" and g["subject"] in subject_groups)
+                or (g["subject_kind"] != "Group" and g["subject"] in subject_names)]
+        my_uses = uses.get(key, [])
+        covered: set[int] = set()
+        for g in mine:
+            rule = Rule(tuple(g["verbs"] or ()), tuple(g["api_groups"] or ()), tuple(g["resources"] or ()),
+                        tuple(g["resource_names"] or ()), tuple(g["non_resource_urls"] or ()),
+                        g["scope_namespace"])
+            hits = [i for i, u in enumerate(my_uses) if covers(rule, u)]
+            covered.update(hits)
+            n = sum(my_uses[i].requests for i in hits)
+            used_labels = sorted({my_uses[i].label() for i in hits})
+            out.append({
+                "cluster": cluster, "identity": identity, "identity_kind": kinds.get(key, _kind_of(identity)),
+                "row_type": "granted", "via": f"{g['subject_kind']} {g['subject']}",
+                "binding": f"{g['binding_kind']} {(g['binding_namespace'] + '/') if g['binding_namespace'] else ''}"
+                           f"{g['binding_name']}",
+                "role": f"{g['role_kind']} {g['role_name']}" + ("" if g["role_found"] else " (not in snapshot)"),
+                "scope_namespace": g["scope_namespace"], "verbs": list(rule.verbs),
+                "api_groups": list(rule.api_groups), "resources": list(rule.resources),
+                "resource_names": list(rule.resource_names), "can_impersonate": bool(g["can_impersonate"]),
+                "used_requests": n, "used_permissions": used_labels[:20], "never_used": n == 0,
+                "suggestion": _suggest(rule, [my_uses[i] for i in hits], g),
+            })
+        for i, u in enumerate(my_uses):
+            if i not in covered:
+                out.append({
+                    "cluster": cluster, "identity": identity, "identity_kind": kinds.get(key, _kind_of(identity)),
+                    "row_type": "used_not_granted", "via": None, "binding": None, "role": None,
+                    "scope_namespace": u.namespace, "verbs": [u.verb], "api_groups": [u.api_group],
+                    "resources": [u.resource + (f"/{u.subresource}" if u.subresource else "")] if u.resource else [],
+                    "resource_names": [u.name] if u.name else [], "can_impersonate": u.verb == "impersonate",
+                    "used_requests": u.requests, "used_permissions": [u.label()], "never_used": False,
+                    "suggestion": "allowed by something outside the snapshot (system:masters, Node authorizer, "
+                                  "webhook) or the snapshot is older than the grant",
+                })
+    return pa.Table.from_pylist(out, schema=GRANTED_VS_USED)
+
+
+def _suggest(rule: Rule, used: Sequence[Use], g: dict[str, Any]) -> str:
+    """A least-privilege hint for one granted rule (audit2rbac-style: keep what was used)."""
+    if not g["role_found"]:
+        return "binding points at a role missing from the snapshot: delete the binding"
+    if not used:
+        imp = " (impersonation right)" if g["can_impersonate"] else ""
+        return f"never used in the period{imp}: remove it from this identity's grants"
+    verbs = sorted({u.verb for u in used})
+    res = sorted({(u.resource or u.path or "?") + (f"/{u.subresource}" if u.subresource else "") for u in used})
+    if "*" in rule.verbs or "*" in rule.resources or set(verbs) < set(rule.verbs) or len(res) < len(rule.resources):
+        return f"narrow to verbs {verbs} on {res}"
+    return "used as granted"

@@ -1,0 +1,194 @@
+"""``rbac_snapshot`` source kind: an RBAC snapshot → the ``rbac_grant`` table.
+
+Input: the output of ``kubectl get roles,clusterroles,rolebindings,clusterrolebindings -A -o json``,
+a ``v1 List`` whose ``items`` are ``Role``, ``ClusterRole``, ``RoleBinding`` and
+``ClusterRoleBinding`` objects (``rbac.authorization.k8s.io/v1``). :meth:`unwrap` recognises only
+such a List (every item an RBAC kind), so audit events or IdP records are never claimed; the whole
+List is one record, because a binding needs the roles of the same snapshot to be resolved.
+
+Output: one ``rbac_grant`` row per subject × rule × binding (the granted side of "granted vs
+used", detection-anchors.md §1.9: audit2rbac gives the used set, Audicia diffs the two):
+
+* a RoleBinding grants in its own namespace (``scope_namespace``), also when it references a
+  ClusterRole; a ClusterRoleBinding grants cluster-wide (``scope_namespace`` null);
+* subjects are resolved to the names the audit log uses: ``system:serviceaccount:<ns>:<name>``
+  for ServiceAccounts (k8s-audit-schema.md §5.1), the user or group name otherwise;
+* ``can_impersonate`` marks rules with the ``impersonate`` verb on users, groups,
+  serviceaccounts, userextras or uids (k8s-audit-schema.md §6);
+* a binding whose role is not in the snapshot yields one row with ``role_found`` false and empty
+  rules, so a dangling binding is visible rather than dropped.
+
+The snapshot time is the ingestion time (a List carries none); reports use the latest snapshot
+per cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final
+
+import pyarrow as pa
+
+from ..catalog import register_view
+from ..records import Reason, Rejected
+from ..schema import STR_LIST, TS, Column, _schema, conform, register_table
+from . import NormalizeContext, Unwrapped
+
+SOURCE: Final = "rbac_snapshot"
+TABLE: Final = "rbac_grant"
+RBAC_GROUP: Final = "rbac.authorization.k8s.io"
+ROLE_KINDS: Final = ("Role", "ClusterRole")
+BINDING_KINDS: Final = ("RoleBinding", "ClusterRoleBinding")
+RBAC_KINDS: Final = (*ROLE_KINDS, *BINDING_KINDS)
+#: Resources whose ``impersonate`` verb lets a subject act as someone else (§6).
+IMPERSONATE_RESOURCES: Final = ("users", "groups", "serviceaccounts", "userextras", "uids", "*")
+
+RBAC_GRANT: Final = _schema(
+    TABLE,
+    "RBAC grants from an RBAC snapshot: one row per subject × rule × binding.",
+    [
+        Column("snapshot_at", TS, "When the snapshot was ingested (the List carries no time)."),
+        Column("cluster", pa.string(), "Cluster (--cluster or envelope)."),
+        Column("subject_kind", pa.string(), "User | Group | ServiceAccount."),
+        Column("subject_name", pa.string(), "subjects[].name."),
+        Column("subject_namespace", pa.string(), "subjects[].namespace (ServiceAccount)."),
+        Column("subject", pa.string(), "Name as the audit log spells it: system:serviceaccount:NS:NAME, "
+               "user name or group name."),
+        Column("binding_kind", pa.string(), "RoleBinding | ClusterRoleBinding."),
+        Column("binding_name", pa.string(), "Binding name."),
+        Column("binding_namespace", pa.string(), "Binding namespace (RoleBinding)."),
+        Column("role_kind", pa.string(), "Role | ClusterRole (roleRef.kind)."),
+        Column("role_name", pa.string(), "roleRef.name."),
+        Column("role_found", pa.bool_(), "False when the referenced role is not in the snapshot."),
+        Column("rule_index", pa.int32(), "Index of the rule in the role (null when role_found is false)."),
+        Column("verbs", STR_LIST, "rules[].verbs."),
+        Column("api_groups", STR_LIST, "rules[].apiGroups ('' = core)."),
+        Column("resources", STR_LIST, "rules[].resources (may be resource/subresource or *)."),
+        Column("resource_names", STR_LIST, "rules[].resourceNames (empty = any)."),
+        Column("non_resource_urls", STR_LIST, "rules[].nonResourceURLs."),
+        Column("scope_namespace", pa.string(), "Namespace the grant applies in; null = cluster-wide."),
+        Column("can_impersonate", pa.bool_(), "The rule grants impersonate on users/groups/serviceaccounts/"
+               "userextras/uids."),
+        Column("origin", pa.string(), "Where the snapshot came from (file:<path>:<line>, kafka:...)."),
+        Column("ingested_at", TS, "When ztaudit wrote the row (UTC)."),
+    ],
+)
+# The ingest engine writes each source kind's table under the source id (DESIGN.md: the source id
+# is also the lake folder and table name), so the rows live in LAKE/rbac_snapshot/ and the
+# ``rbac_grant`` name is a catalog view over them: what reports and notebooks query.
+register_table(SOURCE, RBAC_GRANT, "snapshot_at")
+register_view(TABLE, "RBAC grants (one row per subject × rule × binding) from rbac_snapshot ingests.",
+              f"SELECT * FROM {SOURCE}")
+
+
+def _is_rbac_item(item: Any) -> bool:
+    return (isinstance(item, Mapping) and item.get("kind") in RBAC_KINDS
+            and str(item.get("apiVersion", "")).startswith(RBAC_GROUP + "/"))
+
+
+def _strs(v: Any) -> list[str]:
+    return [str(x) for x in v] if isinstance(v, list) else []
+
+
+def subject_username(kind: str, name: str, namespace: str | None, binding_ns: str | None) -> str:
+    """The identity string the audit log uses for an RBAC subject."""
+    if kind == "ServiceAccount":
+        return f"system:serviceaccount:{namespace or binding_ns or ''}:{name}"
+    return name
+
+
+def can_impersonate(verbs: Sequence[str], resources: Sequence[str]) -> bool:
+    """True when a rule allows impersonating users, groups, service accounts, extras or uids."""
+    return (("impersonate" in verbs or "*" in verbs)
+            and any(r.split("/")[0] in IMPERSONATE_RESOURCES for r in resources))
+
+
+def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grant rows for RBAC objects (roles and bindings of one snapshot) and problems found."""
+    roles: dict[tuple[str, str | None, str], list[Mapping[str, Any]]] = {}
+    problems: list[str] = []
+    for it in items:
+        if it.get("kind") in ROLE_KINDS:
+            md = it.get("metadata") or {}
+            ns = md.get("namespace") if it["kind"] == "Role" else None
+            rules = it.get("rules") or []
+            roles[(str(it["kind"]), ns, str(md.get("name", "")))] = [r for r in rules if isinstance(r, Mapping)]
+    rows: list[dict[str, Any]] = []
+    for it in items:
+        if it.get("kind") not in BINDING_KINDS:
+            continue
+        md = it.get("metadata") or {}
+        bname, bns = md.get("name"), md.get("namespace") if it["kind"] == "RoleBinding" else None
+        ref = it.get("roleRef") or {}
+        rkind, rname = ref.get("kind"), ref.get("name")
+        if not bname or rkind not in ROLE_KINDS or not rname:
+            problems.append(f"{it['kind']} {bns or ''}/{bname}: missing name or roleRef")
+            continue
+        rules = roles.get((rkind, bns if rkind == "Role" else None, rname))
+        for subj in it.get("subjects") or []:
+            if not isinstance(subj, Mapping) or not subj.get("kind") or not subj.get("name"):
+                problems.append(f"{it['kind']} {bns or ''}/{bname}: subject without kind or name")
+                continue
+            base = {
+                "subject_kind": subj["kind"], "subject_name": subj["name"],
+                "subject_namespace": subj.get("namespace") or (bns if subj["kind"] == "ServiceAccount" else None),
+                "subject": subject_username(str(subj["kind"]), str(subj["name"]), subj.get("namespace"), bns),
+                "binding_kind": it["kind"], "binding_name": bname, "binding_namespace": bns,
+                "role_kind": rkind, "role_name": rname, "scope_namespace": bns,
+            }
+            if rules is None:
+                rows.append({**base, "role_found": False, "verbs": [], "api_groups": [], "resources": [],
+                             "resource_names": [], "non_resource_urls": [], "can_impersonate": False})
+                continue
+            for i, rule in enumerate(rules):
+                verbs, res = _strs(rule.get("verbs")), _strs(rule.get("resources"))
+                rows.append({**base, "role_found": True, "rule_index": i, "verbs": verbs,
+                             "api_groups": _strs(rule.get("apiGroups")), "resources": res,
+                             "resource_names": _strs(rule.get("resourceNames")),
+                             "non_resource_urls": _strs(rule.get("nonResourceURLs")),
+                             "can_impersonate": can_impersonate(verbs, res)})
+    return rows, problems
+
+
+class RbacSnapshotNormalizer:
+    """Normalizer for the ``rbac_snapshot`` source kind (see the module docstring)."""
+
+    source: ClassVar[str] = SOURCE
+
+    def unwrap(self, value: Any) -> list[Unwrapped] | None:
+        """The whole List as one record when it is a non-empty List of RBAC objects, else None."""
+        if not isinstance(value, Mapping) or not str(value.get("kind", "")).endswith("List"):
+            return None
+        items = value.get("items")
+        if not isinstance(items, list) or not items or not all(_is_rbac_item(i) for i in items):
+            return None
+        return [Unwrapped(record=value, form="rbac_list")]
+
+    def parse_text(self, line: str) -> list[Unwrapped] | None:
+        """RBAC snapshots are JSON only."""
+        return None
+
+    def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
+                 ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
+        """Grant rows for each snapshot List; a List whose bindings cannot be read is rejected."""
+        now = ctx.ingested_at or datetime.now(UTC)
+        rows: list[dict[str, Any]] = []
+        rejected: list[Rejected] = []
+        for item, origin in zip(records, origins, strict=True):
+            rec = item.record
+            items = rec.get("items") if isinstance(rec, Mapping) else None
+            if not isinstance(items, list) or not all(_is_rbac_item(i) for i in items):
+                raw = json.dumps(rec, default=str).encode()
+                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "not a List of RBAC objects", raw[:65536],
+                                         SOURCE, len(raw)))
+                continue
+            got, problems = grants(items)
+            for p in problems:
+                rejected.append(Rejected(origin, Reason.MISSING_FIELD, p, p.encode(), SOURCE, len(p)))
+            for r in got:
+                r.update(snapshot_at=now, cluster=item.cluster or ctx.cluster, origin=origin, ingested_at=now)
+            rows.extend(got)
+        table = pa.Table.from_pylist(rows, schema=RBAC_GRANT) if rows else RBAC_GRANT.empty_table()
+        return conform(table, RBAC_GRANT), rejected
