@@ -1,0 +1,304 @@
+"""``ztaudit compact``: merge one day's many small Parquet files into a few large ones, atomically.
+
+The streaming consumer writes one file per partition per flush, so a busy day holds hundreds of
+small files; DuckDB wants few files with 100k+ row groups (pipeline-anchors §4.4). Compaction of
+``LAKE/<table>/dt=D``:
+
+1. **lock** ``LAKE/<table>/.compact-dt=D.lock`` (one compactor per day), and finish any earlier
+   compaction of D that crashed (step 6).
+2. **snapshot** the day's committed files (``*.parquet``, not hidden): these are the *inputs*.
+3. **stage** a new directory ``LAKE/<table>/.compact-dt=D-<h>/`` (``h`` = hash of the sorted input
+   names) holding the merged rows, sorted by the table's time column, as
+   ``compacted-<h>-<n>.parquet`` (``--target-rows`` rows each), and ``_compacted.json``: the input
+   names and, per Kafka ``topic+partition``, the offset ranges the inputs covered (merged with the
+   ranges of earlier compactions).
+4. **swap** the staged directory and ``dt=D`` in one ``renameat2(RENAME_EXCHANGE)`` call (Linux
+   3.15+, ext4/xfs/btrfs/tmpfs). Readers glob ``dt=*/*.parquet``, so at every instant they see either
+   all the old files or all the new ones: never both (no duplicates), never neither (no gap).
+5. **carry over** any file that is in the old directory but not an input (a consumer flush that
+   landed between the snapshot and the swap) into the new ``dt=D`` (rename, same name).
+6. **delete** the old directory. A crash after 4 leaves a hidden directory that the next
+   ``compact`` of D carries over (5) and deletes (6); a crash before 4 leaves a hidden staging
+   directory that the next run deletes. Hidden directories never match ``dt=*``.
+
+Guarantees and honest limits:
+
+* Readers never see duplicate or missing rows for D through the ``dt=*/*.parquet`` glob. A query
+  that listed files *before* the swap and opens them *after* it fails with "file not found"
+  (it does not return wrong rows); rerun it.
+* Safe while ``consume`` writes *other* dates (only ``dt=D`` is touched). If a consumer writes D
+  at the same moment, its rename can fail once (the directory moved under it); the consumer
+  retries that flush, idempotently, into the new ``dt=D``.
+* Replays after compaction: the consumer drops rows of D whose (topic, partition, offset) lies in
+  a range of D's ``_compacted.json`` (:meth:`ztaudit.pipeline.consume.StreamConsumer._drop_compacted`),
+  so re-reading committed or uncommitted offsets does not reintroduce duplicates into D. Rows from
+  ``ztaudit ingest`` (file origins) are not covered by ranges: re-ingesting the same file after
+  compacting its day duplicates its rows (its per-file key no longer exists to be overwritten).
+* Without ``RENAME_EXCHANGE`` (another OS or file system) the fallback renames the merged files in
+  and then deletes the inputs: readers can see duplicates for that moment; a warning says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import LakeError, SinkError
+from .schema import PARTITION_TIME, TABLES, conform
+from .sink import _fsync_dir, makedirs, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST: Final = "_compacted.json"
+DEFAULT_TARGET_ROWS: Final = 1_000_000
+_KAFKA_NAME = re.compile(r"^(?P<tp>.+\+\d+)\+(?P<first>\d{20})\.parquet$")
+_RENAME_EXCHANGE: Final = 2
+_AT_FDCWD: Final = -100
+
+
+@dataclass
+class Manifest:
+    """``dt=D/_compacted.json``: what compaction merged into this day."""
+
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    kafka_ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    rows: int = 0
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, "inputs": self.inputs, "outputs": self.outputs,
+                           "kafka_ranges": {k: [list(r) for r in v] for k, v in sorted(self.kafka_ranges.items())},
+                           "rows": self.rows, "created_at": self.created_at}, indent=1)
+
+
+_manifest_cache: dict[Path, tuple[float, Manifest | None]] = {}
+
+
+def read_manifest(day_dir: Path) -> Manifest | None:
+    """The day's compaction manifest, or None (cached by mtime: the consumer asks per flush)."""
+    path = day_dir / MANIFEST
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    cached = _manifest_cache.get(path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        raw = json.loads(path.read_text())
+        m: Manifest | None = Manifest(
+            inputs=list(raw.get("inputs", [])), outputs=list(raw.get("outputs", [])),
+            kafka_ranges={k: [(int(a), int(b)) for a, b in v] for k, v in raw.get("kafka_ranges", {}).items()},
+            rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("compact: unreadable manifest %s (%s); ignoring it", path, exc)
+        m = None
+    _manifest_cache[path] = (mtime, m)
+    return m
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, coalesced (overlapping or adjacent) inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (``renameat2(RENAME_EXCHANGE)``); False if unsupported here."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+@contextlib.contextmanager
+def _day_lock(table_dir: Path, day: str) -> Iterator[None]:
+    lock = table_dir / f".compact-dt={day}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LakeError(f"another `ztaudit compact` is working on {table_dir.name} dt={day}",
+                            fix="wait for it to finish") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def _committed(day_dir: Path) -> list[Path]:
+    return sorted(p for p in day_dir.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
+
+
+def _finish_crashed(table_dir: Path, day: str, day_dir: Path) -> None:
+    """Carry over / delete hidden directories an earlier compaction of ``day`` left behind."""
+    manifest = read_manifest(day_dir)
+    inputs = set(manifest.inputs) if manifest else set()
+    for old in table_dir.glob(f".compact-dt={day}-*"):
+        if not old.is_dir():
+            continue
+        swapped = manifest is not None and old.name.endswith(_hash_from_outputs(manifest))
+        if swapped:  # the swap happened: this is the old day; carry over what was not an input
+            for p in _committed(old):
+                if p.name not in inputs and not (day_dir / p.name).exists():
+                    os.rename(p, day_dir / p.name)
+                    log.info("compact: carried over %s from an interrupted compaction", p.name)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _hash_from_outputs(m: Manifest) -> str:
+    return m.outputs[0].split("-")[1] if m.outputs and m.outputs[0].count("-") >= 2 else "\0"
+
+
+def _offsets_of(table: pa.Table) -> pa.Array:
+    from .consume import origin_offsets
+
+    return origin_offsets(table.column("origin"))
+
+
+@dataclass
+class CompactResult:
+    table: str
+    day: str
+    inputs: int
+    outputs: list[Path]
+    rows: int
+    atomic: bool
+
+    def summary(self) -> str:
+        how = "atomic directory swap" if self.atomic else "NON-atomic fallback"
+        return (f"{self.table} dt={self.day}: {self.inputs} files -> {len(self.outputs)} files, "
+                f"{self.rows} rows ({how})")
+
+
+def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARGET_ROWS) -> CompactResult:
+    """Merge ``LAKE/<table>/dt=<day>`` (see the module docstring for the steps and guarantees)."""
+    if table not in TABLES:
+        raise LakeError(f"unknown table {table!r}", fix=f"use one of {', '.join(sorted(TABLES))}")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}|unknown", day):
+        raise LakeError(f"bad date {day!r}", fix="write --date YYYY-MM-DD")
+    if target_rows < 1:
+        raise LakeError("--target-rows must be >= 1")
+    table_dir = Path(lake) / table
+    day_dir = table_dir / f"dt={day}"
+    if not day_dir.is_dir():
+        raise LakeError(f"{day_dir} does not exist", fix="check --lake, --source and --date")
+    with _day_lock(table_dir, day):
+        _finish_crashed(table_dir, day, day_dir)
+        inputs = _committed(day_dir)
+        old = read_manifest(day_dir)
+        if len(inputs) <= 1:
+            rows = pq.ParquetFile(inputs[0]).metadata.num_rows if inputs else 0
+            return CompactResult(table, day, len(inputs), inputs, rows, True)
+        names = [p.name for p in inputs]
+        h = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+        ranges: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in (old.kafka_ranges if old else {}).items()}
+        parts = []
+        schema = TABLES[table]
+        for p in inputs:
+            try:
+                t = pq.read_table(p)
+            except (OSError, pa.ArrowException) as exc:
+                raise LakeError(f"cannot read {p}: {exc}", fix="move the broken file away and rerun") from exc
+            m = _KAFKA_NAME.match(p.name)
+            if m and "origin" in t.column_names and t.num_rows:
+                hi = pc.max(_offsets_of(t)).as_py()
+                if hi is not None:
+                    ranges.setdefault(m["tp"], []).append((int(m["first"]), int(hi)))
+            parts.append(conform(t, schema))
+        merged = pa.concat_tables(parts)
+        time_col = PARTITION_TIME.get(table)
+        if time_col and time_col in merged.column_names:
+            merged = merged.sort_by([(time_col, "ascending")])
+        staging = table_dir / f".compact-dt={day}-{h}"
+        shutil.rmtree(staging, ignore_errors=True)
+        makedirs(staging)
+        outputs = []
+        for n, start in enumerate(range(0, max(merged.num_rows, 1), target_rows)):
+            name = f"compacted-{h}-{n:04d}.parquet"
+            write_parquet_atomic(merged.slice(start, target_rows), staging / name)
+            outputs.append(name)
+        manifest = Manifest(inputs=names, outputs=outputs,
+                            kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()},
+                            rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
+        _write_text_atomic(staging / MANIFEST, manifest.to_json())
+        _fsync_dir(staging)
+        try:
+            atomic = rename_exchange(staging, day_dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SinkError(f"cannot swap {staging} and {day_dir}: {exc}") from exc
+        if atomic:
+            _fsync_dir(table_dir)
+            # staging now holds the old day: carry over files that arrived after the snapshot
+            for p in _committed(staging):
+                if p.name not in set(names):
+                    os.rename(p, day_dir / p.name)
+                    log.info("compact: kept %s (written while compacting)", p.name)
+            _fsync_dir(day_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            log.warning("compact: this file system cannot swap directories atomically; readers of %s may "
+                        "see duplicate rows until the inputs are deleted", day_dir)
+            for name in outputs:
+                os.replace(staging / name, day_dir / name)
+            os.replace(staging / MANIFEST, day_dir / MANIFEST)
+            _fsync_dir(day_dir)
+            for p in inputs:
+                p.unlink(missing_ok=True)
+            _fsync_dir(day_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+        _manifest_cache.pop(day_dir / MANIFEST, None)
+        result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], merged.num_rows, atomic)
+        log.info("compact: %s", result.summary())
+        return result
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def manifest_summary(day_dir: Path) -> Mapping[str, Any] | None:
+    """For ``ztaudit compact --show``-style output and tests."""
+    m = read_manifest(day_dir)
+    return None if m is None else json.loads(m.to_json())

@@ -1,0 +1,829 @@
+"""The streaming consumer behind ``ztaudit consume``: Kafka -> ``process()`` -> Parquet lake -> commit.
+
+The main loop reads as a sentence::
+
+    poll -> buffer per partition -> cut due chunks -> normalize -> write -> quarantine -> commit -> hooks
+
+Commit ordering (the whole exactly-once argument; quix-streams ``checkpoint.py`` style)
+--------------------------------------------------------------------------------------
+
+For every flush round, and for each partition in it, strictly in this order:
+
+1. **buffer**: ``poll()`` appends each record's raw bytes and offset to its partition's buffer.
+   Nothing is committed, and ``commit()`` is never called without explicit offsets (that would
+   commit what ``poll()`` returned, i.e. data that is not in Parquet yet).
+2. **cut**: a partition contributes at most one *chunk* ``[first, last]`` per round. The cut is
+   data-determined where possible: exactly ``flush_records`` records, or the record where the
+   chunk reaches ``flush_bytes``. Wall-clock cuts (``flush_seconds``, shutdown, ``--until-idle``,
+   the ``max_buffer_bytes`` memory cap) are not reproducible, so they are made idempotent by
+   *boundary recovery* (below).
+3. **normalize**: ``process(RawBatch(records, KafkaOrigins(topic, partition, offsets)))``.
+4. **write**: each table with ``LakeSink.write(table, rows, key)`` and the rejects with
+   ``write_quarantine(rejected, key)``, ``key = <topic>+<partition>+<first offset:020d>``. Each file
+   is a temp file, fsynced and renamed: **the rename is the durability point**.
+5. **clean**: files with the same key left by an earlier, uncommitted attempt that this chunk did
+   not rewrite (another ``dt=`` day, quarantine written on another day) are deleted.
+6. **commit**: ``commit({tp: OffsetAndMetadata(last + 1)})`` for the partitions flushed in this
+   round only, retried with backoff while the broker is away.
+7. **hooks**: ``on_flush(since, until, paths)`` with the event-time window just made durable.
+
+Why replay never duplicates: because a partition's next chunk is cut only after the previous
+chunk's commit succeeded, at most **one** chunk per partition is durable-but-uncommitted at any
+time, and its key is ``<topic>+<partition>+<committed offset>``. Whoever reads the partition next
+(this process after a crash, or another group member after a rebalance) starts at that committed
+offset, finds those leftover files by their key (:meth:`StreamConsumer._recover`), reads the highest
+offset in them and cuts its first chunk exactly there. So the replayed chunk has the same key and
+the same records, ``os.replace`` overwrites each file with identical rows, leftovers it did not
+rewrite are removed in step 5, and only then is the offset committed. A crash at any point between
+1 and 6 therefore leaves the lake with each record exactly once after the replay; a crash after 6
+replays nothing. Revocation drops the partition's unflushed buffer and commits nothing in the
+listener (kafka-python 3.x runs listeners on its IO thread, where blocking calls fail); the next
+owner re-reads from the committed offset.
+
+Limits (documented, not hidden): a *zombie* member that stalls longer than
+``max.poll.interval.ms`` *inside* a write and then finishes its rename after the new owner
+rewrote the same key can leave one overlapping file (plain file renames have no fencing token);
+if the broker deletes (retention) a partition's uncommitted range before the replay, the leftover
+file is kept as is. The natural key (``audit_id`` + ``stage``) is in every row for reports to
+dedupe if either ever happens. After ``ztaudit compact`` merged a day's files, rows a replay
+would write again into that day are dropped against the day's ``_compacted.json`` offset ranges
+(:mod:`ztaudit.pipeline.compact`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from kafka import ConsumerRebalanceListener
+
+from .config import Config, KafkaSettings
+from .errors import KafkaConnectError, SinkError
+from .normalize import NormalizeContext
+from .records import KafkaOrigins, RawBatch
+from .schema import PARTITION_TIME
+from .sink import LakeSink, safe_key
+from .sources import kafka as ksrc
+from .sources.kafka import tp_name
+
+log = logging.getLogger(__name__)
+
+#: A hook called after each durable flush + commit with the event-time window just written.
+FlushHook = Callable[[datetime, datetime, list[Path]], None]
+
+MiB: Final = 1024 * 1024
+BACKOFF_START_S: Final = 0.5
+BACKOFF_MAX_S: Final = 15.0
+SINK_RETRIES: Final = 5
+COMMIT_TIMEOUT_MS: Final = 10_000
+
+
+def file_key(topic: str, partition: int, first_offset: int) -> str:
+    """The deterministic file key of a chunk: ``<topic>+<partition>+<first offset:020d>``."""
+    return f"{topic}+{partition}+{first_offset:020d}"
+
+
+def origin_offsets(origins: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Offsets parsed from ``kafka:<topic>/<partition>/<offset>`` origins (null for other origins)."""
+    arr = origins.combine_chunks() if isinstance(origins, pa.ChunkedArray) else origins
+    is_kafka = pc.fill_null(pc.match_substring_regex(arr, r"^kafka:.*/\d+$"), False)
+    arr = pc.if_else(is_kafka, arr, pa.scalar("kafka:x/0/0", pa.string()))
+    last = pc.list_element(pc.split_pattern(arr, "/", max_splits=1, reverse=True), 1)
+    return pc.if_else(is_kafka, pc.cast(last, pa.int64()), pa.scalar(None, pa.int64()))
+
+
+@dataclass
+class ConsumeOptions:
+    """What to consume and where to write it; the CLI fills it from flags and ``[kafka]``."""
+
+    topics: Mapping[str, str | None]
+    lake: Path
+    group: str = "ztaudit"
+    cluster: str | None = None
+    flush_records: int = 100_000
+    flush_bytes: int = 128 * MiB
+    flush_seconds: float = 30.0
+    start_from: str = "earliest"
+    until_idle: float | None = None
+    metrics_file: Path | None = None
+    progress_seconds: float = 10.0
+    max_record_bytes: int = MiB
+    poll_timeout_ms: int = 500
+    #: All partitions' buffers together: above this the largest buffer is flushed early (bounds RSS
+    #: when many partitions fill slowly; such a cut is wall-clock-like and made idempotent the same way).
+    max_buffer_bytes: int = 128 * MiB
+    on_flush: list[FlushHook] = field(default_factory=list)
+
+
+@dataclass
+class Metrics:
+    """Counters for the progress line and ``--metrics-file`` (same names in both)."""
+
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    messages: int = 0
+    message_bytes: int = 0
+    events: int = 0
+    quarantined: int = 0
+    files: int = 0
+    flushes: int = 0
+    commits: int = 0
+    commit_retries: int = 0
+    rebalances: int = 0
+    dropped_uncommitted: int = 0
+    recovered_chunks: int = 0
+    compacted_rows_skipped: int = 0
+    broker_errors: int = 0
+    events_per_s: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+    buffered: int = 0
+    state: str = "starting"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["updated_at"] = datetime.now(UTC).isoformat()
+        return d
+
+
+class _Buffer:
+    """One partition's unflushed records (raw bytes, in offset order)."""
+
+    __slots__ = ("boundary", "leftovers", "nbytes", "offsets", "opened_at", "values")
+
+    def __init__(self, now: float) -> None:
+        self.values: list[bytes] = []
+        self.offsets: list[int] = []
+        self.nbytes = 0
+        self.opened_at = now
+        #: last offset of an earlier uncommitted flush this buffer must end its first chunk at
+        self.boundary: int | None = None
+        #: files that earlier flush left under this buffer's first key
+        self.leftovers: list[Path] = []
+
+
+@dataclass
+class _Chunk:
+    tp: Any
+    values: list[bytes]
+    offsets: list[int]
+    leftovers: list[Path]
+    recovered: bool
+
+    @property
+    def first(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def last(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def where(self) -> str:
+        return f"{tp_name(self.tp.topic, self.tp.partition)} offsets {self.first}..{self.last}"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rebalance listener: records what happened; the main thread acts on it after ``poll()``.
+
+    kafka-python 3.x runs these callbacks on its IO thread, where blocking consumer calls raise
+    and slow work stalls heartbeats, so they only append to a list (no flush, no commit).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, list[Any]]] = []
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        with self.lock:
+            self.events.append(("revoked", list(revoked)))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        with self.lock:
+            self.events.append(("assigned", list(assigned)))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        with self.lock:
+            self.events.append(("revoked", list(lost)))
+
+    def drain(self) -> list[tuple[str, list[Any]]]:
+        with self.lock:
+            out, self.events = self.events, []
+        return out
+
+
+def context_from_config(cfg: Config, cluster: str | None) -> NormalizeContext:
+    """The normalizer settings the consumer passes to every ``process()`` call."""
+    return NormalizeContext(cluster=cluster, proxy_hosts=dict(cfg.impersonation.proxy_hosts),
+                            proxy_utc_offset=cfg.correlation.proxy_utc_offset,
+                            system_user_patterns=tuple(cfg.identities.system_user_patterns))
+
+
+class StreamConsumer:
+    """Consume topics into the lake (see the module docstring for the commit ordering).
+
+    ``consumer_factory(**kwargs)`` builds the kafka-python consumer (tests may wrap it);
+    ``run()`` returns the final :class:`Metrics`. :meth:`stop` is safe from a signal handler.
+    """
+
+    def __init__(self, settings: KafkaSettings, options: ConsumeOptions, *,
+                 ctx: NormalizeContext | None = None, password: str | None = None,
+                 consumer_factory: Callable[..., Any] | None = None) -> None:
+        self.settings = settings
+        self.opts = options
+        self.ctx = ctx or NormalizeContext(cluster=options.cluster)
+        self.password = password
+        self.sink = LakeSink(options.lake)
+        self.metrics = Metrics()
+        self._factory = consumer_factory
+        self._consumer: Any = None
+        self._listener = _Listener()
+        self._buffers: dict[Any, _Buffer] = {}
+        self._fresh: set[Any] = set()  # partitions whose first record must check for leftovers
+        self._next: dict[Any, int] = {}  # next offset to read, per partition
+        self._dropped_at: dict[Any, int] = {}  # revoked partitions' first dropped offset, until reassigned
+        self._stopping = False
+        self._last_record_at = time.monotonic()
+        self._last_progress = time.monotonic()
+        self._events_at_progress = 0
+        #: Fault injection for the crash tests: SIGKILL this process after N flush rounds were renamed
+        #: into place but before their commit -- the worst moment for exactly-once.
+        crash = os.environ.get("ZTAUDIT_CONSUME_KILL_AFTER_WRITES")
+        self._kill_after_writes = int(crash) if crash else None
+        self._rounds_written = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to flush, commit and return (signal-safe)."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: flush, commit, exit 0; a second signal exits at once (130)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._stopping:
+                os._exit(130)
+            log.warning("consume: %s received: flushing buffered records, committing, exiting",
+                        signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> Metrics:
+        """poll -> buffer -> flush (normalize, write, quarantine, commit, hooks) until stopped or idle."""
+        ksrc.warn_if_slow_crc()
+        self._connect()
+        self.metrics.state = "running"
+        try:
+            while not self._stopping:
+                records = self._poll()
+                rewound = self._apply_rebalance_events()
+                self._buffer({tp: r for tp, r in records.items() if tp not in rewound})
+                self._flush_due(final=False)
+                self._progress()
+                if self._idle_done():
+                    log.info("consume: idle for %.0f s with no lag: draining and exiting", self.opts.until_idle)
+                    break
+            self.metrics.state = "draining"
+            self._apply_rebalance_events()
+            self._flush_due(final=True)
+        finally:
+            self.metrics.state = "stopped"
+            self._progress(force=True)
+            self._close()
+        return self.metrics
+
+    # --- connect --------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Preflight (fail fast on bad credentials), then build and subscribe the consumer.
+
+        An unreachable broker is retried with backoff forever (a log line each time); a broker
+        that answers but refuses us raises :class:`KafkaConnectError` (exit code 5).
+        """
+        from kafka.errors import KafkaError
+
+        backoff = BACKOFF_START_S
+        while not self._stopping:
+            try:
+                preflight(self.settings, self.password)
+                cfg = ksrc.consumer_config(self.settings, group=self.opts.group, start_from=self.opts.start_from,
+                                           password=self.password)
+                cfg["bootstrap_timeout_ms"] = 10_000
+                factory = self._factory or _kafka_consumer
+                self._consumer = factory(**cfg)
+                self._consumer.subscribe(topics=sorted(self.opts.topics), listener=self._listener)
+                log.info("consume: subscribed to %s as group %s at %s", ", ".join(sorted(self.opts.topics)),
+                         self.opts.group, self.settings.bootstrap_servers)
+                return
+            except KafkaConnectError:
+                raise
+            except (KafkaError, OSError) as exc:
+                if ksrc.is_auth_error(exc):
+                    raise ksrc.connect_error(exc, self.settings, self.password) from None
+                self.metrics.broker_errors += 1
+                log.warning("consume: Kafka at %s unreachable (%s); retrying in %.1f s",
+                            self.settings.bootstrap_servers, ksrc.redact(str(exc), self.password), backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        if self._consumer is None:
+            raise SystemExit(0)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close(autocommit=False)
+            self._consumer = None
+
+    # --- poll and buffer ------------------------------------------------------------------
+
+    def _poll(self) -> dict[Any, list[Any]]:
+        from kafka.errors import KafkaError
+
+        try:
+            got: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=self.opts.poll_timeout_ms)
+            return got
+        except KafkaError as exc:
+            if ksrc.is_auth_error(exc):
+                raise ksrc.connect_error(exc, self.settings, self.password) from None
+            self.metrics.broker_errors += 1
+            log.warning("consume: poll failed (%s); retrying", ksrc.redact(str(exc), self.password))
+            time.sleep(BACKOFF_START_S)
+            return {}
+
+    def _apply_rebalance_events(self) -> set[Any]:
+        """Act on what the listener recorded during ``poll()``; returns the partitions rewound.
+
+        Revoked: drop the unflushed buffer (nothing is committed for it). If the same rebalance
+        gives the partition back (kafka-python keeps the *position* of a partition it still owns),
+        seek back to the first dropped offset -- else those records would be skipped.
+        """
+        from kafka.errors import IllegalStateError, KafkaError
+
+        rewound: set[Any] = set()
+        for kind, tps in self._listener.drain():
+            if kind == "revoked":
+                for tp in tps:
+                    buf = self._buffers.pop(tp, None)
+                    if buf is not None and buf.offsets:
+                        self.metrics.dropped_uncommitted += len(buf.offsets)
+                        self._dropped_at[tp] = buf.offsets[0]
+                        log.info("consume: %s revoked: dropped %d unflushed records from offset %d "
+                                 "(uncommitted; whoever owns it next re-reads them)", tp_name(tp.topic, tp.partition),
+                                 len(buf.offsets), buf.offsets[0])
+                    self._next.pop(tp, None)
+                    self._fresh.add(tp)
+                continue
+            self.metrics.rebalances += 1
+            self._last_record_at = time.monotonic()  # new partitions: idle time starts over
+            for tp in tps:
+                self._fresh.add(tp)
+                first = self._dropped_at.pop(tp, None)
+                if first is not None:
+                    try:
+                        self._consumer.seek(tp, first)
+                        rewound.add(tp)
+                        log.info("consume: %s assigned again: rewound to offset %d (its dropped buffer)",
+                                 tp_name(tp.topic, tp.partition), first)
+                    except (IllegalStateError, KafkaError, AssertionError, ValueError) as exc:
+                        log.warning("consume: %s: cannot rewind to offset %d: %s", tp_name(tp.topic, tp.partition),
+                                    first, exc)
+            self._dropped_at.clear()  # partitions that went elsewhere: the new owner starts at the commit
+            log.info("consume: assigned %s", ", ".join(tp_name(t.topic, t.partition) for t in sorted(tps)) or "-")
+        return rewound
+
+    def _buffer(self, records: Mapping[Any, Sequence[Any]]) -> None:
+        if not records:
+            return
+        now = time.monotonic()
+        self._last_record_at = now
+        assigned = self._consumer.assignment()
+        for tp, recs in records.items():
+            if not recs or tp not in assigned:
+                continue
+            buf = self._buffers.get(tp)
+            first = recs[0].offset
+            if buf is not None and buf.offsets and first <= buf.offsets[-1]:
+                # The position went backwards (reset/seek by the client): start over from here.
+                log.warning("consume: %s rewound to offset %d (buffer ended at %d): dropping the buffer",
+                            tp_name(tp.topic, tp.partition), first, buf.offsets[-1])
+                self._buffers.pop(tp)
+                self._fresh.add(tp)
+                buf = None
+            if buf is None:
+                buf = self._buffers[tp] = _Buffer(now)
+            if tp in self._fresh and not buf.offsets:
+                self._fresh.discard(tp)
+                self._recover(tp, first, buf)
+            values = buf.values
+            offsets = buf.offsets
+            n = 0
+            for r in recs:
+                v = r.value if r.value is not None else b""
+                values.append(v)
+                offsets.append(r.offset)
+                n += len(v)
+            buf.nbytes += n
+            self.metrics.messages += len(recs)
+            self.metrics.message_bytes += n
+            self._next[tp] = recs[-1].offset + 1
+
+    def _recover(self, tp: Any, first: int, buf: _Buffer) -> None:
+        """Find files an earlier, uncommitted flush left under this partition's next key.
+
+        Sets ``buf.boundary`` to the highest offset they hold, so the first chunk is cut exactly
+        where that flush was cut and the replay rewrites the same files (module docstring).
+        """
+        name = f"{safe_key(file_key(tp.topic, tp.partition, first))}.parquet"
+        leftovers = sorted(p for p in self.sink.lake.glob(f"*/dt=*/{name}") if p.is_file())
+        if not leftovers:
+            return
+        boundary = -1
+        for path in leftovers:
+            try:
+                col = pq.read_table(path, columns=["origin"]).column("origin")
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                log.warning("consume: %s leftover %s unreadable (%s); it will be replaced",
+                            tp_name(tp.topic, tp.partition), path, exc)
+                continue
+            offs = origin_offsets(col)
+            mx = pc.max(offs).as_py()
+            if mx is not None:
+                boundary = max(boundary, int(mx))
+        buf.leftovers = leftovers
+        buf.boundary = boundary if boundary >= first else None
+        self.metrics.recovered_chunks += 1
+        log.info("consume: %s offset %d: %d file(s) of an uncommitted earlier flush found; the replay ends its "
+                 "first file at offset %s so it rewrites them", tp_name(tp.topic, tp.partition), first,
+                 len(leftovers), buf.boundary)
+
+    # --- cut and flush --------------------------------------------------------------------
+
+    def _cut(self, tp: Any, buf: _Buffer, now: float, final: bool) -> _Chunk | None:
+        """The partition's next chunk if one is due (module docstring, step 2), else None."""
+        n = len(buf.offsets)
+        if n == 0:
+            return None
+        if buf.boundary is not None:
+            if buf.offsets[-1] < buf.boundary:
+                return None  # the rest of the earlier flush is still on its way (or we stop: drop)
+            end = next(i for i, o in enumerate(buf.offsets) if o >= buf.boundary)
+            if buf.offsets[end] > buf.boundary:
+                end -= 1
+            end += 1
+        elif n >= self.opts.flush_records:
+            end = self.opts.flush_records
+        elif buf.nbytes >= self.opts.flush_bytes:
+            total = 0
+            end = n
+            for i, v in enumerate(buf.values):
+                total += len(v)
+                if total >= self.opts.flush_bytes:
+                    end = i + 1
+                    break
+        elif final or now - buf.opened_at >= self.opts.flush_seconds:
+            end = n
+        else:
+            return None
+        end = max(end, 1)
+        chunk = _Chunk(tp, buf.values[:end], buf.offsets[:end], buf.leftovers, buf.boundary is not None)
+        del buf.values[:end]
+        del buf.offsets[:end]
+        buf.nbytes -= sum(len(v) for v in chunk.values)
+        buf.opened_at = now
+        buf.boundary = None
+        buf.leftovers = []
+        return chunk
+
+    def _flush_due(self, final: bool) -> None:
+        """Flush rounds until no partition has a due chunk: at most one chunk per partition per round."""
+        while True:
+            now = time.monotonic()
+            chunks = []
+            total = sum(b.nbytes for b in self._buffers.values())
+            largest = max(self._buffers, key=lambda t: self._buffers[t].nbytes) if self._buffers else None
+            for tp, buf in list(self._buffers.items()):
+                force = final or (tp == largest and total > self.opts.max_buffer_bytes)
+                c = self._cut(tp, buf, now, force)
+                if c is not None:
+                    chunks.append(c)
+            if not chunks:
+                break
+            self._flush(chunks)
+            if self._stopping and not final:
+                break
+        if final:
+            for tp, buf in self._buffers.items():
+                if buf.offsets:
+                    log.info("consume: %s: %d records from offset %d not flushed (an earlier flush ended at %s; "
+                             "left for the replay)", tp_name(tp.topic, tp.partition), len(buf.offsets),
+                             buf.offsets[0], buf.boundary)
+
+    def _flush(self, chunks: list[_Chunk]) -> None:
+        """normalize -> write -> quarantine -> clean -> commit -> hooks, for one round of chunks."""
+        from kafka.structs import OffsetAndMetadata
+
+        paths: list[Path] = []
+        since: datetime | None = None
+        until: datetime | None = None
+        offsets = {}
+        for chunk in chunks:
+            written, window = self._write_chunk(chunk)
+            paths.extend(written)
+            if window is not None:
+                since = window[0] if since is None else min(since, window[0])
+                until = window[1] if until is None else max(until, window[1])
+            offsets[chunk.tp] = OffsetAndMetadata(chunk.last + 1, "", -1)
+        self._rounds_written += 1
+        if self._kill_after_writes is not None and self._rounds_written >= self._kill_after_writes:
+            log.warning("consume: ZTAUDIT_CONSUME_KILL_AFTER_WRITES: SIGKILL after the rename of %s, before "
+                        "its commit", ", ".join(c.where for c in chunks))
+            os.kill(os.getpid(), signal.SIGKILL)
+        committed = self._commit(offsets, chunks)
+        self.metrics.flushes += 1
+        if committed and since is not None and until is not None:
+            for hook in self.opts.on_flush:
+                try:
+                    hook(since, until, paths)
+                except Exception as exc:  # a hook must not stop ingestion; the data is durable
+                    log.exception("consume: on_flush hook %s failed for window %s..%s: %s",
+                                  getattr(hook, "__name__", hook), since.isoformat(), until.isoformat(), exc)
+
+    def _write_chunk(self, chunk: _Chunk) -> tuple[list[Path], tuple[datetime, datetime] | None]:
+        from .process import process
+
+        tp = chunk.tp
+        key = file_key(tp.topic, tp.partition, chunk.first)
+        batch = RawBatch(chunk.values, KafkaOrigins(tp.topic, tp.partition, chunk.offsets),
+                         source=self.opts.topics.get(tp.topic), cluster=self.opts.cluster)
+        result = process(batch, self.ctx, max_record_bytes=self.opts.max_record_bytes)
+        delay = BACKOFF_START_S
+        for attempt in range(1, SINK_RETRIES + 1):
+            try:
+                written: list[Path] = []
+                rows = 0
+                window: tuple[datetime, datetime] | None = None
+                for table_name, table in sorted(result.tables.items()):
+                    table = self._drop_compacted(table_name, table, tp)
+                    if table.num_rows == 0:
+                        continue
+                    written.extend(self.sink.write(table_name, table, key))
+                    rows += table.num_rows
+                    w = _time_window(table, PARTITION_TIME.get(table_name))
+                    if w is not None:
+                        window = w if window is None else (min(window[0], w[0]), max(window[1], w[1]))
+                written.extend(self.sink.write_quarantine(result.rejected, key))
+                break
+            except SinkError as exc:
+                if attempt == SINK_RETRIES:
+                    raise
+                log.warning("consume: %s: lake write failed (%s); retry %d/%d in %.1f s", chunk.where, exc,
+                            attempt, SINK_RETRIES, delay)
+                time.sleep(delay)
+                delay *= 2
+        keep = {p.resolve() for p in written}
+        for stale in chunk.leftovers:
+            if stale.resolve() not in keep:
+                stale.unlink(missing_ok=True)
+                log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
+        self.metrics.events += rows
+        self.metrics.quarantined += len(result.rejected)
+        self.metrics.files += len(written)
+        for r in result.rejected:
+            log.warning("consume: quarantined %s: %s (%s)", r.origin, r.reason, r.detail[:200])
+        log.debug("consume: %s -> %d rows, %d quarantined, %d files", chunk.where, rows, len(result.rejected),
+                  len(written))
+        return written, window
+
+    def _drop_compacted(self, table_name: str, table: pa.Table, tp: Any) -> pa.Table:
+        """Rows a replay would write again into a day that ``compact`` already merged (its
+        ``_compacted.json`` lists this partition's offset ranges) are dropped."""
+        time_col = PARTITION_TIME.get(table_name)
+        if time_col is None or table.num_rows == 0:
+            return table
+        w = _time_window(table, time_col)
+        days = _days_between(w) if w is not None else []
+        ranges_by_day = {}
+        from .compact import read_manifest  # local import: compact imports this module's helpers
+
+        for day in days:
+            manifest = read_manifest(self.sink.lake / table_name / f"dt={day}")
+            if manifest is not None:
+                ranges = manifest.kafka_ranges.get(f"{tp.topic}+{tp.partition}")
+                if ranges:
+                    ranges_by_day[day] = ranges
+        if not ranges_by_day:
+            return table
+        day_col = pc.strftime(table.column(time_col), format="%Y-%m-%d")
+        offs = origin_offsets(table.column("origin"))
+        drop = pa.array([False] * table.num_rows)
+        for day, ranges in ranges_by_day.items():
+            in_day = pc.equal(day_col, day)
+            for lo, hi in ranges:
+                hit = pc.and_(in_day, pc.and_(pc.greater_equal(offs, lo), pc.less_equal(offs, hi)))
+                drop = pc.or_(drop, pc.fill_null(hit, False))
+        n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
+        if n:
+            self.metrics.compacted_rows_skipped += n
+            log.info("consume: %s: %d rows already in compacted %s day(s) %s; not written again",
+                     tp_name(tp.topic, tp.partition), n, table_name, ", ".join(sorted(ranges_by_day)))
+            return table.filter(pc.invert(drop))
+        return table
+
+    def _commit(self, offsets: dict[Any, Any], chunks: list[_Chunk]) -> bool:
+        """Commit exactly ``offsets``; retry while the broker is away; rewind if the group moved on."""
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+        where = ", ".join(f"{tp_name(tp.topic, tp.partition)}@{om.offset}" for tp, om in sorted(offsets.items()))
+        delay = BACKOFF_START_S
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                self.metrics.commits += 1
+                for tp, om in offsets.items():
+                    self.metrics.committed[tp_name(tp.topic, tp.partition)] = om.offset
+                log.debug("consume: committed %s", where)
+                return True
+            except CommitFailedError as exc:
+                # The group rebalanced: these partitions may belong to someone else now. The files
+                # are durable but uncommitted; whoever owns the partition next rewrites them.
+                log.warning("consume: commit %s rejected by the group coordinator (%s); the next owner "
+                            "replays from the last committed offsets", where, exc)
+                for c in chunks:
+                    self._buffers.pop(c.tp, None)
+                    self._next.pop(c.tp, None)
+                    self._fresh.add(c.tp)
+                    with contextlib.suppress(IllegalStateError, KafkaError, AssertionError, ValueError):
+                        self._consumer.seek(c.tp, c.first)
+                return False
+            except KafkaError as exc:
+                if ksrc.is_auth_error(exc):
+                    raise ksrc.connect_error(exc, self.settings, self.password) from None
+                self.metrics.commit_retries += 1
+                self.metrics.broker_errors += 1
+                log.warning("consume: commit %s failed (%s: %s); files are durable, retrying in %.1f s", where,
+                            type(exc).__name__, ksrc.redact(str(exc), self.password), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    # --- progress, idle -------------------------------------------------------------------
+
+    def _lag(self) -> dict[str, int]:
+        out = {}
+        for tp, nxt in sorted(self._next.items()):
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                out[tp_name(tp.topic, tp.partition)] = max(0, int(hw) - nxt)
+        return out
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        dt = now - self._last_progress
+        if not force and dt < self.opts.progress_seconds:
+            return
+        m = self.metrics
+        if dt > 0:
+            m.events_per_s = round((m.events - self._events_at_progress) / dt, 1)
+        self._last_progress = now
+        self._events_at_progress = m.events
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                m.lag = self._lag()
+        m.buffered = sum(len(b.offsets) for b in self._buffers.values())
+        lag = " ".join(f"{k}={v}" for k, v in m.lag.items()) or "-"
+        log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d files, buffered %d, lag %s",
+                 m.events_per_s, m.events, m.messages, m.quarantined, m.files, m.buffered, lag)
+        if self.opts.metrics_file is not None:
+            _write_json_atomic(self.opts.metrics_file, m.as_dict())
+
+    def _idle_done(self) -> bool:
+        """``--until-idle``: nothing polled for that long, and the broker confirms no lag (the
+        buffered records are then flushed by the final drain)."""
+        if self.opts.until_idle is None:
+            return False
+        if time.monotonic() - self._last_record_at < self.opts.until_idle:
+            return False
+        from kafka.errors import KafkaError
+
+        assigned = self._consumer.assignment()
+        if not assigned:
+            # no partitions for until_idle since the last assignment (a group with more members than
+            # partitions, or a topic that does not exist yet)
+            return True
+        try:
+            ends = self._consumer.end_offsets(list(assigned))
+            positions = {tp: self._consumer.position(tp, timeout_ms=5000) for tp in assigned}
+        except (KafkaError, AssertionError, ValueError) as exc:
+            log.info("consume: idle, but cannot confirm lag (%s); waiting", exc)
+            self._last_record_at = time.monotonic()
+            return False
+        lag = ksrc.lag_by_partition(positions, ends)
+        if any(lag.values()):
+            self._last_record_at = time.monotonic()
+            return False
+        return True
+
+
+def _kafka_consumer(**cfg: Any) -> Any:
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(**cfg)
+
+
+def preflight(settings: KafkaSettings, password: str | None) -> None:
+    """Fail fast when the broker answers TCP but refuses the session (credentials, mechanism, TLS).
+
+    kafka-python reports a SASL failure the broker answers by closing the socket only as "unable
+    to bootstrap" after its timeout, so: TCP reachable + a bootstrap that fails twice on a SASL or
+    SSL listener = :class:`KafkaConnectError` (exit 5). Unreachable = ``KafkaTimeoutError`` (the
+    caller retries). PLAINTEXT needs no preflight.
+    """
+    import socket
+
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    if settings.security_protocol == "PLAINTEXT":
+        return
+    cfg = ksrc.client_config(settings, password=password)
+    reachable = False
+    for server in cfg["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port or 9092)), timeout=3).close()
+            reachable = True
+            break
+        except OSError:
+            continue
+    if not reachable:
+        from kafka.errors import KafkaTimeoutError
+
+        raise KafkaTimeoutError(f"no bootstrap server of {settings.bootstrap_servers} accepts TCP connections")
+    last: BaseException | None = None
+    for _ in range(2):
+        try:
+            c = KafkaConsumer(bootstrap_timeout_ms=4000, request_timeout_ms=5000, **cfg)
+            c.close()
+            return
+        except KafkaError as exc:
+            last = exc
+            if ksrc.is_auth_error(exc):
+                break
+    assert last is not None
+    raise KafkaConnectError(
+        f"Kafka at {settings.bootstrap_servers} accepts connections but refused the {settings.security_protocol}"
+        f"{'/' + settings.sasl_mechanism if settings.sasl_mechanism else ''} session for user "
+        f"{settings.sasl_username!r} ({ksrc.redact(type(last).__name__ + ': ' + str(last), password)})",
+        fix=f"check the user name, the password in ${settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'} or "
+            "kafka.sasl_password_file, the SASL mechanism, and the TLS CA/certificate files")
+
+
+def _time_window(table: pa.Table, col: str | None) -> tuple[datetime, datetime] | None:
+    if col is None or col not in table.column_names or table.num_rows == 0:
+        return None
+    mm = pc.min_max(table.column(col))
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    if lo is None or hi is None:
+        return None
+    return lo, hi
+
+
+def _days_between(window: tuple[datetime, datetime]) -> list[str]:
+    lo, hi = window[0].astimezone(UTC).date(), window[1].astimezone(UTC).date()
+    out: list[str] = []
+    d = lo
+    while d <= hi and len(out) < 400:
+        out.append(d.isoformat())
+        d += timedelta(days=1)
+    return out
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def consume(settings: KafkaSettings, options: ConsumeOptions, *, ctx: NormalizeContext | None = None,
+            password: str | None = None, signals: bool = False) -> Metrics:
+    """Library entry point: run a :class:`StreamConsumer` to completion (``--until-idle`` or stop)."""
+    c = StreamConsumer(settings, options, ctx=ctx, password=password)
+    if signals:
+        c.install_signal_handlers()
+    return c.run()
