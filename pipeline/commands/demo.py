@@ -54,8 +54,12 @@ def prepare_lake(lake: Path, *, keep: bool) -> None:
     (lake / MARKER).write_text("created by `ztaudit demo`; safe to delete\n")
 
 
-def ingest_samples(samples: Path, lake: Path, cfg: Config, *, echo: bool) -> None:
-    """Ingest each ``samples/<source kind>/`` folder (others with source detection)."""
+def ingest_samples(samples: Path, lake: Path, cfg: Config, *, echo: bool, cluster: str | None = "demo") -> None:
+    """Ingest each ``samples/<source kind>/`` folder (others with source detection).
+
+    Plain audit lines do not name their cluster; the sample logs all come from cluster ``demo``
+    (envelopes that name theirs, GKE/AKS/EKS, keep their own).
+    """
     ingest_paths = optional("ztaudit.pipeline.ingest:ingest_paths")
     if ingest_paths is None:
         raise SourceError("ingest is not available in this build", fix="install the full ztaudit package")
@@ -64,7 +68,7 @@ def ingest_samples(samples: Path, lake: Path, cfg: Config, *, echo: bool) -> Non
     if not kinds:
         batches = [([samples], None)]
     for paths, kind in batches:
-        stats = ingest_paths(paths, lake, source=kind, config=cfg, progress=False)
+        stats = ingest_paths(paths, lake, source=kind, cluster=cluster, config=cfg, progress=False)
         if echo:
             rows = ", ".join(f"{t}={n}" for t, n in sorted(stats.rows.items())) or "no rows"
             q = stats.quarantined_total
@@ -98,9 +102,12 @@ def run_detect(lake: Path, cfg: Config, *, echo: bool) -> bool:
 @click.option("--samples", type=click.Path(file_okay=False, exists=True),
               help="Sample logs directory (default: the checkout's sample_logs/).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="ztaudit.toml to use.")
+@click.option("--cluster", default="demo", show_default=True,
+              help="Cluster name for sample records whose envelope does not name one.")
 @click.option("--width", type=click.IntRange(40), default=100, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only the reports; no step messages.")
-def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, width: int, quiet: bool) -> None:
+def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cluster: str, width: int,
+         quiet: bool) -> None:
     """Ingest the sample logs, detect, and print the summary, findings and revocation reports."""
     cfg = load_config(config_path)
     src = find_sample_logs(samples)
@@ -109,7 +116,7 @@ def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, wi
     prepare_lake(path, keep=keep)
     if echo:
         click.echo(f"demo lake: {path} (from {src})", err=True)
-    ingest_samples(src, path, cfg, echo=echo)
+    ingest_samples(src, path, cfg, echo=echo, cluster=cluster)
     detected = run_detect(path, cfg, echo=echo)
     con = open_lake(path)
     try:
