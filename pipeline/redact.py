@@ -24,14 +24,20 @@ from typing import Any, Final
 
 import orjson
 
-#: Query parameters whose value is a credential. Kept RE2-compatible: the same pattern runs in
-#: DuckDB's ``regexp_replace`` on the columnar path and in Python's ``re`` elsewhere.
-QUERY_SECRET_KEYS: Final = (
-    "token", "access_token", "id_token", "refresh_token", "password", "passwd", "secret",
-    "client_secret", "api_key", "apikey", "key", "sig", "signature", "code", "auth", "authorization",
-)
-QUERY_SECRET_RE: Final = r"([?&;](?:" + "|".join(QUERY_SECRET_KEYS) + r")=)[^&;#]*"
+#: Query parameter names whose value is a credential: any name containing one of these words
+#: (``access_token``, ``X-Amz-Security-Token``, ``client_secret``, ``X-Goog-Signature``, ...) or
+#: one of the short exact names (OAuth ``code``, ``key``, ``sig``). Over-masking a harmless
+#: parameter costs little; storing a token is the failure we cannot undo. Kept RE2-compatible:
+#: the same pattern runs in DuckDB's ``regexp_replace`` on the columnar audit path and in
+#: Python's ``re`` for proxy and IdP lines.
+CREDENTIAL_PARAM_NAMES: Final = (
+    r"[^=&;#?/]*(?:token|secret|passw(?:or)?d|signature|credential|assertion|"
+    r"api[_-]?key|jwt|auth)[^=&;#?/]*|code|key|sig|pwd")
+QUERY_SECRET_RE: Final = r"([?&;](?:" + CREDENTIAL_PARAM_NAMES + r")=)[^&;#]*"
 _QUERY_SECRET = re.compile(QUERY_SECRET_RE, re.IGNORECASE)
+#: A JWT anywhere in a URI (a bearer token pasted into any parameter or path segment).
+JWT_RE: Final = r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.?[A-Za-z0-9_-]*"
+_JWT_IN_URI = re.compile(JWT_RE)
 MASK: Final = "***"
 
 #: Keys whose *values* are dropped wherever they appear in a quarantined JSON record.
@@ -48,11 +54,23 @@ _JWT_STR = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MAX_DEPTH = 64
 
 
-def mask_query(uri: str | None) -> str | None:
-    """``uri`` with credential-looking query parameter values replaced by ``***``."""
-    if not uri or "=" not in uri:
+def mask_query(uri: str | None, *, bare_query: bool = False) -> str | None:
+    """``uri`` with credential-looking query parameter values and JWTs replaced by ``***``.
+
+    ``bare_query`` says ``uri`` is only a query string without its ``?`` (proxies log the path
+    and the query in separate fields). Names and order are kept, so the URI still says what was
+    asked. ``None`` and ``""`` pass through.
+    """
+    if not uri:
         return uri
-    return _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, uri)
+    if bare_query:
+        masked = mask_query("?" + uri.removeprefix("?"))
+        return masked[1:] if masked else masked
+    if "=" in uri:
+        uri = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, uri)
+    if "eyJ" in uri:
+        uri = _JWT_IN_URI.sub(MASK, uri)
+    return uri
 
 
 def scrub_bytes(raw: bytes) -> bytes:

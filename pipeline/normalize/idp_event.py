@@ -50,11 +50,10 @@ import orjson
 import pyarrow as pa
 
 from ..records import Reason, Rejected
-from ..redact import mask_query as redact_query
-from ..redact import scrub_raw
-from ..schema import IDP_EVENT, conform
+from ..schema import IDP_EVENT
 from ..timeutil import TimestampError, parse_timestamp
 from . import NormalizeContext, Unwrapped
+from .rowmap import RecordMapper, RecordRejected
 
 __all__ = ["LIST_COLUMNS", "SCOPES", "IdpEventNormalizer"]
 
@@ -71,12 +70,7 @@ _LIST_SUBJECT: Final = ("subject", "subject_id", "session_id")
 Row = dict[str, Any]
 
 
-class _Reject(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
+_Reject = RecordRejected  # a builder's refusal: the record goes to quarantine
 
 # --- small readers -------------------------------------------------------------------------------
 
@@ -445,6 +439,9 @@ _BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], NormalizeContext], Row]]
     "list": _revocation_list,
 }
 
+_MAPPER: Final = RecordMapper(SOURCE, IDP_EVENT, _BUILDERS, lambda v: _kind(v), "not an IdP event",
+                             text_forms=("keycloak-text",), envelope_cluster=False)
+
 
 def _kind(value: Any) -> str | None:
     if not isinstance(value, Mapping):
@@ -476,14 +473,6 @@ def _all_of(values: Any) -> list[Unwrapped] | None:
     return out
 
 
-def _raw(rec: Mapping[str, Any]) -> bytes:
-    """The record's bytes for quarantine, scrubbed of secrets (the sink expects scrubbed raw)."""
-    if rec.get("form") == "keycloak-text" and isinstance(rec.get("line"), str):
-        return scrub_raw((redact_query(str(rec["line"])) or "").encode(), parse=False)
-    try:
-        return scrub_raw(orjson.dumps(rec))
-    except TypeError:
-        return scrub_raw(repr(rec).encode(), parse=False)
 
 
 class IdpEventNormalizer:
@@ -534,29 +523,4 @@ class IdpEventNormalizer:
         subject or with an unknown scope, becomes a :class:`Rejected` with a named reason; nothing
         raises for bad input.
         """
-        rows: list[Row] = []
-        rejected: list[Rejected] = []
-        for item, origin in zip(records, origins, strict=True):
-            rec = item.record
-            kind = item.form if item.form in _BUILDERS else _kind(rec)
-            if kind is None:
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "not an IdP event", raw, SOURCE, len(raw)))
-                continue
-            try:
-                row = _BUILDERS[kind](rec, ctx)
-            except _Reject as exc:
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, exc.reason, exc.detail, raw, SOURCE, len(raw)))
-                continue
-            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-                # A field of a type no producer writes: this record only goes to quarantine.
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, Reason.WRONG_TYPE, f"{kind}: {type(exc).__name__}: {exc}"[:300],
-                                         raw, SOURCE, len(raw)))
-                continue
-            row["origin"] = origin
-            row["ingested_at"] = ctx.ingested_at
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=IDP_EVENT) if rows else IDP_EVENT.empty_table()
-        return conform(table, IDP_EVENT), rejected
+        return _MAPPER.to_table(records, origins, ctx)

@@ -63,7 +63,7 @@ from ..config import IdentitySettings
 from ..decode.k8s_envelopes import REJECT_KEY, unwrap_k8s
 from ..decode.values import dumps
 from ..records import Reason, Rejected
-from ..redact import QUERY_SECRET_RE, scrub_raw
+from ..redact import JWT_RE, QUERY_SECRET_RE, scrub_raw
 from ..schema import K8S_AUDIT, conform
 from . import NormalizeContext, Unwrapped
 
@@ -175,7 +175,10 @@ SELECT
     rrt AS request_received_at,
     st AS stage_at,
     e.verb AS verb,
-    CASE WHEN contains(e.requestURI, '=')
+    CASE WHEN contains(e.requestURI, 'eyJ')
+         THEN regexp_replace(regexp_replace(e.requestURI, {_lit(QUERY_SECRET_RE)}, '\\1***', 'gi'),
+                             {_lit(JWT_RE)}, '***', 'g')
+         WHEN contains(e.requestURI, '=')
          THEN regexp_replace(e.requestURI, {_lit(QUERY_SECRET_RE)}, '\\1***', 'gi')
          ELSE e.requestURI END AS request_uri,
     e.user.username AS user_name,

@@ -27,15 +27,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
-import orjson
 import pyarrow as pa
 
 from ..records import Reason, Rejected
 from ..redact import mask_query as redact_query
-from ..redact import scrub_raw
-from ..schema import PROXY_DECISION, conform
+from ..schema import PROXY_DECISION
 from ..timeutil import TimestampError, parse_go_layout, parse_timestamp
 from . import NormalizeContext, Unwrapped
+from .rowmap import RecordMapper, RecordRejected
 
 __all__ = ["ProxyDecisionNormalizer", "mask_query"]
 
@@ -43,34 +42,17 @@ SOURCE: Final = "proxy_decision"
 
 # --- query masking -------------------------------------------------------------------------------
 
-_SECRET_PARAM: Final = re.compile(
-    r"(?i)^(?:.*(?:token|secret|passw(?:or)?d|signature|credential|assertion|api[_-]?key|jwt|auth)"
-    r".*|code|key|sig|pwd|x-amz-security-token|x-goog-signature)$"
-)
-_JWT_LIKE: Final = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.?[A-Za-z0-9_-]*")
-MASK: Final = "***"
-
 
 def mask_query(query: str | None) -> str | None:
-    """Mask the values of token-like query parameters (DESIGN.md: tokens in queries are masked).
+    """Mask token-like parameters of a bare query string (DESIGN.md: tokens in queries are masked).
 
-    A parameter is masked when its name looks secret (``access_token``, ``code``, ``sig``,
-    ``X-Amz-Signature``, ...) or its value looks like a JWT. Names and order are kept so the
-    query still says what was asked. ``None`` and ``""`` pass through.
+    The one masking rule of the project (:func:`ztaudit.pipeline.redact.mask_query`), applied to
+    the ``query`` field proxies log without its ``?``.
     """
-    if not query:
-        return query
-    q = query[1:] if query.startswith("?") else query
-    out = []
-    for part in q.split("&"):
-        name, sep, value = part.partition("=")
-        if sep and (_SECRET_PARAM.match(name) or _JWT_LIKE.search(value)):
-            out.append(f"{name}={MASK}")
-        elif not sep and _JWT_LIKE.search(name):
-            out.append(MASK)
-        else:
-            out.append(part)
-    return "&".join(out)
+    return redact_query(query, bare_query=True)
+
+
+MASK: Final = "***"
 
 
 def _split_uri(uri: str | None) -> tuple[str | None, str | None]:
@@ -159,14 +141,7 @@ def _header(headers: Any, name: str) -> str | None:
     return None
 
 
-class _Reject(Exception):
-    """Internal: a record cannot be mapped; becomes a :class:`Rejected` in ``to_table``."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
+_Reject = RecordRejected  # a builder's refusal: the record goes to quarantine
 
 def _time(rec: Mapping[str, Any], key: str, ctx: NormalizeContext, what: str) -> Any:
     value = rec.get(key)
@@ -371,15 +346,11 @@ _BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], NormalizeContext], Row]]
     "oauth2-proxy": _oauth2_proxy,
 }
 
+_MAPPER: Final = RecordMapper(SOURCE, PROXY_DECISION, _BUILDERS, lambda v: _kind(v),
+                             "not a proxy decision record",
+                             text_forms=("oauth2-proxy",), envelope_cluster=True)
 
-def _raw(rec: Mapping[str, Any]) -> bytes:
-    """The record's bytes for quarantine, scrubbed of secrets (the sink expects scrubbed raw)."""
-    if rec.get("form") == "oauth2-proxy" and isinstance(rec.get("line"), str):
-        return scrub_raw((redact_query(str(rec["line"])) or "").encode(), parse=False)
-    try:
-        return scrub_raw(orjson.dumps(rec))
-    except TypeError:
-        return scrub_raw(repr(rec).encode(), parse=False)
+
 
 
 class ProxyDecisionNormalizer:
@@ -422,33 +393,5 @@ class ProxyDecisionNormalizer:
         without ``allow``) becomes a :class:`Rejected` with a named reason; nothing raises for bad
         input. Columns a format does not carry are null.
         """
-        rows: list[Row] = []
-        rejected: list[Rejected] = []
-        for item, origin in zip(records, origins, strict=True):
-            rec = item.record
-            kind = item.form if item.form in _BUILDERS else _kind(rec)
-            if kind is None:
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "not a proxy decision record", raw,
-                                         SOURCE, len(raw)))
-                continue
-            try:
-                row = _BUILDERS[kind](rec, ctx)
-            except _Reject as exc:
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, exc.reason, exc.detail, raw, SOURCE, len(raw)))
-                continue
-            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-                # A field of a type no producer writes: this record only goes to quarantine.
-                raw = _raw(rec)
-                rejected.append(Rejected(origin, Reason.WRONG_TYPE, f"{kind}: {type(exc).__name__}: {exc}"[:300],
-                                         raw, SOURCE, len(raw)))
-                continue
-            if item.cluster and not row.get("cluster"):
-                row["cluster"] = item.cluster
-            row["origin"] = origin
-            row["ingested_at"] = ctx.ingested_at
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=PROXY_DECISION) if rows else PROXY_DECISION.empty_table()
-        return conform(table, PROXY_DECISION), rejected
+        return _MAPPER.to_table(records, origins, ctx)
 
