@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 LAKE    ?= demo-lake
 
-.PHONY: demo test test-fast lint typecheck bench kafka kafka-stop system-deps clean install
+.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	scripts/run-tests
 
-## make test-fast: the unit tests only (no broker, no browser).
+## make test-fast: everything that needs neither the broker nor the browser.
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not kafka and not browser" -q
 

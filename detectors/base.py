@@ -26,6 +26,8 @@ from ztaudit.pipeline.config import Config
 
 
 class Severity(StrEnum):
+    """How urgently a person should look: critical > high > medium > low > info."""
+
     INFO = "info"
     LOW = "low"
     MEDIUM = "medium"
@@ -60,6 +62,7 @@ class Finding:
 
     @property
     def finding_id(self) -> str:
+        """Stable id from detector and key: the same incident found twice has the same id."""
         return finding_id(self.detector, self.key)
 
     def row(self, detected_at: datetime) -> dict[str, Any]:
@@ -99,4 +102,11 @@ class Detector(Protocol):
     id: ClassVar[str]
     description: ClassVar[str]
 
-    def run(self, ctx: DetectContext) -> list[Finding]: ...
+    def run(self, ctx: DetectContext) -> list[Finding]:
+        """Judge the events of ``ctx``'s window (reading any lookback it needs) and return findings.
+
+        Called by ``ztaudit detect`` and by the consumer's post-flush hook. Reads only; the
+        caller writes the findings. An exception fails this detector alone: the run reports it and
+        the other detectors' findings are still written.
+        """
+        ...

@@ -33,6 +33,7 @@ import numpy.typing as npt
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
+from ztaudit.pipeline.sink import makedirs
 
 #: Bump when the feature vector or the estimator changes: old persisted models are then ignored.
 MODEL_VERSION = 3
@@ -97,7 +98,7 @@ def _paths(lake: str | os.PathLike[str]) -> tuple[Path, Path]:
 def save_model(model: ReachModel, lake: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Persist ``model`` and its metadata under ``LAKE/_state`` (atomic rename, 0640)."""
     pkl, js = _paths(lake)
-    pkl.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    makedirs(pkl.parent)  # 0750 whatever the umask, like every lake directory
     blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     full = {**meta, "version": MODEL_VERSION, "sha256": hashlib.sha256(blob).hexdigest(),
             "sklearn": sklearn.__version__, "numpy": np.__version__,

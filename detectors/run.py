@@ -14,7 +14,7 @@ errors raise ``SinkError`` (exit 4).
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -100,8 +100,10 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
     con = con or catalog.connect(lake, memory_limit=memory_limit)
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
-    # spill files go to the system temp dir, not ./.tmp in whatever directory detect was started from
-    spill = Path(tempfile.gettempdir()) / f"ztaudit-duckdb-{os.getpid()}"
+    # spill files go to the system temp dir, not ./.tmp in whatever directory detect was started from;
+    # a fresh 0700 directory with an unguessable name (spilled rows are lake data, and a fixed name in
+    # a shared /tmp could be pre-created or symlinked by another user)
+    spill = Path(tempfile.mkdtemp(prefix="ztaudit-duckdb-"))
     con.execute("SET temp_directory = " + catalog.sql_literal(str(spill)))
     result = RunResult(skipped=skipped)
     ctx = DetectContext(con=con, config=config, since=since, until=until, lake=str(lake))
@@ -139,4 +141,5 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
     finally:
         if own:
             con.close()
+            shutil.rmtree(spill, ignore_errors=True)
     return result

@@ -72,6 +72,7 @@ VIEW_PROVIDERS: list[str] = [
 
 
 def register_view(name: str, description: str, sql: str) -> None:
+    """Register a derived view; called at import time by the module that owns it."""
     DERIVED_VIEWS[name] = DerivedView(name, description, sql)
 
 
@@ -87,10 +88,12 @@ def _load_providers() -> None:
 
 
 def table_glob(lake: Path, table: str) -> str:
+    """The glob of a table's committed Parquet files (temp files start with '.' and never match)."""
     return str(Path(lake) / table / "dt=*" / "*.parquet")
 
 
 def has_files(lake: Path, table: str) -> bool:
+    """Whether the lake holds at least one committed file of ``table``."""
     root = Path(lake) / table
     return root.exists() and any(p for p in root.glob("dt=*/*.parquet") if not p.name.startswith("."))
 

@@ -6,7 +6,7 @@ dependencies (scikit-learn, kafka-python) load only when needed.
 
 Exit codes: 0 success; 1 unexpected error; 2 usage, config or input error; 3 ``--strict`` and
 something was quarantined; 4 the lake could not be written; 5 Kafka refused (auth, TLS);
-6 Kafka unreachable after retries.
+6 reserved (an unreachable broker is retried, never fatal).
 """
 
 from __future__ import annotations

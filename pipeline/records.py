@@ -42,13 +42,16 @@ class LineOrigins:
     lines: Sequence[int] | None = None
 
     def at(self, i: int) -> str:
+        """Origin string of record ``i``: ``file:<path>:<line>``."""
         line = self.lines[i] if self.lines is not None else self.first_line + i
         return f"file:{self.path}:{line}"
 
     def prefix(self) -> str:
+        """What every origin of this batch starts with (the columnar path appends the number)."""
         return f"file:{self.path}:"
 
     def line_numbers(self, n: int) -> Sequence[int]:
+        """The line number of each of the ``n`` records."""
         return self.lines if self.lines is not None else range(self.first_line, self.first_line + n)
 
 
@@ -61,12 +64,15 @@ class KafkaOrigins:
     offsets: Sequence[int]
 
     def at(self, i: int) -> str:
+        """Origin string of record ``i``: ``kafka:<topic>/<partition>/<offset>``."""
         return f"kafka:{self.topic}/{self.partition}/{self.offsets[i]}"
 
     def prefix(self) -> str:
+        """What every origin of this batch starts with (the columnar path appends the offset)."""
         return f"kafka:{self.topic}/{self.partition}/"
 
     def line_numbers(self, n: int) -> Sequence[int]:
+        """The Kafka offset of each record."""
         return self.offsets
 
 
@@ -109,5 +115,6 @@ class BatchResult:
 
     @property
     def rows(self) -> int:
+        """Rows written across all source kinds (rejects not counted)."""
         return sum(t.num_rows for t in self.tables.values())
 

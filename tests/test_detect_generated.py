@@ -30,7 +30,6 @@ def _ts(text: str) -> datetime:
 
 @pytest.fixture(scope="module")
 def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], RunResult, Config]:
-    pytest.importorskip("ztaudit.pipeline.generate.engine")
     from ztaudit.pipeline.cli import cli
     from ztaudit.pipeline.ingest import ingest_paths
 

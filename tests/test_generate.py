@@ -293,7 +293,7 @@ def test_cli_rejects_unknown_incident_kind(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_generated_data_ingests_without_quarantine(tmp_path: Path) -> None:
-    ingest = pytest.importorskip("ztaudit.pipeline.ingest")
+    from ztaudit.pipeline import ingest
     from ztaudit.pipeline.config import load_config
 
     out = tmp_path / "gen"

@@ -88,7 +88,7 @@ def test_view_shows_tier_a_and_unmatched(lake: Path) -> None:
 
 
 def _ingest_corpus(path: Path, lake: Path) -> None:
-    ingest = pytest.importorskip("ztaudit.pipeline.ingest")
+    from ztaudit.pipeline import ingest
     ingest.ingest_paths([path], lake, source="k8s_audit", cluster="corpus")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,23 @@ def test_ingest_jsonl_rows_and_partitions(tmp_path: Path, lake: Path) -> None:
         "dt=2026-11-01", "dt=2026-11-02", "dt=2026-11-03"]
     q = table_rows(lake, "quarantine")
     assert [(r["origin"], r["reason"]) for r in q] == [(f"file:{src}:31", "invalid_json")]
+
+
+def test_lake_is_private_whatever_the_umask(tmp_path: Path, lake: Path) -> None:
+    """README "The lake": directories 0750, files 0640 (audit logs name people), even under umask 0."""
+    src = jsonl(tmp_path / "a.jsonl", [event(i) for i in range(5)], [b"{broken"])
+    old = os.umask(0)
+    try:
+        ingest_paths([src], lake, cluster="dev")
+    finally:
+        os.umask(old)
+    dirs = [lake, *(p for p in lake.rglob("*") if p.is_dir())]
+    files = [p for p in lake.rglob("*") if p.is_file()]
+    assert {p.parent.name for p in files} >= {"dt=2026-11-01"} and any("quarantine" in str(p) for p in files)
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in dirs
+            if p.stat().st_mode & 0o777 != 0o750} == {}
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files
+            if p.stat().st_mode & 0o777 != 0o640} == {}
 
 
 def test_ingest_twice_is_idempotent(tmp_path: Path, lake: Path) -> None:

@@ -143,7 +143,7 @@ def test_reach_report_without_granted(lake: Path) -> None:
 
 def test_snapshot_file_through_ingest(lake: Path, tmp_path: Path) -> None:
     """A pretty-printed `kubectl get ... -o json` file is detected as rbac_snapshot by ingest."""
-    ingest = pytest.importorskip("ztaudit.pipeline.ingest")
+    from ztaudit.pipeline import ingest
     p = tmp_path / "rbac.json"
     p.write_text(json.dumps(SNAPSHOT, indent=2))
     stats = ingest.ingest_paths([p], lake, cluster="c1")

@@ -135,8 +135,6 @@ def print_report(res: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_generated_month(tmp_path_factory: pytest.TempPathFactory) -> None:
-    pytest.importorskip("ztaudit.pipeline.generate.engine")
-    pytest.importorskip("ztaudit.pipeline.ingest")
     base = tmp_path_factory.mktemp("generated")
     out, lake = base / "data", base / "lake"
     manifest = generate_and_ingest(out, lake, events=1_100_000)

@@ -25,6 +25,7 @@ from ztaudit.pipeline.reports.base import ReportResult, Section
 from ztaudit.pipeline.reports.db import MACROS, load_table_providers, open_lake
 from ztaudit.pipeline.reports.formats import FORMATS, render
 from ztaudit.pipeline.schema import TABLES, describe
+from ztaudit.pipeline.sink import FILE_MODE
 
 from .report import write_output
 
@@ -77,6 +78,7 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    os.chmod(tmp, FILE_MODE)  # like the lake's own files (sink.FILE_MODE): 0640, whatever the umask
     os.replace(tmp, out)
     return {"views": sum(v["kind"] != "macro" for v in views), "macros": len(MACROS), "columns": len(columns)}
 

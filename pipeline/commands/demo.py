@@ -28,6 +28,7 @@ from ztaudit.pipeline.reports.db import open_lake, optional
 from ztaudit.pipeline.reports.filters import Filters
 from ztaudit.pipeline.reports.formats import render
 from ztaudit.pipeline.schema import SOURCE_KINDS
+from ztaudit.pipeline.sink import makedirs
 
 MARKER = ".ztaudit-demo"
 
@@ -50,7 +51,7 @@ def prepare_lake(lake: Path, *, keep: bool) -> None:
             raise LakeError(f"{lake} exists and was not created by `ztaudit demo`; refusing to delete it",
                             fix="pass another --lake, or --keep to add the sample logs to it")
         shutil.rmtree(lake)
-    lake.mkdir(parents=True, exist_ok=True)
+    makedirs(lake)  # 0750 like every lake directory (sink.makedirs), whatever the umask
     (lake / MARKER).write_text("created by `ztaudit demo`; safe to delete\n")
 
 

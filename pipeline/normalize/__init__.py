@@ -52,14 +52,30 @@ class NormalizeContext:
 
 
 class Normalizer(Protocol):
+    """One source kind's normalizer; ``source`` is its id (registry key, lake folder, table)."""
+
     source: ClassVar[str]
 
-    def unwrap(self, value: Any) -> list[Unwrapped] | None: ...
+    def unwrap(self, value: Any) -> list[Unwrapped] | None:
+        """Called on every decoded JSON value: its records of this kind, or None if it is not.
 
-    def parse_text(self, line: str) -> list[Unwrapped] | None: ...
+        Must never raise and must not claim another kind's records (source detection relies on it).
+        """
+        ...
+
+    def parse_text(self, line: str) -> list[Unwrapped] | None:
+        """Called on every line that is not JSON: its records of this kind, or None."""
+        ...
 
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
-                 ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]: ...
+                 ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
+        """Called once per batch with the recognised records and their origins.
+
+        Returns a table conformed to this kind's schema and the records that could not be mapped,
+        each a :class:`~ztaudit.pipeline.records.Rejected` with a named reason. Never raises for
+        bad input.
+        """
+        ...
 
 
 NORMALIZERS: dict[str, str] = {
