@@ -149,7 +149,8 @@ def _proxy_side(detail: bool, bounded: bool) -> str:
     so 4M decisions stay small in memory; ``detail`` adds the columns the analyst view shows."""
     extra = (", lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at, d.request_id, "
              "d.check_request_id, d.session_id, d.user_id, d.host" if detail else "")
-    time = "AND d.decided_at >= $lo AND d.decided_at < $hi" if bounded else ""
+    time = ("AND d.decided_at >= $lo AND d.decided_at < $hi "
+            "AND CAST(d.dt AS VARCHAR) >= $lo_day AND CAST(d.dt AS VARCHAR) <= $hi_day" if bounded else "")
     return f"""
     SELECT hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
            hash(coalesce(h.cluster, d.cluster, s.single_cluster), lower(d.email), upper(d.method), d.path) AS k,
@@ -168,15 +169,24 @@ def _proxy_side(detail: bool, bounded: bool) -> str:
     """
 
 
-def _audit_side(detail: bool, bounded: bool) -> str:
+def _audit_side(detail: bool, bounded: bool, who_all: bool = False) -> str:
     """Requests impersonated by an approved impersonator, one row per (cluster, audit_id,
-    request_received_at); grouping by one 64-bit hash of that key is ~2x faster than by the columns."""
+    request_received_at); grouping by one 64-bit hash of that key is ~2x faster than by the columns.
+
+    ``who_all`` (the summary-only path of :func:`ensure`) reads every stage with an impersonator,
+    keeps the same requests with the same values (each taken over the approved, impersonated stages
+    only) and adds ``who_all``: the lower-cased impersonated user over all those stages, which is
+    the ``actor`` of ``zt_unmatched_audit``, so the summary needs no second read of the audit log.
+    """
+    if who_all:
+        return _audit_side_who_all(bounded)
     extra = (", any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb, "
              f"{VERB_METHOD_SQL.format(v='any_value(r.verb)')} AS method, "
              "split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id, "
              "any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code"
              if detail else "")
-    time = "AND r.request_received_at >= $lo AND r.request_received_at < $hi" if bounded else ""
+    time = ("AND r.request_received_at >= $lo AND r.request_received_at < $hi "
+            "AND CAST(r.dt AS VARCHAR) >= $lo_day AND CAST(r.dt AS VARCHAR) <= $hi_day" if bounded else "")
     return f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
            any_value(hash(coalesce(r.cluster, s.single_cluster), lower(r.impersonated_user),
@@ -297,6 +307,30 @@ VIEW_DESCRIPTION = (
     "composite key + time window, multiset); side = both | proxy (no audit request) | audit (no decision).")
 
 
+def _audit_side_who_all(bounded: bool) -> str:
+    time = ("AND r.request_received_at >= $lo AND r.request_received_at < $hi "
+            "AND CAST(r.dt AS VARCHAR) >= $lo_day AND CAST(r.dt AS VARCHAR) <= $hi_day" if bounded else "")
+    return f"""
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(r.impersonated_user),
+                          {VERB_METHOD_SQL.format(v='r.verb')},
+                          split_part(r.request_uri, '?', 1))) FILTER (WHERE r.lean) AS k,
+           any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
+           any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
+           lower(any_value(r.impersonated_user) FILTER (WHERE r.lean)) AS who,
+           epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
+           lower(any_value(r.impersonated_user)) AS who_all
+    FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.verb, r.request_uri,
+                 s.single_cluster,
+                 r.impersonated_user IS NOT NULL
+                 AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')} AS lean
+          FROM k8s_audit r CROSS JOIN zt_correlation_settings s
+          WHERE r.impersonator IS NOT NULL {time}) r
+    GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
+    HAVING bool_or(r.lean)
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # materialized path for detect
 # --------------------------------------------------------------------------------------------
@@ -316,6 +350,12 @@ class Correlation:
     summary: str = "zt_match_summary"
 
 
+def _day(ts: datetime) -> str:
+    """The UTC day of ``ts`` as the lake's ``dt`` partitions spell it (a naive time is UTC, as the
+    session time zone makes it for DuckDB)."""
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC).date().isoformat()
+
+
 def _key(cfg: Config, since: datetime | None, until: datetime | None) -> str:
     blob = json.dumps([str(since), str(until), cfg.impersonation.approved_impersonators,
                        cfg.impersonation.proxy_hosts, cfg.correlation.match_window_seconds,
@@ -324,18 +364,24 @@ def _key(cfg: Config, since: datetime | None, until: datetime | None) -> str:
 
 
 def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
-           until: datetime | None) -> Correlation:
+           until: datetime | None, *, detail: bool = True) -> Correlation:
     """Build (once per connection, config and window) the correlation temp tables; return their names.
 
     Called by each impersonation detector and the summary; the second caller reuses the tables.
     Events are read with a margin around [since, until) so pairs straddling the edges are found;
     only rows inside the window are reported.
+
+    ``detail=False`` (:func:`impersonation_summary`) builds ``summary`` and ``unmatched_proxy`` but
+    not ``unmatched_audit``: the summary's unmatched audit counts then come from the matching tables
+    themselves (same requests, clusters, actors, times and judgeability), which saves a second read
+    of every impersonated audit event. A later call that needs the detail rebuilds everything.
     """
     key = _key(cfg, since, until)
-    have = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_match_meta'").fetchone()
-    if have and have[0]:
-        row = con.execute("SELECT key FROM zt_match_meta").fetchone()
-        if row and row[0] == key:
+    # fetchall, not fetchone: a result left unfinished blocks the caller's next con.sql()
+    have = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_match_meta'").fetchall()
+    if have and have[0][0]:
+        rows = con.execute("SELECT key, detail FROM zt_match_meta").fetchall()
+        if rows and rows[0][0] == key and (rows[0][1] or not detail):
             return Correlation()
     install_config(con, cfg)
     bounded = since is not None or until is not None
@@ -345,8 +391,9 @@ def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     if bounded:
         params = {"lo": (since - margin) if since else _MIN,
                   "hi": (until + margin) if until else _MAX}
+        params.update(lo_day=_day(params["lo"]), hi_day=_day(params["hi"]))
     con.execute(f"CREATE OR REPLACE TEMP TABLE zt_p AS {_proxy_side(False, bounded)}", params)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_a AS {_audit_side(False, bounded)}", params)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_a AS {_audit_side(False, bounded, who_all=not detail)}", params)
     con.execute(f"CREATE OR REPLACE TEMP TABLE zt_pairs AS {_TIER_A}")
     # multiset passes: global ranks (cheap, settles nearly everything), then bursts twice over what
     # is left (kept in small tables so those passes do not rescan everything)
@@ -362,6 +409,9 @@ def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     con.execute("DROP TABLE IF EXISTS zt_r")
     win = {"lo_j": since or _MIN,
            "hi_j": until or _MAX}
+    # the same window on the day partitions (dt is the UTC day of the event time), so the detail
+    # reads below skip whole days outside it
+    win_days = {"lo_jd": _day(win["lo_j"]), "hi_jd": _day(win["hi_j"])}
     # Watermarks: the newest event of each side per cluster. A decision newer than the newest audit
     # request minus the window cannot be judged yet (its request may still be in flight), and the
     # same the other way round; a cluster with no data at all on the other side is not judged.
@@ -392,32 +442,29 @@ def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
         FROM (SELECT * FROM zt_lp WHERE pk IN (SELECT pk FROM zt_unpaired_p)) p
         JOIN (SELECT * FROM proxy_decision
-              WHERE hash(origin, request_id, check_request_id, decided_at) IN (SELECT pk FROM zt_unpaired_p)) d
+              WHERE hash(origin, request_id, check_request_id, decided_at) IN (SELECT pk FROM zt_unpaired_p)
+                AND decided_at >= $lo_j AND decided_at < $hi_j
+                AND CAST(dt AS VARCHAR) >= $lo_jd AND CAST(dt AS VARCHAR) <= $hi_jd) d
           ON hash(d.origin, d.request_id, d.check_request_id, d.decided_at) = p.pk
         CROSS JOIN zt_correlation_settings s
         LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
         WHERE d.decided_at >= $lo_j AND d.decided_at < $hi_j
-    """, win)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE zt_unmatched_audit AS
-        SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
-                    AS judgeable
-        FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
-                     lower(any_value(impersonated_user)) AS actor,
-                     any_value(audit_id) AS audit_id, any_value(request_received_at) AS request_received_at,
-                     any_value(verb) AS verb, split_part(any_value(request_uri), '?', 1) AS path,
-                     max(response_code) AS response_code, any_value(impersonator) AS impersonator,
-                     any_value(impersonated_user) AS impersonated_user, any_value(credential_id) AS credential_id,
-                     any_value(source_ip) AS source_ip, any_value(user_agent) AS user_agent,
-                     any_value(namespace) AS namespace
-              FROM k8s_audit CROSS JOIN zt_correlation_settings s0 WHERE impersonator IS NOT NULL
-                AND hash(cluster, audit_id, request_received_at) IN (SELECT pk FROM zt_unpaired_a)
-              GROUP BY hash(cluster, audit_id, request_received_at)) r
-        CROSS JOIN zt_correlation_settings s
-        LEFT JOIN zt_proxy_marks m ON m.cluster = r.cluster
-        WHERE r.request_received_at >= $lo_j AND r.request_received_at < $hi_j
-    """, win)
-    con.execute("""
+    """, win | win_days)
+    if detail:
+        _unmatched_audit(con, win | win_days)
+        unmatched_audit = "zt_unmatched_audit"
+    else:
+        # what the summary reads of zt_unmatched_audit, from the unpaired requests of zt_la: cluster and
+        # request time are part of the request key, and who_all is the detail table's actor
+        con.execute("DROP TABLE IF EXISTS zt_unmatched_audit")
+        unmatched_audit = """(
+            SELECT a.cluster, a.who_all AS actor, make_timestamp(a.r_us)::TIMESTAMPTZ AS request_received_at,
+                   (pm.max_p IS NOT NULL AND a.r_us + s.window_us + 1000000 < pm.max_p) AS judgeable
+            FROM zt_la a CROSS JOIN zt_correlation_settings s
+            LEFT JOIN zt_proxy_marks pm ON pm.cluster = a.cluster
+            WHERE a.pk IN (SELECT pk FROM zt_unpaired_a)
+              AND a.r_us >= epoch_us($lo_j) AND a.r_us < epoch_us($hi_j))"""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE zt_match_summary AS
         WITH m AS (
             -- aggregate on integers first (4M pairs), convert the few group results to times after
@@ -434,7 +481,7 @@ def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                    judgeable FROM zt_unmatched_proxy
             UNION ALL
             SELECT cluster, actor, CAST(request_received_at AS DATE), 'audit', request_received_at,
-                   judgeable FROM zt_unmatched_audit
+                   judgeable FROM {unmatched_audit}
         )
         SELECT cluster, actor, day,
                sum(matched_a)::BIGINT AS matched_tier_a, sum(matched_c)::BIGINT AS matched_tier_c,
@@ -455,8 +502,34 @@ def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     # the big intermediate tables are not needed any more: free their memory for the next detector
     for t in ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_lp", "zt_la", "zt_unpaired_a", "zt_unpaired_p"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_match_meta AS SELECT ? AS key", [key])
+    con.execute("CREATE OR REPLACE TEMP TABLE zt_match_meta AS SELECT ? AS key, ? AS detail", [key, detail])
     return Correlation()
+
+
+def _unmatched_audit(con: duckdb.DuckDBPyConnection, win: dict[str, Any]) -> None:
+    """Build ``zt_unmatched_audit``: the detail of each unpaired impersonated request in the window."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE zt_unmatched_audit AS
+        SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
+                    AS judgeable
+        FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
+                     lower(any_value(impersonated_user)) AS actor,
+                     any_value(audit_id) AS audit_id, any_value(request_received_at) AS request_received_at,
+                     any_value(verb) AS verb, split_part(any_value(request_uri), '?', 1) AS path,
+                     max(response_code) AS response_code, any_value(impersonator) AS impersonator,
+                     any_value(impersonated_user) AS impersonated_user, any_value(credential_id) AS credential_id,
+                     any_value(source_ip) AS source_ip, any_value(user_agent) AS user_agent,
+                     any_value(namespace) AS namespace
+              FROM k8s_audit CROSS JOIN zt_correlation_settings s0 WHERE impersonator IS NOT NULL
+                AND hash(cluster, audit_id, request_received_at) IN (SELECT pk FROM zt_unpaired_a)
+                -- request_received_at is part of the group key, so this drops whole requests only
+                AND request_received_at >= $lo_j AND request_received_at < $hi_j
+                AND CAST(dt AS VARCHAR) >= $lo_jd AND CAST(dt AS VARCHAR) <= $hi_jd
+              GROUP BY hash(cluster, audit_id, request_received_at)) r
+        CROSS JOIN zt_correlation_settings s
+        LEFT JOIN zt_proxy_marks m ON m.cluster = r.cluster
+        WHERE r.request_received_at >= $lo_j AND r.request_received_at < $hi_j
+    """, win)
 
 
 def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
@@ -468,7 +541,7 @@ def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since:
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
     last_seen. Called by the report engineer's report; raises on SQL errors.
     """
-    ensure(con, config, since, until)
+    ensure(con, config, since, until, detail=False)
     return con.sql("""
         SELECT * FROM (
         SELECT cluster, actor, sum(matched_tier_a)::BIGINT AS matched_tier_a,

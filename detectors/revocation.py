@@ -62,7 +62,32 @@ REVOCATIONS_DESCRIPTION = (
 #: Reactivation events end a revocation's judgement (word-boundary so 'deactivate' is not one).
 _RESTORE_RE = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
 
-REVOCATIONS_SQL = f"""
+#: The audit-log side reads creates and deletes of these resources once (``zt_cd``): deletions are the
+#: revocations, creations of the same object after them restore it. ``verb`` is also bounded as a
+#: range so the Parquet reader applies the filter itself (an ``IN`` list is only a hint to it).
+_REVOKED_RESOURCES = "('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')"
+
+
+def revocations_sql(bounded: bool = False) -> str:
+    """The ``revocations`` SELECT; ``bounded`` adds ``$lo`` / ``$hi`` / ``$lo_day`` / ``$hi_day``.
+
+    Bounded (for :func:`build`), only revocations with ``revoked_at`` in [$lo, $hi) are read, and
+    whole day partitions (``dt``, the UTC day of the event time) outside them are skipped; the
+    rows are those of the unbounded view restricted to that range. Restorations are looked up at
+    any time after the revocation, and a deleted secret counts as a legacy token if it was used as
+    one at any time, as in the view.
+    """
+    idp_bound = ("AND i.occurred_at >= $lo AND i.occurred_at < $hi "
+                 "AND CAST(i.dt AS VARCHAR) >= $lo_day AND CAST(i.dt AS VARCHAR) <= $hi_day" if bounded else "")
+    cd_bound = "AND request_received_at >= $lo AND CAST(dt AS VARCHAR) >= $lo_day" if bounded else ""
+    del_bound = "AND request_received_at < $hi" if bounded else ""
+    return f"""
+    WITH zt_cd AS MATERIALIZED (
+        SELECT cluster, audit_id, request_received_at, verb, resource, namespace, name, actor, response_code
+        FROM k8s_audit
+        WHERE verb >= 'create' AND verb <= 'delete' AND verb IN ('create', 'delete') AND subresource IS NULL
+          AND resource IN {_REVOKED_RESOURCES} {cd_bound}
+    )
     SELECT 'idp' AS source, i.idp AS system, CAST(NULL AS VARCHAR) AS cluster,
            coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' ELSE 'identity' END) AS kind,
            CASE WHEN coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' END) = 'session'
@@ -78,7 +103,7 @@ REVOCATIONS_SQL = f"""
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
     FROM idp_event i
-    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') {idp_bound}
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
@@ -89,23 +114,28 @@ REVOCATIONS_SQL = f"""
                 ELSE 'ClusterRoleBinding/' || d.name END,
            NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
            'k8s_audit:' || d.cluster || '/' || d.audit_id,
-           (SELECT min(c.request_received_at) FROM k8s_audit c
+           (SELECT min(c.request_received_at) FROM zt_cd c
              WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
-               AND c.subresource IS NULL AND c.name = d.name
-               AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
+               AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
                AND c.response_code BETWEEN 200 AND 299 AND c.request_received_at > d.request_received_at)
     FROM (
         SELECT cluster, audit_id, request_received_at, any_value(resource) AS resource,
                any_value(namespace) AS namespace, any_value(name) AS name, any_value(actor) AS actor
-        FROM k8s_audit
-        WHERE verb = 'delete' AND subresource IS NULL
-          AND resource IN ('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')
+        FROM zt_cd
+        WHERE verb = 'delete' {del_bound}
         GROUP BY cluster, audit_id, request_received_at
         HAVING max(response_code) BETWEEN 200 AND 299
     ) d
     WHERE d.resource <> 'secrets' OR ('SECRET=' || d.namespace || '/' || d.name) IN (
         SELECT credential_id FROM k8s_audit WHERE credential_id LIKE 'SECRET=%' AND cluster = d.cluster)
 """
+
+
+#: The ``revocations`` view (every revocation in the lake).
+REVOCATIONS_SQL = revocations_sql()
+
+#: ``violations`` references :func:`revocation_status` returns per revocation.
+REPORT_VIOLATIONS = 20
 
 STATUS_COLUMNS = [
     "kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system", "event_type",
@@ -117,74 +147,148 @@ STATUS_COLUMNS = [
 ]
 
 
-def _usage_inserts(kinds: set[str]) -> list[str]:
-    """INSERT statements that collect the uses of each revoked subject (only for kinds present)."""
-    out: list[str] = []
+_IDENT_KINDS = ("identity", "token", "grant")
+#: Most distinct subjects DuckDB may push into a scan as an IN filter while uses are collected.
+_IN_FILTER_THRESHOLD = 5000
+
+#: Every scan of the big tables below is bounded to [$ulo, $until) — $ulo is the earliest
+#: ``revoked_at`` of the kinds the statement judges, less the 7-day window, so nothing a join could
+#: keep is dropped — and to the day partitions ``dt`` in [$ulo_day, $hi_day].
+_PROXY_BOUND = ("d.decided_at >= $ulo AND d.decided_at < $until "
+                "AND CAST(d.dt AS VARCHAR) >= $ulo_day AND CAST(d.dt AS VARCHAR) <= $hi_day")
+_AUDIT_BOUND = ("request_received_at >= $ulo AND request_received_at < $until "
+                "AND CAST(dt AS VARCHAR) >= $ulo_day AND CAST(dt AS VARCHAR) <= $hi_day")
+
+
+def _usage_inserts(kinds: set[str]) -> list[tuple[tuple[str, ...], str]]:
+    """(kinds judged, INSERT statement) pairs that collect the uses of each revoked subject, only
+    for kinds present; binding uses are collected by :func:`_binding_uses`.
+
+    Each statement takes ``$until``, ``$ulo``, ``$ulo_day`` and ``$hi_day``. Audit requests are
+    grouped per (cluster, audit_id, request_received_at) after filtering: the time bounds are on a
+    group key, so they drop whole requests, never stages of one.
+    """
+    out: list[tuple[tuple[str, ...], str]] = []
     ident = "('identity', 'token', 'grant')"
     proxy_cols = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref"""
-    window = "d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND d.decided_at < $until"
-    if kinds & {"identity", "token", "grant"}:
-        out.append(f"""INSERT INTO zt_rev_use
+    window = f"d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND {_PROXY_BOUND}"
+    if kinds & set(_IDENT_KINDS):
+        out.append((_IDENT_KINDS, f"""INSERT INTO zt_rev_use
             SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
             WHERE r.kind IN {ident} AND {window}
             UNION
             SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
-            WHERE r.kind IN {ident} AND {window}""")
-        out.append(f"""INSERT INTO zt_rev_use
+            WHERE r.kind IN {ident} AND {window}"""))
+        # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
+        # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
+        out.append((_IDENT_KINDS, f"""INSERT INTO zt_rev_use
+            WITH who AS MATERIALIZED (
+                SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
+                WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
             SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
                    'k8s_audit:' || q.cluster || '/' || q.audit_id
             FROM zt_rev r JOIN (
                 SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
                        max(response_code) AS response_code
-                FROM k8s_audit WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL)
-                  AND request_received_at < $until
+                FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
                 GROUP BY ALL) q ON q.who = r.login
             WHERE r.kind IN {ident} AND q.response_code IS NOT NULL
-              AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
+              AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""))
     if "session" in kinds:
-        out.append(f"""INSERT INTO zt_rev_use
+        out.append((("session",), f"""INSERT INTO zt_rev_use
             SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
-            WHERE r.kind = 'session' AND {window}""")
+            WHERE r.kind = 'session' AND {window}"""))
     for kind, column in (("service_account", "user_name"), ("legacy_token", "credential_id")):
         if kind in kinds:
-            out.append(f"""INSERT INTO zt_rev_use
+            out.append(((kind,), f"""INSERT INTO zt_rev_use
                 SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
                        'k8s_audit:' || q.cluster || '/' || q.audit_id
                 FROM zt_rev r JOIN (
                     SELECT cluster, audit_id, request_received_at, any_value({column}) AS subj,
                            max(response_code) AS response_code
                     FROM k8s_audit WHERE {column} IN (SELECT subject FROM zt_rev WHERE kind = '{kind}')
-                      AND request_received_at < $until
+                      AND {_AUDIT_BOUND}
                     GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
                 WHERE r.kind = '{kind}' AND q.response_code IS NOT NULL
-                  AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
-    if "binding" in kinds:
-        # RBAC reason strings: 'RBAC: allowed by ClusterRoleBinding "NAME" of ...' and
-        # 'RBAC: allowed by RoleBinding "NAME/NS" of ...' (corpus: Pinniped sample).
-        out.append("""INSERT INTO zt_rev_use
+                  AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""))
+    return out
+
+
+# RBAC reason strings: 'RBAC: allowed by ClusterRoleBinding "NAME" of ...' and
+# 'RBAC: allowed by RoleBinding "NAME/NS" of ...' (corpus: Pinniped sample).
+_BINDING_RE = """regexp_extract({reason}, 'allowed by (ClusterRoleBinding|RoleBinding) "([^"]+)"', ['kind', 'ref'])"""
+_BINDING_SUBJ = """CASE WHEN {m}.kind = 'ClusterRoleBinding' THEN 'ClusterRoleBinding/' || {m}.ref
+                        ELSE 'RoleBinding/' || split_part({m}.ref, '/', 2) || '/' || split_part({m}.ref, '/', 1)
+                   END"""
+_BINDING_SCOPE = f"""authz_reason LIKE '%RoleBinding "%' AND {_AUDIT_BOUND}
+                     AND cluster IN (SELECT cluster FROM zt_rev WHERE kind = 'binding')"""
+
+
+def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+    """Insert the uses of revoked role bindings: requests whose RBAC reason names the binding.
+
+    A request's binding is read from one of its stages' reasons (``any_value``), so the parse runs
+    per request, not per distinct reason; but only a request with some stage whose reason names a
+    revoked binding can match. So: parse the few distinct reasons, keep those naming a revoked
+    binding, take the requests having such a stage, and judge only those requests, all their
+    stages included, exactly as over the whole log.
+    """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE zt_rev_reason AS
+        SELECT authz_reason FROM (SELECT DISTINCT authz_reason FROM k8s_audit WHERE {_BINDING_SCOPE})
+        WHERE {_BINDING_SUBJ.format(m=_BINDING_RE.format(reason='authz_reason'))}
+              IN (SELECT subject FROM zt_rev WHERE kind = 'binding')
+    """, params)
+    row = con.execute("SELECT count(*) FROM zt_rev_reason").fetchone()
+    if row and row[0]:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE zt_rev_req AS
+            SELECT DISTINCT cluster, audit_id, request_received_at FROM k8s_audit
+            WHERE authz_reason IN (SELECT authz_reason FROM zt_rev_reason) AND {_BINDING_SCOPE}
+        """, params)
+        con.execute(f"""INSERT INTO zt_rev_use
             SELECT r.rev_id, 'api', q.request_received_at, 0, true, 'k8s_audit:' || q.cluster || '/' || q.audit_id
             FROM zt_rev r JOIN (
-                SELECT cluster, audit_id, request_received_at,
-                       CASE WHEN m.kind = 'ClusterRoleBinding' THEN 'ClusterRoleBinding/' || m.ref
-                            ELSE 'RoleBinding/' || split_part(m.ref, '/', 2) || '/' || split_part(m.ref, '/', 1)
-                       END AS subj
-                FROM (SELECT cluster, audit_id, request_received_at,
-                             regexp_extract(any_value(authz_reason),
-                                            'allowed by (ClusterRoleBinding|RoleBinding) "([^"]+)"',
-                                            ['kind', 'ref']) AS m
-                      FROM k8s_audit
-                      WHERE authz_reason LIKE '%RoleBinding "%' AND request_received_at < $until
-                      GROUP BY ALL HAVING max(response_code) BETWEEN 200 AND 399)) q
+                SELECT cluster, audit_id, request_received_at, {_BINDING_SUBJ.format(m='m')} AS subj
+                FROM (SELECT a.cluster, a.audit_id, a.request_received_at,
+                             {_BINDING_RE.format(reason='any_value(a.authz_reason)')} AS m
+                      FROM k8s_audit a SEMI JOIN zt_rev_req k
+                        ON a.cluster = k.cluster AND a.audit_id IS NOT DISTINCT FROM k.audit_id
+                       AND a.request_received_at = k.request_received_at
+                      WHERE a.authz_reason LIKE '%RoleBinding "%' AND a.request_received_at >= $ulo
+                        AND a.request_received_at < $until AND CAST(a.dt AS VARCHAR) >= $ulo_day
+                        AND CAST(a.dt AS VARCHAR) <= $hi_day
+                      GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
               ON q.subj = r.subject AND q.cluster = r.cluster
-            WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""")
-    return out
+            WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""", params)
+    con.execute("DROP TABLE IF EXISTS zt_rev_req")
+    con.execute("DROP TABLE IF EXISTS zt_rev_reason")
+
+
+def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: datetime) -> dict[str, Any]:
+    """Bounds for the use scans of revocations of ``kinds`` (see :data:`_PROXY_BOUND`)."""
+    row = con.execute("""
+        SELECT min(revoked_at) - INTERVAL 7 DAY, strftime(min(revoked_at) - INTERVAL 7 DAY, '%Y-%m-%d')
+        FROM zt_rev WHERE list_contains($kinds, kind)""", {"kinds": list(kinds)}).fetchone()
+    assert row is not None
+    return {"until": hi, "ulo": row[0], "ulo_day": row[1], "hi_day": _day(hi)}
+
+
+def _day(ts: datetime) -> str:
+    """The UTC day of ``ts`` as the lake's ``dt`` partitions spell it (a naive time is UTC, as the
+    session time zone makes it for DuckDB)."""
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC).date().isoformat()
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
           until: datetime | None, *, lookback: bool = False) -> str:
     """Build temp table ``zt_rev_status`` (one row per revocation) on ``con``; return its name.
+
+    Its ``violations`` holds the first max(:data:`REPORT_VIOLATIONS`, ``detect.max_evidence``)
+    references of allowed uses after the grace period, oldest first (all that the report and the
+    detector's evidence use); the counts cover every use.
 
     Revocations revoked in [since, until) — or, with ``lookback`` (the detector), in
     [since − revocation.lookback_days, until) — are judged against uses before ``until``; with
@@ -195,18 +299,33 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     lo = (since - timedelta(days=cfg.revocation.lookback_days if lookback else 0)) if since else _MIN
     vsince = since if (lookback and since) else _MIN
     hi = until or _MAX
-    con.execute("""
+    # the revocations view, bounded to [lo, hi) inside (time filters and day-partition pruning)
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE zt_rev AS
         SELECT row_number() OVER (ORDER BY v.revoked_at, v.subject, v.source, v.evidence) AS rev_id,
                v.* REPLACE (coalesce(v.login, (SELECT lower(any_value(p.email)) FROM proxy_decision p
                                                WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
-        FROM revocations v WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
-    """, {"lo": lo, "hi": hi})
+        FROM ({revocations_sql(bounded=True)}) v WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
+    """, {"lo": lo, "hi": hi, "lo_day": _day(lo), "hi_day": _day(hi)})
     kinds = {str(r[0]) for r in con.execute("SELECT DISTINCT kind FROM zt_rev").fetchall()}
     con.execute("""CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
                    prec_us BIGINT, allowed BOOLEAN, ref VARCHAR)""")
-    for sql in _usage_inserts(kinds):
-        con.execute(sql, {"until": hi})
+    # A semi-join on a small set of subjects lets DuckDB push the set into the Parquet scan as an IN
+    # filter, so row groups without any of them are skipped; by default only up to 50 values are
+    # pushed, too few for a lake with many revocations. Raised for these scans, then restored.
+    setting = con.execute("SELECT value FROM duckdb_settings() "
+                          "WHERE name = 'dynamic_or_filter_threshold'").fetchall()  # absent before DuckDB 1.2
+    old_threshold = int(setting[0][0]) if setting else None
+    if old_threshold is not None:
+        con.execute(f"SET dynamic_or_filter_threshold = {max(old_threshold, _IN_FILTER_THRESHOLD)}")
+    try:
+        for judged, sql in _usage_inserts(kinds):
+            con.execute(sql, _use_params(con, judged, hi))
+        if "binding" in kinds:
+            _binding_uses(con, _use_params(con, ("binding",), hi))
+    finally:
+        if old_threshold is not None:
+            con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")
     grace = timedelta(seconds=cfg.revocation.grace_seconds)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE zt_rev_status AS
@@ -233,7 +352,10 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                 AS allowed_after_grace_api,
               min(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
               max(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
-              list(ref ORDER BY ts, ref) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS viol
+              -- the first $keep references in (ts, ref) order: a bounded heap per revocation instead of
+              -- sorting every use; wrapped in a struct so NULL references are kept, as list() keeps them
+              [x.r FOR x IN min_by({'r': ref}, (ts, ref), $keep)
+                            FILTER (WHERE allowed AND ts > vfrom AND ts < stop)] AS viol
             FROM u GROUP BY rev_id
         )
         SELECT r.kind, r.subject, coalesce(r.login, r.subject) AS identity, r.subject_id, r.session_id,
@@ -258,7 +380,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                r.evidence, coalesce(a.viol, []) AS violations
         FROM zt_rev r LEFT JOIN agg a USING (rev_id)
         ORDER BY r.revoked_at, r.subject
-    """, {"grace": grace, "max": _MAX, "vsince": vsince})
+    """, {"grace": grace, "max": _MAX, "vsince": vsince, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
     return "zt_rev_status"
 
 
@@ -266,11 +388,13 @@ def revocation_status(con: duckdb.DuckDBPyConnection, config: Config, since: dat
                       until: datetime | None = None) -> pa.Table:
     """One row per revocation with its enforcement status and latency (``ztaudit report revocation``).
 
-    Columns: :data:`STATUS_COLUMNS` (``violations`` lists up to 20 event references of allowed uses
-    after the grace period). Raises on SQL errors; an empty lake gives an empty table.
+    Columns: :data:`STATUS_COLUMNS` (``violations`` lists up to :data:`REPORT_VIOLATIONS` event
+    references of allowed uses after the grace period). Raises on SQL errors; an empty lake gives
+    an empty table.
     """
     table = build(con, config, since, until)
-    cols = ", ".join(c if c != "violations" else "violations[1:20] AS violations" for c in STATUS_COLUMNS)
+    cols = ", ".join(c if c != "violations" else f"violations[1:{REPORT_VIOLATIONS}] AS violations"
+                     for c in STATUS_COLUMNS)
     return con.sql(f"SELECT {cols} FROM {table}").to_arrow_table()
 
 

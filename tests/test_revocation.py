@@ -94,7 +94,7 @@ def _audit(audit_id: str, received: str) -> str:
 
 
 def _ingest(tmp: Path, lake: Path, proxy: list[str], audit: list[str]) -> None:
-    ingest = pytest.importorskip("ztaudit.pipeline.ingest")
+    from ztaudit.pipeline import ingest
     (tmp / "rev.jsonl").write_text(json.dumps({
         "kind": "revocation", "revoked_at": "2026-11-20T10:00:00.250Z", "subject": "gina@example.com",
         "subject_id": "00u8gina", "scope": "identity", "actor": "hr-offboarding"}) + "\n")
