@@ -4,19 +4,24 @@
 Pre-produces ``BENCH_CONSUME_EVENTS`` (default 500,000) generated audit events of ~1.4 KB into a
 4-partition topic with ``kcat -P``, then measures, in one run:
 
-1. ``ztaudit consume --until-idle`` (one process, default flush settings): events/s and peak RSS;
-2. a bare kafka-python poll loop with the same fetch settings that only counts records;
-3. ``kcat -C -e`` to /dev/null (librdkafka: the client ceiling of this machine);
-4. ``process()`` alone on in-memory batches (the normalization ceiling, no Kafka).
+1. ``ztaudit consume --until-idle`` (one process, default flush settings, ``--backend kafka-python``):
+   events/s and peak RSS;
+2. the same with ``--backend confluent`` (confluent-kafka / librdkafka; skipped if not installed);
+3. a bare kafka-python poll loop with the same fetch settings that only counts records;
+4. a bare confluent-kafka ``consume()`` loop with the backend's settings that only counts records;
+5. ``kcat -C -e`` to /dev/null (librdkafka: the client ceiling of this machine);
+6. ``process()`` alone on in-memory batches (the normalization ceiling, no Kafka).
 
-Prints a table with ratios and the targets (>= 50k ev/s per process, >= 70 % of bare kafka-python,
-RSS < 1 GiB) and writes ``bench/out/consume.json``. Not a test: numbers, not assertions.
+Prints a table with ratios (each ztaudit run against its own backend's bare loop) and the targets
+(>= 50k ev/s per process, >= 70 % of the bare loop, RSS < 1 GiB) and writes
+``bench/out/consume.json``. Not a test: numbers, not assertions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,12 +66,20 @@ def produce(broker: KafkaBroker, topic: str, work: Path) -> tuple[int, float]:
     return total, el
 
 
-def run_ztaudit(broker: KafkaBroker, topic: str, work: Path) -> dict[str, Any]:
-    lake = work / "lake"
-    metrics = work / "metrics.json"
+def have_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_ztaudit(broker: KafkaBroker, topic: str, work: Path, backend: str) -> dict[str, Any]:
+    lake = work / f"lake-{backend}"
+    metrics = work / f"metrics-{backend}.json"
     args = [ZTAUDIT, "consume", "--bootstrap-servers", broker.bootstrap, "--topic", f"{topic}=k8s_audit",
             "--lake", str(lake), "--group", f"bench-{uuid.uuid4().hex[:6]}", "--until-idle", str(UNTIL_IDLE),
-            "--metrics-file", str(metrics), "--progress-seconds", "5", "-q"]
+            "--metrics-file", str(metrics), "--progress-seconds", "5", "-q", "--backend", backend]
     t0 = time.monotonic()
     p = subprocess.Popen(args)
     _, status, rusage = os.wait4(p.pid, 0)
@@ -74,8 +87,12 @@ def run_ztaudit(broker: KafkaBroker, topic: str, work: Path) -> dict[str, Any]:
     p.returncode = os.waitstatus_to_exitcode(status)
     m = json.loads(metrics.read_text())
     busy = el - UNTIL_IDLE
+    shutil.rmtree(lake, ignore_errors=True)
     return {"rc": p.returncode, "events": m["events"], "wall_s": round(el, 2), "busy_s": round(busy, 2),
-            "ev_s": m["events"] / busy, "rss_mb": rusage.ru_maxrss / 1024, "files": m["files"]}
+            "ev_s": m["events"] / busy, "rss_mb": rusage.ru_maxrss / 1024, "files": m["files"],
+            # CPU seconds of the process (all threads, librdkafka's included): less sensitive than
+            # wall time to other load on a shared machine
+            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2)}
 
 
 def run_bare(broker: KafkaBroker, topic: str) -> dict[str, Any]:
@@ -97,6 +114,29 @@ def run_bare(broker: KafkaBroker, topic: str) -> dict[str, Any]:
             n += len(recs)
             for r in recs:
                 nbytes += len(r.value)
+    el = time.monotonic() - t0
+    c.close()
+    return {"events": n, "wall_s": round(el, 2), "ev_s": n / el}
+
+
+def run_bare_confluent(broker: KafkaBroker, topic: str) -> dict[str, Any]:
+    """Same settings as ``--backend confluent`` (manual assignment from the beginning, no group);
+    touches each message's value like the backend does."""
+    import confluent_kafka as ck
+    from ztaudit.pipeline.config import KafkaSettings
+    from ztaudit.pipeline.sources.confluent import BATCH, confluent_config
+
+    cfg = confluent_config(KafkaSettings(bootstrap_servers=broker.bootstrap), group=f"bare-{uuid.uuid4().hex[:6]}",
+                           start_from="earliest")
+    c = ck.Consumer(cfg)
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    n = nbytes = 0
+    t0 = time.monotonic()
+    while n < N:
+        for m in c.consume(num_messages=BATCH, timeout=1.0):
+            if m.error() is None:
+                n += 1
+                nbytes += len(m.value() or b"")
     el = time.monotonic() - t0
     c.close()
     return {"events": n, "wall_s": round(el, 2), "ev_s": n / el}
@@ -134,34 +174,55 @@ def main() -> int:
         print(f"bench/consume: producing {N:,} events to {topic} ({PARTITIONS} partitions) with kcat ...", flush=True)
         nbytes, prod_s = produce(broker, topic, work)
         print(f"  {nbytes / N:,.0f} B/event, {nbytes / 1e6:,.0f} MB, produced in {prod_s:.1f} s", flush=True)
-        z = run_ztaudit(broker, topic, work)
+        z = run_ztaudit(broker, topic, work, "kafka-python")
+        zc = run_ztaudit(broker, topic, work, "confluent") if have_confluent() else None
         bare = run_bare(broker, topic)
+        bare_c = run_bare_confluent(broker, topic) if have_confluent() else None
         kc = run_kcat(broker, topic)
         proc = run_process_only()
-    rows = [
-        ("ztaudit consume (1 process)", z["ev_s"], f"{z['events']:,} events, {z['files']} files, "
-         f"wall {z['wall_s']} s (incl. {UNTIL_IDLE} s idle wait), peak RSS {z['rss_mb']:,.0f} MiB"),
-        ("bare kafka-python poll loop", bare["ev_s"], f"{bare['events']:,} records in {bare['wall_s']} s"),
-        ("kcat -C -e > /dev/null", kc["ev_s"], f"{kc['wall_s']} s"),
-        ("process() alone (100k batch)", proc["ev_s"], f"{proc['events']:,} rows in {proc['wall_s']} s"),
-    ]
+
+    def zrow(name: str, r: dict[str, Any], base: dict[str, Any]) -> tuple[str, float, float, str]:
+        return (name, r["ev_s"], r["ev_s"] / base["ev_s"], f"{r['events']:,} events, {r['files']} files, wall "
+                f"{r['wall_s']} s (incl. {UNTIL_IDLE} s idle wait), {r['cpu_s']} CPU s, "
+                f"peak RSS {r['rss_mb']:,.0f} MiB")
+
+    rows = [zrow("ztaudit consume (kafka-python)", z, bare),
+            ("bare kafka-python poll loop", bare["ev_s"], 1.0, f"{bare['events']:,} records in {bare['wall_s']} s")]
+    if zc is not None and bare_c is not None:
+        rows += [zrow("ztaudit consume (confluent)", zc, bare_c),
+                 ("bare confluent-kafka loop", bare_c["ev_s"], 1.0,
+                  f"{bare_c['events']:,} records in {bare_c['wall_s']} s")]
+    rows += [("kcat -C -e > /dev/null", kc["ev_s"], kc["ev_s"] / bare["ev_s"],
+              f"{kc['wall_s']} s (vs bare kafka-python)"),
+             ("process() alone (100k batch)", proc["ev_s"], proc["ev_s"] / bare["ev_s"],
+              f"{proc['events']:,} rows in {proc['wall_s']} s (vs bare kafka-python)")]
     print()
     print(f"{'path':32} {'events/s':>10}  {'vs bare':>8}  notes")
-    for name, rate, note in rows:
-        print(f"{name:32} {rate:>10,.0f}  {rate / bare['ev_s']:>7.0%}  {note}")
+    for name, rate, ratio, note in rows:
+        print(f"{name:32} {rate:>10,.0f}  {ratio:>7.0%}  {note}")
     print()
-    ok_rate = z["ev_s"] >= 50_000
-    ok_ratio = z["ev_s"] >= 0.7 * bare["ev_s"]
-    ok_rss = z["rss_mb"] < 1024
-    print(f"targets: >= 50k ev/s per process: {'yes' if ok_rate else 'NO'} ({z['ev_s']:,.0f}); "
-          f">= 70% of bare kafka-python: {'yes' if ok_ratio else 'NO'} ({z['ev_s'] / bare['ev_s']:.0%}); "
-          f"RSS < 1 GiB: {'yes' if ok_rss else 'NO'} ({z['rss_mb']:,.0f} MiB)")
+    for label, r, base in [("kafka-python", z, bare), ("confluent", zc, bare_c)]:
+        if r is None or base is None:
+            print(f"targets ({label}): not measured (pip install 'ztaudit[confluent]')")
+            continue
+        ok_rate = r["ev_s"] >= 50_000
+        ok_ratio = r["ev_s"] >= 0.7 * base["ev_s"]
+        ok_rss = r["rss_mb"] < 1024
+        print(f"targets ({label}): >= 50k ev/s per process: {'yes' if ok_rate else 'NO'} ({r['ev_s']:,.0f}); "
+              f">= 70% of its bare loop: {'yes' if ok_ratio else 'NO'} ({r['ev_s'] / base['ev_s']:.0%}); "
+              f"RSS < 1 GiB: {'yes' if ok_rss else 'NO'} ({r['rss_mb']:,.0f} MiB)")
     print(f"kafka-python ceiling vs librdkafka (kcat): {bare['ev_s'] / kc['ev_s']:.0%}")
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+          "(other load on the machine lowers every rate above)")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "consume.json").write_text(json.dumps({"events": N, "ztaudit": z, "bare_kafka_python": bare,
+    (out / "consume.json").write_text(json.dumps({"events": N, "ztaudit": z, "ztaudit_confluent": zc,
+                                                  "bare_kafka_python": bare, "bare_confluent": bare_c,
                                                   "kcat": kc, "process_only": proc}, indent=2))
-    return 0 if z["rc"] == 0 and z["events"] == N else 1
+    ok = z["rc"] == 0 and z["events"] == N
+    if zc is not None:
+        ok = ok and zc["rc"] == 0 and zc["events"] == N
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

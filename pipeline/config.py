@@ -137,6 +137,8 @@ class DetectSettings:
 class KafkaSettings:
     bootstrap_servers: str = _opt("127.0.0.1:9092", "a local broker, as started by `make kafka`")
     group: str = _opt("ztaudit", "one consumer group; more processes in it scale ingest out")
+    backend: str = _opt("kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
+                        "ztaudit[confluent] extra) decodes records in C and is faster per process")
     session_timeout_ms: int = _opt(
         10_000, "a killed consumer holds its partitions until this expires; 10 s fails over quickly and "
         "heartbeats run on kafka-python's IO thread, so long flushes do not expire it")
@@ -276,6 +278,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"impersonation.approved_impersonators.{cluster}", "must be a list of usernames")
     if cfg.kafka.start_from not in ("earliest", "latest"):
         raise ConfigError("kafka.start_from", f"{cfg.kafka.start_from!r} is not earliest|latest")
+    if cfg.kafka.backend not in ("kafka-python", "confluent"):
+        raise ConfigError("kafka.backend", f"{cfg.kafka.backend!r} is not kafka-python|confluent",
+                          fix="use kafka-python (default) or confluent (pip install 'ztaudit[confluent]')")
     if cfg.kafka.session_timeout_ms < 1000:
         raise ConfigError("kafka.session_timeout_ms", "must be >= 1000 (brokers reject less by default: 6000)")
     if cfg.kafka.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

@@ -23,8 +23,8 @@ For every flush round, and for each partition in it, strictly in this order:
    is a temp file, fsynced and renamed: **the rename is the durability point**.
 5. **clean**: files with the same key left by an earlier, uncommitted attempt that this chunk did
    not rewrite (another ``dt=`` day, quarantine written on another day) are deleted.
-6. **commit**: ``commit({tp: OffsetAndMetadata(last + 1)})`` for the partitions flushed in this
-   round only, retried with backoff while the broker is away.
+6. **commit**: ``commit({tp: last + 1})`` for the partitions flushed in this round only,
+   synchronously, retried with backoff while the broker is away.
 7. **hooks**: ``on_flush(since, until, paths)`` with the event-time window just made durable.
 
 Why replay never duplicates: because a partition's next chunk is cut only after the previous
@@ -37,8 +37,11 @@ the same records, ``os.replace`` overwrites each file with identical rows, lefto
 rewrite are removed in step 5, and only then is the offset committed. A crash at any point between
 1 and 6 therefore leaves the lake with each record exactly once after the replay; a crash after 6
 replays nothing. Revocation drops the partition's unflushed buffer and commits nothing in the
-listener (kafka-python 3.x runs listeners on its IO thread, where blocking calls fail); the next
-owner re-reads from the committed offset.
+listener (kafka-python 3.x runs listeners on its IO thread, where blocking calls fail; librdkafka
+runs them inside ``poll()``); the next owner re-reads from the committed offset.
+
+The Kafka client is behind :class:`ztaudit.pipeline.sources.kafka.KafkaSource` (``--backend
+kafka-python|confluent``); this module never imports a client library.
 
 Limits (documented, not hidden): a *zombie* member that stalls longer than
 ``max.poll.interval.ms`` *inside* a write and then finishes its rename after the new owner
@@ -59,7 +62,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,16 +72,15 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from kafka import ConsumerRebalanceListener
 
 from .config import Config, KafkaSettings
-from .errors import KafkaConnectError, SinkError
+from .errors import KafkaTransientError, SinkError
 from .normalize import NormalizeContext
 from .records import KafkaOrigins, RawBatch
 from .schema import PARTITION_TIME
 from .sink import LakeSink, safe_key
 from .sources import kafka as ksrc
-from .sources.kafka import tp_name
+from .sources.kafka import TP, CommitRejectedError, KafkaSource, preflight, tp_name
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ MiB: Final = 1024 * 1024
 BACKOFF_START_S: Final = 0.5
 BACKOFF_MAX_S: Final = 15.0
 SINK_RETRIES: Final = 5
-COMMIT_TIMEOUT_MS: Final = 10_000
+__all__ = ["ConsumeOptions", "Metrics", "StreamConsumer", "consume", "file_key", "origin_offsets", "preflight"]
 
 
 def file_key(topic: str, partition: int, first_offset: int) -> str:
@@ -177,7 +179,7 @@ class _Buffer:
 
 @dataclass
 class _Chunk:
-    tp: Any
+    tp: TP
     values: list[bytes]
     offsets: list[int]
     leftovers: list[Path]
@@ -196,30 +198,27 @@ class _Chunk:
         return f"{tp_name(self.tp.topic, self.tp.partition)} offsets {self.first}..{self.last}"
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Rebalance listener: records what happened; the main thread acts on it after ``poll()``.
+class _Listener:
+    """Rebalance recorder: records what happened; the main thread acts on it after ``poll()``.
 
-    kafka-python 3.x runs these callbacks on its IO thread, where blocking consumer calls raise
-    and slow work stalls heartbeats, so they only append to a list (no flush, no commit).
+    kafka-python 3.x calls it on its IO thread, where blocking consumer calls raise and slow work
+    stalls heartbeats; librdkafka calls it inside ``poll()``. Either way it only appends to a list
+    (no flush, no commit). Lost partitions are reported as revoked.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.events: list[tuple[str, list[Any]]] = []
+        self.events: list[tuple[str, list[TP]]] = []
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    def on_revoke(self, revoked: list[TP]) -> None:
         with self.lock:
             self.events.append(("revoked", list(revoked)))
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    def on_assign(self, assigned: list[TP]) -> None:
         with self.lock:
             self.events.append(("assigned", list(assigned)))
 
-    def on_partitions_lost(self, lost: Any) -> None:
-        with self.lock:
-            self.events.append(("revoked", list(lost)))
-
-    def drain(self) -> list[tuple[str, list[Any]]]:
+    def drain(self) -> list[tuple[str, list[TP]]]:
         with self.lock:
             out, self.events = self.events, []
         return out
@@ -235,28 +234,32 @@ def context_from_config(cfg: Config, cluster: str | None) -> NormalizeContext:
 class StreamConsumer:
     """Consume topics into the lake (see the module docstring for the commit ordering).
 
-    ``consumer_factory(**kwargs)`` builds the kafka-python consumer (tests may wrap it);
-    ``run()`` returns the final :class:`Metrics`. :meth:`stop` is safe from a signal handler.
+    ``source_factory()`` builds the :class:`KafkaSource` (default: ``settings.backend`` through
+    :func:`ztaudit.pipeline.sources.kafka.open_source`; tests may wrap it). ``run()`` returns the
+    final :class:`Metrics`. :meth:`stop` is safe from a signal handler.
     """
 
     def __init__(self, settings: KafkaSettings, options: ConsumeOptions, *,
                  ctx: NormalizeContext | None = None, password: str | None = None,
-                 consumer_factory: Callable[..., Any] | None = None) -> None:
+                 source_factory: Callable[[], KafkaSource] | None = None) -> None:
         self.settings = settings
         self.opts = options
         self.ctx = ctx or NormalizeContext(cluster=options.cluster)
         self.password = password
         self.sink = LakeSink(options.lake)
         self.metrics = Metrics()
-        self._factory = consumer_factory
-        self._consumer: Any = None
+        self._factory = source_factory
+        self._source: KafkaSource | None = None
         self._listener = _Listener()
-        self._buffers: dict[Any, _Buffer] = {}
-        self._fresh: set[Any] = set()  # partitions whose first record must check for leftovers
-        self._next: dict[Any, int] = {}  # next offset to read, per partition
-        self._dropped_at: dict[Any, int] = {}  # revoked partitions' first dropped offset, until reassigned
+        self._buffers: dict[TP, _Buffer] = {}
+        self._fresh: set[TP] = set()  # partitions whose first record must check for leftovers
+        self._next: dict[TP, int] = {}  # next offset to read, per partition
+        self._dropped_at: dict[TP, int] = {}  # revoked partitions' first dropped offset, until reassigned
         self._stopping = False
         self._last_record_at = time.monotonic()
+        #: since when this member waits for the group to assign it partitions (subscribed or revoked,
+        #: not assigned yet); None once assigned -- even an empty assignment
+        self._awaiting_since: float | None = time.monotonic()
         self._last_progress = time.monotonic()
         self._events_at_progress = 0
         #: Fault injection for the crash tests: SIGKILL this process after N flush rounds were renamed
@@ -286,7 +289,6 @@ class StreamConsumer:
 
     def run(self) -> Metrics:
         """poll -> buffer -> flush (normalize, write, quarantine, commit, hooks) until stopped or idle."""
-        ksrc.warn_if_slow_crc()
         self._connect()
         self.metrics.state = "running"
         try:
@@ -310,72 +312,68 @@ class StreamConsumer:
 
     # --- connect --------------------------------------------------------------------------
 
+    @property
+    def source(self) -> KafkaSource:
+        assert self._source is not None, "not connected"
+        return self._source
+
     def _connect(self) -> None:
-        """Preflight (fail fast on bad credentials), then build and subscribe the consumer.
+        """Build the source and subscribe (the source fails fast on bad credentials).
 
         An unreachable broker is retried with backoff forever (a log line each time); a broker
         that answers but refuses us raises :class:`KafkaConnectError` (exit code 5).
         """
-        from kafka.errors import KafkaError
-
         backoff = BACKOFF_START_S
         while not self._stopping:
+            source = None
             try:
-                preflight(self.settings, self.password)
-                cfg = ksrc.consumer_config(self.settings, group=self.opts.group, start_from=self.opts.start_from,
-                                           password=self.password)
-                cfg["bootstrap_timeout_ms"] = 10_000
-                factory = self._factory or _kafka_consumer
-                self._consumer = factory(**cfg)
-                self._consumer.subscribe(topics=sorted(self.opts.topics), listener=self._listener)
-                log.info("consume: subscribed to %s as group %s at %s", ", ".join(sorted(self.opts.topics)),
-                         self.opts.group, self.settings.bootstrap_servers)
+                source = self._factory() if self._factory else ksrc.open_source(
+                    self.settings, group=self.opts.group, start_from=self.opts.start_from, password=self.password)
+                source.subscribe(sorted(self.opts.topics), self._listener.on_revoke, self._listener.on_assign)
+                self._source = source
+                log.info("consume: subscribed to %s as group %s at %s (%s)", ", ".join(sorted(self.opts.topics)),
+                         self.opts.group, self.settings.bootstrap_servers, source.backend)
                 return
-            except KafkaConnectError:
-                raise
-            except (KafkaError, OSError) as exc:
-                if ksrc.is_auth_error(exc):
-                    raise ksrc.connect_error(exc, self.settings, self.password) from None
+            except KafkaTransientError as exc:
+                if source is not None:
+                    with contextlib.suppress(Exception):
+                        source.close()
                 self.metrics.broker_errors += 1
                 log.warning("consume: Kafka at %s unreachable (%s); retrying in %.1f s",
                             self.settings.bootstrap_servers, ksrc.redact(str(exc), self.password), backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-        if self._consumer is None:
+        if self._source is None:
             raise SystemExit(0)
 
     def _close(self) -> None:
-        if self._consumer is not None:
+        if self._source is not None:
             with contextlib.suppress(Exception):
-                self._consumer.close(autocommit=False)
-            self._consumer = None
+                self._source.close()
+            self._source = None
 
     # --- poll and buffer ------------------------------------------------------------------
 
-    def _poll(self) -> dict[Any, list[Any]]:
-        from kafka.errors import KafkaError
-
+    def _poll(self) -> dict[TP, ksrc.Records]:
         try:
-            got: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=self.opts.poll_timeout_ms)
-            return got
-        except KafkaError as exc:
-            if ksrc.is_auth_error(exc):
-                raise ksrc.connect_error(exc, self.settings, self.password) from None
+            return self.source.poll(self.opts.poll_timeout_ms / 1000)
+        except KafkaTransientError as exc:
             self.metrics.broker_errors += 1
             log.warning("consume: poll failed (%s); retrying", ksrc.redact(str(exc), self.password))
             time.sleep(BACKOFF_START_S)
             return {}
+        finally:
+            self.metrics.broker_errors += self.source.take_errors()
 
-    def _apply_rebalance_events(self) -> set[Any]:
+    def _apply_rebalance_events(self) -> set[TP]:
         """Act on what the listener recorded during ``poll()``; returns the partitions rewound.
 
         Revoked: drop the unflushed buffer (nothing is committed for it). If the same rebalance
         gives the partition back (kafka-python keeps the *position* of a partition it still owns),
-        seek back to the first dropped offset -- else those records would be skipped.
+        seek back to the first dropped offset -- else those records would be skipped. (librdkafka
+        restarts a re-assigned partition at its committed offset, which is that same offset.)
         """
-        from kafka.errors import IllegalStateError, KafkaError
-
-        rewound: set[Any] = set()
+        rewound: set[TP] = set()
         for kind, tps in self._listener.drain():
             if kind == "revoked":
                 for tp in tps:
@@ -388,7 +386,9 @@ class StreamConsumer:
                                  len(buf.offsets), buf.offsets[0])
                     self._next.pop(tp, None)
                     self._fresh.add(tp)
+                self._awaiting_since = time.monotonic()
                 continue
+            self._awaiting_since = None
             self.metrics.rebalances += 1
             self._last_record_at = time.monotonic()  # new partitions: idle time starts over
             for tp in tps:
@@ -396,28 +396,28 @@ class StreamConsumer:
                 first = self._dropped_at.pop(tp, None)
                 if first is not None:
                     try:
-                        self._consumer.seek(tp, first)
+                        self.source.seek(tp, first)
                         rewound.add(tp)
                         log.info("consume: %s assigned again: rewound to offset %d (its dropped buffer)",
                                  tp_name(tp.topic, tp.partition), first)
-                    except (IllegalStateError, KafkaError, AssertionError, ValueError) as exc:
+                    except KafkaTransientError as exc:
                         log.warning("consume: %s: cannot rewind to offset %d: %s", tp_name(tp.topic, tp.partition),
                                     first, exc)
             self._dropped_at.clear()  # partitions that went elsewhere: the new owner starts at the commit
             log.info("consume: assigned %s", ", ".join(tp_name(t.topic, t.partition) for t in sorted(tps)) or "-")
         return rewound
 
-    def _buffer(self, records: Mapping[Any, Sequence[Any]]) -> None:
+    def _buffer(self, records: Mapping[TP, ksrc.Records]) -> None:
         if not records:
             return
         now = time.monotonic()
         self._last_record_at = now
-        assigned = self._consumer.assignment()
-        for tp, recs in records.items():
-            if not recs or tp not in assigned:
+        assigned = self.source.assignment()
+        for tp, (offs, vals) in records.items():
+            if not offs or tp not in assigned:
                 continue
             buf = self._buffers.get(tp)
-            first = recs[0].offset
+            first = offs[0]
             if buf is not None and buf.offsets and first <= buf.offsets[-1]:
                 # The position went backwards (reset/seek by the client): start over from here.
                 log.warning("consume: %s rewound to offset %d (buffer ended at %d): dropping the buffer",
@@ -430,20 +430,15 @@ class StreamConsumer:
             if tp in self._fresh and not buf.offsets:
                 self._fresh.discard(tp)
                 self._recover(tp, first, buf)
-            values = buf.values
-            offsets = buf.offsets
-            n = 0
-            for r in recs:
-                v = r.value if r.value is not None else b""
-                values.append(v)
-                offsets.append(r.offset)
-                n += len(v)
+            buf.values.extend(vals)
+            buf.offsets.extend(offs)
+            n = sum(map(len, vals))
             buf.nbytes += n
-            self.metrics.messages += len(recs)
+            self.metrics.messages += len(offs)
             self.metrics.message_bytes += n
-            self._next[tp] = recs[-1].offset + 1
+            self._next[tp] = offs[-1] + 1
 
-    def _recover(self, tp: Any, first: int, buf: _Buffer) -> None:
+    def _recover(self, tp: TP, first: int, buf: _Buffer) -> None:
         """Find files an earlier, uncommitted flush left under this partition's next key.
 
         Sets ``buf.boundary`` to the highest offset they hold, so the first chunk is cut exactly
@@ -474,7 +469,7 @@ class StreamConsumer:
 
     # --- cut and flush --------------------------------------------------------------------
 
-    def _cut(self, tp: Any, buf: _Buffer, now: float, final: bool) -> _Chunk | None:
+    def _cut(self, tp: TP, buf: _Buffer, now: float, final: bool) -> _Chunk | None:
         """The partition's next chunk if one is due (module docstring, step 2), else None."""
         n = len(buf.offsets)
         if n == 0:
@@ -536,19 +531,17 @@ class StreamConsumer:
 
     def _flush(self, chunks: list[_Chunk]) -> None:
         """normalize -> write -> quarantine -> clean -> commit -> hooks, for one round of chunks."""
-        from kafka.structs import OffsetAndMetadata
-
         paths: list[Path] = []
         since: datetime | None = None
         until: datetime | None = None
-        offsets = {}
+        offsets: dict[TP, int] = {}
         for chunk in chunks:
             written, window = self._write_chunk(chunk)
             paths.extend(written)
             if window is not None:
                 since = window[0] if since is None else min(since, window[0])
                 until = window[1] if until is None else max(until, window[1])
-            offsets[chunk.tp] = OffsetAndMetadata(chunk.last + 1, "", -1)
+            offsets[chunk.tp] = chunk.last + 1
         self._rounds_written += 1
         if self._kill_after_writes is not None and self._rounds_written >= self._kill_after_writes:
             log.warning("consume: ZTAUDIT_CONSUME_KILL_AFTER_WRITES: SIGKILL after the rename of %s, before "
@@ -610,7 +603,7 @@ class StreamConsumer:
                   len(written))
         return written, window
 
-    def _drop_compacted(self, table_name: str, table: pa.Table, tp: Any) -> pa.Table:
+    def _drop_compacted(self, table_name: str, table: pa.Table, tp: TP) -> pa.Table:
         """Rows a replay would write again into a day that ``compact`` already merged (its
         ``_compacted.json`` lists this partition's offset ranges) are dropped."""
         time_col = PARTITION_TIME.get(table_name)
@@ -645,21 +638,19 @@ class StreamConsumer:
             return table.filter(pc.invert(drop))
         return table
 
-    def _commit(self, offsets: dict[Any, Any], chunks: list[_Chunk]) -> bool:
+    def _commit(self, offsets: dict[TP, int], chunks: list[_Chunk]) -> bool:
         """Commit exactly ``offsets``; retry while the broker is away; rewind if the group moved on."""
-        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
-
-        where = ", ".join(f"{tp_name(tp.topic, tp.partition)}@{om.offset}" for tp, om in sorted(offsets.items()))
+        where = ", ".join(f"{tp_name(tp.topic, tp.partition)}@{off}" for tp, off in sorted(offsets.items()))
         delay = BACKOFF_START_S
         while True:
             try:
-                self._consumer.commit(offsets=offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                self.source.commit(offsets)
                 self.metrics.commits += 1
-                for tp, om in offsets.items():
-                    self.metrics.committed[tp_name(tp.topic, tp.partition)] = om.offset
+                for tp, off in offsets.items():
+                    self.metrics.committed[tp_name(tp.topic, tp.partition)] = off
                 log.debug("consume: committed %s", where)
                 return True
-            except CommitFailedError as exc:
+            except CommitRejectedError as exc:
                 # The group rebalanced: these partitions may belong to someone else now. The files
                 # are durable but uncommitted; whoever owns the partition next rewrites them.
                 log.warning("consume: commit %s rejected by the group coordinator (%s); the next owner "
@@ -668,16 +659,14 @@ class StreamConsumer:
                     self._buffers.pop(c.tp, None)
                     self._next.pop(c.tp, None)
                     self._fresh.add(c.tp)
-                    with contextlib.suppress(IllegalStateError, KafkaError, AssertionError, ValueError):
-                        self._consumer.seek(c.tp, c.first)
+                    with contextlib.suppress(KafkaTransientError):
+                        self.source.seek(c.tp, c.first)
                 return False
-            except KafkaError as exc:
-                if ksrc.is_auth_error(exc):
-                    raise ksrc.connect_error(exc, self.settings, self.password) from None
+            except KafkaTransientError as exc:
                 self.metrics.commit_retries += 1
                 self.metrics.broker_errors += 1
-                log.warning("consume: commit %s failed (%s: %s); files are durable, retrying in %.1f s", where,
-                            type(exc).__name__, ksrc.redact(str(exc), self.password), delay)
+                log.warning("consume: commit %s failed (%s); files are durable, retrying in %.1f s", where,
+                            ksrc.redact(str(exc), self.password), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -686,7 +675,7 @@ class StreamConsumer:
     def _lag(self) -> dict[str, int]:
         out = {}
         for tp, nxt in sorted(self._next.items()):
-            hw = self._consumer.highwater(tp)
+            hw = self.source.highwater(tp)
             if hw is not None:
                 out[tp_name(tp.topic, tp.partition)] = max(0, int(hw) - nxt)
         return out
@@ -701,7 +690,7 @@ class StreamConsumer:
             m.events_per_s = round((m.events - self._events_at_progress) / dt, 1)
         self._last_progress = now
         self._events_at_progress = m.events
-        if self._consumer is not None:
+        if self._source is not None:
             with contextlib.suppress(Exception):
                 m.lag = self._lag()
         m.buffered = sum(len(b.offsets) for b in self._buffers.values())
@@ -716,19 +705,26 @@ class StreamConsumer:
         buffered records are then flushed by the final drain)."""
         if self.opts.until_idle is None:
             return False
-        if time.monotonic() - self._last_record_at < self.opts.until_idle:
+        now = time.monotonic()
+        if now - self._last_record_at < self.opts.until_idle:
             return False
-        from kafka.errors import KafkaError
-
-        assigned = self._consumer.assignment()
-        if not assigned:
-            # no partitions for until_idle since the last assignment (a group with more members than
-            # partitions, or a topic that does not exist yet)
-            return True
+        if self._awaiting_since is not None and (
+                now - self._awaiting_since < self.opts.until_idle + 2 * self.settings.session_timeout_ms / 1000):
+            # between a revocation (or a lost session, e.g. after a broker outage) and the next
+            # assignment the member owns nothing, but is not idle: the group hands it partitions soon
+            return False
+        assigned = sorted(self.source.assignment())
         try:
-            ends = self._consumer.end_offsets(list(assigned))
-            positions = {tp: self._consumer.position(tp, timeout_ms=5000) for tp in assigned}
-        except (KafkaError, AssertionError, ValueError) as exc:
+            if not assigned:
+                # no partitions for until_idle since the last assignment (a group with more members than
+                # partitions, or a topic that does not exist yet) -- but only if the broker answers:
+                # librdkafka subscribes without one, and drops the assignment when its session times out
+                # during an outage; neither is "idle"
+                self.source.ping()
+                return True
+            ends = self.source.end_offsets(assigned)
+            positions = self.source.positions(assigned)
+        except KafkaTransientError as exc:
             log.info("consume: idle, but cannot confirm lag (%s); waiting", exc)
             self._last_record_at = time.monotonic()
             return False
@@ -737,60 +733,6 @@ class StreamConsumer:
             self._last_record_at = time.monotonic()
             return False
         return True
-
-
-def _kafka_consumer(**cfg: Any) -> Any:
-    from kafka import KafkaConsumer
-
-    return KafkaConsumer(**cfg)
-
-
-def preflight(settings: KafkaSettings, password: str | None) -> None:
-    """Fail fast when the broker answers TCP but refuses the session (credentials, mechanism, TLS).
-
-    kafka-python reports a SASL failure the broker answers by closing the socket only as "unable
-    to bootstrap" after its timeout, so: TCP reachable + a bootstrap that fails twice on a SASL or
-    SSL listener = :class:`KafkaConnectError` (exit 5). Unreachable = ``KafkaTimeoutError`` (the
-    caller retries). PLAINTEXT needs no preflight.
-    """
-    import socket
-
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    if settings.security_protocol == "PLAINTEXT":
-        return
-    cfg = ksrc.client_config(settings, password=password)
-    reachable = False
-    for server in cfg["bootstrap_servers"]:
-        host, _, port = server.rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]") or "localhost", int(port or 9092)), timeout=3).close()
-            reachable = True
-            break
-        except OSError:
-            continue
-    if not reachable:
-        from kafka.errors import KafkaTimeoutError
-
-        raise KafkaTimeoutError(f"no bootstrap server of {settings.bootstrap_servers} accepts TCP connections")
-    last: BaseException | None = None
-    for _ in range(2):
-        try:
-            c = KafkaConsumer(bootstrap_timeout_ms=4000, request_timeout_ms=5000, **cfg)
-            c.close()
-            return
-        except KafkaError as exc:
-            last = exc
-            if ksrc.is_auth_error(exc):
-                break
-    assert last is not None
-    raise KafkaConnectError(
-        f"Kafka at {settings.bootstrap_servers} accepts connections but refused the {settings.security_protocol}"
-        f"{'/' + settings.sasl_mechanism if settings.sasl_mechanism else ''} session for user "
-        f"{settings.sasl_username!r} ({ksrc.redact(type(last).__name__ + ': ' + str(last), password)})",
-        fix=f"check the user name, the password in ${settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'} or "
-            "kafka.sasl_password_file, the SASL mechanism, and the TLS CA/certificate files")
 
 
 def _time_window(table: pa.Table, col: str | None) -> tuple[datetime, datetime] | None:

@@ -104,6 +104,25 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+#: ``ztaudit consume --backend`` values; tests taking the :func:`backend` fixture run once per backend.
+BACKENDS = ("kafka-python", "confluent")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The consumer backend under test (``--backend``); confluent is skipped locally without the
+    optional ``confluent-kafka`` package, and fails in CI (the dev extra installs it)."""
+    name: str = request.param
+    if name == "confluent":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            if IN_CI:
+                pytest.fail("CI must install confluent-kafka (it is in the dev extra)")
+            pytest.skip("confluent-kafka is not installed (pip install -e '.[confluent]')")
+    return name
+
+
 @pytest.fixture
 def topic_name(request: pytest.FixtureRequest) -> str:
     """A fresh topic name for this test."""
@@ -256,27 +275,31 @@ def ztaudit_env(**extra: str) -> dict[str, str]:
 # --- running the consumer as a real process ------------------------------------------------
 
 def consume_args(broker: KafkaBroker, topic: str, lake: Path, group: str, *extra: str,
-                 until_idle: float | None = 3.0) -> list[str]:
-    """``ztaudit consume`` command line for ``topic`` into ``lake`` as ``group``."""
+                 until_idle: float | None = 3.0, backend: str | None = None) -> list[str]:
+    """``ztaudit consume`` command line for ``topic`` into ``lake`` as ``group`` (``--backend`` if given)."""
     args = [ZTAUDIT, "consume", "--bootstrap-servers", broker.bootstrap, "--topic", topic, "--lake", str(lake),
             "--group", group, "--progress-seconds", "2"]
+    if backend is not None:
+        args += ["--backend", backend]
     if until_idle is not None:
         args += ["--until-idle", str(until_idle)]
     return args + list(extra)
 
 
 def run_consume(broker: KafkaBroker, topic: str, lake: Path, group: str, *extra: str, until_idle: float = 3.0,
-                timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+                timeout: float = 300, env: dict[str, str] | None = None,
+                backend: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``ztaudit consume --until-idle`` to completion; returns the finished process (text output)."""
-    return subprocess.run(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle),
+    return subprocess.run(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle, backend=backend),
                           capture_output=True, text=True, timeout=timeout, env=env or ztaudit_env())
 
 
 def start_consume(broker: KafkaBroker, topic: str, lake: Path, group: str, *extra: str, log: Path,
-                  until_idle: float | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                  until_idle: float | None = None, env: dict[str, str] | None = None,
+                  backend: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``ztaudit consume`` in the background, stderr+stdout appended to ``log``."""
     fh = open(log, "ab")  # owned by the child
-    return subprocess.Popen(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle),
+    return subprocess.Popen(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle, backend=backend),
                             stdout=fh, stderr=subprocess.STDOUT, env=env or ztaudit_env())
 
 

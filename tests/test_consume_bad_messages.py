@@ -21,7 +21,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_bad_and_oversized_messages_are_quarantined_with_coordinates(kafka_broker: KafkaBroker, topic_name: str,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, backend: str) -> None:
     create_topic(kafka_broker, topic_name, 1)
     good = audit_events(700, run="bad")
     big_event = json.loads(good[0])
@@ -57,7 +57,8 @@ def test_bad_and_oversized_messages_are_quarantined_with_coordinates(kafka_broke
     good_ids |= {json.loads(v)["auditID"] for v in good[102:402] + good[500:700]}
 
     lake = tmp_path / "lake"
-    proc = run_consume(kafka_broker, topic_name, lake, "g-bad", "--flush-records", "50", until_idle=2)
+    proc = run_consume(kafka_broker, topic_name, lake, "g-bad", "--flush-records", "50", until_idle=2,
+                       backend=backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = audit_id_counts(lake)
     assert set(counts) == good_ids and set(counts.values()) == {1}

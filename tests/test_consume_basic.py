@@ -28,7 +28,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_kafka_python_and_kcat_events_all_land_once_and_match_ingest(kafka_broker: KafkaBroker, topic_name: str,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, backend: str) -> None:
     create_topic(kafka_broker, topic_name, 4)
     py_events = audit_events(6000, run="py")
     kc_events = audit_events(6000, run="kc")
@@ -39,7 +39,7 @@ def test_kafka_python_and_kcat_events_all_land_once_and_match_ingest(kafka_broke
     lake = tmp_path / "lake"
     metrics = tmp_path / "metrics.json"
     proc = run_consume(kafka_broker, topic_name, lake, "g-basic", "--flush-records", "2500",
-                       "--metrics-file", str(metrics))
+                       "--metrics-file", str(metrics), backend=backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     counts = audit_id_counts(lake)
@@ -79,33 +79,35 @@ def test_kafka_python_and_kcat_events_all_land_once_and_match_ingest(kafka_broke
 
 
 def test_replay_with_same_group_writes_nothing_new_and_new_group_rewrites_same_files(
-        kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path) -> None:
+        kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path, backend: str) -> None:
     create_topic(kafka_broker, topic_name, 2)
     produce(kafka_broker, topic_name, audit_events(3000, run="rp"))
     lake = tmp_path / "lake"
     assert run_consume(kafka_broker, topic_name, lake, "g-rp", "--flush-records", "700",
-                       until_idle=1.5).returncode == 0
+                       until_idle=1.5, backend=backend).returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in lake.glob("k8s_audit/dt=*/*.parquet")}
     # same group: everything is committed, nothing is re-read
-    again = run_consume(kafka_broker, topic_name, lake, "g-rp", "--flush-records", "700", until_idle=1.5)
+    again = run_consume(kafka_broker, topic_name, lake, "g-rp", "--flush-records", "700", until_idle=1.5,
+                        backend=backend)
     assert again.returncode == 0
     assert {p.name: p.stat().st_mtime_ns for p in lake.glob("k8s_audit/dt=*/*.parquet")} == before
     # a new group re-reads from the beginning: count-determined boundaries -> the same file names
     assert run_consume(kafka_broker, topic_name, lake, "g-rp-2", "--flush-records", "700",
-                       until_idle=1.5).returncode == 0
+                       until_idle=1.5, backend=backend).returncode == 0
     assert {p.name for p in lake.glob("k8s_audit/dt=*/*.parquet")} == set(before)
     counts = audit_id_counts(lake)
     assert len(counts) == 3000 and set(counts.values()) == {1}
 
 
-def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path) -> None:
+def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path,
+                                                backend: str) -> None:
     create_topic(kafka_broker, topic_name, 2)
     produce(kafka_broker, topic_name, audit_events(2000, run="st"))
     lake = tmp_path / "lake"
     log = tmp_path / "consume.log"
     # thresholds never reached: only the SIGTERM drain can write these records
     p = start_consume(kafka_broker, topic_name, lake, "g-term", "--flush-records", "1000000", "--flush-seconds",
-                      "3600", log=log)
+                      "3600", log=log, backend=backend)
     deadline = time.monotonic() + 60
     while "messages" not in log.read_text() or " 0 messages" in log.read_text().splitlines()[-1]:
         assert time.monotonic() < deadline and p.poll() is None, log.read_text()[-3000:]
@@ -115,13 +117,13 @@ def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: KafkaBroker, topic
     counts = audit_id_counts(lake)
     assert len(counts) == 2000 and set(counts.values()) == {1}
     # and it committed: the same group has nothing left to read
-    again = run_consume(kafka_broker, topic_name, lake, "g-term", until_idle=1.0)
+    again = run_consume(kafka_broker, topic_name, lake, "g-term", until_idle=1.0, backend=backend)
     assert again.returncode == 0
     assert "0 events" in again.stderr.splitlines()[-1]
 
 
 def test_library_api_in_process_with_on_flush_hook(kafka_broker: KafkaBroker, topic_name: str,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, backend: str) -> None:
     from ztaudit.pipeline.config import KafkaSettings
     from ztaudit.pipeline.consume import ConsumeOptions, consume
 
@@ -131,7 +133,7 @@ def test_library_api_in_process_with_on_flush_hook(kafka_broker: KafkaBroker, to
     opts = ConsumeOptions(topics={topic_name: "k8s_audit"}, lake=tmp_path / "lake", group="g-lib",
                           flush_records=500, until_idle=1.0,
                           on_flush=[lambda since, until, paths: windows.append((since, until, paths))])
-    m = consume(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap), opts)
+    m = consume(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap, backend=backend), opts)
     assert m.events == 1500 and m.quarantined == 0
     assert windows and all(s <= u for s, u, _ in windows)
     assert sum(len(p) for _, _, p in windows) == m.files

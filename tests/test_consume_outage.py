@@ -15,7 +15,7 @@ OUTAGE_S = 20
 
 
 def test_broker_down_20s_mid_stream_no_loss_no_duplicates(kafka_broker: KafkaBroker, topic_name: str,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, backend: str) -> None:
     if kafka_broker.dir is None:
         pytest.skip("needs a broker this test can stop and start (scripts/kafka-broker)")
     create_topic(kafka_broker, topic_name, 4)
@@ -25,7 +25,7 @@ def test_broker_down_20s_mid_stream_no_loss_no_duplicates(kafka_broker: KafkaBro
     log = tmp_path / "consume.log"
     metrics = tmp_path / "metrics.json"
     p = start_consume(kafka_broker, topic_name, lake, "g-outage", "--flush-records", "3000", "--flush-seconds", "1",
-                      "--metrics-file", str(metrics), log=log, until_idle=6)
+                      "--metrics-file", str(metrics), log=log, until_idle=6, backend=backend)
     # stop the broker while the consumer is mid-stream (some files written, most not)
     deadline = time.monotonic() + 60
     while len(list(lake.glob("k8s_audit/dt=*/*.parquet"))) < 2:

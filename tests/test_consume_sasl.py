@@ -13,17 +13,18 @@ from kafka_broker import ZTAUDIT, KafkaBroker, audit_events, audit_id_counts, cr
 pytestmark = pytest.mark.kafka
 
 
-def _sasl_args(broker: KafkaBroker, topic: str, lake: Path, group: str) -> list[str]:
+def _sasl_args(broker: KafkaBroker, topic: str, lake: Path, group: str, backend: str = "kafka-python") -> list[str]:
     return [ZTAUDIT, "consume", "--bootstrap-servers", broker.sasl_bootstrap, "--topic", f"{topic}=k8s_audit",
             "--lake", str(lake), "--group", group, "--until-idle", "2", "--security-protocol", "SASL_PLAINTEXT",
-            "--sasl-mechanism", "SCRAM-SHA-256", "--sasl-username", broker.scram_user]
+            "--sasl-mechanism", "SCRAM-SHA-256", "--sasl-username", broker.scram_user, "--backend", backend]
 
 
-def test_scram_right_password_consumes(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path) -> None:
+def test_scram_right_password_consumes(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path,
+                                       backend: str) -> None:
     create_topic(kafka_broker, topic_name, 2)
     produce(kafka_broker, topic_name, audit_events(1000, run="sasl"))
     lake = tmp_path / "lake"
-    proc = subprocess.run(_sasl_args(kafka_broker, topic_name, lake, "g-sasl"), capture_output=True, text=True,
+    proc = subprocess.run(_sasl_args(kafka_broker, topic_name, lake, "g-sasl", backend), capture_output=True, text=True,
                           timeout=120, env=ztaudit_env(ZTAUDIT_KAFKA_PASSWORD=kafka_broker.scram_password))
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = audit_id_counts(lake)
@@ -47,10 +48,10 @@ def test_scram_password_from_file_named_in_config(kafka_broker: KafkaBroker, top
 
 
 def test_scram_wrong_password_fails_fast_exit_5_secret_not_printed(kafka_broker: KafkaBroker, topic_name: str,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path, backend: str) -> None:
     wrong = "Wr0ng-But-Secret-Passw0rd-9f3a"
     t0 = time.monotonic()
-    proc = subprocess.run(_sasl_args(kafka_broker, topic_name, tmp_path / "lake", "g-sasl-bad"),
+    proc = subprocess.run(_sasl_args(kafka_broker, topic_name, tmp_path / "lake", "g-sasl-bad", backend),
                           capture_output=True, text=True, timeout=120, env=ztaudit_env(ZTAUDIT_KAFKA_PASSWORD=wrong))
     elapsed = time.monotonic() - t0
     assert proc.returncode == 5, (proc.returncode, proc.stderr[-3000:])

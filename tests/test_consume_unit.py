@@ -115,3 +115,39 @@ def test_sasl_config_needs_password_and_redacts_it() -> None:
 
 def test_merge_ranges() -> None:
     assert merge_ranges([(10, 19), (0, 9), (30, 40), (35, 50)]) == [(0, 19), (30, 50)]
+
+
+def test_confluent_config_maps_security_and_never_autocommits() -> None:
+    pytest.importorskip("confluent_kafka")
+    from ztaudit.pipeline.sources.confluent import confluent_config
+
+    s = KafkaSettings(bootstrap_servers="a:1, b:2", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                      sasl_username="u", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/k.pem")
+    cfg = confluent_config(s, group="g", start_from="latest", password="s3cret")
+    assert cfg["bootstrap.servers"] == "a:1,b:2" and cfg["group.id"] == "g"
+    assert cfg["enable.auto.commit"] is False and cfg["enable.auto.offset.store"] is False
+    assert cfg["auto.offset.reset"] == "latest"
+    assert cfg["fetch.message.max.bytes"] > 5 * 1024 * 1024 and cfg["message.max.bytes"] > 5 * 1024 * 1024
+    assert cfg["receive.message.max.bytes"] >= cfg["fetch.max.bytes"] + 512
+    assert (cfg["security.protocol"], cfg["sasl.mechanism"], cfg["sasl.username"], cfg["sasl.password"]) == (
+        "SASL_SSL", "SCRAM-SHA-512", "u", "s3cret")
+    assert (cfg["ssl.ca.location"], cfg["ssl.certificate.location"], cfg["ssl.key.location"]) == (
+        "/ca.pem", "/c.pem", "/k.pem")
+    with pytest.raises(ConfigError, match="no SASL password"):
+        confluent_config(s, group="g", start_from="earliest", password=None)
+    plain = confluent_config(KafkaSettings(), group="g", start_from="earliest")
+    assert not any(k.startswith(("sasl.", "ssl.")) for k in plain)
+
+
+def test_backend_is_validated_and_selects_the_source(tmp_path: Path) -> None:
+    from ztaudit.pipeline.config import load_config
+    from ztaudit.pipeline.sources.kafka import KafkaPythonSource, open_source
+
+    with pytest.raises(ConfigError, match=r"kafka\.backend"):
+        load_config(None, overrides={"kafka": {"backend": "librdkafka"}})
+    assert isinstance(open_source(KafkaSettings(), group="g", start_from="earliest"), KafkaPythonSource)
+    pytest.importorskip("confluent_kafka")
+    from ztaudit.pipeline.sources.confluent import ConfluentSource
+
+    assert isinstance(open_source(KafkaSettings(backend="confluent"), group="g", start_from="earliest"),
+                      ConfluentSource)

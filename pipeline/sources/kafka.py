@@ -1,7 +1,10 @@
-"""kafka-python glue for ``ztaudit consume``: client settings, error classes, topic specs.
+"""Kafka glue for ``ztaudit consume``: the client seam, kafka-python settings, error classes, topic specs.
 
 Everything here is about *talking to Kafka*; the consume loop (what is read, when it is written,
-when offsets are committed) is :mod:`ztaudit.pipeline.consume`.
+when offsets are committed) is :mod:`ztaudit.pipeline.consume`. It talks to Kafka only through
+:class:`KafkaSource` (below), which has two implementations: :class:`KafkaPythonSource` (the
+default, kafka-python) and :class:`ztaudit.pipeline.sources.confluent.ConfluentSource`
+(confluent-kafka / librdkafka, the optional ``ztaudit[confluent]`` extra, ``--backend confluent``).
 
 Client settings that matter for a buffering sink (pipeline-anchors §2.1):
 
@@ -23,13 +26,14 @@ text before it is logged or raised.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, Protocol
 
 from ..config import KafkaSettings
-from ..errors import ConfigError, KafkaConnectError
+from ..errors import ConfigError, KafkaConnectError, KafkaTransientError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,76 @@ MAX_PARTITION_FETCH_BYTES: Final = 8 * MiB
 FETCH_MAX_BYTES: Final = 64 * MiB
 #: The source kinds a topic may be mapped to (``--topic NAME=KIND``).
 SOURCE_KINDS: Final = ("k8s_audit", "proxy_decision", "idp_event")
+#: ``--backend`` / ``kafka.backend``: the client library behind :class:`KafkaSource`.
+BACKENDS: Final = ("kafka-python", "confluent")
+COMMIT_TIMEOUT_MS: Final = 10_000
+
+
+# --- the seam between the consume loop and a Kafka client library ----------------------------
+
+class TP(NamedTuple):
+    """A topic partition. Equal (and hash-equal) to kafka-python's ``TopicPartition`` namedtuple."""
+
+    topic: str
+    partition: int
+
+
+#: One partition's records from one poll: (offsets, values), parallel lists in offset order; a
+#: null value is ``b""``.
+Records = tuple[list[int], list[bytes]]
+#: A rebalance callback: the partitions revoked (or lost) / assigned. Implementations call it on
+#: whatever thread their library uses (kafka-python: its IO thread; librdkafka: inside ``poll()``),
+#: so it must only record what happened -- never flush, commit or call back into the source.
+RebalanceCallback = Callable[[list[TP]], None]
+
+
+class CommitRejectedError(KafkaTransientError):
+    """The group coordinator rejected a commit because the group moved on (rebalance, generation):
+    these partitions may belong to another member now."""
+
+
+class KafkaSource(Protocol):
+    """What the consume loop needs from a Kafka client; nothing else crosses this line.
+
+    Errors: :class:`KafkaConnectError` (exit 5: credentials, ACLs, TLS; never retried; the
+    message never holds the password), :class:`CommitRejectedError` (commit refused by the group),
+    :class:`KafkaTransientError` (broker away, timeouts: the caller retries with backoff).
+    """
+
+    backend: str
+
+    def subscribe(self, topics: Sequence[str], on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> None:
+        """Connect (failing fast on bad credentials) and join the group for ``topics``."""
+
+    def poll(self, timeout_s: float) -> dict[TP, Records]:
+        """Records fetched since the last call, per partition (rebalance callbacks may run)."""
+
+    def take_errors(self) -> int:
+        """Transient broker errors seen (and logged) since the last call, for the metrics."""
+
+    def assignment(self) -> set[TP]:
+        """The partitions this member owns now."""
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit exactly these next-offsets (``last + 1``), synchronously."""
+
+    def seek(self, tp: TP, offset: int) -> None:
+        """Make the next poll of ``tp`` start at ``offset``."""
+
+    def highwater(self, tp: TP) -> int | None:
+        """The partition's end offset as last seen by a fetch (cheap, may be None)."""
+
+    def end_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
+        """End offsets asked from the broker."""
+
+    def positions(self, tps: Sequence[TP]) -> dict[TP, int]:
+        """The next offset each partition will be read from (partitions without one are left out)."""
+
+    def ping(self) -> None:
+        """A metadata round trip; raises :class:`KafkaTransientError` when no broker answers."""
+
+    def close(self) -> None:
+        """Leave the group without committing anything."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +262,9 @@ def is_auth_error(exc: BaseException) -> bool:
     return False
 
 
-def connect_error(exc: BaseException, settings: KafkaSettings, password: str | None) -> KafkaConnectError:
+def connect_error(exc: BaseException | str, settings: KafkaSettings, password: str | None) -> KafkaConnectError:
     """A :class:`KafkaConnectError` (exit code 5) for an auth/TLS failure, secret-free."""
-    detail = redact(f"{type(exc).__name__}: {exc}", password)
+    detail = redact(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}", password)
     who = f"user {settings.sasl_username!r} " if settings.sasl_username else ""
     return KafkaConnectError(
         f"Kafka at {settings.bootstrap_servers} refused {who}({settings.security_protocol}"
@@ -213,3 +287,192 @@ def lag_by_partition(positions: Mapping[Any, int], ends: Mapping[Any, int]) -> d
         if pos is not None and end is not None:
             out[tp_name(tp.topic, tp.partition)] = max(0, int(end) - int(pos))
     return out
+
+
+# --- kafka-python ------------------------------------------------------------------------------
+
+def preflight(settings: KafkaSettings, password: str | None) -> None:
+    """Fail fast when the broker answers TCP but refuses the session (credentials, mechanism, TLS).
+
+    kafka-python reports a SASL failure the broker answers by closing the socket only as "unable
+    to bootstrap" after its timeout, so: TCP reachable + a bootstrap that fails twice on a SASL or
+    SSL listener = :class:`KafkaConnectError` (exit 5). Unreachable = ``KafkaTimeoutError`` (the
+    caller retries). PLAINTEXT needs no preflight.
+    """
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    if settings.security_protocol == "PLAINTEXT":
+        return
+    cfg = client_config(settings, password=password)
+    reachable = False
+    for server in cfg["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port or 9092)), timeout=3).close()
+            reachable = True
+            break
+        except OSError:
+            continue
+    if not reachable:
+        raise KafkaTimeoutError(f"no bootstrap server of {settings.bootstrap_servers} accepts TCP connections")
+    last: BaseException | None = None
+    for _ in range(2):
+        try:
+            c = KafkaConsumer(bootstrap_timeout_ms=4000, request_timeout_ms=5000, **cfg)
+            c.close()
+            return
+        except KafkaError as exc:
+            last = exc
+            if is_auth_error(exc):
+                break
+    assert last is not None
+    raise KafkaConnectError(
+        f"Kafka at {settings.bootstrap_servers} accepts connections but refused the {settings.security_protocol}"
+        f"{'/' + settings.sasl_mechanism if settings.sasl_mechanism else ''} session for user "
+        f"{settings.sasl_username!r} ({redact(type(last).__name__ + ': ' + str(last), password)})",
+        fix=f"check the user name, the password in ${settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'} or "
+            "kafka.sasl_password_file, the SASL mechanism, and the TLS CA/certificate files")
+
+
+class KafkaPythonSource:
+    """:class:`KafkaSource` on kafka-python 3.x (the default backend).
+
+    Its rebalance listener runs on kafka-python's IO thread (pipeline-anchors §2.3): the callbacks
+    it forwards to only record events. ``factory(**kwargs)`` builds the ``KafkaConsumer``.
+    """
+
+    backend = "kafka-python"
+
+    def __init__(self, settings: KafkaSettings, *, group: str, start_from: str, password: str | None = None,
+                 factory: Callable[..., Any] | None = None) -> None:
+        self.settings = settings
+        self.group = group
+        self.start_from = start_from
+        self.password = password
+        self._factory = factory
+        self._c: Any = None
+
+    def _fail(self, exc: BaseException) -> KafkaConnectError | KafkaTransientError:
+        if is_auth_error(exc):
+            return connect_error(exc, self.settings, self.password)
+        return KafkaTransientError(redact(f"{type(exc).__name__}: {exc}", self.password))
+
+    def subscribe(self, topics: Sequence[str], on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka.errors import KafkaError
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                on_revoke([TP(*tp) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                on_assign([TP(*tp) for tp in assigned])
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                on_revoke([TP(*tp) for tp in lost])
+
+        try:
+            preflight(self.settings, self.password)
+            cfg = consumer_config(self.settings, group=self.group, start_from=self.start_from,
+                                  password=self.password)
+            cfg["bootstrap_timeout_ms"] = 10_000
+            self._c = (self._factory or KafkaConsumer)(**cfg)
+            self._c.subscribe(topics=list(topics), listener=Listener())
+        except (KafkaError, OSError) as exc:
+            raise self._fail(exc) from None
+
+    def poll(self, timeout_s: float) -> dict[TP, Records]:
+        from kafka.errors import KafkaError
+
+        try:
+            got = self._c.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise self._fail(exc) from None
+        return {TP(*tp): ([r.offset for r in recs], [r.value if r.value is not None else b"" for r in recs])
+                for tp, recs in got.items()}
+
+    def take_errors(self) -> int:
+        return 0  # kafka-python retries inside poll() silently; failures surface as exceptions
+
+    def assignment(self) -> set[TP]:
+        return {TP(*tp) for tp in self._c.assignment()}
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._c.commit(offsets={TopicPartition(*tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                           timeout_ms=COMMIT_TIMEOUT_MS)
+        except CommitFailedError as exc:
+            raise CommitRejectedError(str(exc)) from None
+        except KafkaError as exc:
+            raise self._fail(exc) from None
+
+    def seek(self, tp: TP, offset: int) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import IllegalStateError, KafkaError
+
+        try:
+            self._c.seek(TopicPartition(*tp), offset)
+        except (IllegalStateError, KafkaError, AssertionError, ValueError) as exc:
+            raise KafkaTransientError(f"{type(exc).__name__}: {exc}") from None
+
+    def highwater(self, tp: TP) -> int | None:
+        from kafka import TopicPartition
+
+        hw = self._c.highwater(TopicPartition(*tp))
+        return None if hw is None else int(hw)
+
+    def end_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        try:
+            ends = self._c.end_offsets([TopicPartition(*tp) for tp in tps])
+        except (KafkaError, AssertionError, ValueError) as exc:
+            raise self._fail(exc) from None
+        return {TP(*tp): int(end) for tp, end in ends.items() if end is not None}
+
+    def positions(self, tps: Sequence[TP]) -> dict[TP, int]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        out = {}
+        try:
+            for tp in tps:
+                pos = self._c.position(TopicPartition(*tp), timeout_ms=5000)
+                if pos is not None:
+                    out[tp] = int(pos)
+        except (KafkaError, AssertionError, ValueError) as exc:
+            raise self._fail(exc) from None
+        return out
+
+    def ping(self) -> None:
+        # Nothing to do: subscribe() returned only after a bootstrap, and kafka-python keeps its
+        # assignment while the coordinator is away. (KafkaConsumer.topics() would block without a
+        # timeout during an outage.)
+        return None
+
+    def close(self) -> None:
+        if self._c is not None:
+            self._c.close(autocommit=False)
+            self._c = None
+
+
+def open_source(settings: KafkaSettings, *, group: str, start_from: str,
+                password: str | None = None) -> KafkaSource:
+    """The :class:`KafkaSource` of ``settings.backend`` (``kafka.backend`` / ``--backend``)."""
+    if settings.backend == "kafka-python":
+        warn_if_slow_crc()
+        return KafkaPythonSource(settings, group=group, start_from=start_from, password=password)
+    if settings.backend == "confluent":
+        try:
+            from .confluent import ConfluentSource
+        except ImportError as exc:
+            raise ConfigError("kafka.backend", f"confluent needs the confluent-kafka package ({exc})",
+                              fix="pip install 'ztaudit[confluent]' (or use --backend kafka-python)") from None
+        return ConfluentSource(settings, group=group, start_from=start_from, password=password)
+    raise ConfigError("kafka.backend", f"{settings.backend!r} is not one of {', '.join(BACKENDS)}")
