@@ -94,6 +94,10 @@ class DetectContext:
     since: datetime | None = None
     until: datetime | None = None
     lake: str | None = None
+    #: Results shared within one run (for example the reach features, computed once for the ``reach``
+    #: table builder and the ``reach.anomalous`` detector). Lives as long as the context, so a new run
+    #: (new data) starts empty; keys name the producer and every parameter the result depends on.
+    cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Detector(Protocol):

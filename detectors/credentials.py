@@ -131,7 +131,9 @@ issued AS (
 SELECT to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, u.credential_key,
        any_value(credential_id) AS credential_id,
        CASE WHEN any_value(credential_id) IS NULL THEN 'fallback' ELSE 'id' END AS key_kind,
-       mode(kind) AS credential_kind, mode(holder) AS holder, mode(holder_kind) AS holder_kind,
+       mode(kind ORDER BY kind) AS credential_kind,
+       mode(holder ORDER BY holder) AS holder,
+       mode(holder_kind ORDER BY holder_kind) AS holder_kind,
        any_value(i.issued_at) AS issued_at, any_value(i.issued_by) AS issued_by,
        min(ts) AS first_seen, max(ts) AS last_seen, count(*) AS requests,
        count(*) FILTER (WHERE response_code = 403 OR decision = 'forbid') AS denied,
@@ -213,7 +215,10 @@ issued AS (  -- the base table is enough here: every stage of a TokenRequest has
     SELECT issued_credential_id AS credential_key, min(request_received_at) AS issued_at FROM k8s_audit
     WHERE issued_credential_id IS NOT NULL AND request_received_at < $hi GROUP BY 1
 )
-SELECT u.credential_key, mode(kind) AS kind, mode(holder) AS holder, mode(cluster) AS cluster,
+SELECT u.credential_key,
+       mode(kind ORDER BY kind) AS kind,
+       mode(holder ORDER BY holder) AS holder,
+       mode(cluster ORDER BY cluster) AS cluster,
        min(ts) AS first_seen, max(ts) AS last_seen, any_value(i.issued_at) AS issued_at
 FROM u JOIN keys USING (credential_key) LEFT JOIN issued i USING (credential_key)
 GROUP BY u.credential_key
@@ -352,7 +357,7 @@ class Stale:
 _LEGACY_SQL = f"""
 WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $hi AND
            (coalesce(is_legacy_token, false) OR credential_kind = 'legacy_secret'))
-SELECT credential_key, any_value(holder) AS holder, mode(cluster) AS cluster,
+SELECT credential_key, any_value(holder) AS holder, mode(cluster ORDER BY cluster) AS cluster,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts) AS t0, max(ts) AS t1, count(*) AS n,
        count(*) FILTER (WHERE invalidated_note IS NOT NULL) AS invalidated,
        list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
@@ -546,8 +551,10 @@ class OffCluster:
 # --- report ------------------------------------------------------------------------------------
 
 _REPORT_SQL = """
-SELECT credential_key, any_value(credential_id) AS credential_id, mode(credential_kind) AS credential_kind,
-       mode(holder) AS holder, mode(holder_kind) AS holder_kind, min(issued_at) AS issued_at,
+SELECT credential_key, any_value(credential_id) AS credential_id,
+       mode(credential_kind ORDER BY credential_kind) AS credential_kind,
+       mode(holder ORDER BY holder) AS holder,
+       mode(holder_kind ORDER BY holder_kind) AS holder_kind, min(issued_at) AS issued_at,
        any_value(issued_by) AS issued_by, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
        count(*) AS days_used, sum(requests) AS requests, sum(stale_token_requests) AS stale_token_requests,
        list_sort(list_distinct(flatten(list(clusters)))) AS clusters,

@@ -150,10 +150,53 @@ def _floor(ts: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
 
 
-# One pass over k8s_requests. Every log value stays inside SQL (no string building from data);
-# the only parameters are the time bounds, the window length and the baseline length.
-_FEATURES_SQL = """
-WITH base AS MATERIALIZED (
+def _requests_ctes(columns: tuple[str, ...]) -> str:
+    """CTEs ending in ``req``: the ``k8s_requests`` view's rows with request_received_at in [$lo, $hi),
+    only ``columns`` (names from this module, never from data).
+
+    Same rows as the view (pipeline/views.py), computed without sorting every row: the view's window
+    function over all stages of all requests carries every column through a partitioned sort, which
+    was most of the cost at millions of events. Requests are keyed the same way (cluster, audit_id,
+    request_received_at; the time bound is on a key column, so bounding before de-duplicating is the
+    same as after). A key seen once (most requests: one stage logged) is its own row; only keys seen
+    more than once go through the view's row_number with the view's order (ResponseComplete > Panic >
+    ResponseStarted > RequestReceived, then latest stage_at, then origin). Keys are found by a 64-bit
+    hash of the key: rows of one key share the hash, and a collision only sends a single-stage request
+    through the (exact) slow path.
+    """
+    key = ("cluster", "audit_id", "request_received_at", "stage", "stage_at", "origin")
+    span_cols = ", ".join(dict.fromkeys((*columns, *key)))
+    cols = ", ".join(columns)
+    return f"""
+span AS NOT MATERIALIZED (
+    SELECT {span_cols}, hash(cluster, audit_id, request_received_at) AS key_hash
+    FROM k8s_audit
+    WHERE request_received_at >= $lo AND request_received_at < $hi
+),
+multi AS (SELECT key_hash FROM span GROUP BY key_hash HAVING count(*) > 1),
+req AS (
+    SELECT {cols} FROM span WHERE key_hash NOT IN (SELECT key_hash FROM multi)
+    UNION ALL
+    SELECT {cols} FROM (
+        SELECT *, CASE stage WHEN 'ResponseComplete' THEN 4 WHEN 'Panic' THEN 3
+                             WHEN 'ResponseStarted' THEN 2 ELSE 1 END AS stage_rank
+        FROM span WHERE key_hash IN (SELECT key_hash FROM multi)
+    )
+    QUALIFY row_number() OVER (
+        PARTITION BY cluster, audit_id, request_received_at
+        ORDER BY stage_rank DESC, stage_at DESC, origin
+    ) = 1
+)"""
+
+
+# One pass over the requests (``req``, see :func:`_requests_ctes`). Every log value stays inside SQL
+# (no string building from data); the only parameters are the time bounds, the window length and the
+# baseline length.
+_FEATURES_SQL = "WITH " + _requests_ctes((
+    "actor", "actor_kind", "cluster", "namespace", "resource", "subresource", "verb", "api_group",
+    "source_ip", "user_agent", "credential_id", "sa_namespace", "sa_name", "node_name", "response_code",
+    "decision", "impersonated_groups", "user_groups", "request_received_at")) + """,
+base AS MATERIALIZED (
     SELECT actor, actor_kind, cluster, namespace, resource, subresource, verb, api_group,
            source_ip, user_agent, credential_id, sa_namespace, sa_name, node_name,
            (response_code = 403 OR decision = 'forbid') AS denied,
@@ -165,8 +208,8 @@ WITH base AS MATERIALIZED (
            -- identity with its own UID and credentials); people are one identity everywhere
            CASE WHEN actor_kind IN ('service_account', 'node', 'system') THEN cluster END AS scope,
            to_timestamp(floor(epoch(request_received_at) / $w) * $w) AS w
-    FROM k8s_requests
-    WHERE actor IS NOT NULL AND request_received_at >= $lo AND request_received_at < $hi
+    FROM req
+    WHERE actor IS NOT NULL
 ),
 home AS (  -- namespaces of the pods on each node (pod-bound tokens; kubelet TokenRequests)
     SELECT DISTINCT cluster, node_name, sa_namespace AS ns, w FROM base
@@ -210,7 +253,7 @@ new_ns AS (
 agg AS (
     SELECT actor, scope, w,
            -- actor_kind and sa_* are functions of the actor name: any value is the value
-           any_value(actor_kind) AS actor_kind, coalesce(scope, mode(cluster)) AS cluster,
+           any_value(actor_kind) AS actor_kind, coalesce(scope, mode(cluster ORDER BY cluster)) AS cluster,
            any_value(sa_namespace) AS sa_namespace, any_value(sa_name) AS sa_name,
            max(groups_key) AS groups_key,
            count(*) AS requests,
@@ -309,17 +352,37 @@ def _baseline_sql() -> str:
 
 
 def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None,
-                  until: datetime | None) -> pd.DataFrame:
+                  until: datetime | None, cache: dict[tuple[Any, ...], Any] | None = None) -> pd.DataFrame:
     """Actor-window features with history and peer ranges, for windows overlapping [since, until).
 
     Loads ``reach.baseline_days`` of lookback before ``since`` so history and new-namespace
     features are the same in batch and streaming runs. Returns a DataFrame (column ``w`` = window
     start); rows of lookback windows are dropped.
+
+    ``cache`` (a :attr:`DetectContext.cache`) keeps the result for the run: the ``reach`` table
+    builder and ``reach.anomalous`` then compute the features once when they load the same span
+    (batch runs over the whole lake). Each call returns its own frame.
     """
     wsec = window_seconds(config)
     baseline_days = int(config.reach.baseline_days)
     lo = _EPOCH0 if since is None else _floor(since, wsec) - timedelta(days=baseline_days)
     hi = _FAR if until is None else until
+    key = ("reach.features", wsec, baseline_days, lo, hi)
+    df: pd.DataFrame
+    if cache is not None and key in cache:
+        df = cache[key]
+    else:
+        df = _compute_features(con, wsec, baseline_days, lo, hi)
+        if cache is not None:
+            cache[key] = df
+    if since is not None and len(df):
+        df = df[df["w"] >= pd.Timestamp(_floor(since, wsec))]
+    return df.sort_values(["w", "actor", "cluster"]).reset_index(drop=True)
+
+
+def _compute_features(con: duckdb.DuckDBPyConnection, wsec: int, baseline_days: int, lo: datetime,
+                      hi: datetime) -> pd.DataFrame:
+    """Features and baselines of every actor-window in [lo, hi) (lookback rows included)."""
     # The catalog's views are TEMP views of ``con`` itself, so no cursor: a uniquely named
     # registered relation is dropped again in ``finally``.
     name = f"_reach_feat_{uuid.uuid4().hex[:12]}"
@@ -331,9 +394,7 @@ def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetim
                          {"min_peer": MIN_PEER_GROUP, "baseline_days": baseline_days}).df()
     finally:
         con.unregister(name)
-    if since is not None and len(df):
-        df = df[df["w"] >= pd.Timestamp(_floor(since, wsec))]
-    return df.sort_values(["w", "actor", "cluster"]).reset_index(drop=True)
+    return df
 
 
 def reach_rows_table(df: pd.DataFrame, config: Config) -> pa.Table:
@@ -350,7 +411,7 @@ def reach_rows_table(df: pd.DataFrame, config: Config) -> pa.Table:
 
 def build_reach_table(ctx: DetectContext) -> pa.Table:
     """Derived-table builder for ``detect`` (detectors/tables.py): reach rows for [since, until)."""
-    return reach_rows_table(compute_reach(ctx.con, ctx.config, ctx.since, ctx.until), ctx.config)
+    return reach_rows_table(compute_reach(ctx.con, ctx.config, ctx.since, ctx.until, ctx.cache), ctx.config)
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -474,15 +535,66 @@ def explain(row: pd.Series, min_history: int) -> list[dict[str, Any]]:
     return out
 
 
-def _evidence(con: duckdb.DuckDBPyConnection, actor: str, scope: str | None, start: datetime,
-              end: datetime) -> list[str]:
-    rows = con.execute(
-        """SELECT cluster, audit_id FROM k8s_requests
-           WHERE actor = ? AND (CAST(? AS VARCHAR) IS NULL OR cluster = ?)
-             AND request_received_at >= ? AND request_received_at < ?
-           ORDER BY (resource = 'secrets') DESC, request_received_at LIMIT 20""",
-        [actor, scope, scope, start, end]).fetchall()
-    return [f"k8s_audit:{c}/{a}" for c, a in rows]
+# Evidence of many actor-windows in one query: the first 20 requests of each (secrets first, then by
+# time), as the k8s_requests view would give them. Only requests with a stage row of a judged actor in
+# its window are de-duplicated (all stages of such a request share its key hash, so the view's choice
+# among them is the same), instead of every request in the span.
+_EVIDENCE_SQL = """
+WITH span AS NOT MATERIALIZED (
+    SELECT cluster, audit_id, request_received_at, stage, stage_at, origin, actor, resource,
+           hash(cluster, audit_id, request_received_at) AS key_hash
+    FROM k8s_audit
+    WHERE request_received_at >= $lo AND request_received_at < $hi
+),
+touched AS (
+    SELECT DISTINCT s.key_hash FROM span s JOIN {keys} k
+      ON s.actor = k.actor AND (k.scope IS NULL OR s.cluster = k.scope)
+     AND s.request_received_at >= k.start AND s.request_received_at < k."end"
+),
+req AS (
+    SELECT * EXCLUDE (stage_rank) FROM (
+        SELECT *, CASE stage WHEN 'ResponseComplete' THEN 4 WHEN 'Panic' THEN 3
+                             WHEN 'ResponseStarted' THEN 2 ELSE 1 END AS stage_rank
+        FROM span WHERE key_hash IN (SELECT key_hash FROM touched)
+    )
+    QUALIFY row_number() OVER (
+        PARTITION BY cluster, audit_id, request_received_at
+        ORDER BY stage_rank DESC, stage_at DESC, origin
+    ) = 1
+)
+SELECT k.i, r.cluster, r.audit_id
+FROM req r JOIN {keys} k
+  ON r.actor = k.actor AND (k.scope IS NULL OR r.cluster = k.scope)
+ AND r.request_received_at >= k.start AND r.request_received_at < k."end"
+QUALIFY row_number() OVER (PARTITION BY k.i ORDER BY (r.resource = 'secrets') DESC, r.request_received_at) <= 20
+ORDER BY k.i, (r.resource = 'secrets') DESC, r.request_received_at
+"""
+
+
+def _evidence(con: duckdb.DuckDBPyConnection,
+              windows: list[tuple[str, str | None, datetime, datetime]]) -> list[list[str]]:
+    """Event references for each (actor, scope, start, end): up to 20 of its requests in [start, end),
+    secret requests first, then by time (one query for all windows)."""
+    if not windows:
+        return []
+    keys = pa.table({
+        "i": pa.array(range(len(windows)), pa.int64()),
+        "actor": pa.array([w[0] for w in windows], pa.string()),
+        "scope": pa.array([w[1] for w in windows], pa.string()),
+        "start": pa.array([w[2] for w in windows], TS),
+        "end": pa.array([w[3] for w in windows], TS),
+    })
+    name = f"_reach_ev_{uuid.uuid4().hex[:12]}"
+    con.register(name, keys)
+    try:
+        rows = con.execute(_EVIDENCE_SQL.format(keys=name),
+                           {"lo": min(w[2] for w in windows), "hi": max(w[3] for w in windows)}).fetchall()
+    finally:
+        con.unregister(name)
+    out: list[list[str]] = [[] for _ in windows]
+    for i, cluster, audit_id in rows:
+        out[i].append(f"k8s_audit:{cluster}/{audit_id}")
+    return out
 
 
 class AnomalousReach:
@@ -497,7 +609,7 @@ class AnomalousReach:
         wsec = window_seconds(ctx.config)
         # Lookback for training: one more baseline before the judged window.
         train_since = None if ctx.since is None else ctx.since - timedelta(days=cfg.baseline_days)
-        df_all = compute_reach(ctx.con, ctx.config, train_since, ctx.until)
+        df_all = compute_reach(ctx.con, ctx.config, train_since, ctx.until, ctx.cache)
         if len(df_all) == 0:
             return []
         model, meta = _fit_or_load(df_all, ctx)
@@ -510,23 +622,27 @@ class AnomalousReach:
         scores = model.score_samples(feature_matrix(model_inputs(judged), model_feature_names()))
         threshold = model.threshold_for(cfg.model_top_share)
         top = scores >= threshold
-        findings: list[Finding] = []
+        hits: list[tuple[pd.Series, float, list[dict[str, Any]]]] = []
         for (_, row), score in zip(judged[top].iterrows(), scores[top], strict=True):
             reasons = explain(row, cfg.min_history_windows)
-            if not reasons:
-                continue
+            if reasons:
+                hits.append((row, float(score), reasons))
+        windows = []
+        for row, _, _ in hits:
             start = row["w"].to_pydatetime()
-            end = start + timedelta(seconds=wsec)
+            windows.append((str(row["actor"]), None if pd.isna(row["scope"]) else str(row["scope"]), start,
+                            start + timedelta(seconds=wsec)))
+        evidence = _evidence(ctx.con, windows)
+        findings: list[Finding] = []
+        for (row, score, reasons), (actor, scope, start, end), refs in zip(hits, windows, evidence, strict=True):
             sev = Severity.HIGH if any(r["severity"] == "high" for r in reasons) else Severity.MEDIUM
-            actor = str(row["actor"])
-            scope = None if pd.isna(row["scope"]) else str(row["scope"])
             summary = (f"{actor} ({row['actor_kind']}, peer group {row['peer_group']}) in the {cfg.window} "
                        f"from {start:%Y-%m-%d %H:%M} UTC: " + "; ".join(r["text"] for r in reasons[:3])
                        + ". Check what this identity did and whether its credential was taken.")
             context = {
                 "window": cfg.window, "window_start": start.isoformat(), "peer_group": row["peer_group"],
                 "peers": int(row["peers"]), "history_windows": int(row["history_windows"]),
-                "model_score": float(score), "model_threshold": threshold,
+                "model_score": score, "model_threshold": threshold,
                 "model_top_share": cfg.model_top_share,
                 "model": {"version": ml_version, "trained_from": meta["trained_from"],
                           "trained_until": meta["trained_until"]},
@@ -536,9 +652,9 @@ class AnomalousReach:
             }
             findings.append(Finding(
                 detector=self.id, key=(actor, scope, start.isoformat(), cfg.window), severity=sev, actor=actor,
-                summary=summary, first_seen=start, last_seen=end,
-                evidence=tuple(_evidence(ctx.con, actor, scope, start, end)), cluster=_str_or_none(row["cluster"]),
-                score=float(score), context=json.loads(json.dumps(context, default=str)),
+                summary=summary, first_seen=start, last_seen=end, evidence=tuple(refs),
+                cluster=_str_or_none(row["cluster"]), score=score,
+                context=json.loads(json.dumps(context, default=str)),
             ))
         return findings
 
