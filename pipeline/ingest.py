@@ -149,11 +149,13 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
                 _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
             for ch in chunks:
                 batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
-                result = process(RawBatch(ch.records, ch.origins, source=source, cluster=batch_cluster), ctx,
-                                 max_record_bytes=cap)
-                stats.records += len(ch.records)
+                raw = RawBatch([] if ch.packed is not None else ch.records, ch.origins, source=source,
+                               cluster=batch_cluster, packed=ch.packed)
+                result = process(raw, ctx, max_record_bytes=cap)
+                raw.packed = None
+                stats.records += ch.count
                 stats.bytes_read += ch.nbytes
-                del ch.records[:]
+                ch.release()
                 for table_name, table in result.tables.items():
                     stats.rows[table_name] += table.num_rows
                 stats.quarantined.update(str(r.reason) for r in result.rejected)

@@ -39,7 +39,7 @@ from .decode.values import decode_record, dumps
 from .normalize import NORMALIZERS, NormalizeContext, Normalizer, Unwrapped, get
 from .normalize.k8s_audit import SOURCE as K8S
 from .normalize.k8s_audit import map_events
-from .records import BatchResult, Origins, RawBatch, Reason, Rejected
+from .records import BatchResult, Origins, RawBatch, Reason, Rejected, pack_records
 from .redact import scrub_raw
 from .schema import TABLES, conform
 from .sink import QUARANTINE_RAW_CAP
@@ -91,18 +91,6 @@ def _origin_numbers(origins: Origins, idx: np.ndarray[Any, np.dtype[np.int64]], 
     if isinstance(numbers, range):
         return _int_array(idx * numbers.step + numbers.start)
     return _int_array(np.asarray(numbers, dtype=np.int64)[idx])
-
-
-def _binary_array(records: list[bytes]) -> tuple[pa.Array, np.ndarray[Any, np.dtype[np.int64]]]:
-    """All records as one Arrow large_binary array built from a single join (``pa.array`` on a
-    list of bytes is ~100x slower), and their lengths."""
-    n = len(records)
-    lengths = np.fromiter(map(len, records), dtype=np.int64, count=n)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    data = b"".join(records)
-    arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return arr, lengths
 
 
 def _utf8_candidates(arr: pa.Array, idx: np.ndarray[Any, np.dtype[np.int64]], everything: bool
@@ -168,7 +156,8 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     """
     result = BatchResult()
     records = batch.records
-    n = len(records)
+    packed_in = batch.packed if batch.packed is not None and not records else None
+    n = len(packed_in.lengths) if packed_in is not None else len(records)
     if n == 0:
         return result
     if batch.cluster is not None:
@@ -181,11 +170,24 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     rejected: list[Rejected] = []
 
     # 1. bound: size cap first (never decode an oversized record), then vectorised UTF-8.
-    if set(map(type, records)) == {bytes}:
-        clean = records
-    else:  # a None (Kafka tombstone value) or bytearray/memoryview: normalise to bytes
-        clean = [r if isinstance(r, bytes) else b"" if r is None else bytes(r) for r in records]
-    arr, lengths = _binary_array(clean)
+    # The file reader hands over its records already packed (``records`` then empty); a record
+    # is taken out of the Arrow array only when the slow path or quarantine needs its bytes.
+    if packed_in is not None:
+        arr, lengths = packed_in.array, packed_in.lengths
+
+        def raw_at(i: int) -> bytes:
+            value = arr[i].as_py()
+            return value if isinstance(value, bytes) else b""
+    else:
+        if set(map(type, records)) == {bytes}:
+            clean = records
+        else:  # a None (Kafka tombstone value) or bytearray/memoryview: normalise to bytes
+            clean = [r if isinstance(r, bytes) else b"" if r is None else bytes(r) for r in records]
+        packed = pack_records(clean)
+        arr, lengths = packed.array, packed.lengths
+
+        def raw_at(i: int) -> bytes:
+            return clean[i]
     fast_ok = (lengths > 0) & (lengths <= max_record_bytes)
     slow_mask = ~fast_ok
     extra_slow: list[int] = []
@@ -211,7 +213,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         if mapped.table.num_rows:
             tables[K8S].append(mapped.table)
         for i, _sub, reason, detail in mapped.rejected:
-            raw = clean[i]
+            raw = raw_at(i)
             rejected.append(Rejected(origins.at(i), reason, detail, scrub_raw(raw), K8S, len(raw)))
         extra_slow = mapped.not_taken
     else:
@@ -221,7 +223,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     # 3. slow path: decode, classify, split arrays, detect the source kind per record.
     found = _Collector()
     for i in slow:
-        raw = clean[i]
+        raw = raw_at(i)
         origin = origins.at(i)
         d = decode_record(raw, max_record_bytes)
         if d.reason is not None:

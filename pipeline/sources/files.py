@@ -44,7 +44,7 @@ from typing import IO, Any, Final
 
 from ..decode.values import dumps, json_failure, loads
 from ..errors import SourceError
-from ..records import LineOrigins, Reason
+from ..records import LineOrigins, PackedRecords, Reason, pack_records
 
 #: Bound on a file read as one JSON document (pretty-printed or a JSON array spanning lines).
 DOCUMENT_MAX_BYTES: Final = 256 * 1024 * 1024
@@ -67,14 +67,42 @@ class InputFile:
         return self.path.stat().st_size if self.path is not None else 0
 
 
-@dataclass
 class Chunk:
-    """Raw records from one input, with their origins and the chunk's deterministic file key."""
+    """Raw records from one input, with their origins and the chunk's deterministic file key.
 
-    records: list[bytes]
-    origins: LineOrigins
-    file_key: str
-    nbytes: int  # input bytes this chunk covers (for progress)
+    The records are packed into one Arrow array (:class:`PackedRecords`) as the chunk is made,
+    in the reader thread, and held only in that form: ``records`` rebuilds the list of bytes
+    for callers that want it (tests, tools); ingest hands ``packed`` straight to ``process``.
+    """
+
+    __slots__ = ("_records", "file_key", "nbytes", "origins", "packed")
+
+    def __init__(self, records: list[bytes], origins: LineOrigins, file_key: str, nbytes: int) -> None:
+        self.origins = origins
+        self.file_key = file_key
+        self.nbytes = nbytes  # input bytes this chunk covers (for progress)
+        self.packed: PackedRecords | None = None
+        self._records = records
+        if len(records) > 1:
+            self.packed = pack_records(records)
+            self._records = []
+
+    @property
+    def records(self) -> list[bytes]:
+        """The records as a list of bytes (built from the packed array when packed)."""
+        if self.packed is not None:
+            return [v if isinstance(v, bytes) else b"" for v in self.packed.array.to_pylist()]
+        return self._records
+
+    @property
+    def count(self) -> int:
+        """Number of records in the chunk."""
+        return len(self.packed.lengths) if self.packed is not None else len(self._records)
+
+    def release(self) -> None:
+        """Drop the chunk's data once it has been processed (bounds memory)."""
+        self.packed = None
+        self._records = []
 
 
 def _hidden(p: Path, root: Path) -> bool:
@@ -320,7 +348,7 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, sha: str, chunk_bytes: int,
         if not block:
             if carry:
                 chunk = _make_chunk([carry], b"", inp, sha, line_no, offset, len(carry))
-                if chunk.records:
+                if chunk.count:
                     yield chunk
             return
         lines = block.split(b"\n")
@@ -352,7 +380,7 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, sha: str, chunk_bytes: int,
         consumed = len(lines)
         chunk = _make_chunk(lines, block, inp, sha, line_no, offset, nbytes)
         del block
-        if chunk.records:
+        if chunk.count:
             yield chunk
         offset += nbytes
         line_no += consumed
