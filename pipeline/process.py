@@ -174,9 +174,10 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     # is taken out of the Arrow array only when the slow path or quarantine needs its bytes.
     if packed_in is not None:
         arr, lengths = packed_in.array, packed_in.lengths
+        packed_arr = packed_in.array  # ``arr`` is released after the fast path; this is not
 
         def raw_at(i: int) -> bytes:
-            value = arr[i].as_py()
+            value = packed_arr[i].as_py()
             return value if isinstance(value, bytes) else b""
     else:
         if set(map(type, records)) == {bytes}:

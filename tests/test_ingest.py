@@ -65,6 +65,29 @@ def test_ingest_jsonl_rows_and_partitions(tmp_path: Path, lake: Path) -> None:
     assert [(r["origin"], r["reason"]) for r in q] == [(f"file:{src}:31", "invalid_json")]
 
 
+def test_large_mixed_chunk_takes_the_slow_path_for_envelopes_and_bad_lines(tmp_path: Path, lake: Path) -> None:
+    """A chunk big enough for the columnar fast path (packed by the reader) that also holds
+    EventLists and a broken line: those records are taken out of the packed array for the slow
+    path (regression: the slow path once read an array the fast path had released)."""
+    lines: list[bytes] = []
+    for i in range(300):
+        if i % 10 == 0:
+            items = [event(10_000 + 2 * i), event(10_001 + 2 * i)]
+            lines.append(orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}))
+        else:
+            lines.append(orjson.dumps(event(i)))
+    lines.insert(150, b'{"kind": "Event", "auditID": "cut-')
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ingest_paths([src], lake, cluster="dev")
+    assert stats.rows["k8s_audit"] == 270 + 30 * 2
+    assert sum(stats.quarantined.values()) == 1
+    q = table_rows(lake, "quarantine")
+    assert [r["origin"] for r in q] == [f"file:{src}:151"]
+    ids = {r["audit_id"] for r in table_rows(lake, "k8s_audit")}
+    assert {"id-010000", "id-010001", "id-010580", "id-010581", "id-000299"} <= ids
+
+
 def test_lake_is_private_whatever_the_umask(tmp_path: Path, lake: Path) -> None:
     """README "The lake": directories 0750, files 0640 (audit logs name people), even under umask 0."""
     src = jsonl(tmp_path / "a.jsonl", [event(i) for i in range(5)], [b"{broken"])
