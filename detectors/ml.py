@@ -33,7 +33,7 @@ import numpy.typing as npt
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
-from ztaudit.pipeline.sink import makedirs
+from ztaudit.pipeline.sink import makedirs, write_bytes_atomic
 
 #: Bump when the feature vector or the estimator changes: old persisted models are then ignored.
 MODEL_VERSION = 3
@@ -105,13 +105,7 @@ def save_model(model: ReachModel, lake: str | os.PathLike[str], meta: dict[str, 
             "threshold": model.threshold_, "n_samples": model.n_samples_fit_,
             "params": model.get_params()}
     for path, data in ((pkl, blob), (js, json.dumps(full, sort_keys=True, default=str).encode())):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     return pkl
 
 

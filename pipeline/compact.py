@@ -63,7 +63,7 @@ import pyarrow.parquet as pq
 
 from .errors import LakeError, SinkError
 from .schema import PARTITION_TIME, TABLES, conform
-from .sink import _fsync_dir, makedirs, write_parquet_atomic
+from .sink import _fsync_dir, makedirs, write_bytes_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +289,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode())
 
 
 def manifest_summary(day_dir: Path) -> Mapping[str, Any] | None:

@@ -110,6 +110,25 @@ def write_parquet_atomic(table: pa.Table, final: Path) -> Path:
     return final
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` like the Parquet files: 0640 tmp file, fsync, rename.
+
+    For the lake's small side files (compaction manifests, model state). Raises OSError.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _dates(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.strftime(col, format="%Y-%m-%d")
 
