@@ -57,5 +57,10 @@ def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_b
     counts = audit_id_counts(lake)
     assert len(counts) == 60_000, f"{60_000 - len(counts)} missing"
     assert set(counts.values()) == {1}
-    assert len(_committed(m2)) == 4  # B ended up owning every partition
+    # Every partition's offsets were committed up to its end by one member or the other. (Whether B
+    # committed a given partition itself depends on whether A's final flush had already reached
+    # the end of it when A left, so that is not asserted.)
+    c1, c2 = _committed(m1), _committed(m2)
+    final = {tp: max(c1.get(tp, 0), c2.get(tp, 0)) for tp in set(c1) | set(c2)}
+    assert len(final) == 4 and sum(final.values()) == 60_000, final
     assert "revoked" in (tmp_path / "b.log").read_text() or "assigned" in (tmp_path / "b.log").read_text()
