@@ -41,7 +41,14 @@ from .kafka import (
     Records,
     connect_error,
     redact,
+    security_settings,
 )
+
+#: Neutral security setting (``security_settings``) -> librdkafka property.
+_CONFLUENT_SECURITY_KEYS: Final = {
+    "mechanism": "sasl.mechanism", "username": "sasl.username", "password": "sasl.password",
+    "cafile": "ssl.ca.location", "certfile": "ssl.certificate.location", "keyfile": "ssl.key.location",
+}
 
 log = logging.getLogger("ztaudit.pipeline.consume")
 #: librdkafka's own log lines (forwarded to Python logging; ``ztaudit consume`` quiets it like
@@ -104,25 +111,7 @@ def confluent_config(settings: KafkaSettings, *, group: str, start_from: str,
         "security.protocol": settings.security_protocol,
         "logger": rdkafka_log,
     }
-    if settings.security_protocol.startswith("SASL"):
-        if not settings.sasl_mechanism:
-            raise ConfigError("kafka.sasl_mechanism", f"required with security_protocol {settings.security_protocol}",
-                              fix="set --sasl-mechanism SCRAM-SHA-256 (or PLAIN, SCRAM-SHA-512)")
-        if not settings.sasl_username:
-            raise ConfigError("kafka.sasl_username", "required with SASL", fix="set --sasl-username")
-        if password is None:
-            raise ConfigError("kafka.sasl_password_env", f"no SASL password: ${settings.sasl_password_env} is empty "
-                              "and kafka.sasl_password_file is not set",
-                              fix=f"export {settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'}=...")
-        cfg.update({"sasl.mechanism": settings.sasl_mechanism, "sasl.username": settings.sasl_username,
-                    "sasl.password": password})
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        if settings.ssl_cafile:
-            cfg["ssl.ca.location"] = settings.ssl_cafile
-        if settings.ssl_certfile:
-            cfg["ssl.certificate.location"] = settings.ssl_certfile
-        if settings.ssl_keyfile:
-            cfg["ssl.key.location"] = settings.ssl_keyfile
+    cfg.update({_CONFLUENT_SECURITY_KEYS[k]: v for k, v in security_settings(settings, password).items()})
     return cfg
 
 

@@ -169,16 +169,20 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def client_config(settings: KafkaSettings, *, password: str | None = None) -> dict[str, Any]:
-    """kafka-python keyword arguments for bootstrap and security, shared by consumer and producer."""
-    cfg: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()],
-        "security_protocol": settings.security_protocol,
-        "client_id": "ztaudit",
-        # kafka-python backs reconnects off up to 30 s by default: after an outage the consumer would
-        # idle that long after the broker is back. 2 s caps it (still exponential, still jittered).
-        "reconnect_backoff_max_ms": 2_000,
-    }
+#: Neutral security setting -> kafka-python keyword (``security_settings`` keys).
+KAFKA_PYTHON_SECURITY_KEYS: Final = {
+    "mechanism": "sasl_mechanism", "username": "sasl_plain_username", "password": "sasl_plain_password",
+    "cafile": "ssl_cafile", "certfile": "ssl_certfile", "keyfile": "ssl_keyfile",
+}
+
+
+def security_settings(settings: KafkaSettings, password: str | None) -> dict[str, str]:
+    """The SASL and TLS settings both backends need, validated, under neutral names.
+
+    Raises :class:`ConfigError` naming the key when SASL is asked for without a mechanism, a user
+    or a password (the password itself never appears in the message).
+    """
+    out: dict[str, str] = {}
     if settings.security_protocol.startswith("SASL"):
         if not settings.sasl_mechanism:
             raise ConfigError("kafka.sasl_mechanism", f"required with security_protocol {settings.security_protocol}",
@@ -191,15 +195,26 @@ def client_config(settings: KafkaSettings, *, password: str | None = None) -> di
                               "kafka.sasl_password_file is not set",
                               fix=f"export {settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'}=... or set "
                               "kafka.sasl_password_file in ztaudit.toml")
-        cfg.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
-                   sasl_plain_password=password)
+        out.update(mechanism=settings.sasl_mechanism, username=settings.sasl_username, password=password)
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        if settings.ssl_cafile:
-            cfg["ssl_cafile"] = settings.ssl_cafile
-        if settings.ssl_certfile:
-            cfg["ssl_certfile"] = settings.ssl_certfile
-        if settings.ssl_keyfile:
-            cfg["ssl_keyfile"] = settings.ssl_keyfile
+        for key, value in (("cafile", settings.ssl_cafile), ("certfile", settings.ssl_certfile),
+                           ("keyfile", settings.ssl_keyfile)):
+            if value:
+                out[key] = value
+    return out
+
+
+def client_config(settings: KafkaSettings, *, password: str | None = None) -> dict[str, Any]:
+    """kafka-python keyword arguments for bootstrap and security, shared by consumer and producer."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()],
+        "security_protocol": settings.security_protocol,
+        "client_id": "ztaudit",
+        # kafka-python backs reconnects off up to 30 s by default: after an outage the consumer would
+        # idle that long after the broker is back. 2 s caps it (still exponential, still jittered).
+        "reconnect_backoff_max_ms": 2_000,
+    }
+    cfg.update({KAFKA_PYTHON_SECURITY_KEYS[k]: v for k, v in security_settings(settings, password).items()})
     return cfg
 
 
