@@ -37,43 +37,13 @@ from typing import Any, ClassVar, Final
 import duckdb
 import pyarrow as pa
 from ztaudit.pipeline.config import Config
-from ztaudit.pipeline.schema import STR_LIST, TS, Column, _schema, conform, register_table
+from ztaudit.pipeline.schema import TS, conform
 
 from .base import DetectContext, Finding, Severity
+from .table_schemas import CREDENTIALS
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
 INVALIDATED_ANNOTATION: Final = "authentication.k8s.io/legacy-token-invalidated"
-
-CREDENTIALS: Final = _schema(
-    "credentials",
-    "Credential inventory: one row per credential and UTC day of use.",
-    [
-        Column("day", TS, "UTC day of use (partition)."),
-        Column("credential_key", pa.string(), "credential-id, or a fallback key (USER=, TOKEN?=; see "
-               "detectors/credentials.py)."),
-        Column("credential_id", pa.string(), "credential-id as logged (null for fallback keys)."),
-        Column("key_kind", pa.string(), "id | fallback."),
-        Column("credential_kind", pa.string(), "jti | x509 | legacy_secret | none."),
-        Column("holder", pa.string(), "Authenticated user holding the credential (user.username)."),
-        Column("holder_kind", pa.string(), "human | service_account | node | system | other."),
-        Column("issued_at", TS, "When the TokenRequest that minted it was logged (issued-credential-id)."),
-        Column("issued_by", pa.string(), "Who made that TokenRequest (kubelet for pod tokens)."),
-        Column("first_seen", TS, "First use that day."),
-        Column("last_seen", TS, "Last use that day."),
-        Column("requests", pa.int64(), "Requests that day."),
-        Column("denied", pa.int64(), "Requests denied (403/forbid) that day."),
-        Column("stale_token_requests", pa.int64(), "Requests with the authentication.k8s.io/stale-token "
-               "annotation."),
-        Column("clusters", STR_LIST, "Clusters it was used on."),
-        Column("source_ips", STR_LIST, "Peer IPs it was used from (first 50)."),
-        Column("user_agents", STR_LIST, "User agents (first 50)."),
-        Column("pods", STR_LIST, "Bound pod names (first 50)."),
-        Column("nodes", STR_LIST, "Bound node names (first 50)."),
-        Column("namespaces", pa.int64(), "Distinct namespaces touched."),
-        Column("secret_reads", pa.int64(), "get/list/watch on secrets."),
-    ],
-)
-register_table("credentials", CREDENTIALS, "day")
 
 # SQL expressions over k8s_requests (no user values are interpolated: constants only).
 _KEY = """CASE

@@ -52,9 +52,10 @@ import pandas as pd
 import pyarrow as pa
 from ztaudit.pipeline.config import Config
 from ztaudit.pipeline.normalize import rbac_snapshot  # noqa: F401  (registers rbac_snapshot / rbac_grant)
-from ztaudit.pipeline.schema import STR_LIST, TS, Column, _schema, conform, register_table
+from ztaudit.pipeline.schema import TS, conform
 
 from .base import DetectContext, Finding, Severity
+from .table_schemas import REACH
 
 #: A peer group is used only with at least this many actors (else the next, broader one).
 MIN_PEER_GROUP: Final = 3
@@ -93,48 +94,6 @@ GATES: Final[dict[str, Gate]] = {
     "clusters": Gate(1, 2.0, "reached {v} clusters", Severity.MEDIUM),
     "forbidden_requests": Gate(20, 3.0, "was denied {v} times", Severity.LOW),
 }
-
-REACH: Final = _schema(
-    "reach",
-    "Identity reach per effective actor and window (reach.window), with peer group and history size.",
-    [
-        Column("window_start", TS, "Start of the window (UTC)."),
-        Column("window_end", TS, "End of the window (exclusive)."),
-        Column("window", pa.string(), "hour | day."),
-        Column("actor", pa.string(), "Effective identity (impersonated user if any)."),
-        Column("actor_kind", pa.string(), "human | service_account | node | system | anonymous."),
-        Column("cluster", pa.string(), "Cluster with most of the actor's requests in the window (the cluster "
-               "itself for service accounts, nodes and control-plane identities, which are per cluster)."),
-        Column("peer_group", pa.string(), "Peer group the actor is compared with (see reach.py)."),
-        Column("peers", pa.int64(), "Other actors of the peer group active in the window."),
-        Column("history_windows", pa.int64(), "Actor's earlier windows within reach.baseline_days."),
-        *[Column(f, pa.int64(), d) for f, d in (
-            ("requests", "Requests."),
-            ("namespaces", "Distinct namespaces touched."),
-            ("resources", "Distinct resource[/subresource] types."),
-            ("verbs", "Distinct verbs."),
-            ("api_groups", "Distinct API groups."),
-            ("clusters", "Distinct clusters."),
-            ("secret_reads", "get/list/watch requests on secrets."),
-            ("secret_namespaces", "Distinct namespaces where secrets were read ('cluster-wide' counts as one)."),
-            ("secret_cluster_lists", "list/watch of secrets across all namespaces."),
-            ("foreign_secret_namespaces", "Namespaces where secrets were read outside the SA's namespace or "
-             "outside the namespaces of the node's pods."),
-            ("exec_count", "exec/attach/portforward requests."),
-            ("new_namespaces", "Namespaces not touched in the actor's history (0 without history)."),
-            ("forbidden_requests", "Requests denied (403 or decision forbid)."),
-            ("source_ips", "Distinct source IPs."),
-            ("user_agents", "Distinct user agents."),
-            ("credentials", "Distinct credential ids."),
-        )],
-        Column("write_share", pa.float64(), "Share of create/update/patch requests."),
-        Column("delete_share", pa.float64(), "Share of delete/deletecollection requests."),
-        Column("forbidden_share", pa.float64(), "Share of denied requests."),
-        Column("secret_namespace_list", STR_LIST, "Namespaces where secrets were read (first 50)."),
-        Column("new_namespace_list", STR_LIST, "Namespaces new to the actor (first 50)."),
-    ],
-)
-register_table("reach", REACH, "window_start")
 
 _EPOCH0: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR: Final = datetime(9999, 1, 1, tzinfo=UTC)

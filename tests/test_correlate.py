@@ -60,6 +60,14 @@ def _sides(lake: Path, cfg: Config | None = None) -> dict[str, int]:
     assert summary is not None
     both, proxy, audit = (int(x or 0) for x in summary)
     assert (view.get("both", 0), view.get("proxy", 0), view.get("audit", 0)) == (both, proxy, audit), view
+    detailed = con.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall()
+    # the report's summary-only path (no detail tables, unmatched rows taken from the matching
+    # tables) must count exactly what the detail path counts
+    lean = catalog.connect(lake)
+    correlate.ensure(lean, cfg, None, None, detail=False)
+    assert lean.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall() == detailed
+    assert not lean.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_unmatched_proxy'"
+                            ).fetchall()[0][0]
     return {"both": both, "proxy": proxy, "audit": audit}
 
 

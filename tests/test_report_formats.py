@@ -166,3 +166,19 @@ def test_filters_bind_every_value() -> None:
     assert "o'brien" not in sql and "c'1" not in sql and sql.count("?") == len(params)
     assert params == [T, "2026-11-20", T + timedelta(days=1), "2026-11-21", "c'1", f.actor, f.actor]
     assert Filters().where(time_col="t") == ("TRUE", [])
+
+
+def test_arrow_rows_match_to_pylist_with_utc_timestamps() -> None:
+    import pyarrow as pa
+    from ztaudit.pipeline.reports.formats import arrow_rows
+
+    table = pa.table({
+        "at": pa.array([T, None, T + timedelta(days=400)], pa.timestamp("us", tz="UTC")),
+        "naive": pa.array([T.replace(tzinfo=None), None, None], pa.timestamp("us")),
+        "actor": ["a", None, XSS[0]], "n": [1, None, 3], "tags": [["x"], [], None],
+    })
+    rows = arrow_rows(table)
+    assert rows == table.to_pylist()
+    assert rows[0]["at"] == T and rows[0]["at"].utcoffset() == timedelta(0)
+    assert rows[1]["at"] is None and rows[0]["naive"].tzinfo is None
+    assert arrow_rows(table.slice(0, 0)) == []

@@ -48,12 +48,13 @@ def create_macros(con: duckdb.DuckDBPyConnection, *, persistent: bool = False) -
 
 
 def load_table_providers() -> None:
-    """Import the detector modules that register derived tables (``reach``, ``credentials``).
+    """Import the module that registers the derived tables' schemas (``reach``, ``credentials``).
 
-    They register their schemas at import (``schema.register_table``), which is how the catalog
-    learns to create a view for them. Missing modules (not landed in this checkout) are skipped.
+    Registration (``schema.register_table``) at import is how the catalog learns to create a view
+    for them; the module holds only schemas, so this costs no pandas/scikit-learn import. Missing
+    module (a checkout without the detectors) is skipped.
     """
-    fn = optional("ztaudit.detectors.tables:builders")
+    fn = optional("ztaudit.detectors.table_schemas:registered")
     if fn is not None:
         fn()
 
