@@ -174,11 +174,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     # is taken out of the Arrow array only when the slow path or quarantine needs its bytes.
     if packed_in is not None:
         arr, lengths = packed_in.array, packed_in.lengths
-        packed_arr = packed_in.array  # ``arr`` is released after the fast path; this is not
-
-        def raw_at(i: int) -> bytes:
-            value = packed_arr[i].as_py()
-            return value if isinstance(value, bytes) else b""
+        raw_at = packed_in.record  # ``arr`` is released after the fast path; ``packed_in`` is not
     else:
         if set(map(type, records)) == {bytes}:
             clean = records

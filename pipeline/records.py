@@ -82,10 +82,24 @@ Origins = LineOrigins | KafkaOrigins
 
 @dataclass(frozen=True, slots=True)
 class PackedRecords:
-    """A batch's records as one Arrow ``large_binary`` array, and each record's length."""
+    """A batch's records as one Arrow ``large_binary`` array, and each record's length.
+
+    ``lengths[i]`` is authoritative: value *i* of ``array`` is record *i*, possibly followed by
+    the one line-terminating ``\n`` byte (the file reader builds the array straight over the
+    bytes it read, newlines included, instead of copying every line out). A JSON parser ignores
+    that trailing whitespace; code that needs the record's exact bytes uses :meth:`record`.
+    """
 
     array: pa.Array
     lengths: np.ndarray
+
+    def record(self, i: int) -> bytes:
+        """Record ``i``'s own bytes (without the line terminator)."""
+        value = self.array[i].as_py()
+        if not isinstance(value, bytes):
+            return b""
+        n = int(self.lengths[i])
+        return value if len(value) == n else value[:n]
 
 
 def pack_records(records: list[bytes]) -> PackedRecords:

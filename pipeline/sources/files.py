@@ -19,9 +19,11 @@ Formats:
 * **CSV** (``*.csv``): each row becomes a JSON object keyed by the header (revocation lists).
 * ``*.gz``: decompressed on the fly (also detected by magic bytes).
 
-Deterministic file keys (DESIGN.md "Lake layout"): ``<sha256 of the file content, 16 hex>+<first
-byte>-<end byte>`` of the chunk (CSV: line range), so ingesting the same input again replaces the
-same lake files instead of adding rows. Stdin is spooled to a temporary file to hash it.
+Deterministic file keys (DESIGN.md "Lake layout"), so ingesting the same input again replaces the
+same lake files instead of adding rows: for line files ``<sha256 of the content from byte 0 to the
+chunk's end, 16 hex>+<first byte>-<end byte>``, hashed while reading (a file that grew keeps the
+keys of its unchanged chunks); for documents and CSV ``<sha256 of the whole file>+<range>`` (CSV:
+line range). Stdin is spooled to a temporary file, which the document reader may read twice.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import hashlib
 import io
 import itertools
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
+
+import numpy as np
+import pyarrow as pa
 
 from ..decode.values import dumps, json_failure, loads
 from ..errors import SourceError
@@ -52,7 +56,6 @@ _PEEK: Final = 1024 * 1024
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BOM: Final = b"\xef\xbb\xbf"
 STDIN: Final = "-"
-_MAYBE_BLANK: Final = re.compile(rb"\n[ \t\r\n]")
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,18 @@ class Chunk:
     for callers that want it (tests, tools); ingest hands ``packed`` straight to ``process``.
     """
 
-    __slots__ = ("_records", "file_key", "nbytes", "origins", "packed")
+    __slots__ = ("_records", "file_key", "lines_covered", "nbytes", "origins", "packed")
 
-    def __init__(self, records: list[bytes], origins: LineOrigins, file_key: str, nbytes: int) -> None:
+    def __init__(self, records: list[bytes], origins: LineOrigins, file_key: str, nbytes: int,
+                 packed: PackedRecords | None = None) -> None:
         self.origins = origins
         self.file_key = file_key
         self.nbytes = nbytes  # input bytes this chunk covers (for progress)
-        self.packed: PackedRecords | None = None
+        #: input lines the chunk covers, blank ones included (the line reader's line counter)
+        self.lines_covered = len(records) if packed is None else len(packed.lengths)
+        self.packed: PackedRecords | None = packed
         self._records = records
-        if len(records) > 1:
+        if packed is None and len(records) > 1:
             self.packed = pack_records(records)
             self._records = []
 
@@ -91,7 +97,7 @@ class Chunk:
     def records(self) -> list[bytes]:
         """The records as a list of bytes (built from the packed array when packed)."""
         if self.packed is not None:
-            return [v if isinstance(v, bytes) else b"" for v in self.packed.array.to_pylist()]
+            return [self.packed.record(i) for i in range(len(self.packed.lengths))]
         return self._records
 
     @property
@@ -146,8 +152,22 @@ def _sha16(fh: IO[bytes]) -> str:
 @dataclass
 class _Opened:
     raw: IO[bytes]  # the file as stored (compressed or not), seekable
-    sha: str
     gz: bool
+    _sha: str | None = None
+
+    @property
+    def sha(self) -> str:
+        """Hash of the whole stored file (16 hex), for the document and CSV readers' file keys.
+
+        Computed on first use: the line reader, which handles nearly all volume, hashes as it
+        reads instead (:func:`_line_chunks`), so big files are not read twice.
+        """
+        if self._sha is None:
+            pos = self.raw.tell()
+            self.raw.seek(0)
+            self._sha = _sha16(self.raw)
+            self.raw.seek(pos)
+        return self._sha
 
     def stream(self) -> AbstractContextManager[IO[bytes]]:
         """The content from the start (decompressed); leaving the ``with`` does not close ``raw``."""
@@ -176,7 +196,7 @@ def _open(inp: InputFile) -> _Opened:
     magic = fh.read(2)
     fh.seek(0)
     gz = magic == _GZIP_MAGIC or (inp.path is not None and inp.path.suffix == ".gz")
-    return _Opened(fh, _sha16(fh), gz)
+    return _Opened(fh, gz)
 
 
 def read_chunks(inp: InputFile, chunk_bytes: int, max_record_bytes: int) -> Iterator[Chunk]:
@@ -202,7 +222,7 @@ def read_chunks(inp: InputFile, chunk_bytes: int, max_record_bytes: int) -> Iter
                         yield from chunks
                         return
             with opened.stream() as stream:
-                yield from _line_chunks(stream, inp, opened.sha, chunk_bytes, max_record_bytes)
+                yield from _line_chunks(stream, inp, chunk_bytes, max_record_bytes)
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise SourceError(f"{inp.name}: cannot read: {exc}",
                               fix="check that the file is complete (a .gz may be truncated)") from exc
@@ -319,44 +339,68 @@ def _document_chunks(text: str, inp: InputFile, sha: str, chunk_bytes: int) -> I
     return gen()
 
 
-def _make_chunk(lines: list[bytes], block: bytes, inp: InputFile, sha: str, first_line: int,
-                offset: int, nbytes: int) -> Chunk:
-    """A chunk from whole ``lines`` (most of them split out of ``block``). Blank lines are not
-    records: they are skipped, and the origins keep the real line numbers."""
+def _make_chunk(lines: list[bytes], inp: InputFile, file_key: str, first_line: int, offset: int,
+                nbytes: int) -> Chunk:
+    """A chunk from whole ``lines``, one by one: the path for blocks with a blank or
+    whitespace-led line or a byte-order mark, and for a last line without a newline. Blank lines
+    are not records: they are skipped, and the origins keep the real line numbers."""
     if offset == 0 and lines and lines[0].startswith(_BOM):
         lines[0] = lines[0][len(_BOM):]
-    # Blank or whitespace-only lines are rare; one regex pass over the block (plus the line that
-    # straddled the previous block) finds out if there may be any before a per-line pass does.
-    maybe_blank = (not lines[0].strip() or block[:1] in (b"\n", b"\r", b" ", b"\t")
-                   or _MAYBE_BLANK.search(block) is not None)
-    if maybe_blank and any(not ln.strip() for ln in lines):
+    covered = len(lines)
+    if any(not ln.strip() for ln in lines):
         keep = [(first_line + i, ln) for i, ln in enumerate(lines) if ln.strip()]
-        return Chunk([ln for _, ln in keep], LineOrigins(inp.name, lines=[k for k, _ in keep]),
-                     f"{sha}+{offset}-{offset + nbytes}", nbytes)
-    return Chunk(lines, LineOrigins(inp.name, first_line), f"{sha}+{offset}-{offset + nbytes}", nbytes)
+        chunk = Chunk([ln for _, ln in keep], LineOrigins(inp.name, lines=[k for k, _ in keep]), file_key, nbytes)
+    else:
+        chunk = Chunk(lines, LineOrigins(inp.name, first_line), file_key, nbytes)
+    chunk.lines_covered = covered
+    return chunk
 
 
-def _line_chunks(stream: IO[bytes], inp: InputFile, sha: str, chunk_bytes: int,
+def _line_chunks(stream: IO[bytes], inp: InputFile, chunk_bytes: int,
                  max_record_bytes: int) -> Iterator[Chunk]:
-    """Split the stream at newlines without copying whole chunks: each block read is split in
-    place; only the line straddling two blocks is joined."""
+    """Split the stream at newlines, one block of ``chunk_bytes`` at a time, without copying lines.
+
+    Each chunk's records are one Arrow array laid straight over the block's bytes, newline
+    positions found by NumPy (:func:`_pack_lines`); only the line straddling two blocks is joined.
+    File key: ``<sha256 of the input from byte 0 to the chunk's end, 16 hex>+<first>-<end>``,
+    hashed as the bytes are read: it names exactly the content up to the chunk, so ingesting a
+    file again (or after it grew) rewrites the same files for the same chunks.
+    """
+    h = hashlib.sha256()
     offset = 0
     line_no = 1
-    carry = b""
+    carry = b""  # the start of a line whose newline is not read yet (never holds a newline)
+    pushback = b""  # bytes read past an oversized line's end, to be split like a fresh block
+
+    def key(end: int) -> str:
+        return f"{h.copy().hexdigest()[:16]}+{offset}-{end}"
+
     while True:
-        block = stream.read(chunk_bytes)
-        if not block:
-            if carry:
-                chunk = _make_chunk([carry], b"", inp, sha, line_no, offset, len(carry))
-                if chunk.count:
-                    yield chunk
+        # One fresh buffer per block, the carried line start copied to its front and the block
+        # read in after it (readinto: no second copy of the block to join them).
+        head_len = len(carry) + len(pushback)
+        buf = bytearray(head_len + chunk_bytes)
+        buf[:head_len] = carry + pushback
+        got = stream.readinto(memoryview(buf)[head_len:])  # type: ignore[attr-defined]
+        total = head_len + (got or 0)
+        searched_from = len(carry)  # carry holds no newline; pushback may
+        pushback = b""
+        if total == 0:
             return
-        lines = block.split(b"\n")
-        if len(lines) == 1:  # no newline in this block
-            carry += block
+        if not got and total == len(carry):  # end of input: the last line had no newline
+            h.update(carry)
+            chunk = _make_chunk([carry], inp, key(offset + len(carry)), line_no, offset, len(carry))
+            if chunk.count:
+                yield chunk
+            return
+        last_nl = buf.rfind(b"\n", searched_from, total)
+        if last_nl < 0:  # no newline in this block
+            carry = bytes(buf[:total])
+            del buf
             if len(carry) <= max(chunk_bytes, max_record_bytes + 1):
                 continue
             # A line longer than a chunk and the cap: keep cap+1 bytes (-> oversized), skip the rest.
+            h.update(carry)
             head, skipped = carry[: max_record_bytes + 1], len(carry)
             carry = b""
             while True:
@@ -365,25 +409,59 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, sha: str, chunk_bytes: int,
                     break
                 nl = more.find(b"\n")
                 if nl >= 0:
+                    h.update(more[: nl + 1])
                     skipped += nl + 1
-                    carry = more[nl + 1:]
+                    pushback = more[nl + 1:]
                     break
+                h.update(more)
                 skipped += len(more)
-            yield Chunk([head], LineOrigins(inp.name, line_no), f"{sha}+{offset}-{offset + skipped}", skipped)
+            yield Chunk([head], LineOrigins(inp.name, line_no), key(offset + skipped), skipped)
             offset += skipped
             line_no += 1
             continue
-        nbytes = len(carry) + len(block) - len(lines[-1])
-        if carry:
-            lines[0] = carry + lines[0]
-        carry = lines.pop()  # the part after the last newline: the start of the next line
-        consumed = len(lines)
-        chunk = _make_chunk(lines, block, inp, sha, line_no, offset, nbytes)
-        del block
+        view = memoryview(buf)
+        data = view[: last_nl + 1]  # whole lines only
+        carry = bytes(view[last_nl + 1: total])
+        h.update(data)
+        nbytes = len(data)
+        chunk = _pack_lines(data, inp, key(offset + nbytes), line_no, offset)
+        del view, data, buf
         if chunk.count:
             yield chunk
         offset += nbytes
-        line_no += consumed
+        line_no += chunk.lines_covered
+
+
+def _pack_lines(data: bytes | memoryview, inp: InputFile, file_key: str, first_line: int, offset: int) -> Chunk:
+    """A chunk of the newline-terminated lines in ``data``, packed without copying them.
+
+    The common case (no blank or whitespace-led line, no byte-order mark) is all NumPy: newline
+    positions, then a ``large_binary`` array whose value *i* is line *i* plus its newline, with
+    ``lengths`` excluding it (:class:`PackedRecords`). Anything else takes :func:`_make_chunk`'s
+    per-line path, which drops blank lines and keeps real line numbers.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)  # one per line: data ends with a newline
+    n = len(ends)
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    firsts = buf[starts]  # a line's first byte (its newline if it is empty)
+    odd = (lengths == 0) | (firsts == 32) | (firsts == 9) | (firsts == 13) | (firsts == 10)
+    if odd.any() or (offset == 0 and bytes(data[:3]) == _BOM):
+        lines = bytes(data).split(b"\n")
+        lines.pop()  # after the last newline: empty
+        return _make_chunk(lines, inp, file_key, first_line, offset, len(data))
+    value_offsets = np.empty(n + 1, dtype=np.int64)
+    value_offsets[0] = 0
+    value_offsets[1:] = ends + 1
+    array = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n,
+                                             [None, pa.py_buffer(value_offsets), pa.py_buffer(data)])
+    chunk = Chunk([], LineOrigins(inp.name, first_line), file_key, len(data),
+                  packed=PackedRecords(array, lengths.astype(np.int64, copy=False)))
+    chunk.lines_covered = n
+    return chunk
 
 
 def _csv_chunks(opened: _Opened, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
