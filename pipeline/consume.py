@@ -1,8 +1,9 @@
 """The streaming consumer behind ``ztaudit consume``: Kafka -> ``process()`` -> Parquet lake -> commit.
 
-The main loop reads as a sentence::
+The main loop reads as a sentence, with the write on one worker thread so polling goes on::
 
-    poll -> buffer per partition -> cut due chunks -> normalize -> write -> quarantine -> commit -> hooks
+    main:    poll -> buffer per partition -> [round N-1 done? commit it, hooks] -> cut round N -> submit
+    writer:                                    normalize -> write -> quarantine -> clean (round N)
 
 Commit ordering (the whole exactly-once argument; quix-streams ``checkpoint.py`` style)
 --------------------------------------------------------------------------------------
@@ -23,9 +24,19 @@ For every flush round, and for each partition in it, strictly in this order:
    is a temp file, fsynced and renamed: **the rename is the durability point**.
 5. **clean**: files with the same key left by an earlier, uncommitted attempt that this chunk did
    not rewrite (another ``dt=`` day, quarantine written on another day) are deleted.
-6. **commit**: ``commit({tp: last + 1})`` for the partitions flushed in this round only,
-   synchronously, retried with backoff while the broker is away.
+6. **commit**: ``commit({tp: last + 1})`` for the partitions flushed in this round (and still
+   owned, see *Rebalances*), synchronously, retried with backoff while the broker is away.
 7. **hooks**: ``on_flush(since, until, paths)`` with the event-time window just made durable.
+
+Steps 3-5 run on the *writer thread* (one ``ThreadPoolExecutor`` worker); every other step, and
+every call into the Kafka client (poll, commit, seek, assignment), stays on the main thread (the
+clients are not thread-safe). At most **one round is in flight**: the main thread keeps polling
+and buffering while the writer works, commits round N (steps 6-7) only after the writer returned
+from it, and cuts and submits round N+1 only after that commit. So commits stay in round order and
+always follow their rename. A writer exception (e.g. ``SinkError`` after its retries) is raised on
+the main thread when it collects the round, as if the write had run there: nothing of that round
+is committed. Memory stays bounded: the in-flight round plus the buffers stay under
+``max_buffer_bytes`` (above it the main thread stops polling and waits for the writer).
 
 Why replay never duplicates: because a partition's next chunk is cut only after the previous
 chunk's commit succeeded, at most **one** chunk per partition is durable-but-uncommitted at any
@@ -36,9 +47,18 @@ offset in them and cuts its first chunk exactly there. So the replayed chunk has
 the same records, ``os.replace`` overwrites each file with identical rows, leftovers it did not
 rewrite are removed in step 5, and only then is the offset committed. A crash at any point between
 1 and 6 therefore leaves the lake with each record exactly once after the replay; a crash after 6
-replays nothing. Revocation drops the partition's unflushed buffer and commits nothing in the
-listener (kafka-python 3.x runs listeners on its IO thread, where blocking calls fail; librdkafka
-runs them inside ``poll()``); the next owner re-reads from the committed offset.
+replays nothing.
+
+Rebalances: the next owner's recovery only works if our rename happened *before* it looked. So the
+rebalance listener's ``on_revoke`` (kafka-python 3.x: on its IO thread; librdkafka: inside
+``poll()``) waits for an in-flight write that touches a revoked partition to finish -- a wait on the
+write's future, not a consumer call -- before the client gives the partitions up, and from then on
+no new write of those partitions starts (the main thread drops such chunks at submit time, under
+the listener's lock). Nothing is committed in the listener, and the in-flight round's revoked
+partitions are not committed afterwards either: their files stay durable-but-uncommitted, and
+whoever owns the partition next (maybe this process again, after a seek back to the chunk's first
+offset) rewrites them. Unflushed buffers of revoked partitions are dropped; the next owner re-reads
+from the committed offset.
 
 The Kafka client is behind :class:`ztaudit.pipeline.sources.kafka.KafkaSource` (``--backend
 kafka-python|confluent``); this module never imports a client library.
@@ -55,6 +75,7 @@ would write again into that day are dropped against the day's ``_compacted.json`
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -91,6 +112,17 @@ MiB: Final = 1024 * 1024
 BACKOFF_START_S: Final = 0.5
 BACKOFF_MAX_S: Final = 15.0
 SINK_RETRIES: Final = 5
+#: With the writer free and the buffers above this share of ``max_buffer_bytes``, the largest
+#: buffer is cut early: the rest of the budget is left for polling while the writer works (at
+#: 100 % the poller would stop at every round and the pipeline would run as a sequence again;
+#: at 75 % a writer-bound loop still found the buffers just under it after most rounds, leaving
+#: the writer idle for a poll).
+MEMORY_CUT_SHARE: Final = 0.5
+#: Log a line while the main thread or a rebalance waits this long for the writer.
+WRITER_WAIT_LOG_S: Final = 10.0
+#: Poll timeout while a round is in flight (a poll returns at once when records are there; on a
+#: quiet topic this bounds how long a written round waits for its commit).
+INFLIGHT_POLL_TIMEOUT_S: Final = 0.05
 __all__ = ["ConsumeOptions", "Metrics", "StreamConsumer", "consume", "file_key", "origin_offsets", "preflight"]
 
 
@@ -125,8 +157,10 @@ class ConsumeOptions:
     progress_seconds: float = 10.0
     max_record_bytes: int = MiB
     poll_timeout_ms: int = 500
-    #: All partitions' buffers together: above this the largest buffer is flushed early (bounds RSS
-    #: when many partitions fill slowly; such a cut is wall-clock-like and made idempotent the same way).
+    #: All partitions' buffers plus the round being written: above this, polling waits for the
+    #: writer; above :data:`MEMORY_CUT_SHARE` of it, the largest buffer is cut early when the writer
+    #: is free (bounds RSS when many partitions fill slowly; such a cut is wall-clock-like and made
+    #: idempotent the same way).
     max_buffer_bytes: int = 128 * MiB
     on_flush: list[FlushHook] = field(default_factory=list)
 
@@ -184,6 +218,7 @@ class _Chunk:
     offsets: list[int]
     leftovers: list[Path]
     recovered: bool
+    nbytes: int = 0
 
     @property
     def first(self) -> int:
@@ -198,21 +233,76 @@ class _Chunk:
         return f"{tp_name(self.tp.topic, self.tp.partition)} offsets {self.first}..{self.last}"
 
 
-class _Listener:
-    """Rebalance recorder: records what happened; the main thread acts on it after ``poll()``.
+@dataclass
+class _Written:
+    """What the writer made of one chunk (the main thread adds it to the metrics)."""
 
-    kafka-python 3.x calls it on its IO thread, where blocking consumer calls raise and slow work
-    stalls heartbeats; librdkafka calls it inside ``poll()``. Either way it only appends to a list
-    (no flush, no commit). Lost partitions are reported as revoked.
+    paths: list[Path]
+    window: tuple[datetime, datetime] | None
+    rows: int
+    quarantined: int
+    compacted_rows_skipped: int
+
+
+@dataclass
+class _Round:
+    """One flush round handed to the writer thread: at most one is in flight."""
+
+    chunks: list[_Chunk]
+    future: concurrent.futures.Future[list[_Written]]
+    #: set by the writer once it returned from the round (every rename done, or it failed)
+    written: threading.Event
+    #: partitions revoked while the round was in flight (the listener adds them): not committed
+    revoked: set[TP] = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
+
+    @property
+    def records(self) -> int:
+        return sum(len(c.offsets) for c in self.chunks)
+
+    @property
+    def where(self) -> str:
+        return ", ".join(c.where for c in self.chunks)
+
+
+class _Listener:
+    """Rebalance recorder and revocation fence; the main thread acts on the events after ``poll()``.
+
+    kafka-python 3.x calls it on its IO thread, where blocking consumer calls raise; librdkafka
+    calls it inside ``poll()``. It records the events (no flush, no commit, no consumer call) and
+    fences revoked partitions off the writer: under :attr:`lock`, a revocation marks the partitions
+    so that no write of theirs starts any more (:meth:`start`), and ``on_revoke`` returns the
+    in-flight round's ``written`` event if that round writes one of them -- the source waits for it
+    before it gives the partitions up, so our renames never follow the next owner's recovery
+    (module docstring). Lost partitions are reported as revoked.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.events: list[tuple[str, list[TP]]] = []
+        #: revoked since the main thread last drained the events: no new write may start for them
+        self.revoked: set[TP] = set()
+        #: the round the writer is working on (set and cleared by the main thread, under the lock)
+        self.inflight: _Round | None = None
 
-    def on_revoke(self, revoked: list[TP]) -> None:
+    def on_revoke(self, revoked: list[TP]) -> threading.Event | None:
+        tps = list(revoked)
         with self.lock:
-            self.events.append(("revoked", list(revoked)))
+            self.events.append(("revoked", tps))
+            self.revoked.update(tps)
+            rnd = self.inflight
+            hit = {c.tp for c in rnd.chunks} & set(tps) if rnd is not None else set()
+            if rnd is not None and hit:
+                rnd.revoked.update(hit)
+        if rnd is None or not hit or rnd.written.is_set():
+            return None
+        log.info("consume: %s revoked while being written: the partitions are given up once the write is "
+                 "renamed into place (it is not committed)", ", ".join(tp_name(t.topic, t.partition)
+                                                                      for t in sorted(hit)))
+        return rnd.written
 
     def on_assign(self, assigned: list[TP]) -> None:
         with self.lock:
@@ -221,7 +311,30 @@ class _Listener:
     def drain(self) -> list[tuple[str, list[TP]]]:
         with self.lock:
             out, self.events = self.events, []
+            self.revoked.clear()
         return out
+
+    def start(self, chunks: list[_Chunk],
+              submit: Callable[[list[_Chunk], threading.Event], concurrent.futures.Future[list[_Written]]],
+              ) -> tuple[_Round | None, list[_Chunk]]:
+        """Submit the chunks of partitions not revoked since the last drain as the in-flight round;
+        returns it (None if nothing was left) and the chunks dropped for a revocation."""
+        with self.lock:
+            assert self.inflight is None, "a round is already in flight"
+            kept = [c for c in chunks if c.tp not in self.revoked]
+            dropped = [c for c in chunks if c.tp in self.revoked]
+            if not kept:
+                return None, dropped
+            written = threading.Event()
+            self.inflight = _Round(kept, submit(kept, written), written)
+            return self.inflight, dropped
+
+    def finish(self, rnd: _Round) -> set[TP]:
+        """The round is no longer in flight; returns its partitions revoked meanwhile."""
+        with self.lock:
+            if self.inflight is rnd:
+                self.inflight = None
+            return set(rnd.revoked)
 
 
 def context_from_config(cfg: Config, cluster: str | None) -> NormalizeContext:
@@ -237,6 +350,11 @@ class StreamConsumer:
     ``source_factory()`` builds the :class:`KafkaSource` (default: ``settings.backend`` through
     :func:`ztaudit.pipeline.sources.kafka.open_source`; tests may wrap it). ``run()`` returns the
     final :class:`Metrics`. :meth:`stop` is safe from a signal handler.
+
+    Threads: everything runs on the thread that calls :meth:`run` (the Kafka client, the buffers,
+    the metrics, commits and hooks) except steps 3-5 of a round (:meth:`_write_chunk`), which run
+    on one writer thread; the two meet only in :class:`_Listener` (under its lock) and in the
+    round's future.
     """
 
     def __init__(self, settings: KafkaSettings, options: ConsumeOptions, *,
@@ -267,6 +385,9 @@ class StreamConsumer:
         crash = os.environ.get("ZTAUDIT_CONSUME_KILL_AFTER_WRITES")
         self._kill_after_writes = int(crash) if crash else None
         self._rounds_written = 0
+        #: the writer thread (created by run()) and the round it works on (main thread's view)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: _Round | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -288,15 +409,21 @@ class StreamConsumer:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> Metrics:
-        """poll -> buffer -> flush (normalize, write, quarantine, commit, hooks) until stopped or idle."""
+        """poll -> buffer -> [commit the written round] -> cut and submit the next round to the
+        writer, until stopped or idle; then drain: wait for the writer, commit, flush the rest."""
         self._connect()
         self.metrics.state = "running"
+        writer = self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                      thread_name_prefix="ztaudit-writer")
+        writer.submit(_warm_up_writer)  # imports and DuckDB setup overlap the group join
         try:
             while not self._stopping:
                 records = self._poll()
                 rewound = self._apply_rebalance_events()
                 self._buffer({tp: r for tp, r in records.items() if tp not in rewound})
-                self._flush_due(final=False)
+                # --until-idle and nothing new for a whole poll: caught up, write what is buffered now
+                # rather than after the idle wait (a wall-clock cut, made idempotent like the others)
+                self._flush_due(final=False, everything=not records and self.opts.until_idle is not None)
                 self._progress()
                 if self._idle_done():
                     log.info("consume: idle for %.0f s with no lag: draining and exiting", self.opts.until_idle)
@@ -305,9 +432,12 @@ class StreamConsumer:
             self._apply_rebalance_events()
             self._flush_due(final=True)
         finally:
+            self._abandon_round()
             self.metrics.state = "stopped"
             self._progress(force=True)
             self._close()
+            writer.shutdown(wait=True)
+            self._writer = None
         return self.metrics
 
     # --- connect --------------------------------------------------------------------------
@@ -355,8 +485,11 @@ class StreamConsumer:
     # --- poll and buffer ------------------------------------------------------------------
 
     def _poll(self) -> dict[TP, ksrc.Records]:
+        timeout = self.opts.poll_timeout_ms / 1000
+        if self._inflight is not None:  # look again soon: the round is committed once it is written
+            timeout = min(timeout, INFLIGHT_POLL_TIMEOUT_S)
         try:
-            return self.source.poll(self.opts.poll_timeout_ms / 1000)
+            return self.source.poll(timeout)
         except KafkaTransientError as exc:
             self.metrics.broker_errors += 1
             log.warning("consume: poll failed (%s); retrying", ksrc.redact(str(exc), self.password))
@@ -366,21 +499,29 @@ class StreamConsumer:
             self.metrics.broker_errors += self.source.take_errors()
 
     def _apply_rebalance_events(self) -> set[TP]:
-        """Act on what the listener recorded during ``poll()``; returns the partitions rewound.
+        """Act on what the listener recorded (during ``poll()``, or on kafka-python's IO thread);
+        returns the partitions rewound.
 
-        Revoked: drop the unflushed buffer (nothing is committed for it). If the same rebalance
-        gives the partition back (kafka-python keeps the *position* of a partition it still owns),
-        seek back to the first dropped offset -- else those records would be skipped. (librdkafka
-        restarts a re-assigned partition at its committed offset, which is that same offset.)
+        A round still in flight is first collected and committed (without its revoked partitions,
+        :meth:`_finish_round`), so that its uncommitted chunks are known before the events are
+        applied. Revoked: drop the unflushed buffer (nothing is committed for it). If the same
+        rebalance gives the partition back (kafka-python keeps the *position* of a partition it
+        still owns), seek back to the first dropped offset (an uncommitted chunk's first offset
+        if there is one) -- else those records would be skipped, or a second chunk would become
+        durable-but-uncommitted. (librdkafka restarts a re-assigned partition at its committed
+        offset, which is that same offset.)
         """
         rewound: set[TP] = set()
-        for kind, tps in self._listener.drain():
+        events = self._listener.drain()
+        if events and self._inflight is not None:
+            self._finish_round()
+        for kind, tps in events:
             if kind == "revoked":
                 for tp in tps:
                     buf = self._buffers.pop(tp, None)
                     if buf is not None and buf.offsets:
                         self.metrics.dropped_uncommitted += len(buf.offsets)
-                        self._dropped_at[tp] = buf.offsets[0]
+                        self._drop_from(tp, buf.offsets[0])
                         log.info("consume: %s revoked: dropped %d unflushed records from offset %d "
                                  "(uncommitted; whoever owns it next re-reads them)", tp_name(tp.topic, tp.partition),
                                  len(buf.offsets), buf.offsets[0])
@@ -407,6 +548,11 @@ class StreamConsumer:
             log.info("consume: assigned %s", ", ".join(tp_name(t.topic, t.partition) for t in sorted(tps)) or "-")
         return rewound
 
+    def _drop_from(self, tp: TP, first: int) -> None:
+        """Records of ``tp`` from ``first`` on are neither in the lake for good nor buffered any
+        more: if the partition comes back, it is re-read from there (the lowest such offset)."""
+        self._dropped_at[tp] = min(first, self._dropped_at.get(tp, first))
+
     def _buffer(self, records: Mapping[TP, ksrc.Records]) -> None:
         if not records:
             return
@@ -429,6 +575,9 @@ class StreamConsumer:
                 buf = self._buffers[tp] = _Buffer(now)
             if tp in self._fresh and not buf.offsets:
                 self._fresh.discard(tp)
+                rnd = self._inflight
+                if rnd is not None and any(c.tp == tp for c in rnd.chunks):
+                    rnd.written.wait()  # a rewind while its chunk is written: see its files renamed first
                 self._recover(tp, first, buf)
             buf.values.extend(vals)
             buf.offsets.extend(offs)
@@ -496,32 +645,39 @@ class StreamConsumer:
         else:
             return None
         end = max(end, 1)
-        chunk = _Chunk(tp, buf.values[:end], buf.offsets[:end], buf.leftovers, buf.boundary is not None)
+        values = buf.values[:end]
+        chunk = _Chunk(tp, values, buf.offsets[:end], buf.leftovers, buf.boundary is not None, sum(map(len, values)))
         del buf.values[:end]
         del buf.offsets[:end]
-        buf.nbytes -= sum(len(v) for v in chunk.values)
+        buf.nbytes -= chunk.nbytes
         buf.opened_at = now
         buf.boundary = None
         buf.leftovers = []
         return chunk
 
-    def _flush_due(self, final: bool) -> None:
-        """Flush rounds until no partition has a due chunk: at most one chunk per partition per round."""
+    def _flush_due(self, final: bool, everything: bool = False) -> None:
+        """Commit the round the writer finished, then cut the next round and hand it to the writer.
+
+        Not final: returns at once while the writer works, unless the buffers plus the in-flight
+        round exceed ``max_buffer_bytes`` (then it waits: polling stops until the round is
+        written); ``everything``: the next round takes every buffer, due or not. Final (the
+        drain): waits for the in-flight round and commits it, then writes and commits rounds one
+        after the other until no partition has a due chunk.
+        """
+        rnd = self._inflight
+        if rnd is not None:
+            if not final and not rnd.written.is_set() and \
+                    self._buffered_bytes() + rnd.nbytes <= self.opts.max_buffer_bytes:
+                return
+            self._finish_round()
         while True:
-            now = time.monotonic()
-            chunks = []
-            total = sum(b.nbytes for b in self._buffers.values())
-            largest = max(self._buffers, key=lambda t: self._buffers[t].nbytes) if self._buffers else None
-            for tp, buf in list(self._buffers.items()):
-                force = final or (tp == largest and total > self.opts.max_buffer_bytes)
-                c = self._cut(tp, buf, now, force)
-                if c is not None:
-                    chunks.append(c)
+            chunks = self._cut_round(final or everything)
             if not chunks:
                 break
-            self._flush(chunks)
-            if self._stopping and not final:
-                break
+            self._submit(chunks)
+            if not final:
+                return
+            self._finish_round()
         if final:
             for tp, buf in self._buffers.items():
                 if buf.offsets:
@@ -529,25 +685,100 @@ class StreamConsumer:
                              "left for the replay)", tp_name(tp.topic, tp.partition), len(buf.offsets),
                              buf.offsets[0], buf.boundary)
 
-    def _flush(self, chunks: list[_Chunk]) -> None:
-        """normalize -> write -> quarantine -> clean -> commit -> hooks, for one round of chunks."""
+    def _buffered_bytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def _cut_round(self, final: bool) -> list[_Chunk]:
+        """Each partition's due chunk (at most one per partition). Memory: with the buffers above
+        :data:`MEMORY_CUT_SHARE` of ``max_buffer_bytes``, the largest one is cut whatever its size."""
+        now = time.monotonic()
+        chunks = []
+        total = self._buffered_bytes()
+        largest = max(self._buffers, key=lambda t: self._buffers[t].nbytes) if self._buffers else None
+        pressed = total > self.opts.max_buffer_bytes * MEMORY_CUT_SHARE
+        for tp, buf in list(self._buffers.items()):
+            c = self._cut(tp, buf, now, final or (pressed and tp == largest))
+            if c is not None:
+                chunks.append(c)
+        return chunks
+
+    def _submit(self, chunks: list[_Chunk]) -> None:
+        """Hand a round to the writer thread (steps 3-5); it becomes the in-flight round.
+
+        Chunks of partitions revoked since the last drain of the listener (kafka-python revokes on
+        its IO thread, at any time) are dropped instead: once ``on_revoke`` returned, no write of
+        a revoked partition may start.
+        """
+        assert self._writer is not None and self._inflight is None
+        writer = self._writer
+
+        def submit(kept: list[_Chunk], written: threading.Event) -> concurrent.futures.Future[list[_Written]]:
+            return writer.submit(self._write_round, kept, written)
+
+        rnd, dropped = self._listener.start(chunks, submit)
+        self._inflight = rnd
+        for c in dropped:
+            self.metrics.dropped_uncommitted += len(c.offsets)
+            self._drop_from(c.tp, c.first)
+            log.info("consume: %s revoked before its write started: not written (uncommitted; whoever owns it "
+                     "next re-reads it)", c.where)
+
+    def _write_round(self, chunks: list[_Chunk], written: threading.Event) -> list[_Written]:
+        """The writer thread's part of a round: steps 3-5 for each chunk. No Kafka client call."""
+        try:
+            return [self._write_chunk(c) for c in chunks]
+        finally:
+            written.set()
+
+    def _wait_written(self, rnd: _Round) -> None:
+        """Wait for the writer to return from ``rnd`` (a log line now and then if it takes long)."""
+        t0 = time.monotonic()
+        while not rnd.written.wait(WRITER_WAIT_LOG_S):
+            log.warning("consume: still waiting for the write of %s (%.0f s)", rnd.where, time.monotonic() - t0)
+
+    def _finish_round(self) -> None:
+        """Collect the in-flight round: wait for the writer, raise its error if it failed, else
+        commit (step 6) the partitions not revoked meanwhile and run the hooks (step 7).
+
+        A revoked partition's chunk is durable but not committed: whoever owns the partition next
+        rewrites it (if that is us, :meth:`_apply_rebalance_events` seeks back to its first offset).
+        """
+        rnd = self._inflight
+        if rnd is None:
+            return
+        self._inflight = None
+        try:
+            self._wait_written(rnd)
+            results = rnd.future.result()
+        finally:
+            revoked = self._listener.finish(rnd)
         paths: list[Path] = []
         since: datetime | None = None
         until: datetime | None = None
         offsets: dict[TP, int] = {}
-        for chunk in chunks:
-            written, window = self._write_chunk(chunk)
-            paths.extend(written)
-            if window is not None:
-                since = window[0] if since is None else min(since, window[0])
-                until = window[1] if until is None else max(until, window[1])
+        committing: list[_Chunk] = []
+        for chunk, res in zip(rnd.chunks, results, strict=True):
+            self.metrics.events += res.rows
+            self.metrics.quarantined += res.quarantined
+            self.metrics.files += len(res.paths)
+            self.metrics.compacted_rows_skipped += res.compacted_rows_skipped
+            if chunk.tp in revoked:
+                self._drop_from(chunk.tp, chunk.first)
+                log.info("consume: %s: revoked while it was written; its files are durable but not committed "
+                         "(whoever owns the partition next rewrites them)", chunk.where)
+                continue
+            paths.extend(res.paths)
+            if res.window is not None:
+                since = res.window[0] if since is None else min(since, res.window[0])
+                until = res.window[1] if until is None else max(until, res.window[1])
             offsets[chunk.tp] = chunk.last + 1
+            committing.append(chunk)
         self._rounds_written += 1
         if self._kill_after_writes is not None and self._rounds_written >= self._kill_after_writes:
             log.warning("consume: ZTAUDIT_CONSUME_KILL_AFTER_WRITES: SIGKILL after the rename of %s, before "
-                        "its commit", ", ".join(c.where for c in chunks))
+                        "its commit", rnd.where)
             os.kill(os.getpid(), signal.SIGKILL)
-        committed = self._commit(offsets, chunks)
+        committed = self._commit(offsets, committing) if offsets else False
         self.metrics.flushes += 1
         if committed and since is not None and until is not None:
             for hook in self.opts.on_flush:
@@ -557,7 +788,21 @@ class StreamConsumer:
                     log.exception("consume: on_flush hook %s failed for window %s..%s: %s",
                                   getattr(hook, "__name__", hook), since.isoformat(), until.isoformat(), exc)
 
-    def _write_chunk(self, chunk: _Chunk) -> tuple[list[Path], tuple[datetime, datetime] | None]:
+    def _abandon_round(self) -> None:
+        """``run()`` ends on an error with a round in flight: let its renames finish before the
+        client leaves the group (never after), commit nothing; the replay rewrites it."""
+        rnd = self._inflight
+        if rnd is None:
+            return
+        self._inflight = None
+        self._wait_written(rnd)
+        self._listener.finish(rnd)
+        exc = rnd.future.exception()
+        log.warning("consume: stopping on an error: %s %s, not committed (the replay rewrites it)", rnd.where,
+                    f"failed too ({exc})" if exc is not None else "written")
+
+    def _write_chunk(self, chunk: _Chunk) -> _Written:
+        """Steps 3-5 for one chunk (on the writer thread): normalize, write with retries, clean."""
         from .process import process
 
         tp = chunk.tp
@@ -570,9 +815,11 @@ class StreamConsumer:
             try:
                 written: list[Path] = []
                 rows = 0
+                skipped = 0
                 window: tuple[datetime, datetime] | None = None
                 for table_name, table in sorted(result.tables.items()):
-                    table = self._drop_compacted(table_name, table, tp)
+                    table, n = self._drop_compacted(table_name, table, tp)
+                    skipped += n
                     if table.num_rows == 0:
                         continue
                     written.extend(self.sink.write(table_name, table, key))
@@ -594,21 +841,19 @@ class StreamConsumer:
             if stale.resolve() not in keep:
                 stale.unlink(missing_ok=True)
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
-        self.metrics.events += rows
-        self.metrics.quarantined += len(result.rejected)
-        self.metrics.files += len(written)
         for r in result.rejected:
             log.warning("consume: quarantined %s: %s (%s)", r.origin, r.reason, r.detail[:200])
         log.debug("consume: %s -> %d rows, %d quarantined, %d files", chunk.where, rows, len(result.rejected),
                   len(written))
-        return written, window
+        return _Written(written, window, rows, len(result.rejected), skipped)
 
-    def _drop_compacted(self, table_name: str, table: pa.Table, tp: TP) -> pa.Table:
+    def _drop_compacted(self, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:
         """Rows a replay would write again into a day that ``compact`` already merged (its
-        ``_compacted.json`` lists this partition's offset ranges) are dropped."""
+        ``_compacted.json`` lists this partition's offset ranges) are dropped; returns the rest and
+        how many were dropped."""
         time_col = PARTITION_TIME.get(table_name)
         if time_col is None or table.num_rows == 0:
-            return table
+            return table, 0
         w = _time_window(table, time_col)
         days = _days_between(w) if w is not None else []
         ranges_by_day = {}
@@ -621,7 +866,7 @@ class StreamConsumer:
                 if ranges:
                     ranges_by_day[day] = ranges
         if not ranges_by_day:
-            return table
+            return table, 0
         day_col = pc.strftime(table.column(time_col), format="%Y-%m-%d")
         offs = origin_offsets(table.column("origin"))
         drop = pa.array([False] * table.num_rows)
@@ -632,14 +877,19 @@ class StreamConsumer:
                 drop = pc.or_(drop, pc.fill_null(hit, False))
         n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
         if n:
-            self.metrics.compacted_rows_skipped += n
             log.info("consume: %s: %d rows already in compacted %s day(s) %s; not written again",
                      tp_name(tp.topic, tp.partition), n, table_name, ", ".join(sorted(ranges_by_day)))
-            return table.filter(pc.invert(drop))
-        return table
+            return table.filter(pc.invert(drop)), n
+        return table, 0
 
     def _commit(self, offsets: dict[TP, int], chunks: list[_Chunk]) -> bool:
-        """Commit exactly ``offsets``; retry while the broker is away; rewind if the group moved on."""
+        """Commit exactly ``offsets``; retry while the broker is away; rewind if the group moved on.
+
+        The caller passes only partitions this member still owns as far as it knows (partitions
+        revoked while their chunk was written are left out, :meth:`_finish_round`). If the
+        coordinator rejects the commit anyway, the chunks' partitions are rewound to the chunks'
+        first offsets (their buffers, polled meanwhile, are dropped) and nothing is committed.
+        """
         where = ", ".join(f"{tp_name(tp.topic, tp.partition)}@{off}" for tp, off in sorted(offsets.items()))
         delay = BACKOFF_START_S
         while True:
@@ -693,7 +943,8 @@ class StreamConsumer:
         if self._source is not None:
             with contextlib.suppress(Exception):
                 m.lag = self._lag()
-        m.buffered = sum(len(b.offsets) for b in self._buffers.values())
+        m.buffered = sum(len(b.offsets) for b in self._buffers.values()) + (
+            self._inflight.records if self._inflight is not None else 0)
         lag = " ".join(f"{k}={v}" for k, v in m.lag.items()) or "-"
         log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d files, buffered %d, lag %s",
                  m.events_per_s, m.events, m.messages, m.quarantined, m.files, m.buffered, lag)
@@ -703,8 +954,8 @@ class StreamConsumer:
     def _idle_done(self) -> bool:
         """``--until-idle``: nothing polled for that long, and the broker confirms no lag (the
         buffered records are then flushed by the final drain)."""
-        if self.opts.until_idle is None:
-            return False
+        if self.opts.until_idle is None or self._inflight is not None:
+            return False  # (a round in flight: not idle until it is committed)
         now = time.monotonic()
         if now - self._last_record_at < self.opts.until_idle:
             return False
@@ -733,6 +984,20 @@ class StreamConsumer:
             self._last_record_at = time.monotonic()
             return False
         return True
+
+
+def _warm_up_writer() -> None:
+    """First task of the writer thread, while the main thread subscribes: import ``process()``,
+    open this thread's DuckDB connection, and convert one timestamp to Python (pyarrow imports
+    pandas for that: :func:`_time_window`). Else the first round pays ~0.5-1 s for them."""
+    try:
+        from .normalize.k8s_audit import connection
+        from .process import process  # noqa: F401
+
+        connection()
+        pa.scalar(0, pa.timestamp("us", "UTC")).as_py()
+    except Exception as exc:  # the first round will raise it where it is handled
+        log.debug("consume: writer warm-up failed: %s", exc)
 
 
 def _time_window(table: pa.Table, col: str | None) -> tuple[datetime, datetime] | None:

@@ -11,6 +11,8 @@ Same exactly-once contract as the kafka-python source (:mod:`ztaudit.pipeline.co
   the loop calls only after the rename.
 * librdkafka runs ``on_assign``/``on_revoke``/``on_lost`` *inside* ``consume()``, on the calling
   thread; they only forward the partitions to the loop's recorder (no flush, no commit there).
+  If a revoked partition's write is still in flight on the loop's writer thread, ``on_revoke``
+  blocks until it is renamed into place (librdkafka's heartbeats run on its own threads meanwhile).
   librdkafka performs the (un)assignment itself after the callback returns.
 * Errors arrive through ``error_cb`` (also served inside ``consume()``): authentication,
   authorization and TLS errors make the next :meth:`poll` raise :class:`KafkaConnectError` (exit
@@ -39,9 +41,11 @@ from .kafka import (
     CommitRejectedError,
     RebalanceCallback,
     Records,
+    RevokeCallback,
     connect_error,
     redact,
     security_settings,
+    wait_before_revoking,
 )
 
 #: Neutral security setting (``security_settings``) -> librdkafka property.
@@ -172,12 +176,13 @@ class ConfluentSource:
 
     # --- KafkaSource ----------------------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str], on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> None:
+    def subscribe(self, topics: Sequence[str], on_revoke: RevokeCallback, on_assign: RebalanceCallback) -> None:
         def assigned(_c: Any, parts: list[Any]) -> None:
             on_assign([TP(p.topic, p.partition) for p in parts])
 
         def revoked(_c: Any, parts: list[Any]) -> None:
-            on_revoke([TP(p.topic, p.partition) for p in parts])
+            tps = [TP(p.topic, p.partition) for p in parts]
+            wait_before_revoking(on_revoke(tps), tps)
 
         try:
             self._c = ck.Consumer(self._cfg)

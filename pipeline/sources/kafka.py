@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
@@ -65,6 +67,14 @@ Records = tuple[list[int], list[bytes]]
 #: whatever thread their library uses (kafka-python: its IO thread; librdkafka: inside ``poll()``),
 #: so it must only record what happened -- never flush, commit or call back into the source.
 RebalanceCallback = Callable[[list[TP]], None]
+#: The revocation callback may return an event: the consume loop's write of a revoked partition is
+#: still in flight. The source must not give the partitions up (return from its library's
+#: callback) before the event is set, and must wait for it without calling into the client.
+RevokeCallback = Callable[[list[TP]], "threading.Event | None"]
+#: Poll interval of a revocation waiting for a write on kafka-python's IO loop (awaited, so the
+#: heartbeats go on), and how often such a wait is logged.
+REVOKE_WAIT_POLL_S: Final = 0.02
+REVOKE_WAIT_LOG_S: Final = 10.0
 
 
 class CommitRejectedError(KafkaTransientError):
@@ -82,7 +92,7 @@ class KafkaSource(Protocol):
 
     backend: str
 
-    def subscribe(self, topics: Sequence[str], on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> None:
+    def subscribe(self, topics: Sequence[str], on_revoke: RevokeCallback, on_assign: RebalanceCallback) -> None:
         """Connect (failing fast on bad credentials) and join the group for ``topics``."""
 
     def poll(self, timeout_s: float) -> dict[TP, Records]:
@@ -289,6 +299,16 @@ def connect_error(exc: BaseException | str, settings: KafkaSettings, password: s
             "the mechanism, and the CA/certificate files")
 
 
+def wait_before_revoking(done: threading.Event | None, tps: Sequence[TP]) -> None:
+    """Block until ``done`` (a :data:`RevokeCallback` result) is set, logging now and then."""
+    if done is None:
+        return
+    t0 = time.monotonic()
+    while not done.wait(REVOKE_WAIT_LOG_S):
+        log.warning("consume: revocation of %s waits for their write to be renamed into place (%.0f s)",
+                    ", ".join(tp_name(t.topic, t.partition) for t in tps), time.monotonic() - t0)
+
+
 def tp_name(topic: str, partition: int) -> str:
     """The coordinate spelling every log line uses: ``topic[partition]``."""
     return f"{topic}[{partition}]"
@@ -354,7 +374,12 @@ class KafkaPythonSource:
     """:class:`KafkaSource` on kafka-python 3.x (the default backend).
 
     Its rebalance listener runs on kafka-python's IO thread (pipeline-anchors §2.3): the callbacks
-    it forwards to only record events. ``factory(**kwargs)`` builds the ``KafkaConsumer``.
+    it forwards to only record events. When a revocation must wait for an in-flight write
+    (:data:`RevokeCallback`), the listener is an ``AsyncConsumerRebalanceListener`` that *awaits*
+    the write on the IO loop, so heartbeats go on meanwhile (a blocking wait would stall them and
+    could get the member expired, and its partitions handed over, before its rename). Without
+    that class (older kafka-python) it blocks instead. ``factory(**kwargs)`` builds the
+    ``KafkaConsumer``.
     """
 
     backend = "kafka-python"
@@ -373,19 +398,56 @@ class KafkaPythonSource:
             return connect_error(exc, self.settings, self.password)
         return KafkaTransientError(redact(f"{type(exc).__name__}: {exc}", self.password))
 
-    def subscribe(self, topics: Sequence[str], on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> None:
+    async def _await_revoke(self, done: threading.Event | None, tps: list[TP]) -> None:
+        """Wait for ``done`` on kafka-python's IO loop without blocking it (``sleep`` of its loop)."""
+        if done is None or done.is_set():
+            return
+        sleep = getattr(getattr(self._c, "_net", None), "sleep", None)
+        if sleep is None:  # not the kafka-python 3.x loop we know: block (heartbeats pause meanwhile)
+            wait_before_revoking(done, tps)
+            return
+        t0 = logged = time.monotonic()
+        while not done.is_set():
+            await sleep(REVOKE_WAIT_POLL_S)
+            if time.monotonic() - logged >= REVOKE_WAIT_LOG_S:
+                logged = time.monotonic()
+                log.warning("consume: revocation of %s waits for their write to be renamed into place (%.0f s)",
+                            ", ".join(tp_name(t.topic, t.partition) for t in tps), logged - t0)
+
+    def subscribe(self, topics: Sequence[str], on_revoke: RevokeCallback, on_assign: RebalanceCallback) -> None:
+        import kafka
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.errors import KafkaError
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                on_revoke([TP(*tp) for tp in revoked])
+        source = self
+        async_base = getattr(kafka, "AsyncConsumerRebalanceListener", None)
+        listener: Any
+        if async_base is not None:
+            class AsyncListener(async_base):  # type: ignore[misc,valid-type]
+                async def on_partitions_revoked(self, revoked: Any) -> None:
+                    tps = [TP(*tp) for tp in revoked]
+                    await source._await_revoke(on_revoke(tps), tps)
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                on_assign([TP(*tp) for tp in assigned])
+                async def on_partitions_assigned(self, assigned: Any) -> None:
+                    on_assign([TP(*tp) for tp in assigned])
 
-            def on_partitions_lost(self, lost: Any) -> None:
-                on_revoke([TP(*tp) for tp in lost])
+                async def on_partitions_lost(self, lost: Any) -> None:
+                    await self.on_partitions_revoked(lost)
+
+            listener = AsyncListener()
+        else:
+            class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+                def on_partitions_revoked(self, revoked: Any) -> None:
+                    tps = [TP(*tp) for tp in revoked]
+                    wait_before_revoking(on_revoke(tps), tps)
+
+                def on_partitions_assigned(self, assigned: Any) -> None:
+                    on_assign([TP(*tp) for tp in assigned])
+
+                def on_partitions_lost(self, lost: Any) -> None:
+                    self.on_partitions_revoked(lost)
+
+            listener = Listener()
 
         try:
             preflight(self.settings, self.password)
@@ -393,7 +455,7 @@ class KafkaPythonSource:
                                   password=self.password)
             cfg["bootstrap_timeout_ms"] = 10_000
             self._c = (self._factory or KafkaConsumer)(**cfg)
-            self._c.subscribe(topics=list(topics), listener=Listener())
+            self._c.subscribe(topics=list(topics), listener=listener)
         except (KafkaError, OSError) as exc:
             raise self._fail(exc) from None
 
