@@ -13,7 +13,7 @@ Pre-produces ``BENCH_CONSUME_EVENTS`` (default 500,000) generated audit events o
 6. ``process()`` alone on in-memory batches (the normalization ceiling, no Kafka).
 
 Prints a table with ratios (each ztaudit run against its own backend's bare loop) and the targets
-(>= 50k ev/s per process, >= 70 % of the bare loop, RSS < 1 GiB) and writes
+(>= 50k ev/s per process, >= 70 % of the bare kafka-python ceiling, RSS < 1 GiB) and writes
 ``bench/out/consume.json``. Not a test: numbers, not assertions.
 """
 
@@ -208,9 +208,14 @@ def main() -> int:
         ok_rate = r["ev_s"] >= 50_000
         ok_ratio = r["ev_s"] >= 0.7 * base["ev_s"]
         ok_rss = r["rss_mb"] < 1024
+        # the issue's ratio is against the bare *kafka-python* ceiling for both backends; the ratio
+        # against the backend's own bare loop shows how much headroom the client leaves
+        ok_issue = r["ev_s"] >= 0.7 * bare["ev_s"]
         print(f"targets ({label}): >= 50k ev/s per process: {'yes' if ok_rate else 'NO'} ({r['ev_s']:,.0f}); "
-              f">= 70% of its bare loop: {'yes' if ok_ratio else 'NO'} ({r['ev_s'] / base['ev_s']:.0%}); "
-              f"RSS < 1 GiB: {'yes' if ok_rss else 'NO'} ({r['rss_mb']:,.0f} MiB)")
+              f">= 70% of the bare kafka-python ceiling: {'yes' if ok_issue else 'NO'} "
+              f"({r['ev_s'] / bare['ev_s']:.0%}); RSS < 1 GiB: {'yes' if ok_rss else 'NO'} "
+              f"({r['rss_mb']:,.0f} MiB); vs its own bare loop: {r['ev_s'] / base['ev_s']:.0%}"
+              f"{'' if ok_ratio else ' (the client is not the bottleneck: normalization and writing are)'}")
     print(f"kafka-python ceiling vs librdkafka (kcat): {bare['ev_s'] / kc['ev_s']:.0%}")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
           "(other load on the machine lowers every rate above)")

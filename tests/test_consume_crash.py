@@ -23,9 +23,9 @@ from kafka_broker import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS = 200_000
-#: kill -9 rounds per backend (every third one at the injected worst moment); fewer for the optional
-#: confluent backend to keep the suite's wall time down -- still three injected after-write kills.
-KILLS = {"kafka-python": 12, "confluent": 9}
+#: kill -9 rounds per backend (every third one at the injected worst moment); the optional
+#: confluent backend is held to the issue's "at least 10" too, with three injected after-write kills.
+KILLS = {"kafka-python": 12, "confluent": 10}
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: KafkaBroker, topic_name: str,
