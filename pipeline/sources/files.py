@@ -376,13 +376,16 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, chunk_bytes: int,
         return f"{h.copy().hexdigest()[:16]}+{offset}-{end}"
 
     while True:
-        # One fresh buffer per block, the carried line start copied to its front and the block
-        # read in after it (readinto: no second copy of the block to join them).
-        head_len = len(carry) + len(pushback)
-        buf = bytearray(head_len + chunk_bytes)
-        buf[:head_len] = carry + pushback
-        got = stream.readinto(memoryview(buf)[head_len:])  # type: ignore[attr-defined]
-        total = head_len + (got or 0)
+        # One buffer per block, the carried line start copied to its front and the block read in
+        # after it (readinto: no second copy to join them). The buffer comes from Arrow's memory
+        # pool, which reuses the blocks of released chunks: a fresh bytearray would be zeroed
+        # and page-faulted in every time (measured: 60 ms vs 12 ms per 64 MiB block).
+        head = carry + pushback
+        buf = pa.allocate_buffer(len(head) + chunk_bytes)
+        view = memoryview(buf).cast("B")  # Arrow exports signed bytes ("b")
+        view[: len(head)] = head
+        got = stream.readinto(view[len(head):])  # type: ignore[attr-defined]
+        total = len(head) + (got or 0)
         searched_from = len(carry)  # carry holds no newline; pushback may
         pushback = b""
         if total == 0:
@@ -393,10 +396,10 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, chunk_bytes: int,
             if chunk.count:
                 yield chunk
             return
-        last_nl = buf.rfind(b"\n", searched_from, total)
-        if last_nl < 0:  # no newline in this block
-            carry = bytes(buf[:total])
-            del buf
+        ends = _newlines(np.frombuffer(buf, dtype=np.uint8, count=total), searched_from)
+        if not len(ends):  # no newline in this block
+            carry = bytes(view[:total])
+            del view, buf
             if len(carry) <= max(chunk_bytes, max_record_bytes + 1):
                 continue
             # A line longer than a chunk and the cap: keep cap+1 bytes (-> oversized), skip the rest.
@@ -419,29 +422,39 @@ def _line_chunks(stream: IO[bytes], inp: InputFile, chunk_bytes: int,
             offset += skipped
             line_no += 1
             continue
-        view = memoryview(buf)
-        data = view[: last_nl + 1]  # whole lines only
-        carry = bytes(view[last_nl + 1: total])
-        h.update(data)
-        nbytes = len(data)
-        chunk = _pack_lines(data, inp, key(offset + nbytes), line_no, offset)
-        del view, data, buf
+        nbytes = int(ends[-1]) + 1  # whole lines only
+        carry = bytes(view[nbytes:total])
+        h.update(view[:nbytes])
+        chunk = _pack_lines(buf.slice(0, nbytes), ends, inp, key(offset + nbytes), line_no, offset)
+        del view, buf
         if chunk.count:
             yield chunk
         offset += nbytes
         line_no += chunk.lines_covered
 
 
-def _pack_lines(data: bytes | memoryview, inp: InputFile, file_key: str, first_line: int, offset: int) -> Chunk:
-    """A chunk of the newline-terminated lines in ``data``, packed without copying them.
+#: Newlines are searched in slices of this size, so NumPy's temporary arrays stay small (reused
+#: by the allocator and in cache) instead of one 64 MiB mask per block.
+_SCAN_BYTES: Final = 1 << 20
 
-    The common case (no blank or whitespace-led line, no byte-order mark) is all NumPy: newline
-    positions, then a ``large_binary`` array whose value *i* is line *i* plus its newline, with
+
+def _newlines(data: np.ndarray[Any, np.dtype[np.uint8]], start: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Positions of the ``\n`` bytes of ``data`` at or after ``start``, ascending."""
+    parts = [np.flatnonzero(data[i:i + _SCAN_BYTES] == 10) + i for i in range(start, len(data), _SCAN_BYTES)]
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, dtype=np.int64)
+
+
+def _pack_lines(data: pa.Buffer, ends: np.ndarray[Any, np.dtype[np.int64]], inp: InputFile, file_key: str,
+                first_line: int, offset: int) -> Chunk:
+    """A chunk of the newline-terminated lines in ``data`` (``ends``: its newline positions),
+    packed without copying them.
+
+    The common case (no blank or whitespace-led line, no byte-order mark) is all NumPy: a
+    ``large_binary`` array laid over ``data`` whose value *i* is line *i* plus its newline, with
     ``lengths`` excluding it (:class:`PackedRecords`). Anything else takes :func:`_make_chunk`'s
     per-line path, which drops blank lines and keeps real line numbers.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)  # one per line: data ends with a newline
     n = len(ends)
     starts = np.empty(n, dtype=np.int64)
     starts[0] = 0
@@ -449,15 +462,15 @@ def _pack_lines(data: bytes | memoryview, inp: InputFile, file_key: str, first_l
     lengths = ends - starts
     firsts = buf[starts]  # a line's first byte (its newline if it is empty)
     odd = (lengths == 0) | (firsts == 32) | (firsts == 9) | (firsts == 13) | (firsts == 10)
-    if odd.any() or (offset == 0 and bytes(data[:3]) == _BOM):
-        lines = bytes(data).split(b"\n")
+    if odd.any() or (offset == 0 and data.slice(0, min(3, data.size)).to_pybytes() == _BOM):
+        lines = data.to_pybytes().split(b"\n")
         lines.pop()  # after the last newline: empty
         return _make_chunk(lines, inp, file_key, first_line, offset, len(data))
     value_offsets = np.empty(n + 1, dtype=np.int64)
     value_offsets[0] = 0
     value_offsets[1:] = ends + 1
     array = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n,
-                                             [None, pa.py_buffer(value_offsets), pa.py_buffer(data)])
+                                             [None, pa.py_buffer(value_offsets), data])
     chunk = Chunk([], LineOrigins(inp.name, first_line), file_key, len(data),
                   packed=PackedRecords(array, lengths.astype(np.int64, copy=False)))
     chunk.lines_covered = n
