@@ -144,6 +144,15 @@ def approved_predicate(imp: str, cluster: str) -> str:
 # SQL fragments (shared by the view and by the materialized detect path)
 # --------------------------------------------------------------------------------------------
 
+def _window_sql(col: str) -> str:
+    """SQL (``AND ...``) keeping rows whose ``col`` (``alias.column``) is in [``$lo``, ``$hi``), and
+    the same window on the alias's ``dt`` day partitions (``$lo_day``..``$hi_day``) so whole days
+    outside it are skipped unread."""
+    alias = col.split(".")[0]
+    return (f"AND {col} >= $lo AND {col} < $hi "
+            f"AND CAST({alias}.dt AS VARCHAR) >= $lo_day AND CAST({alias}.dt AS VARCHAR) <= $hi_day")
+
+
 def _proxy_side(detail: bool, bounded: bool, who: bool = False) -> str:
     """Allowed decisions for Kubernetes hosts. Lean (detect path): only what matching needs, hashed,
     so 4M decisions stay small in memory; ``detail`` adds the columns the analyst view shows.
@@ -154,8 +163,7 @@ def _proxy_side(detail: bool, bounded: bool, who: bool = False) -> str:
     extra = (", lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at, d.request_id, "
              "d.check_request_id, d.session_id, d.user_id, d.host" if detail else
              ", lower(d.email) AS who" if who else "")
-    time = ("AND d.decided_at >= $lo AND d.decided_at < $hi "
-            "AND CAST(d.dt AS VARCHAR) >= $lo_day AND CAST(d.dt AS VARCHAR) <= $hi_day" if bounded else "")
+    time = _window_sql("d.decided_at") if bounded else ""
     return f"""
     SELECT hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
            hash(coalesce(h.cluster, d.cluster, s.single_cluster), lower(d.email), upper(d.method), d.path) AS k,
@@ -190,8 +198,7 @@ def _audit_side(detail: bool, bounded: bool, who_all: bool = False) -> str:
              "split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id, "
              "any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code"
              if detail else "")
-    time = ("AND r.request_received_at >= $lo AND r.request_received_at < $hi "
-            "AND CAST(r.dt AS VARCHAR) >= $lo_day AND CAST(r.dt AS VARCHAR) <= $hi_day" if bounded else "")
+    time = _window_sql("r.request_received_at") if bounded else ""
     return f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
            any_value(hash(coalesce(r.cluster, s.single_cluster), lower(r.impersonated_user),
@@ -313,8 +320,7 @@ VIEW_DESCRIPTION = (
 
 
 def _audit_side_who_all(bounded: bool) -> str:
-    time = ("AND r.request_received_at >= $lo AND r.request_received_at < $hi "
-            "AND CAST(r.dt AS VARCHAR) >= $lo_day AND CAST(r.dt AS VARCHAR) <= $hi_day" if bounded else "")
+    time = _window_sql("r.request_received_at") if bounded else ""
     return f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
            any_value(hash(coalesce(r.cluster, r.single_cluster), lower(r.impersonated_user),
