@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not kafka and not browser" -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline detectors tests bench scripts
+	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts
 	$(BIN)/mypy pipeline detectors
 
 typecheck: lint

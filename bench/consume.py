@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from kafka_broker import KafkaBroker, audit_events, create_topic  # noqa: E402
+from support.kafka_broker import KafkaBroker, audit_events, create_topic  # noqa: E402
 
 N = int(os.environ.get("BENCH_CONSUME_EVENTS", "500000"))
 PARTITIONS = 4
@@ -97,7 +97,8 @@ def run_ztaudit(broker: KafkaBroker, topic: str, work: Path, backend: str) -> di
 
 def run_bare(broker: KafkaBroker, topic: str) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
-    from ztaudit.pipeline.config import KafkaSettings
+
+    from ztaudit.core.config import KafkaSettings
     from ztaudit.pipeline.sources.kafka import consumer_config
 
     cfg = consumer_config(KafkaSettings(bootstrap_servers=broker.bootstrap), group="unused", start_from="earliest")
@@ -123,7 +124,8 @@ def run_bare_confluent(broker: KafkaBroker, topic: str) -> dict[str, Any]:
     """Same settings as ``--backend confluent`` (manual assignment from the beginning, no group);
     touches each message's value like the backend does."""
     import confluent_kafka as ck
-    from ztaudit.pipeline.config import KafkaSettings
+
+    from ztaudit.core.config import KafkaSettings
     from ztaudit.pipeline.sources.confluent import BATCH, confluent_config
 
     cfg = confluent_config(KafkaSettings(bootstrap_servers=broker.bootstrap), group=f"bare-{uuid.uuid4().hex[:6]}",

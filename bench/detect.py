@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import duckdb
-from ztaudit.pipeline.catalog import _duck_type
-from ztaudit.pipeline.schema import TABLES
+
+from ztaudit.core.catalog import _duck_type
+from ztaudit.core.schema import TABLES
 
 SA = "system:serviceaccount:pomerium:pomerium-authorize"
 DETECTORS = ["impersonation.proxy_bypass", "impersonation.unobserved", "impersonation.unbrokered",
@@ -108,7 +109,7 @@ def run_detect(lake: Path) -> tuple[float, float, float, str]:
     CPU seconds (user + system of the child) are reported too because the wall time on a shared
     host depends on what else runs; CPU time does much less so.
     """
-    cmd = [sys.executable, "-c", "from ztaudit.pipeline.cli import main; main()", "detect", "--lake", str(lake),
+    cmd = [sys.executable, "-c", "from ztaudit.cli.main import main; main()", "detect", "--lake", str(lake),
            "--no-tables", "--config", os.devnull]
     for d in DETECTORS:
         cmd += ["--detector", d]

@@ -107,12 +107,12 @@ _MEASURE = r"""
 import json, resource, sys, time
 from datetime import datetime, UTC
 t0 = time.perf_counter()
-from ztaudit.pipeline.catalog import connect
-from ztaudit.pipeline.config import load_config
+from ztaudit.core.lake import open_lake
+from ztaudit.core.config import load_config
 from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.reach import AnomalousReach, build_reach_table
 lake = sys.argv[1]
-con = connect(lake)
+con = open_lake(lake, must_exist=False)
 con.execute("SET enable_progress_bar = false")
 cfg = load_config(None, env={})
 t1 = time.perf_counter()

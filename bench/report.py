@@ -28,13 +28,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-from ztaudit.pipeline.commands.catalog import write_catalog
-from ztaudit.pipeline.config import Config
-from ztaudit.pipeline.reports import REPORTS, run_report
-from ztaudit.pipeline.reports.base import ReportContext
-from ztaudit.pipeline.reports.db import open_lake
-from ztaudit.pipeline.reports.filters import Filters
-from ztaudit.pipeline.reports.formats import render
+
+from ztaudit.cli.catalog import write_catalog
+from ztaudit.core.config import Config
+from ztaudit.core.lake import open_lake
+from ztaudit.reports import REPORTS, run_report
+from ztaudit.reports.base import ReportContext
+from ztaudit.reports.filters import Filters
+from ztaudit.reports.formats import render
 
 DAYS = 14
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -190,10 +191,10 @@ def build_lake(lake: Path, events: int) -> float:
 
 def build_derived(lake: Path) -> float:
     """Build the ``credentials`` and ``reach`` tables as ``detect`` would (detect's cost, timed apart)."""
+    from ztaudit.core.sink import LakeSink
     from ztaudit.detectors.base import DetectContext
     from ztaudit.detectors.credentials import inventory
     from ztaudit.detectors.reach import build_reach_table
-    from ztaudit.pipeline.sink import LakeSink
 
     t0 = time.perf_counter()
     con = open_lake(lake)

@@ -1,7 +1,7 @@
 """Findings and the detector contract.
 
 A detector reads the lake through a DuckDB connection with the catalog views
-(``ztaudit.pipeline.catalog``) and returns :class:`Finding` values; it never writes. ``detect``
+(``ztaudit.core.catalog``) and returns :class:`Finding` values; it never writes. ``detect``
 (batch) and the consumer's post-flush hook (streaming) call :meth:`Detector.run` with a
 :class:`DetectContext` naming the time window to judge and the configuration.
 
@@ -22,7 +22,8 @@ from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 import duckdb
-from ztaudit.pipeline.config import Config
+
+from ztaudit.core.config import Config
 
 
 class Severity(StrEnum):

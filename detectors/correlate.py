@@ -49,8 +49,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
-from ztaudit.pipeline.catalog import sql_literal
-from ztaudit.pipeline.config import Config
+
+from ztaudit.core.catalog import sql_literal
+from ztaudit.core.config import Config
 
 #: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.5's mapping).
 VERB_METHOD_SQL = (

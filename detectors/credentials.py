@@ -36,11 +36,11 @@ from typing import Any, ClassVar, Final
 
 import duckdb
 import pyarrow as pa
-from ztaudit.pipeline.config import Config
-from ztaudit.pipeline.schema import TS, conform
 
-from .base import DetectContext, Finding, Severity
-from .table_schemas import CREDENTIALS
+from ztaudit.core.columns import TS, conform
+from ztaudit.core.config import Config
+from ztaudit.core.derived_tables import CREDENTIALS
+from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
 INVALIDATED_ANNOTATION: Final = "authentication.k8s.io/legacy-token-invalidated"

@@ -18,51 +18,33 @@ Failure: :class:`LockTimeout` (a :class:`SinkError`, exit 4) if the lock is not 
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ztaudit.pipeline.errors import SinkError
-from ztaudit.pipeline.schema import FINDINGS, conform
-from ztaudit.pipeline.sink import UNDATED, makedirs, write_parquet_atomic
+
+from ztaudit.core.columns import conform
+from ztaudit.core.errors import SinkError
+from ztaudit.core.files import UNDATED, file_lock, makedirs, write_parquet_atomic
+from ztaudit.core.schema import FINDINGS
 
 FILE_NAME = "findings.parquet"
 
 
-class LockTimeout(SinkError):  # type: ignore[misc]  # mypy sees ztaudit.pipeline as Any (package-dir)
+class LockTimeout(SinkError):
     """Another detect or the consumer held the findings lock for longer than the timeout."""
 
 
-@contextmanager
-def findings_lock(lake: Path, timeout: float) -> Iterator[None]:
-    """Hold the exclusive findings lock of ``lake`` (blocks up to ``timeout`` seconds)."""
-    root = Path(lake) / "findings"
-    makedirs(root)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{root / '.lock'} is held by another detect or consumer",
-                                      fix="wait for it to finish, or raise detect.lock_timeout_seconds") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def findings_lock(lake: Path, timeout: float) -> AbstractContextManager[None]:
+    """Hold the exclusive findings lock of ``lake`` (blocks up to ``timeout`` seconds, then LockTimeout)."""
+    path = Path(lake) / "findings" / ".lock"
+    return file_lock(path, timeout=timeout, busy=lambda: LockTimeout(
+        f"{path} is held by another detect or consumer",
+        fix="wait for it to finish, or raise detect.lock_timeout_seconds"))
 
 
 def _day(ts: datetime | None) -> str:

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import duckdb
-from ztaudit.pipeline.config import Config
 
-from . import correlate
-from .base import DetectContext, Finding, Severity
+from ztaudit.core.config import Config
+from ztaudit.detectors import correlate
+from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 _MIN = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX = datetime(9999, 1, 1, tzinfo=UTC)

@@ -33,7 +33,8 @@ import numpy.typing as npt
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
-from ztaudit.pipeline.sink import makedirs, write_bytes_atomic
+
+from ztaudit.core.files import makedirs, write_bytes_atomic
 
 #: Bump when the feature vector or the estimator changes: old persisted models are then ignored.
 MODEL_VERSION = 3

@@ -26,7 +26,6 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
-from ztaudit.pipeline.normalize import rbac_snapshot  # registers rbac_snapshot + the rbac_grant view
 
 GRANTED_VS_USED: Final = pa.schema([
     ("cluster", pa.string()), ("identity", pa.string()), ("identity_kind", pa.string()),
@@ -123,11 +122,11 @@ def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def latest_grants(con: duckdb.DuckDBPyConnection, until: datetime | None) -> list[dict[str, Any]]:
     """Rows of the latest RBAC snapshot per cluster taken before ``until`` (all clusters)."""
-    if not _has_view(con, rbac_snapshot.TABLE):
+    if not _has_view(con, "rbac_grant"):
         return []
     rows: list[dict[str, Any]] = con.sql(
-        f"""SELECT * FROM {rbac_snapshot.TABLE} g
-            WHERE snapshot_at = (SELECT max(snapshot_at) FROM {rbac_snapshot.TABLE} h
+        """SELECT * FROM rbac_grant g
+            WHERE snapshot_at = (SELECT max(snapshot_at) FROM rbac_grant h
                                  WHERE h.cluster IS NOT DISTINCT FROM g.cluster AND h.snapshot_at < $until)""",
         params={"until": until or _FAR}).to_arrow_table().to_pylist()
     return rows

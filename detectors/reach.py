@@ -50,12 +50,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from ztaudit.pipeline.config import Config
-from ztaudit.pipeline.normalize import rbac_snapshot  # noqa: F401  (registers rbac_snapshot / rbac_grant)
-from ztaudit.pipeline.schema import TS, conform
 
-from .base import DetectContext, Finding, Severity
-from .table_schemas import REACH
+from ztaudit.core.columns import TS, conform
+from ztaudit.core.config import Config
+from ztaudit.core.derived_tables import REACH
+from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 #: A peer group is used only with at least this many actors (else the next, broader one).
 MIN_PEER_GROUP: Final = 3
@@ -136,14 +135,10 @@ multi AS (SELECT key_hash FROM span GROUP BY key_hash HAVING count(*) > 1),
 req AS (
     SELECT {cols} FROM span WHERE key_hash NOT IN (SELECT key_hash FROM multi)
     UNION ALL
-    SELECT {cols} FROM (
-        SELECT *, CASE stage WHEN 'ResponseComplete' THEN 4 WHEN 'Panic' THEN 3
-                             WHEN 'ResponseStarted' THEN 2 ELSE 1 END AS stage_rank
-        FROM span WHERE key_hash IN (SELECT key_hash FROM multi)
-    )
+    SELECT {cols} FROM span WHERE key_hash IN (SELECT key_hash FROM multi)
     QUALIFY row_number() OVER (
         PARTITION BY cluster, audit_id, request_received_at
-        ORDER BY stage_rank DESC, stage_at DESC, origin
+        ORDER BY stage_rank(stage) DESC, stage_at DESC, origin
     ) = 1
 )"""
 
@@ -404,7 +399,7 @@ def model_inputs(df: pd.DataFrame) -> dict[str, Any]:
 
 def _fit_or_load(df_all: pd.DataFrame, ctx: DetectContext) -> tuple[Any, dict[str, Any]]:
     """The reach model for this run: retrained on the baseline windows, reused when persisted."""
-    from . import ml  # scikit-learn is imported only when reach runs
+    from ztaudit.detectors import ml  # scikit-learn is imported only when reach runs
 
     cfg = ctx.config.reach
     names = model_feature_names()
@@ -511,14 +506,10 @@ touched AS (
      AND s.request_received_at >= k.start AND s.request_received_at < k."end"
 ),
 req AS (
-    SELECT * EXCLUDE (stage_rank) FROM (
-        SELECT *, CASE stage WHEN 'ResponseComplete' THEN 4 WHEN 'Panic' THEN 3
-                             WHEN 'ResponseStarted' THEN 2 ELSE 1 END AS stage_rank
-        FROM span WHERE key_hash IN (SELECT key_hash FROM touched)
-    )
+    SELECT * FROM span WHERE key_hash IN (SELECT key_hash FROM touched)
     QUALIFY row_number() OVER (
         PARTITION BY cluster, audit_id, request_received_at
-        ORDER BY stage_rank DESC, stage_at DESC, origin
+        ORDER BY stage_rank(stage) DESC, stage_at DESC, origin
     ) = 1
 )
 SELECT k.i, r.cluster, r.audit_id
@@ -575,8 +566,8 @@ class AnomalousReach:
         judged = df_all if ctx.since is None else df_all[df_all["w"] >= pd.Timestamp(_floor(ctx.since, wsec))]
         if len(judged) == 0:
             return []
-        from .ml import MODEL_VERSION as ml_version
-        from .ml import feature_matrix
+        from ztaudit.detectors.ml import MODEL_VERSION as ml_version
+        from ztaudit.detectors.ml import feature_matrix
 
         scores = model.score_samples(feature_matrix(model_inputs(judged), model_feature_names()))
         threshold = model.threshold_for(cfg.model_top_share)
@@ -647,7 +638,7 @@ def reach_report(con: duckdb.DuckDBPyConnection, config: Config, since: datetime
     :func:`ztaudit.detectors.rbac.granted_vs_used` instead (needs an ``rbac_snapshot`` ingest).
     """
     if granted:
-        from .rbac import granted_vs_used
+        from ztaudit.detectors.rbac import granted_vs_used
 
         return granted_vs_used(con, since, until)
     df = compute_reach(con, config, since, until)

@@ -48,9 +48,9 @@ from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
-from ztaudit.pipeline.config import Config
 
-from .base import DetectContext, Finding, Severity
+from ztaudit.core.config import Config
+from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 _MIN = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX = datetime(9999, 1, 1, tzinfo=UTC)

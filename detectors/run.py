@@ -14,8 +14,6 @@ errors raise ``SinkError`` (exit 4).
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -26,20 +24,21 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from ztaudit.pipeline import catalog
-from ztaudit.pipeline.config import Config
-from ztaudit.pipeline.errors import ZtauditError
-from ztaudit.pipeline.schema import FINDINGS
-from ztaudit.pipeline.sink import LakeSink
 
-from . import registry, tables
-from .base import DetectContext
-from .findings_store import write_findings
+from ztaudit.core import catalog
+from ztaudit.core.config import Config
+from ztaudit.core.errors import ZtauditError
+from ztaudit.core.lake import open_lake, spill_directory
+from ztaudit.core.schema import FINDINGS
+from ztaudit.core.sink import LakeSink
+from ztaudit.detectors import registry, tables
+from ztaudit.detectors.base import DetectContext
+from ztaudit.detectors.findings_store import write_findings
 
 log = logging.getLogger(__name__)
 
 
-class DetectError(ZtauditError):  # type: ignore[misc]  # mypy sees ztaudit.pipeline as Any
+class DetectError(ZtauditError):
     """A usage error of detect (unknown detector id)."""
 
     exit_code = 2
@@ -52,28 +51,26 @@ class RunResult:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
     tables_built: dict[str, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     changed: list[dict[str, Any]] = field(default_factory=list)
 
 
-def select_detectors(ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """(ids to run, registered ids skipped because their module is not in this checkout)."""
-    available = registry.available()
+def select_detectors(ids: Sequence[str] | None) -> list[str]:
+    """The detector ids to run: every registered one, or ``ids`` after checking each is registered."""
     if not ids:
-        return available, [d for d in registry.DETECTORS if d not in available]
+        return list(registry.DETECTORS)
     unknown = [d for d in ids if d not in registry.DETECTORS]
     if unknown:
         raise DetectError(f"unknown detector {unknown[0]!r}",
                           fix=f"use one of: {', '.join(sorted(registry.DETECTORS))}")
-    return [d for d in ids if d in available], [d for d in ids if d not in available]
+    return list(ids)
 
 
 def build_derived(ctx: DetectContext, lake: Path, result: RunResult) -> None:
-    """Build and write every derived table whose builder exists; errors go to ``result.errors``."""
+    """Build and write every table of :data:`tables.DERIVED_TABLES`; errors go to ``result.errors``."""
     sink = LakeSink(lake)
-    for name, builder in tables.builders().items():
+    for name, builder in tables.DERIVED_TABLES.items():
         t0 = time.perf_counter()
         try:
             table = builder(ctx)
@@ -93,53 +90,56 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
                   build_tables: bool = True, write: bool = True,
                   con: duckdb.DuckDBPyConnection | None = None,
                   memory_limit: str | None = None) -> RunResult:
-    """Run the selected (default: all importable) detectors over [since, until) and store findings."""
+    """Run the selected (default: all) detectors over [since, until) and store their findings.
+
+    ``con``: an open lake connection to reuse (the caller keeps owning it); else one is opened here
+    with a private spill directory and closed at the end.
+    """
     lake = Path(lake)
-    ids, skipped = select_detectors(detector_ids)
-    own = con is None
-    con = con or catalog.connect(lake, memory_limit=memory_limit)
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    # spill files go to the system temp dir, not ./.tmp in whatever directory detect was started from;
-    # a fresh 0700 directory with an unguessable name (spilled rows are lake data, and a fixed name in
-    # a shared /tmp could be pre-created or symlinked by another user)
-    spill = Path(tempfile.mkdtemp(prefix="ztaudit-duckdb-"))
-    con.execute("SET temp_directory = " + catalog.sql_literal(str(spill)))
-    result = RunResult(skipped=skipped)
+    ids = select_detectors(detector_ids)
+    if con is not None:
+        return _run(con, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write)
+    with spill_directory() as spill:
+        own = open_lake(lake, must_exist=False, memory_limit=memory_limit, spill_dir=spill)
+        try:
+            return _run(own, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write)
+        finally:
+            own.close()
+
+
+def _run(con: duckdb.DuckDBPyConnection, lake: Path, config: Config, ids: list[str], *, since: datetime | None,
+         until: datetime | None, build_tables: bool, write: bool) -> RunResult:
+    """:func:`run_detectors` on an open connection."""
+    result = RunResult()
     ctx = DetectContext(con=con, config=config, since=since, until=until, lake=str(lake))
-    try:
-        if build_tables:
-            build_derived(ctx, lake, result)
-        now = datetime.now(UTC)
-        ok: list[str] = []
-        for did in ids:
-            t0 = time.perf_counter()
-            try:
-                findings = registry.get(did).run(ctx)
-            except ZtauditError:
-                raise
-            except Exception as exc:  # one broken detector must not hide the others' findings
-                log.error("detector %s failed: %s", did, exc)
-                result.errors[did] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-                result.seconds[did] = time.perf_counter() - t0
-                continue
-            rows = [f.row(now) for f in findings]
-            try:  # a detector's malformed row (e.g. NaN in a text column) fails that detector only
-                pa.Table.from_pylist(rows, schema=FINDINGS)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                log.error("detector %s returned a finding the findings table cannot hold: %s", did, exc)
-                result.errors[did] = f"invalid finding row: {type(exc).__name__}: {exc}"
-                result.seconds[did] = time.perf_counter() - t0
-                continue
-            ok.append(did)
+    if build_tables:
+        build_derived(ctx, lake, result)
+    now = datetime.now(UTC)
+    ok: list[str] = []
+    for did in ids:
+        t0 = time.perf_counter()
+        try:
+            findings = registry.get(did).run(ctx)
+        except ZtauditError:
+            raise
+        except Exception as exc:  # one broken detector must not hide the others' findings
+            log.error("detector %s failed: %s", did, exc)
+            result.errors[did] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             result.seconds[did] = time.perf_counter() - t0
-            result.counts[did] = len(findings)
-            result.rows.extend(rows)
-        if write:
-            result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
-                                            lock_timeout=config.detect.lock_timeout_seconds)
-    finally:
-        if own:
-            con.close()
-            shutil.rmtree(spill, ignore_errors=True)
+            continue
+        rows = [f.row(now) for f in findings]
+        try:  # a detector's malformed row (e.g. NaN in a text column) fails that detector only
+            pa.Table.from_pylist(rows, schema=FINDINGS)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            log.error("detector %s returned a finding the findings table cannot hold: %s", did, exc)
+            result.errors[did] = f"invalid finding row: {type(exc).__name__}: {exc}"
+            result.seconds[did] = time.perf_counter() - t0
+            continue
+        ok.append(did)
+        result.seconds[did] = time.perf_counter() - t0
+        result.counts[did] = len(findings)
+        result.rows.extend(rows)
+    if write:
+        result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
+                                        lock_timeout=config.detect.lock_timeout_seconds)
     return result

@@ -25,9 +25,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ztaudit.pipeline.config import Config
-
-from .run import run_detectors
+from ztaudit.core.config import Config
+from ztaudit.detectors.run import run_detectors
 
 log = logging.getLogger(__name__)
 

@@ -1,39 +1,27 @@
 """Derived lake tables that detectors build before they run (``reach``, ``credentials``).
 
-``ztaudit detect`` calls :func:`build_all` first: each builder reads the lake through the catalog
-views, returns an Arrow table of its registered schema, and detect writes it to
-``LAKE/<name>/dt=.../`` (replacing the files of the days it rebuilt). Reports, notebooks and the
-detectors then read these tables like any other. One explicit registry, keyed by table name.
+``ztaudit detect`` calls each builder first (:func:`ztaudit.detectors.run.build_derived`): a builder
+reads the lake through the views, returns an Arrow table of its schema in
+:data:`ztaudit.core.schema.TABLES`, and detect writes it to ``LAKE/<name>/dt=.../`` (replacing the
+files of the days it rebuilt). Reports, notebooks and the detectors then read these tables like any
+other. One explicit registry, keyed by table name.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+from typing import Final
 
 import pyarrow as pa
 
-from .base import DetectContext
-
-#: table name -> "module:function"; the function takes a DetectContext and returns a pa.Table.
-DERIVED_TABLES: dict[str, str] = {
-    "credentials": "ztaudit.detectors.credentials:build_credentials_table",
-    "reach": "ztaudit.detectors.reach:build_reach_table",
-}
+from ztaudit.detectors.base import DetectContext
+from ztaudit.detectors.credentials import build_credentials_table
+from ztaudit.detectors.reach import build_reach_table
 
 Builder = Callable[[DetectContext], pa.Table]
 
-
-def builders() -> dict[str, Builder]:
-    """The builders whose module exists in this checkout, in registry order."""
-    out: dict[str, Builder] = {}
-    for name, target in DERIVED_TABLES.items():
-        module_name, fn = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        out[name] = getattr(module, fn)
-    return out
+#: table name -> builder, in build order.
+DERIVED_TABLES: Final[dict[str, Builder]] = {
+    "credentials": build_credentials_table,
+    "reach": build_reach_table,
+}

@@ -44,15 +44,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -61,70 +60,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import LakeError, SinkError
-from .schema import PARTITION_TIME, TABLES, conform
-from .sink import _fsync_dir, makedirs, write_bytes_atomic, write_parquet_atomic
+from ztaudit.core.columns import conform
+from ztaudit.core.errors import LakeError, SinkError
+from ztaudit.core.files import file_lock, fsync_dir, makedirs, write_bytes_atomic, write_parquet_atomic
+from ztaudit.core.keys import (
+    KAFKA_FILE_NAME,
+    MANIFEST,
+    Manifest,
+    forget_manifest,
+    merge_ranges,
+    origin_offsets,
+    read_manifest,
+)
+from ztaudit.core.schema import PARTITION_TIME, TABLES
 
 log = logging.getLogger(__name__)
 
-MANIFEST: Final = "_compacted.json"
 DEFAULT_TARGET_ROWS: Final = 1_000_000
-_KAFKA_NAME = re.compile(r"^(?P<tp>.+\+\d+)\+(?P<first>\d{20})\.parquet$")
 _RENAME_EXCHANGE: Final = 2
 _AT_FDCWD: Final = -100
-
-
-@dataclass
-class Manifest:
-    """``dt=D/_compacted.json``: what compaction merged into this day."""
-
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    kafka_ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    rows: int = 0
-    created_at: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps({"version": 1, "inputs": self.inputs, "outputs": self.outputs,
-                           "kafka_ranges": {k: [list(r) for r in v] for k, v in sorted(self.kafka_ranges.items())},
-                           "rows": self.rows, "created_at": self.created_at}, indent=1)
-
-
-_manifest_cache: dict[Path, tuple[float, Manifest | None]] = {}
-
-
-def read_manifest(day_dir: Path) -> Manifest | None:
-    """The day's compaction manifest, or None (cached by mtime: the consumer asks per flush)."""
-    path = day_dir / MANIFEST
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        return None
-    cached = _manifest_cache.get(path)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    try:
-        raw = json.loads(path.read_text())
-        m: Manifest | None = Manifest(
-            inputs=list(raw.get("inputs", [])), outputs=list(raw.get("outputs", [])),
-            kafka_ranges={k: [(int(a), int(b)) for a, b in v] for k, v in raw.get("kafka_ranges", {}).items()},
-            rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")))
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("compact: unreadable manifest %s (%s); ignoring it", path, exc)
-        m = None
-    _manifest_cache[path] = (mtime, m)
-    return m
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, coalesced (overlapping or adjacent) inclusive ranges."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
 
 
 def rename_exchange(a: Path, b: Path) -> bool:
@@ -145,19 +99,10 @@ def rename_exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-@contextlib.contextmanager
-def _day_lock(table_dir: Path, day: str) -> Iterator[None]:
-    lock = table_dir / f".compact-dt={day}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LakeError(f"another `ztaudit compact` is working on {table_dir.name} dt={day}",
-                            fix="wait for it to finish") from exc
-        yield
-    finally:
-        os.close(fd)
+def _day_lock(table_dir: Path, day: str) -> contextlib.AbstractContextManager[None]:
+    """The exclusive lock of one day of one table, held while it is compacted (fails at once if held)."""
+    return file_lock(table_dir / f".compact-dt={day}.lock", timeout=None, busy=lambda: LakeError(
+        f"another `ztaudit compact` is working on {table_dir.name} dt={day}", fix="wait for it to finish"))
 
 
 def _committed(day_dir: Path) -> list[Path]:
@@ -185,8 +130,6 @@ def _hash_from_outputs(m: Manifest) -> str:
 
 
 def _offsets_of(table: pa.Table) -> pa.Array:
-    from .consume import origin_offsets
-
     return origin_offsets(table.column("origin"))
 
 
@@ -234,7 +177,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 t = pq.read_table(p)
             except (OSError, pa.ArrowException) as exc:
                 raise LakeError(f"cannot read {p}: {exc}", fix="move the broken file away and rerun") from exc
-            m = _KAFKA_NAME.match(p.name)
+            m = KAFKA_FILE_NAME.match(p.name)
             if m and "origin" in t.column_names and t.num_rows:
                 hi = pc.max(_offsets_of(t)).as_py()
                 if hi is not None:
@@ -256,20 +199,20 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                             kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()},
                             rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
         _write_text_atomic(staging / MANIFEST, manifest.to_json())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         try:
             atomic = rename_exchange(staging, day_dir)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise SinkError(f"cannot swap {staging} and {day_dir}: {exc}") from exc
         if atomic:
-            _fsync_dir(table_dir)
+            fsync_dir(table_dir)
             # staging now holds the old day: carry over files that arrived after the snapshot
             for p in _committed(staging):
                 if p.name not in set(names):
                     os.rename(p, day_dir / p.name)
                     log.info("compact: kept %s (written while compacting)", p.name)
-            _fsync_dir(day_dir)
+            fsync_dir(day_dir)
             shutil.rmtree(staging, ignore_errors=True)
         else:
             log.warning("compact: this file system cannot swap directories atomically; readers of %s may "
@@ -277,12 +220,12 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
             for name in outputs:
                 os.replace(staging / name, day_dir / name)
             os.replace(staging / MANIFEST, day_dir / MANIFEST)
-            _fsync_dir(day_dir)
+            fsync_dir(day_dir)
             for p in inputs:
                 p.unlink(missing_ok=True)
-            _fsync_dir(day_dir)
+            fsync_dir(day_dir)
             shutil.rmtree(staging, ignore_errors=True)
-        _manifest_cache.pop(day_dir / MANIFEST, None)
+        forget_manifest(day_dir)
         result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], merged.num_rows, atomic)
         log.info("compact: %s", result.summary())
         return result

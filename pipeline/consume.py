@@ -94,14 +94,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .config import Config, KafkaSettings
-from .errors import KafkaTransientError, SinkError
-from .normalize import NormalizeContext
-from .records import KafkaOrigins, RawBatch
-from .schema import PARTITION_TIME
-from .sink import LakeSink, safe_key
-from .sources import kafka as ksrc
-from .sources.kafka import TP, CommitRejectedError, KafkaSource, preflight, tp_name
+from ztaudit.core.config import Config, KafkaSettings
+from ztaudit.core.errors import KafkaTransientError, SinkError
+from ztaudit.core.files import safe_key
+from ztaudit.core.keys import file_key, origin_offsets, read_manifest
+from ztaudit.core.schema import PARTITION_TIME
+from ztaudit.core.sink import LakeSink
+from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.records import KafkaOrigins, RawBatch
+from ztaudit.pipeline.sources import kafka as ksrc
+from ztaudit.pipeline.sources.kafka import TP, CommitRejectedError, KafkaSource, preflight, tp_name
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +125,7 @@ WRITER_WAIT_LOG_S: Final = 10.0
 #: Poll timeout while a round is in flight (a poll returns at once when records are there; on a
 #: quiet topic this bounds how long a written round waits for its commit).
 INFLIGHT_POLL_TIMEOUT_S: Final = 0.05
-__all__ = ["ConsumeOptions", "Metrics", "StreamConsumer", "consume", "file_key", "origin_offsets", "preflight"]
-
-
-def file_key(topic: str, partition: int, first_offset: int) -> str:
-    """The deterministic file key of a chunk: ``<topic>+<partition>+<first offset:020d>``."""
-    return f"{topic}+{partition}+{first_offset:020d}"
-
-
-def origin_offsets(origins: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Offsets parsed from ``kafka:<topic>/<partition>/<offset>`` origins (null for other origins)."""
-    arr = origins.combine_chunks() if isinstance(origins, pa.ChunkedArray) else origins
-    is_kafka = pc.fill_null(pc.match_substring_regex(arr, r"^kafka:.*/\d+$"), False)
-    arr = pc.if_else(is_kafka, arr, pa.scalar("kafka:x/0/0", pa.string()))
-    last = pc.list_element(pc.split_pattern(arr, "/", max_splits=1, reverse=True), 1)
-    return pc.if_else(is_kafka, pc.cast(last, pa.int64()), pa.scalar(None, pa.int64()))
+__all__ = ["ConsumeOptions", "Metrics", "StreamConsumer", "consume", "preflight"]
 
 
 @dataclass
@@ -803,7 +791,7 @@ class StreamConsumer:
 
     def _write_chunk(self, chunk: _Chunk) -> _Written:
         """Steps 3-5 for one chunk (on the writer thread): normalize, write with retries, clean."""
-        from .process import process
+        from ztaudit.pipeline.process import process
 
         tp = chunk.tp
         key = file_key(tp.topic, tp.partition, chunk.first)
@@ -857,7 +845,6 @@ class StreamConsumer:
         w = _time_window(table, time_col)
         days = _days_between(w) if w is not None else []
         ranges_by_day = {}
-        from .compact import read_manifest  # local import: compact imports this module's helpers
 
         for day in days:
             manifest = read_manifest(self.sink.lake / table_name / f"dt={day}")
@@ -991,8 +978,8 @@ def _warm_up_writer() -> None:
     open this thread's DuckDB connection, and convert one timestamp to Python (pyarrow imports
     pandas for that: :func:`_time_window`). Else the first round pays ~0.5-1 s for them."""
     try:
-        from .normalize.k8s_audit import connection
-        from .process import process  # noqa: F401
+        from ztaudit.pipeline.normalize.k8s_audit import connection
+        from ztaudit.pipeline.process import process  # noqa: F401
 
         connection()
         pa.scalar(0, pa.timestamp("us", "UTC")).as_py()

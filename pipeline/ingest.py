@@ -2,12 +2,12 @@
 
 :func:`ingest_paths` is the library API (``ztaudit ingest``, ``ztaudit demo``, tests and
 ``bench/ingest.py`` call it). Its loop reads as the pipeline does -- read a chunk, process it,
-write it -- and each chunk's tables go through :class:`~ztaudit.pipeline.sink.LakeSink` as soon as
+write it -- and each chunk's tables go through :class:`~ztaudit.core.sink.LakeSink` as soon as
 they exist, so memory is bounded by one chunk whatever the input size.
 
-Failure: a missing or unreadable input raises :class:`~ztaudit.pipeline.errors.SourceError`
+Failure: a missing or unreadable input raises :class:`~ztaudit.core.errors.SourceError`
 before anything from that input is written (inputs before it are already in the lake); a lake
-that cannot be written raises :class:`~ztaudit.pipeline.errors.SinkError`. Bad *records* never
+that cannot be written raises :class:`~ztaudit.core.errors.SinkError`. Bad *records* never
 raise: they are counted and written to ``quarantine/``, and the run goes on (``--strict`` turns a
 non-empty quarantine into exit code 3 at the end, in the CLI).
 """
@@ -27,13 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
 
-from .config import Config
-from .errors import SourceError
-from .normalize import NORMALIZERS, NormalizeContext
-from .process import process
-from .records import BatchResult, RawBatch
-from .sink import LakeSink
-from .sources.files import Chunk, expand_paths, read_chunks, total_size
+from ztaudit.core.config import Config
+from ztaudit.core.errors import SourceError
+from ztaudit.core.sink import LakeSink
+from ztaudit.pipeline.normalize import NORMALIZERS, NormalizeContext
+from ztaudit.pipeline.process import process
+from ztaudit.pipeline.records import BatchResult, RawBatch
+from ztaudit.pipeline.sources.files import Chunk, expand_paths, read_chunks, total_size
 
 
 @dataclass

@@ -35,14 +35,15 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
-from .decode.values import decode_record, dumps
-from .normalize import NORMALIZERS, NormalizeContext, Normalizer, Unwrapped, get
-from .normalize.k8s_audit import SOURCE as K8S
-from .normalize.k8s_audit import map_events
-from .records import BatchResult, Origins, RawBatch, Reason, Rejected, pack_records
-from .redact import scrub_raw
-from .schema import TABLES, conform
-from .sink import QUARANTINE_RAW_CAP
+from ztaudit.core.columns import conform
+from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Reason, Rejected
+from ztaudit.core.schema import TABLES
+from ztaudit.pipeline.decode.values import decode_record, dumps
+from ztaudit.pipeline.normalize import NORMALIZERS, NormalizeContext, Normalizer, Unwrapped, get
+from ztaudit.pipeline.normalize.k8s_audit import SOURCE as K8S
+from ztaudit.pipeline.normalize.k8s_audit import map_events
+from ztaudit.pipeline.records import BatchResult, Origins, RawBatch, pack_records
+from ztaudit.pipeline.redact import scrub_raw
 
 log = logging.getLogger(__name__)
 

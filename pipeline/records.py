@@ -10,24 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
 
-
-class Reason(StrEnum):
-    """Why a record went to quarantine. The values are what users see in reports."""
-
-    INVALID_JSON = "invalid_json"
-    NOT_UTF8 = "not_utf8"
-    OVERSIZED = "oversized"
-    UNKNOWN_SHAPE = "unknown_shape"
-    WRONG_TYPE = "wrong_type"
-    TRUNCATED = "truncated"
-    EMPTY = "empty"
-    MISSING_FIELD = "missing_field"
-    BAD_TIMESTAMP = "bad_timestamp"
+from ztaudit.core.quarantine import Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +120,6 @@ class RawBatch:
     cluster: str | None = None
     #: ``records`` already packed by the producer (optional; must hold the same bytes).
     packed: PackedRecords | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A record that could not be normalized, with why and where."""
-
-    origin: str
-    reason: Reason
-    detail: str
-    raw: bytes
-    source_guess: str | None = None
-    raw_size: int = -1
 
 
 @dataclass(slots=True)

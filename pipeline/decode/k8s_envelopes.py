@@ -31,9 +31,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ..normalize import Unwrapped
-from ..records import Reason
-from .values import CLOUDWATCH_TRUNCATED, json_failure, loads
+from ztaudit.core.quarantine import Reason
+from ztaudit.pipeline.decode.values import CLOUDWATCH_TRUNCATED, json_failure, loads
+from ztaudit.pipeline.normalize import Unwrapped
 
 REJECT_KEY: Final = "\x00ztaudit_reject"
 _MAX_ITEMS_DEPTH = 4
@@ -119,7 +119,7 @@ def _obj(value: Any) -> dict[str, Any]:
 
 
 def _dump(value: Any) -> bytes:
-    from .values import dumps
+    from ztaudit.pipeline.decode.values import dumps
 
     return dumps(value)
 

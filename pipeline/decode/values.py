@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..records import Reason
+from ztaudit.core.quarantine import Reason
 
 #: CloudWatch Logs cuts messages over its event size limit and appends this marker; such a
 #: message cannot be parsed (falcosecurity/plugins k8saudit-eks skips them; k8s-audit-schema §8.2).

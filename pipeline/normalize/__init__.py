@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
-from ..records import Rejected
+from ztaudit.core.quarantine import Rejected
 
 
 @dataclass(frozen=True, slots=True)

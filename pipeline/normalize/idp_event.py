@@ -49,11 +49,11 @@ from typing import Any, ClassVar, Final
 import orjson
 import pyarrow as pa
 
-from ..records import Reason, Rejected
-from ..schema import IDP_EVENT
-from ..timeutil import TimestampError, parse_timestamp
-from . import NormalizeContext, Unwrapped
-from .rowmap import RecordMapper, RecordRejected
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.schema import IDP_EVENT
+from ztaudit.core.timeutil import TimestampError, parse_timestamp
+from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected
 
 __all__ = ["LIST_COLUMNS", "SCOPES", "IdpEventNormalizer"]
 

@@ -59,13 +59,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import IdentitySettings
-from ..decode.k8s_envelopes import REJECT_KEY, unwrap_k8s
-from ..decode.values import dumps
-from ..records import Reason, Rejected
-from ..redact import JWT_RE, QUERY_SECRET_RE, scrub_raw
-from ..schema import K8S_AUDIT, conform
-from . import NormalizeContext, Unwrapped
+from ztaudit.core.columns import conform
+from ztaudit.core.config import IdentitySettings
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.schema import K8S_AUDIT
+from ztaudit.pipeline.decode.k8s_envelopes import REJECT_KEY, unwrap_k8s
+from ztaudit.pipeline.decode.values import dumps
+from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.redact import JWT_RE, QUERY_SECRET_RE, scrub_raw
 
 SOURCE: Final = "k8s_audit"
 

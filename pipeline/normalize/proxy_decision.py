@@ -29,12 +29,12 @@ from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
-from ..records import Reason, Rejected
-from ..redact import mask_query as redact_query
-from ..schema import PROXY_DECISION
-from ..timeutil import TimestampError, parse_go_layout, parse_timestamp
-from . import NormalizeContext, Unwrapped
-from .rowmap import RecordMapper, RecordRejected
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.schema import PROXY_DECISION
+from ztaudit.core.timeutil import TimestampError, parse_go_layout, parse_timestamp
+from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected
+from ztaudit.pipeline.redact import mask_query as redact_query
 
 __all__ = ["ProxyDecisionNormalizer", "mask_query"]
 

@@ -31,10 +31,10 @@ from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
-from ..catalog import register_view
-from ..records import Reason, Rejected
-from ..schema import STR_LIST, TS, Column, _schema, conform, register_table
-from . import NormalizeContext, Unwrapped
+from ztaudit.core.columns import conform
+from ztaudit.core.derived_tables import RBAC_GRANT
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
 
 SOURCE: Final = "rbac_snapshot"
 TABLE: Final = "rbac_grant"
@@ -44,44 +44,6 @@ BINDING_KINDS: Final = ("RoleBinding", "ClusterRoleBinding")
 RBAC_KINDS: Final = (*ROLE_KINDS, *BINDING_KINDS)
 #: Resources whose ``impersonate`` verb lets a subject act as someone else (§6).
 IMPERSONATE_RESOURCES: Final = ("users", "groups", "serviceaccounts", "userextras", "uids", "*")
-
-RBAC_GRANT: Final = _schema(
-    TABLE,
-    "RBAC grants from an RBAC snapshot: one row per subject × rule × binding.",
-    [
-        Column("snapshot_at", TS, "When the snapshot was ingested (the List carries no time)."),
-        Column("cluster", pa.string(), "Cluster (--cluster or envelope)."),
-        Column("subject_kind", pa.string(), "User | Group | ServiceAccount."),
-        Column("subject_name", pa.string(), "subjects[].name."),
-        Column("subject_namespace", pa.string(), "subjects[].namespace (ServiceAccount)."),
-        Column("subject", pa.string(), "Name as the audit log spells it: system:serviceaccount:NS:NAME, "
-               "user name or group name."),
-        Column("binding_kind", pa.string(), "RoleBinding | ClusterRoleBinding."),
-        Column("binding_name", pa.string(), "Binding name."),
-        Column("binding_namespace", pa.string(), "Binding namespace (RoleBinding)."),
-        Column("role_kind", pa.string(), "Role | ClusterRole (roleRef.kind)."),
-        Column("role_name", pa.string(), "roleRef.name."),
-        Column("role_found", pa.bool_(), "False when the referenced role is not in the snapshot."),
-        Column("rule_index", pa.int32(), "Index of the rule in the role (null when role_found is false)."),
-        Column("verbs", STR_LIST, "rules[].verbs."),
-        Column("api_groups", STR_LIST, "rules[].apiGroups ('' = core)."),
-        Column("resources", STR_LIST, "rules[].resources (may be resource/subresource or *)."),
-        Column("resource_names", STR_LIST, "rules[].resourceNames (empty = any)."),
-        Column("non_resource_urls", STR_LIST, "rules[].nonResourceURLs."),
-        Column("scope_namespace", pa.string(), "Namespace the grant applies in; null = cluster-wide."),
-        Column("can_impersonate", pa.bool_(), "The rule grants impersonate on users/groups/serviceaccounts/"
-               "userextras/uids."),
-        Column("origin", pa.string(), "Where the snapshot came from (file:<path>:<line>, kafka:...)."),
-        Column("ingested_at", TS, "When ztaudit wrote the row (UTC)."),
-    ],
-)
-# The ingest engine writes each source kind's table under the source id (DESIGN.md: the source id
-# is also the lake folder and table name), so the rows live in LAKE/rbac_snapshot/ and the
-# ``rbac_grant`` name is a catalog view over them: what reports and notebooks query.
-register_table(SOURCE, RBAC_GRANT, "snapshot_at")
-register_view(TABLE, "RBAC grants (one row per subject × rule × binding) from rbac_snapshot ingests.",
-              f"SELECT * FROM {SOURCE}")
-
 
 def _is_rbac_item(item: Any) -> bool:
     return (isinstance(item, Mapping) and item.get("kind") in RBAC_KINDS

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from ..records import Reason, Rejected
-from ..redact import mask_query, scrub_raw
-from ..schema import conform
-from . import NormalizeContext, Unwrapped
+from ztaudit.core.columns import conform
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.redact import mask_query, scrub_raw
 
 Row = dict[str, Any]
 Builder = Callable[[Mapping[str, Any], NormalizeContext], Row]

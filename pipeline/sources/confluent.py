@@ -31,9 +31,9 @@ from typing import Any, Final
 
 import confluent_kafka as ck
 
-from ..config import KafkaSettings
-from ..errors import ConfigError, KafkaConnectError, KafkaTransientError
-from .kafka import (
+from ztaudit.core.config import KafkaSettings
+from ztaudit.core.errors import ConfigError, KafkaConnectError, KafkaTransientError
+from ztaudit.pipeline.sources.kafka import (
     COMMIT_TIMEOUT_MS,
     FETCH_MAX_BYTES,
     MAX_PARTITION_FETCH_BYTES,

@@ -2,7 +2,7 @@
 
 Called by :func:`ztaudit.pipeline.ingest.ingest_paths`. :func:`expand_paths` turns the command
 line into input files (folders recursively, sorted, skipping hidden files and ``*.md``; ``-`` is
-stdin) and raises :class:`~ztaudit.pipeline.errors.SourceError` with a fix for a missing path.
+stdin) and raises :class:`~ztaudit.core.errors.SourceError` with a fix for a missing path.
 :func:`read_chunks` yields :class:`Chunk` values of at most about ``chunk_bytes`` each, so memory
 stays bounded whatever the input size; a bad *record* never raises here -- it is passed on for
 ``process()`` to quarantine.
@@ -46,9 +46,10 @@ from typing import IO, Any, Final
 import numpy as np
 import pyarrow as pa
 
-from ..decode.values import dumps, json_failure, loads
-from ..errors import SourceError
-from ..records import LineOrigins, PackedRecords, Reason, pack_records
+from ztaudit.core.errors import SourceError
+from ztaudit.core.quarantine import Reason
+from ztaudit.pipeline.decode.values import dumps, json_failure, loads
+from ztaudit.pipeline.records import LineOrigins, PackedRecords, pack_records
 
 #: Bound on a file read as one JSON document (pretty-printed or a JSON array spanning lines).
 DOCUMENT_MAX_BYTES: Final = 256 * 1024 * 1024

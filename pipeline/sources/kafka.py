@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
 
-from ..config import KafkaSettings
-from ..errors import ConfigError, KafkaConnectError, KafkaTransientError
+from ztaudit.core.config import KafkaSettings
+from ztaudit.core.errors import ConfigError, KafkaConnectError, KafkaTransientError
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +547,7 @@ def open_source(settings: KafkaSettings, *, group: str, start_from: str,
         return KafkaPythonSource(settings, group=group, start_from=start_from, password=password)
     if settings.backend == "confluent":
         try:
-            from .confluent import ConfluentSource
+            from ztaudit.pipeline.sources.confluent import ConfluentSource
         except ImportError as exc:
             raise ConfigError("kafka.backend", f"confluent needs the confluent-kafka package ({exc})",
                               fix="pip install 'ztaudit[confluent]' (or use --backend kafka-python)") from None

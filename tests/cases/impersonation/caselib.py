@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from ztaudit.pipeline.config import Config, load_config
-from ztaudit.pipeline.schema import TABLES
-from ztaudit.pipeline.sink import LakeSink
+
+from ztaudit.core.config import Config, load_config
+from ztaudit.core.schema import TABLES
+from ztaudit.core.sink import LakeSink
 
 HERE = Path(__file__).resolve().parent.parent  # tests/cases
 

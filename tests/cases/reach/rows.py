@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from ztaudit.pipeline.schema import K8S_AUDIT
-from ztaudit.pipeline.sink import LakeSink
+
+from ztaudit.core.schema import K8S_AUDIT
+from ztaudit.core.sink import LakeSink
 
 _counter = itertools.count()
 
@@ -94,7 +95,7 @@ def case_window(case: dict[str, Any]) -> tuple[datetime | None, datetime | None]
 
 def case_config(case: dict[str, Any]) -> Any:
     """Default config with the case's ``config`` overrides ({section: {key: value}})."""
-    from ztaudit.pipeline.config import load_config
+    from ztaudit.core.config import load_config
 
     return load_config(None, env={}, overrides=case.get("config"))
 

@@ -1,0 +1,35 @@
+"""``ztaudit compact``: merge one day's small Parquet files into a few large ones, atomically.
+
+Thin: flags -> :func:`ztaudit.pipeline.compact.compact`. The guarantees (readers never see
+duplicates or gaps; safe while ``consume`` writes other dates; replays do not reintroduce rows)
+are in that module's docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ztaudit.core.schema import TABLES
+
+
+@click.command()
+@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
+              help="Lake directory.")
+@click.option("--source", "table", required=True, type=click.Choice(sorted(TABLES)),
+              help="Table (source kind) whose day to compact.")
+@click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The dt= partition to compact.")
+@click.option("--target-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Rows per merged file (each file has DuckDB-sized row groups of 122,880 rows).")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line.")
+def compact(lake: str, table: str, day: str, target_rows: int, quiet: bool) -> None:
+    """Merge LAKE/SOURCE/dt=DATE into few large files with an atomic directory swap."""
+    from ztaudit.pipeline.compact import compact as run_compact
+
+    if not quiet:
+        logging.getLogger("ztaudit.pipeline").setLevel(logging.INFO)
+    result = run_compact(Path(lake), table, day, target_rows=target_rows)
+    if not quiet:
+        click.echo(f"compact: {result.summary()}")

@@ -1,0 +1,66 @@
+"""``ztaudit config check``: validate a config file and print every effective setting with its reason.
+
+Exit codes: 0 valid; 2 invalid (the error names the key and the fix; raised as ``ConfigError``
+and turned into the exit code by ``pipeline/cli.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ztaudit.core.config import Config, effective_settings, load_config
+from ztaudit.core.errors import ConfigError
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(", ", ": "))
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def check_regexes(cfg: Config) -> None:
+    """Patterns must also compile in DuckDB's RE2, where the detectors evaluate them.
+
+    Raises :class:`ConfigError` naming the key and pattern (Python ``re`` accepts look-arounds and
+    back-references that RE2 rejects).
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        for key, patterns in (("identities.human_user_patterns", cfg.identities.human_user_patterns),
+                              ("identities.human_group_patterns", cfg.identities.human_group_patterns),
+                              ("identities.system_user_patterns", cfg.identities.system_user_patterns)):
+            for p in patterns:
+                try:
+                    con.execute("SELECT regexp_matches('x', ?)", [p]).fetchall()
+                except duckdb.Error as exc:
+                    raise ConfigError(key, f"pattern {p!r} is not valid RE2 (used by detectors): {exc}",
+                                      fix="avoid look-arounds and back-references") from exc
+    finally:
+        con.close()
+
+
+@click.group("config")
+def config() -> None:
+    """Inspect and validate the configuration."""
+
+
+@config.command("check")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="File to check (default: $ZTAUDIT_CONFIG, else ./ztaudit.toml, else defaults).")
+@click.option("--defaults", is_flag=True, help="Ignore any file and environment; print the built-in defaults.")
+def check(config_path: str | None, defaults: bool) -> None:
+    """Validate the configuration and print each effective setting with its one-line reason."""
+    cfg = Config() if defaults else load_config(config_path)
+    check_regexes(cfg)
+    source = "built-in defaults" if defaults or not cfg.source_path else cfg.source_path
+    click.echo(f"# configuration OK ({source})")
+    for key, value, why in effective_settings(cfg):
+        # secrets are never values here: the file names an environment variable or a file (config.py)
+        click.echo(f"{key} = {_show(value)}")
+        if why:
+            click.echo(f"    # {why}")

@@ -1,0 +1,115 @@
+"""``ztaudit report NAME [ACTOR]``: run a registered report over the lake, in any format.
+
+Thin: parse options, open the lake, run the report from the registry
+(:data:`ztaudit.reports.REPORTS`), render, write. Every filter value is bound as a SQL
+parameter by the report code; nothing typed here is formatted into SQL.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from ztaudit.core.config import load_config
+from ztaudit.core.lake import open_lake
+from ztaudit.reports import REPORTS, run_report
+from ztaudit.reports.base import Progress, ReportContext
+from ztaudit.reports.filters import Filters, parse_time
+from ztaudit.reports.formats import FORMATS, render
+
+
+def list_text() -> str:
+    """Report names and one-line descriptions, for ``--list``."""
+    width = max(len(n) for n in REPORTS)
+    return "".join(f"{n.ljust(width)}  {s.description}\n" for n, s in REPORTS.items())
+
+
+def write_output(text: str, out: str | None, *, quiet: bool) -> None:
+    """Write ``text`` to ``out`` (a file) or stdout; say where a file went on stderr."""
+    if out is None or out == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    if not quiet:
+        click.echo(f"wrote {path}", err=True)
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("name", required=False)
+@click.argument("subject", required=False, metavar="[ACTOR]")
+@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
+              help="Lake directory.")
+@click.option("--since", help="Start (inclusive): ISO-8601 time or relative duration (24h, 7d).")
+@click.option("--until", help="End (exclusive): ISO-8601 time or relative duration.")
+@click.option("--cluster", help="Only this cluster.")
+@click.option("--actor", help="Only this identity (for identity reports: the identity).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout "
+              "(html defaults to ztaudit-NAME.html).")
+@click.option("--section", help="JSON/CSV: the section to print (default: the report's first; json: 'all').")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="Rows for top-N sections (reach, credentials, timeline, quarantine records).")
+@click.option("--detector", help="findings: only this detector id or prefix (e.g. credential).")
+@click.option("--severity", type=click.Choice(["info", "low", "medium", "high", "critical"]),
+              help="findings: at least this severity.")
+@click.option("--granted", is_flag=True,
+              help="reach: compare what RBAC grants with what is used (needs an ingested RBAC snapshot).")
+@click.option("--width", type=click.IntRange(40), default=100, show_default=True, help="Table width.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="ztaudit.toml to use.")
+@click.option("--list", "list_only", is_flag=True, help="List the reports and exit.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or status messages on stderr.")
+def report(name: str | None, subject: str | None, lake: str, since: str | None, until: str | None,
+           cluster: str | None, actor: str | None, fmt: str, out: str | None, section: str | None, limit: int,
+           detector: str | None, severity: str | None, granted: bool, width: int,
+           config_path: str | None, list_only: bool, quiet: bool) -> None:
+    """Run report NAME over the lake (see --list). `identity` takes the identity as ACTOR.
+
+    \b
+    Examples:
+      ztaudit report summary
+      ztaudit report findings --since 7d --format json
+      ztaudit report identity alice@example.com --format html --out alice.html
+    """
+    if list_only or name is None:
+        click.echo(list_text(), nl=False)
+        if name is None and not list_only:
+            click.echo("\nusage: ztaudit report NAME [ACTOR] [options]; see --help", err=True)
+        return
+    if name not in REPORTS:
+        raise click.UsageError(f"unknown report {name!r}; known: {', '.join(REPORTS)}")
+    if subject is not None and not REPORTS[name].needs_subject:
+        raise click.UsageError(f"report {name} takes no ACTOR argument; use --actor to filter")
+    if section is not None and fmt not in ("json", "csv"):
+        raise click.UsageError("--section applies to --format json or csv")
+    now = datetime.now(UTC)
+    filters = Filters(
+        since=parse_time(since, now=now, option="--since") if since else None,
+        until=parse_time(until, now=now, option="--until") if until else None,
+        cluster=cluster, actor=actor,
+    )
+    if REPORTS[name].needs_subject and subject is None and actor is None:
+        raise click.UsageError(f"report {name} needs an identity: ztaudit report {name} ACTOR")
+    cfg = load_config(config_path)
+    progress = Progress.auto(sys.stderr, quiet=quiet)
+    con = open_lake(lake)
+    try:
+        ctx = ReportContext(con=con, config=cfg, filters=filters, progress=progress, want_charts=fmt == "html",
+                            limit=limit, lake=str(lake),
+                            options={"subject": subject, "detector": detector, "severity": severity,
+                                     "granted": granted})
+        result = run_report(name, ctx)
+        result.generated_at = now
+        try:
+            text = render(result, fmt, section=section, width=width)
+        except (KeyError, ValueError) as exc:
+            raise click.UsageError(str(exc).strip("'\"")) from exc
+    finally:
+        con.close()
+    if fmt == "html" and out is None:
+        out = f"ztaudit-{name}.html"
+    write_output(text, out, quiet=quiet)

@@ -1,0 +1,379 @@
+"""Configuration: ``ztaudit.toml``, then ``ZTAUDIT_*`` environment overrides, then CLI flags.
+
+Where the file is: ``--config PATH``, else ``$ZTAUDIT_CONFIG``, else ``./ztaudit.toml`` if it exists,
+else the defaults below. Every default carries a one-line reason (``why``), printed by
+``ztaudit config check``. Environment overrides are ``ZTAUDIT_<SECTION>_<KEY>`` (upper case), for
+example ``ZTAUDIT_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092``; lists are comma-separated and tables
+are JSON. Validation errors raise :class:`ConfigError` naming the key and the fix.
+
+Secrets (Kafka SASL password) are never stored in the file: the file names an environment
+variable or a file that holds them, and :meth:`KafkaSettings.password` reads it when needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ztaudit.core.errors import ConfigError
+
+
+def _opt(default: Any, why: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"why": why})
+    return field(default=default, metadata={"why": why})
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_record_bytes: int = _opt(1024 * 1024, "1 MiB: the API server's own audit truncation keeps events "
+                                 "well below it; anything larger is hostile or broken")
+    cluster_from_path: str = _opt(
+        r"(?:^|/)cluster=(?P<cluster>[^/]+)/",
+        "audit lines carry no cluster name; a shipper that writes one folder per cluster "
+        "(hive-style cluster=NAME/) names it; a regex with a (?P<cluster>...) group, matched on the input path")
+    chunk_bytes: int = _opt(64 * 1024 * 1024, "64 MiB per columnar parse: large enough for DuckDB-sized row "
+                            "groups, small enough to bound memory whatever the input size")
+
+
+@dataclass(frozen=True)
+class ImpersonationSettings:
+    approved_impersonators: dict[str, list[str]] = _opt(
+        {"*": ["system:serviceaccount:pomerium:pomerium-authorize"]},
+        "per cluster ('*' = all): the proxy service accounts allowed to impersonate people; "
+        "the default is the Pomerium authorize service account")
+    proxy_hosts: dict[str, str] = _opt(
+        {}, "proxy route host -> cluster it fronts; empty means one cluster, named by --cluster")
+    break_glass: list[str] = _opt(
+        [], "identities allowed to reach the API directly in an emergency; each use is still reported at "
+        "severity low")
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    human_user_patterns: list[str] = _opt(
+        [r"^[^@\s:]+@[^@\s]+\.[^@\s]+$", r"^(oidc|okta|azure|google|sso):"],
+        "people log in with an email or an OIDC-prefixed name; machines are system:* identities")
+    human_group_patterns: list[str] = _opt([], "groups that only people are in (e.g. an IdP group prefix)")
+    system_user_patterns: list[str] = _opt(
+        [r"^system:(kube-|apiserver|volume-scheduler|admin$|anonymous$)", r"^(eks|aks|gke)[:-]",
+         r"^aksService$", r"^kubernetes-admin$"],
+        "control-plane components and cloud-provider agents")
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    match_window_seconds: float = _opt(
+        3.0, "Pomerium logs whole seconds (up to 1 s lost) and proxy and API-server clocks drift up to "
+        "~1.5 s; 3 s covers both without pairing unrelated requests")
+    proxy_utc_offset: str = _opt(
+        "", "offset for proxy lines whose time has no zone (e.g. '+02:00'); empty = the line's own "
+        "offset, else UTC")
+    exact_id_window_seconds: float = _opt(
+        300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
+        "client-chosen Audit-IDs reused much later, so it can be generous")
+
+
+@dataclass(frozen=True)
+class RevocationSettings:
+    grace_seconds: int = _opt(
+        900, "Pomerium re-checks the IdP every 10 min by default and at token refresh; 15 min covers it")
+    lookback_days: int = _opt(
+        30, "how far back detect looks for revocations whose enforcement is still being judged")
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    max_age_hours: dict[str, float] = _opt(
+        {"jti": 48.0, "x509": 24.0 * 400, "legacy_secret": 24.0 * 365},
+        "bound tokens are rotated hourly by the kubelet (48 h flags a token read once and never "
+        "reloaded); client certs are commonly issued for 1 year; legacy tokens never expire")
+    dormancy_days: float = _opt(
+        30.0, "a credential unused for a month and then used again is worth a look")
+    cluster_networks: dict[str, list[str]] = _opt(
+        {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8", "::1/128"]},
+        "pod, node and control-plane networks are private ranges in nearly every cluster; set the "
+        "exact CIDRs per cluster for precision")
+    shared_window_seconds: int = _opt(
+        300, "one credential seen from several places within 5 min is concurrent use, not travel")
+
+
+@dataclass(frozen=True)
+class ReachSettings:
+    baseline_days: int = _opt(14, "two weeks of history covers weekly rhythms")
+    window: str = _opt("day", "feature window: 'hour' or 'day'; a day smooths bursts, an hour reacts faster")
+    contamination: float = _opt(0.001, "expected share of anomalous actor-windows in the baseline")
+    min_history_windows: int = _opt(3, "below this an actor is judged against its peers only")
+    random_state: int = _opt(7, "fixed so scores are reproducible run to run")
+    model_top_share: float = _opt(
+        0.05, "a reach finding needs the model to rank the window among the most unusual 5 % of the baseline's "
+        "actor-windows; the robust per-feature gate (margins over the actor's usual and its peers' maximum) "
+        "gives the precision")
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    streaming_lookback_seconds: int = _opt(
+        3600, "after each consumer flush, detectors re-judge the last hour so proxy and audit lines that "
+        "arrive minutes apart still pair up")
+    lock_timeout_seconds: float = _opt(
+        120.0, "batch detect and the streaming consumer take turns on the findings files; waiting 2 min "
+        "covers a full detect run on a day of data")
+    max_evidence: int = _opt(50, "event references kept per finding: enough to investigate, small enough "
+                             "to read")
+    memory_limit: str = _opt("2GB", "DuckDB spills to disk beyond this, so detect over a week of a busy "
+                             "cluster stays within a 4 GiB host; empty = DuckDB's default (80% of RAM)")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = _opt("127.0.0.1:9092", "a local broker, as started by `make kafka`")
+    group: str = _opt("ztaudit", "one consumer group; more processes in it scale ingest out")
+    backend: str = _opt("kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
+                        "ztaudit[confluent] extra) decodes records in C and is faster per process")
+    session_timeout_ms: int = _opt(
+        10_000, "a killed consumer holds its partitions until this expires; 10 s fails over quickly and "
+        "heartbeats run on kafka-python's IO thread, so long flushes do not expire it")
+    topics: list[str] = _opt([], "NAME or NAME=SOURCE_KIND; empty means --topic must be given")
+    start_from: str = _opt("earliest", "a new lake wants history, not only what arrives from now on")
+    flush_records: int = _opt(100_000, "about one DuckDB row group per file")
+    flush_bytes: int = _opt(128 * 1024 * 1024, "bounds memory per partition buffer")
+    flush_seconds: float = _opt(30.0, "a quiet topic still reaches the lake within half a minute")
+    security_protocol: str = _opt("PLAINTEXT", "loopback development broker")
+    sasl_mechanism: str = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_* protocols")
+    sasl_username: str = _opt("", "SASL user name")
+    sasl_password_env: str = _opt("ZTAUDIT_KAFKA_PASSWORD", "the password comes from this environment variable")
+    sasl_password_file: str = _opt("", "or from this file (first line), e.g. a mounted Kubernetes secret")
+    ssl_cafile: str = _opt("", "CA bundle for SSL/SASL_SSL; empty = system trust store")
+    ssl_certfile: str = _opt("", "client certificate for mutual TLS")
+    ssl_keyfile: str = _opt("", "client key for mutual TLS")
+    findings_topic: str = _opt("", "when set, streaming findings are also produced to this topic")
+
+    def password(self) -> str | None:
+        """The SASL password from the file or environment variable named in the config, or None."""
+        if self.sasl_password_file:
+            try:
+                return Path(self.sasl_password_file).read_text().splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError("kafka.sasl_password_file", f"cannot read {self.sasl_password_file}: {exc}",
+                                  fix="point it at a readable file whose first line is the password") from exc
+        value = os.environ.get(self.sasl_password_env) if self.sasl_password_env else None
+        return value or None
+
+
+@dataclass(frozen=True)
+class Config:
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    impersonation: ImpersonationSettings = field(default_factory=ImpersonationSettings)
+    identities: IdentitySettings = field(default_factory=IdentitySettings)
+    correlation: CorrelationSettings = field(default_factory=CorrelationSettings)
+    revocation: RevocationSettings = field(default_factory=RevocationSettings)
+    credentials: CredentialSettings = field(default_factory=CredentialSettings)
+    reach: ReachSettings = field(default_factory=ReachSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
+    source_path: str | None = None
+
+    # --- helpers the detectors use -------------------------------------------------------
+    def approved_for(self, cluster: str | None) -> list[str]:
+        """Approved impersonators for ``cluster`` (its own list plus the '*' list)."""
+        m = self.impersonation.approved_impersonators
+        return sorted(set(m.get("*", [])) | set(m.get(cluster or "", [])))
+
+    def networks_for(self, cluster: str | None) -> list[str]:
+        m = self.credentials.cluster_networks
+        return list(m.get(cluster or "", m.get("*", [])))
+
+
+_SECTIONS = [f.name for f in fields(Config) if f.name != "source_path"]
+
+
+def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
+    origin = getattr(typ, "__origin__", typ)
+    try:
+        if origin is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if origin is int:
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if origin is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if origin is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if origin is list:
+            if from_env and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
+        if origin is dict:
+            if from_env and isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise TypeError
+            return {str(k): v for k, v in value.items()}
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(key, f"expected {typ}, got {value!r}",
+                          fix="see `ztaudit config check --defaults` for the expected form") from exc
+    return value
+
+
+def _build(section_cls: type, name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = get_type_hints(section_cls)
+    known = {f.name for f in fields(section_cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown key",
+                          fix=f"valid keys in [{name}]: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(section_cls):
+        key = f"{name}.{f.name}"
+        env_name = f"ZTAUDIT_{name.upper()}_{f.name.upper()}"
+        if env_name in env:
+            kwargs[f.name] = _coerce(key, env[env_name], hints[f.name], from_env=True)
+        elif f.name in raw:
+            kwargs[f.name] = _coerce(key, raw[f.name], hints[f.name], from_env=False)
+    return section_cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    for key, patterns in (("identities.human_user_patterns", cfg.identities.human_user_patterns),
+                          ("identities.human_group_patterns", cfg.identities.human_group_patterns),
+                          ("identities.system_user_patterns", cfg.identities.system_user_patterns)):
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ConfigError(key, f"bad regular expression {p!r}: {exc}") from exc
+    for cluster, nets in cfg.credentials.cluster_networks.items():
+        for n in nets:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"credentials.cluster_networks.{cluster}", f"bad CIDR {n!r}",
+                                  fix="write networks like '10.0.0.0/8'") from exc
+    for cluster, ids in cfg.impersonation.approved_impersonators.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"impersonation.approved_impersonators.{cluster}", "must be a list of usernames")
+    if cfg.kafka.start_from not in ("earliest", "latest"):
+        raise ConfigError("kafka.start_from", f"{cfg.kafka.start_from!r} is not earliest|latest")
+    if cfg.kafka.backend not in ("kafka-python", "confluent"):
+        raise ConfigError("kafka.backend", f"{cfg.kafka.backend!r} is not kafka-python|confluent",
+                          fix="use kafka-python (default) or confluent (pip install 'ztaudit[confluent]')")
+    if cfg.kafka.session_timeout_ms < 1000:
+        raise ConfigError("kafka.session_timeout_ms", "must be >= 1000 (brokers reject less by default: 6000)")
+    if cfg.kafka.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError("kafka.security_protocol", f"{cfg.kafka.security_protocol!r} is not supported",
+                          fix="use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    if cfg.kafka.sasl_mechanism not in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError("kafka.sasl_mechanism", f"{cfg.kafka.sasl_mechanism!r} is not supported",
+                          fix="use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if cfg.revocation.grace_seconds < 0:
+        raise ConfigError("revocation.grace_seconds", "must be >= 0")
+    if cfg.correlation.match_window_seconds <= 0:
+        raise ConfigError("correlation.match_window_seconds", "must be > 0")
+    if cfg.reach.window not in ("hour", "day"):
+        raise ConfigError("reach.window", f"{cfg.reach.window!r} is not hour|day")
+    if cfg.correlation.exact_id_window_seconds <= 0:
+        raise ConfigError("correlation.exact_id_window_seconds", "must be > 0")
+    if cfg.detect.streaming_lookback_seconds < 0:
+        raise ConfigError("detect.streaming_lookback_seconds", "must be >= 0")
+    if cfg.detect.lock_timeout_seconds <= 0:
+        raise ConfigError("detect.lock_timeout_seconds", "must be > 0")
+    if cfg.detect.max_evidence < 1:
+        raise ConfigError("detect.max_evidence", "must be >= 1")
+    if cfg.detect.memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", cfg.detect.memory_limit):
+        raise ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
+                          fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default")
+    for host in cfg.impersonation.proxy_hosts.values():
+        if not isinstance(host, str) or not host:
+            raise ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
+                              fix='write proxy_hosts = { "k8s.example.com" = "prod" }')
+    try:
+        if cfg.ingest.cluster_from_path and "cluster" not in re.compile(cfg.ingest.cluster_from_path).groupindex:
+            raise ConfigError("ingest.cluster_from_path", "the pattern has no (?P<cluster>...) group",
+                              fix="name the part of the path that is the cluster, e.g. cluster=(?P<cluster>[^/]+)/")
+    except re.error as exc:
+        raise ConfigError("ingest.cluster_from_path", f"bad regular expression: {exc}") from exc
+    if cfg.ingest.max_record_bytes < 1024:
+        raise ConfigError("ingest.max_record_bytes", "must be at least 1024")
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read: --config, $ZTAUDIT_CONFIG, ./ztaudit.toml, or None for defaults."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("ZTAUDIT_CONFIG"):
+        return Path(env["ZTAUDIT_CONFIG"])
+    local = Path("ztaudit.toml")
+    return local if local.exists() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Load and validate the configuration. ``overrides`` are CLI flags: {section: {key: value}}.
+
+    Raises :class:`ConfigError` for a missing file, bad TOML, an unknown key or a bad value.
+    """
+    env = os.environ if env is None else env
+    cfg_path = find_config_path(path, env)
+    raw: dict[str, Any] = {}
+    if cfg_path is not None:
+        try:
+            raw = tomllib.loads(cfg_path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"{cfg_path} does not exist",
+                              fix="create it (see `ztaudit config check --defaults`) or drop --config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(cfg_path), f"invalid TOML: {exc}") from exc
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section", fix=f"valid sections: {', '.join(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    hints = get_type_hints(Config)
+    for name in _SECTIONS:
+        section_raw = dict(raw.get(name, {}))
+        if overrides and name in overrides:
+            section_raw.update({k: v for k, v in overrides[name].items() if v is not None})
+        sections[name] = _build(hints[name], name, section_raw, env)
+    cfg = Config(**sections, source_path=str(cfg_path) if cfg_path else None)
+    _validate(cfg)
+    return cfg
+
+
+def effective_settings(cfg: Config) -> list[tuple[str, Any, str]]:
+    """(key, value, why) for every setting, secrets masked; for ``ztaudit config check``."""
+    out = []
+    for name in _SECTIONS:
+        section = getattr(cfg, name)
+        for f in fields(section):
+            value = getattr(section, f.name)
+            out.append((f"{name}.{f.name}", value, f.metadata.get("why", "")))
+    return out
+
+
+def replace(cfg: Config, section: str, **changes: Any) -> Config:
+    """A copy of ``cfg`` with keys of one section changed (tests and CLI flags)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})

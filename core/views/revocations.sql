@@ -1,0 +1,46 @@
+WITH zt_cd AS MATERIALIZED (
+        SELECT cluster, audit_id, request_received_at, verb, resource, namespace, name, actor, response_code
+        FROM k8s_audit
+        WHERE verb >= 'create' AND verb <= 'delete' AND verb IN ('create', 'delete') AND subresource IS NULL
+          AND resource IN ('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings') 
+    )
+    SELECT 'idp' AS source, i.idp AS system, CAST(NULL AS VARCHAR) AS cluster,
+           coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' ELSE 'identity' END) AS kind,
+           CASE WHEN coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' END) = 'session'
+                     AND i.session_id IS NOT NULL THEN i.session_id
+                ELSE coalesce(lower(i.subject_login), i.subject_id, i.session_id) END AS subject,
+           lower(i.subject_login) AS login, i.subject_id, i.session_id,
+           i.occurred_at AS revoked_at, i.actor AS revoked_by, i.event_type,
+           'idp_event:' || coalesce(i.origin, i.idp || '/' || CAST(i.occurred_at AS VARCHAR)) AS evidence,
+           (SELECT min(e.occurred_at) FROM idp_event e
+             WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
+               AND regexp_matches(e.event_type, '(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)')
+               AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
+                    OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
+           ) AS restored_at
+    FROM idp_event i
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') 
+    UNION ALL
+    SELECT 'k8s_audit', d.cluster, d.cluster,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
+                ELSE 'binding' END,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'system:serviceaccount:' || d.namespace || ':' || d.name
+                WHEN 'secrets' THEN 'SECRET=' || d.namespace || '/' || d.name
+                WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
+                ELSE 'ClusterRoleBinding/' || d.name END,
+           NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
+           'k8s_audit:' || d.cluster || '/' || d.audit_id,
+           (SELECT min(c.request_received_at) FROM zt_cd c
+             WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
+               AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
+               AND c.response_code BETWEEN 200 AND 299 AND c.request_received_at > d.request_received_at)
+    FROM (
+        SELECT cluster, audit_id, request_received_at, any_value(resource) AS resource,
+               any_value(namespace) AS namespace, any_value(name) AS name, any_value(actor) AS actor
+        FROM zt_cd
+        WHERE verb = 'delete' 
+        GROUP BY cluster, audit_id, request_received_at
+        HAVING max(response_code) BETWEEN 200 AND 299
+    ) d
+    WHERE d.resource <> 'secrets' OR ('SECRET=' || d.namespace || '/' || d.name) IN (
+        SELECT credential_id FROM k8s_audit WHERE credential_id LIKE 'SECRET=%' AND cluster = d.cluster)

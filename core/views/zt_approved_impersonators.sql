@@ -1,0 +1,1 @@
+SELECT * FROM (VALUES ('*', 'system:serviceaccount:pomerium:pomerium-authorize')) AS t(cluster, username)

@@ -1,1 +1,0 @@
-"""One module per ``ztaudit`` subcommand; registered in ``pipeline/cli.py`` (``COMMANDS``)."""

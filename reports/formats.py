@@ -1,0 +1,321 @@
+"""Render a :class:`ReportResult` as a terminal table, JSON, CSV or Markdown (HTML: ``html.py``).
+
+Machine formats (stable for scripts):
+
+* JSON: the primary section's rows as a list of objects, keys = the section's documented
+  columns in order. Timestamps are ISO-8601 UTC strings with microseconds and a ``Z``
+  (``2026-11-26T10:00:00.000000Z``); lists are arrays; ``context`` JSON strings are parsed into
+  objects; missing values are ``null``.
+* CSV: the same rows with a header line; lists and objects are JSON-encoded in their cell;
+  null is the empty string.
+
+Human formats: log values are attacker-controlled, so terminal and Markdown output replace
+control characters (ANSI escape sequences could rewrite the terminal) and Markdown escapes
+``| < > &`` so a renderer shows, never interprets, them. Terminal tables fit 100 columns by
+shrinking the widest columns and truncating cells with ``…``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ztaudit.reports.base import ReportResult, Row, Section
+
+FORMATS = ("table", "json", "csv", "markdown", "html")
+#: Columns parsed from a JSON string into an object in JSON output.
+JSON_TEXT_COLUMNS = frozenset({"context"})
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def iso(ts: datetime) -> str:
+    """ISO-8601 UTC with microseconds and ``Z`` (naive datetimes are taken as UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def jsonable(value: Any, column: str = "") -> Any:
+    """A JSON-serialisable form of a DuckDB/Python value (see module docstring for the rules)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, str) and column in JSON_TEXT_COLUMNS:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return jsonable(value.item(), column)
+    return value
+
+
+def json_rows(section: Section) -> list[dict[str, Any]]:
+    """The section's rows as JSON-ready dicts with exactly the documented columns."""
+    return [{c: jsonable(r.get(c), c) for c in section.columns} for r in section.rows]
+
+
+def render_json(result: ReportResult, section: str | None = None) -> str:
+    """JSON text: the primary (or named) section as a list, or ``all`` sections as an object."""
+    if section == "all":
+        payload: Any = {
+            "report": result.name,
+            "params": jsonable(result.params),
+            "notes": result.notes,
+            "sections": {s.name: json_rows(s) for s in result.sections},
+        }
+    else:
+        payload = json_rows(result.section(section) if section else result.primary)
+    return json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def csv_cell(value: Any, column: str = "") -> str:
+    """One CSV cell: JSON for lists/objects, ISO for times, empty for null."""
+    v = jsonable(value)
+    if v is None:
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def render_csv(result: ReportResult, section: str | None = None) -> str:
+    """CSV text of the primary (or named) section, with a header row."""
+    if section == "all":
+        raise ValueError("--section all is only available with --format json")
+    sec = result.section(section) if section else result.primary
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(sec.columns)
+    for r in sec.rows:
+        w.writerow([csv_cell(r.get(c), c) for c in sec.columns])
+    return buf.getvalue()
+
+
+def clean_text(value: str) -> str:
+    """Replace control and bidi-override characters with ``�``-like visible escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "\ufffd", value)
+
+
+def display(value: Any) -> str:
+    """Short human form of a value for tables (times to the second, floats to 3 significant)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        v = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(display(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return clean_text(str(value)).replace("\n", " ").replace("\r", " ").replace("\t", " ")
+
+
+def truncate(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``…`` when cut."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    return text[: width - 1] + "…"
+
+
+def fit_widths(natural: Sequence[int], total: int, minimum: int | Sequence[int] = 4) -> list[int]:
+    """Column widths summing (with 2-space gutters) to at most ``total``: shrink the widest first.
+
+    ``minimum`` is one floor for all columns or one per column (times keep their 19 characters
+    while there is free text to cut); when every column is at its floor, floors drop to 4.
+    """
+    widths = list(natural)
+    floors = [minimum] * len(widths) if isinstance(minimum, int) else list(minimum)
+    floors = [min(f, w) for f, w in zip(floors, widths, strict=True)]
+    budget = total - 2 * (len(widths) - 1)
+    for pass_floors in (floors, [min(4, w) for w in widths]):
+        while sum(widths) > budget:
+            cands = [k for k in range(len(widths)) if widths[k] > pass_floors[k]]
+            if not cands:
+                break
+            i = max(cands, key=lambda k: widths[k] - pass_floors[k])
+            widths[i] -= 1
+    return widths
+
+
+def table_text(section: Section, width: int = 100) -> str:
+    """A plain-text table of ``section`` no wider than ``width`` columns."""
+    section = section.for_display()
+    cols = [c for c in section.shown_columns() if c != section.detail]
+    cells = [[display(r.get(c)) for c in cols] for r in section.rows]
+    natural = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
+    floors = []
+    for i, c in enumerate(cols):
+        sample = next((r.get(c) for r in section.rows if r.get(c) is not None), None)
+        if isinstance(sample, datetime):
+            floors.append(19)
+        elif isinstance(sample, (int, float)) and not isinstance(sample, bool):
+            floors.append(max([4, *(len(row[i]) for row in cells)]))
+        elif i == 0:
+            floors.append(24)  # the key column (actor, table, credential) stays readable
+        else:
+            floors.append(min(12, len(c)))
+    widths = fit_widths(natural, width, floors)
+    lines = ["  ".join(truncate(c, w).ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip(),
+             "  ".join("─" * w for w in widths)]
+    for r, row in zip(section.rows, cells, strict=True):
+        lines.append("  ".join(truncate(v, w).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if section.detail and r.get(section.detail) is not None:
+            lines.append(truncate("    " + display(r.get(section.detail)), width))
+    return "\n".join(lines)
+
+
+def _header(result: ReportResult) -> list[str]:
+    out = []
+    active = {k: v for k, v in result.params.items() if v not in (None, "", [], False)}
+    if active:
+        out.append(", ".join(f"{k}={display(v)}" for k, v in active.items()))
+    return out
+
+
+def render_table(result: ReportResult, width: int = 100) -> str:
+    """Every section as a titled plain-text table, notes at the end."""
+    out = [truncate(display(result.title), width)]
+    out += [truncate(h, width) for h in _header(result)]
+    for sec in result.sections:
+        out.append("")
+        out.append(f"== {display(sec.title)} ({len(sec.rows)} row{'s' if len(sec.rows) != 1 else ''})")
+        if sec.rows:
+            out.append(table_text(sec, width))
+        else:
+            out.append("(none)")
+    for note in result.notes:
+        out.append("")
+        out.append(f"note: {display(note)}")
+    return "\n".join(out) + "\n"
+
+
+def md_cell(value: Any) -> str:
+    """A Markdown table cell: pipes, angle brackets and ampersands escaped, one line."""
+    text = display(value)
+    return (text.replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+            .replace("[", "\\[").replace("]", "\\]"))
+
+
+def render_markdown(result: ReportResult) -> str:
+    """Every section as a GitHub-flavoured Markdown table."""
+    out = [f"# {md_cell(result.title)}", ""]
+    header = _header(result)
+    if header:
+        out += [md_cell(h) for h in header] + [""]
+    for sec in result.sections:
+        out.append(f"## {md_cell(sec.title)}")
+        out.append("")
+        if sec.description:
+            out += [md_cell(sec.description), ""]
+        if not sec.rows:
+            out += ["_(none)_", ""]
+            continue
+        sec = sec.for_display()
+        cols = sec.shown_columns()
+        out.append("| " + " | ".join(md_cell(c) for c in cols) + " |")
+        out.append("|" + "|".join("---" for _ in cols) + "|")
+        for r in sec.rows:
+            out.append("| " + " | ".join(md_cell(r.get(c)) for c in cols) + " |")
+        out.append("")
+    for note in result.notes:
+        out.append(f"> {md_cell(note)}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render(result: ReportResult, fmt: str, *, section: str | None = None, width: int = 100) -> str:
+    """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "json":
+        return render_json(result, section)
+    if fmt == "csv":
+        return render_csv(result, section)
+    if fmt == "markdown":
+        return render_markdown(result)
+    if fmt == "html":
+        from ztaudit.reports.html import render_html
+
+        return render_html(result)
+    if fmt == "table":
+        return render_table(result, width)
+    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+def arrow_rows(table: Any) -> list[Row]:
+    """Rows of a pyarrow Table/RecordBatch as dicts, tz-aware timestamps as UTC datetimes.
+
+    Same values as ``table.to_pylist()``, but without pyarrow's tz conversion, which imports pandas
+    (~0.3 s of every report run) just to build a ``tzinfo``. Arrow stores tz-aware timestamps as
+    UTC instants, so the naive cast is the UTC wall time and gets ``UTC`` attached back.
+    """
+    import pyarrow as pa
+
+    columns: list[list[Any]] = []
+    for field, col in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            naive = col.cast(pa.timestamp(field.type.unit)).to_pylist()
+            columns.append([None if v is None else v.replace(tzinfo=UTC) for v in naive])
+        else:
+            columns.append(col.to_pylist())
+    names = list(table.schema.names)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def rows_of(obj: Any) -> list[Row]:
+    """Rows from whatever a detector helper returns: Arrow table, DataFrame, relation, dicts, dataclasses."""
+    import dataclasses
+
+    if obj is None:
+        return []
+    if hasattr(obj, "to_pylist") and hasattr(obj, "schema"):  # pyarrow.Table / RecordBatch
+        return arrow_rows(obj)
+    if hasattr(obj, "arrow") and hasattr(obj, "columns") and not hasattr(obj, "to_dict"):  # duckdb relation
+        return rows_of(obj.arrow())
+    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # pandas DataFrame
+        df = obj.astype(object).where(obj.notna(), None)
+        return [dict(r) for r in df.to_dict(orient="records")]
+    out: list[Row] = []
+    for item in obj:
+        if isinstance(item, dict):
+            out.append(dict(item))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            out.append({f.name: getattr(item, f.name) for f in dataclasses.fields(item)})
+        elif hasattr(item, "_asdict"):
+            out.append(dict(item._asdict()))
+        else:
+            out.append(dict(vars(item)))
+    return out

@@ -1,0 +1,63 @@
+"""``ztaudit config check``: effective settings with reasons; errors name the key and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ztaudit.cli.main import cli, main
+from ztaudit.core.config import load_config
+
+
+def test_defaults_listed_with_reasons() -> None:
+    res = CliRunner().invoke(cli, ["config", "check", "--defaults"], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert "# configuration OK (built-in defaults)" in res.output
+    assert 'impersonation.approved_impersonators = {"*": ["system:serviceaccount:pomerium:pomerium-authorize"]}' \
+        in res.output
+    assert "correlation.match_window_seconds = 3.0" in res.output
+    assert "revocation.grace_seconds = 900" in res.output
+    assert "detect.streaming_lookback_seconds = 3600" in res.output
+    # every setting is followed by its one-line reason
+    lines = res.output.splitlines()[1:]
+    for i, line in enumerate(lines):
+        if " = " in line and not line.startswith(" "):
+            assert lines[i + 1].startswith("    # "), line
+
+
+def test_file_values_shown(tmp_path: Path) -> None:
+    f = tmp_path / "z.toml"
+    f.write_text('[impersonation]\nbreak_glass = ["breakglass-admin"]\nproxy_hosts = { "k8s.example.com" = "prod" }\n'
+                 "[revocation]\ngrace_seconds = 60\n")
+    res = CliRunner().invoke(cli, ["config", "check", "--config", str(f)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert f"configuration OK ({f})" in res.output
+    assert 'impersonation.break_glass = ["breakglass-admin"]' in res.output
+    assert "revocation.grace_seconds = 60" in res.output
+
+
+@pytest.mark.parametrize("body,key,fix", [
+    ("[revocation]\ngrace_seconds = -1\n", "revocation.grace_seconds", "must be >= 0"),
+    ("[impersonation]\napproved = []\n", "impersonation.approved", "valid keys in [impersonation]"),
+    ("[correlation]\nmatch_window_seconds = 0\n", "correlation.match_window_seconds", "must be > 0"),
+    ("[identities]\nhuman_user_patterns = ['(?<=x)y']\n", "identities.human_user_patterns", "RE2"),
+    ("[detect]\nmax_evidence = 0\n", "detect.max_evidence", "must be >= 1"),
+    ("[detect]\nmemory_limit = 'lots'\n", "detect.memory_limit", "is not a size"),
+])
+def test_errors_name_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, key: str,
+                                    fix: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(body)
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "check", "--config", str(f)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert key in err and fix in err
+
+
+def test_env_override(tmp_path: Path) -> None:
+    cfg = load_config(os.devnull, env={"ZTAUDIT_REVOCATION_GRACE_SECONDS": "30"})
+    assert cfg.revocation.grace_seconds == 30

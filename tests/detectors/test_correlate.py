@@ -1,0 +1,146 @@
+"""Proxy ↔ audit correlation (proxy-idp-formats.md §0): tiers, time window, multiset pairing.
+
+Every test checks both paths: the analyst view ``proxy_audit_match`` and the materialized tables the
+detectors use (``correlate.ensure``), which must agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ztaudit.core.config import Config, replace
+from ztaudit.core.lake import open_lake
+from ztaudit.core.schema import TABLES
+from ztaudit.core.sink import LakeSink
+from ztaudit.detectors import correlate
+
+SA = "system:serviceaccount:pomerium:pomerium-authorize"
+T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
+
+
+def _decision(i: int, at: datetime, *, email: str = "alice@example.com", method: str = "GET",
+              path: str = "/api/v1/namespaces/web/pods", host: str = "k8s.example.com",
+              cluster: str | None = "prod", allowed: bool = True, rid: str | None = None) -> dict[str, Any]:
+    return {"decided_at": at, "request_id": rid or f"p{i}", "email": email, "method": method, "path": path,
+            "host": host, "cluster": cluster, "is_allowed": allowed, "record_type": "authorize",
+            "origin": f"test:p:{i}"}
+
+
+def _request(i: str | int, at: datetime, *, user: str = "alice@example.com", verb: str = "list",
+             uri: str = "/api/v1/namespaces/web/pods?limit=500", cluster: str = "prod") -> dict[str, Any]:
+    return {"audit_id": f"a{i}", "cluster": cluster, "stage": "ResponseComplete", "request_received_at": at,
+            "stage_at": at, "verb": verb, "request_uri": uri, "user_name": SA, "impersonator": SA,
+            "impersonated_user": user, "actor": user, "response_code": 200, "origin": f"test:a:{i}"}
+
+
+def _write(lake: Path, proxy: list[dict[str, Any]], audit: list[dict[str, Any]]) -> None:
+    # a late unrelated row on each side so nothing is "pending" at the data's end
+    late = T0 + timedelta(hours=1)
+    proxy = [*proxy, _decision(999, late, email="zed@example.com", allowed=False)]
+    audit = [*audit, {"audit_id": "late", "cluster": "prod", "request_received_at": late, "user_name": "system:x",
+                      "verb": "get", "request_uri": "/healthz", "origin": "test:late"}]
+    sink = LakeSink(lake)
+    for table, rows in (("proxy_decision", proxy), ("k8s_audit", audit)):
+        keys = {k for r in rows for k in r}
+        schema = pa.schema([f for f in TABLES[table] if f.name in keys])
+        sink.write(table, pa.Table.from_pylist(rows, schema=schema), "t")
+
+
+def _sides(lake: Path, cfg: Config | None = None) -> dict[str, int]:
+    cfg = cfg or Config()
+    con = open_lake(lake, must_exist=False)
+    correlate.install_config(con, cfg)
+    view = dict(con.execute("SELECT side, count(*) FROM proxy_audit_match GROUP BY side").fetchall())
+    correlate.ensure(con, cfg, None, None)
+    summary = con.execute("SELECT sum(matched_tier_a + matched_tier_c), sum(unmatched_proxy), sum(unmatched_audit) "
+                          "FROM zt_match_summary").fetchone()
+    assert summary is not None
+    both, proxy, audit = (int(x or 0) for x in summary)
+    assert (view.get("both", 0), view.get("proxy", 0), view.get("audit", 0)) == (both, proxy, audit), view
+    detailed = con.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall()
+    # the report's summary-only path (no detail tables, unmatched rows taken from the matching
+    # tables) must count exactly what the detail path counts
+    lean = open_lake(lake, must_exist=False)
+    correlate.ensure(lean, cfg, None, None, detail=False)
+    assert lean.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall() == detailed
+    assert not lean.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_unmatched_proxy'"
+                            ).fetchall()[0][0]
+    return {"both": both, "proxy": proxy, "audit": audit}
+
+
+def test_identical_requests_pair_as_multiset(lake: Path) -> None:
+    # 30 identical GETs one second apart; the 10th and 20th never reached the API server
+    proxy = [_decision(i, T0 + timedelta(seconds=i)) for i in range(30)]
+    audit = [_request(i, T0 + timedelta(seconds=i, milliseconds=200)) for i in range(30) if i not in (10, 20)]
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 28, "proxy": 2, "audit": 0}
+
+
+def test_burst_in_one_second(lake: Path) -> None:
+    proxy = [_decision(i, T0) for i in range(6)]  # six GET /apis logged in the same whole second
+    audit = [_request(i, T0 + timedelta(milliseconds=100 + 90 * i), verb="get", uri="/apis?timeout=32s")
+             for i in range(6)]
+    for p in proxy:
+        p["path"] = "/apis"
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 6, "proxy": 0, "audit": 0}
+
+
+def test_window_edges_second_precision(lake: Path) -> None:
+    # decided_at 10:00:05 stands for [10:00:05, 10:00:06); with a 3 s window: [10:00:02, 10:00:09]
+    cases = [("in-late", 8.9, True), ("out-late", 9.2, False), ("in-early", 2.1, True), ("out-early", 1.8, False)]
+    proxy, audit = [], []
+    for n, (name, sec, _) in enumerate(cases):
+        path = f"/api/v1/namespaces/{name}/pods"
+        proxy.append(_decision(n, T0 + timedelta(minutes=n, seconds=5), path=path))
+        audit.append(_request(name, T0 + timedelta(minutes=n, seconds=sec), uri=path))
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 2, "proxy": 2, "audit": 2}
+    wide = replace(Config(), "correlation", match_window_seconds=4.0)
+    assert _sides(lake, wide) == {"both": 4, "proxy": 0, "audit": 0}
+
+
+def test_method_must_fit_verb(lake: Path) -> None:
+    proxy = [_decision(1, T0, method="GET"), _decision(2, T0 + timedelta(minutes=1), method="DELETE"),
+             _decision(3, T0 + timedelta(minutes=2), method="GET", path="/healthz"),
+             _decision(4, T0 + timedelta(minutes=3), method="GET")]
+    audit = [_request(1, T0 + timedelta(milliseconds=300), verb="watch"),
+             _request(2, T0 + timedelta(minutes=1, milliseconds=300), verb="deletecollection"),
+             _request(3, T0 + timedelta(minutes=2, milliseconds=300), verb="get", uri="/healthz"),
+             _request(4, T0 + timedelta(minutes=3, milliseconds=300), verb="create")]  # POST, not GET
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 3, "proxy": 1, "audit": 1}
+
+
+def test_identity_cluster_and_host(lake: Path) -> None:
+    proxy = [_decision(1, T0, email="Alice@Example.com"),                       # case-insensitive match
+             _decision(2, T0 + timedelta(minutes=1), host="grafana.example.com"),  # not a Kubernetes host
+             _decision(3, T0 + timedelta(minutes=2), cluster=None, host="K8S-DEV.example.com:443")]
+    audit = [_request(1, T0 + timedelta(milliseconds=300), user="alice@example.com"),
+             _request(3, T0 + timedelta(minutes=2, milliseconds=300), cluster="dev")]
+    _write(lake, proxy, audit)
+    cfg = replace(Config(), "impersonation", proxy_hosts={"k8s.example.com": "prod", "k8s-dev.example.com": "dev"})
+    assert _sides(lake, cfg) == {"both": 2, "proxy": 0, "audit": 0}
+
+
+def test_tier_a_exact_id(lake: Path) -> None:
+    # clocks 20 s apart: only the exact Audit-ID join pairs them; a wrong user is still tier A
+    proxy = [_decision(1, T0, rid="6f1c2b4a-0000-4000-8000-00000000000a")]
+    audit = [_request("x", T0 + timedelta(seconds=20))]
+    audit[0]["audit_id"] = "6f1c2b4a-0000-4000-8000-00000000000a"
+    _write(lake, proxy, audit)
+    con = open_lake(lake, must_exist=False)
+    rows = con.execute("SELECT tier, side FROM proxy_audit_match").fetchall()
+    assert rows == [("A", "both")]
+    assert _sides(lake) == {"both": 1, "proxy": 0, "audit": 0}
+
+
+def test_unapproved_impersonator_is_not_on_the_audit_side(lake: Path) -> None:
+    audit = [_request(1, T0)]
+    audit[0].update(user_name="system:admin", impersonator="system:admin")
+    _write(lake, [], audit)
+    assert _sides(lake) == {"both": 0, "proxy": 0, "audit": 0}

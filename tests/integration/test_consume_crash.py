@@ -1,0 +1,85 @@
+"""Crash safety: ``kill -9`` the consumer at random moments while 200,000 events stream through a
+4-partition topic; after the restarts every event is in the lake exactly once (by audit id)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from support.kafka_broker import (
+    KafkaBroker,
+    audit_events,
+    audit_id_counts,
+    create_topic,
+    kcat_produce,
+    run_consume,
+    start_consume,
+    ztaudit_env,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+N_EVENTS = 200_000
+#: kill -9 rounds per backend (every third one at the injected worst moment); the optional
+#: confluent backend is held to the issue's "at least 10" too, with three injected after-write kills.
+KILLS = {"kafka-python": 12, "confluent": 10}
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: KafkaBroker, topic_name: str,
+                                                               tmp_path: Path, backend: str) -> None:
+    rnd = random.Random(20261127)
+    create_topic(kafka_broker, topic_name, 4)
+    # ~1 KB events (no padding) so 200k stream through in well under a minute on 2 cores
+    events = audit_events(N_EVENTS, run="crash", spread_s=3 * 86400)
+    producer = kcat_produce(kafka_broker, topic_name, [e.replace(b'"ztaudit.test/pad":"', b'"p":"', 1)
+                                                       for e in events], tmp_path)
+    lake = tmp_path / "lake"
+    log = tmp_path / "consume.log"
+    # small, different thresholds: count cuts, byte cuts and wall-clock cuts all happen
+    flags = ["--flush-records", "4000", "--flush-bytes", str(2_500_000), "--flush-seconds", "0.7",
+             # the killed member's partitions come back after its session expires (test broker allows 1 s)
+             "--session-timeout-ms", "1500"]
+    kills = 0
+    injected = 0
+    ran_for: list[str | float] = []
+    while kills < KILLS[backend]:
+        env = None
+        if kills % 3 == 2:
+            # the worst moment, deterministically: files renamed into place, offsets not committed yet
+            env = ztaudit_env(ZTAUDIT_CONSUME_KILL_AFTER_WRITES=str(rnd.randint(1, 6)))
+        p = start_consume(kafka_broker, topic_name, lake, "g-crash", *flags, log=log, env=env, backend=backend)
+        if env is not None:
+            rc = p.wait(timeout=120)
+            assert rc == -signal.SIGKILL, f"injected kill did not happen (rc {rc}): {log.read_text()[-3000:]}"
+            injected += 1
+            ran_for.append("after-write")
+        else:
+            # random moments: before the first flush (startup ~1 s), during and between flushes
+            delay = rnd.choice([0.4, 0.9, 1.3]) if kills < 3 else rnd.uniform(1.0, 3.5)
+            time.sleep(delay)
+            assert p.poll() is None, f"consumer exited by itself: {log.read_text()[-3000:]}"
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+            ran_for.append(round(delay, 2))
+        kills += 1
+    assert producer.wait(timeout=300) == 0
+    done = run_consume(kafka_broker, topic_name, lake, "g-crash", *flags, until_idle=3.0, timeout=600,
+                       backend=backend)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    counts = audit_id_counts(lake)
+    missing = N_EVENTS - len(counts)
+    dupes = {a: c for a, c in counts.items() if c != 1}
+    assert missing == 0, f"{missing} events missing after {kills} kills ({ran_for})"
+    assert not dupes, f"{len(dupes)} audit ids duplicated, e.g. {list(dupes.items())[:5]}"
+    assert not list(lake.glob("quarantine/dt=*/*.parquet"))
+    # no half-written file is visible to readers; temp files of killed writers are hidden names
+    assert all(not p.name.startswith(".") for p in lake.glob("k8s_audit/dt=*/*.parquet"))
+    text = log.read_text() + done.stderr
+    recoveries = text.count("uncommitted earlier flush found")
+    print(f"kills: {ran_for}; leftover recoveries: {recoveries}")
+    # the injected kills left renamed-but-uncommitted files: the restarts found and rewrote them
+    assert injected >= 3 and recoveries >= injected
