@@ -16,8 +16,8 @@ import click
 
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.timeutil import parse_time
 from ztaudit.detectors.run import run_detectors
-from ztaudit.reports.filters import parse_time
 
 
 class DetectFailed(ZtauditError):

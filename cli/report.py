@@ -15,9 +15,10 @@ import click
 
 from ztaudit.core.config import load_config
 from ztaudit.core.lake import open_lake
+from ztaudit.core.timeutil import parse_time
 from ztaudit.reports import REPORTS, run_report
 from ztaudit.reports.base import Progress, ReportContext
-from ztaudit.reports.filters import Filters, parse_time
+from ztaudit.reports.filters import Filters
 from ztaudit.reports.formats import FORMATS, render
 
 

@@ -8,41 +8,10 @@ whole days of files (partition pruning) instead of reading their row-group stati
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
-
-from ztaudit.core.errors import ConfigError
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_time(value: str, *, now: datetime | None = None, option: str = "--since") -> datetime:
-    """Parse an absolute ISO-8601 time or a relative duration (``90m``, ``24h``, ``7d``, ``2w``).
-
-    Relative values count back from ``now`` (default: the current UTC time). A time without a
-    zone is read as UTC. Returns a tz-aware UTC datetime. Raises :class:`ConfigError` (exit code
-    2) naming ``option`` for anything else.
-    """
-    now = now or datetime.now(UTC)
-    m = _RELATIVE.match(value)
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        ts = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(option, f"{value!r} is not a time",
-                          fix="use ISO-8601 (2026-11-26, 2026-11-26T10:00:00Z) or a duration like "
-                              "24h, 7d, 90m") from None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC)
 
 
 @dataclass(frozen=True)

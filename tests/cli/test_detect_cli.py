@@ -84,7 +84,8 @@ def test_retraction_when_data_changes(lake: Path) -> None:
     assert _detect(lake)[0] == 0
     assert any(d == "impersonation.unobserved" for _, d, _ in _findings(lake))
     # the missing audit event arrives late
-    case = Path(__file__).parent.parent / "cases" / "impersonation" / "unobserved" / "neg_matched_skew_and_repeats.jsonl"
+    case = (Path(__file__).parent.parent / "cases" / "impersonation" / "unobserved"
+            / "neg_matched_skew_and_repeats.jsonl")
     assert case.exists()
     import pyarrow as pa
 

@@ -38,7 +38,8 @@ def test_credential_case(path: Path, lake: Path) -> None:
     write_case(case, lake)
     since, until = case_window(case)
     detector = registry.get(f"credential.{path.parent.name}")
-    findings = detector.run(DetectContext(open_lake(lake, must_exist=False), case_config(case), since, until, str(lake)))
+    con = open_lake(lake, must_exist=False)
+    findings = detector.run(DetectContext(con, case_config(case), since, until, str(lake)))
     expected = case["expect"]
     assert len(findings) == len(expected), [f.summary for f in findings]
     for exp in expected:

@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from ztaudit.core.errors import ConfigError
+from ztaudit.core.timeutil import parse_time
 from ztaudit.reports.base import Chart, ReportResult, Section, Series
-from ztaudit.reports.filters import Filters, parse_time
+from ztaudit.reports.filters import Filters
 from ztaudit.reports.formats import (
     clean_text,
     fit_widths,
