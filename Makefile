@@ -2,17 +2,17 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 LAKE    ?= demo-lake
 
-.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install
+.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 ## make demo: sample logs -> lake -> detect -> report, no Kafka needed.
@@ -29,9 +29,13 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts
-	$(BIN)/mypy pipeline detectors
+	scripts/typecheck
 
 typecheck: lint
+
+## make lock: re-resolve the newest allowed versions into constraints.txt (then make test, commit both).
+lock:
+	scripts/lock
 
 system-deps:
 	scripts/system-deps

@@ -12,7 +12,7 @@ import click
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import QuarantinedRecords
 from ztaudit.pipeline.ingest import ingest_paths
-from ztaudit.pipeline.normalize import NORMALIZERS
+from ztaudit.pipeline.normalize.registry import NORMALIZERS
 
 
 @click.command()

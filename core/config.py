@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 from ztaudit.core.errors import ConfigError
 
@@ -109,7 +109,7 @@ class CredentialSettings:
 @dataclass(frozen=True)
 class ReachSettings:
     baseline_days: int = _opt(14, "two weeks of history covers weekly rhythms")
-    window: str = _opt("day", "feature window: 'hour' or 'day'; a day smooths bursts, an hour reacts faster")
+    window: Literal["hour", "day"] = _opt("day", "feature window: 'hour' or 'day'; a day smooths bursts, an hour reacts faster")
     contamination: float = _opt(0.001, "expected share of anomalous actor-windows in the baseline")
     min_history_windows: int = _opt(3, "below this an actor is judged against its peers only")
     random_state: int = _opt(7, "fixed so scores are reproducible run to run")
@@ -137,18 +137,18 @@ class DetectSettings:
 class KafkaSettings:
     bootstrap_servers: str = _opt("127.0.0.1:9092", "a local broker, as started by `make kafka`")
     group: str = _opt("ztaudit", "one consumer group; more processes in it scale ingest out")
-    backend: str = _opt("kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
+    backend: Literal["kafka-python", "confluent"] = _opt("kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
                         "ztaudit[confluent] extra) decodes records in C and is faster per process")
     session_timeout_ms: int = _opt(
         10_000, "a killed consumer holds its partitions until this expires; 10 s fails over quickly and "
         "heartbeats run on kafka-python's IO thread, so long flushes do not expire it")
     topics: list[str] = _opt([], "NAME or NAME=SOURCE_KIND; empty means --topic must be given")
-    start_from: str = _opt("earliest", "a new lake wants history, not only what arrives from now on")
+    start_from: Literal["earliest", "latest"] = _opt("earliest", "a new lake wants history, not only what arrives from now on")
     flush_records: int = _opt(100_000, "about one DuckDB row group per file")
     flush_bytes: int = _opt(128 * 1024 * 1024, "bounds memory per partition buffer")
     flush_seconds: float = _opt(30.0, "a quiet topic still reaches the lake within half a minute")
-    security_protocol: str = _opt("PLAINTEXT", "loopback development broker")
-    sasl_mechanism: str = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_* protocols")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _opt("PLAINTEXT", "loopback development broker")
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_* protocols")
     sasl_username: str = _opt("", "SASL user name")
     sasl_password_env: str = _opt("ZTAUDIT_KAFKA_PASSWORD", "the password comes from this environment variable")
     sasl_password_file: str = _opt("", "or from this file (first line), e.g. a mounted Kubernetes secret")
@@ -198,6 +198,12 @@ _SECTIONS = [f.name for f in fields(Config) if f.name != "source_path"]
 
 def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
     origin = getattr(typ, "__origin__", typ)
+    if origin is Literal:
+        choices = get_args(typ)
+        if value not in choices:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}",
+                              fix=f"set {key} to one of: {', '.join(repr(c) for c in choices)}")
+        return value
     try:
         if origin is bool:
             if isinstance(value, str):

@@ -30,7 +30,8 @@ from typing import Final, TextIO
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SourceError
 from ztaudit.core.sink import LakeSink
-from ztaudit.pipeline.normalize import NORMALIZERS, NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
+from ztaudit.pipeline.normalize.registry import NORMALIZERS
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import BatchResult, RawBatch
 from ztaudit.pipeline.sources.files import Chunk, expand_paths, read_chunks, total_size

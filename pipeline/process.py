@@ -39,9 +39,10 @@ from ztaudit.core.columns import conform
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Reason, Rejected
 from ztaudit.core.schema import TABLES
 from ztaudit.pipeline.decode.values import decode_record, dumps
-from ztaudit.pipeline.normalize import NORMALIZERS, NormalizeContext, Normalizer, Unwrapped, get
+from ztaudit.pipeline.normalize.base import NormalizeContext, Normalizer, Unwrapped
 from ztaudit.pipeline.normalize.k8s_audit import SOURCE as K8S
 from ztaudit.pipeline.normalize.k8s_audit import map_events
+from ztaudit.pipeline.normalize.registry import NORMALIZERS, get
 from ztaudit.pipeline.records import BatchResult, Origins, RawBatch, pack_records
 from ztaudit.pipeline.redact import scrub_raw
 
@@ -52,32 +53,12 @@ MiB: Final = 1024 * 1024
 FAST_PATH_MIN_RECORDS = 64
 
 
-def detect_order() -> list[str]:
-    """Detection order when the batch's source is not named: Kubernetes first (most volume, and
-    its envelopes are the most specific), then the other registered kinds in registry order."""
-    return [K8S, *[k for k in NORMALIZERS if k != K8S]]
-
-
-_UNAVAILABLE: set[str] = set()
-
-
-def available_normalizers(source: str | None) -> list[tuple[str, Normalizer]]:
-    """(kind, normalizer) to offer records to: the named one, or every importable one in
-    :func:`detect_order`. A registered normalizer whose module does not exist yet is skipped
-    (another engineer may not have written it); a named one that is missing raises KeyError or
-    ImportError."""
+def normalizers_for(source: str | None) -> list[tuple[str, Normalizer]]:
+    """(kind, normalizer) to offer records to: the named one (KeyError if unknown), or every
+    registered one in detection order (:data:`~ztaudit.pipeline.normalize.registry.NORMALIZERS`)."""
     if source is not None:
         return [(source, get(source))]
-    out = []
-    for kind in detect_order():
-        if kind in _UNAVAILABLE:
-            continue
-        try:
-            out.append((kind, get(kind)))
-        except ImportError as exc:  # not written yet, or broken: detect the other kinds, say so once
-            log.warning("source kind %s is not available for detection: %s", kind, exc)
-            _UNAVAILABLE.add(kind)
-    return out
+    return list(NORMALIZERS.items())
 
 
 def _int_array(values: np.ndarray[Any, np.dtype[Any]]) -> pa.Array:
@@ -147,7 +128,8 @@ def _offer(normalizers: list[tuple[str, Normalizer]], value: Any, text: str | No
     return None
 
 
-def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = MiB) -> BatchResult:
+def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = MiB,
+            fast_path_min_records: int = FAST_PATH_MIN_RECORDS) -> BatchResult:
     """Decode, unwrap, detect and normalize one batch (see the module docstring).
 
     ``batch.source`` names the source kind or is None to detect it per record; ``batch.cluster``
@@ -165,7 +147,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         ctx = dataclasses.replace(ctx, cluster=batch.cluster)
     if ctx.ingested_at is None:
         ctx = dataclasses.replace(ctx, ingested_at=datetime.now(UTC))
-    normalizers = available_normalizers(batch.source)
+    normalizers = normalizers_for(batch.source)
     origins = batch.origins
     tables: dict[str, list[pa.Table]] = defaultdict(list)
     rejected: list[Rejected] = []
@@ -192,7 +174,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
 
     # 2. fast path: plain Kubernetes Event lines, columnar. (A tiny batch skips it: one SQL run
     #    over the slow path's output costs less than two.)
-    if batch.source in (None, K8S) and n >= FAST_PATH_MIN_RECORDS and fast_ok.any():
+    if batch.source in (None, K8S) and n >= fast_path_min_records and fast_ok.any():
         idx = np.flatnonzero(fast_ok).astype(np.int64)
         lines, kept = _utf8_candidates(arr, idx, everything=len(idx) == n)
         if len(kept) != len(idx):

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from ztaudit.core.quarantine import Reason
 from ztaudit.pipeline.decode.values import CLOUDWATCH_TRUNCATED, json_failure, loads
-from ztaudit.pipeline.normalize import Unwrapped
+from ztaudit.pipeline.normalize.base import Unwrapped
 
 REJECT_KEY: Final = "\x00ztaudit_reject"
 _MAX_ITEMS_DEPTH = 4

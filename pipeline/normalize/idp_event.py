@@ -52,7 +52,7 @@ import pyarrow as pa
 from ztaudit.core.quarantine import Reason, Rejected
 from ztaudit.core.schema import IDP_EVENT
 from ztaudit.core.timeutil import TimestampError, parse_timestamp
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected
 
 __all__ = ["LIST_COLUMNS", "SCOPES", "IdpEventNormalizer"]

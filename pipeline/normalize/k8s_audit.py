@@ -65,7 +65,7 @@ from ztaudit.core.quarantine import Reason, Rejected
 from ztaudit.core.schema import K8S_AUDIT
 from ztaudit.pipeline.decode.k8s_envelopes import REJECT_KEY, unwrap_k8s
 from ztaudit.pipeline.decode.values import dumps
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.redact import JWT_RE, QUERY_SECRET_RE, scrub_raw
 
 SOURCE: Final = "k8s_audit"

@@ -32,7 +32,7 @@ import pyarrow as pa
 from ztaudit.core.quarantine import Reason, Rejected
 from ztaudit.core.schema import PROXY_DECISION
 from ztaudit.core.timeutil import TimestampError, parse_go_layout, parse_timestamp
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected
 from ztaudit.pipeline.redact import mask_query as redact_query
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from ztaudit.core.columns import conform
 from ztaudit.core.derived_tables import RBAC_GRANT
 from ztaudit.core.quarantine import Reason, Rejected
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 
 SOURCE: Final = "rbac_snapshot"
 TABLE: Final = "rbac_grant"

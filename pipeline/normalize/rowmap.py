@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ztaudit.core.columns import conform
 from ztaudit.core.quarantine import Reason, Rejected
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.redact import mask_query, scrub_raw
 
 Row = dict[str, Any]

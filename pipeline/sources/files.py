@@ -482,25 +482,33 @@ def _csv_chunks(opened: _Opened, inp: InputFile, chunk_bytes: int) -> Iterator[C
     """CSV rows as JSON objects keyed by the header; origin = the row's first line."""
     with opened.stream() as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
-        reader = csv.DictReader(text, restkey="_extra")
-        records: list[bytes] = []
-        lines: list[int] = []
-        size = 0
-        reader.fieldnames  # noqa: B018 - reads the header line, so line_num points past it
+        try:
+            yield from _csv_rows(text, opened, inp, chunk_bytes)
+        finally:
+            text.detach()  # the wrapper must not close the file: read_chunks owns it
+
+
+def _csv_rows(text: IO[str], opened: _Opened, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
+    """The chunks of :func:`_csv_chunks` from the decoded text."""
+    reader = csv.DictReader(text, restkey="_extra")
+    records: list[bytes] = []
+    lines: list[int] = []
+    size = 0
+    reader.fieldnames  # noqa: B018 - reads the header line, so line_num points past it
+    prev = reader.line_num
+    first = prev + 1
+    for row in reader:
+        start = prev + 1
         prev = reader.line_num
-        first = prev + 1
-        for row in reader:
-            start = prev + 1
-            prev = reader.line_num
-            rec = dumps({str(k): v for k, v in row.items()})
-            records.append(rec)
-            lines.append(start)
-            size += len(rec)
-            if size >= chunk_bytes:
-                yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{opened.sha}+L{first}-{prev}", size)
-                records, lines, size, first = [], [], 0, prev + 1
-        if records:
+        rec = dumps({str(k): v for k, v in row.items()})
+        records.append(rec)
+        lines.append(start)
+        size += len(rec)
+        if size >= chunk_bytes:
             yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{opened.sha}+L{first}-{prev}", size)
+            records, lines, size, first = [], [], 0, prev + 1
+    if records:
+        yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{opened.sha}+L{first}-{prev}", size)
 
 
 def total_size(inputs: Sequence[InputFile]) -> int:

@@ -15,8 +15,9 @@ from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
 from ztaudit.detectors.rbac import Rule, Use, covers, granted_vs_used
 from ztaudit.detectors.reach import reach_report
-from ztaudit.pipeline.normalize import NormalizeContext, get
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.rbac_snapshot import RBAC_GRANT
+from ztaudit.pipeline.normalize.registry import get
 
 T = datetime(2026, 3, 2, 10, tzinfo=UTC)
 

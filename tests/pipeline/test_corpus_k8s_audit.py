@@ -28,7 +28,7 @@ import yaml
 
 from ztaudit.core.quarantine import Rejected
 from ztaudit.core.schema import K8S_AUDIT
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import LineOrigins, RawBatch
 from ztaudit.pipeline.sources.files import InputFile, read_chunks

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import LineOrigins, RawBatch
 

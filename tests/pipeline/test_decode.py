@@ -15,7 +15,7 @@ from ztaudit.pipeline.decode.k8s_envelopes import (
     unwrap_k8s,
 )
 from ztaudit.pipeline.decode.values import decode_record
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import LineOrigins, RawBatch
 

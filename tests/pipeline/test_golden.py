@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from ztaudit.pipeline.normalize import NormalizeContext
-from ztaudit.pipeline.process import process
+from ztaudit.pipeline.normalize.base import NormalizeContext
+from ztaudit.pipeline.process import FAST_PATH_MIN_RECORDS, process
 from ztaudit.pipeline.records import RawBatch
 from ztaudit.pipeline.sources.files import InputFile, read_chunks
 
@@ -61,14 +61,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def normalize_sample(sample: Path) -> tuple[list[str], set[str]]:
-    """Golden lines for one sample file, and the table names it produced."""
+def normalize_sample(sample: Path, fast_min: int = FAST_PATH_MIN_RECORDS) -> tuple[list[str], set[str]]:
+    """Golden lines for one sample file, and the table names it produced (``fast_min``: the
+    fast-path threshold of ``process()``; the goldens hold for both paths)."""
     rel = sample.relative_to(ROOT).as_posix()
     ctx = NormalizeContext(cluster=CLUSTER, ingested_at=datetime(2026, 11, 27, tzinfo=UTC))
     out: list[dict[str, Any]] = []
     tables: set[str] = set()
     for chunk in read_chunks(InputFile(sample, rel), 64 * 1024 * 1024, 1024 * 1024):
-        result = process(RawBatch(chunk.records, chunk.origins, source=None, cluster=CLUSTER), ctx)
+        result = process(RawBatch(chunk.records, chunk.origins, source=None, cluster=CLUSTER), ctx,
+                         fast_path_min_records=fast_min)
         for name, table in result.tables.items():
             tables.add(name)
             for row in table.to_pylist():
@@ -91,12 +93,14 @@ def normalize_sample(sample: Path) -> tuple[list[str], set[str]]:
 SAMPLE_IDS = [p.relative_to(SAMPLES).as_posix() for p in sample_files()]
 
 
+@pytest.mark.parametrize("fast_min", [0, 10**9], ids=["fast_path", "per_record"])
 @pytest.mark.parametrize("rel", SAMPLE_IDS)
-def test_sample_matches_golden(rel: str) -> None:
+def test_sample_matches_golden(rel: str, fast_min: int) -> None:
+    """Both paths of process() (columnar fast path, per-record path) give the reviewed output."""
     sample = SAMPLES / rel
     expected_file = golden_path(sample)
     assert expected_file.is_file(), f"no golden for {rel}: run scripts/update-golden and review the new file"
-    got, _ = normalize_sample(sample)
+    got, _ = normalize_sample(sample, fast_min)
     expected = expected_file.read_text(encoding="utf-8").splitlines()
     if got != expected:
         diff = "\n".join(list(difflib.unified_diff(expected, got, "golden", "now", lineterm="", n=0))[:40])
@@ -145,6 +149,6 @@ def update() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python tests/test_golden.py --update   (or scripts/update-golden)")
+        sys.exit("usage: python tests/pipeline/test_golden.py --update   (or scripts/update-golden)")
     n = update()
     print(f"{n} golden file(s) changed; review `git diff tests/golden` before committing")

@@ -16,7 +16,7 @@ import pytest
 
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.schema import IDP_EVENT
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.idp_event import IdpEventNormalizer
 
 N = IdpEventNormalizer()

@@ -13,7 +13,7 @@ import pytest
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.schema import K8S_AUDIT
 from ztaudit.pipeline import process as process_module
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import KafkaOrigins, LineOrigins, RawBatch
 

@@ -14,7 +14,7 @@ import pytest
 
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.schema import PROXY_DECISION
-from ztaudit.pipeline.normalize import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.proxy_decision import MASK, ProxyDecisionNormalizer, mask_query
 
 N = ProxyDecisionNormalizer()

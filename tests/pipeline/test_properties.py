@@ -1,4 +1,9 @@
-"""Property tests: process() never raises, and every record ends as conforming rows or a named reject."""
+"""Property tests: process() never raises, and every record ends as conforming rows or a named reject.
+
+Each property runs through both paths of ``process()``: the columnar fast path that production
+batches take (threshold 0: every batch that can take it does) and the per-record path (threshold
+above any batch size), so one rule holds for both.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.schema import TABLES
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import LineOrigins, RawBatch
 
@@ -94,8 +100,13 @@ def mutated_events(draw: st.DrawFn) -> bytes:
     return raw
 
 
-def _check(records: list[bytes], max_record_bytes: int = 1 << 20) -> None:
-    res = process(RawBatch(records, LineOrigins("prop")), CTX, max_record_bytes=max_record_bytes)
+#: fast-path thresholds: 0 = the columnar fast path whenever possible; 10**9 = the per-record path only.
+PATHS_OF_PROCESS = pytest.mark.parametrize("fast_min", [0, 10**9], ids=["fast_path", "per_record"])
+
+
+def _check(records: list[bytes], fast_min: int, max_record_bytes: int = 1 << 20) -> None:
+    res = process(RawBatch(records, LineOrigins("prop")), CTX, max_record_bytes=max_record_bytes,
+                  fast_path_min_records=fast_min)
     covered: set[str] = set()
     for kind, table in res.tables.items():
         assert table.schema == TABLES[kind], kind
@@ -117,29 +128,33 @@ def _check(records: list[bytes], max_record_bytes: int = 1 << 20) -> None:
                                and value.get("items") == []), raw
 
 
+@PATHS_OF_PROCESS
 @SETTINGS
 @given(st.lists(json_values, min_size=1, max_size=5))
-def test_arbitrary_json_values(values: list[Any]) -> None:
-    _check([json.dumps(v).encode() for v in values])
+def test_arbitrary_json_values(fast_min: int, values: list[Any]) -> None:
+    _check([json.dumps(v).encode() for v in values], fast_min)
 
 
+@PATHS_OF_PROCESS
 @SETTINGS
 @given(st.lists(st.binary(max_size=200), min_size=1, max_size=5))
-def test_arbitrary_bytes(records: list[bytes]) -> None:
-    _check(records, max_record_bytes=150)
+def test_arbitrary_bytes(fast_min: int, records: list[bytes]) -> None:
+    _check(records, fast_min, max_record_bytes=150)
 
 
+@PATHS_OF_PROCESS
 @SETTINGS
 @given(st.lists(mutated_events(), min_size=1, max_size=6))
-def test_mutated_real_events(records: list[bytes]) -> None:
-    _check(records)
+def test_mutated_real_events(fast_min: int, records: list[bytes]) -> None:
+    _check(records, fast_min)
 
 
+@PATHS_OF_PROCESS
 @SETTINGS
 @given(st.lists(mutated_events(), min_size=1, max_size=3), st.lists(json_values, max_size=3))
-def test_mixed_batches_keep_good_rows(records: list[bytes], noise: list[Any]) -> None:
+def test_mixed_batches_keep_good_rows(fast_min: int, records: list[bytes], noise: list[Any]) -> None:
     good = orjson.dumps(BASE)
     batch = [good, *records, *[json.dumps(v).encode() for v in noise], good]
-    res = process(RawBatch(batch, LineOrigins("prop")), CTX)
+    res = process(RawBatch(batch, LineOrigins("prop")), CTX, fast_path_min_records=fast_min)
     origins = set(res.tables["k8s_audit"].column("origin").to_pylist())
     assert {"file:prop:1", f"file:prop:{len(batch)}"} <= origins
