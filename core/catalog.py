@@ -20,8 +20,15 @@ from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
 
 
-def sql_literal(value: str) -> str:
-    """A SQL string literal for ``value`` (single quotes doubled). Only for paths we built."""
+def sql_literal(value: str | None) -> str:
+    """A SQL string literal for ``value`` (single quotes doubled), or ``NULL``.
+
+    Only for text the code itself chose (paths it built, its own regexes and descriptions) where
+    DuckDB cannot bind a parameter (``CREATE VIEW``, ``COMMENT ON``, ``SET``); values from a user
+    or a log are always bound.
+    """
+    if value is None:
+        return "NULL"
     return "'" + value.replace("'", "''") + "'"
 
 

@@ -25,6 +25,13 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from ztaudit.core.errors import ConfigError
 
+#: Settings that take one of a fixed set of words (checked when the config is loaded).
+ReachWindow = Literal["hour", "day"]
+KafkaBackend = Literal["kafka-python", "confluent"]
+StartFrom = Literal["earliest", "latest"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
 
 def _opt(default: Any, why: str) -> Any:
     if isinstance(default, (list, dict)):
@@ -109,7 +116,7 @@ class CredentialSettings:
 @dataclass(frozen=True)
 class ReachSettings:
     baseline_days: int = _opt(14, "two weeks of history covers weekly rhythms")
-    window: Literal["hour", "day"] = _opt("day", "feature window: 'hour' or 'day'; a day smooths bursts, an hour reacts faster")
+    window: ReachWindow = _opt("day", "feature window: 'hour' or 'day'; a day smooths bursts, an hour reacts faster")
     contamination: float = _opt(0.001, "expected share of anomalous actor-windows in the baseline")
     min_history_windows: int = _opt(3, "below this an actor is judged against its peers only")
     random_state: int = _opt(7, "fixed so scores are reproducible run to run")
@@ -137,18 +144,19 @@ class DetectSettings:
 class KafkaSettings:
     bootstrap_servers: str = _opt("127.0.0.1:9092", "a local broker, as started by `make kafka`")
     group: str = _opt("ztaudit", "one consumer group; more processes in it scale ingest out")
-    backend: Literal["kafka-python", "confluent"] = _opt("kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
-                        "ztaudit[confluent] extra) decodes records in C and is faster per process")
+    backend: KafkaBackend = _opt(
+        "kafka-python", "kafka-python is a core dependency; confluent (librdkafka, the optional "
+        "ztaudit[confluent] extra) decodes records in C and is faster per process")
     session_timeout_ms: int = _opt(
         10_000, "a killed consumer holds its partitions until this expires; 10 s fails over quickly and "
         "heartbeats run on kafka-python's IO thread, so long flushes do not expire it")
     topics: list[str] = _opt([], "NAME or NAME=SOURCE_KIND; empty means --topic must be given")
-    start_from: Literal["earliest", "latest"] = _opt("earliest", "a new lake wants history, not only what arrives from now on")
+    start_from: StartFrom = _opt("earliest", "a new lake wants history, not only what arrives from now on")
     flush_records: int = _opt(100_000, "about one DuckDB row group per file")
     flush_bytes: int = _opt(128 * 1024 * 1024, "bounds memory per partition buffer")
     flush_seconds: float = _opt(30.0, "a quiet topic still reaches the lake within half a minute")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _opt("PLAINTEXT", "loopback development broker")
-    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_* protocols")
+    security_protocol: SecurityProtocol = _opt("PLAINTEXT", "loopback development broker")
+    sasl_mechanism: SaslMechanism = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with SASL_* protocols")
     sasl_username: str = _opt("", "SASL user name")
     sasl_password_env: str = _opt("ZTAUDIT_KAFKA_PASSWORD", "the password comes from this environment variable")
     sasl_password_file: str = _opt("", "or from this file (first line), e.g. a mounted Kubernetes secret")

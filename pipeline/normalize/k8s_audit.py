@@ -59,6 +59,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ztaudit.core.catalog import sql_literal
 from ztaudit.core.columns import conform
 from ztaudit.core.config import IdentitySettings
 from ztaudit.core.quarantine import Reason, Rejected
@@ -102,17 +103,10 @@ def _rfc3339(col: str) -> str:
     SIEM rewrites (``2025-08-26 17:40:49.320496000``) are refused on purpose: they are not what
     the apiserver writes."""
     return (f"(substr({col}, 11, 1) IN ('T', 't') AND (right({col}, 1) IN ('Z', 'z') OR "
-            f"regexp_full_match({col}, {_lit(_RFC3339)})))")
+            f"regexp_full_match({col}, {sql_literal(_RFC3339)})))")
 
 
 _CRED_KEY: Final = "authentication.kubernetes.io/credential-id"
-
-
-def _lit(value: str | None) -> str:
-    """A SQL string literal (or NULL)."""
-    if value is None:
-        return "NULL"
-    return "'" + value.replace("'", "''") + "'"
 
 
 def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: bool = False) -> str:
@@ -134,7 +128,7 @@ def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: 
     return f"""
 WITH parsed AS (
     SELECT idx, sub, coalesce(origin, $3::VARCHAR || origin_no::VARCHAR) AS origin, env_cluster, valid,
-           CASE WHEN valid THEN from_json(line, {_lit(EVENT_STRUCT)}) END AS e,
+           CASE WHEN valid THEN from_json(line, {sql_literal(EVENT_STRUCT)}) END AS e,
            -- cheap pre-filter for the legacy-token annotation scan below
            contains(line, 'legacy-token') AS legacy_hint
     FROM (SELECT *, {"true" if assume_valid else "json_valid(line)"} AS valid FROM {relation})
@@ -177,10 +171,10 @@ SELECT
     st AS stage_at,
     e.verb AS verb,
     CASE WHEN contains(e.requestURI, 'eyJ')
-         THEN regexp_replace(regexp_replace(e.requestURI, {_lit(QUERY_SECRET_RE)}, '\\1***', 'gi'),
-                             {_lit(JWT_RE)}, '***', 'g')
+         THEN regexp_replace(regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi'),
+                             {sql_literal(JWT_RE)}, '***', 'g')
          WHEN contains(e.requestURI, '=')
-         THEN regexp_replace(e.requestURI, {_lit(QUERY_SECRET_RE)}, '\\1***', 'gi')
+         THEN regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi')
          ELSE e.requestURI END AS request_uri,
     e.user.username AS user_name,
     e.user.uid AS user_uid,
@@ -200,7 +194,7 @@ SELECT
              false) AS is_legacy_token,
     coalesce(nullif(ann['authentication.kubernetes.io/issued-credential-id'], ''),
              CASE WHEN e.objectRef.resource = 'serviceaccounts' AND e.objectRef.subresource = 'token'
-                  THEN nullif(ann[{_lit(_CRED_KEY)}], '') END) AS issued_credential_id,
+                  THEN nullif(ann[{sql_literal(_CRED_KEY)}], '') END) AS issued_credential_id,
     nullif(split_part(sa_actor, ':', 3), '') AS sa_namespace,
     nullif(split_part(sa_actor, ':', 4), '') AS sa_name,
     nullif(extra."authentication.kubernetes.io/pod-name"[1], '') AS pod_name,
@@ -213,7 +207,7 @@ SELECT
     CASE WHEN actor_ IS NULL OR actor_ = 'system:anonymous' THEN 'anonymous'
          WHEN starts_with(actor_, 'system:serviceaccount:') THEN 'service_account'
          WHEN starts_with(actor_, 'system:node:') THEN 'node'
-         WHEN starts_with(actor_, 'system:') OR regexp_matches(actor_, {_lit(sysre)}) THEN 'system'
+         WHEN starts_with(actor_, 'system:') OR regexp_matches(actor_, {sql_literal(sysre)}) THEN 'system'
          ELSE 'human' END AS actor_kind,
     e.sourceIPs[-1] AS source_ip,
     e.sourceIPs AS source_ips,

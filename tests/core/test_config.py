@@ -61,3 +61,26 @@ def test_errors_name_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_env_override(tmp_path: Path) -> None:
     cfg = load_config(os.devnull, env={"ZTAUDIT_REVOCATION_GRACE_SECONDS": "30"})
     assert cfg.revocation.grace_seconds == 30
+
+
+@pytest.mark.parametrize(("section", "key", "bad", "good"), [
+    ("kafka", "security_protocol", "TLS", "SASL_SSL"),
+    ("kafka", "sasl_mechanism", "SCRAM-SHA-1", "SCRAM-SHA-512"),
+    ("kafka", "backend", "librdkafka", "confluent"),
+    ("kafka", "start_from", "beginning", "latest"),
+    ("reach", "window", "week", "hour"),
+])
+def test_fixed_word_settings_accept_only_their_words(tmp_path: Path, section: str, key: str, bad: str,
+                                                    good: str) -> None:
+    """A setting that takes one of a fixed set of words refuses others, from the file and the environment."""
+    from ztaudit.core.errors import ConfigError
+
+    cfg_file = tmp_path / "ztaudit.toml"
+    cfg_file.write_text(f'[{section}]\n{key} = "{bad}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, env={})
+    assert f"{section}.{key}" in str(err.value) and repr(good) in str(err.value)
+    with pytest.raises(ConfigError):
+        load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": bad})
+    assert getattr(getattr(load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": good}), section),
+                   key) == good
