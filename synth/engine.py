@@ -32,13 +32,13 @@ from typing import Any
 
 from ztaudit.synth.clock import DAY, HOUR, day_str, iso_us, parse_day, weekday
 from ztaudit.synth.events import emit_request
-from ztaudit.synth.incidents import ALL_KINDS, Label, plan_incidents
+from ztaudit.synth.incident_context import ALL_KINDS, Label
+from ztaudit.synth.incidents import plan_incidents
+from ztaudit.synth.people import ci_hour, human_hour
 from ztaudit.synth.traffic import (
     Actor,
     Buffers,
-    ci_hour,
     control_plane_actors,
-    human_hour,
     node_actors,
     pod_actors,
     poisson,

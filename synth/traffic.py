@@ -1,4 +1,4 @@
-"""Background traffic: what a healthy cluster and its people produce, hour by hour.
+"""Background traffic of the machines: control plane, kubelets and workloads, hour by hour.
 
 Actors (per cluster):
 
@@ -12,14 +12,9 @@ Actors (per cluster):
   annotation ``issued-credential-id``, §4);
 * workloads: pod-bound tokens (JTI + pod/node extras, §3), source IP from the pod CIDR, reach that
   is steady and mostly within the namespace; cluster-wide controllers (Prometheus,
-  kube-state-metrics, ingress-nginx, cert-manager, CoreDNS) have broad but constant reach;
-* CI: ``system:serviceaccount:ci:deployer`` in short-lived runner pods, weekday bursts that patch
-  Deployments in team namespaces;
-* people through Pomerium (proxy-idp-formats.md §1.5, §1.6): for every request an ``authorize
-  check`` line (second precision, local offset) and an audit Event where ``user`` is the Pomerium
-  authorize service account and ``impersonatedUser`` the person's email; audit time = proxy time +
-  latency + a per-cluster, per-day clock skew of 0–1.5 s. Okta ``user.session.start`` at each
-  day's first login.
+  kube-state-metrics, ingress-nginx, cert-manager, CoreDNS) have broad but constant reach.
+
+People and CI are in :mod:`.people`; both write into :class:`Buffers`.
 """
 
 from __future__ import annotations
@@ -30,41 +25,28 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ztaudit.synth.clock import DAY, HOUR, MINUTE, US, iso_us, uuid_from_int, weekday
+from ztaudit.synth.clock import HOUR
 from ztaudit.synth.events import (
-    FORBID_ANN,
     Op,
     allow_ann,
     emit_request,
-    forbidden_status,
-    impersonated,
     jlist,
     jstr,
     object_ref,
-    okta_event,
     plain_user,
     pod_token_user,
-    pomerium_access,
-    pomerium_check,
     sa_user,
     x509_user,
 )
 from ztaudit.synth.world import (
     KUBE_COMMIT,
     KUBE_VERSION,
-    POMERIUM_NS,
-    POMERIUM_SA,
-    POMERIUM_USER,
-    PROXY_UTC_OFFSET_MINUTES,
     TOKEN_ROTATE_US,
     Cluster,
-    Human,
     Pod,
     Workload,
     World,
-    okta_session,
     pod_jti,
-    session_id,
 )
 
 Emit = Callable[[int, str], None]
@@ -110,15 +92,15 @@ def poisson(rng: random.Random, lam: float) -> int:
     return max(0, round(rng.gauss(lam, math.sqrt(lam))))
 
 
-def _cwb(name: str, subject: str) -> str:
+def cwb_op(name: str, subject: str) -> str:
     return f'RBAC: allowed by ClusterRoleBinding "{name}" of ClusterRole "{name}" to {subject}'
 
 
-def _rb(binding: str, ns: str, role: str, subject: str, kind: str = "Role") -> str:
+def rb_op(binding: str, ns: str, role: str, subject: str, kind: str = "Role") -> str:
     return f'RBAC: allowed by RoleBinding "{binding}/{ns}" of {kind} "{role}" to {subject}'
 
 
-def _watch(resource: str, reason: str, group: str = "", version: str = "v1", ns: str = "",
+def watch_op(resource: str, reason: str, group: str = "", version: str = "v1", ns: str = "",
            selector: str = "") -> Op:
     base = f"/apis/{group}/{version}" if group else "/api/v1"
     path = f"{base}/namespaces/{ns}/{resource}" if ns else f"{base}/{resource}"
@@ -127,7 +109,7 @@ def _watch(resource: str, reason: str, group: str = "", version: str = "v1", ns:
               watch=True, namespace=ns, resource=resource)
 
 
-def _list(resource: str, reason: str, group: str = "", version: str = "v1", ns: str = "", query: str = "limit=500",
+def list_op(resource: str, reason: str, group: str = "", version: str = "v1", ns: str = "", query: str = "limit=500",
           level: str = "Metadata") -> Op:
     base = f"/apis/{group}/{version}" if group else "/api/v1"
     path = f"{base}/namespaces/{ns}/{resource}" if ns else f"{base}/{resource}"
@@ -135,7 +117,7 @@ def _list(resource: str, reason: str, group: str = "", version: str = "v1", ns: 
               api_version=version), allow_ann(reason), level=level, namespace=ns, resource=resource)
 
 
-def _one(verb: str, resource: str, ns: str, name: str, reason: str, group: str = "", version: str = "v1",
+def one_op(verb: str, resource: str, ns: str, name: str, reason: str, group: str = "", version: str = "v1",
          sub: str = "", query: str = "", code: int = 200, body: str = "", level: str = "Metadata") -> Op:
     base = f"/apis/{group}/{version}" if group else "/api/v1"
     path = f"{base}/namespaces/{ns}/{resource}/{name}" if ns else f"{base}/{resource}/{name}"
@@ -148,8 +130,8 @@ def _one(verb: str, resource: str, ns: str, name: str, reason: str, group: str =
               namespace=ns, resource=resource)
 
 
-def _lease(ns: str, name: str, reason: str) -> Op:
-    return _one("update", "leases", ns, name, reason, group="coordination.k8s.io", query="timeout=5s",
+def lease_op(ns: str, name: str, reason: str) -> Op:
+    return one_op("update", "leases", ns, name, reason, group="coordination.k8s.io", query="timeout=5s",
                 level="Metadata")
 
 
@@ -208,50 +190,50 @@ def _weighted(*pairs: tuple[int, Op]) -> list[Op]:
 def _app_ops(c: Cluster, w: Workload) -> list[Op]:
     ns, sa = w.namespace, w.sa
     subj = f'ServiceAccount "{sa}/{ns}"'
-    r = _rb(w.name, ns, w.name, subj)
-    ops = [(6, _one("get", "configmaps", ns, f"{w.name}-config", r)),
-           (3, _watch("endpoints", r, ns=ns)),
-           (2, _watch("configmaps", r, ns=ns, selector=f"fieldSelector=metadata.name%3D{w.name}-config")),
-           (4, _list("pods", r, ns=ns, query=f"labelSelector=app%3D{w.name}")),
-           (2, _one("get", "secrets", ns, f"{w.name}-credentials", r))]
+    r = rb_op(w.name, ns, w.name, subj)
+    ops = [(6, one_op("get", "configmaps", ns, f"{w.name}-config", r)),
+           (3, watch_op("endpoints", r, ns=ns)),
+           (2, watch_op("configmaps", r, ns=ns, selector=f"fieldSelector=metadata.name%3D{w.name}-config")),
+           (4, list_op("pods", r, ns=ns, query=f"labelSelector=app%3D{w.name}")),
+           (2, one_op("get", "secrets", ns, f"{w.name}-credentials", r))]
     if w.name in ("worker", "indexer", "etl"):
-        ops.append((6, _lease(ns, f"{w.name}-leader", r)))
+        ops.append((6, lease_op(ns, f"{w.name}-leader", r)))
     return _weighted(*ops)
 
 
 def _cluster_wide_ops(c: Cluster, w: Workload) -> list[Op]:
     ns, sa = w.namespace, w.sa
     subj = f'ServiceAccount "{sa}/{ns}"'
-    crb = _cwb(w.name, subj)
-    nsr = _rb(w.name, ns, w.name, subj)
+    crb = cwb_op(w.name, subj)
+    nsr = rb_op(w.name, ns, w.name, subj)
     p = w.profile
     if p == "prometheus":
-        node_ops = [(1, dataclasses.replace(_one("get", "nodes", "", n.name, crb, sub="proxy"),
+        node_ops = [(1, dataclasses.replace(one_op("get", "nodes", "", n.name, crb, sub="proxy"),
                                             uri=f"/api/v1/nodes/{n.name}/proxy/metrics/cadvisor")) for n in c.nodes]
-        return _weighted((3, _watch("pods", crb)), (3, _watch("endpoints", crb)), (2, _watch("services", crb)),
-                         (2, _watch("nodes", crb)), (2, _list("pods", crb)), *node_ops)
+        return _weighted((3, watch_op("pods", crb)), (3, watch_op("endpoints", crb)), (2, watch_op("services", crb)),
+                         (2, watch_op("nodes", crb)), (2, list_op("pods", crb)), *node_ops)
     if p == "ksm":
         res = [("pods", ""), ("secrets", ""), ("configmaps", ""), ("nodes", ""), ("namespaces", ""),
                ("deployments", "apps"), ("replicasets", "apps"), ("jobs", "batch"),
                ("persistentvolumeclaims", ""), ("services", "")]
-        return _weighted(*[(2, _watch(r, crb, group=g)) for r, g in res],
-                         *[(1, _list(r, crb, group=g)) for r, g in res])
+        return _weighted(*[(2, watch_op(r, crb, group=g)) for r, g in res],
+                         *[(1, list_op(r, crb, group=g)) for r, g in res])
     if p == "ingress":
-        return _weighted((3, _watch("ingresses", crb, group="networking.k8s.io")), (3, _watch("services", crb)),
-                         (3, _watch("endpointslices", crb, group="discovery.k8s.io")), (2, _watch("secrets", crb)),
-                         (2, _watch("configmaps", nsr, ns=ns)), (6, _lease(ns, "ingress-nginx-leader", nsr)))
+        return _weighted((3, watch_op("ingresses", crb, group="networking.k8s.io")), (3, watch_op("services", crb)),
+                         (3, watch_op("endpointslices", crb, group="discovery.k8s.io")), (2, watch_op("secrets", crb)),
+                         (2, watch_op("configmaps", nsr, ns=ns)), (6, lease_op(ns, "ingress-nginx-leader", nsr)))
     if p == "certmanager":
-        ks = _rb("cert-manager:leaderelection", "kube-system", "cert-manager:leaderelection", subj)
+        ks = rb_op("cert-manager:leaderelection", "kube-system", "cert-manager:leaderelection", subj)
         team_ns = ["payments", "checkout", "search", "catalog"]
-        return _weighted((3, _watch("certificates", crb, group="cert-manager.io")), (3, _watch("secrets", crb)),
-                         (2, _watch("certificaterequests", crb, group="cert-manager.io")),
-                         (8, _lease("kube-system", "cert-manager-controller", ks)),
-                         *[(1, _one("get", "secrets", n, f"{n}-tls", crb)) for n in team_ns])
+        return _weighted((3, watch_op("certificates", crb, group="cert-manager.io")), (3, watch_op("secrets", crb)),
+                         (2, watch_op("certificaterequests", crb, group="cert-manager.io")),
+                         (8, lease_op("kube-system", "cert-manager-controller", ks)),
+                         *[(1, one_op("get", "secrets", n, f"{n}-tls", crb)) for n in team_ns])
     if p == "coredns":
-        return _weighted((3, _watch("services", crb)), (3, _watch("endpointslices", crb, group="discovery.k8s.io")),
-                         (2, _watch("namespaces", crb)))
+        return _weighted((3, watch_op("services", crb)), (3, watch_op("endpointslices", crb, group="discovery.k8s.io")),
+                         (2, watch_op("namespaces", crb)))
     if p == "pomerium":
-        return _weighted((1, _one("get", "configmaps", ns, "pomerium-config", nsr)))
+        return _weighted((1, one_op("get", "configmaps", ns, "pomerium-config", nsr)))
     raise ValueError(p)
 
 
@@ -260,27 +242,28 @@ def control_plane_actors(world: World, c: Cluster) -> list[Actor]:
     cp = c.control_plane
     ips = jlist([cp.ip])
     kcm, sch = "system:kube-controller-manager", "system:kube-scheduler"
-    kcm_r = _cwb(kcm, f'User "{kcm}"')
-    sch_r = _cwb(sch, f'User "{sch}"')
+    kcm_r = cwb_op(kcm, f'User "{kcm}"')
+    sch_r = cwb_op(sch, f'User "{sch}"')
     ua_kcm = f"kube-controller-manager/{KUBE_VERSION} (linux/amd64) kubernetes/{KUBE_COMMIT}"
     ua_sch = f"kube-scheduler/{KUBE_VERSION} (linux/amd64) kubernetes/{KUBE_COMMIT}"
     ua_api = f"kube-apiserver/{KUBE_VERSION} (linux/amd64) kubernetes/{KUBE_COMMIT}"
     kcm_ops = _weighted(
-        (20, _lease("kube-system", "kube-controller-manager", kcm_r)),
-        (2, _watch("secrets", kcm_r)), (2, _watch("serviceaccounts", kcm_r)), (2, _watch("namespaces", kcm_r)),
-        (2, _watch("nodes", kcm_r)), (2, _watch("pods", kcm_r)), (2, _watch("replicasets", kcm_r, group="apps")),
-        (2, _watch("deployments", kcm_r, group="apps")), (1, _list("secrets", kcm_r)),
-        (2, _watch("endpointslices", kcm_r, group="discovery.k8s.io")))
+        (20, lease_op("kube-system", "kube-controller-manager", kcm_r)),
+        (2, watch_op("secrets", kcm_r)), (2, watch_op("serviceaccounts", kcm_r)), (2, watch_op("namespaces", kcm_r)),
+        (2, watch_op("nodes", kcm_r)), (2, watch_op("pods", kcm_r)), (2, watch_op("replicasets", kcm_r, group="apps")),
+        (2, watch_op("deployments", kcm_r, group="apps")), (1, list_op("secrets", kcm_r)),
+        (2, watch_op("endpointslices", kcm_r, group="discovery.k8s.io")))
     sch_ops = _weighted(
-        (20, _lease("kube-system", "kube-scheduler", sch_r)), (3, _watch("pods", sch_r)), (2, _watch("nodes", sch_r)),
-        (1, _watch("persistentvolumeclaims", sch_r)), (1, _watch("csinodes", sch_r, group="storage.k8s.io")))
+        (20, lease_op("kube-system", "kube-scheduler", sch_r)), (3, watch_op("pods", sch_r)),
+        (2, watch_op("nodes", sch_r)),
+        (1, watch_op("persistentvolumeclaims", sch_r)), (1, watch_op("csinodes", sch_r, group="storage.k8s.io")))
     api_user = plain_user("system:apiserver", ["system:authenticated", "system:masters"],
                           uid=world.namer.uuid("apiserver", c.name))
     api_id = "apiserver-" + world.namer.hex(26, "apiserver-lease", c.name)
-    api_ops = _weighted((10, _lease("kube-system", api_id, "")),
-                        (3, _one("get", "services", "default", "kubernetes", "")),
-                        (2, _one("get", "endpoints", "default", "kubernetes", "")),
-                        (1, _list("priorityclasses", "", group="scheduling.k8s.io", query="")))
+    api_ops = _weighted((10, lease_op("kube-system", api_id, "")),
+                        (3, one_op("get", "services", "default", "kubernetes", "")),
+                        (2, one_op("get", "endpoints", "default", "kubernetes", "")),
+                        (1, list_op("priorityclasses", "", group="scheduling.k8s.io", query="")))
     actors = [
         Actor(c, kcm, 140, kcm_ops, ips, jstr(ua_kcm),
               static_user=x509_user(kcm, ["system:authenticated"], world.namer.sha256_hex("cert", c.name, kcm))),
@@ -293,14 +276,14 @@ def control_plane_actors(world: World, c: Cluster) -> list[Actor]:
                             ("deployment-controller", "deployments", "apps"),
                             ("endpointslice-controller", "endpointslices", "discovery.k8s.io")):
         user = f"system:serviceaccount:kube-system:{ctl}"
-        r = _cwb(f"system:controller:{ctl}", f'ServiceAccount "{ctl}/kube-system"')
+        r = cwb_op(f"system:controller:{ctl}", f'ServiceAccount "{ctl}/kube-system"')
         ops: list[Op] = []
         for ns in app_ns:
             for w in c.workloads:
                 if w.namespace == ns:
                     name = w.name if res != "endpointslices" else f"{w.name}-{world.namer.pod_suffix('eps', w.name)}"
                     sub = "status" if res != "endpointslices" else ""
-                    ops.append(_one("update", res, ns, name if res != "replicasets" else f"{w.name}-{w.rs_hash}", r,
+                    ops.append(one_op("update", res, ns, name if res != "replicasets" else f"{w.name}-{w.rs_hash}", r,
                                     group=group, sub=sub))
         ua = f"{ua_kcm}/system:serviceaccount:kube-system:{ctl}"
         actors.append(Actor(c, user, 40, ops, ips, jstr(ua), controller=ctl))
@@ -312,17 +295,17 @@ def node_actors(world: World, c: Cluster) -> list[Actor]:
     actors = []
     for n in c.nodes:
         user = x509_user(n.username, ["system:nodes", "system:authenticated"], n.cert_hash)
-        ops = [(12, _lease("kube-node-lease", n.name, "")),
-               (3, _one("patch", "nodes", "", n.name, "", sub="status")),
-               (1, _watch("pods", "", selector=f"fieldSelector=spec.nodeName%3D{n.name}")),
-               (2, _one("get", "nodes", "", n.name, "", query="resourceVersion=0&timeout=10s"))]
+        ops = [(12, lease_op("kube-node-lease", n.name, "")),
+               (3, one_op("patch", "nodes", "", n.name, "", sub="status")),
+               (1, watch_op("pods", "", selector=f"fieldSelector=spec.nodeName%3D{n.name}")),
+               (2, one_op("get", "nodes", "", n.name, "", query="resourceVersion=0&timeout=10s"))]
         for p in c.pods:
             if p.node is n:
                 ns, wn = p.workload.namespace, p.workload.name
-                ops.append((1, _watch("configmaps", "", ns=ns,
+                ops.append((1, watch_op("configmaps", "", ns=ns,
                                       selector="fieldSelector=metadata.name%3Dkube-root-ca.crt")))
-                ops.append((1, _one("get", "secrets", ns, f"{wn}-credentials", "")))
-                ops.append((1, _one("get", "configmaps", ns, f"{wn}-config", "")))
+                ops.append((1, one_op("get", "secrets", ns, f"{wn}-credentials", "")))
+                ops.append((1, one_op("get", "configmaps", ns, f"{wn}-config", "")))
         actors.append(Actor(c, n.username, 110, _weighted(*ops), jlist([n.ip]),
                             jstr(f"kubelet/{KUBE_VERSION} (linux/amd64) kubernetes/{KUBE_COMMIT}"), static_user=user,
                             weekend_factor=1.0))
@@ -352,7 +335,7 @@ def token_request_body(pod: Pod) -> str:
 def emit_token_request(world: World, rng: random.Random, emit: Emit, c: Cluster, pod: Pod, t: int, rot: int) -> None:
     """The kubelet mints the ``rot``-th token for ``pod``: ``create serviceaccounts/<sa>/token``."""
     w = pod.workload
-    op = _one("create", "serviceaccounts", w.namespace, w.sa, "", sub="token", code=201,
+    op = one_op("create", "serviceaccounts", w.namespace, w.sa, "", sub="token", code=201,
               body=token_request_body(pod))
     user = x509_user(pod.node.username, ["system:nodes", "system:authenticated"], pod.node.cert_hash)
     issued = f'"authentication.kubernetes.io/issued-credential-id":"JTI={pod_jti(world, c, pod, rot)}"'
@@ -372,281 +355,3 @@ def token_rotations(world: World, rng: random.Random, emit: Emit, c: Cluster, h0
                 emit_token_request(world, rng, emit, c, p, t, k)
             k += 1
             t += TOKEN_ROTATE_US
-
-
-# --- people through Pomerium ---------------------------------------------------------------
-
-
-def proxy_skew_us(world: World, c: Cluster, t: int) -> int:
-    """Audit clock minus proxy clock, per cluster and day: 0–1.5 s (config: 3 s match window)."""
-    return int(world.namer.unit("skew", c.name, t // DAY) * 1.5 * US)
-
-
-def pomerium_pods(c: Cluster) -> list[Pod]:
-    return [p for p in c.pods if p.workload.namespace == POMERIUM_NS and p.workload.sa == POMERIUM_SA]
-
-
-def pomerium_user(world: World, c: Cluster, pod: Pod, t: int) -> str:
-    """``user`` block of the Pomerium authorize SA's projected token in ``pod`` at ``t``."""
-    rot = pod.rotation(t)
-    key = (c.name, pod.name, rot)
-    u = world.user_cache.get(key)
-    if u is None:
-        u = pod_token_user(POMERIUM_USER, pod.workload.sa_uid, POMERIUM_NS, pod_jti(world, c, pod, rot), pod.name,
-                           pod.uid, pod.node.name, pod.node.uid)
-        world.user_cache[key] = u
-    return u
-
-
-@dataclass(slots=True)
-class ProxiedResult:
-    """Where a proxied request landed: proxy decision time and the audit request (if any)."""
-
-    proxy_time: int
-    audit_time: int | None
-
-
-def proxied_request(world: World, rng: random.Random, out: Buffers, c: Cluster, h: Human, t: int, op: Op,
-                    session: str, *, emit_audit: bool = True, skew_us: int | None = None,
-                    access_log: bool = False, status: str | None = None, ann: str | None = None,
-                    watch_seconds: int | None = None) -> ProxiedResult:
-    """A person's request through Pomerium: the allowed authorize line, then the impersonated Event.
-
-    ``t`` is the true instant Pomerium decided. The proxy logs it truncated to the second in its
-    local offset; the API server receives the request a few ms later, and its clock is skewed by
-    ``skew_us`` (default: the cluster's skew that day).
-    """
-    rid = uuid_from_int(rng.getrandbits(128))
-    out.to_proxy(t, pomerium_check(t, PROXY_UTC_OFFSET_MINUTES, rid, op.method, op.path, c.host, h.client_ip,
-                                   session, h.okta_id, h.email, c.route_id, c.route_checksum, True, ["groups-ok"]))
-    if not emit_audit:
-        return ProxiedResult(t, None)
-    skew = proxy_skew_us(world, c, t) if skew_us is None else skew_us
-    ta = t + 3000 + int(rng.random() * 40_000) + skew
-    pods = pomerium_pods(c)
-    pod = pods[int(rng.random() * len(pods))]
-    user = pomerium_user(world, c, pod, ta)
-    ips = jlist([h.client_ip, pod.ip])
-    imp = impersonated(h.email, [h.team.group_id, *h.groups])
-    req = emit_request(out.audit_to(c.name), rng, ta, op, user, ips, jstr(h.user_agent), imp=imp, status=status,
-                       ann=ann, watch_seconds=watch_seconds, end_limit=world.end)
-    if access_log:
-        out.to_proxy(req.completed, pomerium_access(req.completed, PROXY_UTC_OFFSET_MINUTES, rid, op.method,
-                                                    op.path, c.host, h.user_agent, h.client_ip, op.code,
-                                                    (req.completed - t) / 1000))
-    return ProxiedResult(t, ta)
-
-
-_DISCOVERY = [
-    Op("get", "/api?timeout=32s", "", allow_ann(_cwb("system:discovery", 'Group "system:authenticated"'))),
-    Op("get", "/apis?timeout=32s", "", allow_ann(_cwb("system:discovery", 'Group "system:authenticated"'))),
-    Op("get", "/apis/apps/v1?timeout=32s", "", allow_ann(_cwb("system:discovery", 'Group "system:authenticated"'))),
-]
-
-
-def team_reason(h: Human, ns: str) -> str:
-    t = h.team
-    if t.cluster_admin:
-        return _cwb(f"team-{t.name}-admin", f'Group "team-{t.name}"').replace(
-            f'ClusterRole "team-{t.name}-admin"', 'ClusterRole "cluster-admin"')
-    return _rb(f"team-{t.name}-edit", ns, "edit", f'Group "team-{t.name}"', kind="ClusterRole")
-
-
-def human_namespaces(h: Human, c: Cluster, t: int) -> list[str]:
-    """Namespaces a person works in at ``t``: the team's, plus any new ones granted since."""
-    if h.team.cluster_admin:
-        ns = sorted({w.namespace for w in c.workloads if w.namespace in c.namespaces})
-    else:
-        ns = list(h.team.namespaces)
-    ns += [n for since, n in h.extra_namespaces if t >= since]
-    return ns
-
-
-def human_command(world: World, rng: random.Random, out: Buffers, c: Cluster, h: Human, t: int, session: str,
-                  *, discovery: float = 0.35, kind: str | None = None, namespace: str | None = None,
-                  emit_audit: bool = True) -> int:
-    """One kubectl invocation (discovery, then one to three API calls); returns the end instant."""
-    nss = human_namespaces(h, c, t)
-    ns = namespace or nss[int(rng.random() * len(nss))]
-    r = team_reason(h, ns)
-    apps = [w for w in c.workloads if w.namespace == ns] or c.workloads[:1]
-    w = apps[int(rng.random() * len(apps))]
-    pods = [p for p in c.pods if p.workload is w and p.alive(t)] or [p for p in c.pods if p.workload is w]
-    pod = pods[int(rng.random() * len(pods))]
-    if rng.random() < discovery:
-        for op in _DISCOVERY[: 2 + (1 if "k9s" in h.user_agent else 0)]:
-            for _ in range(1 + (rng.random() < 0.4)):  # kubectl repeats discovery GETs (memcache races)
-                proxied_request(world, rng, out, c, h, t, op, session, emit_audit=emit_audit)
-                t += 2000 + int(rng.random() * 30_000)
-    k = kind or rng.choices(
-        ["pods", "deploy", "logs", "describe", "svc", "watch", "restart", "exec", "secret", "delete", "forbidden"],
-        [35, 15, 10, 10, 10, 4, 3, 2, 3, 2, 6])[0]
-    ops: list[Op]
-    status: str | None = None
-    ann: str | None = None
-    if k == "pods":
-        ops = [_list("pods", r, ns=ns)]
-    elif k == "deploy":
-        ops = [_one("get", "deployments", ns, w.name, r, group="apps")]
-    elif k == "logs":
-        ops = [_one("get", "pods", ns, pod.name, r), _one("get", "pods", ns, pod.name, r, sub="log",
-                                                          query=f"container={w.name}&tailLines=200")]
-    elif k == "describe":
-        ops = [_one("get", "pods", ns, pod.name, r),
-               _list("events", r, ns=ns, query=f"fieldSelector=involvedObject.name%3D{pod.name}&limit=500")]
-    elif k == "svc":
-        ops = [_list("services", r, ns=ns), _list("configmaps", r, ns=ns)]
-    elif k == "watch":
-        ops = [_list("pods", r, ns=ns), _watch("pods", r, ns=ns)]
-    elif k == "restart":
-        body = ('{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":"'
-                + iso_us(t)[:19] + 'Z"}}}}}')
-        ops = [_one("get", "deployments", ns, w.name, r, group="apps"),
-               _one("patch", "deployments", ns, w.name, r, group="apps", body=body,
-                    query="fieldManager=kubectl-rollout")]
-    elif k == "exec":
-        ops = [_one("get", "pods", ns, pod.name, r),
-               Op("create", f"/api/v1/namespaces/{ns}/pods/{pod.name}/exec?command=sh&container={w.name}&stdin=true"
-                  "&stdout=true&tty=true", object_ref("pods", ns, pod.name, subresource="exec"), allow_ann(r),
-                  exec_=True, namespace=ns, resource="pods")]
-    elif k == "secret":
-        ops = [_one("get", "secrets", ns, f"{w.name}-credentials", r)]
-    elif k == "delete":
-        ops = [_one("delete", "pods", ns, pod.name, r)]
-    else:  # an RBAC 403: someone else's namespace, or cluster-scoped nodes
-        other = [n for n in ("payments", "search", "analytics", "monitoring") if n not in nss]
-        if other:
-            ons = other[int(rng.random() * len(other))]
-            op = _list("secrets", "", ns=ons)
-            status = forbidden_status(h.email, "list", "secrets", "", ons)
-        else:
-            op = _list("nodes", "")
-            status = forbidden_status(h.email, "list", "nodes", "", "")
-        ops = [Op(op.verb, op.uri, op.obj, FORBID_ANN, status, code=403, namespace=op.namespace,
-                  resource=op.resource)]
-        ann = FORBID_ANN
-    for op in ops:
-        proxied_request(world, rng, out, c, h, t, op, session, emit_audit=emit_audit, status=status, ann=ann,
-                        access_log=rng.random() < 0.1)
-        t += 40_000 + int(rng.random() * 400_000)
-    return t
-
-
-@dataclass(slots=True)
-class WorkDay:
-    """A person's working window on one local day (µs, UTC instants), or None on days off."""
-
-    start: int
-    end: int
-
-
-def work_day(world: World, h: Human, local_day: int) -> WorkDay | None:
-    """Weekdays 8–10 to 16–19 local; on weekends a short on-call session now and then."""
-    off = PROXY_UTC_OFFSET_MINUTES * MINUTE
-    midnight = local_day * DAY - off  # UTC instant of local midnight
-    wd = (local_day + 3) % 7
-    u = world.namer.unit("workday", h.email, local_day)
-    if wd >= 5:
-        if u > 0.12:
-            return None
-        s = midnight + int((10 + 8 * world.namer.unit("wkend", h.email, local_day)) * HOUR)
-        return WorkDay(s, s + int((0.3 + u * 4) * HOUR))
-    if u < 0.06:  # leave, sick days
-        return None
-    s = midnight + int((8 + 2 * world.namer.unit("start", h.email, local_day)) * HOUR)
-    return WorkDay(s, s + int((7.5 + 2.5 * world.namer.unit("len", h.email, local_day)) * HOUR))
-
-
-def human_hour(world: World, rng: random.Random, out: Buffers, h: Human, h0: int, h1: int, scale: float) -> None:
-    """A person's background activity in ``[h0, h1)``: Okta login at day start, kubectl bursts."""
-    off = PROXY_UTC_OFFSET_MINUTES * MINUTE
-    for local_day in {(h0 + off) // DAY, (h1 - 1 + off) // DAY}:
-        wdw = work_day(world, h, local_day)
-        if wdw is None:
-            continue
-        # nothing starts in the last minute, so every proxied request's audit event is in the period
-        lo, hi = max(h0, wdw.start), min(h1, wdw.end, world.end - MINUTE)
-        if h.active_until is not None:
-            hi = min(hi, h.active_until)
-        login = wdw.start - int((2 + 8 * world.namer.unit("login", h.email, local_day)) * MINUTE)
-        if h0 <= login < h1 and (h.active_until is None or login < h.active_until):
-            emit_login(world, rng, out, h, login, local_day)
-        if hi <= lo:
-            continue
-        sess = session_id(world, h, local_day)
-        frac = (hi - lo) / HOUR
-        n = poisson(rng, 5.0 * h.activity * frac * max(0.3, min(1.0, scale) ** 0.5))
-        for _ in range(n):
-            t = lo + int(rng.random() * (hi - lo))
-            cname = h.clusters[0] if rng.random() < 0.6 or len(h.clusters) == 1 else rng.choice(h.clusters[1:])
-            human_command(world, rng, out, world.cluster(cname), h, t, sess)
-
-
-def emit_login(world: World, rng: random.Random, out: Buffers, h: Human, t: int, local_day: int) -> None:
-    """Okta ``user.session.start`` for the person's morning login (actor = the user, §3.1)."""
-    actor = {"alternateId": h.email, "displayName": h.display, "id": h.okta_id, "type": "User"}
-    out.to_okta(t, okta_event(rng, t, "user.session.start", actor, None, h.client_ip,
-                              "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
-                              "Gecko) Chrome/130.0.0.0 Safari/537.36", okta_session(world, h, local_day),
-                              "/api/v1/authn"))
-
-
-# --- CI ----------------------------------------------------------------------------------
-
-
-def ci_hour(world: World, rng: random.Random, out: Buffers, c: Cluster, h0: int, h1: int, scale: float) -> None:
-    """Deploy jobs on weekdays in working hours: a runner pod per job, each with a fresh token."""
-    local_hour = ((h0 + PROXY_UTC_OFFSET_MINUTES * MINUTE) % DAY) // HOUR
-    if weekday(h0 + PROXY_UTC_OFFSET_MINUTES * MINUTE) >= 5 or not 9 <= local_hour < 19:
-        return
-    emit = out.audit_to(c.name)
-    for _ in range(poisson(rng, 1.6 * max(0.25, scale ** 0.5))):
-        t = h0 + int(rng.random() * (h1 - h0))
-        ci_job(world, rng, emit, c, t)
-
-
-@dataclass(frozen=True, slots=True)
-class CiJob:
-    """A finished CI job: its runner's ``user`` block, pod IP, token JTI and end instant."""
-
-    user: str
-    ip: str
-    jti: str
-    end: int
-
-
-def ci_job(world: World, rng: random.Random, emit: Emit, c: Cluster, t: int,
-           target_ns: str | None = None) -> CiJob:
-    """One deploy job in a fresh runner pod (the kubelet mints its token as the pod starts)."""
-    job = world.namer.hex(5, "cijob", c.name, t)
-    node = c.nodes[int(rng.random() * len(c.nodes))]
-    ns = target_ns or rng.choice(["payments", "checkout", "search", "catalog"])
-    apps = [w for w in c.workloads if w.namespace == ns]
-    w = apps[int(rng.random() * len(apps))]
-    pod_name = f"deployer-{job}-{world.namer.pod_suffix('cipod', c.name, t)}"
-    pod_uid = world.namer.uuid("cipoduid", c.name, pod_name)
-    jti = world.namer.uuid("jti-ci", c.name, pod_name)
-    ip = f"10.{c.index}.{node.pod_octet}.{200 + int(rng.random() * 50)}"
-    user = pod_token_user("system:serviceaccount:ci:deployer", world.namer.uuid("sa", c.name, "ci", "deployer"), "ci",
-                          jti, pod_name, pod_uid, node.name, node.uid)
-    # the kubelet mints the runner's token as the pod starts
-    op = _one("create", "serviceaccounts", "ci", "deployer", "", sub="token", code=201)
-    emit_request(emit, rng, t - 2 * US, op, x509_user(node.username, ["system:nodes", "system:authenticated"],
-                                                      node.cert_hash), jlist([node.ip]),
-                 jstr(f"kubelet/{KUBE_VERSION} (linux/amd64) kubernetes/{KUBE_COMMIT}"),
-                 extra_ann=f'"authentication.kubernetes.io/issued-credential-id":"JTI={jti}"')
-    r = _rb("ci-deployer", ns, "edit", 'ServiceAccount "deployer/ci"', kind="ClusterRole")
-    image = f"registry.example.com/{ns}/{w.name}:{world.namer.hex(7, 'img', c.name, t)}"
-    body = ('{"spec":{"template":{"spec":{"containers":[{"name":"' + w.name + '","image":"' + image + '"}]}}}}')
-    seq = [_one("get", "deployments", ns, w.name, r, group="apps"),
-           _one("patch", "deployments", ns, w.name, r, group="apps", body=body, query="fieldManager=kubectl-set"),
-           _list("replicasets", r, group="apps", ns=ns, query=f"labelSelector=app%3D{w.name}"),
-           _watch("deployments", r, group="apps", ns=ns, selector=f"fieldSelector=metadata.name%3D{w.name}"),
-           _list("pods", r, ns=ns, query=f"labelSelector=app%3D{w.name}")]
-    ua = jstr("kubectl/v1.31.0 (linux/amd64) kubernetes/9ce1a43")
-    ips = jlist([ip])
-    for op in seq:
-        emit_request(emit, rng, t, op, user, ips, ua, watch_seconds=30 + int(rng.random() * 90) if op.watch else None,
-                     end_limit=world.end)
-        t += int((0.3 + rng.random() * 3) * US)
-    return CiJob(user, ip, jti, t)
