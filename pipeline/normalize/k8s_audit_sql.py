@@ -1,0 +1,184 @@
+"""The one Event -> ``k8s_audit`` field mapping, as DuckDB SQL (see :mod:`.k8s_audit` for its semantics).
+
+:data:`EVENT_STRUCT` is the ``from_json`` spec of the Event fields the table needs (bodies are not
+in it, so they are never materialised); :func:`mapping_sql` builds the SELECT both the fast path and
+the per-record path run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from ztaudit.core.catalog import sql_literal
+from ztaudit.pipeline.redact import JWT_RE, QUERY_SECRET_RE
+
+#: The fields of an Event that the table needs, as a DuckDB ``json_transform`` structure. Anything
+#: else (bodies, metadata, unknown future fields such as ``authenticationMetadata``) is skipped by
+#: the parser. ``user.extra`` values are always lists (``map[string][]string``, §2); only the three
+#: keys the table uses are extracted (a STRUCT of known keys parses ~2x faster than a MAP).
+#: ``annotations`` is a MAP because the table keeps all of them.
+EVENT_STRUCT: Final = (
+    '{"kind":"VARCHAR","auditID":"VARCHAR","level":"VARCHAR","stage":"VARCHAR","requestURI":"VARCHAR",'
+    '"verb":"VARCHAR",'
+    '"user":{"username":"VARCHAR","uid":"VARCHAR","groups":["VARCHAR"],"extra":{'
+    '"authentication.kubernetes.io/credential-id":["VARCHAR"],"authentication.kubernetes.io/pod-name":["VARCHAR"],'
+    '"authentication.kubernetes.io/node-name":["VARCHAR"]}},'
+    '"impersonatedUser":{"username":"VARCHAR","groups":["VARCHAR"]},'
+    '"sourceIPs":["VARCHAR"],"userAgent":"VARCHAR",'
+    '"objectRef":{"resource":"VARCHAR","subresource":"VARCHAR","namespace":"VARCHAR","name":"VARCHAR",'
+    '"apiGroup":"VARCHAR","apiVersion":"VARCHAR"},'
+    '"responseStatus":{"code":"BIGINT"},'
+    '"requestReceivedTimestamp":"VARCHAR","stageTimestamp":"VARCHAR","timestamp":"VARCHAR",'
+    '"annotations":"MAP(VARCHAR, VARCHAR)"}'
+)
+
+_RFC3339: Final = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+
+
+
+
+def _rfc3339(col: str) -> str:
+    """SQL: ``col`` looks like an RFC 3339 date-time (what ``MicroTime`` serialises to): ``T``
+    separator and ``Z`` zone, checked cheaply; anything else (numeric offsets) must match the full
+    regular expression. ``try_cast`` then validates the values (month 13 fails). Space-separated
+    SIEM rewrites (``2025-08-26 17:40:49.320496000``) are refused on purpose: they are not what
+    the apiserver writes."""
+    return (f"(substr({col}, 11, 1) IN ('T', 't') AND (right({col}, 1) IN ('Z', 'z') OR "
+            f"regexp_full_match({col}, {sql_literal(_RFC3339)})))")
+
+
+_CRED_KEY: Final = "authentication.kubernetes.io/credential-id"
+
+
+def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: bool = False) -> str:
+    """The one Event -> ``k8s_audit`` mapping, over ``relation(idx, sub, origin, origin_no, line,
+    env_cluster)``.
+
+    Parameters: ``$1`` default cluster (VARCHAR, may be NULL), ``$2`` ingested_at (TIMESTAMPTZ),
+    ``$3`` origin prefix: a row's origin is its ``origin`` or else ``$3 || origin_no`` (the fast
+    path passes line numbers / offsets, which is cheaper than building strings in Python).
+
+    ``assume_valid`` skips the ``json_valid`` pass (one JSON parse per line instead of two); DuckDB
+    then raises on the first malformed line and :func:`map_events` re-runs with the check.
+
+    Output: the table's columns plus ``_idx``, ``_sub``, ``_status`` (NULL = a good row;
+    ``invalid`` = not JSON; ``other`` = JSON but not a plain Event; ``bad_timestamp`` /
+    ``missing_field`` = an Event that must be quarantined) and ``_detail``.
+    """
+    sysre = "|".join(f"(?:{p})" for p in system_patterns) or "^$"
+    return f"""
+WITH parsed AS (
+    SELECT idx, sub, coalesce(origin, $3::VARCHAR || origin_no::VARCHAR) AS origin, env_cluster, valid,
+           CASE WHEN valid THEN from_json(line, {sql_literal(EVENT_STRUCT)}) END AS e,
+           -- cheap pre-filter for the legacy-token annotation scan below
+           contains(line, 'legacy-token') AS legacy_hint
+    FROM (SELECT *, {"true" if assume_valid else "json_valid(line)"} AS valid FROM {relation})
+), f AS (
+    SELECT *,
+        e.auditID AS audit_id_,
+        coalesce(e.kind = 'Event', e.kind IS NULL AND e.auditID IS NOT NULL
+                 AND (e.verb IS NOT NULL OR e.stage IS NOT NULL OR e.user IS NOT NULL), false) AS is_event,
+        coalesce(e.requestReceivedTimestamp, e.timestamp) AS rrt_s,
+        coalesce(e.stageTimestamp, e.timestamp) AS st_s,
+        nullif(e.user.username, '') AS user_name_,
+        nullif(e.impersonatedUser.username, '') AS imp_name,
+        e.user.extra AS extra,
+        e.annotations AS ann
+    FROM parsed
+), g AS (
+    SELECT *,
+        CASE WHEN {_rfc3339("rrt_s")} THEN try_cast(rrt_s AS TIMESTAMPTZ) END AS rrt,
+        CASE WHEN st_s = rrt_s THEN (CASE WHEN {_rfc3339("rrt_s")} THEN try_cast(rrt_s AS TIMESTAMPTZ) END)
+             WHEN {_rfc3339("st_s")} THEN try_cast(st_s AS TIMESTAMPTZ) END AS st,
+        coalesce(imp_name, user_name_) AS actor_,
+        nullif(extra."authentication.kubernetes.io/credential-id"[1], '') AS cred_raw,
+        CASE WHEN starts_with(user_name_, 'system:serviceaccount:')
+             THEN nullif(split_part(user_name_, ':', 3), '') END AS token_ns,
+        CASE WHEN starts_with(coalesce(imp_name, user_name_), 'system:serviceaccount:')
+                  AND length(coalesce(imp_name, user_name_)) - length(replace(coalesce(imp_name, user_name_), ':', ''))
+                      = 3
+             THEN coalesce(imp_name, user_name_) END AS sa_actor,
+        coalesce(nullif(ann['authentication.k8s.io/legacy-token-autogenerated-secret'], ''),
+                 nullif(ann['authentication.k8s.io/legacy-token-manual-secret'], '')) AS legacy_secret,
+        nullif(ann['authentication.k8s.io/legacy-token-invalidated'], '') AS legacy_invalidated
+    FROM f
+)
+SELECT
+    audit_id_ AS audit_id,
+    coalesce(env_cluster, $1::VARCHAR) AS cluster,
+    e.stage AS stage,
+    e.level AS level,
+    rrt AS request_received_at,
+    st AS stage_at,
+    e.verb AS verb,
+    CASE WHEN contains(e.requestURI, 'eyJ')
+         THEN regexp_replace(regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi'),
+                             {sql_literal(JWT_RE)}, '***', 'g')
+         WHEN contains(e.requestURI, '=')
+         THEN regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi')
+         ELSE e.requestURI END AS request_uri,
+    e.user.username AS user_name,
+    e.user.uid AS user_uid,
+    e.user.groups AS user_groups,
+    CASE WHEN cred_raw IS NOT NULL THEN cred_raw
+         WHEN legacy_secret IS NOT NULL THEN 'SECRET=' || coalesce(token_ns, '') || '/' || legacy_secret
+         WHEN legacy_invalidated IS NOT NULL THEN 'SECRET=' || split_part(legacy_invalidated, '/', 2) || '/'
+              || split_part(legacy_invalidated, '/', 1)
+    END AS credential_id,
+    CASE WHEN starts_with(cred_raw, 'JTI=') THEN 'jti'
+         WHEN starts_with(cred_raw, 'X509SHA256=') THEN 'x509'
+         WHEN cred_raw IS NOT NULL THEN 'other'
+         WHEN legacy_secret IS NOT NULL OR legacy_invalidated IS NOT NULL THEN 'legacy_secret'
+         ELSE 'none' END AS credential_kind,
+    coalesce(legacy_hint AND len(list_filter(map_keys(ann),
+                                             lambda k: starts_with(k, 'authentication.k8s.io/legacy-token'))) > 0,
+             false) AS is_legacy_token,
+    coalesce(nullif(ann['authentication.kubernetes.io/issued-credential-id'], ''),
+             CASE WHEN e.objectRef.resource = 'serviceaccounts' AND e.objectRef.subresource = 'token'
+                  THEN nullif(ann[{sql_literal(_CRED_KEY)}], '') END) AS issued_credential_id,
+    nullif(split_part(sa_actor, ':', 3), '') AS sa_namespace,
+    nullif(split_part(sa_actor, ':', 4), '') AS sa_name,
+    nullif(extra."authentication.kubernetes.io/pod-name"[1], '') AS pod_name,
+    coalesce(nullif(extra."authentication.kubernetes.io/node-name"[1], ''),
+             CASE WHEN starts_with(actor_, 'system:node:') THEN nullif(actor_[13:], '') END) AS node_name,
+    CASE WHEN imp_name IS NOT NULL THEN e.user.username END AS impersonator,
+    imp_name AS impersonated_user,
+    e.impersonatedUser.groups AS impersonated_groups,
+    actor_ AS actor,
+    CASE WHEN actor_ IS NULL OR actor_ = 'system:anonymous' THEN 'anonymous'
+         WHEN starts_with(actor_, 'system:serviceaccount:') THEN 'service_account'
+         WHEN starts_with(actor_, 'system:node:') THEN 'node'
+         WHEN starts_with(actor_, 'system:') OR regexp_matches(actor_, {sql_literal(sysre)}) THEN 'system'
+         ELSE 'human' END AS actor_kind,
+    e.sourceIPs[-1] AS source_ip,
+    e.sourceIPs AS source_ips,
+    e.userAgent AS user_agent,
+    e.objectRef.resource AS resource,
+    e.objectRef.subresource AS subresource,
+    e.objectRef.namespace AS namespace,
+    e.objectRef.name AS name,
+    e.objectRef.apiGroup AS api_group,
+    e.objectRef.apiVersion AS api_version,
+    try_cast(e.responseStatus.code AS INTEGER) AS response_code,
+    ann['authorization.k8s.io/decision'] AS decision,
+    ann['authorization.k8s.io/reason'] AS authz_reason,
+    ann AS annotations,
+    origin,
+    $2::TIMESTAMPTZ AS ingested_at,
+    idx AS _idx,
+    sub AS _sub,
+    CASE WHEN NOT valid THEN 'invalid'
+         WHEN NOT is_event THEN 'other'
+         WHEN audit_id_ IS NULL OR audit_id_ = '' THEN 'missing_field'
+         WHEN (rrt_s IS NOT NULL AND rrt IS NULL) OR (st_s IS NOT NULL AND st IS NULL) THEN 'bad_timestamp'
+         WHEN rrt IS NULL AND st IS NULL THEN 'missing_field'
+    END AS _status,
+    CASE WHEN NOT valid OR NOT is_event THEN NULL
+         WHEN audit_id_ IS NULL OR audit_id_ = '' THEN 'Event without auditID'
+         WHEN rrt_s IS NOT NULL AND rrt IS NULL THEN 'unparseable requestReceivedTimestamp: ' || left(rrt_s, 64)
+         WHEN st_s IS NOT NULL AND st IS NULL THEN 'unparseable stageTimestamp: ' || left(st_s, 64)
+         WHEN rrt IS NULL AND st IS NULL THEN 'Event without any timestamp'
+    END AS _detail
+FROM g
+"""
