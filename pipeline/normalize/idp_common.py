@@ -1,0 +1,90 @@
+"""What the IdP record builders share: the source id, revocation scopes, the plain revocation
+list's columns, and small readers of untrusted JSON values (each returns None or raises
+:class:`Reject` instead of guessing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ztaudit.core.quarantine import Reason
+from ztaudit.core.timeutil import TimestampError, parse_timestamp
+from ztaudit.pipeline.normalize.base import NormalizeContext
+from ztaudit.pipeline.normalize.rowmap import RecordRejected
+
+SOURCE: Final = "idp_event"
+SCOPES: Final = ("identity", "session", "token", "grant")
+
+#: Columns of the plain revocation list (docs/revocation-list.md). ``revoked_at`` is required and
+#: at least one of ``subject``, ``subject_id``, ``session_id``.
+LIST_COLUMNS: Final = frozenset(
+    {"kind", "revoked_at", "subject", "subject_id", "session_id", "scope", "reason", "actor", "idp", "comment"}
+)
+LIST_SUBJECT: Final = ("subject", "subject_id", "session_id")
+
+Row = dict[str, Any]
+
+
+Reject = RecordRejected  # a builder's refusal: the record goes to quarantine
+
+# --- small readers -------------------------------------------------------------------------------
+
+
+def as_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        value = value.strip()
+        return value if value and value not in ("<null>", "null", "unknown") else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def dig(rec: Any, *path: str) -> Any:
+    cur = rec
+    for part in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def as_map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def get_field(rec: Mapping[str, Any], key: str) -> Any:
+    """A hyphen key or its underscore spelling (Pomerium key styles, §1.2 "Version drift")."""
+    if key in rec:
+        return rec[key]
+    return rec.get(key.replace("-", "_"))
+
+
+def parse_when(value: Any, what: str, ctx: NormalizeContext) -> Any:
+    if value is None or value == "":
+        raise Reject(Reason.MISSING_FIELD, f"{what}: no event time, so it cannot be ordered against requests")
+    try:
+        return parse_timestamp(value, ctx.proxy_utc_offset)
+    except TimestampError as exc:
+        raise Reject(Reason.BAD_TIMESTAMP, f"{what}: {exc}") from None
+
+
+def idp_row(occurred_at: Any, idp: str, event_type: str | None, scope: str | None, *,
+         subject_id: Any = None, subject_login: Any = None, session_id: Any = None, actor: Any = None,
+         outcome: Any = None) -> Row:
+    return {
+        "occurred_at": occurred_at,
+        "idp": idp,
+        "event_type": event_type,
+        "is_revocation": scope is not None,
+        "subject_id": as_str(subject_id),
+        "subject_login": as_str(subject_login),
+        "session_id": as_str(session_id),
+        "actor": as_str(actor),
+        "outcome": as_str(outcome),
+        "revocation_scope": scope,
+    }
