@@ -34,7 +34,8 @@ from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.registry import NORMALIZERS
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import BatchResult, RawBatch
-from ztaudit.pipeline.sources.files import Chunk, expand_paths, read_chunks, total_size
+from ztaudit.pipeline.sources.files import read_chunks
+from ztaudit.pipeline.sources.inputs import Chunk, expand_paths, total_size
 
 
 @dataclass

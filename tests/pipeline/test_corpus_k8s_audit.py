@@ -31,7 +31,8 @@ from ztaudit.core.schema import K8S_AUDIT
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import LineOrigins, RawBatch
-from ztaudit.pipeline.sources.files import InputFile, read_chunks
+from ztaudit.pipeline.sources.files import read_chunks
+from ztaudit.pipeline.sources.inputs import InputFile
 
 CTX = NormalizeContext(cluster="corpus")
 

@@ -196,7 +196,8 @@ def test_k8s_corpus_is_never_claimed_by_proxy_or_idp(corpus: Path) -> None:
     is recognised by the proxy_decision or idp_event normalizer, whatever the detection order."""
     from ztaudit.pipeline.normalize.idp_event import IdpEventNormalizer
     from ztaudit.pipeline.normalize.proxy_decision import ProxyDecisionNormalizer
-    from ztaudit.pipeline.sources.files import InputFile, read_chunks
+    from ztaudit.pipeline.sources.files import read_chunks
+    from ztaudit.pipeline.sources.inputs import InputFile
 
     normalizers = [ProxyDecisionNormalizer(), IdpEventNormalizer()]
     seen = 0

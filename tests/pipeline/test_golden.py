@@ -26,7 +26,8 @@ import pytest
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import FAST_PATH_MIN_RECORDS, process
 from ztaudit.pipeline.records import RawBatch
-from ztaudit.pipeline.sources.files import InputFile, read_chunks
+from ztaudit.pipeline.sources.files import read_chunks
+from ztaudit.pipeline.sources.inputs import InputFile
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "sample_logs"

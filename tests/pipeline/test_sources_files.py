@@ -14,7 +14,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztaudit.pipeline.sources.files import Chunk, expand_paths, read_chunks
+from ztaudit.pipeline.sources.files import read_chunks
+from ztaudit.pipeline.sources.inputs import Chunk, expand_paths
 
 BOM = b"\xef\xbb\xbf"
 
