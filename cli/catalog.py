@@ -89,7 +89,7 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
 @click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a DuckDB database file (FILE.duckdb).")
 @click.option("--columns", "show_columns", is_flag=True, help="List every column with its description.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)
 def catalog(lake: str, out: str | None, show_columns: bool, fmt: str) -> None:
     """Describe the lake's views and macros, or write them to a DuckDB file with --out."""
     if out:

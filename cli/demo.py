@@ -3,8 +3,9 @@
 Steps (each says what it did): find ``sample_logs/`` (``--samples``, ``$ZTAUDIT_SAMPLE_LOGS``, or
 the checkout's ``sample_logs/`` next to the package: the demo runs from a source checkout /
 editable install; a wheel does not carry the sample logs), rebuild the demo lake, ingest each
-``sample_logs/<source kind>/`` folder with that source kind, run every detector available in
-this build, then print ``report summary``, ``report findings`` and ``report revocation``.
+``sample_logs/<source kind>/`` folder with that source kind, run every detector (which also builds
+the derived ``reach`` and ``credentials`` tables), then print ``report summary``, ``report
+findings`` and ``report revocation``.
 
 The lake is rebuilt from scratch each run (so the demo is reproducible) unless ``--keep``; a
 directory that is not empty and was not made by ``demo`` is never deleted (marker file
@@ -78,7 +79,11 @@ def ingest_samples(samples: Path, lake: Path, cfg: Config, *, echo: bool, cluste
 
 
 def run_detect(lake: Path, cfg: Config, *, echo: bool) -> bool:
-    """Run every detector available; False (after a message) when detect is missing or failed."""
+    """Run every detector over the demo lake (called by :func:`demo` after ingest).
+
+    Returns False after printing the error when detect raised or a detector failed, so the reports
+    still run and the demo exits 1 at the end.
+    """
     try:
         result = run_detectors(lake, cfg)
     except Exception as exc:  # a detector bug must not hide the lake's reports; reported, exit 1 at the end
@@ -118,7 +123,7 @@ def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cl
     try:
         for name in ("summary", "findings", "revocation"):
             ctx = ReportContext(con=con, config=cfg, filters=Filters(),
-                                progress=Progress.auto(sys.stderr, quiet=quiet), limit=50, lake=str(path))
+                                progress=Progress.auto(sys.stderr, quiet=quiet), limit=50)
             click.echo(render(run_report(name, ctx), "table", width=width))
     finally:
         con.close()

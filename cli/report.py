@@ -49,7 +49,7 @@ def write_output(text: str, out: str | None, *, quiet: bool) -> None:
 @click.option("--until", help="End (exclusive): ISO-8601 time or relative duration.")
 @click.option("--cluster", help="Only this cluster.")
 @click.option("--actor", help="Only this identity (for identity reports: the identity).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout "
               "(html defaults to ztaudit-NAME.html).")
 @click.option("--section", help="JSON/CSV: the section to print (default: the report's first; json: 'all').")
@@ -100,9 +100,8 @@ def report(name: str | None, subject: str | None, lake: str, since: str | None, 
     con = open_lake(lake)
     try:
         ctx = ReportContext(con=con, config=cfg, filters=filters, progress=progress, want_charts=fmt == "html",
-                            limit=limit, lake=str(lake),
-                            options={"subject": subject, "detector": detector, "severity": severity,
-                                     "granted": granted})
+                            limit=limit, options={"subject": subject, "detector": detector, "severity": severity,
+                                                  "granted": granted})
         result = run_report(name, ctx)
         result.generated_at = now
         try:

@@ -26,7 +26,7 @@ class QueryError(click.ClickException):
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("query")
 @click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind $NAME to VALUE (a string); repeatable.")

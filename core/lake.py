@@ -104,7 +104,10 @@ def open_lake(lake: str | Path, *, must_exist: bool = True, database: str = ":me
     persistent = database != ":memory:"
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    try:  # no progress bar on stderr; inside a Jupyter kernel DuckDB refuses the setting without ipywidgets
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass  # then it shows no progress bar there anyway
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:

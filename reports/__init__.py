@@ -1,64 +1,68 @@
 """Reports: one explicit registry, keyed by the name users type (``ztaudit report NAME``).
 
-Each entry names the function that builds the report (``module:function`` taking a
-:class:`~ztaudit.reports.base.ReportContext` and returning a
-:class:`~ztaudit.reports.base.ReportResult`), imported only when the report runs.
-Formats live in :mod:`.formats` (table, json, csv, markdown) and :mod:`.html`.
+Each entry holds the function that builds the report (taking a
+:class:`~ztaudit.reports.base.ReportContext`, returning a :class:`~ztaudit.reports.base.ReportResult`),
+imported directly, and each report module imports the detector functions it shows directly, so a
+renamed report or detector function fails at import, never at report time. Importing the registry
+imports no pandas (the report modules and the detector functions they use need DuckDB and Arrow
+only). Output formats are :data:`ztaudit.reports.formats.FORMATS`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ztaudit.reports.base import ReportContext, ReportResult
+from ztaudit.reports.credentials import credentials
+from ztaudit.reports.findings import findings
+from ztaudit.reports.identity import identity
+from ztaudit.reports.impersonation import impersonation
+from ztaudit.reports.quarantine import quarantine
+from ztaudit.reports.reach import reach
+from ztaudit.reports.revocation import revocation
+from ztaudit.reports.summary import summary
+
+ReportFunction = Callable[[ReportContext], ReportResult]
 
 
 @dataclass(frozen=True)
 class ReportSpec:
-    """A registered report: its name, one-line description and ``module:function`` target."""
+    """A registered report: its name, one-line description (``--list``) and function."""
 
     name: str
     description: str
-    target: str
+    function: ReportFunction
     needs_subject: bool = False
 
-    def function(self) -> Callable[[ReportContext], ReportResult]:
-        """Import and return the report function."""
-        module_name, attr = self.target.split(":")
-        fn = getattr(importlib.import_module(module_name), attr)
-        assert callable(fn)
-        return fn  # type: ignore[no-any-return]
-
-
-_P = "ztaudit.reports"
 
 REPORTS: dict[str, ReportSpec] = {s.name: s for s in (
-    ReportSpec("summary", "What the lake holds per source and cluster, time span, quarantine, findings.",
-               f"{_P}.summary:summary"),
+    ReportSpec("summary", "What the lake holds per source and cluster, time span, quarantine, findings.", summary),
     ReportSpec("findings", "Detector findings, most severe and most recent first (--detector, --severity).",
-               f"{_P}.findings:findings"),
+               findings),
     ReportSpec("impersonation", "How people reach the API server: proxy, direct, unapproved impersonator.",
-               f"{_P}.impersonation:impersonation"),
+               impersonation),
     ReportSpec("revocation", "Each revocation with enforcement status and latency; latency percentiles.",
-               f"{_P}.revocation:revocation"),
-    ReportSpec("reach", "Top identities by blast radius and its growth (--granted RBAC snapshot).",
-               f"{_P}.reach:reach"),
+               revocation),
+    ReportSpec("reach", "Top identities by blast radius and its growth (--granted RBAC snapshot).", reach),
     ReportSpec("credentials", "Credential inventory: stale, legacy secret-based and shared credentials.",
-               f"{_P}.credentials:credentials"),
+               credentials),
     ReportSpec("identity", "Everything about one identity (ACTOR): timeline, reach, credentials, findings.",
-               f"{_P}.identity:identity", needs_subject=True),
-    ReportSpec("quarantine", "What ingest rejected and why.", f"{_P}.quarantine:quarantine"),
+               identity, needs_subject=True),
+    ReportSpec("quarantine", "What ingest rejected and why.", quarantine),
 )}
 
 
 def run_report(name: str, ctx: ReportContext) -> ReportResult:
-    """Run the report registered as ``name``; KeyError names the valid reports."""
+    """Run the report registered as ``name`` over ``ctx`` and add the filters to its parameters.
+
+    Called by ``ztaudit report``, ``ztaudit demo`` and the notebooks. ``KeyError`` names the valid
+    reports; a report's own errors (SQL, a missing identity) propagate.
+    """
     try:
         spec = REPORTS[name]
     except KeyError:
         raise KeyError(f"unknown report {name!r}; known: {', '.join(REPORTS)}") from None
-    result = spec.function()(ctx)
+    result = spec.function(ctx)
     result.params = {**ctx.filters.describe(), **result.params}
     return result

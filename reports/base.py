@@ -1,10 +1,11 @@
 """What a report is: named sections of rows plus optional charts, independent of output format.
 
-A report function takes a :class:`ReportContext` (DuckDB connection with the lake views, config,
-filters, progress) and returns a :class:`ReportResult`. The renderers in
-:mod:`ztaudit.reports.formats` and :mod:`ztaudit.reports.html` turn one result
-into a terminal table, JSON, CSV, Markdown or a self-contained HTML page, so every report gets
-every format and the formats cannot drift apart.
+A report function takes a :class:`ReportContext` (a connection from
+:func:`ztaudit.core.lake.open_lake`, config, filters, progress) and returns a :class:`ReportResult`.
+Reports reach the lake only through that connection's views. The renderers in
+:mod:`ztaudit.reports.formats` (:data:`~ztaudit.reports.formats.FORMATS`) turn one result into a
+terminal table, JSON, CSV, Markdown or a self-contained HTML page, so every report gets every
+format and the formats cannot drift apart.
 
 Stable machine output: the *first* section is the report's primary section. ``--format json``
 prints its rows as a JSON list of objects and ``--format csv`` prints them as CSV, whatever the
@@ -17,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import duckdb
+import pyarrow as pa
 
 from ztaudit.core.config import Config
 from ztaudit.reports.filters import Filters
@@ -141,7 +143,12 @@ class Progress:
 
 @dataclass
 class ReportContext:
-    """Everything a report function needs. ``options`` holds report-specific flags."""
+    """Everything a report function needs, built by the caller (``ztaudit report``, ``demo``, notebooks).
+
+    ``con`` comes from :func:`ztaudit.core.lake.open_lake` (UTC session, views, macros): the only way
+    reports read the lake. ``options`` holds report-specific flags (``subject``, ``detector``,
+    ``severity``, ``granted``).
+    """
 
     con: duckdb.DuckDBPyConnection
     config: Config
@@ -150,19 +157,38 @@ class ReportContext:
     want_charts: bool = False
     limit: int = 50
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: the lake directory, for reports that check which tables have files
+    #: the lake directory ``con`` was opened on, for the caller's bookkeeping (benchmarks); reports
+    #: never read files themselves, only ``con``'s views
     lake: str | None = None
 
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
-    """Run ``sql`` with bound ``params`` and return rows as dicts (column name -> value)."""
+    """Run ``sql`` with bound ``params`` and return rows as dicts (column name -> value).
+
+    Called by every report for its queries; ``duckdb.Error`` propagates (a broken lake or a bug in
+    the report's SQL fails the report, it is never turned into empty rows).
+    """
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description or []]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
-def section_from(name: str, title: str, rows: list[Row], columns: Sequence[str] | None = None,
-                 **kw: Any) -> Section:
-    """A section whose columns are ``columns`` or, if not given, the keys of the first row."""
-    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
-    return Section(name=name, title=title, columns=cols, rows=rows, **kw)
+def arrow_rows(table: pa.Table) -> list[Row]:
+    """Rows of a detector's Arrow table as dicts, tz-aware timestamps as UTC datetimes.
+
+    Called by the reports that show a detector function's result (revocation, impersonation,
+    reach ``--granted``). Same values as ``table.to_pylist()``, but without pyarrow's tz
+    conversion, which imports pandas (~0.3 s of every report run) just to build a ``tzinfo``.
+    Arrow stores tz-aware timestamps as UTC instants, so the naive cast is the UTC wall time and
+    gets ``UTC`` attached back.
+    """
+    columns: list[list[Any]] = []
+    for fld, col in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(fld.type) and fld.type.tz is not None:
+            naive = col.cast(pa.timestamp(fld.type.unit)).to_pylist()
+            columns.append([None if v is None else v.replace(tzinfo=UTC) for v in naive])
+        else:
+            columns.append(col.to_pylist())
+    names = list(table.schema.names)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+

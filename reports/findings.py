@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ztaudit.reports import charts
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
+from ztaudit.reports.charts import findings_over_time
 
 FINDING_COLUMNS = ["finding_id", "detector", "severity", "actor", "credential_id", "cluster", "namespace",
                    "first_seen", "last_seen", "summary", "evidence", "score", "context", "detected_at"]
@@ -73,5 +73,5 @@ def findings(ctx: ReportContext) -> ReportResult:
         result.notes.append("no findings in range; run `ztaudit detect` after ingesting if you have not")
     if ctx.want_charts:
         with ctx.progress.step("charts"):
-            result.charts.append(charts.findings_over_time(ctx))
+            result.charts.append(findings_over_time(ctx))
     return result

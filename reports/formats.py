@@ -1,4 +1,4 @@
-"""Render a :class:`ReportResult` as a terminal table, JSON, CSV or Markdown (HTML: ``html.py``).
+"""Render a :class:`ReportResult` as a terminal table, JSON, CSV, Markdown or HTML: :data:`FORMATS`.
 
 Machine formats (stable for scripts):
 
@@ -12,7 +12,10 @@ Machine formats (stable for scripts):
 Human formats: log values are attacker-controlled, so terminal and Markdown output replace
 control characters (ANSI escape sequences could rewrite the terminal) and Markdown escapes
 ``| < > &`` so a renderer shows, never interprets, them. Terminal tables fit 100 columns by
-shrinking the widest columns and truncating cells with ``…``.
+shrinking the widest columns and truncating cells with ``…``. HTML is :mod:`.html`.
+
+How one value reads is :mod:`.cells` (shared with the HTML page), so imports run one way:
+formats -> html -> svg -> cells.
 """
 
 from __future__ import annotations
@@ -20,56 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import re
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
-from ztaudit.reports.base import ReportResult, Row, Section
-
-FORMATS = ("table", "json", "csv", "markdown", "html")
-#: Columns parsed from a JSON string into an object in JSON output.
-JSON_TEXT_COLUMNS = frozenset({"context"})
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def iso(ts: datetime) -> str:
-    """ISO-8601 UTC with microseconds and ``Z`` (naive datetimes are taken as UTC)."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def jsonable(value: Any, column: str = "") -> Any:
-    """A JSON-serialisable form of a DuckDB/Python value (see module docstring for the rules)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, str) and column in JSON_TEXT_COLUMNS:
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return jsonable(value.item(), column)
-    return value
+from ztaudit.reports.base import ReportResult, Section
+from ztaudit.reports.cells import display, jsonable
+from ztaudit.reports.html import render_html
 
 
 def json_rows(section: Section) -> list[dict[str, Any]]:
@@ -114,33 +74,6 @@ def render_csv(result: ReportResult, section: str | None = None) -> str:
     for r in sec.rows:
         w.writerow([csv_cell(r.get(c), c) for c in sec.columns])
     return buf.getvalue()
-
-
-def clean_text(value: str) -> str:
-    """Replace control and bidi-override characters with ``�``-like visible escapes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "\ufffd", value)
-
-
-def display(value: Any) -> str:
-    """Short human form of a value for tables (times to the second, floats to 3 significant)."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        v = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(display(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(jsonable(value), ensure_ascii=False)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        value = bytes(value).decode("utf-8", errors="replace")
-    return clean_text(str(value)).replace("\n", " ").replace("\r", " ").replace("\t", " ")
 
 
 def truncate(text: str, width: int) -> str:
@@ -258,64 +191,51 @@ def render_markdown(result: ReportResult) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def render(result: ReportResult, fmt: str, *, section: str | None = None, width: int = 100) -> str:
-    """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt == "json":
-        return render_json(result, section)
-    if fmt == "csv":
-        return render_csv(result, section)
-    if fmt == "markdown":
-        return render_markdown(result)
-    if fmt == "html":
-        from ztaudit.reports.html import render_html
-
-        return render_html(result)
-    if fmt == "table":
-        return render_table(result, width)
-    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
-def arrow_rows(table: Any) -> list[Row]:
-    """Rows of a pyarrow Table/RecordBatch as dicts, tz-aware timestamps as UTC datetimes.
+class Renderer(Protocol):
+    """One output format: turns a finished report into the text ``ztaudit report`` prints or writes.
 
-    Same values as ``table.to_pylist()``, but without pyarrow's tz conversion, which imports pandas
-    (~0.3 s of every report run) just to build a ``tzinfo``. Arrow stores tz-aware timestamps as
-    UTC instants, so the naive cast is the UTC wall time and gets ``UTC`` attached back.
+    ``section`` is the JSON/CSV section choice (``None`` = primary, ``"all"`` = every section in
+    JSON); ``width`` is the terminal table width. Formats that have no use for one ignore it.
     """
-    import pyarrow as pa
 
-    columns: list[list[Any]] = []
-    for field, col in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            naive = col.cast(pa.timestamp(field.type.unit)).to_pylist()
-            columns.append([None if v is None else v.replace(tzinfo=UTC) for v in naive])
-        else:
-            columns.append(col.to_pylist())
-    names = list(table.schema.names)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    def __call__(self, result: ReportResult, *, section: str | None, width: int) -> str: ...
 
 
-def rows_of(obj: Any) -> list[Row]:
-    """Rows from whatever a detector helper returns: Arrow table, DataFrame, relation, dicts, dataclasses."""
-    import dataclasses
+def _table(result: ReportResult, *, section: str | None, width: int) -> str:
+    return render_table(result, width)
 
-    if obj is None:
-        return []
-    if hasattr(obj, "to_pylist") and hasattr(obj, "schema"):  # pyarrow.Table / RecordBatch
-        return arrow_rows(obj)
-    if hasattr(obj, "arrow") and hasattr(obj, "columns") and not hasattr(obj, "to_dict"):  # duckdb relation
-        return rows_of(obj.arrow())
-    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # pandas DataFrame
-        df = obj.astype(object).where(obj.notna(), None)
-        return [dict(r) for r in df.to_dict(orient="records")]
-    out: list[Row] = []
-    for item in obj:
-        if isinstance(item, dict):
-            out.append(dict(item))
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            out.append({f.name: getattr(item, f.name) for f in dataclasses.fields(item)})
-        elif hasattr(item, "_asdict"):
-            out.append(dict(item._asdict()))
-        else:
-            out.append(dict(vars(item)))
-    return out
+
+def _json(result: ReportResult, *, section: str | None, width: int) -> str:
+    return render_json(result, section)
+
+
+def _csv(result: ReportResult, *, section: str | None, width: int) -> str:
+    return render_csv(result, section)
+
+
+def _markdown(result: ReportResult, *, section: str | None, width: int) -> str:
+    return render_markdown(result)
+
+
+def _html(result: ReportResult, *, section: str | None, width: int) -> str:
+    return render_html(result)
+
+
+#: Every output format by the name ``--format`` takes, in the order ``--help`` lists them.
+FORMATS: dict[str, Renderer] = {"table": _table, "json": _json, "csv": _csv, "markdown": _markdown, "html": _html}
+
+
+def render(result: ReportResult, fmt: str, *, section: str | None = None, width: int = 100) -> str:
+    """``result`` in format ``fmt`` (a key of :data:`FORMATS`).
+
+    Called by ``ztaudit report``, ``sql``, ``catalog`` and ``demo`` after the report ran. Raises
+    ``ValueError`` for an unknown format or ``--section all`` with CSV, and ``KeyError`` naming the
+    valid sections for an unknown section (the CLI turns both into usage errors, exit 2).
+    """
+    try:
+        renderer = FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}") from None
+    return renderer(result, section=section, width=width)

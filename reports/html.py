@@ -2,9 +2,10 @@
 
 Safety design (log values — user agents, usernames, paths — are attacker-controlled):
 
-1. Every value and label is rendered through :func:`html.escape` with ``quote=True`` at the one
-   place text enters markup (:func:`cell`, :func:`esc`); no value is ever placed in a URL,
-   style, or event-handler attribute.
+1. Every value and label is rendered through :func:`ztaudit.reports.cells.esc` (``html.escape``
+   with ``quote=True``, the one escaper of the page and its charts) where text enters markup
+   (:func:`cell`, headings, notes); no value is ever placed in a URL, style, or event-handler
+   attribute.
 2. A strict Content-Security-Policy meta tag (``default-src 'none'; style-src 'unsafe-inline';
    img-src data:``) means that even a missed escape could not run script, load a remote
    resource, submit a form or frame anything: the page has no script of its own to allow.
@@ -14,11 +15,10 @@ Safety design (log values — user agents, usernames, paths — are attacker-con
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 
 from ztaudit.reports.base import ReportResult, Section
-from ztaudit.reports.formats import display
+from ztaudit.reports.cells import display, esc
 from ztaudit.reports.svg import render_svg
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -42,11 +42,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:8px 0}
 .empty{color:#57606a;font-style:italic}
 """
-
-
-def esc(value: object) -> str:
-    """HTML-escape any value's text (quotes included)."""
-    return html.escape(str(value), quote=True)
 
 
 def cell(column: str, value: object) -> str:
@@ -82,7 +77,7 @@ def section_html(sec: Section, max_rows: int = 2000) -> str:
 
 
 def render_html(result: ReportResult) -> str:
-    """The whole report as one HTML document string."""
+    """The whole report as one HTML document string (``--format html``; never raises for row values)."""
     generated = result.generated_at or datetime.now(UTC)
     params = ", ".join(f"{k}={display(v)}" for k, v in result.params.items() if v not in (None, "", [], False))
     parts = [

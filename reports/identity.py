@@ -8,9 +8,12 @@ JSON/CSV fields of the primary section ``timeline`` (newest ``--limit`` events, 
 ``action`` (verb, HTTP method or IdP event type), ``target`` (namespace/resource/name[/sub], host
 and path, or the IdP subject), ``outcome`` (HTTP code and decision, allowed/denied, IdP outcome),
 ``via`` (impersonator, proxy or IdP), ``source_ip``, ``user_agent``, ``ref`` (event reference).
-Other sections: ``overview`` (one row of counts), ``reach`` (per cluster and namespace),
-``credentials`` (credentials the identity used, fields as in the ``report credentials`` SQL
-fallback), ``findings`` (as in ``report findings``).
+Other sections: ``overview`` (one row of counts; ``credentials`` counts every credential the
+identity holds in range), ``reach`` (per cluster and namespace), ``credentials`` (the credentials
+the identity holds, i.e. authenticated with, from the ``credentials`` table ``ztaudit detect``
+builds; fields and flags as in ``report credentials``, flagged first, ``--limit`` rows; a person
+working through the proxy authenticates as the proxy, so holds none), ``findings`` (as in
+``report findings``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import dataclasses
 import uuid
 from typing import Any
 
-from ztaudit.reports import charts
 from ztaudit.reports.base import Chart, ReportContext, ReportResult, Section, Series, fetch
-from ztaudit.reports.credentials import CRED_COLUMNS, CRED_DISPLAY
-from ztaudit.reports.credentials import _fallback as credentials_used
+from ztaudit.reports.charts import reach_over_time
+from ztaudit.reports.credentials import CRED_COLUMNS, CRED_DISPLAY, credential_inventory
 from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_findings
 
 TIMELINE_COLUMNS = ["at", "source", "cluster", "action", "target", "outcome", "via", "source_ip", "user_agent",
@@ -31,13 +33,17 @@ TIMELINE_COLUMNS = ["at", "source", "cluster", "action", "target", "outcome", "v
 #: identity's rows are spread over every row group, so each column read is a full decode).
 AUDIT_COLUMNS = ["audit_id", "cluster", "stage", "stage_at", "request_received_at", "verb", "namespace", "resource",
                  "name", "subresource", "response_code", "decision", "impersonator", "source_ip", "user_agent",
-                 "actor", "actor_kind", "credential_id", "credential_kind", "is_legacy_token"]
+                 "actor", "actor_kind"]
 OVERVIEW_COLUMNS = ["actor", "actor_kinds", "clusters", "first_seen", "last_seen", "requests", "denied_requests",
                     "proxy_decisions", "proxy_denied", "idp_events", "revocations", "credentials", "findings"]
 
 
 def identity(ctx: ReportContext) -> ReportResult:
-    """One identity's timeline, reach, credentials and findings."""
+    """One identity's timeline, reach, credentials and findings (``ztaudit report identity ACTOR``).
+
+    Raises ``ValueError`` when no identity is given (the CLI checks first and exits 2); SQL errors
+    propagate, and the temporary table of the identity's audit rows is dropped either way.
+    """
     actor = ctx.options.get("subject") or ctx.filters.actor
     if not actor:
         raise ValueError("report identity needs an identity: ztaudit report identity alice@example.com")
@@ -112,7 +118,7 @@ def _identity(ctx: ReportContext, sub: ReportContext, actor: str, k8s: str, prox
                                         min(occurred_at) AS first_seen, max(occurred_at) AS last_seen
                                  FROM idp_event WHERE {iw}""", ip)[0]
     with ctx.progress.step("credentials and findings"):
-        creds = credentials_used(sub, source=k8s)
+        creds = credential_inventory(sub)
         found = query_findings(sub, actor=str(actor))
     times = [t for t in (over["first_seen"], px["first_seen"], idp["first_seen"]) if t is not None]
     lasts = [t for t in (over["last_seen"], px["last_seen"], idp["last_seen"]) if t is not None]
@@ -121,7 +127,7 @@ def _identity(ctx: ReportContext, sub: ReportContext, actor: str, k8s: str, prox
         "first_seen": min(times) if times else None, "last_seen": max(lasts) if lasts else None,
         "requests": over["requests"], "denied_requests": over["denied_requests"],
         "proxy_decisions": px["n"], "proxy_denied": px["denied"], "idp_events": idp["n"],
-        "revocations": idp["revocations"], "credentials": len(creds), "findings": len(found),
+        "revocations": idp["revocations"], "credentials": creds.totals["credentials"], "findings": len(found),
     }
     result = ReportResult("identity", f"Identity: {actor}", [
         Section("timeline", f"Timeline (newest {ctx.limit} events, oldest first)", TIMELINE_COLUMNS, timeline,
@@ -130,8 +136,7 @@ def _identity(ctx: ReportContext, sub: ReportContext, actor: str, k8s: str, prox
         Section("reach", "Reach by cluster and namespace",
                 ["cluster", "namespace", "resources", "verbs", "requests", "secrets", "first_seen", "last_seen"],
                 reach, display=["cluster", "namespace", "requests", "secrets", "verbs", "resources"]),
-        Section("credentials", "Credentials used (as the effective identity)", CRED_COLUMNS, creds,
-                display=CRED_DISPLAY),
+        Section("credentials", "Credentials held (flagged first)", CRED_COLUMNS, creds.rows, display=CRED_DISPLAY),
         Section("findings", "Findings", FINDING_COLUMNS, found, display=FINDING_DISPLAY, detail="summary"),
     ])
     result.params["identity"] = actor
@@ -151,5 +156,5 @@ def _identity(ctx: ReportContext, sub: ReportContext, actor: str, k8s: str, prox
                 by.setdefault(str(r["source"]), []).append((str(r["day"]), float(r["n"])))
             result.charts.append(Chart("activity", "Activity per day (UTC)", "bar",
                                        [Series(k, v) for k, v in by.items()], y_label="events"))
-            result.charts.append(charts.reach_over_time(sub, [str(actor)]))
+            result.charts.append(reach_over_time(sub, [str(actor)]))
     return result

@@ -10,9 +10,9 @@ Sections:
   ``actor``, ``requests``, ``via_approved_proxy``, ``direct``, ``via_unapproved``,
   ``impersonators`` (list), ``first_seen``, ``last_seen``, ``status``.
 * ``matching``: proxy decisions paired with impersonated audit requests, from
-  ``ztaudit.detectors.correlate.impersonation_summary`` (cluster, actor, matched_tier_a,
+  :func:`ztaudit.detectors.correlate.impersonation_summary` (cluster, actor, matched_tier_a,
   matched_tier_c, unmatched_proxy, unmatched_audit, pending, match_rate, first_seen,
-  last_seen) when available.
+  last_seen), narrowed by ``--actor`` and ``--cluster``.
 * ``findings``: ``impersonation.*`` findings in range.
 """
 
@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from ztaudit.detectors.correlate import impersonation_summary
-from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
+from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, fetch
 from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_findings
-from ztaudit.reports.formats import rows_of
 
 PATH_COLUMNS = ["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "impersonators",
                 "first_seen", "last_seen", "status"]
-EXTERNAL = "ztaudit.detectors.correlate:impersonation_summary"
+MATCH_DISPLAY = ["cluster", "actor", "matched_tier_a", "matched_tier_c", "unmatched_proxy", "unmatched_audit",
+                 "match_rate"]
 
 
 def human_paths(ctx: ReportContext) -> list[Row]:
@@ -69,36 +69,38 @@ def human_paths(ctx: ReportContext) -> list[Row]:
     return sorted(out, key=lambda a: (order[a["status"]], -a["requests"], str(a["cluster"]), str(a["actor"])))
 
 
+def matching_rows(ctx: ReportContext) -> tuple[list[str], list[Row]]:
+    """(columns, rows) of the detector's proxy/audit matching summary, narrowed by ``--actor``/``--cluster``.
+
+    Called by :func:`impersonation`; the columns are the detector table's own, so they are right
+    even when no row matched. Errors of the detector's SQL propagate.
+    """
+    window = ctx.filters.window
+    table = impersonation_summary(ctx.con, ctx.config, window.since, window.until)
+    rows = arrow_rows(table)
+    if ctx.filters.actor is not None:
+        rows = [r for r in rows if r["actor"] == ctx.filters.actor]
+    if ctx.filters.cluster is not None:
+        rows = [r for r in rows if r["cluster"] == ctx.filters.cluster]
+    return list(table.schema.names), rows
+
+
 def impersonation(ctx: ReportContext) -> ReportResult:
-    """Paths to the API per human identity, proxy/audit matching, impersonation findings."""
+    """Paths to the API per human identity, proxy/audit matching, impersonation findings
+    (``ztaudit report impersonation``)."""
     with ctx.progress.step("classifying request paths"):
         paths = human_paths(ctx)
-    notes = []
-    matching: list[Row] = []
-    fn = impersonation_summary
-    if fn is not None:
-        with ctx.progress.step("matching proxy decisions to audit events"):
-            matching = rows_of(fn(ctx.con, ctx.config, ctx.filters.since, ctx.filters.until))
-        if ctx.filters.actor is not None:
-            matching = [r for r in matching if r.get("actor") == ctx.filters.actor]
-        if ctx.filters.cluster is not None:
-            matching = [r for r in matching if r.get("cluster") == ctx.filters.cluster]
-    else:
-        notes.append("proxy/audit matching needs detectors.correlate.impersonation_summary (not available)")
+    with ctx.progress.step("matching proxy decisions to audit events"):
+        match_cols, matching = matching_rows(ctx)
     with ctx.progress.step("reading findings"):
         found = query_findings(ctx, detector_prefix="impersonation")
-    match_cols = list(matching[0]) if matching else ["cluster", "actor", "matched_tier_a", "matched_tier_c",
-                                                     "unmatched_proxy", "unmatched_audit", "pending",
-                                                     "match_rate", "first_seen", "last_seen"]
-    result = ReportResult("impersonation", "Impersonation: how people reach the API server", [
+    return ReportResult("impersonation", "Impersonation: how people reach the API server", [
         Section("paths", "Human identities by path to the API server", PATH_COLUMNS, paths,
                 display=["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "status"],
                 description="direct requests by people bypass the proxy; impersonators not approved for the "
                             "cluster are suspect"),
         Section("matching", "Proxy decisions vs impersonated audit requests", match_cols, matching,
-                display=[c for c in ("cluster", "actor", "matched_tier_a", "matched_tier_c", "unmatched_proxy",
-                                     "unmatched_audit", "match_rate") if c in match_cols] or None),
+                display=MATCH_DISPLAY),
         Section("findings", "Impersonation findings", FINDING_COLUMNS, found, display=FINDING_DISPLAY,
                 detail="summary"),
-    ], notes=notes)
-    return result
+    ])

@@ -23,7 +23,7 @@ def quarantine(ctx: ReportContext) -> ReportResult:
             SELECT reason, source_guess, count(*) AS records, sum(raw_size) AS bytes,
                    min(quarantined_at) AS first_at, max(quarantined_at) AS last_at,
                    min(origin) AS example_origin
-            FROM quarantine WHERE {where} GROUP BY ALL ORDER BY records DESC, reason""", params)
+            FROM quarantine WHERE {where} GROUP BY ALL ORDER BY records DESC, reason, source_guess""", params)
         records = fetch(ctx.con, f"""
             SELECT quarantined_at, origin, source_guess, reason, detail, raw_size, raw_truncated,
                    raw AS raw_preview

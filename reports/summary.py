@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from ztaudit.core.schema import PARTITION_TIME, TABLES
-from ztaudit.reports import charts
 from ztaudit.reports.base import ReportContext, ReportResult, Section, fetch
+from ztaudit.reports.charts import (
+    events_per_day,
+    findings_over_time,
+    flagged_actors,
+    latency_chart,
+    reach_over_time,
+    revocation_times,
+)
 from ztaudit.reports.revocation import revocation_rows
 
 #: The column that names "who" in each table, for a distinct-identities count.
@@ -17,7 +24,8 @@ SOURCE_COLUMNS = ["table", "cluster", "rows", "days", "first_at", "last_at", "id
 
 
 def summary(ctx: ReportContext) -> ReportResult:
-    """Rows, days, time span and distinct identities per lake table and cluster; quarantine and findings."""
+    """Rows, days, time span and distinct identities per lake table and cluster; quarantine and findings
+    (``ztaudit report summary``, and the first report of ``ztaudit demo``). SQL errors propagate."""
     rows: list[dict[str, Any]] = []
     for table, schema in TABLES.items():
         if table == "quarantine":
@@ -44,7 +52,7 @@ def summary(ctx: ReportContext) -> ReportResult:
         quarantine = fetch(ctx.con, f"""
             SELECT source_guess, reason, count(*) AS records, sum(raw_size) AS bytes,
                    min(quarantined_at) AS first_at, max(quarantined_at) AS last_at
-            FROM quarantine WHERE {qwhere} GROUP BY ALL ORDER BY records DESC, reason""", qparams)
+            FROM quarantine WHERE {qwhere} GROUP BY ALL ORDER BY records DESC, reason, source_guess""", qparams)
     fwhere, fparams = ctx.filters.where(time_col="first_seen", actor_cols=("actor",), dt=False)
     with ctx.progress.step("summarising findings"):
         findings = fetch(ctx.con, f"""
@@ -64,10 +72,9 @@ def summary(ctx: ReportContext) -> ReportResult:
         result.notes.append("the lake holds no events in this range; ingest logs with `ztaudit ingest`")
     if ctx.want_charts:
         with ctx.progress.step("charts"):
-            result.charts.append(charts.events_per_day(ctx))
-            result.charts.append(charts.findings_over_time(ctx))
-            rev, _ = revocation_rows(ctx)
-            result.charts.append(charts.latency_chart(charts.revocation_times(rev),
-                                                      ctx.config.revocation.grace_seconds))
-            result.charts.append(charts.reach_over_time(ctx, charts.flagged_actors(ctx)))
+            result.charts.append(events_per_day(ctx))
+            result.charts.append(findings_over_time(ctx))
+            rev = revocation_rows(ctx)
+            result.charts.append(latency_chart(revocation_times(rev), ctx.config.revocation.grace_seconds))
+            result.charts.append(reach_over_time(ctx, flagged_actors(ctx)))
     return result

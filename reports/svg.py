@@ -1,18 +1,18 @@
 """Inline SVG charts drawn by hand: stacked bars and lines, nothing fetched, nothing scripted.
 
-Every label (series names are often identities from logs) goes through :func:`html.escape`;
-every coordinate is a number this module formats itself. The SVG carries no script, no event
-handler attribute, no external reference, so it is safe inline under a ``default-src 'none'``
-Content-Security-Policy.
+Every label (series names are often identities from logs) goes through
+:func:`ztaudit.reports.cells.esc`; every coordinate is a number this module formats itself. The
+SVG carries no script, no event handler attribute, no external reference, so it is safe inline
+under a ``default-src 'none'`` Content-Security-Policy.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import re
 
 from ztaudit.reports.base import Chart
+from ztaudit.reports.cells import esc
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 PALETTE = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00",
@@ -22,11 +22,6 @@ SEVERITY_COLORS = {"critical": "#7f0000", "high": "#d7301f", "medium": "#fc8d59"
 
 W, H = 760, 300
 LEFT, RIGHT, TOP, BOTTOM = 60, 190, 34, 64
-
-
-def esc(text: object) -> str:
-    """Escape for SVG/HTML text and attribute values."""
-    return html.escape(str(text), quote=True)
 
 
 def _nice_max(v: float) -> float:

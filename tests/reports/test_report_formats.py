@@ -1,4 +1,5 @@
-"""Renderers: JSON/CSV stability, terminal width and truncation, Markdown and HTML escaping, SVG."""
+"""Renderers: JSON/CSV stability, terminal width and truncation, Markdown and HTML escaping, SVG, the
+format registry and the one HTML escaper."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 
 from ztaudit.core.errors import ConfigError
 from ztaudit.core.timeutil import parse_time
-from ztaudit.reports.base import Chart, ReportResult, Section, Series
+from ztaudit.reports import html as html_mod
+from ztaudit.reports import svg as svg_mod
+from ztaudit.reports.base import Chart, ReportResult, Section, Series, arrow_rows
+from ztaudit.reports.cells import clean_text, esc
 from ztaudit.reports.filters import Filters
 from ztaudit.reports.formats import (
-    clean_text,
+    FORMATS,
     fit_widths,
     render,
     render_csv,
@@ -129,9 +133,20 @@ def parse(page: str) -> tuple[set[str], set[str]]:
 
 
 def test_render_dispatch_and_unknown_format() -> None:
+    assert list(FORMATS) == ["table", "json", "csv", "markdown", "html"]
     assert render(result(), "html").startswith("<!DOCTYPE html>")
-    with pytest.raises(ValueError):
+    assert render(result(), "json") == render_json(result())
+    assert render(result(), "json", section="other") == render_json(result(), "other")
+    assert render(result(), "csv") == render_csv(result())
+    assert render(result(), "markdown") == render_markdown(result())
+    assert render(result(), "table", width=60) == render_table(result(), 60)
+    with pytest.raises(ValueError, match="unknown format"):
         render(result(), "xml")
+
+
+def test_one_html_escaper_for_page_and_charts() -> None:
+    assert html_mod.esc is esc and svg_mod.esc is esc
+    assert esc("<a href='x'>&\"") == "&lt;a href=&#x27;x&#x27;&gt;&amp;&quot;"
 
 
 def test_svg_bars_and_lines() -> None:
@@ -170,10 +185,21 @@ def test_filters_bind_every_value() -> None:
     assert Filters().where(time_col="t") == ("TRUE", [])
 
 
+def test_filters_prune_utc_days_and_give_the_detectors_window() -> None:
+    """The ``dt`` partitions are UTC days: a bound in another zone is pruned by its UTC day."""
+    east = timezone(timedelta(hours=5))
+    since = datetime(2026, 11, 21, 2, 0, tzinfo=east)  # 2026-11-20 21:00 UTC
+    f = Filters(since=since, until=since + timedelta(hours=1))
+    _, params = f.where(time_col="t")
+    assert params == [since, "2026-11-20", since + timedelta(hours=1), "2026-11-20"]
+    assert f.window.since == since and f.window.until == since + timedelta(hours=1)
+    assert Filters().window.since is None
+    assert f.from_day_start().since == datetime(2026, 11, 20, tzinfo=UTC)
+    assert Filters().from_day_start() == Filters()
+
+
 def test_arrow_rows_match_to_pylist_with_utc_timestamps() -> None:
     import pyarrow as pa
-
-    from ztaudit.reports.formats import arrow_rows
 
     table = pa.table({
         "at": pa.array([T, None, T + timedelta(days=400)], pa.timestamp("us", tz="UTC")),

@@ -1,30 +1,45 @@
 """``ztaudit report``: every report over the hand-made story lake, the sample logs and a generated lake.
 
 Content is asserted (who, how many, which status), not just exit codes. Filters are bound
-parameters: a quote-laden identity must work and return exactly its rows.
+parameters: a quote-laden identity must work and return exactly its rows. Each report has one
+code path (the detector function or detect's derived table it shows), so every assertion here
+runs unconditionally.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
+import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support.lakes import HOSTILE, build_generated_lake, build_lake, build_sample_lake, story_rows
+from support.lakes import (
+    HOSTILE,
+    T0,
+    build_generated_lake,
+    build_lake,
+    build_sample_lake,
+    finding,
+    story_rows,
+    write_rows,
+)
 
 from ztaudit.cli.main import cli
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
-from ztaudit.reports import REPORTS
-from ztaudit.reports import credentials as credentials_mod
-from ztaudit.reports import revocation as revocation_mod
-from ztaudit.reports.base import Progress, ReportContext
+from ztaudit.reports import REPORTS, run_report
+from ztaudit.reports.base import Progress, ReportContext, ReportResult
+from ztaudit.reports.cells import display, esc
 from ztaudit.reports.filters import Filters
+from ztaudit.reports.formats import csv_cell, md_cell, render_json
+from ztaudit.reports.revocation import latency_summary, percentile
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLE_LOGS = ROOT / "sample_logs"
@@ -62,8 +77,8 @@ def jrun(*args: str) -> Any:
     return json.loads(run(*args, "--format", "json").stdout)
 
 
-def ctx_for(lake: Path, **filters: Any) -> ReportContext:
-    return ReportContext(con=open_lake(lake), config=Config(), filters=Filters(**filters))
+def jsections(*args: str) -> dict[str, Any]:
+    return json.loads(run(*args, "--format", "json", "--section", "all").stdout)  # type: ignore[no-any-return]
 
 
 # --- registry and options -------------------------------------------------------------------------
@@ -175,75 +190,194 @@ def test_impersonation_paths(story: Path) -> None:
     assert alice["status"] == "ok" and alice["via_approved_proxy"] == 12 and alice["impersonators"] == [
         "system:serviceaccount:pomerium:pomerium-authorize"]
     assert rows[0]["status"] == "proxy_bypass"  # problems first
-    allsec = json.loads(run("impersonation", "--lake", str(story), "--format", "json", "--section", "all").stdout)
+    allsec = jsections("impersonation", "--lake", str(story))
     assert [f["actor"] for f in allsec["sections"]["findings"]] == ["bob@example.com"]
+    assert allsec["notes"] == []
+
+
+MATCH_COLUMNS = ["cluster", "actor", "matched_tier_a", "matched_tier_c", "unmatched_proxy", "unmatched_audit",
+                 "pending", "match_rate", "first_seen", "last_seen"]
+
+
+def test_impersonation_matching_is_the_detectors_summary(story: Path) -> None:
+    """The matching section is detectors.correlate.impersonation_summary, narrowed by the filters."""
+    matching = jsections("impersonation", "--lake", str(story))["sections"]["matching"]
+    by = {(r["cluster"], r["actor"]): r for r in matching}
+    assert all(list(r) == MATCH_COLUMNS for r in matching)
+    # the story's proxy has no route host configured, so no decision pairs with an audit event
+    alice = by[("prod", "alice@example.com")]
+    assert (alice["unmatched_proxy"], alice["unmatched_audit"], alice["match_rate"]) == (12, 12, 0.0)
+    assert by[("prod", "dave@example.com")]["unmatched_proxy"] == 1
+    only = jsections("impersonation", "--lake", str(story), "--actor", "carol@example.com", "--cluster", "prod")
+    assert [(r["cluster"], r["actor"]) for r in only["sections"]["matching"]] == [("prod", "carol@example.com")]
+    empty = run("impersonation", "--lake", str(story), "--cluster", "nowhere", "--format", "csv", "--section",
+                "matching").stdout
+    assert empty.strip() == ",".join(MATCH_COLUMNS)  # the detector's columns even without a row
 
 
 # --- revocation -----------------------------------------------------------------------------------------
 
-def _subject(r: dict[str, Any]) -> Any:
-    return r.get("subject", r.get("subject_login"))
+#: README "Primary-section fields" of ``revocation`` (detectors.revocation.STATUS_COLUMNS), then
+#: ``allowed_after_grace`` (the same references as ``violations``).
+REVOCATION_FIELDS = ["kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system",
+                     "event_type", "revoked_at", "revoked_by", "restored_at", "last_allowed_proxy_before",
+                     "first_allowed_proxy_after", "first_denied_proxy", "last_allowed_api_before",
+                     "first_allowed_api_after", "first_denied_api", "allowed_after_grace_proxy",
+                     "allowed_after_grace_api", "first_allowed_after_grace", "last_allowed_after_grace",
+                     "latency_seconds", "exposure_seconds", "status", "evidence", "violations", "allowed_after_grace"]
 
 
 def test_revocation_statuses_and_latency(story: Path) -> None:
     rows = jrun("revocation", "--lake", str(story))
-    by = {_subject(r): r for r in rows}
-    assert by["carol@example.com"]["status"] == "not_enforced"
-    assert by["dave@example.com"]["status"] == "enforced"
+    assert [list(r) for r in rows] == [REVOCATION_FIELDS] * 2
+    by = {r["subject"]: r for r in rows}
+    carol, dave = by["carol@example.com"], by["dave@example.com"]
+    # carol: allowed 30 min after the revocation at the proxy and the API, past the 15 min grace
+    assert carol["status"] == "not_enforced" and carol["exposure_seconds"] == 1800.0
+    assert (carol["allowed_after_grace_proxy"], carol["allowed_after_grace_api"]) == (1, 1)
+    assert sorted(v.split(":")[0] for v in carol["violations"]) == ["k8s_audit", "proxy_decision"]
+    assert carol["allowed_after_grace"] == carol["violations"]
+    # dave: only denied afterwards, first denial 2 min after the revocation
+    assert dave["status"] == "enforced" and dave["latency_seconds"] == 120.0 and dave["violations"] == []
     lat = json.loads(run("revocation", "--lake", str(story), "--format", "json", "--section", "latency").stdout)
-    assert lat[0]["revocations"] == 2 and lat[0]["not_enforced"] == 1 and lat[0]["enforced"] == 1
+    assert lat == [{"revocations": 2, "enforced": 1, "not_enforced": 1, "unverified": 0, "p50_seconds": 120.0,
+                    "p90_seconds": 120.0, "p95_seconds": 120.0, "p99_seconds": 120.0, "max_seconds": 120.0}]
 
 
-def test_revocation_sql_fallback(story: Path) -> None:
-    rows = {r["subject_login"]: r for r in revocation_mod._fallback(ctx_for(story))}
-    carol, dave = rows["carol@example.com"], rows["dave@example.com"]
-    assert carol["status"] == "not_enforced" and carol["latency_seconds"] == 1800.0
-    assert carol["allowed_after_grace"] == 2  # one proxy decision and one audit request
-    assert dave["status"] == "enforced" and dave["latency_seconds"] == 0.0
-    summary = revocation_mod.latency_summary(list(rows.values()))
-    assert summary["p50_seconds"] == 900.0 and summary["max_seconds"] == 1800.0
+def test_revocation_filters(story: Path) -> None:
+    assert [r["subject"] for r in jrun("revocation", "--lake", str(story), "--actor", "uid-dave")] == [
+        "dave@example.com"]
+    assert jrun("revocation", "--lake", str(story), "--since", "2026-11-22") == []
+    # IdP revocations name no cluster
+    header = run("revocation", "--lake", str(story), "--cluster", "prod", "--format", "csv").stdout
+    assert header.strip() == ",".join(REVOCATION_FIELDS)
 
 
-def test_percentile() -> None:
-    assert revocation_mod.percentile([], 50) is None
-    assert revocation_mod.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert revocation_mod.percentile([5.0], 99) == 5.0
+def test_percentile_and_latency_summary() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    rows = [{"status": "enforced", "latency_seconds": 0.0}, {"status": "not_enforced", "latency_seconds": 1800.0},
+            {"status": "unverified", "latency_seconds": None}]
+    assert latency_summary(rows) == {"revocations": 3, "enforced": 1, "not_enforced": 1, "unverified": 1,
+                                     "p50_seconds": 900.0, "p90_seconds": 1620.0, "p95_seconds": 1710.0,
+                                     "p99_seconds": 1782.0, "max_seconds": 1800.0}
 
 
 # --- reach ------------------------------------------------------------------------------------------------
 
+#: README "Primary-section fields" of ``reach`` (from detect's ``reach`` table).
+REACH_FIELDS = ["actor", "actor_kind", "peer_group", "windows", "first_window", "last_window", "requests", "clusters",
+                "max_namespaces", "max_resources", "max_secret_namespaces", "max_foreign_secret_namespaces",
+                "new_namespaces", "exec_count", "forbidden_requests", "growth", "flagged"]
+#: detectors.rbac.GRANTED_VS_USED, the ``--granted`` columns.
+GRANTED_FIELDS = ["cluster", "identity", "identity_kind", "row_type", "via", "binding", "role", "scope_namespace",
+                  "verbs", "api_groups", "resources", "resource_names", "can_impersonate", "used_requests",
+                  "used_permissions", "never_used", "suggestion"]
+
+
 def test_reach_blast_radius_and_flags(story: Path) -> None:
     rows = jrun("reach", "--lake", str(story))
+    assert all(list(r) == REACH_FIELDS for r in rows)
+    # flagged (a reach.* finding) first, then most secret namespaces, most namespaces, name
+    assert [r["actor"] for r in rows] == [HOSTILE, "alice@example.com", "bob@example.com", "carol@example.com",
+                                          "system:serviceaccount:apps:web", "system:serviceaccount:ci:deployer"]
     by = {r["actor"]: r for r in rows}
-    if "blast_radius" in rows[0]:  # SQL fallback shape (detectors.reach.reach_report not in this build)
-        assert by["alice@example.com"]["blast_radius"] == 3
-        assert by["alice@example.com"]["clusters"] == 2
-        assert by[HOSTILE]["flagged"] is True and rows[0]["actor"] == HOSTILE
-        assert by[HOSTILE]["secrets"] == 1
+    assert [r["actor"] for r in rows if r["flagged"]] == [HOSTILE]
+    assert by[HOSTILE]["max_secret_namespaces"] == 1 and by[HOSTILE]["requests"] == 3
+    alice = by["alice@example.com"]  # daily windows: prod default + web and staging default each day
+    assert (alice["windows"], alice["requests"], alice["clusters"], alice["max_namespaces"]) == (3, 15, 2, 2)
+    assert (alice["first_window"], alice["last_window"]) == ("2026-11-20T00:00:00.000000Z",
+                                                             "2026-11-22T00:00:00.000000Z")
+    assert alice["max_secret_namespaces"] == 0 and alice["growth"] == 1.0
+    assert (by["carol@example.com"]["windows"], by["carol@example.com"]["requests"]) == (1, 2)
+    assert by["system:serviceaccount:apps:web"]["actor_kind"] == "service_account"
     top1 = jrun("reach", "--lake", str(story), "--limit", "1")
-    assert len(top1) == 1
+    assert [r["actor"] for r in top1] == [HOSTILE]
     assert [r["actor"] for r in jrun("reach", "--lake", str(story), "--actor", "bob@example.com")] == [
         "bob@example.com"]
+    day = {r["actor"]: r for r in jrun("reach", "--lake", str(story), "--since", "2026-11-21", "--until",
+                                       "2026-11-22")}
+    assert (day["alice@example.com"]["windows"], day["alice@example.com"]["requests"]) == (1, 5)
+
+
+def test_reach_puts_flagged_identities_first(story: Path, tmp_path: Path) -> None:
+    """A reach.* finding moves an identity above every unflagged one, whatever its reach."""
+    lake = tmp_path / "lake"
+    shutil.copytree(story, lake)
+    write_rows(lake, {"findings": [finding("reach.anomalous", "low", "bob@example.com", T0, T0, "bob grew")]},
+               key="extra")
+    rows = jrun("reach", "--lake", str(lake))
+    assert [(r["actor"], r["flagged"]) for r in rows[:3]] == [(HOSTILE, True), ("bob@example.com", True),
+                                                              ("alice@example.com", False)]
+    assert [r["flagged"] for r in rows] == [True, True, False, False, False, False]
+
+
+def test_reach_granted_is_the_rbac_comparison(sample_lake: Path) -> None:
+    allsec = jsections("reach", "--granted", "--lake", str(sample_lake), "--actor", "alice@example.com")
+    rows = allsec["sections"]["reach"]
+    assert rows and all(list(r) == GRANTED_FIELDS for r in rows)
+    assert {r["identity"] for r in rows} == {"alice@example.com"}  # --actor matches the identity column
+    assert {r["row_type"] for r in rows} <= {"granted", "used_not_granted"}
+    assert sum(r["used_requests"] or 0 for r in rows) > 0
+
+
+def test_derived_table_reports_say_when_detect_has_not_run(tmp_path: Path) -> None:
+    """Without detect's reach and credentials tables the reports are empty and say why (one path, no
+    silent recomputation with other columns)."""
+    lake = build_lake(tmp_path / "lake", derived=False)
+    reach = jsections("reach", "--lake", str(lake))
+    assert reach["sections"]["reach"] == [] and "ztaudit detect" in reach["notes"][0]
+    creds = jsections("credentials", "--lake", str(lake))
+    assert creds["sections"]["inventory"] == [] and "ztaudit detect" in creds["notes"][0]
+    assert creds["sections"]["totals"] == [{"credentials": 0, "stale": 0, "legacy": 0, "shared": 0}]
+    header = run("credentials", "--lake", str(lake), "--format", "csv").stdout
+    assert header.strip() == ",".join(CREDENTIAL_FIELDS)
 
 
 # --- credentials ------------------------------------------------------------------------------------------
 
+#: README "Primary-section fields" of ``credentials`` (from detect's ``credentials`` table).
+CREDENTIAL_FIELDS = ["credential_key", "credential_id", "credential_kind", "holder", "holder_kind", "issued_at",
+                     "issued_by", "first_seen", "last_seen", "days_used", "requests", "stale_token_requests",
+                     "clusters", "source_ips", "user_agents", "age_hours", "past_max_age", "legacy", "stale",
+                     "shared", "findings"]
+
+
 def test_credentials_sections(story: Path) -> None:
-    allsec = json.loads(run("credentials", "--lake", str(story), "--format", "json", "--section", "all").stdout)
-    s = allsec["sections"]
+    s = jsections("credentials", "--lake", str(story))["sections"]
+    assert all(list(r) == CREDENTIAL_FIELDS for r in s["inventory"])
     assert [r["credential_id"] for r in s["legacy"]] == ["SECRET=ci/deployer-token"]
-    assert [r["credential_id"] for r in s["shared"]] == ["JTI=11111111-aaaa"]
-    assert {r["credential_id"] for r in s["inventory"]} >= {"SECRET=ci/deployer-token", "JTI=11111111-aaaa"}
-
-
-def test_credentials_sql_fallback(story: Path) -> None:
-    rows = {r["credential_id"]: r for r in credentials_mod._fallback(ctx_for(story))}
-    jti = rows["JTI=11111111-aaaa"]
-    assert jti["shared"] is True and jti["shared_windows"] == 3 and jti["source_ips"] == 2
-    assert jti["stale"] is True  # used over 48 h: past the 48 h JTI maximum age
-    legacy = rows["SECRET=ci/deployer-token"]
+    assert [r["credential_id"] for r in s["shared"]] == ["JTI=11111111-aaaa"]  # from the credential.shared finding
+    assert [r["credential_id"] for r in s["stale"]] == ["JTI=11111111-aaaa"]
+    inv = {r["credential_key"]: r for r in s["inventory"]}
+    jti = inv["JTI=11111111-aaaa"]
+    # used from day 1 10:20 to day 3 10:20:30: past the 48 h maximum age of a JTI token
+    assert jti["past_max_age"] is True and jti["age_hours"] > 48 and jti["stale"] is True
+    assert jti["source_ips"] == ["10.1.0.4", "10.9.9.9"] and jti["requests"] == 6 and jti["days_used"] == 3
+    assert jti["findings"] == ["credential.shared"] and jti["holder"] == "system:serviceaccount:apps:web"
+    legacy = inv["SECRET=ci/deployer-token"]
     assert legacy["legacy"] is True and legacy["shared"] is False and legacy["stale"] is False
-    assert legacy["actors"] == ["system:serviceaccount:ci:deployer"]
+    assert legacy["holder"] == "system:serviceaccount:ci:deployer" and legacy["credential_kind"] == "legacy_secret"
+    assert (legacy["days_used"], legacy["requests"]) == (3, 3)
+    # requests without a credential id are inventoried per holder (the proxy for everyone it impersonates)
+    assert inv["USER=bob@example.com"]["credential_id"] is None
+    assert inv["TOKEN?=system:serviceaccount:pomerium:pomerium-authorize"]["requests"] == 20
+    assert s["totals"] == [{"credentials": 4, "stale": 1, "legacy": 1, "shared": 1}]
+    assert [bool(r["legacy"] or r["stale"] or r["shared"]) for r in s["inventory"]] == [True, True, False, False]
+
+
+def test_credentials_filters(story: Path) -> None:
+    one = jrun("credentials", "--lake", str(story), "--limit", "1")
+    assert [r["credential_id"] for r in one] == ["SECRET=ci/deployer-token"]
+    held = jrun("credentials", "--lake", str(story), "--actor", "system:serviceaccount:ci:deployer")
+    assert [r["credential_id"] for r in held] == ["SECRET=ci/deployer-token"]
+    assert jrun("credentials", "--lake", str(story), "--cluster", "staging") != []  # the proxy's key was used there
+    assert jrun("credentials", "--lake", str(story), "--cluster", "nowhere") == []
+    # a use on the day --since falls in counts with that whole day
+    late = {r["credential_key"]: r for r in jrun("credentials", "--lake", str(story), "--since",
+                                                  "2026-11-22T23:00:00Z")}
+    assert late["JTI=11111111-aaaa"]["days_used"] == 1
 
 
 # --- identity ----------------------------------------------------------------------------------------------
@@ -260,6 +394,16 @@ def test_identity_sections(story: Path) -> None:
                                                                           ("staging", "default")}
     limited = jrun("identity", "alice@example.com", "--lake", str(story), "--limit", "5")
     assert [e["at"] for e in limited] == times[-5:]
+    # alice works through the proxy: the credential is the proxy's, so she holds none
+    assert allsec["credentials"] == [] and over["credentials"] == 0
+
+
+def test_identity_credentials_are_the_ones_it_holds(story: Path) -> None:
+    allsec = jsections("identity", "system:serviceaccount:apps:web", "--lake", str(story))["sections"]
+    assert [(r["credential_id"], r["shared"], r["stale"]) for r in allsec["credentials"]] == [
+        ("JTI=11111111-aaaa", True, True)]
+    assert all(list(r) == CREDENTIAL_FIELDS for r in allsec["credentials"])
+    assert allsec["overview"][0]["credentials"] == 1 and allsec["overview"][0]["requests"] == 6
 
 
 # --- quarantine ----------------------------------------------------------------------------------------------
@@ -277,24 +421,60 @@ def _args(name: str) -> list[str]:
     return [name, "alice@example.com"] if REPORTS[name].needs_subject else [name]
 
 
+def _in_process(lake: Path, name: str) -> ReportResult:
+    """The report as ``ztaudit report`` builds it (the expected content of every format)."""
+    con = open_lake(lake)
+    try:
+        opts = {"subject": "alice@example.com"} if REPORTS[name].needs_subject else {}
+        return run_report(name, ReportContext(con=con, config=Config(), filters=Filters(), options=opts,
+                                              want_charts=True))
+    finally:
+        con.close()
+
+
+def _html_section_rows(page: str, name: str) -> int:
+    m = re.search(rf'<section id="s-{re.escape(name)}">(.*?)</section>', page, re.S)
+    assert m, name
+    return m.group(1).count("<tr>") - 1 if "<table>" in m.group(1) else 0
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", sorted(REPORTS))
 def test_every_report_every_format_on_sample_logs(sample_lake: Path, tmp_path: Path, name: str, fmt: str) -> None:
+    """Each format shows every section of the report with all its rows, and the primary rows' values."""
     out = tmp_path / f"r.{fmt}"
     res = run(*_args(name), "--lake", str(sample_lake), "--format", fmt, "--out", str(out), "--quiet")
     assert res.stderr == ""
     text = out.read_text()
+    expected = _in_process(sample_lake, name)
+    primary = expected.primary
+    assert primary.rows, f"{name}: the sample logs give its primary section rows"
+    first = primary.rows[0]
+    key = primary.shown_columns()[0]
     if fmt == "json":
-        assert isinstance(json.loads(text), list)
+        assert json.loads(text) == json.loads(render_json(expected))
     elif fmt == "csv":
-        header = next(csv.reader(io.StringIO(text)))
-        assert header and all(header)
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows == [primary.columns, *([csv_cell(r.get(c), c) for c in primary.columns] for r in primary.rows)]
     elif fmt == "markdown":
-        assert text.startswith("# ")
+        assert text.startswith(f"# {md_cell(expected.title)}")
+        for sec in expected.sections:
+            assert f"## {md_cell(sec.title)}" in text
+        body = text.split(f"## {md_cell(primary.title)}", 1)[1].split("\n## ", 1)[0]
+        assert sum(line.startswith("| ") for line in body.splitlines()) == len(primary.rows) + 1
+        assert f"| {md_cell(first.get(key))} |" in body
     elif fmt == "html":
         assert "Content-Security-Policy" in text and "<script" not in text.lower()
+        for sec in expected.sections:
+            assert _html_section_rows(text, sec.name) == len(sec.for_display().rows[:2000]), sec.name
+        assert esc(display(first.get(key))) in text
+        assert text.count("<svg") == len(expected.charts)
     else:
         assert all(len(line) <= 100 for line in text.splitlines()), name
+        for sec in expected.sections:
+            n = len(sec.rows)
+            assert f"== {sec.title} ({n} row{'s' if n != 1 else ''})" in text, sec.title
+        assert display(first.get(key))[:12] in text
 
 
 def test_sample_logs_story(sample_lake: Path) -> None:
@@ -306,7 +486,7 @@ def test_sample_logs_story(sample_lake: Path) -> None:
     pairs = {(f["detector"], f["actor"]) for f in findings}
     assert ("revocation.not_enforced", "carol@example.com") in pairs
     assert ("impersonation.proxy_bypass", "bob@example.com") in pairs
-    rev = {_subject(r): r["status"] for r in jrun("revocation", "--lake", str(sample_lake))}
+    rev = {r["subject"]: r["status"] for r in jrun("revocation", "--lake", str(sample_lake))}
     assert rev["carol@example.com"] == "not_enforced"
     quarantine = jrun("quarantine", "--lake", str(sample_lake))
     assert quarantine and all(r["origin"].startswith("file:") for r in quarantine)
@@ -357,31 +537,6 @@ def test_generated_incidents(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert all(datetime.fromisoformat(f["last_seen"]) <= now for f in findings)
 
 
-def test_credentials_from_the_derived_table(story: Path, tmp_path: Path) -> None:
-    """With detect's ``credentials`` table present the report aggregates it (the fast path)."""
-    import shutil
-
-    from ztaudit.core.sink import LakeSink
-    from ztaudit.detectors.credentials import inventory
-
-    lake = tmp_path / "lake"
-    shutil.copytree(story, lake)
-    con = open_lake(lake)
-    LakeSink(lake).write("credentials", inventory(con, None, None), "test")
-    con.close()
-    allsec = json.loads(run("credentials", "--lake", str(lake), "--format", "json", "--section", "all").stdout)
-    s = allsec["sections"]
-    assert [r["credential_id"] for r in s["legacy"]] == ["SECRET=ci/deployer-token"]
-    assert [r["credential_id"] for r in s["shared"]] == ["JTI=11111111-aaaa"]  # from the credential.shared finding
-    assert s["legacy"][0]["days_used"] == 3 and s["legacy"][0]["requests"] == 3
-    assert s["totals"][0]["legacy"] == 1 and s["totals"][0]["credentials"] == len(s["inventory"])
-    assert s["inventory"][0]["legacy"] or s["inventory"][0]["stale"] or s["inventory"][0]["shared"]
-    one = jrun("credentials", "--lake", str(lake), "--limit", "1")
-    assert len(one) == 1
-    held = jrun("credentials", "--lake", str(lake), "--actor", "system:serviceaccount:ci:deployer")
-    assert [r["credential_id"] for r in held] == ["SECRET=ci/deployer-token"]
-
-
 def test_html_defaults_to_a_file(story: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["report", "findings", "--lake", str(story), "--format", "html"])
@@ -395,3 +550,27 @@ def test_html_defaults_to_a_file(story: Path, tmp_path: Path, monkeypatch: pytes
 def test_section_only_for_machine_formats(story: Path) -> None:
     assert run("summary", "--lake", str(story), "--section", "quarantine", ok=False).exit_code == 2
     assert run("summary", "--lake", str(story), "--format", "json", "--section", "nope", ok=False).exit_code == 2
+
+
+def test_report_modules_import_one_way() -> None:
+    """No import cycle inside the report package (formats -> html -> svg -> cells, reports -> charts)."""
+    pkg = Path(__file__).resolve().parents[2] / "reports"
+    graph: dict[str, set[str]] = {}
+    for path in pkg.glob("*.py"):
+        mod = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ztaudit.reports"):
+                sub = node.module.removeprefix("ztaudit.reports").lstrip(".")
+                deps |= {sub} if sub else {a.name for a in node.names}
+        graph[mod] = deps - {mod}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for d in graph.get(start, set()):
+            if d == goal or (d not in seen and reaches(d, goal, seen | {d})):
+                return True
+        return False
+
+    cycles = [m for m in graph if m != "__init__" and reaches(m, m, set())]
+    assert cycles == [], cycles
+    assert "formats" not in graph["html"] and "html" not in graph["svg"]

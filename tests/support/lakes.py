@@ -11,6 +11,9 @@ independent of ingest and detect. The story (times UTC, 2026-11-20 .. 2026-11-22
 * system:serviceaccount:apps:web uses a JTI token from two IPs at once (shared);
 * system:serviceaccount:ci:deployer uses a legacy secret token SECRET=ci/deployer-token;
 * two quarantined records; five findings.
+
+:func:`build_lake` also builds the derived ``reach`` and ``credentials`` tables with detect's own
+builders (not its detectors: the story's findings are hand-made), as ``ztaudit detect`` leaves a lake.
 """
 
 from __future__ import annotations
@@ -168,9 +171,28 @@ def _loose(table: str, items: list[dict[str, Any]]) -> pa.Schema:
     return pa.schema([f for f in TABLES[table] if f.name in names])
 
 
-def build_lake(lake: Path) -> Path:
-    """Write the story lake at ``lake`` and return it."""
-    return write_rows(lake, story_rows())
+def build_derived_tables(lake: Path) -> Path:
+    """Build and write detect's derived tables (``reach``, ``credentials``) for ``lake`` with the real
+    builders (:func:`ztaudit.detectors.run.build_derived`), without running any detector."""
+    from ztaudit.core.config import Config
+    from ztaudit.core.lake import open_lake
+    from ztaudit.detectors.base import DetectContext
+    from ztaudit.detectors.run import RunResult, build_derived
+
+    result = RunResult()
+    con = open_lake(lake)
+    try:
+        build_derived(DetectContext(con=con, config=Config(), lake=str(lake)), lake, result)
+    finally:
+        con.close()
+    assert not result.errors, result.errors
+    return lake
+
+
+def build_lake(lake: Path, *, derived: bool = True) -> Path:
+    """Write the story lake at ``lake`` (with detect's derived tables unless ``derived`` is False)."""
+    write_rows(lake, story_rows())
+    return build_derived_tables(lake) if derived else lake
 
 
 def build_sample_lake(lake: Path, samples: Path, *, detect: bool = True) -> Path:
