@@ -15,7 +15,7 @@ import click
 from ztaudit.core.errors import ZtauditError
 from ztaudit.synth.engine import GenerateOptions
 from ztaudit.synth.engine import generate as run_generate
-from ztaudit.synth.incidents import ALL_KINDS
+from ztaudit.synth.incident_context import ALL_KINDS
 
 
 class GenerateUsageError(ZtauditError):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from ztaudit.cli.main import cli, main
 from ztaudit.synth.engine import GenerateOptions, generate
-from ztaudit.synth.incidents import ALL_KINDS
+from ztaudit.synth.incident_context import ALL_KINDS
 
 POMERIUM_SA = "system:serviceaccount:pomerium:pomerium-authorize"
 VERB_METHOD = {"get": "GET", "list": "GET", "watch": "GET", "create": "POST", "update": "PUT", "patch": "PATCH",
