@@ -95,9 +95,10 @@ class DetectContext:
     since: datetime | None = None
     until: datetime | None = None
     lake: str | None = None
-    #: Results shared within one run (for example the reach features, computed once for the ``reach``
-    #: table builder and the ``reach.anomalous`` detector). Lives as long as the context, so a new run
-    #: (new data) starts empty; keys name the producer and every parameter the result depends on.
+    #: The one cache of a run: results shared between the detectors and table builders of one run (the
+    #: reach features, computed once for the ``reach`` table builder and ``reach.anomalous``; which
+    #: correlation tables ``correlate.ensure`` built on ``con``). Lives as long as the context, so a new
+    #: run (new data) starts empty; keys name the producer and every parameter the result depends on.
     cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -36,105 +36,90 @@ both an authorize line and an Envoy access line per request (§1.2, §1.3); an a
 Audit side: one row per request (``cluster, audit_id, request_received_at``; k8s-audit-schema.md
 §9) impersonated by an approved impersonator.
 
+The SQL is a set of named statements (module constants, values always bound as parameters). Two
+plans run them in order: :data:`DETECT_PLAN` (the detectors: unmatched rows in detail and the
+per-day summary) and :data:`SUMMARY_PLAN` (the report: the summary only). The analyst view
+``proxy_audit_match`` (``core/views/proxy_audit_match.sql``) is :data:`VIEW_SQL`, the same pieces
+without time bounds; ``tests/core/test_views.py`` fails if the file and :data:`VIEW_SQL` drift.
+
 Failure: SQL errors propagate (a broken lake is an error, not an empty result). An empty lake or
 a lake without proxy data gives empty results.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import duckdb
+import pyarrow as pa
 
-from ztaudit.core.catalog import sql_literal
 from ztaudit.core.config import Config
+from ztaudit.core.window import Window
+from ztaudit.detectors.base import DetectContext
+from ztaudit.detectors.sql import execute
 
-#: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.5's mapping).
-VERB_METHOD_SQL = (
+#: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.5's mapping), on ``{v}``.
+VERB_METHOD_SQL: Final = (
     "CASE {v} WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' "
     "WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' "
     "WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper({v}) END"
 )
 
-_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX = datetime(9999, 1, 1, tzinfo=UTC)
-
 #: The config views the correlation reads. :func:`install_config` replaces them per connection.
-CONFIG_VIEWS = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correlation_settings")
+CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correlation_settings")
 
 
 # --------------------------------------------------------------------------------------------
 # configuration as relations
 # --------------------------------------------------------------------------------------------
 
-def default_config_view_sql(cfg: Config) -> dict[str, str]:
-    """SELECTs for the config views from a config's values, for the catalog's default views.
-
-    Only called with the built-in defaults (code constants, not user input), because a CREATE VIEW
-    cannot bind parameters; per-run configs go through :func:`install_config`, which binds.
-    """
-    approved = [(c, u) for c, users in cfg.impersonation.approved_impersonators.items() for u in users]
-    if approved:
-        rows = ", ".join(f"({sql_literal(c)}, {sql_literal(u)})" for c, u in approved)
-        approved_sql = f"SELECT * FROM (VALUES {rows}) AS t(cluster, username)"
-    else:
-        approved_sql = "SELECT CAST(NULL AS VARCHAR) AS cluster, CAST(NULL AS VARCHAR) AS username WHERE false"
-    hosts = list(cfg.impersonation.proxy_hosts.items())
-    if hosts:
-        rows = ", ".join(f"({sql_literal(h.lower())}, {sql_literal(c)})" for h, c in hosts)
-        hosts_sql = f"SELECT * FROM (VALUES {rows}) AS t(host, cluster)"
-    else:
-        hosts_sql = "SELECT CAST(NULL AS VARCHAR) AS host, CAST(NULL AS VARCHAR) AS cluster WHERE false"
-    window_us = int(cfg.correlation.match_window_seconds * 1_000_000)
-    exact_us = int(cfg.correlation.exact_id_window_seconds * 1_000_000)
-    settings_sql = (
-        f"SELECT CAST({window_us} AS BIGINT) AS window_us, CAST({exact_us} AS BIGINT) AS exact_window_us, "
-        f"{'true' if hosts else 'false'} AS has_hosts, "
-        "(SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS single_cluster"
-    )
-    return {"zt_approved_impersonators": approved_sql, "zt_proxy_hosts": hosts_sql,
-            "zt_correlation_settings": settings_sql}
+#: :func:`install_config`'s statements, in order: the configuration in force as temp tables (every value
+#: bound), then the config views pointed at them. ``single_cluster`` names the lake's cluster when it
+#: has exactly one (decisions and requests without a cluster belong to it).
+_INSTALL_CONFIG: Final = (
+    """CREATE OR REPLACE TEMP TABLE zt_cfg_approved AS
+       SELECT unnest($approved_clusters::VARCHAR[]) AS cluster, unnest($approved_users::VARCHAR[]) AS username""",
+    """CREATE OR REPLACE TEMP TABLE zt_cfg_hosts AS
+       SELECT unnest($hosts::VARCHAR[]) AS host, unnest($host_clusters::VARCHAR[]) AS cluster""",
+    """CREATE OR REPLACE TEMP TABLE zt_cfg_settings AS
+       SELECT CAST($window_us AS BIGINT) AS window_us, CAST($exact_window_us AS BIGINT) AS exact_window_us,
+              CAST($has_hosts AS BOOLEAN) AS has_hosts,
+              CAST((SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS VARCHAR)
+                  AS single_cluster""",
+    "CREATE OR REPLACE TEMP VIEW zt_approved_impersonators AS SELECT * FROM zt_cfg_approved",
+    "CREATE OR REPLACE TEMP VIEW zt_proxy_hosts AS SELECT * FROM zt_cfg_hosts",
+    "CREATE OR REPLACE TEMP VIEW zt_correlation_settings AS SELECT * FROM zt_cfg_settings",
+)
 
 
 def install_config(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
-    """Point the config views of ``con`` at ``cfg`` (values bound as parameters).
+    """Point the config views (:data:`CONFIG_VIEWS`) of ``con`` at ``cfg``; every value is bound.
 
-    Called before any correlation query on a connection made by ``catalog.connect``. Idempotent.
-    Also sets the session time zone to UTC, so day boundaries are UTC days (DESIGN.md).
+    Called before any query that reads the config views: by :func:`run_plan` and by the impersonation
+    detectors. ``con`` must come from :func:`ztaudit.core.lake.open_lake` (it has the ``zt_*`` views
+    this replaces and the UTC session time zone every day boundary relies on). Idempotent; raises
+    ``duckdb.Error`` on a broken lake.
     """
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_cfg_approved (cluster VARCHAR, username VARCHAR)")
     approved = [(c, u) for c, users in cfg.impersonation.approved_impersonators.items() for u in users]
-    if approved:
-        con.executemany("INSERT INTO zt_cfg_approved VALUES (?, ?)", approved)
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_cfg_hosts (host VARCHAR, cluster VARCHAR)")
     hosts = [(h.lower().split(":")[0], c) for h, c in cfg.impersonation.proxy_hosts.items()]
-    if hosts:
-        con.executemany("INSERT INTO zt_cfg_hosts VALUES (?, ?)", hosts)
-    row = con.execute("SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit"
-                      ).fetchone()
-    single = row[0] if row else None
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE zt_cfg_settings AS SELECT CAST(? AS BIGINT) AS window_us, "
-        "CAST(? AS BIGINT) AS exact_window_us, CAST(? AS BOOLEAN) AS has_hosts, "
-        "CAST(? AS VARCHAR) AS single_cluster",
-        [int(cfg.correlation.match_window_seconds * 1_000_000),
-         int(cfg.correlation.exact_id_window_seconds * 1_000_000), bool(hosts), single],
-    )
-    con.execute("CREATE OR REPLACE TEMP VIEW zt_approved_impersonators AS SELECT * FROM zt_cfg_approved")
-    con.execute("CREATE OR REPLACE TEMP VIEW zt_proxy_hosts AS SELECT * FROM zt_cfg_hosts")
-    con.execute("CREATE OR REPLACE TEMP VIEW zt_correlation_settings AS SELECT * FROM zt_cfg_settings")
+    params: dict[str, Any] = {
+        "approved_clusters": [c for c, _ in approved], "approved_users": [u for _, u in approved],
+        "hosts": [h for h, _ in hosts], "host_clusters": [c for _, c in hosts],
+        "window_us": int(cfg.correlation.match_window_seconds * 1_000_000),
+        "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),
+        "has_hosts": bool(hosts),
+    }
+    for sql in _INSTALL_CONFIG:
+        execute(con, sql, params)
 
 
 def approved_predicate(imp: str, cluster: str) -> str:
     """SQL predicate (never NULL): ``imp`` is an approved impersonator for ``cluster``.
 
     Written as two uncorrelated IN lists: a correlated EXISTS made DuckDB spend 8 s and 2 GB on 4M
-    rows; the IN form takes 0.4 s. Pass alias-qualified column names (``r.cluster``).
+    rows; the IN form takes 0.4 s. Pass alias-qualified column names (``r.cluster``), never values.
     """
     return (f"(coalesce({imp} IN (SELECT username FROM zt_approved_impersonators WHERE cluster = '*'), false) "
             f"OR coalesce(coalesce({cluster}, '') || chr(0) || {imp} IN "
@@ -142,79 +127,102 @@ def approved_predicate(imp: str, cluster: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# SQL fragments (shared by the view and by the materialized detect path)
+# the two sides
 # --------------------------------------------------------------------------------------------
 
-def _window_sql(col: str) -> str:
-    """SQL (``AND ...``) keeping rows whose ``col`` (``alias.column``) is in [``$lo``, ``$hi``), and
-    the same window on the alias's ``dt`` day partitions (``$lo_day``..``$hi_day``) so whole days
-    outside it are skipped unread."""
-    alias = col.split(".")[0]
-    return (f"AND {col} >= $lo AND {col} < $hi "
-            f"AND CAST({alias}.dt AS VARCHAR) >= $lo_day AND CAST({alias}.dt AS VARCHAR) <= $hi_day")
-
-
-def _proxy_side(detail: bool, bounded: bool, who: bool = False) -> str:
-    """Allowed decisions for Kubernetes hosts. Lean (detect path): only what matching needs, hashed,
-    so 4M decisions stay small in memory; ``detail`` adds the columns the analyst view shows.
-
-    ``who`` (the summary-only path of :func:`ensure`) adds just the lower-cased email, the actor of
-    an unmatched decision, so the summary needs no second read of ``proxy_decision``.
-    """
-    extra = (", lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at, d.request_id, "
-             "d.check_request_id, d.session_id, d.user_id, d.host" if detail else
-             ", lower(d.email) AS who" if who else "")
-    time = _window_sql("d.decided_at") if bounded else ""
-    return f"""
-    SELECT hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
+#: Proxy side, what matching needs of a decision, hashed so 4M decisions stay small in memory: its key
+#: ``pk``, the composite key ``k`` (tier C), cluster, time in µs and precision (1 s when logged in whole
+#: seconds) and the hash of the id an exact audit id would equal (tier A).
+_PROXY_MATCH_COLUMNS: Final = """hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
            hash(coalesce(h.cluster, d.cluster, s.single_cluster), lower(d.email), upper(d.method), d.path) AS k,
            coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster,
            epoch_us(d.decided_at) AS d_us,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
-           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h{extra}
-    FROM proxy_decision d
+           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h"""
+
+#: Which decisions take part: allowed, with an email, for a Kubernetes host; the Envoy access line of a
+#: request that also has its authorize line is dropped (the same request logged twice).
+_PROXY_DECISIONS: Final = """FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
-    WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> '' {time}
+    WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
       AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
            SELECT x.check_request_id FROM proxy_decision x
-           WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL))
+           WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL))"""
+
+#: Proxy side of the detect plan: decisions in [$lo, $hi) (the judged window widened by the match
+#: margin), whole day partitions outside it skipped. The detail of unmatched ones is read back later.
+PROXY_SIDE: Final = f"""
+    SELECT {_PROXY_MATCH_COLUMNS}
+    {_PROXY_DECISIONS}
+      AND {Window.sql("decided_at", "d")}
     """
 
-
-def _audit_side(detail: bool, bounded: bool, who_all: bool = False) -> str:
-    """Requests impersonated by an approved impersonator, one row per (cluster, audit_id,
-    request_received_at); grouping by one 64-bit hash of that key is ~2x faster than by the columns.
-
-    ``who_all`` (the summary-only path of :func:`ensure`) reads every stage with an impersonator,
-    keeps the same requests with the same values (each taken over the approved, impersonated stages
-    only) and adds ``who_all``: the lower-cased impersonated user over all those stages, which is
-    the ``actor`` of ``zt_unmatched_audit``, so the summary needs no second read of the audit log.
+#: Proxy side of the summary plan: the same decisions plus ``who``, the lower-cased email (the actor of
+#: an unmatched decision), so the summary needs no second read of ``proxy_decision``.
+PROXY_SIDE_WITH_ACTOR: Final = f"""
+    SELECT {_PROXY_MATCH_COLUMNS}, lower(d.email) AS who
+    {_PROXY_DECISIONS}
+      AND {Window.sql("decided_at", "d")}
     """
-    if who_all:
-        return _audit_side_who_all(bounded)
-    extra = (", any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb, "
-             f"{VERB_METHOD_SQL.format(v='any_value(r.verb)')} AS method, "
-             "split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id, "
-             "any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code"
-             if detail else "")
-    time = _window_sql("r.request_received_at") if bounded else ""
-    return f"""
-    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+
+#: Audit side, what matching needs of a request: key, composite key, cluster, hash of its audit id,
+#: impersonated user and time (µs). One row per request: grouping by one 64-bit hash of (cluster,
+#: audit_id, request_received_at) is ~2x faster than by the columns.
+_AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
            any_value(hash(coalesce(r.cluster, s.single_cluster), lower(r.impersonated_user),
                           {VERB_METHOD_SQL.format(v='r.verb')},
                           split_part(r.request_uri, '?', 1))) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
-           lower(any_value(r.impersonated_user)) AS who, epoch_us(any_value(r.request_received_at)) AS r_us{extra}
-    FROM k8s_audit r CROSS JOIN zt_correlation_settings s
-    WHERE r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL {time}
-      AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')}
+           lower(any_value(r.impersonated_user)) AS who, epoch_us(any_value(r.request_received_at)) AS r_us"""
+
+#: Which requests take part: stages impersonated by an approved impersonator for their cluster.
+_AUDIT_REQUESTS: Final = f"""FROM k8s_audit r CROSS JOIN zt_correlation_settings s
+    WHERE r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
+      AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')}"""
+
+_PER_REQUEST: Final = "GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)"
+
+#: Audit side of the detect plan: requests received in [$lo, $hi) (day partitions pruned).
+AUDIT_SIDE: Final = f"""
+    SELECT {_AUDIT_MATCH_COLUMNS}
+    {_AUDIT_REQUESTS}
+      AND {Window.sql("request_received_at", "r")}
+    {_PER_REQUEST}
+    """
+
+#: Audit side of the summary plan: the same requests with the same values (each taken over the
+#: approved, impersonated stages only) plus ``who_all``, the lower-cased impersonated user over every
+#: stage with an impersonator, which is the ``actor`` the detect plan's ``zt_unmatched_audit`` gives an
+#: unmatched request; so the summary needs no second read of the audit log.
+AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(r.impersonated_user),
+                          {VERB_METHOD_SQL.format(v='r.verb')},
+                          split_part(r.request_uri, '?', 1))) FILTER (WHERE r.lean) AS k,
+           any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
+           any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
+           lower(any_value(r.impersonated_user) FILTER (WHERE r.lean)) AS who,
+           epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
+           lower(any_value(r.impersonated_user)) AS who_all
+    FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.verb, r.request_uri,
+                 s.single_cluster,
+                 r.impersonated_user IS NOT NULL
+                 AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')} AS lean
+          FROM k8s_audit r CROSS JOIN zt_correlation_settings s
+          WHERE r.impersonator IS NOT NULL AND {Window.sql("request_received_at", "r")}) r
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
+    HAVING bool_or(r.lean)
     """
 
 
-_TIER_A = """
+# --------------------------------------------------------------------------------------------
+# the tiers
+# --------------------------------------------------------------------------------------------
+
+#: Tier A over ``zt_p`` / ``zt_a``: exact id, same cluster, within the exact-id window; each side used once.
+TIER_A: Final = """
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'A' AS tier
     FROM zt_p p JOIN zt_a a ON a.audit_h = p.rid_h AND a.cluster = p.cluster
     CROSS JOIN zt_correlation_settings s
@@ -223,23 +231,30 @@ _TIER_A = """
         AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
 """
 
-
-def _tier_c_ranked(excluded: str, ptab: str = "zt_p", atab: str = "zt_a") -> str:
-    """Rows of zt_p / zt_a not paired in ``excluded``, with burst (``grp``) and in-burst rank (``n``).
-
-    Two sorts of (k, t): the first finds burst starts (gap to the previous row of the key above the
-    widest tolerance, window + ½ s) and running counts per side; the second numbers bursts and
-    takes each burst's starting counts, so ``n`` = running count − count before the burst. A proxy
-    row's time is the middle of its logged second (``half`` = ½ s for second precision).
-    """
-    return f"""
-    WITH u AS (
+#: Rows of ``{decisions}`` / ``{requests}`` not paired in ``{paired}``, on one time line per key: a
+#: proxy row's time is the middle of its logged second (``half`` = ½ s for second precision).
+_UNPAIRED: Final = """
         SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
-        FROM {ptab} WHERE pk NOT IN (SELECT p_pk FROM {excluded})
+        FROM {decisions} WHERE pk NOT IN (SELECT p_pk FROM {paired})
         UNION ALL
         SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM {atab} WHERE pk NOT IN (SELECT a_pk FROM {excluded})
-    ), l1 AS (
+        FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired})
+    """
+
+#: Tier C, cheap first pass: rank each side of a key by time over the whole range (one sort), so the
+#: k-th decision meets the k-th request. Exact whenever a key lost nothing; after a missing request
+#: the ranks shift, those pairs fail the time check and go on to the burst passes.
+TIER_C_RANKS: Final = f"""
+    WITH u AS ({_UNPAIRED})
+    SELECT pk, is_a, k, t, half, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n FROM u
+    """
+
+#: Tier C, burst pass: burst (``grp``) and in-burst rank (``n``). Two sorts of (k, t): the first finds
+#: burst starts (gap to the previous row of the key above the widest tolerance, window + ½ s) and
+#: running counts per side; the second numbers bursts and takes each burst's starting counts, so
+#: ``n`` = running count − count before the burst.
+TIER_C_BURSTS: Final = f"""
+    WITH u AS ({_UNPAIRED}), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
                sum(CASE WHEN is_a THEN 0 ELSE 1 END) OVER w AS cp,
@@ -255,49 +270,49 @@ def _tier_c_ranked(excluded: str, ptab: str = "zt_p", atab: str = "zt_a") -> str
     SELECT pk, is_a, k, t, half, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     """
 
-
-def _tier_c_global(excluded: str) -> str:
-    """Cheap first pass: rank each side of a key by time over the whole range (one sort) and pair the
-    k-th decision with the k-th request when within tolerance. Exact whenever a key lost nothing;
-    after a missing request the ranks shift, those pairs fail the time check and go on to the burst
-    passes."""
-    return f"""
-    WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
-        FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM {excluded})
-        UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM {excluded})
-    )
-    SELECT pk, is_a, k, t, half, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n FROM u
-    """
-
-
-_TIER_C_PAIRS = """
+#: Tier C pairs from ranked rows ``{ranked}``: same key, burst and rank, within the match window.
+TIER_C_PAIRS: Final = """
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
-    FROM {r} p JOIN {r} a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
+    FROM {ranked} p JOIN {ranked} a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
     WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half
 """
 
 
-def _tier_c(excluded: str) -> str:
-    """One multiset pass of tier C as a single SELECT (for the view)."""
-    return f"WITH r AS MATERIALIZED ({_tier_c_ranked(excluded)}) {_TIER_C_PAIRS.format(r='r')}"
+def _tier_c_view(ranks: str, paired: str) -> str:
+    """One tier-C pass of the view as a single SELECT (``ranks``: :data:`TIER_C_RANKS` or
+    :data:`TIER_C_BURSTS`)."""
+    ranked = ranks.format(decisions="zt_p", requests="zt_a", paired=paired)
+    return f"WITH r AS MATERIALIZED ({ranked}) {TIER_C_PAIRS.format(ranked='r')}"
 
 
-def view_sql() -> str:
-    """The ``proxy_audit_match`` view: every matched pair and every unmatched row of both sides."""
-    return f"""
-    WITH zt_p AS MATERIALIZED ({_proxy_side(True, False)}),
-         zt_a AS MATERIALIZED ({_audit_side(True, False)}),
-         zt_pa AS MATERIALIZED ({_TIER_A}),
+# --------------------------------------------------------------------------------------------
+# the analyst view
+# --------------------------------------------------------------------------------------------
+
+#: The ``proxy_audit_match`` view (``core/views/proxy_audit_match.sql``): every matched pair and every
+#: unmatched row of both sides, over all time, with the columns an analyst reads.
+VIEW_SQL: Final = f"""
+    WITH zt_p AS MATERIALIZED (
+    SELECT {_PROXY_MATCH_COLUMNS}, lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at,
+           d.request_id, d.check_request_id, d.session_id, d.user_id, d.host
+    {_PROXY_DECISIONS}
+    ),
+         zt_a AS MATERIALIZED (
+    SELECT {_AUDIT_MATCH_COLUMNS}, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb,
+           {VERB_METHOD_SQL.format(v='any_value(r.verb)')} AS method,
+           split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id,
+           any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code
+    {_AUDIT_REQUESTS}
+    {_PER_REQUEST}
+    ),
+         zt_pa AS MATERIALIZED ({TIER_A}),
          zt_c0 AS MATERIALIZED (
-             WITH r AS MATERIALIZED ({_tier_c_global('zt_pa')}) {_TIER_C_PAIRS.format(r='r')}),
+             {_tier_c_view(TIER_C_RANKS, "zt_pa")}),
          zt_x0 AS MATERIALIZED (SELECT * FROM zt_pa UNION ALL SELECT * FROM zt_c0),
-         zt_c1 AS MATERIALIZED ({_tier_c('zt_x0')}),
+         zt_c1 AS MATERIALIZED ({_tier_c_view(TIER_C_BURSTS, "zt_x0")}),
          zt_x1 AS MATERIALIZED (SELECT * FROM zt_x0 UNION ALL SELECT * FROM zt_c1),
-         zt_c2 AS MATERIALIZED ({_tier_c('zt_x1')}),
+         zt_c2 AS MATERIALIZED ({_tier_c_view(TIER_C_BURSTS, "zt_x1")}),
          zt_pairs AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,
            p.path, p.request_id, p.check_request_id, p.session_id, p.user_id, a.audit_id, a.impersonator,
@@ -315,46 +330,153 @@ def view_sql() -> str:
     """
 
 
-VIEW_DESCRIPTION = (
-    "Proxy decisions paired with the impersonated audit requests they caused (tier A exact id, tier C "
-    "composite key + time window, multiset); side = both | proxy (no audit request) | audit (no decision).")
+# --------------------------------------------------------------------------------------------
+# the materialized plans
+# --------------------------------------------------------------------------------------------
 
+#: Matching, shared by both plans, after ``zt_p`` and ``zt_a`` exist: tier A, then the multiset passes:
+#: global ranks (cheap, settles nearly everything), then bursts twice over what is left (kept in the
+#: small tables ``zt_lp`` / ``zt_la`` so those passes do not rescan everything); then what stays
+#: unpaired, and the watermarks.
+_MATCHING: Final = (
+    f"CREATE OR REPLACE TEMP TABLE zt_pairs AS {TIER_A}",
+    "CREATE OR REPLACE TEMP TABLE zt_r AS "
+    + TIER_C_RANKS.format(decisions="zt_p", requests="zt_a", paired="zt_pairs"),
+    "INSERT INTO zt_pairs " + TIER_C_PAIRS.format(ranked="zt_r"),
+    "CREATE OR REPLACE TEMP TABLE zt_lp AS SELECT * FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pairs)",
+    "CREATE OR REPLACE TEMP TABLE zt_la AS SELECT * FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pairs)",
+    "CREATE OR REPLACE TEMP TABLE zt_pairs2 (p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR)",
+    *(("CREATE OR REPLACE TEMP TABLE zt_r AS "
+       + TIER_C_BURSTS.format(decisions="zt_lp", requests="zt_la", paired="zt_pairs2"),
+       "INSERT INTO zt_pairs2 " + TIER_C_PAIRS.format(ranked="zt_r")) * 2),
+    "INSERT INTO zt_pairs SELECT * FROM zt_pairs2",
+    "CREATE OR REPLACE TEMP TABLE zt_unpaired_a AS SELECT pk FROM zt_la WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)",
+    "CREATE OR REPLACE TEMP TABLE zt_unpaired_p AS SELECT pk FROM zt_lp WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)",
+    # Watermarks: the newest event of each side per cluster, over *all* its rows (a denied decision
+    # or a controller's request also shows the log was flowing). A decision newer than the newest
+    # audit request minus the window cannot be judged yet (its request may still be in flight), and
+    # the same the other way round; a cluster with no data at all on the other side is not judged.
+    """CREATE OR REPLACE TEMP TABLE zt_proxy_marks AS
+       SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
+       FROM proxy_decision d CROSS JOIN zt_correlation_settings s
+       LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+       GROUP BY 1""",
+    """CREATE OR REPLACE TEMP TABLE zt_audit_marks AS
+       SELECT coalesce(cluster, s.single_cluster) AS cluster, max(epoch_us(request_received_at)) AS max_a
+       FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1""",
+)
 
-def _audit_side_who_all(bounded: bool) -> str:
-    time = _window_sql("r.request_received_at") if bounded else ""
-    return f"""
-    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(r.impersonated_user),
-                          {VERB_METHOD_SQL.format(v='r.verb')},
-                          split_part(r.request_uri, '?', 1))) FILTER (WHERE r.lean) AS k,
-           any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
-           any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
-           lower(any_value(r.impersonated_user) FILTER (WHERE r.lean)) AS who,
-           epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
-           lower(any_value(r.impersonated_user)) AS who_all
-    FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.verb, r.request_uri,
-                 s.single_cluster,
-                 r.impersonated_user IS NOT NULL
-                 AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')} AS lean
-          FROM k8s_audit r CROSS JOIN zt_correlation_settings s
-          WHERE r.impersonator IS NOT NULL {time}) r
-    GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
-    HAVING bool_or(r.lean)
+#: Detect plan: each unpaired decision in the judged window [$jlo, $jhi), in detail, read back from the
+#: lake by its key (only the day partitions of the window are read).
+UNMATCHED_PROXY_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_unmatched_proxy AS
+    SELECT p.cluster, lower(d.email) AS actor, d.email, d.decided_at, d.request_id, d.check_request_id,
+           d.session_id, d.user_id, d.method, d.path, d.host, d.proxy, d.client_ip, d.origin,
+           (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
+    FROM (SELECT * FROM zt_lp WHERE pk IN (SELECT pk FROM zt_unpaired_p)) p
+    JOIN (SELECT * FROM proxy_decision
+          WHERE hash(origin, request_id, check_request_id, decided_at) IN (SELECT pk FROM zt_unpaired_p)
+            AND {Window.sql("decided_at", prefix="j")}) d
+      ON hash(d.origin, d.request_id, d.check_request_id, d.decided_at) = p.pk
+    CROSS JOIN zt_correlation_settings s
+    LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
     """
 
+#: Detect plan: each unpaired impersonated request in the judged window, in detail.
+UNMATCHED_AUDIT_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_unmatched_audit AS
+    SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
+                AS judgeable
+    FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
+                 lower(any_value(impersonated_user)) AS actor,
+                 any_value(audit_id) AS audit_id, any_value(request_received_at) AS request_received_at,
+                 any_value(verb) AS verb, split_part(any_value(request_uri), '?', 1) AS path,
+                 max(response_code) AS response_code, any_value(impersonator) AS impersonator,
+                 any_value(impersonated_user) AS impersonated_user, any_value(credential_id) AS credential_id,
+                 any_value(source_ip) AS source_ip, any_value(user_agent) AS user_agent,
+                 any_value(namespace) AS namespace
+          FROM k8s_audit CROSS JOIN zt_correlation_settings s0 WHERE impersonator IS NOT NULL
+            AND hash(cluster, audit_id, request_received_at) IN (SELECT pk FROM zt_unpaired_a)
+            -- request_received_at is part of the group key, so this drops whole requests only
+            AND {Window.sql("request_received_at", prefix="j")}
+          GROUP BY hash(cluster, audit_id, request_received_at)) r
+    CROSS JOIN zt_correlation_settings s
+    LEFT JOIN zt_proxy_marks m ON m.cluster = r.cluster
+    """
 
-# --------------------------------------------------------------------------------------------
-# materialized path for detect
-# --------------------------------------------------------------------------------------------
+#: Summary plan: what the summary reads of unmatched decisions, from the unpaired decisions of ``zt_lp``
+#: (the same rows as ``zt_unmatched_proxy``: ``pk`` is the decision's key, ``who`` is lower(email),
+#: ``d_us`` is decided_at).
+_UNMATCHED_PROXY_FROM_MATCHING: Final = """(
+    SELECT p.cluster, p.who AS actor, make_timestamp(p.d_us)::TIMESTAMPTZ AS decided_at,
+           (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
+    FROM zt_lp p CROSS JOIN zt_correlation_settings s
+    LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
+    WHERE p.pk IN (SELECT pk FROM zt_unpaired_p)
+      AND p.d_us >= epoch_us($jlo) AND p.d_us < epoch_us($jhi))"""
+
+#: Summary plan: what the summary reads of unmatched requests, from the unpaired requests of ``zt_la``:
+#: cluster and request time are part of the request key, and ``who_all`` is the detail table's actor.
+_UNMATCHED_AUDIT_FROM_MATCHING: Final = """(
+    SELECT a.cluster, a.who_all AS actor, make_timestamp(a.r_us)::TIMESTAMPTZ AS request_received_at,
+           (pm.max_p IS NOT NULL AND a.r_us + s.window_us + 1000000 < pm.max_p) AS judgeable
+    FROM zt_la a CROSS JOIN zt_correlation_settings s
+    LEFT JOIN zt_proxy_marks pm ON pm.cluster = a.cluster
+    WHERE a.pk IN (SELECT pk FROM zt_unpaired_a)
+      AND a.r_us >= epoch_us($jlo) AND a.r_us < epoch_us($jhi))"""
+
+#: Matched and unmatched counts per (cluster, actor, UTC day) in the judged window, into ``{summary}``
+#: from ``{unmatched_proxy}`` / ``{unmatched_audit}`` (tables, or the subqueries above).
+_SUMMARY: Final = """
+    CREATE OR REPLACE TEMP TABLE {summary} AS
+    WITH m AS (
+        -- aggregate on integers first (4M pairs), convert the few group results to times after
+        SELECT a.cluster, a.who AS actor,
+               CAST(DATE '1970-01-01' + CAST(a.r_us // 86400000000 AS INTEGER) AS DATE) AS day,
+               count(*) FILTER (WHERE x.tier = 'A') AS matched_a, count(*) FILTER (WHERE x.tier = 'C') AS matched_c,
+               make_timestamp(min(a.r_us))::TIMESTAMPTZ AS first_at,
+               make_timestamp(max(a.r_us))::TIMESTAMPTZ AS last_at
+        FROM zt_pairs x JOIN zt_a a ON a.pk = x.a_pk
+        WHERE a.r_us >= epoch_us($jlo) AND a.r_us < epoch_us($jhi)
+        GROUP BY a.cluster, a.who, a.r_us // 86400000000
+    ), u AS (
+        SELECT cluster, actor, CAST(decided_at AS DATE) AS day, 'proxy' AS side, decided_at AS ts,
+               judgeable FROM {unmatched_proxy}
+        UNION ALL
+        SELECT cluster, actor, CAST(request_received_at AS DATE), 'audit', request_received_at,
+               judgeable FROM {unmatched_audit}
+    )
+    SELECT cluster, actor, day,
+           sum(matched_a)::BIGINT AS matched_tier_a, sum(matched_c)::BIGINT AS matched_tier_c,
+           sum(unmatched_proxy)::BIGINT AS unmatched_proxy, sum(unmatched_audit)::BIGINT AS unmatched_audit,
+           sum(pending)::BIGINT AS pending, min(first_at) AS first_seen, max(last_at) AS last_seen
+    FROM (
+        SELECT cluster, actor, day, matched_a, matched_c, 0 AS unmatched_proxy,
+               0 AS unmatched_audit, 0 AS pending, first_at, last_at
+        FROM m
+        UNION ALL
+        SELECT cluster, actor, day, 0, 0,
+               count(*) FILTER (WHERE side = 'proxy' AND judgeable),
+               count(*) FILTER (WHERE side = 'audit' AND judgeable),
+               count(*) FILTER (WHERE NOT judgeable), min(ts), max(ts)
+        FROM u GROUP BY ALL
+    ) GROUP BY ALL
+    """
+
+#: The intermediate tables of both plans: dropped at the end so the next detector has their memory.
+_INTERMEDIATE: Final = ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_r", "zt_lp", "zt_la", "zt_unpaired_a",
+                        "zt_unpaired_p", "zt_proxy_marks", "zt_audit_marks")
+_DROP_INTERMEDIATE: Final = tuple(f"DROP TABLE IF EXISTS {t}" for t in _INTERMEDIATE)
+
 
 @dataclass(frozen=True)
 class Correlation:
-    """Names of the temp tables :func:`ensure` built on a connection.
+    """Names of the tables :data:`DETECT_PLAN` writes on a connection.
 
     ``unmatched_proxy`` / ``unmatched_audit`` hold the detail rows of each side's unmatched events
-    with a ``judgeable`` flag (false near the data's end, where the other side may still arrive,
-    or in a cluster with no data at all on the other side); ``summary`` holds matched and unmatched
-    counts per (cluster, actor, day).
+    in the judged window with a ``judgeable`` flag (false near the data's end, where the other side
+    may still arrive, or in a cluster with no data at all on the other side); ``summary`` holds
+    matched and unmatched counts per (cluster, actor, day).
     """
 
     unmatched_proxy: str = "zt_unmatched_proxy"
@@ -362,220 +484,96 @@ class Correlation:
     summary: str = "zt_match_summary"
 
 
-def _day(ts: datetime) -> str:
-    """The UTC day of ``ts`` as the lake's ``dt`` partitions spell it (a naive time is UTC, as the
-    session time zone makes it for DuckDB)."""
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC).date().isoformat()
+#: The table :data:`SUMMARY_PLAN` writes (its own name, so a report never replaces a detect run's tables).
+SUMMARY_ONLY: Final = "zt_match_summary_only"
 
+_DETECT: Final = Correlation()
 
-def _key(cfg: Config, since: datetime | None, until: datetime | None) -> str:
-    blob = json.dumps([str(since), str(until), cfg.impersonation.approved_impersonators,
-                       cfg.impersonation.proxy_hosts, cfg.correlation.match_window_seconds,
-                       cfg.correlation.exact_id_window_seconds], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+#: The detectors' plan: both sides, matching, unmatched rows in detail, summary.
+DETECT_PLAN: Final = (
+    f"CREATE OR REPLACE TEMP TABLE zt_p AS {PROXY_SIDE}",
+    f"CREATE OR REPLACE TEMP TABLE zt_a AS {AUDIT_SIDE}",
+    *_MATCHING,
+    UNMATCHED_PROXY_SQL,
+    UNMATCHED_AUDIT_SQL,
+    _SUMMARY.format(summary=_DETECT.summary, unmatched_proxy=_DETECT.unmatched_proxy,
+                    unmatched_audit=_DETECT.unmatched_audit),
+    *_DROP_INTERMEDIATE,
+)
 
+#: The report's plan: the summary only. Its unmatched counts come from the matching tables themselves
+#: (same events, clusters, actors, times and judgeability as the detail tables), which saves a second
+#: read of every decision and every impersonated audit event (~0.5 s at 10M events).
+SUMMARY_PLAN: Final = (
+    f"CREATE OR REPLACE TEMP TABLE zt_p AS {PROXY_SIDE_WITH_ACTOR}",
+    f"CREATE OR REPLACE TEMP TABLE zt_a AS {AUDIT_SIDE_WITH_ALL_STAGES}",
+    *_MATCHING,
+    _SUMMARY.format(summary=SUMMARY_ONLY, unmatched_proxy=_UNMATCHED_PROXY_FROM_MATCHING,
+                    unmatched_audit=_UNMATCHED_AUDIT_FROM_MATCHING),
+    *_DROP_INTERMEDIATE,
+)
 
-def ensure(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
-           until: datetime | None, *, detail: bool = True) -> Correlation:
-    """Build (once per connection, config and window) the correlation temp tables; return their names.
+def run_plan(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, plan: tuple[str, ...]) -> None:
+    """Run ``plan`` (:data:`DETECT_PLAN` or :data:`SUMMARY_PLAN`) for ``window`` on ``con``.
 
-    Called by each impersonation detector and the summary; the second caller reuses the tables.
-    Events are read with a margin around [since, until) so pairs straddling the edges are found;
-    only rows inside the window are reported.
-
-    ``detail=False`` (:func:`impersonation_summary`) builds ``summary`` only, not the detail tables
-    ``unmatched_proxy`` / ``unmatched_audit``: the summary's unmatched counts then come from the
-    matching tables themselves (same events, clusters, actors, times and judgeability), which saves
-    a second read of every decision and every impersonated audit event (~0.5 s at 10M events). A
-    later call that needs the detail rebuilds everything.
+    Events are read with a margin around the window (the widest tolerance + 2 s) so pairs
+    straddling its edges are found; only rows inside it are reported. Called by :func:`ensure` and
+    :func:`impersonation_summary`; ``con`` must come from ``open_lake``. Raises on SQL errors, after
+    which the plan's tables may be partly written.
     """
-    key = _key(cfg, since, until)
-    # fetchall, not fetchone: a result left unfinished blocks the caller's next con.sql()
-    have = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_match_meta'").fetchall()
-    if have and have[0][0]:
-        rows = con.execute("SELECT key, detail FROM zt_match_meta").fetchall()
-        if rows and rows[0][0] == key and (rows[0][1] or not detail):
-            return Correlation()
     install_config(con, cfg)
-    bounded = since is not None or until is not None
     margin = timedelta(seconds=max(cfg.correlation.match_window_seconds,
                                    cfg.correlation.exact_id_window_seconds) + 2)
-    params: dict[str, Any] = {}
-    if bounded:
-        params = {"lo": (since - margin) if since else _MIN,
-                  "hi": (until + margin) if until else _MAX}
-        params.update(lo_day=_day(params["lo"]), hi_day=_day(params["hi"]))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_p AS {_proxy_side(False, bounded, who=not detail)}", params)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_a AS {_audit_side(False, bounded, who_all=not detail)}", params)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_pairs AS {_TIER_A}")
-    # multiset passes: global ranks (cheap, settles nearly everything), then bursts twice over what
-    # is left (kept in small tables so those passes do not rescan everything)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE zt_r AS {_tier_c_global('zt_pairs')}")
-    con.execute(f"INSERT INTO zt_pairs {_TIER_C_PAIRS.format(r='zt_r')}")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_lp AS SELECT * FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pairs)")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_la AS SELECT * FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pairs)")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_pairs2 (p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR)")
-    for _ in range(2):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE zt_r AS {_tier_c_ranked('zt_pairs2', 'zt_lp', 'zt_la')}")
-        con.execute(f"INSERT INTO zt_pairs2 {_TIER_C_PAIRS.format(r='zt_r')}")
-    con.execute("INSERT INTO zt_pairs SELECT * FROM zt_pairs2")
-    con.execute("DROP TABLE IF EXISTS zt_r")
-    win = {"lo_j": since or _MIN,
-           "hi_j": until or _MAX}
-    # the same window on the day partitions (dt is the UTC day of the event time), so the detail
-    # reads below skip whole days outside it
-    win_days = {"lo_jd": _day(win["lo_j"]), "hi_jd": _day(win["hi_j"])}
-    # Watermarks: the newest event of each side per cluster. A decision newer than the newest audit
-    # request minus the window cannot be judged yet (its request may still be in flight), and the
-    # same the other way round; a cluster with no data at all on the other side is not judged.
-    # Watermarks: the newest event of each side per cluster, over *all* its rows (a denied decision
-    # or a controller's request also shows the log was flowing). A decision newer than the newest
-    # audit request minus the window cannot be judged yet (its request may still be in flight), and
-    # the same the other way round; a cluster with no data at all on the other side is not judged.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE zt_proxy_marks AS
-        SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
-        FROM proxy_decision d CROSS JOIN zt_correlation_settings s
-        LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
-        GROUP BY 1
-    """)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE zt_audit_marks AS
-        SELECT coalesce(cluster, s.single_cluster) AS cluster, max(epoch_us(request_received_at)) AS max_a
-        FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1
-    """)
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_unpaired_a AS SELECT pk FROM zt_la "
-                "WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_unpaired_p AS SELECT pk FROM zt_lp "
-                "WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)")
-    if detail:
-        con.execute("""
-            CREATE OR REPLACE TEMP TABLE zt_unmatched_proxy AS
-            SELECT p.cluster, lower(d.email) AS actor, d.email, d.decided_at, d.request_id, d.check_request_id,
-                   d.session_id, d.user_id, d.method, d.path, d.host, d.proxy, d.client_ip, d.origin,
-                   (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
-            FROM (SELECT * FROM zt_lp WHERE pk IN (SELECT pk FROM zt_unpaired_p)) p
-            JOIN (SELECT * FROM proxy_decision
-                  WHERE hash(origin, request_id, check_request_id, decided_at) IN (SELECT pk FROM zt_unpaired_p)
-                    AND decided_at >= $lo_j AND decided_at < $hi_j
-                    AND CAST(dt AS VARCHAR) >= $lo_jd AND CAST(dt AS VARCHAR) <= $hi_jd) d
-              ON hash(d.origin, d.request_id, d.check_request_id, d.decided_at) = p.pk
-            CROSS JOIN zt_correlation_settings s
-            LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
-            WHERE d.decided_at >= $lo_j AND d.decided_at < $hi_j
-        """, win | win_days)
-        unmatched_proxy = "zt_unmatched_proxy"
-    else:
-        # what the summary reads of zt_unmatched_proxy, from the unpaired decisions of zt_lp (same
-        # rows: pk is the decision's key; who is lower(email); d_us is decided_at)
-        con.execute("DROP TABLE IF EXISTS zt_unmatched_proxy")
-        unmatched_proxy = """(
-            SELECT p.cluster, p.who AS actor, make_timestamp(p.d_us)::TIMESTAMPTZ AS decided_at,
-                   (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
-            FROM zt_lp p CROSS JOIN zt_correlation_settings s
-            LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
-            WHERE p.pk IN (SELECT pk FROM zt_unpaired_p)
-              AND p.d_us >= epoch_us($lo_j) AND p.d_us < epoch_us($hi_j))"""
-    if detail:
-        _unmatched_audit(con, win | win_days)
-        unmatched_audit = "zt_unmatched_audit"
-    else:
-        # what the summary reads of zt_unmatched_audit, from the unpaired requests of zt_la: cluster and
-        # request time are part of the request key, and who_all is the detail table's actor
-        con.execute("DROP TABLE IF EXISTS zt_unmatched_audit")
-        unmatched_audit = """(
-            SELECT a.cluster, a.who_all AS actor, make_timestamp(a.r_us)::TIMESTAMPTZ AS request_received_at,
-                   (pm.max_p IS NOT NULL AND a.r_us + s.window_us + 1000000 < pm.max_p) AS judgeable
-            FROM zt_la a CROSS JOIN zt_correlation_settings s
-            LEFT JOIN zt_proxy_marks pm ON pm.cluster = a.cluster
-            WHERE a.pk IN (SELECT pk FROM zt_unpaired_a)
-              AND a.r_us >= epoch_us($lo_j) AND a.r_us < epoch_us($hi_j))"""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE zt_match_summary AS
-        WITH m AS (
-            -- aggregate on integers first (4M pairs), convert the few group results to times after
-            SELECT a.cluster, a.who AS actor,
-                   CAST(DATE '1970-01-01' + CAST(a.r_us // 86400000000 AS INTEGER) AS DATE) AS day,
-                   count(*) FILTER (WHERE x.tier = 'A') AS matched_a, count(*) FILTER (WHERE x.tier = 'C') AS matched_c,
-                   make_timestamp(min(a.r_us))::TIMESTAMPTZ AS first_at,
-                   make_timestamp(max(a.r_us))::TIMESTAMPTZ AS last_at
-            FROM zt_pairs x JOIN zt_a a ON a.pk = x.a_pk
-            WHERE a.r_us >= epoch_us($lo_j) AND a.r_us < epoch_us($hi_j)
-            GROUP BY a.cluster, a.who, a.r_us // 86400000000
-        ), u AS (
-            SELECT cluster, actor, CAST(decided_at AS DATE) AS day, 'proxy' AS side, decided_at AS ts,
-                   judgeable FROM {unmatched_proxy}
-            UNION ALL
-            SELECT cluster, actor, CAST(request_received_at AS DATE), 'audit', request_received_at,
-                   judgeable FROM {unmatched_audit}
-        )
-        SELECT cluster, actor, day,
-               sum(matched_a)::BIGINT AS matched_tier_a, sum(matched_c)::BIGINT AS matched_tier_c,
-               sum(unmatched_proxy)::BIGINT AS unmatched_proxy, sum(unmatched_audit)::BIGINT AS unmatched_audit,
-               sum(pending)::BIGINT AS pending, min(first_at) AS first_seen, max(last_at) AS last_seen
-        FROM (
-            SELECT cluster, actor, day, matched_a, matched_c, 0 AS unmatched_proxy,
-                   0 AS unmatched_audit, 0 AS pending, first_at, last_at
-            FROM m
-            UNION ALL
-            SELECT cluster, actor, day, 0, 0,
-                   count(*) FILTER (WHERE side = 'proxy' AND judgeable),
-                   count(*) FILTER (WHERE side = 'audit' AND judgeable),
-                   count(*) FILTER (WHERE NOT judgeable), min(ts), max(ts)
-            FROM u GROUP BY ALL
-        ) GROUP BY ALL
-    """, win)
-    # the big intermediate tables are not needed any more: free their memory for the next detector
-    for t in ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_lp", "zt_la", "zt_unpaired_a", "zt_unpaired_p"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    con.execute("CREATE OR REPLACE TEMP TABLE zt_match_meta AS SELECT ? AS key, ? AS detail", [key, detail])
-    return Correlation()
+    params = {**window.widened(margin, margin).params(), **window.params("j")}
+    for sql in plan:
+        execute(con, sql, params)
 
 
-def _unmatched_audit(con: duckdb.DuckDBPyConnection, win: dict[str, Any]) -> None:
-    """Build ``zt_unmatched_audit``: the detail of each unpaired impersonated request in the window."""
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE zt_unmatched_audit AS
-        SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
-                    AS judgeable
-        FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
-                     lower(any_value(impersonated_user)) AS actor,
-                     any_value(audit_id) AS audit_id, any_value(request_received_at) AS request_received_at,
-                     any_value(verb) AS verb, split_part(any_value(request_uri), '?', 1) AS path,
-                     max(response_code) AS response_code, any_value(impersonator) AS impersonator,
-                     any_value(impersonated_user) AS impersonated_user, any_value(credential_id) AS credential_id,
-                     any_value(source_ip) AS source_ip, any_value(user_agent) AS user_agent,
-                     any_value(namespace) AS namespace
-              FROM k8s_audit CROSS JOIN zt_correlation_settings s0 WHERE impersonator IS NOT NULL
-                AND hash(cluster, audit_id, request_received_at) IN (SELECT pk FROM zt_unpaired_a)
-                -- request_received_at is part of the group key, so this drops whole requests only
-                AND request_received_at >= $lo_j AND request_received_at < $hi_j
-                AND CAST(dt AS VARCHAR) >= $lo_jd AND CAST(dt AS VARCHAR) <= $hi_jd
-              GROUP BY hash(cluster, audit_id, request_received_at)) r
-        CROSS JOIN zt_correlation_settings s
-        LEFT JOIN zt_proxy_marks m ON m.cluster = r.cluster
-        WHERE r.request_received_at >= $lo_j AND r.request_received_at < $hi_j
-    """, win)
+#: The one cache of this module, a slot of :attr:`DetectContext.cache`: the (window, correlation
+#: settings) that :data:`DETECT_PLAN`'s tables on the context's connection were built for.
+_BUILT_FOR: Final = ("correlate.detect_tables",)
+
+
+def ensure(ctx: DetectContext) -> Correlation:
+    """The correlation tables for ``ctx``'s window and config; built on ``ctx.con`` by the first call.
+
+    Called by ``impersonation.unobserved`` and ``impersonation.unbrokered``; the second caller of a
+    run reuses the tables. Cache: the slot ``ctx.cache[("correlate.detect_tables",)]`` holds the
+    window and settings the fixed-name tables on ``ctx.con`` were built for, so a hit is exact; it
+    lives as long as the context (one detect run: a new run starts empty and rebuilds, because the
+    lake may have grown). Raises on SQL errors (the slot is then not set).
+    """
+    window = Window(ctx.since, ctx.until)
+    built_for = (window, ctx.config.impersonation.approved_impersonators, ctx.config.impersonation.proxy_hosts,
+                 ctx.config.correlation)
+    if ctx.cache.get(_BUILT_FOR) != built_for:
+        run_plan(ctx.con, ctx.config, window, DETECT_PLAN)
+        ctx.cache[_BUILT_FOR] = built_for
+    return _DETECT
+
+
+_SUMMARY_REPORT_SQL: Final = f"""
+    SELECT * FROM (
+    SELECT cluster, actor, sum(matched_tier_a)::BIGINT AS matched_tier_a,
+           sum(matched_tier_c)::BIGINT AS matched_tier_c, sum(unmatched_proxy)::BIGINT AS unmatched_proxy,
+           sum(unmatched_audit)::BIGINT AS unmatched_audit, sum(pending)::BIGINT AS pending,
+           round((sum(matched_tier_a) + sum(matched_tier_c)) / nullif(sum(matched_tier_a) + sum(matched_tier_c)
+                 + sum(unmatched_proxy) + sum(unmatched_audit), 0), 4) AS match_rate,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM {SUMMARY_ONLY} GROUP BY cluster, actor
+    ) ORDER BY unmatched_proxy + unmatched_audit DESC, cluster, actor
+"""
 
 
 def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
-                          until: datetime | None = None) -> Any:
+                          until: datetime | None = None) -> pa.Table:
     """Matched and unmatched proxy/audit counts per identity (for ``ztaudit report impersonation``).
 
     Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_c, unmatched_proxy
     (allowed decisions with no impersonated request), unmatched_audit (impersonated requests with
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
-    last_seen. Called by the report engineer's report; raises on SQL errors.
+    last_seen. Called by the report engineer's report with an ``open_lake`` connection; runs
+    :data:`SUMMARY_PLAN` on every call (no cache); raises on SQL errors.
     """
-    ensure(con, config, since, until, detail=False)
-    return con.sql("""
-        SELECT * FROM (
-        SELECT cluster, actor, sum(matched_tier_a)::BIGINT AS matched_tier_a,
-               sum(matched_tier_c)::BIGINT AS matched_tier_c, sum(unmatched_proxy)::BIGINT AS unmatched_proxy,
-               sum(unmatched_audit)::BIGINT AS unmatched_audit, sum(pending)::BIGINT AS pending,
-               round((sum(matched_tier_a) + sum(matched_tier_c)) / nullif(sum(matched_tier_a) + sum(matched_tier_c)
-                     + sum(unmatched_proxy) + sum(unmatched_audit), 0), 4) AS match_rate,
-               min(first_seen) AS first_seen, max(last_seen) AS last_seen
-        FROM zt_match_summary GROUP BY cluster, actor
-        ) ORDER BY unmatched_proxy + unmatched_audit DESC, cluster, actor
-    """).to_arrow_table()
+    run_plan(con, config, Window(since, until), SUMMARY_PLAN)
+    return con.sql(_SUMMARY_REPORT_SQL).to_arrow_table()

@@ -40,6 +40,7 @@ import pyarrow as pa
 from ztaudit.core.columns import TS, conform
 from ztaudit.core.config import Config
 from ztaudit.core.derived_tables import CREDENTIALS
+from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
@@ -77,12 +78,15 @@ SELECT {_KEY} AS credential_key,
 FROM k8s_requests
 """
 
-_EPOCH0: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_FAR: Final = datetime(9999, 1, 1, tzinfo=UTC)
+#: A finding's references: the first :data:`EVIDENCE` uses in (time, reference) order, so the same
+#: data always gives the same evidence (``findings_store`` compares it to see what changed).
+EVIDENCE: Final = 20
 
 
 def _bounds(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    return (since or _EPOCH0, until or _FAR)
+    """The window's bounds to bind (:class:`Window`: an open end is a far sentinel)."""
+    w = Window(since, until)
+    return w.lo, w.hi
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.Table:
@@ -162,10 +166,6 @@ def _register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: It
     return name
 
 
-def _evidence(audit_ids: Iterable[tuple[Any, Any]]) -> tuple[str, ...]:
-    return tuple(f"k8s_audit:{c}/{a}" for c, a in list(audit_ids)[:20])
-
-
 def _dt(v: Any) -> datetime | None:
     if v is None:
         return None
@@ -199,8 +199,8 @@ _PAST_AGE_SQL = """
 WITH u AS (SELECT * FROM {uses}),
 lim AS (SELECT * FROM {lim})
 SELECT u.credential_key, min(ts) AS first_past, max(ts) AS last_past, count(*) AS n,
-       list(DISTINCT source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
-       list(cluster || '/' || audit_id ORDER BY ts)[1:20] AS ev
+       list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
+       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
 FROM u JOIN lim USING (credential_key)
 WHERE ts >= lim.limit_at
 GROUP BY u.credential_key
@@ -211,7 +211,7 @@ HAVING max(ts) >= $lo
 _DORMANT_SQL = """
 WITH u AS (SELECT * FROM {uses}),
 b AS (
-    SELECT credential_key, any_value(holder) AS holder, any_value(cluster) AS cluster,
+    SELECT credential_key, min(holder) AS holder, min(cluster) AS cluster,
            min(ts) AS t0, max(ts) AS t1
     FROM u WHERE credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
     GROUP BY credential_key, floor(epoch(ts) / 3600)
@@ -223,16 +223,17 @@ WHERE prev IS NOT NULL AND t0 >= $lo AND epoch(t0) - epoch(prev) >= $dormant_s
 
 _ANNOT_SQL = """
 WITH u AS (SELECT * FROM {uses} WHERE stale_note IS NOT NULL)
-SELECT coalesce(credential_key, 'USER=' || holder) AS key, any_value(holder) AS holder,
-       any_value(cluster) AS cluster, min(ts) AS t0, max(ts) AS t1,
+SELECT coalesce(credential_key, 'USER=' || holder) AS key, min(holder) AS holder,
+       min(cluster) AS cluster, min(ts) AS t0, max(ts) AS t1,
        count(*) FILTER (WHERE ts >= $lo) AS n, arg_max(stale_note, ts) AS note,
-       list(cluster || '/' || audit_id ORDER BY ts DESC)[1:20] AS ev
+       list(cluster || '/' || audit_id ORDER BY ts DESC, cluster || '/' || audit_id)[1:20] AS ev
 FROM u GROUP BY key HAVING max(ts) >= $lo
 """
 
 
 def _ev_list(v: Any) -> tuple[str, ...]:
-    return tuple(f"k8s_audit:{x}" for x in (v or [])[:20])
+    """Evidence references for ``cluster/audit_id`` strings already in (time, reference) order."""
+    return tuple(f"k8s_audit:{x}" for x in (v or [])[:EVIDENCE])
 
 
 class Stale:
@@ -327,12 +328,12 @@ class Stale:
 _LEGACY_SQL = f"""
 WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $hi AND
            (coalesce(is_legacy_token, false) OR credential_kind = 'legacy_secret'))
-SELECT credential_key, any_value(holder) AS holder, mode(cluster ORDER BY cluster) AS cluster,
+SELECT credential_key, min(holder) AS holder, mode(cluster ORDER BY cluster) AS cluster,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts) AS t0, max(ts) AS t1, count(*) AS n,
        count(*) FILTER (WHERE invalidated_note IS NOT NULL) AS invalidated,
        list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
        list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:10] AS uas,
-       list(cluster || '/' || audit_id ORDER BY ts)[1:20] AS ev
+       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
 FROM u GROUP BY credential_key, day
 """
 
@@ -384,10 +385,11 @@ p AS (  -- the place holding the credential: the peer (the X-Forwarded-For entri
 b AS (
     SELECT credential_key, place, floor(epoch(ts) / $w) AS bucket, min(ts) AS t0, max(ts) AS t1,
            bool_or(inside) AS hop_inside, list_distinct(flatten(list(source_ips))) AS chain,
-           count(*) AS n, any_value(holder) AS holder, any_value(kind) AS kind, any_value(cluster) AS cluster,
+           count(*) AS n, min(holder) AS holder, min(kind) AS kind, min(cluster) AS cluster,
            bool_or(pod_name IS NOT NULL) AS pod_bound,
            list(DISTINCT user_agent) FILTER (WHERE user_agent IS NOT NULL) AS uas,
-           list(cluster || '/' || audit_id ORDER BY ts)[1:5] AS ev
+           -- the bucket's first uses, as (time, reference) so the finding can take the first overall
+           list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:5] AS ev
     FROM p WHERE place IS NOT NULL GROUP BY credential_key, place, bucket
 ),
 multi AS (  -- only credentials seen from more than one place can be shared
@@ -405,10 +407,11 @@ pairs AS (  -- equi-join on (key, bucket): a bucket meets its own and the previo
       AND NOT (b.hop_inside AND list_contains(b.chain, a.place))
       AND NOT (a.hop_inside AND list_contains(a.chain, b.place))
 )
-SELECT credential_key, any_value(holder), any_value(kind), any_value(cluster), bool_or(pod_bound),
+SELECT credential_key, min(holder), min(kind), min(cluster), bool_or(pod_bound),
        to_timestamp(floor(epoch(t0) / 86400) * 86400) AS day, min(t0), max(t1),
        list(DISTINCT place_a) || list(DISTINCT place_b) AS places,
-       flatten(list(uas_a) || list(uas_b)) AS uas, flatten(list(ev))[1:20] AS ev
+       flatten(list(uas_a) || list(uas_b)) AS uas,
+       [x.ref FOR x IN list_sort(list_distinct(flatten(list(ev))))][1:$evidence] AS ev
 FROM pairs GROUP BY credential_key, day
 """
 
@@ -441,7 +444,7 @@ class Shared:
         name = _register_ip_table(ctx.con, ctx.config, pairs)
         try:
             rows = ctx.con.sql(_SHARED_SQL.format(uses=_USES, ips=name),
-                               params={"lo": lo, "hi": hi, "w": w}).fetchall()
+                               params={"lo": lo, "hi": hi, "w": w, "evidence": EVIDENCE}).fetchall()
         finally:
             ctx.con.unregister(name)
         out = []
@@ -473,10 +476,11 @@ WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $h
            AND ({_HOLDER_KIND}) IN ('service_account', 'node'))
 SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, holder_kind, cluster, source_ip,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts), max(ts), count(*),
-       list(DISTINCT user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
-       list(cluster || '/' || audit_id ORDER BY ts)[1:10]
+       list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
+       list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:10]
 FROM u WHERE source_ip IS NOT NULL
 GROUP BY ALL
+ORDER BY credential_key, holder, holder_kind, cluster, source_ip, day
 """
 
 
@@ -508,7 +512,8 @@ class OffCluster:
             out.append(Finding(
                 detector=self.id, key=(key, cluster, day.date().isoformat()), severity=Severity.HIGH,
                 actor=g["holder"], credential_id=key, cluster=cluster, first_seen=g["t0"], last_seen=g["t1"],
-                evidence=_ev_list(g["ev"]), score=float(g["n"]),
+                evidence=_ev_list([x["ref"] for x in sorted(g["ev"], key=lambda x: (x["ts"], x["ref"] or ""))]),
+                score=float(g["n"]),
                 summary=(f"{g['kind']} credential {key} of {g['holder']} made {g['n']} requests to {cluster} from "
                          f"outside the cluster's networks ({', '.join(ips[:5])}). In-cluster credentials should "
                          "never leave the cluster: find where it was copied and rotate it."),

@@ -31,6 +31,7 @@ from ztaudit.core.columns import conform
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import UNDATED, file_lock, makedirs, write_parquet_atomic
 from ztaudit.core.schema import FINDINGS
+from ztaudit.core.window import Window, utc_day
 
 FILE_NAME = "findings.parquet"
 
@@ -47,8 +48,9 @@ def findings_lock(lake: Path, timeout: float) -> AbstractContextManager[None]:
         fix="wait for it to finish, or raise detect.lock_timeout_seconds"))
 
 
-def _day(ts: datetime | None) -> str:
-    return ts.date().isoformat() if ts is not None else UNDATED
+def _partition_day(first_seen: datetime | None) -> str:
+    """The ``dt=`` partition of a finding: the UTC day of ``first_seen``; ``unknown`` without one."""
+    return utc_day(first_seen) if first_seen is not None else UNDATED
 
 
 def _partition(lake: Path, day: str) -> Path:
@@ -112,15 +114,13 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
     scope = set(detectors)
     changed: list[dict[str, Any]] = []
     with findings_lock(lake, lock_timeout):
-        days = {_day(r["first_seen"]) for r in new.values()}
+        days = {_partition_day(r["first_seen"]) for r in new.values()}
+        window = Window(since, until)
         for d in _existing_days(lake):
             if since is None and until is None:
                 days.add(d)
-            elif d != UNDATED:
-                lo = since.date().isoformat() if since else "0000"
-                hi = until.date().isoformat() if until else "9999"
-                if lo <= d <= hi:
-                    days.add(d)
+            elif d != UNDATED and utc_day(window.lo) <= d <= utc_day(window.hi):
+                days.add(d)
         old_by_day = {d: _read(_partition(lake, d)) for d in sorted(days)}
         previous = {r["finding_id"]: r for rows_ in old_by_day.values() for r in rows_}
         final: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in old_by_day}
@@ -138,7 +138,7 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
                 r = {**r, "detected_at": prev["detected_at"]}
             else:
                 changed.append(r)
-            final.setdefault(_day(r["first_seen"]), {})[fid] = r
+            final.setdefault(_partition_day(r["first_seen"]), {})[fid] = r
         for day, merged in sorted(final.items()):
             path = _partition(lake, day)
             if not merged:

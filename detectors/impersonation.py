@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import duckdb
 
 from ztaudit.core.config import Config
+from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
 from ztaudit.detectors.base import DetectContext, Finding, Severity
-
-_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _any_pattern(patterns: Sequence[str]) -> str | None:
@@ -35,17 +33,14 @@ def _any_pattern(patterns: Sequence[str]) -> str | None:
 
 
 def _window(ctx: DetectContext) -> dict[str, Any]:
-    return {"lo": ctx.since or _MIN, "hi": ctx.until or _MAX}
+    """Bound parameters of :meth:`Window.sql` for the context's window (open ends are far sentinels)."""
+    return Window(ctx.since, ctx.until).params()
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description or []]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def _day(ts: datetime) -> str:
-    return ts.astimezone(UTC).date().isoformat()
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -72,19 +67,120 @@ def _audit_refs(cluster: str | None, ids: Sequence[str], cap: int) -> tuple[str,
     return tuple(f"k8s_audit:{cluster}/{i}" for i in list(ids)[:cap])
 
 
-def _human_sql() -> str:
-    """Predicate: ``user_name`` / ``user_groups`` of the row make it a human, per config."""
-    return ("(($human IS NOT NULL AND regexp_matches(user_name, $human)) OR "
-            "($hgroups IS NOT NULL AND len(list_filter(coalesce(user_groups, []), "
-            "lambda g: regexp_matches(g, $hgroups))) > 0)) AND "
-            "NOT ($system IS NOT NULL AND regexp_matches(user_name, $system))")
+#: Predicate: ``user_name`` / ``user_groups`` of the row make it a human, per config (the patterns are
+#: bound: ``$human``, ``$hgroups``, ``$system``, each one RE2 alternation or NULL).
+_HUMAN: Final = ("(($human IS NOT NULL AND regexp_matches(user_name, $human)) OR "
+                 "($hgroups IS NOT NULL AND len(list_filter(coalesce(user_groups, []), "
+                 "lambda g: regexp_matches(g, $hgroups))) > 0)) AND "
+                 "NOT ($system IS NOT NULL AND regexp_matches(user_name, $system))")
 
 
 def _identity_params(cfg: Config) -> dict[str, Any]:
+    """Bound values of :data:`_HUMAN` and ``$breakglass`` (a list) from ``[identities]`` / ``[impersonation]``."""
     return {"human": _any_pattern(cfg.identities.human_user_patterns),
             "hgroups": _any_pattern(cfg.identities.human_group_patterns),
             "system": _any_pattern(cfg.identities.system_user_patterns),
             "breakglass": list(cfg.impersonation.break_glass)}
+
+
+#: impersonation.proxy_bypass: requests in the window whose authenticated user is a human or break-glass
+#: identity, per (cluster, identity, UTC day); evidence ordered by time then audit id.
+_PROXY_BYPASS_SQL: Final = f"""
+    WITH req AS (
+        SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
+               max(response_code) AS response_code, any_value(source_ip) AS source_ip,
+               any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
+               any_value(verb) AS verb, any_value(resource) AS resource,
+               max(impersonated_user) AS impersonated_user
+        FROM k8s_audit
+        WHERE {Window.sql("request_received_at")}
+          AND user_name IS NOT NULL
+          AND (list_contains($breakglass::VARCHAR[], user_name)
+               OR (user_name NOT LIKE 'system:%' AND {_HUMAN}))
+        GROUP BY cluster, audit_id, request_received_at
+    )
+    SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day,
+           list_contains($breakglass::VARCHAR[], user_name) AS break_glass,
+           count(*) AS requests, count(*) FILTER (WHERE response_code IN (401, 403)) AS denied,
+           min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+           {_dl('source_ip', 5)} AS source_ips,
+           {_dl('user_agent', 3)} AS user_agents,
+           {_dl('credential_id', 5)} AS credential_ids,
+           {_dl('impersonated_user', 5)} AS impersonated,
+           {_dl(_ACTION, 10)} AS actions,
+           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+    FROM req GROUP BY ALL ORDER BY cluster, user_name, day
+"""
+
+#: impersonation.unobserved, shape 1: judgeable unmatched allowed decisions per (cluster, user, day).
+_UNMATCHED_DECISIONS_SQL: Final = f"""
+    SELECT cluster, actor, CAST(decided_at AS DATE) AS day, count(*) AS decisions,
+           min(decided_at) AS first_seen, max(decided_at) AS last_seen,
+           list(DISTINCT method || ' ' || path ORDER BY method || ' ' || path)[1:10] AS requests,
+           {_dl('client_ip', 5)} AS client_ips, {_dl('user_id', 3)} AS user_ids,
+           list(coalesce(request_id, origin) ORDER BY decided_at, coalesce(request_id, origin))[1:$cap] AS refs
+    FROM {correlate.Correlation().unmatched_proxy} WHERE judgeable GROUP BY ALL ORDER BY cluster, actor, day
+"""
+
+#: impersonation.unobserved, shape 2: an approved impersonator's requests without impersonation (the
+#: proxy's own token used directly), per (cluster, identity, day).
+_RAW_PROXY_IDENTITY_SQL: Final = f"""
+    WITH req AS (
+        SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
+               max(response_code) AS response_code, any_value(source_ip) AS source_ip,
+               any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
+               any_value(verb) AS verb, any_value(resource) AS resource
+        FROM k8s_audit r
+        WHERE {Window.sql("request_received_at", "r")}
+          AND {correlate.approved_predicate('r.user_name', 'r.cluster')}
+        GROUP BY cluster, audit_id, request_received_at
+        HAVING bool_and(impersonator IS NULL)
+    )
+    SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+           count(*) FILTER (WHERE response_code = 403) AS forbidden,
+           min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+           {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
+           {_dl('credential_id', 5)} AS credential_ids,
+           {_dl(_ACTION, 10)} AS actions,
+           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+    FROM req GROUP BY ALL ORDER BY cluster, user_name, day
+"""
+
+#: impersonation.unbrokered: judgeable unmatched impersonated requests per (cluster, impersonated user,
+#: day). ``min`` picks one spelling of the user when the log has several cases of it (deterministic).
+_UNMATCHED_REQUESTS_SQL: Final = f"""
+    SELECT cluster, actor, min(impersonated_user) AS impersonated_user,
+           CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+           min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+           list(DISTINCT impersonator ORDER BY impersonator)[1:3] AS impersonators,
+           {_dl('credential_id', 5)} AS credential_ids,
+           {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
+           list(DISTINCT verb || ' ' || path ORDER BY verb || ' ' || path)[1:10] AS requests_seen,
+           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+    FROM {correlate.Correlation().unmatched_audit} WHERE judgeable GROUP BY cluster, actor, day
+    ORDER BY cluster, actor, day
+"""
+
+#: impersonation.unapproved_impersonator: impersonated requests whose impersonator is not approved for
+#: the cluster, per (cluster, impersonator, day).
+_UNAPPROVED_SQL: Final = f"""
+    WITH req AS (
+        SELECT cluster, audit_id, request_received_at, any_value(impersonator) AS impersonator,
+               any_value(impersonated_user) AS impersonated_user, max(response_code) AS response_code,
+               any_value(source_ip) AS source_ip, any_value(credential_id) AS credential_id
+        FROM k8s_audit r
+        WHERE {Window.sql("request_received_at", "r")} AND impersonator IS NOT NULL
+          AND NOT {correlate.approved_predicate('r.impersonator', 'r.cluster')}
+        GROUP BY cluster, audit_id, request_received_at
+    )
+    SELECT cluster, impersonator, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+           count(*) FILTER (WHERE response_code = 403) AS forbidden,
+           min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
+           list(DISTINCT impersonated_user ORDER BY impersonated_user)[1:10] AS targets,
+           {_dl('source_ip', 5)} AS source_ips, {_dl('credential_id', 5)} AS credential_ids,
+           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
+    FROM req GROUP BY ALL ORDER BY cluster, impersonator, day
+"""
 
 
 class ProxyBypass:
@@ -104,34 +200,7 @@ class ProxyBypass:
         """Requests whose ``user.username`` is a human or break-glass identity, per (cluster, identity,
         day). Break-glass use is severity low; anyone else high."""
         params = {**_window(ctx), **_identity_params(ctx.config), "cap": ctx.config.detect.max_evidence}
-        rows = _rows(ctx.con, f"""
-            WITH req AS (
-                SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
-                       max(response_code) AS response_code, any_value(source_ip) AS source_ip,
-                       any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
-                       any_value(verb) AS verb, any_value(resource) AS resource,
-                       max(impersonated_user) AS impersonated_user
-                FROM k8s_audit
-                WHERE request_received_at >= $lo AND request_received_at < $hi
-                  AND user_name IS NOT NULL
-                  AND (list_contains($breakglass::VARCHAR[], user_name)
-                       OR (user_name NOT LIKE 'system:%' AND {_human_sql()}))
-                GROUP BY cluster, audit_id, request_received_at
-            )
-            SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day,
-                   list_contains($breakglass::VARCHAR[], user_name) AS break_glass,
-                   count(*) AS requests, count(*) FILTER (WHERE response_code IN (401, 403)) AS denied,
-                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
-                   {_dl('source_ip', 5)} AS source_ips,
-                   {_dl('user_agent', 3)} AS user_agents,
-                   {_dl('credential_id', 5)}
-                       AS credential_ids,
-                   {_dl('impersonated_user', 5)}
-                       AS impersonated,
-                   {_dl(_ACTION, 10)} AS actions,
-                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-            FROM req GROUP BY ALL ORDER BY cluster, user_name, day
-        """, params)
+        rows = _rows(ctx.con, _PROXY_BYPASS_SQL, params)
         out = []
         for r in rows:
             bg = bool(r["break_glass"])
@@ -180,16 +249,9 @@ class Unobserved:
         """Unmatched allowed decisions per (cluster, user, day) plus raw proxy-identity use per
         (cluster, identity, day). Decisions too close to the end of the audit data are not judged."""
         cap = ctx.config.detect.max_evidence
-        corr = correlate.ensure(ctx.con, ctx.config, ctx.since, ctx.until)
+        correlate.ensure(ctx)
         out: list[Finding] = []
-        for r in _rows(ctx.con, f"""
-            SELECT cluster, actor, CAST(decided_at AS DATE) AS day, count(*) AS decisions,
-                   min(decided_at) AS first_seen, max(decided_at) AS last_seen,
-                   list(DISTINCT method || ' ' || path ORDER BY method || ' ' || path)[1:10] AS requests,
-                   {_dl('client_ip', 5)} AS client_ips, {_dl('user_id', 3)} AS user_ids,
-                   list(coalesce(request_id, origin) ORDER BY decided_at, coalesce(request_id, origin))[1:$cap] AS refs
-            FROM {corr.unmatched_proxy} WHERE judgeable GROUP BY ALL ORDER BY cluster, actor, day
-        """, {"cap": cap}):
+        for r in _rows(ctx.con, _UNMATCHED_DECISIONS_SQL, {"cap": cap}):
             summary = (f"The proxy allowed {r['decisions']} Kubernetes request(s) for {r['actor']} to cluster "
                        f"{_cl(r['cluster'])} between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
                        f"(e.g. {', '.join(r['requests'][:3])}) but no audit event shows them arriving as that "
@@ -206,27 +268,7 @@ class Unobserved:
                          "requests": r["requests"], "client_ips": r["client_ips"], "user_ids": r["user_ids"]},
             ))
         correlate.install_config(ctx.con, ctx.config)
-        for r in _rows(ctx.con, f"""
-            WITH req AS (
-                SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
-                       max(response_code) AS response_code, any_value(source_ip) AS source_ip,
-                       any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
-                       any_value(verb) AS verb, any_value(resource) AS resource
-                FROM k8s_audit r
-                WHERE request_received_at >= $lo AND request_received_at < $hi
-                  AND {correlate.approved_predicate('r.user_name', 'r.cluster')}
-                GROUP BY cluster, audit_id, request_received_at
-                HAVING bool_and(impersonator IS NULL)
-            )
-            SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
-                   count(*) FILTER (WHERE response_code = 403) AS forbidden,
-                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
-                   {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
-                   {_dl('credential_id', 5)} AS credential_ids,
-                   {_dl(_ACTION, 10)} AS actions,
-                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-            FROM req GROUP BY ALL ORDER BY cluster, user_name, day
-        """, {**_window(ctx), "cap": cap}):
+        for r in _rows(ctx.con, _RAW_PROXY_IDENTITY_SQL, {**_window(ctx), "cap": cap}):
             summary = (f"Approved impersonator {r['user_name']} made {r['requests']} request(s) to cluster "
                        f"{_cl(r['cluster'])} without impersonating anyone ({r['forbidden']} forbidden), from "
                        f"{_ips(r['source_ips'])} between {_fmt(r['first_seen'])} and "
@@ -258,20 +300,9 @@ class Unbrokered:
         """Unmatched impersonated requests per (cluster, impersonated user, day); requests too close
         to the end of the proxy data, or in a cluster with no proxy data, are not judged."""
         cap = ctx.config.detect.max_evidence
-        corr = correlate.ensure(ctx.con, ctx.config, ctx.since, ctx.until)
+        correlate.ensure(ctx)
         out: list[Finding] = []
-        for r in _rows(ctx.con, f"""
-            SELECT cluster, actor, any_value(impersonated_user) AS impersonated_user,
-                   CAST(request_received_at AS DATE) AS day, count(*) AS requests,
-                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
-                   list(DISTINCT impersonator ORDER BY impersonator)[1:3] AS impersonators,
-                   {_dl('credential_id', 5)} AS credential_ids,
-                   {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
-                   list(DISTINCT verb || ' ' || path ORDER BY verb || ' ' || path)[1:10] AS requests_seen,
-                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-            FROM {corr.unmatched_audit} WHERE judgeable GROUP BY cluster, actor, day
-            ORDER BY cluster, actor, day
-        """, {"cap": cap}):
+        for r in _rows(ctx.con, _UNMATCHED_REQUESTS_SQL, {"cap": cap}):
             imps = ", ".join(map(str, r["impersonators"]))
             summary = (f"{imps} impersonated {r['impersonated_user']} in cluster {_cl(r['cluster'])} for "
                        f"{r['requests']} request(s) between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
@@ -305,24 +336,7 @@ class UnapprovedImpersonator:
         cap = ctx.config.detect.max_evidence
         correlate.install_config(ctx.con, ctx.config)
         out: list[Finding] = []
-        for r in _rows(ctx.con, f"""
-            WITH req AS (
-                SELECT cluster, audit_id, request_received_at, any_value(impersonator) AS impersonator,
-                       any_value(impersonated_user) AS impersonated_user, max(response_code) AS response_code,
-                       any_value(source_ip) AS source_ip, any_value(credential_id) AS credential_id
-                FROM k8s_audit r
-                WHERE request_received_at >= $lo AND request_received_at < $hi AND impersonator IS NOT NULL
-                  AND NOT {correlate.approved_predicate('r.impersonator', 'r.cluster')}
-                GROUP BY cluster, audit_id, request_received_at
-            )
-            SELECT cluster, impersonator, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
-                   count(*) FILTER (WHERE response_code = 403) AS forbidden,
-                   min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
-                   list(DISTINCT impersonated_user ORDER BY impersonated_user)[1:10] AS targets,
-                   {_dl('source_ip', 5)} AS source_ips, {_dl('credential_id', 5)} AS credential_ids,
-                   list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-            FROM req GROUP BY ALL ORDER BY cluster, impersonator, day
-        """, {**_window(ctx), "cap": cap}):
+        for r in _rows(ctx.con, _UNAPPROVED_SQL, {**_window(ctx), "cap": cap}):
             targets = ", ".join(map(str, r["targets"]))
             summary = (f"{r['impersonator']} is not an approved impersonator for cluster {_cl(r['cluster'])} but "
                        f"impersonated {targets} in {r['requests']} request(s) ({r['forbidden']} forbidden by "

@@ -21,11 +21,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
+
+from ztaudit.core.window import Window
 
 GRANTED_VS_USED: Final = pa.schema([
     ("cluster", pa.string()), ("identity", pa.string()), ("identity_kind", pa.string()),
@@ -36,10 +38,6 @@ GRANTED_VS_USED: Final = pa.schema([
     ("used_requests", pa.int64()), ("used_permissions", pa.list_(pa.string())), ("never_used", pa.bool_()),
     ("suggestion", pa.string()),
 ])
-
-_EPOCH0: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_FAR: Final = datetime(9999, 1, 1, tzinfo=UTC)
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -128,7 +126,7 @@ def latest_grants(con: duckdb.DuckDBPyConnection, until: datetime | None) -> lis
         """SELECT * FROM rbac_grant g
             WHERE snapshot_at = (SELECT max(snapshot_at) FROM rbac_grant h
                                  WHERE h.cluster IS NOT DISTINCT FROM g.cluster AND h.snapshot_at < $until)""",
-        params={"until": until or _FAR}).to_arrow_table().to_pylist()
+        params={"until": Window(until=until).hi}).to_arrow_table().to_pylist()
     return rows
 
 
@@ -136,7 +134,8 @@ def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
                     until: datetime | None) -> pa.Table:
     """Per identity and cluster: granted rules with their use in [since, until), never-used rules,
     used-but-not-granted permissions and impersonation rights (table :data:`GRANTED_VS_USED`)."""
-    lo, hi = since or _EPOCH0, until or _FAR
+    window = Window(since, until)
+    lo, hi = window.lo, window.hi
     grants = latest_grants(con, hi)
     uses_rows = con.execute(
         """SELECT cluster, actor, any_value(actor_kind),

@@ -54,6 +54,7 @@ import pyarrow as pa
 from ztaudit.core.columns import TS, conform
 from ztaudit.core.config import Config
 from ztaudit.core.derived_tables import REACH
+from ztaudit.core.window import EARLIEST, LATEST, Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 
 #: A peer group is used only with at least this many actors (else the next, broader one).
@@ -94,10 +95,6 @@ GATES: Final[dict[str, Gate]] = {
     "forbidden_requests": Gate(20, 3.0, "was denied {v} times", Severity.LOW),
 }
 
-_EPOCH0: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_FAR: Final = datetime(9999, 1, 1, tzinfo=UTC)
-
-
 def window_seconds(config: Config) -> int:
     """Seconds per reach window (config ``reach.window``)."""
     return 3600 if config.reach.window == "hour" else 86400
@@ -109,8 +106,9 @@ def _floor(ts: datetime, seconds: int) -> datetime:
 
 
 def _requests_ctes(columns: tuple[str, ...]) -> str:
-    """CTEs ending in ``req``: the ``k8s_requests`` view's rows with request_received_at in [$lo, $hi),
-    only ``columns`` (names from this module, never from data).
+    """CTEs ending in ``req``: the ``k8s_requests`` view's rows with request_received_at in [$lo, $hi)
+    (day partitions outside it skipped: :meth:`Window.sql`), only ``columns`` (names from this module,
+    never from data).
 
     Same rows as the view (pipeline/views.py), computed without sorting every row: the view's window
     function over all stages of all requests carries every column through a partitioned sort, which
@@ -129,7 +127,7 @@ def _requests_ctes(columns: tuple[str, ...]) -> str:
 span AS NOT MATERIALIZED (
     SELECT {span_cols}, hash(cluster, audit_id, request_received_at) AS key_hash
     FROM k8s_audit
-    WHERE request_received_at >= $lo AND request_received_at < $hi
+    WHERE {Window.sql("request_received_at")}
 ),
 multi AS (SELECT key_hash FROM span GROUP BY key_hash HAVING count(*) > 1),
 req AS (
@@ -144,8 +142,8 @@ req AS (
 
 
 # One pass over the requests (``req``, see :func:`_requests_ctes`). Every log value stays inside SQL
-# (no string building from data); the only parameters are the time bounds, the window length and the
-# baseline length.
+# (no string building from data); the only parameters are the time bounds (:meth:`Window.params`), the
+# window length and the baseline length.
 _FEATURES_SQL = "WITH " + _requests_ctes((
     "actor", "actor_kind", "cluster", "namespace", "resource", "subresource", "verb", "api_group",
     "source_ip", "user_agent", "credential_id", "sa_namespace", "sa_name", "node_name", "response_code",
@@ -319,8 +317,8 @@ def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetim
     """
     wsec = window_seconds(config)
     baseline_days = int(config.reach.baseline_days)
-    lo = _EPOCH0 if since is None else _floor(since, wsec) - timedelta(days=baseline_days)
-    hi = _FAR if until is None else until
+    lo = EARLIEST if since is None else _floor(since, wsec) - timedelta(days=baseline_days)
+    hi = LATEST if until is None else until
     key = ("reach.features", wsec, baseline_days, lo, hi)
     df: pd.DataFrame
     if cache is not None and key in cache:
@@ -340,8 +338,8 @@ def _compute_features(con: duckdb.DuckDBPyConnection, wsec: int, baseline_days: 
     # The catalog's views are TEMP views of ``con`` itself, so no cursor: a uniquely named
     # registered relation is dropped again in ``finally``.
     name = f"_reach_feat_{uuid.uuid4().hex[:12]}"
-    feat = con.sql(_FEATURES_SQL, params={"w": wsec, "lo": lo, "hi": hi,
-                                          "baseline_days": baseline_days}).to_arrow_table()
+    feat = con.sql(_FEATURES_SQL, params={"w": wsec, "baseline_days": baseline_days,
+                                          **Window(lo, hi).params()}).to_arrow_table()
     con.register(name, feat)
     try:
         df = con.execute(_baseline_sql().replace("FROM feat", f"FROM {name}"),
@@ -490,18 +488,19 @@ def explain(row: pd.Series, min_history: int) -> list[dict[str, Any]]:
 
 
 # Evidence of many actor-windows in one query: the first 20 requests of each (secrets first, then by
-# time), as the k8s_requests view would give them. Only requests with a stage row of a judged actor in
+# time, then by cluster and audit id so the same data always gives the same evidence), as the
+# k8s_requests view would give them. Only requests with a stage row of a judged actor in
 # its window are de-duplicated (all stages of such a request share its key hash, so the view's choice
 # among them is the same), instead of every request in the span.
-_EVIDENCE_SQL = """
+_EVIDENCE_SQL = f"""
 WITH span AS NOT MATERIALIZED (
     SELECT cluster, audit_id, request_received_at, stage, stage_at, origin, actor, resource,
            hash(cluster, audit_id, request_received_at) AS key_hash
     FROM k8s_audit
-    WHERE request_received_at >= $lo AND request_received_at < $hi
+    WHERE {Window.sql("request_received_at")}
 ),
 touched AS (
-    SELECT DISTINCT s.key_hash FROM span s JOIN {keys} k
+    SELECT DISTINCT s.key_hash FROM span s JOIN {{keys}} k
       ON s.actor = k.actor AND (k.scope IS NULL OR s.cluster = k.scope)
      AND s.request_received_at >= k.start AND s.request_received_at < k."end"
 ),
@@ -513,11 +512,12 @@ req AS (
     ) = 1
 )
 SELECT k.i, r.cluster, r.audit_id
-FROM req r JOIN {keys} k
+FROM req r JOIN {{keys}} k
   ON r.actor = k.actor AND (k.scope IS NULL OR r.cluster = k.scope)
  AND r.request_received_at >= k.start AND r.request_received_at < k."end"
-QUALIFY row_number() OVER (PARTITION BY k.i ORDER BY (r.resource = 'secrets') DESC, r.request_received_at) <= 20
-ORDER BY k.i, (r.resource = 'secrets') DESC, r.request_received_at
+QUALIFY row_number() OVER (PARTITION BY k.i ORDER BY (r.resource = 'secrets') DESC, r.request_received_at,
+                                                     r.cluster, r.audit_id) <= 20
+ORDER BY k.i, (r.resource = 'secrets') DESC, r.request_received_at, r.cluster, r.audit_id
 """
 
 
@@ -537,8 +537,8 @@ def _evidence(con: duckdb.DuckDBPyConnection,
     name = f"_reach_ev_{uuid.uuid4().hex[:12]}"
     con.register(name, keys)
     try:
-        rows = con.execute(_EVIDENCE_SQL.format(keys=name),
-                           {"lo": min(w[2] for w in windows), "hi": max(w[3] for w in windows)}).fetchall()
+        span = Window(min(w[2] for w in windows), max(w[3] for w in windows))
+        rows = con.execute(_EVIDENCE_SQL.format(keys=name), span.params()).fetchall()
     finally:
         con.unregister(name)
     out: list[list[str]] = [[] for _ in windows]

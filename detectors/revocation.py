@@ -44,49 +44,32 @@ Failure: SQL errors propagate; an empty lake gives an empty table.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import duckdb
 import pyarrow as pa
 
 from ztaudit.core.config import Config
+from ztaudit.core.window import EARLIEST, LATEST, Window, utc_day
 from ztaudit.detectors.base import DetectContext, Finding, Severity
-
-_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX = datetime(9999, 1, 1, tzinfo=UTC)
-
-REVOCATIONS_DESCRIPTION = (
-    "Revocations seen in the IdP log (is_revocation) and in the audit log (deleted service accounts, "
-    "legacy-token secrets, role bindings), one row each; subject and kind say what was cut.")
+from ztaudit.detectors.sql import execute
 
 #: Reactivation events end a revocation's judgement (word-boundary so 'deactivate' is not one).
-_RESTORE_RE = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
+_RESTORE_RE: Final = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
 
 #: The audit-log side reads creates and deletes of these resources once (``zt_cd``): deletions are the
 #: revocations, creations of the same object after them restore it. ``verb`` is also bounded as a
 #: range so the Parquet reader applies the filter itself (an ``IN`` list is only a hint to it).
-_REVOKED_RESOURCES = "('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')"
+_REVOKED_RESOURCES: Final = "('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')"
 
-
-def revocations_sql(bounded: bool = False) -> str:
-    """The ``revocations`` SELECT; ``bounded`` adds ``$lo`` / ``$hi`` / ``$lo_day`` / ``$hi_day``.
-
-    Bounded (for :func:`build`), only revocations with ``revoked_at`` in [$lo, $hi) are read, and
-    whole day partitions (``dt``, the UTC day of the event time) outside them are skipped; the
-    rows are those of the unbounded view restricted to that range. Restorations are looked up at
-    any time after the revocation, and a deleted secret counts as a legacy token if it was used as
-    one at any time, as in the view.
-    """
-    idp_bound = ("AND i.occurred_at >= $lo AND i.occurred_at < $hi "
-                 "AND CAST(i.dt AS VARCHAR) >= $lo_day AND CAST(i.dt AS VARCHAR) <= $hi_day" if bounded else "")
-    cd_bound = "AND request_received_at >= $lo AND CAST(dt AS VARCHAR) >= $lo_day" if bounded else ""
-    del_bound = "AND request_received_at < $hi" if bounded else ""
-    return f"""
+#: The revocations SELECT with three slots for time bounds: ``{idp_window}`` (IdP revocations),
+#: ``{cd_window}`` (the creates and deletes read) and ``{delete_window}`` (the deletions).
+_REVOCATIONS: Final = f"""
     WITH zt_cd AS MATERIALIZED (
         SELECT cluster, audit_id, request_received_at, verb, resource, namespace, name, actor, response_code
         FROM k8s_audit
         WHERE verb >= 'create' AND verb <= 'delete' AND verb IN ('create', 'delete') AND subresource IS NULL
-          AND resource IN {_REVOKED_RESOURCES} {cd_bound}
+          AND resource IN {_REVOKED_RESOURCES} {{cd_window}}
     )
     SELECT 'idp' AS source, i.idp AS system, CAST(NULL AS VARCHAR) AS cluster,
            coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' ELSE 'identity' END) AS kind,
@@ -103,7 +86,7 @@ def revocations_sql(bounded: bool = False) -> str:
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
     FROM idp_event i
-    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') {idp_bound}
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') {{idp_window}}
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
@@ -122,7 +105,7 @@ def revocations_sql(bounded: bool = False) -> str:
         SELECT cluster, audit_id, request_received_at, any_value(resource) AS resource,
                any_value(namespace) AS namespace, any_value(name) AS name, any_value(actor) AS actor
         FROM zt_cd
-        WHERE verb = 'delete' {del_bound}
+        WHERE verb = 'delete' {{delete_window}}
         GROUP BY cluster, audit_id, request_received_at
         HAVING max(response_code) BETWEEN 200 AND 299
     ) d
@@ -130,9 +113,21 @@ def revocations_sql(bounded: bool = False) -> str:
         SELECT credential_id FROM k8s_audit WHERE credential_id LIKE 'SECRET=%' AND cluster = d.cluster)
 """
 
+#: The ``revocations`` view (``core/views/revocations.sql``; ``tests/core/test_views.py`` fails if the file
+#: and this drift): every revocation in the lake.
+REVOCATIONS_SQL: Final = _REVOCATIONS.format(cd_window="", idp_window="", delete_window="")
 
-#: The ``revocations`` view (every revocation in the lake).
-REVOCATIONS_SQL = revocations_sql()
+#: The view's rows with ``revoked_at`` in [$lo, $hi), read without the rest of the lake: whole day
+#: partitions (``dt``, the UTC day of the event time) outside the window are skipped. Restorations are
+#: still looked up at any time after the revocation, and a deleted secret counts as a legacy token if
+#: it was used as one at any time, as in the view.
+REVOCATIONS_IN_WINDOW_SQL: Final = f"""
+    SELECT * FROM ({_REVOCATIONS.format(
+        cd_window="AND request_received_at >= $lo AND CAST(dt AS VARCHAR) >= $lo_day",
+        idp_window="AND " + Window.sql("occurred_at", "i"),
+        delete_window="AND request_received_at < $hi")}) v
+    WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
+"""
 
 #: ``violations`` references :func:`revocation_status` returns per revocation.
 REPORT_VIOLATIONS = 20
@@ -146,84 +141,128 @@ STATUS_COLUMNS = [
     "violations",
 ]
 
-
-_IDENT_KINDS = ("identity", "token", "grant")
 #: Most distinct subjects DuckDB may push into a scan as an IN filter while uses are collected.
-_IN_FILTER_THRESHOLD = 5000
+_IN_FILTER_THRESHOLD: Final = 5000
+
+#: The revocations judged, numbered: ``login`` falls back to the email the proxy logged for the subject
+#: id (``min``: one deterministic choice when the proxy logged several spellings).
+_REVOKED_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev AS
+    SELECT row_number() OVER (ORDER BY v.revoked_at, v.subject, v.source, v.evidence) AS rev_id,
+           v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
+                                           WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
+    FROM ({REVOCATIONS_IN_WINDOW_SQL}) v
+"""
+
+_USES_TABLE: Final = """CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
+                        prec_us BIGINT, allowed BOOLEAN, ref VARCHAR)"""
 
 #: Every scan of the big tables below is bounded to [$ulo, $until) — $ulo is the earliest
 #: ``revoked_at`` of the kinds the statement judges, less the 7-day window, so nothing a join could
 #: keep is dropped — and to the day partitions ``dt`` in [$ulo_day, $hi_day].
-_PROXY_BOUND = ("d.decided_at >= $ulo AND d.decided_at < $until "
-                "AND CAST(d.dt AS VARCHAR) >= $ulo_day AND CAST(d.dt AS VARCHAR) <= $hi_day")
-_AUDIT_BOUND = ("request_received_at >= $ulo AND request_received_at < $until "
-                "AND CAST(dt AS VARCHAR) >= $ulo_day AND CAST(dt AS VARCHAR) <= $hi_day")
+_PROXY_BOUND: Final = ("d.decided_at >= $ulo AND d.decided_at < $until "
+                       "AND CAST(d.dt AS VARCHAR) >= $ulo_day AND CAST(d.dt AS VARCHAR) <= $hi_day")
+_AUDIT_BOUND: Final = ("request_received_at >= $ulo AND request_received_at < $until "
+                       "AND CAST(dt AS VARCHAR) >= $ulo_day AND CAST(dt AS VARCHAR) <= $hi_day")
 
-
-def _usage_inserts(kinds: set[str]) -> list[tuple[tuple[str, ...], str]]:
-    """(kinds judged, INSERT statement) pairs that collect the uses of each revoked subject, only
-    for kinds present; binding uses are collected by :func:`_binding_uses`.
-
-    Each statement takes ``$until``, ``$ulo``, ``$ulo_day`` and ``$hi_day``. Audit requests are
-    grouped per (cluster, audit_id, request_received_at) after filtering: the time bounds are on a
-    group key, so they drop whole requests, never stages of one.
-    """
-    out: list[tuple[tuple[str, ...], str]] = []
-    ident = "('identity', 'token', 'grant')"
-    proxy_cols = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
+_IDENT_KINDS: Final = ("identity", "token", "grant")
+_PROXY_USE_COLUMNS: Final = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref"""
-    window = f"d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND {_PROXY_BOUND}"
-    if kinds & set(_IDENT_KINDS):
-        out.append((_IDENT_KINDS, f"""INSERT INTO zt_rev_use
-            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
-            WHERE r.kind IN {ident} AND {window}
-            UNION
-            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
-            WHERE r.kind IN {ident} AND {window}"""))
-        # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
-        # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
-        out.append((_IDENT_KINDS, f"""INSERT INTO zt_rev_use
-            WITH who AS MATERIALIZED (
-                SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
-                WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
-            SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
-                   'k8s_audit:' || q.cluster || '/' || q.audit_id
-            FROM zt_rev r JOIN (
-                SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
-                       max(response_code) AS response_code
-                FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
-                GROUP BY ALL) q ON q.who = r.login
-            WHERE r.kind IN {ident} AND q.response_code IS NOT NULL
-              AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""))
-    if "session" in kinds:
-        out.append((("session",), f"""INSERT INTO zt_rev_use
-            SELECT {proxy_cols} FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
-            WHERE r.kind = 'session' AND {window}"""))
-    for kind, column in (("service_account", "user_name"), ("legacy_token", "credential_id")):
-        if kind in kinds:
-            out.append(((kind,), f"""INSERT INTO zt_rev_use
-                SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
-                       'k8s_audit:' || q.cluster || '/' || q.audit_id
-                FROM zt_rev r JOIN (
-                    SELECT cluster, audit_id, request_received_at, any_value({column}) AS subj,
-                           max(response_code) AS response_code
-                    FROM k8s_audit WHERE {column} IN (SELECT subject FROM zt_rev WHERE kind = '{kind}')
-                      AND {_AUDIT_BOUND}
-                    GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
-                WHERE r.kind = '{kind}' AND q.response_code IS NOT NULL
-                  AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""))
-    return out
+_PROXY_USE_WINDOW: Final = f"d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND {_PROXY_BOUND}"
+
+#: Uses of a revoked service account (by ``user_name``) or legacy token (by ``credential_id``) at the API
+#: server, for ``{kind}`` / ``{column}``. Audit requests are grouped per (cluster, audit_id,
+#: request_received_at) after filtering: the time bounds are on a group key, so they drop whole
+#: requests, never stages of one.
+_SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use
+    SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
+           'k8s_audit:' || q.cluster || '/' || q.audit_id
+    FROM zt_rev r JOIN (
+        SELECT cluster, audit_id, request_received_at, any_value({{column}}) AS subj,
+               max(response_code) AS response_code
+        FROM k8s_audit WHERE {{column}} IN (SELECT subject FROM zt_rev WHERE kind = '{{kind}}')
+          AND {_AUDIT_BOUND}
+        GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
+    WHERE r.kind = '{{kind}}' AND q.response_code IS NOT NULL
+      AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""
+
+#: The statements that collect the uses of revoked subjects into ``zt_rev_use``: name -> (kinds it
+#: judges, INSERT). Each runs only when a kind it judges was revoked; each takes ``$until``, ``$ulo``,
+#: ``$ulo_day`` and ``$hi_day`` (bounds of its own kinds). Binding uses: :func:`_binding_uses`.
+_USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
+    "identity at the proxy": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use
+        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
+        WHERE r.kind IN {_IDENT_KINDS} AND {_PROXY_USE_WINDOW}
+        UNION
+        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
+        WHERE r.kind IN {_IDENT_KINDS} AND {_PROXY_USE_WINDOW}"""),
+    # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
+    # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
+    "identity at the API server": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use
+        WITH who AS MATERIALIZED (
+            SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
+            WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
+        SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
+               'k8s_audit:' || q.cluster || '/' || q.audit_id
+        FROM zt_rev r JOIN (
+            SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
+                   max(response_code) AS response_code
+            FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
+            GROUP BY ALL) q ON q.who = r.login
+        WHERE r.kind IN {_IDENT_KINDS} AND q.response_code IS NOT NULL
+          AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""),
+    "session at the proxy": (("session",), f"""INSERT INTO zt_rev_use
+        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
+        WHERE r.kind = 'session' AND {_PROXY_USE_WINDOW}"""),
+    "service account at the API server": (
+        ("service_account",), _SUBJECT_API_USES.format(kind="service_account", column="user_name")),
+    "legacy token at the API server": (
+        ("legacy_token",), _SUBJECT_API_USES.format(kind="legacy_token", column="credential_id")),
+}
 
 
 # RBAC reason strings: 'RBAC: allowed by ClusterRoleBinding "NAME" of ...' and
 # 'RBAC: allowed by RoleBinding "NAME/NS" of ...' (corpus: Pinniped sample).
-_BINDING_RE = """regexp_extract({reason}, 'allowed by (ClusterRoleBinding|RoleBinding) "([^"]+)"', ['kind', 'ref'])"""
-_BINDING_SUBJ = """CASE WHEN {m}.kind = 'ClusterRoleBinding' THEN 'ClusterRoleBinding/' || {m}.ref
+_BINDING_RE: Final = (
+    """regexp_extract({reason}, 'allowed by (ClusterRoleBinding|RoleBinding) "([^"]+)"', ['kind', 'ref'])""")
+_BINDING_SUBJ: Final = """CASE WHEN {m}.kind = 'ClusterRoleBinding' THEN 'ClusterRoleBinding/' || {m}.ref
                         ELSE 'RoleBinding/' || split_part({m}.ref, '/', 2) || '/' || split_part({m}.ref, '/', 1)
                    END"""
-_BINDING_SCOPE = f"""authz_reason LIKE '%RoleBinding "%' AND {_AUDIT_BOUND}
+_BINDING_SCOPE: Final = f"""authz_reason LIKE '%RoleBinding "%' AND {_AUDIT_BOUND}
                      AND cluster IN (SELECT cluster FROM zt_rev WHERE kind = 'binding')"""
+
+#: The few distinct RBAC reasons that name a revoked binding.
+_BINDING_REASONS_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_reason AS
+    SELECT authz_reason FROM (SELECT DISTINCT authz_reason FROM k8s_audit WHERE {_BINDING_SCOPE})
+    WHERE {_BINDING_SUBJ.format(m=_BINDING_RE.format(reason='authz_reason'))}
+          IN (SELECT subject FROM zt_rev WHERE kind = 'binding')
+"""
+
+#: The requests having a stage with such a reason.
+_BINDING_REQUESTS_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_req AS
+    SELECT DISTINCT cluster, audit_id, request_received_at FROM k8s_audit
+    WHERE authz_reason IN (SELECT authz_reason FROM zt_rev_reason) AND {_BINDING_SCOPE}
+"""
+
+#: Those requests judged with all their stages, exactly as over the whole log.
+_BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use
+    SELECT r.rev_id, 'api', q.request_received_at, 0, true, 'k8s_audit:' || q.cluster || '/' || q.audit_id
+    FROM zt_rev r JOIN (
+        SELECT cluster, audit_id, request_received_at, {_BINDING_SUBJ.format(m='m')} AS subj
+        FROM (SELECT a.cluster, a.audit_id, a.request_received_at,
+                     {_BINDING_RE.format(reason='any_value(a.authz_reason)')} AS m
+              FROM k8s_audit a SEMI JOIN zt_rev_req k
+                ON a.cluster = k.cluster AND a.audit_id IS NOT DISTINCT FROM k.audit_id
+               AND a.request_received_at = k.request_received_at
+              WHERE a.authz_reason LIKE '%RoleBinding "%' AND a.request_received_at >= $ulo
+                AND a.request_received_at < $until AND CAST(a.dt AS VARCHAR) >= $ulo_day
+                AND CAST(a.dt AS VARCHAR) <= $hi_day
+              GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
+      ON q.subj = r.subject AND q.cluster = r.cluster
+    WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""
 
 
 def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
@@ -235,51 +274,79 @@ def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> Non
     binding, take the requests having such a stage, and judge only those requests, all their
     stages included, exactly as over the whole log.
     """
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE zt_rev_reason AS
-        SELECT authz_reason FROM (SELECT DISTINCT authz_reason FROM k8s_audit WHERE {_BINDING_SCOPE})
-        WHERE {_BINDING_SUBJ.format(m=_BINDING_RE.format(reason='authz_reason'))}
-              IN (SELECT subject FROM zt_rev WHERE kind = 'binding')
-    """, params)
+    execute(con, _BINDING_REASONS_SQL, params)
     row = con.execute("SELECT count(*) FROM zt_rev_reason").fetchone()
     if row and row[0]:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE zt_rev_req AS
-            SELECT DISTINCT cluster, audit_id, request_received_at FROM k8s_audit
-            WHERE authz_reason IN (SELECT authz_reason FROM zt_rev_reason) AND {_BINDING_SCOPE}
-        """, params)
-        con.execute(f"""INSERT INTO zt_rev_use
-            SELECT r.rev_id, 'api', q.request_received_at, 0, true, 'k8s_audit:' || q.cluster || '/' || q.audit_id
-            FROM zt_rev r JOIN (
-                SELECT cluster, audit_id, request_received_at, {_BINDING_SUBJ.format(m='m')} AS subj
-                FROM (SELECT a.cluster, a.audit_id, a.request_received_at,
-                             {_BINDING_RE.format(reason='any_value(a.authz_reason)')} AS m
-                      FROM k8s_audit a SEMI JOIN zt_rev_req k
-                        ON a.cluster = k.cluster AND a.audit_id IS NOT DISTINCT FROM k.audit_id
-                       AND a.request_received_at = k.request_received_at
-                      WHERE a.authz_reason LIKE '%RoleBinding "%' AND a.request_received_at >= $ulo
-                        AND a.request_received_at < $until AND CAST(a.dt AS VARCHAR) >= $ulo_day
-                        AND CAST(a.dt AS VARCHAR) <= $hi_day
-                      GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
-              ON q.subj = r.subject AND q.cluster = r.cluster
-            WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY""", params)
+        execute(con, _BINDING_REQUESTS_SQL, params)
+        execute(con, _BINDING_USES_SQL, params)
     con.execute("DROP TABLE IF EXISTS zt_rev_req")
     con.execute("DROP TABLE IF EXISTS zt_rev_reason")
 
 
 def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: datetime) -> dict[str, Any]:
     """Bounds for the use scans of revocations of ``kinds`` (see :data:`_PROXY_BOUND`)."""
-    row = con.execute("""
-        SELECT min(revoked_at) - INTERVAL 7 DAY, strftime(min(revoked_at) - INTERVAL 7 DAY, '%Y-%m-%d')
-        FROM zt_rev WHERE list_contains($kinds, kind)""", {"kinds": list(kinds)}).fetchone()
-    assert row is not None
-    return {"until": hi, "ulo": row[0], "ulo_day": row[1], "hi_day": _day(hi)}
+    row = con.execute("SELECT min(revoked_at) - INTERVAL 7 DAY FROM zt_rev WHERE list_contains($kinds, kind)",
+                      {"kinds": list(kinds)}).fetchone()
+    ulo: datetime = row[0] if row and row[0] is not None else EARLIEST
+    return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi)}
 
 
-def _day(ts: datetime) -> str:
-    """The UTC day of ``ts`` as the lake's ``dt`` partitions spell it (a naive time is UTC, as the
-    session time zone makes it for DuckDB)."""
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC).date().isoformat()
+#: One row per judged revocation into ``zt_rev_status``: the uses before and after it on both planes,
+#: the allowed uses after the grace period (from ``$vsince`` on), latency, exposure and status.
+_STATUS_SQL: Final = """
+    CREATE OR REPLACE TEMP TABLE zt_rev_status AS
+    WITH u AS (
+        SELECT u.*, r.revoked_at, coalesce(r.restored_at, $latest) AS stop,
+               greatest(r.revoked_at + $grace, $vsince) AS vfrom
+        FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+    ), agg AS (
+        SELECT rev_id,
+          max(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) <= revoked_at)
+            AS last_allowed_proxy_before,
+          min(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) > revoked_at
+                          AND ts < stop) AS first_allowed_proxy_after,
+          min(ts) FILTER (WHERE plane = 'proxy' AND NOT allowed AND ts + to_microseconds(prec_us) > revoked_at
+                          AND ts < stop) AS first_denied_proxy,
+          max(ts) FILTER (WHERE plane = 'api' AND allowed AND ts <= revoked_at) AS last_allowed_api_before,
+          min(ts) FILTER (WHERE plane = 'api' AND allowed AND ts > revoked_at AND ts < stop)
+            AS first_allowed_api_after,
+          min(ts) FILTER (WHERE plane = 'api' AND NOT allowed AND ts > revoked_at AND ts < stop)
+            AS first_denied_api,
+          count(*) FILTER (WHERE plane = 'proxy' AND allowed AND ts > vfrom AND ts < stop)
+            AS allowed_after_grace_proxy,
+          count(*) FILTER (WHERE plane = 'api' AND allowed AND ts > vfrom AND ts < stop)
+            AS allowed_after_grace_api,
+          min(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
+          max(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
+          -- the first $keep references in (ts, ref) order: a bounded heap per revocation instead of
+          -- sorting every use; wrapped in a struct so NULL references are kept, as list() keeps them
+          [x.r FOR x IN min_by({'r': ref}, (ts, ref), $keep)
+                        FILTER (WHERE allowed AND ts > vfrom AND ts < stop)] AS viol
+        FROM u GROUP BY rev_id
+    )
+    SELECT r.kind, r.subject, coalesce(r.login, r.subject) AS identity, r.subject_id, r.session_id,
+           r.cluster, r.source, r.system, r.event_type,
+           r.revoked_at, r.revoked_by, r.restored_at,
+           a.last_allowed_proxy_before, a.first_allowed_proxy_after, a.first_denied_proxy,
+           a.last_allowed_api_before, a.first_allowed_api_after, a.first_denied_api,
+           coalesce(a.allowed_after_grace_proxy, 0) AS allowed_after_grace_proxy,
+           coalesce(a.allowed_after_grace_api, 0) AS allowed_after_grace_api,
+           a.first_allowed_after_grace, a.last_allowed_after_grace,
+           CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) = 0
+                 AND least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL
+                THEN greatest(0.0, epoch_us(least(a.first_denied_proxy, a.first_denied_api))
+                                   - epoch_us(r.revoked_at)) / 1e6 END AS latency_seconds,
+           CASE WHEN a.last_allowed_after_grace IS NOT NULL
+                THEN (epoch_us(a.last_allowed_after_grace) - epoch_us(r.revoked_at)) / 1e6 END
+                AS exposure_seconds,
+           CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) > 0
+                THEN 'not_enforced'
+                WHEN least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL THEN 'enforced'
+                ELSE 'unverified' END AS status,
+           r.evidence, coalesce(a.viol, []) AS violations
+    FROM zt_rev r LEFT JOIN agg a USING (rev_id)
+    ORDER BY r.revoked_at, r.subject
+"""
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
@@ -293,23 +360,14 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     Revocations revoked in [since, until) — or, with ``lookback`` (the detector), in
     [since − revocation.lookback_days, until) — are judged against uses before ``until``; with
     ``lookback`` only uses at or after ``since`` count as violations, so a run over a later window
-    reports only what happened in it. Called by :func:`revocation_status` and the detector.
+    reports only what happened in it. Called by :func:`revocation_status` and the detector with an
+    ``open_lake`` connection (UTC session); raises on SQL errors.
     """
-    con.execute("SET TimeZone = 'UTC'")
-    lo = (since - timedelta(days=cfg.revocation.lookback_days if lookback else 0)) if since else _MIN
-    vsince = since if (lookback and since) else _MIN
-    hi = until or _MAX
-    # the revocations view, bounded to [lo, hi) inside (time filters and day-partition pruning)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE zt_rev AS
-        SELECT row_number() OVER (ORDER BY v.revoked_at, v.subject, v.source, v.evidence) AS rev_id,
-               v.* REPLACE (coalesce(v.login, (SELECT lower(any_value(p.email)) FROM proxy_decision p
-                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
-        FROM ({revocations_sql(bounded=True)}) v WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
-    """, {"lo": lo, "hi": hi, "lo_day": _day(lo), "hi_day": _day(hi)})
+    window = Window(since, until).widened(before=timedelta(days=cfg.revocation.lookback_days if lookback else 0))
+    vsince = since if (lookback and since) else EARLIEST
+    execute(con, _REVOKED_SQL, window.params())
     kinds = {str(r[0]) for r in con.execute("SELECT DISTINCT kind FROM zt_rev").fetchall()}
-    con.execute("""CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
-                   prec_us BIGINT, allowed BOOLEAN, ref VARCHAR)""")
+    con.execute(_USES_TABLE)
     # A semi-join on a small set of subjects lets DuckDB push the set into the Parquet scan as an IN
     # filter, so row groups without any of them are skipped; by default only up to 50 values are
     # pushed, too few for a lake with many revocations. Raised for these scans, then restored.
@@ -319,68 +377,16 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     if old_threshold is not None:
         con.execute(f"SET dynamic_or_filter_threshold = {max(old_threshold, _IN_FILTER_THRESHOLD)}")
     try:
-        for judged, sql in _usage_inserts(kinds):
-            con.execute(sql, _use_params(con, judged, hi))
+        for judged, sql in _USE_SCANS.values():
+            if kinds & set(judged):
+                execute(con, sql, _use_params(con, judged, window.hi))
         if "binding" in kinds:
-            _binding_uses(con, _use_params(con, ("binding",), hi))
+            _binding_uses(con, _use_params(con, ("binding",), window.hi))
     finally:
         if old_threshold is not None:
             con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")
-    grace = timedelta(seconds=cfg.revocation.grace_seconds)
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE zt_rev_status AS
-        WITH u AS (
-            SELECT u.*, r.revoked_at, coalesce(r.restored_at, $max) AS stop,
-                   greatest(r.revoked_at + $grace, $vsince) AS vfrom
-            FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
-        ), agg AS (
-            SELECT rev_id,
-              max(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) <= revoked_at)
-                AS last_allowed_proxy_before,
-              min(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) > revoked_at
-                              AND ts < stop) AS first_allowed_proxy_after,
-              min(ts) FILTER (WHERE plane = 'proxy' AND NOT allowed AND ts + to_microseconds(prec_us) > revoked_at
-                              AND ts < stop) AS first_denied_proxy,
-              max(ts) FILTER (WHERE plane = 'api' AND allowed AND ts <= revoked_at) AS last_allowed_api_before,
-              min(ts) FILTER (WHERE plane = 'api' AND allowed AND ts > revoked_at AND ts < stop)
-                AS first_allowed_api_after,
-              min(ts) FILTER (WHERE plane = 'api' AND NOT allowed AND ts > revoked_at AND ts < stop)
-                AS first_denied_api,
-              count(*) FILTER (WHERE plane = 'proxy' AND allowed AND ts > vfrom AND ts < stop)
-                AS allowed_after_grace_proxy,
-              count(*) FILTER (WHERE plane = 'api' AND allowed AND ts > vfrom AND ts < stop)
-                AS allowed_after_grace_api,
-              min(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
-              max(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
-              -- the first $keep references in (ts, ref) order: a bounded heap per revocation instead of
-              -- sorting every use; wrapped in a struct so NULL references are kept, as list() keeps them
-              [x.r FOR x IN min_by({'r': ref}, (ts, ref), $keep)
-                            FILTER (WHERE allowed AND ts > vfrom AND ts < stop)] AS viol
-            FROM u GROUP BY rev_id
-        )
-        SELECT r.kind, r.subject, coalesce(r.login, r.subject) AS identity, r.subject_id, r.session_id,
-               r.cluster, r.source, r.system, r.event_type,
-               r.revoked_at, r.revoked_by, r.restored_at,
-               a.last_allowed_proxy_before, a.first_allowed_proxy_after, a.first_denied_proxy,
-               a.last_allowed_api_before, a.first_allowed_api_after, a.first_denied_api,
-               coalesce(a.allowed_after_grace_proxy, 0) AS allowed_after_grace_proxy,
-               coalesce(a.allowed_after_grace_api, 0) AS allowed_after_grace_api,
-               a.first_allowed_after_grace, a.last_allowed_after_grace,
-               CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) = 0
-                     AND least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL
-                    THEN greatest(0.0, epoch_us(least(a.first_denied_proxy, a.first_denied_api))
-                                       - epoch_us(r.revoked_at)) / 1e6 END AS latency_seconds,
-               CASE WHEN a.last_allowed_after_grace IS NOT NULL
-                    THEN (epoch_us(a.last_allowed_after_grace) - epoch_us(r.revoked_at)) / 1e6 END
-                    AS exposure_seconds,
-               CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) > 0
-                    THEN 'not_enforced'
-                    WHEN least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL THEN 'enforced'
-                    ELSE 'unverified' END AS status,
-               r.evidence, coalesce(a.viol, []) AS violations
-        FROM zt_rev r LEFT JOIN agg a USING (rev_id)
-        ORDER BY r.revoked_at, r.subject
-    """, {"grace": grace, "max": _MAX, "vsince": vsince, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
+    execute(con, _STATUS_SQL, {"grace": timedelta(seconds=cfg.revocation.grace_seconds), "latest": LATEST,
+                                "vsince": vsince, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
     return "zt_rev_status"
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from cases.impersonation.caselib import case_files, load_case
 from click.testing import CliRunner
+from support.cases import case_files, load_case, write_case
 
 from ztaudit.cli.main import cli
 from ztaudit.core.config import Config
@@ -19,10 +19,14 @@ MINE = ["impersonation.proxy_bypass", "impersonation.unobserved", "impersonation
         "impersonation.unapproved_impersonator", "revocation.not_enforced"]
 
 
+def _case(family: str, name: str, lake: Path) -> None:
+    write_case(load_case(next(p for p in case_files(family) if p.stem == name)), lake)
+
+
 def _lake(lake: Path) -> None:
     for name in ("pos_human_direct", "pos_decision_without_audit", "pos_system_admin"):
-        load_case(next(p for p in case_files("impersonation") if p.stem == name), lake)
-    load_case(next(p for p in case_files("revocation") if p.stem == "pos_okta_deactivate_proxy_still_allows"), lake)
+        _case("impersonation", name, lake)
+    _case("revocation", "pos_okta_deactivate_proxy_still_allows", lake)
 
 
 def _detect(lake: Path, *extra: str) -> tuple[int, str]:

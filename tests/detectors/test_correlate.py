@@ -16,7 +16,9 @@ from ztaudit.core.config import Config, replace
 from ztaudit.core.lake import open_lake
 from ztaudit.core.schema import TABLES
 from ztaudit.core.sink import LakeSink
+from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
+from ztaudit.detectors.base import DetectContext
 
 SA = "system:serviceaccount:pomerium:pomerium-authorize"
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
@@ -55,18 +57,18 @@ def _sides(lake: Path, cfg: Config | None = None) -> dict[str, int]:
     con = open_lake(lake, must_exist=False)
     correlate.install_config(con, cfg)
     view = dict(con.execute("SELECT side, count(*) FROM proxy_audit_match GROUP BY side").fetchall())
-    correlate.ensure(con, cfg, None, None)
+    corr = correlate.ensure(DetectContext(con, cfg))
     summary = con.execute("SELECT sum(matched_tier_a + matched_tier_c), sum(unmatched_proxy), sum(unmatched_audit) "
-                          "FROM zt_match_summary").fetchone()
+                          f"FROM {corr.summary}").fetchone()
     assert summary is not None
     both, proxy, audit = (int(x or 0) for x in summary)
     assert (view.get("both", 0), view.get("proxy", 0), view.get("audit", 0)) == (both, proxy, audit), view
-    detailed = con.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall()
-    # the report's summary-only path (no detail tables, unmatched rows taken from the matching
-    # tables) must count exactly what the detail path counts
+    detailed = con.execute(f"SELECT * FROM {corr.summary} ORDER BY ALL").fetchall()
+    # the report's summary-only plan (no detail tables, unmatched rows taken from the matching
+    # tables) must count exactly what the detect plan counts
     lean = open_lake(lake, must_exist=False)
-    correlate.ensure(lean, cfg, None, None, detail=False)
-    assert lean.execute("SELECT * FROM zt_match_summary ORDER BY ALL").fetchall() == detailed
+    correlate.run_plan(lean, cfg, Window(), correlate.SUMMARY_PLAN)
+    assert lean.execute(f"SELECT * FROM {correlate.SUMMARY_ONLY} ORDER BY ALL").fetchall() == detailed
     assert not lean.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'zt_unmatched_proxy'"
                             ).fetchall()[0][0]
     return {"both": both, "proxy": proxy, "audit": audit}
@@ -144,3 +146,31 @@ def test_unapproved_impersonator_is_not_on_the_audit_side(lake: Path) -> None:
     audit[0].update(user_name="system:admin", impersonator="system:admin")
     _write(lake, [], audit)
     assert _sides(lake) == {"both": 0, "proxy": 0, "audit": 0}
+
+
+def _has_table(con: Any, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
+
+
+def test_ensure_builds_once_per_run_and_report_keeps_its_own_table(lake: Path) -> None:
+    proxy = [_decision(i, T0 + timedelta(seconds=i)) for i in range(5)]
+    audit = [_request(i, T0 + timedelta(seconds=i, milliseconds=200)) for i in range(4)]
+    _write(lake, proxy, audit)
+    con = open_lake(lake, must_exist=False)
+    ctx = DetectContext(con, Config())
+    corr = correlate.ensure(ctx)
+    assert con.execute(f"SELECT count(*) FROM {corr.unmatched_proxy}").fetchall() == [(1,)]
+    # the second detector of the run reuses the tables (the cache slot says what they hold) ...
+    con.execute(f"DROP TABLE {corr.unmatched_audit}")
+    correlate.ensure(ctx)
+    assert not _has_table(con, corr.unmatched_audit)
+    # ... a new run (new context: the lake may have grown) builds them again
+    correlate.ensure(DetectContext(con, Config()))
+    assert _has_table(con, corr.unmatched_audit)
+    # the report's plan writes its own table and leaves the detectors' tables alone
+    before = con.execute(f"SELECT * FROM {corr.summary} ORDER BY ALL").fetchall()
+    correlate.impersonation_summary(con, Config(), T0 + timedelta(seconds=2), T0 + timedelta(seconds=3))
+    assert con.execute(f"SELECT * FROM {corr.summary} ORDER BY ALL").fetchall() == before
+    assert _has_table(con, corr.unmatched_proxy) and _has_table(con, correlate.SUMMARY_ONLY)
+    # no intermediate table is left behind
+    assert not [t for t in ("zt_p", "zt_a", "zt_pairs", "zt_r", "zt_lp", "zt_la") if _has_table(con, t)]

@@ -1,64 +1,44 @@
 """credential.* detectors and the credentials inventory, driven by named cases (tests/cases/credentials).
 
-Each case directory is a detector (stale, legacy_token, shared, off_cluster); each JSON file lists
-events and the findings expected (``expect``: actor, optional credential_id and context subset);
-``pos_*`` cases must produce exactly those findings, ``neg_*`` none.
+Each case directory is a detector (stale, legacy_token, shared, off_cluster); each case file (format and
+loader: tests/support/cases.py) lists events and the findings expected (actor, optional credential_id
+and context subset); ``pos_*`` cases must produce exactly those findings, ``neg_*`` none.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cases.reach.rows import case_config, case_window, load_case, row, write_case, write_rows
+from support.cases import CASES, case_files, check_findings, load_case, row, run_case, write_case, write_rows
 
 from ztaudit.core.config import load_config
+from ztaudit.core.derived_tables import CREDENTIALS
 from ztaudit.core.lake import open_lake
 from ztaudit.detectors import registry
 from ztaudit.detectors.base import DetectContext
-from ztaudit.detectors.credentials import CREDENTIALS, credentials_report, in_cluster, inventory
+from ztaudit.detectors.credentials import credentials_report, in_cluster, inventory
 
-CASES = Path(__file__).parent.parent / "cases" / "credentials"
-CASE_FILES = sorted(CASES.glob("*/*.json"))
-
-
-def _matches(finding: Any, exp: dict[str, Any]) -> bool:
-    if finding.actor != exp["actor"]:
-        return False
-    if "credential_id" in exp and finding.credential_id != exp["credential_id"]:
-        return False
-    return all(str(finding.context.get(k)) == str(v) for k, v in exp.get("context", {}).items())
+CASE_FILES = case_files("credentials")
 
 
 @pytest.mark.parametrize("path", CASE_FILES, ids=[f"{p.parent.name}/{p.stem}" for p in CASE_FILES])
 def test_credential_case(path: Path, lake: Path) -> None:
     case = load_case(path)
-    write_case(case, lake)
-    since, until = case_window(case)
-    detector = registry.get(f"credential.{path.parent.name}")
-    con = open_lake(lake, must_exist=False)
-    findings = detector.run(DetectContext(con, case_config(case), since, until, str(lake)))
-    expected = case["expect"]
-    assert len(findings) == len(expected), [f.summary for f in findings]
-    for exp in expected:
-        assert any(_matches(f, exp) for f in findings), (exp, [(f.actor, f.credential_id, f.context)
-                                                              for f in findings])
-    assert len({f.finding_id for f in findings}) == len(findings), "finding ids must be unique"
-    for f in findings:
-        assert f.summary and f.first_seen is not None
+    assert case.detector == f"credential.{path.parent.name}"
+    check_findings(run_case(case, lake), case.findings)
 
 
 def test_every_detector_has_positive_and_negative_cases() -> None:
     for d in ("stale", "legacy_token", "shared", "off_cluster"):
-        names = [p.stem for p in (CASES / d).glob("*.json")]
+        names = [p.stem for p in (CASES / "credentials" / d).glob("*.jsonl")]
         assert any(n.startswith("pos_") for n in names) and any(n.startswith("neg_") for n in names), d
 
 
 def test_rerun_is_stable(lake: Path) -> None:
     """Running a detector twice over the same data yields the same finding ids (detect replaces)."""
-    write_case(load_case(CASES / "legacy_token" / "pos_legacy_two_days.json"), lake)
+    write_case(load_case(CASES / "credentials" / "legacy_token" / "pos_legacy_two_days.jsonl"), lake)
     con = open_lake(lake, must_exist=False)
     cfg = load_config(None, env={})
     a = {f.finding_id for f in registry.get("credential.legacy_token").run(DetectContext(con, cfg))}
@@ -105,3 +85,28 @@ def test_in_cluster_networks() -> None:
     assert in_cluster(cfg, "c2", "10.2.3.4") is False
     assert in_cluster(cfg, "c2", "fd00::1") is True
     assert in_cluster(cfg, "c1", "not-an-ip") is None and in_cluster(cfg, "c1", None) is None
+
+
+@pytest.mark.parametrize("detector", ["credential.shared", "credential.off_cluster"])
+def test_evidence_is_the_first_uses_by_time_then_id(lake: Path, detector: str) -> None:
+    """Capped evidence is chosen by (time, reference), never by DuckDB's thread scheduling."""
+    t = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    rows = []
+    for minute in (0, 5, 10):  # three 5-minute buckets of credential.shared
+        for place in ("10.1.2.3", "203.0.113.7", "198.51.100.9", "192.0.2.4"):
+            for i in range(12):  # pairs of uses at the same time, ids not in insertion order
+                rows.append(row(t + timedelta(minutes=minute, seconds=i // 2), "system:serviceaccount:shop:api",
+                                credential_id="JTI=x", pod_name="api-1", source_ip=place,
+                                audit_id=f"{place}-{minute:02}-{11 - i:02}"))
+    write_rows(rows, lake)
+    when = {f"k8s_audit:c1/{r['audit_id']}": r["request_received_at"] for r in rows}
+    con = open_lake(lake, must_exist=False)
+    runs = []
+    for threads in (1, 4, 1):
+        con.execute(f"SET threads = {threads}")
+        (finding,) = registry.get(detector).run(DetectContext(con, load_config(None, env={})))
+        runs.append(finding.evidence)
+    evidence = runs[0]
+    assert runs == [evidence] * 3
+    assert len(evidence) == 20 and len(set(evidence)) == 20
+    assert list(evidence) == sorted(evidence, key=lambda ref: (when[ref], ref))

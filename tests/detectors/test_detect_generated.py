@@ -58,7 +58,7 @@ def _matches(f: dict[str, Any], lab: dict[str, Any]) -> bool:
         return False
     if f["cluster"] is not None and f["cluster"] != lab["cluster"]:
         return False
-    return f["first_seen"] <= _ts(lab["last_seen"]) + SLACK and f["last_seen"] >= _ts(lab["first_seen"]) - SLACK
+    return bool(f["first_seen"] <= _ts(lab["last_seen"]) + SLACK and f["last_seen"] >= _ts(lab["first_seen"]) - SLACK)
 
 
 def test_precision_and_recall(week: tuple[list[dict[str, Any]], RunResult, Config]) -> None:

@@ -1,51 +1,21 @@
 """Impersonation detectors: named positive and negative cases, plus the two public corpus samples.
 
-Each case under tests/cases/impersonation/<detector>/ is a small event file (see caselib); a
-positive case must yield exactly the findings listed, a negative case none. The corpus tests
+Each case under tests/cases/impersonation/<detector>/ is a small event file (format and loader:
+tests/support/cases.py); a positive case must yield exactly the findings listed, a negative case none. The corpus tests
 ingest real audit events through the real ingest when it is available in this checkout.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cases.impersonation.caselib import case_files, load_case
+from support.cases import case_files, check_findings, detect, load_case, run_case, write_case
 
 from ztaudit.core.config import Config, replace
 from ztaudit.core.lake import open_lake
-from ztaudit.detectors import registry
-from ztaudit.detectors.base import DetectContext
 
 CASES = case_files("impersonation")
-
-
-def run_one(lake: Path, detector: str, cfg: Config) -> list[Any]:
-    con = open_lake(lake, must_exist=False)
-    try:
-        return registry.get(detector).run(DetectContext(con=con, config=cfg, lake=str(lake)))
-    finally:
-        con.close()
-
-
-def check(findings: list[Any], expected: list[dict[str, Any]]) -> None:
-    got = [(f.actor, str(f.severity), f.cluster, len(f.evidence)) for f in findings]
-    assert len(findings) == len(expected), f"expected {expected}, got {got}"
-    for exp in expected:
-        match = [f for f in findings if f.actor == exp["actor"]]
-        assert match, f"no finding for {exp['actor']}; got {got}"
-        f = match[0]
-        if "severity" in exp:
-            assert str(f.severity) == exp["severity"]
-        if "cluster" in exp:
-            assert f.cluster == exp["cluster"]
-        if "evidence" in exp:
-            assert set(exp["evidence"]) <= set(f.evidence)
-        if "evidence_count" in exp:
-            assert len(f.evidence) == exp["evidence_count"], f.evidence
-        assert f.summary and f.first_seen is not None and f.last_seen is not None
-        assert f.first_seen <= f.last_seen
 
 
 def test_cases_exist_for_every_detector() -> None:
@@ -58,17 +28,17 @@ def test_cases_exist_for_every_detector() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
 def test_case(case: Path, lake: Path) -> None:
-    expect, cfg = load_case(case, lake)
-    check(run_one(lake, expect["detector"], cfg), expect["findings"])
+    c = load_case(case)
+    check_findings(run_case(c, lake), c.findings)
 
 
 def test_summary_counts_matched_and_unmatched(lake: Path) -> None:
-    case = next(p for p in CASES if p.name == "neg_matched_skew_and_repeats.jsonl")
-    _, cfg = load_case(case, lake)
+    case = load_case(next(p for p in CASES if p.name == "neg_matched_skew_and_repeats.jsonl"))
+    write_case(case, lake)
     from ztaudit.detectors.correlate import impersonation_summary
 
     con = open_lake(lake, must_exist=False)
-    rows = {r["actor"]: r for r in impersonation_summary(con, cfg).to_pylist()}
+    rows = {r["actor"]: r for r in impersonation_summary(con, case.config).to_pylist()}
     assert rows["alice@example.com"]["matched_tier_c"] == 4
     assert rows["alice@example.com"]["unmatched_proxy"] == 0
     assert rows["alice@example.com"]["match_rate"] == 1.0
@@ -78,12 +48,12 @@ def test_summary_counts_matched_and_unmatched(lake: Path) -> None:
 
 
 def test_view_shows_tier_a_and_unmatched(lake: Path) -> None:
-    case = next(p for p in CASES if p.name == "neg_matched_tier_a_and_c.jsonl")
-    _, cfg = load_case(case, lake)
+    case = load_case(next(p for p in CASES if p.name == "neg_matched_tier_a_and_c.jsonl"))
+    write_case(case, lake)
     from ztaudit.detectors.correlate import install_config
 
     con = open_lake(lake, must_exist=False)
-    install_config(con, cfg)
+    install_config(con, case.config)
     rows = con.execute("SELECT tier, actor, side FROM proxy_audit_match ORDER BY actor").fetchall()
     assert rows == [("A", "alice@example.com", "both"), ("C", "bob@example.com", "both")]
 
@@ -101,9 +71,9 @@ def _ingest_corpus(path: Path, lake: Path) -> None:
 def test_corpus_unapproved_impersonator(corpus: Path, lake: Path, rel: str, impersonator: str) -> None:
     _ingest_corpus(corpus / rel, lake)
     det = "impersonation.unapproved_impersonator"
-    found = run_one(lake, det, Config())
+    found = detect(lake, det, Config())
     assert [f.actor for f in found] == [impersonator]
     assert all(e.startswith("k8s_audit:corpus/") for e in found[0].evidence)
     approved = replace(Config(), "impersonation",
                        approved_impersonators={"corpus": [impersonator]})
-    assert run_one(lake, det, approved) == []
+    assert detect(lake, det, approved) == []

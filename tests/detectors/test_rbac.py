@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cases.reach.rows import row, write_rows
+from support.cases import row, write_rows
 
 from ztaudit.core.config import load_config
+from ztaudit.core.derived_tables import RBAC_GRANT
 from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
 from ztaudit.detectors.rbac import Rule, Use, covers, granted_vs_used
 from ztaudit.detectors.reach import reach_report
 from ztaudit.pipeline.normalize.base import NormalizeContext
-from ztaudit.pipeline.normalize.rbac_snapshot import RBAC_GRANT
 from ztaudit.pipeline.normalize.registry import get
 
 T = datetime(2026, 3, 2, 10, tzinfo=UTC)
@@ -151,4 +151,4 @@ def test_snapshot_file_through_ingest(lake: Path, tmp_path: Path) -> None:
     stats = ingest.ingest_paths([p], lake, cluster="c1")
     assert stats.rows.get("rbac_snapshot") == 6
     con = open_lake(lake, must_exist=False)
-    assert con.execute("SELECT count(*) FROM rbac_grant WHERE cluster = 'c1'").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM rbac_grant WHERE cluster = 'c1'").fetchall() == [(6,)]

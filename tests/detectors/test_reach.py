@@ -1,4 +1,5 @@
-"""reach table and reach.anomalous, driven by named cases (tests/cases/reach/anomalous).
+"""reach table and reach.anomalous, driven by named cases (tests/cases/reach/anomalous; format and loader:
+tests/support/cases.py).
 
 ``pos_*`` cases must produce exactly the expected findings and their explanation must name the
 features that drove them (``features``) and read as expected (``text``); ``neg_*`` (near-misses:
@@ -11,33 +12,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cases.reach.rows import case_config, case_window, expand, load_case, write_case, write_rows
+from support.cases import CASES, case_files, check_findings, expand, load_case, run_case, write_case, write_rows
 
 from ztaudit.core.config import load_config, replace
+from ztaudit.core.derived_tables import REACH
 from ztaudit.core.lake import open_lake
 from ztaudit.detectors import registry
 from ztaudit.detectors.base import DetectContext
-from ztaudit.detectors.reach import REACH, build_reach_table, compute_reach
+from ztaudit.detectors.reach import build_reach_table, compute_reach
 
-CASES = Path(__file__).parent.parent / "cases" / "reach" / "anomalous"
-CASE_FILES = sorted(CASES.glob("*.json"))
+CASE_FILES = case_files("reach")
 START = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("path", CASE_FILES, ids=[p.stem for p in CASE_FILES])
 def test_reach_case(path: Path, lake: Path) -> None:
     case = load_case(path)
-    write_case(case, lake)
-    since, until = case_window(case)
-    findings = registry.get("reach.anomalous").run(
-        DetectContext(open_lake(lake, must_exist=False), case_config(case), since, until, str(lake)))
-    expected = case["expect"]
-    assert [f.actor for f in findings] == [e["actor"] for e in expected], [f.summary for f in findings]
-    for f, exp in zip(findings, expected, strict=True):
-        named = [x["feature"] for x in f.context["features"]]
-        for feat in exp["features"]:
-            assert feat in named, (feat, f.summary)
-        assert exp["text"] in f.summary, f.summary
+    findings = run_case(case, lake)
+    check_findings(findings, case.findings)
+    assert [f.actor for f in findings] == [e["actor"] for e in case.findings], [f.summary for f in findings]
+    for f in findings:
         assert f.score is not None and f.score >= f.context["model_threshold"]
         for item in f.context["features"]:  # the explanation carries value, usual range and peers' range
             assert {"observed", "usual_min", "usual_max", "peers_max"} <= set(item)
@@ -92,7 +86,7 @@ def test_hour_window_and_lookback(lake: Path) -> None:
 
 def test_streaming_window_matches_batch(lake: Path) -> None:
     """The detector judged on one day (streaming hook) finds the same as a wider batch run."""
-    write_case(load_case(CASES / "pos_sa_lists_secrets_many_namespaces.json"), lake)
+    write_case(load_case(CASES / "reach" / "anomalous" / "pos_sa_lists_secrets_many_namespaces.jsonl"), lake)
     con = open_lake(lake, must_exist=False)
     cfg = load_config(None, env={})
     day = START + timedelta(days=18)

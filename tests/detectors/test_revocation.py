@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cases.impersonation.caselib import case_files, load_case
-from test_impersonation import check, run_one
+from support.cases import case_files, check_findings, detect, load_case, run_case, write_case
 
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
@@ -56,18 +55,18 @@ def test_cases_have_both_kinds() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[p.stem for p in CASES])
 def test_case(case: Path, lake: Path) -> None:
-    expect, cfg = load_case(case, lake)
-    check(run_one(lake, expect["detector"], cfg), expect["findings"])
-    check_status(status_rows(lake, cfg), expect["status"])
+    c = load_case(case)
+    check_findings(run_case(c, lake), c.findings)
+    check_status(status_rows(lake, c.config), c.status)
 
 
 def test_grace_period_is_configurable(lake: Path) -> None:
-    case = next(p for p in CASES if p.stem == "neg_within_grace_then_denied")
-    _, cfg = load_case(case, lake)
+    case = load_case(next(p for p in CASES if p.stem == "neg_within_grace_then_denied"))
+    write_case(case, lake)
     from ztaudit.core.config import replace
 
-    strict = replace(cfg, "revocation", grace_seconds=60)
-    found = run_one(lake, "revocation.not_enforced", strict)
+    strict = replace(case.config, "revocation", grace_seconds=60)
+    found = detect(lake, "revocation.not_enforced", strict)
     assert [f.actor for f in found] == ["carol@example.com"]
     assert "more than 60s later" in found[0].summary
 
@@ -118,7 +117,7 @@ def test_latency_local_offset_second_precision(tmp_path: Path, lake: Path) -> No
     assert row["first_denied_proxy"] == datetime.fromisoformat("2026-11-20T10:00:31+00:00")
     assert row["last_allowed_proxy_before"] == datetime.fromisoformat("2026-11-20T09:59:50+00:00")
     assert row["last_allowed_api_before"] == datetime.fromisoformat("2026-11-20T09:59:51.600+00:00")
-    assert run_one(lake, "revocation.not_enforced", Config()) == []
+    assert detect(lake, "revocation.not_enforced", Config()) == []
 
 
 def test_not_enforced_local_offset(tmp_path: Path, lake: Path) -> None:
@@ -129,6 +128,6 @@ def test_not_enforced_local_offset(tmp_path: Path, lake: Path) -> None:
     assert row["status"] == "not_enforced"
     assert (row["allowed_after_grace_proxy"], row["allowed_after_grace_api"]) == (1, 1)
     assert row["exposure_seconds"] == pytest.approx(961.25)
-    (finding,) = run_one(lake, "revocation.not_enforced", Config())
+    (finding,) = detect(lake, "revocation.not_enforced", Config())
     assert finding.actor == "gina@example.com"
     assert "k8s_audit:prod/ga-3" in finding.evidence
