@@ -1,6 +1,6 @@
 """Lake keys: how files are named from their origin, and the compaction manifest that remembers them.
 
-File names are deterministic from the data's origin (DESIGN.md, "Lake layout"), so replaying the
+File names are deterministic from the data's origin (docs/design.md, "Lake layout"), so replaying the
 same input rewrites the same files and never duplicates rows:
 
 * Kafka chunks: ``<topic>+<partition>+<first offset:020d>`` (:func:`file_key`); the rows' ``origin``

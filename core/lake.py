@@ -2,7 +2,7 @@
 
 :func:`open_lake` is called by every reader (detectors, reports, ``ztaudit sql`` and ``catalog``,
 notebooks, benchmarks). It sets what every query relies on, in this order: UTC session time zone
-(day buckets and ``dt`` partitions are UTC days, DESIGN.md), optional memory limit, threads and a
+(day buckets and ``dt`` partitions are UTC days, docs/design.md), optional memory limit, threads and a
 private spill directory, the scalar macros, the table views and derived views
 (:func:`ztaudit.core.catalog.create_views`), and the analyst table macros. Table macros are SQL
 functions whose arguments DuckDB binds like parameters, so ``SELECT * FROM requests_by(?)`` is as

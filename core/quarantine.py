@@ -1,6 +1,6 @@
 """Quarantine: a record that could not be read travels as a :class:`Rejected` value to ``LAKE/quarantine``.
 
-DESIGN.md: "A bad record is a value, not an exception". Its raw bytes must already be scrubbed of
+docs/design.md: "A bad record is a value, not an exception". Its raw bytes must already be scrubbed of
 secrets (``ztaudit.pipeline.redact``) by whoever made it; the sink keeps at most
 :data:`QUARANTINE_RAW_CAP` of them.
 """

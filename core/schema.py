@@ -1,7 +1,7 @@
 """The lake's tables, declared once: every base and derived table in one literal :data:`TABLES`.
 
 The source ids (``k8s_audit``, ``proxy_decision``, ``idp_event``, ``rbac_snapshot``) are also the
-lake folder names, the ``source`` values and the normalizer registry keys (DESIGN.md, "Source
+lake folder names, the ``source`` values and the normalizer registry keys (docs/design.md, "Source
 kinds"). The derived tables (``reach``, ``credentials``) are built by ``ztaudit detect``; their
 columns live in :mod:`ztaudit.core.derived_tables`. ``ztaudit catalog --columns`` prints them all.
 """

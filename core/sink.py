@@ -1,6 +1,6 @@
 """The Parquet lake writer: deterministic names, temp file, fsync, rename.
 
-Layout (DESIGN.md, "Lake layout")::
+Layout (docs/design.md, "Lake layout")::
 
     LAKE/<table>/dt=YYYY-MM-DD/<file_key>.parquet
 

@@ -4,8 +4,8 @@ Every function returns a tz-aware UTC ``datetime`` with microsecond precision (t
 time type, ``timestamp[us, tz=UTC]``; see schema.py). Finer precision is truncated, never rounded
 up, so an event never moves past a later one.
 
-The layouts met in practice (proxy-idp-formats.md §1.1, §2.1, §2.2, §3, §4 "Clocks and zones";
-k8s-audit-schema.md §2):
+The layouts met in practice (docs/proxy-and-idp.md §1.1, §2.1, §2.2, §3, §4 "Clocks and zones";
+docs/kubernetes-audit.md §2):
 
 * RFC 3339 with ``Z`` or an offset and 0-9 fractional digits: Kubernetes ``MicroTime`` (µs, Z),
   Pomerium zerolog ``time`` (seconds, *local offset*), Okta ``published`` and Google ``id.time``
@@ -119,7 +119,7 @@ def parse_rfc3339(value: str, naive_offset: str = "") -> datetime:
 
 
 def parse_go_layout(value: str, naive_offset: str = "") -> datetime:
-    """Parse Go's ``2006/01/02 15:04:05`` (oauth2-proxy, proxy-idp-formats.md §2.2) to UTC.
+    """Parse Go's ``2006/01/02 15:04:05`` (oauth2-proxy, docs/proxy-and-idp.md §2.2) to UTC.
 
     The layout has no zone: it is read in ``naive_offset`` (else UTC).
     """

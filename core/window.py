@@ -2,7 +2,7 @@
 
 Every reader of the lake bounds its queries the same way: an open end is a far sentinel (not
 NULL, so one bound SQL text serves both cases), and the ``dt=YYYY-MM-DD`` hive partitions (UTC
-days of the table's event time, DESIGN.md "Lake layout") are bounded too, so DuckDB skips whole
+days of the table's event time, docs/design.md "Lake layout") are bounded too, so DuckDB skips whole
 days of files instead of reading their row-group statistics. :class:`Window` owns both.
 """
 

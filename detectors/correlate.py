@@ -5,17 +5,17 @@ by :func:`impersonation_summary` (``ztaudit report impersonation``) and, through
 ``proxy_audit_match`` view, by analysts in DuckDB. Everything runs as DuckDB SQL over the lake
 views; nothing loops over rows in Python.
 
-Join tiers (proxy-idp-formats.md §0):
+Join tiers (docs/proxy-and-idp.md §0):
 
 * **A, exact**: ``audit_id == coalesce(check_request_id, request_id)`` of the proxy line, same
   cluster, within ``correlation.exact_id_window_seconds`` (the proxy must set ``Audit-ID``
-  upstream; the API server adopts it verbatim, §1.5 "Kubernetes source for Audit-ID").
+  upstream; the API server adopts it verbatim, §1.6 "Kubernetes source for Audit-ID").
 * **B, session**: needs ``user.extra[<key>] == session id`` (Pomerium-JWT mode). The
   ``k8s_audit`` table does not keep arbitrary ``user.extra`` keys, so tier B is not attempted.
 * **C, composite** (the default): the audit request was made by an approved impersonator for its
   cluster, ``lower(impersonated_user) == lower(proxy email)``, the HTTP method is compatible with
   the verb (GET→get/list/watch, POST→create, PUT→update, PATCH→patch, DELETE→delete/
-  deletecollection; non-resource URLs: the lower-case method, k8s-audit-schema.md and §1.5), the
+  deletecollection; non-resource URLs: the lower-case method, docs/kubernetes-audit.md §2 and §1.6), the
   request path without its query equals the proxy ``path``, and the request time is inside the
   proxy second widened by the match window: Pomerium logs whole seconds with a local offset
   (§1.1), so a second-precision ``decided_at`` stands for ``[decided_at, decided_at + 1 s)``.
@@ -33,7 +33,7 @@ Proxy side: allowed decisions (``is_allowed``) that carry an email, for Kubernet
 to its own ``cluster`` column or, if that is null, to the lake's single cluster). Pomerium writes
 both an authorize line and an Envoy access line per request (§1.2, §1.3); an access line whose
 ``request_id`` equals an authorize line's ``check_request_id`` is the same request and is dropped.
-Audit side: one row per request (``cluster, audit_id, request_received_at``; k8s-audit-schema.md
+Audit side: one row per request (``cluster, audit_id, request_received_at``; docs/kubernetes-audit.md
 §9) impersonated by an approved impersonator.
 
 The SQL is a set of named statements (module constants, values always bound as parameters). Two
@@ -60,7 +60,7 @@ from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.sql import execute
 
-#: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.5's mapping), on ``{v}``.
+#: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.6's mapping), on ``{v}``.
 VERB_METHOD_SQL: Final = (
     "CASE {v} WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' "
     "WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' "

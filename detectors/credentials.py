@@ -1,6 +1,6 @@
 """Credential inventory (``credentials`` table) and the four ``credential.*`` detectors.
 
-Credential identity (k8s-audit-schema.md §3-5):
+Credential identity (docs/kubernetes-audit.md §3-5):
 
 * ``JTI=<jti>`` — bound service-account tokens (and JWT users) carry
   ``user.extra[authentication.kubernetes.io/credential-id]`` (§3); the TokenRequest that minted
@@ -238,7 +238,7 @@ def _ev_list(v: Any) -> tuple[str, ...]:
 
 class Stale:
     """``credential.stale``: used past its kind's maximum age, after dormancy, or flagged stale by
-    the API server (``authentication.k8s.io/stale-token``, k8s-audit-schema.md §5.1)."""
+    the API server (``authentication.k8s.io/stale-token``, docs/kubernetes-audit.md §5.1)."""
 
     id: ClassVar[str] = "credential.stale"
     description: ClassVar[str] = ("a credential used past its maximum age, after long dormancy, or with the "
@@ -339,7 +339,7 @@ FROM u GROUP BY credential_key, day
 
 
 class LegacyToken:
-    """``credential.legacy_token``: a legacy secret-based SA token in use (k8s-audit-schema.md §5.2).
+    """``credential.legacy_token``: a legacy secret-based SA token in use (docs/kubernetes-audit.md §5.2).
 
     One finding per credential **per UTC day**: a legacy token never expires, so "still in use
     today" is the fact to act on (the API server itself tracks it at day granularity with the
@@ -424,7 +424,7 @@ class Shared:
     (Pomerium impersonating people). Two places are *explained by a proxy hop* when one peer is
     inside the cluster's networks and forwards for the other (the other's IP is in its
     ``sourceIPs``); a forwarding chain from an outside peer is client-controlled and not trusted
-    (detection-anchors.md "What NONE of them has": sourceIPs is client-controlled). A pod-bound token
+    (docs/detection-background.md "What NONE of them has": sourceIPs is client-controlled). A pod-bound token
     (pod-name extra, §3) belongs to one pod, so two places are enough; for other credentials
     (x509, unbound JTI, legacy secrets mounted by replicas) at least one place must be outside the
     cluster's networks. Fallback keys (USER=, TOKEN?=) are not judged: they merge several

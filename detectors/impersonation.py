@@ -1,7 +1,7 @@
 """Impersonation checks: every human request should arrive as the proxy impersonating that human.
 
-Four detectors (DESIGN.md "Detector ids"; detection-anchors.md "What NONE of them has";
-k8s-audit-schema.md §6; proxy-idp-formats.md §1.5, §4 "Pitfalls"). Each is called by
+Four detectors (docs/design.md "Detector ids"; docs/detection-background.md "What NONE of them has";
+docs/kubernetes-audit.md §6; docs/proxy-and-idp.md §1.5, §4 "Pitfalls"). Each is called by
 ``ztaudit detect`` and the streaming hook with a :class:`DetectContext`; each reads the lake
 through DuckDB, returns findings grouped per actor per cluster per UTC day (so a busy day is one
 finding, with counts and up to ``detect.max_evidence`` event references), and raises on SQL
@@ -238,7 +238,7 @@ class Unobserved:
     Two shapes: (1) an allowed proxy decision with no matching impersonated audit request after the
     match window (``correlate``); (2) the misconfiguration where an approved proxy identity reaches
     the API with no ``impersonatedUser`` at all — the raw service-account token in use, so the human
-    behind it is unobservable (proxy-idp-formats.md §1.5 "Expected combinations", §4 "Pitfalls").
+    behind it is unobservable (docs/proxy-and-idp.md §1.6 "Expected combinations", §4 "Pitfalls").
     """
 
     id: ClassVar[str] = "impersonation.unobserved"

@@ -1,6 +1,6 @@
 """The reach anomaly model: an Isolation Forest over actor-window reach features.
 
-Why an Isolation Forest (DESIGN.md question 3; detection-anchors.md §2 "Per-identity ML
+Why an Isolation Forest (docs/design.md question 3; docs/detection-background.md §2 "Per-identity ML
 baseline", "Peer-group baseline"): reach features are counts with heavy tails and no labels; the
 forest needs no scaling and no distribution assumption, isolates rows that are extreme on *any*
 combination of features, and trains in well under a second on a month of actor-days. The model

@@ -1,13 +1,13 @@
 """Granted vs used: RBAC grants (``rbac_grant``) against what each identity actually did.
 
-In the spirit of audit2rbac (detection-anchors.md §1.9: the *used* set per identity) and Audicia
+In the spirit of audit2rbac (docs/detection-background.md §1.9: the *used* set per identity) and Audicia
 (the only tool found that diffs granted against used): for every identity, each granted rule of
 the latest RBAC snapshot of its cluster with how many requests it covered in the period, the
 granted rules never used (a least-privilege suggestion: drop them or narrow the binding), the
 requests no rule of the snapshot explains (``used_not_granted``: system:masters, Node
 authorizer, webhooks, or a snapshot older than the binding), and impersonation rights.
 
-Subjects are resolved the way the authorizer sees them (k8s-audit-schema.md §5.1, §6): a user
+Subjects are resolved the way the authorizer sees them (docs/kubernetes-audit.md §5.1, §6): a user
 by name; a service account as ``system:serviceaccount:NS:NAME`` plus its implicit groups
 ``system:serviceaccounts``, ``system:serviceaccounts:NS`` and ``system:authenticated``; groups
 from the audit log (``impersonated_groups`` when the proxy impersonates a person, else

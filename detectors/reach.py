@@ -1,13 +1,13 @@
 """Identity reach: the ``reach`` table and the ``reach.anomalous`` detector.
 
-Reach (DESIGN.md question 3; detection-anchors.md §1.9 and §2 "Identity reach / blast radius"):
-per effective actor (impersonated user if any, k8s-audit-schema.md §6) and per window (config
+Reach (docs/design.md question 3; docs/detection-background.md §1.9 and §2 "Identity reach / blast radius"):
+per effective actor (impersonated user if any, docs/kubernetes-audit.md §6) and per window (config
 ``reach.window``: hour or day, UTC), how many namespaces, resources, verbs, API groups, clusters
 and secrets it touched, its write/delete/forbidden shares, exec/attach/port-forward count,
 namespaces it never touched in its rolling history, and distinct source IPs / user agents /
 credentials. Computed in one DuckDB pass over ``k8s_requests`` (one row per request).
 
-Baselines (detection-anchors.md "What NONE of them has": per-identity *and* peer-group
+Baselines (docs/detection-background.md "What NONE of them has": per-identity *and* peer-group
 baselines):
 
 * **history**: the actor's own previous windows within ``reach.baseline_days`` (a rolling frame,
@@ -21,7 +21,7 @@ baselines):
 Control-plane and node identities have huge legitimate reach, so they are not excluded but
 judged on features that stay small for them: ``foreign_secret_namespaces`` counts namespaces
 where a node read secrets although none of its pods runs there (pods of a node are known from
-pod-bound tokens carrying ``node-name``, k8s-audit-schema.md §3, and from the kubelet's
+pod-bound tokens carrying ``node-name``, docs/kubernetes-audit.md §3, and from the kubelet's
 TokenRequests, §4), or where a service account read secrets outside its own namespace.
 
 Identity: people are one identity across clusters (``clusters`` is one of their features);

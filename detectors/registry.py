@@ -1,4 +1,4 @@
-"""The one registry of detectors, keyed by the id users see (DESIGN.md, "Detector ids").
+"""The one registry of detectors, keyed by the id users see (docs/design.md, "Detector ids").
 
 An explicit dict of id -> detector class, imported directly: a renamed or missing detector fails at
 import, in every test, instead of quietly dropping out of ``ztaudit detect``. scikit-learn is

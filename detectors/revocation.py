@@ -8,14 +8,14 @@ What counts as a revocation (the ``revocations`` view):
 
 * IdP events with ``is_revocation`` (Okta deactivate/suspend/session clear, Entra disable /
   StsRefreshTokensValidFrom, Google SUSPEND/DELETE_USER, Keycloak, Pomerium ``identity_manager``
-  "deleting session"; proxy-idp-formats.md §3, §1.4, §4 step 1). ``revocation_scope`` says what
+  "deleting session"; docs/proxy-and-idp.md §3, §1.4, §4 step 1). ``revocation_scope`` says what
   is cut; when it is missing, a Pomerium line is a ``session`` and anything else an ``identity``.
-* The audit log itself (k8s-audit-schema.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
+* The audit log itself (docs/kubernetes-audit.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
   object (the service account ``system:serviceaccount:NS:NAME``), of a ``secrets`` object that
   was used as a legacy token (credential ``SECRET=NS/NAME``, §5.2), or of a ``rolebindings`` /
   ``clusterrolebindings`` object (the binding).
 
-Identity bridge (proxy-idp-formats.md §0, §3): ``subject_login`` (email / UPN / login) ↔ proxy
+Identity bridge (docs/proxy-and-idp.md §0, §3): ``subject_login`` (email / UPN / login) ↔ proxy
 ``email`` ↔ audit ``impersonated_user`` / ``actor`` (case-insensitive); ``subject_id`` ↔ proxy
 ``user_id`` (and, when the IdP event names no login, the email the proxy logged for that user id);
 ``session_id`` ↔ proxy ``session_id``. Session revocations are judged at the proxy only: the
@@ -28,7 +28,7 @@ proxy and at the API server; ``status`` is
 * ``enforced``: no such use, and a denied attempt at or after ``revoked_at`` was seen;
 * ``unverified``: neither (nothing tried again, which is common: after a revocation Pomerium's
   denied lines carry no identity, §1.4, and a deleted token fails authentication with a 401 that
-  names no user, k8s-audit-schema.md §5.4).
+  names no user, docs/kubernetes-audit.md §5.4).
 
 Timing rules: API requests are judged by ``request_received_at`` (a watch or exec opened before
 the revocation and closed after it is not a violation, §4 step 4). Proxy times have second

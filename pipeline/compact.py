@@ -1,7 +1,7 @@
 """``ztaudit compact``: merge one day's many small Parquet files into a few large ones, atomically.
 
 The streaming consumer writes one file per partition per flush, so a busy day holds hundreds of
-small files; DuckDB wants few files with 100k+ row groups (pipeline-anchors §4.4). Compaction of
+small files; DuckDB wants few files with 100k+ row groups (docs/pipeline-notes.md §4.4). Compaction of
 ``LAKE/<table>/dt=D``:
 
 1. **lock** ``LAKE/<table>/.compact-dt=D.lock`` (one compactor per day), and finish any earlier

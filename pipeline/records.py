@@ -3,7 +3,7 @@
 A :class:`RawBatch` is a run of raw records from one place, in order, with enough to name each
 record's coordinates (file and line, or Kafka topic, partition and offset) without building an
 object per record on the hot path. A :class:`Rejected` is a bad record travelling as a value to
-quarantine (DESIGN.md: "A bad record is a value, not an exception").
+quarantine (docs/design.md: "A bad record is a value, not an exception").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ becomes a :class:`~ztaudit.pipeline.records.Rejected` (:func:`scrub_raw`). None 
 a value that cannot be scrubbed precisely is cut short instead, so failure means *less* is stored,
 never more.
 
-What counts as secret (k8s-audit-schema.md §2, §4, §10; DESIGN.md "Secret material is never
+What counts as secret (docs/kubernetes-audit.md §2, §4, §10; docs/design.md "Secret material is never
 stored"):
 
 * Request and response bodies. ``responseObject.status.token`` of a TokenRequest
@@ -43,7 +43,7 @@ MASK: Final = "***"
 #: Keys whose *values* are dropped wherever they appear in a quarantined JSON record.
 SECRET_KEYS: Final = frozenset({"requestObject", "responseObject", "data", "stringData", "token", "password",
                                 "request", "response"})
-# ``request``/``response`` are GKE's names for requestObject/responseObject (k8s-audit-schema.md §8.1).
+# ``request``/``response`` are GKE's names for requestObject/responseObject (docs/kubernetes-audit.md §8.1).
 
 #: In bytes we cannot parse, everything from the first of these keys on is cut. The optional
 #: backslashes catch the same key inside a JSON string (AKS ``properties.log``, EKS ``message``).

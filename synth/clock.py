@@ -4,9 +4,9 @@ Every instant inside the generator is an ``int`` of microseconds since the Unix 
 three log families format time differently, and the generator reproduces each exactly:
 
 * Kubernetes audit: RFC 3339, UTC, microseconds, ``2026-11-02T14:03:07.123456Z``
-  (k8s-audit-schema.md §2, ``requestReceivedTimestamp``/``stageTimestamp``).
+  (docs/kubernetes-audit.md §2, ``requestReceivedTimestamp``/``stageTimestamp``).
 * Pomerium (zerolog default): RFC 3339 with **second** precision and the process's **local**
-  offset, ``2026-11-02T09:03:07-05:00`` (proxy-idp-formats.md §1.1).
+  offset, ``2026-11-02T09:03:07-05:00`` (docs/proxy-and-idp.md §1.1).
 * Okta System Log ``published``: milliseconds, UTC, ``2026-11-02T14:03:07.123Z`` (§3.1).
 
 Identifiers that must be stable across the run (service-account UIDs, pod UIDs, token JTIs per

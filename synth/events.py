@@ -6,9 +6,9 @@ per credential (it changes only when a token rotates), the request shape (:class
 actor and target. Only the ids and timestamps are formatted per event. Field order follows the Go
 struct order of ``audit.k8s.io/v1`` ``Event`` and map keys are sorted, as ``encoding/json`` writes
 them; ``&`` in ``requestURI`` is escaped as ``\\u0026`` the way Go's HTML-safe encoder does
-(k8s-audit-schema.md §2, ``requestURI`` row).
+(docs/kubernetes-audit.md §2, ``requestURI`` row).
 
-Stages (k8s-audit-schema.md §2 ``stage``, §9): the simulated audit policy logs ``watch`` requests
+Stages (docs/kubernetes-audit.md §2 ``stage``, §9): the simulated audit policy logs ``watch`` requests
 with all stages (``RequestReceived``, ``ResponseStarted``, ``ResponseComplete``) and other
 requests with ``omitStages: [RequestReceived]``; exec sessions have ``ResponseStarted`` (101) and
 ``ResponseComplete``. ``RequestReceived`` has no ``responseStatus`` and no ``annotations``

@@ -1,6 +1,6 @@
 """Labelled incidents and near-misses, injected into the background traffic.
 
-Each detector id (DESIGN.md "Detector ids") gets at least three incident instances when the run
+Each detector id (docs/design.md "Detector ids") gets at least three incident instances when the run
 has at least 7 days and 2 clusters, spread over clusters and days (reach and staleness incidents
 come late enough to have a baseline), plus near-misses: situations that look similar but that the
 detector must **not** flag. Every instance becomes one line of ``labels.jsonl``::

@@ -1,6 +1,6 @@
 """Background traffic of people and CI, hour by hour.
 
-* people through Pomerium (proxy-idp-formats.md §1.5, §1.6): for every request an ``authorize
+* people through Pomerium (docs/proxy-and-idp.md §1.5, §1.6): for every request an ``authorize
   check`` line (second precision, local offset) and an audit Event where ``user`` is the Pomerium
   authorize service account and ``impersonatedUser`` the person's email; audit time = proxy time +
   latency + a per-cluster, per-day clock skew of 0–1.5 s. Okta ``user.session.start`` at each

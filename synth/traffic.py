@@ -3,7 +3,7 @@
 Actors (per cluster):
 
 * control plane: ``system:kube-controller-manager`` and ``system:kube-scheduler`` (x509 client
-  certificates, ``X509SHA256=`` credential ids, k8s-audit-schema.md §3), ``system:apiserver``
+  certificates, ``X509SHA256=`` credential ids, docs/kubernetes-audit.md §3), ``system:apiserver``
   (loopback token, ``system:masters``), and the controller-manager's per-controller service
   accounts (``--use-service-account-credentials``: JTI tokens without pod extras, minted by
   TokenRequests the controller manager itself issues, §4);
@@ -325,7 +325,7 @@ def pod_actors(world: World, c: Cluster) -> list[Actor]:
 
 
 def token_request_body(pod: Pod) -> str:
-    """``requestObject`` of a kubelet TokenRequest at Request level (k8s-audit-schema.md §4)."""
+    """``requestObject`` of a kubelet TokenRequest at Request level (docs/kubernetes-audit.md §4)."""
     return ('{"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},'
             '"spec":{"audiences":["https://kubernetes.default.svc.cluster.local"],"expirationSeconds":3607,'
             f'"boundObjectRef":{{"kind":"Pod","apiVersion":"v1","name":"{pod.name}","uid":"{pod.uid}"}}}},'

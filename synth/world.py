@@ -5,7 +5,7 @@ on purpose (a deployment scaled out, a new team namespace, a pod whose client ne
 token). The population is the same for every seed of a given cluster list; the seed changes
 identifiers, placement and traffic.
 
-Kubernetes semantics simulated (see ../shared/reference/k8s-audit-schema.md):
+Kubernetes semantics simulated (see docs/kubernetes-audit.md):
 
 * Nodes authenticate with their own x509 client certificate: ``system:node:<name>``, groups
   ``system:nodes`` + ``system:authenticated``, credential id ``X509SHA256=<hash of the leaf>``
@@ -17,7 +17,7 @@ Kubernetes semantics simulated (see ../shared/reference/k8s-audit-schema.md):
   every 48 minutes, through a ``create serviceaccounts/<sa>/token`` TokenRequest whose audit record
   carries ``authentication.kubernetes.io/issued-credential-id: JTI=<uuid>`` (§4).
 * People reach the API only through Pomerium, whose authorize service account impersonates them
-  (proxy-idp-formats.md §1.5, §1.6).
+  (docs/proxy-and-idp.md §1.5, §1.6).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ztaudit.synth.clock import DAY, HOUR, MINUTE, Namer
 
-#: Kubelet refreshes a projected token at 80 % of its 3607 s lifetime (k8s-audit-schema.md §4).
+#: Kubelet refreshes a projected token at 80 % of its 3607 s lifetime (docs/kubernetes-audit.md §4).
 TOKEN_ROTATE_US = 48 * MINUTE
 #: Proxy host suffix: each cluster is a Pomerium route ``k8s-<cluster>.example.com``.
 PROXY_DOMAIN = "example.com"

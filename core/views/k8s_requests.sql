@@ -1,6 +1,6 @@
 -- One row per Kubernetes API request. A request is keyed by (cluster, audit_id,
 -- request_received_at) because clients can choose Audit-ID; its stages share requestReceivedTimestamp
--- (k8s-audit-schema.md §9, docs/kubernetes-audit.md). The most complete stage wins:
+-- (docs/kubernetes-audit.md §9, docs/kubernetes-audit.md). The most complete stage wins:
 -- ResponseComplete > Panic > ResponseStarted > RequestReceived (stage_rank, a macro of core.lake).
 SELECT * FROM k8s_audit
 QUALIFY row_number() OVER (

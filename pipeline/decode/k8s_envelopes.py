@@ -9,7 +9,7 @@ JSON) becomes a *reject marker* (:func:`reject_marker`) in the list, which
 :func:`ztaudit.pipeline.process.process` turns into a quarantine row; nothing here raises for bad
 input.
 
-Shapes (k8s-audit-schema.md §1, §8):
+Shapes (docs/kubernetes-audit.md §1, §8):
 
 * ``Event`` (``audit.k8s.io/v1``; v1beta1 records may lack ``kind``/``apiVersion``);
 * webhook ``EventList`` ``{"kind":"EventList","items":[...]}`` (kubernetes/kubernetes
@@ -39,7 +39,7 @@ REJECT_KEY: Final = "\x00ztaudit_reject"
 _MAX_ITEMS_DEPTH = 4
 
 #: gRPC status code -> HTTP status, for GKE's ``protoPayload.status.code`` (not an HTTP code;
-#: k8s-audit-schema.md §8.1). 0 OK, 7 PERMISSION_DENIED, 5 NOT_FOUND, 16 UNAUTHENTICATED;
+#: docs/kubernetes-audit.md §8.1). 0 OK, 7 PERMISSION_DENIED, 5 NOT_FOUND, 16 UNAUTHENTICATED;
 #: anything else is reported as 500 and the original code is kept in an annotation.
 GRPC_TO_HTTP: Final = {0: 200, 7: 403, 5: 404, 16: 401}
 #: Annotation ztaudit adds to rebuilt GKE events so the mapped response code can be traced back.
@@ -198,7 +198,7 @@ def _gke_uri(ref: Mapping[str, str] | None, resource_name: str) -> str:
 
 
 def _from_gke(entry: Mapping[str, Any], proto: Mapping[str, Any]) -> Unwrapped:
-    """Rebuild an Event from a GKE ``LogEntry`` (mapping table: k8s-audit-schema.md §8.1).
+    """Rebuild an Event from a GKE ``LogEntry`` (mapping table: docs/kubernetes-audit.md §8.1).
 
     GKE has no groups, extras (so no credential-id), impersonation, stage or HTTP status. Stage
     is inferred from ``operation.last`` and level from which bodies are present, as Falco's

@@ -19,7 +19,7 @@ import orjson
 from ztaudit.core.quarantine import Reason
 
 #: CloudWatch Logs cuts messages over its event size limit and appends this marker; such a
-#: message cannot be parsed (falcosecurity/plugins k8saudit-eks skips them; k8s-audit-schema §8.2).
+#: message cannot be parsed (falcosecurity/plugins k8saudit-eks skips them; docs/kubernetes-audit.md §8.2).
 CLOUDWATCH_TRUNCATED: Final = "[Truncated...]"
 
 

@@ -1,6 +1,6 @@
 """``idp_event``: identity lifecycle and revocation events, one row per event.
 
-Formats (field references: ``shared/reference/proxy-idp-formats.md``, cited as §n):
+Formats (field references: ``docs/proxy-and-idp.md``, cited as §n):
 
 * Okta System Log events (§3.1), bare, in a JSON array, or inside an event-hook envelope
   (``{"data":{"events":[...]}}``).

@@ -4,14 +4,14 @@ There is exactly **one** field mapping, :func:`.k8s_audit_sql.mapping_sql`. Both
 
 * the fast path (:func:`ztaudit.pipeline.process.process`): plain Event lines as they arrived,
   as one Arrow string column per chunk, parsed by DuckDB's ``from_json`` with an explicit STRUCT
-  spec (pipeline-anchors.md §5: explicit schemas are the big lever);
+  spec (docs/pipeline-notes.md §5: explicit schemas are the big lever);
 * the slow path: Events unwrapped from envelopes (EventList, GKE, AKS, EKS) by
   :meth:`K8sAuditNormalizer.unwrap`, re-serialised as canonical Event JSON.
 
 :func:`map_events` runs the SQL. It never raises for bad input: if DuckDB rejects a whole batch it
 retries row by row and quarantines the rows that still fail (``wrong_type``).
 
-Semantics, with the Kubernetes source they rely on (k8s-audit-schema.md):
+Semantics, with the Kubernetes source they rely on (docs/kubernetes-audit.md):
 
 * ``credential_id`` = ``user.extra["authentication.kubernetes.io/credential-id"][0]``
   (``JTI=`` -> ``jti``, ``X509SHA256=`` -> ``x509``; ``CredentialIDForJTI`` in

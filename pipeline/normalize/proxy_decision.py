@@ -1,6 +1,6 @@
 """``proxy_decision``: identity-aware proxy decisions, one row per decision or proxied request.
 
-Formats (field references: ``shared/reference/proxy-idp-formats.md``, cited as §n):
+Formats (field references: ``docs/proxy-and-idp.md``, cited as §n):
 
 * Pomerium ``"message":"authorize check"`` lines from the authorize service (§1.2), in both key
   styles: current hyphen keys (``check-request-id``) and the underscore keys of older releases
@@ -44,7 +44,7 @@ SOURCE: Final = "proxy_decision"
 
 
 def mask_query(query: str | None) -> str | None:
-    """Mask token-like parameters of a bare query string (DESIGN.md: tokens in queries are masked).
+    """Mask token-like parameters of a bare query string (docs/design.md: tokens in queries are masked).
 
     The one masking rule of the project (:func:`ztaudit.pipeline.redact.mask_query`), applied to
     the ``query`` field proxies log without its ``?``.

@@ -7,14 +7,14 @@ such a List (every item an RBAC kind), so audit events or IdP records are never 
 List is one record, because a binding needs the roles of the same snapshot to be resolved.
 
 Output: one ``rbac_grant`` row per subject × rule × binding (the granted side of "granted vs
-used", detection-anchors.md §1.9: audit2rbac gives the used set, Audicia diffs the two):
+used", docs/detection-background.md §1.9: audit2rbac gives the used set, Audicia diffs the two):
 
 * a RoleBinding grants in its own namespace (``scope_namespace``), also when it references a
   ClusterRole; a ClusterRoleBinding grants cluster-wide (``scope_namespace`` null);
 * subjects are resolved to the names the audit log uses: ``system:serviceaccount:<ns>:<name>``
-  for ServiceAccounts (k8s-audit-schema.md §5.1), the user or group name otherwise;
+  for ServiceAccounts (docs/kubernetes-audit.md §5.1), the user or group name otherwise;
 * ``can_impersonate`` marks rules with the ``impersonate`` verb on users, groups,
-  serviceaccounts, userextras or uids (k8s-audit-schema.md §6);
+  serviceaccounts, userextras or uids (docs/kubernetes-audit.md §6);
 * a binding whose role is not in the snapshot yields one row with ``role_found`` false and empty
   rules, so a dangling binding is visible rather than dropped.
 

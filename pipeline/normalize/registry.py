@@ -1,4 +1,4 @@
-"""The one registry of normalizers, keyed by the source id users see (DESIGN.md, "Source kinds").
+"""The one registry of normalizers, keyed by the source id users see (docs/design.md, "Source kinds").
 
 The source id is also the lake folder, the table name and the ``source`` column value. The order
 is the detection order when a batch's source kind is not named: Kubernetes first (most volume, and

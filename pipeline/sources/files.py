@@ -19,7 +19,7 @@ Formats:
 * **CSV** (``*.csv``): each row becomes a JSON object keyed by the header (revocation lists).
 * ``*.gz``: decompressed on the fly (also detected by magic bytes).
 
-Deterministic file keys (DESIGN.md "Lake layout"), so ingesting the same input again replaces the
+Deterministic file keys (docs/design.md "Lake layout"), so ingesting the same input again replaces the
 same lake files instead of adding rows: for line files ``<sha256 of the content from byte 0 to the
 chunk's end, 16 hex>+<first byte>-<end byte>``, hashed while reading (a file that grew keeps the
 keys of its unchanged chunks); for documents and CSV ``<sha256 of the whole file>+<range>`` (CSV:

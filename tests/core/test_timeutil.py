@@ -27,7 +27,7 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
     [
         # Kubernetes MicroTime
         ("2025-05-19T09:37:51.360338Z", utc(2025, 5, 19, 9, 37, 51, 360338)),
-        # Pomerium zerolog: second precision, local offset (proxy-idp-formats.md §1.1)
+        # Pomerium zerolog: second precision, local offset (docs/proxy-and-idp.md §1.1)
         ("2023-08-07T09:48:03-04:00", utc(2023, 8, 7, 13, 48, 3)),
         ("2026-11-24T10:06:12+01:00", utc(2026, 11, 24, 9, 6, 12)),
         # Okta / Google: ms UTC

@@ -1,4 +1,4 @@
-"""Proxy ↔ audit correlation (proxy-idp-formats.md §0): tiers, time window, multiset pairing.
+"""Proxy ↔ audit correlation (docs/proxy-and-idp.md §0): tiers, time window, multiset pairing.
 
 Every test checks both paths: the analyst view ``proxy_audit_match`` and the materialized tables the
 detectors use (``correlate.ensure``), which must agree.

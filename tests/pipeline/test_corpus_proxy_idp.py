@@ -42,7 +42,7 @@ EXPECTED: dict[str, tuple[dict[str, int], str]] = {
     "proxy/cloudflare-access/access-request.sekoia-test.json": (
         {"quarantine:unknown_shape": 1},
         "Cloudflare Access access_requests is a login decision per application session, not a per-request "
-        "decision (proxy-idp-formats.md §2.4); it is not one of the proxy_decision formats in DESIGN.md."),
+        "decision (docs/proxy-and-idp.md §2.4); it is not one of the proxy_decision formats in docs/design.md."),
     "proxy/oauth2-proxy/request-log.unit-test.log": (
         {"quarantine:bad_timestamp": 3},
         "the unit test writes the placeholder [TIMELESS] where the timestamp goes; the line shape is "

@@ -1,6 +1,6 @@
 """idp_event normalizer: each IdP format and the revocation list, positive and negative.
 
-Formats: proxy-idp-formats.md §3 (Okta, Entra, Google Workspace, Keycloak), §1.4 (Pomerium
+Formats: docs/proxy-and-idp.md §3 (Okta, Entra, Google Workspace, Keycloak), §1.4 (Pomerium
 identity_manager), §2.1 (Teleport locks); the revocation list is docs/revocation-list.md. Records
 are written for the tests; the corpus is checked in test_corpus_proxy_idp.py.
 """

@@ -1,4 +1,4 @@
-"""k8s_audit normalization semantics: one test per rule of k8s-audit-schema.md the mapping relies on."""
+"""k8s_audit normalization semantics: one test per rule of docs/kubernetes-audit.md the mapping relies on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""proxy_decision normalizer: each format, positive and negative (proxy-idp-formats.md §1.2-§2.2).
+"""proxy_decision normalizer: each format, positive and negative (docs/proxy-and-idp.md §1.2-§2.2).
 
 Records here are written for the tests (not copied from the corpus); the corpus is checked in
 test_corpus_proxy_idp.py.
