@@ -1,4 +1,4 @@
-"""Credential inventory (``credentials`` table) and the four ``credential.*`` detectors.
+"""Credential inventory: the ``credentials`` table, the credential key of a request, cluster networks.
 
 Credential identity (docs/kubernetes-audit.md §3-5):
 
@@ -24,6 +24,13 @@ the stale-token annotation.
 
 The credential is the **authenticated** user's (``user_name``, the impersonator when
 impersonating, §6): impersonated identities never carry a trustworthy credential-id (§3).
+
+This module holds the keys (:data:`USES_SQL`: one row per request with its credential key and
+holder), the ``credentials`` table (:func:`inventory`; :func:`build_credentials_table` is its
+derived-table builder, called by detectors/tables.py), the cluster networks (:func:`in_cluster`)
+and :func:`credentials_report` (one row per credential with its age). The four ``credential.*``
+detectors in :mod:`ztaudit.detectors.credential_detectors` judge these uses with its keys, bounds
+and networks; bench/report.py and the credential tests call it too.
 """
 
 from __future__ import annotations
@@ -31,17 +38,17 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final
+from datetime import datetime
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
 
-from ztaudit.core.columns import TS, conform
+from ztaudit.core.columns import conform
 from ztaudit.core.config import Config
 from ztaudit.core.derived_tables import CREDENTIALS
 from ztaudit.core.window import Window
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import DetectContext
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
 INVALIDATED_ANNOTATION: Final = "authentication.k8s.io/legacy-token-invalidated"
@@ -61,16 +68,16 @@ END"""
 _KIND = """CASE
     WHEN coalesce(is_legacy_token, false) OR credential_kind = 'legacy_secret' THEN 'legacy_secret'
     ELSE coalesce(credential_kind, 'none') END"""
-_HOLDER_KIND = """CASE
+HOLDER_KIND_SQL = """CASE
     WHEN impersonator IS NULL THEN coalesce(actor_kind, 'other')
     WHEN starts_with(user_name, 'system:serviceaccount:') THEN 'service_account'
     WHEN starts_with(user_name, 'system:node:') THEN 'node'
     ELSE 'other' END"""
 
-_USES = f"""
+USES_SQL = f"""
 SELECT {_KEY} AS credential_key,
        CASE WHEN credential_id IS NOT NULL AND credential_id <> '' THEN credential_id END AS credential_id,
-       {_KIND} AS kind, user_name AS holder, {_HOLDER_KIND} AS holder_kind,
+       {_KIND} AS kind, user_name AS holder, {HOLDER_KIND_SQL} AS holder_kind,
        cluster, request_received_at AS ts, audit_id, source_ip, source_ips, user_agent, pod_name,
        node_name, namespace, resource, subresource, verb, response_code, decision,
        annotations['{STALE_ANNOTATION}'] AS stale_note,
@@ -78,12 +85,8 @@ SELECT {_KEY} AS credential_key,
 FROM k8s_requests
 """
 
-#: A finding's references: the first :data:`EVIDENCE` uses in (time, reference) order, so the same
-#: data always gives the same evidence (``findings_store`` compares it to see what changed).
-EVIDENCE: Final = 20
 
-
-def _bounds(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+def window_bounds(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
     """The window's bounds to bind (:class:`Window`: an open end is a far sentinel)."""
     w = Window(since, until)
     return w.lo, w.hi
@@ -94,7 +97,7 @@ def _arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> 
 
 
 _INVENTORY_SQL = f"""
-WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $hi),
+WITH u AS ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at < $hi),
 issued AS (
     SELECT issued_credential_id AS credential_key, min(request_received_at) AS issued_at,
            arg_min(user_name, request_received_at) AS issued_by
@@ -129,7 +132,7 @@ ORDER BY day, u.credential_key
 
 def inventory(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None) -> pa.Table:
     """Credential-day rows for uses in [since, until) (the ``credentials`` table)."""
-    lo, hi = _bounds(since, until)
+    lo, hi = window_bounds(since, until)
     # GROUP BY ALL groups by day and key only: every other column is aggregated.
     return conform(_arrow(con, _INVENTORY_SQL, {"lo": lo, "hi": hi}), CREDENTIALS)
 
@@ -157,370 +160,14 @@ def in_cluster(config: Config, cluster: str | None, ip: str | None) -> bool | No
     return any(addr.version == n.version and addr in n for n in _networks(config, cluster))
 
 
-def _register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Iterable[tuple[Any, Any]]) -> str:
-    """Register (cluster, ip, inside) for the given pairs; returns the relation name."""
+def register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Iterable[tuple[Any, Any]]) -> str:
+    """Register (cluster, ip, inside) for the given pairs; returns the relation name (``credential.shared``
+    joins it and unregisters it)."""
     rows = [{"cluster": c, "ip": ip, "inside": in_cluster(config, c, ip)} for c, ip in pairs]
     name = f"_cred_ips_{uuid.uuid4().hex[:12]}"
     con.register(name, pa.Table.from_pylist(
         rows, schema=pa.schema([("cluster", pa.string()), ("ip", pa.string()), ("inside", pa.bool_())])))
     return name
-
-
-def _dt(v: Any) -> datetime | None:
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        return v if v.tzinfo else v.replace(tzinfo=UTC)
-    return None
-
-
-# --- credential.stale ------------------------------------------------------------------------
-
-_STALE_SQL = """
-WITH u AS (SELECT * FROM {uses}),
-keys AS (SELECT DISTINCT credential_key FROM u
-         WHERE ts >= $lo AND credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
-           AND NOT starts_with(credential_key, 'TOKEN?=')),
-issued AS (  -- the base table is enough here: every stage of a TokenRequest has the same time
-    SELECT issued_credential_id AS credential_key, min(request_received_at) AS issued_at FROM k8s_audit
-    WHERE issued_credential_id IS NOT NULL AND request_received_at < $hi GROUP BY 1
-)
-SELECT u.credential_key,
-       mode(kind ORDER BY kind) AS kind,
-       mode(holder ORDER BY holder) AS holder,
-       mode(cluster ORDER BY cluster) AS cluster,
-       min(ts) AS first_seen, max(ts) AS last_seen, any_value(i.issued_at) AS issued_at
-FROM u JOIN keys USING (credential_key) LEFT JOIN issued i USING (credential_key)
-GROUP BY u.credential_key
-"""
-
-# Uses after an origin time + max age, per key (the first such use is the finding's first_seen).
-_PAST_AGE_SQL = """
-WITH u AS (SELECT * FROM {uses}),
-lim AS (SELECT * FROM {lim})
-SELECT u.credential_key, min(ts) AS first_past, max(ts) AS last_past, count(*) AS n,
-       list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
-       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
-FROM u JOIN lim USING (credential_key)
-WHERE ts >= lim.limit_at
-GROUP BY u.credential_key
-HAVING max(ts) >= $lo
-"""
-
-# Resumed use after dormancy: hourly buckets per key, gap to the previous bucket.
-_DORMANT_SQL = """
-WITH u AS (SELECT * FROM {uses}),
-b AS (
-    SELECT credential_key, min(holder) AS holder, min(cluster) AS cluster,
-           min(ts) AS t0, max(ts) AS t1
-    FROM u WHERE credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
-    GROUP BY credential_key, floor(epoch(ts) / 3600)
-),
-g AS (SELECT *, lag(t1) OVER (PARTITION BY credential_key ORDER BY t0) AS prev FROM b)
-SELECT credential_key, holder, cluster, prev, t0 FROM g
-WHERE prev IS NOT NULL AND t0 >= $lo AND epoch(t0) - epoch(prev) >= $dormant_s
-"""
-
-_ANNOT_SQL = """
-WITH u AS (SELECT * FROM {uses} WHERE stale_note IS NOT NULL)
-SELECT coalesce(credential_key, 'USER=' || holder) AS key, min(holder) AS holder,
-       min(cluster) AS cluster, min(ts) AS t0, max(ts) AS t1,
-       count(*) FILTER (WHERE ts >= $lo) AS n, arg_max(stale_note, ts) AS note,
-       list(cluster || '/' || audit_id ORDER BY ts DESC, cluster || '/' || audit_id)[1:20] AS ev
-FROM u GROUP BY key HAVING max(ts) >= $lo
-"""
-
-
-def _ev_list(v: Any) -> tuple[str, ...]:
-    """Evidence references for ``cluster/audit_id`` strings already in (time, reference) order."""
-    return tuple(f"k8s_audit:{x}" for x in (v or [])[:EVIDENCE])
-
-
-class Stale:
-    """``credential.stale``: used past its kind's maximum age, after dormancy, or flagged stale by
-    the API server (``authentication.k8s.io/stale-token``, docs/kubernetes-audit.md §5.1)."""
-
-    id: ClassVar[str] = "credential.stale"
-    description: ClassVar[str] = ("a credential used past its maximum age, after long dormancy, or with the "
-                                  "API server's stale-token annotation")
-
-    def run(self, ctx: DetectContext) -> list[Finding]:
-        lo, hi = _bounds(ctx.since, ctx.until)
-        name = f"_cred_uses_{uuid.uuid4().hex[:12]}"
-        # One pass over k8s_requests (the stage de-duplication is the expensive part); the four
-        # checks below read this temp table.
-        ctx.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM ({_USES}) WHERE ts < $hi", {"hi": hi})
-        try:
-            return self._run(ctx, name, lo, hi)
-        finally:
-            ctx.con.execute(f"DROP TABLE IF EXISTS {name}")
-
-    def _run(self, ctx: DetectContext, uses: str, lo: datetime, hi: datetime) -> list[Finding]:
-        cfg = ctx.config.credentials
-        out: list[Finding] = []
-        # 1. Past maximum age: age from the TokenRequest that issued it (§4), else first seen.
-        info = ctx.con.sql(_STALE_SQL.format(uses=uses), params={"lo": lo, "hi": hi}).fetchall()
-        limits = []
-        meta: dict[str, tuple[Any, ...]] = {}
-        for key, kind, holder, cluster, first_seen, _last, issued_at in info:
-            max_h = cfg.max_age_hours.get(kind)
-            if max_h is None:
-                continue
-            origin = _dt(issued_at) or _dt(first_seen)
-            if origin is None:
-                continue
-            limits.append({"credential_key": key, "limit_at": origin + timedelta(hours=float(max_h))})
-            meta[key] = (kind, holder, cluster, origin, issued_at is not None, max_h)
-        if limits:
-            name = f"_cred_lim_{uuid.uuid4().hex[:12]}"
-            ctx.con.register(name, pa.Table.from_pylist(
-                limits, schema=pa.schema([("credential_key", pa.string()), ("limit_at", TS)])))
-            try:
-                past = ctx.con.sql(_PAST_AGE_SQL.format(lim=name, uses=uses), params={"lo": lo}).fetchall()
-            finally:
-                ctx.con.unregister(name)
-            for key, first_past, last_past, n, ips, ev in past:
-                kind, holder, cluster, origin, from_issue, max_h = meta[key]
-                age_h = (last_past - origin).total_seconds() / 3600
-                basis = "issued" if from_issue else "first seen"
-                out.append(Finding(
-                    detector=self.id, key=(key, "max_age"), severity=Severity.MEDIUM, actor=holder,
-                    credential_id=key, cluster=cluster, first_seen=first_past, last_seen=last_past,
-                    summary=(f"{kind} credential {key} of {holder} used {n} times up to {age_h:.0f} h after it was "
-                             f"{basis} ({origin:%Y-%m-%d %H:%M} UTC); the maximum for {kind} is {max_h:g} h. "
-                             "Find the client that keeps an old token and make it reload or rotate it."),
-                    evidence=_ev_list(ev), score=age_h / float(max_h),
-                    context={"reason": "max_age", "kind": kind, "age_hours": age_h, "max_age_hours": max_h,
-                             "age_from": basis, "origin": origin, "uses_past_max_age": n,
-                             "source_ips": list(ips or [])},
-                ))
-        # 2. Dormant then used again.
-        dormant_s = float(cfg.dormancy_days) * 86400
-        for key, holder, cluster, prev, t0 in ctx.con.sql(
-                _DORMANT_SQL.format(uses=uses), params={"lo": lo, "dormant_s": dormant_s}).fetchall():
-            days = (t0 - prev).total_seconds() / 86400
-            out.append(Finding(
-                detector=self.id, key=(key, "dormant", t0.isoformat()), severity=Severity.MEDIUM, actor=holder,
-                credential_id=key, cluster=cluster, first_seen=t0, last_seen=t0,
-                summary=(f"credential {key} of {holder} used again on {t0:%Y-%m-%d %H:%M} UTC after {days:.0f} days "
-                         f"unused (dormancy threshold {cfg.dormancy_days:g} days). Confirm its owner still needs it."),
-                score=days / float(cfg.dormancy_days),
-                context={"reason": "dormant", "previous_use": prev, "resumed": t0, "dormant_days": days},
-            ))
-        # 3. The API server's own stale-token annotation (undercounts: only on cache misses).
-        # One finding per credential (first_seen = its first annotated use, so re-runs over later
-        # windows replace it instead of adding one per day).
-        for key, holder, cluster, t0, t1, n, note, ev in ctx.con.sql(
-                _ANNOT_SQL.format(uses=uses), params={"lo": lo}).fetchall():
-            out.append(Finding(
-                detector=self.id, key=(key, "stale_token_annotation"),
-                severity=Severity.MEDIUM, actor=holder, credential_id=key, cluster=cluster,
-                first_seen=t0, last_seen=t1, evidence=_ev_list(ev), score=float(n),
-                summary=(f"the API server marked {n} requests of {holder} as using a stale token ({note}). "
-                         "The client read its projected token once and never reloaded it; upgrade or fix it."),
-                context={"reason": "stale_token_annotation", "annotation": note, "requests": n},
-            ))
-        return out
-
-
-# --- credential.legacy_token -----------------------------------------------------------------
-
-_LEGACY_SQL = f"""
-WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $hi AND
-           (coalesce(is_legacy_token, false) OR credential_kind = 'legacy_secret'))
-SELECT credential_key, min(holder) AS holder, mode(cluster ORDER BY cluster) AS cluster,
-       to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts) AS t0, max(ts) AS t1, count(*) AS n,
-       count(*) FILTER (WHERE invalidated_note IS NOT NULL) AS invalidated,
-       list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
-       list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:10] AS uas,
-       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
-FROM u GROUP BY credential_key, day
-"""
-
-
-class LegacyToken:
-    """``credential.legacy_token``: a legacy secret-based SA token in use (docs/kubernetes-audit.md §5.2).
-
-    One finding per credential **per UTC day**: a legacy token never expires, so "still in use
-    today" is the fact to act on (the API server itself tracks it at day granularity with the
-    ``kubernetes.io/legacy-token-last-used`` label); a per-day key keeps ``finding_id`` stable
-    across batch and streaming runs of the same day, and each day's finding lists that day's
-    clients and places.
-    """
-
-    id: ClassVar[str] = "credential.legacy_token"
-    description: ClassVar[str] = "a legacy secret-based service-account token in use (one finding per token per day)"
-
-    def run(self, ctx: DetectContext) -> list[Finding]:
-        lo, hi = _bounds(ctx.since, ctx.until)
-        out = []
-        for key, holder, cluster, day, t0, t1, n, invalidated, ips, uas, ev in ctx.con.sql(
-                _LEGACY_SQL, params={"lo": lo, "hi": hi}).fetchall():
-            outside = [ip for ip in (ips or []) if in_cluster(ctx.config, cluster, ip) is False]
-            sev = Severity.HIGH if invalidated or outside else Severity.MEDIUM
-            extra = f" ({invalidated} after the token was invalidated)" if invalidated else ""
-            where = f" including from outside the cluster ({', '.join(outside)})" if outside else ""
-            out.append(Finding(
-                detector=self.id, key=(key, day.date().isoformat()), severity=sev, actor=holder,
-                credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1, evidence=_ev_list(ev),
-                score=float(n),
-                summary=(f"legacy secret-based token {key} of {holder} made {n} requests on {day:%Y-%m-%d}{extra}"
-                         f"{where}. Move the client to a bound token (TokenRequest / projected volume) and "
-                         "delete the Secret."),
-                context={"requests": n, "invalidated_requests": invalidated, "source_ips": list(ips or []),
-                         "user_agents": list(uas or []), "outside_ips": outside},
-            ))
-        return out
-
-
-# --- credential.shared -----------------------------------------------------------------------
-
-_SHARED_SQL = """
-WITH u AS ({uses} WHERE request_received_at >= $lo AND request_received_at < $hi
-           AND credential_id IS NOT NULL AND credential_id <> ''),
-p AS (  -- the place holding the credential: the peer (the X-Forwarded-For entries are its clients)
-    SELECT u.*, source_ip AS place, coalesce(ip.inside, false) AS inside
-    FROM u LEFT JOIN {ips} ip ON ip.cluster IS NOT DISTINCT FROM u.cluster AND ip.ip = u.source_ip
-),
-b AS (
-    SELECT credential_key, place, floor(epoch(ts) / $w) AS bucket, min(ts) AS t0, max(ts) AS t1,
-           bool_or(inside) AS hop_inside, list_distinct(flatten(list(source_ips))) AS chain,
-           count(*) AS n, min(holder) AS holder, min(kind) AS kind, min(cluster) AS cluster,
-           bool_or(pod_name IS NOT NULL) AS pod_bound,
-           list(DISTINCT user_agent) FILTER (WHERE user_agent IS NOT NULL) AS uas,
-           -- the bucket's first uses, as (time, reference) so the finding can take the first overall
-           list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:5] AS ev
-    FROM p WHERE place IS NOT NULL GROUP BY credential_key, place, bucket
-),
-multi AS (  -- only credentials seen from more than one place can be shared
-    SELECT * FROM b WHERE credential_key IN (
-        SELECT credential_key FROM b GROUP BY credential_key HAVING count(DISTINCT place) > 1)
-),
-shifted AS (SELECT *, bucket AS jb FROM multi UNION ALL SELECT *, bucket + 1 AS jb FROM multi),
-pairs AS (  -- equi-join on (key, bucket): a bucket meets its own and the previous bucket
-    SELECT a.credential_key, a.holder, a.kind, a.cluster, a.pod_bound OR b.pod_bound AS pod_bound,
-           a.place AS place_a, b.place AS place_b, least(a.t0, b.t0) AS t0, greatest(a.t1, b.t1) AS t1,
-           a.uas AS uas_a, b.uas AS uas_b, list_concat(a.ev, b.ev) AS ev
-    FROM multi a JOIN shifted b ON a.credential_key = b.credential_key AND b.jb = a.bucket AND a.place <> b.place
-    WHERE greatest(epoch(a.t0) - epoch(b.t1), epoch(b.t0) - epoch(a.t1), 0) <= $w
-      -- explained by a proxy hop: an in-cluster peer forwarding for the other place
-      AND NOT (b.hop_inside AND list_contains(b.chain, a.place))
-      AND NOT (a.hop_inside AND list_contains(a.chain, b.place))
-)
-SELECT credential_key, min(holder), min(kind), min(cluster), bool_or(pod_bound),
-       to_timestamp(floor(epoch(t0) / 86400) * 86400) AS day, min(t0), max(t1),
-       list(DISTINCT place_a) || list(DISTINCT place_b) AS places,
-       flatten(list(uas_a) || list(uas_b)) AS uas,
-       [x.ref FOR x IN list_sort(list_distinct(flatten(list(ev))))][1:$evidence] AS ev
-FROM pairs GROUP BY credential_key, day
-"""
-
-
-class Shared:
-    """``credential.shared``: one credential used from several places within ``shared_window_seconds``.
-
-    Place = the peer IP (the last ``sourceIPs`` entry): the credential is where the connection
-    comes from; X-Forwarded-For entries are the clients of a proxy that holds its own credential
-    (Pomerium impersonating people). Two places are *explained by a proxy hop* when one peer is
-    inside the cluster's networks and forwards for the other (the other's IP is in its
-    ``sourceIPs``); a forwarding chain from an outside peer is client-controlled and not trusted
-    (docs/detection-background.md "What NONE of them has": sourceIPs is client-controlled). A pod-bound token
-    (pod-name extra, §3) belongs to one pod, so two places are enough; for other credentials
-    (x509, unbound JTI, legacy secrets mounted by replicas) at least one place must be outside the
-    cluster's networks. Fallback keys (USER=, TOKEN?=) are not judged: they merge several
-    credentials of one holder.
-    """
-
-    id: ClassVar[str] = "credential.shared"
-    description: ClassVar[str] = "one credential used concurrently from several places or clients"
-
-    def run(self, ctx: DetectContext) -> list[Finding]:
-        w = int(ctx.config.credentials.shared_window_seconds)
-        lo, hi = _bounds(ctx.since, ctx.until)
-        pairs = ctx.con.sql(
-            """SELECT DISTINCT cluster, source_ip FROM k8s_requests
-               WHERE request_received_at >= $lo AND request_received_at < $hi AND credential_id IS NOT NULL""",
-            params={"lo": lo, "hi": hi}).fetchall()
-        name = _register_ip_table(ctx.con, ctx.config, pairs)
-        try:
-            rows = ctx.con.sql(_SHARED_SQL.format(uses=_USES, ips=name),
-                               params={"lo": lo, "hi": hi, "w": w, "evidence": EVIDENCE}).fetchall()
-        finally:
-            ctx.con.unregister(name)
-        out = []
-        for key, holder, kind, cluster, pod_bound, day, t0, t1, places, uas, ev in rows:
-            places = sorted(set(places or []))
-            outside = [p for p in places if in_cluster(ctx.config, cluster, p) is False]
-            if not pod_bound and not outside:
-                continue  # e.g. a legacy Secret mounted into several replicas: in-cluster only
-            uas = sorted(set(uas or []))
-            out.append(Finding(
-                detector=self.id, key=(key, day.date().isoformat()), severity=Severity.HIGH, actor=holder,
-                credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1, evidence=_ev_list(ev),
-                score=float(len(places)),
-                summary=(f"{kind} credential {key} of {holder} was used from {len(places)} places "
-                         f"({', '.join(places[:5])}) within {w} s" + (" although it is bound to one pod"
-                                                                     if pod_bound else "")
-                         + f"; clients: {', '.join(uas[:4])}. Treat it as leaked: delete the bound object "
-                         "or rotate the credential."),
-                context={"places": places, "outside_places": outside, "user_agents": uas,
-                         "pod_bound": bool(pod_bound), "window_seconds": w},
-            ))
-        return out
-
-
-# --- credential.off_cluster ------------------------------------------------------------------
-
-_OFF_SQL = f"""
-WITH u AS ({_USES} WHERE request_received_at >= $lo AND request_received_at < $hi
-           AND ({_HOLDER_KIND}) IN ('service_account', 'node'))
-SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, holder_kind, cluster, source_ip,
-       to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts), max(ts), count(*),
-       list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
-       list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:10]
-FROM u WHERE source_ip IS NOT NULL
-GROUP BY ALL
-ORDER BY credential_key, holder, holder_kind, cluster, source_ip, day
-"""
-
-
-class OffCluster:
-    """``credential.off_cluster``: a service-account or node credential used from outside the
-    cluster's networks (config ``credentials.cluster_networks``; peer IP, the last ``sourceIPs``
-    entry, which the client cannot forge). One finding per credential, cluster and day."""
-
-    id: ClassVar[str] = "credential.off_cluster"
-    description: ClassVar[str] = "an in-cluster credential (service account, node) used from outside the cluster"
-
-    def run(self, ctx: DetectContext) -> list[Finding]:
-        lo, hi = _bounds(ctx.since, ctx.until)
-        grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for key, holder, hkind, cluster, ip, day, t0, t1, n, uas, ev in ctx.con.sql(
-                _OFF_SQL, params={"lo": lo, "hi": hi}).fetchall():
-            if in_cluster(ctx.config, cluster, ip) is not False:
-                continue
-            g = grouped.setdefault((key, cluster, day), {
-                "holder": holder, "kind": hkind, "t0": t0, "t1": t1, "n": 0, "ips": [], "uas": set(), "ev": []})
-            g["t0"], g["t1"] = min(g["t0"], t0), max(g["t1"], t1)
-            g["n"] += n
-            g["ips"].append(ip)
-            g["uas"].update(uas or [])
-            g["ev"].extend(ev or [])
-        out = []
-        for (key, cluster, day), g in sorted(grouped.items(), key=lambda kv: str(kv[0])):
-            ips = sorted(g["ips"])
-            out.append(Finding(
-                detector=self.id, key=(key, cluster, day.date().isoformat()), severity=Severity.HIGH,
-                actor=g["holder"], credential_id=key, cluster=cluster, first_seen=g["t0"], last_seen=g["t1"],
-                evidence=_ev_list([x["ref"] for x in sorted(g["ev"], key=lambda x: (x["ts"], x["ref"] or ""))]),
-                score=float(g["n"]),
-                summary=(f"{g['kind']} credential {key} of {g['holder']} made {g['n']} requests to {cluster} from "
-                         f"outside the cluster's networks ({', '.join(ips[:5])}). In-cluster credentials should "
-                         "never leave the cluster: find where it was copied and rotate it."),
-                context={"source_ips": ips, "user_agents": sorted(g["uas"]),
-                         "cluster_networks": ctx.config.networks_for(cluster)},
-            ))
-        return out
 
 
 # --- report ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ztaudit.core.config import Config
 from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
 from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.correlate_queries import approved_predicate
 
 
 def _any_pattern(patterns: Sequence[str]) -> str | None:
@@ -132,7 +133,7 @@ _RAW_PROXY_IDENTITY_SQL: Final = f"""
                any_value(verb) AS verb, any_value(resource) AS resource
         FROM k8s_audit r
         WHERE {Window.sql("request_received_at", "r")}
-          AND {correlate.approved_predicate('r.user_name', 'r.cluster')}
+          AND {approved_predicate('r.user_name', 'r.cluster')}
         GROUP BY cluster, audit_id, request_received_at
         HAVING bool_and(impersonator IS NULL)
     )
@@ -170,7 +171,7 @@ _UNAPPROVED_SQL: Final = f"""
                any_value(source_ip) AS source_ip, any_value(credential_id) AS credential_id
         FROM k8s_audit r
         WHERE {Window.sql("request_received_at", "r")} AND impersonator IS NOT NULL
-          AND NOT {correlate.approved_predicate('r.impersonator', 'r.cluster')}
+          AND NOT {approved_predicate('r.impersonator', 'r.cluster')}
         GROUP BY cluster, audit_id, request_received_at
     )
     SELECT cluster, impersonator, CAST(request_received_at AS DATE) AS day, count(*) AS requests,

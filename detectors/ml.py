@@ -5,8 +5,9 @@ baseline", "Peer-group baseline"): reach features are counts with heavy tails an
 forest needs no scaling and no distribution assumption, isolates rows that are extreme on *any*
 combination of features, and trains in well under a second on a month of actor-days. The model
 only *ranks*; :mod:`ztaudit.detectors.reach` then requires a robust, explainable excess over the
-actor's own history and over its peers before a finding is raised, so the finding text never
-depends on the forest's internals.
+actor's own history and over its peers before a finding is raised
+(:func:`ztaudit.detectors.reach_scoring.explain`), so the finding text never depends on the
+forest's internals.
 
 scikit-learn conventions: parameters are set in ``__init__`` and stored unchanged, learned
 attributes end in ``_``, ``random_state`` is fixed (config ``reach.random_state``).

@@ -2,7 +2,8 @@
 
 An explicit dict of id -> detector class, imported directly: a renamed or missing detector fails at
 import, in every test, instead of quietly dropping out of ``ztaudit detect``. scikit-learn is
-imported only when the reach detector runs (``reach`` imports :mod:`.ml` inside its scoring step).
+imported only when the reach detector runs (``reach`` and ``reach_scoring`` import :mod:`.ml` inside
+their scoring steps).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from ztaudit.detectors.base import Detector
-from ztaudit.detectors.credentials import LegacyToken, OffCluster, Shared, Stale
+from ztaudit.detectors.credential_detectors import LegacyToken, OffCluster, Shared, Stale
 from ztaudit.detectors.impersonation import ProxyBypass, UnapprovedImpersonator, Unbrokered, Unobserved
 from ztaudit.detectors.reach import AnomalousReach
 from ztaudit.detectors.revocation import NotEnforced

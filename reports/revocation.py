@@ -1,8 +1,8 @@
 """``report revocation``: each revocation, whether it was enforced, and how fast (latency percentiles).
 
-The rows are :func:`ztaudit.detectors.revocation.revocation_status` over ``[--since, --until)``, the
+The rows are :func:`ztaudit.detectors.revocation_status.revocation_status` over ``[--since, --until)``, the
 same judgement the ``revocation.not_enforced`` detector makes. Fields (primary section
-``revocations``): the detector's :data:`~ztaudit.detectors.revocation.STATUS_COLUMNS` — ``kind``,
+``revocations``): the detector's :data:`~ztaudit.detectors.revocation_status.STATUS_COLUMNS` — ``kind``,
 ``subject``, ``identity``, ``subject_id``, ``session_id``, ``cluster``, ``source``, ``system``,
 ``event_type``, ``revoked_at``, ``revoked_by``, ``restored_at``, last/first allowed and denied uses
 at the proxy and the API, ``allowed_after_grace_proxy``, ``allowed_after_grace_api``,
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ztaudit.detectors.revocation import STATUS_COLUMNS, revocation_status
+from ztaudit.detectors.revocation_status import STATUS_COLUMNS, revocation_status
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows
 from ztaudit.reports.charts import latency_chart, revocation_times
 

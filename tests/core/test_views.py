@@ -1,7 +1,7 @@
 """The derived views the detectors mirror stay equal to the detectors' SQL (core/views/*.sql).
 
 * ``proxy_audit_match.sql`` is :data:`ztaudit.detectors.correlate.VIEW_SQL` and
-  ``revocations.sql`` is :data:`ztaudit.detectors.revocation.REVOCATIONS_SQL`, token for token
+  ``revocations.sql`` is :data:`ztaudit.detectors.revocations_view.REVOCATIONS_SQL`, token for token
   (whitespace and ``--`` comments aside): the detectors build their bounded queries from the same
   named pieces, so a change to either side that the other lacks fails here.
 * ``zt_*.sql`` (the configuration as relations) hold the built-in defaults: on any lake they give the
@@ -22,12 +22,12 @@ from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
 from ztaudit.core.views import VIEWS
 from ztaudit.core.window import Window
-from ztaudit.detectors import correlate, revocation
+from ztaudit.detectors import correlate, revocations_view
 from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.sql import execute
 
 #: view -> the SQL the detectors build for it (the unbounded case).
-MIRRORED = {"proxy_audit_match": correlate.VIEW_SQL, "revocations": revocation.REVOCATIONS_SQL}
+MIRRORED = {"proxy_audit_match": correlate.VIEW_SQL, "revocations": revocations_view.REVOCATIONS_SQL}
 
 
 def tokens(sql: str) -> str:
@@ -44,8 +44,8 @@ def test_view_file_is_the_detectors_sql(name: str) -> None:
 def test_drift_is_detected() -> None:
     """The comparison is not blind to a one-token change (a changed literal, a dropped predicate)."""
     sql = VIEWS["revocations"].sql
-    assert tokens(sql.replace("'FAILURE'", "'FAILED'")) != tokens(revocation.REVOCATIONS_SQL)
-    assert tokens(sql.replace("AND subresource IS NULL", "")) != tokens(revocation.REVOCATIONS_SQL)
+    assert tokens(sql.replace("'FAILURE'", "'FAILED'")) != tokens(revocations_view.REVOCATIONS_SQL)
+    assert tokens(sql.replace("AND subresource IS NULL", "")) != tokens(revocations_view.REVOCATIONS_SQL)
 
 
 def test_every_config_view_is_a_view_file() -> None:
@@ -84,13 +84,13 @@ def test_revocations_view_is_the_bounded_query_over_an_open_window(lake: Path) -
     con = open_lake(lake, must_exist=False)
     view = _rows(con.execute("SELECT * FROM revocations"))
     assert len(view) >= 10
-    assert _rows(execute(con, revocation.REVOCATIONS_IN_WINDOW_SQL, Window().params())) == view
+    assert _rows(execute(con, revocations_view.REVOCATIONS_IN_WINDOW_SQL, Window().params())) == view
     # a bounded window gives the view's rows of that window
     times = sorted(r["revoked_at"] for r in view)
     window = Window(times[1], times[-2])
     inside = [r for r in view if window.lo <= r["revoked_at"] < window.hi]
     assert 0 < len(inside) < len(view)
-    assert _rows(execute(con, revocation.REVOCATIONS_IN_WINDOW_SQL, window.params())) == inside
+    assert _rows(execute(con, revocations_view.REVOCATIONS_IN_WINDOW_SQL, window.params())) == inside
 
 
 def test_proxy_audit_match_view_counts_what_the_detect_plan_counts(tmp_path: Path) -> None:

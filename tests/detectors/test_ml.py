@@ -11,7 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ztaudit.detectors import ml
-from ztaudit.detectors.reach import COUNT_FEATURES, SHARE_FEATURES, model_feature_names
+from ztaudit.detectors.reach_features import COUNT_FEATURES, SHARE_FEATURES
+from ztaudit.detectors.reach_scoring import model_feature_names
 
 
 def _data(seed: int = 0) -> np.ndarray:

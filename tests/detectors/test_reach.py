@@ -19,7 +19,8 @@ from ztaudit.core.derived_tables import REACH
 from ztaudit.core.lake import open_lake
 from ztaudit.detectors import registry
 from ztaudit.detectors.base import DetectContext
-from ztaudit.detectors.reach import build_reach_table, compute_reach
+from ztaudit.detectors.reach import build_reach_table
+from ztaudit.detectors.reach_scoring import compute_reach
 
 CASE_FILES = case_files("reach")
 START = datetime(2026, 3, 2, tzinfo=UTC)

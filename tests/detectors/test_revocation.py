@@ -18,7 +18,7 @@ from support.cases import case_files, check_findings, detect, load_case, run_cas
 
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
-from ztaudit.detectors.revocation import STATUS_COLUMNS, revocation_status
+from ztaudit.detectors.revocation_status import STATUS_COLUMNS, revocation_status
 
 CASES = case_files("revocation")
 

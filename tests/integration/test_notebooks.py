@@ -24,7 +24,7 @@ from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
 from ztaudit.core.schema import K8S_AUDIT, TABLES
 from ztaudit.core.views import VIEWS
-from ztaudit.detectors.revocation import revocation_status
+from ztaudit.detectors.revocation_status import revocation_status
 from ztaudit.reports.base import arrow_rows
 from ztaudit.reports.revocation import latency_summary
 

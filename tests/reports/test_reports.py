@@ -217,7 +217,7 @@ def test_impersonation_matching_is_the_detectors_summary(story: Path) -> None:
 
 # --- revocation -----------------------------------------------------------------------------------------
 
-#: README "Primary-section fields" of ``revocation`` (detectors.revocation.STATUS_COLUMNS), then
+#: README "Primary-section fields" of ``revocation`` (detectors.revocation_status.STATUS_COLUMNS), then
 #: ``allowed_after_grace`` (the same references as ``violations``).
 REVOCATION_FIELDS = ["kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system",
                      "event_type", "revoked_at", "revoked_by", "restored_at", "last_allowed_proxy_before",

@@ -1,0 +1,102 @@
+"""What counts as a revocation: the SQL of the ``revocations`` view and of its rows in a window.
+
+:data:`REVOCATIONS_SQL` is the view (``core/views/revocations.sql``; ``tests/core/test_views.py``
+fails if the two drift); :data:`REVOCATIONS_IN_WINDOW_SQL` gives the view's rows with ``revoked_at``
+in a window without reading the rest of the lake. Used by :mod:`ztaudit.detectors.revocation_status`
+(the revocations it judges) and by the view tests. Each row's ``restored_at`` is the first
+restoration of the same subject after it, where judgement stops.
+
+What counts as a revocation (the ``revocations`` view):
+
+* IdP events with ``is_revocation`` (Okta deactivate/suspend/session clear, Entra disable /
+  StsRefreshTokensValidFrom, Google SUSPEND/DELETE_USER, Keycloak, Pomerium ``identity_manager``
+  "deleting session"; docs/proxy-and-idp.md §3, §1.4, §4 step 1). ``revocation_scope`` says what
+  is cut; when it is missing, a Pomerium line is a ``session`` and anything else an ``identity``.
+* The audit log itself (docs/kubernetes-audit.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
+  object (the service account ``system:serviceaccount:NS:NAME``), of a ``secrets`` object that
+  was used as a legacy token (credential ``SECRET=NS/NAME``, §5.2), or of a ``rolebindings`` /
+  ``clusterrolebindings`` object (the binding).
+
+Failure: SQL errors propagate; an empty lake gives an empty table.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ztaudit.core.window import Window
+
+#: Reactivation events end a revocation's judgement (word-boundary so 'deactivate' is not one).
+_RESTORE_RE: Final = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
+
+#: The audit-log side reads creates and deletes of these resources once (``zt_cd``): deletions are the
+#: revocations, creations of the same object after them restore it. ``verb`` is also bounded as a
+#: range so the Parquet reader applies the filter itself (an ``IN`` list is only a hint to it).
+_REVOKED_RESOURCES: Final = "('serviceaccounts', 'secrets', 'rolebindings', 'clusterrolebindings')"
+
+#: The revocations SELECT with three slots for time bounds: ``{idp_window}`` (IdP revocations),
+#: ``{cd_window}`` (the creates and deletes read) and ``{delete_window}`` (the deletions).
+_REVOCATIONS: Final = f"""
+    WITH zt_cd AS MATERIALIZED (
+        SELECT cluster, audit_id, request_received_at, verb, resource, namespace, name, actor, response_code
+        FROM k8s_audit
+        WHERE verb >= 'create' AND verb <= 'delete' AND verb IN ('create', 'delete') AND subresource IS NULL
+          AND resource IN {_REVOKED_RESOURCES} {{cd_window}}
+    )
+    SELECT 'idp' AS source, i.idp AS system, CAST(NULL AS VARCHAR) AS cluster,
+           coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' ELSE 'identity' END) AS kind,
+           CASE WHEN coalesce(i.revocation_scope, CASE WHEN i.idp = 'pomerium' THEN 'session' END) = 'session'
+                     AND i.session_id IS NOT NULL THEN i.session_id
+                ELSE coalesce(lower(i.subject_login), i.subject_id, i.session_id) END AS subject,
+           lower(i.subject_login) AS login, i.subject_id, i.session_id,
+           i.occurred_at AS revoked_at, i.actor AS revoked_by, i.event_type,
+           'idp_event:' || coalesce(i.origin, i.idp || '/' || CAST(i.occurred_at AS VARCHAR)) AS evidence,
+           (SELECT min(e.occurred_at) FROM idp_event e
+             WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
+               AND regexp_matches(e.event_type, '{_RESTORE_RE}')
+               AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
+                    OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
+           ) AS restored_at
+    FROM idp_event i
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') {{idp_window}}
+    UNION ALL
+    SELECT 'k8s_audit', d.cluster, d.cluster,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
+                ELSE 'binding' END,
+           CASE d.resource WHEN 'serviceaccounts' THEN 'system:serviceaccount:' || d.namespace || ':' || d.name
+                WHEN 'secrets' THEN 'SECRET=' || d.namespace || '/' || d.name
+                WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
+                ELSE 'ClusterRoleBinding/' || d.name END,
+           NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
+           'k8s_audit:' || d.cluster || '/' || d.audit_id,
+           (SELECT min(c.request_received_at) FROM zt_cd c
+             WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
+               AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
+               AND c.response_code BETWEEN 200 AND 299 AND c.request_received_at > d.request_received_at)
+    FROM (
+        SELECT cluster, audit_id, request_received_at, any_value(resource) AS resource,
+               any_value(namespace) AS namespace, any_value(name) AS name, any_value(actor) AS actor
+        FROM zt_cd
+        WHERE verb = 'delete' {{delete_window}}
+        GROUP BY cluster, audit_id, request_received_at
+        HAVING max(response_code) BETWEEN 200 AND 299
+    ) d
+    WHERE d.resource <> 'secrets' OR ('SECRET=' || d.namespace || '/' || d.name) IN (
+        SELECT credential_id FROM k8s_audit WHERE credential_id LIKE 'SECRET=%' AND cluster = d.cluster)
+"""
+
+#: The ``revocations`` view (``core/views/revocations.sql``; ``tests/core/test_views.py`` fails if the file
+#: and this drift): every revocation in the lake.
+REVOCATIONS_SQL: Final = _REVOCATIONS.format(cd_window="", idp_window="", delete_window="")
+
+#: The view's rows with ``revoked_at`` in [$lo, $hi), read without the rest of the lake: whole day
+#: partitions (``dt``, the UTC day of the event time) outside the window are skipped. Restorations are
+#: still looked up at any time after the revocation, and a deleted secret counts as a legacy token if
+#: it was used as one at any time, as in the view.
+REVOCATIONS_IN_WINDOW_SQL: Final = f"""
+    SELECT * FROM ({_REVOCATIONS.format(
+        cd_window="AND request_received_at >= $lo AND CAST(dt AS VARCHAR) >= $lo_day",
+        idp_window="AND " + Window.sql("occurred_at", "i"),
+        delete_window="AND request_received_at < $hi")}) v
+    WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
+"""
