@@ -99,7 +99,7 @@ def run_bare(broker: KafkaBroker, topic: str) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     from ztaudit.core.config import KafkaSettings
-    from ztaudit.pipeline.sources.kafka import consumer_config
+    from ztaudit.pipeline.sources.kafka.kafka_python import consumer_config
 
     cfg = consumer_config(KafkaSettings(bootstrap_servers=broker.bootstrap), group="unused", start_from="earliest")
     cfg.pop("group_id")
@@ -126,7 +126,7 @@ def run_bare_confluent(broker: KafkaBroker, topic: str) -> dict[str, Any]:
     import confluent_kafka as ck
 
     from ztaudit.core.config import KafkaSettings
-    from ztaudit.pipeline.sources.confluent import BATCH, confluent_config
+    from ztaudit.pipeline.sources.kafka.confluent import BATCH, confluent_config
 
     cfg = confluent_config(KafkaSettings(bootstrap_servers=broker.bootstrap), group=f"bare-{uuid.uuid4().hex[:6]}",
                            start_from="earliest")
@@ -154,7 +154,7 @@ def run_kcat(broker: KafkaBroker, topic: str) -> dict[str, Any]:
 
 
 def run_process_only() -> dict[str, Any]:
-    from ztaudit.pipeline.normalize import NormalizeContext
+    from ztaudit.pipeline.normalize.base import NormalizeContext
     from ztaudit.pipeline.process import process
     from ztaudit.pipeline.records import KafkaOrigins, RawBatch
 

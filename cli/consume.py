@@ -1,7 +1,7 @@
 """``ztaudit consume``: Kafka topics into the lake, offsets committed after each durable write.
 
-Thin: flags and ``[kafka]`` settings -> :class:`ztaudit.pipeline.consume.ConsumeOptions` ->
-:func:`ztaudit.pipeline.consume.consume`. Errors become exit codes in ``pipeline/cli.py``:
+Thin: flags and ``[kafka]`` settings -> :class:`ztaudit.pipeline.consume.loop.ConsumeOptions` ->
+:func:`ztaudit.pipeline.consume.loop.consume`. Errors become exit codes in ``cli/main.py``:
 2 bad flags/config, 4 lake not writable, 5 Kafka refused us (wrong SASL password, TLS).
 """
 
@@ -20,7 +20,6 @@ import click
 from ztaudit.core.config import Config, KafkaSettings, load_config
 from ztaudit.core.config import replace as replace_config
 from ztaudit.core.errors import ConfigError
-from ztaudit.detectors import streaming
 
 log = logging.getLogger("ztaudit.pipeline.consume")
 
@@ -43,12 +42,15 @@ def _finding_rows(found: Any) -> Iterable[dict[str, Any]]:
 
 def detect_hook(lake: Path, cfg: Config, findings_topic: str | None, password: str | None) -> Any:
     """on_flush hook: ``ztaudit.detectors.streaming.on_flush(lake, since, until, config)``, findings
-    optionally produced as JSON to ``findings_topic`` (keyed by ``finding_id``)."""
+    optionally produced as JSON to ``findings_topic`` (keyed by ``finding_id``). Built only with
+    ``--detect``, so a plain ``consume`` never imports the detectors."""
+    from ztaudit.detectors import streaming
+
     producer = None
     if findings_topic:
         from kafka import KafkaProducer
 
-        from ztaudit.pipeline.sources.kafka import producer_config
+        from ztaudit.pipeline.sources.kafka.kafka_python import producer_config
 
         producer = KafkaProducer(**producer_config(cfg.kafka, password=password))
 
@@ -128,9 +130,9 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
     place, so a crash or rebalance replays into the same file names (no duplicates, nothing lost).
     SIGTERM/Ctrl-C flushes, commits and exits 0.
     """
-    from ztaudit.pipeline.consume import ConsumeOptions, context_from_config
-    from ztaudit.pipeline.consume import consume as run_consume
-    from ztaudit.pipeline.sources.kafka import parse_topics
+    from ztaudit.pipeline.consume.loop import ConsumeOptions, context_from_config
+    from ztaudit.pipeline.consume.loop import consume as run_consume
+    from ztaudit.pipeline.sources.kafka.base import parse_topics
 
     flags = _kafka_overrides(bootstrap_servers=bootstrap_servers, group=group, backend=backend,
                              session_timeout_ms=session_timeout_ms,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,13 @@ from support.kafka_broker import (
     audit_events,
     audit_id_counts,
     create_topic,
+    kcat_errors,
     kcat_produce,
     produce,
     read_lake,
     run_consume,
     start_consume,
+    wait_until,
     ztaudit_env,
 )
 
@@ -34,7 +35,7 @@ def test_kafka_python_and_kcat_events_all_land_once_and_match_ingest(kafka_broke
     kc_events = audit_events(6000, run="kc")
     produce(kafka_broker, topic_name, py_events)
     kc = kcat_produce(kafka_broker, topic_name, kc_events, tmp_path)
-    assert kc.wait(timeout=120) == 0, kc.stderr.read() if kc.stderr else ""
+    assert kc.wait(timeout=120) == 0, kcat_errors(tmp_path)
 
     lake = tmp_path / "lake"
     metrics = tmp_path / "metrics.json"
@@ -108,10 +109,13 @@ def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: KafkaBroker, topic
     # thresholds never reached: only the SIGTERM drain can write these records
     p = start_consume(kafka_broker, topic_name, lake, "g-term", "--flush-records", "1000000", "--flush-seconds",
                       "3600", log=log, backend=backend)
-    deadline = time.monotonic() + 60
-    while "messages" not in log.read_text() or " 0 messages" in log.read_text().splitlines()[-1]:
-        assert time.monotonic() < deadline and p.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
+
+    def polled_some() -> bool:  # a progress line counts messages, and the last one is not 0
+        text = log.read_text()
+        return p.poll() is not None or ("messages" in text and " 0 messages" not in text.splitlines()[-1])
+
+    wait_until(polled_some, timeout=60, what=lambda: log.read_text()[-3000:], every=0.5)
+    assert p.poll() is None, log.read_text()[-3000:]
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 0, log.read_text()[-3000:]
     counts = audit_id_counts(lake)
@@ -125,7 +129,7 @@ def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: KafkaBroker, topic
 def test_library_api_in_process_with_on_flush_hook(kafka_broker: KafkaBroker, topic_name: str,
                                                    tmp_path: Path, backend: str) -> None:
     from ztaudit.core.config import KafkaSettings
-    from ztaudit.pipeline.consume import ConsumeOptions, consume
+    from ztaudit.pipeline.consume.loop import ConsumeOptions, consume
 
     create_topic(kafka_broker, topic_name, 2)
     produce(kafka_broker, topic_name, audit_events(1500, run="lib"))

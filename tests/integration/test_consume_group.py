@@ -4,21 +4,44 @@ once; when one leaves mid-stream, the rebalance hands its partitions over withou
 from __future__ import annotations
 
 import json
+import re
 import signal
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.kafka_broker import KafkaBroker, audit_events, audit_id_counts, create_topic, kcat_produce, start_consume
+from support.kafka_broker import (
+    KafkaBroker,
+    audit_events,
+    audit_id_counts,
+    create_topic,
+    kcat_produce,
+    start_consume,
+    topic_size,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
+#: The loop's line for each assignment it applies: ``consume: assigned t[0], t[1]`` (``-``: none).
+ASSIGNED = re.compile(r"consume: assigned (.+)$", re.MULTILINE)
 
-def _committed(metrics: Path) -> dict[str, int]:
+
+def _metrics(path: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads(metrics.read_text()).get("committed", {}))
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
+
+
+def _committed(path: Path) -> dict[str, int]:
+    return dict(_metrics(path).get("committed", {}))
+
+
+def _assignments(log: Path) -> list[set[str]]:
+    """Every assignment the member applied, in order (the partitions it owned from then on)."""
+    text = log.read_text() if log.exists() else ""
+    return [set() if m == "-" else set(m.split(", ")) for m in ASSIGNED.findall(text)]
 
 
 def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_broker: KafkaBroker,
@@ -31,28 +54,33 @@ def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_b
     assert producer.wait(timeout=120) == 0
     flags = ["--flush-records", "2000", "--flush-seconds", "1", "--session-timeout-ms", "3000", "--backend", backend]
     m1, m2 = tmp_path / "m1.json", tmp_path / "m2.json"
-    a = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m1),
-                      log=tmp_path / "a.log")
-    time.sleep(1.0)
-    b = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m2),
-                      log=tmp_path / "b.log", until_idle=8)
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    every = {f"{topic_name}[{p}]" for p in range(4)}
+
+    def logs() -> str:
+        return f"A: {a_log.read_text()[-2000:]}\nB: {b_log.read_text()[-2000:] if b_log.exists() else ''}"
+
+    a = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m1), log=a_log)
+    # B joins only once A owns every partition: B's partitions can then only come from A (a rebalance)
+    wait_until(lambda: any(s == every for s in _assignments(a_log)) or a.poll() is not None, timeout=60,
+               what=logs)
+    assert a.poll() is None, logs()
+    b = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m2), log=b_log,
+                      until_idle=8)
     # both members commit partitions of their own (the group shares the topic)
-    deadline = time.monotonic() + 90
     # (the metrics files are rewritten periodically, so wait for them rather than read them once)
-    while not (_committed(m1) and _committed(m2) and len(set(_committed(m1)) | set(_committed(m2))) >= 3):
-        assert time.monotonic() < deadline, ((tmp_path / "a.log").read_text()[-2000:],
-                                             (tmp_path / "b.log").read_text()[-2000:])
-        assert a.poll() is None and b.poll() is None
-        time.sleep(0.3)
-    # (each has committed partitions of its own; A may also have committed some before B joined)
-    assert len(set(_committed(m1)) | set(_committed(m2))) >= 3
+    wait_until(lambda: a.poll() is not None or b.poll() is not None or (
+        bool(_committed(m1)) and bool(_committed(m2)) and len(set(_committed(m1)) | set(_committed(m2))) >= 3),
+        timeout=90, what=logs)
+    assert a.poll() is None and b.poll() is None, logs()
     # more data arrives while A leaves (SIGTERM: flush, commit, leave group) -> B takes over all
     producer = kcat_produce(kafka_broker, topic_name, events[30_000:], tmp_path)
-    time.sleep(0.5)
+    wait_until(lambda: topic_size(kafka_broker, topic_name) > 30_000 or producer.poll() is not None, timeout=60,
+               what="the second half reaching the topic")
     a.send_signal(signal.SIGTERM)
-    assert a.wait(timeout=60) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    assert a.wait(timeout=60) == 0, a_log.read_text()[-3000:]
     assert producer.wait(timeout=120) == 0
-    assert b.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    assert b.wait(timeout=300) == 0, b_log.read_text()[-3000:]
 
     counts = audit_id_counts(lake)
     assert len(counts) == 60_000, f"{60_000 - len(counts)} missing"
@@ -63,4 +91,13 @@ def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_b
     c1, c2 = _committed(m1), _committed(m2)
     final = {tp: max(c1.get(tp, 0), c2.get(tp, 0)) for tp in set(c1) | set(c2)}
     assert len(final) == 4 and sum(final.values()) == 60_000, final
-    assert "revoked" in (tmp_path / "b.log").read_text() or "assigned" in (tmp_path / "b.log").read_text()
+
+    # The rebalances happened: when B joined, A gave partitions up (it owned all four, then fewer);
+    # B owned a share while both ran, and all four after A left. Without a rebalance either member
+    # keeps a single assignment and this fails.
+    a_sets, b_sets = _assignments(a_log), _assignments(b_log)
+    assert every in a_sets, a_sets
+    assert any(s < every for s in a_sets[a_sets.index(every) + 1:]), f"A never had partitions revoked: {a_sets}"
+    assert any(s and s < every for s in b_sets), f"B never shared the topic with A: {b_sets}"
+    assert b_sets and b_sets[-1] == every, f"B did not take A's partitions over when A left: {b_sets}"
+    assert _metrics(m1)["rebalances"] >= 2 and _metrics(m2)["rebalances"] >= 2, (_metrics(m1), _metrics(m2))

@@ -15,7 +15,7 @@ from support.kafka_broker import ZTAUDIT, KafkaBroker, audit_events, audit_id_co
 
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline import compact as compact_mod
-from ztaudit.pipeline.normalize import NormalizeContext
+from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import KafkaOrigins, RawBatch
 

@@ -3,16 +3,19 @@ in-memory :class:`KafkaSource`: commit order, the revocation fence, writer error
 
 No broker: :class:`FakeSource` serves pre-generated audit events per partition, keeps committed
 offsets in a shared :class:`FakeBroker`, and checks every commit against the lake (the committed
-chunk's file must already be renamed into place). Writes are slowed down so that polls, commits
-and rebalances happen while a round is in flight.
+chunk's file must already be renamed into place). Writes are held back (:func:`slow_writes`) until
+the main loop has polled while they were in flight, so that polls, commits and rebalances happen
+while a round is in flight -- gated on what the loop did (:class:`LoopWatch`), not on sleeps.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,68 @@ from support.kafka_broker import audit_events
 
 from ztaudit.core.config import KafkaSettings
 from ztaudit.core.errors import SinkError
+from ztaudit.core.keys import origin_offsets
 from ztaudit.core.sink import LakeSink
-from ztaudit.pipeline import consume as consume_mod
-from ztaudit.pipeline.consume import ConsumeOptions, StreamConsumer, _Chunk, _Listener, _Written, origin_offsets
-from ztaudit.pipeline.sources.kafka import TP, Records, wait_before_revoking
+from ztaudit.pipeline.consume import writer as writer_mod
+from ztaudit.pipeline.consume.buffers import Chunk
+from ztaudit.pipeline.consume.loop import ConsumeOptions, StreamConsumer
+from ztaudit.pipeline.consume.writer import ChunkWriter, Fence, Writer, Written
+from ztaudit.pipeline.sources.kafka.base import TP, Records, wait_before_revoking
 
 TOPIC = "audit"
+#: Longest a held write or a test waits for the loop to do what it is waiting for.
+DEADLINE_S = 10.0
+
+
+class LoopWatch:
+    """What the main loop did, for held writes and tests to wait on (a condition, not a sleep):
+    polls (counted by :meth:`FakeSource.poll`) and waits for the writer (the main thread in
+    ``Writer.collect``/``Writer.wait_for``, or a revocation waiting for a rename)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.polls = 0
+        self.empty_polls = 0  # polls without records since the last one with records
+        self.last_records_at = time.monotonic()
+        self.waiting_for_writer = 0
+
+    def polled(self, got_records: bool) -> None:
+        with self.cond:
+            self.polls += 1
+            if got_records:
+                self.empty_polls = 0
+                self.last_records_at = time.monotonic()
+            else:
+                self.empty_polls += 1
+            self.cond.notify_all()
+
+    def waiting(self, delta: int) -> None:
+        with self.cond:
+            self.waiting_for_writer += delta
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
+        """True once ``predicate()`` holds (re-checked at each poll or wait), False at the deadline."""
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+
+@pytest.fixture
+def watch(monkeypatch: pytest.MonkeyPatch) -> LoopWatch:
+    """A :class:`LoopWatch` that also sees the main thread wait for the writer."""
+    w = LoopWatch()
+    for name in ("collect", "wait_for"):
+        orig = getattr(Writer, name)
+
+        def waiting(self: Writer, *args: Any, _orig: Any = orig) -> Any:
+            w.waiting(+1)
+            try:
+                return _orig(self, *args)
+            finally:
+                w.waiting(-1)
+
+        monkeypatch.setattr(Writer, name, waiting)
+    return w
 
 
 class FakeBroker:
@@ -51,15 +110,17 @@ class FakeSource:
 
     ``restart_at_commit``: a (re)assigned partition starts at its committed offset (librdkafka);
     else a partition kept across a rebalance keeps its position (kafka-python). ``before_poll``
-    runs at the start of every poll (tests trigger rebalances there).
+    runs at the start of every poll (tests trigger rebalances there). ``watch`` is told of every
+    poll and of every revocation that waits for a write.
     """
 
     backend = "fake"
 
     def __init__(self, broker: FakeBroker, lake: Path, partitions: Sequence[TP], *, batch: int = 400,
-                 restart_at_commit: bool = True,
+                 restart_at_commit: bool = True, watch: LoopWatch | None = None,
                  before_poll: Callable[[FakeSource], None] | None = None) -> None:
         self.broker = broker
+        self.watch = watch
         self.lake = lake
         self.batch = batch
         self.restart_at_commit = restart_at_commit
@@ -92,8 +153,10 @@ class FakeSource:
             if vals:
                 out[tp] = (list(range(pos, pos + len(vals))), list(vals))
                 self.pos[tp] = pos + len(vals)
-        if not out:
+        if not out:  # a real poll blocks up to its timeout when there is nothing to fetch
             time.sleep(min(timeout_s, 0.01))
+        if self.watch is not None:
+            self.watch.polled(bool(out))
         return out
 
     def take_errors(self) -> int:
@@ -146,12 +209,21 @@ class FakeSource:
         assert self.on_assign is not None
         self.on_assign(list(tps))
 
-    def revoke(self, tps: Sequence[TP]) -> None:
+    def revoke(self, tps: Sequence[TP], recorded: threading.Event | None = None) -> None:
         """Like the client libraries: stop fetching them, call the listener, wait for what it
-        returns, then give them up."""
+        returns, then give them up. ``recorded`` is set once the listener returned."""
         assert self.on_revoke is not None
         self.revoking |= set(tps)
-        wait_before_revoking(self.on_revoke(list(tps)), list(tps))
+        done = self.on_revoke(list(tps))
+        if recorded is not None:
+            recorded.set()
+        if self.watch is not None:
+            self.watch.waiting(+1)
+        try:
+            wait_before_revoking(done, list(tps))
+        finally:
+            if self.watch is not None:
+                self.watch.waiting(-1)
         self.assigned -= set(tps)
 
 
@@ -182,34 +254,57 @@ def _consumer(source: FakeSource, lake: Path, **kw: Any) -> StreamConsumer:
     return StreamConsumer(KafkaSettings(session_timeout_ms=1000), opts, source_factory=lambda: source)
 
 
-@pytest.fixture
-def slow_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, TP, float]]:
-    """Every chunk write sleeps 0.15 s *before* it writes (so its rename is late); returns the
-    log of ("start"/"renamed", partition, time)."""
-    log: list[tuple[str, TP, float]] = []
-    orig = StreamConsumer._write_chunk
+@dataclass
+class HeldWrites:
+    """The log of held writes: ("start"/"renamed", partition, time), and how many were released
+    only by the deadline (a test whose loop never polled or waited while they were held)."""
 
-    def slow(self: StreamConsumer, chunk: _Chunk) -> _Written:
-        log.append(("start", chunk.tp, time.monotonic()))
-        time.sleep(0.15)
+    log: list[tuple[str, TP, float]] = field(default_factory=list)
+    released_by_deadline: int = 0
+
+
+def _hold_writes(monkeypatch: pytest.MonkeyPatch, release: Callable[[int], Callable[[], bool]],
+                 watch: LoopWatch) -> HeldWrites:
+    """Hold every chunk write *before* it writes (so its rename is late) until ``release(polls at
+    its start)()`` holds, re-checked whenever the loop polls or waits."""
+    held = HeldWrites()
+    orig = ChunkWriter.write
+
+    def write(self: ChunkWriter, chunk: Chunk) -> Written:
+        held.log.append(("start", chunk.tp, time.monotonic()))
+        with watch.cond:
+            polls_at_start = watch.polls
+        if not watch.wait_for(release(polls_at_start)):
+            held.released_by_deadline += 1
         out = orig(self, chunk)
-        log.append(("renamed", chunk.tp, time.monotonic()))
+        held.log.append(("renamed", chunk.tp, time.monotonic()))
         return out
 
-    monkeypatch.setattr(StreamConsumer, "_write_chunk", slow)
-    return log
+    monkeypatch.setattr(ChunkWriter, "write", write)
+    return held
 
 
-def test_polls_while_writing_commits_in_order_after_each_rename(tmp_path: Path,
-                                                               slow_writes: list[tuple[str, TP, float]]) -> None:
+@pytest.fixture
+def slow_writes(monkeypatch: pytest.MonkeyPatch, watch: LoopWatch) -> Iterator[HeldWrites]:
+    """Each chunk write is held until the main loop polled once more since it started, or waits
+    for the writer itself (then holding on would only stall the test)."""
+    held = _hold_writes(monkeypatch, lambda start: lambda: watch.polls > start or watch.waiting_for_writer > 0,
+                        watch)
+    yield held
+    assert held.released_by_deadline == 0, "a held write was released by the deadline, not by the loop"
+
+
+def test_polls_while_writing_commits_in_order_after_each_rename(tmp_path: Path, watch: LoopWatch,
+                                                               slow_writes: HeldWrites) -> None:
     broker = FakeBroker(partitions=3, per_partition=1500)
     lake = tmp_path / "lake"
-    source = FakeSource(broker, lake, list(broker.logs), batch=100)
+    source = FakeSource(broker, lake, list(broker.logs), batch=100, watch=watch)
     writing = []
     orig_poll = source.poll
 
     def poll(timeout_s: float) -> dict[TP, Records]:
-        writing.append(consumer._inflight is not None and not consumer._inflight.written.is_set())
+        rnd = consumer.writer.inflight
+        writing.append(rnd is not None and not rnd.written.is_set())
         return orig_poll(timeout_s)
 
     source.poll = poll  # type: ignore[method-assign]
@@ -227,30 +322,24 @@ def test_polls_while_writing_commits_in_order_after_each_rename(tmp_path: Path,
     assert all(offs == sorted(offs) and offs[0] == 300 for offs in per_tp.values())
     assert set(_offsets_in_lake(lake).values()) == {1} and len(_offsets_in_lake(lake)) == 4500
     # at most one round in flight: write starts and renames alternate
-    kinds = [k for k, _, _ in slow_writes]
     starts_open = 0
-    for k in kinds:
+    for k, _, _ in slow_writes.log:
         starts_open += 1 if k == "start" else -1
         assert 0 <= starts_open <= 3  # one round = at most one chunk per partition
     assert m.flushes == m.commits
 
 
-def test_commit_waits_for_the_writer_even_when_it_is_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_waits_for_the_writer_even_when_it_is_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          watch: LoopWatch) -> None:
     """A write slower than --until-idle: the loop is not idle while it is in flight, and its
-    commit comes after its rename."""
+    commit comes after its rename. The write is held until the loop has gone without records for
+    three times --until-idle (and polled again since), so the loop had every chance to exit."""
+    until_idle = 0.1
+    held = _hold_writes(monkeypatch, lambda _start: lambda: watch.empty_polls >= 3 and (
+        time.monotonic() - watch.last_records_at > 3 * until_idle), watch)
     broker = FakeBroker(partitions=1, per_partition=300)
     lake = tmp_path / "lake"
-    orig = StreamConsumer._write_chunk
-    renamed: list[float] = []
-
-    def very_slow(self: StreamConsumer, chunk: _Chunk) -> _Written:
-        time.sleep(0.8)
-        out = orig(self, chunk)
-        renamed.append(time.monotonic())
-        return out
-
-    monkeypatch.setattr(StreamConsumer, "_write_chunk", very_slow)
-    source = FakeSource(broker, lake, list(broker.logs))
+    source = FakeSource(broker, lake, list(broker.logs), watch=watch)
     committed_at: list[float] = []
     orig_commit = source.commit
 
@@ -259,15 +348,16 @@ def test_commit_waits_for_the_writer_even_when_it_is_slow(tmp_path: Path, monkey
         committed_at.append(time.monotonic())
 
     source.commit = commit  # type: ignore[method-assign]
-    m = _consumer(source, lake, until_idle=0.1).run()
+    m = _consumer(source, lake, until_idle=until_idle).run()
+    assert held.released_by_deadline == 0
     assert m.events == 300 and broker.committed == {TP(TOPIC, 0): 300}
+    renamed = [t for k, _, t in held.log if k == "renamed"]
     assert len(renamed) == len(committed_at) == 1 and committed_at[0] > renamed[0]
 
 
 @pytest.mark.parametrize("where", ["inside-poll", "io-thread"])
-def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: Path, where: str,
-                                                                      slow_writes: list[tuple[str, TP, float]]
-                                                                      ) -> None:
+def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: Path, where: str, watch: LoopWatch,
+                                                                      slow_writes: HeldWrites) -> None:
     """A rebalance revokes every partition while a chunk of p2 is being written and gives p0, p1
     back. The revocation returns only after that write is renamed (so the next owner of p2/p3,
     which looks for leftover files right then, sees the final files); no write or commit of p2/p3
@@ -282,15 +372,15 @@ def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: 
     p = [TP(TOPIC, i) for i in range(4)]
     state: dict[str, Any] = {}
 
-    def rebalance(src: FakeSource) -> None:
-        src.revoke(p)
+    def rebalance(src: FakeSource, recorded: threading.Event | None = None) -> None:
+        src.revoke(p, recorded)
         state["given_up_at"] = time.monotonic()
         # what the next owner of p2/p3 sees when it looks for leftovers of the committed offset
         state["seen"] = _files(lake, [2, 3])
         src.to_assign = p[:2]  # (the next poll assigns p0, p1 again)
 
     def before_poll(src: FakeSource) -> None:
-        rnd = consumer._inflight
+        rnd = consumer.writer.inflight
         if "started" in state or rnd is None or rnd.written.is_set() or TP(TOPIC, 2) not in {
                 c.tp for c in rnd.chunks} or not broker.committed:
             return
@@ -298,20 +388,24 @@ def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: 
         if where == "inside-poll":
             rebalance(src)
         else:
-            t = threading.Thread(target=rebalance, args=(src,))
+            recorded = threading.Event()
+            t = threading.Thread(target=rebalance, args=(src, recorded))
             t.start()
             state["thread"] = t
-            time.sleep(0.01)  # the listener runs while the main loop goes on
+            # the listener has recorded the revocation and waits for the rename on "its IO
+            # thread" while the main loop goes on
+            assert recorded.wait(DEADLINE_S)
 
-    source = FakeSource(broker, lake, p, batch=150, restart_at_commit=where == "inside-poll",
+    source = FakeSource(broker, lake, p, batch=150, restart_at_commit=where == "inside-poll", watch=watch,
                         before_poll=before_poll)
     consumer = _consumer(source, lake)
     m = consumer.run()
     if "thread" in state:
-        state["thread"].join()
+        state["thread"].join(DEADLINE_S)
+        assert not state["thread"].is_alive()
     assert "given_up_at" in state, "the test did not catch a write of p2 in flight"
     # nothing of p2/p3 was renamed after the partitions were given up
-    late = [(k, tp, t) for k, tp, t in slow_writes if tp.partition >= 2 and t > state["given_up_at"]]
+    late = [(k, tp, t) for k, tp, t in slow_writes.log if tp.partition >= 2 and t > state["given_up_at"]]
     assert not late, late
     assert _files(lake, [2, 3]) == state["seen"]
     # the in-flight chunk of p2 was not committed; p0, p1 were consumed to their ends
@@ -320,7 +414,7 @@ def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: 
     assert m.rebalances == 2 and m.events > 0
 
     # the next owner of p2/p3 starts at the committed offsets and rewrites the leftovers
-    nxt = FakeSource(broker, lake, p[2:], batch=150)
+    nxt = FakeSource(broker, lake, p[2:], batch=150, watch=watch)
     m2 = _consumer(nxt, lake).run()
     assert m2.recovered_chunks >= 1
     assert broker.committed == {tp: 1200 for tp in p}
@@ -328,59 +422,69 @@ def test_revocation_waits_for_the_inflight_write_and_never_commits_it(tmp_path: 
     assert len(counts) == 4800 and set(counts.values()) == {1}
 
 
-def test_listener_fence_without_a_consumer(tmp_path: Path) -> None:
+def test_fence_without_a_consumer() -> None:
     """The fence itself: ``on_revoke`` (from another thread, like kafka-python's IO thread)
     hands back the in-flight write's event; waiting on it returns only after the rename; a chunk
     of a revoked partition cut afterwards is not started; the round reports what was revoked."""
-    listener = _Listener()
+    fence = Fence()
+    release = threading.Event()  # the test lets the write finish
     renamed = threading.Event()
     tp0, tp1 = TP(TOPIC, 0), TP(TOPIC, 1)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
 
-    def chunk(tp: TP, first: int) -> _Chunk:
-        return _Chunk(tp, [b"{}"], [first], [], False, 2)
+    def chunk(tp: TP, first: int) -> Chunk:
+        return Chunk(tp, [b"{}"], [first], [], False, 2)
 
-    def submit(kept: list[_Chunk], written: threading.Event) -> Any:
-        import concurrent.futures
-
-        def work() -> list[_Written]:
-            time.sleep(0.3)
+    def submit(kept: list[Chunk], written: threading.Event) -> Any:
+        def work() -> list[Written]:
+            assert release.wait(DEADLINE_S)
             renamed.set()
             written.set()
             return []
 
-        return concurrent.futures.ThreadPoolExecutor(1).submit(work)
+        return pool.submit(work)
 
-    rnd, dropped = listener.start([chunk(tp0, 0), chunk(tp1, 0)], submit)
-    assert rnd is not None and not dropped
-    got: dict[str, Any] = {}
+    try:
+        rnd, dropped = fence.start([chunk(tp0, 0), chunk(tp1, 0)], submit)
+        assert rnd is not None and not dropped
+        got: dict[str, Any] = {}
+        handed_back = threading.Event()
 
-    def io_thread() -> None:
-        ev = listener.on_revoke([tp1])
-        got["event"] = ev
-        wait_before_revoking(ev, [tp1])
-        got["renamed_when_given_up"] = renamed.is_set()
+        def io_thread() -> None:
+            ev = fence.on_revoke([tp1])
+            got["event"] = ev
+            handed_back.set()
+            wait_before_revoking(ev, [tp1])
+            got["renamed_when_given_up"] = renamed.is_set()
 
-    t = threading.Thread(target=io_thread)
-    t.start()
-    t.join(5)
-    assert got["event"] is rnd.written
-    assert got["renamed_when_given_up"] is True  # fails if on_revoke does not hand back the write
-    assert listener.finish(rnd) == {tp1}
-    # until the main loop drained the events, no write of tp1 may start
-    rnd2, dropped2 = listener.start([chunk(tp0, 1), chunk(tp1, 1)], submit)
-    assert rnd2 is not None and [c.tp for c in rnd2.chunks] == [tp0] and [c.tp for c in dropped2] == [tp1]
-    rnd2.future.result()
-    assert listener.finish(rnd2) == set()
-    assert listener.drain() == [("revoked", [tp1])]
-    # a revocation with nothing of it in flight returns nothing to wait for
-    assert listener.on_revoke([tp0]) is None
+        t = threading.Thread(target=io_thread)
+        t.start()
+        assert handed_back.wait(DEADLINE_S)
+        assert t.is_alive(), "the revocation returned while its partition's write was still in flight"
+        release.set()
+        t.join(DEADLINE_S)
+        assert not t.is_alive()
+        assert got["event"] is rnd.written
+        assert got["renamed_when_given_up"] is True  # fails if on_revoke does not hand back the write
+        assert fence.finish(rnd) == {tp1}
+        # until the main loop drained the events, no write of tp1 may start
+        rnd2, dropped2 = fence.start([chunk(tp0, 1), chunk(tp1, 1)], submit)
+        assert rnd2 is not None and [c.tp for c in rnd2.chunks] == [tp0] and [c.tp for c in dropped2] == [tp1]
+        rnd2.future.result(DEADLINE_S)
+        assert fence.finish(rnd2) == set()
+        assert fence.drain() == [("revoked", [tp1])]
+        # a revocation with nothing of it in flight returns nothing to wait for
+        assert fence.on_revoke([tp0]) is None
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
 
 
 def test_writer_error_surfaces_on_the_main_thread_and_nothing_is_committed(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     broker = FakeBroker(partitions=2, per_partition=600)
     lake = tmp_path / "lake"
-    monkeypatch.setattr(consume_mod, "BACKOFF_START_S", 0.01)
+    monkeypatch.setattr(writer_mod, "BACKOFF_START_S", 0.01)
     calls = []
 
     def broken(self: LakeSink, table_name: str, table: Any, key: str) -> list[Path]:
@@ -393,24 +497,25 @@ def test_writer_error_surfaces_on_the_main_thread_and_nothing_is_committed(tmp_p
     with pytest.raises(SinkError, match="disk full"):
         consumer.run()
     assert calls and all(n.startswith("ztaudit-writer") for n in calls)
-    assert len(calls) == consume_mod.SINK_RETRIES  # retried on the writer, then raised on the main thread
+    assert len(calls) == writer_mod.SINK_RETRIES  # retried on the writer, then raised on the main thread
     assert source.commits == [] and broker.committed == {}
-    assert consumer._writer is None and consumer.metrics.state == "stopped"
+    assert not consumer.writer.running and consumer.metrics.state == "stopped"
+    assert not [t for t in threading.enumerate() if t.name.startswith("ztaudit-writer")]
 
 
-def test_memory_stays_bounded_while_the_writer_is_slow(tmp_path: Path,
-                                                       slow_writes: list[tuple[str, TP, float]]) -> None:
+def test_memory_stays_bounded_while_the_writer_is_slow(tmp_path: Path, watch: LoopWatch,
+                                                       slow_writes: HeldWrites) -> None:
     """Buffers plus the in-flight round stay under max_buffer_bytes (plus one poll's worth)."""
     broker = FakeBroker(partitions=4, per_partition=1500)
     lake = tmp_path / "lake"
-    source = FakeSource(broker, lake, list(broker.logs), batch=50)
+    source = FakeSource(broker, lake, list(broker.logs), batch=50, watch=watch)
     cap = 600_000
     seen = []
     orig_poll = source.poll
 
     def poll(timeout_s: float) -> dict[TP, Records]:
-        rnd = consumer._inflight
-        seen.append(consumer._buffered_bytes() + (rnd.nbytes if rnd is not None else 0))
+        rnd = consumer.writer.inflight
+        seen.append(consumer.partitions.nbytes + (rnd.nbytes if rnd is not None else 0))
         return orig_poll(timeout_s)
 
     source.poll = poll  # type: ignore[method-assign]
@@ -422,17 +527,18 @@ def test_memory_stays_bounded_while_the_writer_is_slow(tmp_path: Path,
     assert max(seen) > cap // 2  # (the bound was actually approached)
 
 
-def test_stop_during_a_write_drains_commits_and_returns(tmp_path: Path,
-                                                        slow_writes: list[tuple[str, TP, float]]) -> None:
+def test_stop_during_a_write_drains_commits_and_returns(tmp_path: Path, watch: LoopWatch,
+                                                        slow_writes: HeldWrites) -> None:
     """SIGTERM's stop() while a round is in flight: that round is committed, the rest flushed."""
     broker = FakeBroker(partitions=2, per_partition=1000)
     lake = tmp_path / "lake"
 
     def before_poll(src: FakeSource) -> None:
-        if consumer._inflight is not None and not consumer._inflight.written.is_set():
+        rnd = consumer.writer.inflight
+        if rnd is not None and not rnd.written.is_set():
             consumer.stop()
 
-    source = FakeSource(broker, lake, list(broker.logs), before_poll=before_poll)
+    source = FakeSource(broker, lake, list(broker.logs), watch=watch, before_poll=before_poll)
     consumer = _consumer(source, lake, until_idle=None)
     m = consumer.run()
     assert m.state == "stopped" and m.events == m.messages > 0

@@ -10,7 +10,8 @@ Registered from ``tests/conftest.py`` (``pytest_plugins``). Where the broker com
   end, so ``pytest tests/test_consume_x.py`` works by hand.
 
 Helpers: :func:`audit_event` (a realistic ``audit.k8s.io/v1`` Event, ~1.4 KB), :func:`create_topic`,
-:func:`produce`, :func:`read_lake` (DuckDB over the lake).
+:func:`produce`, :func:`read_lake` (DuckDB over the lake), :func:`wait_until` (a condition checked
+until a deadline: tests wait for what they need, never for a fixed time).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,13 +143,31 @@ def create_topic(broker: KafkaBroker, name: str, partitions: int = 4) -> None:
         admin.close()
     c = KafkaConsumer(bootstrap_servers=broker.bootstrap)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            parts = c.partitions_for_topic(name)
-            if parts and len(parts) == partitions:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"topic {name} has no {partitions} partitions after 30 s")
+        wait_until(lambda: len(c.partitions_for_topic(name) or ()) == partitions, timeout=30,
+                   what=f"topic {name} has {partitions} partitions")
+    finally:
+        c.close()
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str | Callable[[], str],
+               every: float = 0.1) -> None:
+    """Check ``condition()`` every ``every`` seconds until it holds; fail the test when ``timeout``
+    seconds passed first (``what`` says what was awaited, or is called for a message: a log tail)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what if isinstance(what, str) else what()}")
+        time.sleep(every)
+
+
+def topic_size(broker: KafkaBroker, topic: str) -> int:
+    """Records in ``topic`` so far: the sum of its partitions' end offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        return sum(c.end_offsets([TopicPartition(topic, p) for p in parts]).values())
     finally:
         c.close()
 
@@ -298,15 +317,17 @@ def start_consume(broker: KafkaBroker, topic: str, lake: Path, group: str, *extr
                   until_idle: float | None = None, env: dict[str, str] | None = None,
                   backend: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``ztaudit consume`` in the background, stderr+stdout appended to ``log``."""
-    fh = open(log, "ab")  # owned by the child
-    return subprocess.Popen(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle, backend=backend),
-                            stdout=fh, stderr=subprocess.STDOUT, env=env or ztaudit_env())
+    with open(log, "ab") as fh:  # the child writes through its own copy of the descriptor
+        return subprocess.Popen(consume_args(broker, topic, lake, group, *extra, until_idle=until_idle,
+                                             backend=backend),
+                                stdout=fh, stderr=subprocess.STDOUT, env=env or ztaudit_env())
 
 
 def kcat_produce(broker: KafkaBroker, topic: str, values: list[bytes], workdir: Path,
                  keyed: bool = True) -> subprocess.Popen[bytes]:
     """Produce newline-free ``values`` with ``kcat -P -l`` (librdkafka), keyed by index so the
-    default partitioner spreads them over all partitions. Returns the running kcat process."""
+    default partitioner spreads them over all partitions. Returns the running kcat process; its
+    stderr goes to ``workdir/kcat-*.err`` (:func:`kcat_errors`)."""
     path = workdir / f"kcat-{uuid.uuid4().hex[:6]}.ndjson"
     with open(path, "wb") as fh:
         for i, v in enumerate(values):
@@ -315,4 +336,10 @@ def kcat_produce(broker: KafkaBroker, topic: str, values: list[bytes], workdir: 
     args = ["kcat", "-P", "-b", broker.bootstrap, "-t", topic, "-l", "-X", "acks=all"]
     if keyed:
         args += ["-K", "\t"]
-    return subprocess.Popen([*args, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(path.with_suffix(".err"), "ab") as err:  # (kcat writes through its own descriptor)
+        return subprocess.Popen([*args, str(path)], stdout=subprocess.DEVNULL, stderr=err)
+
+
+def kcat_errors(workdir: Path) -> str:
+    """What the :func:`kcat_produce` processes of ``workdir`` wrote to stderr."""
+    return "".join(p.read_text(errors="replace") for p in sorted(workdir.glob("kcat-*.err")))

@@ -1,4 +1,4 @@
-"""confluent-kafka (librdkafka) behind :class:`ztaudit.pipeline.sources.kafka.KafkaSource`: ``--backend confluent``.
+"""confluent-kafka (librdkafka) behind the :class:`~.base.KafkaSource` seam: ``--backend confluent``.
 
 Optional (``pip install 'ztaudit[confluent]'``): librdkafka fetches and decodes record batches in C
 on its own threads, so one process reads several times faster than with kafka-python, whose
@@ -33,7 +33,7 @@ import confluent_kafka as ck
 
 from ztaudit.core.config import KafkaSettings
 from ztaudit.core.errors import ConfigError, KafkaConnectError, KafkaTransientError
-from ztaudit.pipeline.sources.kafka import (
+from ztaudit.pipeline.sources.kafka.base import (
     COMMIT_TIMEOUT_MS,
     FETCH_MAX_BYTES,
     MAX_PARTITION_FETCH_BYTES,
@@ -125,7 +125,11 @@ def _ctp(tp: TP, offset: int | None = None) -> Any:
 
 
 class ConfluentSource:
-    """:class:`ztaudit.pipeline.sources.kafka.KafkaSource` on confluent-kafka's ``Consumer``."""
+    """:class:`~ztaudit.pipeline.sources.kafka.base.KafkaSource` on confluent-kafka's ``Consumer``.
+
+    Built by :func:`ztaudit.pipeline.sources.kafka.backends.open_source` for ``--backend confluent``;
+    importing this module needs the optional ``confluent-kafka`` package (ImportError otherwise).
+    """
 
     backend = "confluent"
 

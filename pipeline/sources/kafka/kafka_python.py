@@ -1,10 +1,7 @@
-"""Kafka glue for ``ztaudit consume``: the client seam, kafka-python settings, error classes, topic specs.
+"""kafka-python behind :class:`~ztaudit.pipeline.sources.kafka.base.KafkaSource`: the default backend.
 
-Everything here is about *talking to Kafka*; the consume loop (what is read, when it is written,
-when offsets are committed) is :mod:`ztaudit.pipeline.consume`. It talks to Kafka only through
-:class:`KafkaSource` (below), which has two implementations: :class:`KafkaPythonSource` (the
-default, kafka-python) and :class:`ztaudit.pipeline.sources.confluent.ConfluentSource`
-(confluent-kafka / librdkafka, the optional ``ztaudit[confluent]`` extra, ``--backend confluent``).
+Also the kafka-python client settings other code needs (:func:`consumer_config`, the findings
+topic's :func:`producer_config`) and the :func:`preflight` that makes refused credentials fail fast.
 
 Client settings that matter for a buffering sink (pipeline-anchors §2.1):
 
@@ -16,11 +13,6 @@ Client settings that matter for a buffering sink (pipeline-anchors §2.1):
   lake.
 * ``check_crcs=True`` with the ``crc32c`` C implementation (:func:`crc32c_available`): the pure
   Python fallback is ~40x slower.
-
-Security: ``security_protocol`` PLAINTEXT / SSL / SASL_PLAINTEXT / SASL_SSL; SASL PLAIN or
-SCRAM-SHA-256/512; the password is read via :meth:`KafkaSettings.password` (an environment
-variable or a file named in the config), never from a flag, and :func:`redact` removes it from any
-text before it is logged or raised.
 """
 
 from __future__ import annotations
@@ -30,130 +22,30 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from ztaudit.core.config import KafkaSettings
-from ztaudit.core.errors import ConfigError, KafkaConnectError, KafkaTransientError
+from ztaudit.core.errors import KafkaConnectError, KafkaTransientError
+from ztaudit.pipeline.sources.kafka.base import (
+    COMMIT_TIMEOUT_MS,
+    FETCH_MAX_BYTES,
+    MAX_PARTITION_FETCH_BYTES,
+    REVOKE_WAIT_LOG_S,
+    REVOKE_WAIT_POLL_S,
+    TP,
+    CommitRejectedError,
+    RebalanceCallback,
+    Records,
+    RevokeCallback,
+    connect_error,
+    redact,
+    security_settings,
+    tp_name,
+    wait_before_revoking,
+)
 
 log = logging.getLogger(__name__)
-
-MiB: Final = 1024 * 1024
-#: Per-partition fetch limit: above the 5 MB messages some shippers produce, so they arrive and
-#: are quarantined as oversized instead of stalling the partition.
-MAX_PARTITION_FETCH_BYTES: Final = 8 * MiB
-FETCH_MAX_BYTES: Final = 64 * MiB
-#: The source kinds a topic may be mapped to (``--topic NAME=KIND``).
-SOURCE_KINDS: Final = ("k8s_audit", "proxy_decision", "idp_event")
-#: ``--backend`` / ``kafka.backend``: the client library behind :class:`KafkaSource`.
-BACKENDS: Final = ("kafka-python", "confluent")
-COMMIT_TIMEOUT_MS: Final = 10_000
-
-
-# --- the seam between the consume loop and a Kafka client library ----------------------------
-
-class TP(NamedTuple):
-    """A topic partition. Equal (and hash-equal) to kafka-python's ``TopicPartition`` namedtuple."""
-
-    topic: str
-    partition: int
-
-
-#: One partition's records from one poll: (offsets, values), parallel lists in offset order; a
-#: null value is ``b""``.
-Records = tuple[list[int], list[bytes]]
-#: A rebalance callback: the partitions revoked (or lost) / assigned. Implementations call it on
-#: whatever thread their library uses (kafka-python: its IO thread; librdkafka: inside ``poll()``),
-#: so it must only record what happened -- never flush, commit or call back into the source.
-RebalanceCallback = Callable[[list[TP]], None]
-#: The revocation callback may return an event: the consume loop's write of a revoked partition is
-#: still in flight. The source must not give the partitions up (return from its library's
-#: callback) before the event is set, and must wait for it without calling into the client.
-RevokeCallback = Callable[[list[TP]], "threading.Event | None"]
-#: Poll interval of a revocation waiting for a write on kafka-python's IO loop (awaited, so the
-#: heartbeats go on), and how often such a wait is logged.
-REVOKE_WAIT_POLL_S: Final = 0.02
-REVOKE_WAIT_LOG_S: Final = 10.0
-
-
-class CommitRejectedError(KafkaTransientError):
-    """The group coordinator rejected a commit because the group moved on (rebalance, generation):
-    these partitions may belong to another member now."""
-
-
-class KafkaSource(Protocol):
-    """What the consume loop needs from a Kafka client; nothing else crosses this line.
-
-    Errors: :class:`KafkaConnectError` (exit 5: credentials, ACLs, TLS; never retried; the
-    message never holds the password), :class:`CommitRejectedError` (commit refused by the group),
-    :class:`KafkaTransientError` (broker away, timeouts: the caller retries with backoff).
-    """
-
-    backend: str
-
-    def subscribe(self, topics: Sequence[str], on_revoke: RevokeCallback, on_assign: RebalanceCallback) -> None:
-        """Connect (failing fast on bad credentials) and join the group for ``topics``."""
-
-    def poll(self, timeout_s: float) -> dict[TP, Records]:
-        """Records fetched since the last call, per partition (rebalance callbacks may run)."""
-
-    def take_errors(self) -> int:
-        """Transient broker errors seen (and logged) since the last call, for the metrics."""
-
-    def assignment(self) -> set[TP]:
-        """The partitions this member owns now."""
-
-    def commit(self, offsets: Mapping[TP, int]) -> None:
-        """Commit exactly these next-offsets (``last + 1``), synchronously."""
-
-    def seek(self, tp: TP, offset: int) -> None:
-        """Make the next poll of ``tp`` start at ``offset``."""
-
-    def highwater(self, tp: TP) -> int | None:
-        """The partition's end offset as last seen by a fetch (cheap, may be None)."""
-
-    def end_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
-        """End offsets asked from the broker."""
-
-    def positions(self, tps: Sequence[TP]) -> dict[TP, int]:
-        """The next offset each partition will be read from (partitions without one are left out)."""
-
-    def ping(self) -> None:
-        """A metadata round trip; raises :class:`KafkaTransientError` when no broker answers."""
-
-    def close(self) -> None:
-        """Leave the group without committing anything."""
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """``--topic NAME[=SOURCE_KIND]``: a topic and the source kind of its records (None: detect)."""
-
-    name: str
-    source: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> TopicSpec:
-        name, sep, kind = spec.partition("=")
-        name, kind = name.strip(), kind.strip()
-        if not name:
-            raise ConfigError("kafka.topics", f"empty topic name in {spec!r}", fix="write NAME or NAME=SOURCE_KIND")
-        if sep and kind not in SOURCE_KINDS:
-            raise ConfigError("kafka.topics", f"unknown source kind {kind!r} in {spec!r}",
-                              fix=f"use one of {', '.join(SOURCE_KINDS)}, or omit '=KIND' to detect it per record")
-        return cls(name, kind or None)
-
-
-def parse_topics(specs: Iterable[str]) -> dict[str, str | None]:
-    """topic name -> source kind (None = detect per record). Raises ConfigError on bad specs."""
-    out: dict[str, str | None] = {}
-    for spec in specs:
-        t = TopicSpec.parse(spec)
-        if t.name in out and out[t.name] != t.source:
-            raise ConfigError("kafka.topics", f"topic {t.name} given twice with different kinds")
-        out[t.name] = t.source
-    return out
 
 
 def crc32c_available() -> bool:
@@ -174,44 +66,11 @@ def warn_if_slow_crc() -> bool:
     return ok
 
 
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` (the SASL password) masked."""
-    return text.replace(secret, "***") if secret else text
-
-
 #: Neutral security setting -> kafka-python keyword (``security_settings`` keys).
 KAFKA_PYTHON_SECURITY_KEYS: Final = {
     "mechanism": "sasl_mechanism", "username": "sasl_plain_username", "password": "sasl_plain_password",
     "cafile": "ssl_cafile", "certfile": "ssl_certfile", "keyfile": "ssl_keyfile",
 }
-
-
-def security_settings(settings: KafkaSettings, password: str | None) -> dict[str, str]:
-    """The SASL and TLS settings both backends need, validated, under neutral names.
-
-    Raises :class:`ConfigError` naming the key when SASL is asked for without a mechanism, a user
-    or a password (the password itself never appears in the message).
-    """
-    out: dict[str, str] = {}
-    if settings.security_protocol.startswith("SASL"):
-        if not settings.sasl_mechanism:
-            raise ConfigError("kafka.sasl_mechanism", f"required with security_protocol {settings.security_protocol}",
-                              fix="set --sasl-mechanism SCRAM-SHA-256 (or PLAIN, SCRAM-SHA-512)")
-        if not settings.sasl_username:
-            raise ConfigError("kafka.sasl_username", "required with SASL", fix="set --sasl-username")
-        if password is None:
-            raise ConfigError("kafka.sasl_password_env",
-                              f"no SASL password: ${settings.sasl_password_env} is empty and "
-                              "kafka.sasl_password_file is not set",
-                              fix=f"export {settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'}=... or set "
-                              "kafka.sasl_password_file in ztaudit.toml")
-        out.update(mechanism=settings.sasl_mechanism, username=settings.sasl_username, password=password)
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        for key, value in (("cafile", settings.ssl_cafile), ("certfile", settings.ssl_certfile),
-                           ("keyfile", settings.ssl_keyfile)):
-            if value:
-                out[key] = value
-    return out
 
 
 def client_config(settings: KafkaSettings, *, password: str | None = None) -> dict[str, Any]:
@@ -286,45 +145,6 @@ def is_auth_error(exc: BaseException) -> bool:
         e = e.__cause__ or e.__context__
     return False
 
-
-def connect_error(exc: BaseException | str, settings: KafkaSettings, password: str | None) -> KafkaConnectError:
-    """A :class:`KafkaConnectError` (exit code 5) for an auth/TLS failure, secret-free."""
-    detail = redact(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}", password)
-    who = f"user {settings.sasl_username!r} " if settings.sasl_username else ""
-    return KafkaConnectError(
-        f"Kafka at {settings.bootstrap_servers} refused {who}({settings.security_protocol}"
-        f"{'/' + settings.sasl_mechanism if settings.sasl_mechanism else ''}): {detail}",
-        fix="check the SASL user name and the password in "
-            f"${settings.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'} / kafka.sasl_password_file, "
-            "the mechanism, and the CA/certificate files")
-
-
-def wait_before_revoking(done: threading.Event | None, tps: Sequence[TP]) -> None:
-    """Block until ``done`` (a :data:`RevokeCallback` result) is set, logging now and then."""
-    if done is None:
-        return
-    t0 = time.monotonic()
-    while not done.wait(REVOKE_WAIT_LOG_S):
-        log.warning("consume: revocation of %s waits for their write to be renamed into place (%.0f s)",
-                    ", ".join(tp_name(t.topic, t.partition) for t in tps), time.monotonic() - t0)
-
-
-def tp_name(topic: str, partition: int) -> str:
-    """The coordinate spelling every log line uses: ``topic[partition]``."""
-    return f"{topic}[{partition}]"
-
-
-def lag_by_partition(positions: Mapping[Any, int], ends: Mapping[Any, int]) -> dict[str, int]:
-    """``{"topic[p]": end - position}`` for partitions with both numbers."""
-    out = {}
-    for tp, end in ends.items():
-        pos = positions.get(tp)
-        if pos is not None and end is not None:
-            out[tp_name(tp.topic, tp.partition)] = max(0, int(end) - int(pos))
-    return out
-
-
-# --- kafka-python ------------------------------------------------------------------------------
 
 def preflight(settings: KafkaSettings, password: str | None) -> None:
     """Fail fast when the broker answers TCP but refuses the session (credentials, mechanism, TLS).
@@ -537,19 +357,3 @@ class KafkaPythonSource:
         if self._c is not None:
             self._c.close(autocommit=False)
             self._c = None
-
-
-def open_source(settings: KafkaSettings, *, group: str, start_from: str,
-                password: str | None = None) -> KafkaSource:
-    """The :class:`KafkaSource` of ``settings.backend`` (``kafka.backend`` / ``--backend``)."""
-    if settings.backend == "kafka-python":
-        warn_if_slow_crc()
-        return KafkaPythonSource(settings, group=group, start_from=start_from, password=password)
-    if settings.backend == "confluent":
-        try:
-            from ztaudit.pipeline.sources.confluent import ConfluentSource
-        except ImportError as exc:
-            raise ConfigError("kafka.backend", f"confluent needs the confluent-kafka package ({exc})",
-                              fix="pip install 'ztaudit[confluent]' (or use --backend kafka-python)") from None
-        return ConfluentSource(settings, group=group, start_from=start_from, password=password)
-    raise ConfigError("kafka.backend", f"{settings.backend!r} is not one of {', '.join(BACKENDS)}")

@@ -1,0 +1,358 @@
+"""The streaming consumer's main loop behind ``ztaudit consume``: Kafka -> ``process()`` -> lake -> commit.
+
+The loop reads as a sentence, with the write on one worker thread so polling goes on::
+
+    main:    poll -> buffer per partition -> [round N-1 written? commit it, hooks] -> cut round N -> submit
+    writer:                                    normalize -> write -> quarantine -> clean (round N)
+
+Commit ordering (the whole exactly-once argument; quix-streams ``checkpoint.py`` style)
+--------------------------------------------------------------------------------------
+
+For every flush round, and for each partition in it, strictly in this order:
+
+1. **buffer** (:mod:`.buffers`): ``poll()`` appends each record's raw bytes and offset to its
+   partition's buffer. Nothing is committed, and ``commit()`` is never called without explicit
+   offsets (that would commit what ``poll()`` returned, i.e. data that is not in Parquet yet).
+2. **cut** (:class:`~.buffers.CutPolicy`): a partition contributes at most one *chunk*
+   ``[first, last]`` per round, data-determined where possible; wall-clock cuts are made
+   idempotent by boundary recovery (:mod:`.recovery`).
+3. - 5. **normalize, write, clean** on the writer thread (:mod:`.writer`); **the rename of each
+   file is the durability point**.
+6. - 7. **commit, hooks** on the main thread (:mod:`.commit`): ``commit({tp: last + 1})`` for the
+   partitions flushed in this round and still owned (see :mod:`.writer` on rebalances), retried
+   while the broker is away; then ``on_flush(since, until, paths)`` with the window just made durable.
+
+At most **one round is in flight**: the main thread keeps polling and buffering while the writer
+works, commits round N (steps 6-7) only after the writer returned from it, and cuts and submits
+round N+1 only after that commit. So commits stay in round order and always follow their rename.
+Memory stays bounded: the in-flight round plus the buffers stay under ``max_buffer_bytes`` (above
+it the main thread stops polling and waits for the writer). Why a crash or a rebalance at any
+point neither loses nor duplicates a record: :mod:`.recovery`.
+
+The Kafka client is behind :class:`~ztaudit.pipeline.sources.kafka.base.KafkaSource` (``--backend
+kafka-python|confluent``); this package never imports a client library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from ztaudit.core.config import Config, KafkaSettings
+from ztaudit.core.errors import KafkaTransientError
+from ztaudit.core.sink import LakeSink
+from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
+from ztaudit.pipeline.consume.commit import Committer, FlushHook
+from ztaudit.pipeline.consume.progress import IdleWatch, Metrics, Progress, lag_of
+from ztaudit.pipeline.consume.recovery import find_leftovers
+from ztaudit.pipeline.consume.writer import BACKOFF_START_S, ChunkWriter, Writer, retry
+from ztaudit.pipeline.normalize.base import NormalizeContext
+from ztaudit.pipeline.sources.kafka.backends import open_source
+from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, Records, redact, tp_name
+
+log = logging.getLogger(__name__)
+
+MiB: Final = 1024 * 1024
+#: Poll timeout while a round is in flight (a poll returns at once when records are there; on a
+#: quiet topic this bounds how long a written round waits for its commit).
+INFLIGHT_POLL_TIMEOUT_S: Final = 0.05
+
+
+@dataclass
+class ConsumeOptions:
+    """What to consume and where to write it; the CLI fills it from flags and ``[kafka]``."""
+
+    topics: Mapping[str, str | None]
+    lake: Path
+    group: str = "ztaudit"
+    cluster: str | None = None
+    flush_records: int = 100_000
+    flush_bytes: int = 128 * MiB
+    flush_seconds: float = 30.0
+    start_from: str = "earliest"
+    until_idle: float | None = None
+    metrics_file: Path | None = None
+    progress_seconds: float = 10.0
+    max_record_bytes: int = MiB
+    poll_timeout_ms: int = 500
+    #: All partitions' buffers plus the round being written: above this, polling waits for the
+    #: writer; above :data:`~.buffers.MEMORY_CUT_SHARE` of it, the largest buffer is cut early when
+    #: the writer is free (bounds RSS when many partitions fill slowly; such a cut is wall-clock-like
+    #: and made idempotent the same way).
+    max_buffer_bytes: int = 128 * MiB
+    on_flush: list[FlushHook] = field(default_factory=list)
+
+    def cut_policy(self) -> CutPolicy:
+        """The cut thresholds and memory budget, for the consumer built from these options."""
+        return CutPolicy(self.flush_records, self.flush_bytes, self.flush_seconds, self.max_buffer_bytes)
+
+
+def context_from_config(cfg: Config, cluster: str | None) -> NormalizeContext:
+    """The normalizer settings the consumer passes to every ``process()`` call."""
+    return NormalizeContext(cluster=cluster, proxy_hosts=dict(cfg.impersonation.proxy_hosts),
+                            proxy_utc_offset=cfg.correlation.proxy_utc_offset,
+                            system_user_patterns=tuple(cfg.identities.system_user_patterns))
+
+
+class StreamConsumer:
+    """Consume topics into the lake (see the module docstring for the commit ordering).
+
+    ``source_factory()`` builds the :class:`KafkaSource` (default: ``settings.backend`` through
+    :func:`~ztaudit.pipeline.sources.kafka.backends.open_source`; tests may wrap it). :meth:`run`
+    returns the final :class:`~.progress.Metrics`. :meth:`stop` is safe from a signal handler.
+
+    Threads: everything runs on the thread that calls :meth:`run` (the Kafka client, the buffers,
+    the metrics, commits and hooks) except steps 3-5 of a round, which run on the writer thread
+    (:attr:`writer`); the two meet only in its fence (under a lock) and in the round's future.
+    """
+
+    def __init__(self, settings: KafkaSettings, options: ConsumeOptions, *,
+                 ctx: NormalizeContext | None = None, password: str | None = None,
+                 source_factory: Callable[[], KafkaSource] | None = None) -> None:
+        self.settings = settings
+        self.opts = options
+        self.password = password
+        self.sink = LakeSink(options.lake)
+        self.metrics = Metrics()
+        self.policy = options.cut_policy()
+        self.partitions = Partitions()
+        self.writer = Writer(ChunkWriter(self.sink, ctx or NormalizeContext(cluster=options.cluster), options.topics,
+                                         cluster=options.cluster, max_record_bytes=options.max_record_bytes))
+        self.idle = IdleWatch(options.until_idle, settings.session_timeout_ms)
+        self.progress = Progress(options.progress_seconds, options.metrics_file)
+        self.committer = Committer(self.partitions, self.metrics, options.on_flush, password=password)
+        self._factory = source_factory
+        self._source: KafkaSource | None = None
+        self._stopping = False
+
+    @property
+    def source(self) -> KafkaSource:
+        assert self._source is not None, "not connected"
+        return self._source
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to flush, commit and return (signal-safe)."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: flush, commit, exit 0; a second signal exits at once (130)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._stopping:
+                os._exit(130)
+            log.warning("consume: %s received: flushing buffered records, committing, exiting",
+                        signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> Metrics:
+        """poll -> buffer -> cut -> write -> commit -> hooks, until stopped or idle; then drain: wait
+        for the writer, commit, flush the rest. An error (writer, Kafka refusal) propagates after
+        the in-flight round's renames finished; nothing after the last commit is committed."""
+        self._connect()
+        self.metrics.state = "running"
+        self.writer.start()  # imports and DuckDB setup overlap the group join
+        try:
+            while not self._stopping:
+                records = self._poll()
+                rewound = self._apply_rebalance()
+                self._buffer({tp: r for tp, r in records.items() if tp not in rewound})
+                # --until-idle and nothing new for a whole poll: caught up, write what is buffered now
+                # rather than after the idle wait (a wall-clock cut, made idempotent like the others)
+                self._write_due(final=False, take_all=not records and self.opts.until_idle is not None)
+                self._progress()
+                if self.idle.done(self.source, in_flight=self.writer.inflight is not None):
+                    log.info("consume: idle for %.0f s with no lag: draining and exiting", self.opts.until_idle)
+                    break
+            self.metrics.state = "draining"
+            self._apply_rebalance()
+            self._write_due(final=True)
+        finally:
+            self.writer.abandon()
+            self.metrics.state = "stopped"
+            self._progress(force=True)
+            self._close()
+            self.writer.close()
+        return self.metrics
+
+    def _connect(self) -> None:
+        """Build the source and subscribe (the source fails fast on bad credentials).
+
+        An unreachable broker is retried with backoff until :meth:`stop` (then ``SystemExit(0)``),
+        a log line each time; a broker that answers but refuses us raises ``KafkaConnectError``
+        (exit code 5).
+        """
+        def attempt() -> KafkaSource:
+            source = self._factory() if self._factory else open_source(
+                self.settings, group=self.opts.group, start_from=self.opts.start_from, password=self.password)
+            try:
+                source.subscribe(sorted(self.opts.topics), self.writer.fence.on_revoke, self.writer.fence.on_assign)
+            except KafkaTransientError:
+                with contextlib.suppress(Exception):
+                    source.close()
+                raise
+            return source
+
+        def failed(exc: BaseException, _attempt: int, delay: float) -> None:
+            self.metrics.broker_errors += 1
+            log.warning("consume: Kafka at %s unreachable (%s); retrying in %.1f s",
+                        self.settings.bootstrap_servers, redact(str(exc), self.password), delay)
+
+        if self._stopping:
+            raise SystemExit(0)
+        try:
+            self._source = retry(attempt, retry_on=KafkaTransientError, on_retry=failed, until=lambda: self._stopping)
+        except KafkaTransientError:
+            if not self._stopping:
+                raise
+            raise SystemExit(0) from None  # stopped while the broker was unreachable
+        log.info("consume: subscribed to %s as group %s at %s (%s)", ", ".join(sorted(self.opts.topics)),
+                 self.opts.group, self.settings.bootstrap_servers, self.source.backend)
+
+    def _close(self) -> None:
+        """Leave the group without committing (at the end of :meth:`run`); close errors are ignored."""
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                self._source.close()
+            self._source = None
+
+    def _poll(self) -> dict[TP, Records]:
+        """Step 1's poll. A failed poll is logged and counted; the loop's next turn polls again."""
+        timeout = self.opts.poll_timeout_ms / 1000
+        if self.writer.inflight is not None:  # look again soon: the round is committed once it is written
+            timeout = min(timeout, INFLIGHT_POLL_TIMEOUT_S)
+        try:
+            return self.source.poll(timeout)
+        except KafkaTransientError as exc:
+            self.metrics.broker_errors += 1
+            log.warning("consume: poll failed (%s); retrying", redact(str(exc), self.password))
+            time.sleep(BACKOFF_START_S)
+            return {}
+        finally:
+            self.metrics.broker_errors += self.source.take_errors()
+
+    def _apply_rebalance(self) -> set[TP]:
+        """Act on what the fence recorded (during ``poll()``, or on kafka-python's IO thread);
+        returns the partitions rewound.
+
+        A round still in flight is first collected and committed (without its revoked partitions),
+        so that its uncommitted chunks are known before the events are applied. Revoked: drop the
+        unflushed buffer (nothing is committed for it). If the same rebalance gives the partition
+        back (kafka-python keeps the *position* of a partition it still owns), seek back to the
+        first dropped offset (an uncommitted chunk's first offset if there is one) -- else those
+        records would be skipped, or a second chunk would become durable-but-uncommitted.
+        (librdkafka restarts a re-assigned partition at its committed offset, which is that same
+        offset.)
+        """
+        rewound: set[TP] = set()
+        events = self.writer.fence.drain()
+        if events and self.writer.inflight is not None:
+            self._commit_round()
+        for kind, tps in events:
+            if kind == "revoked":
+                self.metrics.dropped_uncommitted += self.partitions.revoke(tps)
+                self.idle.revoked()
+                continue
+            self.idle.assigned()
+            self.metrics.rebalances += 1
+            for tp, first in self.partitions.assign(tps).items():
+                try:
+                    self.source.seek(tp, first)
+                    rewound.add(tp)
+                    log.info("consume: %s assigned again: rewound to offset %d (its dropped buffer)",
+                             tp_name(tp.topic, tp.partition), first)
+                except KafkaTransientError as exc:
+                    log.warning("consume: %s: cannot rewind to offset %d: %s", tp_name(tp.topic, tp.partition),
+                                first, exc)
+            log.info("consume: assigned %s", ", ".join(tp_name(t.topic, t.partition) for t in sorted(tps)) or "-")
+        return rewound
+
+    def _buffer(self, records: Mapping[TP, Records]) -> None:
+        """Step 1: append each owned partition's records to its buffer; the first record of a
+        fresh partition first looks for leftovers of an earlier flush (:mod:`.recovery`)."""
+        if not records:
+            return
+        now = time.monotonic()
+        self.idle.saw_records()
+        assigned = self.source.assignment()
+        for tp, (offs, vals) in records.items():
+            if not offs or tp not in assigned:
+                continue
+            buf, fresh = self.partitions.buffer_for(tp, offs[0], now)
+            if fresh:
+                self.writer.wait_for(tp)  # a rewind while its chunk is written: see its files renamed first
+                self._recover(tp, offs[0], buf)
+            n = self.partitions.append(tp, buf, offs, vals)
+            self.metrics.messages += len(offs)
+            self.metrics.message_bytes += n
+
+    def _recover(self, tp: TP, first: int, buf: PartitionBuffer) -> None:
+        """Make ``buf``'s first chunk end where the leftover files at ``first`` end, if there are any."""
+        found = find_leftovers(self.sink.lake, tp, first)
+        if found is not None:
+            buf.leftovers, buf.boundary = found.paths, found.boundary
+            self.metrics.recovered_chunks += 1
+
+    def _write_due(self, *, final: bool, take_all: bool = False) -> None:
+        """Commit the round the writer finished, then cut the next round and hand it to the writer.
+
+        Not final: returns at once while the writer works, unless the buffers plus the in-flight
+        round exceed ``max_buffer_bytes`` (then it waits: polling stops until the round is
+        written); ``take_all``: the next round takes every buffer, due or not. Final (the drain):
+        waits for the in-flight round and commits it, then writes and commits rounds one after
+        the other until no partition has a due chunk.
+        """
+        rnd = self.writer.inflight
+        if rnd is not None:
+            if not final and not rnd.written.is_set() and not self.policy.must_wait(self.partitions.nbytes,
+                                                                                    rnd.nbytes):
+                return
+            self._commit_round()
+        while chunks := self.partitions.cut_round(self.policy, time.monotonic(), take_all=final or take_all):
+            for c in self.writer.submit(chunks):
+                self.metrics.dropped_uncommitted += len(c.offsets)
+                self.partitions.drop_from(c.tp, c.first)
+                log.info("consume: %s revoked before its write started: not written (uncommitted; whoever owns "
+                         "it next re-reads it)", c.where)
+            if not final:
+                return
+            self._commit_round()
+        if final:
+            self.partitions.log_unflushed()
+
+    def _commit_round(self) -> None:
+        """Collect the in-flight round -- wait for the writer; its error is raised here and nothing
+        of the round is committed -- then commit it and run the hooks (:mod:`.commit`)."""
+        collected = self.writer.collect()
+        if collected is not None:
+            self.committer.commit_round(self.source, *collected)
+
+    def _progress(self, force: bool = False) -> None:
+        """After each loop turn (a line when due) and once at the end (forced, with the final state)."""
+        lag = (lambda: lag_of(self.source, self.partitions.next_offset)) if self._source is not None else None
+        inflight = self.writer.inflight
+        self.progress.tick(self.metrics, lag=lag, force=force, buffered=lambda: self.partitions.records + (
+            inflight.records if inflight is not None else 0))
+
+
+def consume(settings: KafkaSettings, options: ConsumeOptions, *, ctx: NormalizeContext | None = None,
+            password: str | None = None, signals: bool = False) -> Metrics:
+    """Library entry point: run a :class:`StreamConsumer` to completion (``--until-idle`` or stop).
+
+    ``signals``: SIGTERM/SIGINT drain and return (the CLI); returns the final metrics. Raises what
+    :meth:`StreamConsumer.run` raises (``SinkError`` exit 4, ``KafkaConnectError`` exit 5).
+    """
+    c = StreamConsumer(settings, options, ctx=ctx, password=password)
+    if signals:
+        c.install_signal_handlers()
+    return c.run()

@@ -1,0 +1,166 @@
+"""How the consumer is doing: :class:`Metrics`, the progress line and ``--metrics-file``, idle exit.
+
+All of it runs on the main thread, between polls. The progress line (:class:`Progress`) and the
+metrics file carry the same counters under the same names; the file is replaced atomically at
+each tick, so a reader never sees half of it. :class:`IdleWatch` decides when ``--until-idle`` is
+reached: nothing polled for that long *and* the broker confirms there is no lag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ztaudit.core.errors import KafkaTransientError
+from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, lag_by_partition, tp_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metrics:
+    """Counters for the progress line and ``--metrics-file`` (same names in both); ``run()`` returns them."""
+
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    messages: int = 0
+    message_bytes: int = 0
+    events: int = 0
+    quarantined: int = 0
+    files: int = 0
+    flushes: int = 0
+    commits: int = 0
+    commit_retries: int = 0
+    rebalances: int = 0
+    dropped_uncommitted: int = 0
+    recovered_chunks: int = 0
+    compacted_rows_skipped: int = 0
+    broker_errors: int = 0
+    events_per_s: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+    buffered: int = 0
+    state: str = "starting"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["updated_at"] = datetime.now(UTC).isoformat()
+        return d
+
+
+def lag_of(source: KafkaSource, next_offsets: Mapping[TP, int]) -> dict[str, int]:
+    """``{"topic[p]": high watermark - next offset}`` from what the last fetches saw (no round trip)."""
+    out = {}
+    for tp, nxt in sorted(next_offsets.items()):
+        hw = source.highwater(tp)
+        if hw is not None:
+            out[tp_name(tp.topic, tp.partition)] = max(0, int(hw) - nxt)
+    return out
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON (temp file + rename). Raises ``OSError``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class Progress:
+    """The progress line and ``--metrics-file``: :meth:`tick` after every poll, forced at the end."""
+
+    def __init__(self, every_s: float, metrics_file: Path | None) -> None:
+        self.every_s = every_s
+        self.metrics_file = metrics_file
+        self._last = time.monotonic()
+        self._events_at_last = 0
+
+    def tick(self, m: Metrics, *, lag: Callable[[], dict[str, int]] | None, buffered: Callable[[], int],
+             force: bool = False) -> None:
+        """Every ``every_s`` (or when ``force``): update the rate, lag and buffered counts, log one
+        line, write the metrics file. ``lag`` is None when there is no source (the last lag stays);
+        a lag that cannot be read is skipped. A metrics file that cannot be written raises."""
+        now = time.monotonic()
+        dt = now - self._last
+        if not force and dt < self.every_s:
+            return
+        if dt > 0:
+            m.events_per_s = round((m.events - self._events_at_last) / dt, 1)
+        self._last = now
+        self._events_at_last = m.events
+        if lag is not None:
+            with contextlib.suppress(Exception):
+                m.lag = lag()
+        m.buffered = buffered()
+        lag_text = " ".join(f"{k}={v}" for k, v in m.lag.items()) or "-"
+        log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d files, buffered %d, lag %s",
+                 m.events_per_s, m.events, m.messages, m.quarantined, m.files, m.buffered, lag_text)
+        if self.metrics_file is not None:
+            write_json_atomic(self.metrics_file, m.as_dict())
+
+
+class IdleWatch:
+    """``--until-idle``: when the loop may drain and exit (main thread only).
+
+    The loop reports what it sees: :meth:`saw_records` after a poll that brought records,
+    :meth:`revoked` and :meth:`assigned` for rebalance events; :meth:`done` then decides.
+    """
+
+    def __init__(self, until_idle: float | None, session_timeout_ms: int) -> None:
+        self.until_idle = until_idle
+        self.session_timeout_s = session_timeout_ms / 1000
+        self.last_record_at = time.monotonic()
+        #: since when this member waits for the group to assign it partitions (subscribed or revoked,
+        #: not assigned yet); None once assigned -- even an empty assignment
+        self.awaiting_since: float | None = time.monotonic()
+
+    def saw_records(self) -> None:
+        self.last_record_at = time.monotonic()
+
+    def revoked(self) -> None:
+        self.awaiting_since = time.monotonic()
+
+    def assigned(self) -> None:
+        self.awaiting_since = None
+        self.last_record_at = time.monotonic()  # new partitions: idle time starts over
+
+    def done(self, source: KafkaSource, *, in_flight: bool) -> bool:
+        """True when nothing was polled for ``until_idle`` and the broker confirms no lag (the
+        buffered records are then flushed by the final drain). Never with a round in flight (not
+        idle until it is committed). A broker that cannot confirm is logged and waited for."""
+        if self.until_idle is None or in_flight:
+            return False
+        now = time.monotonic()
+        if now - self.last_record_at < self.until_idle:
+            return False
+        if self.awaiting_since is not None and (
+                now - self.awaiting_since < self.until_idle + 2 * self.session_timeout_s):
+            # between a revocation (or a lost session, e.g. after a broker outage) and the next
+            # assignment the member owns nothing, but is not idle: the group hands it partitions soon
+            return False
+        assigned = sorted(source.assignment())
+        try:
+            if not assigned:
+                # no partitions for until_idle since the last assignment (a group with more members than
+                # partitions, or a topic that does not exist yet) -- but only if the broker answers:
+                # librdkafka subscribes without one, and drops the assignment when its session times out
+                # during an outage; neither is "idle"
+                source.ping()
+                return True
+            ends = source.end_offsets(assigned)
+            positions = source.positions(assigned)
+        except KafkaTransientError as exc:
+            log.info("consume: idle, but cannot confirm lag (%s); waiting", exc)
+            self.saw_records()
+            return False
+        if any(lag_by_partition(positions, ends).values()):
+            self.saw_records()
+            return False
+        return True

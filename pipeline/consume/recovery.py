@@ -1,0 +1,150 @@
+"""What earlier runs left in the lake: leftover files of an uncommitted flush, and compacted days.
+
+Why replay never duplicates
+---------------------------
+
+A partition's next chunk is cut only after the previous chunk's commit succeeded, so at most
+**one** chunk per partition is durable-but-uncommitted at any time, and its key is
+``<topic>+<partition>+<committed offset>``. Whoever reads the partition next (this process after a
+crash, or another group member after a rebalance) starts at that committed offset, finds those
+leftover files by their key (:func:`find_leftovers`, called by the main thread when the first
+record of a fresh partition arrives), reads the highest offset in them and cuts its first chunk
+exactly there (:attr:`~.buffers.PartitionBuffer.boundary`). So the replayed chunk has the same key
+and the same records, ``os.replace`` overwrites each file with identical rows, leftovers it did not
+rewrite are removed by the writer (step 5), and only then is the offset committed. A crash at any
+point between buffering and the commit therefore leaves the lake with each record exactly once
+after the replay; a crash after the commit replays nothing.
+
+After ``ztaudit compact`` merged a day's files, rows a replay would write again into that day are
+dropped against the day's ``_compacted.json`` offset ranges (:func:`drop_compacted`, called by the
+writer thread for each table before it is written; :mod:`ztaudit.pipeline.compact`).
+
+Limits (documented, not hidden): a *zombie* member that stalls longer than
+``max.poll.interval.ms`` *inside* a write and then finishes its rename after the new owner
+rewrote the same key can leave one overlapping file (plain file renames have no fencing token);
+if the broker deletes (retention) a partition's uncommitted range before the replay, the leftover
+file is kept as is. The natural key (``audit_id`` + ``stage``) is in every row for reports to
+dedupe if either ever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ztaudit.core.files import safe_key
+from ztaudit.core.keys import file_key, origin_offsets, read_manifest
+from ztaudit.core.schema import PARTITION_TIME
+from ztaudit.pipeline.sources.kafka.base import TP, tp_name
+
+log = logging.getLogger(__name__)
+
+#: An event-time window ``(min, max)``.
+Window = tuple[datetime, datetime]
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """Files an earlier, uncommitted flush left under a partition's next key."""
+
+    paths: list[Path]
+    #: the highest offset they hold (the replay's first chunk ends there); None when no readable
+    #: file holds one at or after the key's first offset (the files are then simply replaced)
+    boundary: int | None
+
+
+def find_leftovers(lake: Path, tp: TP, first: int) -> Leftovers | None:
+    """The files of every table and day named ``<topic>+<partition>+<first>``, or None if none.
+
+    Called on the main thread before the first record of a fresh partition is buffered (after an
+    assignment, a rewind or a rejected commit). An unreadable leftover is logged and left to be
+    replaced; it does not move the boundary.
+    """
+    name = f"{safe_key(file_key(tp.topic, tp.partition, first))}.parquet"
+    paths = sorted(p for p in lake.glob(f"*/dt=*/{name}") if p.is_file())
+    if not paths:
+        return None
+    boundary = -1
+    for path in paths:
+        try:
+            col = pq.read_table(path, columns=["origin"]).column("origin")
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            log.warning("consume: %s leftover %s unreadable (%s); it will be replaced",
+                        tp_name(tp.topic, tp.partition), path, exc)
+            continue
+        mx = pc.max(origin_offsets(col)).as_py()
+        if mx is not None:
+            boundary = max(boundary, int(mx))
+    found = Leftovers(paths, boundary if boundary >= first else None)
+    log.info("consume: %s offset %d: %d file(s) of an uncommitted earlier flush found; the replay ends its "
+             "first file at offset %s so it rewrites them", tp_name(tp.topic, tp.partition), first,
+             len(paths), found.boundary)
+    return found
+
+
+def drop_compacted(lake: Path, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:
+    """Drop rows a replay would write again into a day that ``compact`` already merged (its
+    ``_compacted.json`` lists this partition's offset ranges); returns the rest and how many were
+    dropped. Called on the writer thread; reads only manifests (cached by mtime)."""
+    time_col = PARTITION_TIME.get(table_name)
+    if time_col is None or table.num_rows == 0:
+        return table, 0
+    w = time_window(table, time_col)
+    ranges_by_day: dict[str, list[tuple[int, int]]] = {}
+    for day in days_between(w) if w is not None else []:
+        manifest = read_manifest(lake / table_name / f"dt={day}")
+        if manifest is not None:
+            ranges = manifest.kafka_ranges.get(f"{tp.topic}+{tp.partition}")
+            if ranges:
+                ranges_by_day[day] = ranges
+    if not ranges_by_day:
+        return table, 0
+    day_col = pc.strftime(table.column(time_col), format="%Y-%m-%d")
+    offs = origin_offsets(table.column("origin"))
+    drop = pa.array([False] * table.num_rows)
+    for day, ranges in ranges_by_day.items():
+        in_day = pc.equal(day_col, day)
+        for lo, hi in ranges:
+            hit = pc.and_(in_day, pc.and_(pc.greater_equal(offs, lo), pc.less_equal(offs, hi)))
+            drop = pc.or_(drop, pc.fill_null(hit, False))
+    n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
+    if not n:
+        return table, 0
+    log.info("consume: %s: %d rows already in compacted %s day(s) %s; not written again",
+             tp_name(tp.topic, tp.partition), n, table_name, ", ".join(sorted(ranges_by_day)))
+    return table.filter(pc.invert(drop)), n
+
+
+def time_window(table: pa.Table, col: str | None) -> Window | None:
+    """``(min, max)`` of the event-time column ``col``, or None (no such column, no rows, all null)."""
+    if col is None or col not in table.column_names or table.num_rows == 0:
+        return None
+    mm = pc.min_max(table.column(col))
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    if lo is None or hi is None:
+        return None
+    return lo, hi
+
+
+def widen(window: Window | None, other: Window | None) -> Window | None:
+    """The smallest window holding both (either may be None)."""
+    if window is None or other is None:
+        return other if window is None else window
+    return min(window[0], other[0]), max(window[1], other[1])
+
+
+def days_between(window: Window) -> list[str]:
+    """The UTC days ``YYYY-MM-DD`` the window touches (at most 400)."""
+    lo, hi = window[0].astimezone(UTC).date(), window[1].astimezone(UTC).date()
+    out: list[str] = []
+    d = lo
+    while d <= hi and len(out) < 400:
+        out.append(d.isoformat())
+        d += timedelta(days=1)
+    return out
