@@ -30,7 +30,7 @@ Guarantees and honest limits:
   at the same moment, its rename can fail once (the directory moved under it); the consumer
   retries that flush, idempotently, into the new ``dt=D``.
 * Replays after compaction: the consumer drops rows of D whose (topic, partition, offset) lies in
-  a range of D's ``_compacted.json`` (:meth:`ztaudit.pipeline.consume.StreamConsumer._drop_compacted`),
+  a range of D's ``_compacted.json`` (:func:`ztaudit.pipeline.consume.recovery.drop_compacted`),
   so re-reading committed or uncommitted offsets does not reintroduce duplicates into D. Rows from
   ``ztaudit ingest`` (file origins) are not covered by ranges: re-ingesting the same file after
   compacting its day duplicates its rows (its per-file key no longer exists to be overwritten).
