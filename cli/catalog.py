@@ -25,7 +25,7 @@ from ztaudit.cli.report import write_output
 from ztaudit.core.catalog import sql_literal
 from ztaudit.core.columns import describe
 from ztaudit.core.files import FILE_MODE
-from ztaudit.core.lake import MACROS, open_lake
+from ztaudit.core.lake import MACROS, SCALAR_MACROS, open_lake
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
 from ztaudit.reports.base import ReportResult, Section
@@ -48,7 +48,7 @@ def catalog_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], 
         for name, typ in con.execute('SELECT column_name, data_type FROM duckdb_columns() '
                                      'WHERE table_name = ? ORDER BY column_index', [v.name]).fetchall():
             columns.append({"view": v.name, "column": name, "type": typ, "description": ""})
-    for name, args, desc, _ in MACROS:
+    for name, args, desc, _ in [*SCALAR_MACROS, *MACROS]:
         views.append({"name": f"{name}({args})", "kind": "macro", "description": desc})
     return views, columns
 
@@ -82,7 +82,8 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
         con.close()
     os.chmod(tmp, FILE_MODE)  # like the lake's own files (sink.FILE_MODE): 0640, whatever the umask
     os.replace(tmp, out)
-    return {"views": sum(v["kind"] != "macro" for v in views), "macros": len(MACROS), "columns": len(columns)}
+    return {"views": sum(v["kind"] != "macro" for v in views), "macros": len(SCALAR_MACROS) + len(MACROS),
+            "columns": len(columns)}
 
 
 @click.command(context_settings={"max_content_width": 100})

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import click
 
-from ztaudit.core.schema import TABLES
+from ztaudit.core.schema import COMPACTABLE_TABLES
+from ztaudit.pipeline.compact import compact as run_compact
 
 
 @click.command()
 @click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
               help="Lake directory.")
-@click.option("--source", "table", required=True, type=click.Choice(sorted(TABLES)),
+@click.option("--source", "table", required=True, type=click.Choice(sorted(COMPACTABLE_TABLES)),
               help="Table (source kind) whose day to compact.")
 @click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The dt= partition to compact.")
 @click.option("--target-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
@@ -26,8 +27,6 @@ from ztaudit.core.schema import TABLES
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 def compact(lake: str, table: str, day: str, target_rows: int, quiet: bool) -> None:
     """Merge LAKE/SOURCE/dt=DATE into few large files with an atomic directory swap."""
-    from ztaudit.pipeline.compact import compact as run_compact
-
     if not quiet:
         logging.getLogger("ztaudit.pipeline").setLevel(logging.INFO)
     result = run_compact(Path(lake), table, day, target_rows=target_rows)

@@ -1,7 +1,7 @@
 """``ztaudit config check``: validate a config file and print every effective setting with its reason.
 
 Exit codes: 0 valid; 2 invalid (the error names the key and the fix; raised as ``ConfigError``
-and turned into the exit code by ``pipeline/cli.py``).
+and turned into the exit code by ``cli/main.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``ztaudit detect``: build derived tables, run detectors, store findings, print a count summary.
 
 Thin click wrapper over :func:`ztaudit.detectors.run.run_detectors`. Exit codes (one place,
-``pipeline/cli.py``): 0 all detectors ran; 1 a detector or builder raised (the others' findings are
+``cli/main.py``): 0 all detectors ran; 1 a detector or builder raised (the others' findings are
 still written; the error is printed); 2 bad option, unknown detector id or bad config; 4 the
 findings could not be written.
 """

@@ -1,7 +1,7 @@
 """``ztaudit ingest PATH...``: files, folders, .gz files or stdin into the lake.
 
 Thin: parses flags, calls :func:`ztaudit.pipeline.ingest.ingest_paths`, prints the summary. Errors
-become exit codes in ``pipeline/cli.py``: 2 for a bad path/config, 4 for an unwritable lake, 3
+become exit codes in ``cli/main.py``: 2 for a bad path/config, 4 for an unwritable lake, 3
 with ``--strict`` when anything was quarantined.
 """
 

@@ -2,10 +2,10 @@
 
 One root, :class:`ZtauditError`; each subclass names what went wrong, with the coordinates
 (file:line, topic/partition/offset, config key) and the fix. ``exit_code`` is read in one place,
-the CLI (``pipeline/cli.py``), which turns errors into exit codes. ``transient`` says whether a
+the CLI (``cli/main.py``), which turns errors into exit codes. ``transient`` says whether a
 retry can help (broker outage) or not (bad config).
 
-Bad *records* are not exceptions: they travel as :class:`ztaudit.pipeline.records.Rejected`
+Bad *records* are not exceptions: they travel as :class:`ztaudit.core.quarantine.Rejected`
 values to quarantine, and the run goes on.
 """
 

@@ -178,6 +178,11 @@ TABLES: Final[dict[str, pa.Schema]] = {
 #: The source kinds a normalizer exists for (the rest of TABLES are derived tables).
 SOURCE_KINDS: Final = ("k8s_audit", "proxy_decision", "idp_event")
 
+#: Tables that grow by many small files (one per input chunk or Kafka flush), so ``ztaudit compact``
+#: merges their days. The derived tables are rewritten whole per day by ``detect``, and RBAC
+#: snapshots are one file per snapshot, so there is nothing to merge.
+COMPACTABLE_TABLES: Final = (*SOURCE_KINDS, "quarantine", "findings")
+
 #: Column holding the event time that decides the ``dt=`` partition of each table.
 PARTITION_TIME: Final[dict[str, str]] = {
     "k8s_audit": "request_received_at",

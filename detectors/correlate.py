@@ -260,7 +260,7 @@ def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since:
     Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_c, unmatched_proxy
     (allowed decisions with no impersonated request), unmatched_audit (impersonated requests with
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
-    last_seen. Called by the report engineer's report with an ``open_lake`` connection; runs
+    last_seen. Called by ``ztaudit report impersonation`` with an ``open_lake`` connection; runs
     :data:`SUMMARY_PLAN` on every call (no cache); raises on SQL errors.
     """
     run_plan(con, config, Window(since, until), SUMMARY_PLAN)

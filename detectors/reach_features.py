@@ -41,7 +41,7 @@ def _requests_ctes(columns: tuple[str, ...]) -> str:
     (day partitions outside it skipped: :meth:`Window.sql`), only ``columns`` (names from this module,
     never from data).
 
-    Same rows as the view (pipeline/views.py), computed without sorting every row: the view's window
+    Same rows as the view (core/views/k8s_requests.sql), computed without sorting every row: the view's window
     function over all stages of all requests carries every column through a partitioned sort, which
     was most of the cost at millions of events. Requests are keyed the same way (cluster, audit_id,
     request_received_at; the time bound is on a key column, so bounding before de-duplicating is the

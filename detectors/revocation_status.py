@@ -3,7 +3,7 @@
 Holds :func:`build` (the temp table ``zt_rev_status``: one row per revocation, its uses before and
 after it on both planes and its ``status``) and :func:`revocation_status` (those rows, columns
 :data:`STATUS_COLUMNS`). Called by ``revocation.not_enforced`` (:mod:`ztaudit.detectors.revocation`,
-through :func:`build`) and by the report engineer's ``ztaudit report revocation`` through
+through :func:`build`) and by ``ztaudit report revocation`` through
 :func:`revocation_status`. All work is DuckDB SQL; values from config and time bounds are bound
 parameters. Which events are revocations: :mod:`ztaudit.detectors.revocations_view`.
 

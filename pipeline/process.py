@@ -2,8 +2,8 @@
 
 This is THE shared entry point: ``ztaudit ingest`` (``pipeline/ingest.py``) calls it once per
 input chunk and ``ztaudit consume`` once per Kafka flush. It never raises for bad input -- every
-record becomes either rows or a :class:`~ztaudit.pipeline.records.Rejected` value (docs/design.md: "A
-bad record is a value, not an exception"); property tests in ``tests/test_properties.py`` hold it
+record becomes either rows or a :class:`~ztaudit.core.quarantine.Rejected` value (docs/design.md: "A
+bad record is a value, not an exception"); property tests in ``tests/pipeline/test_properties.py`` hold it
 to that.
 
 The batch reads as a sentence -- bound, fast path, slow path, assemble:

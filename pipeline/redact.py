@@ -2,7 +2,7 @@
 
 Called by the normalizers (query strings, via :data:`QUERY_SECRET_RE` in SQL or :func:`mask_query`
 in Python) and by :func:`ztaudit.pipeline.process.process` on every rejected record before it
-becomes a :class:`~ztaudit.pipeline.records.Rejected` (:func:`scrub_raw`). None of these raise:
+becomes a :class:`~ztaudit.core.quarantine.Rejected` (:func:`scrub_raw`). None of these raise:
 a value that cannot be scrubbed precisely is cut short instead, so failure means *less* is stored,
 never more.
 

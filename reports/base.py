@@ -192,3 +192,14 @@ def arrow_rows(table: pa.Table) -> list[Row]:
     names = list(table.schema.names)
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
+
+
+def empty_table_note(con: duckdb.DuckDBPyConnection, table: str, what: str) -> str:
+    """The note for a report over a derived table (``reach``, ``credentials``) that found no rows:
+    run ``detect`` when the table is empty, else the filters matched nothing. ``table`` is a name
+    from the report code, never from input."""
+    row = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+    if not row or not row[0]:
+        return (f"no {what}; run `ztaudit detect` after ingesting if you have not (it builds the {table} "
+                f"table)")
+    return f"no {what} in range (the {table} table has {row[0]} rows; check --since/--until/--cluster/--actor)"

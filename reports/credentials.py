@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
+from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, empty_table_note, fetch
 
 CRED_COLUMNS = ["credential_key", "credential_id", "credential_kind", "holder", "holder_kind", "issued_at",
                 "issued_by", "first_seen", "last_seen", "days_used", "requests", "stale_token_requests", "clusters",
@@ -133,6 +133,5 @@ def credentials(ctx: ReportContext) -> ReportResult:
         Section("totals", "Totals", TOTAL_COLUMNS, [inv.totals], vertical=True),
     ])
     if not inv.rows:
-        result.notes.append("no credentials in range; run `ztaudit detect` after ingesting if you have not "
-                            "(it builds the credentials table)")
+        result.notes.append(empty_table_note(ctx.con, "credentials", "credentials"))
     return result

@@ -21,7 +21,7 @@ used-but-not-granted permission; ``--actor`` matches ``identity``.
 from __future__ import annotations
 
 from ztaudit.detectors.rbac import granted_vs_used
-from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, fetch
+from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, empty_table_note, fetch
 from ztaudit.reports.charts import flagged_actors, reach_over_time
 
 REACH_COLUMNS = ["actor", "actor_kind", "peer_group", "windows", "first_window", "last_window", "requests",
@@ -60,7 +60,8 @@ def reach_rows(ctx: ReportContext) -> list[Row]:
                any_value(flagged.actor) IS NOT NULL AS flagged
         FROM r LEFT JOIN flagged USING (actor)
         GROUP BY r.actor, r.scope
-        ORDER BY flagged DESC, max_secret_namespaces DESC, max_namespaces DESC, r.actor LIMIT ?""",
+        ORDER BY flagged DESC, max_secret_namespaces DESC, max_namespaces DESC, r.actor, r.scope NULLS FIRST
+        LIMIT ?""",
                  [*params, *fparams, ctx.limit])
 
 
@@ -96,8 +97,7 @@ def reach(ctx: ReportContext) -> ReportResult:
     if not rows and ctx.options.get("granted"):
         result.notes.append("no rows in range; --granted compares with an ingested RBAC snapshot (rbac_snapshot)")
     elif not rows:
-        result.notes.append("no reach rows in range; run `ztaudit detect` after ingesting if you have not "
-                            "(it builds the reach table)")
+        result.notes.append(empty_table_note(ctx.con, "reach", "reach rows"))
     if ctx.want_charts:
         with ctx.progress.step("charts"):
             actors = flagged_actors(ctx) or [str(r["actor"]) for r in rows[:5] if r.get("actor")]

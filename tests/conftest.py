@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["support.kafka_broker"]  # the real Kafka broker fixtures (tests/kafka_broker.py)
+pytest_plugins = ["support.kafka_broker"]  # the real Kafka broker fixtures (tests/support/kafka_broker.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ZTAUDIT_SHARED", ROOT.parent / "shared"))

@@ -3,7 +3,7 @@
 Called by :meth:`ztaudit.pipeline.normalize.k8s_audit.K8sAuditNormalizer.unwrap` on every decoded
 JSON value that the columnar fast path did not take. :func:`unwrap_k8s` returns ``None`` when the
 value is not a Kubernetes audit shape at all (so the next normalizer can try), else a list of
-:class:`~ztaudit.pipeline.normalize.Unwrapped` Events. A part that is recognisably Kubernetes but
+:class:`~ztaudit.pipeline.normalize.base.Unwrapped` Events. A part that is recognisably Kubernetes but
 unusable (a CloudWatch message cut at ``[Truncated...]``, an AKS ``properties.log`` that is not
 JSON) becomes a *reject marker* (:func:`reject_marker`) in the list, which
 :func:`ztaudit.pipeline.process.process` turns into a quarantine row; nothing here raises for bad

@@ -9,7 +9,7 @@
 * :meth:`Normalizer.parse_text` does the same for a non-JSON line (oauth2-proxy request lines,
   Keycloak jboss-logging lines); ``None`` when it is not this kind.
 * :meth:`Normalizer.to_table` maps recognised records to a table of this kind's schema. A record
-  that cannot be mapped becomes a :class:`~ztaudit.pipeline.records.Rejected` value with a named
+  that cannot be mapped becomes a :class:`~ztaudit.core.quarantine.Rejected` value with a named
   reason; it never raises for bad input.
 
 """
@@ -69,7 +69,7 @@ class Normalizer(Protocol):
         """Called once per batch with the recognised records and their origins.
 
         Returns a table conformed to this kind's schema and the records that could not be mapped,
-        each a :class:`~ztaudit.pipeline.records.Rejected` with a named reason. Never raises for
+        each a :class:`~ztaudit.core.quarantine.Rejected` with a named reason. Never raises for
         bad input.
         """
         ...

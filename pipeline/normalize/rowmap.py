@@ -3,7 +3,7 @@
 Those sources are low-volume (a decision or an IdP event per request or login, not per API call),
 so each record is mapped in Python by a *builder* chosen by the record's format. This module owns
 what is the same for all of them: choosing the builder, turning a builder's refusal or a field of
-an unexpected type into a :class:`~ztaudit.pipeline.records.Rejected` value with scrubbed raw
+an unexpected type into a :class:`~ztaudit.core.quarantine.Rejected` value with scrubbed raw
 bytes, stamping ``origin`` and ``ingested_at``, and conforming the table to its schema.
 """
 

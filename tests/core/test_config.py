@@ -79,7 +79,7 @@ def test_fixed_word_settings_accept_only_their_words(tmp_path: Path, section: st
     cfg_file.write_text(f'[{section}]\n{key} = "{bad}"\n')
     with pytest.raises(ConfigError) as err:
         load_config(cfg_file, env={})
-    assert f"{section}.{key}" in str(err.value) and repr(good) in str(err.value)
+    assert f"{section}.{key}" in str(err.value) and good in str(err.value)
     with pytest.raises(ConfigError):
         load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": bad})
     assert getattr(getattr(load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": good}), section),

@@ -111,3 +111,26 @@ def test_proxy_audit_match_view_counts_what_the_detect_plan_counts(tmp_path: Pat
             totals[k] = totals.get(k, 0) + n
         con.close()
     assert set(totals) == {"A", "C", "proxy", "audit"}, totals
+
+
+@pytest.mark.parametrize(("stages", "winner"), [
+    (["RequestReceived", "ResponseStarted", "ResponseComplete"], "ResponseComplete"),
+    (["ResponseComplete", "RequestReceived"], "ResponseComplete"),
+    (["RequestReceived", "Panic"], "Panic"),
+    (["RequestReceived", "ResponseStarted"], "ResponseStarted"),
+    (["RequestReceived"], "RequestReceived"),
+])
+def test_k8s_requests_keeps_the_most_complete_stage(tmp_path: Path, stages: list[str], winner: str) -> None:
+    """One row per (cluster, audit_id, request_received_at): the most complete stage speaks for the request,
+    and a client reusing an Audit-ID at another time is another request."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    rows = [row(t0, "system:serviceaccount:a:b", audit_id="same", stage=s, stage_at=t0 + timedelta(seconds=i))
+            for i, s in enumerate(stages)]
+    rows.append(row(t0 + timedelta(hours=1), "system:serviceaccount:a:b", audit_id="same", stage="RequestReceived",
+                    stage_at=t0 + timedelta(hours=1)))
+    write_rows(rows, tmp_path / "lake")
+    con = open_lake(tmp_path / "lake")
+    got = con.execute("SELECT request_received_at, stage FROM k8s_requests ORDER BY 1").fetchall()
+    assert got == [(t0, winner), (t0 + timedelta(hours=1), "RequestReceived")]

@@ -13,7 +13,7 @@ trips) and overlaps its span (±1 day: reach findings span their window). Anythi
 finding (near-miss hits included). Asserts recall 1.0 per detector and at most one false finding
 per 1,000,000 events; prints precision/recall per detector.
 
-Run as a script for a report: ``python tests/test_reach_generated.py [OUT_DIR] [--events N]``.
+Run as a script for a report: ``python tests/detectors/test_reach_generated.py [OUT_DIR] [--events N]``.
 """
 
 from __future__ import annotations

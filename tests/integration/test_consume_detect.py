@@ -14,7 +14,6 @@ pytestmark = pytest.mark.kafka
 
 
 def test_detect_hook_produces_findings_as_json(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path) -> None:
-    pytest.importorskip("ztaudit.detectors.streaming")
     from kafka import KafkaConsumer
 
     create_topic(kafka_broker, topic_name, 1)

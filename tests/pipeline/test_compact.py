@@ -4,14 +4,13 @@ after compaction does not reintroduce rows."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
-from support.kafka_broker import ZTAUDIT, KafkaBroker, audit_events, audit_id_counts, create_topic, produce, run_consume
+from support.kafka_broker import ZTAUDIT, audit_events, audit_id_counts
+from support.lakes import audit_day_checksum
 
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline import compact as compact_mod
@@ -20,21 +19,6 @@ from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import KafkaOrigins, RawBatch
 
 DAY = "2026-11-20"
-
-
-def _rows_checksum(lake: Path) -> tuple[int, str]:
-    """(row count, sha256 of all rows sorted) over the day's files, every column."""
-    glob = str(lake / "k8s_audit" / f"dt={DAY}" / "*.parquet")
-    con = duckdb.connect()
-    try:
-        cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{glob}')").fetchall()]
-        rows = con.execute(f"SELECT * FROM read_parquet('{glob}') ORDER BY origin, audit_id, stage").fetchall()
-    finally:
-        con.close()
-    h = hashlib.sha256(repr(cols).encode())
-    for r in rows:
-        h.update(repr(r).encode())
-    return len(rows), h.hexdigest()
 
 
 def _small_files_lake(lake: Path, n_files: int = 200, per_file: int = 40) -> None:
@@ -55,20 +39,20 @@ def test_compact_hundreds_of_files_keeps_exactly_the_same_rows(tmp_path: Path) -
     _small_files_lake(lake)
     day_dir = lake / "k8s_audit" / f"dt={DAY}"
     assert len(list(day_dir.glob("*.parquet"))) == 200
-    before = _rows_checksum(lake)
+    before = audit_day_checksum(lake)
     proc = subprocess.run([ZTAUDIT, "compact", "--lake", str(lake), "--source", "k8s_audit", "--date", DAY,
                            "--target-rows", "5000"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     files = sorted(day_dir.glob("*.parquet"))
     assert len(files) == 2 and all(f.name.startswith("compacted-") for f in files)
-    assert _rows_checksum(lake) == before
+    assert audit_day_checksum(lake) == before
     manifest = compact_mod.read_manifest(day_dir)
     assert manifest is not None and len(manifest.inputs) == 200 and manifest.rows == before[0] == 8000
     assert manifest.kafka_ranges == {f"audit+{p}": [(0, 50 * 40 - 1)] for p in range(4)}
     assert not [p for p in (lake / "k8s_audit").iterdir() if p.name.startswith(".compact-dt") and p.is_dir()]
     # compacting again (nothing new) is a no-op with the same rows
     compact_mod.compact(lake, "k8s_audit", DAY, target_rows=5000)
-    assert _rows_checksum(lake) == before
+    assert audit_day_checksum(lake) == before
 
 
 def test_file_written_during_compaction_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +79,7 @@ def test_file_written_during_compaction_is_kept(tmp_path: Path, monkeypatch: pyt
 def test_interrupted_compaction_is_finished_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lake = tmp_path / "lake"
     _small_files_lake(lake, n_files=12)
-    before = _rows_checksum(lake)
+    before = audit_day_checksum(lake)
     calls: list[Any] = []
     real_rmtree = compact_mod.shutil.rmtree
 
@@ -110,7 +94,7 @@ def test_interrupted_compaction_is_finished_by_the_next_run(tmp_path: Path, monk
         compact_mod.compact(lake, "k8s_audit", DAY)
     monkeypatch.setattr(compact_mod.shutil, "rmtree", real_rmtree)
     # readers already see the compacted day, exactly once; the old day is a hidden directory
-    assert _rows_checksum(lake) == before
+    assert audit_day_checksum(lake) == before
     hidden = [p for p in (lake / "k8s_audit").iterdir() if p.name.startswith(".compact-dt") and p.is_dir()]
     assert len(hidden) == 1
     # a file that sat in the old day but was not an input (arrived after the snapshot) survives
@@ -123,24 +107,3 @@ def test_interrupted_compaction_is_finished_by_the_next_run(tmp_path: Path, monk
     compact_mod.compact(lake, "k8s_audit", DAY)
     assert not [p for p in (lake / "k8s_audit").iterdir() if p.name.startswith(".compact-dt") and p.is_dir()]
     assert sum(audit_id_counts(lake).values()) == before[0] + 5
-
-
-@pytest.mark.kafka
-def test_consumer_replay_after_compaction_adds_no_duplicates(kafka_broker: KafkaBroker, topic_name: str,
-                                                            tmp_path: Path) -> None:
-    create_topic(kafka_broker, topic_name, 2)
-    produce(kafka_broker, topic_name, audit_events(4000, run="rc"))
-    lake = tmp_path / "lake"
-    assert run_consume(kafka_broker, topic_name, lake, "g-rc-1", "--flush-records", "100",
-                       until_idle=1.5).returncode == 0
-    assert len(list(lake.glob(f"k8s_audit/dt={DAY}/*.parquet"))) == 40
-    before = _rows_checksum(lake)
-    compact_mod.compact(lake, "k8s_audit", DAY)
-    assert len(list(lake.glob(f"k8s_audit/dt={DAY}/*.parquet"))) == 1
-    # a new group replays the whole topic, with different (wall-clock) file boundaries
-    replay = run_consume(kafka_broker, topic_name, lake, "g-rc-2", "--flush-records", "700", until_idle=1.5)
-    assert replay.returncode == 0, replay.stderr[-3000:]
-    counts = audit_id_counts(lake)
-    assert len(counts) == 4000 and set(counts.values()) == {1}
-    assert _rows_checksum(lake)[0] == before[0]
-    assert "already in compacted" in replay.stderr

@@ -355,3 +355,19 @@ def test_duckdb_failures_fall_back_row_by_row_and_by_halves(monkeypatch: pytest.
     assert res.tables["k8s_audit"].num_rows == 69
     assert [(r.origin, r.reason) for r in res.rejected] == [("file:x:6", Reason.WRONG_TYPE)]
     assert "secret-value" not in res.rejected[0].detail
+
+
+@pytest.mark.parametrize("fast_min", [0, 10**9], ids=["fast_path", "per_record"])
+@pytest.mark.parametrize(("over", "reason"), [
+    ({"requestReceivedTimestamp": "2025-13-40T99:00:00Z"}, Reason.BAD_TIMESTAMP),
+    ({"auditID": None}, Reason.MISSING_FIELD),
+])
+def test_rejects_are_named_the_same_on_both_paths(fast_min: int, over: dict[str, Any], reason: Reason) -> None:
+    """A plain Event the mapping refuses is quarantined as a k8s_audit record with the same reason on
+    the columnar fast path (which production batches take) and the per-record path."""
+    good = [orjson.dumps(event(auditID=f"id-{i}")) for i in range(70)]
+    bad = orjson.dumps(event(**over))
+    res = process(RawBatch([*good[:35], bad, *good[35:]], LineOrigins("t.jsonl")), CTX,
+                  fast_path_min_records=fast_min)
+    assert res.tables["k8s_audit"].num_rows == 70
+    assert [(r.origin, r.reason, r.source_guess) for r in res.rejected] == [("file:t.jsonl:36", reason, "k8s_audit")]

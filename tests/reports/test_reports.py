@@ -574,3 +574,16 @@ def test_report_modules_import_one_way() -> None:
     cycles = [m for m in graph if m != "__init__" and reaches(m, m, set())]
     assert cycles == [], cycles
     assert "formats" not in graph["html"] and "html" not in graph["svg"]
+
+
+@pytest.mark.parametrize("name", ["reach", "credentials"])
+def test_empty_derived_report_says_why(sample_lake: Path, tmp_path: Path, name: str) -> None:
+    """Before detect the note says to run it; after detect, an empty range says the filters matched nothing."""
+    undetected = build_sample_lake(tmp_path / "lake", SAMPLE_LOGS, detect=False)
+    res = CliRunner().invoke(cli, ["report", name, "--lake", str(undetected), "--format", "table"])
+    assert res.exit_code == 0, res.output
+    assert "run `ztaudit detect`" in res.output + res.stderr
+    res = CliRunner().invoke(cli, ["report", name, "--lake", str(sample_lake), "--format", "table",
+                                   "--since", "2099-01-01"])
+    assert res.exit_code == 0, res.output
+    assert "run `ztaudit detect`" not in res.output + res.stderr and "in range" in res.output + res.stderr

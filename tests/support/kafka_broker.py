@@ -7,7 +7,7 @@ Registered from ``tests/conftest.py`` (``pytest_plugins``). Where the broker com
   (same log dir, same ports) for the broker-outage test.
 * not set and ``CI=true``: fail loudly (CI must run the suite through ``make test``).
 * not set locally: start one with ``scripts/kafka-broker start`` for the session and stop it at the
-  end, so ``pytest tests/test_consume_x.py`` works by hand.
+  end, so ``pytest tests/integration/test_consume_x.py`` works by hand.
 
 Helpers: :func:`audit_event` (a realistic ``audit.k8s.io/v1`` Event, ~1.4 KB), :func:`create_topic`,
 :func:`produce`, :func:`read_lake` (DuckDB over the lake), :func:`wait_until` (a condition checked

@@ -239,3 +239,23 @@ def build_generated_lake(tmp: Path, *, events: int = 6000, days: int = 2, seed: 
     result = run_detectors(lake, cfg)
     assert not result.errors, result.errors
     return lake, out / "labels.jsonl"
+
+
+def audit_day_checksum(lake: Path, day: str = "2026-11-20") -> tuple[int, str]:
+    """(row count, sha256 of all rows sorted) over one day's k8s_audit files, every column: equal
+    before and after a rewrite (compaction) that kept exactly the same rows."""
+    import hashlib
+
+    import duckdb
+
+    glob = str(lake / "k8s_audit" / f"dt={day}" / "*.parquet")
+    con = duckdb.connect()
+    try:
+        cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{glob}')").fetchall()]
+        rows = con.execute(f"SELECT * FROM read_parquet('{glob}') ORDER BY origin, audit_id, stage").fetchall()
+    finally:
+        con.close()
+    h = hashlib.sha256(repr(cols).encode())
+    for r in rows:
+        h.update(repr(r).encode())
+    return len(rows), h.hexdigest()
