@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from support.kafka_broker import (
     audit_id_counts,
     create_topic,
     kcat_produce,
+    produce,
     run_consume,
     start_consume,
     ztaudit_env,
@@ -23,6 +25,10 @@ from support.kafka_broker import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS = 200_000
+#: Events held back from the initial produce: a run with an injected kill after N writes that finds the
+#: topic already consumed is given more to write, 4,000 at a time (else it would wait for ever).
+RESERVE = 40_000
+RESERVE_STEP = 4_000
 #: kill -9 rounds per backend (every third one at the injected worst moment); the optional
 #: confluent backend is held to the issue's "at least 10" too, with three injected after-write kills.
 KILLS = {"kafka-python": 12, "confluent": 10}
@@ -33,9 +39,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: Kaf
     rnd = random.Random(20261127)
     create_topic(kafka_broker, topic_name, 4)
     # ~1 KB events (no padding) so 200k stream through in well under a minute on 2 cores
-    events = audit_events(N_EVENTS, run="crash", spread_s=3 * 86400)
-    producer = kcat_produce(kafka_broker, topic_name, [e.replace(b'"ztaudit.test/pad":"', b'"p":"', 1)
-                                                       for e in events], tmp_path)
+    events = [e.replace(b'"ztaudit.test/pad":"', b'"p":"', 1)
+              for e in audit_events(N_EVENTS, run="crash", spread_s=3 * 86400)]
+    reserve = events[-RESERVE:]
+    producer = kcat_produce(kafka_broker, topic_name, events[:-RESERVE], tmp_path)
     lake = tmp_path / "lake"
     log = tmp_path / "consume.log"
     # small, different thresholds: count cuts, byte cuts and wall-clock cuts all happen
@@ -51,21 +58,36 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: Kaf
             # the worst moment, deterministically: files renamed into place, offsets not committed yet
             env = ztaudit_env(ZTAUDIT_CONSUME_KILL_AFTER_WRITES=str(rnd.randint(1, 6)))
         p = start_consume(kafka_broker, topic_name, lake, "g-crash", *flags, log=log, env=env, backend=backend)
-        if env is not None:
-            rc = p.wait(timeout=120)
-            assert rc == -signal.SIGKILL, f"injected kill did not happen (rc {rc}): {log.read_text()[-3000:]}"
-            injected += 1
-            ran_for.append("after-write")
-        else:
-            # random moments: before the first flush (startup ~1 s), during and between flushes
-            delay = rnd.choice([0.4, 0.9, 1.3]) if kills < 3 else rnd.uniform(1.0, 3.5)
-            time.sleep(delay)
-            assert p.poll() is None, f"consumer exited by itself: {log.read_text()[-3000:]}"
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=30)
-            ran_for.append(round(delay, 2))
+        try:
+            if env is not None:
+                rc = None
+                deadline = time.monotonic() + 120
+                while rc is None and time.monotonic() < deadline:
+                    try:
+                        rc = p.wait(timeout=8)
+                    except subprocess.TimeoutExpired:
+                        if reserve:  # caught up before its N-th write: give it something to write
+                            produce(kafka_broker, topic_name, reserve[:RESERVE_STEP])
+                            reserve = reserve[RESERVE_STEP:]
+                assert rc == -signal.SIGKILL, f"injected kill did not happen (rc {rc}): {log.read_text()[-3000:]}"
+                injected += 1
+                ran_for.append("after-write")
+            else:
+                # random moments: before the first flush (startup ~1 s), during and between flushes
+                delay = rnd.choice([0.4, 0.9, 1.3]) if kills < 3 else rnd.uniform(1.0, 3.5)
+                time.sleep(delay)
+                assert p.poll() is None, f"consumer exited by itself: {log.read_text()[-3000:]}"
+                p.send_signal(signal.SIGKILL)
+                p.wait(timeout=30)
+                ran_for.append(round(delay, 2))
+        finally:
+            if p.poll() is None:  # a failed assertion must not leave a consumer running
+                p.kill()
+                p.wait(timeout=30)
         kills += 1
     assert producer.wait(timeout=300) == 0
+    if reserve:
+        produce(kafka_broker, topic_name, reserve)
     done = run_consume(kafka_broker, topic_name, lake, "g-crash", *flags, until_idle=3.0, timeout=600,
                        backend=backend)
     assert done.returncode == 0, done.stderr[-3000:]
