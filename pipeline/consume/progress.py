@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ztaudit.core.errors import KafkaTransientError
+from ztaudit.core.files import write_bytes_atomic
 from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, lag_by_partition, tp_name
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ def lag_of(source: KafkaSource, next_offsets: Mapping[TP, int]) -> dict[str, int
     return out
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON (temp file + rename). Raises ``OSError``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 class Progress:
     """The progress line and ``--metrics-file``: :meth:`tick` after every poll, forced at the end."""
 
@@ -103,7 +95,9 @@ class Progress:
         log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d files, buffered %d, lag %s",
                  m.events_per_s, m.events, m.messages, m.quarantined, m.files, m.buffered, lag_text)
         if self.metrics_file is not None:
-            write_json_atomic(self.metrics_file, m.as_dict())
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self.metrics_file,
+                               json.dumps(m.as_dict(), indent=2, sort_keys=True, default=str).encode())
 
 
 class IdleWatch:
