@@ -51,7 +51,10 @@ def safe_key(key: str) -> str:
 
 
 def makedirs(path: Path) -> None:
-    """Create ``path`` and parents with mode 0750 (umask-independent)."""
+    """Create ``path`` and parents with mode 0750 (umask-independent).
+
+    Raises :class:`SinkError` (exit 4) naming the directory when it cannot be created.
+    """
     missing = []
     p = path
     while not p.exists():
@@ -62,6 +65,9 @@ def makedirs(path: Path) -> None:
             d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise SinkError(f"cannot create {d}: {exc.strerror or exc}",
+                            fix="pass a --lake directory you can write (its parent must be a directory)") from exc
         os.chmod(d, DIR_MODE)
 
 

@@ -211,7 +211,11 @@ def parse_time(value: str, *, now: datetime | None = None, option: str = "--sinc
     now = now or datetime.now(UTC)
     m = _RELATIVE.match(value)
     if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+        try:
+            return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+        except (OverflowError, ValueError):  # beyond datetime's range (year 1..9999)
+            raise ConfigError(option, f"{value!r} reaches before year 1",
+                              fix="use a shorter duration, or an ISO-8601 time") from None
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
