@@ -27,8 +27,8 @@ impersonating, §6): impersonated identities never carry a trustworthy credentia
 
 This module holds the keys (:data:`USES_SQL`: one row per request with its credential key and
 holder), the ``credentials`` table (:func:`inventory`; :func:`build_credentials_table` is its
-derived-table builder, called by detectors/tables.py), the cluster networks (:func:`in_cluster`)
-and :func:`credentials_report` (one row per credential with its age). The four ``credential.*``
+derived-table builder, called by detectors/tables.py) and the cluster networks (:func:`in_cluster`);
+``ztaudit report credentials`` reads the ``credentials`` table. The four ``credential.*``
 detectors in :mod:`ztaudit.detectors.credential_detectors` judge these uses with its keys, bounds
 and networks; bench/report.py and the credential tests call it too.
 """
@@ -168,44 +168,3 @@ def register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Ite
     con.register(name, pa.Table.from_pylist(
         rows, schema=pa.schema([("cluster", pa.string()), ("ip", pa.string()), ("inside", pa.bool_())])))
     return name
-
-
-# --- report ------------------------------------------------------------------------------------
-
-_REPORT_SQL = """
-SELECT credential_key, any_value(credential_id) AS credential_id,
-       mode(credential_kind ORDER BY credential_kind) AS credential_kind,
-       mode(holder ORDER BY holder) AS holder,
-       mode(holder_kind ORDER BY holder_kind) AS holder_kind, min(issued_at) AS issued_at,
-       any_value(issued_by) AS issued_by, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-       count(*) AS days_used, sum(requests) AS requests, sum(stale_token_requests) AS stale_token_requests,
-       list_sort(list_distinct(flatten(list(clusters)))) AS clusters,
-       list_sort(list_distinct(flatten(list(source_ips))))[1:50] AS source_ips,
-       list_sort(list_distinct(flatten(list(user_agents))))[1:50] AS user_agents
-FROM {inv} GROUP BY credential_key ORDER BY last_seen DESC, credential_key
-"""
-
-
-def credentials_report(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None,
-                       until: datetime | None) -> pa.Table:
-    """``ztaudit report credentials``: one row per credential used in [since, until), with its age
-    (hours since issue, else since first seen) and whether it is past its kind's maximum age."""
-    inv = inventory(con, since, until)
-    name = f"_cred_inv_{uuid.uuid4().hex[:12]}"
-    con.register(name, inv)
-    try:
-        rep = con.sql(_REPORT_SQL.format(inv=name)).to_arrow_table()
-    finally:
-        con.unregister(name)
-    ages, over = [], []
-    for kind, issued, first, last in zip(rep.column("credential_kind").to_pylist(),
-                                         rep.column("issued_at").to_pylist(),
-                                         rep.column("first_seen").to_pylist(),
-                                         rep.column("last_seen").to_pylist(), strict=True):
-        origin = issued or first
-        age = (last - origin).total_seconds() / 3600 if origin and last else None
-        ages.append(age)
-        limit = config.credentials.max_age_hours.get(kind)
-        over.append(bool(age is not None and limit is not None and age > float(limit)))
-    return rep.append_column("age_hours", pa.array(ages, pa.float64())).append_column(
-        "past_max_age", pa.array(over, pa.bool_()))

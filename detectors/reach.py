@@ -40,7 +40,7 @@ The code is in three modules, each importing only the ones before it:
 :mod:`ztaudit.detectors.reach_features` (the features SQL), :mod:`ztaudit.detectors.reach_scoring`
 (peer groups, baselines, the model's inputs and the gates) and this one: the ``reach.anomalous``
 detector (:class:`AnomalousReach`), the ``reach`` table builder (:func:`build_reach_table`, called by
-detectors/tables.py) and :func:`reach_report`.
+detectors/tables.py). ``ztaudit report reach`` reads the ``reach`` table.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import duckdb
 import pandas as pd
@@ -207,50 +207,3 @@ class AnomalousReach:
 def _str_or_none(value: object) -> str | None:
     """pandas gives NaN for a null string cell (events without a cluster); findings want None."""
     return value if isinstance(value, str) and value else None
-
-# --- report ------------------------------------------------------------------------------------
-
-REACH_REPORT: Final = pa.schema([
-    ("actor", pa.string()), ("actor_kind", pa.string()), ("peer_group", pa.string()), ("windows", pa.int64()),
-    ("first_window", TS), ("last_window", TS), ("requests", pa.int64()), ("clusters", pa.int64()),
-    ("max_namespaces", pa.int64()), ("max_resources", pa.int64()), ("max_secret_namespaces", pa.int64()),
-    ("max_foreign_secret_namespaces", pa.int64()), ("new_namespaces", pa.int64()), ("exec_count", pa.int64()),
-    ("forbidden_requests", pa.int64()), ("growth", pa.float64()),
-])
-
-
-def _as_int(v: Any) -> int:
-    return int(v) if isinstance(v, (int, float)) else 0
-
-
-def reach_report(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None,
-                 until: datetime | None, granted: bool = False) -> pa.Table:
-    """``ztaudit report reach``: per actor, its reach over [since, until) (largest first).
-
-    ``growth`` = namespaces in the last window / median namespaces over the period (> 1 means the
-    blast radius grew). With ``granted``, the granted-vs-used table of
-    :func:`ztaudit.detectors.rbac.granted_vs_used` instead (needs an ``rbac_snapshot`` ingest).
-    """
-    if granted:
-        from ztaudit.detectors.rbac import granted_vs_used
-
-        return granted_vs_used(con, since, until)
-    df = compute_reach(con, config, since, until)
-    if len(df) == 0:
-        return REACH_REPORT.empty_table()
-    rows = []
-    for (actor, _scope), g in df.sort_values("w").groupby(["actor", "scope"], sort=False, dropna=False):
-        med = float(g["namespaces"].median())
-        rows.append({
-            "actor": actor, "actor_kind": g["actor_kind"].iloc[-1], "peer_group": g["peer_group"].iloc[-1],
-            "windows": len(g), "first_window": g["w"].iloc[0].to_pydatetime(),
-            "last_window": g["w"].iloc[-1].to_pydatetime(), "requests": int(g["requests"].sum()),
-            "clusters": int(g["clusters"].max()), "max_namespaces": int(g["namespaces"].max()),
-            "max_resources": int(g["resources"].max()), "max_secret_namespaces": int(g["secret_namespaces"].max()),
-            "max_foreign_secret_namespaces": int(g["foreign_secret_namespaces"].max()),
-            "new_namespaces": int(g["new_namespaces"].sum()), "exec_count": int(g["exec_count"].sum()),
-            "forbidden_requests": int(g["forbidden_requests"].sum()),
-            "growth": float(g["namespaces"].iloc[-1]) / med if med > 0 else None,
-        })
-    rows.sort(key=lambda r: (-_as_int(r["max_secret_namespaces"]), -_as_int(r["max_namespaces"]), str(r["actor"])))
-    return pa.Table.from_pylist(rows, schema=REACH_REPORT)

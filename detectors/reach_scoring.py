@@ -5,8 +5,8 @@ actor-window's history and peer-group ranges), the peer-group rule (:data:`MIN_P
 Isolation Forest's inputs (:func:`model_feature_names`, :func:`model_inputs`) and its training
 (:func:`fit_or_load`), and the gates that turn a ranked window into named reasons (:data:`GATES`,
 :func:`explain`). The method is described in :mod:`ztaudit.detectors.reach`. Called by
-:mod:`ztaudit.detectors.reach` (the ``reach.anomalous`` detector, the ``reach`` table builder and
-``reach_report``) and by the reach and model tests.
+:mod:`ztaudit.detectors.reach` (the ``reach.anomalous`` detector and the ``reach`` table builder) and
+by the reach and model tests.
 """
 
 from __future__ import annotations

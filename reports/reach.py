@@ -35,7 +35,7 @@ REACH_DISPLAY = ["actor", "actor_kind", "windows", "max_namespaces", "max_resour
 def reach_rows(ctx: ReportContext) -> list[Row]:
     """Top identities from the ``reach`` table (one row per actor and window), ``--limit`` rows.
 
-    Same figures as :func:`ztaudit.detectors.reach.reach_report` (per actor and scope: windows,
+    Per actor and scope over the ``reach`` table that detect builds (windows,
     max namespaces, resources and secret namespaces, sums of new namespaces, exec and forbidden
     requests, growth = last window's namespaces / median), computed in DuckDB over the derived
     table. Called by :func:`reach`; SQL errors propagate.

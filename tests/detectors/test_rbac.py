@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 from support.cases import row, write_rows
 
-from ztaudit.core.config import load_config
 from ztaudit.core.derived_tables import RBAC_GRANT
 from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
 from ztaudit.detectors.rbac import Rule, Use, covers, granted_vs_used
-from ztaudit.detectors.reach import reach_report
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.registry import get
 
@@ -133,14 +131,6 @@ def test_granted_vs_used(lake: Path) -> None:
     pom = [r for r in t if r["identity"] == "system:serviceaccount:pomerium:pomerium-authorize"]
     assert pom and pom[0]["can_impersonate"] and pom[0]["never_used"]
     assert any(r["identity"] == "mallory@example.com" and "missing" in r["suggestion"] for r in t)
-    via_report = reach_report(con, load_config(None, env={}), None, None, granted=True)
-    assert via_report.num_rows == len(t)
-
-
-def test_reach_report_without_granted(lake: Path) -> None:
-    write_rows([row(T, "ann@example.com", namespace=ns) for ns in ("a", "b", "c")], lake)
-    rep = reach_report(open_lake(lake, must_exist=False), load_config(None, env={}), None, None).to_pylist()
-    assert rep[0]["actor"] == "ann@example.com" and rep[0]["max_namespaces"] == 3
 
 
 def test_snapshot_file_through_ingest(lake: Path, tmp_path: Path) -> None:
