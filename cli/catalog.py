@@ -8,13 +8,17 @@ needed::
 
     duckdb lake.duckdb "SELECT * FROM findings_for('alice@example.com')"
 
-Rebuild it when the lake moves or a new table (e.g. ``reach``) appears. The file is written to a
-temporary name and renamed, so a reader never sees half a catalog.
+Rebuild it when the lake moves or a new table (e.g. ``reach``) appears. The file is built in a
+private temporary directory beside it and renamed, so a reader never sees half a catalog, and a
+failure (a full disk is exit 4) leaves neither a temporary file nor a ``.wal`` behind
+(:func:`write_catalog`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,8 @@ import duckdb
 from ztaudit.cli.report import write_output
 from ztaudit.core.catalog import sql_literal
 from ztaudit.core.columns import describe
-from ztaudit.core.files import FILE_MODE
+from ztaudit.core.errors import SinkError
+from ztaudit.core.files import FILE_MODE, fsync_dir, makedirs
 from ztaudit.core.lake import MACROS, SCALAR_MACROS, open_lake
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
@@ -54,13 +59,55 @@ def catalog_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], 
 
 
 def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
-    """Write the persistent DuckDB catalog for ``lake`` to ``out``; returns counts of objects."""
+    """Write the persistent DuckDB catalog for ``lake`` to ``out``; returns counts of objects.
+
+    Called by ``ztaudit catalog --out``. DuckDB builds the database (and its ``.wal``) inside a
+    fresh private directory beside ``out`` (``mkdtemp``: mode 0700, unguessable name, so no other
+    user can plant a symlink where DuckDB creates its files); it is checkpointed, closed, set to
+    0640 like the lake's files, fsynced and renamed over ``out`` (one file system, so the rename is
+    atomic: a reader sees the old catalog or the new one). Whatever fails, the private directory
+    with the half-built database and its ``.wal`` is removed and an existing ``out`` is untouched.
+    Raises :class:`SinkError` (exit 4) when the file cannot be written (full disk, I/O error) and
+    :class:`~ztaudit.core.errors.LakeError` (exit 2) for a lake that cannot be read.
+    """
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    for p in (tmp, tmp.with_name(tmp.name + ".wal")):
-        p.unlink(missing_ok=True)
-    con = open_lake(Path(lake).resolve(), database=str(tmp))
+    makedirs(out.parent)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise SinkError(f"cannot write {out}: {exc.strerror or exc}",
+                        fix="free some space, or pass an --out in a writable directory") from exc
+    try:
+        tmp = work / out.name
+        try:
+            counts = _build_catalog(Path(lake).resolve(), tmp)
+            os.chmod(tmp, FILE_MODE)  # like the lake's own files: 0640, whatever the umask
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, out)
+            fsync_dir(out.parent)
+        except OSError as exc:
+            raise SinkError(f"cannot write {out}: {exc.strerror or exc}",
+                            fix="free some space, or pass an --out in a writable directory") from exc
+        except duckdb.Error as exc:
+            # DuckDB reports a failed write of its own file (ENOSPC, EIO, EFBIG) as an IOException or,
+            # at commit, a TransactionException, both naming the file; an error that names our
+            # database or its .wal is a failure to write the output, anything else is about the lake.
+            if str(work) not in str(exc):
+                raise
+            raise SinkError(f"cannot write {out}: {str(exc).strip()}",
+                            fix="free some space, or pass an --out in a writable directory") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return counts
+
+
+def _build_catalog(lake: Path, database: Path) -> dict[str, int]:
+    """Create the views, macros and column tables in the new DuckDB file ``database``; counts."""
+    con = open_lake(lake, database=str(database))
     try:
         views, columns = catalog_rows(con)
         con.execute("CREATE OR REPLACE TABLE ztaudit_columns (view VARCHAR, \"column\" VARCHAR, type VARCHAR, "
@@ -80,8 +127,6 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    os.chmod(tmp, FILE_MODE)  # like the lake's own files (sink.FILE_MODE): 0640, whatever the umask
-    os.replace(tmp, out)
     return {"views": sum(v["kind"] != "macro" for v in views), "macros": len(SCALAR_MACROS) + len(MACROS),
             "columns": len(columns)}
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 
 from ztaudit.core.config import load_config
+from ztaudit.core.errors import SinkError
+from ztaudit.core.files import makedirs, write_bytes_atomic
 from ztaudit.core.lake import open_lake
 from ztaudit.core.timeutil import parse_time
 from ztaudit.reports import REPORTS, run_report
@@ -29,13 +31,24 @@ def list_text() -> str:
 
 
 def write_output(text: str, out: str | None, *, quiet: bool) -> None:
-    """Write ``text`` to ``out`` (a file) or stdout; say where a file went on stderr."""
+    """Write ``text`` to ``out`` (a file) or stdout; say where a file went on stderr.
+
+    Called by ``report``, ``sql`` and ``catalog`` with their ``--out``. A file goes through
+    :func:`~ztaudit.core.files.write_bytes_atomic` like the lake's own files (exclusive no-follow
+    temp file, fsync, rename; 0640, because reports name people): a reader sees the old file or the
+    new one, and a failure leaves no temporary file behind. A full disk or an I/O error raises
+    :class:`~ztaudit.core.errors.SinkError` (exit 4) naming the file.
+    """
     if out is None or out == "-":
         click.echo(text, nl=False)
         return
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        makedirs(path.parent)
+        write_bytes_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise SinkError(f"cannot write {path}: {exc.strerror or exc}",
+                        fix="free some space, or pass an --out in a writable directory") from exc
     if not quiet:
         click.echo(f"wrote {path}", err=True)
 

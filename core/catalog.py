@@ -1,8 +1,20 @@
 """Views over the lake's files: one per table of :data:`~ztaudit.core.schema.TABLES`, then the derived views.
 
-Each table view reads ``read_parquet('LAKE/<table>/dt=*/*.parquet', hive_partitioning=true)``, or is
-an empty, correctly typed view when the lake has no file of that table yet, so queries never fail
-just because a source was not ingested. The derived views (:mod:`ztaudit.core.views`) follow.
+Each table view reads ``read_parquet('LAKE/<table>/dt=*/[!.]*.parquet', hive_partitioning=true)``, or
+is an empty, correctly typed view when the lake has no file of that table yet, so queries never
+fail just because a source was not ingested. The derived views (:mod:`ztaudit.core.views`) follow.
+
+The views read the lake's own files only (issue 11, items 3 and 19):
+
+* ``[!.]*`` skips hidden files (DuckDB's ``*`` matches a leading dot, unlike a shell), and before a
+  view is made :func:`~ztaudit.core.files.table_files` checks that every file the glob will read is
+  the lake's own, raising :class:`~ztaudit.core.errors.LakeError` that names any foreign one.
+* The lake path is literal: DuckDB expands ``*``, ``?`` and ``[...]`` in the whole argument of
+  ``read_parquet``, so a lake named ``lk[1]`` would read ``lk1``'s files. :func:`glob_escape`
+  quotes each of those characters as a one-character class (``[[]``, ``[*]``, ``[?]``), which DuckDB's
+  glob matches literally. The view stays a glob (not a file list) so that new files and
+  compacted days appear without rebuilding it (``ztaudit catalog --out``), and ``dt`` still
+  comes from hive partitioning, so day filters prune files.
 
 Paths are embedded as SQL string literals with quotes doubled (DuckDB cannot bind a parameter
 inside ``CREATE VIEW``); every value that comes from a user or a log is bound as a parameter
@@ -11,11 +23,14 @@ by the code that queries these views.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from ztaudit.core.errors import LakeError
+from ztaudit.core.files import table_files
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
 
@@ -56,22 +71,40 @@ def _duck_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for {t}")
 
 
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+def glob_escape(path: str) -> str:
+    """``path`` with DuckDB's glob characters quoted, so DuckDB's glob matches it literally.
+
+    ``*``, ``?`` and ``[`` become ``[*]``, ``[?]`` and ``[[]`` (a class of one character; ``]`` and
+    ``!`` outside a class are literal already). Tested against DuckDB with sibling lakes ``lk[1]``
+    and ``lk1``. DuckDB's glob treats ``\\`` as a path separator, which no quoting undoes, so a
+    path holding one raises :class:`LakeError`.
+    """
+    if "\\" in path:
+        raise LakeError(f"the lake path {path!r} holds a backslash, which DuckDB reads as a directory separator",
+                        fix="move or rename the lake to a path without '\\'")
+    return _GLOB_CHARS.sub(r"[\1]", path)
+
+
 def table_glob(lake: Path, table: str) -> str:
-    """The glob of a table's committed Parquet files (temp files start with '.' and never match)."""
-    return str(Path(lake) / table / "dt=*" / "*.parquet")
+    """The DuckDB glob of a table's committed files: literal lake path, ``dt=*``, no hidden file."""
+    return glob_escape(str(Path(lake) / table)) + "/dt=*/[!.]*.parquet"
 
 
 def has_files(lake: Path, table: str) -> bool:
-    """Whether the lake holds at least one committed file of ``table``."""
-    root = Path(lake) / table
-    return root.exists() and any(p for p in root.glob("dt=*/*.parquet") if not p.name.startswith("."))
+    """Whether the lake holds at least one committed file of ``table``; :class:`LakeError` names any
+    foreign file the table's glob would read (:func:`~ztaudit.core.files.table_files`)."""
+    return bool(table_files(Path(lake) / table))
 
 
 def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool = False) -> list[str]:
     """Create the base table views and then :data:`~ztaudit.core.views.VIEWS` on ``con``; their names.
 
     Called by :func:`ztaudit.core.lake.open_lake`, and again by ``detect`` after it wrote derived
-    tables (a table that had no file gets its real view). Raises ``duckdb.Error`` on a broken lake.
+    tables (a table that had no file gets its real view). Raises :class:`LakeError` naming any file
+    in a table folder that is not the lake's own; ``duckdb.Error`` on a broken lake.
     """
     kind = "VIEW" if persistent else "TEMP VIEW"
     names = []

@@ -6,12 +6,16 @@ same input rewrites the same files and never duplicates rows:
 * Kafka chunks: ``<topic>+<partition>+<first offset:020d>`` (:func:`file_key`); the rows' ``origin``
   column (``kafka:<topic>/<partition>/<offset>``) gives back each row's offset
   (:func:`origin_offsets`).
-* line files: the hash of the content up to the chunk's end and its byte range (made by the file
-  reader, ``ztaudit.pipeline.sources.files``).
+* files: ``<16 hex>+<start>``, a hash of the input's first record and of the content before the
+  chunk's start (made by the file reader, ``ztaudit.pipeline.sources.inputs.chunk_key``), so the
+  chunk of a grown file keeps its key and holds a superset of the records.
 
 ``ztaudit compact`` merges a day's files into new ones and writes ``dt=D/_compacted.json``
-(:class:`Manifest`): which files it merged and which Kafka offset ranges they held, so a consumer
-that replays those offsets knows the rows are already in the compacted files.
+(:class:`Manifest`): which files it merged, which Kafka offset ranges they held, and for every
+other merged file (a file chunk) which lines of which input it held. A consumer that replays those
+offsets, or an ingest that writes the same chunk key again (the same input, or the grown file whose
+chunk holds a superset of the merged one), knows those records are already in the compacted files
+and drops them (:func:`drop_merged`), so compaction never lets a replay double rows.
 """
 
 from __future__ import annotations
@@ -39,6 +43,43 @@ def file_key(topic: str, partition: int, first_offset: int) -> str:
     return f"{topic}+{partition}+{first_offset:020d}"
 
 
+def origin_lines(origins: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(path, line) parsed from ``file:<path>:<line>`` origins (both null for other origins)."""
+    arr = origins.combine_chunks() if isinstance(origins, pa.ChunkedArray) else origins
+    is_file = pc.fill_null(pc.match_substring_regex(arr, r"^file:.*:\d+$"), False)
+    arr = pc.if_else(is_file, arr, pa.scalar("file:x:0", pa.string()))
+    parts = pc.split_pattern(arr, ":", max_splits=1, reverse=True)
+    path = pc.utf8_slice_codeunits(pc.list_element(parts, 0), 5)
+    line = pc.cast(pc.list_element(parts, 1), pa.int64())
+    return (pc.if_else(is_file, path, pa.scalar(None, pa.string())),
+            pc.if_else(is_file, line, pa.scalar(None, pa.int64())))
+
+
+def line_ranges(origins: pa.ChunkedArray | pa.Array) -> list[tuple[str, int, int]]:
+    """``(path, first line, last line)`` per input path of ``file:`` origins (a chunk is one
+    contiguous byte range of one input, so its lines are one range per path)."""
+    path, line = origin_lines(origins)
+    grouped = pa.table({"path": path, "line": line}).filter(pc.is_valid(path)).group_by("path").aggregate(
+        [("line", "min"), ("line", "max")])
+    return sorted(zip(grouped["path"].to_pylist(), grouped["line_min"].to_pylist(), grouped["line_max"].to_pylist(),
+                      strict=True))
+
+
+def drop_merged(table: pa.Table, ranges: list[tuple[str, int, int]]) -> tuple[pa.Table, int]:
+    """``table`` without the rows whose ``file:`` origin lies in ``ranges`` (records a compacted file
+    already holds), and how many were dropped. Called by the sink before a chunk is written into
+    a table that has compacted days listing the chunk's key."""
+    if not ranges or table.num_rows == 0 or "origin" not in table.column_names:
+        return table, 0
+    path, line = origin_lines(table.column("origin"))
+    drop = pa.array([False] * table.num_rows)
+    for p, lo, hi in ranges:
+        hit = pc.and_(pc.equal(path, p), pc.and_(pc.greater_equal(line, lo), pc.less_equal(line, hi)))
+        drop = pc.or_(drop, pc.fill_null(hit, False))
+    n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
+    return (table.filter(pc.invert(drop)), n) if n else (table, 0)
+
+
 def origin_offsets(origins: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Offsets parsed from ``kafka:<topic>/<partition>/<offset>`` origins (null for other origins)."""
     arr = origins.combine_chunks() if isinstance(origins, pa.ChunkedArray) else origins
@@ -57,10 +98,14 @@ class Manifest:
     kafka_ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     rows: int = 0
     created_at: str = ""
+    #: every file chunk ever merged into this day (cumulative over compactions): its file name ->
+    #: ``(input path, first line, last line)`` of the records it held (:func:`line_ranges`)
+    file_ranges: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": 1, "inputs": self.inputs, "outputs": self.outputs,
                            "kafka_ranges": {k: [list(r) for r in v] for k, v in sorted(self.kafka_ranges.items())},
+                           "file_ranges": {k: [list(r) for r in v] for k, v in sorted(self.file_ranges.items())},
                            "rows": self.rows, "created_at": self.created_at}, indent=1)
 
 
@@ -82,7 +127,9 @@ def read_manifest(day_dir: Path) -> Manifest | None:
         m: Manifest | None = Manifest(
             inputs=list(raw.get("inputs", [])), outputs=list(raw.get("outputs", [])),
             kafka_ranges={k: [(int(a), int(b)) for a, b in v] for k, v in raw.get("kafka_ranges", {}).items()},
-            rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")))
+            rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")),
+            file_ranges={k: [(str(p), int(a), int(b)) for p, a, b in v]
+                         for k, v in raw.get("file_ranges", {}).items()})
     except (OSError, ValueError, TypeError) as exc:
         log.warning("compact: unreadable manifest %s (%s); ignoring it", path, exc)
         m = None

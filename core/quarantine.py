@@ -29,6 +29,26 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
 
 
+class IgnoreReason(StrEnum):
+    """Why a valid record was **ignored**: it is well-formed data, just not data ztaudit reads.
+
+    Ignored records are counted per (source, reason) and never stored (they are not bad data, so
+    they do not belong in quarantine; docs/design.md §1). The values are what users see in the
+    ingest summary and the consumer's metrics file.
+    """
+
+    #: a record of another service: a Cloud Logging entry whose ``protoPayload.serviceName`` is
+    #: not ``k8s.io``, a Teleport session of another protocol (``proto`` ``ssh``, ``db``, ...)
+    NOT_KUBERNETES = "not_kubernetes"
+    #: a log line of a known producer that is not an event: Keycloak server lines, AKS
+    #: diagnostic records of other categories, EKS control-plane messages that are not audit Events
+    NOT_AN_EVENT = "not_an_event"
+    #: an event of a known producer that ztaudit has no use for (Teleport ``session.start``, ...)
+    UNUSED_EVENT_TYPE = "unused_event_type"
+    #: an envelope that holds nothing: ``[]``, an EventList without items, ``{"records": []}``
+    EMPTY_ENVELOPE = "empty_envelope"
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A record that could not be normalized, with why and where."""

@@ -31,9 +31,14 @@ Guarantees and honest limits:
   retries that flush, idempotently, into the new ``dt=D``.
 * Replays after compaction: the consumer drops rows of D whose (topic, partition, offset) lies in
   a range of D's ``_compacted.json`` (:func:`ztaudit.pipeline.consume.recovery.drop_compacted`),
-  so re-reading committed or uncommitted offsets does not reintroduce duplicates into D. Rows from
-  ``ztaudit ingest`` (file origins) are not covered by ranges: re-ingesting the same file after
-  compacting its day duplicates its rows (its per-file key no longer exists to be overwritten).
+  so re-reading committed or uncommitted offsets does not reintroduce duplicates into D. For file
+  chunks the manifest keeps, per merged chunk file, the input lines it held (``file_ranges``,
+  cumulative over compactions); ``ingest`` writing the same chunk key again (the same input, or a
+  grown file's superset chunk) drops those records in every table and day
+  (:meth:`ztaudit.core.sink.LakeSink.write_chunk`), so re-ingesting after compaction does not
+  double them. Limit: a record of that chunk that *changed table or day* in the new version (a
+  truncated last line quarantined before compaction, complete now) keeps its old row inside the
+  compacted file, since compaction cannot tell which of its rows came from which chunk.
 * Without ``RENAME_EXCHANGE`` (another OS or file system) the fallback renames the merged files in
   and then deletes the inputs: readers can see duplicates for that moment; a warning says so.
 """
@@ -62,12 +67,20 @@ import pyarrow.parquet as pq
 
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import LakeError, SinkError
-from ztaudit.core.files import file_lock, fsync_dir, makedirs, write_bytes_atomic, write_parquet_atomic
+from ztaudit.core.files import (
+    day_files,
+    file_lock,
+    fsync_dir,
+    makedirs,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from ztaudit.core.keys import (
     KAFKA_FILE_NAME,
     MANIFEST,
     Manifest,
     forget_manifest,
+    line_ranges,
     merge_ranges,
     origin_offsets,
     read_manifest,
@@ -106,7 +119,9 @@ def _day_lock(table_dir: Path, day: str) -> contextlib.AbstractContextManager[No
 
 
 def _committed(day_dir: Path) -> list[Path]:
-    return sorted(p for p in day_dir.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
+    """Visible ``*.parquet`` regular files of a directory: what carry-over moves after the swap."""
+    return sorted(p for p in day_dir.glob("*.parquet") if not p.name.startswith(".") and p.is_file()
+                  and not p.is_symlink())
 
 
 def _finish_crashed(table_dir: Path, day: str, day_dir: Path) -> None:
@@ -162,7 +177,9 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         raise LakeError(f"{day_dir} does not exist", fix="check --lake, --source and --date")
     with _day_lock(table_dir, day):
         _finish_crashed(table_dir, day, day_dir)
-        inputs = _committed(day_dir)
+        # The lake's own files only: a foreign or damaged *.parquet raises LakeError naming it before
+        # anything is merged (it would be read as data, or merged away with the day's evidence).
+        inputs = day_files(day_dir)
         old = read_manifest(day_dir)
         if len(inputs) <= 1:
             rows = pq.ParquetFile(inputs[0]).metadata.num_rows if inputs else 0
@@ -170,6 +187,9 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         names = [p.name for p in inputs]
         h = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
         ranges: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in (old.kafka_ranges if old else {}).items()}
+        # cumulative over compactions: a chunk merged by an earlier one is inside this one's inputs
+        file_ranges: dict[str, list[tuple[str, int, int]]] = dict(old.file_ranges) if old else {}
+        outputs_before = set(old.outputs) if old else set()
         parts = []
         schema = TABLES[table]
         for p in inputs:
@@ -182,6 +202,11 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 hi = pc.max(_offsets_of(t)).as_py()
                 if hi is not None:
                     ranges.setdefault(m["tp"], []).append((int(m["first"]), int(hi)))
+            elif not m and p.name not in outputs_before and "origin" in t.column_names and t.num_rows:
+                # a file chunk: remember its lines, so an ingest that writes this key again drops them
+                lines = line_ranges(t.column("origin"))
+                if lines:
+                    file_ranges[p.name] = sorted({*file_ranges.get(p.name, []), *lines})
             parts.append(conform(t, schema))
         merged = pa.concat_tables(parts)
         time_col = PARTITION_TIME.get(table)
@@ -196,7 +221,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
             write_parquet_atomic(merged.slice(start, target_rows), staging / name)
             outputs.append(name)
         manifest = Manifest(inputs=names, outputs=outputs,
-                            kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()},
+                            kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()}, file_ranges=file_ranges,
                             rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
         _write_text_atomic(staging / MANIFEST, manifest.to_json())
         fsync_dir(staging)

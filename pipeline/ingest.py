@@ -35,24 +35,80 @@ from ztaudit.pipeline.normalize.registry import NORMALIZERS
 from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import BatchResult, RawBatch
 from ztaudit.pipeline.sources.files import read_chunks
-from ztaudit.pipeline.sources.inputs import Chunk, expand_paths, total_size
+from ztaudit.pipeline.sources.inputs import Chunk, Skipped, expand_paths, total_size
+
+
+@dataclass
+class Tally:
+    """The conservation law's terms for one input or the whole run (``BatchResult`` docstring):
+    ``records + expanded == written + quarantined + ignored``."""
+
+    records: int = 0
+    expanded: int = 0
+    written: int = 0
+    quarantined: int = 0
+    ignored: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        """Called once per processed chunk with what ``process()`` made of it."""
+        self.records += result.records
+        self.expanded += result.expanded
+        self.written += result.written
+        self.quarantined += result.quarantined
+        self.ignored += result.ignored_total
+
+    def balanced(self) -> bool:
+        return self.records + self.expanded == self.written + self.quarantined + self.ignored
+
+    def line(self) -> str:
+        """``N records (+E entries in envelopes) = W written + Q quarantined + I ignored``."""
+        extra = f" (+{self.expanded:,} in envelopes)" if self.expanded else ""
+        check = "" if self.balanced() else "  UNBALANCED: records were lost or doubled (a bug: please report it)"
+        return (f"{self.records:,} records{extra} = {self.written:,} written + {self.quarantined:,} quarantined"
+                f" + {self.ignored:,} ignored{check}")
+
+
+#: Inputs listed one by one in the summary; more are summed up in one line.
+SUMMARY_INPUTS: Final = 20
 
 
 @dataclass
 class IngestStats:
-    """What an ingest run did: rows per table, rejects per reason, speed."""
+    """What an ingest run did: rows per table, rejects per reason, ignored records per source and
+    reason, the conservation law's terms per input and in total, speed."""
 
     inputs: int = 0
     records: int = 0
     rows: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    #: ignored entries per "source/reason"
+    ignored: Counter[str] = field(default_factory=Counter)
+    total: Tally = field(default_factory=Tally)
+    per_input: dict[str, Tally] = field(default_factory=dict)
     bytes_read: int = 0
     files_written: list[Path] = field(default_factory=list)
     elapsed: float = 0.0
+    #: what the folder walk did not read, and why (an unreadable folder, a FIFO in a folder, a
+    #: dangling link): said in the summary, never passed over silently (issue 11, item 8)
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
         return sum(self.quarantined.values())
+
+    @property
+    def ignored_total(self) -> int:
+        return sum(self.ignored.values())
+
+    def add(self, path: str, result: BatchResult) -> None:
+        """Count one processed chunk of input ``path`` (called once per chunk, in order)."""
+        self.total.add(result)
+        self.per_input.setdefault(path, Tally()).add(result)
+        for table_name, table in result.tables.items():
+            self.rows[table_name] += table.num_rows
+        self.quarantined.update(str(r.reason) for r in result.rejected)
+        for (source, reason), n in result.ignored.items():
+            self.ignored[f"{source}/{reason}"] += n
 
     @property
     def events_per_s(self) -> float:
@@ -70,6 +126,26 @@ class IngestStats:
                 lines.append(f"    {reason:<20} {count:>10,}")
         else:
             lines.append("  quarantine                  0 records")
+        if self.ignored:
+            lines.append(f"  {'ignored':<16} {self.ignored_total:>12,} records (valid, not for ztaudit):")
+            for what, count in sorted(self.ignored.items()):
+                lines.append(f"    {what:<32} {count:>10,}")
+        if self.skipped:
+            lines.append(f"  {'skipped':<16} {len(self.skipped):>12,} entries not read:")
+            for entry in self.skipped[:SUMMARY_INPUTS]:
+                lines.append(f"    {entry.path}: {entry.reason}")
+            if len(self.skipped) > SUMMARY_INPUTS:
+                lines.append(f"    ... {len(self.skipped) - SUMMARY_INPUTS:,} more")
+        # The conservation law, per input and in total (docs/pipeline-notes.md §6).
+        lines.append(f"  accounted: {self.total.line()}")
+        shown = sorted(self.per_input.items())
+        if len(shown) > 1:
+            for path, tally in shown[:SUMMARY_INPUTS]:
+                lines.append(f"    {path}: {tally.line()}")
+            rest = shown[SUMMARY_INPUTS:]
+            if rest:
+                bad = sum(1 for _, t in rest if not t.balanced())
+                lines.append(f"    ... {len(rest):,} more inputs, {bad:,} of them unbalanced")
         return "\n".join(lines)
 
 
@@ -138,7 +214,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
         proxy_utc_offset=cfg.correlation.proxy_utc_offset,
         system_user_patterns=tuple(cfg.identities.system_user_patterns),
     )
-    stats = IngestStats(inputs=len(inputs))
+    stats = IngestStats(inputs=len(inputs), skipped=list(inputs.skipped))
     bar = _Progress(progress, total_size(inputs))
     started = time.monotonic()
     # Three stages overlap: a reader thread reads and splits chunk k+1 while DuckDB maps chunk k
@@ -155,15 +231,17 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
                                cluster=batch_cluster, packed=ch.packed)
                 result = process(raw, ctx, max_record_bytes=cap)
                 raw.packed = None
-                stats.records += ch.count
+                # Records the reader quarantined itself (a truncated .gz's incomplete tail, a
+                # document it cannot parse at all) are records of this chunk too.
+                result.rejected += ch.rejected
+                result.records += len(ch.rejected)
+                stats.records += ch.count + len(ch.rejected)
                 stats.bytes_read += ch.nbytes
                 ch.release()
-                for table_name, table in result.tables.items():
-                    stats.rows[table_name] += table.num_rows
-                stats.quarantined.update(str(r.reason) for r in result.rejected)
+                stats.add(ch.origins.path, result)
                 if pending is not None:
                     stats.files_written += pending.result()
-                pending = writer.submit(_write, sink, result, ch.file_key)
+                pending = writer.submit(_write, sink, result, ch.file_key, ch.nbytes)
                 del result, ch
                 bar.update(stats)
             if pending is not None:
@@ -229,11 +307,13 @@ class _Prefetch:
         self._thread.join(timeout=5)
 
 
-def _write(sink: LakeSink, result: BatchResult, file_key: str) -> list[Path]:
-    """Write one processed chunk: its tables, then its rejects (runs on the writer thread)."""
-    written: list[Path] = []
-    for table_name, table in result.tables.items():
-        written += sink.write(table_name, table, file_key)
-    if result.rejected:
-        written += sink.write_quarantine(result.rejected, file_key)
-    return written
+def _write(sink: LakeSink, result: BatchResult, file_key: str, extent: int) -> list[Path]:
+    """Write one processed chunk as the only version of its key (runs on the writer thread).
+
+    ``LakeSink.write_chunk`` writes its tables and its rejects, then deletes the files an earlier
+    version of the same chunk left in other days or tables (a grown file's chunk, or the same
+    input ingested on another UTC day: docs/design.md §3), unless the lake already holds a
+    version of the key that covered more input (``extent`` bytes: an older, shorter copy of a
+    grown file ingested after it). Raises ``SinkError``.
+    """
+    return sink.write_chunk(result.tables, result.rejected, file_key, extent=extent)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -36,15 +36,16 @@ import numpy as np
 import pyarrow as pa
 
 from ztaudit.core.columns import conform
-from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Reason, Rejected
+from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, IgnoreReason, Reason, Rejected
 from ztaudit.core.schema import TABLES
 from ztaudit.pipeline.decode.values import decode_record, dumps
 from ztaudit.pipeline.normalize.base import NormalizeContext, Normalizer, Unwrapped
 from ztaudit.pipeline.normalize.k8s_audit import SOURCE as K8S
 from ztaudit.pipeline.normalize.k8s_audit import map_events
+from ztaudit.pipeline.normalize.rbac_snapshot import SOURCE as RBAC
 from ztaudit.pipeline.normalize.registry import NORMALIZERS, get
 from ztaudit.pipeline.records import BatchResult, Origins, RawBatch, pack_records
-from ztaudit.pipeline.redact import scrub_raw
+from ztaudit.pipeline.redact import redact_rejects, redact_tables, scrub_raw
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,52 @@ def _offer(normalizers: list[tuple[str, Normalizer]], value: Any, text: str | No
     return None
 
 
+def _take(found: _Collector, ignored: Counter[tuple[str, str]], hit: tuple[str, list[Unwrapped]],
+          origin: str) -> int:
+    """Collect a claimed record's entries for mapping, count its ignored ones; return how many
+    entries it held (an envelope with none is one entry, ignored ``empty_envelope``)."""
+    kind, items = hit
+    if not items:
+        ignored[kind, IgnoreReason.EMPTY_ENVELOPE] += 1
+        return 1
+    keep = [u for u in items if u.ignored is None]
+    for u in items:
+        if u.ignored is not None:
+            ignored[kind, u.ignored] += 1
+    found.add(kind, keep, origin)
+    return len(items)
+
+
+def _ignore(normalizers: list[tuple[str, Normalizer]], value: Any, text: str | None
+            ) -> tuple[str, str] | None:
+    """(kind, reason) of the first normalizer that knows ``value``/``text`` as a valid record that
+    ztaudit does not read; None if none does (it is then quarantined ``unknown_shape``). Asked
+    only after no normalizer claimed it, so an ignore rule never hides another kind's records."""
+    for kind, norm in normalizers:
+        try:
+            why = norm.ignore(value, text)
+        except Exception as exc:  # a normalizer bug: the record is then quarantined, not lost
+            log.warning("normalizer %s failed deciding whether to ignore a record: %s", kind, exc)
+            continue
+        if why is not None:
+            return kind, str(why)
+    return None
+
+
+def _entries_written(kind: str, entries: int, rejected: Sequence[Rejected]) -> tuple[int, int]:
+    """(entries written, extra entries) of one kind's ``to_table`` over ``entries`` entries.
+
+    Every normalizer returns one reject per entry it could not map and one row per other entry,
+    except the RBAC snapshot: one List entry yields many grant rows, and each binding it cannot
+    read is quarantined on its own (``missing_field``) while the List's other grants are kept;
+    such a binding is counted as an extra entry of the List (``rbac_snapshot.to_table``).
+    """
+    if kind != RBAC:
+        return entries - len(rejected), 0
+    whole = sum(1 for r in rejected if r.reason is not Reason.MISSING_FIELD)
+    return entries - whole, len(rejected) - whole
+
+
 def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = MiB,
             fast_path_min_records: int = FAST_PATH_MIN_RECORDS) -> BatchResult:
     """Decode, unwrap, detect and normalize one batch (see the module docstring).
@@ -141,6 +188,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     records = batch.records
     packed_in = batch.packed if batch.packed is not None and not records else None
     n = len(packed_in.lengths) if packed_in is not None else len(records)
+    result.records = n
     if n == 0:
         return result
     if batch.cluster is not None:
@@ -192,6 +240,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         del src
         if mapped.table.num_rows:
             tables[K8S].append(mapped.table)
+        result.written += mapped.table.num_rows  # one row per Event line
         for i, _sub, reason, detail in mapped.rejected:
             raw = raw_at(i)
             rejected.append(Rejected(origins.at(i), reason, detail, scrub_raw(raw), K8S, len(raw)))
@@ -200,8 +249,12 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         slow_mask |= fast_ok
     slow = sorted(set(np.flatnonzero(slow_mask).tolist()) | set(extra_slow))
 
-    # 3. slow path: decode, classify, split arrays, detect the source kind per record.
+    # 3. slow path: decode, classify, split arrays, detect the source kind per record. Every
+    #    entry is accounted for once (BatchResult's conservation law): found (mapped below),
+    #    rejected, or ignored.
     found = _Collector()
+    ignored = result.ignored
+    unknown = batch.source or "unknown"
     for i in slow:
         raw = raw_at(i)
         origin = origins.at(i)
@@ -216,22 +269,37 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
             if hit is _ERROR:
                 continue
             if hit is not None:
-                found.add(hit[0], hit[1], origin)
+                result.expanded += _take(found, ignored, hit, origin) - 1
+            elif (why := _ignore(normalizers, None, d.text)) is not None:
+                ignored[why] += 1
             else:
                 rejected.append(Rejected(origin, d.json_error or Reason.INVALID_JSON,
                                          d.detail or "not JSON and not a known text format",
                                          scrub_raw(raw, parse=False), batch.source, len(raw)))
             continue
-        values = d.value if isinstance(d.value, list) else [d.value]
+        is_array = isinstance(d.value, list)
+        values = d.value if is_array else [d.value]
+        if not values:  # "[]": a record with nothing in it
+            ignored[unknown, IgnoreReason.EMPTY_ENVELOPE] += 1
+            continue
+        result.expanded += len(values) - 1
         for value in values:
             hit = _offer(normalizers, value, None, origin, rejected)
             if hit is _ERROR:
                 continue
             if hit is not None:
-                found.add(hit[0], hit[1], origin)
+                if not is_array and hit[0] == K8S:
+                    # The whole record is the Event: the SQL mapping reads its original text, as
+                    # the fast path would, so both paths read duplicate keys and number forms
+                    # the same way (one parser, DuckDB's; issue 11 item 9).
+                    hit = (hit[0], [dataclasses.replace(u, text=raw.decode("utf-8"))
+                                    if u.record is value and u.ignored is None else u for u in hit[1]])
+                result.expanded += _take(found, ignored, hit, origin) - 1
+            elif (why := _ignore(normalizers, value, None)) is not None:
+                ignored[why] += 1
             else:
-                what = "a JSON array element" if isinstance(d.value, list) else "JSON"
-                el = dumps(value) if isinstance(d.value, list) else raw
+                what = "a JSON array element" if is_array else "JSON"
+                el = dumps(value) if is_array else raw
                 rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE,
                                          f"{what} of type {type(value).__name__} that no normalizer recognises",
                                          scrub_raw(el), batch.source, len(el)))
@@ -242,13 +310,18 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         table, rej = _guarded_to_table(kind, recs, origins_k, ctx)
         if table.num_rows:
             tables[kind].append(table)
+        written, extra = _entries_written(kind, len(recs), rej)
+        result.written += written
+        result.expanded += extra
         rejected.extend(rej)
 
-    # 4. assemble.
+    # 4. assemble, then redact: the one place the column policy is applied to every table and
+    #    the quarantine's text (docs/redaction.md §3), so nothing unmasked reaches a sink.
     for kind, parts in tables.items():
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         result.tables[kind] = table
-    result.rejected = rejected
+    result.tables = redact_tables(result.tables)
+    result.rejected = redact_rejects(rejected)
     return result
 
 

@@ -8,6 +8,7 @@ quarantine (docs/design.md: "A bad record is a value, not an exception").
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -124,13 +125,55 @@ class RawBatch:
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch became: a conformed Arrow table per source kind, and the rejects."""
+    """What one batch became: a conformed Arrow table per source kind, the rejects, and the
+    accounting that proves nothing was lost (the **conservation law**, docs/pipeline-notes.md §6).
+
+    **Record** and **entry**. A *record* is what a source delivers: one non-blank line of a line
+    file (blank and whitespace-only lines are not records: ``Chunk.count`` skips them), one
+    document of a whole-document file, one CSV row, one Kafka message. A record that is an
+    envelope holds several *entries*: each element of a JSON array, each ``items[]`` Event of an
+    EventList, each entry of a GKE/Cloud Logging export array, each ``records[]`` item of an Event
+    Hub batch, each ``logEvents[]`` message of a CloudWatch subscription, each Okta hook event,
+    Graph ``value[]`` item and Google ``events[]`` entry. Any other record is one entry, and so is
+    an envelope with nothing in it (``[]``, an EventList without items), which is counted ignored
+    ``empty_envelope``. ``expanded`` is how many more entries than records the batch had.
+
+    Every entry ends as exactly one of: **written** (mapped to rows: one row, except an RBAC
+    snapshot List, one entry that yields one ``rbac_grant`` row per subject × rule × binding),
+    **quarantined** (one :class:`Rejected`), or **ignored** (valid, not for ztaudit: counted per
+    ``(source, reason)``, never stored). So, for every batch::
+
+        records + expanded == written + quarantined + ignored
+
+    :meth:`balanced` checks it; ingest and consume add these counters up per input and in total.
+    """
 
     tables: dict[str, pa.Table] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    #: input records of the batch (``len(batch.records)``)
+    records: int = 0
+    #: entries beyond one per record, from envelopes (see the class docstring)
+    expanded: int = 0
+    #: entries that became rows
+    written: int = 0
+    #: ignored entries per (source kind or ``unknown``, reason)
+    ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def rows(self) -> int:
         """Rows written across all source kinds (rejects not counted)."""
         return sum(t.num_rows for t in self.tables.values())
+
+    @property
+    def quarantined(self) -> int:
+        """Entries quarantined (one :class:`Rejected` each)."""
+        return len(self.rejected)
+
+    @property
+    def ignored_total(self) -> int:
+        return sum(self.ignored.values())
+
+    def balanced(self) -> bool:
+        """The conservation law: ``records + expanded == written + quarantined + ignored``."""
+        return self.records + self.expanded == self.written + self.quarantined + self.ignored_total
 

@@ -62,10 +62,7 @@ class Committer:
         offsets: dict[TP, int] = {}
         committing: list[Chunk] = []
         for chunk, res in zip(rnd.chunks, results, strict=True):
-            self.metrics.events += res.rows
-            self.metrics.quarantined += res.quarantined
-            self.metrics.files += len(res.paths)
-            self.metrics.compacted_rows_skipped += res.compacted_rows_skipped
+            self.metrics.add(res)
             if chunk.tp in revoked:
                 self.partitions.drop_from(chunk.tp, chunk.first)
                 log.info("consume: %s: revoked while it was written; its files are durable but not committed "

@@ -16,11 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ztaudit.core.errors import KafkaTransientError
 from ztaudit.core.files import write_bytes_atomic
 from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, lag_by_partition, tp_name
+
+if TYPE_CHECKING:
+    from ztaudit.pipeline.consume.writer import Written
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,17 @@ class Metrics:
     message_bytes: int = 0
     events: int = 0
     quarantined: int = 0
+    #: The conservation law (``BatchResult``; docs/pipeline-notes.md §6) over every chunk the
+    #: writer processed: ``records + expanded == written + quarantined + ignored_total``.
+    #: ``records`` are Kafka messages processed (``messages`` counts those polled, some of which
+    #: may still be buffered); ``written`` counts entries stored as rows (``events`` counts rows).
+    records: int = 0
+    expanded: int = 0
+    written: int = 0
+    ignored_total: int = 0
+    #: ignored entries per "source/reason" (valid, not for ztaudit; never stored)
+    ignored: dict[str, int] = field(default_factory=dict)
+    balanced: bool = True
     files: int = 0
     flushes: int = 0
     commits: int = 0
@@ -48,6 +62,25 @@ class Metrics:
     committed: dict[str, int] = field(default_factory=dict)
     buffered: int = 0
     state: str = "starting"
+
+    def add(self, res: Written) -> None:
+        """Count what the writer made of one chunk (called once per chunk of a collected round,
+        on the main thread), and re-check the conservation law."""
+        self.events += res.rows
+        self.quarantined += res.quarantined
+        self.files += len(res.paths)
+        self.compacted_rows_skipped += res.compacted_rows_skipped
+        self.records += res.records
+        self.expanded += res.expanded
+        self.written += res.written
+        for what, n in res.ignored.items():
+            self.ignored[what] = self.ignored.get(what, 0) + n
+            self.ignored_total += n
+        self.balanced = self.records + self.expanded == self.written + self.quarantined + self.ignored_total
+        if not self.balanced:
+            log.error("consume: records not accounted for: %d records + %d in envelopes != %d written + %d "
+                      "quarantined + %d ignored (a bug: please report it)", self.records, self.expanded,
+                      self.written, self.quarantined, self.ignored_total)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -92,8 +125,9 @@ class Progress:
                 m.lag = lag()
         m.buffered = buffered()
         lag_text = " ".join(f"{k}={v}" for k, v in m.lag.items()) or "-"
-        log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d files, buffered %d, lag %s",
-                 m.events_per_s, m.events, m.messages, m.quarantined, m.files, m.buffered, lag_text)
+        log.info("consume: %.0f ev/s, %d events, %d messages, %d quarantined, %d ignored, %d files, buffered %d, "
+                 "lag %s", m.events_per_s, m.events, m.messages, m.quarantined, m.ignored_total, m.files,
+                 m.buffered, lag_text)
         if self.metrics_file is not None:
             self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.metrics_file,

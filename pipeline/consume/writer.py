@@ -99,6 +99,13 @@ class Written:
     rows: int
     quarantined: int
     compacted_rows_skipped: int
+    #: the conservation law's terms for the chunk (``BatchResult``): its records (Kafka messages),
+    #: entries beyond one per record, entries written as rows, and ignored entries per
+    #: "source/reason"; quarantined is :attr:`quarantined`
+    records: int = 0
+    expanded: int = 0
+    written: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,7 +244,9 @@ class ChunkWriter:
                 rows += table.num_rows
                 window = widen(window, time_window(table, PARTITION_TIME.get(table_name)))
             paths.extend(self.sink.write_quarantine(result.rejected, key))
-            return Written(paths, window, rows, len(result.rejected), skipped)
+            return Written(paths, window, rows, result.quarantined, skipped, records=result.records,
+                           expanded=result.expanded, written=result.written,
+                           ignored={f"{s}/{r}": n for (s, r), n in result.ignored.items()})
 
         def failed(exc: BaseException, attempt: int, delay: float) -> None:
             log.warning("consume: %s: lake write failed (%s); retry %d/%d in %.1f s", chunk.where, exc,

@@ -31,9 +31,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ztaudit.core.quarantine import Reason
+from ztaudit.core.quarantine import IgnoreReason, Reason
 from ztaudit.pipeline.decode.values import CLOUDWATCH_TRUNCATED, json_failure, loads
-from ztaudit.pipeline.normalize.base import Unwrapped
+from ztaudit.pipeline.normalize.base import Unwrapped, ignored_entry
 
 REJECT_KEY: Final = "\x00ztaudit_reject"
 _MAX_ITEMS_DEPTH = 4
@@ -85,31 +85,71 @@ def unwrap_k8s(value: Any, depth: int = 0) -> list[Unwrapped] | None:
     if isinstance(value.get("records"), list):
         # Event Hub batch (AKS diagnostic settings). Other categories (guard, klog text) in the same
         # batch are not audit events: quarantined as unknown_shape, the audit ones kept.
+        # Records of other diagnostic categories (kube-apiserver, guard, ...) are valid AKS
+        # control-plane logs, not audit Events: counted ignored, not quarantined.
         recs = [unwrap_k8s(r, depth + 1) for r in value["records"]]
         if not any(r is not None for r in recs):
+            if value["records"] and all(_is_aks_record(r) and _AKS_CLUSTER.search(r["resourceId"])
+                                        for r in value["records"]):
+                # a batch of only other AKS categories (an Entra batch has no managedClusters ids)
+                return [ignored_entry(IgnoreReason.NOT_AN_EVENT, "aks") for _ in value["records"]]
             return None
         return [u for r, raw in zip(recs, value["records"], strict=True)
-                for u in (r if r is not None else [Unwrapped(
+                for u in (r if r is not None else [ignored_entry(IgnoreReason.NOT_AN_EVENT, "aks")]
+                          if _is_aks_record(raw) else [Unwrapped(
                     reject_marker(Reason.UNKNOWN_SHAPE, "Event Hub record is not a Kubernetes audit record",
                                   _dump(raw)), None, "aks")])]
     props = value.get("properties")
     if isinstance(props, dict) and "log" in props and (
-        value.get("category") in _AKS_CATEGORIES or "managedClusters" in str(value.get("operationName", ""))
+        str(value.get("category")) in _AKS_CATEGORIES or "managedClusters" in str(value.get("operationName", ""))
     ):
         return [_from_aks(value, props)]
     if isinstance(value.get("logEvents"), list) and isinstance(value.get("logGroup"), str):
         m = _EKS_LOG_GROUP.match(value["logGroup"])
         cluster = m.group(1) if m else None
-        events = [_from_cloudwatch_message(e.get("message") if isinstance(e, dict) else None, cluster)
-                  for e in value["logEvents"]]
-        if not events or all(e is None for e in events):
-            return None
-        return [e if e is not None else Unwrapped(
+        messages = [e.get("message") if isinstance(e, dict) else None for e in value["logEvents"]]
+        events = [_from_cloudwatch_message(msg, cluster) for msg in messages]
+        if m is None and all(e is None for e in events):
+            return None  # not an EKS log group: another service's subscription (see ignore_k8s)
+        # An EKS control-plane log group also streams authenticator, scheduler and controller
+        # manager text lines: valid, not audit Events.
+        return [e if e is not None else ignored_entry(IgnoreReason.NOT_AN_EVENT, "eks")
+                if isinstance(msg, str) and not msg.lstrip().startswith("{") else Unwrapped(
             reject_marker(Reason.UNKNOWN_SHAPE, "CloudWatch log event without an audit Event message"),
-            cluster, "eks") for e in events]
+            cluster, "eks") for e, msg in zip(events, messages, strict=True)]
     if isinstance(value.get("message"), str):
         one = _from_cloudwatch_message(value["message"], None)
         return [one] if one is not None else None
+    return None
+
+
+def _is_aks_record(value: Any) -> bool:
+    """An Azure diagnostic record (``category`` and ``resourceId`` strings, as AKS writes them)."""
+    return isinstance(value, dict) and isinstance(value.get("category"), str) and isinstance(
+        value.get("resourceId"), str)
+
+
+def ignore_k8s(value: Any) -> IgnoreReason | None:
+    """Why a JSON value that no normalizer claimed is a valid record of a Kubernetes log carrier
+    that is not for ztaudit, or None.
+
+    * A Cloud Logging ``LogEntry`` (``logName`` and a payload) of another service: a GCP log
+      export holds every service's entries, ``protoPayload.serviceName`` ``k8s.io`` are the
+      Kubernetes ones (docs/kubernetes-audit.md §8.1) -> ``not_kubernetes``.
+    * An AKS diagnostic record of another category (``kube-apiserver``, ``guard``, ...) ->
+      ``not_an_event``.
+    * A CloudWatch subscription envelope of a log group that is not an EKS cluster's ->
+      ``not_kubernetes``.
+    """
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("logName"), str) and any(
+            k in value for k in ("protoPayload", "jsonPayload", "textPayload")):
+        return IgnoreReason.NOT_KUBERNETES
+    if _is_aks_record(value) and value.get("category") not in _AKS_CATEGORIES:
+        return IgnoreReason.NOT_AN_EVENT
+    if isinstance(value.get("logEvents"), list) and isinstance(value.get("logGroup"), str):
+        return IgnoreReason.NOT_KUBERNETES
     return None
 
 
@@ -182,6 +222,10 @@ def parse_gke_resource_name(resource_name: str) -> dict[str, str] | None:
         ref["name"] = rest[1]
     if len(rest) > 2:
         ref["subresource"] = rest[2]
+    if len(rest) > 3:
+        # what follows the subresource (``nodes/n/proxy/metrics/cadvisor``, ``services/s/proxy/x``):
+        # not part of objectRef, but of the request path (see _gke_uri)
+        ref["rest"] = "/".join(rest[3:])
     return ref
 
 
@@ -193,7 +237,7 @@ def _gke_uri(ref: Mapping[str, str] | None, resource_name: str) -> str:
     path = [base]
     if "namespace" in ref:
         path.append(f"namespaces/{ref['namespace']}")
-    path.extend(ref[k] for k in ("resource", "name", "subresource") if k in ref)
+    path.extend(ref[k] for k in ("resource", "name", "subresource", "rest") if k in ref)
     return "/".join(path)
 
 
@@ -230,7 +274,7 @@ def _from_gke(entry: Mapping[str, Any], proto: Mapping[str, Any]) -> Unwrapped:
         "user": {"username": user} if user else {},
         "sourceIPs": [meta["callerIp"]] if meta.get("callerIp") else None,
         "userAgent": meta.get("callerSuppliedUserAgent"),
-        "objectRef": ref,
+        "objectRef": {k: v for k, v in ref.items() if k != "rest"} if ref is not None else None,
         "responseStatus": {"code": GRPC_TO_HTTP.get(grpc, 500)},
         "requestReceivedTimestamp": ts,
         "stageTimestamp": ts,

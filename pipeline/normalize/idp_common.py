@@ -11,7 +11,7 @@ from typing import Any, Final
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.timeutil import TimestampError, parse_timestamp
 from ztaudit.pipeline.normalize.base import NormalizeContext
-from ztaudit.pipeline.normalize.rowmap import RecordRejected
+from ztaudit.pipeline.normalize.rowmap import RecordRejected, in_event_range
 
 SOURCE: Final = "idp_event"
 SCOPES: Final = ("identity", "session", "token", "grant")
@@ -68,9 +68,10 @@ def parse_when(value: Any, what: str, ctx: NormalizeContext) -> Any:
     if value is None or value == "":
         raise Reject(Reason.MISSING_FIELD, f"{what}: no event time, so it cannot be ordered against requests")
     try:
-        return parse_timestamp(value, ctx.proxy_utc_offset)
+        when = parse_timestamp(value, ctx.proxy_utc_offset)
     except TimestampError as exc:
         raise Reject(Reason.BAD_TIMESTAMP, f"{what}: {exc}") from None
+    return in_event_range(when, ctx, what)
 
 
 def idp_row(occurred_at: Any, idp: str, event_type: str | None, scope: str | None, *,

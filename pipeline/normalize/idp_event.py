@@ -8,7 +8,8 @@ Formats (field references: ``docs/proxy-and-idp.md``, cited as §n):
   "AuditLogs"``, activity in ``properties``; also inside an Event Hub ``{"records":[...]}``) and
   the Microsoft Graph ``directoryAudit`` shape (same inner object at top level; also a Graph page
   ``{"value":[...]}``).
-* Google Workspace Admin SDK Reports activities (§3.3), one row per entry of ``events[]``.
+* Google Workspace Admin SDK Reports activities (§3.3), one row per entry of ``events[]``;
+  ``events`` may also be one object (Elastic's collector writes one activity per event).
 * Keycloak events (§3.4): event JSON (``type``/``realmId``), admin-event JSON
   (``operationType``/``resourcePath``), the ECS-JSON console log whose ``message`` is a
   jboss-logging event line, and jboss-logging text lines (quoted 26.x and unquoted legacy values)
@@ -36,18 +37,23 @@ Revocation semantics (``is_revocation`` / ``revocation_scope``), decided here on
   is a session revocation.
 
 Everything else from these IdPs (logins, locks, updates) is kept with ``is_revocation`` False.
+Valid records that are not events are **ignored** (counted, not quarantined) by
+:meth:`IdpEventNormalizer.ignore`: Keycloak server log lines (jboss-logging text or ECS JSON of
+loggers other than ``org.keycloak.events``, or of that logger without ``type=``).
+
 What is not claimed: Kubernetes audit events and proxy decisions (Pomerium ``authorize``/
 ``envoy`` lines, Teleport ``kube.request``), which return ``None`` from :meth:`unwrap`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
-from ztaudit.core.quarantine import Rejected
+from ztaudit.core.quarantine import IgnoreReason, Rejected
 from ztaudit.core.schema import IDP_EVENT
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.idp_common import SOURCE, Row, dig
@@ -93,6 +99,14 @@ _BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], NormalizeContext], Row]]
     "teleport": teleport_row,
     "list": revocation_list_row,
 }
+
+# A jboss-logging / Quarkus console line: time, level, [logger] (Keycloak's default format,
+# docs/proxy-and-idp.md §3.4), and the loggers of a Keycloak server's own components.
+_SERVER_LINE: Final = re.compile(
+    r"^(?:\d{4}-\d{2}-\d{2}[T ])?\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\S*\s+"
+    r"(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\s+\[(?P<logger>[\w.$-]+)\]")
+_KEYCLOAK_LOGGERS: Final = ("org.keycloak", "io.quarkus", "org.infinispan", "org.jgroups", "org.hibernate",
+                            "org.jboss", "io.smallrye", "io.vertx", "liquibase", "com.arjuna")
 
 _MAPPER: Final = RecordMapper(SOURCE, IDP_EVENT, _BUILDERS, lambda v: _kind(v), "not an IdP event",
                              text_forms=("keycloak-text",), envelope_cluster=False)
@@ -168,6 +182,19 @@ class IdpEventNormalizer:
             return None
         record = {"form": "keycloak-text", "line": line.rstrip("\r\n"), "ts": m.group("ts"), "kv": kv}
         return [Unwrapped(record=record, form="keycloak-text")]
+
+    def ignore(self, value: Any, text: str | None) -> IgnoreReason | None:
+        """Called on a record no normalizer claimed: a Keycloak server log line (text or ECS
+        JSON) is valid but not an event (``not_an_event``); anything else None."""
+        if text is not None:
+            m = _SERVER_LINE.match(text)
+            return IgnoreReason.NOT_AN_EVENT if m and m.group("logger").startswith(_KEYCLOAK_LOGGERS) else None
+        if not isinstance(value, Mapping):
+            return None
+        logger = value.get("log.logger") or dig(value, "log", "logger")
+        if isinstance(logger, str) and logger.startswith(_KEYCLOAK_LOGGERS) and "message" in value:
+            return IgnoreReason.NOT_AN_EVENT
+        return None
 
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
                  ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:

@@ -29,6 +29,7 @@ from ztaudit.pipeline.normalize.idp_common import (
     idp_row,
     parse_when,
 )
+from ztaudit.pipeline.normalize.teleport import IDP_EVENTS as TELEPORT_IDP_EVENTS
 
 # --- Okta (§3.1) ---------------------------------------------------------------------------------
 
@@ -125,13 +126,35 @@ def is_google(v: Mapping[str, Any]) -> bool:
     return v.get("kind") == "admin#reports#activity" and isinstance(v.get("id"), Mapping)
 
 
+def google_events(value: Any) -> list[Any]:
+    """An activity's ``events``: the Reports API writes a list; Elastic's Google Workspace
+    collector writes one activity per event with ``events`` as that one object. Both are read;
+    anything else is no events."""
+    if isinstance(value, Mapping):
+        return [value]
+    return as_list(value)
+
+
+def _google_param(p: Mapping[str, Any]) -> Any:
+    """A Reports API parameter's value: ``value``, else the first of ``multiValue`` (§3.3)."""
+    if "value" in p:
+        return p.get("value")
+    multi = p.get("multiValue")
+    return multi[0] if isinstance(multi, list) and multi else None
+
+
 def google_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     app = as_str(dig(rec, "id", "applicationName"))
     occurred_at = parse_when(dig(rec, "id", "time"), "google activity id.time", ctx)
-    events = as_list(rec.get("events"))
-    ev = events[0] if events and isinstance(events[0], Mapping) else {}
+    events = google_events(rec.get("events"))
+    ev = events[0] if events and isinstance(events[0], Mapping) else None
+    if ev is None or as_str(ev.get("name")) is None:
+        # Without the event name nothing says what happened (a SUSPEND_USER would be stored as a
+        # nameless non-revocation): quarantine it instead.
+        raise Reject(Reason.MISSING_FIELD, "google activity without an event name in 'events'")
     name = as_str(ev.get("name"))
-    params = {str(p.get("name")): p.get("value") for p in as_list(ev.get("parameters")) if isinstance(p, Mapping)}
+    params = {str(p.get("name")): _google_param(p) for p in google_events(ev.get("parameters"))
+              if isinstance(p, Mapping)}
     actor = dig(rec, "actor", "email")
     login = params.get("USER_EMAIL")
     scope: str | None = None
@@ -266,11 +289,9 @@ def pomerium_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
 
 # --- Teleport (§2.1) -----------------------------------------------------------------------------
 
-_TELEPORT_EVENTS: Final = ("lock.created", "lock.deleted", "user.delete")
-
-
 def is_teleport(v: Mapping[str, Any]) -> bool:
-    return v.get("event") in _TELEPORT_EVENTS and ("code" in v or "time" in v)
+    event = v.get("event")
+    return isinstance(event, str) and event in TELEPORT_IDP_EVENTS and ("code" in v or "time" in v)
 
 
 def teleport_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
@@ -279,6 +300,14 @@ def teleport_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     actor = rec.get("updated_by") or rec.get("user")
     if event == "user.delete":
         return idp_row(occurred_at, "teleport", event, "identity", subject_login=rec.get("name"), actor=actor)
+    target = rec.get("target")
+    if event == "lock.created" and not (isinstance(target, Mapping) and any(as_str(v) for v in target.values())):
+        # Teleport's LockCreate event carries the lock's LockTarget as ``target`` (user, role,
+        # login, node, mfa_device, device, ...; events.proto). Without one nothing says who was
+        # locked out: quarantined rather than stored as a non-revocation that hides a lock.
+        raise Reject(Reason.MISSING_FIELD,
+                     f"teleport lock.created without a 'target': the locked identity is unknown "
+                     f"(see `tctl get lock/{as_str(rec.get('name')) or 'NAME'}`)")
     target_user = dig(rec, "target", "user")
     # A lock on a user locks that identity out and ends its sessions; locks on roles, nodes or
     # devices are kept as non-revocations (they do not name a person).

@@ -40,7 +40,8 @@ Semantics, with the Kubernetes source they rely on (docs/kubernetes-audit.md):
   (the time the request reached the apiserver), used when ``requestReceivedTimestamp`` or
   ``stageTimestamp`` is missing. A present but unparseable time -> ``bad_timestamp``; no time at
   all or no ``auditID`` -> ``missing_field``.
-* ``request_uri``: credential query parameters masked (:data:`ztaudit.pipeline.redact.QUERY_SECRET_RE`).
+* ``request_uri``: as logged here; credentials in it are masked by the central redaction step
+  (:func:`ztaudit.pipeline.redact.redact_tables`, docs/redaction.md §3) that ``process()`` applies.
   Bodies (``requestObject``/``responseObject``) are not in the STRUCT spec, so they are never
   even materialised.
 * ``cluster``: the envelope's cluster (GKE ``resource.labels.cluster_name``, AKS ``resourceId``,
@@ -61,9 +62,9 @@ import pyarrow.compute as pc
 
 from ztaudit.core.columns import conform
 from ztaudit.core.config import IdentitySettings
-from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.quarantine import IgnoreReason, Reason, Rejected
 from ztaudit.core.schema import K8S_AUDIT
-from ztaudit.pipeline.decode.k8s_envelopes import REJECT_KEY, unwrap_k8s
+from ztaudit.pipeline.decode.k8s_envelopes import REJECT_KEY, ignore_k8s, unwrap_k8s
 from ztaudit.pipeline.decode.values import dumps
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.k8s_audit_sql import mapping_sql
@@ -214,6 +215,12 @@ class K8sAuditNormalizer:
         """Kubernetes audit has no text form: always None."""
         return None
 
+    def ignore(self, value: Any, text: str | None) -> IgnoreReason | None:
+        """Valid records of the carriers Kubernetes audit travels in that are not audit Events
+        (other GCP services, other AKS categories, other CloudWatch log groups; see
+        :func:`~ztaudit.pipeline.decode.k8s_envelopes.ignore_k8s`)."""
+        return ignore_k8s(value) if text is None else None
+
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
                  ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
         """Map unwrapped Events (``records[i]`` came from ``origins[i]``) to a ``k8s_audit`` table.
@@ -227,12 +234,14 @@ class K8sAuditNormalizer:
         clusters: list[str | None] = []
         raws: list[bytes] = []
         for i, u in enumerate(records):
-            raw = dumps(u.record)
             if REJECT_KEY in u.record:
                 rejected.append(marker_to_rejected(u.record, origins[i]))
                 continue
+            # A whole-record Event keeps its original text (Unwrapped.text): the mapping then
+            # reads the same bytes the fast path reads; envelope entries are re-serialised.
+            raw = u.text.encode("utf-8") if u.text is not None else dumps(u.record)
             idxs.append(i)
-            lines.append(raw.decode("utf-8", "replace"))
+            lines.append(u.text if u.text is not None else raw.decode("utf-8", "replace"))
             clusters.append(u.cluster)
             raws.append(raw)
         if not lines:

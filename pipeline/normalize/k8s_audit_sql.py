@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from ztaudit.core.catalog import sql_literal
-from ztaudit.pipeline.redact import JWT_RE, QUERY_SECRET_RE
+from ztaudit.pipeline.normalize.base import EVENT_TIME_MAX_AHEAD, EVENT_TIME_MIN
 
 #: The fields of an Event that the table needs, as a DuckDB ``json_transform`` structure. Anything
 #: else (bodies, metadata, unknown future fields such as ``authenticationMetadata``) is skipped by
@@ -28,7 +28,7 @@ EVENT_STRUCT: Final = (
     '"sourceIPs":["VARCHAR"],"userAgent":"VARCHAR",'
     '"objectRef":{"resource":"VARCHAR","subresource":"VARCHAR","namespace":"VARCHAR","name":"VARCHAR",'
     '"apiGroup":"VARCHAR","apiVersion":"VARCHAR"},'
-    '"responseStatus":{"code":"BIGINT"},'
+    '"responseStatus":{"code":"JSON"},'
     '"requestReceivedTimestamp":"VARCHAR","stageTimestamp":"VARCHAR","timestamp":"VARCHAR",'
     '"annotations":"MAP(VARCHAR, VARCHAR)"}'
 )
@@ -50,6 +50,74 @@ def _rfc3339(col: str) -> str:
 
 _CRED_KEY: Final = "authentication.kubernetes.io/credential-id"
 
+def _not_string(col: str, path: str) -> str:
+    """SQL: the VARCHAR ``col`` was read from a JSON value at ``path`` that is not a string.
+
+    DuckDB's lenient ``from_json`` hands an object or array to a VARCHAR field as its JSON text
+    and a number as its digits. The cheap test runs on every row: the first character is ``{`` or
+    ``[`` (an integer compare, ``ascii``), or the value is ``true``/``false``, or it starts like a
+    number (``-`` or a digit; a URI's ``/`` does not) *and* the whole of it parses as one (an audit
+    ID is a UUID, which often starts with a digit but never parses as a number, so the common row
+    stops there). The exact test (``json_type``, a second parse of the line) runs only on the rare
+    rows it lets through."""
+    return (f"((ascii({col}) IN (123, 91) OR {col} IN ('true', 'false') "
+            f"OR ((ascii({col}) = 45 OR ascii({col}) BETWEEN 48 AND 57) AND try_cast({col} AS DOUBLE) IS NOT NULL)) "
+            f"AND json_type(line, {sql_literal(path)}) <> 'VARCHAR')")
+
+
+def _not_object(col: str, leaf: str, path: str) -> str:
+    """SQL: the STRUCT ``col`` came from a JSON value at ``path`` that is not an object.
+
+    DuckDB's lenient ``from_json`` reads ``"user": "alice"`` as a struct of NULLs, which would make
+    an anonymous actor of a named one; the exact test runs only when ``leaf`` is NULL too."""
+    return (f"({col} IS NOT NULL AND {leaf} IS NULL "
+            f"AND json_type(line, {sql_literal(path)}) NOT IN ('OBJECT', 'NULL'))")
+
+
+def _not_array(col: str, key: str, path: str) -> str:
+    """SQL: the LIST ``col`` is NULL although ``path`` is present and not an array or null."""
+    return (f"({col} IS NULL AND contains(line, {sql_literal(chr(34) + key + chr(34))}) "
+            f"AND json_type(line, {sql_literal(path)}) NOT IN ('ARRAY', 'NULL'))")
+
+
+#: The Event fields whose type the mapping checks, in order (the first wrong one is named): the
+#: identity, decision and request fields a wrong reading of which would attribute or judge a
+#: request wrongly (issue 11 item 9). Each is (field path, what it must be, SQL condition).
+def _type_checks() -> list[tuple[str, str, str]]:
+    return [
+        ("user", "an object", _not_object("e.user", "e.user.username", "$.user")),
+        ("user.username", "a string", _not_string("e.user.username", "$.user.username")),
+        ("user.groups", "an array", _not_array("e.user.groups", "groups", "$.user.groups")),
+        ("impersonatedUser", "an object",
+         _not_object("e.impersonatedUser", "e.impersonatedUser.username", "$.impersonatedUser")),
+        ("impersonatedUser.username", "a string",
+         _not_string("e.impersonatedUser.username", "$.impersonatedUser.username")),
+        ("impersonatedUser.groups", "an array",
+         f"(e.impersonatedUser.username IS NOT NULL AND "
+         f"{_not_array('e.impersonatedUser.groups', 'groups', '$.impersonatedUser.groups')})"),
+        ("auditID", "a string", _not_string("e.auditID", "$.auditID")),
+        ("verb", "a string", _not_string("e.verb", "$.verb")),
+        ("requestURI", "a string", _not_string("e.requestURI", "$.requestURI")),
+        ("sourceIPs", "an array", _not_array("e.sourceIPs", "sourceIPs", "$.sourceIPs")),
+        ("objectRef", "an object", _not_object("e.objectRef", "e.objectRef.resource", "$.objectRef")),
+        ("responseStatus", "an object",
+         _not_object("e.responseStatus", "e.responseStatus.code", "$.responseStatus")),
+        # The code is read as its JSON text: an int32 is exactly the text of its integer value
+        # (200.7 would otherwise be rounded to 201, "200" read as 200).
+        ("responseStatus.code", "an integer",
+         "(code_j IS NOT NULL AND code_j IS DISTINCT FROM try_cast(code_j AS INTEGER)::VARCHAR)"),
+        ("annotations", "an object",
+         "(e.annotations IS NULL AND contains(line, '\"annotations\"') "
+         "AND json_type(line, '$.annotations') NOT IN ('OBJECT', 'NULL'))"),
+    ]
+
+
+def _wrong_type_sql() -> tuple[str, str]:
+    """SQL (field, expected) CASE expressions: the first Event field of the wrong JSON type."""
+    field = " ".join(f"WHEN {cond} THEN {sql_literal(name)}" for name, _, cond in _type_checks())
+    want = " ".join(f"WHEN {sql_literal(name)} THEN {sql_literal(what)}" for name, what, _ in _type_checks())
+    return f"CASE {field} END", f"CASE wrong_field {want} END"
+
 
 def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: bool = False) -> str:
     """The one Event -> ``k8s_audit`` mapping, over ``relation(idx, sub, origin, origin_no, line,
@@ -63,14 +131,21 @@ def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: 
     then raises on the first malformed line and :func:`map_events` re-runs with the check.
 
     Output: the table's columns plus ``_idx``, ``_sub``, ``_status`` (NULL = a good row;
-    ``invalid`` = not JSON; ``other`` = JSON but not a plain Event; ``bad_timestamp`` /
-    ``missing_field`` = an Event that must be quarantined) and ``_detail``.
+    ``invalid`` = not JSON; ``other`` = JSON but not a plain Event; ``wrong_type`` (a checked field
+    of another JSON type, :func:`_type_checks`) / ``bad_timestamp`` (unparseable, or outside
+    :data:`~ztaudit.pipeline.normalize.base.EVENT_TIME_MIN` .. ingestion +
+    :data:`~ztaudit.pipeline.normalize.base.EVENT_TIME_MAX_AHEAD`) / ``missing_field`` = an Event
+    that must be quarantined) and ``_detail``.
     """
     sysre = "|".join(f"(?:{p})" for p in system_patterns) or "^$"
+    wrong_field, wrong_want = _wrong_type_sql()
+    tmin = f"TIMESTAMPTZ {sql_literal(EVENT_TIME_MIN.isoformat())}"
+    ahead = EVENT_TIME_MAX_AHEAD.days
+    trange = sql_literal(f"{EVENT_TIME_MIN.date().isoformat()} .. ingestion + {ahead} day(s)")
     return f"""
 WITH parsed AS (
     SELECT idx, sub, coalesce(origin, $3::VARCHAR || origin_no::VARCHAR) AS origin, env_cluster, valid,
-           CASE WHEN valid THEN from_json(line, {sql_literal(EVENT_STRUCT)}) END AS e,
+           CASE WHEN valid THEN from_json(line, {sql_literal(EVENT_STRUCT)}) END AS e, line,
            -- cheap pre-filter for the legacy-token annotation scan below
            contains(line, 'legacy-token') AS legacy_hint
     FROM (SELECT *, {"true" if assume_valid else "json_valid(line)"} AS valid FROM {relation})
@@ -84,7 +159,8 @@ WITH parsed AS (
         nullif(e.user.username, '') AS user_name_,
         nullif(e.impersonatedUser.username, '') AS imp_name,
         e.user.extra AS extra,
-        e.annotations AS ann
+        e.annotations AS ann,
+        e.responseStatus.code::VARCHAR AS code_j
     FROM parsed
 ), g AS (
     SELECT *,
@@ -101,8 +177,15 @@ WITH parsed AS (
              THEN coalesce(imp_name, user_name_) END AS sa_actor,
         coalesce(nullif(ann['authentication.k8s.io/legacy-token-autogenerated-secret'], ''),
                  nullif(ann['authentication.k8s.io/legacy-token-manual-secret'], '')) AS legacy_secret,
-        nullif(ann['authentication.k8s.io/legacy-token-invalidated'], '') AS legacy_invalidated
+        nullif(ann['authentication.k8s.io/legacy-token-invalidated'], '') AS legacy_invalidated,
+        CASE WHEN valid AND is_event THEN {wrong_field} END AS wrong_field
     FROM f
+), h AS (
+    SELECT *,
+        -- one valid time range for every source kind and both paths (normalize/base.py)
+        coalesce(rrt < {tmin} OR rrt > $2::TIMESTAMPTZ + INTERVAL {ahead} DAY, false) AS rrt_out,
+        coalesce(st < {tmin} OR st > $2::TIMESTAMPTZ + INTERVAL {ahead} DAY, false) AS st_out
+    FROM g
 )
 SELECT
     audit_id_ AS audit_id,
@@ -112,12 +195,9 @@ SELECT
     rrt AS request_received_at,
     st AS stage_at,
     e.verb AS verb,
-    CASE WHEN contains(e.requestURI, 'eyJ')
-         THEN regexp_replace(regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi'),
-                             {sql_literal(JWT_RE)}, '***', 'g')
-         WHEN contains(e.requestURI, '=')
-         THEN regexp_replace(e.requestURI, {sql_literal(QUERY_SECRET_RE)}, '\\1***', 'gi')
-         ELSE e.requestURI END AS request_uri,
+    -- Masked with every other column by the central redaction step (pipeline/redact.py,
+    -- docs/redaction.md §3), which process() applies to the assembled table.
+    e.requestURI AS request_uri,
     e.user.username AS user_name,
     e.user.uid AS user_uid,
     e.user.groups AS user_groups,
@@ -160,7 +240,7 @@ SELECT
     e.objectRef.name AS name,
     e.objectRef.apiGroup AS api_group,
     e.objectRef.apiVersion AS api_version,
-    try_cast(e.responseStatus.code AS INTEGER) AS response_code,
+    try_cast(code_j AS INTEGER) AS response_code,
     ann['authorization.k8s.io/decision'] AS decision,
     ann['authorization.k8s.io/reason'] AS authz_reason,
     ann AS annotations,
@@ -170,15 +250,20 @@ SELECT
     sub AS _sub,
     CASE WHEN NOT valid THEN 'invalid'
          WHEN NOT is_event THEN 'other'
+         WHEN wrong_field IS NOT NULL THEN 'wrong_type'
          WHEN audit_id_ IS NULL OR audit_id_ = '' THEN 'missing_field'
          WHEN (rrt_s IS NOT NULL AND rrt IS NULL) OR (st_s IS NOT NULL AND st IS NULL) THEN 'bad_timestamp'
+         WHEN rrt_out OR st_out THEN 'bad_timestamp'
          WHEN rrt IS NULL AND st IS NULL THEN 'missing_field'
     END AS _status,
     CASE WHEN NOT valid OR NOT is_event THEN NULL
+         WHEN wrong_field IS NOT NULL THEN 'Event field ' || wrong_field || ' is not ' || {wrong_want}
          WHEN audit_id_ IS NULL OR audit_id_ = '' THEN 'Event without auditID'
          WHEN rrt_s IS NOT NULL AND rrt IS NULL THEN 'unparseable requestReceivedTimestamp: ' || left(rrt_s, 64)
          WHEN st_s IS NOT NULL AND st IS NULL THEN 'unparseable stageTimestamp: ' || left(st_s, 64)
+         WHEN rrt_out THEN 'requestReceivedTimestamp ' || left(rrt_s, 64) || ' outside ' || {trange}
+         WHEN st_out THEN 'stageTimestamp ' || left(st_s, 64) || ' outside ' || {trange}
          WHEN rrt IS NULL AND st IS NULL THEN 'Event without any timestamp'
     END AS _detail
-FROM g
+FROM h
 """

@@ -8,8 +8,16 @@ Formats (field references: ``docs/proxy-and-idp.md``, cited as §n):
 * Pomerium Envoy access lines, ``"service":"envoy","message":"http-request"`` (§1.3):
   ``record_type=access``, ``is_allowed = response-code < 400``, and ``request-id`` is kept as
   ``check_request_id`` too, because it equals the authorize line's ``check-request-id`` (1:1 join).
-* Teleport ``kube.request`` audit events (§2.1).
-* oauth2-proxy request-log lines (plain text, §2.2), through :meth:`parse_text`.
+* Teleport ``kube.request`` audit events (§2.1) and Teleport ``exec`` sessions against a pod
+  (``proto: kube``): Teleport logs ``kubectl exec`` through its Kubernetes service as an ``exec``
+  event, not as a ``kube.request`` (:mod:`.teleport`).
+* oauth2-proxy request-log lines (plain text, §2.2), through :meth:`parse_text`, in the v7+
+  layout (with ``{{.RequestID}}``) and the older one without it.
+
+Valid records that are not decisions are **ignored** (counted, not quarantined) by
+:meth:`ProxyDecisionNormalizer.ignore`: other Teleport event types, Pomerium log lines of its
+services that are not ``authorize check`` / ``http-request``, oauth2-proxy auth and standard
+log lines.
 
 What this module does not claim: Kubernetes audit events, Pomerium ``identity_manager`` lines
 (they are ``idp_event``), Teleport ``lock.created`` (``idp_event``), Pomerium's other services'
@@ -29,11 +37,13 @@ from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
-from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.quarantine import IgnoreReason, Reason, Rejected
 from ztaudit.core.schema import PROXY_DECISION
 from ztaudit.core.timeutil import TimestampError, parse_go_layout, parse_timestamp
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
-from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected
+from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected, in_event_range
+from ztaudit.pipeline.normalize.teleport import ignore_reason as teleport_ignore_reason
+from ztaudit.pipeline.normalize.teleport import is_kube_exec, is_teleport_event
 from ztaudit.pipeline.redact import mask_query as redact_query
 
 __all__ = ["ProxyDecisionNormalizer", "mask_query"]
@@ -112,7 +122,10 @@ def _email_like(value: Any) -> str | None:
 
 
 def _strip_port(addr: Any) -> str | None:
-    """``1.2.3.4:5678`` -> ``1.2.3.4``; ``[::1]:43026`` -> ``::1``; a bare IP is returned as is."""
+    """``1.2.3.4:5678`` -> ``1.2.3.4``; ``[::1]:43026`` -> ``::1``; a bare IP is returned as is.
+
+    The one rule for ``client_ip`` of every proxy: the address without the client's ephemeral
+    port, so it compares with the audit log's ``sourceIPs`` (which carry no port)."""
     if not isinstance(addr, str) or not addr:
         return None
     if addr.startswith("["):
@@ -151,9 +164,10 @@ def _time(rec: Mapping[str, Any], key: str, ctx: NormalizeContext, what: str) ->
         # decided_at. Pomerium's unit-test logger writes such lines (§1.2 "Real lines").
         raise _Reject(Reason.MISSING_FIELD, f"{what} has no '{key}': it cannot be placed in time")
     try:
-        return parse_timestamp(value, ctx.proxy_utc_offset)
+        when = parse_timestamp(value, ctx.proxy_utc_offset)
     except TimestampError as exc:
         raise _Reject(Reason.BAD_TIMESTAMP, f"{what} '{key}': {exc}") from None
+    return in_event_range(when, ctx, f"{what} '{key}'")
 
 
 # --- recognisers ---------------------------------------------------------------------------------
@@ -171,6 +185,8 @@ def _kind(value: Any) -> str | None:
         return "pomerium-access"
     if value.get("event") == "kube.request" and ("kubernetes_cluster" in value or "request_path" in value):
         return "teleport"
+    if is_teleport_event(value) and is_kube_exec(value):
+        return "teleport-exec"
     if value.get("form") == "oauth2-proxy" and "line" in value:  # built by parse_text only
         return "oauth2-proxy"
     return None
@@ -180,11 +196,24 @@ def _kind(value: Any) -> str | None:
 # {{.Client}} - {{.RequestID}} - {{.Username}} [{{.Timestamp}}] {{.Host}} {{.RequestMethod}}
 # {{.Upstream}} {{.RequestURI}} {{.Protocol}} {{.UserAgent}} {{.StatusCode}} {{.ResponseSize}}
 # {{.RequestDuration}}; RequestURI and UserAgent are Go %q-quoted.
+# Before v7.0.0 the template had no ``{{.RequestID}} - `` (oauth2-proxy CHANGELOG v7.0.0, #829):
+# the request id group is optional; with it absent the line is still a request line.
 _OAUTH2_REQUEST: Final = re.compile(
-    r'^(?P<client>\S+) - (?P<request_id>\S*) - (?P<user>\S*) \[(?P<ts>[^\]]*)\] (?P<host>\S+) '
+    r'^(?P<client>\S+) - (?:(?P<request_id>\S*) - )?(?P<user>\S*) \[(?P<ts>[^\]]*)\] (?P<host>\S+) '
     r'(?P<method>[A-Z]+) (?P<upstream>\S+) "(?P<uri>(?:[^"\\]|\\.)*)" (?P<proto>\S+) '
     r'"(?P<ua>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<size>\d+) (?P<duration>[\d.]+)\s*$'
 )
+
+
+# oauth2-proxy's other two streams (§2.2): auth lines ``... [ts] [AuthSuccess] message`` and
+# standard lines ``[2024/12/12 10:00:00] [file.go:123] message``: valid, not request decisions.
+_OAUTH2_AUTH: Final = re.compile(
+    r'^\S+ - (?:\S* - )?\S* \[[^\]]*\] \[(?:AuthSuccess|AuthFailure|AuthError)\] ')
+_OAUTH2_STANDARD: Final = re.compile(r'^\[\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}\] \[[^\]\s]+\] ')
+#: Pomerium's services (``service`` of its zerolog lines, §1.2); lines of theirs that no
+#: normalizer reads are server logs, not decisions.
+_POMERIUM_SERVICES: Final = frozenset({"authorize", "authenticate", "proxy", "databroker", "envoy", "pomerium",
+                                       "identity_manager", "controlplane", "registry"})
 
 
 def _go_unquote(s: str) -> str:
@@ -283,6 +312,20 @@ def _teleport(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     decided_at = _time(rec, "time", ctx, "kube.request")
     path, query = _split_uri(_str(rec.get("request_path")))
     code = _int(rec.get("response_code"))
+    return {
+        **_teleport_common(rec, decided_at, ctx),
+        "method": (_str(rec.get("verb")) or "").upper() or None,
+        "path": path,
+        "query": query,
+        "is_allowed": None if code is None else code < 400,
+        "response_code": code,
+        "record_type": "kube.request",
+    }
+
+
+def _teleport_common(rec: Mapping[str, Any], decided_at: Any, ctx: NormalizeContext) -> Row:
+    """The columns every Teleport event gives the same way: who, which session, from where, which
+    cluster."""
     user = _str(rec.get("user"))
     return {
         "decided_at": decided_at,
@@ -293,14 +336,8 @@ def _teleport(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
         # Teleport impersonates the Teleport user when kubernetes_users is empty (§2.1); an
         # email-shaped user name is the name the audit log's impersonatedUser will carry.
         "email": _email_like(user),
-        "method": (_str(rec.get("verb")) or "").upper() or None,
-        "path": path,
-        "query": query,
         "client_ip": _strip_port(_dotted(rec, "addr.remote")),
-        "is_allowed": None if code is None else code < 400,
         "cluster": _str(rec.get("kubernetes_cluster")) or ctx.cluster,
-        "response_code": code,
-        "record_type": "kube.request",
     }
 
 
@@ -311,6 +348,7 @@ def _oauth2_proxy(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
         decided_at = parse_go_layout(fields["ts"], ctx.proxy_utc_offset)
     except TimestampError as exc:
         raise _Reject(Reason.BAD_TIMESTAMP, f"oauth2-proxy request line: {exc}") from None
+    decided_at = in_event_range(decided_at, ctx, "oauth2-proxy request line")
     path, query = _split_uri(_go_unquote(fields["uri"]))
     code = int(fields["status"])
     upstream = fields["upstream"]
@@ -320,7 +358,7 @@ def _oauth2_proxy(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     return {
         "decided_at": decided_at,
         "proxy": "oauth2-proxy",
-        "request_id": fields["request_id"] or None,
+        "request_id": fields.get("request_id") or None,
         "user_id": user,
         "email": _email_like(user),
         "method": fields["method"],
@@ -328,7 +366,7 @@ def _oauth2_proxy(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
         "path": path,
         "query": query,
         "route_id": upstream if upstream != "-" else None,
-        "client_ip": fields["client"] if fields["client"] != "-" else None,
+        "client_ip": _strip_port(fields["client"]) if fields["client"] != "-" else None,
         # Upstream "-" means oauth2-proxy answered itself (sign-in redirect, 401/403, /ping): the
         # request was not let through, whatever the status.
         "is_allowed": code < 400 and upstream != "-",
@@ -339,10 +377,34 @@ def _oauth2_proxy(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     }
 
 
+def _teleport_exec(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
+    """One Teleport ``exec`` event with ``proto: kube`` (``T3002I``; ``T3002E`` when the command
+    failed): ``kubectl exec`` into ``kubernetes_pod_namespace/kubernetes_pod_name`` through
+    Teleport's Kubernetes service. The path is the pod's ``exec`` subresource the API server logs;
+    the command is not kept (its arguments can hold secrets, issue 11 item 15). Teleport logs the
+    session when it ends, so the decision was "allowed" (``T3002I``); a failed command (``T3002E``)
+    does not say whether Teleport or the command refused, so ``is_allowed`` is left unknown."""
+    decided_at = _time(rec, "time", ctx, "exec")
+    ns, pod = _str(rec.get("kubernetes_pod_namespace")), _str(rec.get("kubernetes_pod_name"))
+    if ns is None or pod is None:
+        raise _Reject(Reason.MISSING_FIELD, "teleport kube exec without kubernetes_pod_namespace/_name")
+    code = _str(rec.get("code")) or ""
+    return {
+        **_teleport_common(rec, decided_at, ctx),
+        "method": None,
+        "path": f"/api/v1/namespaces/{ns}/pods/{pod}/exec",
+        "query": None,
+        "is_allowed": True if code.endswith("I") else None,
+        "response_code": None,
+        "record_type": "exec",
+    }
+
+
 _BUILDERS: Final[dict[str, Callable[[Mapping[str, Any], NormalizeContext], Row]]] = {
     "pomerium-authorize": _pomerium_authorize,
     "pomerium-access": _pomerium_access,
     "teleport": _teleport,
+    "teleport-exec": _teleport_exec,
     "oauth2-proxy": _oauth2_proxy,
 }
 
@@ -383,6 +445,22 @@ class ProxyDecisionNormalizer:
             return None
         record = {"form": "oauth2-proxy", "line": line.rstrip("\r\n"), "fields": m.groupdict()}
         return [Unwrapped(record=record, form="oauth2-proxy")]
+
+    def ignore(self, value: Any, text: str | None) -> IgnoreReason | None:
+        """Called on a record no normalizer claimed: other Teleport events (:mod:`.teleport`),
+        Pomerium server lines, oauth2-proxy auth and standard lines are valid, not decisions."""
+        if text is not None:
+            if _OAUTH2_AUTH.match(text):
+                return IgnoreReason.UNUSED_EVENT_TYPE
+            return IgnoreReason.NOT_AN_EVENT if _OAUTH2_STANDARD.match(text) else None
+        why = teleport_ignore_reason(value)
+        if why is not None:
+            return why
+        if (isinstance(value, dict) and isinstance(value.get("service"), str)
+                and value["service"] in _POMERIUM_SERVICES
+                and isinstance(value.get("message"), str) and "level" in value):
+            return IgnoreReason.NOT_AN_EVENT
+        return None
 
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],
                  ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:

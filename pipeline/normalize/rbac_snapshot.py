@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from ztaudit.core.columns import conform
 from ztaudit.core.derived_tables import RBAC_GRANT
-from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.core.quarantine import IgnoreReason, Reason, Rejected
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 
 SOURCE: Final = "rbac_snapshot"
@@ -130,6 +130,10 @@ class RbacSnapshotNormalizer:
 
     def parse_text(self, line: str) -> list[Unwrapped] | None:
         """RBAC snapshots are JSON only."""
+        return None
+
+    def ignore(self, value: Any, text: str | None) -> IgnoreReason | None:
+        """Nothing is ignored as an RBAC snapshot."""
         return None
 
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],

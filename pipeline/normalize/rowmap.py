@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from ztaudit.core.columns import conform
 from ztaudit.core.quarantine import Reason, Rejected
-from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
+from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped, event_time_problem
 from ztaudit.pipeline.redact import mask_query, scrub_raw
 
 Row = dict[str, Any]
@@ -32,6 +33,15 @@ class RecordRejected(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+def in_event_range(when: datetime, ctx: NormalizeContext, what: str) -> datetime:
+    """``when`` if it is a plausible event time (:func:`~.base.event_time_problem`: the one range
+    of every source kind and both paths), else :class:`RecordRejected` ``bad_timestamp``."""
+    problem = event_time_problem(when, ctx.ingested_at)
+    if problem is not None:
+        raise RecordRejected(Reason.BAD_TIMESTAMP, f"{what}: {problem}")
+    return when
 
 
 def scrub_record(rec: Mapping[str, Any], text_forms: Collection[str] = ()) -> bytes:

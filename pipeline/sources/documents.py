@@ -1,50 +1,97 @@
 """Whole-document inputs: one pretty-printed JSON value or array (split into records), and CSV files
 (one record per row, as a JSON object keyed by the header).
+
+Called by :func:`.files.read_chunks`. Chunk keys follow :func:`~.inputs.chunk_key`: the input's
+first record and a sha256 over the records *before* the chunk (each length-prefixed), so a
+document or CSV file that grew (``[a, b]`` -> ``[a, b, c]``, a row appended) keeps its earlier
+chunks' keys and the sink's replace-by-key leaves one row per record (issue 11, item 1). A chunk
+ends after the record that brings it to ``chunk_bytes`` or to
+:data:`~.inputs.MAX_CHUNK_LINES` records, which depends only on the records so far.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import itertools
 import json
+import re
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Final, Literal
 
-from ztaudit.core.quarantine import Reason
-from ztaudit.pipeline.decode.values import dumps, json_failure, loads
+from ztaudit.core.quarantine import Reason, Rejected
+from ztaudit.pipeline.decode.values import dumps, json_failure
 from ztaudit.pipeline.records import LineOrigins
-from ztaudit.pipeline.sources.inputs import BOM, DOCUMENT_MAX_BYTES, PEEK_BYTES, Chunk, InputFile, OpenedInput
+from ztaudit.pipeline.redact import scrub_raw
+from ztaudit.pipeline.sources.inputs import (
+    BOM,
+    DOCUMENT_MAX_BYTES,
+    MAX_CHUNK_LINES,
+    PEEK_BYTES,
+    Chunk,
+    InputFile,
+    OpenedInput,
+    chunk_key,
+)
+
+#: How many lines after a broken first line are looked at to tell a JSON-lines file (every one a
+#: complete object) from a broken pretty-printed document.
+_CONFIRM_LINES: Final = 8
 
 
-def looks_like_document(head: bytes) -> bool:
-    """True when the first non-blank line opens JSON but is not a complete JSON value."""
+def _complete_line(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def classify(head: bytes) -> Literal["lines", "document"]:
+    """``document`` when the input's first non-blank line begins a JSON value that goes on past
+    the line; else ``lines``. Called by :func:`.files.read_chunks` on the first
+    :data:`PEEK_BYTES` of an input that is not CSV.
+
+    Decided by parsing, not by the first byte (issue 11, item 5): a line that parses completely
+    is a JSON-lines record, and so is one whose parse fails *inside* it: oauth2-proxy request
+    lines start with ``[2024/12/12 10:00:00]``, which is not JSON at ``/``. Only a line that is a
+    valid beginning of a JSON value (the parser runs off its end: ``{``, ``[``,
+    ``[{"kind": "Event",``) starts a document.
+    """
     text = head.removeprefix(BOM)
     for line in text.split(b"\n"):
         s = line.strip()
         if not s:
             continue
         if s[:1] not in (b"{", b"["):
-            return False
+            return "lines"
         if len(line) >= len(text) - 1 and len(text) >= PEEK_BYTES:
-            return False  # one giant first line: line mode (it will be quarantined oversized)
+            return "lines"  # one giant first line: line mode (it will be quarantined oversized)
         try:
             json.loads(s)
-        except (ValueError, RecursionError):
-            return True
-        return False
-    return False
+        except (ValueError, RecursionError) as exc:
+            try:
+                decoded = s.decode("utf-8")
+            except UnicodeDecodeError:
+                return "lines"
+            if json_failure(decoded, exc)[0] is Reason.TRUNCATED:
+                return "document"
+        return "lines"
+    return "lines"
 
 
-def read_document(opened: OpenedInput) -> str | None:
+def read_document(opened: OpenedInput) -> tuple[str | None, str, bytes]:
+    """``(text, "", b"")``: the document's text, BOM removed; or ``(None, why, first bytes)`` when
+    it cannot be one text: ``why`` is ``oversized`` (more than :data:`DOCUMENT_MAX_BYTES`) or
+    ``not_utf8``."""
     with opened.stream() as stream:
         data = stream.read(DOCUMENT_MAX_BYTES + 1)
     if len(data) > DOCUMENT_MAX_BYTES:
-        return None
+        return None, "oversized", data[: 64 * 1024]
     try:
-        return data.removeprefix(BOM).decode("utf-8")
+        return data.removeprefix(BOM).decode("utf-8"), "", b""
     except UnicodeDecodeError:
-        return None
+        return None, "not_utf8", data[: 64 * 1024]
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -54,76 +101,197 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
-    """(start offset, value, None) per top-level value -- a top-level array is split into its
-    elements -- then, if parsing stops early, (offset, None, rest of the text) once."""
-    dec = json.JSONDecoder()
-    pos = _skip_ws(text, 0)
+_STRUCTURAL = re.compile(r'[][{}"]')
+_IN_STRING = re.compile(r'["\\]')
+_SCALAR_END = re.compile(r'[][{},\n]')
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value that starts at ``start`` ends, by its brackets alone (strings
+    skipped), for a value the parser rejected: a stray comma inside an object does not move its
+    closing brace. Anything that is not an object or array ends at the next separator, bracket or
+    newline; a value that never closes runs to the end of the text. Always past ``start``; linear
+    time (every ``search`` moves forward)."""
     n = len(text)
-    while pos < n:
-        start = pos
+    if text[start] not in "{[":
+        m = _SCALAR_END.search(text, start + 1)
+        return n if m is None else m.start()
+    depth = 0
+    i = start
+    while True:
+        m = _STRUCTURAL.search(text, i)
+        if m is None:
+            return n
+        c, j = m.group(), m.start()
+        if c == '"':  # skip the string, escapes included
+            k = j + 1
+            while True:
+                m2 = _IN_STRING.search(text, k)
+                if m2 is None:
+                    return n
+                if m2.group() == '"':
+                    break
+                k = m2.start() + 2
+            i = m2.end()
+            continue
+        depth += 1 if c in "[{" else -1
+        if depth == 0:
+            return j + 1
+        i = j + 1
+
+
+def split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(start offset, value, None) per top-level value -- a top-level array is split into its
+    elements -- and (start offset, None, text) for a value that does not parse.
+
+    A value that does not parse is one record of its own, from its start to where its brackets
+    close (:func:`_value_end`), and parsing goes on after it: it is quarantined whole, as a
+    document, so the scrubber sees its keys (``"data":``) and cuts there, instead of the lines of
+    a pretty-printed Secret being stored one by one without the key above them (issue 11, item 13).
+    An array cut short (a file still being written) simply ends: every element before the cut
+    is a record, and the cut element is one that does not parse.
+    """
+    dec = json.JSONDecoder()
+    n = len(text)
+    pos = _skip_ws(text, 0)
+
+    def value_at(p: int) -> tuple[int, Any, str | None, int]:
         try:
-            if text[pos] == "[":
-                p = _skip_ws(text, pos + 1)
-                if p < n and text[p] == "]":
-                    pos = _skip_ws(text, p + 1)
-                    continue
-                while True:
-                    start = p
-                    val, end = dec.raw_decode(text, p)
-                    yield p, val, None
-                    p = _skip_ws(text, end)
-                    if p < n and text[p] == ",":
-                        p = _skip_ws(text, p + 1)
-                        continue
-                    if p < n and text[p] == "]":
-                        pos = _skip_ws(text, p + 1)
-                        break
-                    raise ValueError("expected , or ] in array")
-            else:
-                val, end = dec.raw_decode(text, pos)
-                yield pos, val, None
-                pos = _skip_ws(text, end)
+            val, end = dec.raw_decode(text, p)
         except (ValueError, RecursionError):
-            yield start, None, text[start:]
-            return
+            end = _value_end(text, p)
+            return p, None, text[p:end], end
+        return p, val, None, end
+
+    while pos < n:
+        if text[pos] != "[":
+            start, val, bad, end = value_at(pos)
+            yield start, val, bad
+            pos = _skip_ws(text, end)
+            continue
+        p = _skip_ws(text, pos + 1)
+        if p < n and text[p] == "]":
+            pos = _skip_ws(text, p + 1)
+            continue
+        p_elem = p
+        while p_elem < n:
+            start, val, bad, end = value_at(p_elem)
+            yield start, val, bad
+            p = _skip_ws(text, end)
+            while p < n and text[p] not in ",]":  # junk between elements: a record of its own
+                junk_end = _value_end(text, p)
+                yield p, None, text[p:junk_end]
+                p = _skip_ws(text, junk_end)
+            if p < n and text[p] == ",":
+                p_elem = _skip_ws(text, p + 1)
+                continue
+            break
+        pos = _skip_ws(text, p + 1) if p < n else n
 
 
-def document_chunks(text: str, inp: InputFile, sha: str, chunk_bytes: int) -> Iterator[Chunk] | None:
-    """Records of a whole-document file, or None when its first value does not parse and the
-    failure is not at the end of the input (then it is really line-oriented: line mode)."""
-    parts = _split_document(text)
+class _Chunker:
+    """Cuts records into chunks with keys that a grown input keeps (the module docstring)."""
+
+    def __init__(self, inp: InputFile, chunk_bytes: int, prefix: str) -> None:
+        self.inp, self.chunk_bytes, self.prefix = inp, chunk_bytes, prefix
+        self.h = hashlib.sha256()  # of the records before the current chunk
+        self.anchor: bytes | None = None
+        self.records: list[bytes] = []
+        self.lines: list[int] = []
+        self.size = 0
+        self.start = 0
+
+    def add(self, rec: bytes, line: int, start: int) -> Chunk | None:
+        """Add a record; the chunk it completes, if it does."""
+        if not self.records:
+            self.start = start
+        if self.anchor is None:
+            self.anchor = rec
+        self.records.append(rec)
+        self.lines.append(line)
+        self.size += len(rec)
+        if self.size >= self.chunk_bytes or len(self.records) >= MAX_CHUNK_LINES:
+            return self.flush()
+        return None
+
+    def flush(self) -> Chunk | None:
+        """The chunk of the records added since the last one (None if there are none)."""
+        if not self.records:
+            return None
+        key = chunk_key(self.anchor, self.h.digest(), f"{self.prefix}{self.start}")
+        for rec in self.records:
+            self.h.update(len(rec).to_bytes(8, "little"))
+            self.h.update(rec)
+        chunk = Chunk(self.records, LineOrigins(self.inp.name, lines=self.lines), key, self.size)
+        self.records, self.lines, self.size = [], [], 0
+        return chunk
+
+
+def document_chunks(text: str, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk] | None:
+    """Records of a whole-document file (:func:`split_document`), or None when it is really a
+    JSON-lines file whose first line is broken: its first value does not parse, and the next
+    non-blank lines (up to :data:`_CONFIRM_LINES`) are each a complete JSON object or array. Only
+    then may it be read line by line: those lines carry their own keys, so the scrubber sees them.
+    """
+    parts = split_document(text)
     first = next(parts, None)
     if first is None:
         return None
-    if first[2] is not None:
-        try:
-            loads(first[2])
-        except ValueError as exc:
-            if json_failure(first[2], exc)[0] is not Reason.TRUNCATED:
-                return None  # fails mid-text: a line-oriented file with a bad first line
+    if first[2] is not None and _json_lines_after_first(text, first[0]):
+        return None
 
     def gen() -> Iterator[Chunk]:
-        records: list[bytes] = []
-        lines: list[int] = []
-        size = 0
+        chunker = _Chunker(inp, chunk_bytes, "d")
         line = 1
         last = 0
-        first_off = 0
-        for start, value, rest in itertools.chain([first], parts):
+        for start, value, bad in _chain(first, parts):
             line += text.count("\n", last, start)
             last = start
-            rec = rest.encode() if rest is not None else dumps(value)
-            records.append(rec)
-            lines.append(line)
-            size += len(rec)
-            if size >= chunk_bytes:
-                yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{sha}+d{first_off}-{start}", size)
-                records, lines, size, first_off = [], [], 0, start
-        if records:
-            yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{sha}+d{first_off}-{len(text)}", size)
+            rec = bad.encode("utf-8", "surrogatepass") if bad is not None else dumps(value)
+            chunk = chunker.add(rec, line, start)
+            if chunk is not None:
+                yield chunk
+        chunk = chunker.flush()
+        if chunk is not None:
+            yield chunk
 
     return gen()
+
+
+def _chain(first: tuple[int, Any, str | None], rest: Iterator[tuple[int, Any, str | None]]
+           ) -> Iterator[tuple[int, Any, str | None]]:
+    yield first
+    yield from rest
+
+
+def _json_lines_after_first(text: str, start: int) -> bool:
+    """True when the lines after the one at ``start`` are complete JSON objects or arrays."""
+    nl = text.find("\n", start)
+    if nl < 0:
+        return False
+    seen = 0
+    for line in text[nl + 1: nl + 1 + PEEK_BYTES].split("\n")[:-1]:
+        s = line.strip()
+        if not s:
+            continue
+        if s[:1] not in "{[" or not _complete_line(s.encode("utf-8", "surrogatepass")):
+            return False
+        seen += 1
+        if seen >= _CONFIRM_LINES:
+            break
+    return seen > 0
+
+
+def unreadable_document(head: bytes, inp: InputFile, why: str) -> Chunk:
+    """One chunk holding one quarantined record for a document that cannot be parsed at all
+    (over :data:`DOCUMENT_MAX_BYTES`, or not UTF-8): its first bytes, cut at the first
+    secret-bearing key by :func:`scrub_raw` like any unparsed record. It is never split into lines:
+    the lines of a pretty-printed Secret carry no key to cut at (issue 11, item 13)."""
+    reason = Reason.OVERSIZED if why == "oversized" else Reason.NOT_UTF8
+    detail = (f"a JSON document over {DOCUMENT_MAX_BYTES:,} bytes is not read" if why == "oversized"
+              else "a JSON document that is not UTF-8")
+    rejected = [Rejected(f"file:{inp.name}:1", reason, detail, scrub_raw(head, parse=False), None, len(head))]
+    return Chunk([], LineOrigins(inp.name), chunk_key(head[:4096], b"", "d0"), len(head), rejected=rejected)
 
 
 def csv_chunks(opened: OpenedInput, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
@@ -131,29 +299,24 @@ def csv_chunks(opened: OpenedInput, inp: InputFile, chunk_bytes: int) -> Iterato
     with opened.stream() as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
         try:
-            yield from _csv_rows(text, opened, inp, chunk_bytes)
+            yield from _csv_rows(text, inp, chunk_bytes)
         finally:
             text.detach()  # the wrapper must not close the file: read_chunks owns it
 
 
-def _csv_rows(text: IO[str], opened: OpenedInput, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
-    """The chunks of :func:`csv_chunks` from the decoded text."""
+def _csv_rows(text: IO[str], inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
+    """The chunks of :func:`csv_chunks` from the decoded text (keys: ``<16 hex>+L<first line>``;
+    the anchor is the first row as a record, which holds the header and the first values)."""
     reader = csv.DictReader(text, restkey="_extra")
-    records: list[bytes] = []
-    lines: list[int] = []
-    size = 0
+    chunker = _Chunker(inp, chunk_bytes, "L")
     reader.fieldnames  # noqa: B018 - reads the header line, so line_num points past it
     prev = reader.line_num
-    first = prev + 1
     for row in reader:
         start = prev + 1
         prev = reader.line_num
-        rec = dumps({str(k): v for k, v in row.items()})
-        records.append(rec)
-        lines.append(start)
-        size += len(rec)
-        if size >= chunk_bytes:
-            yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{opened.sha}+L{first}-{prev}", size)
-            records, lines, size, first = [], [], 0, prev + 1
-    if records:
-        yield Chunk(records, LineOrigins(inp.name, lines=lines), f"{opened.sha}+L{first}-{prev}", size)
+        chunk = chunker.add(dumps({str(k): v for k, v in row.items()}), start, start)
+        if chunk is not None:
+            yield chunk
+    chunk = chunker.flush()
+    if chunk is not None:
+        yield chunk

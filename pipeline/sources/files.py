@@ -13,26 +13,31 @@ Formats:
   chunks. A line longer than the chunk is cut to ``max_record_bytes + 1`` bytes (so it is
   quarantined ``oversized``) and the rest of it skipped without being held in memory.
 * **One JSON document over many lines** (``kubectl get --raw``, pretty-printed samples, a JSON
-  array): detected when the first non-blank line is not a complete JSON value; the document (up
-  to :data:`DOCUMENT_MAX_BYTES`) is parsed value by value, and a top-level array is split into
-  one record per element, each with the line it starts on.
+  array): when the first non-blank line is a valid *beginning* of a JSON value that does not end
+  on that line (decided by parsing, not by its first byte: an oauth2-proxy line starting
+  ``[2024/12/12 ...]`` is a text line). The document (up to ``DOCUMENT_MAX_BYTES``, 256 MiB) is parsed
+  value by value, a top-level array split into one record per element, each with the line it
+  starts on; a value that does not parse is one quarantined record of its own, never split into
+  lines (a pretty-printed Secret's lines carry no key for the scrubber to cut at).
 * **CSV** (``*.csv``): each row becomes a JSON object keyed by the header (revocation lists).
-* ``*.gz``: decompressed on the fly (also detected by magic bytes).
+* ``*.gz``: decompressed on the fly (also detected by magic bytes). A truncated or corrupt
+  stream keeps every complete line; the incomplete tail is quarantined ``truncated`` with the
+  gzip error, and the next input is read.
+* Stdin, FIFOs and process substitutions (``<(cmd)``) are spooled to a temporary file first.
 
-Deterministic file keys (docs/design.md "Lake layout"), so ingesting the same input again replaces the
-same lake files instead of adding rows: for line files ``<sha256 of the content from byte 0 to the
-chunk's end, 16 hex>+<first byte>-<end byte>``, hashed while reading (a file that grew keeps the
-keys of its unchanged chunks); for documents and CSV ``<sha256 of the whole file>+<range>`` (CSV:
-line range). Stdin is spooled to a temporary file, which the document reader may read twice.
+Deterministic file keys (docs/design.md §3), so ingesting the same input again -- or after it
+grew -- replaces the same lake files instead of adding rows: ``<16 hex>+<start>``, a hash of the
+input's first record and of everything *before* the chunk's start, and the start (a byte offset
+for line files, ``d<offset>`` for documents, ``L<line>`` for CSV). See :func:`.inputs.chunk_key`,
+and :mod:`.lines` for the chunk boundaries and what a different ``--chunk-bytes`` does.
 """
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator
 
 from ztaudit.core.errors import SourceError
-from ztaudit.pipeline.sources.documents import csv_chunks, document_chunks, looks_like_document, read_document
+from ztaudit.pipeline.sources.documents import classify, csv_chunks, document_chunks, read_document, unreadable_document
 from ztaudit.pipeline.sources.inputs import PEEK_BYTES, Chunk, InputFile, open_input
 from ztaudit.pipeline.sources.lines import line_chunks
 
@@ -40,8 +45,10 @@ from ztaudit.pipeline.sources.lines import line_chunks
 def read_chunks(inp: InputFile, chunk_bytes: int, max_record_bytes: int) -> Iterator[Chunk]:
     """Chunks of raw records from ``inp`` (see the module docstring for formats).
 
-    Raises SourceError only when the input cannot be opened or read at all (missing, permission,
-    a corrupt gzip stream -- then the chunks already yielded stand and the error names the file).
+    Called by ``ingest_paths`` once per input, in its reader thread. Raises SourceError only
+    when the input cannot be opened or read at all (missing, permission, an I/O error); then the
+    chunks already yielded stand and the error names the file. Bad content never raises: a
+    truncated ``.gz`` or a broken document ends as quarantined records in the chunks.
     """
     opened = open_input(inp)
     try:
@@ -52,18 +59,21 @@ def read_chunks(inp: InputFile, chunk_bytes: int, max_record_bytes: int) -> Iter
                 return
             with opened.stream() as stream:
                 head = stream.read(PEEK_BYTES)
-            if looks_like_document(head):
-                doc = read_document(opened)
-                if doc is not None:
-                    chunks = document_chunks(doc, inp, opened.sha, chunk_bytes)
-                    if chunks is not None:
-                        yield from chunks
-                        return
+            if classify(head) == "document":
+                text, why, first_bytes = read_document(opened)
+                if text is None:
+                    yield unreadable_document(first_bytes, inp, why)
+                    return
+                chunks = document_chunks(text, inp, chunk_bytes)
+                del text
+                if chunks is not None:
+                    yield from chunks
+                    return
             with opened.stream() as stream:
                 yield from line_chunks(stream, inp, chunk_bytes, max_record_bytes)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise SourceError(f"{inp.name}: cannot read: {exc}",
-                              fix="check that the file is complete (a .gz may be truncated)") from exc
+        except OSError as exc:
+            raise SourceError(f"{inp.name}: cannot read: {exc.strerror or exc}",
+                              fix="check that the file is readable") from exc
     finally:
         opened.raw.close()
 

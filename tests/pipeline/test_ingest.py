@@ -14,6 +14,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.events import audit_event as event
 
 from ztaudit.cli.main import cli
 from ztaudit.core.errors import SourceError
@@ -23,18 +24,6 @@ from ztaudit.pipeline.ingest import ingest_paths
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def event(i: int, **over: Any) -> dict[str, Any]:
-    ev: dict[str, Any] = {
-        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"id-{i:06d}",
-        "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list",
-        "user": {"username": "alice@example.com", "groups": ["system:authenticated"]},
-        "sourceIPs": ["10.0.0.1"], "objectRef": {"resource": "pods", "apiVersion": "v1"},
-        "responseStatus": {"code": 200},
-        "requestReceivedTimestamp": f"2026-11-{1 + i % 3:02d}T10:00:00.{i % 1000000:06d}Z",
-        "stageTimestamp": f"2026-11-{1 + i % 3:02d}T10:00:00.{i % 1000000:06d}Z",
-    }
-    ev.update(over)
-    return ev
 
 
 def jsonl(path: Path, events: list[Any], extra: list[bytes] = ()) -> Path:  # type: ignore[assignment]
@@ -240,12 +229,12 @@ def test_cli_exit_codes_via_main(tmp_path: Path, lake: Path) -> None:
     assert any(r["origin"] == "file:<stdin>:1" for r in table_rows(lake, "k8s_audit"))
 
 
-def test_corrupt_gzip_is_a_source_error_naming_the_file(tmp_path: Path, lake: Path) -> None:
+def test_corrupt_gzip_is_quarantined_not_a_source_error(tmp_path: Path, lake: Path) -> None:
+    # It was a SourceError that stopped the run; a truncated .gz now keeps its complete lines and
+    # quarantines its tail, and the run goes on (issue 11, item 7; tests/hostile/test_sources.py).
     good = jsonl(tmp_path / "a.jsonl", [event(1)])
     bad = tmp_path / "b.jsonl.gz"
     bad.write_bytes(gzip.compress(b"".join(orjson.dumps(event(i)) + b"\n" for i in range(50)))[:200])
-    with pytest.raises(SourceError) as exc:
-        ingest_paths([good, bad], lake)
-    assert "b.jsonl.gz" in str(exc.value)
-    # What was read before the bad input is in the lake.
+    stats = ingest_paths([bad, good], lake)
+    assert dict(stats.quarantined) == {"truncated": 1}
     assert len(table_rows(lake, "k8s_audit")) == 1

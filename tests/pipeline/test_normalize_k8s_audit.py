@@ -246,9 +246,16 @@ def test_missing_audit_id_and_missing_time() -> None:
     assert sorted(r.reason for r in rej) == [Reason.MISSING_FIELD, Reason.MISSING_FIELD]
 
 
-def test_wrong_types_are_tolerated_as_nulls() -> None:
-    r = one(event(responseStatus={"code": "abc"}, sourceIPs="not-a-list", user="bob"))
-    assert r["response_code"] is None and r["source_ips"] is None and r["actor_kind"] == "anonymous"
+def test_wrong_types_are_quarantined_naming_the_field() -> None:
+    # Issue 11 item 9: a wrong-typed field is out of contract; reading it as NULL made "bob" an
+    # anonymous actor. Each goes to quarantine as wrong_type, the detail naming the field.
+    rows, rej = run(event(responseStatus={"code": "abc"}), event(sourceIPs="not-a-list"), event(user="bob"))
+    assert rows == []
+    assert [(r.reason, r.detail) for r in rej] == [
+        (Reason.WRONG_TYPE, "Event field responseStatus.code is not an integer"),
+        (Reason.WRONG_TYPE, "Event field sourceIPs is not an array"),
+        (Reason.WRONG_TYPE, "Event field user is not an object"),
+    ]
 
 
 def test_not_an_event() -> None:

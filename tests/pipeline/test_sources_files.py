@@ -2,7 +2,8 @@
 
 Records are packed straight over the bytes read (newlines included in the Arrow values, not in
 ``lengths``); these tests hold that to the obvious reference -- split at ``\\n``, drop blank
-lines -- across block boundaries, and check the prefix-hash file keys.
+lines -- across block boundaries, and check the file keys (first record + hash of the content
+before the chunk + its start offset: docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def test_records_match_split_lines_across_blocks(tmp_path_factory: object, lines
     for ch in chunks:
         if ch.packed is not None:  # lengths are the records' own sizes, never the newline
             assert [len(r) for r in ch.records] == list(ch.packed.lengths)
-    # keys cover the input in order; a gap between two chunks can only be a run of blank lines
-    # (a block of nothing but blank lines yields no chunk)
-    spans = [tuple(int(x) for x in ch.file_key.split("+")[1].split("-")) for ch in chunks]
+    # chunks cover the input in order (key = <hash>+<start>, nbytes = what the chunk covers); a gap
+    # between two chunks can only be a run of blank lines (a chunk of nothing but blank lines is
+    # not yielded)
+    spans = [(int(ch.file_key.split("+")[1]), int(ch.file_key.split("+")[1]) + ch.nbytes) for ch in chunks]
     for a, b in itertools.pairwise(spans):
         assert a[1] <= b[0] and not content[a[1]:b[0]].strip()
 
@@ -77,24 +79,30 @@ def test_packed_values_carry_the_newline_records_do_not(tmp_path: Path) -> None:
     assert ch.packed.record(1) == b'{"b":2}'
 
 
-def test_key_is_the_hash_of_the_content_up_to_the_chunk(tmp_path: Path) -> None:
+def test_key_is_the_first_record_and_the_hash_of_the_content_before_the_chunk(tmp_path: Path) -> None:
+    # The key was the hash of the content up to the chunk's *end* (and the byte range): the last,
+    # partial chunk of a growing file then changed its key and its rows were kept twice (issue 11,
+    # item 1). Now nothing after the chunk's start goes in, except the file's first record, which
+    # keeps different files' first chunks apart.
     content = b"".join(b'{"n": %d}\n' % i for i in range(40))
     path = tmp_path / "a.jsonl"
     path.write_bytes(content)
     for ch in chunks_of(path, 64):
-        digest, span = ch.file_key.split("+")
-        end = int(span.split("-")[1])
-        assert digest == hashlib.sha256(content[:end]).hexdigest()[:16]
+        digest, start = ch.file_key.split("+")
+        want = hashlib.sha256(hashlib.sha256(b'{"n": 0}').digest()
+                              + hashlib.sha256(content[: int(start)]).digest()).hexdigest()[:16]
+        assert digest == want
 
 
-def test_a_grown_file_keeps_the_keys_of_its_unchanged_chunks(tmp_path: Path) -> None:
+def test_a_grown_file_keeps_the_keys_of_its_chunks(tmp_path: Path) -> None:
     first = b"".join(b'{"n": %d}\n' % i for i in range(40))
     path = tmp_path / "audit.log"
     path.write_bytes(first)
-    before = [c.file_key for c in chunks_of(path, 64)]
+    before = {c.file_key: c.records for c in chunks_of(path, 64)}
     path.write_bytes(first + b'{"n": "more"}\n' * 30)
-    after = [c.file_key for c in chunks_of(path, 64)]
-    assert after[: len(before) - 1] == before[:-1]  # all but the old last (partial) block
+    after = {c.file_key: c.records for c in chunks_of(path, 64)}
+    for key, records in before.items():  # every key kept, the old last chunk's included
+        assert after[key][: len(records)] == records
     path.write_bytes(b"X" + first[1:])  # a change in the first byte changes every key
     changed = [c.file_key for c in chunks_of(path, 64)]
     assert not set(changed) & set(before)
@@ -123,3 +131,12 @@ def test_long_lines_are_whole_or_cut_to_the_cap_and_numbering_survives(
     assert [n for n, _ in got] == [n for n, _ in want]
     for (_, rec), (_, line) in zip(got, want, strict=True):
         assert rec == line or (len(line) > cap and rec == line[: cap + 1])
+
+
+def test_a_gzipped_csv_is_read_through_the_guarded_stream(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "revoked.csv.gz"
+    path.write_bytes(gzip.compress(b"subject,revoked_at\nann@example.com,2026-11-21T08:00:00Z\n"))
+    assert [r for c in chunks_of(path, 4096) for r in c.records] == [
+        b'{"subject":"ann@example.com","revoked_at":"2026-11-21T08:00:00Z"}']
