@@ -66,15 +66,21 @@ def line_ranges(origins: pa.ChunkedArray | pa.Array) -> list[tuple[str, int, int
 
 
 def drop_merged(table: pa.Table, ranges: list[tuple[str, int, int]]) -> tuple[pa.Table, int]:
-    """``table`` without the rows whose ``file:`` origin lies in ``ranges`` (records a compacted file
-    already holds), and how many were dropped. Called by the sink before a chunk is written into
-    a table that has compacted days listing the chunk's key."""
+    """``table`` without the rows whose ``file:`` origin line lies in ``ranges`` (records a compacted
+    file already holds), and how many were dropped. Called by the sink before a chunk is written
+    into a table that has compacted days listing the chunk's key.
+
+    Only the line numbers are compared, not the path: the ranges are those of *this chunk's key*,
+    which names the input by its content (first record and everything before the chunk), so the
+    same input under another path spelling (``./a.log``, an absolute path, a rotated
+    ``a.log.1``) holds the same records at the same lines."""
     if not ranges or table.num_rows == 0 or "origin" not in table.column_names:
         return table, 0
     path, line = origin_lines(table.column("origin"))
     drop = pa.array([False] * table.num_rows)
-    for p, lo, hi in ranges:
-        hit = pc.and_(pc.equal(path, p), pc.and_(pc.greater_equal(line, lo), pc.less_equal(line, hi)))
+    is_file = pc.is_valid(path)
+    for _p, lo, hi in ranges:
+        hit = pc.and_(is_file, pc.and_(pc.greater_equal(line, lo), pc.less_equal(line, hi)))
         drop = pc.or_(drop, pc.fill_null(hit, False))
     n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
     return (table.filter(pc.invert(drop)), n) if n else (table, 0)

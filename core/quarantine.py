@@ -1,8 +1,9 @@
 """Quarantine: a record that could not be read travels as a :class:`Rejected` value to ``LAKE/quarantine``.
 
-docs/design.md: "A bad record is a value, not an exception". Its raw bytes must already be scrubbed of
-secrets (``ztaudit.pipeline.redact``) by whoever made it; the sink keeps at most
-:data:`QUARANTINE_RAW_CAP` of them.
+docs/design.md: "A bad record is a value, not an exception". Its raw bytes must be scrubbed of
+secrets (``ztaudit.pipeline.redact``, docs/redaction.md §4) before it reaches the sink: rejects made
+inside ``process()`` are scrubbed there in one batch (``redact_rejects``), rejects made elsewhere
+(the file readers) where they are made. The sink keeps at most :data:`QUARANTINE_RAW_CAP` bytes.
 """
 
 from __future__ import annotations

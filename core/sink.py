@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -198,18 +199,28 @@ class LakeSink:
         stale one cannot be deleted.
 
         ``extent`` is how many input bytes the chunk covered. Versions of one key start at the same
-        place after the same content, so the one that covered more holds the other's records and
-        more: when the lake already has a version of ``file_key`` with a larger extent (a grown
-        file ingested, then an earlier, shorter copy of it), nothing is written and ``[]`` is
-        returned, so re-ingesting prefixes in any order leaves one row per record. Files written
-        without an extent (older lakes) are replaced as before.
+        place after the same content, so the one that covered more usually holds the other's
+        records and more: when the lake already has a version of ``file_key`` with a larger extent
+        *and* it holds every row of this one (:meth:`holds`: an older, shorter copy of a grown
+        file), nothing is written and ``[]`` is returned, so re-ingesting prefixes in any order
+        leaves one row per record. When its rows differ (the input was edited, as a hand-kept
+        revocation list is, or another input starts with the same record), this newer reading
+        replaces it, with a warning. Files written without an extent (older lakes) are replaced
+        as before.
         """
         if extent is not None:
             longer = self.longer_version(file_key, extent)
             if longer is not None:
-                log.info("lake: chunk %s: %s covers more of the input (%s > %d bytes); this shorter "
-                         "version is not written", file_key, longer[0], longer[1], extent)
-                return []
+                if all(self.holds(name, file_key, t) for name, t in tables.items() if t.num_rows):
+                    log.info("lake: chunk %s: %s covers more of the input (%s > %d bytes) and holds every "
+                             "row of this shorter version; not written again", file_key, longer[0],
+                             longer[1], extent)
+                    return []
+                # Not a prefix: an edited input (a hand-kept revocation list), or another input
+                # whose first record is the same. The newer reading replaces the older, loudly.
+                log.warning("lake: chunk %s: replaces %s, a longer version whose rows differ from this "
+                            "input's (the input was edited, or another input starts with the same "
+                            "record)", file_key, longer[0])
         written: list[Path] = []
         parts = dict(tables)
         if rejected:
@@ -268,12 +279,38 @@ class LakeSink:
                     return path, theirs
         return None
 
+    def holds(self, table_name: str, file_key: str, table: pa.Table) -> bool:
+        """Whether the lake's files of ``file_key`` in ``table_name`` hold every row of ``table``,
+        compared on every column but ``origin`` (the same input under another path spelling) and
+        ``ingested_at``. Called by :meth:`write_chunk` only when a longer version of the key exists
+        (a rare path: it reads those files)."""
+        # Rows `compact` already merged away from this key's files are held by the compacted files.
+        table, _ = drop_merged(table, self.merged_ranges(table_name, file_key))
+        if table.num_rows == 0:
+            return True
+        name = f"{safe_key(file_key)}.parquet"
+        paths = [self.path_for(table_name, day, file_key)
+                 for day, names in self.day_index(table_name).items() if name in names]
+        if not paths:
+            return False
+        new = conform(table, TABLES[table_name])
+        cols = [c for c in new.column_names if c not in ("origin", "ingested_at")]
+        try:
+            old = pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
+        except (OSError, pa.ArrowException):
+            return False
+
+        def rows(t: pa.Table) -> set[bytes]:
+            return {orjson.dumps(r, default=str) for r in t.select(cols).to_pylist()}
+
+        return rows(new) <= rows(old)
+
     def write_quarantine(self, rejected: list[Rejected], file_key: str,
                          now: datetime | None = None) -> list[Path]:
         """Write rejected records (raw capped at :data:`QUARANTINE_RAW_CAP`) to ``quarantine/``.
 
-        The raw bytes must already be scrubbed of secrets (``pipeline.redact``) by whoever made
-        the :class:`Rejected`.
+        The raw bytes must already be scrubbed of secrets (``pipeline.redact``; see
+        :mod:`ztaudit.core.quarantine` for who scrubs them).
 
         Quarantine is partitioned by when the record was rejected but named by its origin's chunk,
         so a replay of the same input replaces its files (another day's: :meth:`write_chunk`).

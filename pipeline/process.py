@@ -45,7 +45,8 @@ from ztaudit.pipeline.normalize.k8s_audit import map_events
 from ztaudit.pipeline.normalize.rbac_snapshot import SOURCE as RBAC
 from ztaudit.pipeline.normalize.registry import NORMALIZERS, get
 from ztaudit.pipeline.records import BatchResult, Origins, RawBatch, pack_records
-from ztaudit.pipeline.redact import redact_rejects, redact_tables, scrub_raw
+from ztaudit.pipeline.redact import redact_rejects, redact_tables
+from ztaudit.pipeline.sources.documents import split_document
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _offer(normalizers: list[tuple[str, Normalizer]], value: Any, text: str | No
             log.warning("%s: normalizer %s failed on a record: %s", origin, kind, exc)
             raw = dumps(value) if text is None else text.encode()
             rejected.append(Rejected(origin, Reason.WRONG_TYPE, f"{kind} normalizer error: {exc}"[:300],
-                                     scrub_raw(raw), kind, len(raw)))
+                                     raw, kind, len(raw)))
             return _ERROR
         if got is not None:
             return kind, got
@@ -243,7 +244,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         result.written += mapped.table.num_rows  # one row per Event line
         for i, _sub, reason, detail in mapped.rejected:
             raw = raw_at(i)
-            rejected.append(Rejected(origins.at(i), reason, detail, scrub_raw(raw), K8S, len(raw)))
+            rejected.append(Rejected(origins.at(i), reason, detail, raw, K8S, len(raw)))
         extra_slow = mapped.not_taken
     else:
         slow_mask |= fast_ok
@@ -255,13 +256,44 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     found = _Collector()
     ignored = result.ignored
     unknown = batch.source or "unknown"
+    def salvage(raw: bytes, origin: str, reason: Reason, detail: str) -> bool:
+        """A record that failed to parse and is a JSON array with a broken element (``[E1, <broken>,
+        E2]`` on one line): its good elements are records, as they are when the same array is
+        pretty-printed (the document reader splits it); each broken one is quarantined. False
+        when it is not such an array."""
+        parts = _array_elements(raw)
+        if parts is None:
+            return False
+        result.expanded += len(parts) - 1
+        for value, bad in parts:
+            if bad is not None:
+                el = bad.encode("utf-8", "surrogatepass")
+                rejected.append(Rejected(origin, reason, f"a broken element of a JSON array ({detail})", el,
+                                         batch.source, len(el)))
+                continue
+            hit = _offer(normalizers, value, None, origin, rejected)
+            if hit is _ERROR:
+                continue
+            if hit is not None:
+                result.expanded += _take(found, ignored, hit, origin) - 1
+            elif (why := _ignore(normalizers, value, None)) is not None:
+                ignored[why] += 1
+            else:
+                el = dumps(value)
+                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "a JSON array element of type "
+                                         f"{type(value).__name__} that no normalizer recognises", el,
+                                         batch.source, len(el)))
+        return True
+
     for i in slow:
         raw = raw_at(i)
         origin = origins.at(i)
         d = decode_record(raw, max_record_bytes)
+        if d.reason is Reason.TRUNCATED and salvage(raw, origin, d.reason, d.detail):
+            continue
         if d.reason is not None:
             # Oversized records are never parsed, and only the part quarantine keeps is scrubbed.
-            safe = scrub_raw(raw[:QUARANTINE_RAW_CAP], parse=d.reason is not Reason.OVERSIZED)
+            safe = raw[:QUARANTINE_RAW_CAP]  # scrubbed with the batch's rejects (redact_rejects)
             rejected.append(Rejected(origin, d.reason, d.detail, safe, batch.source, len(raw)))
             continue
         if not d.is_json:
@@ -272,10 +304,12 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
                 result.expanded += _take(found, ignored, hit, origin) - 1
             elif (why := _ignore(normalizers, None, d.text)) is not None:
                 ignored[why] += 1
+            elif d.json_error is not None and salvage(raw, origin, d.json_error, d.detail or "invalid JSON"):
+                continue
             else:
                 rejected.append(Rejected(origin, d.json_error or Reason.INVALID_JSON,
                                          d.detail or "not JSON and not a known text format",
-                                         scrub_raw(raw, parse=False), batch.source, len(raw)))
+                                         raw, batch.source, len(raw)))
             continue
         is_array = isinstance(d.value, list)
         values = d.value if is_array else [d.value]
@@ -302,7 +336,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
                 el = dumps(value) if is_array else raw
                 rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE,
                                          f"{what} of type {type(value).__name__} that no normalizer recognises",
-                                         scrub_raw(el), batch.source, len(el)))
+                                         el, batch.source, len(el)))
 
     for kind, recs in found.records.items():
         origins_k = found.origins[kind]
@@ -325,6 +359,24 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     return result
 
 
+def _array_elements(raw: bytes) -> list[tuple[Any, str | None]] | None:
+    """The elements of a record that is a JSON array with a broken element (``(value, None)`` or
+    ``(None, text)`` each), or None when it is not one (not an array, not UTF-8, or no object
+    among its good elements). Called for records that failed to parse, so the cost is paid only by bad input; the
+    split is the document reader's (:func:`~ztaudit.pipeline.sources.documents.split_document`),
+    linear in the record."""
+    if raw.lstrip()[:1] != b"[":
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = [(value, bad) for _start, value, bad in split_document(text)]
+    if len(parts) < 2 or not any(isinstance(value, dict) for value, _bad in parts):
+        return None  # no element that could be a record: the line stays one quarantined record
+    return parts
+
+
 def _guarded_to_table(kind: str, recs: list[Unwrapped], origins: list[str],
                     ctx: NormalizeContext) -> tuple[pa.Table, list[Rejected]]:
     """A normalizer's ``to_table``, guarded: if it raises (a bug, not bad input), its records are
@@ -338,6 +390,6 @@ def _guarded_to_table(kind: str, recs: list[Unwrapped], origins: list[str],
         out = []
         for u, o in zip(recs, origins, strict=True):
             raw = dumps(dict(u.record))
-            out.append(Rejected(o, Reason.WRONG_TYPE, f"{kind} normalizer error: {exc}"[:300], scrub_raw(raw),
+            out.append(Rejected(o, Reason.WRONG_TYPE, f"{kind} normalizer error: {exc}"[:300], raw,
                                 kind, len(raw)))
         return pa.table({}), out

@@ -68,7 +68,6 @@ from ztaudit.pipeline.decode.k8s_envelopes import REJECT_KEY, ignore_k8s, unwrap
 from ztaudit.pipeline.decode.values import dumps
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.k8s_audit_sql import mapping_sql
-from ztaudit.pipeline.redact import scrub_raw
 
 SOURCE: Final = "k8s_audit"
 INPUT_SCHEMA: Final = pa.schema([
@@ -256,15 +255,16 @@ class K8sAuditNormalizer:
         }, schema=INPUT_SCHEMA)
         m = map_events(src, ctx)
         for j, _sub, reason, detail in m.rejected:
-            rejected.append(Rejected(origins[idxs[j]], reason, detail, scrub_raw(raws[j]), SOURCE, len(raws[j])))
+            rejected.append(Rejected(origins[idxs[j]], reason, detail, raws[j], SOURCE, len(raws[j])))
         for j in m.not_taken:
             rejected.append(Rejected(origins[idxs[j]], Reason.UNKNOWN_SHAPE, "not a Kubernetes audit Event",
-                                     scrub_raw(raws[j]), SOURCE, len(raws[j])))
+                                     raws[j], SOURCE, len(raws[j])))
         return m.table, rejected
 
 
 def marker_to_rejected(record: Any, origin: str, source_guess: str | None = SOURCE) -> Rejected:
-    """The :class:`Rejected` for a reject marker made by ``decode.k8s_envelopes.reject_marker``."""
+    """The :class:`Rejected` for a reject marker made by ``decode.k8s_envelopes.reject_marker``
+    (raw bytes unscrubbed: ``process()`` scrubs every reject of its batch, ``redact_rejects``)."""
     raw_v = record.get("raw")
     raw = raw_v.encode("utf-8", "replace") if isinstance(raw_v, str) else raw_v if isinstance(
         raw_v, bytes) else b""
@@ -272,4 +272,4 @@ def marker_to_rejected(record: Any, origin: str, source_guess: str | None = SOUR
         reason = Reason(record[REJECT_KEY])
     except ValueError:
         reason = Reason.UNKNOWN_SHAPE
-    return Rejected(origin, reason, str(record.get("detail", "")), scrub_raw(raw), source_guess, len(raw))
+    return Rejected(origin, reason, str(record.get("detail", "")), raw, source_guess, len(raw))

@@ -20,7 +20,6 @@ import pyarrow as pa
 from ztaudit.core.columns import conform
 from ztaudit.core.quarantine import Reason, Rejected
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped, event_time_problem
-from ztaudit.pipeline.redact import mask_query, scrub_raw
 
 Row = dict[str, Any]
 Builder = Callable[[Mapping[str, Any], NormalizeContext], Row]
@@ -44,18 +43,19 @@ def in_event_range(when: datetime, ctx: NormalizeContext, what: str) -> datetime
     return when
 
 
-def scrub_record(rec: Mapping[str, Any], text_forms: Collection[str] = ()) -> bytes:
-    """The record's bytes for quarantine, scrubbed of secrets (the sink expects scrubbed raw).
+def record_raw(rec: Mapping[str, Any], text_forms: Collection[str] = ()) -> bytes:
+    """The record's bytes for quarantine, not yet scrubbed: ``process()`` scrubs every reject of
+    its batch in one step (``pipeline.redact.redact_rejects``).
 
-    Records parsed from a text line (``form`` in ``text_forms``) keep that line, with tokens in its
-    query strings masked; JSON records are re-serialised and scrubbed.
+    Records parsed from a text line (``form`` in ``text_forms``) keep that line; JSON records are
+    re-serialised.
     """
     if rec.get("form") in text_forms and isinstance(rec.get("line"), str):
-        return scrub_raw((mask_query(str(rec["line"])) or "").encode(), parse=False)
+        return str(rec["line"]).encode()
     try:
-        return scrub_raw(orjson.dumps(rec))
+        return orjson.dumps(rec)
     except TypeError:
-        return scrub_raw(repr(rec).encode(), parse=False)
+        return repr(rec).encode()
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class RecordMapper:
 
     def _reject(self, rejected: list[Rejected], origin: str, rec: Mapping[str, Any], reason: Reason,
                 detail: str) -> None:
-        raw = scrub_record(rec, self.text_forms)
+        raw = record_raw(rec, self.text_forms)
         rejected.append(Rejected(origin, reason, detail, raw, self.source, len(raw)))
 
     def to_table(self, records: Sequence[Unwrapped], origins: Sequence[str],

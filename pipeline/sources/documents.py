@@ -34,9 +34,9 @@ from ztaudit.pipeline.sources.inputs import (
     chunk_key,
 )
 
-#: How many lines after a broken first line are looked at to tell a JSON-lines file (every one a
-#: complete object) from a broken pretty-printed document.
-_CONFIRM_LINES: Final = 8
+#: How many lines after a broken first line are looked at to tell a JSON-lines file (most of them
+#: complete objects) from a broken pretty-printed document.
+_CONFIRM_LINES: Final = 16
 
 
 def _complete_line(line: bytes) -> bool:
@@ -229,8 +229,8 @@ class _Chunker:
 
 def document_chunks(text: str, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk] | None:
     """Records of a whole-document file (:func:`split_document`), or None when it is really a
-    JSON-lines file whose first line is broken: its first value does not parse, and the next
-    non-blank lines (up to :data:`_CONFIRM_LINES`) are each a complete JSON object or array. Only
+    JSON-lines file whose first line is broken: its first value does not parse, and most of the
+    next non-blank lines (up to :data:`_CONFIRM_LINES`) are complete JSON objects or arrays. Only
     then may it be read line by line: those lines carry their own keys, so the scrubber sees them.
     """
     parts = split_document(text)
@@ -265,21 +265,27 @@ def _chain(first: tuple[int, Any, str | None], rest: Iterator[tuple[int, Any, st
 
 
 def _json_lines_after_first(text: str, start: int) -> bool:
-    """True when the lines after the one at ``start`` are complete JSON objects or arrays."""
+    """True when most of the (up to :data:`_CONFIRM_LINES`) lines after the one at ``start`` are
+    complete JSON objects or arrays: a JSON-lines file whose first line is broken.
+
+    A majority, not all: an API server in a crash loop leaves several cut-off lines, and one more
+    cut line among the next few must not turn a whole log into one quarantined "document". The
+    lines of a pretty-printed document are almost never complete values on their own (``{``,
+    ``"key": value,``, ``},``), so they stay a document."""
     nl = text.find("\n", start)
     if nl < 0:
         return False
-    seen = 0
+    seen = complete = 0
     for line in text[nl + 1: nl + 1 + PEEK_BYTES].split("\n")[:-1]:
         s = line.strip()
         if not s:
             continue
-        if s[:1] not in "{[" or not _complete_line(s.encode("utf-8", "surrogatepass")):
-            return False
         seen += 1
+        if s[:1] in "{[" and _complete_line(s.encode("utf-8", "surrogatepass")):
+            complete += 1
         if seen >= _CONFIRM_LINES:
             break
-    return seen > 0
+    return complete > 0 and 2 * complete > seen
 
 
 def unreadable_document(head: bytes, inp: InputFile, why: str) -> Chunk:

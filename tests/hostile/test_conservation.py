@@ -126,3 +126,17 @@ def test_chunk_writer_reports_the_terms(fast_min: int) -> None:
     res = process(RawBatch([VALID[3][2], IGNORED[3], INVALID[0]], LineOrigins("p")), CTX,
                   fast_path_min_records=fast_min)
     assert (res.records, res.expanded, res.written, res.quarantined, res.ignored_total) == (3, 1, 2, 1, 1)
+
+
+@pytest.mark.parametrize("fast_min", [0, 10**9], ids=["fast_path", "per_record"])
+def test_a_one_line_array_with_a_broken_element_keeps_its_good_elements(fast_min: int) -> None:
+    """``[E1, <broken>, E2]`` on one line was one quarantined record (E1 and E2 lost) while the same
+    array pretty-printed gave two rows: one rule for both layouts, and the law holds."""
+    good = [json.dumps(event(i)) for i in (1, 2)]
+    line = f"[{good[0]}, {{\"kind\":\"Event\", x}}, {good[1]}]".encode()
+    tail = f"[{good[0]}] garbage {{".encode()  # a good element, then bytes that are no element
+    res = process(RawBatch([line, tail], LineOrigins("x")), CTX, fast_path_min_records=fast_min)
+    assert res.tables["k8s_audit"].num_rows == 3
+    assert sorted(str(r.reason) for r in res.rejected) == ["invalid_json"] * 3
+    assert all(r.origin in ("file:x:1", "file:x:2") for r in res.rejected)
+    assert res.records == 2 and res.balanced()

@@ -168,6 +168,14 @@ def test_reingesting_a_file_after_compacting_its_day_keeps_one_row_per_line(tmp_
     compact(lake, "k8s_audit", "2026-03-01")
     ingest_paths([log], lake, cluster="c", chunk_bytes=16 * 1024)
     assert count(lake, "SELECT count(*) FROM k8s_audit") == 300
+    # The same input under another name (rotated by rename) or path spelling: the chunk keys name
+    # its content, and so do the compacted ranges; before, they were matched by path and doubled.
+    rotated = tmp_path / "rotated" / "audit.log.1"
+    rotated.parent.mkdir()
+    log.rename(rotated)
+    ingest_paths([rotated], lake, cluster="c", chunk_bytes=16 * 1024)
+    ingest_paths([Path(os.path.relpath(rotated))], lake, cluster="c", chunk_bytes=16 * 1024)
+    assert count(lake, "SELECT count(*) FROM k8s_audit") == 300
 
 
 # --- item 2: the same input on a later UTC day does not duplicate its quarantine -------------------------

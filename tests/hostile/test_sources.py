@@ -193,6 +193,30 @@ def test_a_revocation_list_with_a_row_appended_keeps_one_row_per_revocation(tmp_
     assert got == {f"user{i}@example.com": 1 for i in range(30)}
 
 
+def test_an_edited_revocation_list_replaces_its_older_version(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-kept revocation list is edited, not only appended to: a row corrected to a shorter
+    one must replace the old row. The "a longer version wins" rule (for an older prefix ingested
+    after the grown file) applies only when the longer version holds every row of the shorter
+    one; before, the edit was dropped and the summary still counted it as written."""
+    path = tmp_path / "revoked.csv"
+    lake = tmp_path / "lake"
+    head = "subject,revoked_at,reason\n"
+    path.write_text(head + "oscar@example.com,2026-11-21T08:00:00Z,left the company\n"
+                    "dave@example.com,2026-11-25T18:00:00Z,removed from payments on-call\n")
+    ingest_paths([path], lake)
+    path.write_text(head + "oscar@example.com,2026-11-21T08:00:00Z,left the company\n"
+                    "eve@example.com,2026-11-25T18:00:00Z,fired\n")
+    with caplog.at_level("WARNING"):
+        ingest_paths([path], lake)
+    assert sorted(r["subject_login"] for r in rows(lake, "idp_event")) == ["eve@example.com", "oscar@example.com"]
+    assert "rows differ" in caplog.text
+    # ... while an older, shorter copy of the edited list changes nothing
+    path.write_text(head + "oscar@example.com,2026-11-21T08:00:00Z,left the company\n")
+    ingest_paths([path], lake)
+    assert sorted(r["subject_login"] for r in rows(lake, "idp_event")) == ["eve@example.com", "oscar@example.com"]
+
+
 def test_different_files_with_the_same_header_keep_their_rows(tmp_path: Path) -> None:
     """The anchor keeps files apart: two CSV lists with the same header (the content before their
     first chunk is the same) must not replace each other's rows."""
@@ -246,6 +270,17 @@ def _lake_bytes(lake: Path) -> bytes:
                 out.append(b"".join(v for r in pq.read_table(p).to_pylist() for v in r.values()
                                     if isinstance(v, bytes)))
     return b"\n".join(out)
+
+
+def test_json_lines_with_several_cut_lines_near_the_top_are_still_lines(tmp_path: Path) -> None:
+    """An API server in a crash loop leaves cut-off lines: lines 1 and 3 of 1,000 cut short must
+    not make the whole file one quarantined "document" (997 events lost before)."""
+    lines = [orjson.dumps(event(i)) for i in range(1000)]
+    lines[0], lines[2] = lines[0][:60], lines[2][:70]
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ingest_paths([path], tmp_path / "lake", cluster="c1")
+    assert stats.rows["k8s_audit"] == 998 and stats.quarantined_total == 2
 
 
 def test_a_broken_pretty_printed_secret_does_not_leak_its_data(tmp_path: Path) -> None:
