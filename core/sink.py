@@ -187,12 +187,14 @@ class LakeSink:
         return written
 
     def write_chunk(self, tables: Mapping[str, pa.Table], rejected: Sequence[Rejected], file_key: str,
-                    now: datetime | None = None, extent: int | None = None) -> list[Path]:
+                    now: datetime | None = None, extent: int | None = None,
+                    scope: Sequence[str] = CHUNK_TABLES) -> list[Path]:
         """Write one input chunk under ``file_key`` and make it the only version of that key.
 
-        Called by ``ingest`` (on its writer thread) once per chunk. Writes every table of
-        ``tables`` (split by day) and the ``rejected`` records (quarantined at ``now``), then
-        deletes every other file named ``file_key`` in any of :data:`CHUNK_TABLES` and any day: an
+        Called by ``ingest`` (on its writer thread) once per chunk, and by ``detect`` for each
+        derived table (``scope`` that table alone). Writes every table of ``tables`` (split by
+        day) and the ``rejected`` records (quarantined at ``now``), then deletes every other file
+        named ``file_key`` in any table of ``scope`` (default :data:`CHUNK_TABLES`) and any day: an
         earlier version of this chunk whose rows fell on other days, or in a table this version
         has no rows for, is stale (see the module docstring). Returns the paths written. Raises
         :class:`SinkError` when a file cannot be written (the old version then stays whole) or a
@@ -235,7 +237,7 @@ class LakeSink:
             written += self.write(table_name, table, file_key, extent)
         keep = set(written)
         name = f"{safe_key(file_key)}.parquet"
-        for table_name in CHUNK_TABLES:
+        for table_name in scope:
             touched: set[Path] = set()
             for day, names in self.day_index(table_name).items():
                 if name not in names:  # the common case: a set lookup, no path built

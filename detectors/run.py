@@ -28,6 +28,7 @@ import pyarrow as pa
 from ztaudit.core import catalog
 from ztaudit.core.config import Config
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.files import day_dirs, sweep_temp_files
 from ztaudit.core.lake import open_lake, spill_directory
 from ztaudit.core.schema import FINDINGS
 from ztaudit.core.sink import LakeSink
@@ -70,11 +71,15 @@ def select_detectors(ids: Sequence[str] | None) -> list[str]:
 def build_derived(ctx: DetectContext, lake: Path, result: RunResult) -> None:
     """Build and write every table of :data:`tables.DERIVED_TABLES`; errors go to ``result.errors``."""
     sink = LakeSink(lake)
+    # Temporary files a killed detect left (the sink sweeps the derived tables' own days).
+    for d in (lake / "_state", *day_dirs(lake / "findings")):
+        sweep_temp_files(d)
     for name, builder in tables.DERIVED_TABLES.items():
         t0 = time.perf_counter()
         try:
             table = builder(ctx)
-            sink.write(name, table, "derived")
+            # One version per run: a day the table no longer has rows for loses its old file.
+            sink.write_chunk({name: table}, [], "derived", scope=(name,))
             result.tables_built[name] = table.num_rows
         except ZtauditError:
             raise

@@ -401,3 +401,38 @@ def test_a_lake_path_with_a_backslash_is_a_clear_error(tmp_path: Path) -> None:
     LakeSink(lake).write("k8s_audit", audit_rows(1), KEY)
     with pytest.raises(LakeError, match="backslash"):
         open_lake(lake)
+
+
+# --- item 4, detect's own files: derived tables and temporary files -------------------------------
+
+
+def test_a_scoped_key_replaces_only_its_own_table_and_drops_days_it_no_longer_has(lake: Path) -> None:
+    """``detect`` writes each derived table under the key ``derived``, once per run: a day the new
+    run has no rows for must lose its old file (before, it kept stale rows), and another table's
+    files of the same key are not touched."""
+    sink = LakeSink(lake)
+    sink.write_chunk({"k8s_audit": audit_rows(4, step=timedelta(days=1))}, [], "derived", scope=("k8s_audit",))
+    sink.write_chunk({"quarantine": audit_rows(0)}, [reject(1)], "derived", scope=("quarantine",))
+    assert count(lake, "SELECT count(DISTINCT dt) FROM k8s_audit") == 4
+    LakeSink(lake).write_chunk({"k8s_audit": audit_rows(1)}, [], "derived", scope=("k8s_audit",))
+    assert count(lake, "SELECT count(*) FROM k8s_audit") == 1
+    assert count(lake, "SELECT count(*) FROM quarantine") == 1
+
+
+def test_detect_sweeps_a_killed_writers_temporary_files_in_findings_and_state(tmp_path: Path) -> None:
+    from support.lakes import build_lake
+
+    from ztaudit.core.config import Config
+    from ztaudit.detectors.run import run_detectors
+
+    lake = build_lake(tmp_path / "lake")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    day = next((lake / "findings").glob("dt=*"))
+    left = [day / f".findings.parquet.tmp-{dead.pid}", lake / "_state" / f".reach-model.json.tmp-{dead.pid}"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a file")
+        _age(p)
+    run_detectors(lake, Config())
+    assert not any(p.exists() for p in left)
