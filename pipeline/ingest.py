@@ -14,6 +14,8 @@ non-empty quarantine into exit code 3 at the end, in the CLI).
 
 from __future__ import annotations
 
+import json
+import logging
 import queue
 import re
 import sys
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from ztaudit.core.config import Config
-from ztaudit.core.errors import SourceError
+from ztaudit.core.errors import SinkError, SourceError
+from ztaudit.core.files import makedirs, write_bytes_atomic
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.registry import NORMALIZERS
@@ -36,6 +39,8 @@ from ztaudit.pipeline.process import process
 from ztaudit.pipeline.records import BatchResult, RawBatch
 from ztaudit.pipeline.sources.files import read_chunks
 from ztaudit.pipeline.sources.inputs import Chunk, Skipped, expand_paths, total_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -175,6 +180,41 @@ class _Progress:
             self.stream.flush()
 
 
+#: Where a lake remembers the chunk size its file chunks were cut with (``_state`` is the lake's own).
+GRID_FILE: Final = Path("_state") / "ingest-chunk-grid.json"
+
+
+def lake_chunk_grid(lake: Path, chunk_bytes: int) -> int:
+    """The chunk size to cut files with for ``lake``: the one it was first built with, else
+    ``chunk_bytes`` (then remembered). Called once per ingest run, before any chunk is read.
+
+    A chunk's file key names its start, and starts sit on a grid of the chunk size
+    (:mod:`ztaudit.pipeline.sources.lines`): a file re-ingested with another ``--chunk-bytes`` would
+    get other keys and double its rows. So the lake's own grid wins, with a warning that says so.
+    An unreadable grid file is replaced (logged): a lake without one behaves as before.
+    """
+    path = lake / GRID_FILE
+    try:
+        known = int(json.loads(path.read_text())["chunk_bytes"])
+    except FileNotFoundError:
+        known = 0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ingest: unreadable %s (%s); writing it again", path, exc)
+        known = 0
+    if known > 0:
+        if known != chunk_bytes:
+            log.warning("ingest: this lake's file chunks were cut every %d bytes; using that instead of "
+                        "%d so that re-ingested files keep their keys (and their rows are not doubled)",
+                        known, chunk_bytes)
+        return known
+    try:
+        makedirs(path.parent)
+        write_bytes_atomic(path, json.dumps({"chunk_bytes": chunk_bytes}).encode())
+    except (OSError, SinkError) as exc:
+        log.warning("ingest: cannot remember the chunk size in %s: %s", path, exc)
+    return chunk_bytes
+
+
 def cluster_for_path(path: str, pattern: re.Pattern[str] | None) -> str | None:
     """The cluster a file's path names (config ``ingest.cluster_from_path``), or None.
 
@@ -207,6 +247,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     path_pattern = re.compile(cfg.ingest.cluster_from_path) if cfg.ingest.cluster_from_path else None
     inputs = expand_paths([str(p) for p in paths])
     sink = LakeSink(Path(lake))
+    chunk_size = lake_chunk_grid(Path(lake), chunk_size)
     ctx = NormalizeContext(
         cluster=cluster,
         ingested_at=datetime.now(UTC),

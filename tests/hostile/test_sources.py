@@ -193,6 +193,22 @@ def test_a_revocation_list_with_a_row_appended_keeps_one_row_per_revocation(tmp_
     assert got == {f"user{i}@example.com": 1 for i in range(30)}
 
 
+def test_reingesting_with_another_chunk_size_keeps_one_row_per_event(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Chunk starts sit on a grid of the chunk size, so a file re-ingested with another
+    ``--chunk-bytes`` got other keys and doubled (574 rows for 300 events). The lake remembers its
+    grid and keeps using it, with a warning."""
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"".join(orjson.dumps(event(i)) + b"\n" for i in range(300)))
+    lake = tmp_path / "lake"
+    ingest_paths([path], lake, cluster="c1", chunk_bytes=4096)
+    with caplog.at_level("WARNING"):
+        ingest_paths([path], lake, cluster="c1", chunk_bytes=10240)
+        ingest_paths([path], lake, cluster="c1")
+    _ingested_exactly_once(lake, 300)
+    assert "cut every 4096 bytes" in caplog.text
+
+
 def test_an_edited_revocation_list_replaces_its_older_version(tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A hand-kept revocation list is edited, not only appended to: a row corrected to a shorter
