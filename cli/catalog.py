@@ -25,6 +25,7 @@ from typing import Any
 import click
 import duckdb
 
+from ztaudit.cli.options import lake_option
 from ztaudit.cli.report import write_output
 from ztaudit.core.catalog import sql_literal
 from ztaudit.core.columns import describe
@@ -132,7 +133,7 @@ def _build_catalog(lake: Path, database: Path) -> dict[str, int]:
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False))
+@lake_option()
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a DuckDB database file (FILE.duckdb).")
 @click.option("--columns", "show_columns", is_flag=True, help="List every column with its description.")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)

@@ -8,17 +8,17 @@ are in that module's docstring.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
+from ztaudit.cli.options import lake_option
+from ztaudit.core.lake import check_lake
 from ztaudit.core.schema import COMPACTABLE_TABLES
 from ztaudit.pipeline.compact import compact as run_compact
 
 
 @click.command()
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
-              help="Lake directory.")
+@lake_option()
 @click.option("--source", "table", required=True, type=click.Choice(sorted(COMPACTABLE_TABLES)),
               help="Table (source kind) whose day to compact.")
 @click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The dt= partition to compact.")
@@ -26,9 +26,12 @@ from ztaudit.pipeline.compact import compact as run_compact
               help="Rows per merged file (each file has DuckDB-sized row groups of 122,880 rows).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 def compact(lake: str, table: str, day: str, target_rows: int, quiet: bool) -> None:
-    """Merge LAKE/SOURCE/dt=DATE into few large files with an atomic directory swap."""
+    """Merge LAKE/SOURCE/dt=DATE into few large files with an atomic directory swap.
+
+    A --lake that is not a lake is refused (exit 2) before anything is touched.
+    """
     if not quiet:
         logging.getLogger("ztaudit.pipeline").setLevel(logging.INFO)
-    result = run_compact(Path(lake), table, day, target_rows=target_rows)
+    result = run_compact(check_lake(lake), table, day, target_rows=target_rows)
     if not quiet:
         click.echo(f"compact: {result.summary()}")

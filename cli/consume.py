@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ztaudit.cli.options import lake_option
 from ztaudit.core.config import Config, KafkaSettings, load_config
 from ztaudit.core.config import replace as replace_config
 from ztaudit.core.errors import ConfigError
@@ -81,8 +82,7 @@ def detect_hook(lake: Path, cfg: Config, findings_topic: str | None, password: s
 @click.option("--session-timeout-ms", type=click.IntRange(min=1000), default=None,
               help="Group session timeout: how long a killed consumer holds its partitions (default 10000; "
                    "the broker's group.min.session.timeout.ms, 6000 by default, is the floor).")
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
-              help="Lake directory to write into.")
+@lake_option("Lake directory to write into (created if missing).")
 @click.option("--cluster", default=None, help="Cluster name for records whose envelope does not name one.")
 @click.option("--flush-records", type=click.IntRange(min=1), default=None,
               help="Records per file per partition (data-determined boundary; default 100000).")

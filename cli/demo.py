@@ -15,6 +15,7 @@ directory that is not empty and was not made by ``demo`` is never deleted (marke
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -96,9 +97,25 @@ def run_detect(lake: Path, cfg: Config, *, echo: bool) -> bool:
     return not result.errors
 
 
+def shell_path(path: Path) -> str:
+    """``path`` made absolute and quoted for a shell, for hints a user copies from any directory."""
+    return shlex.quote(str(path.resolve()))
+
+
+def next_steps(lake: Path) -> str:
+    """The "next:" hint printed after the demo's reports: commands that work from any directory."""
+    at = shell_path(lake)
+    notebooks = Path(pipeline_pkg.__file__).resolve().parent.parent / "notebooks"
+    nb = shlex.quote(str(notebooks)) if notebooks.is_dir() else "notebooks/"
+    return (f"next: ztaudit report identity ACTOR --lake {at}"
+            f" | ztaudit report summary --lake {at} --format html"
+            f" | ztaudit catalog --lake {at} --out demo.duckdb"
+            f" | ZTAUDIT_LAKE={at} jupyter lab {nb}")
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--lake", default="./demo-lake", show_default=True, type=click.Path(file_okay=False),
-              help="Demo lake directory (rebuilt each run unless --keep).")
+              help="Demo lake directory (rebuilt each run unless --keep; not read from ZTAUDIT_LAKE).")
 @click.option("--keep", is_flag=True, help="Keep the lake's current contents (add to it instead of rebuilding).")
 @click.option("--samples", type=click.Path(file_okay=False, exists=True),
               help="Sample logs directory (default: the checkout's sample_logs/).")
@@ -116,7 +133,7 @@ def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cl
     echo = not quiet
     prepare_lake(path, keep=keep)
     if echo:
-        click.echo(f"demo lake: {path} (from {src})", err=True)
+        click.echo(f"demo lake: {path.resolve()} (from {src.resolve()})", err=True)
     ingest_samples(src, path, cfg, echo=echo, cluster=cluster)
     detected = run_detect(path, cfg, echo=echo)
     con = open_lake(path)
@@ -128,13 +145,10 @@ def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cl
     finally:
         con.close()
     if echo:
-        click.echo("next: ztaudit report identity ACTOR --lake " + str(path)
-                   + f" | ztaudit report summary --lake {path} --format html"
-                   + f" | ztaudit catalog --lake {path} --out demo.duckdb"
-                   + f" | ZTAUDIT_LAKE={path} jupyter lab notebooks/", err=True)
+        click.echo(next_steps(path), err=True)
     if not detected:
         raise DemoIncomplete("detect failed; the reports above show the lake without (all) findings\n"
-                             f"  fix: see the error above; run `ztaudit -vv detect --lake {path}`")
+                             f"  fix: see the error above; run `ztaudit -vv detect --lake {shell_path(path)}`")
 
 
 class DemoIncomplete(click.ClickException):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 
+from ztaudit.cli.options import lake_option
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.lake import check_lake
 from ztaudit.core.timeutil import parse_time
+from ztaudit.detectors import registry
 from ztaudit.detectors.run import run_detectors
 
 
@@ -27,29 +29,32 @@ class DetectFailed(ZtauditError):
 
 
 @click.command("detect")
-@click.option("--lake", type=click.Path(file_okay=False, path_type=Path), default=Path("lake"),
-              show_default=True, help="Lake directory.")
+@lake_option()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="ztaudit.toml (default: $ZTAUDIT_CONFIG, else ./ztaudit.toml, else built-in defaults).")
 @click.option("--since", default=None, help="Judge events from this time: ISO-8601 or relative (24h, 7d).")
 @click.option("--until", default=None, help="Judge events before this time: ISO-8601 or relative.")
 @click.option("--detector", "detectors", multiple=True, metavar="ID",
-              help="Run only this detector (repeatable). Default: every registered detector.")
+              help="Run only this detector id or family, e.g. credential or credential.* (repeatable). "
+                   "Default: every registered detector.")
 @click.option("--no-tables", is_flag=True, help="Do not rebuild derived tables (reach, credentials) first.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-def detect(lake: Path, config_path: str | None, since: str | None, until: str | None,
+def detect(lake: str, config_path: str | None, since: str | None, until: str | None,
            detectors: tuple[str, ...], no_tables: bool, quiet: bool) -> None:
     """Run the detectors over the lake and write findings to LAKE/findings/.
 
     Re-running over the same data replaces findings (stable finding ids), never duplicates them.
+    A --lake that is not a lake is refused (exit 2) before anything is created in it.
     """
+    ids = registry.resolve(detectors) or None  # names first: a typo is exit 2 whatever the lake
+    path = check_lake(lake)
     cfg = load_config(config_path)
     now = datetime.now(UTC)
     t_since = parse_time(since, now=now, option="--since") if since else None
     t_until = parse_time(until, now=now, option="--until") if until else None
     if t_since and t_until and t_since >= t_until:
         raise click.BadParameter("--since must be before --until", param_hint="--since")
-    result = run_detectors(lake, cfg, since=t_since, until=t_until, detector_ids=list(detectors) or None,
+    result = run_detectors(path, cfg, since=t_since, until=t_until, detector_ids=ids,
                            build_tables=not no_tables, memory_limit=cfg.detect.memory_limit or None)
     if not quiet:
         width = max([len(d) for d in [*result.counts, *result.errors]] + [8])
@@ -60,7 +65,7 @@ def detect(lake: Path, config_path: str | None, since: str | None, until: str | 
         for name, rows in result.tables_built.items():
             click.echo(f"derived table {name}: {rows} rows")
         click.echo(f"total: {sum(result.counts.values())} findings "
-                   f"({len(result.changed)} new or changed) written to {lake / 'findings'}")
+                   f"({len(result.changed)} new or changed) written to {path / 'findings'}")
     for did, err in result.errors.items():
         click.echo(f"ztaudit detect: {did} failed: {err.splitlines()[0]}", err=True)
     if result.errors:

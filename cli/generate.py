@@ -1,7 +1,10 @@
 """``ztaudit generate``: realistic synthetic audit, proxy and IdP logs with labelled incidents.
 
-The output directory is what ``ztaudit ingest DIR`` reads; ``labels.jsonl`` says which findings
-the detectors should (incident) and should not (near_miss) produce. Same options, same bytes.
+The output directory is what ``ztaudit ingest DIR`` reads: the logs in ``k8s_audit/``,
+``proxy_decision/`` and ``idp_event/``. The generator's metadata is in the hidden ``DIR/.ztaudit/``
+(which ``ingest`` skips): ``labels.jsonl`` says which findings the detectors should (incident) and
+should not (near_miss) produce, ``manifest.json`` and the data set's ``ztaudit.toml``. Same options,
+same bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import click
 
 from ztaudit.core.errors import ZtauditError
-from ztaudit.synth.engine import GenerateOptions
+from ztaudit.synth.engine import GenerateOptions, metadata_dir
 from ztaudit.synth.engine import generate as run_generate
 from ztaudit.synth.incident_context import ALL_KINDS
 
@@ -40,7 +43,8 @@ def _kinds(value: str) -> frozenset[str]:
 
 @click.command("generate")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write (k8s_audit/, proxy_decision/, idp_event/, labels.jsonl, manifest.json).")
+              help="Directory to write: k8s_audit/, proxy_decision/, idp_event/, and .ztaudit/ (labels.jsonl, "
+                   "manifest.json, ztaudit.toml).")
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1, 366), help="Days of traffic.")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 1000),
               help="Traffic multiplier (1 = about 75k audit events per cluster-day).")
@@ -72,3 +76,6 @@ def generate(out: Path, days: int, scale: float, seed: int, clusters: str, start
     click.echo(f"wrote {out}: {kinds['k8s_audit']:,} audit events, {kinds['proxy_decision']:,} proxy lines, "
                f"{kinds['idp_event']:,} IdP events; {n_inc} incidents, {n_near} near-misses labelled "
                f"({took:.1f} s, {kinds['k8s_audit'] / max(took, 1e-9):,.0f} audit events/s)")
+    meta = metadata_dir(out)
+    click.echo(f"labels and manifest in {meta}; next: ztaudit ingest --config {(meta / 'ztaudit.toml').resolve()} "
+               f"--lake LAKE {out.resolve()}")

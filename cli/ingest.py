@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from ztaudit.cli.options import lake_option
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import QuarantinedRecords
 from ztaudit.pipeline.ingest import ingest_paths
@@ -17,8 +18,7 @@ from ztaudit.pipeline.normalize.registry import NORMALIZERS
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
-              help="Lake directory to write into.")
+@lake_option("Lake directory to write into (created if missing).")
 @click.option("--source", type=click.Choice(sorted(NORMALIZERS)), default=None,
               help="Source kind of every record (default: detect per record).")
 @click.option("--cluster", default=None, help="Cluster name for records whose envelope does not name one.")

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.names import UnknownName, did_you_mean
 
 #: command name -> "module:attribute" of the click command. One explicit registry.
 COMMANDS: dict[str, str] = {
@@ -51,6 +52,16 @@ class LazyGroup(click.Group):
         cmd = getattr(module, attr)
         assert isinstance(cmd, click.Command)
         return cmd
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """Called by click with the arguments after the options; an unknown command name raises
+        :class:`~ztaudit.core.names.UnknownName` (exit 2) naming the nearest commands."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS and not ctx.resilient_parsing:
+            raise UnknownName(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}",
+                              fix=f"use one of: {', '.join(sorted(COMMANDS))} (ztaudit -h)")
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

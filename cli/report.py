@@ -7,21 +7,26 @@ parameter by the report code; nothing typed here is formatted into SQL.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import duckdb
 
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import makedirs, write_bytes_atomic
 from ztaudit.core.lake import open_lake
+from ztaudit.core.names import UnknownName, did_you_mean
 from ztaudit.core.timeutil import parse_time
+from ztaudit.detectors import registry
 from ztaudit.reports import REPORTS, run_report
 from ztaudit.reports.base import Progress, ReportContext
 from ztaudit.reports.filters import Filters
 from ztaudit.reports.formats import FORMATS, render
+from ztaudit.reports.lookup import CLUSTER_COLUMNS, IDENTITY_COLUMNS, WINDOW_NOTE_START, resolve_value
 
 
 def list_text() -> str:
@@ -56,7 +61,7 @@ def write_output(text: str, out: str | None, *, quiet: bool) -> None:
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("name", required=False)
 @click.argument("subject", required=False, metavar="[ACTOR]")
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False),
+@click.option("--lake", envvar="ZTAUDIT_LAKE", default="./lake", show_default=True, type=click.Path(file_okay=False),
               help="Lake directory.")
 @click.option("--since", help="Start (inclusive): ISO-8601 time or relative duration (24h, 7d).")
 @click.option("--until", help="End (exclusive): ISO-8601 time or relative duration.")
@@ -68,7 +73,7 @@ def write_output(text: str, out: str | None, *, quiet: bool) -> None:
 @click.option("--section", help="JSON/CSV: the section to print (default: the report's first; json: 'all').")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
               help="Rows for top-N sections (reach, credentials, timeline, quarantine records).")
-@click.option("--detector", help="findings: only this detector id or prefix (e.g. credential).")
+@click.option("--detector", help="findings: only this detector id or family (credential or credential.*).")
 @click.option("--severity", type=click.Choice(["info", "low", "medium", "high", "critical"]),
               help="findings: at least this severity.")
 @click.option("--granted", is_flag=True,
@@ -95,7 +100,8 @@ def report(name: str | None, subject: str | None, lake: str, since: str | None, 
             click.echo("\nusage: ztaudit report NAME [ACTOR] [options]; see --help", err=True)
         return
     if name not in REPORTS:
-        raise click.UsageError(f"unknown report {name!r}; known: {', '.join(REPORTS)}")
+        raise UnknownName(f"unknown report {name!r}{did_you_mean(name, REPORTS)}",
+                          fix=f"use one of: {', '.join(REPORTS)} (ztaudit report --list)")
     if subject is not None and not REPORTS[name].needs_subject:
         raise click.UsageError(f"report {name} takes no ACTOR argument; use --actor to filter")
     if section is not None and fmt not in ("json", "csv"):
@@ -108,15 +114,18 @@ def report(name: str | None, subject: str | None, lake: str, since: str | None, 
     )
     if REPORTS[name].needs_subject and subject is None and actor is None:
         raise click.UsageError(f"report {name} needs an identity: ztaudit report {name} ACTOR")
+    detector_ids = registry.resolve([detector]) if detector else None
     cfg = load_config(config_path)
     progress = Progress.auto(sys.stderr, quiet=quiet)
     con = open_lake(lake)
     try:
+        filters, subject, notes = _resolve_names(con, filters, subject)
         ctx = ReportContext(con=con, config=cfg, filters=filters, progress=progress, want_charts=fmt == "html",
-                            limit=limit, options={"subject": subject, "detector": detector, "severity": severity,
+                            limit=limit, options={"subject": subject, "detector": detector_ids, "severity": severity,
                                                   "granted": granted})
         result = run_report(name, ctx)
         result.generated_at = now
+        result.notes[:0] = notes
         try:
             text = render(result, fmt, section=section, width=width)
         except (KeyError, ValueError) as exc:
@@ -126,3 +135,31 @@ def report(name: str | None, subject: str | None, lake: str, since: str | None, 
     if fmt == "html" and out is None:
         out = f"ztaudit-{name}.html"
     write_output(text, out, quiet=quiet)
+    if not quiet and ((fmt in ("json", "csv") and section != "all") or out not in (None, "-")):
+        # Notes that change how to read the output; JSON/CSV and a file do not show them on the terminal.
+        for note in result.notes:
+            if note in notes or note.startswith(WINDOW_NOTE_START):
+                click.echo(f"ztaudit: note: {note}", err=True)
+
+
+def _resolve_names(con: duckdb.DuckDBPyConnection, filters: Filters,
+                   subject: str | None) -> tuple[Filters, str | None, list[str]]:
+    """The identity (``ACTOR``/``--actor``) and ``--cluster`` as the lake spells them, and notes.
+
+    Called by ``report`` once the lake is open, before the report runs, so a typo is not an empty
+    report: a name the lake holds in another case is used with a note; a name it does not hold at
+    all raises :class:`~ztaudit.core.names.UnknownName` (exit 2) naming the nearest
+    (:func:`~ztaudit.reports.lookup.resolve_value`).
+    """
+    notes: list[str] = []
+    actor, cluster = filters.actor, filters.cluster
+    if subject is not None:
+        subject, note = resolve_value(con, subject, what="identity", option="ACTOR", columns=IDENTITY_COLUMNS)
+        notes += [note] if note else []
+    if actor is not None:
+        actor, note = resolve_value(con, actor, what="identity", option="--actor", columns=IDENTITY_COLUMNS)
+        notes += [note] if note else []
+    if cluster is not None:
+        cluster, note = resolve_value(con, cluster, what="cluster", option="--cluster", columns=CLUSTER_COLUMNS)
+        notes += [note] if note else []
+    return dataclasses.replace(filters, actor=actor, cluster=cluster), subject, notes

@@ -11,6 +11,7 @@ import sys
 import click
 import duckdb
 
+from ztaudit.cli.options import lake_option
 from ztaudit.cli.report import write_output
 from ztaudit.core.lake import open_lake
 from ztaudit.reports.base import ReportResult, Section
@@ -25,7 +26,7 @@ class QueryError(click.ClickException):
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("query")
-@click.option("--lake", default="./lake", show_default=True, type=click.Path(file_okay=False))
+@lake_option()
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",

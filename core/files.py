@@ -360,10 +360,15 @@ def file_lock(path: Path, *, timeout: float | None, busy: Callable[[], Exception
 
     ``timeout`` None: fail at once when another process holds it; else wait up to ``timeout``
     seconds. When the lock cannot be had, raises ``busy()``, the caller's error that says who
-    holds it and what to do.
+    holds it and what to do; when the lock file cannot be created (read-only lake, a file where
+    its folder should be), :class:`SinkError` (exit 4) naming it.
     """
     makedirs(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        raise SinkError(f"cannot create lock file {path}: {exc.strerror or exc}",
+                        fix="pass a --lake directory you can write (check its permissions and free space)") from exc
     try:
         deadline = time.monotonic() + (timeout or 0.0)
         while True:

@@ -22,6 +22,7 @@ import duckdb
 
 from ztaudit.core.catalog import create_views, sql_literal
 from ztaudit.core.errors import LakeError
+from ztaudit.core.schema import TABLES
 
 #: Scalar macros the views and detectors use: (name, parameters, description, expression).
 SCALAR_MACROS: Final[list[tuple[str, str, str, str]]] = [
@@ -87,20 +88,67 @@ def spill_directory() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def is_lake(path: Path) -> bool:
+    """True when ``path`` is a directory that ztaudit wrote: it has ``_state/``, or a table folder of
+    :data:`~ztaudit.core.schema.TABLES` with a ``dt=`` partition in it (a folder of raw logs named
+    ``k8s_audit/`` is not a lake). Unreadable entries count as absent."""
+    try:
+        if (path / "_state").is_dir():
+            return True
+        return any((path / t).is_dir() and any(p.name.startswith("dt=") for p in (path / t).iterdir())
+                   for t in TABLES)
+    except OSError:
+        return False
+
+
+def check_lake(lake: str | Path) -> Path:
+    """``lake`` as a Path after checking that it is a lake; raises :class:`LakeError` (exit 2) if not.
+
+    Called first by every command that reads a lake (through :func:`open_lake`, and directly by
+    ``detect`` and ``compact`` before they create anything). A lake is what :func:`is_lake` says:
+    a mistyped path, a file, an empty directory or a folder of logs is refused with a fix, rather
+    than answered with "0 findings" or an empty report.
+    """
+    path = Path(lake)
+    shown = path.absolute()
+    build = "build one with `ztaudit ingest LOGS... --lake DIR`, or try `ztaudit demo`"
+    if not path.exists():
+        raise LakeError(f"lake {shown} does not exist",
+                        fix=f"pass --lake DIR or set ZTAUDIT_LAKE to the lake `ingest` wrote, or {build}")
+    if not path.is_dir():
+        raise LakeError(f"lake {shown} is not a directory", fix=f"pass the lake's directory as --lake, or {build}")
+    if is_lake(path):
+        return path
+    try:
+        children = sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise LakeError(f"cannot read lake {shown}: {exc.strerror or exc}",
+                        fix="check the directory's permissions") from exc
+    inner = [c for c in children if is_lake(c)]
+    if inner:
+        raise LakeError(f"{shown} is not a ztaudit lake, but {inner[0].name}/ in it is",
+                        fix=f"pass --lake {shown / inner[0].name}")
+    if not any(path.iterdir()):
+        raise LakeError(f"{shown} is not a ztaudit lake: it is empty", fix=build)
+    logs = [c.name for c in children if c.name in TABLES]
+    if logs:
+        raise LakeError(f"{shown} is not a ztaudit lake: it looks like a folder of logs ({', '.join(logs)}/)",
+                        fix=f"ingest it first: ztaudit ingest {shown} --lake LAKE; then pass --lake LAKE")
+    raise LakeError(f"{shown} is not a ztaudit lake: it has no table folders ({', '.join(TABLES)}) "
+                    "with dt= partitions and no _state/", fix=f"pass the lake's directory as --lake, or {build}")
+
+
 def open_lake(lake: str | Path, *, must_exist: bool = True, database: str = ":memory:",
               memory_limit: str | None = None, threads: int | None = None,
               spill_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection over ``lake``: UTC, settings, macros, every table view and derived view.
 
     ``database`` is ``:memory:`` (temporary views) or a file (``ztaudit catalog --out``: persistent
-    views over absolute paths). Raises :class:`LakeError` (exit 2) when ``must_exist`` and the
-    directory is missing; ``duckdb.Error`` on a broken lake.
+    views over absolute paths). Raises :class:`LakeError` (exit 2) when ``must_exist`` and ``lake``
+    is not a lake (:func:`check_lake`); ``duckdb.Error`` on a broken lake. ``must_exist=False`` is
+    for tests and builders that open a lake they are about to fill.
     """
-    path = Path(lake)
-    if must_exist and not path.is_dir():
-        raise LakeError(f"lake {path} does not exist",
-                        fix="pass --lake DIR, or build one with `ztaudit ingest PATH... --lake DIR` "
-                            "or `ztaudit demo`")
+    path = check_lake(lake) if must_exist else Path(lake)
     persistent = database != ":memory:"
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")

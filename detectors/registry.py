@@ -8,8 +8,10 @@ their scoring steps).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
+from ztaudit.core.names import UnknownName, did_you_mean
 from ztaudit.detectors.base import Detector
 from ztaudit.detectors.credential_detectors import LegacyToken, OffCluster, Shared, Stale
 from ztaudit.detectors.impersonation import ProxyBypass, UnapprovedImpersonator, Unbrokered, Unobserved
@@ -37,3 +39,31 @@ def get(detector_id: str) -> Detector:
     except KeyError:
         raise KeyError(f"unknown detector {detector_id!r}; known: {', '.join(sorted(DETECTORS))}") from None
     return cls()
+
+
+def families() -> list[str]:
+    """The detector families (the part of each id before the dot: ``credential``, ``reach``...)."""
+    return list(dict.fromkeys(d.split(".", 1)[0] for d in DETECTORS))
+
+
+def resolve(patterns: Iterable[str]) -> list[str]:
+    """The registered detector ids that ``patterns`` select, in registry order, each once.
+
+    The one resolver of ``--detector`` for ``ztaudit detect`` and ``ztaudit report findings``, called
+    before anything runs. A pattern is an id (``credential.stale``) or a family, with or without
+    ``.``/``.*`` (``credential``, ``credential.``, ``credential.*`` select every ``credential.*``
+    detector); case does not matter. A pattern that selects nothing raises
+    :class:`~ztaudit.core.names.UnknownName` (exit 2) naming the nearest ids and families.
+    """
+    out: dict[str, None] = {}
+    for raw in patterns:
+        p = raw.strip().lower()
+        p = p[:-1] if p.endswith("*") else p
+        p = p.rstrip(".")
+        hits = [d for d in DETECTORS if d == p or d.startswith(p + ".")] if p else []
+        if not hits:
+            raise UnknownName(f"unknown detector {raw!r}{did_you_mean(raw, [*families(), *DETECTORS])}",
+                              fix="use a detector id or family (e.g. credential or credential.* for every "
+                                  f"credential detector): {', '.join([*families(), *DETECTORS])}")
+        out.update(dict.fromkeys(hits))
+    return list(out)

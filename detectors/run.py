@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from ztaudit.core import catalog
 from ztaudit.core.config import Config
-from ztaudit.core.errors import ZtauditError
+from ztaudit.core.errors import SinkError, ZtauditError
 from ztaudit.core.files import day_dirs, sweep_temp_files
 from ztaudit.core.lake import open_lake, spill_directory
 from ztaudit.core.schema import FINDINGS
@@ -145,6 +145,11 @@ def _run(con: duckdb.DuckDBPyConnection, lake: Path, config: Config, ids: list[s
         result.counts[did] = len(findings)
         result.rows.extend(rows)
     if write:
-        result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
-                                        lock_timeout=config.detect.lock_timeout_seconds)
+        try:
+            result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
+                                            lock_timeout=config.detect.lock_timeout_seconds)
+        except OSError as exc:  # the store turns most of these into SinkError; none may become a traceback
+            raise SinkError(f"cannot write findings to {lake / 'findings'}: {exc.strerror or exc}",
+                            fix="pass a --lake directory you can write (check its permissions and free space)") \
+                from exc
     return result

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ztaudit.core.names import did_you_mean
 from ztaudit.reports.base import ReportContext, ReportResult
 from ztaudit.reports.credentials import credentials
 from ztaudit.reports.findings import findings
 from ztaudit.reports.identity import identity
 from ztaudit.reports.impersonation import impersonation
+from ztaudit.reports.lookup import window_note
 from ztaudit.reports.quarantine import quarantine
 from ztaudit.reports.reach import reach
 from ztaudit.reports.revocation import revocation
@@ -57,12 +59,16 @@ def run_report(name: str, ctx: ReportContext) -> ReportResult:
     """Run the report registered as ``name`` over ``ctx`` and add the filters to its parameters.
 
     Called by ``ztaudit report``, ``ztaudit demo`` and the notebooks. ``KeyError`` names the valid
-    reports; a report's own errors (SQL, a missing identity) propagate.
+    reports and the nearest; a report's own errors (SQL, a missing identity) propagate. When a
+    ``--since/--until`` window left the report's first section empty, a note says what time span
+    each table of the lake covers (:func:`~ztaudit.reports.lookup.window_note`).
     """
     try:
         spec = REPORTS[name]
     except KeyError:
-        raise KeyError(f"unknown report {name!r}; known: {', '.join(REPORTS)}") from None
+        raise KeyError(f"unknown report {name!r}{did_you_mean(name, REPORTS)}; known: {', '.join(REPORTS)}") from None
     result = spec.function(ctx)
     result.params = {**ctx.filters.describe(), **result.params}
+    if (ctx.filters.since is not None or ctx.filters.until is not None) and not result.primary.rows:
+        result.notes.append(window_note(ctx.con, ctx.filters))
     return result

@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from ztaudit.core.config import Config
+from ztaudit.core.names import did_you_mean
 from ztaudit.reports.filters import Filters
 
 Row = dict[str, Any]
@@ -100,11 +101,12 @@ class ReportResult:
         return self.sections[0]
 
     def section(self, name: str) -> Section:
-        """The section called ``name``; KeyError names the valid ones."""
+        """The section called ``name``; KeyError names the nearest and the valid ones."""
         for s in self.sections:
             if s.name == name:
                 return s
-        raise KeyError(f"report {self.name} has no section {name!r}; sections: "
+        near = did_you_mean(name, [s.name for s in self.sections])
+        raise KeyError(f"report {self.name} has no section {name!r}{near}; sections: "
                        f"{', '.join(s.name for s in self.sections)}")
 
 

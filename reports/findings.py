@@ -9,6 +9,7 @@ detector details), ``detected_at``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
@@ -23,8 +24,13 @@ SEVERITY_LEVELS = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 
 
 def query_findings(ctx: ReportContext, *, detector_prefix: str | None = None, actor: str | None = None,
-                   min_severity: str | None = None, limit: int | None = None) -> list[Row]:
-    """Findings overlapping [since, until), newest version of each finding_id, bound filters only."""
+                   min_severity: str | None = None, limit: int | None = None,
+                   detector_ids: Sequence[str] | None = None) -> list[Row]:
+    """Findings overlapping [since, until), newest version of each finding_id, bound filters only.
+
+    ``detector_ids`` (from :func:`ztaudit.detectors.registry.resolve`) keeps only those detectors;
+    ``detector_prefix`` is for report code that names a family it knows exists.
+    """
     where, params = ctx.filters.where(time_col=None, actor_cols=("actor",), use_actor=actor is None)
     parts = [where]
     if ctx.filters.since is not None:
@@ -39,6 +45,9 @@ def query_findings(ctx: ReportContext, *, detector_prefix: str | None = None, ac
     if detector_prefix:
         parts.append("(detector = ? OR starts_with(detector, ?))")
         params += [detector_prefix, detector_prefix.rstrip(".") + "."]
+    if detector_ids is not None:
+        parts.append(f"detector IN ({', '.join('?' for _ in detector_ids) or 'NULL'})")
+        params += list(detector_ids)
     if min_severity:
         parts.append(f"{SEVERITY_RANK} >= ?")
         params.append(SEVERITY_LEVELS[min_severity])
@@ -53,11 +62,23 @@ def query_findings(ctx: ReportContext, *, detector_prefix: str | None = None, ac
 
 
 def findings(ctx: ReportContext) -> ReportResult:
-    """All findings in range (``--detector`` prefix and ``--severity`` minimum narrow it)."""
+    """All findings in range (``--detector`` and ``--severity`` minimum narrow it).
+
+    The ``detector`` option is an id or family, or a list of them, resolved by
+    :func:`ztaudit.detectors.registry.resolve` (one that names no detector raises ``UnknownName``,
+    exit 2). With no rows the note says whether the filters or a missing ``detect`` run is why.
+    """
     detector = ctx.options.get("detector")
     severity = ctx.options.get("severity")
+    ids = None
+    if detector:
+        # Imported here: the registry imports every detector (and with them pandas), which the
+        # reports that never filter by detector must not pay for (tests/core/test_catalog.py).
+        from ztaudit.detectors import registry
+
+        ids = registry.resolve([detector] if isinstance(detector, str) else list(detector))
     with ctx.progress.step("reading findings"):
-        rows = query_findings(ctx, detector_prefix=detector, min_severity=severity)
+        rows = query_findings(ctx, detector_ids=ids, min_severity=severity)
     by: dict[tuple[str, str], int] = {}
     for r in rows:
         k = (str(r["detector"]), str(r["severity"]))
@@ -70,8 +91,22 @@ def findings(ctx: ReportContext) -> ReportResult:
         Section("by_detector", "Findings by detector and severity", ["detector", "severity", "findings"], counts),
     ])
     if not rows:
-        result.notes.append("no findings in range; run `ztaudit detect` after ingesting if you have not")
+        result.notes.append(_empty_note(ctx, detector=ids, severity=severity))
     if ctx.want_charts:
         with ctx.progress.step("charts"):
             result.charts.append(findings_over_time(ctx))
     return result
+
+
+def _empty_note(ctx: ReportContext, *, detector: Sequence[str] | None, severity: str | None) -> str:
+    """Why ``report findings`` has no rows: no findings stored at all (run ``detect``), or the
+    filters excluded the N stored ones (naming the filters given)."""
+    row = ctx.con.execute("SELECT count(DISTINCT finding_id) FROM findings").fetchone()
+    total = int(row[0]) if row and row[0] else 0
+    if not total:
+        return "no findings in range; run `ztaudit detect` after ingesting if you have not"
+    given = [f"--{k}" for k, v in (("since", ctx.filters.since), ("until", ctx.filters.until),
+                                     ("cluster", ctx.filters.cluster), ("actor", ctx.filters.actor),
+                                     ("detector", detector), ("severity", severity)) if v]
+    return (f"no findings match {' '.join(given) or 'the filters'} (the lake holds {total} finding"
+            f"{'s' if total != 1 else ''})")

@@ -6,15 +6,19 @@ its day file in time order. Lines may land in a later hour than the one that pro
 watch's ``ResponseComplete``); they wait in the buffer until their hour is flushed, so memory is
 bounded by about an hour of traffic plus the incidents' few thousand lines.
 
-Output (``ztaudit ingest DIR`` reads all of it; the source kind is detected per record)::
+Output (``ztaudit ingest DIR`` reads the log folders; the source kind is detected per record)::
 
     DIR/k8s_audit/<cluster>-<YYYY-MM-DD>.jsonl          audit.k8s.io/v1 Event lines
     DIR/proxy_decision/pomerium-<YYYY-MM-DD>.jsonl      Pomerium authorize (+ some envoy) lines
     DIR/idp_event/okta-<YYYY-MM-DD>.jsonl               Okta System Log events
     DIR/idp_event/pomerium-identity-<YYYY-MM-DD>.jsonl  Pomerium identity_manager deletions
-    DIR/labels.jsonl                                    one line per labelled incident / near-miss
-    DIR/manifest.json                                   seed, options, counts, clusters, time span
-    DIR/ztaudit.toml                                    proxy host -> cluster map, cluster networks
+    DIR/.ztaudit/labels.jsonl                           one line per labelled incident / near-miss
+    DIR/.ztaudit/manifest.json                          seed, options, counts, clusters, time span
+    DIR/.ztaudit/ztaudit.toml                           proxy host -> cluster map, cluster networks
+
+The generator's own files live in the hidden ``DIR/.ztaudit/`` (:func:`metadata_dir`) because
+``ingest`` skips hidden entries: ``ztaudit ingest DIR`` then reads logs only, never the labels or
+the manifest as if they were (quarantined) records.
 
 Days are UTC days of each line's own instant. Identical options give identical bytes.
 """
@@ -28,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import TextIOWrapper
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ztaudit.synth.clock import DAY, HOUR, day_str, iso_us, parse_day, weekday
 from ztaudit.synth.events import emit_request
@@ -45,6 +49,14 @@ from ztaudit.synth.traffic import (
     token_rotations,
 )
 from ztaudit.synth.world import World, build_world
+
+#: Folder of ``--out`` holding the generator's metadata (hidden, so ``ingest OUT`` leaves it out).
+META_DIR: Final = ".ztaudit"
+
+
+def metadata_dir(out: Path) -> Path:
+    """Where ``generate`` writes ``labels.jsonl``, ``manifest.json`` and ``ztaudit.toml`` for ``out``."""
+    return out / META_DIR
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +241,14 @@ def generate(opts: GenerateOptions) -> Result:
             st.label.first_seen, st.label.last_seen = st.first, st.last
             labels.append(st.label)
     labels.sort(key=lambda lab: (lab.first_seen, lab.detector, lab.actor))
-    with open(out_dir / "labels.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+    meta = metadata_dir(out_dir)
+    meta.mkdir(exist_ok=True)
+    with open(meta / "labels.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for lab in labels:
             fh.write(json.dumps(lab.as_dict(), sort_keys=False) + "\n")
-    (out_dir / "ztaudit.toml").write_text(config_toml(world), encoding="utf-8")
+    (meta / "ztaudit.toml").write_text(config_toml(world), encoding="utf-8")
     manifest = _manifest(opts, scale, world, counts, labels)
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    (meta / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return Result(manifest=manifest, labels=labels)
 
 
@@ -243,7 +257,7 @@ def config_toml(world: World) -> str:
 
     Plain audit JSON lines carry no cluster name, so ``ingest.cluster_from_path`` reads it from
     the file name (``k8s_audit/<cluster>-<day>.jsonl``) and ``ztaudit ingest --config
-    DIR/ztaudit.toml DIR`` takes the whole data set in one run; proxy lines name their route
+    DIR/.ztaudit/ztaudit.toml DIR`` takes the whole data set in one run; proxy lines name their route
     host, mapped here to the cluster.
     """
     hosts = ", ".join(f'"{c.host}" = "{c.name}"' for c in world.clusters)
@@ -276,7 +290,7 @@ def _manifest(opts: GenerateOptions, scale: float, world: World, counts: dict[st
         "clusters": [{"name": c.name, "proxy_host": c.host, "nodes": len(c.nodes) + 1,
                       "pod_cidr": f"10.{c.index}.0.0/16"} for c in world.clusters],
         "people": len(world.humans),
-        "ingest": {"config": "ztaudit.toml",
+        "ingest": {"config": f"{META_DIR}/ztaudit.toml",
                    "k8s_audit": {c.name: f"k8s_audit/{c.name}-*.jsonl" for c in world.clusters},
                    "proxy_decision": "proxy_decision/*.jsonl", "idp_event": "idp_event/*.jsonl"},
         "counts": {"by_kind": by_kind, "by_file": dict(sorted(counts.items())), "labels": lab_counts},

@@ -108,7 +108,7 @@ def test_retraction_when_data_changes(lake: Path) -> None:
 def test_unknown_detector_and_bad_time(lake: Path) -> None:
     from ztaudit.core.errors import ZtauditError
 
-    lake.mkdir(parents=True)
+    (lake / "_state").mkdir(parents=True)  # a lake with no table written yet
     with pytest.raises(ZtauditError, match="unknown detector 'nope'"):
         CliRunner().invoke(cli, ["detect", "--lake", str(lake), "--detector", "nope"], catch_exceptions=False)
     with pytest.raises(ZtauditError, match="is not a time"):
@@ -116,7 +116,7 @@ def test_unknown_detector_and_bad_time(lake: Path) -> None:
 
 
 def test_empty_lake_is_fine(lake: Path) -> None:
-    lake.mkdir(parents=True)
+    (lake / "_state").mkdir(parents=True)  # a lake with no table written yet (an empty folder is not a lake)
     code, out = _detect(lake)
     assert code == 0 and "total: 0 findings" in out
 

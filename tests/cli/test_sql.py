@@ -80,6 +80,6 @@ def test_bad_query_and_bad_param_exit_2(story: Path) -> None:
 
 
 def test_empty_lake_has_typed_empty_views(tmp_path: Path) -> None:
-    (tmp_path / "lake").mkdir()
+    (tmp_path / "lake" / "_state").mkdir(parents=True)  # a lake with no table written yet
     rows = json.loads(sql("SELECT count(*) AS n FROM findings", "--lake", str(tmp_path / "lake"), "--format", "json"))
     assert rows == [{"n": 0}]

@@ -39,7 +39,7 @@ def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
     res = CliRunner().invoke(cli, ["generate", "--out", str(out), "--days", "7", "--events", "520000",
                                    "--clusters", "prod,staging,dev", "--seed", "3"])
     assert res.exit_code == 0, res.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / ".ztaudit" / "manifest.json").read_text())
     cfg = load_config(out / manifest["ingest"]["config"], env={})
     for cluster, pattern in manifest["ingest"]["k8s_audit"].items():
         ingest_paths(sorted(out.glob(pattern)), lake, source="k8s_audit", cluster=cluster, config=cfg)
@@ -47,7 +47,7 @@ def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
     ingest_paths(sorted(out.glob(manifest["ingest"]["idp_event"])), lake, source="idp_event", config=cfg)
     assert manifest["counts"]["by_kind"]["k8s_audit"] >= 500_000
     assert len(manifest["options"]["clusters"]) >= 3
-    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines() if x.strip()]
+    labels = [json.loads(x) for x in (out / ".ztaudit" / "labels.jsonl").read_text().splitlines() if x.strip()]
     result = run_detectors(lake, cfg, detector_ids=list(MINE), build_tables=False)
     assert not result.errors, result.errors
     return labels, result, cfg

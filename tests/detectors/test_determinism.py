@@ -43,9 +43,10 @@ def test_detect_twice_gives_identical_findings(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["generate", "--out", str(out), "--days", "3", "--clusters", "prod,staging",
                               "--seed", "7"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["ingest", "--config", str(out / "ztaudit.toml"), "--lake", str(lake), str(out)])
+    res = runner.invoke(cli, ["ingest", "--config", str(out / ".ztaudit" / "ztaudit.toml"), "--lake", str(lake),
+                              str(out)])
     assert res.exit_code == 0, res.output
-    cfg = load_config(out / "ztaudit.toml", env={})
+    cfg = load_config(out / ".ztaudit" / "ztaudit.toml", env={})
 
     first = run_detectors(lake, cfg)
     assert not first.errors, first.errors

@@ -63,11 +63,11 @@ def generate_and_ingest(out: Path, lake: Path, events: int, days: int = 30, seed
     from ztaudit.pipeline.ingest import ingest_paths
     from ztaudit.synth.engine import GenerateOptions, generate
 
-    if not (out / "manifest.json").exists():
+    if not (out / ".ztaudit" / "manifest.json").exists():
         generate(GenerateOptions(out=out, days=days, seed=seed, events=events))
-    manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((out / ".ztaudit" / "manifest.json").read_text())
     if not (lake / "k8s_audit").exists():
-        cfg = load_config(out / "ztaudit.toml", env={})
+        cfg = load_config(out / ".ztaudit" / "ztaudit.toml", env={})
         files = sorted((out / "k8s_audit").glob("*.jsonl"))
         clusters = sorted({f.name.rsplit("-", 3)[0] for f in files})
         for c in clusters:
@@ -83,12 +83,12 @@ def evaluate(out: Path, lake: Path) -> dict[str, Any]:
     from ztaudit.detectors import registry
     from ztaudit.detectors.base import DetectContext
 
-    cfg = load_config(out / "ztaudit.toml", env={})
+    cfg = load_config(out / ".ztaudit" / "ztaudit.toml", env={})
     con = open_lake(lake, must_exist=False)
     con.execute("SET enable_progress_bar = false")
     n_events = con.execute("SELECT count(*) FROM k8s_audit").fetchall()[0][0]
     n_requests = con.execute("SELECT count(*) FROM k8s_requests").fetchall()[0][0]
-    labels = load_labels(out / "labels.jsonl")
+    labels = load_labels(out / ".ztaudit" / "labels.jsonl")
     result: dict[str, Any] = {"events": n_events, "requests": n_requests, "detectors": {}}
     for det in DETECTORS:
         t0 = time.perf_counter()
@@ -141,7 +141,7 @@ def test_generated_month(tmp_path_factory: pytest.TempPathFactory) -> None:
     res = evaluate(out, lake)
     print_report(res)
     assert res["events"] >= 1_000_000, manifest
-    labels = load_labels(out / "labels.jsonl")
+    labels = load_labels(out / ".ztaudit" / "labels.jsonl")
     assert len({lb.cluster for lb in labels}) >= 3
     total_false = 0
     for det, r in res["detectors"].items():

@@ -228,7 +228,7 @@ def build_generated_lake(tmp: Path, *, events: int = 6000, days: int = 2, seed: 
     res = CliRunner().invoke(cli, ["generate", "--out", str(out), "--days", str(days), "--events", str(events),
                                    "--seed", str(seed), "--incidents", "all"])
     assert res.exit_code == 0, res.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / ".ztaudit" / "manifest.json").read_text())
     how = manifest["ingest"]  # the generator says how to ingest what it wrote
     cfg = load_config(out / how["config"])
     lake = tmp / "genlake"
@@ -238,7 +238,7 @@ def build_generated_lake(tmp: Path, *, events: int = 6000, days: int = 2, seed: 
         ingest_paths(sorted(out.glob(how[kind])), lake, source=kind, config=cfg)
     result = run_detectors(lake, cfg)
     assert not result.errors, result.errors
-    return lake, out / "labels.jsonl"
+    return lake, out / ".ztaudit" / "labels.jsonl"
 
 
 def audit_day_checksum(lake: Path, day: str = "2026-11-20") -> tuple[int, str]:

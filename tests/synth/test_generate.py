@@ -64,7 +64,7 @@ def proxy(week: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def labels(week: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (week / "labels.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (week / ".ztaudit" / "labels.jsonl").read_text().splitlines()]
 
 
 # --- determinism ---------------------------------------------------------------------------
@@ -76,11 +76,11 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path: Path) -> None:
         generate(GenerateOptions(out=out, days=2, scale=0.02, seed=seed, clusters=("x", "y")))
     ba, bb, bc = _all_bytes(a), _all_bytes(b), _all_bytes(c)
     assert ba.keys() == bb.keys() and ba == bb
-    assert ba["labels.jsonl"] and ba != bc
+    assert ba[".ztaudit/labels.jsonl"] and ba != bc
 
 
 def test_layout_and_manifest(week: Path) -> None:
-    manifest = json.loads((week / "manifest.json").read_text())
+    manifest = json.loads((week / ".ztaudit" / "manifest.json").read_text())
     assert manifest["seed"] == 11
     assert [c["name"] for c in manifest["clusters"]] == list(CLUSTERS)
     names = {p.name for p in (week / "k8s_audit").iterdir()}
@@ -91,7 +91,7 @@ def test_layout_and_manifest(week: Path) -> None:
     assert any(n.startswith("okta-") for n in idp) and any(n.startswith("pomerium-identity-") for n in idp)
     for rel, n in manifest["counts"]["by_file"].items():
         assert len((week / rel).read_text().splitlines()) == n
-    assert (week / "ztaudit.toml").read_text().count("example.com") == len(CLUSTERS)
+    assert (week / ".ztaudit" / "ztaudit.toml").read_text().count("example.com") == len(CLUSTERS)
 
 
 # --- record shapes -------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_revoked_people_are_quiet_outside_labelled_windows(week: Path, audit: di
 
 def test_no_incidents(tmp_path: Path) -> None:
     generate(GenerateOptions(out=tmp_path, days=2, scale=0.02, seed=3, clusters=("a", "b"), incidents=frozenset()))
-    assert (tmp_path / "labels.jsonl").read_text() == ""
+    assert (tmp_path / ".ztaudit" / "labels.jsonl").read_text() == ""
     text = "".join(_lines(tmp_path / "k8s_audit"))
     assert "legacy-token" not in text and "198.51.100." not in text and "203.0.113." not in text
 
@@ -279,7 +279,7 @@ def test_cli_generate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "audit events" in result.output
     assert (out / "k8s_audit" / "east-2026-11-05.jsonl").is_file()
-    detectors = {json.loads(line)["detector"] for line in (out / "labels.jsonl").read_text().splitlines()}
+    detectors = {json.loads(line)["detector"] for line in (out / ".ztaudit" / "labels.jsonl").read_text().splitlines()}
     assert detectors == {"impersonation.proxy_bypass", "credential.legacy_token"}
 
 
@@ -299,7 +299,7 @@ def test_generated_data_ingests_without_quarantine(tmp_path: Path) -> None:
 
     out = tmp_path / "gen"
     generate(GenerateOptions(out=out, days=1, scale=0.02, seed=9, clusters=("prod", "dev")))
-    cfg = load_config(out / "ztaudit.toml", env={})
+    cfg = load_config(out / ".ztaudit" / "ztaudit.toml", env={})
     lake = tmp_path / "lake"
     total = collections.Counter[str]()
     stats = ingest.ingest_paths([out / "proxy_decision", out / "idp_event"], lake, config=cfg)
@@ -309,7 +309,7 @@ def test_generated_data_ingests_without_quarantine(tmp_path: Path) -> None:
         stats = ingest.ingest_paths(sorted((out / "k8s_audit").glob(f"{c}-*.jsonl")), lake, cluster=c, config=cfg)
         assert not stats.quarantined, stats.quarantined
         total.update(stats.rows)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / ".ztaudit" / "manifest.json").read_text())
     assert total["k8s_audit"] == manifest["counts"]["by_kind"]["k8s_audit"]
     assert total["proxy_decision"] == manifest["counts"]["by_kind"]["proxy_decision"]
     assert total["idp_event"] == manifest["counts"]["by_kind"]["idp_event"]
