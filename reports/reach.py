@@ -3,12 +3,14 @@
 Without ``--granted`` the rows come from the ``reach`` table that ``ztaudit detect`` builds
 (:func:`ztaudit.detectors.reach.build_reach_table`: one row per actor and ``reach.window``), aggregated
 in DuckDB, so the report costs the size of that table at any lake size. One row per actor (and per
-cluster for service accounts, nodes and control-plane identities, which are per cluster), flagged
-first, then by most secret namespaces and most namespaces, ``--limit`` rows. Fields: ``actor``,
-``actor_kind``, ``peer_group``, ``windows``, ``first_window``, ``last_window``, ``requests``,
+cluster for service accounts, nodes and control-plane identities, which are per cluster: the
+``cluster`` column, empty for people), flagged first, then by most secret namespaces and most
+namespaces, ``--limit`` rows. Fields: ``actor``, ``actor_kind``, ``cluster``, ``peer_group``,
+``windows``, ``first_window``, ``last_window``, ``requests``,
 ``clusters``, ``max_namespaces``, ``max_resources``, ``max_secret_namespaces``,
 ``max_foreign_secret_namespaces``, ``new_namespaces``, ``exec_count``, ``forbidden_requests``,
-``growth`` (last window's namespaces / median), ``flagged`` (has a ``reach.*`` finding). A lake
+``growth`` (last window's namespaces / median), ``flagged`` (has a ``reach.*`` finding; for a
+per-cluster identity, one on that cluster). A lake
 ``detect`` has not run on has an empty ``reach`` table: the report then has no rows and a note
 says so.
 
@@ -24,12 +26,12 @@ from ztaudit.detectors.rbac import granted_vs_used
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, empty_table_note, fetch
 from ztaudit.reports.charts import flagged_actors, reach_over_time
 
-REACH_COLUMNS = ["actor", "actor_kind", "peer_group", "windows", "first_window", "last_window", "requests",
+REACH_COLUMNS = ["actor", "actor_kind", "cluster", "peer_group", "windows", "first_window", "last_window", "requests",
                  "clusters", "max_namespaces", "max_resources", "max_secret_namespaces",
                  "max_foreign_secret_namespaces", "new_namespaces", "exec_count", "forbidden_requests", "growth",
                  "flagged"]
-REACH_DISPLAY = ["actor", "actor_kind", "windows", "max_namespaces", "max_resources", "max_secret_namespaces",
-                 "new_namespaces", "growth", "flagged"]
+REACH_DISPLAY = ["actor", "actor_kind", "cluster", "windows", "max_namespaces", "max_resources",
+                 "max_secret_namespaces", "new_namespaces", "growth", "flagged"]
 
 
 def reach_rows(ctx: ReportContext) -> list[Row]:
@@ -47,8 +49,9 @@ def reach_rows(ctx: ReportContext) -> list[Row]:
             SELECT *, CASE WHEN actor_kind IN ('service_account', 'node', 'system') THEN cluster END AS scope
             FROM reach WHERE {where}
         ),
-        flagged AS (SELECT DISTINCT actor FROM findings WHERE starts_with(detector, 'reach.') AND {fwhere})
-        SELECT r.actor, arg_max(actor_kind, window_start) AS actor_kind,
+        flagged AS (SELECT DISTINCT actor, cluster AS fcluster FROM findings
+                    WHERE starts_with(detector, 'reach.') AND {fwhere})
+        SELECT r.actor, arg_max(actor_kind, window_start) AS actor_kind, r.scope AS cluster,
                arg_max(peer_group, window_start) AS peer_group,
                count(*) AS windows, min(window_start) AS first_window, max(window_start) AS last_window,
                sum(requests)::BIGINT AS requests, max(clusters) AS clusters, max(namespaces) AS max_namespaces,
@@ -57,8 +60,11 @@ def reach_rows(ctx: ReportContext) -> list[Row]:
                sum(new_namespaces)::BIGINT AS new_namespaces, sum(exec_count)::BIGINT AS exec_count,
                sum(forbidden_requests)::BIGINT AS forbidden_requests,
                arg_max(namespaces, window_start) / nullif(median(namespaces), 0) AS growth,
-               any_value(flagged.actor) IS NOT NULL AS flagged
-        FROM r LEFT JOIN flagged USING (actor)
+               any_value(f.actor) IS NOT NULL AS flagged
+        -- A per-cluster identity (scope = its cluster) is flagged only where its finding is;
+        -- a person (scope NULL: one row over every cluster) wherever one is.
+        FROM r LEFT JOIN flagged f
+          ON f.actor = r.actor AND (r.scope IS NULL OR f.fcluster IS NULL OR f.fcluster = r.scope)
         GROUP BY r.actor, r.scope
         ORDER BY flagged DESC, max_secret_namespaces DESC, max_namespaces DESC, r.actor, r.scope NULLS FIRST
         LIMIT ?""",

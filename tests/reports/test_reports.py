@@ -270,7 +270,8 @@ def test_percentile_and_latency_summary() -> None:
 # --- reach ------------------------------------------------------------------------------------------------
 
 #: README "Primary-section fields" of ``reach`` (from detect's ``reach`` table).
-REACH_FIELDS = ["actor", "actor_kind", "peer_group", "windows", "first_window", "last_window", "requests", "clusters",
+REACH_FIELDS = ["actor", "actor_kind", "cluster", "peer_group", "windows", "first_window", "last_window", "requests",
+                "clusters",
                 "max_namespaces", "max_resources", "max_secret_namespaces", "max_foreign_secret_namespaces",
                 "new_namespaces", "exec_count", "forbidden_requests", "growth", "flagged"]
 #: detectors.rbac.GRANTED_VS_USED, the ``--granted`` columns.
@@ -295,6 +296,8 @@ def test_reach_blast_radius_and_flags(story: Path) -> None:
     assert alice["max_secret_namespaces"] == 0 and alice["growth"] == 1.0
     assert (by["carol@example.com"]["windows"], by["carol@example.com"]["requests"]) == (1, 2)
     assert by["system:serviceaccount:apps:web"]["actor_kind"] == "service_account"
+    # per-cluster identities name their cluster; a person's row spans every cluster
+    assert by["system:serviceaccount:apps:web"]["cluster"] == "prod" and alice["cluster"] is None
     top1 = jrun("reach", "--lake", str(story), "--limit", "1")
     assert [r["actor"] for r in top1] == [HOSTILE]
     assert [r["actor"] for r in jrun("reach", "--lake", str(story), "--actor", "bob@example.com")] == [
@@ -314,6 +317,22 @@ def test_reach_puts_flagged_identities_first(story: Path, tmp_path: Path) -> Non
     assert [(r["actor"], r["flagged"]) for r in rows[:3]] == [(HOSTILE, True), ("bob@example.com", True),
                                                               ("alice@example.com", False)]
     assert [r["flagged"] for r in rows] == [True, True, False, False, False, False]
+
+
+def test_reach_flags_a_per_cluster_identity_only_on_the_cluster_of_its_finding(story: Path, tmp_path: Path) -> None:
+    """A service account is one identity per cluster: a reach finding on staging does not flag its
+    prod row (before, every cluster's row said flagged=yes)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(story, lake)
+    sa = "system:serviceaccount:apps:web"
+    write_rows(lake, {"findings": [finding("reach.anomalous", "low", sa, T0, T0, "grew", cluster="staging")]},
+               key="extra")
+    assert [(r["cluster"], r["flagged"]) for r in jrun("reach", "--lake", str(lake)) if r["actor"] == sa] == [
+        ("prod", False)]
+    write_rows(lake, {"findings": [finding("reach.anomalous", "low", sa, T0, T0, "grew", cluster="prod")]},
+               key="extra")
+    assert [(r["cluster"], r["flagged"]) for r in jrun("reach", "--lake", str(lake)) if r["actor"] == sa] == [
+        ("prod", True)]
 
 
 def test_reach_granted_is_the_rbac_comparison(sample_lake: Path) -> None:
