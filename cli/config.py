@@ -55,12 +55,22 @@ def config() -> None:
 @click.option("--defaults", is_flag=True, help="Ignore any file and environment; print the built-in defaults.")
 def check(config_path: str | None, defaults: bool) -> None:
     """Validate the configuration and print each effective setting with its one-line reason."""
-    cfg = Config() if defaults else load_config(config_path)
+    cfg = Config() if defaults else load_config(config_path, warn=False)
     check_regexes(cfg)
-    source = "built-in defaults" if defaults or not cfg.source_path else cfg.source_path
+    if defaults:
+        source = "built-in defaults"
+    else:
+        env = sorted({o.split("$", 1)[1] for o in cfg.origins.values() if o.startswith("environment $")})
+        parts = [cfg.source_path or "no config file: built-in defaults"]
+        if env:
+            parts.append("overridden by " + ", ".join(f"${e}" for e in env))
+        source = "; ".join(parts)
     click.echo(f"# configuration OK ({source})")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for key, value, why in effective_settings(cfg):
         # secrets are never values here: the file names an environment variable or a file (config.py)
-        click.echo(f"{key} = {_show(value)}")
+        origin = cfg.origins.get(key, "default")
+        click.echo(f"{key} = {_show(value)}" + ("" if defaults else f"    # from {origin}"))
         if why:
             click.echo(f"    # {why}")

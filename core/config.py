@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import os
 import re
 import tomllib
@@ -23,7 +24,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from ztaudit.core.errors import ConfigError
+from ztaudit.core.errors import ConfigError, ConfigErrors
+from ztaudit.core.names import did_you_mean
+
+log = logging.getLogger(__name__)
 
 #: Settings that take one of a fixed set of words (checked when the config is loaded).
 ReachWindow = Literal["hour", "day"]
@@ -195,6 +199,10 @@ class Config:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
     source_path: str | None = None
+    #: where each setting came from: "default", "file PATH:LINE", "environment $NAME" or "flag"
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+    #: what loading noticed but did not refuse (an unknown ``ZTAUDIT_*`` variable)
+    warnings: tuple[str, ...] = ()
 
     # --- helpers the detectors use -------------------------------------------------------
     def approved_for(self, cluster: str | None) -> list[str]:
@@ -207,19 +215,64 @@ class Config:
         return list(m.get(cluster or "", m.get("*", [])))
 
 
-_SECTIONS = [f.name for f in fields(Config) if f.name != "source_path"]
+_SECTIONS = [f.name for f in fields(Config) if f.name not in ("source_path", "origins", "warnings")]
 
 
-def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
+#: A time-span setting's unit, from its name's suffix; such settings also take a duration like ``15m``.
+_FIELD_UNITS: dict[str, tuple[float, str]] = {
+    "_ms": (0.001, "milliseconds"), "_seconds": (1.0, "seconds"), "_hours": (3600.0, "hours"),
+    "_days": (86400.0, "days"),
+}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _unit(key: str) -> tuple[float, str] | None:
+    """(seconds per unit, unit name) for a time-span setting, else None."""
+    return next((u for suffix, u in _FIELD_UNITS.items() if key.endswith(suffix)), None)
+
+
+def _expected(origin: Any, from_env: bool, unit: tuple[float, str] | None) -> str:
+    """What a setting of this type must be, in words."""
+    if origin is int:
+        words = "a whole number" + (f" of {unit[1]}" if unit else "")
+    elif origin is float:
+        words = "a number" + (f" of {unit[1]}" if unit else "")
+    elif origin is bool:
+        words = "true or false"
+    elif origin is str:
+        words = "a string"
+    elif origin is list:
+        words = "a list of strings" + (" (comma-separated in an environment variable)" if from_env else "")
+    elif origin is dict:
+        words = "a table" + (" (JSON in an environment variable)" if from_env else "")
+    else:
+        words = str(origin)
+    if unit and origin in (int, float):
+        words += " or a duration like 15m, 2h, 7d"
+    return words
+
+
+def _coerce(key: str, value: Any, typ: Any, from_env: bool, where: str = "") -> Any:
     origin = getattr(typ, "__origin__", typ)
     if origin is Literal:
         choices = get_args(typ)
         if value not in choices:
             words = "|".join(str(c) for c in choices if c)
-            raise ConfigError(key, f"{value!r} is not {words}" + (" (or empty)" if "" in choices else ""),
+            raise ConfigError(key, f"{value!r} is not {words}" + (" (or empty)" if "" in choices else "") + where,
                               fix=_CHOICE_FIX.get(key, f"use one of: {', '.join(repr(c) for c in choices)}"))
         return value
+    unit = _unit(key)
     try:
+        if origin in (int, float) and unit and isinstance(value, str) and _DURATION.fullmatch(value):
+            m = _DURATION.fullmatch(value)
+            assert m is not None
+            amount = float(m.group(1)) * _DURATION_SECONDS[m.group(2)] / unit[0]
+            if origin is int:
+                if abs(amount - round(amount)) > 1e-9:
+                    raise ValueError(value)
+                return round(amount)
+            return amount
         if origin is bool:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -231,7 +284,7 @@ def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
                 raise TypeError
             return value
         if origin is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
             return int(value)
         if origin is float:
@@ -255,30 +308,79 @@ def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
                 raise TypeError
             return {str(k): v for k, v in value.items()}
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(key, f"expected {typ}, got {value!r}",
+        raise ConfigError(key, f"must be {_expected(origin, from_env, unit)}, got {value!r}{where}",
                           fix="see `ztaudit config check --defaults` for the expected form") from exc
     return value
 
 
-def _build(section_cls: type, name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+def _env_name(section: str, key: str) -> str:
+    return f"ZTAUDIT_{section.upper()}_{key.upper()}"
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """``section.key`` -> line number of its assignment in a TOML file (plain tables only)."""
+    out: dict[str, int] = {}
+    section = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := re.match(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]", line):
+            section = m.group(1)
+        elif (m := re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)) and section:
+            out.setdefault(f"{section}.{m.group(1)}", n)
+    return out
+
+
+def _build(section_cls: type, name: str, raw: Mapping[str, Any], env: Mapping[str, str],
+           flags: Mapping[str, Any], file_origin: Mapping[str, str], origins: dict[str, str],
+           errors: list[ConfigError]) -> Any:
+    """One section from the file's values, then ``ZTAUDIT_*`` variables, then flags; a bad value
+    is recorded in ``errors`` (and left at its default) so that every error is reported at once."""
     hints = get_type_hints(section_cls)
     known = {f.name for f in fields(section_cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown key",
-                          fix=f"valid keys in [{name}]: {', '.join(sorted(known))}")
+    for key in sorted(set(raw) - known):
+        errors.append(ConfigError(f"{name}.{key}", f"unknown key{did_you_mean(key, known)}",
+                                  fix=f"valid keys in [{name}]: {', '.join(sorted(known))}"))
     kwargs: dict[str, Any] = {}
     for f in fields(section_cls):
         key = f"{name}.{f.name}"
-        env_name = f"ZTAUDIT_{name.upper()}_{f.name.upper()}"
-        if env_name in env:
-            kwargs[f.name] = _coerce(key, env[env_name], hints[f.name], from_env=True)
-        elif f.name in raw:
-            kwargs[f.name] = _coerce(key, raw[f.name], hints[f.name], from_env=False)
+        env_name = _env_name(name, f.name)
+        origins[key] = "default"
+        try:
+            if f.name in flags and flags[f.name] is not None:
+                kwargs[f.name] = _coerce(key, flags[f.name], hints[f.name], from_env=False)
+                origins[key] = "flag"
+            elif env_name in env:
+                kwargs[f.name] = _coerce(key, env[env_name], hints[f.name], from_env=True,
+                                         where=f" (from ${env_name})")
+                origins[key] = f"environment ${env_name}"
+            elif f.name in raw:
+                kwargs[f.name] = _coerce(key, raw[f.name], hints[f.name], from_env=False)
+                origins[key] = file_origin.get(key, "file")
+        except ConfigError as exc:
+            errors.append(exc)
     return section_cls(**kwargs)
 
 
-def _validate(cfg: Config) -> None:
+#: ``ZTAUDIT_*`` variables that are not settings but are read elsewhere (or by the test suite).
+_OTHER_ENV: frozenset[str] = frozenset({"ZTAUDIT_CONFIG", "ZTAUDIT_LAKE", "ZTAUDIT_SAMPLE_LOGS", "ZTAUDIT_BENCH_DIR",
+                                        "ZTAUDIT_SHARED", "ZTAUDIT_KAFKA_PASSWORD", "ZTAUDIT_ACTOR",
+                                        # the test broker's (scripts/kafka-broker)
+                                        "ZTAUDIT_KAFKA_CACHE", "ZTAUDIT_KAFKA_VERSION", "ZTAUDIT_KEEP_KAFKA_DIR",
+                                        "ZTAUDIT_KAFKA_SCRAM_PASSWORD"})
+_OTHER_ENV_PREFIXES: tuple[str, ...] = ("ZTAUDIT_TEST_", "ZTAUDIT_CONSUME_KILL_")
+
+
+def _unknown_env(env: Mapping[str, str], cfg: Config) -> list[str]:
+    """A warning for each ``ZTAUDIT_*`` variable that names no setting (a typo is otherwise ignored)."""
+    settings = [_env_name(name, f.name) for name in _SECTIONS for f in fields(getattr(cfg, name))]
+    known = set(settings) | _OTHER_ENV | {cfg.kafka.sasl_password_env}
+    out = []
+    for var in sorted(env):
+        if var.startswith("ZTAUDIT_") and var not in known and not var.startswith(_OTHER_ENV_PREFIXES):
+            out.append(f"${var} is not a ztaudit setting and is ignored{did_you_mean(var, settings, n=1)}")
+    return out
+
+
+def _validate(cfg: Config, errors: list[ConfigError]) -> None:
     for key, patterns in (("identities.human_user_patterns", cfg.identities.human_user_patterns),
                           ("identities.human_group_patterns", cfg.identities.human_group_patterns),
                           ("identities.system_user_patterns", cfg.identities.system_user_patterns)):
@@ -286,46 +388,49 @@ def _validate(cfg: Config) -> None:
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ConfigError(key, f"bad regular expression {p!r}: {exc}") from exc
+                errors.append(ConfigError(key, f"bad regular expression {p!r}: {exc}"))
     for cluster, nets in cfg.credentials.cluster_networks.items():
         for n in nets:
             try:
                 ipaddress.ip_network(n, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"credentials.cluster_networks.{cluster}", f"bad CIDR {n!r}",
-                                  fix="write networks like '10.0.0.0/8'") from exc
+            except ValueError:
+                errors.append(ConfigError(f"credentials.cluster_networks.{cluster}", f"bad CIDR {n!r}",
+                                          fix="write networks like '10.0.0.0/8'"))
     for cluster, ids in cfg.impersonation.approved_impersonators.items():
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ConfigError(f"impersonation.approved_impersonators.{cluster}", "must be a list of usernames")
+            errors.append(ConfigError(f"impersonation.approved_impersonators.{cluster}",
+                                      "must be a list of usernames"))
     if cfg.kafka.session_timeout_ms < 1000:
-        raise ConfigError("kafka.session_timeout_ms", "must be >= 1000 (brokers reject less by default: 6000)")
+        errors.append(ConfigError("kafka.session_timeout_ms",
+                                  "must be >= 1000 (brokers reject less by default: 6000)"))
     if cfg.revocation.grace_seconds < 0:
-        raise ConfigError("revocation.grace_seconds", "must be >= 0")
+        errors.append(ConfigError("revocation.grace_seconds", "must be >= 0"))
     if cfg.correlation.match_window_seconds <= 0:
-        raise ConfigError("correlation.match_window_seconds", "must be > 0")
+        errors.append(ConfigError("correlation.match_window_seconds", "must be > 0"))
     if cfg.correlation.exact_id_window_seconds <= 0:
-        raise ConfigError("correlation.exact_id_window_seconds", "must be > 0")
+        errors.append(ConfigError("correlation.exact_id_window_seconds", "must be > 0"))
     if cfg.detect.streaming_lookback_seconds < 0:
-        raise ConfigError("detect.streaming_lookback_seconds", "must be >= 0")
+        errors.append(ConfigError("detect.streaming_lookback_seconds", "must be >= 0"))
     if cfg.detect.lock_timeout_seconds <= 0:
-        raise ConfigError("detect.lock_timeout_seconds", "must be > 0")
+        errors.append(ConfigError("detect.lock_timeout_seconds", "must be > 0"))
     if cfg.detect.max_evidence < 1:
-        raise ConfigError("detect.max_evidence", "must be >= 1")
+        errors.append(ConfigError("detect.max_evidence", "must be >= 1"))
     if cfg.detect.memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", cfg.detect.memory_limit):
-        raise ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
-                          fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default")
+        errors.append(ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
+                                  fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default"))
     for host in cfg.impersonation.proxy_hosts.values():
         if not isinstance(host, str) or not host:
-            raise ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
-                              fix='write proxy_hosts = { "k8s.example.com" = "prod" }')
+            errors.append(ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
+                                      fix='write proxy_hosts = { "k8s.example.com" = "prod" }'))
     try:
         if cfg.ingest.cluster_from_path and "cluster" not in re.compile(cfg.ingest.cluster_from_path).groupindex:
-            raise ConfigError("ingest.cluster_from_path", "the pattern has no (?P<cluster>...) group",
-                              fix="name the part of the path that is the cluster, e.g. cluster=(?P<cluster>[^/]+)/")
+            errors.append(ConfigError("ingest.cluster_from_path", "the pattern has no (?P<cluster>...) group",
+                                      fix="name the part of the path that is the cluster, "
+                                          "e.g. cluster=(?P<cluster>[^/]+)/"))
     except re.error as exc:
-        raise ConfigError("ingest.cluster_from_path", f"bad regular expression: {exc}") from exc
+        errors.append(ConfigError("ingest.cluster_from_path", f"bad regular expression: {exc}"))
     if cfg.ingest.max_record_bytes < 1024:
-        raise ConfigError("ingest.max_record_bytes", "must be at least 1024")
+        errors.append(ConfigError("ingest.max_record_bytes", "must be at least 1024"))
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | None:
@@ -340,35 +445,54 @@ def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, 
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
-    """Load and validate the configuration. ``overrides`` are CLI flags: {section: {key: value}}.
+                overrides: Mapping[str, Mapping[str, Any]] | None = None, *, warn: bool = True) -> Config:
+    """Load and validate the configuration. ``overrides`` are CLI flags: {section: {key: value}}; they
+    win over ``ZTAUDIT_*`` variables, which win over the file.
 
-    Raises :class:`ConfigError` for a missing file, bad TOML, an unknown key or a bad value.
+    Raises :class:`ConfigError` for a missing file or bad TOML, and for an unknown key or a bad
+    value (:class:`ConfigErrors` when there are several: all of them at once). Unknown ``ZTAUDIT_*``
+    variables are logged as warnings (``warn``) and kept in :attr:`Config.warnings`.
     """
     env = os.environ if env is None else env
     cfg_path = find_config_path(path, env)
     raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     if cfg_path is not None:
         try:
-            raw = tomllib.loads(cfg_path.read_text())
+            text = cfg_path.read_text()
+            raw = tomllib.loads(text)
         except FileNotFoundError as exc:
             raise ConfigError("--config", f"{cfg_path} does not exist",
                               fix="create it (see `ztaudit config check --defaults`) or drop --config") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(cfg_path), f"invalid TOML: {exc}") from exc
-    unknown = set(raw) - set(_SECTIONS)
-    if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown section", fix=f"valid sections: {', '.join(_SECTIONS)}")
+        lines = _key_lines(text)
+    errors: list[ConfigError] = []
+    for name in sorted(set(raw) - set(_SECTIONS)):
+        errors.append(ConfigError(name, f"unknown section{did_you_mean(name, _SECTIONS)}",
+                                  fix=f"valid sections: {', '.join(_SECTIONS)}"))
     sections: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    file_origin = {key: f"file {cfg_path}:{n}" for key, n in lines.items()}
     hints = get_type_hints(Config)
     for name in _SECTIONS:
-        section_raw = dict(raw.get(name, {}))
-        if overrides and name in overrides:
-            section_raw.update({k: v for k, v in overrides[name].items() if v is not None})
-        sections[name] = _build(hints[name], name, section_raw, env)
-    cfg = Config(**sections, source_path=str(cfg_path) if cfg_path else None)
-    _validate(cfg)
-    return cfg
+        section_raw = raw.get(name, {})
+        if not isinstance(section_raw, dict):
+            errors.append(ConfigError(name, f"must be a [{name}] table, got {section_raw!r}"))
+            section_raw = {}
+        flags = (overrides or {}).get(name, {})
+        sections[name] = _build(hints[name], name, section_raw, env, flags, file_origin, origins, errors)
+    cfg = Config(**sections, source_path=str(cfg_path) if cfg_path else None, origins=origins)
+    _validate(cfg, errors)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+    warnings = _unknown_env(env, cfg)
+    if warn:
+        for w in warnings:
+            log.warning("config: %s", w)
+    return dataclasses.replace(cfg, warnings=tuple(warnings))
 
 
 def effective_settings(cfg: Config) -> list[tuple[str, Any, str]]:

@@ -36,6 +36,18 @@ class ConfigError(ZtauditError):
         super().__init__(f"config {key}: {message}", fix=fix)
 
 
+class ConfigErrors(ConfigError):
+    """Several configuration errors, reported at once (one line each, with its fix)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        self.key = errors[0].key
+        self.message = f"{len(errors)} configuration errors:"
+        self.fix = None
+        lines = [self.message] + ["  " + str(e).replace("\n", "\n  ") for e in errors]
+        Exception.__init__(self, "\n".join(lines))
+
+
 class SourceError(ZtauditError):
     """An input cannot be read at all (missing file, unreadable stdin, unknown --source)."""
 

@@ -96,6 +96,8 @@ class IngestStats:
     #: what the folder walk did not read, and why (an unreadable folder, a FIFO in a folder, a
     #: dangling link): said in the summary, never passed over silently (issue 11, item 8)
     skipped: list[Skipped] = field(default_factory=list)
+    #: ``k8s_audit`` rows written without a cluster name (warned about in the summary)
+    no_cluster: int = 0
 
     @property
     def quarantined_total(self) -> int:
@@ -111,6 +113,7 @@ class IngestStats:
         self.per_input.setdefault(path, Tally()).add(result)
         for table_name, table in result.tables.items():
             self.rows[table_name] += table.num_rows
+        self.no_cluster += result.audit_rows_without_cluster
         self.quarantined.update(str(r.reason) for r in result.rejected)
         for (source, reason), n in result.ignored.items():
             self.ignored[f"{source}/{reason}"] += n
@@ -143,6 +146,7 @@ class IngestStats:
                 lines.append(f"    ... {len(self.skipped) - SUMMARY_INPUTS:,} more")
         # The conservation law, per input and in total (docs/pipeline-notes.md §6).
         lines.append(f"  accounted: {self.total.line()}")
+        warning = self.cluster_warning()
         shown = sorted(self.per_input.items())
         if len(shown) > 1:
             for path, tally in shown[:SUMMARY_INPUTS]:
@@ -151,7 +155,17 @@ class IngestStats:
             if rest:
                 bad = sum(1 for _, t in rest if not t.balanced())
                 lines.append(f"    ... {len(rest):,} more inputs, {bad:,} of them unbalanced")
+        if warning:
+            lines.append(warning)
         return "\n".join(lines)
+
+    def cluster_warning(self) -> str:
+        """A warning naming the audit rows written without a cluster and how to name it, or ``""``."""
+        if not self.no_cluster:
+            return ""
+        return (f"WARNING: {self.no_cluster:,} k8s_audit rows have no cluster (plain audit lines do not name "
+                f"their cluster): pass --cluster NAME, or lay the files out as .../cluster=NAME/... "
+                f"(config ingest.cluster_from_path); ingesting the same input again with it replaces these rows")
 
 
 class _Progress:

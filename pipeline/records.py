@@ -173,7 +173,24 @@ class BatchResult:
     def ignored_total(self) -> int:
         return sum(self.ignored.values())
 
+    @property
+    def audit_rows_without_cluster(self) -> int:
+        """``k8s_audit`` rows written with no cluster (no ``--cluster``, no path match, no envelope's
+        own): detectors and reports cannot tell such clusters apart, so ingest and consume warn."""
+        return audit_rows_without_cluster(self.tables)
+
     def balanced(self) -> bool:
         """The conservation law: ``records + expanded == written + quarantined + ignored``."""
         return self.records + self.expanded == self.written + self.quarantined + self.ignored_total
 
+
+def audit_rows_without_cluster(tables: dict[str, pa.Table]) -> int:
+    """How many ``k8s_audit`` rows in ``tables`` have a null or empty ``cluster``."""
+    table = tables.get("k8s_audit")
+    if table is None or table.num_rows == 0 or "cluster" not in table.column_names:
+        return 0
+    import pyarrow.compute as pc
+
+    col = table.column("cluster")
+    missing = pc.or_kleene(pc.is_null(col), pc.equal(col, ""))
+    return int(pc.sum(pc.fill_null(missing, True).cast(pa.int64())).as_py() or 0)

@@ -106,6 +106,8 @@ class Written:
     expanded: int = 0
     written: int = 0
     ignored: dict[str, int] = field(default_factory=dict)
+    #: ``k8s_audit`` rows written without a cluster name (warned about in the log)
+    no_cluster: int = 0
 
 
 @dataclass
@@ -246,7 +248,8 @@ class ChunkWriter:
             paths.extend(self.sink.write_quarantine(result.rejected, key))
             return Written(paths, window, rows, result.quarantined, skipped, records=result.records,
                            expanded=result.expanded, written=result.written,
-                           ignored={f"{s}/{r}": n for (s, r), n in result.ignored.items()})
+                           ignored={f"{s}/{r}": n for (s, r), n in result.ignored.items()},
+                           no_cluster=result.audit_rows_without_cluster)
 
         def failed(exc: BaseException, attempt: int, delay: float) -> None:
             log.warning("consume: %s: lake write failed (%s); retry %d/%d in %.1f s", chunk.where, exc,
@@ -258,6 +261,10 @@ class ChunkWriter:
             if stale.resolve() not in keep:
                 stale.unlink(missing_ok=True)
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
+        if out.no_cluster:
+            log.warning("consume: %s: %d k8s_audit rows have no cluster (plain audit lines do not name their "
+                        "cluster and this consumer was started without one): pass --cluster NAME (one "
+                        "consumer per cluster's topic)", chunk.where, out.no_cluster)
         for r in result.rejected:
             log.warning("consume: quarantined %s: %s (%s)", r.origin, r.reason, r.detail[:200])
         log.debug("consume: %s -> %d rows, %d quarantined, %d files", chunk.where, out.rows, out.quarantined,

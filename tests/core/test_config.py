@@ -84,3 +84,59 @@ def test_fixed_word_settings_accept_only_their_words(tmp_path: Path, section: st
         load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": bad})
     assert getattr(getattr(load_config(None, env={f"ZTAUDIT_{section.upper()}_{key.upper()}": good}), section),
                    key) == good
+
+
+def test_all_errors_reported_at_once_in_words(tmp_path: Path) -> None:
+    from ztaudit.core.errors import ConfigErrors
+
+    f = tmp_path / "z.toml"
+    f.write_text('[ingest]\nchunk_bytes = "abc"\n[revocation]\ngrace_seconds = -1\n[detect]\nmax_evidnce = 3\n')
+    with pytest.raises(ConfigErrors) as err:
+        load_config(f, env={"ZTAUDIT_KAFKA_FLUSH_SECONDS": "soon"})
+    text = str(err.value)
+    assert "<class" not in text and "4 configuration errors" in text
+    assert "ingest.chunk_bytes: must be a whole number, got 'abc'" in text
+    assert "revocation.grace_seconds: must be >= 0" in text
+    assert "detect.max_evidnce: unknown key; did you mean 'max_evidence'?" in text
+    assert "kafka.flush_seconds: must be a number of seconds or a duration like 15m, 2h, 7d, got 'soon' " \
+        "(from $ZTAUDIT_KAFKA_FLUSH_SECONDS)" in text
+
+
+def test_unknown_ztaudit_variable_warned_with_did_you_mean() -> None:
+    cfg = load_config(os.devnull, env={"ZTAUDIT_REVOCATION_GRACE_SECOND": "30", "ZTAUDIT_LAKE": "x",
+                                       "ZTAUDIT_KAFKA_PASSWORD": "p"})
+    assert cfg.revocation.grace_seconds == 900
+    assert cfg.warnings == ("$ZTAUDIT_REVOCATION_GRACE_SECOND is not a ztaudit setting and is ignored; "
+                            "did you mean 'ZTAUDIT_REVOCATION_GRACE_SECONDS'?",)
+    res = CliRunner().invoke(cli, ["config", "check", "--config", os.devnull],
+                             env={"ZTAUDIT_REVOCATION_GRACE_SECOND": "30"})
+    assert res.exit_code == 0 and "did you mean 'ZTAUDIT_REVOCATION_GRACE_SECONDS'" in res.output
+
+
+def test_config_check_says_where_each_setting_came_from(tmp_path: Path) -> None:
+    f = tmp_path / "z.toml"
+    f.write_text("[revocation]\nlookback_days = 10\n\n[kafka]\ngroup = \"g\"\n")
+    res = CliRunner().invoke(cli, ["config", "check", "--config", str(f)],
+                             env={"ZTAUDIT_REVOCATION_GRACE_SECONDS": "30"})
+    assert res.exit_code == 0, res.output
+    assert "built-in defaults" not in res.output
+    assert f"# configuration OK ({f}; overridden by $ZTAUDIT_REVOCATION_GRACE_SECONDS)" in res.output
+    assert "revocation.grace_seconds = 30    # from environment $ZTAUDIT_REVOCATION_GRACE_SECONDS" in res.output
+    assert f"revocation.lookback_days = 10    # from file {f}:2" in res.output
+    assert f'kafka.group = "g"    # from file {f}:5' in res.output
+    assert "detect.max_evidence = 50    # from default" in res.output
+    cfg = load_config(f, env={"ZTAUDIT_KAFKA_GROUP": "e"}, overrides={"kafka": {"group": "flag"}})
+    assert cfg.kafka.group == "flag" and cfg.origins["kafka.group"] == "flag"
+
+
+def test_time_spans_accept_durations(tmp_path: Path) -> None:
+    f = tmp_path / "z.toml"
+    f.write_text('[revocation]\ngrace_seconds = "15m"\nlookback_days = "2w"\n[credentials]\ndormancy_days = "36h"\n')
+    cfg = load_config(f, env={"ZTAUDIT_KAFKA_SESSION_TIMEOUT_MS": "15s", "ZTAUDIT_DETECT_LOCK_TIMEOUT_SECONDS": "2m"})
+    assert cfg.revocation.grace_seconds == 900 and cfg.revocation.lookback_days == 14
+    assert cfg.credentials.dormancy_days == 1.5 and cfg.kafka.session_timeout_ms == 15_000
+    assert cfg.detect.lock_timeout_seconds == 120.0
+    from ztaudit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reach\.baseline_days: must be a whole number of days or a duration"):
+        load_config(None, env={"ZTAUDIT_REACH_BASELINE_DAYS": "36h"})

@@ -248,3 +248,19 @@ def test_backend_is_validated_and_selects_the_source(tmp_path: Path) -> None:
 
     assert isinstance(open_source(KafkaSettings(backend="confluent"), group="g", start_from="earliest"),
                       ConfluentSource)
+
+
+def test_chunk_writer_warns_about_audit_rows_without_a_cluster(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    events = audit_events(3, run="nc")
+    chunk = Chunk(A0, events, [0, 1, 2], [], False, sum(map(len, events)))
+    with caplog.at_level("WARNING", logger="ztaudit.pipeline.consume.writer"):
+        out = ChunkWriter(LakeSink(tmp_path / "a"), NormalizeContext(), {"audit": "k8s_audit"},
+                          max_record_bytes=1 << 20).write(chunk)
+    assert out.no_cluster == 3
+    assert "3 k8s_audit rows have no cluster" in caplog.text and "--cluster NAME" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ztaudit.pipeline.consume.writer"):
+        out = ChunkWriter(LakeSink(tmp_path / "b"), NormalizeContext(cluster="prod"), {"audit": "k8s_audit"},
+                          cluster="prod", max_record_bytes=1 << 20).write(chunk)
+    assert out.no_cluster == 0 and "no cluster" not in caplog.text

@@ -238,3 +238,18 @@ def test_corrupt_gzip_is_quarantined_not_a_source_error(tmp_path: Path, lake: Pa
     stats = ingest_paths([bad, good], lake)
     assert dict(stats.quarantined) == {"truncated": 1}
     assert len(table_rows(lake, "k8s_audit")) == 1
+
+
+def test_ingest_warns_about_audit_rows_without_a_cluster(tmp_path: Path) -> None:
+    src = jsonl(tmp_path / "audit.jsonl", [event(i) for i in range(3)])
+    res = CliRunner().invoke(cli, ["ingest", str(src), "--lake", str(tmp_path / "lake")])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: 3 k8s_audit rows have no cluster" in res.output
+    assert "--cluster NAME" in res.output and "ingest.cluster_from_path" in res.output
+    for args in (["--cluster", "prod"], []):
+        path = src if args else tmp_path / "cluster=prod" / "audit.jsonl"
+        if not args:
+            path.parent.mkdir()
+            path.write_bytes(src.read_bytes())
+        res = CliRunner().invoke(cli, ["ingest", str(path), "--lake", str(tmp_path / "lake2"), *args])
+        assert res.exit_code == 0 and "no cluster" not in res.output, res.output
