@@ -256,6 +256,30 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
     found = _Collector()
     ignored = result.ignored
     unknown = batch.source or "unknown"
+    def place(value: Any, origin: str, whole: bytes | None) -> None:
+        """Offer one decoded JSON value to the normalizers: rows, ignored, or ``unknown_shape``.
+        ``whole`` is the record's bytes when the value is the whole record (None for an element
+        of an array)."""
+        hit = _offer(normalizers, value, None, origin, rejected)
+        if hit is _ERROR:
+            return
+        if hit is not None:
+            if whole is not None and hit[0] == K8S:
+                # The whole record is the Event: the SQL mapping reads its original text, as
+                # the fast path would, so both paths read duplicate keys and number forms
+                # the same way (one parser, DuckDB's; issue 11 item 9).
+                hit = (hit[0], [dataclasses.replace(u, text=whole.decode("utf-8"))
+                                if u.record is value and u.ignored is None else u for u in hit[1]])
+            result.expanded += _take(found, ignored, hit, origin) - 1
+        elif (why := _ignore(normalizers, value, None)) is not None:
+            ignored[why] += 1
+        else:
+            what = "JSON" if whole is not None else "a JSON array element"
+            el = whole if whole is not None else dumps(value)
+            rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE,
+                                     f"{what} of type {type(value).__name__} that no normalizer recognises",
+                                     el, batch.source, len(el)))
+
     def salvage(raw: bytes, origin: str, reason: Reason, detail: str) -> bool:
         """A record that failed to parse and is a JSON array with a broken element (``[E1, <broken>,
         E2]`` on one line): its good elements are records, as they are when the same array is
@@ -271,18 +295,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
                 rejected.append(Rejected(origin, reason, f"a broken element of a JSON array ({detail})", el,
                                          batch.source, len(el)))
                 continue
-            hit = _offer(normalizers, value, None, origin, rejected)
-            if hit is _ERROR:
-                continue
-            if hit is not None:
-                result.expanded += _take(found, ignored, hit, origin) - 1
-            elif (why := _ignore(normalizers, value, None)) is not None:
-                ignored[why] += 1
-            else:
-                el = dumps(value)
-                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE, "a JSON array element of type "
-                                         f"{type(value).__name__} that no normalizer recognises", el,
-                                         batch.source, len(el)))
+            place(value, origin, None)
         return True
 
     for i in slow:
@@ -318,25 +331,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
             continue
         result.expanded += len(values) - 1
         for value in values:
-            hit = _offer(normalizers, value, None, origin, rejected)
-            if hit is _ERROR:
-                continue
-            if hit is not None:
-                if not is_array and hit[0] == K8S:
-                    # The whole record is the Event: the SQL mapping reads its original text, as
-                    # the fast path would, so both paths read duplicate keys and number forms
-                    # the same way (one parser, DuckDB's; issue 11 item 9).
-                    hit = (hit[0], [dataclasses.replace(u, text=raw.decode("utf-8"))
-                                    if u.record is value and u.ignored is None else u for u in hit[1]])
-                result.expanded += _take(found, ignored, hit, origin) - 1
-            elif (why := _ignore(normalizers, value, None)) is not None:
-                ignored[why] += 1
-            else:
-                what = "a JSON array element" if is_array else "JSON"
-                el = dumps(value) if is_array else raw
-                rejected.append(Rejected(origin, Reason.UNKNOWN_SHAPE,
-                                         f"{what} of type {type(value).__name__} that no normalizer recognises",
-                                         el, batch.source, len(el)))
+            place(value, origin, None if is_array else raw)
 
     for kind, recs in found.records.items():
         origins_k = found.origins[kind]

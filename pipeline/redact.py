@@ -394,27 +394,15 @@ def _bare_string(value: Any) -> bool:
     return isinstance(value, str) and value.lstrip()[:1] not in ("{", "[")
 
 
-def scrub_value(value: Any, depth: int = 0) -> Any:
-    """A copy of a decoded JSON value that is safe to keep (§4): body keys dropped (any case),
-    values of credential-named keys replaced by ``***``, the text rules applied to every string
-    and to keys, JSON inside strings scrubbed the same way. Deeper than 64 levels the value is
-    replaced by a marker (an attacker could nest deeply to hide a body from a shallow scrub)."""
-    if depth == 0 and _bare_string(value):
-        return MASK if value else value
-    pend = _Pending()
-    box: list[Any] = [None]
-    box[0] = _scrub(value, depth, pend, box, 0)
-    pend.apply()
-    return box[0]
-
-
 def scrub_raws(items: Sequence[tuple[bytes, bool]]) -> list[bytes]:
     """Raw record bytes safe to store in quarantine (§4), for a whole batch: ``(raw, parse)`` each.
 
     Called once per batch by :func:`redact_rejects` (so by ``process()``), and through
     :func:`scrub_raw` for a single record. If ``raw`` parses as JSON (and ``parse`` is true; it is
-    false for oversized records, which are never parsed), it is scrubbed like :func:`scrub_value`
-    and re-serialised; otherwise like :func:`scrub_bytes`. All the text rules of the batch run in
+    false for oversized records, which are never parsed), it is scrubbed (§4: bodies dropped in any
+    case, values of credential-named keys masked, text rules on strings and keys, JSON inside
+    strings scrubbed the same way, 64 levels deep at most) and re-serialised; otherwise like
+    :func:`scrub_bytes`. All the text rules of the batch run in
     two RE2 calls. Never raises.
     """
     pend = _Pending()

@@ -44,33 +44,25 @@ from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
 from ztaudit.pipeline.normalize.rowmap import RecordMapper, RecordRejected, in_event_range
 from ztaudit.pipeline.normalize.teleport import ignore_reason as teleport_ignore_reason
 from ztaudit.pipeline.normalize.teleport import is_kube_exec, is_teleport_event
-from ztaudit.pipeline.redact import mask_query as redact_query
 
-__all__ = ["ProxyDecisionNormalizer", "mask_query"]
+__all__ = ["ProxyDecisionNormalizer"]
 
 SOURCE: Final = "proxy_decision"
 
-# --- query masking -------------------------------------------------------------------------------
 
-
-def mask_query(query: str | None) -> str | None:
-    """Mask token-like parameters of a bare query string (docs/design.md: tokens in queries are masked).
-
-    The one masking rule of the project (:func:`ztaudit.pipeline.redact.mask_query`), applied to
-    the ``query`` field proxies log without its ``?``.
-    """
-    return redact_query(query, bare_query=True)
-
-
-MASK: Final = "***"
+def _bare_query(query: str | None) -> str | None:
+    """A query string as proxies log it, without its ``?``. Not masked here: every text column,
+    ``query`` included, is masked once per batch by the central redaction step in ``process()``
+    (``pipeline/redact.py``, docs/redaction.md §3), in one RE2 call for the whole column."""
+    return query.removeprefix("?") if query else query
 
 
 def _split_uri(uri: str | None) -> tuple[str | None, str | None]:
-    """``/a/b?x=1`` -> (``/a/b``, masked ``x=1``)."""
+    """``/a/b?x=1`` -> (``/a/b``, ``x=1``)."""
     if uri is None:
         return None, None
     path, sep, query = uri.partition("?")
-    return path, (mask_query(query) if sep else None)
+    return path, (query if sep else None)
 
 
 # --- small field readers -------------------------------------------------------------------------
@@ -234,7 +226,7 @@ def _pomerium_authorize(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
         raise _Reject(Reason.MISSING_FIELD, "authorize check without a boolean 'allow': no decision to record")
     path, query = _split_uri(_str(rec.get("path")))  # pre-2022 versions logged path with the query
     if rec.get("query") is not None:
-        query = mask_query(_str(rec.get("query")))
+        query = _bare_query(_str(rec.get("query")))
     host = _str(rec.get("host")) or _header(rec.get("headers"), ":authority")
     reasons_allow = _get(rec, "allow-why-true") if allow else _get(rec, "allow-why-false")
     reasons_deny = _get(rec, "deny-why-true") if deny is True else _get(rec, "deny-why-false")
@@ -268,7 +260,7 @@ def _pomerium_access(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     decided_at = _time(rec, "time", ctx, "access line")
     path, query = _split_uri(_str(rec.get("path")))
     if rec.get("query") is not None:
-        query = mask_query(_str(rec.get("query")))
+        query = _bare_query(_str(rec.get("query")))
     host = _str(rec.get("authority")) or _header(rec.get("headers"), ":authority")
     code = _int(_get(rec, "response-code"))
     request_id = _str(_get(rec, "request-id"))

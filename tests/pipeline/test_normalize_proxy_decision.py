@@ -15,8 +15,8 @@ import pytest
 from ztaudit.core.quarantine import Reason
 from ztaudit.core.schema import PROXY_DECISION
 from ztaudit.pipeline.normalize.base import NormalizeContext, Unwrapped
-from ztaudit.pipeline.normalize.proxy_decision import MASK, ProxyDecisionNormalizer, mask_query
-from ztaudit.pipeline.redact import redact_rejects
+from ztaudit.pipeline.normalize.proxy_decision import SOURCE, ProxyDecisionNormalizer
+from ztaudit.pipeline.redact import MASK, redact_rejects, redact_table
 
 N = ProxyDecisionNormalizer()
 CTX = NormalizeContext(cluster="demo", ingested_at=datetime(2026, 11, 27, tzinfo=UTC))
@@ -56,7 +56,8 @@ def run(values: list[Any], ctx: NormalizeContext = CTX) -> tuple[list[dict[str, 
         recs.extend(got)
     table, rejected = N.to_table(recs, [f"t:{i}" for i in range(len(recs))], ctx)
     assert table.schema == PROXY_DECISION
-    return table.to_pylist(), rejected
+    # what process() does to every table of a batch before it is written (the masking is there)
+    return redact_table(SOURCE, table).to_pylist(), rejected
 
 
 def one(value: Any, ctx: NormalizeContext = CTX) -> dict[str, Any]:
@@ -301,7 +302,10 @@ def test_parse_text_only_takes_oauth2_request_lines(line: str) -> None:
     (None, None),
 ])
 def test_mask_query(query: str | None, masked: str | None) -> None:
-    assert mask_query(query) == masked
+    """A logged query string as it reaches the lake: the normalizer drops its ``?`` and the central
+    redaction step masks credentials."""
+    rec = dict(AUTHZ, query=query)
+    assert one(rec)["query"] == (masked or None)
 
 
 # --- robustness: a field of any JSON type never raises --------------------------------------
