@@ -16,6 +16,15 @@ The views read the lake's own files only (issue 11, items 3 and 19):
   compacted days appear without rebuilding it (``ztaudit catalog --out``), and ``dt`` still
   comes from hive partitioning, so day filters prune files.
 
+A lake written by an earlier version lacks the columns added since (``idp_event.reason``,
+``k8s_audit.proxy_session_id``, ...): ``union_by_name`` fills a column that *some* file has, but a
+column that *no* file of a table has cannot be selected. :func:`create_views` then reads the
+table's union schema once (``DESCRIBE``) and selects each absent column as a typed NULL. A lake
+whose files all have every column (the usual case) pays nothing for this: the view is first
+created as if nothing were missing, and only a binder error naming a column leads to the
+``DESCRIBE``. A persistent catalog (``ztaudit catalog --out``) made over such a lake keeps the
+NULL until it is rebuilt, even after files with the column arrive.
+
 Paths are embedded as SQL string literals with quotes doubled (DuckDB cannot bind a parameter
 inside ``CREATE VIEW``); every value that comes from a user or a log is bound as a parameter
 by the code that queries these views.
@@ -99,6 +108,31 @@ def has_files(lake: Path, table: str) -> bool:
     return bool(table_files(Path(lake) / table))
 
 
+def _create_table_view(con: duckdb.DuckDBPyConnection, kind: str, table: str, schema: pa.Schema,
+                       src: str) -> None:
+    """``CREATE {kind} table AS SELECT <schema columns>, dt FROM src``; columns absent from every
+    file of the table (a lake written before they existed) are selected as ``CAST(NULL AS type)``.
+
+    Called by :func:`create_views` for each table with files. The view is created with every
+    column first: DuckDB binds it then, reading the files' schemas once. Only if that fails with
+    a binder error is the union schema read (``DESCRIBE``, once) and the view made with typed
+    NULLs for what is missing; a binder error with nothing missing is raised as it was.
+    """
+    def create(missing: frozenset[str]) -> None:
+        cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' if f.name in missing
+                         else f'"{f.name}"' for f in schema)
+        con.execute(f'CREATE OR REPLACE {kind} "{table}" AS SELECT {cols}, dt FROM {src}')
+
+    try:
+        create(frozenset())
+    except duckdb.BinderException:
+        present = {str(row[0]) for row in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        missing = frozenset(f.name for f in schema if f.name not in present)
+        if not missing:
+            raise
+        create(missing)
+
+
 def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool = False) -> list[str]:
     """Create the base table views and then :data:`~ztaudit.core.views.VIEWS` on ``con``; their names.
 
@@ -110,10 +144,9 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
     names = []
     for table, schema in TABLES.items():
         if has_files(lake, table):
-            cols = ", ".join(f'"{f.name}"' for f in schema)
             src = (f"read_parquet({sql_literal(table_glob(lake, table))}, hive_partitioning = true, "
                    f"union_by_name = true)")
-            con.execute(f'CREATE OR REPLACE {kind} "{table}" AS SELECT {cols}, dt FROM {src}')
+            _create_table_view(con, kind, table, schema, src)
         else:
             cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
             con.execute(f'CREATE OR REPLACE {kind} "{table}" AS SELECT {cols}, CAST(NULL AS VARCHAR) AS dt '

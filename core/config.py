@@ -97,6 +97,9 @@ class CorrelationSettings:
     exact_id_window_seconds: float = _opt(
         300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
         "client-chosen Audit-IDs reused much later, so it can be generous")
+    session_extra_key: str = _opt(
+        "", "tier B: the audit user.extra key that carries the proxy session id (the API server's "
+        "AuthenticationConfiguration claimMappings.extra mapping Pomerium's 'sid' claim); empty = off")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ K8S_AUDIT: Final = table_schema(
         Column("decision", pa.string(), "annotation authorization.k8s.io/decision: allow | forbid."),
         Column("authz_reason", pa.string(), "annotation authorization.k8s.io/reason (which binding allowed it)."),
         Column("annotations", STR_MAP, "All audit annotations (GKE: LogEntry labels)."),
+        Column("proxy_session_id", pa.string(), "Proxy session id from the audit event's "
+               "user.extra[<correlation.session_extra_key>] (tier B); null when not configured or absent."),
         *_ORIGIN,
     ],
 )
@@ -123,6 +125,8 @@ IDP_EVENT: Final = table_schema(
         Column("actor", pa.string(), "Who performed the change (admin, automation)."),
         Column("outcome", pa.string(), "Outcome when the IdP logs one (SUCCESS, FAILURE, ...)."),
         Column("revocation_scope", pa.string(), "identity | session | token | grant: what the revocation cuts."),
+        Column("reason", pa.string(), "The IdP's or proxy's stated reason or error, when logged (Keycloak "
+               "`reason`/`error`, Pomerium `error`, Okta outcome.reason, Entra resultReason)."),
         *_ORIGIN,
     ],
 )

@@ -268,6 +268,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
         proxy_hosts=dict(cfg.impersonation.proxy_hosts),
         proxy_utc_offset=cfg.correlation.proxy_utc_offset,
         system_user_patterns=tuple(cfg.identities.system_user_patterns),
+        session_extra_key=cfg.correlation.session_extra_key,
     )
     stats = IngestStats(inputs=len(inputs), skipped=list(inputs.skipped))
     bar = _Progress(progress, total_size(inputs))

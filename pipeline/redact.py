@@ -490,6 +490,9 @@ COLUMN_POLICY: Final[dict[str, dict[str, Rule]]] = {
         "credential_kind": _K, "issued_credential_id": _K, "sa_namespace": _K, "sa_name": _K, "pod_name": _K,
         "node_name": _K, "impersonator": _K, "impersonated_user": _K, "impersonated_groups": _K, "actor": _K,
         "actor_kind": _K, "source_ip": _K, "source_ips": _K, "origin": _K,
+        # user.extra[correlation.session_extra_key]: the authenticator's claim mapping of an IdP
+        # token's session claim; an identifier (a JWT-shaped value would be masked).
+        "proxy_session_id": _I,
     },
     "proxy_decision": {
         "path": _T, "query": _T, "user_agent": _T, "allow_reasons": _T, "deny_reasons": _T,
@@ -498,7 +501,7 @@ COLUMN_POLICY: Final[dict[str, dict[str, Rule]]] = {
         "proxy": _K, "record_type": _K, "origin": _K,
     },
     "idp_event": {
-        "event_type": _T, "outcome": _T,
+        "event_type": _T, "outcome": _T, "reason": _T,
         "subject_id": _I, "subject_login": _I, "session_id": _I, "actor": _I,
         "idp": _K, "revocation_scope": _K, "origin": _K,
     },

@@ -90,6 +90,9 @@ class NormalizeContext:
     #: identities.system_user_patterns (regexes); empty = the config defaults. Used by k8s_audit's
     #: actor_kind (control-plane components and cloud agents are ``system``).
     system_user_patterns: Sequence[str] = ()
+    #: correlation.session_extra_key: the audit ``user.extra`` key whose first value is the proxy
+    #: session id (k8s_audit ``proxy_session_id``, tier B); empty = off.
+    session_extra_key: str = ""
 
 
 class Normalizer(Protocol):

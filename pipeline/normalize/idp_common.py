@@ -74,9 +74,33 @@ def parse_when(value: Any, what: str, ctx: NormalizeContext) -> Any:
     return in_event_range(when, ctx, what)
 
 
+#: Longest ``reason`` kept, in characters. An IdP's reason is a short phrase ("User disabled",
+#: "INVALID_CREDENTIALS", an OAuth error code); Pomerium's ``error`` wraps the IdP's HTTP answer,
+#: which can run long (a response body). The start says what happened; the rest is cut.
+REASON_MAX_CHARS: Final = 200
+
+
+def short_reason(*values: Any) -> str | None:
+    """The first of ``values`` that is a non-empty string (:func:`as_str`), cut to
+    :data:`REASON_MAX_CHARS`; None when there is none. Called by the row builders for the
+    ``reason`` column; never raises. The text is masked later by the central redaction step
+    (``reason`` is a text column, docs/redaction.md §3)."""
+    for value in values:
+        text = as_str(value)
+        if text is not None:
+            return text if len(text) <= REASON_MAX_CHARS else text[:REASON_MAX_CHARS - 1] + "…"
+    return None
+
+
 def idp_row(occurred_at: Any, idp: str, event_type: str | None, scope: str | None, *,
          subject_id: Any = None, subject_login: Any = None, session_id: Any = None, actor: Any = None,
-         outcome: Any = None) -> Row:
+         outcome: Any = None, reason: Any = None) -> Row:
+    """One ``idp_event`` row (without the origin columns, which the mapper adds).
+
+    Called by every ``*_row`` builder once it has read its record; ``is_revocation`` is derived
+    from ``scope``. String fields go through :func:`as_str` (empty, ``null``, non-strings ->
+    None) and ``reason`` through :func:`short_reason`. Never raises.
+    """
     return {
         "occurred_at": occurred_at,
         "idp": idp,
@@ -88,4 +112,5 @@ def idp_row(occurred_at: Any, idp: str, event_type: str | None, scope: str | Non
         "actor": as_str(actor),
         "outcome": as_str(outcome),
         "revocation_scope": scope,
+        "reason": short_reason(reason),
     }

@@ -11,9 +11,9 @@ Formats (field references: ``docs/proxy-and-idp.md``, cited as §n):
 * Google Workspace Admin SDK Reports activities (§3.3), one row per entry of ``events[]``;
   ``events`` may also be one object (Elastic's collector writes one activity per event).
 * Keycloak events (§3.4): event JSON (``type``/``realmId``), admin-event JSON
-  (``operationType``/``resourcePath``), the ECS-JSON console log whose ``message`` is a
-  jboss-logging event line, and jboss-logging text lines (quoted 26.x and unquoted legacy values)
-  through :meth:`parse_text`.
+  (``operationType``/``resourcePath``), the ECS-JSON and the Quarkus JSON log (``loggerName``
+  ``org.keycloak.events``) whose ``message`` is a jboss-logging event line, and jboss-logging text
+  lines (quoted 26.x and unquoted legacy values) through :meth:`parse_text`.
 * Pomerium ``identity_manager`` session lines (§1.4), hyphen and underscore key styles.
 * Teleport ``lock.created`` / ``lock.deleted`` / ``user.delete`` (§2.1).
 * The plain revocation list (JSONL with ``"kind":"revocation"``, or CSV rows keyed by header;
@@ -39,7 +39,12 @@ Revocation semantics (``is_revocation`` / ``revocation_scope``), decided here on
 Everything else from these IdPs (logins, locks, updates) is kept with ``is_revocation`` False.
 Valid records that are not events are **ignored** (counted, not quarantined) by
 :meth:`IdpEventNormalizer.ignore`: Keycloak server log lines (jboss-logging text or ECS JSON of
-loggers other than ``org.keycloak.events``, or of that logger without ``type=``).
+loggers other than ``org.keycloak.events``, or of that logger without ``type=``; Quarkus JSON log
+records of any other logger).
+
+``reason`` holds the IdP's or proxy's stated reason or error when the record has one (Keycloak
+``reason`` detail, else ``error``; Pomerium ``error``; Okta ``outcome.reason``; Entra
+``resultReason``; the revocation list's ``reason``), cut to 200 characters.
 
 What is not claimed: Kubernetes audit events and proxy decisions (Pomerium ``authorize``/
 ``envoy`` lines, Teleport ``kube.request``), which return ``None`` from :meth:`unwrap`.
@@ -68,6 +73,7 @@ from ztaudit.pipeline.normalize.idp_vendors import (
     is_list,
     is_okta,
     is_pomerium,
+    is_quarkus_json_log,
     is_teleport,
     keycloak_row,
     okta_row,
@@ -184,8 +190,9 @@ class IdpEventNormalizer:
         return [Unwrapped(record=record, form="keycloak-text")]
 
     def ignore(self, value: Any, text: str | None) -> IgnoreReason | None:
-        """Called on a record no normalizer claimed: a Keycloak server log line (text or ECS
-        JSON) is valid but not an event (``not_an_event``); anything else None."""
+        """Called on a record no normalizer claimed: a Keycloak server log line (text, ECS JSON of
+        a Keycloak logger, or Quarkus JSON of any logger) is valid but not an event
+        (``not_an_event``); anything else None. Never raises."""
         if text is not None:
             m = _SERVER_LINE.match(text)
             return IgnoreReason.NOT_AN_EVENT if m and m.group("logger").startswith(_KEYCLOAK_LOGGERS) else None
@@ -193,6 +200,10 @@ class IdpEventNormalizer:
             return None
         logger = value.get("log.logger") or dig(value, "log", "logger")
         if isinstance(logger, str) and logger.startswith(_KEYCLOAK_LOGGERS) and "message" in value:
+            return IgnoreReason.NOT_AN_EVENT
+        if is_quarkus_json_log(value):
+            # Keycloak's Quarkus JSON log: a record of any logger but org.keycloak.events (which
+            # is_keycloak claimed) is a server message (startup, cache, warnings), not an event.
             return IgnoreReason.NOT_AN_EVENT
         return None
 

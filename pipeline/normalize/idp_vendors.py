@@ -28,6 +28,7 @@ from ztaudit.pipeline.normalize.idp_common import (
     get_field,
     idp_row,
     parse_when,
+    short_reason,
 )
 from ztaudit.pipeline.normalize.teleport import IDP_EVENTS as TELEPORT_IDP_EVENTS
 
@@ -69,7 +70,8 @@ def okta_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     return idp_row(occurred_at, "okta", event_type, scope,
                 subject_id=dig(user, "id"), subject_login=dig(user, "alternateId"),
                 session_id=dig(rec, "authenticationContext", "externalSessionId") if same else None,
-                actor=actor.get("alternateId") or actor.get("displayName"), outcome=outcome)
+                actor=actor.get("alternateId") or actor.get("displayName"), outcome=outcome,
+                reason=dig(rec, "outcome", "reason"))
 
 
 # --- Microsoft Entra (§3.2) ----------------------------------------------------------------------
@@ -108,9 +110,11 @@ def entra_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     scope = _ENTRA_SCOPE.get((activity or "").lower())
     if result is not None and str(result).lower() not in ("success", ""):
         scope = None
+    # resultReason: why the operation failed, in both the Graph and the Azure Monitor shape
+    # (directoryAudit resource, Microsoft Graph v1.0); "" on success.
     return idp_row(occurred_at, "entra", activity, scope,
                 subject_id=dig(user, "id"), subject_login=dig(user, "userPrincipalName"),
-                actor=actor, outcome=result)
+                actor=actor, outcome=result, reason=inner.get("resultReason") or rec.get("resultReason"))
 
 
 # --- Google Workspace (§3.3) ---------------------------------------------------------------------
@@ -195,12 +199,37 @@ def _kv(body: str) -> dict[str, str]:
     return out
 
 
+#: The logger Keycloak's jboss-logging event listener writes to (JBossLoggingEventListenerProvider,
+#: services/src/main/java/org/keycloak/events/log/): every user and admin event, one record each.
+EVENTS_LOGGER: Final = "org.keycloak.events"
+
+
+def is_quarkus_json_log(v: Mapping[str, Any]) -> bool:
+    """A record of Quarkus' JSON log format (quarkus-logging-json, Keycloak ``--log-console-output=json``
+    or ``--log-file-output=json``): ``timestamp``, ``sequence``, ``loggerClassName``, ``loggerName``,
+    ``level``, ``message``, ``threadName``, ``hostName``, ... Called by :func:`is_keycloak` and by the
+    normalizer's ``ignore``; never raises."""
+    return (isinstance(v.get("loggerName"), str) and "message" in v and isinstance(v.get("level"), str)
+            and ("loggerClassName" in v or "sequence" in v))
+
+
 def is_keycloak(v: Mapping[str, Any]) -> bool:
-    if v.get("log.logger") == "org.keycloak.events" or dig(v, "log", "logger") == "org.keycloak.events":
+    if v.get("log.logger") == EVENTS_LOGGER or dig(v, "log", "logger") == EVENTS_LOGGER:
+        return isinstance(v.get("message"), str)
+    if v.get("loggerName") == EVENTS_LOGGER and is_quarkus_json_log(v):
+        # Quarkus JSON log (Keycloak's default JSON format, not ECS): the event is the jboss-logging
+        # key=value text in ``message``, as in the console line (real-stack.md §4).
         return isinstance(v.get("message"), str)
     if isinstance(v.get("operationType"), str) and isinstance(v.get("resourcePath"), str):
         return "realmId" in v or isinstance(v.get("authDetails"), Mapping)
     return isinstance(v.get("type"), str) and "realmId" in v and ("time" in v or "userId" in v)
+
+
+def _detail(ev: Mapping[str, Any], details: Mapping[str, Any], key: str) -> str | None:
+    """An event detail: under ``details`` in event JSON, a top-level key in a parsed jboss-logging
+    line (the listener writes the details after the event's own fields, as ``key=value``). Called
+    by :func:`_keycloak_event`; None when absent, empty or ``"null"``, never raises."""
+    return as_str(details.get(key)) or as_str(ev.get(key))
 
 
 def _keycloak_event(ev: Mapping[str, Any], when: Any, ctx: NormalizeContext) -> Row:
@@ -236,21 +265,33 @@ def _keycloak_event(ev: Mapping[str, Any], when: Any, ctx: NormalizeContext) -> 
         elif ms and op == "DELETE":
             session_id, scope = ms.group(1), "session"
         event_type = f"admin:{op}:{as_str(ev.get('resourceType')) or path.split('/', 1)[0] or '?'}"
+        # resourceType is USER (26.x writes resourceType="USER") for users/<id>; an UPDATE without
+        # representation stays admin:UPDATE:USER, a non-revocation (see above).
         return idp_row(occurred_at, "keycloak", event_type, scope, subject_id=subject_id,
-                    session_id=session_id, actor=actor, outcome=ev.get("error") and "FAILURE")
+                    session_id=session_id, actor=actor, outcome=ev.get("error") and "FAILURE",
+                    reason=ev.get("error"))
     etype = as_str(ev.get("type"))
     scope = _KEYCLOAK_USER_SCOPE.get(etype or "")
     error = as_str(ev.get("error"))
     if error:
         scope = None
+    # ``userId`` is the literal text "null" when the event has no user (the jboss-logging listener
+    # formats a null with String.valueOf); as_str treats it as absent.
     user_id = as_str(ev.get("userId"))
+    # A refresh that fails because the user was disabled (TokenManager refuses the refresh token:
+    # error "invalid_token" / "invalid_grant", reason "User disabled") is logged with userId
+    # "null": the user is only in the detail refresh_token_sub, the refresh token's ``sub``
+    # (Details.REFRESH_TOKEN_SUB; seen on Keycloak 26, real-stack.md §4). It is the IdP confirming
+    # a disable, not a revocation itself: the revocation detector infers one from it.
+    subject_id = user_id or _detail(ev, details, "refresh_token_sub")
     login = as_str(details.get("username")) or as_str(ev.get("username"))
     # User events are the user's own actions, except lockouts, which Keycloak's brute-force
     # detector performs (the event names no other actor).
     actor = None if (etype or "").startswith("USER_DISABLED_BY_") else user_id
-    return idp_row(occurred_at, "keycloak", etype, scope, subject_id=user_id, subject_login=login,
+    return idp_row(occurred_at, "keycloak", etype, scope, subject_id=subject_id, subject_login=login,
                 session_id=ev.get("sessionId"), actor=actor,
-                outcome="FAILURE" if error else None)
+                outcome="FAILURE" if error else None,
+                reason=short_reason(_detail(ev, details, "reason"), error))
 
 
 def keycloak_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
@@ -262,7 +303,7 @@ def keycloak_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
                           "with a date (quarkus.log.console.format %d{yyyy-MM-dd HH:mm:ss,SSS})")
         return _keycloak_event(rec["kv"], ts, ctx)
     message = rec.get("message")
-    if isinstance(message, str):  # ECS-JSON console log; the event is the jboss-logging message
+    if isinstance(message, str):  # ECS or Quarkus JSON log; the event is the jboss-logging message
         kv = _kv(message)
         if "type" not in kv and "operationType" not in kv:
             raise Reject(Reason.UNKNOWN_SHAPE, "org.keycloak.events message without type= or operationType=")
@@ -271,6 +312,51 @@ def keycloak_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
 
 
 # --- Pomerium identity_manager (§1.4) ------------------------------------------------------------
+
+
+# golang.org/x/oauth2 RetrieveError.Error() (token.go), which Pomerium logs as the ``error`` of a
+# failed refresh: ``oauth2: "<error>" "<error_description>"`` (``%q``-quoted), or, when the body
+# had no error code, ``oauth2: cannot fetch token: <status>\nResponse: <body>``.
+_OAUTH2_CODE: Final = re.compile(r'oauth2: "((?:[^"\\]|\\.)*)"(?: "((?:[^"\\]|\\.)*)")?')
+_OAUTH2_BODY: Final = re.compile(r"oauth2: cannot fetch token: [^\n]*\nResponse: (\{.*\})\s*$", re.S)
+#: Longest ``error`` text looked into for the OAuth error (the patterns above are linear; this
+#: bounds the work on a hostile line).
+_ERROR_SCAN_CHARS: Final = 4096
+
+
+def _go_unquote(s: str) -> str:
+    """A Go ``%q`` string's content without its backslash escapes (``\\"`` -> ``"``); approximate
+    for ``\\n``/``\\xNN`` forms, which a reason does not need exactly."""
+    return re.sub(r"\\(.)", r"\1", s) if "\\" in s else s
+
+
+def pomerium_reason(error: Any) -> str | None:
+    """The reason of a Pomerium ``error`` field: the IdP's OAuth error and description
+    (``invalid_grant "User disabled"``, real-stack.md §4) when the text is golang.org/x/oauth2's
+    RetrieveError, else the text as logged. Called by :func:`pomerium_row`; never raises.
+
+    Taking the OAuth error out of its ``oauth2: ...`` wrapping also keeps it readable after the
+    central redaction step, whose header rule masks whatever follows a credential-like name and a
+    colon (``oauth2:`` contains ``auth``, docs/redaction.md §2).
+    """
+    text = as_str(error)
+    if text is None:
+        return None
+    head = text[:_ERROR_SCAN_CHARS]
+    quoted = _OAUTH2_CODE.search(head)
+    if quoted:
+        code, desc = _go_unquote(quoted.group(1)), quoted.group(2)
+        return f'{code} "{_go_unquote(desc)}"' if desc else code
+    status = _OAUTH2_BODY.search(head)
+    if status:
+        try:
+            body = orjson.loads(status.group(1))
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, Mapping) and (error_code := as_str(body.get("error"))) is not None:
+            description = as_str(body.get("error_description"))
+            return f'{error_code} "{description}"' if description else error_code
+    return text
 
 
 def is_pomerium(v: Mapping[str, Any]) -> bool:
@@ -283,8 +369,11 @@ def pomerium_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     # "... deleting session", "deleting expired session", "deleting session": the session is gone.
     # "failed to refresh oauth2 token" without "deleting" is a temporary error; the session stays.
     scope = "session" if "deleting" in message and "session" in message else None
+    # ``error``: the refresh or user-info failure as Pomerium logged it (zerolog's error field,
+    # pkg/identity/manager/manager.go), e.g. the IdP's ``invalid_grant "User disabled"``.
     return idp_row(occurred_at, "pomerium", message, scope,
-                subject_id=get_field(rec, "user-id"), session_id=get_field(rec, "session-id"))
+                subject_id=get_field(rec, "user-id"), session_id=get_field(rec, "session-id"),
+                reason=pomerium_reason(rec.get("error")))
 
 
 # --- Teleport (§2.1) -----------------------------------------------------------------------------
@@ -339,4 +428,4 @@ def revocation_list_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
         raise Reject(Reason.WRONG_TYPE, f"revocation list: scope {rec.get('scope')!r} is not one of {SCOPES}")
     return idp_row(occurred_at, "list", as_str(rec.get("reason")) or "revocation", scope,
                 subject_id=rec.get("subject_id"), subject_login=rec.get("subject"),
-                session_id=rec.get("session_id"), actor=rec.get("actor"))
+                session_id=rec.get("session_id"), actor=rec.get("actor"), reason=rec.get("reason"))

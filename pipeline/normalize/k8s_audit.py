@@ -44,6 +44,10 @@ Semantics, with the Kubernetes source they rely on (docs/kubernetes-audit.md):
   (:func:`ztaudit.pipeline.redact.redact_tables`, docs/redaction.md §3) that ``process()`` applies.
   Bodies (``requestObject``/``responseObject``) are not in the STRUCT spec, so they are never
   even materialised.
+* ``proxy_session_id`` (tier B correlation) = ``user.extra[<correlation.session_extra_key>][0]``
+  when that setting names a key, else null. The API server fills ``user.extra`` from the
+  authenticated token (AuthenticationConfiguration ``claimMappings.extra``, e.g. Pomerium's
+  ``sid`` claim), so like ``credential_id`` it is never read from ``impersonatedUser.extra``.
 * ``cluster``: the envelope's cluster (GKE ``resource.labels.cluster_name``, AKS ``resourceId``,
   EKS ``logGroup``) wins over ``--cluster``.
 """
@@ -85,13 +89,19 @@ PARALLEL_BATCH_ROWS: Final = 8192
 
 
 def _run(con: duckdb.DuckDBPyConnection, patterns: tuple[str, ...], *, assume_valid: bool,
-         cluster: str | None, now: datetime, origin_prefix: str | None) -> pa.Table:
-    """Run the mapping over the registered ``__ztaudit_src`` (SQL text cached per thread)."""
-    cache: dict[tuple[tuple[str, ...], bool], str] = _local.__dict__.setdefault("sql", {})
-    key = (patterns, assume_valid)
+         cluster: str | None, now: datetime, origin_prefix: str | None, session_key: str = "") -> pa.Table:
+    """Run the mapping over the registered ``__ztaudit_src`` (SQL text cached per thread).
+
+    ``session_key`` (``correlation.session_extra_key``) is bound as ``$4`` when set."""
+    cache: dict[tuple[tuple[str, ...], bool, str], str] = _local.__dict__.setdefault("sql", {})
+    key = (patterns, assume_valid, session_key)
     if key not in cache:
-        cache[key] = mapping_sql("__ztaudit_src", system_patterns=patterns, assume_valid=assume_valid)
-    return con.sql(cache[key], params=[cluster, now, origin_prefix]).to_arrow_table()
+        cache[key] = mapping_sql("__ztaudit_src", system_patterns=patterns, assume_valid=assume_valid,
+                                 session_extra_key=session_key)
+    params: list[Any] = [cluster, now, origin_prefix]
+    if session_key:
+        params.append(session_key)
+    return con.sql(cache[key], params=params).to_arrow_table()
 #: Errors a *record* can cause (the parse is lenient, so these are not expected); anything else
 #: (binder, parser errors) is a bug in the SQL and must surface, not quarantine every row.
 _DATA_ERRORS: Final = (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.OutOfRangeException)
@@ -158,7 +168,7 @@ def map_events(src: pa.Table, ctx: NormalizeContext, *, ingested_at: datetime | 
     def run(table: pa.Table, *, assume_valid: bool = False) -> Mapped:
         con.register("__ztaudit_src", table)
         return _split(_run(con, patterns, assume_valid=assume_valid, cluster=ctx.cluster, now=now,
-                           origin_prefix=origin_prefix))
+                           origin_prefix=origin_prefix, session_key=ctx.session_extra_key))
 
     con = connection()
     if src.num_rows > PARALLEL_BATCH_ROWS:

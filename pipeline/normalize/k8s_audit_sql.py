@@ -7,11 +7,16 @@ the per-record path run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Final
 
 from ztaudit.core.catalog import sql_literal
 from ztaudit.pipeline.normalize.base import EVENT_TIME_MAX_AHEAD, EVENT_TIME_MIN
+
+#: The ``user.extra`` keys :data:`EVENT_STRUCT` always extracts.
+EXTRA_KEYS: Final = ("authentication.kubernetes.io/credential-id", "authentication.kubernetes.io/pod-name",
+                     "authentication.kubernetes.io/node-name")
 
 #: The fields of an Event that the table needs, as a DuckDB ``json_transform`` structure. Anything
 #: else (bodies, metadata, unknown future fields such as ``authenticationMetadata``) is skipped by
@@ -32,6 +37,28 @@ EVENT_STRUCT: Final = (
     '"requestReceivedTimestamp":"VARCHAR","stageTimestamp":"VARCHAR","timestamp":"VARCHAR",'
     '"annotations":"MAP(VARCHAR, VARCHAR)"}'
 )
+
+
+def event_struct(session_extra_key: str = "") -> str:
+    """:data:`EVENT_STRUCT`, with ``session_extra_key`` added to ``user.extra`` when it is set.
+
+    Called by :func:`mapping_sql` (whose text :mod:`.k8s_audit` caches per thread and key); never
+    raises.
+
+    The key comes from the configuration (``correlation.session_extra_key``), so it is written as
+    a JSON string (``json.dumps``: quotes, backslashes and control characters escaped), and the
+    whole spec is a SQL string literal (:func:`sql_literal`); the SQL reads the field back by a
+    bound parameter (:func:`mapping_sql`). DuckDB matches the spec's keys case-sensitively, like
+    Kubernetes' ``map[string][]string``, but refuses two keys that differ only by case, so a key
+    equal (ignoring case) to one of :data:`EXTRA_KEYS` is not added again: it is read from that
+    field. Kubernetes requires lower-case extra keys (AuthenticationConfiguration
+    ``claimMappings.extra[].key``), so the difference cannot occur in a real audit log.
+    """
+    if not session_extra_key or session_extra_key.lower() in EXTRA_KEYS:
+        return EVENT_STRUCT
+    anchor = '"authentication.kubernetes.io/node-name":["VARCHAR"]'
+    return EVENT_STRUCT.replace(anchor, f'{anchor},{json.dumps(session_extra_key)}:["VARCHAR"]', 1)
+
 
 _RFC3339: Final = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 
@@ -119,13 +146,16 @@ def _wrong_type_sql() -> tuple[str, str]:
     return f"CASE {field} END", f"CASE wrong_field {want} END"
 
 
-def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: bool = False) -> str:
+def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: bool = False,
+                session_extra_key: str = "") -> str:
     """The one Event -> ``k8s_audit`` mapping, over ``relation(idx, sub, origin, origin_no, line,
     env_cluster)``.
 
     Parameters: ``$1`` default cluster (VARCHAR, may be NULL), ``$2`` ingested_at (TIMESTAMPTZ),
     ``$3`` origin prefix: a row's origin is its ``origin`` or else ``$3 || origin_no`` (the fast
-    path passes line numbers / offsets, which is cheaper than building strings in Python).
+    path passes line numbers / offsets, which is cheaper than building strings in Python); only when
+    ``session_extra_key`` is set, ``$4`` that key (VARCHAR): ``proxy_session_id`` is the first value
+    of ``user.extra[$4]`` (:func:`event_struct`), else NULL.
 
     ``assume_valid`` skips the ``json_valid`` pass (one JSON parse per line instead of two); DuckDB
     then raises on the first malformed line and :func:`map_events` re-runs with the check.
@@ -138,6 +168,11 @@ def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: 
     that must be quarantined) and ``_detail``.
     """
     sysre = "|".join(f"(?:{p})" for p in system_patterns) or "^$"
+    # Tier B: the proxy session id the authenticator mapped into user.extra (Kubernetes
+    # AuthenticationConfiguration claimMappings.extra; values are lists, the first is taken). The
+    # key is bound ($4), never spliced into the SQL text.
+    session = ("nullif(struct_extract(extra, $4::VARCHAR)[1], '')" if session_extra_key
+               else "CAST(NULL AS VARCHAR)")
     wrong_field, wrong_want = _wrong_type_sql()
     tmin = f"TIMESTAMPTZ {sql_literal(EVENT_TIME_MIN.isoformat())}"
     ahead = EVENT_TIME_MAX_AHEAD.days
@@ -145,7 +180,7 @@ def mapping_sql(relation: str, *, system_patterns: Sequence[str], assume_valid: 
     return f"""
 WITH parsed AS (
     SELECT idx, sub, coalesce(origin, $3::VARCHAR || origin_no::VARCHAR) AS origin, env_cluster, valid,
-           CASE WHEN valid THEN from_json(line, {sql_literal(EVENT_STRUCT)}) END AS e, line,
+           CASE WHEN valid THEN from_json(line, {sql_literal(event_struct(session_extra_key))}) END AS e, line,
            -- cheap pre-filter for the legacy-token annotation scan below
            contains(line, 'legacy-token') AS legacy_hint
     FROM (SELECT *, {"true" if assume_valid else "json_valid(line)"} AS valid FROM {relation})
@@ -244,6 +279,7 @@ SELECT
     ann['authorization.k8s.io/decision'] AS decision,
     ann['authorization.k8s.io/reason'] AS authz_reason,
     ann AS annotations,
+    {session} AS proxy_session_id,
     origin,
     $2::TIMESTAMPTZ AS ingested_at,
     idx AS _idx,

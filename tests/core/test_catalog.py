@@ -123,3 +123,99 @@ def test_lake_views_and_impersonation_report_do_not_import_pandas(story: Path) -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+# --- schema evolution: a lake written before a column existed (core/catalog.py) --------------
+
+#: Columns added after lakes were written: files of an older ztaudit lack them.
+NEW_COLUMNS = {"idp_event": ["reason"], "k8s_audit": ["proxy_session_id"]}
+
+
+def _make_old(lake: Path, table: str, files: int | None = None) -> int:
+    """Rewrite ``files`` (default all) of ``table`` as the previous version wrote them: without the
+    columns of :data:`NEW_COLUMNS` (plain pyarrow Parquet, as an older sink would have left it)."""
+    import pyarrow.parquet as pq
+
+    done = 0
+    for path in sorted((lake / table).glob("dt=*/*.parquet"))[:files]:
+        t = pq.read_table(path)
+        pq.write_table(t.drop_columns(NEW_COLUMNS[table]), path)
+        done += 1
+    return done
+
+
+def test_lake_written_before_the_new_columns_still_reads(tmp_path: Path) -> None:
+    from support.lakes import story_rows, write_rows
+
+    from ztaudit.core.lake import open_lake
+    from ztaudit.core.schema import TABLES
+    from ztaudit.core.views import VIEWS
+
+    rows = story_rows()
+    rows["idp_event"] = [{"occurred_at": rows["k8s_audit"][0]["request_received_at"], "idp": "keycloak",
+                          "event_type": "REFRESH_TOKEN_ERROR", "is_revocation": False, "subject_id": "u-1",
+                          "outcome": "FAILURE", "reason": "User disabled", "origin": "file:kc.jsonl:1"}]
+    lake = write_rows(tmp_path / "lake", rows)
+    assert _make_old(lake, "k8s_audit") > 0 and _make_old(lake, "idp_event") == 1
+    con = open_lake(lake)
+    try:
+        for table in NEW_COLUMNS:
+            cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+            assert cols == [*TABLES[table].names, "dt"], table  # every column, in schema order
+        assert con.execute("SELECT reason, subject_id FROM idp_event").fetchall() == [(None, "u-1")]
+        n = con.execute("SELECT count(*), count(proxy_session_id) FROM k8s_audit").fetchone()
+        assert n is not None and n[0] == len(rows["k8s_audit"]) and n[1] == 0
+        types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() "
+                                 "WHERE table_name IN ('idp_event', 'k8s_audit')").fetchall())
+        assert types["reason"] == "VARCHAR" and types["proxy_session_id"] == "VARCHAR"
+        for view in VIEWS.values():  # every derived view binds and runs over the old files
+            con.execute(f'SELECT count(*) FROM "{view.name}"').fetchall()
+    finally:
+        con.close()
+    out = tmp_path / "old.duckdb"  # ztaudit catalog --out too
+    catalog("--lake", str(lake), "--out", str(out))
+    cat = duckdb.connect(str(out), read_only=True)
+    try:
+        assert cat.execute("SELECT count(*) FROM idp_event WHERE reason IS NULL").fetchone() == (1,)
+    finally:
+        cat.close()
+
+
+def test_lake_with_old_and_new_files_reads_the_new_values(tmp_path: Path) -> None:
+    from support.lakes import story_rows, write_rows
+
+    from ztaudit.core.lake import open_lake
+
+    rows = story_rows()
+    when = rows["k8s_audit"][0]["request_received_at"]
+    event = {"occurred_at": when, "idp": "pomerium", "event_type": "deleting session", "is_revocation": True,
+             "revocation_scope": "session", "subject_id": "u-1", "origin": "file:p.jsonl:1"}
+    lake = write_rows(tmp_path / "lake", {"idp_event": [event]}, key="old")
+    assert _make_old(lake, "idp_event") == 1
+    write_rows(lake, {"idp_event": [dict(event, reason='invalid_grant "User disabled"', origin="file:p.jsonl:2")]},
+               key="new")
+    con = open_lake(lake)
+    try:
+        got = con.execute("SELECT origin, reason FROM idp_event ORDER BY origin").fetchall()
+    finally:
+        con.close()
+    assert got == [("file:p.jsonl:1", None), ("file:p.jsonl:2", 'invalid_grant "User disabled"')]
+
+
+def test_a_binder_error_with_nothing_missing_is_raised(tmp_path: Path) -> None:
+    """Only columns absent from the files are filled with NULL; any other binder error (here: no
+    ``dt``, the files not being hive-partitioned) still surfaces."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ztaudit.core.catalog import _create_table_view, sql_literal
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1]}), path)
+    con = duckdb.connect()
+    plain = f"read_parquet({sql_literal(str(path))})"
+    with pytest.raises(duckdb.BinderException, match="dt"):
+        _create_table_view(con, "TEMP VIEW", "t", pa.schema([("a", pa.int64())]), plain)
+    with_dt = f"(SELECT *, '2026-03-02' AS dt FROM {plain})"
+    _create_table_view(con, "TEMP VIEW", "t", pa.schema([("a", pa.int64()), ("b", pa.string())]), with_dt)
+    assert con.execute("SELECT a, b, dt FROM t").fetchall() == [(1, None, "2026-03-02")]
