@@ -108,6 +108,14 @@ class RevocationSettings:
         900, "Pomerium re-checks the IdP every 10 min by default and at token refresh; 15 min covers it")
     lookback_days: int = _opt(
         30, "how far back detect looks for revocations whose enforcement is still being judged")
+    activity_days: int = _opt(
+        7, "a subject counts as active if seen at the proxy or the API server this long before the "
+        "revocation; uses this long after it are judged")
+    notice_window_hours: float = _opt(
+        24.0, "a proxy session deletion for the subject this long after the revocation is the proxy "
+        "noticing it (Pomerium polls user info every 10 min and refreshes at token expiry)")
+    objective_seconds: int = _opt(
+        900, "the enforcement objective: enforced, and no allowed use, within 15 minutes")
 
 
 @dataclass(frozen=True)

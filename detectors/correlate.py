@@ -44,6 +44,7 @@ from ztaudit.detectors.correlate_queries import (
     PROXY_SIDE_WITH_ACTOR,
     SUMMARY_SQL,
     TIER_A,
+    TIER_B,
     TIER_C_BURSTS,
     TIER_C_RANKS,
     UNMATCHED_AUDIT_FROM_MATCHING,
@@ -123,7 +124,9 @@ VIEW_SQL: Final = f"""
     {AUDIT_REQUESTS}
     {PER_REQUEST}
     ),
-         zt_pa AS MATERIALIZED ({TIER_A}),
+         zt_pa0 AS MATERIALIZED ({TIER_A}),
+         zt_pb AS MATERIALIZED ({TIER_B.format(paired="zt_pa0")}),
+         zt_pa AS MATERIALIZED (SELECT * FROM zt_pa0 UNION ALL SELECT * FROM zt_pb),
          zt_c0 AS MATERIALIZED (
              {tier_c_view(TIER_C_RANKS, "zt_pa")}),
          zt_x0 AS MATERIALIZED (SELECT * FROM zt_pa UNION ALL SELECT * FROM zt_c0),
@@ -243,10 +246,12 @@ def ensure(ctx: DetectContext) -> Correlation:
 _SUMMARY_REPORT_SQL: Final = f"""
     SELECT * FROM (
     SELECT cluster, actor, sum(matched_tier_a)::BIGINT AS matched_tier_a,
+           sum(matched_tier_b)::BIGINT AS matched_tier_b,
            sum(matched_tier_c)::BIGINT AS matched_tier_c, sum(unmatched_proxy)::BIGINT AS unmatched_proxy,
            sum(unmatched_audit)::BIGINT AS unmatched_audit, sum(pending)::BIGINT AS pending,
-           round((sum(matched_tier_a) + sum(matched_tier_c)) / nullif(sum(matched_tier_a) + sum(matched_tier_c)
-                 + sum(unmatched_proxy) + sum(unmatched_audit), 0), 4) AS match_rate,
+           round((sum(matched_tier_a) + sum(matched_tier_b) + sum(matched_tier_c))
+                 / nullif(sum(matched_tier_a) + sum(matched_tier_b) + sum(matched_tier_c)
+                          + sum(unmatched_proxy) + sum(unmatched_audit), 0), 4) AS match_rate,
            min(first_seen) AS first_seen, max(last_seen) AS last_seen
     FROM {SUMMARY_ONLY} GROUP BY cluster, actor
     ) ORDER BY unmatched_proxy + unmatched_audit DESC, cluster, actor
@@ -257,7 +262,7 @@ def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since:
                           until: datetime | None = None) -> pa.Table:
     """Matched and unmatched proxy/audit counts per identity (for ``ztaudit report impersonation``).
 
-    Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_c, unmatched_proxy
+    Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_b, matched_tier_c, unmatched_proxy
     (allowed decisions with no impersonated request), unmatched_audit (impersonated requests with
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
     last_seen. Called by ``ztaudit report impersonation`` with an ``open_lake`` connection; runs

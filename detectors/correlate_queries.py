@@ -12,8 +12,14 @@ Join tiers (docs/proxy-and-idp.md §0):
 * **A, exact**: ``audit_id == coalesce(check_request_id, request_id)`` of the proxy line, same
   cluster, within ``correlation.exact_id_window_seconds`` (the proxy must set ``Audit-ID``
   upstream; the API server adopts it verbatim, §1.6 "Kubernetes source for Audit-ID").
-* **B, session**: needs ``user.extra[<key>] == session id`` (Pomerium-JWT mode). The
-  ``k8s_audit`` table does not keep arbitrary ``user.extra`` keys, so tier B is not attempted.
+* **B, session**: the API server mapped the proxy's session id into ``user.extra[<key>]``
+  (Pomerium-JWT mode: the ``AuthenticationConfiguration`` ``claimMappings.extra`` maps the JWT's
+  ``sid`` claim, §0, §1.5), ingested as ``k8s_audit.proxy_session_id`` when
+  ``correlation.session_extra_key`` names the key. A decision and a request pair when they carry the
+  same session id, cluster, method (compatible with the verb) and path, within the match window,
+  each side used once. Such requests are not impersonated (the user is the JWT's mapped claim), so
+  the audit side also takes in every request that carries a proxy session id; its actor is its
+  user name.
 * **C, composite** (the default): the audit request was made by an approved impersonator for its
   cluster, ``lower(impersonated_user) == lower(proxy email)``, the HTTP method is compatible with
   the verb (GET→get/list/watch, POST→create, PUT→update, PATCH→patch, DELETE→delete/
@@ -76,7 +82,10 @@ PROXY_MATCH_COLUMNS: Final = """hash(d.origin, d.request_id, d.check_request_id,
            coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster,
            epoch_us(d.decided_at) AS d_us,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
-           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h"""
+           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h,
+           CASE WHEN coalesce(d.session_id, '') <> ''
+                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, upper(d.method), d.path)
+           END AS kb"""
 
 #: Which decisions take part: allowed, with an email, for a Kubernetes host; the Envoy access line of a
 #: request that also has its authorize line is dropped (the same request logged twice).
@@ -109,16 +118,23 @@ PROXY_SIDE_WITH_ACTOR: Final = f"""
 #: impersonated user and time (µs). One row per request: grouping by one 64-bit hash of (cluster,
 #: audit_id, request_received_at) is ~2x faster than by the columns.
 AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(r.impersonated_user),
+           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
                           {VERB_METHOD_SQL.format(v='r.verb')},
                           split_part(r.request_uri, '?', 1))) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
-           lower(any_value(r.impersonated_user)) AS who, epoch_us(any_value(r.request_received_at)) AS r_us"""
+           lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
+           epoch_us(any_value(r.request_received_at)) AS r_us,
+           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
+                          THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
+                                    {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
+             AS kb"""
 
-#: Which requests take part: stages impersonated by an approved impersonator for their cluster.
+#: Which requests take part: stages impersonated by an approved impersonator for their cluster, and
+#: stages carrying a proxy session id (tier B).
 AUDIT_REQUESTS: Final = f"""FROM k8s_audit r CROSS JOIN zt_correlation_settings s
-    WHERE r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
-      AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')}"""
+    WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
+            AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
+           OR r.proxy_session_id IS NOT NULL)"""
 
 PER_REQUEST: Final = "GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)"
 
@@ -136,20 +152,26 @@ AUDIT_SIDE: Final = f"""
 #: unmatched request; so the summary needs no second read of the audit log.
 AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(r.impersonated_user),
+           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
                           {VERB_METHOD_SQL.format(v='r.verb')},
                           split_part(r.request_uri, '?', 1))) FILTER (WHERE r.lean) AS k,
            any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
            any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
-           lower(any_value(r.impersonated_user) FILTER (WHERE r.lean)) AS who,
+           lower(any_value(coalesce(r.impersonated_user, r.user_name)) FILTER (WHERE r.lean)) AS who,
            epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
-           lower(any_value(r.impersonated_user)) AS who_all
-    FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.verb, r.request_uri,
-                 s.single_cluster,
-                 r.impersonated_user IS NOT NULL
-                 AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')} AS lean
+           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
+                          THEN hash(coalesce(r.cluster, r.single_cluster), r.proxy_session_id,
+                                    {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
+             FILTER (WHERE r.lean) AS kb,
+           lower(coalesce(any_value(r.impersonated_user), any_value(r.user_name))) AS who_all
+    FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.user_name, r.verb,
+                 r.request_uri, r.proxy_session_id, s.single_cluster,
+                 (r.impersonated_user IS NOT NULL
+                  AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
+                 OR r.proxy_session_id IS NOT NULL AS lean
           FROM k8s_audit r CROSS JOIN zt_correlation_settings s
-          WHERE r.impersonator IS NOT NULL AND {Window.sql("request_received_at", "r")}) r
+          WHERE (r.impersonator IS NOT NULL OR r.proxy_session_id IS NOT NULL)
+            AND {Window.sql("request_received_at", "r")}) r
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
     HAVING bool_or(r.lean)
     """
@@ -169,14 +191,28 @@ TIER_A: Final = """
         AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
 """
 
+#: Tier B over ``zt_p`` / ``zt_a``: the same proxy session id, cluster, method and path (``kb``), within the
+#: match window around the decision's logged second; each side used once; rows paired in ``{paired}`` are
+#: not offered again.
+TIER_B: Final = """
+    SELECT p.pk AS p_pk, a.pk AS a_pk, 'B' AS tier
+    FROM (SELECT * FROM zt_p WHERE kb IS NOT NULL) p JOIN (SELECT * FROM zt_a WHERE kb IS NOT NULL) a ON a.kb = p.kb
+    CROSS JOIN zt_correlation_settings s
+    WHERE abs(a.r_us - (p.d_us + p.prec_us // 2)) <= s.window_us + p.prec_us // 2
+      AND p.pk NOT IN (SELECT p_pk FROM {paired}) AND a.pk NOT IN (SELECT a_pk FROM {paired})
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+"""
+
 #: Rows of ``{decisions}`` / ``{requests}`` not paired in ``{paired}``, on one time line per key: a
-#: proxy row's time is the middle of its logged second (``half`` = ½ s for second precision).
+#: proxy row's time is the middle of its logged second (``half`` = ½ s for second precision). A request
+#: carrying a proxy session id pairs by that session only (tier B), never by the looser composite key.
 _UNPAIRED: Final = """
         SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
         FROM {decisions} WHERE pk NOT IN (SELECT p_pk FROM {paired})
         UNION ALL
         SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired})
+        FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired}) AND kb IS NULL
     """
 
 #: Tier C, cheap first pass: rank each side of a key by time over the whole range (one sort), so the
@@ -228,12 +264,13 @@ def tier_c_view(ranks: str, paired: str) -> str:
 # statements of the materialized plans (assembled in correlate.py)
 # --------------------------------------------------------------------------------------------
 
-#: Matching, shared by both plans, after ``zt_p`` and ``zt_a`` exist: tier A, then the multiset passes:
+#: Matching, shared by both plans, after ``zt_p`` and ``zt_a`` exist: tier A, tier B, then the multiset passes:
 #: global ranks (cheap, settles nearly everything), then bursts twice over what is left (kept in the
 #: small tables ``zt_lp`` / ``zt_la`` so those passes do not rescan everything); then what stays
 #: unpaired, and the watermarks.
 MATCHING: Final = (
     f"CREATE OR REPLACE TEMP TABLE zt_pairs AS {TIER_A}",
+    "INSERT INTO zt_pairs " + TIER_B.format(paired="zt_pairs"),
     "CREATE OR REPLACE TEMP TABLE zt_r AS "
     + TIER_C_RANKS.format(decisions="zt_p", requests="zt_a", paired="zt_pairs"),
     "INSERT INTO zt_pairs " + TIER_C_PAIRS.format(ranked="zt_r"),
@@ -282,14 +319,15 @@ UNMATCHED_AUDIT_SQL: Final = f"""
     SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
                 AS judgeable
     FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
-                 lower(any_value(impersonated_user)) AS actor,
+                 lower(coalesce(any_value(impersonated_user), any_value(user_name))) AS actor,
                  any_value(audit_id) AS audit_id, any_value(request_received_at) AS request_received_at,
                  any_value(verb) AS verb, split_part(any_value(request_uri), '?', 1) AS path,
                  max(response_code) AS response_code, any_value(impersonator) AS impersonator,
                  any_value(impersonated_user) AS impersonated_user, any_value(credential_id) AS credential_id,
                  any_value(source_ip) AS source_ip, any_value(user_agent) AS user_agent,
                  any_value(namespace) AS namespace
-          FROM k8s_audit CROSS JOIN zt_correlation_settings s0 WHERE impersonator IS NOT NULL
+          FROM k8s_audit CROSS JOIN zt_correlation_settings s0
+          WHERE (impersonator IS NOT NULL OR proxy_session_id IS NOT NULL)
             AND hash(cluster, audit_id, request_received_at) IN (SELECT pk FROM zt_unpaired_a)
             -- request_received_at is part of the group key, so this drops whole requests only
             AND {Window.sql("request_received_at", prefix="j")}
@@ -327,7 +365,8 @@ SUMMARY_SQL: Final = """
         -- aggregate on integers first (4M pairs), convert the few group results to times after
         SELECT a.cluster, a.who AS actor,
                CAST(DATE '1970-01-01' + CAST(a.r_us // 86400000000 AS INTEGER) AS DATE) AS day,
-               count(*) FILTER (WHERE x.tier = 'A') AS matched_a, count(*) FILTER (WHERE x.tier = 'C') AS matched_c,
+               count(*) FILTER (WHERE x.tier = 'A') AS matched_a, count(*) FILTER (WHERE x.tier = 'B') AS matched_b,
+               count(*) FILTER (WHERE x.tier = 'C') AS matched_c,
                make_timestamp(min(a.r_us))::TIMESTAMPTZ AS first_at,
                make_timestamp(max(a.r_us))::TIMESTAMPTZ AS last_at
         FROM zt_pairs x JOIN zt_a a ON a.pk = x.a_pk
@@ -341,15 +380,16 @@ SUMMARY_SQL: Final = """
                judgeable FROM {unmatched_audit}
     )
     SELECT cluster, actor, day,
-           sum(matched_a)::BIGINT AS matched_tier_a, sum(matched_c)::BIGINT AS matched_tier_c,
+           sum(matched_a)::BIGINT AS matched_tier_a, sum(matched_b)::BIGINT AS matched_tier_b,
+           sum(matched_c)::BIGINT AS matched_tier_c,
            sum(unmatched_proxy)::BIGINT AS unmatched_proxy, sum(unmatched_audit)::BIGINT AS unmatched_audit,
            sum(pending)::BIGINT AS pending, min(first_at) AS first_seen, max(last_at) AS last_seen
     FROM (
-        SELECT cluster, actor, day, matched_a, matched_c, 0 AS unmatched_proxy,
+        SELECT cluster, actor, day, matched_a, matched_b, matched_c, 0 AS unmatched_proxy,
                0 AS unmatched_audit, 0 AS pending, first_at, last_at
         FROM m
         UNION ALL
-        SELECT cluster, actor, day, 0, 0,
+        SELECT cluster, actor, day, 0, 0, 0,
                count(*) FILTER (WHERE side = 'proxy' AND judgeable),
                count(*) FILTER (WHERE side = 'audit' AND judgeable),
                count(*) FILTER (WHERE NOT judgeable), min(ts), max(ts)

@@ -96,6 +96,9 @@ _PROXY_BYPASS_SQL: Final = f"""
         FROM k8s_audit
         WHERE {Window.sql("request_received_at")}
           AND user_name IS NOT NULL
+          -- the API server authenticated a proxy-minted JWT carrying the proxy's session id (tier B,
+          -- Pomerium-JWT mode): the person came through the proxy, not around it
+          AND proxy_session_id IS NULL
           AND (list_contains($breakglass::VARCHAR[], user_name)
                OR (user_name NOT LIKE 'system:%' AND {_HUMAN}))
         GROUP BY cluster, audit_id, request_received_at
@@ -158,7 +161,10 @@ _UNMATCHED_REQUESTS_SQL: Final = f"""
            {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
            list(DISTINCT verb || ' ' || path ORDER BY verb || ' ' || path)[1:10] AS requests_seen,
            list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-    FROM {correlate.Correlation().unmatched_audit} WHERE judgeable GROUP BY cluster, actor, day
+    FROM {correlate.Correlation().unmatched_audit}
+    -- a request that carries a proxy session id (tier B) without a decision is counted in the report's
+    -- matching section; it impersonated no one, so it is not this detector's finding
+    WHERE judgeable AND impersonator IS NOT NULL GROUP BY cluster, actor, day
     ORDER BY cluster, actor, day
 """
 

@@ -61,6 +61,7 @@ class NotEnforced:
                 cluster=r["cluster"],
                 score=float(r["allowed_after_grace_proxy"] + r["allowed_after_grace_api"]),
                 context={k: r[k] for k in ("kind", "subject_id", "session_id", "revoked_by", "event_type",
+                                           "inferred_from", "bridge", "reason", "notice_at",
                                            "first_allowed_after_grace", "last_allowed_after_grace",
                                            "allowed_after_grace_proxy", "allowed_after_grace_api",
                                            "exposure_seconds", "restored_at")},

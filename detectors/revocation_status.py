@@ -1,34 +1,53 @@
-"""Revocation status: was each revocation observed at the proxy and at the API server?
+"""Revocation status: the evidence chain of each revocation, from the IdP to the proxy to the API server.
 
-Holds :func:`build` (the temp table ``zt_rev_status``: one row per revocation, its uses before and
-after it on both planes and its ``status``) and :func:`revocation_status` (those rows, columns
+Holds :func:`build` (the temp table ``zt_rev_status``: one row per revocation with its evidence
+chain, ``status``, ``reason`` and latencies) and :func:`revocation_status` (those rows, columns
 :data:`STATUS_COLUMNS`). Called by ``revocation.not_enforced`` (:mod:`ztaudit.detectors.revocation`,
-through :func:`build`) and by ``ztaudit report revocation`` through
-:func:`revocation_status`. All work is DuckDB SQL; values from config and time bounds are bound
-parameters. Which events are revocations: :mod:`ztaudit.detectors.revocations_view`.
+through :func:`build`) and by ``ztaudit report revocation`` through :func:`revocation_status`. All
+work is DuckDB SQL; values from config and time bounds are bound parameters. Which events are
+revocations: :mod:`ztaudit.detectors.revocations_view`; the statuses and their rules for readers:
+docs/revocation.md.
 
-Identity bridge (docs/proxy-and-idp.md §0, §3): ``subject_login`` (email / UPN / login) ↔ proxy
-``email`` ↔ audit ``impersonated_user`` / ``actor`` (case-insensitive); ``subject_id`` ↔ proxy
+One row per revocation: the same fact logged twice is folded (:data:`DEDUP_SECONDS`, the extra
+lines in ``duplicates``), and a proxy session deletion (Pomerium ``identity_manager`` "... deleting
+session") that follows an IdP revocation of the same subject within ``revocation.notice_window_hours``
+is that revocation's *notice* (§1.4, §4 step 2), not a revocation of its own.
+
+Identity bridges (docs/proxy-and-idp.md §0, §3), named per row in ``bridge``: IdP login (email / UPN
+/ login) ↔ proxy ``email`` ↔ audit ``actor`` (case-insensitive); IdP subject id ↔ proxy
 ``user_id`` (and, when the IdP event names no login, the email the proxy logged for that user id);
-``session_id`` ↔ proxy ``session_id``. Session revocations are judged at the proxy only: the
-audit log carries no session id (§1.5).
+session id ↔ proxy ``session_id`` and, with tier B (``correlation.session_extra_key``), the audit
+event's ``proxy_session_id``; the client address of the subject's last allowed request for
+anonymous denials (below).
 
-Per revocation: last allowed use before it, first allowed and first denied use after it, at the
-proxy and at the API server; ``status`` is
+Per revocation at T0: the proxy notice, attributable denials, the last allowed use before T0 and the
+allowed uses after it (proxy and API server), up to a restoration (IdP activate / unsuspend / enable
+of the same subject; re-creation of the same service account, secret or binding). ``status``:
 
-* ``not_enforced``: an allowed use later than ``revoked_at + revocation.grace_seconds``;
-* ``enforced``: no such use, and a denied attempt at or after ``revoked_at`` was seen;
-* ``unverified``: neither (nothing tried again, which is common: after a revocation Pomerium's
-  denied lines carry no identity, §1.4, and a deleted token fails authentication with a 401 that
-  names no user, docs/kubernetes-audit.md §5.4).
+* ``not_enforced``: an allowed use later than T0 + ``revocation.grace_seconds``;
+* ``pending``: otherwise, when T0 + grace is after the lake's latest event (judged again later);
+* ``enforced``: the proxy dropped the subject's session(s), or an attributable denial followed;
+* ``quiet``: the subject was seen (before or after) but nothing of the above;
+* ``not_applicable``: the subject was never seen at the proxy or the API server within
+  ``revocation.activity_days`` of T0 (excluded from every rate).
+
+Attributable denials: a denial naming the subject (proxy user id, email, session; an API 401/403 for
+the actor) is ``exact``. Pomerium's denials after a session deletion carry no identity
+(``user-unauthenticated``, ``user:""``, no session id: §1.4, real-stack.md §4): such a denial from the
+address of the subject's last allowed proxy decision is attributed (``client_ip``) only if no other
+identity made an identified decision from that address in between and the user agents, where both are
+logged, agree; otherwise it is counted in ``anonymous_refused`` and the reason says why.
+
+Latencies: ``notice_latency_seconds`` (T0 → the proxy dropped the session), ``denial_latency_seconds``
+(T0 → first attributable denial), ``exposure_seconds`` (T0 → last allowed use after T0);
+``objective_met`` says whether an enforced revocation was enforced, and nothing allowed, within
+``revocation.objective_seconds``.
 
 Timing rules: API requests are judged by ``request_received_at`` (a watch or exec opened before
 the revocation and closed after it is not a violation, §4 step 4). Proxy times have second
 precision (§1.1): a decision logged at second S happened in ``[S, S+1 s)``, so "allowed after the
 grace period" requires the *logged* time to be past it (never a false alarm from truncation), and a
-denial logged in the revocation's own second counts as after it, with latency clamped at 0.
-Judgement stops when the subject is restored (IdP activate/unsuspend/enable event for the same
-subject; re-creation of the same service account, secret or binding).
+denial or notice logged in the revocation's own second counts as after it, with latency clamped at 0.
 
 Failure: SQL errors propagate; an empty lake gives an empty table.
 """
@@ -49,93 +68,183 @@ from ztaudit.detectors.sql import execute
 #: ``violations`` references :func:`revocation_status` returns per revocation.
 REPORT_VIOLATIONS = 20
 
+#: Statuses, in the order the report counts them (``docs/revocation.md``).
+STATUSES: Final = ("enforced", "not_enforced", "quiet", "pending", "not_applicable")
+
 STATUS_COLUMNS = [
-    "kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system", "event_type",
-    "revoked_at", "revoked_by", "restored_at", "last_allowed_proxy_before", "first_allowed_proxy_after",
-    "first_denied_proxy", "last_allowed_api_before", "first_allowed_api_after", "first_denied_api",
-    "allowed_after_grace_proxy", "allowed_after_grace_api", "first_allowed_after_grace",
-    "last_allowed_after_grace", "latency_seconds", "exposure_seconds", "status", "evidence",
-    "violations",
+    "kind", "subject", "identity", "subject_id", "session_id", "cluster", "clusters", "source", "system",
+    "event_type", "revoked_at", "revoked_by", "inferred_from", "restored_at", "bridge", "status", "reason",
+    "notice_at", "notice_event", "first_denied_at", "attribution", "anonymous_refused", "last_allowed_before",
+    "first_allowed_after", "last_allowed_after", "allowed_after_grace_proxy", "allowed_after_grace_api",
+    "first_allowed_after_grace", "last_allowed_after_grace", "notice_latency_seconds", "denial_latency_seconds",
+    "exposure_seconds", "objective_met", "evidence", "duplicates", "notices", "denials", "violations",
 ]
 
 #: Most distinct subjects DuckDB may push into a scan as an IN filter while uses are collected.
 _IN_FILTER_THRESHOLD: Final = 5000
 
-#: The revocations judged, numbered: ``login`` falls back to the email the proxy logged for the subject
-#: id (``min``: one deterministic choice when the proxy logged several spellings).
-_REVOKED_SQL: Final = f"""
+#: The same fact logged twice (Pomerium's error line and its debug "deleting session" line, Keycloak's
+#: REFRESH_TOKEN_ERROR logged twice 9 ms apart, an event delivered twice) is one revocation: a
+#: revocation of the same subject by the same system within this many seconds of the previous one.
+DEDUP_SECONDS: Final = 60
+
+#: Revocation candidates (the ``revocations`` view's rows, read from a window widened by the notice
+#: window in front, so a proxy deletion just inside the window finds an IdP revocation just before it),
+#: numbered, with ``login`` falling back to the email the proxy logged for the subject id (``min``: one
+#: deterministic choice when the proxy logged several spellings) and duplicates folded into the first
+#: row of each run (:data:`DEDUP_SECONDS`).
+_CANDIDATES_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_cand AS
+    WITH v AS (
+        SELECT v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
+                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
+        FROM ({REVOCATIONS_IN_WINDOW_SQL}) v
+    ), g AS (
+        SELECT *, sum(CASE WHEN prev IS NULL OR revoked_at - prev > INTERVAL {DEDUP_SECONDS} SECOND THEN 1 ELSE 0 END)
+                    OVER (PARTITION BY system, kind, subject, coalesce(cluster, '')
+                          ORDER BY revoked_at, evidence ROWS UNBOUNDED PRECEDING) AS grp
+        FROM (SELECT *, lag(revoked_at) OVER (PARTITION BY system, kind, subject, coalesce(cluster, '')
+                                               ORDER BY revoked_at, evidence) AS prev FROM v)
+    )
+    SELECT row_number() OVER (ORDER BY min(revoked_at), subject, system, min(evidence)) AS cand_id,
+           any_value(source) AS source, system, cluster, kind, subject,
+           arg_min(login, (revoked_at, evidence)) AS login, arg_min(subject_id, (revoked_at, evidence)) AS subject_id,
+           arg_min(session_id, (revoked_at, evidence)) AS session_id, min(revoked_at) AS revoked_at,
+           arg_min(revoked_by, (revoked_at, evidence)) AS revoked_by,
+           arg_min(event_type, (revoked_at, evidence)) AS event_type, min(evidence) AS evidence,
+           arg_min(inferred_from, (revoked_at, evidence)) AS inferred_from,
+           min(restored_at) AS restored_at,
+           -- the other lines of the same fact (for an inferred revocation: the other confirmations)
+           [x FOR x IN list_sort(list_distinct(list(evidence) || list(regexp_extract(inferred_from, '^[^ ]+'))))
+              IF x <> min(evidence) AND x <> coalesce(regexp_extract(arg_min(inferred_from, (revoked_at, evidence)),
+                                                                     '^[^ ]+'), '')] AS duplicates
+    FROM g GROUP BY system, cluster, kind, subject, grp
+"""
+
+#: Proxy session deletions (Pomerium ``identity_manager``) that follow a revocation made elsewhere (the
+#: IdP) for the same subject within the notice window and before any restoration: the proxy noticing
+#: it (§1.4, §4 step 2). Bridges: the deletion's user id is the IdP subject id (Okta 00u..., Keycloak
+#: UUID, real-stack.md §4), or the proxy logged the deletion's user id with the revoked login as email.
+#: A deletion logged at whole second S happened in [S, S+1 s).
+_NOTICES_SQL: Final = """
+    CREATE OR REPLACE TEMP TABLE zt_rev_notice AS
+    SELECT r.cand_id, p.cand_id AS notice_id, p.revoked_at AS notice_at, p.event_type AS notice_event,
+           p.evidence AS ref, p.duplicates AS refs,
+           CASE WHEN p.subject_id = r.subject_id THEN 'IdP subject id = proxy user id'
+                ELSE 'IdP login = proxy email of the proxy user id' END AS bridge
+    FROM zt_rev_cand r JOIN zt_rev_cand p
+      ON p.system = 'pomerium' AND p.source = 'idp' AND r.system <> 'pomerium' AND r.source = 'idp'
+     AND (p.subject_id = r.subject_id OR (p.login IS NOT NULL AND p.login = r.login))
+     AND p.revoked_at + INTERVAL 1 SECOND > r.revoked_at AND p.revoked_at <= r.revoked_at + $notice_window
+     AND (r.restored_at IS NULL OR p.revoked_at < r.restored_at)
+"""
+
+#: The revocations judged: candidates revoked in the window, less the proxy deletions that are another
+#: revocation's notice. ``by_sessions``: a session revocation made at the IdP (Okta session clear,
+#: Keycloak logout), whose session ids the proxy never sees: judged by the identity's proxy sessions
+#: that existed before it (a new login afterwards is legitimate).
+_REVOKED_SQL: Final = """
     CREATE OR REPLACE TEMP TABLE zt_rev AS
-    SELECT row_number() OVER (ORDER BY v.revoked_at, v.subject, v.source, v.evidence) AS rev_id,
-           v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
-                                           WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
-    FROM ({REVOCATIONS_IN_WINDOW_SQL}) v
+    SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence) AS rev_id, c.*,
+           c.kind = 'session' AND NOT (c.system IN ('pomerium', 'list') AND c.session_id IS NOT NULL)
+             AS by_sessions
+    FROM zt_rev_cand c
+    WHERE c.revoked_at >= $lo AND c.revoked_at < $hi
+      AND c.cand_id NOT IN (SELECT notice_id FROM zt_rev_notice)
 """
 
 _USES_TABLE: Final = """CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
-                        prec_us BIGINT, allowed BOOLEAN, ref VARCHAR)"""
+                        prec_us BIGINT, allowed BOOLEAN, ref VARCHAR, sess VARCHAR, ip VARCHAR, ua VARCHAR,
+                        cluster VARCHAR, proxy VARCHAR, how VARCHAR)"""
 
 #: Every scan of the big tables below is bounded to [$ulo, $until) — $ulo is the earliest
-#: ``revoked_at`` of the kinds the statement judges, less the 7-day window, so nothing a join could
+#: ``revoked_at`` of the kinds the statement judges, less the activity window, so nothing a join could
 #: keep is dropped — and to the day partitions ``dt`` in [$ulo_day, $hi_day].
 _PROXY_BOUND: Final = ("d.decided_at >= $ulo AND d.decided_at < $until "
                        "AND CAST(d.dt AS VARCHAR) >= $ulo_day AND CAST(d.dt AS VARCHAR) <= $hi_day")
 _AUDIT_BOUND: Final = ("request_received_at >= $ulo AND request_received_at < $until "
                        "AND CAST(dt AS VARCHAR) >= $ulo_day AND CAST(dt AS VARCHAR) <= $hi_day")
 
-_IDENT_KINDS: Final = ("identity", "token", "grant")
+_IDENT_KINDS: Final = ("identity", "token", "grant", "session")
 _PROXY_USE_COLUMNS: Final = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
-           d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref"""
-_PROXY_USE_WINDOW: Final = f"d.decided_at >= r.revoked_at - INTERVAL 7 DAY AND {_PROXY_BOUND}"
+           d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref,
+           d.session_id AS sess, d.client_ip AS ip, d.user_agent AS ua, d.cluster AS cluster, d.proxy AS proxy"""
+_PROXY_USE_WINDOW: Final = f"d.decided_at >= r.revoked_at - $activity AND {_PROXY_BOUND}"
+_API_USE_COLUMNS: Final = """r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us,
+           q.response_code NOT IN (401, 403) AS allowed, 'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref,
+           NULL AS sess, q.ip, q.ua, q.cluster"""
 
 #: Uses of a revoked service account (by ``user_name``) or legacy token (by ``credential_id``) at the API
 #: server, for ``{kind}`` / ``{column}``. Audit requests are grouped per (cluster, audit_id,
 #: request_received_at) after filtering: the time bounds are on a group key, so they drop whole
 #: requests, never stages of one.
-_SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use
-    SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
-           'k8s_audit:' || q.cluster || '/' || q.audit_id
+_SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use BY NAME
+    SELECT {_API_USE_COLUMNS}, '{{how}}' AS how
     FROM zt_rev r JOIN (
         SELECT cluster, audit_id, request_received_at, any_value({{column}}) AS subj,
-               max(response_code) AS response_code
+               max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
         FROM k8s_audit WHERE {{column}} IN (SELECT subject FROM zt_rev WHERE kind = '{{kind}}')
           AND {_AUDIT_BOUND}
         GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
     WHERE r.kind = '{{kind}}' AND q.response_code IS NOT NULL
-      AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""
+      AND q.request_received_at >= r.revoked_at - $activity"""
 
 #: The statements that collect the uses of revoked subjects into ``zt_rev_use``: name -> (kinds it
 #: judges, INSERT). Each runs only when a kind it judges was revoked; each takes ``$until``, ``$ulo``,
-#: ``$ulo_day`` and ``$hi_day`` (bounds of its own kinds). Binding uses: :func:`_binding_uses`.
+#: ``$ulo_day``, ``$hi_day`` (bounds of its own kinds) and ``$activity``. Identity uses at the proxy
+#: are matched on the proxy user id and on the email, each use once, naming the bridges that matched
+#: (``how``). Binding uses: :func:`_binding_uses`.
 _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
-    "identity at the proxy": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use
-        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
-        WHERE r.kind IN {_IDENT_KINDS} AND {_PROXY_USE_WINDOW}
-        UNION
-        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
-        WHERE r.kind IN {_IDENT_KINDS} AND {_PROXY_USE_WINDOW}"""),
+    "identity at the proxy": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use BY NAME
+        SELECT rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy,
+               string_agg(DISTINCT how, ', ' ORDER BY how) AS how
+        FROM (SELECT {_PROXY_USE_COLUMNS}, 'login = proxy email' AS how
+              FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
+              WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+                AND {_PROXY_USE_WINDOW}
+              UNION ALL
+              SELECT {_PROXY_USE_COLUMNS}, 'IdP subject id = proxy user id' AS how
+              FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
+              WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+                AND {_PROXY_USE_WINDOW})
+        GROUP BY ALL"""),
     # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
     # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
-    "identity at the API server": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use
+    "identity at the API server": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use BY NAME
         WITH who AS MATERIALIZED (
             SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
             WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
-        SELECT r.rev_id, 'api', q.request_received_at, 0, q.response_code NOT IN (401, 403),
-               'k8s_audit:' || q.cluster || '/' || q.audit_id
+        SELECT {_API_USE_COLUMNS}, 'login = audit user' AS how
         FROM zt_rev r JOIN (
             SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
-                   max(response_code) AS response_code
+                   max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
             FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
             GROUP BY ALL) q ON q.who = r.login
-        WHERE r.kind IN {_IDENT_KINDS} AND q.response_code IS NOT NULL
-          AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""),
-    "session at the proxy": (("session",), f"""INSERT INTO zt_rev_use
-        SELECT {_PROXY_USE_COLUMNS} FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
-        WHERE r.kind = 'session' AND {_PROXY_USE_WINDOW}"""),
+        WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+          AND q.response_code IS NOT NULL AND q.request_received_at >= r.revoked_at - $activity"""),
+    "session at the proxy": (("session",), f"""INSERT INTO zt_rev_use BY NAME
+        SELECT {_PROXY_USE_COLUMNS}, 'session id' AS how
+        FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
+        WHERE r.kind = 'session' AND NOT r.by_sessions AND {_PROXY_USE_WINDOW}"""),
+    # tier B (docs/proxy-and-idp.md §0): the API server mapped the proxy's session id into user.extra
+    "session at the API server": (("session",), f"""INSERT INTO zt_rev_use BY NAME
+        SELECT {_API_USE_COLUMNS}, 'session id in audit user.extra (tier B)' AS how
+        FROM zt_rev r JOIN (
+            SELECT cluster, audit_id, request_received_at, any_value(proxy_session_id) AS sess,
+                   max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
+            FROM k8s_audit
+            WHERE proxy_session_id IN (SELECT session_id FROM zt_rev WHERE kind = 'session' AND NOT by_sessions)
+              AND {_AUDIT_BOUND}
+            GROUP BY ALL) q ON q.sess = r.session_id
+        WHERE r.kind = 'session' AND NOT r.by_sessions AND q.response_code IS NOT NULL
+          AND q.request_received_at >= r.revoked_at - $activity"""),
     "service account at the API server": (
-        ("service_account",), _SUBJECT_API_USES.format(kind="service_account", column="user_name")),
+        ("service_account",), _SUBJECT_API_USES.format(kind="service_account", column="user_name",
+                                                       how="service account = audit user")),
     "legacy token at the API server": (
-        ("legacy_token",), _SUBJECT_API_USES.format(kind="legacy_token", column="credential_id")),
+        ("legacy_token",), _SUBJECT_API_USES.format(kind="legacy_token", column="credential_id",
+                                                    how="secret = audit credential id")),
 }
 
 
@@ -165,8 +274,9 @@ _BINDING_REQUESTS_SQL: Final = f"""
 """
 
 #: Those requests judged with all their stages, exactly as over the whole log.
-_BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use
-    SELECT r.rev_id, 'api', q.request_received_at, 0, true, 'k8s_audit:' || q.cluster || '/' || q.audit_id
+_BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use BY NAME
+    SELECT r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us, true AS allowed,
+           'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref, q.cluster, 'binding named in the RBAC reason' AS how
     FROM zt_rev r JOIN (
         SELECT cluster, audit_id, request_received_at, {_BINDING_SUBJ.format(m='m')} AS subj
         FROM (SELECT a.cluster, a.audit_id, a.request_received_at,
@@ -179,7 +289,7 @@ _BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use
                 AND CAST(a.dt AS VARCHAR) <= $hi_day
               GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
       ON q.subj = r.subject AND q.cluster = r.cluster
-    WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - INTERVAL 7 DAY"""
+    WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - $activity"""
 
 
 def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
@@ -200,70 +310,240 @@ def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> Non
     con.execute("DROP TABLE IF EXISTS zt_rev_reason")
 
 
-def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: datetime) -> dict[str, Any]:
+def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: datetime,
+                activity: timedelta) -> dict[str, Any]:
     """Bounds for the use scans of revocations of ``kinds`` (see :data:`_PROXY_BOUND`)."""
-    row = con.execute("SELECT min(revoked_at) - INTERVAL 7 DAY FROM zt_rev WHERE list_contains($kinds, kind)",
-                      {"kinds": list(kinds)}).fetchone()
+    row = con.execute("SELECT min(revoked_at) - $activity FROM zt_rev WHERE list_contains($kinds, kind)",
+                      {"kinds": list(kinds), "activity": activity}).fetchone()
     ulo: datetime = row[0] if row and row[0] is not None else EARLIEST
-    return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi)}
+    return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi), "activity": activity}
 
 
-#: One row per judged revocation into ``zt_rev_status``: the uses before and after it on both planes,
-#: the allowed uses after the grace period (from ``$vsince`` on), latency, exposure and status.
-_STATUS_SQL: Final = """
+#: The subject's last allowed proxy decision before the revocation, with the address it came from.
+_LAST_SQL: Final = """
+    CREATE OR REPLACE TEMP TABLE zt_rev_last AS
+    SELECT u.rev_id, max(u.ts) AS ts, arg_max(u.ip, u.ts) AS ip, arg_max(u.ua, u.ts) AS ua,
+           arg_max(u.proxy, u.ts) AS proxy
+    FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+    WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
+      AND coalesce(u.ip, '') <> ''
+    GROUP BY u.rev_id
+"""
+
+#: Anonymous proxy denials after the revocation from the address of the subject's last allowed decision,
+#: logged by the same proxy (another proxy's sign-in redirect from that address is not this session's
+#: denial; Pomerium's ``user-unauthenticated`` lines after a session was deleted carry no user, email or
+#: session id, §1.4, real-stack.md §4). ``others``: identities other than the subject that made an
+#: identified decision from that address between the subject's last allowed decision and the denial;
+#: a denial is attributed to the subject (``client_ip``) only when there are none and the user agents,
+#: where both are logged, agree. Bounded like the use scans (``$ulo`` .. ``$until``).
+_ANON_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_anon AS
+    WITH den AS (
+        SELECT l.rev_id, l.ts AS since, l.ua AS last_ua, d.decided_at AS ts, d.client_ip AS ip,
+               d.user_agent AS ua, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref
+        FROM zt_rev_last l JOIN zt_rev r USING (rev_id) JOIN proxy_decision d ON d.client_ip = l.ip
+        WHERE NOT d.is_allowed AND coalesce(d.user_id, '') = '' AND coalesce(d.email, '') = ''
+          AND d.proxy IS NOT DISTINCT FROM l.proxy
+          AND coalesce(d.session_id, '') = ''
+          AND d.decided_at + INTERVAL 1 SECOND > r.revoked_at AND d.decided_at <= r.revoked_at + $activity
+          AND (r.restored_at IS NULL OR d.decided_at < r.restored_at) AND {_PROXY_BOUND}
+    ), seen AS (
+        SELECT d.client_ip AS ip, d.decided_at AS ts,
+               coalesce(nullif(d.user_id, ''), lower(nullif(d.email, ''))) AS who, lower(d.email) AS email,
+               d.user_id
+        FROM proxy_decision d
+        WHERE d.client_ip IN (SELECT ip FROM zt_rev_last)
+          AND (coalesce(d.user_id, '') <> '' OR coalesce(d.email, '') <> '') AND {_PROXY_BOUND}
+    )
+    SELECT den.rev_id, den.ts, den.ip, den.ref,
+           count(DISTINCT s.who) AS others,
+           den.ua IS NOT NULL AND den.last_ua IS NOT NULL AND den.ua <> den.last_ua AS ua_differs
+    FROM den JOIN zt_rev r USING (rev_id)
+    LEFT JOIN seen s ON s.ip = den.ip AND s.ts >= den.since AND s.ts <= den.ts
+                    AND coalesce(s.user_id, '') IS DISTINCT FROM coalesce(r.subject_id, '')
+                    AND coalesce(s.email, '') IS DISTINCT FROM coalesce(r.login, '')
+                    AND NOT (coalesce(s.user_id, '') = '' AND s.email = r.login)
+                    AND NOT (coalesce(s.email, '') = '' AND s.user_id = r.subject_id)
+    GROUP BY den.rev_id, den.ts, den.ip, den.ref, den.ua, den.last_ua
+"""
+
+#: Duration in words for reasons.
+_DUR: Final = """CASE WHEN {s} IS NULL THEN '?' WHEN {s} < 120 THEN printf('%.0f s', {s})
+                    WHEN {s} < 7200 THEN printf('%.1f min', {s} / 60) ELSE printf('%.1f h', {s} / 3600) END"""
+
+#: One row per judged revocation into ``zt_rev_status``: notice, denials and uses before and after it,
+#: the allowed uses after the grace period (from ``$vsince`` on), latencies, status and reason.
+#: ``stop``: a restoration ends judgement. A proxy time at whole second S means [S, S+1 s): a use is
+#: "after" the revocation only if its logged time is, a denial or notice in the revocation's own second
+#: counts as after it (latency clamped at 0). Session revocations made at the IdP count only the
+#: identity's proxy sessions that existed before them.
+_STATUS_SQL: Final = f"""
     CREATE OR REPLACE TEMP TABLE zt_rev_status AS
-    WITH u AS (
-        SELECT u.*, r.revoked_at, coalesce(r.restored_at, $latest) AS stop,
-               greatest(r.revoked_at + $grace, $vsince) AS vfrom
+    WITH old_sess AS (
+        SELECT DISTINCT u.rev_id, u.sess FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+        WHERE r.by_sessions AND u.plane = 'proxy' AND coalesce(u.sess, '') <> '' AND u.ts <= r.revoked_at
+    ), u AS (
+        SELECT u.*, r.revoked_at, coalesce(r.restored_at, $forever) AS stop,
+               greatest(r.revoked_at + $grace, $vsince) AS vfrom,
+               NOT r.by_sessions OR (u.plane = 'proxy' AND o.sess IS NOT NULL) AS counts
         FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+        LEFT JOIN old_sess o ON o.rev_id = u.rev_id AND o.sess = u.sess
     ), agg AS (
         SELECT rev_id,
-          max(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) <= revoked_at)
-            AS last_allowed_proxy_before,
-          min(ts) FILTER (WHERE plane = 'proxy' AND allowed AND ts + to_microseconds(prec_us) > revoked_at
-                          AND ts < stop) AS first_allowed_proxy_after,
-          min(ts) FILTER (WHERE plane = 'proxy' AND NOT allowed AND ts + to_microseconds(prec_us) > revoked_at
-                          AND ts < stop) AS first_denied_proxy,
-          max(ts) FILTER (WHERE plane = 'api' AND allowed AND ts <= revoked_at) AS last_allowed_api_before,
-          min(ts) FILTER (WHERE plane = 'api' AND allowed AND ts > revoked_at AND ts < stop)
-            AS first_allowed_api_after,
-          min(ts) FILTER (WHERE plane = 'api' AND NOT allowed AND ts > revoked_at AND ts < stop)
-            AS first_denied_api,
-          count(*) FILTER (WHERE plane = 'proxy' AND allowed AND ts > vfrom AND ts < stop)
+          max(ts) FILTER (WHERE allowed AND ts + to_microseconds(prec_us) <= revoked_at) AS last_allowed_before,
+          min(ts) FILTER (WHERE allowed AND counts AND ts > revoked_at AND ts < stop) AS first_allowed_after,
+          max(ts) FILTER (WHERE allowed AND counts AND ts > revoked_at AND ts < stop) AS last_allowed_after,
+          min(ts) FILTER (WHERE NOT allowed AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop)
+            AS first_exact_denial,
+          count(*) FILTER (WHERE ts <= revoked_at) AS uses_before,
+          count(*) FILTER (WHERE ts > revoked_at) AS uses_after,
+          count(*) FILTER (WHERE plane = 'proxy' AND allowed AND counts AND ts > vfrom AND ts < stop)
             AS allowed_after_grace_proxy,
-          count(*) FILTER (WHERE plane = 'api' AND allowed AND ts > vfrom AND ts < stop)
+          count(*) FILTER (WHERE plane = 'api' AND allowed AND counts AND ts > vfrom AND ts < stop)
             AS allowed_after_grace_api,
-          min(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
-          max(ts) FILTER (WHERE allowed AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
+          min(ts) FILTER (WHERE allowed AND counts AND ts > vfrom AND ts < stop) AS first_allowed_after_grace,
+          max(ts) FILTER (WHERE allowed AND counts AND ts > vfrom AND ts < stop) AS last_allowed_after_grace,
+          list(DISTINCT cluster ORDER BY cluster) FILTER (WHERE cluster IS NOT NULL AND cluster <> '') AS clusters,
+          list(DISTINCT how) FILTER (WHERE how IS NOT NULL) AS hows,
           -- the first $keep references in (ts, ref) order: a bounded heap per revocation instead of
           -- sorting every use; wrapped in a struct so NULL references are kept, as list() keeps them
-          [x.r FOR x IN min_by({'r': ref}, (ts, ref), $keep)
-                        FILTER (WHERE allowed AND ts > vfrom AND ts < stop)] AS viol
+          [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep)
+                        FILTER (WHERE allowed AND counts AND ts > vfrom AND ts < stop)] AS viol,
+          [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep)
+                        FILTER (WHERE NOT allowed AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop)]
+            AS exact_denials
         FROM u GROUP BY rev_id
+    ), anon AS (
+        SELECT rev_id,
+          min(ts) FILTER (WHERE others = 0 AND NOT ua_differs) AS first_anon,
+          count(*) FILTER (WHERE others = 0 AND NOT ua_differs) AS attributed,
+          count(*) FILTER (WHERE others > 0 OR ua_differs) AS refused,
+          count(*) FILTER (WHERE others > 0) AS refused_shared,
+          max(others) AS max_others, arg_max(ip, others) FILTER (WHERE others > 0) AS refused_ip,
+          arg_min(ip, ts) FILTER (WHERE others = 0 AND NOT ua_differs) AS anon_ip,
+          [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep) FILTER (WHERE others = 0 AND NOT ua_differs)] AS refs
+        FROM zt_rev_anon GROUP BY rev_id
+    ), notice AS (
+        SELECT n.cand_id, min(n.notice_at) AS notice_at, arg_min(n.notice_event, n.notice_at) AS notice_event,
+               arg_min(n.bridge, n.notice_at) AS bridge,
+               list_sort(list_distinct(flatten(list([n.ref] || n.refs)))) AS refs
+        FROM zt_rev_notice n GROUP BY n.cand_id
+    ), j AS (
+        SELECT r.*, a.*, an.* EXCLUDE (rev_id, refs), an.refs AS anon_refs, n.notice_at AS n_at,
+               n.notice_event AS n_event, n.bridge AS n_bridge, n.refs AS n_refs,
+               -- a proxy session deletion that is itself the revocation: the proxy acted at once
+               CASE WHEN r.system = 'pomerium' AND r.source = 'idp' THEN r.revoked_at ELSE n.notice_at END
+                 AS notice_at,
+               CASE WHEN r.system = 'pomerium' AND r.source = 'idp' THEN r.event_type ELSE n.notice_event END
+                 AS notice_event,
+               least(a.first_exact_denial, an.first_anon) AS first_denied_at,
+               coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) AS n_after_grace
+        FROM zt_rev r LEFT JOIN agg a USING (rev_id) LEFT JOIN anon an USING (rev_id)
+        LEFT JOIN notice n ON n.cand_id = r.cand_id
+    ), k AS (
+        SELECT j.*,
+          CASE WHEN notice_at IS NOT NULL
+               THEN greatest(0.0, epoch_us(notice_at) - epoch_us(revoked_at)) / 1e6 END AS notice_latency_seconds,
+          CASE WHEN first_denied_at IS NOT NULL
+               THEN greatest(0.0, epoch_us(first_denied_at) - epoch_us(revoked_at)) / 1e6 END
+               AS denial_latency_seconds,
+          CASE WHEN last_allowed_after IS NOT NULL
+               THEN (epoch_us(last_allowed_after) - epoch_us(revoked_at)) / 1e6 END AS exposure_seconds,
+          CASE WHEN n_after_grace > 0 THEN 'not_enforced'
+               WHEN revoked_at + $grace > $latest THEN 'pending'
+               WHEN notice_at IS NOT NULL OR first_denied_at IS NOT NULL THEN 'enforced'
+               WHEN coalesce(uses_before, 0) + coalesce(uses_after, 0) + coalesce(refused, 0) > 0 THEN 'quiet'
+               ELSE 'not_applicable' END AS status
+        FROM j
     )
-    SELECT r.kind, r.subject, coalesce(r.login, r.subject) AS identity, r.subject_id, r.session_id,
-           r.cluster, r.source, r.system, r.event_type,
-           r.revoked_at, r.revoked_by, r.restored_at,
-           a.last_allowed_proxy_before, a.first_allowed_proxy_after, a.first_denied_proxy,
-           a.last_allowed_api_before, a.first_allowed_api_after, a.first_denied_api,
-           coalesce(a.allowed_after_grace_proxy, 0) AS allowed_after_grace_proxy,
-           coalesce(a.allowed_after_grace_api, 0) AS allowed_after_grace_api,
-           a.first_allowed_after_grace, a.last_allowed_after_grace,
-           CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) = 0
-                 AND least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL
-                THEN greatest(0.0, epoch_us(least(a.first_denied_proxy, a.first_denied_api))
-                                   - epoch_us(r.revoked_at)) / 1e6 END AS latency_seconds,
-           CASE WHEN a.last_allowed_after_grace IS NOT NULL
-                THEN (epoch_us(a.last_allowed_after_grace) - epoch_us(r.revoked_at)) / 1e6 END
-                AS exposure_seconds,
-           CASE WHEN coalesce(a.allowed_after_grace_proxy, 0) + coalesce(a.allowed_after_grace_api, 0) > 0
-                THEN 'not_enforced'
-                WHEN least(a.first_denied_proxy, a.first_denied_api) IS NOT NULL THEN 'enforced'
-                ELSE 'unverified' END AS status,
-           r.evidence, coalesce(a.viol, []) AS violations
-    FROM zt_rev r LEFT JOIN agg a USING (rev_id)
-    ORDER BY r.revoked_at, r.subject
+    SELECT kind, subject, coalesce(login, subject) AS identity, subject_id, session_id, cluster,
+           coalesce(CASE WHEN cluster IS NOT NULL THEN [cluster] END, clusters, []) AS clusters,
+           source, system, event_type, revoked_at, revoked_by, inferred_from, restored_at,
+           nullif(array_to_string(list_sort(list_distinct([x FOR x IN
+               [n_bridge, CASE WHEN attributed > 0 THEN 'client address of the last allowed request' END]
+               || flatten([string_split(h, ', ') FOR h IN coalesce(hows, [])]) IF x IS NOT NULL])), '; '), '')
+             AS bridge,
+           status,
+           concat_ws('; ',
+             CASE WHEN inferred_from IS NOT NULL THEN 'inferred from ' || inferred_from END,
+             CASE status
+               WHEN 'not_enforced' THEN concat_ws(' and ',
+                    CASE WHEN allowed_after_grace_proxy > 0
+                         THEN allowed_after_grace_proxy || ' allowed proxy decision(s)' END,
+                    CASE WHEN allowed_after_grace_api > 0 THEN allowed_after_grace_api || ' allowed API request(s)' END)
+                    || printf(' more than %d s after the revocation, the last %s after it', $grace_s,
+                              {_DUR.format(s='exposure_seconds')})
+               WHEN 'pending' THEN printf('the %d s grace period ends at %s, after the latest event in the lake (%s): '
+                    || 'judged again when later logs arrive', $grace_s,
+                    strftime(revoked_at + $grace, '%Y-%m-%d %H:%M:%SZ'), strftime($latest, '%Y-%m-%d %H:%M:%SZ'))
+               WHEN 'enforced' THEN concat_ws(', ',
+                    CASE WHEN system = 'pomerium' AND source = 'idp' THEN 'the proxy deleted the session itself'
+                         WHEN notice_at IS NOT NULL THEN 'the proxy dropped the session '
+                              || {_DUR.format(s='notice_latency_seconds')} || ' after the revocation ('
+                              || notice_event || ')' END,
+                    CASE WHEN first_denied_at IS NOT NULL THEN 'first attributable denial '
+                              || {_DUR.format(s='denial_latency_seconds')} || ' after it'
+                              || CASE WHEN first_anon IS NOT NULL AND (first_exact_denial IS NULL
+                                           OR first_anon < first_exact_denial)
+                                      THEN ' (anonymous, from the subject''s address ' || anon_ip || ')'
+                                      ELSE '' END END)
+                    || ' and nothing allowed after the grace period'
+               WHEN 'quiet' THEN CASE
+                    WHEN by_sessions THEN 'the proxy sessions it had before were not used again, no attributable '
+                         || 'denial and no proxy session deletion seen'
+                         || CASE WHEN uses_after > 0 THEN ' (a new login followed)' ELSE '' END
+                    ELSE CASE WHEN last_allowed_before IS NOT NULL
+                              THEN 'active before (last allowed use '
+                                   || strftime(last_allowed_before, '%Y-%m-%d %H:%M:%SZ') || '), '
+                              ELSE 'seen around it, ' END
+                         || 'nothing allowed after the grace period, no attributable denial and no proxy session '
+                         || 'deletion seen' END
+               ELSE printf('never seen at the proxy or the API server in the %d days before or after the '
+                           || 'revocation', $activity_days)
+             END,
+             CASE WHEN refused_shared > 0 THEN printf('%d anonymous denial(s) from %s not attributed: %d other '
+                  || 'identit(y/ies) used that address since the subject''s last allowed request', refused_shared,
+                  refused_ip, max_others) END,
+             CASE WHEN refused > coalesce(refused_shared, 0) THEN printf('%d anonymous denial(s) from the subject''s '
+                  || 'address not attributed: another user agent', refused - coalesce(refused_shared, 0)) END,
+             CASE WHEN restored_at IS NOT NULL THEN 'restored at ' || strftime(restored_at, '%Y-%m-%d %H:%M:%SZ')
+                  || ', judged until then' END) AS reason,
+           notice_at, notice_event, first_denied_at,
+           CASE WHEN first_denied_at IS NULL THEN NULL
+                WHEN first_exact_denial IS NOT NULL AND first_exact_denial <= first_denied_at THEN 'exact'
+                ELSE 'client_ip' END AS attribution,
+           coalesce(refused, 0) AS anonymous_refused,
+           last_allowed_before, first_allowed_after, last_allowed_after,
+           coalesce(allowed_after_grace_proxy, 0) AS allowed_after_grace_proxy,
+           coalesce(allowed_after_grace_api, 0) AS allowed_after_grace_api,
+           first_allowed_after_grace, last_allowed_after_grace,
+           notice_latency_seconds, denial_latency_seconds, exposure_seconds,
+           CASE WHEN status = 'enforced'
+                THEN least(coalesce(notice_latency_seconds, 1e18), coalesce(denial_latency_seconds, 1e18)) <= $objective
+                     AND coalesce(exposure_seconds, 0) <= $objective
+                WHEN status = 'not_enforced' THEN false END AS objective_met,
+           evidence, duplicates, coalesce(n_refs, []) AS notices,
+           list_sort(coalesce(exact_denials, []) || coalesce(anon_refs, []))[1:$keep] AS denials,
+           coalesce(viol, []) AS violations
+    FROM k
+    ORDER BY revoked_at, subject, system, kind, evidence
 """
+
+
+def _latest(con: duckdb.DuckDBPyConnection, until: datetime | None) -> datetime:
+    """The latest event time in the lake (proxy, audit, IdP) at or after the newest revocation's day,
+    capped at ``until``: the instant up to which the logs can tell what happened."""
+    row = con.execute("SELECT max(revoked_at) FROM zt_rev").fetchone()
+    if not row or row[0] is None:
+        return until or LATEST
+    day = utc_day(row[0])
+    got = con.execute(
+        "SELECT greatest((SELECT max(decided_at) FROM proxy_decision WHERE CAST(dt AS VARCHAR) >= $d), "
+        "(SELECT greatest(max(request_received_at), max(stage_at)) FROM k8s_audit WHERE CAST(dt AS VARCHAR) >= $d), "
+        "(SELECT max(occurred_at) FROM idp_event WHERE CAST(dt AS VARCHAR) >= $d))", {"d": day}).fetchone()
+    latest: datetime = got[0] if got and got[0] is not None else row[0]
+    return min(latest, until) if until else latest
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
@@ -280,8 +560,13 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     reports only what happened in it. Called by :func:`revocation_status` and the detector with an
     ``open_lake`` connection (UTC session); raises on SQL errors.
     """
-    window = Window(since, until).widened(before=timedelta(days=cfg.revocation.lookback_days if lookback else 0))
+    rc = cfg.revocation
+    window = Window(since, until).widened(before=timedelta(days=rc.lookback_days if lookback else 0))
+    notice_window = timedelta(hours=rc.notice_window_hours)
+    activity = timedelta(days=rc.activity_days)
     vsince = since if (lookback and since) else EARLIEST
+    execute(con, _CANDIDATES_SQL, window.widened(before=notice_window).params())
+    execute(con, _NOTICES_SQL, {"notice_window": notice_window})
     execute(con, _REVOKED_SQL, window.params())
     kinds = {str(r[0]) for r in con.execute("SELECT DISTINCT kind FROM zt_rev").fetchall()}
     con.execute(_USES_TABLE)
@@ -296,20 +581,25 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     try:
         for judged, sql in _USE_SCANS.values():
             if kinds & set(judged):
-                execute(con, sql, _use_params(con, judged, window.hi))
+                execute(con, sql, _use_params(con, judged, window.hi, activity))
         if "binding" in kinds:
-            _binding_uses(con, _use_params(con, ("binding",), window.hi))
+            _binding_uses(con, _use_params(con, ("binding",), window.hi, activity))
+        execute(con, _LAST_SQL, {})
+        execute(con, _ANON_SQL, _use_params(con, _IDENT_KINDS, window.hi, activity))
     finally:
         if old_threshold is not None:
             con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")
-    execute(con, _STATUS_SQL, {"grace": timedelta(seconds=cfg.revocation.grace_seconds), "latest": LATEST,
-                                "vsince": vsince, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
+    execute(con, _STATUS_SQL, {
+        "grace": timedelta(seconds=rc.grace_seconds), "grace_s": rc.grace_seconds, "latest": _latest(con, until),
+        "vsince": vsince, "forever": LATEST, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence),
+        "objective": float(rc.objective_seconds), "activity_days": rc.activity_days})
     return "zt_rev_status"
 
 
 def revocation_status(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
                       until: datetime | None = None) -> pa.Table:
-    """One row per revocation with its enforcement status and latency (``ztaudit report revocation``).
+    """One row per revocation with its status, reason, evidence chain and latencies
+    (``ztaudit report revocation``, the revocation notebook).
 
     Columns: :data:`STATUS_COLUMNS` (``violations`` lists up to :data:`REPORT_VIOLATIONS` event
     references of allowed uses after the grace period). Raises on SQL errors; an empty lake gives

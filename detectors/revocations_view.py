@@ -12,6 +12,14 @@ What counts as a revocation (the ``revocations`` view):
   StsRefreshTokensValidFrom, Google SUSPEND/DELETE_USER, Keycloak, Pomerium ``identity_manager``
   "deleting session"; docs/proxy-and-idp.md §3, §1.4, §4 step 1). ``revocation_scope`` says what
   is cut; when it is missing, a Pomerium line is a ``session`` and anything else an ``identity``.
+  Pomerium's "deleting expired session" is a session reaching its lifetime, not a revocation.
+* Keycloak disables inferred from their confirmation: Keycloak logs a disable as an admin event
+  ``operationType=UPDATE resourcePath=users/<id>`` with no representation unless configured, so the
+  disable itself is not visible; the refresh that follows fails with ``REFRESH_TOKEN_ERROR``
+  ``reason="User disabled"`` (or ``"User not found"`` after a delete) for ``refresh_token_sub``
+  = the id (real-stack.md §4). Such a confirmation makes an ``identity`` revocation at the latest
+  admin update of that user in the day before it (else at the confirmation itself);
+  ``inferred_from`` names the confirmation.
 * The audit log itself (docs/kubernetes-audit.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
   object (the service account ``system:serviceaccount:NS:NAME``), of a ``secrets`` object that
   was used as a legacy token (credential ``SECRET=NS/NAME``, §5.2), or of a ``rolebindings`` /
@@ -51,6 +59,7 @@ _REVOCATIONS: Final = f"""
            lower(i.subject_login) AS login, i.subject_id, i.session_id,
            i.occurred_at AS revoked_at, i.actor AS revoked_by, i.event_type,
            'idp_event:' || coalesce(i.origin, i.idp || '/' || CAST(i.occurred_at AS VARCHAR)) AS evidence,
+           CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
                AND regexp_matches(e.event_type, '{_RESTORE_RE}')
@@ -58,7 +67,28 @@ _REVOCATIONS: Final = f"""
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
     FROM idp_event i
-    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') {{idp_window}}
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+      AND NOT (i.idp = 'pomerium' AND i.event_type LIKE '%expired session%') {{idp_window}}
+    UNION ALL
+    SELECT 'idp', 'keycloak', NULL, 'identity', c.subject_id, NULL, c.subject_id, NULL,
+           coalesce(c.updated_at, c.occurred_at),
+           (SELECT min(u.actor) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
+              AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at),
+           CASE WHEN c.updated_at IS NULL THEN c.event_type ELSE 'admin:UPDATE:USER' END,
+           'idp_event:' || coalesce(
+               (SELECT min(u.origin) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
+                  AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at), c.origin),
+           'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
+           (SELECT min(e.occurred_at) FROM idp_event e
+             WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
+               AND regexp_matches(e.event_type, '{_RESTORE_RE}'))
+    FROM (SELECT k.*, (SELECT max(u.occurred_at) FROM idp_event u
+                       WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
+                         AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
+                         AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at
+          FROM idp_event k
+          WHERE k.idp = 'keycloak' AND k.event_type = 'REFRESH_TOKEN_ERROR' AND k.subject_id IS NOT NULL
+            AND regexp_matches(k.reason, '(?i)user (disabled|not found)') {{idp_window_k}}) c
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
@@ -68,7 +98,7 @@ _REVOCATIONS: Final = f"""
                 WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
                 ELSE 'ClusterRoleBinding/' || d.name END,
            NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
-           'k8s_audit:' || d.cluster || '/' || d.audit_id,
+           'k8s_audit:' || d.cluster || '/' || d.audit_id, NULL,
            (SELECT min(c.request_received_at) FROM zt_cd c
              WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
                AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
@@ -87,7 +117,11 @@ _REVOCATIONS: Final = f"""
 
 #: The ``revocations`` view (``core/views/revocations.sql``; ``tests/core/test_views.py`` fails if the file
 #: and this drift): every revocation in the lake.
-REVOCATIONS_SQL: Final = _REVOCATIONS.format(cd_window="", idp_window="", delete_window="")
+REVOCATIONS_SQL: Final = _REVOCATIONS.format(cd_window="", idp_window="", idp_window_k="", delete_window="")
+
+#: Keycloak confirmations read for a window: a confirmation comes after the disable it confirms, so
+#: no upper bound (a disable just before $hi confirmed after it is still found).
+_CONFIRMATION_WINDOW: Final = "AND k.occurred_at >= $lo AND CAST(k.dt AS VARCHAR) >= $lo_day"
 
 #: The view's rows with ``revoked_at`` in [$lo, $hi), read without the rest of the lake: whole day
 #: partitions (``dt``, the UTC day of the event time) outside the window are skipped. Restorations are
@@ -97,6 +131,7 @@ REVOCATIONS_IN_WINDOW_SQL: Final = f"""
     SELECT * FROM ({_REVOCATIONS.format(
         cd_window="AND request_received_at >= $lo AND CAST(dt AS VARCHAR) >= $lo_day",
         idp_window="AND " + Window.sql("occurred_at", "i"),
+        idp_window_k=_CONFIRMATION_WINDOW,
         delete_window="AND request_received_at < $hi")}) v
     WHERE v.revoked_at >= $lo AND v.revoked_at < $hi
 """

@@ -94,6 +94,8 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     generated_at: datetime | None = None
+    #: the answer first: one line per question the report answers, shown above everything else
+    verdict: list[str] = field(default_factory=list)
 
     @property
     def primary(self) -> Section:

@@ -51,13 +51,13 @@ def latency_bucket(seconds: float) -> str:
 
 
 def revocation_times(rows: Iterable[dict[str, Any]]) -> list[tuple[str, float]]:
-    """(status, seconds) per revocation for :func:`latency_chart`: the latency when there is one,
-    else the exposure (revocation to last allowed use after the grace period, detector rows)."""
+    """(status, seconds) per revocation for :func:`latency_chart`: for an enforced revocation the time
+    until it was enforced (the proxy's notice or the first attributable denial, whichever came first),
+    for the others the exposure (revocation to the last allowed use after it), when there is one."""
     out = []
     for r in rows:
-        v = r.get("latency_seconds")
-        if v is None:
-            v = r.get("exposure_seconds")
+        enforced = [r[k] for k in ("notice_latency_seconds", "denial_latency_seconds") if r.get(k) is not None]
+        v = min(enforced) if r.get("status") == "enforced" and enforced else r.get("exposure_seconds")
         if v is not None:
             out.append((str(r.get("status")), float(v)))
     return out
@@ -68,7 +68,9 @@ def latency_chart(latencies: Iterable[tuple[str, float]], grace_seconds: float) 
     counts: dict[str, dict[str, float]] = defaultdict(lambda: {label: 0.0 for _, label in LATENCY_BUCKETS})
     for status, secs in latencies:
         counts[status][latency_bucket(secs)] += 1
-    series = [Series(status, list(c.items())) for status, c in sorted(counts.items())]
+    order = ("enforced", "not_enforced", "quiet", "pending", "not_applicable")
+    series = [Series(status, list(counts[status].items()))
+              for status in [*[s for s in order if s in counts], *sorted(set(counts) - set(order))]]
     return Chart("revocation_latency", "Revocation latency distribution", "bar", series,
                  x_label="time from revocation to enforcement, or to the last allowed use", y_label="revocations",
                  note=f"grace period {int(grace_seconds)} s; activity after it is 'not_enforced'")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ def render_json(result: ReportResult, section: str | None = None) -> str:
         payload: Any = {
             "report": result.name,
             "params": jsonable(result.params),
+            "verdict": result.verdict,
             "notes": result.notes,
             "sections": {s.name: json_rows(s) for s in result.sections},
         }
@@ -140,10 +142,18 @@ def _header(result: ReportResult) -> list[str]:
     return out
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` folded at spaces to ``width`` columns, continuation lines indented by two."""
+    return textwrap.wrap(text, width=max(20, width), subsequent_indent="  ", break_long_words=True) or [""]
+
+
 def render_table(result: ReportResult, width: int = 100) -> str:
     """Every section as a titled plain-text table, notes at the end."""
     out = [truncate(display(result.title), width)]
     out += [truncate(h, width) for h in _header(result)]
+    if result.verdict:
+        out.append("")
+        out += [wrapped for line in result.verdict for wrapped in _wrap(f"* {display(line)}", width)]
     for sec in result.sections:
         out.append("")
         out.append(f"== {display(sec.title)} ({len(sec.rows)} row{'s' if len(sec.rows) != 1 else ''})")
@@ -171,6 +181,8 @@ def render_markdown(result: ReportResult) -> str:
     header = _header(result)
     if header:
         out += [md_cell(h) for h in header] + [""]
+    if result.verdict:
+        out += [f"- **{md_cell(line)}**" for line in result.verdict] + [""]
     for sec in result.sections:
         out.append(f"## {md_cell(sec.title)}")
         out.append("")

@@ -41,6 +41,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .chart .grid{stroke:#eaeef2}.chart .axis{stroke:#8c959f}
 .note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:8px 0}
 .empty{color:#57606a;font-style:italic}
+.verdict{background:#fff;border:1px solid #d0d7de;border-left:4px solid #1d232a;padding:8px 10px 8px 28px;
+margin:10px 0 14px;font-size:15px}.verdict li{margin:2px 0}
+.st-not_enforced{color:#d7301f;font-weight:600}.st-enforced{color:#1a7f37}.st-pending{color:#b35c00}
 """
 
 
@@ -53,6 +56,8 @@ def cell(column: str, value: object) -> str:
         return f'<td class="ts">{text}</td>'
     if column == "severity" and isinstance(value, str) and value in ("critical", "high", "medium"):
         return f'<td class="sev-{value}">{text}</td>'
+    if column == "status" and value in ("not_enforced", "enforced", "pending"):
+        return f'<td class="st-{value}">{text}</td>'
     return f"<td>{text}</td>"
 
 
@@ -92,6 +97,8 @@ def render_html(result: ReportResult) -> str:
         f'<div class="meta">report {esc(result.name)} · generated {esc(display(generated))} UTC'
         + (f" · {esc(params)}" if params else "") + "</div>",
     ]
+    if result.verdict:
+        parts.append('<ul class="verdict">' + "".join(f"<li>{esc(line)}</li>" for line in result.verdict) + "</ul>")
     for note in result.notes:
         parts.append(f'<p class="note">{esc(note)}</p>')
     if result.charts:

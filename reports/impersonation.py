@@ -11,7 +11,7 @@ Sections:
   ``impersonators`` (list), ``first_seen``, ``last_seen``, ``status``.
 * ``matching``: proxy decisions paired with impersonated audit requests, from
   :func:`ztaudit.detectors.correlate.impersonation_summary` (cluster, actor, matched_tier_a,
-  matched_tier_c, unmatched_proxy, unmatched_audit, pending, match_rate, first_seen,
+  matched_tier_b, matched_tier_c, unmatched_proxy, unmatched_audit, pending, match_rate, first_seen,
   last_seen), narrowed by ``--actor`` and ``--cluster``.
 * ``findings``: ``impersonation.*`` findings in range.
 """
@@ -26,8 +26,8 @@ from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_fin
 
 PATH_COLUMNS = ["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "impersonators",
                 "first_seen", "last_seen", "status"]
-MATCH_DISPLAY = ["cluster", "actor", "matched_tier_a", "matched_tier_c", "unmatched_proxy", "unmatched_audit",
-                 "match_rate"]
+MATCH_DISPLAY = ["cluster", "actor", "matched_tier_a", "matched_tier_b", "matched_tier_c", "unmatched_proxy",
+                 "unmatched_audit", "match_rate"]
 
 
 def human_paths(ctx: ReportContext) -> list[Row]:

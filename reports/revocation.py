@@ -1,39 +1,44 @@
-"""``report revocation``: each revocation, whether it was enforced, and how fast (latency percentiles).
+"""``report revocation``: was each revocation enforced, how do we know, and how fast.
 
 The rows are :func:`ztaudit.detectors.revocation_status.revocation_status` over ``[--since, --until)``, the
-same judgement the ``revocation.not_enforced`` detector makes. Fields (primary section
-``revocations``): the detector's :data:`~ztaudit.detectors.revocation_status.STATUS_COLUMNS` — ``kind``,
-``subject``, ``identity``, ``subject_id``, ``session_id``, ``cluster``, ``source``, ``system``,
-``event_type``, ``revoked_at``, ``revoked_by``, ``restored_at``, last/first allowed and denied uses
-at the proxy and the API, ``allowed_after_grace_proxy``, ``allowed_after_grace_api``,
-``first_allowed_after_grace``, ``last_allowed_after_grace``, ``latency_seconds`` (revocation to first
-denial), ``exposure_seconds`` (revocation to last allowed use after the grace period), ``status``
-(enforced | not_enforced | unverified), ``evidence``, ``violations`` (event references of allowed
-uses after the grace period) — then ``allowed_after_grace``, the same references as
-``violations`` (kept so the report's JSON/CSV keys stay as they were).
+same judgement the ``revocation.not_enforced`` detector makes. The report leads with the verdict
+(:func:`verdict`: one line per question), then:
 
-``--actor`` keeps revocations whose ``subject`` or ``subject_id`` is the actor; ``--cluster`` those
-of that cluster (IdP revocations name no cluster). Section ``latency``: ``revocations``,
-``enforced``, ``not_enforced``, ``unverified``, ``p50_seconds``, ``p90_seconds``, ``p95_seconds``,
-``p99_seconds``, ``max_seconds``.
+* section ``revocations`` (primary): one row per revocation, the detector's
+  :data:`~ztaudit.detectors.revocation_status.STATUS_COLUMNS` (status, reason, evidence chain,
+  latencies; docs/revocation.md says what each means), then ``allowed_after_grace``, the same
+  references as ``violations`` (kept so the report's JSON/CSV keys stay as they were);
+* section ``latency``: one row per group (``all``, each IdP / system, each cluster the subject was
+  seen on): :data:`LATENCY_COLUMNS`, the counts per status, the notice and denial latency
+  percentiles and the share of judged revocations that met ``revocation.objective_seconds``.
+
+``--actor`` keeps revocations whose ``subject``, ``identity`` or ``subject_id`` is the actor;
+``--cluster`` those whose subject was seen on that cluster (IdP revocations name no cluster of
+their own). Called by ``ztaudit report revocation``, the summary report's chart and the
+``audit_revocations`` notebook; errors of the detector's SQL propagate (the report fails, it never
+guesses).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
-from ztaudit.detectors.revocation_status import STATUS_COLUMNS, revocation_status
+from ztaudit.detectors.revocation_status import STATUS_COLUMNS, STATUSES, revocation_status
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows
 from ztaudit.reports.charts import latency_chart, revocation_times
 
 #: JSON/CSV fields of the primary section, in order.
 REVOCATION_COLUMNS = [*STATUS_COLUMNS, "allowed_after_grace"]
-#: Columns the terminal and HTML tables show; ``after_grace`` is display-only (proxy + API counts).
-REVOCATION_DISPLAY = ["revoked_at", "kind", "subject", "cluster", "status", "latency_seconds", "exposure_seconds",
-                      "after_grace"]
-LATENCY_COLUMNS = ["revocations", "enforced", "not_enforced", "unverified", "p50_seconds", "p90_seconds",
-                   "p95_seconds", "p99_seconds", "max_seconds"]
+#: Columns the terminal and HTML tables show.
+REVOCATION_DISPLAY = ["revoked_at", "system", "kind", "identity", "status", "notice_latency_seconds",
+                      "denial_latency_seconds", "exposure_seconds", "reason"]
+LATENCY_COLUMNS = ["group", "revocations", *STATUSES, "judged", "notice_p50_seconds", "notice_p95_seconds",
+                   "denial_p50_seconds", "denial_p95_seconds", "exposure_max_seconds", "objective_met",
+                   "objective_share"]
+#: Statuses that count in the rates: pending and not_applicable are left out of every rate.
+JUDGED = ("enforced", "not_enforced", "quiet")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -47,51 +52,104 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def revocation_rows(ctx: ReportContext) -> list[Row]:
-    """Every revocation in range with its status, narrowed by ``--actor`` and ``--cluster``.
-
-    Called by this report, the summary report's latency chart and the ``audit_revocations``
-    notebook. Errors of the detector's SQL propagate (the report fails; it never guesses).
-    """
+    """Every revocation in range with its status, narrowed by ``--actor`` and ``--cluster``."""
     window = ctx.filters.window
     rows = arrow_rows(revocation_status(ctx.con, ctx.config, window.since, window.until))
     if ctx.filters.actor is not None:
-        rows = [r for r in rows if ctx.filters.actor in (r["subject"], r["subject_id"])]
+        rows = [r for r in rows if ctx.filters.actor in (r["subject"], r["identity"], r["subject_id"])]
     if ctx.filters.cluster is not None:
-        rows = [r for r in rows if r["cluster"] == ctx.filters.cluster]
+        rows = [r for r in rows if r["cluster"] == ctx.filters.cluster or ctx.filters.cluster in (r["clusters"] or [])]
     for r in rows:
         r["allowed_after_grace"] = r["violations"]
-        r["after_grace"] = int(r["allowed_after_grace_proxy"] or 0) + int(r["allowed_after_grace_api"] or 0)
     return rows
 
 
-def latency_summary(rows: list[Row]) -> dict[str, Any]:
-    """Counts per status and latency percentiles in seconds over revocations with a latency."""
-    lat = [float(r["latency_seconds"]) for r in rows if r.get("latency_seconds") is not None]
+def _values(rows: Iterable[Row], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) is not None]
+
+
+def latency_summary(rows: list[Row], group: str = "all") -> dict[str, Any]:
+    """Counts per status, latency percentiles (seconds) and the objective share for ``rows``.
+
+    Percentiles are over the enforced revocations that have the latency; the objective share is
+    over the judged ones (enforced, not_enforced, quiet): a quiet revocation proves nothing, so it
+    does not meet the objective.
+    """
     statuses = [str(r.get("status")) for r in rows]
+    enforced = [r for r in rows if r.get("status") == "enforced"]
+    judged = sum(statuses.count(s) for s in JUDGED)
+    met = sum(1 for r in rows if r.get("objective_met") is True)
+    notice, denial = _values(enforced, "notice_latency_seconds"), _values(enforced, "denial_latency_seconds")
+    exposure = _values(rows, "exposure_seconds")
     return {
-        "revocations": len(rows),
-        "enforced": statuses.count("enforced"),
-        "not_enforced": statuses.count("not_enforced"),
-        "unverified": statuses.count("unverified"),
-        "p50_seconds": percentile(lat, 50), "p90_seconds": percentile(lat, 90),
-        "p95_seconds": percentile(lat, 95), "p99_seconds": percentile(lat, 99),
-        "max_seconds": max(lat) if lat else None,
+        "group": group, "revocations": len(rows), **{s: statuses.count(s) for s in STATUSES}, "judged": judged,
+        "notice_p50_seconds": percentile(notice, 50), "notice_p95_seconds": percentile(notice, 95),
+        "denial_p50_seconds": percentile(denial, 50), "denial_p95_seconds": percentile(denial, 95),
+        "exposure_max_seconds": max(exposure) if exposure else None,
+        "objective_met": met, "objective_share": round(met / judged, 4) if judged else None,
     }
 
 
+def latency_groups(rows: list[Row]) -> list[dict[str, Any]]:
+    """:func:`latency_summary` for all rows, then per system (IdP) and per cluster seen."""
+    out = [latency_summary(rows)]
+    for system in sorted({str(r["system"]) for r in rows}):
+        out.append(latency_summary([r for r in rows if r["system"] == system], f"system:{system}"))
+    clusters = sorted({c for r in rows for c in (r.get("clusters") or [])})
+    for cluster in clusters:
+        out.append(latency_summary([r for r in rows if cluster in (r.get("clusters") or [])], f"cluster:{cluster}"))
+    return out
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _share(n: int, of: int) -> str:
+    return f"{n} of {of} ({100 * n / of:.0f} %)" if of else f"{n}"
+
+
+def verdict(rows: list[Row], objective_seconds: int) -> list[str]:
+    """One line per question, for the top of the report (every format) and the notebook."""
+    s = latency_summary(rows)
+    judged = int(s["judged"])
+    if not rows:
+        return ["No revocation in this window: nothing to judge."]
+    lines = [f"{len(rows)} revocation(s): {judged} judged, {s['pending']} pending (grace period not yet passed), "
+             f"{s['not_applicable']} not applicable (subject never used the proxy or the API server)."]
+    lines.append(f"Enforced: {_share(int(s['enforced']), judged)}; the proxy noticed in "
+                 f"{_dur(s['notice_p50_seconds'])} (p50) / {_dur(s['notice_p95_seconds'])} (p95); first attributable "
+                 f"denial {_dur(s['denial_p50_seconds'])} (p50).")
+    lines.append(f"Objective (enforced, nothing allowed, within {_dur(float(objective_seconds))}): met by "
+                 f"{_share(int(s['objective_met']), judged)}.")
+    lines.append(f"Not enforced: {_share(int(s['not_enforced']), judged)}"
+                 + (" — allowed use after the grace period; see the findings of revocation.not_enforced."
+                    if s["not_enforced"] else "."))
+    lines.append(f"Quiet: {_share(int(s['quiet']), judged)} — seen before, nothing allowed or denied after and no "
+                 "proxy notice: no proof either way.")
+    return lines
+
+
 def revocation(ctx: ReportContext) -> ReportResult:
-    """Each revocation with status and latency, plus latency percentiles (``ztaudit report revocation``)."""
+    """The verdict, each revocation with its evidence chain, and latency per group (``ztaudit report revocation``)."""
     with ctx.progress.step("judging revocations"):
         rows = revocation_rows(ctx)
+    rc = ctx.config.revocation
     result = ReportResult("revocation", "Revocation enforcement", [
-        Section("revocations", "Revocations (status and latency)", REVOCATION_COLUMNS, rows,
+        Section("revocations", "Revocations (status, reason and latency)", REVOCATION_COLUMNS, rows,
                 display=REVOCATION_DISPLAY,
-                description=f"grace period {ctx.config.revocation.grace_seconds} s; latency = revocation to first "
-                            "denial (enforced); exposure = revocation to last allowed use after the grace period "
-                            "(not_enforced)"),
-        Section("latency", "Revocation latency percentiles (seconds)", LATENCY_COLUMNS, [latency_summary(rows)],
-                vertical=True),
-    ])
+                description=f"grace period {rc.grace_seconds} s; notice = revocation to the proxy dropping the "
+                            "session; denial = revocation to the first attributable denial; exposure = revocation "
+                            "to the last allowed use after it"),
+        Section("latency", "Latency and objective per IdP and cluster (seconds)", LATENCY_COLUMNS,
+                latency_groups(rows)),
+    ], verdict=verdict(rows, rc.objective_seconds))
     if ctx.want_charts:
-        result.charts.append(latency_chart(revocation_times(rows), ctx.config.revocation.grace_seconds))
+        result.charts.append(latency_chart(revocation_times(rows), rc.grace_seconds))
     return result

@@ -46,8 +46,13 @@ def _fmt_tick(v: float) -> str:
     return f"{v:g}"
 
 
+#: Revocation statuses keep one colour in every chart: ``not_enforced`` is always red.
+STATUS_COLORS = {"not_enforced": "#d7301f", "enforced": "#1a9850", "quiet": "#969696", "pending": "#fdae61",
+                 "not_applicable": "#d9d9d9"}
+
+
 def _color(label: str, i: int) -> str:
-    return SEVERITY_COLORS.get(label, PALETTE[i % len(PALETTE)])
+    return SEVERITY_COLORS.get(label) or STATUS_COLORS.get(label) or PALETTE[i % len(PALETTE)]
 
 
 def _short(text: str, n: int) -> str:

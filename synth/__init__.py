@@ -11,5 +11,7 @@ flows:
 * :mod:`.incident_context`, :mod:`.incidents_impersonation`, :mod:`.incidents_revocation`,
   :mod:`.incidents_reach`, :mod:`.incidents_credentials`: labelled incidents and near-misses per
   detector id; :mod:`.incidents` plans them.
-* :mod:`.engine`: the main loop, day files, ``labels.jsonl``, ``manifest.json``, ``ztaudit.toml``.
+* :mod:`.revocation_truth`: the expected status of every revocation, judged on the lines written.
+* :mod:`.engine`: the main loop, day files, ``labels.jsonl``, ``revocations.jsonl``, ``manifest.json``,
+  ``ztaudit.toml``.
 """

@@ -13,6 +13,7 @@ Output (``ztaudit ingest DIR`` reads the log folders; the source kind is detecte
     DIR/idp_event/okta-<YYYY-MM-DD>.jsonl               Okta System Log events
     DIR/idp_event/pomerium-identity-<YYYY-MM-DD>.jsonl  Pomerium identity_manager deletions
     DIR/.ztaudit/labels.jsonl                           one line per labelled incident / near-miss
+    DIR/.ztaudit/revocations.jsonl                      one line per IdP revocation: its expected status
     DIR/.ztaudit/manifest.json                          seed, options, counts, clusters, time span
     DIR/.ztaudit/ztaudit.toml                           proxy host -> cluster map, cluster networks
 
@@ -39,6 +40,7 @@ from ztaudit.synth.events import emit_request
 from ztaudit.synth.incident_context import ALL_KINDS, Label
 from ztaudit.synth.incidents import plan_incidents
 from ztaudit.synth.people import ci_hour, human_hour
+from ztaudit.synth.revocation_truth import Observed, judge
 from ztaudit.synth.traffic import (
     Actor,
     Buffers,
@@ -201,6 +203,7 @@ def generate(opts: GenerateOptions) -> Result:
     proxy_files = _DayFiles(out_dir, "proxy_decision", "pomerium", counts)
     okta_files = _DayFiles(out_dir, "idp_event", "okta", counts)
     ident_files = _DayFiles(out_dir, "idp_event", "pomerium-identity", counts)
+    obs = Observed()
 
     for h0 in range(world.start, world.end, HOUR):
         h1 = h0 + HOUR
@@ -228,13 +231,29 @@ def generate(opts: GenerateOptions) -> Result:
         for h in world.humans:
             human_hour(world, rng, bufs, h, h0, h1, scale)
         for c in world.clusters:
-            audit_files[c.name].write(_take(bufs.audit[c.name], h1, world.start))
-        proxy_files.write(_take(bufs.proxy, h1, world.start))
-        okta_files.write(_take(bufs.okta, h1, world.start))
-        ident_files.write(_take(bufs.pomerium_identity, h1, world.start))
+            ready = _take(bufs.audit[c.name], h1, world.start)
+            obs.seen(ready)
+            audit_files[c.name].write(ready)
+        ready = _take(bufs.proxy, h1, world.start)
+        obs.seen(ready)
+        if plan.revocations:
+            obs.add_proxy(ready)
+        proxy_files.write(ready)
+        ready = _take(bufs.okta, h1, world.start)
+        obs.seen(ready)
+        okta_files.write(ready)
+        ready = _take(bufs.pomerium_identity, h1, world.start)
+        obs.seen(ready)
+        if plan.revocations:
+            obs.add_identity(ready)
+        ident_files.write(ready)
     for files in [*audit_files.values(), proxy_files, okta_files, ident_files]:
         files.close()
 
+    revocations = judge(plan.revocations, obs, bufs.uses, world.start, world.end)
+    for rev, row in zip(plan.revocations, revocations, strict=True):
+        if rev.label is not None:  # labels.jsonl follows the judged status
+            rev.label.kind = "incident" if row["expected_status"] == "not_enforced" else "near_miss"
     labels = list(plan.labels)
     for st in stale.values():
         if st.first is not None and st.last is not None:
@@ -246,8 +265,15 @@ def generate(opts: GenerateOptions) -> Result:
     with open(meta / "labels.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for lab in labels:
             fh.write(json.dumps(lab.as_dict(), sort_keys=False) + "\n")
+    with open(meta / "revocations.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+        for row in revocations:
+            fh.write(json.dumps(row, sort_keys=False) + "\n")
     (meta / "ztaudit.toml").write_text(config_toml(world), encoding="utf-8")
     manifest = _manifest(opts, scale, world, counts, labels)
+    status: dict[str, int] = {}
+    for row in revocations:
+        status[row["expected_status"]] = status.get(row["expected_status"], 0) + 1
+    manifest["counts"]["revocations"] = dict(sorted(status.items()))
     (meta / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return Result(manifest=manifest, labels=labels)
 

@@ -260,6 +260,12 @@ def pomerium_identity(t: int, offset_minutes: int, user_id: str, session: str, e
             f'"error":{jstr(error)},"time":"{iso_local_seconds(t, offset_minutes)}","message":{jstr(message)}}}')
 
 
+def pomerium_session_deleted(t: int, offset_minutes: int, session: str) -> str:
+    """The debug ``deleting session`` line every deletion path of ``identity_manager`` logs (§1.4)."""
+    return (f'{{"level":"debug","service":"identity_manager","session-id":"{session}",'
+            f'"time":"{iso_local_seconds(t, offset_minutes)}","message":"deleting session"}}')
+
+
 # --- Okta ----------------------------------------------------------------------------------
 
 _OKTA_TYPES = {
@@ -267,6 +273,7 @@ _OKTA_TYPES = {
     "user.session.end": ("core.user_auth.logout_success", "User logout from Okta"),
     "user.lifecycle.deactivate": ("core.user.config.user_deactivated", "Deactivate Okta user"),
     "user.lifecycle.suspend": ("core.user.config.user_status.suspended", "Suspend Okta user"),
+    "user.lifecycle.unsuspend": ("core.user.config.user_status.unsuspended", "Unsuspend Okta user"),
     "user.session.clear": ("core.user.session.clear", "Clear user session"),
 }
 

@@ -33,7 +33,8 @@ ALL_KINDS: frozenset[str] = frozenset({
 })
 
 OFF = PROXY_UTC_OFFSET_MINUTES * MINUTE
-#: people (indexes into world.humans) whose accounts are revoked, one per revocation instance
+#: people (indexes into world.humans) whose accounts may be revoked: no other incident family
+#: scripts them, so their pauses never hide another family's evidence
 REVOKED = (13, 14, 15, 3, 7, 9)
 KUBECTL_LINUX = "kubectl/v1.29.4 (linux/amd64) kubernetes/55fd7ef"
 KUBECTL_MAC = "kubectl/v1.32.1 (darwin/arm64) kubernetes/e9c9be4"
@@ -58,12 +59,35 @@ class Label:
 
 
 @dataclass(slots=True)
+class Revocation:
+    """One revoking IdP event the generator emits, with what it was planned to show.
+
+    ``revoked_at`` is the Okta ``published`` instant (µs, a whole millisecond); ``restored_at`` the
+    ``user.lifecycle.unsuspend`` that ends it, if any. ``label`` is the ``revocation.not_enforced``
+    line of ``labels.jsonl`` for it (None for IdP-only people and lines-less cases); the engine sets its
+    ``kind`` from the judged status (:mod:`.revocation_truth`).
+    """
+
+    event_type: str
+    subject: str
+    subject_id: str
+    revoked_at: int
+    kind: str  # "identity" | "session"
+    intent: str  # the status it was built to have
+    note: str
+    cluster: str = ""
+    restored_at: int | None = None
+    label: Label | None = None
+
+
+@dataclass(slots=True)
 class Plan:
     """Labels with known spans, and stale-credential labels whose span the engine measures."""
 
     labels: list[Label] = field(default_factory=list)
     stale: list[tuple[Label, Pod, int]] = field(default_factory=list)
     warn_after: dict[int, tuple[int, str]] = field(default_factory=dict)
+    revocations: list[Revocation] = field(default_factory=list)
 
     def stale_annotation(self, pod: Pod, t: int) -> str:
         """``authentication.k8s.io/stale-token`` for a kubelet token used past ``warnafter`` (§5.1).
@@ -116,12 +140,17 @@ class IncidentContext:
         self.plan.labels.append(lab)
         for det, act in also or []:
             self.plan.labels.append(Label(det, act, first, last, cluster, kind, note + f" (also labelled {detector})"))
+        self.merge(s)
+        return lab
+
+    def merge(self, s: Buffers) -> None:
+        """Merge a scratch buffer into the main buffers without labelling it."""
         for name, lines in s.audit.items():
             self.bufs.audit[name].extend(lines)
         self.bufs.proxy.extend(s.proxy)
         self.bufs.okta.extend(s.okta)
         self.bufs.pomerium_identity.extend(s.pomerium_identity)
-        return lab
+        self.bufs.uses.extend(s.uses)
 
 
 def pod_named(c: Cluster, ns: str, name: str, k: int = 0) -> Pod:

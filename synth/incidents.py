@@ -45,7 +45,7 @@ from ztaudit.synth.incidents_impersonation import (
     unobserved,
 )
 from ztaudit.synth.incidents_reach import new_namespace, reach, scale_out
-from ztaudit.synth.incidents_revocation import revocation
+from ztaudit.synth.incidents_revocation import revocations
 from ztaudit.synth.traffic import Buffers
 from ztaudit.synth.world import (
     World,
@@ -54,7 +54,7 @@ from ztaudit.synth.world import (
 _Step = tuple[str, int, Callable[[IncidentContext, int], None]]
 
 _STEPS: list[_Step] = [
-    ("revocation.not_enforced", 6, revocation),
+    ("revocation.not_enforced", 1, revocations),
     ("impersonation.proxy_bypass", 3, proxy_bypass),
     ("impersonation.unobserved", 3, unobserved),
     ("impersonation.unobserved", 2, proxy_sa_direct),
@@ -86,4 +86,5 @@ def plan_incidents(world: World, rng: random.Random, bufs: Buffers, kinds: froze
     if "credential.stale" in kinds:
         dormant_admin_cert(ctx)
     plan.labels = [lab for lab in plan.labels if lab.detector in kinds]
+    plan.revocations.sort(key=lambda r: (r.revoked_at, r.subject))
     return plan

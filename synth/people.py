@@ -43,8 +43,10 @@ from ztaudit.synth.world import (
     Human,
     Pod,
     World,
+    active_spans,
     okta_session,
     pod_jti,
+    session_at,
     session_id,
 )
 
@@ -104,11 +106,21 @@ def proxied_request(world: World, rng: random.Random, out: Buffers, c: Cluster, 
     imp = impersonated(h.email, [h.team.group_id, *h.groups])
     req = emit_request(out.audit_to(c.name), rng, ta, op, user, ips, jstr(h.user_agent), imp=imp, status=status,
                        ann=ann, watch_seconds=watch_seconds, end_limit=world.end)
+    out.uses.append((h.email, ta, op.code if status is None else _status_code(status, op.code)))
     if access_log:
         out.to_proxy(req.completed, pomerium_access(req.completed, PROXY_UTC_OFFSET_MINUTES, rid, op.method,
                                                     op.path, c.host, h.user_agent, h.client_ip, op.code,
                                                     (req.completed - t) / 1000))
     return ProxiedResult(t, ta)
+
+
+def _status_code(status: str, default: int) -> int:
+    """The ``code`` of a ``responseStatus`` JSON (its last ``"code":`` member)."""
+    i = status.rfind('"code":')
+    if i < 0:
+        return default
+    digits = status[i + 7:].split("}", 1)[0].split(",", 1)[0]
+    return int(digits) if digits.isdigit() else default
 
 
 _DISCOVERY = [
@@ -240,20 +252,22 @@ def human_hour(world: World, rng: random.Random, out: Buffers, h: Human, h0: int
             continue
         # nothing starts in the last minute, so every proxied request's audit event is in the period
         lo, hi = max(h0, wdw.start), min(h1, wdw.end, world.end - MINUTE)
-        if h.active_until is not None:
-            hi = min(hi, h.active_until)
         login = wdw.start - int((2 + 8 * world.namer.unit("login", h.email, local_day)) * MINUTE)
-        if h0 <= login < h1 and (h.active_until is None or login < h.active_until):
+        if h0 <= login < h1 and active_spans(h, login, login + 1):
             emit_login(world, rng, out, h, login, local_day)
         if hi <= lo:
             continue
-        sess = session_id(world, h, local_day)
-        frac = (hi - lo) / HOUR
-        n = poisson(rng, 5.0 * h.activity * frac * max(0.3, min(1.0, scale) ** 0.5))
-        for _ in range(n):
-            t = lo + int(rng.random() * (hi - lo))
-            cname = h.clusters[0] if rng.random() < 0.6 or len(h.clusters) == 1 else rng.choice(h.clusters[1:])
-            human_command(world, rng, out, world.cluster(cname), h, t, sess)
+        if h.active_until is None and not h.pauses:
+            spans = [(lo, hi)]
+        else:
+            spans = active_spans(h, lo, hi)
+        for a, b in spans:
+            sess = session_id(world, h, local_day) if not h.relogins else ""
+            n = poisson(rng, 5.0 * h.activity * (b - a) / HOUR * max(0.3, min(1.0, scale) ** 0.5))
+            for _ in range(n):
+                t = a + int(rng.random() * (b - a))
+                cname = h.clusters[0] if rng.random() < 0.6 or len(h.clusters) == 1 else rng.choice(h.clusters[1:])
+                human_command(world, rng, out, world.cluster(cname), h, t, sess or session_at(world, h, t))
 
 
 def emit_login(world: World, rng: random.Random, out: Buffers, h: Human, t: int, local_day: int) -> None:

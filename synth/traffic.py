@@ -60,6 +60,9 @@ class Buffers:
     proxy: list[tuple[int, str]] = field(default_factory=list)
     okta: list[tuple[int, str]] = field(default_factory=list)
     pomerium_identity: list[tuple[int, str]] = field(default_factory=list)
+    #: people's API requests as the audit log will show them: (effective user, requestReceived µs,
+    #: response code), for the revocation ground truth (:mod:`.revocation_truth`)
+    uses: list[tuple[str, int, int]] = field(default_factory=list)
 
     def audit_to(self, cluster: str) -> Emit:
         buf = self.audit[cluster]

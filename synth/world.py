@@ -37,6 +37,10 @@ POMERIUM_USER = f"system:serviceaccount:{POMERIUM_NS}:{POMERIUM_SA}"
 #: Local offset of the Pomerium process (US Eastern, standard time in November).
 PROXY_UTC_OFFSET_MINUTES = -5 * 60
 
+#: Background activity stops this long before a pause (or deactivation), so no command of the
+#: person's own routine straddles the revocation instant.
+PAUSE_MARGIN_US = MINUTE
+
 KUBE_VERSION = "v1.32.3"
 KUBE_COMMIT = "6d2f1b5"
 
@@ -131,8 +135,14 @@ class Human:
     user_agent: str
     clusters: list[str]
     activity: float  # relative busyness
-    #: background activity stops here (the user was revoked; incidents take over after it)
+    #: background activity stops here for good (the user was deactivated; incidents take over after it)
     active_until: int | None = None
+    #: spans ``[from, to)`` without background activity (suspended until restored, sessions cleared
+    #: until the next login); sorted, never overlapping
+    pauses: list[tuple[int, int]] = field(default_factory=list)
+    #: instants of a new login on the same local day (after a session clear or a restoration): each
+    #: one starts a new Pomerium session id (:func:`session_at`)
+    relogins: list[int] = field(default_factory=list)
     #: extra namespaces the person starts to use from a given instant (new team namespace)
     extra_namespaces: list[tuple[int, str]] = field(default_factory=list)
 
@@ -307,6 +317,37 @@ def build_world(seed: int, cluster_names: list[str], start: int, days: int) -> W
 def session_id(world: World, human: Human, day_index: int, generation: int = 0) -> str:
     """The Pomerium session id a person uses on a given day (one login per working day)."""
     return world.namer.uuid("session", human.email, day_index, generation)
+
+
+def session_at(world: World, human: Human, t: int) -> str:
+    """The Pomerium session id the person holds at ``t``: the day's, renewed at each re-login."""
+    day = (t + PROXY_UTC_OFFSET_MINUTES * MINUTE) // DAY
+    gen = 0
+    for r in human.relogins:
+        if r <= t and (r + PROXY_UTC_OFFSET_MINUTES * MINUTE) // DAY == day:
+            gen += 1
+    return world.namer.uuid("session", human.email, day, gen)
+
+
+def active_spans(human: Human, lo: int, hi: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` without the person's pauses (and nothing from ``active_until`` on)."""
+    if human.active_until is not None:
+        hi = min(hi, human.active_until - PAUSE_MARGIN_US)
+    if hi <= lo:
+        return []
+    spans = [(lo, hi)]
+    for a0, b in human.pauses:
+        a = a0 - PAUSE_MARGIN_US  # nothing starts in the minute before a pause
+        if b <= lo or a >= hi:
+            continue
+        out = []
+        for x, y in spans:
+            if x < a:
+                out.append((x, min(y, a)))
+            if y > b:
+                out.append((max(x, b), y))
+        spans = out
+    return spans
 
 
 def okta_session(world: World, human: Human, day_index: int) -> str:

@@ -52,7 +52,8 @@ VIEWS: Final[dict[str, View]] = {v.name: v for v in (
     View("proxy_audit_match", "Proxy decisions paired with the impersonated audit requests they caused (tier A "
                               "exact id, tier C composite key + time window, multiset); side = both | proxy (no "
                               "audit request) | audit (no decision)."),
-    View("revocations", "Revocations seen in the IdP log (is_revocation) and in the audit log (deleted service "
-                        "accounts, legacy-token secrets, role bindings), one row each; subject and kind say what "
-                        "was cut."),
+    View("revocations", "Revocations seen in the IdP log (is_revocation; Keycloak disables inferred from their "
+                        "REFRESH_TOKEN_ERROR 'User disabled' confirmation, inferred_from) and in the audit log "
+                        "(deleted service accounts, legacy-token secrets, role bindings), one row per logged line "
+                        "(report revocation folds duplicates); subject and kind say what was cut."),
 )}

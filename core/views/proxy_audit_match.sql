@@ -4,11 +4,15 @@ WITH zt_p AS MATERIALIZED (
            coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster,
            epoch_us(d.decided_at) AS d_us,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
-           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h, lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at, d.request_id, d.check_request_id, d.session_id, d.user_id, d.host
+           hash(coalesce(d.check_request_id, d.request_id)) AS rid_h,
+           CASE WHEN coalesce(d.session_id, '') <> ''
+                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, upper(d.method), d.path)
+           END AS kb, lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at,
+           d.request_id, d.check_request_id, d.session_id, d.user_id, d.host
     FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
-    WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> '' 
+    WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
       AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
            SELECT x.check_request_id FROM proxy_decision x
@@ -16,17 +20,26 @@ WITH zt_p AS MATERIALIZED (
     ),
          zt_a AS MATERIALIZED (
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(r.impersonated_user),
+           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
                           CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END,
                           split_part(r.request_uri, '?', 1))) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
-           lower(any_value(r.impersonated_user)) AS who, epoch_us(any_value(r.request_received_at)) AS r_us, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb, CASE any_value(r.verb) WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(any_value(r.verb)) END AS method, split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id, any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code
+           lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
+           epoch_us(any_value(r.request_received_at)) AS r_us,
+           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
+                          THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
+                                    CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1)) END)
+             AS kb, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb,
+           CASE any_value(r.verb) WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(any_value(r.verb)) END AS method,
+           split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id,
+           any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code
     FROM k8s_audit r CROSS JOIN zt_correlation_settings s
-    WHERE r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL 
-      AND (coalesce(r.impersonator IN (SELECT username FROM zt_approved_impersonators WHERE cluster = '*'), false) OR coalesce(coalesce(coalesce(r.cluster, s.single_cluster), '') || chr(0) || r.impersonator IN (SELECT cluster || chr(0) || username FROM zt_approved_impersonators), false))
+    WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
+            AND (coalesce(r.impersonator IN (SELECT username FROM zt_approved_impersonators WHERE cluster = '*'), false) OR coalesce(coalesce(coalesce(r.cluster, s.single_cluster), '') || chr(0) || r.impersonator IN (SELECT cluster || chr(0) || username FROM zt_approved_impersonators), false)))
+           OR r.proxy_session_id IS NOT NULL)
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
     ),
-         zt_pa AS MATERIALIZED (
+         zt_pa0 AS MATERIALIZED (
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'A' AS tier
     FROM zt_p p JOIN zt_a a ON a.audit_h = p.rid_h AND a.cluster = p.cluster
     CROSS JOIN zt_correlation_settings s
@@ -34,6 +47,16 @@ WITH zt_p AS MATERIALIZED (
     QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
         AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
 ),
+         zt_pb AS MATERIALIZED (
+    SELECT p.pk AS p_pk, a.pk AS a_pk, 'B' AS tier
+    FROM (SELECT * FROM zt_p WHERE kb IS NOT NULL) p JOIN (SELECT * FROM zt_a WHERE kb IS NOT NULL) a ON a.kb = p.kb
+    CROSS JOIN zt_correlation_settings s
+    WHERE abs(a.r_us - (p.d_us + p.prec_us // 2)) <= s.window_us + p.prec_us // 2
+      AND p.pk NOT IN (SELECT p_pk FROM zt_pa0) AND a.pk NOT IN (SELECT a_pk FROM zt_pa0)
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+),
+         zt_pa AS MATERIALIZED (SELECT * FROM zt_pa0 UNION ALL SELECT * FROM zt_pb),
          zt_c0 AS MATERIALIZED (
              WITH r AS MATERIALIZED (
     WITH u AS (
@@ -41,7 +64,7 @@ WITH zt_p AS MATERIALIZED (
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pa)
         UNION ALL
         SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pa)
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pa) AND kb IS NULL
     )
     SELECT pk, is_a, k, t, half, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n FROM u
     ) 
@@ -57,7 +80,7 @@ WITH zt_p AS MATERIALIZED (
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x0)
         UNION ALL
         SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x0)
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x0) AND kb IS NULL
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
@@ -85,7 +108,7 @@ WITH zt_p AS MATERIALIZED (
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x1)
         UNION ALL
         SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x1)
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x1) AND kb IS NULL
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,

@@ -12,6 +12,7 @@ WITH zt_cd AS MATERIALIZED (
            lower(i.subject_login) AS login, i.subject_id, i.session_id,
            i.occurred_at AS revoked_at, i.actor AS revoked_by, i.event_type,
            'idp_event:' || coalesce(i.origin, i.idp || '/' || CAST(i.occurred_at AS VARCHAR)) AS evidence,
+           CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
                AND regexp_matches(e.event_type, '(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)')
@@ -19,7 +20,28 @@ WITH zt_cd AS MATERIALIZED (
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
     FROM idp_event i
-    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED') 
+    WHERE i.is_revocation AND coalesce(upper(i.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+      AND NOT (i.idp = 'pomerium' AND i.event_type LIKE '%expired session%') 
+    UNION ALL
+    SELECT 'idp', 'keycloak', NULL, 'identity', c.subject_id, NULL, c.subject_id, NULL,
+           coalesce(c.updated_at, c.occurred_at),
+           (SELECT min(u.actor) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
+              AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at),
+           CASE WHEN c.updated_at IS NULL THEN c.event_type ELSE 'admin:UPDATE:USER' END,
+           'idp_event:' || coalesce(
+               (SELECT min(u.origin) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
+                  AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at), c.origin),
+           'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
+           (SELECT min(e.occurred_at) FROM idp_event e
+             WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
+               AND regexp_matches(e.event_type, '(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)'))
+    FROM (SELECT k.*, (SELECT max(u.occurred_at) FROM idp_event u
+                       WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
+                         AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
+                         AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at
+          FROM idp_event k
+          WHERE k.idp = 'keycloak' AND k.event_type = 'REFRESH_TOKEN_ERROR' AND k.subject_id IS NOT NULL
+            AND regexp_matches(k.reason, '(?i)user (disabled|not found)') ) c
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'
@@ -29,7 +51,7 @@ WITH zt_cd AS MATERIALIZED (
                 WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
                 ELSE 'ClusterRoleBinding/' || d.name END,
            NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
-           'k8s_audit:' || d.cluster || '/' || d.audit_id,
+           'k8s_audit:' || d.cluster || '/' || d.audit_id, NULL,
            (SELECT min(c.request_received_at) FROM zt_cd c
              WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
                AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')

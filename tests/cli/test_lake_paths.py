@@ -145,7 +145,7 @@ def test_ingest_of_a_generate_folder_reads_only_the_logs(tmp_path: Path, capsys:
     code, _, err = run(["ingest", "--config", str(config), "--lake", str(lake), str(out), "--strict", "-q"], capsys)
     assert code == 0, err  # --strict: exit 3 if anything (a label, the manifest) was quarantined
     assert not (lake / "quarantine").exists()
-    assert {p.name for p in meta.iterdir()} == {"labels.jsonl", "manifest.json", "ztaudit.toml"}
+    assert {p.name for p in meta.iterdir()} == {"labels.jsonl", "revocations.jsonl", "manifest.json", "ztaudit.toml"}
     assert not [p for p in out.iterdir() if p.is_file()]  # nothing beside the log folders
     assert str(meta.resolve()) in said
 

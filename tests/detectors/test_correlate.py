@@ -58,8 +58,8 @@ def _sides(lake: Path, cfg: Config | None = None) -> dict[str, int]:
     correlate.install_config(con, cfg)
     view = dict(con.execute("SELECT side, count(*) FROM proxy_audit_match GROUP BY side").fetchall())
     corr = correlate.ensure(DetectContext(con, cfg))
-    summary = con.execute("SELECT sum(matched_tier_a + matched_tier_c), sum(unmatched_proxy), sum(unmatched_audit) "
-                          f"FROM {corr.summary}").fetchone()
+    summary = con.execute("SELECT sum(matched_tier_a + matched_tier_b + matched_tier_c), sum(unmatched_proxy), "
+                          f"sum(unmatched_audit) FROM {corr.summary}").fetchone()
     assert summary is not None
     both, proxy, audit = (int(x or 0) for x in summary)
     assert (view.get("both", 0), view.get("proxy", 0), view.get("audit", 0)) == (both, proxy, audit), view
@@ -174,3 +174,39 @@ def test_ensure_builds_once_per_run_and_report_keeps_its_own_table(lake: Path) -
     assert _has_table(con, corr.unmatched_proxy) and _has_table(con, correlate.SUMMARY_ONLY)
     # no intermediate table is left behind
     assert not [t for t in ("zt_p", "zt_a", "zt_pairs", "zt_r", "zt_lp", "zt_la") if _has_table(con, t)]
+
+
+def _jwt_request(i: int, at: datetime, session: str, *, user: str = "alice@example.com") -> dict[str, Any]:
+    """Pomerium-JWT mode: the API server authenticated the proxy's JWT itself (no impersonation) and
+    mapped its ``sid`` claim into user.extra, ingested as ``proxy_session_id`` (tier B)."""
+    req = _request(i, at, user=user)
+    req.update(user_name=user, impersonator=None, impersonated_user=None, proxy_session_id=session)
+    return req
+
+
+def test_tier_b_pairs_by_proxy_session(lake: Path) -> None:
+    # the same person in two sessions (laptop, CI runner) making the same request in the same second:
+    # the session ids decide which decision caused which request
+    proxy = [{**_decision(1, T0), "session_id": "s-laptop"}, {**_decision(2, T0), "session_id": "s-runner"},
+             {**_decision(3, T0 + timedelta(minutes=1)), "session_id": "s-laptop"}]
+    audit = [_jwt_request(1, T0 + timedelta(milliseconds=300), "s-runner"),
+             _jwt_request(2, T0 + timedelta(milliseconds=500), "s-laptop"),
+             # a request carrying a session id the proxy never decided for in that minute
+             _jwt_request(3, T0 + timedelta(minutes=1, milliseconds=200), "s-stolen")]
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 2, "proxy": 1, "audit": 1}
+    con = open_lake(lake, must_exist=False)
+    pairs = con.execute("SELECT request_id, audit_id, tier FROM proxy_audit_match WHERE side = 'both' "
+                        "ORDER BY request_id").fetchall()
+    assert pairs == [("p1", "a2", "B"), ("p2", "a1", "B")]
+    unmatched = con.execute("SELECT actor, audit_id FROM proxy_audit_match WHERE side = 'audit'").fetchall()
+    assert unmatched == [("alice@example.com", "a3")]
+
+
+def test_without_session_ids_tier_c_as_before(lake: Path) -> None:
+    proxy = [{**_decision(1, T0), "session_id": "s-laptop"}]
+    audit = [_request(1, T0 + timedelta(milliseconds=300))]  # impersonated, no proxy session id
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 1, "proxy": 0, "audit": 0}
+    con = open_lake(lake, must_exist=False)
+    assert con.execute("SELECT tier FROM proxy_audit_match WHERE side = 'both'").fetchall() == [("C",)]

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support.lakes import ingest_generated
 
-from ztaudit.core.config import Config, load_config
+from ztaudit.core.config import Config
 from ztaudit.detectors.run import RunResult, run_detectors
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,6 @@ def _ts(text: str) -> datetime:
 @pytest.fixture(scope="module")
 def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], RunResult, Config]:
     from ztaudit.cli.main import cli
-    from ztaudit.pipeline.ingest import ingest_paths
 
     root = tmp_path_factory.mktemp("week")
     out, lake = root / "gen", root / "lake"
@@ -40,11 +40,7 @@ def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
                                    "--clusters", "prod,staging,dev", "--seed", "3"])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / ".ztaudit" / "manifest.json").read_text())
-    cfg = load_config(out / manifest["ingest"]["config"], env={})
-    for cluster, pattern in manifest["ingest"]["k8s_audit"].items():
-        ingest_paths(sorted(out.glob(pattern)), lake, source="k8s_audit", cluster=cluster, config=cfg)
-    ingest_paths(sorted(out.glob(manifest["ingest"]["proxy_decision"])), lake, source="proxy_decision", config=cfg)
-    ingest_paths(sorted(out.glob(manifest["ingest"]["idp_event"])), lake, source="idp_event", config=cfg)
+    cfg = ingest_generated(out, lake)
     assert manifest["counts"]["by_kind"]["k8s_audit"] >= 500_000
     assert len(manifest["options"]["clusters"]) >= 3
     labels = [json.loads(x) for x in (out / ".ztaudit" / "labels.jsonl").read_text().splitlines() if x.strip()]

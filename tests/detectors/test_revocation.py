@@ -109,15 +109,28 @@ def test_latency_local_offset_second_precision(tmp_path: Path, lake: Path) -> No
     # proxy writes +02:00 local time in whole seconds; the API server clock runs 1.5 s ahead
     _ingest(tmp_path, lake,
             [_pomerium("2026-11-20T11:59:50+02:00", "g1", "gina@example.com", True),
-             _pomerium("2026-11-20T12:00:31+02:00", "g2", "gina@example.com", False)],
+             _pomerium("2026-11-20T12:00:31+02:00", "g2", "gina@example.com", False),
+             _pomerium("2026-11-20T12:20:00+02:00", "g4", "gina@example.com", False)],
             [_audit("ga-1", "2026-11-20T09:59:51.600000Z")])
     (row,) = status_rows(lake, Config())
-    assert row["status"] == "enforced"
-    assert row["latency_seconds"] == pytest.approx(30.75)
-    assert row["first_denied_proxy"] == datetime.fromisoformat("2026-11-20T10:00:31+00:00")
-    assert row["last_allowed_proxy_before"] == datetime.fromisoformat("2026-11-20T09:59:50+00:00")
-    assert row["last_allowed_api_before"] == datetime.fromisoformat("2026-11-20T09:59:51.600+00:00")
+    assert row["status"] == "enforced", row["reason"]
+    assert row["denial_latency_seconds"] == pytest.approx(30.75)
+    assert row["attribution"] == "exact"
+    assert row["first_denied_at"] == datetime.fromisoformat("2026-11-20T10:00:31+00:00")
+    assert row["last_allowed_before"] == datetime.fromisoformat("2026-11-20T09:59:51.600+00:00")
+    assert "first attributable denial 31 s after it" in row["reason"]
     assert detect(lake, "revocation.not_enforced", Config()) == []
+
+
+def test_pending_until_the_grace_period_has_passed(tmp_path: Path, lake: Path) -> None:
+    # the last line of the lake is 31 s after the revocation: nothing can be said of the grace period yet
+    _ingest(tmp_path, lake,
+            [_pomerium("2026-11-20T11:59:50+02:00", "g1", "gina@example.com", True),
+             _pomerium("2026-11-20T12:00:31+02:00", "g2", "gina@example.com", False)], [])
+    (row,) = status_rows(lake, Config())
+    assert row["status"] == "pending"
+    assert "grace period ends at 2026-11-20 10:15:00Z" in row["reason"]
+    assert row["denial_latency_seconds"] == pytest.approx(30.75)
 
 
 def test_not_enforced_local_offset(tmp_path: Path, lake: Path) -> None:

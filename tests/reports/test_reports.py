@@ -198,8 +198,8 @@ def test_impersonation_paths(story: Path) -> None:
     assert allsec["notes"] == []
 
 
-MATCH_COLUMNS = ["cluster", "actor", "matched_tier_a", "matched_tier_c", "unmatched_proxy", "unmatched_audit",
-                 "pending", "match_rate", "first_seen", "last_seen"]
+MATCH_COLUMNS = ["cluster", "actor", "matched_tier_a", "matched_tier_b", "matched_tier_c", "unmatched_proxy",
+                 "unmatched_audit", "pending", "match_rate", "first_seen", "last_seen"]
 
 
 def test_impersonation_matching_is_the_detectors_summary(story: Path) -> None:
@@ -222,12 +222,14 @@ def test_impersonation_matching_is_the_detectors_summary(story: Path) -> None:
 
 #: README "Primary-section fields" of ``revocation`` (detectors.revocation_status.STATUS_COLUMNS), then
 #: ``allowed_after_grace`` (the same references as ``violations``).
-REVOCATION_FIELDS = ["kind", "subject", "identity", "subject_id", "session_id", "cluster", "source", "system",
-                     "event_type", "revoked_at", "revoked_by", "restored_at", "last_allowed_proxy_before",
-                     "first_allowed_proxy_after", "first_denied_proxy", "last_allowed_api_before",
-                     "first_allowed_api_after", "first_denied_api", "allowed_after_grace_proxy",
-                     "allowed_after_grace_api", "first_allowed_after_grace", "last_allowed_after_grace",
-                     "latency_seconds", "exposure_seconds", "status", "evidence", "violations", "allowed_after_grace"]
+REVOCATION_FIELDS = [
+    "kind", "subject", "identity", "subject_id", "session_id", "cluster", "clusters", "source", "system",
+    "event_type", "revoked_at", "revoked_by", "inferred_from", "restored_at", "bridge", "status", "reason",
+    "notice_at", "notice_event", "first_denied_at", "attribution", "anonymous_refused", "last_allowed_before",
+    "first_allowed_after", "last_allowed_after", "allowed_after_grace_proxy", "allowed_after_grace_api",
+    "first_allowed_after_grace", "last_allowed_after_grace", "notice_latency_seconds", "denial_latency_seconds",
+    "exposure_seconds", "objective_met", "evidence", "duplicates", "notices", "denials", "violations",
+    "allowed_after_grace"]
 
 
 def test_revocation_statuses_and_latency(story: Path) -> None:
@@ -240,31 +242,56 @@ def test_revocation_statuses_and_latency(story: Path) -> None:
     assert (carol["allowed_after_grace_proxy"], carol["allowed_after_grace_api"]) == (1, 1)
     assert sorted(v.split(":")[0] for v in carol["violations"]) == ["k8s_audit", "proxy_decision"]
     assert carol["allowed_after_grace"] == carol["violations"]
+    assert carol["reason"].startswith("1 allowed proxy decision(s) and 1 allowed API request(s) more than 900 s")
+    assert carol["objective_met"] is False
     # dave: only denied afterwards, first denial 2 min after the revocation
-    assert dave["status"] == "enforced" and dave["latency_seconds"] == 120.0 and dave["violations"] == []
+    assert dave["status"] == "enforced" and dave["denial_latency_seconds"] == 120.0 and dave["violations"] == []
+    assert dave["attribution"] == "exact" and dave["objective_met"] is True
     lat = json.loads(run("revocation", "--lake", str(story), "--format", "json", "--section", "latency").stdout)
-    assert lat == [{"revocations": 2, "enforced": 1, "not_enforced": 1, "unverified": 0, "p50_seconds": 120.0,
-                    "p90_seconds": 120.0, "p95_seconds": 120.0, "p99_seconds": 120.0, "max_seconds": 120.0}]
+    assert lat[0] == {"group": "all", "revocations": 2, "enforced": 1, "not_enforced": 1, "quiet": 0, "pending": 0,
+                      "not_applicable": 0, "judged": 2, "notice_p50_seconds": None, "notice_p95_seconds": None,
+                      "denial_p50_seconds": 120.0, "denial_p95_seconds": 120.0, "exposure_max_seconds": 1800.0,
+                      "objective_met": 1, "objective_share": 0.5}
+    assert [g["group"] for g in lat][1:] == sorted({f"system:{r['system']}" for r in rows}) + [
+        f"cluster:{c}" for c in sorted({c for r in rows for c in r["clusters"]})]
+
+
+def test_revocation_report_leads_with_the_verdict(story: Path) -> None:
+    text = run("revocation", "--lake", str(story), "--format", "table").stdout.splitlines()
+    first_table = next(i for i, line in enumerate(text) if line.startswith("== "))
+    verdict = "\n".join(text[:first_table])
+    assert "2 revocation(s): 2 judged" in verdict
+    assert "Enforced: 1 of 2 (50 %)" in verdict and "Not enforced: 1 of 2 (50 %)" in verdict
+    assert "met by 1 of 2 (50 %)" in verdict
+    md = run("revocation", "--lake", str(story), "--format", "markdown").stdout
+    assert md.index("**Enforced: 1 of 2") < md.index("## ")
+    html = run("revocation", "--lake", str(story), "--format", "html", "--out", "-").stdout
+    assert html.index('<ul class="verdict">') < html.index("<h2")
+    assert '<td class="st-not_enforced">not_enforced</td>' in html
 
 
 def test_revocation_filters(story: Path) -> None:
     assert [r["subject"] for r in jrun("revocation", "--lake", str(story), "--actor", "uid-dave")] == [
         "dave@example.com"]
     assert jrun("revocation", "--lake", str(story), "--since", "2026-11-22") == []
-    # IdP revocations name no cluster
-    header = run("revocation", "--lake", str(story), "--cluster", "prod", "--format", "csv").stdout
-    assert header.strip() == ",".join(REVOCATION_FIELDS)
+    # IdP revocations name no cluster of their own: --cluster keeps those whose subject was seen there
+    rows = jrun("revocation", "--lake", str(story), "--cluster", "prod")
+    assert rows and all("prod" in r["clusters"] for r in rows)
 
 
 def test_percentile_and_latency_summary() -> None:
     assert percentile([], 50) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([5.0], 99) == 5.0
-    rows = [{"status": "enforced", "latency_seconds": 0.0}, {"status": "not_enforced", "latency_seconds": 1800.0},
-            {"status": "unverified", "latency_seconds": None}]
-    assert latency_summary(rows) == {"revocations": 3, "enforced": 1, "not_enforced": 1, "unverified": 1,
-                                     "p50_seconds": 900.0, "p90_seconds": 1620.0, "p95_seconds": 1710.0,
-                                     "p99_seconds": 1782.0, "max_seconds": 1800.0}
+    rows = [{"status": "enforced", "notice_latency_seconds": 60.0, "denial_latency_seconds": 0.0,
+             "objective_met": True},
+            {"status": "enforced", "notice_latency_seconds": 1200.0, "objective_met": False},
+            {"status": "not_enforced", "exposure_seconds": 1800.0, "objective_met": False},
+            {"status": "quiet"}, {"status": "pending"}, {"status": "not_applicable"}]
+    got = latency_summary(rows)
+    assert (got["revocations"], got["judged"], got["enforced"], got["quiet"], got["pending"]) == (6, 4, 2, 1, 1)
+    assert (got["notice_p50_seconds"], got["denial_p50_seconds"]) == (630.0, 0.0)
+    assert (got["objective_met"], got["objective_share"], got["exposure_max_seconds"]) == (1, 0.25, 1800.0)
 
 
 # --- reach ------------------------------------------------------------------------------------------------

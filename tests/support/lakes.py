@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ztaudit.core.config import Config
 from ztaudit.core.schema import TABLES
 from ztaudit.core.sink import LakeSink
 
@@ -213,29 +214,36 @@ def build_sample_lake(lake: Path, samples: Path, *, detect: bool = True) -> Path
     return lake
 
 
-def build_generated_lake(tmp: Path, *, events: int = 6000, days: int = 2, seed: int = 5) -> tuple[Path, Path]:
-    """``ztaudit generate`` with every incident, then ingest and detect; returns (lake, labels.jsonl)."""
+def ingest_generated(out: Path, lake: Path) -> Config:
+    """Ingest what ``ztaudit generate --out OUT`` wrote, as its manifest says (per cluster, with its
+    config); returns that config (environment ignored)."""
     import json
 
+    from ztaudit.core.config import load_config
+    from ztaudit.pipeline.ingest import ingest_paths
+
+    how = json.loads((out / ".ztaudit" / "manifest.json").read_text())["ingest"]
+    cfg = load_config(out / how["config"], env={})
+    for cluster, pattern in how["k8s_audit"].items():
+        ingest_paths(sorted(out.glob(pattern)), lake, source="k8s_audit", cluster=cluster, config=cfg)
+    for kind in ("proxy_decision", "idp_event"):
+        ingest_paths(sorted(out.glob(how[kind])), lake, source=kind, config=cfg)
+    return cfg
+
+
+def build_generated_lake(tmp: Path, *, events: int = 6000, days: int = 2, seed: int = 5) -> tuple[Path, Path]:
+    """``ztaudit generate`` with every incident, then ingest and detect; returns (lake, labels.jsonl)."""
     from click.testing import CliRunner
 
     from ztaudit.cli.main import cli
-    from ztaudit.core.config import load_config
     from ztaudit.detectors.run import run_detectors
-    from ztaudit.pipeline.ingest import ingest_paths
 
     out = tmp / "generated"
     res = CliRunner().invoke(cli, ["generate", "--out", str(out), "--days", str(days), "--events", str(events),
                                    "--seed", str(seed), "--incidents", "all"])
     assert res.exit_code == 0, res.output
-    manifest = json.loads((out / ".ztaudit" / "manifest.json").read_text())
-    how = manifest["ingest"]  # the generator says how to ingest what it wrote
-    cfg = load_config(out / how["config"])
     lake = tmp / "genlake"
-    for cluster, pattern in how["k8s_audit"].items():
-        ingest_paths(sorted(out.glob(pattern)), lake, source="k8s_audit", cluster=cluster, config=cfg)
-    for kind in ("proxy_decision", "idp_event"):
-        ingest_paths(sorted(out.glob(how[kind])), lake, source=kind, config=cfg)
+    cfg = ingest_generated(out, lake)
     result = run_detectors(lake, cfg)
     assert not result.errors, result.errors
     return lake, out / ".ztaudit" / "labels.jsonl"
