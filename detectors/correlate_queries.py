@@ -16,8 +16,9 @@ Join tiers (docs/proxy-and-idp.md §0):
   (Pomerium-JWT mode: the ``AuthenticationConfiguration`` ``claimMappings.extra`` maps the JWT's
   ``sid`` claim, §0, §1.5), ingested as ``k8s_audit.proxy_session_id`` when
   ``correlation.session_extra_key`` names the key. A decision and a request pair when they carry the
-  same session id, cluster, method (compatible with the verb) and path, within the match window,
-  each side used once. Such requests are not impersonated (the user is the JWT's mapped claim), so
+  same session id, user (proxy email = the request's user), cluster, method (compatible with the
+  verb) and path, within the match window, each side used once. Such requests are not impersonated
+  (the user is the JWT's mapped claim), so
   the audit side also takes in every request that carries a proxy session id; its actor is its
   user name.
 * **C, composite** (the default): the audit request was made by an approved impersonator for its
@@ -84,7 +85,8 @@ PROXY_MATCH_COLUMNS: Final = """hash(d.origin, d.request_id, d.check_request_id,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            hash(coalesce(d.check_request_id, d.request_id)) AS rid_h,
            CASE WHEN coalesce(d.session_id, '') <> ''
-                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, upper(d.method), d.path)
+                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, lower(d.email),
+                          upper(d.method), d.path)
            END AS kb"""
 
 #: Which decisions take part: allowed, with an email, for a Kubernetes host; the Envoy access line of a
@@ -126,6 +128,7 @@ AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_
            epoch_us(any_value(r.request_received_at)) AS r_us,
            any_value(CASE WHEN r.proxy_session_id IS NOT NULL
                           THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
+                                    lower(coalesce(r.impersonated_user, r.user_name)),
                                     {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
              AS kb"""
 
@@ -161,6 +164,7 @@ AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
            epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
            any_value(CASE WHEN r.proxy_session_id IS NOT NULL
                           THEN hash(coalesce(r.cluster, r.single_cluster), r.proxy_session_id,
+                                    lower(coalesce(r.impersonated_user, r.user_name)),
                                     {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
              FILTER (WHERE r.lean) AS kb,
            lower(coalesce(any_value(r.impersonated_user), any_value(r.user_name))) AS who_all
@@ -205,14 +209,16 @@ TIER_B: Final = """
 """
 
 #: Rows of ``{decisions}`` / ``{requests}`` not paired in ``{paired}``, on one time line per key: a
-#: proxy row's time is the middle of its logged second (``half`` = ½ s for second precision). A request
-#: carrying a proxy session id pairs by that session only (tier B), never by the looser composite key.
+#: proxy row's time is the middle of its logged second (``half`` = ½ s for second precision).
+#: ``has_sid``: the row carries a proxy session id; a decision and a request that both do but were not
+#: paired by tier B belong to different sessions, so tier C does not pair them either (a request with
+#: a session id still pairs with a decision logged without one, e.g. an older log or an access line).
 _UNPAIRED: Final = """
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
+        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM {decisions} WHERE pk NOT IN (SELECT p_pk FROM {paired})
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired}) AND kb IS NULL
+        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired})
     """
 
 #: Tier C, cheap first pass: rank each side of a key by time over the whole range (one sort), so the
@@ -220,7 +226,8 @@ _UNPAIRED: Final = """
 #: the ranks shift, those pairs fail the time check and go on to the burst passes.
 TIER_C_RANKS: Final = f"""
     WITH u AS ({_UNPAIRED})
-    SELECT pk, is_a, k, t, half, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n FROM u
+    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n
+    FROM u
     """
 
 #: Tier C, burst pass: burst (``grp``) and in-burst rank (``n``). Two sorts of (k, t): the first finds
@@ -235,13 +242,13 @@ TIER_C_BURSTS: Final = f"""
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
         FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, cp, ca,
+        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
         FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     )
-    SELECT pk, is_a, k, t, half, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
+    SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     """
 
 #: Tier C pairs from ranked rows ``{ranked}``: same key, burst and rank, within the match window.
@@ -249,7 +256,7 @@ TIER_C_PAIRS: Final = """
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
     FROM {ranked} p JOIN {ranked} a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
-    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half
+    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
 """
 
 

@@ -96,9 +96,12 @@ _PROXY_BYPASS_SQL: Final = f"""
         FROM k8s_audit
         WHERE {Window.sql("request_received_at")}
           AND user_name IS NOT NULL
-          -- the API server authenticated a proxy-minted JWT carrying the proxy's session id (tier B,
-          -- Pomerium-JWT mode): the person came through the proxy, not around it
-          AND proxy_session_id IS NULL
+          -- the API server authenticated a proxy-minted JWT carrying a session id the proxy issued to
+          -- this person (tier B, Pomerium-JWT mode): the person came through the proxy, not around it.
+          -- A session id the proxy never logged for this person (forged, someone else's) exempts nothing.
+          AND (proxy_session_id IS NULL OR proxy_session_id || chr(0) || lower(user_name) NOT IN (
+               SELECT session_id || chr(0) || lower(email) FROM proxy_decision
+               WHERE session_id IS NOT NULL AND session_id <> '' AND email IS NOT NULL))
           AND (list_contains($breakglass::VARCHAR[], user_name)
                OR (user_name NOT LIKE 'system:%' AND {_HUMAN}))
         GROUP BY cluster, audit_id, request_received_at

@@ -96,27 +96,35 @@ DEDUP_SECONDS: Final = 60
 _CANDIDATES_SQL: Final = f"""
     CREATE OR REPLACE TEMP TABLE zt_rev_cand AS
     WITH v AS (
+        -- a session or token, once cut, stays cut: only identities and grants are given back
         SELECT v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
-                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login)
+                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login,
+                            CASE WHEN v.source = 'idp' AND v.kind IN ('session', 'token') THEN NULL
+                                 ELSE v.restored_at END AS restored_at)
         FROM ({REVOCATIONS_IN_WINDOW_SQL}) v
     ), g AS (
-        SELECT *, sum(CASE WHEN prev IS NULL OR revoked_at - prev > INTERVAL {DEDUP_SECONDS} SECOND THEN 1 ELSE 0 END)
+        -- a new fact: the first line, more than {DEDUP_SECONDS} s after the previous one, or after the
+        -- previous one was restored (suspend, unsuspend, deactivate within a minute are two revocations)
+        SELECT *, sum(CASE WHEN prev IS NULL OR revoked_at - prev > INTERVAL {DEDUP_SECONDS} SECOND
+                                OR prev_restored <= revoked_at THEN 1 ELSE 0 END)
                     OVER (PARTITION BY system, kind, subject, coalesce(cluster, '')
                           ORDER BY revoked_at, evidence ROWS UNBOUNDED PRECEDING) AS grp
-        FROM (SELECT *, lag(revoked_at) OVER (PARTITION BY system, kind, subject, coalesce(cluster, '')
-                                               ORDER BY revoked_at, evidence) AS prev FROM v)
+        FROM (SELECT *, lag(revoked_at) OVER w AS prev, lag(restored_at) OVER w AS prev_restored FROM v
+              WINDOW w AS (PARTITION BY system, kind, subject, coalesce(cluster, '') ORDER BY revoked_at, evidence))
     )
     SELECT row_number() OVER (ORDER BY min(revoked_at), subject, system, min(evidence)) AS cand_id,
            any_value(source) AS source, system, cluster, kind, subject,
-           arg_min(login, (revoked_at, evidence)) AS login, arg_min(subject_id, (revoked_at, evidence)) AS subject_id,
-           arg_min(session_id, (revoked_at, evidence)) AS session_id, min(revoked_at) AS revoked_at,
-           arg_min(revoked_by, (revoked_at, evidence)) AS revoked_by,
-           arg_min(event_type, (revoked_at, evidence)) AS event_type, min(evidence) AS evidence,
-           arg_min(inferred_from, (revoked_at, evidence)) AS inferred_from,
+           arg_min(login, (revoked_at, subject_id IS NULL, evidence)) AS login,
+           arg_min(subject_id, (revoked_at, subject_id IS NULL, evidence)) AS subject_id,
+           arg_min(session_id, (revoked_at, subject_id IS NULL, evidence)) AS session_id, min(revoked_at) AS revoked_at,
+           arg_min(revoked_by, (revoked_at, subject_id IS NULL, evidence)) AS revoked_by,
+           arg_min(event_type, (revoked_at, subject_id IS NULL, evidence)) AS event_type, min(evidence) AS evidence,
+           arg_min(inferred_from, (revoked_at, subject_id IS NULL, evidence)) AS inferred_from,
            min(restored_at) AS restored_at,
            -- the other lines of the same fact (for an inferred revocation: the other confirmations)
            [x FOR x IN list_sort(list_distinct(list(evidence) || list(regexp_extract(inferred_from, '^[^ ]+'))))
-              IF x <> min(evidence) AND x <> coalesce(regexp_extract(arg_min(inferred_from, (revoked_at, evidence)),
+              IF x <> min(evidence)
+                 AND x <> coalesce(regexp_extract(arg_min(inferred_from, (revoked_at, subject_id IS NULL, evidence)),
                                                                      '^[^ ]+'), '')] AS duplicates
     FROM g GROUP BY system, cluster, kind, subject, grp
 """
@@ -140,14 +148,19 @@ _NOTICES_SQL: Final = """
 """
 
 #: The revocations judged: candidates revoked in the window, less the proxy deletions that are another
-#: revocation's notice. ``by_sessions``: a session revocation made at the IdP (Okta session clear,
-#: Keycloak logout), whose session ids the proxy never sees: judged by the identity's proxy sessions
-#: that existed before it (a new login afterwards is legitimate).
+#: revocation's notice. ``by_sessions``: an IdP session revocation naming no session (Okta's "clear user
+#: sessions" ends them all): judged by the identity's proxy sessions that existed before it (a new
+#: login afterwards is legitimate). ``unjudged``: allowed use afterwards proves nothing, because the
+#: IdP event cut something the lake cannot tie to the proxy: an application or group membership
+#: (``grant``: which application is not recorded) or one IdP session (a Keycloak LOGOUT of one SSO
+#: session, whose id the proxy's sessions do not carry). Their notice and denials still count.
 _REVOKED_SQL: Final = """
     CREATE OR REPLACE TEMP TABLE zt_rev AS
     SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence) AS rev_id, c.*,
-           c.kind = 'session' AND NOT (c.system IN ('pomerium', 'list') AND c.session_id IS NOT NULL)
-             AS by_sessions
+           c.kind = 'session' AND c.source = 'idp' AND c.system NOT IN ('pomerium', 'list')
+             AND c.session_id IS NULL AS by_sessions,
+           c.source = 'idp' AND (c.kind = 'grant' OR (c.kind = 'session' AND c.system NOT IN ('pomerium', 'list')
+                                                       AND c.session_id IS NOT NULL)) AS unjudged
     FROM zt_rev_cand c
     WHERE c.revoked_at >= $lo AND c.revoked_at < $hi
       AND c.cand_id NOT IN (SELECT notice_id FROM zt_rev_notice)
@@ -155,7 +168,7 @@ _REVOKED_SQL: Final = """
 
 _USES_TABLE: Final = """CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
                         prec_us BIGINT, allowed BOOLEAN, ref VARCHAR, sess VARCHAR, ip VARCHAR, ua VARCHAR,
-                        cluster VARCHAR, proxy VARCHAR, how VARCHAR)"""
+                        cluster VARCHAR, proxy VARCHAR, code INTEGER, how VARCHAR)"""
 
 #: Every scan of the big tables below is bounded to [$ulo, $until) — $ulo is the earliest
 #: ``revoked_at`` of the kinds the statement judges, less the activity window, so nothing a join could
@@ -169,11 +182,12 @@ _IDENT_KINDS: Final = ("identity", "token", "grant", "session")
 _PROXY_USE_COLUMNS: Final = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            d.is_allowed AS allowed, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref,
-           d.session_id AS sess, d.client_ip AS ip, d.user_agent AS ua, d.cluster AS cluster, d.proxy AS proxy"""
+           d.session_id AS sess, d.client_ip AS ip, d.user_agent AS ua, d.cluster AS cluster, d.proxy AS proxy,
+           CAST(NULL AS INTEGER) AS code"""
 _PROXY_USE_WINDOW: Final = f"d.decided_at >= r.revoked_at - $activity AND {_PROXY_BOUND}"
 _API_USE_COLUMNS: Final = """r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us,
            q.response_code NOT IN (401, 403) AS allowed, 'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref,
-           NULL AS sess, q.ip, q.ua, q.cluster"""
+           NULL AS sess, q.ip, q.ua, q.cluster, q.response_code AS code"""
 
 #: Uses of a revoked service account (by ``user_name``) or legacy token (by ``credential_id``) at the API
 #: server, for ``{kind}`` / ``{column}``. Audit requests are grouped per (cluster, audit_id,
@@ -197,16 +211,16 @@ _SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use BY NAME
 #: (``how``). Binding uses: :func:`_binding_uses`.
 _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "identity at the proxy": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use BY NAME
-        SELECT rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy,
+        SELECT rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code,
                string_agg(DISTINCT how, ', ' ORDER BY how) AS how
         FROM (SELECT {_PROXY_USE_COLUMNS}, 'login = proxy email' AS how
               FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
-              WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+              WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW}
               UNION ALL
               SELECT {_PROXY_USE_COLUMNS}, 'IdP subject id = proxy user id' AS how
               FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
-              WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+              WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW})
         GROUP BY ALL"""),
     # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
@@ -221,12 +235,12 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
                    max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
             FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
             GROUP BY ALL) q ON q.who = r.login
-        WHERE r.kind IN {_IDENT_KINDS} AND NOT (r.kind = 'session' AND NOT r.by_sessions)
+        WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
           AND q.response_code IS NOT NULL AND q.request_received_at >= r.revoked_at - $activity"""),
     "session at the proxy": (("session",), f"""INSERT INTO zt_rev_use BY NAME
         SELECT {_PROXY_USE_COLUMNS}, 'session id' AS how
         FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
-        WHERE r.kind = 'session' AND NOT r.by_sessions AND {_PROXY_USE_WINDOW}"""),
+        WHERE r.kind = 'session' AND NOT r.by_sessions AND NOT r.unjudged AND {_PROXY_USE_WINDOW}"""),
     # tier B (docs/proxy-and-idp.md §0): the API server mapped the proxy's session id into user.extra
     "session at the API server": (("session",), f"""INSERT INTO zt_rev_use BY NAME
         SELECT {_API_USE_COLUMNS}, 'session id in audit user.extra (tier B)' AS how
@@ -234,10 +248,11 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
             SELECT cluster, audit_id, request_received_at, any_value(proxy_session_id) AS sess,
                    max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
             FROM k8s_audit
-            WHERE proxy_session_id IN (SELECT session_id FROM zt_rev WHERE kind = 'session' AND NOT by_sessions)
+            WHERE proxy_session_id IN (SELECT session_id FROM zt_rev
+                                       WHERE kind = 'session' AND NOT by_sessions AND NOT unjudged)
               AND {_AUDIT_BOUND}
             GROUP BY ALL) q ON q.sess = r.session_id
-        WHERE r.kind = 'session' AND NOT r.by_sessions AND q.response_code IS NOT NULL
+        WHERE r.kind = 'session' AND NOT r.by_sessions AND NOT r.unjudged AND q.response_code IS NOT NULL
           AND q.request_received_at >= r.revoked_at - $activity"""),
     "service account at the API server": (
         ("service_account",), _SUBJECT_API_USES.format(kind="service_account", column="user_name",
@@ -319,53 +334,117 @@ def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: date
     return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi), "activity": activity}
 
 
-#: The subject's last allowed proxy decision before the revocation, with the address it came from.
+#: The subject's last allowed proxy decision before the revocation (within the notice window: an address
+#: used days earlier says nothing of who is there now), with the address it came from, and the
+#: subject's last allowed use after the revocation (``last_after``): a denial before it was not the
+#: subject's, whose access still worked.
 _LAST_SQL: Final = """
     CREATE OR REPLACE TEMP TABLE zt_rev_last AS
-    SELECT u.rev_id, max(u.ts) AS ts, arg_max(u.ip, u.ts) AS ip, arg_max(u.ua, u.ts) AS ua,
-           arg_max(u.proxy, u.ts) AS proxy
-    FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
-    WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
-      AND coalesce(u.ip, '') <> ''
-    GROUP BY u.rev_id
+    SELECT b.*, b.ts - $notice_window AS look_from,
+           (SELECT max(u.ts) FROM zt_rev_use u WHERE u.rev_id = b.rev_id AND u.allowed AND u.ts > b.revoked_at
+              AND (b.restored_at IS NULL OR u.ts < b.restored_at)) AS last_after
+    FROM (SELECT u.rev_id, any_value(r.revoked_at) AS revoked_at, any_value(r.restored_at) AS restored_at,
+                 max(u.ts) AS ts, arg_max(u.ip, u.ts) AS ip,
+                 arg_max(u.ua, u.ts) AS ua, arg_max(u.proxy, u.ts) AS proxy
+          FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
+          WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
+            AND u.ts >= r.revoked_at - $notice_window AND coalesce(u.ip, '') <> ''
+          GROUP BY u.rev_id) b
 """
 
-#: Anonymous proxy denials after the revocation from the address of the subject's last allowed decision,
-#: logged by the same proxy (another proxy's sign-in redirect from that address is not this session's
-#: denial; Pomerium's ``user-unauthenticated`` lines after a session was deleted carry no user, email or
-#: session id, §1.4, real-stack.md §4). ``others``: identities other than the subject that made an
-#: identified decision from that address between the subject's last allowed decision and the denial;
-#: a denial is attributed to the subject (``client_ip``) only when there are none and the user agents,
-#: where both are logged, agree. Bounded like the use scans (``$ulo`` .. ``$until``).
-_ANON_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_anon AS
-    WITH den AS (
-        SELECT l.rev_id, l.ts AS since, l.ua AS last_ua, d.decided_at AS ts, d.client_ip AS ip,
-               d.user_agent AS ua, 'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref
-        FROM zt_rev_last l JOIN zt_rev r USING (rev_id) JOIN proxy_decision d ON d.client_ip = l.ip
-        WHERE NOT d.is_allowed AND coalesce(d.user_id, '') = '' AND coalesce(d.email, '') = ''
-          AND d.proxy IS NOT DISTINCT FROM l.proxy
-          AND coalesce(d.session_id, '') = ''
-          AND d.decided_at + INTERVAL 1 SECOND > r.revoked_at AND d.decided_at <= r.revoked_at + $activity
-          AND (r.restored_at IS NULL OR d.decided_at < r.restored_at) AND {_PROXY_BOUND}
-    ), seen AS (
-        SELECT d.client_ip AS ip, d.decided_at AS ts,
-               coalesce(nullif(d.user_id, ''), lower(nullif(d.email, ''))) AS who, lower(d.email) AS email,
-               d.user_id
+#: Identified proxy decisions made from the subjects' addresses, cut into runs of one identity per
+#: address (``run``), with when the next run (another identity) starts: for a subject whose last allowed
+#: decision is at ``since``, the first *other* identity at that address after ``since`` is found by one
+#: ASOF lookup instead of a join of every denial with every decision (a shared NAT address would make
+#: that quadratic). ``who`` prefers the email, the spelling Pomerium logs on every line of a session.
+_SEEN_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_seen AS
+    WITH s AS (
+        SELECT d.client_ip AS ip, d.decided_at AS ts, lower(nullif(d.email, '')) AS em, nullif(d.user_id, '') AS uid,
+               coalesce(lower(nullif(d.email, '')), nullif(d.user_id, '')) AS who
         FROM proxy_decision d
         WHERE d.client_ip IN (SELECT ip FROM zt_rev_last)
           AND (coalesce(d.user_id, '') <> '' OR coalesce(d.email, '') <> '') AND {_PROXY_BOUND}
+    ), r AS (
+        SELECT *, sum(CASE WHEN who IS DISTINCT FROM prev THEN 1 ELSE 0 END)
+                    OVER (PARTITION BY ip ORDER BY ts, who ROWS UNBOUNDED PRECEDING) AS run
+        FROM (SELECT *, lag(who) OVER (PARTITION BY ip ORDER BY ts, who) AS prev FROM s)
+    ), runs AS (
+        SELECT ip, run, min(ts) AS start FROM r GROUP BY ip, run
     )
-    SELECT den.rev_id, den.ts, den.ip, den.ref,
-           count(DISTINCT s.who) AS others,
-           den.ua IS NOT NULL AND den.last_ua IS NOT NULL AND den.ua <> den.last_ua AS ua_differs
-    FROM den JOIN zt_rev r USING (rev_id)
-    LEFT JOIN seen s ON s.ip = den.ip AND s.ts >= den.since AND s.ts <= den.ts
-                    AND coalesce(s.user_id, '') IS DISTINCT FROM coalesce(r.subject_id, '')
-                    AND coalesce(s.email, '') IS DISTINCT FROM coalesce(r.login, '')
-                    AND NOT (coalesce(s.user_id, '') = '' AND s.email = r.login)
-                    AND NOT (coalesce(s.email, '') = '' AND s.user_id = r.subject_id)
-    GROUP BY den.rev_id, den.ts, den.ip, den.ref, den.ua, den.last_ua
+    SELECT r.ip, r.ts, r.em, r.uid, n.start AS next_start
+    FROM r LEFT JOIN runs n ON n.ip = r.ip AND n.run = r.run + 1
+"""
+
+#: Anonymous proxy denials (no user, email or session: Pomerium's ``user-unauthenticated`` lines after a
+#: session was deleted, §1.4, real-stack.md §4) from the subjects' addresses, numbered per (address,
+#: proxy) in time order, so a revocation's share is a range of numbers found by ASOF lookups.
+_DENIALS_SQL: Final = f"""
+    CREATE OR REPLACE TEMP TABLE zt_rev_dn AS
+    SELECT d.client_ip AS ip, d.proxy, d.decided_at AS ts, d.user_agent AS ua,
+           'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref,
+           row_number() OVER (PARTITION BY d.client_ip, d.proxy
+                              ORDER BY d.decided_at, coalesce(d.request_id, d.origin)) AS rn
+    FROM proxy_decision d
+    WHERE NOT d.is_allowed AND coalesce(d.user_id, '') = '' AND coalesce(d.email, '') = ''
+      AND coalesce(d.session_id, '') = '' AND d.client_ip IN (SELECT ip FROM zt_rev_last) AND {_PROXY_BOUND}
+"""
+
+#: Per revocation: its anonymous denials are those of the address and proxy of the subject's last
+#: allowed decision, from T0 (a denial logged in T0's second counts; after the subject's last allowed
+#: use, if it had any after T0) until the activity window ends or the subject is restored (numbers
+#: ``lo`` .. ``hi``). They are attributed to the subject (``client_ip``) up to the first decision of
+#: another identity from that address from the notice window before the subject's last allowed one on
+#: (``other_at``; number ``mid``; a NAT address where others work is never attributed): after it the
+#: address is shared and nothing is attributed (``refused_shared``). Of the first $keep attributable ones,
+#: those whose user agent differs
+#: from the subject's (where both are logged) are not attributed either (``refused_ua``).
+_ANON_SQL: Final = """
+    CREATE OR REPLACE TEMP TABLE zt_rev_anon AS
+    WITH b AS (
+        SELECT l.rev_id, l.ip, l.proxy, l.ua AS last_ua, r.revoked_at,
+               greatest(r.revoked_at - INTERVAL 1 SECOND, coalesce(l.last_after, r.revoked_at - INTERVAL 1 SECOND))
+                 AS start,
+               least(r.revoked_at + $activity, coalesce(r.restored_at, $forever)) AS stop,
+               CASE WHEN s.ts IS NULL THEN NULL
+                    WHEN s.uid IS NOT DISTINCT FROM r.subject_id AND s.uid IS NOT NULL OR s.em = r.login
+                      THEN s.next_start
+                    ELSE s.ts END AS other_at
+        FROM zt_rev_last l JOIN zt_rev r USING (rev_id)
+        ASOF LEFT JOIN zt_rev_seen s ON s.ip = l.ip AND s.ts >= l.look_from
+    ), lo AS (
+        SELECT b.rev_id, d.rn AS lo FROM b ASOF JOIN zt_rev_dn d
+          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts > b.start
+    ), hi AS (
+        SELECT b.rev_id, d.rn AS hi_next FROM b ASOF JOIN zt_rev_dn d
+          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.stop
+    ), mid AS (
+        SELECT b.rev_id, d.rn AS mid FROM b ASOF JOIN zt_rev_dn d
+          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.other_at
+    ), top AS (
+        SELECT ip, proxy, max(rn) AS top FROM zt_rev_dn GROUP BY ip, proxy
+    ), rng AS (
+        SELECT b.*, lo.lo, coalesce(hi.hi_next - 1, t.top) AS hi,
+               greatest(lo.lo, least(coalesce(mid.mid, t.top + 1), coalesce(hi.hi_next - 1, t.top) + 1)) AS mid
+        FROM b JOIN lo USING (rev_id) JOIN top t ON t.ip = b.ip AND t.proxy IS NOT DISTINCT FROM b.proxy
+        LEFT JOIN hi USING (rev_id) LEFT JOIN mid USING (rev_id)
+    ), sample AS (
+        SELECT g.rev_id, d.ts, d.ref, d.ua IS NOT NULL AND g.last_ua IS NOT NULL AND d.ua <> g.last_ua AS ua_differs
+        FROM rng g JOIN zt_rev_dn d
+          ON d.ip = g.ip AND d.proxy IS NOT DISTINCT FROM g.proxy AND d.rn >= g.lo AND d.rn < g.mid
+         AND d.rn < g.lo + $keep
+    )
+    SELECT g.rev_id, g.ip, g.other_at,
+           greatest(g.hi - g.mid + 1, 0) AS refused_shared,
+           coalesce(x.refused_ua, 0) AS refused_ua,
+           g.mid - g.lo - coalesce(x.refused_ua, 0) AS attributed,
+           x.first_anon, coalesce(x.refs, []) AS refs
+    FROM rng g LEFT JOIN (
+        SELECT rev_id, count(*) FILTER (WHERE ua_differs) AS refused_ua,
+               min(ts) FILTER (WHERE NOT ua_differs) AS first_anon,
+               list(ref ORDER BY ts, ref) FILTER (WHERE NOT ua_differs) AS refs
+        FROM sample GROUP BY rev_id) x USING (rev_id)
+    WHERE g.hi >= g.lo
 """
 
 #: Duration in words for reasons.
@@ -386,7 +465,7 @@ _STATUS_SQL: Final = f"""
     ), u AS (
         SELECT u.*, r.revoked_at, coalesce(r.restored_at, $forever) AS stop,
                greatest(r.revoked_at + $grace, $vsince) AS vfrom,
-               NOT r.by_sessions OR (u.plane = 'proxy' AND o.sess IS NOT NULL) AS counts
+               NOT r.unjudged AND (NOT r.by_sessions OR (u.plane = 'proxy' AND o.sess IS NOT NULL)) AS counts
         FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
         LEFT JOIN old_sess o ON o.rev_id = u.rev_id AND o.sess = u.sess
     ), agg AS (
@@ -394,10 +473,11 @@ _STATUS_SQL: Final = f"""
           max(ts) FILTER (WHERE allowed AND ts + to_microseconds(prec_us) <= revoked_at) AS last_allowed_before,
           min(ts) FILTER (WHERE allowed AND counts AND ts > revoked_at AND ts < stop) AS first_allowed_after,
           max(ts) FILTER (WHERE allowed AND counts AND ts > revoked_at AND ts < stop) AS last_allowed_after,
-          min(ts) FILTER (WHERE NOT allowed AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop)
-            AS first_exact_denial,
+          min(ts) FILTER (WHERE NOT allowed AND (plane = 'proxy' OR code = 401)
+                          AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop) AS first_exact_denial,
           count(*) FILTER (WHERE ts <= revoked_at) AS uses_before,
           count(*) FILTER (WHERE ts > revoked_at) AS uses_after,
+          count(*) FILTER (WHERE plane = 'api' AND code = 403 AND ts > revoked_at AND ts < stop) AS forbidden_after,
           count(*) FILTER (WHERE plane = 'proxy' AND allowed AND counts AND ts > vfrom AND ts < stop)
             AS allowed_after_grace_proxy,
           count(*) FILTER (WHERE plane = 'api' AND allowed AND counts AND ts > vfrom AND ts < stop)
@@ -411,19 +491,13 @@ _STATUS_SQL: Final = f"""
           [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep)
                         FILTER (WHERE allowed AND counts AND ts > vfrom AND ts < stop)] AS viol,
           [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep)
-                        FILTER (WHERE NOT allowed AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop)]
-            AS exact_denials
+                        FILTER (WHERE NOT allowed AND (plane = 'proxy' OR code = 401)
+                                AND ts + to_microseconds(prec_us) > revoked_at AND ts < stop)] AS exact_denials
         FROM u GROUP BY rev_id
     ), anon AS (
-        SELECT rev_id,
-          min(ts) FILTER (WHERE others = 0 AND NOT ua_differs) AS first_anon,
-          count(*) FILTER (WHERE others = 0 AND NOT ua_differs) AS attributed,
-          count(*) FILTER (WHERE others > 0 OR ua_differs) AS refused,
-          count(*) FILTER (WHERE others > 0) AS refused_shared,
-          max(others) AS max_others, arg_max(ip, others) FILTER (WHERE others > 0) AS refused_ip,
-          arg_min(ip, ts) FILTER (WHERE others = 0 AND NOT ua_differs) AS anon_ip,
-          [x.r FOR x IN min_by({{'r': ref}}, (ts, ref), $keep) FILTER (WHERE others = 0 AND NOT ua_differs)] AS refs
-        FROM zt_rev_anon GROUP BY rev_id
+        SELECT rev_id, first_anon, attributed, refused_shared + refused_ua AS refused, refused_shared,
+               ip AS refused_ip, ip AS anon_ip, other_at, refs
+        FROM zt_rev_anon
     ), notice AS (
         SELECT n.cand_id, min(n.notice_at) AS notice_at, arg_min(n.notice_event, n.notice_at) AS notice_event,
                arg_min(n.bridge, n.notice_at) AS bridge,
@@ -467,6 +541,10 @@ _STATUS_SQL: Final = f"""
            status,
            concat_ws('; ',
              CASE WHEN inferred_from IS NOT NULL THEN 'inferred from ' || inferred_from END,
+             CASE WHEN unjudged AND kind = 'grant' THEN 'allowed use afterwards is not judged: the IdP removed an '
+                       || 'application or group membership and the lake does not say which application'
+                  WHEN unjudged THEN 'allowed use afterwards is not judged: the IdP ended one of its own sessions, '
+                       || 'which the proxy''s sessions cannot be matched to' END,
              CASE status
                WHEN 'not_enforced' THEN concat_ws(' and ',
                     CASE WHEN allowed_after_grace_proxy > 0
@@ -497,16 +575,18 @@ _STATUS_SQL: Final = f"""
                               THEN 'active before (last allowed use '
                                    || strftime(last_allowed_before, '%Y-%m-%d %H:%M:%SZ') || '), '
                               ELSE 'seen around it, ' END
-                         || 'nothing allowed after the grace period, no attributable denial and no proxy session '
-                         || 'deletion seen' END
+                         || CASE WHEN unjudged THEN '' ELSE 'nothing allowed after the grace period, ' END
+                         || 'no attributable denial and no proxy session deletion seen' END
                ELSE printf('never seen at the proxy or the API server in the %d days before or after the '
                            || 'revocation', $activity_days)
              END,
-             CASE WHEN refused_shared > 0 THEN printf('%d anonymous denial(s) from %s not attributed: %d other '
-                  || 'identit(y/ies) used that address since the subject''s last allowed request', refused_shared,
-                  refused_ip, max_others) END,
+             CASE WHEN refused_shared > 0 THEN printf('%d anonymous denial(s) from %s not attributed: another '
+                  || 'identity used that address at %s, after the subject''s last allowed request', refused_shared,
+                  refused_ip, strftime(other_at, '%Y-%m-%d %H:%M:%SZ')) END,
              CASE WHEN refused > coalesce(refused_shared, 0) THEN printf('%d anonymous denial(s) from the subject''s '
                   || 'address not attributed: another user agent', refused - coalesce(refused_shared, 0)) END,
+             CASE WHEN forbidden_after > 0 THEN forbidden_after || ' request(s) after it still authenticated as the '
+                  || 'subject (forbidden by RBAC, 403): the credential itself was not cut' END,
              CASE WHEN restored_at IS NOT NULL THEN 'restored at ' || strftime(restored_at, '%Y-%m-%d %H:%M:%SZ')
                   || ', judged until then' END) AS reason,
            notice_at, notice_event, first_denied_at,
@@ -532,17 +612,19 @@ _STATUS_SQL: Final = f"""
 
 
 def _latest(con: duckdb.DuckDBPyConnection, until: datetime | None) -> datetime:
-    """The latest event time in the lake (proxy, audit, IdP) at or after the newest revocation's day,
-    capped at ``until``: the instant up to which the logs can tell what happened."""
-    row = con.execute("SELECT max(revoked_at) FROM zt_rev").fetchone()
-    if not row or row[0] is None:
-        return until or LATEST
-    day = utc_day(row[0])
+    """The instant up to which the logs can tell what happened after a revocation: the earlier of the
+    proxy's and the API server's latest event (a plane whose log lags would otherwise make a recent
+    revocation look quiet rather than pending), capped at ``until``. A lake with neither gives the
+    newest revocation."""
     got = con.execute(
-        "SELECT greatest((SELECT max(decided_at) FROM proxy_decision WHERE CAST(dt AS VARCHAR) >= $d), "
-        "(SELECT greatest(max(request_received_at), max(stage_at)) FROM k8s_audit WHERE CAST(dt AS VARCHAR) >= $d), "
-        "(SELECT max(occurred_at) FROM idp_event WHERE CAST(dt AS VARCHAR) >= $d))", {"d": day}).fetchone()
-    latest: datetime = got[0] if got and got[0] is not None else row[0]
+        "SELECT (SELECT max(decided_at) FROM proxy_decision), "
+        "(SELECT greatest(max(request_received_at), max(stage_at)) FROM k8s_audit), "
+        "(SELECT max(revoked_at) FROM zt_rev)").fetchone()
+    planes = [t for t in (got or (None, None, None))[:2] if t is not None]
+    newest = got[2] if got else None
+    latest: datetime | None = min(planes) if planes else newest
+    if latest is None:
+        return until or LATEST
     return min(latest, until) if until else latest
 
 
@@ -584,8 +666,12 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                 execute(con, sql, _use_params(con, judged, window.hi, activity))
         if "binding" in kinds:
             _binding_uses(con, _use_params(con, ("binding",), window.hi, activity))
-        execute(con, _LAST_SQL, {})
-        execute(con, _ANON_SQL, _use_params(con, _IDENT_KINDS, window.hi, activity))
+        execute(con, _LAST_SQL, {"notice_window": notice_window})
+        bounds = _use_params(con, _IDENT_KINDS, window.hi, activity)
+        execute(con, _SEEN_SQL, bounds)
+        execute(con, _DENIALS_SQL, bounds)
+        execute(con, _ANON_SQL, {"activity": activity, "forever": LATEST,
+                                 "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
     finally:
         if old_threshold is not None:
             con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")

@@ -16,10 +16,11 @@ What counts as a revocation (the ``revocations`` view):
 * Keycloak disables inferred from their confirmation: Keycloak logs a disable as an admin event
   ``operationType=UPDATE resourcePath=users/<id>`` with no representation unless configured, so the
   disable itself is not visible; the refresh that follows fails with ``REFRESH_TOKEN_ERROR``
-  ``reason="User disabled"`` (or ``"User not found"`` after a delete) for ``refresh_token_sub``
-  = the id (real-stack.md §4). Such a confirmation makes an ``identity`` revocation at the latest
-  admin update of that user in the day before it (else at the confirmation itself);
-  ``inferred_from`` names the confirmation.
+  ``reason="User disabled"`` for ``refresh_token_sub`` = the id (real-stack.md §4). Such a
+  confirmation makes an ``identity`` revocation at the latest admin update of that user in the day
+  before it (else at the day's first confirmation), unless an explicit revocation of the user (a
+  DELETE, a disable with its representation) in that day is what it confirms; ``inferred_from``
+  names the confirmation.
 * The audit log itself (docs/kubernetes-audit.md §5.3): a 2xx ``delete`` of a ``serviceaccounts``
   object (the service account ``system:serviceaccount:NS:NAME``), of a ``secrets`` object that
   was used as a legacy token (credential ``SECRET=NS/NAME``, §5.2), or of a ``rolebindings`` /
@@ -34,8 +35,15 @@ from typing import Final
 
 from ztaudit.core.window import Window
 
-#: Reactivation events end a revocation's judgement (word-boundary so 'deactivate' is not one).
-_RESTORE_RE: Final = r"(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)"
+#: Restorations end a revocation's judgement: the lifecycle events that give an identity back (Okta
+#: user.lifecycle.activate / reactivate / unsuspend, user.account.unlock; Google UNSUSPEND_USER /
+#: UNDELETE_USER; Entra "Enable account"; Teleport lock.deleted), matched whole, so an MFA factor's
+#: "user.mfa.factor.activate" or a "deactivate" is not one. A Keycloak LOGIN of the subject is one too:
+#: a disabled Keycloak user cannot log in (its admin re-enable is an UPDATE that says nothing without
+#: the representation, §3.4).
+_RESTORE_RE: Final = (r"(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock"
+                      r"|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted"
+                      r"|(re)?activate|unsuspend|enable|restore|unlock)$")
 
 #: The audit-log side reads creates and deletes of these resources once (``zt_cd``): deletions are the
 #: revocations, creations of the same object after them restore it. ``verb`` is also bounded as a
@@ -62,7 +70,8 @@ _REVOCATIONS: Final = f"""
            CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
-               AND regexp_matches(e.event_type, '{_RESTORE_RE}')
+               AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+               AND (regexp_matches(e.event_type, '{_RESTORE_RE}') OR (e.idp = 'keycloak' AND e.event_type = 'LOGIN'))
                AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
@@ -71,7 +80,7 @@ _REVOCATIONS: Final = f"""
       AND NOT (i.idp = 'pomerium' AND i.event_type LIKE '%expired session%') {{idp_window}}
     UNION ALL
     SELECT 'idp', 'keycloak', NULL, 'identity', c.subject_id, NULL, c.subject_id, NULL,
-           coalesce(c.updated_at, c.occurred_at),
+           coalesce(c.updated_at, c.first_confirmed_at),
            (SELECT min(u.actor) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
               AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at),
            CASE WHEN c.updated_at IS NULL THEN c.event_type ELSE 'admin:UPDATE:USER' END,
@@ -81,14 +90,29 @@ _REVOCATIONS: Final = f"""
            'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
-               AND regexp_matches(e.event_type, '{_RESTORE_RE}'))
-    FROM (SELECT k.*, (SELECT max(u.occurred_at) FROM idp_event u
-                       WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
-                         AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
-                         AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at
+               AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+               AND (regexp_matches(e.event_type, '{_RESTORE_RE}') OR e.event_type = 'LOGIN'))
+    FROM (SELECT k.*,
+                 (SELECT max(u.occurred_at) FROM idp_event u
+                  WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
+                    AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
+                    AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at,
+                 -- without the admin event, the earliest confirmation of the day stands for the disable,
+                 -- so every client's failed refresh gives the same instant (one revocation)
+                 (SELECT min(f.occurred_at) FROM idp_event f
+                  WHERE f.idp = 'keycloak' AND f.subject_id = k.subject_id AND f.event_type = 'REFRESH_TOKEN_ERROR'
+                    AND regexp_matches(f.reason, '(?i)user disabled') AND f.occurred_at <= k.occurred_at
+                    AND f.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS first_confirmed_at
           FROM idp_event k
           WHERE k.idp = 'keycloak' AND k.event_type = 'REFRESH_TOKEN_ERROR' AND k.subject_id IS NOT NULL
-            AND regexp_matches(k.reason, '(?i)user (disabled|not found)') {{idp_window_k}}) c
+            AND regexp_matches(k.reason, '(?i)user disabled')
+            -- an explicit revocation of the subject (a disable logged with its representation, a
+            -- DELETE) in the day before is what this confirms: nothing to infer
+            AND NOT EXISTS (SELECT 1 FROM idp_event x
+                            WHERE x.idp = 'keycloak' AND x.is_revocation AND x.subject_id = k.subject_id
+                              AND x.revocation_scope = 'identity' AND x.occurred_at <= k.occurred_at
+                              AND x.occurred_at > k.occurred_at - INTERVAL 1 DAY)
+            {{idp_window_k}}) c
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'

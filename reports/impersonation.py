@@ -4,8 +4,9 @@ Sections:
 
 * ``paths`` (primary; SQL over ``k8s_audit``): per cluster and human identity, completed requests
   (ResponseComplete or Panic stage) that came
-  through an approved impersonator (the proxy), directly, or through an impersonator that is not
-  approved for that cluster (``impersonation.approved_impersonators``). ``status`` is ``ok``,
+  through an approved impersonator (the proxy) or with a proxy-minted JWT carrying a session id the
+  proxy issued (tier B), directly, or through an impersonator that is not approved for that cluster
+  (``impersonation.approved_impersonators``). ``status`` is ``ok``,
   ``proxy_bypass`` (direct requests) or ``unapproved_impersonator``. Fields: ``cluster``,
   ``actor``, ``requests``, ``via_approved_proxy``, ``direct``, ``via_unapproved``,
   ``impersonators`` (list), ``first_seen``, ``last_seen``, ``status``.
@@ -35,6 +36,11 @@ def human_paths(ctx: ReportContext) -> list[Row]:
     where, params = ctx.filters.where(time_col="request_received_at", actor_cols=("actor",))
     raw = fetch(ctx.con, f"""
         SELECT cluster, actor, impersonator,
+               -- tier B: a proxy-minted JWT carrying a session id the proxy issued (Pomerium-JWT mode)
+               coalesce(proxy_session_id || chr(0) || lower(user_name) IN (
+                            SELECT session_id || chr(0) || lower(email) FROM proxy_decision
+                            WHERE session_id IS NOT NULL AND session_id <> '' AND email IS NOT NULL), false)
+                 AS via_proxy_session,
                count(*) FILTER (WHERE stage IN ('ResponseComplete', 'Panic')) AS requests,
                min(request_received_at) AS first_seen, max(request_received_at) AS last_seen
         FROM k8s_audit WHERE {where} AND (actor_kind = 'human' OR impersonator IS NOT NULL)
@@ -48,7 +54,9 @@ def human_paths(ctx: ReportContext) -> list[Row]:
         n = int(r["requests"])
         a["requests"] += n
         imp = r["impersonator"]
-        if imp is None:
+        if imp is None and r["via_proxy_session"]:
+            a["via_approved_proxy"] += n
+        elif imp is None:
             a["direct"] += n
         elif imp in ctx.config.approved_for(r["cluster"]):
             a["via_approved_proxy"] += n

@@ -56,7 +56,9 @@ def revocation_rows(ctx: ReportContext) -> list[Row]:
     window = ctx.filters.window
     rows = arrow_rows(revocation_status(ctx.con, ctx.config, window.since, window.until))
     if ctx.filters.actor is not None:
-        rows = [r for r in rows if ctx.filters.actor in (r["subject"], r["identity"], r["subject_id"])]
+        who = ctx.filters.actor.lower()
+        rows = [r for r in rows if who in (str(r["subject"]).lower(), str(r["identity"]).lower(),
+                                           str(r["subject_id"]).lower())]
     if ctx.filters.cluster is not None:
         rows = [r for r in rows if r["cluster"] == ctx.filters.cluster or ctx.filters.cluster in (r["clusters"] or [])]
     for r in rows:

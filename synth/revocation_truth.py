@@ -11,21 +11,24 @@ Rules (grace 900 s; a proxy line logged at second S happened in ``[S, S+1 s)``):
 * uses of the subject: proxy decisions with ``user`` = Okta id or ``lower(email)`` = subject, and,
   for kind ``session``, decisions carrying a session id the subject had before T0; API uses: audit
   requests whose effective user is the subject, judged by ``requestReceivedTimestamp``;
-* a restoration (``unsuspend``) ends the judgement of every earlier revocation of the subject;
+* a restoration (``unsuspend``) ends the judgement of every earlier identity revocation of the
+  subject; a session, once cleared, stays cleared (no restoration);
 * ``not_enforced``: an allowed use strictly later than T0 + grace and before any restoration (for
   kind ``session`` only proxy uses with a session id the subject had before T0 count: no session id
-  reaches the audit log; API 401/403 still count as denials);
+  reaches the audit log; an API 401 still counts as a denial);
 * ``pending``: otherwise, when T0 + grace is later than the latest line of the whole data set;
 * ``enforced``: otherwise, when a proxy deletion line for the user id came within 24 h after T0
   (and before restoration) or an attributable denial came at/after T0;
 * ``quiet``: otherwise, when the subject had a use (allowed or denied) in the 7 days before T0;
 * ``not_applicable``: no use in the 7 days before T0 and nothing after.
 
-An attributable denial names the user id, email or an old session (``exact``; also an API 401/403
-for the subject), or is anonymous (user and email empty) from the address of the subject's last
-allowed decision before T0 while no other identity made an identified decision from that address
-between that decision and the denial (``client_ip``). Anonymous denials from that address that fail
-the last condition set ``refused_shared_ip``.
+An attributable denial names the user id, email or an old session (``exact``; also an API 401 for
+the subject: a 403 means the credential still authenticates, so it proves nothing), or is anonymous
+(user and email empty) from the address of the subject's last allowed decision in the 24 h before
+T0, later than the subject's last allowed use after T0, within 7 days of T0, while no other identity
+made an identified decision from that address from 24 h before that decision until the denial
+(``client_ip``). Anonymous denials from that address that fail the last condition set
+``refused_shared_ip``.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def _judge_one(r: Revocation, obs: Observed, by_key: dict[str, list[int]], by_se
                by_ip_identified: dict[str, list[tuple[int, str, str]]], anon_denied: dict[str, list[int]],
                api: dict[str, list[tuple[int, int]]], deletions: dict[str, list[int]]) -> dict[str, Any]:
     t0, subj, sid = r.revoked_at, r.subject.lower(), r.subject_id
-    stop = r.restored_at if r.restored_at is not None else _INF
+    stop = r.restored_at if r.restored_at is not None and r.kind != "session" else _INF
     dec = obs.decisions
     mine = sorted(set(by_key.get("u:" + sid, [])) | set(by_key.get("e:" + subj, [])), key=lambda i: dec[i].t)
     before = [dec[i] for i in mine if dec[i].t + US <= t0]
@@ -151,18 +154,22 @@ def _judge_one(r: Revocation, obs: Observed, by_key: dict[str, list[int]], by_se
         d = dec[i]
         if not d.allowed and after(d.t):
             cands.append((d.t, 0, "exact"))
-    cands += [(t, 0, "exact") for t, code in calls if code in (401, 403) and t0 <= t < stop]
+    cands += [(t, 0, "exact") for t, code in calls if code == 401 and t0 <= t < stop]
     refused = False
-    last_ok = [d for d in before if d.allowed]
+    last_ok = [d for d in before if d.allowed and d.t >= t0 - NOTICE_WINDOW_US]
+    # an anonymous denial before the subject's last allowed use after T0 was not the subject's
+    any_allowed = [dec[i].t for i in mine if dec[i].allowed and dec[i].t > t0 and dec[i].t < stop] + [
+        t for t, code in calls if code not in (401, 403) and t0 < t < stop]
+    anon_from = max(any_allowed) if any_allowed else t0 - US
     anything_after = bool(cands) or bool(allowed_after)
     if last_ok:
         last = max(last_ok, key=lambda d: d.t)
         ident = by_ip_identified.get(last.ip, [])
         for i in anon_denied.get(last.ip, []):
             d = dec[i]
-            if not after(d.t):
+            if not after(d.t) or d.t <= anon_from or d.t > t0 + LOOKBACK_US:
                 continue
-            lo = bisect.bisect_left(ident, (last.t, "", ""))
+            lo = bisect.bisect_left(ident, (last.t - NOTICE_WINDOW_US, "", ""))
             others = False
             for t, user, email in ident[lo:]:
                 if t > d.t:

@@ -6,7 +6,8 @@ WITH zt_p AS MATERIALIZED (
            CASE WHEN epoch_us(d.decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            hash(coalesce(d.check_request_id, d.request_id)) AS rid_h,
            CASE WHEN coalesce(d.session_id, '') <> ''
-                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, upper(d.method), d.path)
+                THEN hash(coalesce(h.cluster, d.cluster, s.single_cluster), d.session_id, lower(d.email),
+                          upper(d.method), d.path)
            END AS kb, lower(d.email) AS who, upper(d.method) AS method, d.path, d.decided_at,
            d.request_id, d.check_request_id, d.session_id, d.user_id, d.host
     FROM proxy_decision d
@@ -28,6 +29,7 @@ WITH zt_p AS MATERIALIZED (
            epoch_us(any_value(r.request_received_at)) AS r_us,
            any_value(CASE WHEN r.proxy_session_id IS NOT NULL
                           THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
+                                    lower(coalesce(r.impersonated_user, r.user_name)),
                                     CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1)) END)
              AS kb, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb,
            CASE any_value(r.verb) WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(any_value(r.verb)) END AS method,
@@ -60,27 +62,28 @@ WITH zt_p AS MATERIALIZED (
          zt_c0 AS MATERIALIZED (
              WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
+        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pa)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pa) AND kb IS NULL
+        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pa)
     )
-    SELECT pk, is_a, k, t, half, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n FROM u
+    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n
+    FROM u
     ) 
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
     FROM r p JOIN r a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
-    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half
+    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
 ),
          zt_x0 AS MATERIALIZED (SELECT * FROM zt_pa UNION ALL SELECT * FROM zt_c0),
          zt_c1 AS MATERIALIZED (WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
+        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x0)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x0) AND kb IS NULL
+        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x0)
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
@@ -88,27 +91,27 @@ WITH zt_p AS MATERIALIZED (
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
         FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, cp, ca,
+        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
         FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     )
-    SELECT pk, is_a, k, t, half, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
+    SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     ) 
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
     FROM r p JOIN r a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
-    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half
+    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
 ),
          zt_x1 AS MATERIALIZED (SELECT * FROM zt_x0 UNION ALL SELECT * FROM zt_c1),
          zt_c2 AS MATERIALIZED (WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half
+        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x1)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half
-        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x1) AND kb IS NULL
+        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x1)
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
@@ -116,18 +119,18 @@ WITH zt_p AS MATERIALIZED (
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
         FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, cp, ca,
+        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
         FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
     )
-    SELECT pk, is_a, k, t, half, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
+    SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     ) 
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
     FROM r p JOIN r a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
-    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half
+    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
 ),
          zt_pairs AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,

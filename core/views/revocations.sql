@@ -15,7 +15,8 @@ WITH zt_cd AS MATERIALIZED (
            CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
-               AND regexp_matches(e.event_type, '(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)')
+               AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND e.event_type = 'LOGIN'))
                AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
@@ -24,7 +25,7 @@ WITH zt_cd AS MATERIALIZED (
       AND NOT (i.idp = 'pomerium' AND i.event_type LIKE '%expired session%') 
     UNION ALL
     SELECT 'idp', 'keycloak', NULL, 'identity', c.subject_id, NULL, c.subject_id, NULL,
-           coalesce(c.updated_at, c.occurred_at),
+           coalesce(c.updated_at, c.first_confirmed_at),
            (SELECT min(u.actor) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
               AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at),
            CASE WHEN c.updated_at IS NULL THEN c.event_type ELSE 'admin:UPDATE:USER' END,
@@ -34,14 +35,29 @@ WITH zt_cd AS MATERIALIZED (
            'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
-               AND regexp_matches(e.event_type, '(?i)(^|[._ \-])(unsuspend|activate|reactivate|enable|restore|unlock)'))
-    FROM (SELECT k.*, (SELECT max(u.occurred_at) FROM idp_event u
-                       WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
-                         AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
-                         AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at
+               AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
+               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR e.event_type = 'LOGIN'))
+    FROM (SELECT k.*,
+                 (SELECT max(u.occurred_at) FROM idp_event u
+                  WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
+                    AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
+                    AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at,
+                 -- without the admin event, the earliest confirmation of the day stands for the disable,
+                 -- so every client's failed refresh gives the same instant (one revocation)
+                 (SELECT min(f.occurred_at) FROM idp_event f
+                  WHERE f.idp = 'keycloak' AND f.subject_id = k.subject_id AND f.event_type = 'REFRESH_TOKEN_ERROR'
+                    AND regexp_matches(f.reason, '(?i)user disabled') AND f.occurred_at <= k.occurred_at
+                    AND f.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS first_confirmed_at
           FROM idp_event k
           WHERE k.idp = 'keycloak' AND k.event_type = 'REFRESH_TOKEN_ERROR' AND k.subject_id IS NOT NULL
-            AND regexp_matches(k.reason, '(?i)user (disabled|not found)') ) c
+            AND regexp_matches(k.reason, '(?i)user disabled')
+            -- an explicit revocation of the subject (a disable logged with its representation, a
+            -- DELETE) in the day before is what this confirms: nothing to infer
+            AND NOT EXISTS (SELECT 1 FROM idp_event x
+                            WHERE x.idp = 'keycloak' AND x.is_revocation AND x.subject_id = k.subject_id
+                              AND x.revocation_scope = 'identity' AND x.occurred_at <= k.occurred_at
+                              AND x.occurred_at > k.occurred_at - INTERVAL 1 DAY)
+            ) c
     UNION ALL
     SELECT 'k8s_audit', d.cluster, d.cluster,
            CASE d.resource WHEN 'serviceaccounts' THEN 'service_account' WHEN 'secrets' THEN 'legacy_token'

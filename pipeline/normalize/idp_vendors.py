@@ -177,7 +177,8 @@ _KEYCLOAK_USER_SCOPE: Final[dict[str, str]] = {
     "REVOKE_GRANT": "grant",
     "DELETE_ACCOUNT": "identity",
     "USER_DISABLED_BY_PERMANENT_LOCKOUT": "identity",
-    "USER_DISABLED_BY_TEMPORARY_LOCKOUT": "identity",
+    # USER_DISABLED_BY_TEMPORARY_LOCKOUT is not one: brute-force protection refuses new logins for a
+    # while and lifts itself without any event, and existing sessions keep working (§3.4)
 }
 # key=value pairs of a jboss-logging event line; values quoted (26.x) or bare (older versions).
 _KV: Final = re.compile(r'([A-Za-z_][\w.\-]*)=("(?:[^"\\]|\\.)*"|[^,]*)(?:,\s*|\s*$)')

@@ -103,14 +103,16 @@ def test_proxy_audit_match_view_counts_what_the_detect_plan_counts(tmp_path: Pat
         con = open_lake(lake, must_exist=False)
         view = dict(con.execute("SELECT coalesce(tier, side), count(*) FROM proxy_audit_match GROUP BY 1").fetchall())
         corr = correlate.ensure(DetectContext(con, Config()))
-        got = con.execute(f"""SELECT coalesce(sum(matched_tier_a), 0), coalesce(sum(matched_tier_c), 0),
+        got = con.execute(f"""SELECT coalesce(sum(matched_tier_a), 0), coalesce(sum(matched_tier_b), 0),
+                                     coalesce(sum(matched_tier_c), 0),
                                      coalesce(sum(unmatched_proxy + unmatched_audit + pending), 0)
                               FROM {corr.summary}""").fetchone()
-        assert (view.get("A", 0), view.get("C", 0), view.get("proxy", 0) + view.get("audit", 0)) == got, path.name
+        assert (view.get("A", 0), view.get("B", 0), view.get("C", 0),
+                view.get("proxy", 0) + view.get("audit", 0)) == got, path.name
         for k, n in view.items():
             totals[k] = totals.get(k, 0) + n
         con.close()
-    assert set(totals) == {"A", "C", "proxy", "audit"}, totals
+    assert set(totals) == {"A", "B", "C", "proxy", "audit"}, totals
 
 
 @pytest.mark.parametrize(("stages", "winner"), [

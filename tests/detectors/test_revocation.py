@@ -36,7 +36,8 @@ def status_rows(lake: Path, cfg: Config) -> list[dict[str, Any]]:
 def check_status(rows: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     assert len(rows) == len(expected), rows
     for exp in expected:
-        row = next((r for r in rows if r["subject"] == exp["subject"]), None)
+        row = next((r for r in rows if r["subject"] == exp["subject"]
+                    and r["event_type"] == exp.get("event_type", r["event_type"])), None)
         assert row is not None, f"no revocation of {exp['subject']}: {rows}"
         for key, want in exp.items():
             got = row[key]
@@ -82,12 +83,12 @@ def _pomerium(time: str, rid: str, email: str, allow: bool) -> str:
                        "message": "authorize check"})
 
 
-def _audit(audit_id: str, received: str) -> str:
+def _audit(audit_id: str, received: str, user: str = "gina@example.com") -> str:
     sa = "system:serviceaccount:pomerium:pomerium-authorize"
     return json.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": audit_id,
                        "stage": "ResponseComplete", "requestURI": "/api/v1/namespaces/web/pods", "verb": "list",
                        "user": {"username": sa, "groups": ["system:serviceaccounts"]},
-                       "impersonatedUser": {"username": "gina@example.com", "groups": ["devs"]},
+                       "impersonatedUser": {"username": user, "groups": ["devs"]},
                        "sourceIPs": ["10.0.0.5"], "objectRef": {"resource": "pods", "namespace": "web"},
                        "responseStatus": {"code": 200}, "requestReceivedTimestamp": received,
                        "stageTimestamp": received})
@@ -111,7 +112,8 @@ def test_latency_local_offset_second_precision(tmp_path: Path, lake: Path) -> No
             [_pomerium("2026-11-20T11:59:50+02:00", "g1", "gina@example.com", True),
              _pomerium("2026-11-20T12:00:31+02:00", "g2", "gina@example.com", False),
              _pomerium("2026-11-20T12:20:00+02:00", "g4", "gina@example.com", False)],
-            [_audit("ga-1", "2026-11-20T09:59:51.600000Z")])
+            [_audit("ga-1", "2026-11-20T09:59:51.600000Z"),
+             _audit("ga-later", "2026-11-20T10:20:00Z", "zoe@example.com")])
     (row,) = status_rows(lake, Config())
     assert row["status"] == "enforced", row["reason"]
     assert row["denial_latency_seconds"] == pytest.approx(30.75)

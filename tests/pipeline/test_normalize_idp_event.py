@@ -218,7 +218,7 @@ def kc(type_: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("type_", "scope"), [
     ("LOGOUT", "session"), ("REVOKE_GRANT", "grant"), ("DELETE_ACCOUNT", "identity"),
-    ("USER_DISABLED_BY_PERMANENT_LOCKOUT", "identity"), ("USER_DISABLED_BY_TEMPORARY_LOCKOUT", "identity"),
+    ("USER_DISABLED_BY_PERMANENT_LOCKOUT", "identity"), ("USER_DISABLED_BY_TEMPORARY_LOCKOUT", None),
     ("LOGIN", None), ("LOGOUT_ERROR", None), ("REFRESH_TOKEN", None),
 ])
 def test_keycloak_user_events(type_: str, scope: str | None) -> None:
@@ -276,7 +276,7 @@ def test_keycloak_jboss_text_quoted_and_unquoted() -> None:
     rows, rejected = run([quoted, bare, adm])
     assert rejected == []
     assert [(r["event_type"], r["revocation_scope"]) for r in rows] == [
-        ("LOGOUT", "session"), ("USER_DISABLED_BY_TEMPORARY_LOCKOUT", "identity"),
+        ("LOGOUT", "session"), ("USER_DISABLED_BY_TEMPORARY_LOCKOUT", None),
         ("admin:DELETE:USER_SESSION", "session")]
     assert rows[0]["session_id"] == "s-2" and rows[0]["subject_id"] == KC_USER
     assert rows[0]["occurred_at"] == datetime(2026, 11, 24, 12, 31, 44, 918000, tzinfo=UTC)
