@@ -127,9 +127,11 @@ class CredentialSettings:
     dormancy_days: float = _opt(
         30.0, "a credential unused for a month and then used again is worth a look")
     cluster_networks: dict[str, list[str]] = _opt(
-        {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8", "::1/128"]},
-        "pod, node and control-plane networks are private ranges in nearly every cluster; set the "
-        "exact CIDRs per cluster for precision")
+        {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8", "127.0.0.0/8", "::1/128",
+               "169.254.0.0/16", "fe80::/10"]},
+        "pod, node and control-plane networks are private ranges in nearly every cluster, and link-local "
+        "addresses never leave the host or link (OpenShift OVN-Kubernetes' host address is 169.254.169.1); "
+        "set the exact CIDRs per cluster for precision")
     shared_window_seconds: int = _opt(
         300, "one credential seen from several places within 5 min is concurrent use, not travel")
 

@@ -65,17 +65,23 @@ GROUP BY u.credential_key
 HAVING max(ts) >= $lo
 """
 
-# Resumed use after dormancy: hourly buckets per key, gap to the previous bucket.
+# Resumed use after dormancy: hourly buckets per key and cluster, gap to the previous bucket of the
+# same key in the same cluster. Per cluster because fallback keys (TOKEN?=<service account>) and
+# SECRET=<ns>/<name> name a holder, not a token: the same service account name in two clusters is
+# two credentials, and one used daily in one cluster says nothing of the other. The evidence is the
+# last use before the gap and the first use after it.
 _DORMANT_SQL = """
 WITH u AS (SELECT * FROM {uses}),
 b AS (
-    SELECT credential_key, min(holder) AS holder, min(cluster) AS cluster,
-           min(ts) AS t0, max(ts) AS t1
+    SELECT credential_key, cluster, min(holder) AS holder, min(ts) AS t0, max(ts) AS t1,
+           arg_min(cluster || '/' || audit_id, (ts, audit_id)) AS first_ref,
+           arg_max(cluster || '/' || audit_id, (ts, audit_id)) AS last_ref
     FROM u WHERE credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
-    GROUP BY credential_key, floor(epoch(ts) / 3600)
+    GROUP BY credential_key, cluster, floor(epoch(ts) / 3600)
 ),
-g AS (SELECT *, lag(t1) OVER (PARTITION BY credential_key ORDER BY t0) AS prev FROM b)
-SELECT credential_key, holder, cluster, prev, t0 FROM g
+g AS (SELECT *, lag(t1) OVER w AS prev, lag(last_ref) OVER w AS prev_ref FROM b
+      WINDOW w AS (PARTITION BY credential_key, cluster ORDER BY t0))
+SELECT credential_key, holder, cluster, prev, t0, [prev_ref, first_ref] AS ev FROM g
 WHERE prev IS NOT NULL AND t0 >= $lo AND epoch(t0) - epoch(prev) >= $dormant_s
 """
 
@@ -154,12 +160,13 @@ class Stale:
                 ))
         # 2. Dormant then used again.
         dormant_s = float(cfg.dormancy_days) * 86400
-        for key, holder, cluster, prev, t0 in ctx.con.sql(
+        for key, holder, cluster, prev, t0, ev in ctx.con.sql(
                 _DORMANT_SQL.format(uses=uses), params={"lo": lo, "dormant_s": dormant_s}).fetchall():
             days = (t0 - prev).total_seconds() / 86400
             out.append(Finding(
-                detector=self.id, key=(key, "dormant", t0.isoformat()), severity=Severity.MEDIUM, actor=holder,
-                credential_id=key, cluster=cluster, first_seen=t0, last_seen=t0,
+                detector=self.id, key=(key, cluster or "", "dormant", t0.isoformat()), severity=Severity.MEDIUM,
+                actor=holder, credential_id=key, cluster=cluster, first_seen=t0, last_seen=t0,
+                evidence=_ev_list([x for x in ev if x is not None]),
                 summary=(f"credential {key} of {holder} used again on {t0:%Y-%m-%d %H:%M} UTC after {days:.0f} days "
                          f"unused (dormancy threshold {cfg.dormancy_days:g} days). Confirm its owner still needs it."),
                 score=days / float(cfg.dormancy_days),
