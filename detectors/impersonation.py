@@ -68,9 +68,14 @@ def _audit_refs(cluster: str | None, ids: Sequence[str], cap: int) -> tuple[str,
     return tuple(f"k8s_audit:{cluster}/{i}" for i in list(ids)[:cap])
 
 
-#: Predicate: ``user_name`` / ``user_groups`` of the row make it a human, per config (the patterns are
-#: bound: ``$human``, ``$hgroups``, ``$system``, each one RE2 alternation or NULL).
-_HUMAN: Final = ("(($human IS NOT NULL AND regexp_matches(user_name, $human)) OR "
+#: Predicate: the row's authenticated user is a person. The lake's own classification first: a row
+#: that impersonates no one and whose ``actor_kind`` is ``human`` (ingest calls every identity that is
+#: not a service account, node, ``system:*`` or a ``system_user_patterns`` match a person, e.g.
+#: OpenShift's ``kube:admin``), so this detector, the lake and ``report impersonation`` agree; then the
+#: config's patterns, which also catch a person who impersonates (the patterns are bound: ``$human``,
+#: ``$hgroups``, ``$system``, each one RE2 alternation or NULL).
+_HUMAN: Final = ("((impersonator IS NULL AND actor_kind = 'human') OR "
+                 "($human IS NOT NULL AND regexp_matches(user_name, $human)) OR "
                  "($hgroups IS NOT NULL AND len(list_filter(coalesce(user_groups, []), "
                  "lambda g: regexp_matches(g, $hgroups))) > 0)) AND "
                  "NOT ($system IS NOT NULL AND regexp_matches(user_name, $system))")

@@ -42,7 +42,11 @@ def human_paths(ctx: ReportContext) -> list[Row]:
                             WHERE session_id IS NOT NULL AND session_id <> '' AND email IS NOT NULL), false)
                  AS via_proxy_session,
                count(*) FILTER (WHERE stage IN ('ResponseComplete', 'Panic')) AS requests,
-               min(request_received_at) AS first_seen, max(request_received_at) AS last_seen
+               -- the span of the requests counted (a request still in flight has no completed stage)
+               coalesce(min(request_received_at) FILTER (WHERE stage IN ('ResponseComplete', 'Panic')),
+                        min(request_received_at)) AS first_seen,
+               coalesce(max(request_received_at) FILTER (WHERE stage IN ('ResponseComplete', 'Panic')),
+                        max(request_received_at)) AS last_seen
         FROM k8s_audit WHERE {where} AND (actor_kind = 'human' OR impersonator IS NOT NULL)
         GROUP BY ALL ORDER BY cluster, actor""", params)
     agg: dict[tuple[Any, Any], Row] = {}

@@ -636,3 +636,19 @@ def test_empty_derived_report_says_why(sample_lake: Path, tmp_path: Path, name: 
                                    "--since", "2099-01-01"])
     assert res.exit_code == 0, res.output
     assert "run `ztaudit detect`" not in res.output + res.stderr and "in range" in res.output + res.stderr
+
+
+def test_impersonation_paths_span_is_the_requests_counted(tmp_path: Path) -> None:
+    # two completed direct requests, then a third still in flight (RequestReceived only): the row
+    # counts two requests and its last_seen is the second one's, not the uncounted third's
+    rows = [{"audit_id": f"k{i}", "cluster": "prod", "stage": stage, "request_received_at": at, "stage_at": at,
+             "verb": "get", "request_uri": "/api/v1/pods", "user_name": "kube:admin", "actor": "kube:admin",
+             "actor_kind": "human", "response_code": code, "origin": f"t:{i}"}
+            for i, (stage, at, code) in enumerate([
+                ("ResponseComplete", datetime(2026, 11, 20, 10, 0, tzinfo=UTC), 200),
+                ("ResponseComplete", datetime(2026, 11, 20, 10, 5, tzinfo=UTC), 200),
+                ("RequestReceived", datetime(2026, 11, 20, 10, 9, tzinfo=UTC), None)])]
+    lake = write_rows(tmp_path / "lake", {"k8s_audit": rows})
+    (row,) = jrun("impersonation", "--lake", str(lake))
+    assert (row["actor"], row["requests"], row["direct"], row["status"]) == ("kube:admin", 2, 2, "proxy_bypass")
+    assert row["last_seen"] == "2026-11-20T10:05:00.000000Z"
