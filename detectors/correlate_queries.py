@@ -116,21 +116,24 @@ PROXY_SIDE_WITH_ACTOR: Final = f"""
       AND {Window.sql("decided_at", "d")}
     """
 
+#: An audit stage's tier C key (cluster, user, method, path without query) and tier B key (the same with the
+#: proxy session id; null without one), over alias ``r``; ``{single}`` names the lake's single cluster.
+#: The user is the impersonated one, or the authenticated one for a proxy-minted JWT (tier B).
+_AUDIT_WHO: Final = "lower(coalesce(r.impersonated_user, r.user_name))"
+_AUDIT_REQ: Final = f"{VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)"
+_AUDIT_K: Final = f"hash(coalesce(r.cluster, {{single}}), {_AUDIT_WHO}, {_AUDIT_REQ})"
+_AUDIT_KB: Final = (f"CASE WHEN r.proxy_session_id IS NOT NULL THEN hash(coalesce(r.cluster, {{single}}), "
+                    f"r.proxy_session_id, {_AUDIT_WHO}, {_AUDIT_REQ}) END")
+
 #: Audit side, what matching needs of a request: key, composite key, cluster, hash of its audit id,
 #: impersonated user and time (µs). One row per request: grouping by one 64-bit hash of (cluster,
 #: audit_id, request_received_at) is ~2x faster than by the columns.
 AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
-                          {VERB_METHOD_SQL.format(v='r.verb')},
-                          split_part(r.request_uri, '?', 1))) AS k,
+           any_value({_AUDIT_K.format(single='s.single_cluster')}) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
            lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
            epoch_us(any_value(r.request_received_at)) AS r_us,
-           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
-                          THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
-                                    lower(coalesce(r.impersonated_user, r.user_name)),
-                                    {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
-             AS kb"""
+           any_value({_AUDIT_KB.format(single='s.single_cluster')}) AS kb"""
 
 #: Which requests take part: stages impersonated by an approved impersonator for their cluster, and
 #: stages carrying a proxy session id (tier B).
@@ -155,18 +158,12 @@ AUDIT_SIDE: Final = f"""
 #: unmatched request; so the summary needs no second read of the audit log.
 AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, r.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
-                          {VERB_METHOD_SQL.format(v='r.verb')},
-                          split_part(r.request_uri, '?', 1))) FILTER (WHERE r.lean) AS k,
+           any_value({_AUDIT_K.format(single='r.single_cluster')}) FILTER (WHERE r.lean) AS k,
            any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
            any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
            lower(any_value(coalesce(r.impersonated_user, r.user_name)) FILTER (WHERE r.lean)) AS who,
            epoch_us(any_value(r.request_received_at) FILTER (WHERE r.lean)) AS r_us,
-           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
-                          THEN hash(coalesce(r.cluster, r.single_cluster), r.proxy_session_id,
-                                    lower(coalesce(r.impersonated_user, r.user_name)),
-                                    {VERB_METHOD_SQL.format(v='r.verb')}, split_part(r.request_uri, '?', 1)) END)
-             FILTER (WHERE r.lean) AS kb,
+           any_value({_AUDIT_KB.format(single='r.single_cluster')}) FILTER (WHERE r.lean) AS kb,
            lower(coalesce(any_value(r.impersonated_user), any_value(r.user_name))) AS who_all
     FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.user_name, r.verb,
                  r.request_uri, r.proxy_session_id, s.single_cluster,

@@ -36,7 +36,8 @@ the actor) is ``exact``. Pomerium's denials after a session deletion carry no id
 (``user-unauthenticated``, ``user:""``, no session id: §1.4, real-stack.md §4): such a denial from the
 address of the subject's last allowed proxy decision is attributed (``client_ip``) only if no other
 identity made an identified decision from that address in between and the user agents, where both are
-logged, agree; otherwise it is counted in ``anonymous_refused`` and the reason says why.
+logged, agree; otherwise it is counted in ``anonymous_refused`` and the reason says why (the statements:
+:mod:`ztaudit.detectors.revocation_attribution`).
 
 Latencies: ``notice_latency_seconds`` (T0 → the proxy dropped the session), ``denial_latency_seconds``
 (T0 → first attributable denial), ``exposure_seconds`` (T0 → last allowed use after T0);
@@ -62,6 +63,7 @@ import pyarrow as pa
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, Window, utc_day
+from ztaudit.detectors.revocation_attribution import PROXY_BOUND, attribute_anonymous_denials
 from ztaudit.detectors.revocations_view import REVOCATIONS_IN_WINDOW_SQL
 from ztaudit.detectors.sql import execute
 
@@ -170,11 +172,8 @@ _USES_TABLE: Final = """CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, 
                         prec_us BIGINT, allowed BOOLEAN, ref VARCHAR, sess VARCHAR, ip VARCHAR, ua VARCHAR,
                         cluster VARCHAR, proxy VARCHAR, code INTEGER, how VARCHAR)"""
 
-#: Every scan of the big tables below is bounded to [$ulo, $until) — $ulo is the earliest
-#: ``revoked_at`` of the kinds the statement judges, less the activity window, so nothing a join could
-#: keep is dropped — and to the day partitions ``dt`` in [$ulo_day, $hi_day].
-_PROXY_BOUND: Final = ("d.decided_at >= $ulo AND d.decided_at < $until "
-                       "AND CAST(d.dt AS VARCHAR) >= $ulo_day AND CAST(d.dt AS VARCHAR) <= $hi_day")
+#: Every scan of the big tables below is bounded like :data:`~.revocation_attribution.PROXY_BOUND`.
+_PROXY_BOUND: Final = PROXY_BOUND
 _AUDIT_BOUND: Final = ("request_received_at >= $ulo AND request_received_at < $until "
                        "AND CAST(dt AS VARCHAR) >= $ulo_day AND CAST(dt AS VARCHAR) <= $hi_day")
 
@@ -334,119 +333,6 @@ def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: date
     return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi), "activity": activity}
 
 
-#: The subject's last allowed proxy decision before the revocation (within the notice window: an address
-#: used days earlier says nothing of who is there now), with the address it came from, and the
-#: subject's last allowed use after the revocation (``last_after``): a denial before it was not the
-#: subject's, whose access still worked.
-_LAST_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_last AS
-    SELECT b.*, b.ts - $notice_window AS look_from,
-           (SELECT max(u.ts) FROM zt_rev_use u WHERE u.rev_id = b.rev_id AND u.allowed AND u.ts > b.revoked_at
-              AND (b.restored_at IS NULL OR u.ts < b.restored_at)) AS last_after
-    FROM (SELECT u.rev_id, any_value(r.revoked_at) AS revoked_at, any_value(r.restored_at) AS restored_at,
-                 max(u.ts) AS ts, arg_max(u.ip, u.ts) AS ip,
-                 arg_max(u.ua, u.ts) AS ua, arg_max(u.proxy, u.ts) AS proxy
-          FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
-          WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
-            AND u.ts >= r.revoked_at - $notice_window AND coalesce(u.ip, '') <> ''
-          GROUP BY u.rev_id) b
-"""
-
-#: Identified proxy decisions made from the subjects' addresses, cut into runs of one identity per
-#: address (``run``), with when the next run (another identity) starts: for a subject whose last allowed
-#: decision is at ``since``, the first *other* identity at that address after ``since`` is found by one
-#: ASOF lookup instead of a join of every denial with every decision (a shared NAT address would make
-#: that quadratic). ``who`` prefers the email, the spelling Pomerium logs on every line of a session.
-_SEEN_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_seen AS
-    WITH s AS (
-        SELECT d.client_ip AS ip, d.decided_at AS ts, lower(nullif(d.email, '')) AS em, nullif(d.user_id, '') AS uid,
-               coalesce(lower(nullif(d.email, '')), nullif(d.user_id, '')) AS who
-        FROM proxy_decision d
-        WHERE d.client_ip IN (SELECT ip FROM zt_rev_last)
-          AND (coalesce(d.user_id, '') <> '' OR coalesce(d.email, '') <> '') AND {_PROXY_BOUND}
-    ), r AS (
-        SELECT *, sum(CASE WHEN who IS DISTINCT FROM prev THEN 1 ELSE 0 END)
-                    OVER (PARTITION BY ip ORDER BY ts, who ROWS UNBOUNDED PRECEDING) AS run
-        FROM (SELECT *, lag(who) OVER (PARTITION BY ip ORDER BY ts, who) AS prev FROM s)
-    ), runs AS (
-        SELECT ip, run, min(ts) AS start FROM r GROUP BY ip, run
-    )
-    SELECT r.ip, r.ts, r.em, r.uid, n.start AS next_start
-    FROM r LEFT JOIN runs n ON n.ip = r.ip AND n.run = r.run + 1
-"""
-
-#: Anonymous proxy denials (no user, email or session: Pomerium's ``user-unauthenticated`` lines after a
-#: session was deleted, §1.4, real-stack.md §4) from the subjects' addresses, numbered per (address,
-#: proxy) in time order, so a revocation's share is a range of numbers found by ASOF lookups.
-_DENIALS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_dn AS
-    SELECT d.client_ip AS ip, d.proxy, d.decided_at AS ts, d.user_agent AS ua,
-           'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref,
-           row_number() OVER (PARTITION BY d.client_ip, d.proxy
-                              ORDER BY d.decided_at, coalesce(d.request_id, d.origin)) AS rn
-    FROM proxy_decision d
-    WHERE NOT d.is_allowed AND coalesce(d.user_id, '') = '' AND coalesce(d.email, '') = ''
-      AND coalesce(d.session_id, '') = '' AND d.client_ip IN (SELECT ip FROM zt_rev_last) AND {_PROXY_BOUND}
-"""
-
-#: Per revocation: its anonymous denials are those of the address and proxy of the subject's last
-#: allowed decision, from T0 (a denial logged in T0's second counts; after the subject's last allowed
-#: use, if it had any after T0) until the activity window ends or the subject is restored (numbers
-#: ``lo`` .. ``hi``). They are attributed to the subject (``client_ip``) up to the first decision of
-#: another identity from that address from the notice window before the subject's last allowed one on
-#: (``other_at``; number ``mid``; a NAT address where others work is never attributed): after it the
-#: address is shared and nothing is attributed (``refused_shared``). Of the first $keep attributable ones,
-#: those whose user agent differs
-#: from the subject's (where both are logged) are not attributed either (``refused_ua``).
-_ANON_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_anon AS
-    WITH b AS (
-        SELECT l.rev_id, l.ip, l.proxy, l.ua AS last_ua, r.revoked_at,
-               greatest(r.revoked_at - INTERVAL 1 SECOND, coalesce(l.last_after, r.revoked_at - INTERVAL 1 SECOND))
-                 AS start,
-               least(r.revoked_at + $activity, coalesce(r.restored_at, $forever)) AS stop,
-               CASE WHEN s.ts IS NULL THEN NULL
-                    WHEN s.uid IS NOT DISTINCT FROM r.subject_id AND s.uid IS NOT NULL OR s.em = r.login
-                      THEN s.next_start
-                    ELSE s.ts END AS other_at
-        FROM zt_rev_last l JOIN zt_rev r USING (rev_id)
-        ASOF LEFT JOIN zt_rev_seen s ON s.ip = l.ip AND s.ts >= l.look_from
-    ), lo AS (
-        SELECT b.rev_id, d.rn AS lo FROM b ASOF JOIN zt_rev_dn d
-          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts > b.start
-    ), hi AS (
-        SELECT b.rev_id, d.rn AS hi_next FROM b ASOF JOIN zt_rev_dn d
-          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.stop
-    ), mid AS (
-        SELECT b.rev_id, d.rn AS mid FROM b ASOF JOIN zt_rev_dn d
-          ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.other_at
-    ), top AS (
-        SELECT ip, proxy, max(rn) AS top FROM zt_rev_dn GROUP BY ip, proxy
-    ), rng AS (
-        SELECT b.*, lo.lo, coalesce(hi.hi_next - 1, t.top) AS hi,
-               greatest(lo.lo, least(coalesce(mid.mid, t.top + 1), coalesce(hi.hi_next - 1, t.top) + 1)) AS mid
-        FROM b JOIN lo USING (rev_id) JOIN top t ON t.ip = b.ip AND t.proxy IS NOT DISTINCT FROM b.proxy
-        LEFT JOIN hi USING (rev_id) LEFT JOIN mid USING (rev_id)
-    ), sample AS (
-        SELECT g.rev_id, d.ts, d.ref, d.ua IS NOT NULL AND g.last_ua IS NOT NULL AND d.ua <> g.last_ua AS ua_differs
-        FROM rng g JOIN zt_rev_dn d
-          ON d.ip = g.ip AND d.proxy IS NOT DISTINCT FROM g.proxy AND d.rn >= g.lo AND d.rn < g.mid
-         AND d.rn < g.lo + $keep
-    )
-    SELECT g.rev_id, g.ip, g.other_at,
-           greatest(g.hi - g.mid + 1, 0) AS refused_shared,
-           coalesce(x.refused_ua, 0) AS refused_ua,
-           g.mid - g.lo - coalesce(x.refused_ua, 0) AS attributed,
-           x.first_anon, coalesce(x.refs, []) AS refs
-    FROM rng g LEFT JOIN (
-        SELECT rev_id, count(*) FILTER (WHERE ua_differs) AS refused_ua,
-               min(ts) FILTER (WHERE NOT ua_differs) AS first_anon,
-               list(ref ORDER BY ts, ref) FILTER (WHERE NOT ua_differs) AS refs
-        FROM sample GROUP BY rev_id) x USING (rev_id)
-    WHERE g.hi >= g.lo
-"""
-
 #: Duration in words for reasons.
 _DUR: Final = """CASE WHEN {s} IS NULL THEN '?' WHEN {s} < 120 THEN printf('%.0f s', {s})
                     WHEN {s} < 7200 THEN printf('%.1f min', {s} / 60) ELSE printf('%.1f h', {s} / 3600) END"""
@@ -496,7 +382,7 @@ _STATUS_SQL: Final = f"""
         FROM u GROUP BY rev_id
     ), anon AS (
         SELECT rev_id, first_anon, attributed, refused_shared + refused_ua AS refused, refused_shared,
-               ip AS refused_ip, ip AS anon_ip, other_at, refs
+               ip AS anon_ip, other_at, refs
         FROM zt_rev_anon
     ), notice AS (
         SELECT n.cand_id, min(n.notice_at) AS notice_at, arg_min(n.notice_event, n.notice_at) AS notice_event,
@@ -504,8 +390,7 @@ _STATUS_SQL: Final = f"""
                list_sort(list_distinct(flatten(list([n.ref] || n.refs)))) AS refs
         FROM zt_rev_notice n GROUP BY n.cand_id
     ), j AS (
-        SELECT r.*, a.*, an.* EXCLUDE (rev_id, refs), an.refs AS anon_refs, n.notice_at AS n_at,
-               n.notice_event AS n_event, n.bridge AS n_bridge, n.refs AS n_refs,
+        SELECT r.*, a.*, an.* EXCLUDE (rev_id, refs), an.refs AS anon_refs, n.bridge AS n_bridge, n.refs AS n_refs,
                -- a proxy session deletion that is itself the revocation: the proxy acted at once
                CASE WHEN r.system = 'pomerium' AND r.source = 'idp' THEN r.revoked_at ELSE n.notice_at END
                  AS notice_at,
@@ -582,7 +467,7 @@ _STATUS_SQL: Final = f"""
              END,
              CASE WHEN refused_shared > 0 THEN printf('%d anonymous denial(s) from %s not attributed: another '
                   || 'identity used that address at %s, after the subject''s last allowed request', refused_shared,
-                  refused_ip, strftime(other_at, '%Y-%m-%d %H:%M:%SZ')) END,
+                  anon_ip, strftime(other_at, '%Y-%m-%d %H:%M:%SZ')) END,
              CASE WHEN refused > coalesce(refused_shared, 0) THEN printf('%d anonymous denial(s) from the subject''s '
                   || 'address not attributed: another user agent', refused - coalesce(refused_shared, 0)) END,
              CASE WHEN forbidden_after > 0 THEN forbidden_after || ' request(s) after it still authenticated as the '
@@ -666,12 +551,8 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
                 execute(con, sql, _use_params(con, judged, window.hi, activity))
         if "binding" in kinds:
             _binding_uses(con, _use_params(con, ("binding",), window.hi, activity))
-        execute(con, _LAST_SQL, {"notice_window": notice_window})
-        bounds = _use_params(con, _IDENT_KINDS, window.hi, activity)
-        execute(con, _SEEN_SQL, bounds)
-        execute(con, _DENIALS_SQL, bounds)
-        execute(con, _ANON_SQL, {"activity": activity, "forever": LATEST,
-                                 "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence)})
+        attribute_anonymous_denials(con, _use_params(con, _IDENT_KINDS, window.hi, activity), notice_window,
+                                    keep=max(REPORT_VIOLATIONS, cfg.detect.max_evidence))
     finally:
         if old_threshold is not None:
             con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")

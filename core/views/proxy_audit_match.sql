@@ -21,17 +21,11 @@ WITH zt_p AS MATERIALIZED (
     ),
          zt_a AS MATERIALIZED (
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
-           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)),
-                          CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END,
-                          split_part(r.request_uri, '?', 1))) AS k,
+           any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)), CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1))) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
            lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
            epoch_us(any_value(r.request_received_at)) AS r_us,
-           any_value(CASE WHEN r.proxy_session_id IS NOT NULL
-                          THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id,
-                                    lower(coalesce(r.impersonated_user, r.user_name)),
-                                    CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1)) END)
-             AS kb, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb,
+           any_value(CASE WHEN r.proxy_session_id IS NOT NULL THEN hash(coalesce(r.cluster, s.single_cluster), r.proxy_session_id, lower(coalesce(r.impersonated_user, r.user_name)), CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1)) END) AS kb, any_value(r.impersonator) AS impersonator, any_value(r.verb) AS verb,
            CASE any_value(r.verb) WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(any_value(r.verb)) END AS method,
            split_part(any_value(r.request_uri), '?', 1) AS path, any_value(r.audit_id) AS audit_id,
            any_value(r.request_received_at) AS request_received_at, max(r.response_code) AS response_code
