@@ -17,6 +17,7 @@ from ztaudit.detectors.credential_detectors import LegacyToken, OffCluster, Shar
 from ztaudit.detectors.impersonation import ProxyBypass, UnapprovedImpersonator, Unbrokered, Unobserved
 from ztaudit.detectors.reach import AnomalousReach
 from ztaudit.detectors.revocation import NotEnforced
+from ztaudit.detectors.revocation_stream import StreamSurvived
 
 DETECTORS: Final[dict[str, type[Detector]]] = {
     "impersonation.proxy_bypass": ProxyBypass,
@@ -24,6 +25,7 @@ DETECTORS: Final[dict[str, type[Detector]]] = {
     "impersonation.unbrokered": Unbrokered,
     "impersonation.unapproved_impersonator": UnapprovedImpersonator,
     "revocation.not_enforced": NotEnforced,
+    "revocation.stream_survived": StreamSurvived,
     "reach.anomalous": AnomalousReach,
     "credential.stale": Stale,
     "credential.legacy_token": LegacyToken,

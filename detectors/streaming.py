@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Detectors the post-flush hook runs by default.
 STREAMING_DETECTORS: tuple[str, ...] = (
     "impersonation.proxy_bypass", "impersonation.unobserved", "impersonation.unbrokered",
-    "impersonation.unapproved_impersonator", "revocation.not_enforced",
+    "impersonation.unapproved_impersonator", "revocation.not_enforced", "revocation.stream_survived",
 )
 
 

@@ -8,6 +8,11 @@ same judgement the ``revocation.not_enforced`` detector makes. The report leads 
   :data:`~ztaudit.detectors.revocation_status.STATUS_COLUMNS` (status, reason, evidence chain,
   latencies; docs/revocation.md says what each means), then ``allowed_after_grace``, the same
   references as ``violations`` (kept so the report's JSON/CSV keys stay as they were);
+* section ``streams``: the revocations a stream outlived (``revocation.stream_survived``: a watch,
+  exec, attach, port-forward, proxy or followed log opened before the revocation and open past its
+  grace period), :data:`STREAM_COLUMNS`: how many, how many still open, the longest; each such
+  revocation's ``reason`` ends with the same count, and the verdict says how many revocations a
+  stream outlived (a revocation whose new requests were all refused is still ``enforced``);
 * section ``latency``: one row per group (``all``, each IdP / system, each cluster the subject was
   seen on): :data:`LATENCY_COLUMNS`, the counts per status, the notice and denial latency
   percentiles and the share of judged revocations that met ``revocation.objective_seconds``.
@@ -26,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ztaudit.detectors.revocation_status import STATUS_COLUMNS, STATUSES, revocation_status
+from ztaudit.detectors.revocation_stream import stream_exposure
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows
 from ztaudit.reports.charts import latency_chart, revocation_times
 
@@ -37,6 +43,11 @@ REVOCATION_DISPLAY = ["revoked_at", "system", "kind", "identity", "status", "not
 LATENCY_COLUMNS = ["group", "revocations", *STATUSES, "judged", "notice_p50_seconds", "notice_p95_seconds",
                    "denial_p50_seconds", "denial_p95_seconds", "exposure_max_seconds", "objective_met",
                    "objective_share"]
+#: Columns of the ``streams`` section: one row per revocation that a stream outlived.
+STREAM_COLUMNS = ["revoked_at", "system", "kind", "identity", "status", "streams", "still_open",
+                  "longest_stream_seconds", "longest_stream", "longest_ref", "stream_kinds", "stream_refs"]
+STREAM_DISPLAY = ["revoked_at", "system", "kind", "identity", "status", "streams", "still_open",
+                  "longest_stream_seconds", "longest_stream"]
 #: Statuses that count in the rates: pending and not_applicable are left out of every rate.
 JUDGED = ("enforced", "not_enforced", "quiet")
 
@@ -117,8 +128,35 @@ def _share(n: int, of: int) -> str:
     return f"{n} of {of} ({100 * n / of:.0f} %)" if of else f"{n}"
 
 
+def add_stream_exposure(rows: list[Row], exposure: dict[tuple[Any, ...], dict[str, Any]]) -> list[Row]:
+    """Give each revocation row the streams that outlived it (``streams``, ``longest_stream_seconds``...,
+    :func:`~ztaudit.detectors.revocation_stream.stream_exposure` keyed by evidence, kind, subject and
+    time), end its ``reason`` with them, and return the ``streams`` section's rows (those with any)."""
+    out: list[Row] = []
+    for r in rows:
+        e = exposure.get((r["evidence"], r["kind"], r["subject"], r["revoked_at"]))
+        r["streams"] = e["streams"] if e else 0
+        if not e:
+            continue
+        least = " at least" if e["longest_still_open"] else ""
+        r["longest_stream_seconds"] = e["longest_seconds"]
+        r["reason"] = (f"{r['reason']}; but {e['streams']} stream(s) opened before it stayed open past the grace "
+                       f"period ({', '.join(e['kinds'])}"
+                       + (f", {e['still_open']} still open at the end of the logs" if e["still_open"] else "")
+                       + f"), the longest{least} {_dur(e['longest_seconds'])} after it (revocation.stream_survived)")
+        out.append({**{k: r[k] for k in ("revoked_at", "system", "kind", "identity", "status")},
+                    "streams": e["streams"], "still_open": e["still_open"],
+                    "longest_stream_seconds": e["longest_seconds"],
+                    "longest_stream": f"{e['longest_stream']}{' (still open)' if e['longest_still_open'] else ''}",
+                    "longest_ref": e["longest_ref"], "stream_kinds": e["kinds"], "stream_refs": e["refs"]})
+    return out
+
+
 def verdict(rows: list[Row], objective_seconds: int) -> list[str]:
-    """One line per question, for the top of the report (every format) and the notebook."""
+    """One line per question, for the top of the report (every format) and the notebook.
+
+    Rows given streams by :func:`add_stream_exposure` also get the line on open streams.
+    """
     s = latency_summary(rows)
     judged = int(s["judged"])
     if not rows:
@@ -135,6 +173,19 @@ def verdict(rows: list[Row], objective_seconds: int) -> list[str]:
                     if s["not_enforced"] else "."))
     lines.append(f"Quiet: {_share(int(s['quiet']), judged)} — seen before, nothing allowed or denied after and no "
                  "proxy notice: no proof either way.")
+    if any("streams" in r for r in rows):
+        outlived = [r for r in rows if r.get("streams")]
+        if outlived:
+            enforced = sum(1 for r in outlived if r.get("status") == "enforced")
+            met = sum(1 for r in outlived if r.get("objective_met") is True)
+            longest = max(float(r["longest_stream_seconds"]) for r in outlived)
+            lines.append(f"Open streams: {len(outlived)} revocation(s) outlived by a stream opened before them "
+                         f"({enforced} of them enforced for new requests, {met} counted above as meeting the "
+                         f"objective), the longest open {_dur(longest)} after its revocation: a revocation stops new "
+                         "requests only; see revocation.stream_survived.")
+        else:
+            lines.append("Open streams: no watch, exec, attach, port-forward, proxy or followed log opened before a "
+                         "revocation stayed open past its grace period.")
     return lines
 
 
@@ -142,6 +193,8 @@ def revocation(ctx: ReportContext) -> ReportResult:
     """The verdict, each revocation with its evidence chain, and latency per group (``ztaudit report revocation``)."""
     with ctx.progress.step("judging revocations"):
         rows = revocation_rows(ctx)
+    with ctx.progress.step("finding streams that outlived them"):
+        streams = add_stream_exposure(rows, stream_exposure(ctx.con, ctx.config, ctx.filters.window.until))
     rc = ctx.config.revocation
     result = ReportResult("revocation", "Revocation enforcement", [
         Section("revocations", "Revocations (status, reason and latency)", REVOCATION_COLUMNS, rows,
@@ -149,6 +202,11 @@ def revocation(ctx: ReportContext) -> ReportResult:
                 description=f"grace period {rc.grace_seconds} s; notice = revocation to the proxy dropping the "
                             "session; denial = revocation to the first attributable denial; exposure = revocation "
                             "to the last allowed use after it"),
+        Section("streams", "Streams that outlived a revocation (watch, exec, attach, port-forward, proxy, logs -f)",
+                STREAM_COLUMNS, streams, display=STREAM_DISPLAY,
+                description=f"opened before the revocation and open more than {rc.grace_seconds} s after it; "
+                            "longest = seconds open after the revocation (a minimum when still open at the end of "
+                            "the logs); the API server authorizes a stream only when it opens"),
         Section("latency", "Latency and objective per IdP and cluster (seconds)", LATENCY_COLUMNS,
                 latency_groups(rows)),
     ], verdict=verdict(rows, rc.objective_seconds))
