@@ -83,7 +83,9 @@ def detect_hook(lake: Path, cfg: Config, findings_topic: str | None, password: s
               help="Group session timeout: how long a killed consumer holds its partitions (default 10000; "
                    "the broker's group.min.session.timeout.ms, 6000 by default, is the floor).")
 @lake_option("Lake directory to write into (created if missing).")
-@click.option("--cluster", default=None, help="Cluster name for records whose envelope does not name one.")
+@click.option("--cluster", default=None,
+              help="Cluster name for audit records nothing else names: not their envelope, a shipper field "
+                   "(ingest.cluster_fields), the Kafka header kafka.cluster_header or kafka.topic_clusters.")
 @click.option("--flush-records", type=click.IntRange(min=1), default=None,
               help="Records per file per partition (data-determined boundary; default 100000).")
 @click.option("--flush-bytes", type=click.IntRange(min=1024), default=None,
@@ -170,7 +172,8 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
         topics=topic_kinds, lake=lake_path, group=k.group, cluster=cluster, flush_records=k.flush_records,
         flush_bytes=k.flush_bytes, flush_seconds=k.flush_seconds, start_from=k.start_from, until_idle=until_idle,
         metrics_file=Path(metrics_file) if metrics_file else None, progress_seconds=progress_seconds,
-        max_record_bytes=max_record_bytes or cfg.ingest.max_record_bytes, on_flush=hooks)
+        max_record_bytes=max_record_bytes or cfg.ingest.max_record_bytes, on_flush=hooks,
+        topic_clusters=k.topic_clusters, cluster_fields=tuple(cfg.ingest.cluster_fields))
     m = run_consume(k, opts, ctx=context_from_config(cfg, cluster), password=password, signals=True)
     if not quiet:
         click.echo(f"consume: {m.events} events, {m.messages} messages, {m.quarantined} quarantined, "

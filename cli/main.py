@@ -26,6 +26,7 @@ from ztaudit.core.names import UnknownName, did_you_mean
 COMMANDS: dict[str, str] = {
     "ingest": "ztaudit.cli.ingest:ingest",
     "consume": "ztaudit.cli.consume:consume",
+    "serve": "ztaudit.cli.serve:serve",
     "compact": "ztaudit.cli.compact:compact",
     "generate": "ztaudit.cli.generate:generate",
     "detect": "ztaudit.cli.detect:detect",

@@ -37,6 +37,11 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
+#: ``ingest.cluster_fields`` by default: where shippers' users put the cluster name (Fluent Bit
+#: ``record_modifier`` and Vector ``remap`` examples add ``cluster``; OpenTelemetry names it
+#: ``k8s.cluster.name``); neither shipper's own Kubernetes metadata has one (docs/shippers.md).
+DEFAULT_CLUSTER_FIELDS = ("cluster", "cluster_name", "kubernetes.cluster_name", "k8s.cluster.name")
+
 #: A fix that says more than "use one of ..." for a fixed-word setting.
 _CHOICE_FIX: dict[str, str] = {
     "kafka.backend": "use kafka-python (default) or confluent (pip install 'ztaudit[confluent]')",
@@ -57,6 +62,10 @@ class IngestSettings:
         r"(?:^|/)cluster=(?P<cluster>[^/]+)/",
         "audit lines carry no cluster name; a shipper that writes one folder per cluster "
         "(hive-style cluster=NAME/) names it; a regex with a (?P<cluster>...) group, matched on the input path")
+    cluster_fields: list[str] = _opt(
+        list(DEFAULT_CLUSTER_FIELDS),
+        "audit events name no cluster; a log shipper's record can (a field its config adds): the first of "
+        "these dotted paths that holds a name gives k8s_audit rows their cluster (docs/shippers.md)")
     chunk_bytes: int = _opt(64 * 1024 * 1024, "64 MiB per columnar parse: large enough for DuckDB-sized row "
                             "groups, small enough to bound memory whatever the input size")
 
@@ -97,6 +106,11 @@ class CorrelationSettings:
     exact_id_window_seconds: float = _opt(
         300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
         "client-chosen Audit-IDs reused much later, so it can be generous")
+    unaudited_paths: list[str] = _opt(
+        ["/version", "/healthz*", "/livez*", "/readyz*"],
+        "paths (globs) the audit policy does not log: readable by everyone (ClusterRole "
+        "system:public-info-viewer) and dropped by most audit policies, so no audit event is expected for "
+        "them and neither side's requests to them are paired or judged")
     session_extra_key: str = _opt(
         "", "tier B: the audit user.extra key that carries the proxy session id (the API server's "
         "AuthenticationConfiguration claimMappings.extra mapping Pomerium's 'sid' claim); empty = off")
@@ -187,6 +201,12 @@ class KafkaSettings:
     ssl_certfile: str = _opt("", "client certificate for mutual TLS")
     ssl_keyfile: str = _opt("", "client key for mutual TLS")
     findings_topic: str = _opt("", "when set, streaming findings are also produced to this topic")
+    cluster_header: str = _opt(
+        "cluster", "a producer can name a message's cluster in this Kafka header (after a shipper field, "
+        "before kafka.topic_clusters); empty = headers are not read")
+    topic_clusters: dict[str, str] = _opt(
+        {}, "topic -> cluster its audit events come from, for topics that carry one cluster's events "
+        "(after a shipper field and the header, before --cluster)")
 
     def password(self) -> str | None:
         """The SASL password from the file or environment variable named in the config, or None."""
@@ -201,6 +221,23 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    listen: str = _opt("127.0.0.1:8443", "loopback: an API server on the same host reaches it; another address "
+                       "exposes it to the network and is logged as a warning")
+    tls_cert: str = _opt("", "server certificate (PEM), required: the API server verifies it against the "
+                         "kubeconfig's certificate-authority")
+    tls_key: str = _opt("", "the server certificate's private key (PEM, unencrypted)")
+    client_ca: str = _opt("", "CA of the API server's client certificate (mTLS); empty = no client certificates")
+    token_file: str = _opt("", "bearer tokens, one TOKEN or TOKEN,CLUSTER per line; empty = no tokens")
+    max_body_bytes: int = _opt(16 * 1024 * 1024, "above the API server's largest truncated batch "
+                               "(--audit-webhook-truncate-max-batch-size, 10 MiB) and 400 Metadata events; "
+                               "bounds memory per post")
+    max_concurrent: int = _opt(4, "the API server sends batches concurrently; memory stays below about this "
+                               "many bodies, and more posts get 503 + Retry-After and are re-sent")
+    summary_seconds: float = _opt(60.0, "one summary line a minute at info level")
+
+
+@dataclass(frozen=True)
 class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     impersonation: ImpersonationSettings = field(default_factory=ImpersonationSettings)
@@ -211,6 +248,7 @@ class Config:
     reach: ReachSettings = field(default_factory=ReachSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     source_path: str | None = None
     #: where each setting came from: "default", "file PATH:LINE", "environment $NAME" or "flag"
     origins: dict[str, str] = field(default_factory=dict, compare=False)
@@ -442,8 +480,21 @@ def _validate(cfg: Config, errors: list[ConfigError]) -> None:
                                           "e.g. cluster=(?P<cluster>[^/]+)/"))
     except re.error as exc:
         errors.append(ConfigError("ingest.cluster_from_path", f"bad regular expression: {exc}"))
+    for topic, name in cfg.kafka.topic_clusters.items():
+        if not isinstance(name, str) or not name.strip():
+            errors.append(ConfigError(f"kafka.topic_clusters.{topic}", "must map the topic to a cluster name",
+                                      fix='write topic_clusters = { "audit-prod" = "prod" }'))
+    if any(not f.strip() for f in cfg.ingest.cluster_fields):
+        errors.append(ConfigError("ingest.cluster_fields", "an empty field path",
+                                  fix='write dotted paths like ["cluster", "kubernetes.cluster_name"]'))
     if cfg.ingest.max_record_bytes < 1024:
         errors.append(ConfigError("ingest.max_record_bytes", "must be at least 1024"))
+    if cfg.serve.max_body_bytes < 1024:
+        errors.append(ConfigError("serve.max_body_bytes", "must be at least 1024"))
+    if cfg.serve.max_concurrent < 1:
+        errors.append(ConfigError("serve.max_concurrent", "must be at least 1"))
+    if cfg.serve.summary_seconds <= 0:
+        errors.append(ConfigError("serve.summary_seconds", "must be > 0"))
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | None:

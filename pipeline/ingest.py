@@ -259,6 +259,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     cap = max_record_bytes or cfg.ingest.max_record_bytes
     chunk_size = chunk_bytes or cfg.ingest.chunk_bytes
     path_pattern = re.compile(cfg.ingest.cluster_from_path) if cfg.ingest.cluster_from_path else None
+    fields = tuple(cfg.ingest.cluster_fields)
     inputs = expand_paths([str(p) for p in paths])
     sink = LakeSink(Path(lake))
     chunk_size = lake_chunk_grid(Path(lake), chunk_size)
@@ -285,7 +286,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
                 batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
                 raw = RawBatch([] if ch.packed is not None else ch.records, ch.origins, source=source,
                                cluster=batch_cluster, packed=ch.packed)
-                result = process(raw, ctx, max_record_bytes=cap)
+                result = process(raw, ctx, max_record_bytes=cap, cluster_fields=fields)
                 raw.packed = None
                 # Records the reader quarantined itself (a truncated .gz's incomplete tail, a
                 # document it cannot parse at all) are records of this chunk too.

@@ -38,6 +38,7 @@ import pyarrow as pa
 from ztaudit.core.columns import conform
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, IgnoreReason, Reason, Rejected
 from ztaudit.core.schema import TABLES
+from ztaudit.pipeline.decode.shipper_envelopes import DEFAULT_CLUSTER_FIELDS, open_batch
 from ztaudit.pipeline.decode.values import decode_record, dumps
 from ztaudit.pipeline.normalize.base import NormalizeContext, Normalizer, Unwrapped
 from ztaudit.pipeline.normalize.k8s_audit import SOURCE as K8S
@@ -177,11 +178,15 @@ def _entries_written(kind: str, entries: int, rejected: Sequence[Rejected]) -> t
 
 
 def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = MiB,
-            fast_path_min_records: int = FAST_PATH_MIN_RECORDS) -> BatchResult:
+            fast_path_min_records: int = FAST_PATH_MIN_RECORDS,
+            cluster_fields: Sequence[str] = DEFAULT_CLUSTER_FIELDS,
+            record_clusters: Sequence[str | None] | None = None) -> BatchResult:
     """Decode, unwrap, detect and normalize one batch (see the module docstring).
 
     ``batch.source`` names the source kind or is None to detect it per record; ``batch.cluster``
-    (``--cluster``) is the default cluster, which an envelope's own cluster overrides. Raises only
+    (``--cluster``, or the topic's ``kafka.topic_clusters`` entry) is the default cluster; a shipper
+    field (``cluster_fields``), then ``record_clusters[i]`` (record *i*'s Kafka header) override it
+    per record, and an envelope's own cluster (GKE, AKS, EKS) overrides them all. Raises only
     for programming errors (a ``batch.source`` that is not a registered kind: KeyError); bad
     records never raise.
     """
@@ -217,7 +222,26 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
 
         def raw_at(i: int) -> bytes:
             return clean[i]
+    # 1b. shipper envelopes (Fluent Bit, Vector; decode/shipper_envelopes.py): each becomes its
+    #     inner record, read on as if from a file; each record keeps the cluster a shipper field or
+    #     its Kafka header names. An envelope without a usable inner value is quarantined here.
+    shipped = open_batch(arr, lengths, raw_at, max_record_bytes=max_record_bytes, fields=cluster_fields,
+                         header_clusters=record_clusters)
+    for i, (reason, detail) in shipped.rejected.items():
+        raw = raw_at(i)
+        rejected.append(Rejected(origins.at(i), reason, detail, raw[:QUARANTINE_RAW_CAP], batch.source, len(raw)))
+    if shipped.records is not None:
+        inner = shipped.records
+        packed = pack_records(inner)
+        arr, lengths = packed.array, packed.lengths
+
+        def inner_at(i: int) -> bytes:
+            return inner[i]
+        raw_at = inner_at
+    clusters = shipped.clusters
     fast_ok = (lengths > 0) & (lengths <= max_record_bytes)
+    done = np.fromiter(shipped.rejected, dtype=np.int64, count=len(shipped.rejected))
+    fast_ok[done] = False
     slow_mask = ~fast_ok
     extra_slow: list[int] = []
 
@@ -234,7 +258,8 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
             "origin": pa.nulls(len(kept), pa.string()),
             "origin_no": _origin_numbers(origins, kept, n),
             "line": lines,
-            "env_cluster": pa.nulls(len(kept), pa.string()),
+            "env_cluster": pa.nulls(len(kept), pa.string()) if clusters is None else pa.array(
+                [clusters[j] for j in kept.tolist()], pa.string()),
         })
         del lines, arr
         mapped = map_events(src, ctx, origin_prefix=origins.prefix())
@@ -248,7 +273,7 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         extra_slow = mapped.not_taken
     else:
         slow_mask |= fast_ok
-    slow = sorted(set(np.flatnonzero(slow_mask).tolist()) | set(extra_slow))
+    slow = sorted((set(np.flatnonzero(slow_mask).tolist()) | set(extra_slow)) - set(shipped.rejected))
 
     # 3. slow path: decode, classify, split arrays, detect the source kind per record. Every
     #    entry is accounted for once (BatchResult's conservation law): found (mapped below),
@@ -263,6 +288,8 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
         hit = _offer(normalizers, value, None, origin, rejected)
         if hit is _ERROR:
             return
+        if hit is not None and hit[0] == K8S and record_cluster is not None:
+            hit = (K8S, [dataclasses.replace(u, cluster=record_cluster) if u.cluster is None else u for u in hit[1]])
         if hit is not None:
             if whole is not None and hit[0] == K8S:
                 # The whole record is the Event: the SQL mapping reads its original text, as
@@ -298,9 +325,11 @@ def process(batch: RawBatch, ctx: NormalizeContext, *, max_record_bytes: int = M
             place(value, origin, None)
         return True
 
+    record_cluster: str | None = None  # the cluster a shipper field or Kafka header gives record i
     for i in slow:
         raw = raw_at(i)
         origin = origins.at(i)
+        record_cluster = clusters[i] if clusters is not None else None
         d = decode_record(raw, max_record_bytes)
         if d.reason is Reason.TRUNCATED and salvage(raw, origin, d.reason, d.detail):
             continue

@@ -48,6 +48,8 @@ class Chunk:
     #: True when the cut ended at a recovered boundary (the chunk replays an earlier flush)
     recovered: bool
     nbytes: int = 0
+    #: each record's Kafka header cluster (``kafka.cluster_header``); None when none has one
+    clusters: list[str | None] | None = None
 
     @property
     def first(self) -> int:
@@ -65,7 +67,7 @@ class Chunk:
 class PartitionBuffer:
     """One partition's unflushed records (raw bytes, in offset order); main thread only."""
 
-    __slots__ = ("boundary", "leftovers", "nbytes", "offsets", "opened_at", "values")
+    __slots__ = ("boundary", "clusters", "leftovers", "nbytes", "offsets", "opened_at", "values")
 
     def __init__(self, now: float) -> None:
         self.values: list[bytes] = []
@@ -77,10 +79,17 @@ class PartitionBuffer:
         self.boundary: int | None = None
         #: files that earlier flush left under this buffer's first key
         self.leftovers: list[Path] = []
+        #: the records' Kafka header clusters, parallel to ``values`` (None while no record had one)
+        self.clusters: list[str | None] | None = None
 
-    def append(self, offsets: list[int], values: list[bytes]) -> int:
-        """Add one poll's records of this partition (offsets ascending); returns their bytes."""
+    def append(self, offsets: list[int], values: list[bytes], clusters: list[str | None] | None = None) -> int:
+        """Add one poll's records of this partition (offsets ascending) and their header clusters;
+        returns their bytes."""
         n = sum(map(len, values))
+        if clusters is not None and self.clusters is None:
+            self.clusters = [None] * len(self.values)
+        if self.clusters is not None:
+            self.clusters.extend(clusters if clusters is not None else [None] * len(values))
         self.values.extend(values)
         self.offsets.extend(offsets)
         self.nbytes += n
@@ -90,7 +99,9 @@ class PartitionBuffer:
         """Cut the first ``end`` records into a chunk; the rest starts a new wall-clock period."""
         values = self.values[:end]
         chunk = Chunk(tp, values, self.offsets[:end], self.leftovers, self.boundary is not None,
-                      sum(map(len, values)))
+                      sum(map(len, values)), self.clusters[:end] if self.clusters is not None else None)
+        if self.clusters is not None:
+            del self.clusters[:end]
         del self.values[:end]
         del self.offsets[:end]
         self.nbytes -= chunk.nbytes
@@ -220,10 +231,11 @@ class Partitions:
             self.fresh.discard(tp)
         return buf, check
 
-    def append(self, tp: TP, buf: PartitionBuffer, offsets: list[int], values: list[bytes]) -> int:
-        """Buffer one poll's records of ``tp``; returns their bytes."""
+    def append(self, tp: TP, buf: PartitionBuffer, offsets: list[int], values: list[bytes],
+               clusters: list[str | None] | None = None) -> int:
+        """Buffer one poll's records of ``tp`` (and their header clusters); returns their bytes."""
         self.next_offset[tp] = offsets[-1] + 1
-        return buf.append(offsets, values)
+        return buf.append(offsets, values, clusters)
 
     def cut_round(self, policy: CutPolicy, now: float, *, take_all: bool = False) -> list[Chunk]:
         """Take the chunks :meth:`CutPolicy.plan` says are due out of their buffers."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from ztaudit.core.config import Config, KafkaSettings
+from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS, Config, KafkaSettings
 from ztaudit.core.errors import KafkaTransientError
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
@@ -56,7 +56,7 @@ from ztaudit.pipeline.consume.recovery import find_leftovers
 from ztaudit.pipeline.consume.writer import BACKOFF_START_S, ChunkWriter, Writer, retry
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.sources.kafka.backends import open_source
-from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, Records, redact, tp_name
+from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, Records, records_clusters, redact, tp_name
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class ConsumeOptions:
     #: and made idempotent the same way).
     max_buffer_bytes: int = 128 * MiB
     on_flush: list[FlushHook] = field(default_factory=list)
+    #: ``kafka.topic_clusters``: a topic's default cluster, before ``cluster`` (docs/shippers.md)
+    topic_clusters: Mapping[str, str] = field(default_factory=dict)
+    #: ``ingest.cluster_fields``: the shipper fields that name a record's cluster
+    cluster_fields: tuple[str, ...] = DEFAULT_CLUSTER_FIELDS
 
     def cut_policy(self) -> CutPolicy:
         """The cut thresholds and memory budget, for the consumer built from these options."""
@@ -126,7 +130,9 @@ class StreamConsumer:
         self.policy = options.cut_policy()
         self.partitions = Partitions()
         self.writer = Writer(ChunkWriter(self.sink, ctx or NormalizeContext(cluster=options.cluster), options.topics,
-                                         cluster=options.cluster, max_record_bytes=options.max_record_bytes))
+                                         cluster=options.cluster, max_record_bytes=options.max_record_bytes,
+                                         topic_clusters=options.topic_clusters,
+                                         cluster_fields=options.cluster_fields))
         self.idle = IdleWatch(options.until_idle, settings.session_timeout_ms)
         self.progress = Progress(options.progress_seconds, options.metrics_file)
         self.committer = Committer(self.partitions, self.metrics, options.on_flush, password=password)
@@ -286,14 +292,15 @@ class StreamConsumer:
         now = time.monotonic()
         self.idle.saw_records()
         assigned = self.source.assignment()
-        for tp, (offs, vals) in records.items():
+        for tp, polled in records.items():
+            offs, vals = polled[0], polled[1]
             if not offs or tp not in assigned:
                 continue
             buf, fresh = self.partitions.buffer_for(tp, offs[0], now)
             if fresh:
                 self.writer.wait_for(tp)  # a rewind while its chunk is written: see its files renamed first
                 self._recover(tp, offs[0], buf)
-            n = self.partitions.append(tp, buf, offs, vals)
+            n = self.partitions.append(tp, buf, offs, vals, records_clusters(polled))
             self.metrics.messages += len(offs)
             self.metrics.message_bytes += n
 

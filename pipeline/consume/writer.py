@@ -33,13 +33,14 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeVar
 
 import pyarrow as pa
 
+from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS
 from ztaudit.core.errors import SinkError
 from ztaudit.core.keys import file_key
 from ztaudit.core.schema import PARTITION_TIME
@@ -212,12 +213,18 @@ class ChunkWriter:
     """Steps 3-5 for one chunk; called on the writer thread, never calls the Kafka client."""
 
     def __init__(self, sink: LakeSink, ctx: NormalizeContext, topics: Mapping[str, str | None], *,
-                 cluster: str | None = None, max_record_bytes: int) -> None:
+                 cluster: str | None = None, max_record_bytes: int,
+                 topic_clusters: Mapping[str, str] | None = None,
+                 cluster_fields: Sequence[str] = DEFAULT_CLUSTER_FIELDS) -> None:
         self.sink = sink
         self.ctx = ctx
         self.topics = topics
         self.cluster = cluster
         self.max_record_bytes = max_record_bytes
+        #: a record's cluster: a shipper field (``cluster_fields``), its header, the topic's entry
+        #: here, then ``cluster`` (docs/shippers.md)
+        self.topic_clusters = dict(topic_clusters or {})
+        self.cluster_fields = tuple(cluster_fields)
 
     def write(self, chunk: Chunk) -> Written:
         """Normalize, write every table and the quarantine with retries, delete stale leftovers.
@@ -230,8 +237,9 @@ class ChunkWriter:
         tp = chunk.tp
         key = file_key(tp.topic, tp.partition, chunk.first)
         batch = RawBatch(chunk.values, KafkaOrigins(tp.topic, tp.partition, chunk.offsets),
-                         source=self.topics.get(tp.topic), cluster=self.cluster)
-        result = process(batch, self.ctx, max_record_bytes=self.max_record_bytes)
+                         source=self.topics.get(tp.topic), cluster=self.topic_clusters.get(tp.topic) or self.cluster)
+        result = process(batch, self.ctx, max_record_bytes=self.max_record_bytes, cluster_fields=self.cluster_fields,
+                         record_clusters=chunk.clusters)
 
         def write_all() -> Written:
             paths: list[Path] = []
@@ -263,8 +271,10 @@ class ChunkWriter:
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
         if out.no_cluster:
             log.warning("consume: %s: %d k8s_audit rows have no cluster (plain audit lines do not name their "
-                        "cluster and this consumer was started without one): pass --cluster NAME (one "
-                        "consumer per cluster's topic)", chunk.where, out.no_cluster)
+                        "cluster, and neither did a shipper field, a Kafka header or the config): have the "
+                        "shipper add a field named in ingest.cluster_fields (e.g. cluster), send the name in the "
+                        "Kafka header kafka.cluster_header (default 'cluster'), map the topic in "
+                        "kafka.topic_clusters, or pass --cluster NAME (docs/shippers.md)", chunk.where, out.no_cluster)
         for r in result.rejected:
             log.warning("consume: quarantined %s: %s (%s)", r.origin, r.reason, r.detail[:200])
         log.debug("consume: %s -> %d rows, %d quarantined, %d files", chunk.where, out.rows, out.quarantined,

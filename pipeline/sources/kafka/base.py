@@ -28,6 +28,7 @@ from typing import Any, Final, NamedTuple, Protocol
 
 from ztaudit.core.config import KafkaSettings
 from ztaudit.core.errors import ConfigError, KafkaConnectError, KafkaTransientError
+from ztaudit.pipeline.decode.shipper_envelopes import usable_cluster
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ class TP(NamedTuple):
     partition: int
 
 
-#: One partition's records from one poll: (offsets, values), parallel lists in offset order; a
-#: null value is ``b""``.
-Records = tuple[list[int], list[bytes]]
+#: One partition's records from one poll: (offsets, values[, clusters]), parallel lists in offset
+#: order; a null value is ``b""``. The backends add ``clusters``: each record's
+#: ``kafka.cluster_header`` value (:func:`header_cluster`), or None when no record of the poll had
+#: one; ``process()`` decides the cluster with it (docs/shippers.md).
+Records = tuple[list[int], list[bytes]] | tuple[list[int], list[bytes], "list[str | None] | None"]
 #: A rebalance callback: the partitions revoked (or lost) / assigned. Implementations call it on
 #: whatever thread their library uses (kafka-python: its IO thread; librdkafka: inside ``poll()``),
 #: so it must only record what happened -- never flush, commit or call back into the source.
@@ -145,6 +148,24 @@ def parse_topics(specs: Iterable[str]) -> dict[str, str | None]:
             raise ConfigError("kafka.topics", f"topic {t.name} given twice with different kinds")
         out[t.name] = t.source
     return out
+
+
+def header_cluster(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> str | None:
+    """The cluster a record's Kafka headers name: the last header called ``name`` (``kafka.cluster_header``;
+    empty = headers are not read) whose value is a usable name (UTF-8, printable, at most 253
+    characters; :func:`~ztaudit.pipeline.decode.shipper_envelopes.usable_cluster`), else None."""
+    if not headers or not name:
+        return None
+    found = None
+    for key, value in headers:
+        if key == name and value is not None:
+            found = value
+    return usable_cluster(found) if found is not None else None
+
+
+def records_clusters(records: Records) -> list[str | None] | None:
+    """The ``clusters`` list of a poll's :data:`Records` (None when it has none)."""
+    return records[2] if len(records) == 3 else None
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -43,6 +43,7 @@ from ztaudit.pipeline.sources.kafka.base import (
     Records,
     RevokeCallback,
     connect_error,
+    header_cluster,
     redact,
     security_settings,
     wait_before_revoking,
@@ -203,11 +204,13 @@ class ConfluentSource:
         except ck.KafkaException as exc:
             raise self._fail(exc) from None
         self._raise_fatal()
-        out: dict[TP, Records] = {}
+        got: dict[TP, tuple[list[int], list[bytes], list[str | None]]] = {}
+        name = self.settings.cluster_header
         last_t: str | None = None
         last_p = -1
         offs: list[int] = []
         vals: list[bytes] = []
+        clus: list[str | None] = []
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -217,14 +220,15 @@ class ConfluentSource:
             t = m.topic()
             if p != last_p or t != last_t:
                 last_t, last_p = t, p
-                got = out.get(TP(t, p))
-                if got is None:
-                    got = out[TP(t, p)] = ([], [])
-                offs, vals = got
+                lists = got.get(TP(t, p))
+                if lists is None:
+                    lists = got[TP(t, p)] = ([], [], [])
+                offs, vals, clus = lists
             offs.append(m.offset())
             vals.append(m.value() or b"")
+            clus.append(header_cluster(m.headers(), name) if name else None)
         self._raise_fatal()
-        return out
+        return {tp: (o, v, c if any(x is not None for x in c) else None) for tp, (o, v, c) in got.items()}
 
     def take_errors(self) -> int:
         n, self._errors = self._errors, 0

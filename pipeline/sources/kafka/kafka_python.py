@@ -39,6 +39,7 @@ from ztaudit.pipeline.sources.kafka.base import (
     Records,
     RevokeCallback,
     connect_error,
+    header_cluster,
     redact,
     security_settings,
     tp_name,
@@ -286,8 +287,13 @@ class KafkaPythonSource:
             got = self._c.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise self._fail(exc) from None
-        return {TP(*tp): ([r.offset for r in recs], [r.value if r.value is not None else b"" for r in recs])
-                for tp, recs in got.items()}
+        name = self.settings.cluster_header
+        out: dict[TP, Records] = {}
+        for tp, recs in got.items():
+            clusters = [header_cluster(r.headers, name) for r in recs] if name else []
+            out[TP(*tp)] = ([r.offset for r in recs], [r.value if r.value is not None else b"" for r in recs],
+                            clusters if any(c is not None for c in clusters) else None)
+        return out
 
     def take_errors(self) -> int:
         return 0  # kafka-python retries inside poll() silently; failures surface as exceptions
