@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 LAKE    ?= demo-lake
 
-.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install lock
+.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install lock realstack
 
 install: $(STAMP)
 
@@ -19,13 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/ztaudit demo --lake $(LAKE)
 
-## make test: every test, against a real Kafka broker that scripts/kafka-broker starts and stops.
-test: $(STAMP) system-deps
+## make test: every test, against a real Kafka broker that scripts/kafka-broker starts and stops and
+## the real kube-apiserver/Pomerium/Keycloak stack (built once into ~/.cache/ztaudit/realstack, 8-10 min cold).
+test: $(STAMP) system-deps realstack
 	scripts/run-tests
+
+## make realstack: build or reuse the real stack's binaries (scripts/realstack build).
+realstack:
+	scripts/realstack build >/dev/null
 
 ## make test-fast: everything that needs neither the broker nor the browser.
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not kafka and not browser" -q
+	$(BIN)/pytest -m "not kafka and not browser and not realstack" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts

@@ -74,7 +74,7 @@ _INSTALL_CONFIG: Final = (
        SELECT unnest($hosts::VARCHAR[]) AS host, unnest($host_clusters::VARCHAR[]) AS cluster""",
     """CREATE OR REPLACE TEMP TABLE zt_cfg_settings AS
        SELECT CAST($window_us AS BIGINT) AS window_us, CAST($exact_window_us AS BIGINT) AS exact_window_us,
-              CAST($has_hosts AS BOOLEAN) AS has_hosts,
+              CAST($has_hosts AS BOOLEAN) AS has_hosts, CAST($unaudited AS VARCHAR[]) AS unaudited_paths,
               CAST((SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS VARCHAR)
                   AS single_cluster""",
     "CREATE OR REPLACE TEMP VIEW zt_approved_impersonators AS SELECT * FROM zt_cfg_approved",
@@ -98,7 +98,7 @@ def install_config(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
         "hosts": [h for h, _ in hosts], "host_clusters": [c for _, c in hosts],
         "window_us": int(cfg.correlation.match_window_seconds * 1_000_000),
         "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),
-        "has_hosts": bool(hosts),
+        "has_hosts": bool(hosts), "unaudited": list(cfg.correlation.unaudited_paths),
     }
     for sql in _INSTALL_CONFIG:
         execute(con, sql, params)

@@ -37,6 +37,11 @@ burst the k-th decision is paired with the k-th request and kept if within toler
 pass repeats this over what is left, which repairs most shifts caused by a missing request in a
 long burst. N identical GETs with N decisions therefore pair 1:1.
 
+Paths the audit policy does not log (``correlation.unaudited_paths``: ``/version``, ``/healthz*``...,
+readable by everyone through the ``system:public-info-viewer`` ClusterRole and dropped by most audit
+policies) are left out on both sides: kubectl asks ``/version`` before most commands, and the real
+API server of real-stack.md logged none of them.
+
 Proxy side: allowed decisions (``is_allowed``) that carry an email, for Kubernetes hosts
 (``impersonation.proxy_hosts`` maps host → cluster; when the map is empty every decision belongs
 to its own ``cluster`` column or, if that is null, to the lake's single cluster). Pomerium writes
@@ -95,6 +100,7 @@ PROXY_DECISIONS: Final = """FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
     WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
+      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, lambda g: d.path GLOB g)), false)
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
       AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
            SELECT x.check_request_id FROM proxy_decision x
@@ -140,7 +146,9 @@ AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_
 AUDIT_REQUESTS: Final = f"""FROM k8s_audit r CROSS JOIN zt_correlation_settings s
     WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
             AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
-           OR r.proxy_session_id IS NOT NULL)"""
+           OR r.proxy_session_id IS NOT NULL)
+      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths,
+                                                   lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)"""
 
 PER_REQUEST: Final = "GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)"
 

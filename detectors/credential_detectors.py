@@ -336,53 +336,80 @@ class Shared:
 
 # --- credential.off_cluster ------------------------------------------------------------------
 
-_OFF_SQL = f"""
-WITH u AS ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at < $hi
-           AND ({HOLDER_KIND_SQL}) IN ('service_account', 'node'))
-SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, holder_kind, cluster, source_ip,
+_OFF_USES = f"""
+SELECT *, CASE WHEN impersonator IS NULL THEN coalesce(nullif(source_ips, []), [source_ip])
+               ELSE [source_ip] END AS addrs
+FROM ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at < $hi
+      AND ({HOLDER_KIND_SQL}) IN ('service_account', 'node') AND source_ip IS NOT NULL)
+"""
+#: The distinct (cluster, address) pairs to place: every ``sourceIPs`` entry, not only the peer; for an
+#: impersonating request only the peer (a proxy that impersonates people forwards *their* addresses:
+#: Pomerium's X-Forwarded-For carries the person's laptop, not where its own token was used).
+_OFF_ADDRS_SQL = f"SELECT DISTINCT cluster, unnest(addrs) AS ip FROM ({_OFF_USES})"
+
+
+def _off_sql(ips: str) -> str:
+    """Requests with an address outside the cluster, per credential, cluster and day. ``peer`` is the
+    last ``sourceIPs`` entry (the connection's own address); the others are ``X-Forwarded-For``
+    entries, which the API server takes from the client or a proxy in front of it."""
+    return f"""
+WITH a AS (
+    SELECT u.*, unnest(list_transform(addrs, lambda x, i: {{'ip': x, 'peer': i = len(addrs)}})) AS addr
+    FROM ({_OFF_USES}) u),
+o AS (SELECT a.*, NOT coalesce(p.inside, true) AS outside
+      FROM a LEFT JOIN {ips} p ON p.cluster IS NOT DISTINCT FROM a.cluster AND p.ip = a.addr.ip),
+r AS (SELECT credential_key, holder, holder_kind, cluster, ts, audit_id, any_value(user_agent) AS user_agent,
+             bool_or(outside AND addr.peer) AS peer_out, bool_or(outside AND NOT addr.peer) AS fwd_out,
+             list(DISTINCT addr.ip) FILTER (WHERE outside) AS out_ips
+      FROM o GROUP BY credential_key, holder, holder_kind, cluster, ts, audit_id HAVING bool_or(outside))
+SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, holder_kind, cluster,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts), max(ts), count(*),
+       bool_or(peer_out), bool_or(fwd_out), list_sort(list_distinct(flatten(list(out_ips)))),
        list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
-       list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:10]
-FROM u WHERE source_ip IS NOT NULL
-GROUP BY ALL
-ORDER BY credential_key, holder, holder_kind, cluster, source_ip, day
+       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:{EVIDENCE}]
+FROM r GROUP BY ALL
+ORDER BY credential_key, holder, holder_kind, cluster, day
 """
 
 
 class OffCluster:
     """``credential.off_cluster``: a service-account or node credential used from outside the
-    cluster's networks (config ``credentials.cluster_networks``; peer IP, the last ``sourceIPs``
-    entry, which the client cannot forge). One finding per credential, cluster and day."""
+    cluster's networks (config ``credentials.cluster_networks``). Every ``sourceIPs`` entry is
+    placed: the last is the connection's peer, which the client cannot forge (finding severity
+    high); the others come from ``X-Forwarded-For`` ("All but the last IP can be arbitrarily set by
+    the client", ``staging/src/k8s.io/apiserver/pkg/apis/audit/v1/types.go``), which is also how the
+    real client address survives a load balancer in front of the API server (severity medium when
+    only a forwarded address is outside, and the finding says so). Forwarded addresses of an
+    impersonating request are not judged: an identity-aware proxy forwards the addresses of the
+    people it serves, which are outside by design. One finding per credential, cluster and day."""
 
     id: ClassVar[str] = "credential.off_cluster"
     description: ClassVar[str] = "an in-cluster credential (service account, node) used from outside the cluster"
 
     def run(self, ctx: DetectContext) -> list[Finding]:
         lo, hi = window_bounds(ctx.since, ctx.until)
-        grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for key, holder, hkind, cluster, ip, day, t0, t1, n, uas, ev in ctx.con.sql(
-                _OFF_SQL, params={"lo": lo, "hi": hi}).fetchall():
-            if in_cluster(ctx.config, cluster, ip) is not False:
-                continue
-            g = grouped.setdefault((key, cluster, day), {
-                "holder": holder, "kind": hkind, "t0": t0, "t1": t1, "n": 0, "ips": [], "uas": set(), "ev": []})
-            g["t0"], g["t1"] = min(g["t0"], t0), max(g["t1"], t1)
-            g["n"] += n
-            g["ips"].append(ip)
-            g["uas"].update(uas or [])
-            g["ev"].extend(ev or [])
+        params = {"lo": lo, "hi": hi}
+        pairs = ctx.con.sql(_OFF_ADDRS_SQL, params=params).fetchall()
+        if not any(in_cluster(ctx.config, c, ip) is False for c, ip in pairs):
+            return []
+        ips = register_ip_table(ctx.con, ctx.config, pairs)
+        try:
+            rows = ctx.con.sql(_off_sql(ips), params=params).fetchall()
+        finally:
+            ctx.con.unregister(ips)
         out = []
-        for (key, cluster, day), g in sorted(grouped.items(), key=lambda kv: str(kv[0])):
-            ips = sorted(g["ips"])
+        for key, holder, hkind, cluster, day, t0, t1, n, peer_out, _fwd_out, out_ips, uas, ev in rows:
+            basis = ("the connection's own address" if peer_out else
+                     "an X-Forwarded-For address (set by the client or a proxy in front of the API server)")
             out.append(Finding(
-                detector=self.id, key=(key, cluster, day.date().isoformat()), severity=Severity.HIGH,
-                actor=g["holder"], credential_id=key, cluster=cluster, first_seen=g["t0"], last_seen=g["t1"],
-                evidence=_ev_list([x["ref"] for x in sorted(g["ev"], key=lambda x: (x["ts"], x["ref"] or ""))]),
-                score=float(g["n"]),
-                summary=(f"{g['kind']} credential {key} of {g['holder']} made {g['n']} requests to {cluster} from "
-                         f"outside the cluster's networks ({', '.join(ips[:5])}). In-cluster credentials should "
+                detector=self.id, key=(key, cluster, day.date().isoformat()),
+                severity=Severity.HIGH if peer_out else Severity.MEDIUM,
+                actor=holder, credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1,
+                evidence=_ev_list(ev), score=float(n),
+                summary=(f"{hkind} credential {key} of {holder} made {n} requests to {cluster} from outside the "
+                         f"cluster's networks ({', '.join(out_ips[:5])}; {basis}). In-cluster credentials should "
                          "never leave the cluster: find where it was copied and rotate it."),
-                context={"source_ips": ips, "user_agents": sorted(g["uas"]),
-                         "cluster_networks": ctx.config.networks_for(cluster)},
+                context={"source_ips": list(out_ips), "outside_by": "peer" if peer_out else "x-forwarded-for",
+                         "user_agents": list(uas or []), "cluster_networks": ctx.config.networks_for(cluster)},
             ))
         return out

@@ -78,7 +78,7 @@ USES_SQL = f"""
 SELECT {_KEY} AS credential_key,
        CASE WHEN credential_id IS NOT NULL AND credential_id <> '' THEN credential_id END AS credential_id,
        {_KIND} AS kind, user_name AS holder, {HOLDER_KIND_SQL} AS holder_kind,
-       cluster, request_received_at AS ts, audit_id, source_ip, source_ips, user_agent, pod_name,
+       cluster, request_received_at AS ts, audit_id, source_ip, source_ips, impersonator, user_agent, pod_name,
        node_name, namespace, resource, subresource, verb, response_code, decision,
        annotations['{STALE_ANNOTATION}'] AS stale_note,
        annotations['{INVALIDATED_ANNOTATION}'] AS invalidated_note

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["support.kafka_broker"]  # the real Kafka broker fixtures (tests/support/kafka_broker.py)
+# The real Kafka broker (tests/support/kafka_broker.py) and the real kube-apiserver/Pomerium/Keycloak
+# stack (tests/support/realstack.py).
+pytest_plugins = ["support.kafka_broker", "support.realstack"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ZTAUDIT_SHARED", ROOT.parent / "shared"))

@@ -14,6 +14,7 @@ WITH zt_p AS MATERIALIZED (
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
     WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
+      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, lambda g: d.path GLOB g)), false)
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
       AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
            SELECT x.check_request_id FROM proxy_decision x
@@ -33,6 +34,8 @@ WITH zt_p AS MATERIALIZED (
     WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
             AND (coalesce(r.impersonator IN (SELECT username FROM zt_approved_impersonators WHERE cluster = '*'), false) OR coalesce(coalesce(coalesce(r.cluster, s.single_cluster), '') || chr(0) || r.impersonator IN (SELECT cluster || chr(0) || username FROM zt_approved_impersonators), false)))
            OR r.proxy_session_id IS NOT NULL)
+      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths,
+                                                   lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
     ),
          zt_pa0 AS MATERIALIZED (

@@ -1,1 +1,1 @@
-SELECT CAST(3000000 AS BIGINT) AS window_us, CAST(300000000 AS BIGINT) AS exact_window_us, false AS has_hosts, (SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS single_cluster
+SELECT CAST(3000000 AS BIGINT) AS window_us, CAST(300000000 AS BIGINT) AS exact_window_us, false AS has_hosts, CAST(['/version', '/healthz*', '/livez*', '/readyz*'] AS VARCHAR[]) AS unaudited_paths, (SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS single_cluster

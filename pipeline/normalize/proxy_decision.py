@@ -208,6 +208,25 @@ _POMERIUM_SERVICES: Final = frozenset({"authorize", "authenticate", "proxy", "da
                                        "identity_manager", "controlplane", "registry"})
 
 
+#: zerolog's level names (Pomerium's logger; rs/zerolog ``LevelFieldMarshalFunc``).
+_ZEROLOG_LEVELS: Final = frozenset({"trace", "debug", "info", "warn", "error", "fatal", "panic"})
+#: Keys that make a line look like a request decision: such a line is never ignored as a server
+#: log line, so a decision format we do not know yet is quarantined (``unknown_shape``), not dropped.
+_DECISION_KEYS: Final = frozenset({"allow", "deny", "allow-why-true", "allow_why_true", "method", "path",
+                                   "response-code", "response_code", "auditID", "kind"})
+
+
+def _is_server_log_line(value: Any) -> bool:
+    """A Pomerium v0.30 server line with no ``service`` key or one outside the known services (``"all"``)
+    (real-stack.md: ``finished call``,
+    ``authenticate: signed URL...``, ``clearing session due to missing or invalid session``,
+    ``storage/sync-querier: synced latest records``, ``server started``): a zerolog record with a
+    level, a time and a message, and none of the keys of a decision."""
+    return (isinstance(value, dict) and value.get("level") in _ZEROLOG_LEVELS
+            and isinstance(value.get("message"), str) and isinstance(value.get("time"), str)
+            and _DECISION_KEYS.isdisjoint(value))
+
+
 def _go_unquote(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s) if "\\" in s else s
 
@@ -451,6 +470,8 @@ class ProxyDecisionNormalizer:
         if (isinstance(value, dict) and isinstance(value.get("service"), str)
                 and value["service"] in _POMERIUM_SERVICES
                 and isinstance(value.get("message"), str) and "level" in value):
+            return IgnoreReason.NOT_AN_EVENT
+        if _is_server_log_line(value):
             return IgnoreReason.NOT_AN_EVENT
         return None
 

@@ -108,11 +108,11 @@ def test_window_edges_second_precision(lake: Path) -> None:
 
 def test_method_must_fit_verb(lake: Path) -> None:
     proxy = [_decision(1, T0, method="GET"), _decision(2, T0 + timedelta(minutes=1), method="DELETE"),
-             _decision(3, T0 + timedelta(minutes=2), method="GET", path="/healthz"),
+             _decision(3, T0 + timedelta(minutes=2), method="GET", path="/metrics"),
              _decision(4, T0 + timedelta(minutes=3), method="GET")]
     audit = [_request(1, T0 + timedelta(milliseconds=300), verb="watch"),
              _request(2, T0 + timedelta(minutes=1, milliseconds=300), verb="deletecollection"),
-             _request(3, T0 + timedelta(minutes=2, milliseconds=300), verb="get", uri="/healthz"),
+             _request(3, T0 + timedelta(minutes=2, milliseconds=300), verb="get", uri="/metrics"),
              _request(4, T0 + timedelta(minutes=3, milliseconds=300), verb="create")]  # POST, not GET
     _write(lake, proxy, audit)
     assert _sides(lake) == {"both": 3, "proxy": 1, "audit": 1}
