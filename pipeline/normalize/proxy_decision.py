@@ -212,8 +212,11 @@ _POMERIUM_SERVICES: Final = frozenset({"authorize", "authenticate", "proxy", "da
 _ZEROLOG_LEVELS: Final = frozenset({"trace", "debug", "info", "warn", "error", "fatal", "panic"})
 #: Keys that make a line look like a request decision: such a line is never ignored as a server
 #: log line, so a decision format we do not know yet is quarantined (``unknown_shape``), not dropped.
-_DECISION_KEYS: Final = frozenset({"allow", "deny", "allow-why-true", "allow_why_true", "method", "path",
-                                   "response-code", "response_code", "auditID", "kind"})
+_DECISION_KEYS: Final = frozenset({"allow", "deny", "allowed", "allow-why-true", "allow_why_true", "method", "path",
+                                   "response-code", "response_code", "auditID", "kind", "email", "user",
+                                   "user-id", "user_id", "session-id", "session_id"})
+#: Messages of decisions (and of the session deletions idp_event reads): never a server line.
+_DECISION_MESSAGES: Final = frozenset({"authorize check", "http-request"})
 
 
 def _is_server_log_line(value: Any) -> bool:
@@ -224,7 +227,7 @@ def _is_server_log_line(value: Any) -> bool:
     level, a time and a message, and none of the keys of a decision."""
     return (isinstance(value, dict) and value.get("level") in _ZEROLOG_LEVELS
             and isinstance(value.get("message"), str) and isinstance(value.get("time"), str)
-            and _DECISION_KEYS.isdisjoint(value))
+            and value["message"] not in _DECISION_MESSAGES and _DECISION_KEYS.isdisjoint(value))
 
 
 def _go_unquote(s: str) -> str:

@@ -88,6 +88,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
+import pyarrow as pa
+
 from ztaudit.core.errors import ConfigError, SinkError
 from ztaudit.core.files import fsync_dir
 from ztaudit.core.sink import LakeSink
@@ -114,6 +116,16 @@ IDLE_TIMEOUT_S: Final = 120.0
 #: Open connections allowed per post slot (``max_concurrent``): the API server keeps idle
 #: keep-alive connections; beyond the limit a new connection is closed at once.
 CONNECTIONS_PER_SLOT: Final = 4
+#: Connections that have not yet authenticated a request, at most: beyond it the oldest of them is
+#: closed, so anonymous clients (a port scan, a slowloris) never hold every slot and the API server's
+#: connections always get their turn.
+UNAUTHENTICATED_CONNECTIONS: Final = 8
+#: A new connection must complete TLS and authenticate its first request's headers within this
+#: long, or it is closed (slowloris: a request line and headers dribbled a byte at a time).
+FIRST_REQUEST_DEADLINE_S: Final = 10.0
+#: Events in one post, at most (the API server batches 400 by default,
+#: ``--audit-webhook-batch-max-size``): bounds memory per post whatever the events' size.
+MAX_EVENTS_PER_POST: Final = 20_000
 #: ``Retry-After`` seconds for 503 answers (busy, lake write failed).
 RETRY_AFTER_S: Final = 1
 #: Fault injection for the crash tests: SIGKILL this process after N posts were written (renamed
@@ -322,6 +334,10 @@ class PostWriter:
         # The cluster is the authenticated caller's, never a field of the body (cluster_fields=()):
         # a token for one cluster must not be able to write rows of another.
         result = process(batch, self.ctx, max_record_bytes=self.max_body_bytes, cluster_fields=())
+        # ... nor of an envelope inside it: a GKE/AKS/EKS envelope names its own cluster, which
+        # ingest honours; here every row is the caller's cluster.
+        if cluster is not None:
+            result.tables = {name: _with_cluster(t, cluster) for name, t in result.tables.items()}
         paths: list[Path] = []
         for name, table in sorted(result.tables.items()):
             paths += self.sink.write(name, table, key)
@@ -355,6 +371,14 @@ class PostWriter:
                                 fix="make the lake writable") from exc
             fsync_dir(stale.parent)
             log.info("serve: removed %s: post %s was written again on another day", stale, key)
+
+
+def _with_cluster(table: pa.Table, cluster: str) -> pa.Table:
+    """``table`` with its ``cluster`` column (if it has one) set to ``cluster`` on every row."""
+    i = table.schema.get_field_index("cluster")
+    if i < 0:
+        return table
+    return table.set_column(i, table.schema.field(i), pa.array([cluster] * table.num_rows, table.schema.field(i).type))
 
 
 def tls_context(opts: ServeOptions) -> ssl.SSLContext:
@@ -400,7 +424,8 @@ class WebhookServer(ThreadingHTTPServer):
         self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.app = app
         self.stopping = False
-        self._conns: dict[socket.socket, bool] = {}  # connection -> busy (inside a request)
+        self._conns: dict[socket.socket, bool] = {}  # connection -> busy (inside an authenticated request)
+        self._authed: set[socket.socket] = set()  # connections that authenticated a request
         self._conn_lock = threading.Lock()
 
     def server_bind(self) -> None:
@@ -410,10 +435,25 @@ class WebhookServer(ThreadingHTTPServer):
         self.server_port = int(self.server_address[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        evict: socket.socket | None = None
         with self._conn_lock:
+            anonymous = [c for c in self._conns if c not in self._authed]  # oldest first (insertion order)
+            if anonymous and (len(anonymous) >= UNAUTHENTICATED_CONNECTIONS
+                              or len(self._conns) >= self.app.max_connections):
+                # Make room by closing the oldest connection that has not authenticated: anonymous
+                # clients can never hold every slot, and a new client (the API server reconnecting)
+                # always gets its chance to authenticate.
+                evict = anonymous[0]
+                self._conns.pop(evict, None)
             full = len(self._conns) >= self.app.max_connections
             if not full:
                 self._conns[request] = False
+        if evict is not None:
+            self.app.stats.refuse("evicted_unauthenticated")
+            try:
+                socket.socket.shutdown(evict, socket.SHUT_RDWR)
+            except OSError:
+                pass
         if full:
             self.app.stats.refuse("too_many_connections")
             self.shutdown_request(request)
@@ -426,6 +466,12 @@ class WebhookServer(ThreadingHTTPServer):
         finally:
             with self._conn_lock:
                 self._conns.pop(request, None)
+                self._authed.discard(request)
+
+    def set_authenticated(self, conn: socket.socket) -> None:
+        with self._conn_lock:
+            if conn in self._conns:
+                self._authed.add(conn)
 
     def set_busy(self, conn: socket.socket, busy: bool) -> None:
         with self._conn_lock:
@@ -433,8 +479,9 @@ class WebhookServer(ThreadingHTTPServer):
                 self._conns[conn] = busy
 
     def close_idle(self) -> int:
-        """Shut down the connections that wait between requests (their threads then end); returns
-        how many. Busy ones finish their request and close after the answer (:attr:`stopping`)."""
+        """Shut down the connections that wait between requests, and those that never authenticated
+        a request (their threads then end); returns how many. Busy ones -- inside an authenticated
+        request -- finish it and close after the answer (:attr:`stopping`)."""
         with self._conn_lock:
             idle = [c for c, busy in self._conns.items() if not busy]
         for conn in idle:
@@ -489,12 +536,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         conn = self.request
+        # Until a request authenticates, the connection lives on a deadline (slowloris).
+        self._deadline: threading.Timer | None = threading.Timer(FIRST_REQUEST_DEADLINE_S, self._expire, (conn,))
+        self._deadline.daemon = True
+        self._deadline.start()
         conn.settimeout(READ_TIMEOUT_S)
         conn.do_handshake()
         super().setup()
 
+    def finish(self) -> None:
+        self._authenticated()
+        super().finish()
+
+    def _expire(self, conn: socket.socket) -> None:
+        self.server.app.stats.refuse("first_request_deadline")
+        try:
+            socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _authenticated(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     def parse_request(self) -> bool:
-        self.server.set_busy(self.connection, True)
         self.connection.settimeout(READ_TIMEOUT_S)
         return super().parse_request()
 
@@ -562,6 +628,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(401, "unauthenticated", "a client certificate or a bearer token is required",
                          {"WWW-Authenticate": 'Bearer realm="ztaudit"'})
             return
+        self._authenticated()
+        self.server.set_authenticated(self.connection)
+        self.server.set_busy(self.connection, True)
         length = self._content_length()
         if length is None:
             return
@@ -594,8 +663,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
             self._refuse(411, "no_length", "send the body with a Content-Length")
             return None
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            self._refuse(400, "no_length", "one Content-Length header, please")
+            return None
         raw = self.headers.get("Content-Length", "").strip()
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             self._refuse(400 if raw else 411, "no_length", "Content-Length must be a number")
             return None
         length = int(raw)
@@ -636,6 +708,12 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("serve: %s: the post's body stopped arriving before %d bytes; not written (the API "
                         "server re-sends it)", peer, length)
             self.close_connection = True
+            return
+        events = body.count(b'"auditID"')
+        if events > MAX_EVENTS_PER_POST:
+            log.warning("serve: %s: a post of about %d events refused (413): at most %d per post (the API "
+                        "server's --audit-webhook-batch-max-size defaults to 400)", peer, events, MAX_EVENTS_PER_POST)
+            self._refuse(413, "too_many_events", f"at most {MAX_EVENTS_PER_POST} events per post")
             return
         try:
             done = app.worker.submit(app.writer.write, body, peer, cluster).result()
@@ -703,6 +781,10 @@ def serve(opts: ServeOptions, ctx: NormalizeContext, *, stop: threading.Event | 
                     "try to authenticate; make sure a firewall or network policy limits it to the API servers",
                     opts.host)
     sink = LakeSink(opts.lake)
+    # A serve killed mid-write (kill -9, OOM) leaves .<name>.tmp-<pid> files; clear them now rather
+    # than at the first post that happens to write the same table.
+    for table in (K8S, "quarantine"):
+        sink.sweep(table)
     app = _App(opts, tokens, PostWriter(sink, ctx, opts.max_body_bytes))
     try:
         server = WebhookServer((opts.host, opts.port), tls, app)

@@ -334,3 +334,47 @@ def test_quarantined_raw_is_scrubbed() -> None:
     assert len(rejected) == 2
     for r in redact_rejects(rejected):  # what process() does to every reject of its batch
         assert jwt.encode() not in r.raw and b"s3cr3t" not in r.raw
+
+
+# --- Pomerium v0.30 server lines (real-stack.md; lines as the real Pomerium wrote them) -------------------
+
+#: Server lines of a real Pomerium v0.30 run: not decisions, counted ignored.
+POMERIUM_SERVER_LINES = [
+    {"level": "info", "server-name": "all", "grpc.service": "envoy.service.auth.v3.Authorization",
+     "grpc.method": "Check", "grpc.code": "OK", "grpc.duration": 0.86, "time": "2026-12-06T12:20:32Z",
+     "message": "finished call"},
+    {"level": "info", "service": "all", "config": "local", "checksum": "3c303ba3dc6170d0",
+     "time": "2026-12-06T12:20:32Z", "message": "config: updated config"},
+    {"level": "info", "server-name": "all", "error": "record not found",
+     "request-id": "2ac092c0-9cc1-4ff2-855a-44d51c83f545", "time": "2026-12-06T12:21:44Z",
+     "message": "clearing session due to missing or invalid session or service account"},
+    {"level": "info", "ip": "127.0.0.1", "user_agent": "Python-urllib/3.11",
+     "request-id": "6f7b8ad8-d9ab-4d74-9c8a-a1d77a8cfe44", "time": "2026-12-06T12:20:37Z",
+     "message": "authenticate: signed URL, adding CORS headers"},
+]
+
+#: Decision-shaped lines no normalizer reads (a renamed key, no service): quarantined, never ignored.
+DECISION_LOOKALIKES = [
+    {"level": "info", "time": "2026-12-06T12:20:37Z", "message": "authorize check", "request-id": "r1",
+     "allowed": True},
+    {"level": "info", "service": "all", "time": "2026-12-06T12:20:37Z", "message": "authorize check",
+     "request-id": "r2", "email": "alice@example.com"},
+    {"level": "info", "time": "2026-12-06T12:20:37Z", "message": "something new", "user": "u1",
+     "session-id": "s1"},
+]
+
+
+def _counts(values: list[dict[str, Any]]) -> tuple[int, int, int]:
+    from ztaudit.pipeline.process import process
+    from ztaudit.pipeline.records import LineOrigins, RawBatch
+
+    res = process(RawBatch([orjson.dumps(v) for v in values], LineOrigins("pomerium.log", 1)), CTX)
+    return res.written, len(res.rejected), sum(res.ignored.values())
+
+
+def test_pomerium_server_lines_are_ignored_not_quarantined() -> None:
+    assert _counts(POMERIUM_SERVER_LINES) == (0, 0, len(POMERIUM_SERVER_LINES))
+
+
+def test_decision_lookalikes_are_quarantined_not_ignored() -> None:
+    assert _counts(DECISION_LOOKALIKES) == (0, len(DECISION_LOOKALIKES), 0)

@@ -21,13 +21,15 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.kafka_broker import KafkaBroker, create_topic, start_consume
+from support.kafka_broker import KafkaBroker, create_topic, run_consume, start_consume
 from support.realstack import SUMMARIES, Stack
 
 pytestmark = [pytest.mark.realstack, pytest.mark.kafka]
@@ -64,6 +66,7 @@ class Tailer(threading.Thread):
             args += ["-H", h]
         self.kcat = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines = 0
+        self.sent: list[str] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -86,7 +89,9 @@ class Tailer(threading.Thread):
                 *lines, buf = buf.split(b"\n")
                 for ln in lines:
                     if ln.strip():
-                        self.kcat.stdin.write(self.wrap(ln.decode("utf-8", "replace")) + b"\n")
+                        line = ln.decode("utf-8", "replace")
+                        self.kcat.stdin.write(self.wrap(line) + b"\n")
+                        self.sent.append(line)
                         self.lines += 1
                 self.kcat.stdin.flush()
 
@@ -133,8 +138,22 @@ class FindingsReader(threading.Thread):
         return next((t for t, f in self.got if f["detector"] == detector and f["actor"] == actor), None)
 
 
-def test_time_to_finding_through_kafka(realstack: Stack, kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+@dataclass
+class Shipped:
+    """What the module's run shipped and found: topics, the lines each tailer produced, the times."""
+
+    topics: dict[str, str]
+    tailers: list[Tailer]
+    reader: FindingsReader
+    acted: dict[tuple[str, str], datetime]
+    log: Path
+    errs: list[str]
+
+
+@pytest.fixture(scope="module")
+def shipped(realstack: Stack, kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Shipped:
     s = realstack
+    tmp_path = tmp_path_factory.mktemp("ttf")
     run = uuid.uuid4().hex[:6]
     topics = {k: f"rs-{k}-{run}" for k in ("audit", "pomerium", "keycloak", "findings")}
     for t in topics.values():
@@ -195,9 +214,14 @@ def test_time_to_finding_through_kafka(realstack: Stack, kafka_broker: KafkaBrok
             consume.wait()
         reader.stop.set()
         reader.join(timeout=10)
+    return Shipped(topics, tailers, reader, acted, log, errs)
+
+
+def test_time_to_finding_through_kafka(shipped: Shipped) -> None:
+    reader, tailers, log, errs = shipped.reader, shipped.tailers, shipped.log, shipped.errs
     lines = ["time to finding through Kafka (consume --detect, flush 30 s):"]
     times = {}
-    for (det, actor), t0 in acted.items():
+    for (det, actor), t0 in shipped.acted.items():
         t1 = reader.first(det, actor)
         times[det] = (t1 - t0).total_seconds() if t1 else None
         lines.append(f"  {det:40} {actor:38} " + (f"{times[det]:5.1f} s" if t1 else "not found"))
@@ -208,3 +232,40 @@ def test_time_to_finding_through_kafka(realstack: Stack, kafka_broker: KafkaBrok
         "\n".join(lines) + f"\nfindings seen: {[(f['detector'], f['actor']) for _, f in reader.got]}\n"
         f"consume log: {log.read_text()[-3000:]}\nkcat: {errs}")
     assert max(v for v in times.values() if v is not None) < 60, "\n".join(lines)
+
+
+def test_consume_delivers_every_real_event_once_across_kill_9(shipped: Shipped, kafka_broker: KafkaBroker,
+                                                             tmp_path: Path) -> None:
+    """The same shipped topics read again by a new group into a new lake, the consumer killed with
+    SIGKILL after its first durable flush and restarted: every (auditID, stage) and every Pomerium
+    (request-id, line kind) that was shipped is in the lake exactly once."""
+    import duckdb
+
+    audit_sent = Counter((e["auditID"], e["stage"]) for e in map(json.loads, shipped.tailers[0].sent))
+    kinds = {"authorize check": "authorize", "http-request": "access"}
+    proxy_sent = Counter((d["request-id"], kinds[d["message"]]) for d in map(json.loads, shipped.tailers[1].sent)
+                         if d.get("message") in kinds and d.get("request-id"))
+    assert audit_sent and proxy_sent
+    t = shipped.topics
+    lake, log = tmp_path / "lake", tmp_path / "consume.log"
+    args = (f"{t['audit']}=k8s_audit", lake, f"g-once-{uuid.uuid4().hex[:6]}", "--topic", t["pomerium"],
+            "--topic", t["keycloak"], "--flush-records", "10")
+    first = start_consume(kafka_broker, *args, log=log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(lake.glob("*/dt=*/*.parquet")):
+        time.sleep(0.05)
+    first.kill()
+    first.wait(timeout=30)
+    again = run_consume(kafka_broker, *args, until_idle=3)
+    assert again.returncode == 0, again.stderr[-2000:]
+    con = duckdb.connect()
+    audit_rows = Counter(dict(((a, st), n) for a, st, n in con.execute(
+        "SELECT audit_id, stage, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY ALL",
+        [str(lake / "k8s_audit" / "**" / "*.parquet")]).fetchall()))
+    proxy_rows = Counter(dict(((r, k), n) for r, k, n in con.execute(
+        "SELECT request_id, record_type, count(*) FROM read_parquet(?, hive_partitioning = true) GROUP BY ALL",
+        [str(lake / "proxy_decision" / "**" / "*.parquet")]).fetchall()))
+    assert audit_rows == audit_sent, (audit_sent - audit_rows, audit_rows - audit_sent)
+    assert proxy_rows == proxy_sent, (proxy_sent - proxy_rows, proxy_rows - proxy_sent)
+    SUMMARIES.append(f"consume across kill -9: {sum(audit_rows.values())} audit events and "
+                     f"{sum(proxy_rows.values())} Pomerium lines shipped, each once in the lake")
