@@ -18,6 +18,14 @@ baselines):
   share an SA); humans by their IdP group set (``impersonated_groups`` through the proxy, else
   ``user_groups``); nodes as one group per cluster; otherwise the actor kind.
 
+Cold start (docs/detection-background.md §2.4): with fewer than ``reach.min_history_windows`` earlier
+windows and no specific peer group, an actor-window is judged against its thin history *and* the
+population of its kind in its cluster; fixed rules (secrets read across namespaces, exec into other
+namespaces by a service account) need one earlier window and not the model's rank. Each finding names
+the signals it rests on and a confidence. The controller manager's per-controller service accounts
+(tokens minted by the control plane itself) are judged as control plane (peer group
+``control-plane:<cluster>``).
+
 Control-plane and node identities have huge legitimate reach, so they are not excluded but
 judged on features that stay small for them: ``foreign_secret_namespaces`` counts namespaces
 where a node read secrets although none of its pods runs there (pods of a node are known from
@@ -51,6 +59,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -60,7 +69,15 @@ from ztaudit.core.derived_tables import REACH
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 from ztaudit.detectors.reach_features import floor_to, window_seconds
-from ztaudit.detectors.reach_scoring import compute_reach, explain, fit_or_load, model_feature_names, model_inputs
+from ztaudit.detectors.reach_scoring import (
+    RULES,
+    compute_reach,
+    confidence,
+    explain,
+    fit_or_load,
+    model_feature_names,
+    model_inputs,
+)
 
 
 def reach_rows_table(df: pd.DataFrame, config: Config) -> pa.Table:
@@ -167,9 +184,19 @@ class AnomalousReach:
         scores = model.score_samples(feature_matrix(model_inputs(judged), model_feature_names()))
         threshold = model.threshold_for(cfg.model_top_share)
         top = scores >= threshold
+        # Fixed rules do not need the model's rank (docs/detection-background.md §2.4): rows that could trip
+        # one are explained too, and kept only for a rule reason.
+        ruled = np.zeros(len(judged), dtype=bool)
+        for rule in RULES.values():
+            ruled |= (judged["actor_kind"].isin(rule.kinds).to_numpy(dtype=bool)
+                      & (judged[rule.feature].to_numpy(dtype=float) >= rule.threshold))
+        ruled &= judged["history_windows"].to_numpy(dtype=float) > 0
         hits: list[tuple[pd.Series, float, list[dict[str, Any]]]] = []
-        for (_, row), score in zip(judged[top].iterrows(), scores[top], strict=True):
+        pick = top | ruled
+        for (_, row), score, ranked in zip(judged[pick].iterrows(), scores[pick], top[pick], strict=True):
             reasons = explain(row, cfg.min_history_windows)
+            if not ranked:
+                reasons = [r for r in reasons if r["rule"] is not None]
             if reasons:
                 hits.append((row, float(score), reasons))
         windows = []
@@ -181,12 +208,19 @@ class AnomalousReach:
         findings: list[Finding] = []
         for (row, score, reasons), (actor, scope, start, end), refs in zip(hits, windows, evidence, strict=True):
             sev = Severity.HIGH if any(r["severity"] == "high" for r in reasons) else Severity.MEDIUM
+            signals = sorted({sig for r in reasons for sig in r["signals"]})
+            conf = confidence(row, reasons, cfg.min_history_windows)
+            rules = sorted({str(r["rule"]) for r in reasons if r["rule"] is not None})
             summary = (f"{actor} ({row['actor_kind']}, peer group {row['peer_group']}) in the {cfg.window} "
                        f"from {start:%Y-%m-%d %H:%M} UTC: " + "; ".join(r["text"] for r in reasons[:3])
-                       + ". Check what this identity did and whether its credential was taken.")
+                       + f". Rests on {', '.join(signals)} ({int(row['history_windows'])} earlier "
+                       f"{cfg.window}s of its own); confidence {conf}."
+                       " Check what this identity did and whether its credential was taken.")
             context = {
                 "window": cfg.window, "window_start": start.isoformat(), "peer_group": row["peer_group"],
                 "peers": int(row["peers"]), "history_windows": int(row["history_windows"]),
+                "signals": signals, "confidence": conf, "rules": rules,
+                "population": int(row["population"]), "population_group": _str_or_none(row["population_group"]),
                 "model_score": score, "model_threshold": threshold,
                 "model_top_share": cfg.model_top_share,
                 "model": {"version": ml_version, "trained_from": meta["trained_from"],

@@ -78,7 +78,7 @@ req AS (
 FEATURES_SQL = "WITH " + _requests_ctes((
     "actor", "actor_kind", "cluster", "namespace", "resource", "subresource", "verb", "api_group",
     "source_ip", "user_agent", "credential_id", "sa_namespace", "sa_name", "node_name", "response_code",
-    "decision", "impersonated_groups", "user_groups", "request_received_at")) + """,
+    "decision", "impersonated_groups", "user_groups", "request_received_at")) + f""",
 base AS MATERIALIZED (
     SELECT actor, actor_kind, cluster, namespace, resource, subresource, verb, api_group,
            source_ip, user_agent, credential_id, sa_namespace, sa_name, node_name,
@@ -102,8 +102,36 @@ home AS (  -- namespaces of the pods on each node (pod-bound tokens; kubelet Tok
     WHERE actor_kind = 'node' AND resource = 'serviceaccounts' AND subresource = 'token'
       AND namespace IS NOT NULL
 ),
+-- Service accounts the control plane mints tokens for, for itself: kube-controller-manager with
+-- --use-service-account-credentials runs each controller as its own service account in kube-system and
+-- gets its tokens by TokenRequests made with its own identity, renewed at 80 % of their hour
+-- (clientbuilder.NewDynamicClientBuilder(..., metav1.NamespaceSystem) in
+-- cmd/kube-controller-manager/app/controllermanager.go; tokenSourceImpl.Token in
+-- staging/src/k8s.io/controller-manager/pkg/clientbuilder/client_builder_dynamic.go; docs/detection-background.md
+-- §2.4). Their requests are the controller manager's own, split by controller: judged as control plane.
+-- The issuer is the authenticated TokenRequest caller, which a workload cannot claim.
+-- Read from the stage rows (a few TokenRequests), so object names never travel through ``base``; only a
+-- completed, successful one counts.
+minted AS (
+    SELECT DISTINCT cluster, name AS sa_name FROM k8s_audit
+    WHERE {Window.sql("request_received_at")}
+      AND resource = 'serviceaccounts' AND subresource = 'token' AND verb = 'create' AND namespace = 'kube-system'
+      AND actor_kind = 'system' AND name IS NOT NULL AND response_code BETWEEN 200 AND 299
+),
+workload AS (  -- service-account rows that are not the control plane's own
+    SELECT * FROM base b WHERE actor_kind = 'service_account' AND NOT (coalesce(sa_namespace, '') = 'kube-system'
+        AND EXISTS (SELECT 1 FROM minted m WHERE m.cluster = b.cluster AND m.sa_name = b.sa_name))
+),
+foreign_exec AS (  -- exec/attach/port-forward into pods of namespaces other than the service account's own
+    SELECT actor, scope, w, count(DISTINCT coalesce(namespace, '*')) AS foreign_exec_namespaces FROM workload
+    WHERE subresource IN ('exec', 'attach', 'portforward') AND namespace IS DISTINCT FROM sa_namespace
+    GROUP BY actor, scope, w
+),
 sec AS (
-    SELECT actor, scope, w, actor_kind, cluster, node_name, sa_namespace, namespace FROM base WHERE secret_read
+    SELECT actor, scope, w, actor_kind, cluster, node_name, sa_namespace, namespace FROM base
+    WHERE secret_read AND actor_kind <> 'service_account'
+    UNION ALL
+    SELECT actor, scope, w, actor_kind, cluster, node_name, sa_namespace, namespace FROM workload WHERE secret_read
 ),
 foreign_sec AS (
     SELECT s.actor, s.scope, s.w, count(DISTINCT coalesce(s.namespace, '*')) AS foreign_secret_namespaces
@@ -118,7 +146,7 @@ foreign_sec AS (
 sec_ns AS (
     SELECT actor, scope, w,
            list(DISTINCT coalesce(namespace, '*') ORDER BY coalesce(namespace, '*'))[1:50] AS lst
-    FROM sec GROUP BY actor, scope, w
+    FROM base WHERE secret_read GROUP BY actor, scope, w
 ),
 ans AS (SELECT DISTINCT actor, scope, namespace, w FROM base WHERE namespace IS NOT NULL),
 first_w AS (SELECT actor, scope, min(w) AS first_w FROM base GROUP BY actor, scope),
@@ -161,8 +189,13 @@ agg AS (
 )
 SELECT a.*, coalesce(f.foreign_secret_namespaces, 0) AS foreign_secret_namespaces,
        coalesce(n.new_namespaces, 0) AS new_namespaces,
-       coalesce(s.lst, []) AS secret_namespace_list, coalesce(n.lst, []) AS new_namespace_list
+       coalesce(s.lst, []) AS secret_namespace_list, coalesce(n.lst, []) AS new_namespace_list,
+       coalesce(x.foreign_exec_namespaces, 0) AS foreign_exec_namespaces,
+       (a.actor_kind = 'service_account' AND coalesce(a.sa_namespace, '') = 'kube-system'
+        AND m.sa_name IS NOT NULL) AS control_plane
 FROM agg a
+LEFT JOIN minted m ON m.cluster = a.cluster AND m.sa_name = a.sa_name
+LEFT JOIN foreign_exec x ON x.actor = a.actor AND x.scope IS NOT DISTINCT FROM a.scope AND x.w = a.w
 LEFT JOIN foreign_sec f ON f.actor = a.actor AND f.scope IS NOT DISTINCT FROM a.scope AND f.w = a.w
 LEFT JOIN new_ns n ON n.actor = a.actor AND n.scope IS NOT DISTINCT FROM a.scope AND n.w = a.w
 LEFT JOIN sec_ns s ON s.actor = a.actor AND s.scope IS NOT DISTINCT FROM a.scope AND s.w = a.w

@@ -35,6 +35,10 @@ from ztaudit.detectors.reach_features import (
 #: A peer group is used only with at least this many actors (else the next, broader one).
 MIN_PEER_GROUP: Final = 3
 
+#: The population of an actor's kind in its cluster (people: everywhere) is a base for an actor with
+#: thin history only when it holds at least this many other actors in the window.
+MIN_POPULATION: Final = 5
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -63,17 +67,45 @@ GATES: Final[dict[str, Gate]] = {
 }
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A fixed rule: ``feature`` ≥ ``threshold`` is risky in itself, for the actor kinds listed, when it is
+    also new to the actor (≥ its own usual maximum + ``margin`` over at least one earlier window)."""
+
+    feature: str
+    threshold: float
+    margin: float
+    kinds: tuple[str, ...]
+    phrase: str  # "{v}" is the observed value
+    severity: Severity
+
+
+#: Rule id -> rule. Judged with any own history (one earlier window is enough), without peers or the
+#: model's rank (docs/detection-background.md §2.4). Control-plane identities are not judged by rules.
+RULES: Final[dict[str, Rule]] = {
+    "secrets_across_namespaces": Rule("foreign_secret_namespaces", 5, 2, ("service_account",),
+                                      "read secrets in {v} namespaces other than its own", Severity.HIGH),
+    "exec_other_namespaces": Rule("foreign_exec_namespaces", 1, 1, ("service_account",),
+                                  "ran exec/attach/port-forward in pods of {v} namespace(s) other than its own",
+                                  Severity.HIGH),
+}
+
+#: Features only rules judge (not model inputs): their history is kept for the rules.
+RULE_ONLY_FEATURES: Final = tuple(sorted({r.feature for r in RULES.values()} - set(COUNT_FEATURES)))
+
+
 # Peer groups and rolling baselines over the (small) actor-window table.
 _BASELINE_SQL = """
 WITH f AS (SELECT * FROM feat),
 cand AS (
     SELECT *,
-        CASE actor_kind
+        CASE WHEN control_plane THEN NULL ELSE CASE actor_kind
             WHEN 'service_account' THEN 'sa-ns:' || cluster || '/' || coalesce(sa_namespace, '?')
             WHEN 'human' THEN CASE WHEN coalesce(groups_key, '') <> '' THEN 'idp:' || groups_key END
             WHEN 'node' THEN 'nodes:' || cluster
-        END AS c1,
-        CASE WHEN actor_kind = 'service_account' THEN 'sa-name:' || coalesce(sa_name, '?') END AS c2,
+        END END AS c1,
+        CASE WHEN actor_kind = 'service_account' AND NOT control_plane THEN 'sa-name:' || coalesce(sa_name, '?')
+        END AS c2,
         'kind:' || coalesce(actor_kind, '?') AS c3
     FROM f
 ),
@@ -85,8 +117,23 @@ sizes AS (
 ),
 grouped AS (
     SELECT cand.* EXCLUDE (c1, c2, c3),
-        CASE WHEN s1.n >= $min_peer THEN c1 WHEN s2.n >= $min_peer THEN c2 ELSE c3 END AS peer_group
+        -- the controller manager's per-controller accounts are one component split by controller: each
+        -- has its own bootstrap role, so they are no peers of each other or of the namespace's workloads
+        CASE WHEN control_plane THEN 'control-plane:' || cluster
+             WHEN s1.n >= $min_peer THEN c1 WHEN s2.n >= $min_peer THEN c2 ELSE c3 END AS peer_group,
+        CASE WHEN control_plane THEN NULL
+             WHEN actor_kind = 'service_account' THEN 'service_account:' || cluster
+             WHEN actor_kind = 'human' THEN 'human' END AS population_group
     FROM cand LEFT JOIN sizes s1 ON s1.c = cand.c1 LEFT JOIN sizes s2 ON s2.c = cand.c2
+),
+pop_top AS (  -- the population of the same kind in the cluster (people: everywhere), per window
+    SELECT population_group, w, count(*) AS members, {pop_top_cols} FROM grouped
+    WHERE population_group IS NOT NULL GROUP BY population_group, w
+),
+pop_second AS (
+    SELECT g.population_group, g.w, {pop_second_cols}
+    FROM grouped g JOIN pop_top t ON t.population_group = g.population_group AND t.w = g.w
+    GROUP BY g.population_group, g.w
 ),
 peer_top AS (  -- per peer group and window: max, how many hold it, and the runner-up (peers exclude self)
     SELECT peer_group, w, count(*) AS members, {top_cols} FROM grouped GROUP BY peer_group, w
@@ -99,11 +146,15 @@ peer_second AS (
 SELECT g.*,
     count(*) OVER hist AS history_windows,
     t.members - 1 AS peers,
+    coalesce(pt.members - 1, 0) AS population,
     {hist_cols},
-    {peer_cols}
+    {peer_cols},
+    {pop_cols}
 FROM grouped g
 JOIN peer_top t ON t.peer_group = g.peer_group AND t.w = g.w
 JOIN peer_second s2 ON s2.peer_group = g.peer_group AND s2.w = g.w
+LEFT JOIN pop_top pt ON pt.population_group = g.population_group AND pt.w = g.w
+LEFT JOIN pop_second ps ON ps.population_group = g.population_group AND ps.w = g.w
 -- the previous windows within the baseline (segment-tree friendly: no EXCLUDE)
 WINDOW hist AS (PARTITION BY g.actor, g.scope ORDER BY g.w RANGE BETWEEN to_days($baseline_days) PRECEDING
                 AND to_seconds(1) PRECEDING)
@@ -119,14 +170,21 @@ def _baseline_sql() -> str:
     instead of a window with EXCLUDE CURRENT ROW, which is quadratic in the group size (the
     all-service-accounts group has thousands of members per window).
     """
-    hist = ", ".join([f"max(g.{f}) OVER hist AS hist_max_{f}" for f in COUNT_FEATURES]
-                     + [f"min(g.{f}) OVER hist AS hist_min_{f}" for f in GATES])
+    hist = ", ".join([f"max(g.{f}) OVER hist AS hist_max_{f}" for f in (*COUNT_FEATURES, *RULE_ONLY_FEATURES)]
+                     + [f"min(g.{f}) OVER hist AS hist_min_{f}" for f in (*GATES, *RULE_ONLY_FEATURES)])
     top = ", ".join(f"max({f}) AS m_{f}" for f in COUNT_FEATURES)
     second = ", ".join(f"max(g.{f}) FILTER (WHERE g.{f} < t.m_{f}) AS s_{f}, "
                        f"count(*) FILTER (WHERE g.{f} = t.m_{f}) AS c_{f}" for f in COUNT_FEATURES)
     peer = ", ".join(f"CASE WHEN t.members <= 1 THEN NULL WHEN g.{f} = t.m_{f} AND s2.c_{f} = 1 THEN s2.s_{f} "
                      f"ELSE t.m_{f} END AS peer_max_{f}" for f in COUNT_FEATURES)
-    return _BASELINE_SQL.format(hist_cols=hist, peer_cols=peer, top_cols=top, second_cols=second)
+    # The population's max without self, the same way, for the gate features only.
+    pop_top = ", ".join(f"max({f}) AS m_{f}" for f in GATES)
+    pop_second = ", ".join(f"max(g.{f}) FILTER (WHERE g.{f} < t.m_{f}) AS s_{f}, "
+                           f"count(*) FILTER (WHERE g.{f} = t.m_{f}) AS c_{f}" for f in GATES)
+    pop = ", ".join(f"CASE WHEN coalesce(pt.members, 0) <= 1 THEN NULL WHEN g.{f} = pt.m_{f} AND ps.c_{f} = 1 "
+                    f"THEN ps.s_{f} ELSE pt.m_{f} END AS pop_max_{f}" for f in GATES)
+    return _BASELINE_SQL.format(hist_cols=hist, peer_cols=peer, top_cols=top, second_cols=second,
+                                pop_top_cols=pop_top, pop_second_cols=pop_second, pop_cols=pop)
 
 
 def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None,
@@ -258,40 +316,98 @@ def _fmt(v: float | None) -> str:
 
 
 def explain(row: pd.Series, min_history: int) -> list[dict[str, Any]]:
-    """Gate features whose value clears ``max(usual, peers)`` by margin and ratio, strongest first.
+    """Gate features whose value clears every base it has, and fixed rules that trip; strongest first.
 
-    Each item: feature, observed, usual_min/usual_max (None without history), peers_max (None
-    without peers), base, excess (observed / max(base, 1)), text.
+    Bases (docs/detection-background.md §2.4): the actor's own usual maximum over its earlier windows (any
+    number of them), its specific peer group's maximum, and, while its own history is thin (fewer than
+    ``min_history`` windows) and it has no specific peers, the maximum of the population of its kind in
+    its cluster (at least :data:`MIN_POPULATION` others). A gate fires when the value clears the largest
+    base by margin and ratio; with thin history and neither peers nor a population it is not judged.
+    Rules (:data:`RULES`) need one earlier window and nothing else.
+
+    Each item: feature, observed, usual_min/usual_max (None without history), peers_max (None without
+    peers), population_max (None unless used), base, excess (observed / max(base, 1)), severity, signals
+    (``history``, ``peers``, ``population``, ``rule``), rule (its id, or None), text.
     """
     hist_n = int(row.get("history_windows") or 0)
     peer_n = int(row.get("peers") or 0)
-    out = []
+    group = str(row.get("peer_group", ""))
+    established = hist_n >= min_history
+    # Without history only a specific peer group (same SA namespace or name, same IdP groups, nodes of the
+    # cluster) is comparable; "all service accounts" is not (a cert-manager is unique), nor are the
+    # controller manager's controllers comparable with each other.
+    broad = group.startswith(("kind:", "control-plane:"))
+    use_peers = peer_n >= MIN_PEER_GROUP - 1 and (established or not broad)
+    use_population = (not established and hist_n > 0 and not use_peers
+                      and int(row.get("population") or 0) >= MIN_POPULATION)
+    out: list[dict[str, Any]] = []
     for f, gate in GATES.items():
         v = _num(row[f]) or 0.0
-        if f == "new_namespaces" and hist_n < min_history:
+        if f == "new_namespaces" and not established:
             continue  # every namespace is "new" to an actor without history
         hist_max = _num(row[f"hist_max_{f}"]) if hist_n > 0 else None
-        peer_max = _num(row[f"peer_max_{f}"]) if peer_n >= MIN_PEER_GROUP - 1 else None
-        if hist_n < min_history and str(row.get("peer_group", "")).startswith("kind:"):
-            # Without history, only a specific peer group (same SA namespace or name, same IdP groups,
-            # nodes of the cluster) is comparable; "all service accounts" is not (a cert-manager is unique).
-            peer_max = None
-        bases = [b for b in (hist_max, peer_max) if b is not None]
-        if not bases or (hist_n < min_history and peer_max is None):
-            continue  # nothing to compare with: judged once history or peers exist
+        peer_max = _num(row[f"peer_max_{f}"]) if use_peers else None
+        pop_max = _num(row.get(f"pop_max_{f}")) if use_population else None
+        bases = [b for b in (hist_max, peer_max, pop_max) if b is not None]
+        if not bases or (not established and peer_max is None and pop_max is None):
+            continue  # nothing to compare with: judged once history, peers or a population exist
         base = max(bases)
         if v >= base + gate.margin and v >= gate.ratio * base:
-            usual_min = _num(row[f"hist_min_{f}"]) if hist_n > 0 else None
-            usual = (f"usual {_fmt(usual_min)}" if usual_min == hist_max else
-                     f"usual {_fmt(usual_min)}-{_fmt(hist_max)}") if hist_max is not None else "no history"
-            peers = f"peers at most {_fmt(peer_max)}" if peer_max is not None else "no peers"
-            out.append({
-                "feature": f, "observed": v, "usual_min": usual_min, "usual_max": hist_max,
-                "peers_max": peer_max, "base": base, "excess": v / max(base, 1.0),
-                "severity": str(gate.severity),
-                "text": f"{gate.phrase.format(v=_fmt(v))}; {usual}; {peers}",
-            })
+            signals = [name for name, b in (("history", hist_max), ("peers", peer_max), ("population", pop_max))
+                       if b is not None]
+            out.append(_item(row, f, v, hist_n, hist_max, peer_max, pop_max, base, gate.severity, signals, None,
+                             gate.phrase))
+    if not group.startswith("control-plane:") and hist_n > 0:
+        for rid, rule in RULES.items():
+            if str(row.get("actor_kind")) not in rule.kinds:
+                continue
+            v = _num(row.get(rule.feature)) or 0.0
+            usual = _num(row.get(f"hist_max_{rule.feature}")) or 0.0
+            if v < rule.threshold or v < usual + rule.margin:
+                continue
+            same = next((d for d in out if d["feature"] == rule.feature), None)
+            if same is not None:  # the gate already names it: the rule corroborates it
+                same["signals"].append("rule")
+                same["rule"] = rid
+                continue
+            out.append(_item(row, rule.feature, v, hist_n, usual, None, None, usual, rule.severity,
+                             ["history", "rule"], rid, rule.phrase))
     rank = {"high": 0, "medium": 1, "low": 2}
     out.sort(key=lambda d: (rank[str(d["severity"])], -_as_float(d["excess"]), str(d["feature"])))
     return out
 
+
+def _item(row: pd.Series, f: str, v: float, hist_n: int, hist_max: float | None, peer_max: float | None,
+          pop_max: float | None, base: float, severity: Severity, signals: list[str], rule: str | None,
+          phrase: str) -> dict[str, Any]:
+    """One explanation item (see :func:`explain`)."""
+    usual_min = _num(row.get(f"hist_min_{f}")) if hist_n > 0 else None
+    if hist_max is None:
+        usual = "no history"
+    else:
+        span = _fmt(usual_min) if usual_min == hist_max else f"{_fmt(usual_min)}-{_fmt(hist_max)}"
+        usual = f"usual {span}" + (f" over {hist_n} earlier window{'s' if hist_n != 1 else ''}"
+                                   if rule is not None or pop_max is not None else "")
+    parts = [phrase.format(v=_fmt(v)), usual]
+    if rule is not None:
+        parts.append(f"fixed rule {rule}")
+    elif pop_max is not None:
+        who = ("people" if row.get("actor_kind") == "human" else
+               f"service accounts of cluster {row.get('cluster')}")
+        parts.append(f"no peers; the {int(row.get('population') or 0)} other {who} at most {_fmt(pop_max)}")
+    else:
+        parts.append(f"peers at most {_fmt(peer_max)}" if peer_max is not None else "no peers")
+    return {
+        "feature": f, "observed": v, "usual_min": usual_min, "usual_max": hist_max, "peers_max": peer_max,
+        "population_max": pop_max, "base": base, "excess": v / max(base, 1.0), "severity": str(severity),
+        "signals": signals, "rule": rule, "text": "; ".join(parts),
+    }
+
+
+def confidence(row: pd.Series, reasons: list[dict[str, Any]], min_history: int) -> str:
+    """How much a finding's bases can carry: ``high`` with an established baseline (``min_history``
+    windows of its own, or a specific peer group), ``medium`` on thin history corroborated by the
+    population of its kind or a fixed rule."""
+    if int(row.get("history_windows") or 0) >= min_history or any("peers" in r["signals"] for r in reasons):
+        return "high"
+    return "medium"

@@ -15,6 +15,7 @@ from ztaudit.core.names import UnknownName, did_you_mean
 from ztaudit.detectors.base import Detector
 from ztaudit.detectors.credential_detectors import LegacyToken, OffCluster, Shared, Stale
 from ztaudit.detectors.impersonation import ProxyBypass, UnapprovedImpersonator, Unbrokered, Unobserved
+from ztaudit.detectors.impersonation_rights import UnapprovedRight
 from ztaudit.detectors.reach import AnomalousReach
 from ztaudit.detectors.revocation import NotEnforced
 from ztaudit.detectors.revocation_stream import StreamSurvived
@@ -24,6 +25,7 @@ DETECTORS: Final[dict[str, type[Detector]]] = {
     "impersonation.unobserved": Unobserved,
     "impersonation.unbrokered": Unbrokered,
     "impersonation.unapproved_impersonator": UnapprovedImpersonator,
+    "impersonation.unapproved_right": UnapprovedRight,
     "revocation.not_enforced": NotEnforced,
     "revocation.stream_survived": StreamSurvived,
     "reach.anomalous": AnomalousReach,

@@ -20,6 +20,7 @@ from ztaudit.reports.findings import findings
 from ztaudit.reports.identity import identity
 from ztaudit.reports.impersonation import impersonation
 from ztaudit.reports.lookup import window_note
+from ztaudit.reports.nhi import nhi
 from ztaudit.reports.quarantine import quarantine
 from ztaudit.reports.reach import reach
 from ztaudit.reports.revocation import revocation
@@ -51,6 +52,7 @@ REPORTS: dict[str, ReportSpec] = {s.name: s for s in (
                credentials),
     ReportSpec("identity", "Everything about one identity (ACTOR): timeline, reach, credentials, findings.",
                identity, needs_subject=True),
+    ReportSpec("nhi", "Non-human identities: inventory, visibility, unused grants, least-privilege roles.", nhi),
     ReportSpec("quarantine", "What ingest rejected and why.", quarantine),
 )}
 

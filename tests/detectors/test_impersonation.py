@@ -20,7 +20,7 @@ CASES = case_files("impersonation")
 
 def test_cases_exist_for_every_detector() -> None:
     names = {p.parent.name for p in CASES}
-    assert names == {"proxy_bypass", "unobserved", "unbrokered", "unapproved_impersonator"}
+    assert names == {"proxy_bypass", "unobserved", "unbrokered", "unapproved_impersonator", "unapproved_right"}
     for name in names:
         kinds = {p.name.split("_")[0] for p in CASES if p.parent.name == name}
         assert kinds == {"pos", "neg"}, name
