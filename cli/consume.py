@@ -108,6 +108,12 @@ def detect_hook(lake: Path, cfg: Config, findings_topic: str | None, password: s
 @click.option("--ssl-keyfile", default=None, type=click.Path(dir_okay=False), help="Client key (mTLS).")
 @click.option("--metrics-file", default=None, type=click.Path(dir_okay=False),
               help="Write the progress counters as JSON here (replaced atomically at each progress tick).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Serve Prometheus metrics (GET /metrics, /healthz) on this port; 0 = off.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address of the metrics endpoint (loopback by default: it names topics and their lag).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per log line on stderr (ts, level, logger, msg).")
 @click.option("--progress-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Interval of the progress line and the metrics file.")
 @click.option("--max-record-bytes", type=click.IntRange(min=1024), default=None,
@@ -123,7 +129,8 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
             flush_seconds: float | None, start_from: str | None, until_idle: float | None,
             security_protocol: str | None, sasl_mechanism: str | None, sasl_username: str | None,
             ssl_cafile: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
-            metrics_file: str | None, progress_seconds: float, max_record_bytes: int | None, detect: bool,
+            metrics_file: str | None, metrics_port: int, metrics_host: str, log_format: str,
+            progress_seconds: float, max_record_bytes: int | None, detect: bool,
             findings_topic: str | None, config_path: str | None, quiet: bool) -> None:
     """Consume Kafka topics into the lake, exactly once per record.
 
@@ -158,6 +165,11 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
                           f"no SASL password: ${k.sasl_password_env} is empty and kafka.sasl_password_file is not set",
                           fix=f"export {k.sasl_password_env or 'ZTAUDIT_KAFKA_PASSWORD'}=... or set "
                               "kafka.sasl_password_file")
+    if log_format == "json":
+        from ztaudit.pipeline.consume.progress import JsonLogFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     if not quiet:
         logging.getLogger("ztaudit.pipeline").setLevel(logging.INFO)
     # kafka-python logs every reconnect attempt; our own lines say what matters, with coordinates.
@@ -172,6 +184,7 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
         topics=topic_kinds, lake=lake_path, group=k.group, cluster=cluster, flush_records=k.flush_records,
         flush_bytes=k.flush_bytes, flush_seconds=k.flush_seconds, start_from=k.start_from, until_idle=until_idle,
         metrics_file=Path(metrics_file) if metrics_file else None, progress_seconds=progress_seconds,
+        metrics_port=metrics_port, metrics_host=metrics_host,
         max_record_bytes=max_record_bytes or cfg.ingest.max_record_bytes, on_flush=hooks,
         topic_clusters=k.topic_clusters, cluster_fields=tuple(cfg.ingest.cluster_fields))
     m = run_consume(k, opts, ctx=context_from_config(cfg, cluster), password=password, signals=True)

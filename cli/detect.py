@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 
 import click
 
+from ztaudit.cli.completion import complete_detector
 from ztaudit.cli.options import lake_option
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import ZtauditError
 from ztaudit.core.lake import check_lake
+from ztaudit.core.progress import ProgressLine
 from ztaudit.core.timeutil import parse_time
 from ztaudit.detectors import registry
 from ztaudit.detectors.run import run_detectors
@@ -34,7 +36,7 @@ class DetectFailed(ZtauditError):
               help="ztaudit.toml (default: $ZTAUDIT_CONFIG, else ./ztaudit.toml, else built-in defaults).")
 @click.option("--since", default=None, help="Judge events from this time: ISO-8601 or relative (24h, 7d).")
 @click.option("--until", default=None, help="Judge events before this time: ISO-8601 or relative.")
-@click.option("--detector", "detectors", multiple=True, metavar="ID",
+@click.option("--detector", "detectors", multiple=True, metavar="ID", shell_complete=complete_detector,
               help="Run only this detector id or family, e.g. credential or credential.* (repeatable). "
                    "Default: every registered detector.")
 @click.option("--no-tables", is_flag=True, help="Do not rebuild derived tables (reach, credentials) first.")
@@ -54,8 +56,10 @@ def detect(lake: str, config_path: str | None, since: str | None, until: str | N
     t_until = parse_time(until, now=now, option="--until") if until else None
     if t_since and t_until and t_since >= t_until:
         raise click.BadParameter("--since must be before --until", param_hint="--since")
-    result = run_detectors(path, cfg, since=t_since, until=t_until, detector_ids=ids,
-                           build_tables=not no_tables, memory_limit=cfg.detect.memory_limit or None)
+    with ProgressLine.auto("detect", quiet=quiet, unit="steps") as line:  # on a terminal only
+        result = run_detectors(path, cfg, since=t_since, until=t_until, detector_ids=ids,
+                               build_tables=not no_tables, memory_limit=cfg.detect.memory_limit or None,
+                               progress=line)
     if not quiet:
         width = max([len(d) for d in [*result.counts, *result.errors]] + [8])
         click.echo(f"{'detector':<{width}}  findings  seconds")

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.progress import ProgressLine
 from ztaudit.synth.engine import GenerateOptions, metadata_dir
 from ztaudit.synth.engine import generate as run_generate
 from ztaudit.synth.incident_context import ALL_KINDS
@@ -55,8 +56,9 @@ def _kinds(value: str) -> frozenset[str]:
               help="all | none | comma list of detector ids (impersonation.proxy_bypass, ...).")
 @click.option("--events", default=None, type=click.IntRange(1000, None),
               help="Approximate total audit events; overrides --scale.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def generate(out: Path, days: int, scale: float, seed: int, clusters: str, start: str, incidents: str,
-             events: int | None) -> None:
+             events: int | None, quiet: bool) -> None:
     """Generate realistic synthetic traffic with labelled incidents into OUT."""
     names = tuple(c.strip() for c in clusters.split(",") if c.strip())
     if not names or len(set(names)) != len(names):
@@ -68,8 +70,11 @@ def generate(out: Path, days: int, scale: float, seed: int, clusters: str, start
     opts = GenerateOptions(out=out, days=days, scale=scale, seed=seed, clusters=names, start=start,
                            incidents=_kinds(incidents), events=events)
     t0 = time.perf_counter()
-    result = run_generate(opts)
+    with ProgressLine.auto("generate", quiet=quiet, unit="hours") as line:  # on a terminal only
+        result = run_generate(opts, progress=line)
     took = time.perf_counter() - t0
+    if quiet:
+        return
     kinds = result.manifest["counts"]["by_kind"]
     n_inc = sum(1 for lab in result.labels if lab.kind == "incident")
     n_near = len(result.labels) - n_inc

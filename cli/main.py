@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "generate": "ztaudit.cli.generate:generate",
     "detect": "ztaudit.cli.detect:detect",
     "report": "ztaudit.cli.report:report",
+    "findings": "ztaudit.cli.findings:findings",
     "sql": "ztaudit.cli.sql:sql",
     "catalog": "ztaudit.cli.catalog:catalog",
     "config": "ztaudit.cli.config:config",

@@ -15,6 +15,14 @@ from pathlib import Path
 import click
 import duckdb
 
+from ztaudit.cli.completion import (
+    complete_cluster,
+    complete_detector,
+    complete_identity,
+    complete_report,
+    complete_subject,
+)
+from ztaudit.cli.options import terminal_width, use_color
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import makedirs, write_bytes_atomic
@@ -59,32 +67,40 @@ def write_output(text: str, out: str | None, *, quiet: bool) -> None:
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.argument("name", required=False)
-@click.argument("subject", required=False, metavar="[ACTOR]")
+@click.argument("name", required=False, shell_complete=complete_report)
+@click.argument("subject", required=False, metavar="[ACTOR]", shell_complete=complete_subject)
 @click.option("--lake", envvar="ZTAUDIT_LAKE", default="./lake", show_default=True, type=click.Path(file_okay=False),
               help="Lake directory.")
 @click.option("--since", help="Start (inclusive): ISO-8601 time or relative duration (24h, 7d).")
 @click.option("--until", help="End (exclusive): ISO-8601 time or relative duration.")
-@click.option("--cluster", help="Only this cluster.")
-@click.option("--actor", help="Only this identity (for identity reports: the identity).")
+@click.option("--cluster", help="Only this cluster.", shell_complete=complete_cluster)
+@click.option("--actor", help="Only this identity (for identity reports: the identity).",
+              shell_complete=complete_identity)
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout "
               "(html defaults to ztaudit-NAME.html).")
 @click.option("--section", help="JSON/CSV: the section to print (default: the report's first; json: 'all').")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
               help="Rows for top-N sections (reach, credentials, timeline, quarantine records).")
-@click.option("--detector", help="findings: only this detector id or family (credential or credential.*).")
+@click.option("--detector", help="findings: only this detector id or family (credential or credential.*).",
+              shell_complete=complete_detector)
 @click.option("--severity", type=click.Choice(["info", "low", "medium", "high", "critical"]),
               help="findings: at least this severity.")
+@click.option("--status", help="findings: triage statuses to show, comma-separated: open, acked, suppressed or all "
+                                "(default open,acked; docs/triage.md).")
+@click.option("--new", "new_only", is_flag=True,
+              help="findings: only those first produced since the last detect run began.")
 @click.option("--granted", is_flag=True,
               help="reach: compare what RBAC grants with what is used (needs an ingested RBAC snapshot).")
-@click.option("--width", type=click.IntRange(40), default=100, show_default=True, help="Table width.")
+@click.option("--width", type=click.IntRange(40), default=None,
+              help="Table width (default: $COLUMNS, else the terminal's, else 100).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="ztaudit.toml to use.")
 @click.option("--list", "list_only", is_flag=True, help="List the reports and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or status messages on stderr.")
 def report(name: str | None, subject: str | None, lake: str, since: str | None, until: str | None,
            cluster: str | None, actor: str | None, fmt: str, out: str | None, section: str | None, limit: int,
-           detector: str | None, severity: str | None, granted: bool, width: int,
+           detector: str | None, severity: str | None, status: str | None, new_only: bool, granted: bool,
+           width: int | None,
            config_path: str | None, list_only: bool, quiet: bool) -> None:
     """Run report NAME over the lake (see --list). `identity` takes the identity as ACTOR.
 
@@ -121,13 +137,16 @@ def report(name: str | None, subject: str | None, lake: str, since: str | None, 
     try:
         filters, subject, notes = _resolve_names(con, filters, subject)
         ctx = ReportContext(con=con, config=cfg, filters=filters, progress=progress, want_charts=fmt == "html",
+                            lake=str(Path(lake).resolve()),
                             limit=limit, options={"subject": subject, "detector": detector_ids, "severity": severity,
-                                                  "granted": granted})
+                                                  "granted": granted, "status": status, "new": new_only})
         result = run_report(name, ctx)
         result.generated_at = now
         result.notes[:0] = notes
         try:
-            text = render(result, fmt, section=section, width=width)
+            to_file = fmt == "html" or out not in (None, "-")
+            text = render(result, fmt, section=section, width=terminal_width(width, to_file=to_file),
+                          color=use_color(fmt, to_file=to_file))
         except (KeyError, ValueError) as exc:
             raise click.UsageError(str(exc).strip("'\"")) from exc
     finally:

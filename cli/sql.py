@@ -59,7 +59,7 @@ def sql(query: str, lake: str, fmt: str, out: str | None, params: tuple[str, ...
                 from exc
     finally:
         con.close()
-    result = ReportResult("sql", "Query result", [Section("result", "Result", cols, rows)])
+    result = ReportResult("sql", "Query result", [Section("result", "Result", cols, rows)], versioned=False)
     if fmt == "html" and out is None:
         out = "ztaudit-sql.html"
     write_output(render(result, fmt, width=width), out, quiet=False)

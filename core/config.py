@@ -21,6 +21,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -238,6 +239,13 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class TriageSettings:
+    suppress: list[dict[str, Any]] = _opt(
+        [], "[[triage.suppress]] rules: detector (id or glob), actor and/or namespace globs, reason, optional "
+        "expires; matching findings are hidden from reports and the findings topic (docs/triage.md)")
+
+
+@dataclass(frozen=True)
 class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     impersonation: ImpersonationSettings = field(default_factory=ImpersonationSettings)
@@ -249,6 +257,7 @@ class Config:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    triage: TriageSettings = field(default_factory=TriageSettings)
     source_path: str | None = None
     #: where each setting came from: "default", "file PATH:LINE", "environment $NAME" or "flag"
     origins: dict[str, str] = field(default_factory=dict, compare=False)
@@ -346,6 +355,16 @@ def _coerce(key: str, value: Any, typ: Any, from_env: bool, where: str = "") -> 
             if not isinstance(value, str):
                 raise TypeError
             return value
+        if origin is list and get_args(typ) and getattr(get_args(typ)[0], "__origin__", None) is dict:
+            # an array of tables ([[triage.suppress]]); JSON in an environment variable
+            if from_env and isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(key, f"must be an array of tables, got {value!r}{where}",
+                                  fix=f"write [[{key}]] tables (docs/triage.md)")
+            # a TOML date-time becomes its ISO text, so `config check` can print it and rules parse it
+            return [{k: x.isoformat() if isinstance(x, (datetime, date)) else x for k, x in v.items()}
+                    for v in value]
         if origin is list:
             if from_env and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -495,6 +514,12 @@ def _validate(cfg: Config, errors: list[ConfigError]) -> None:
         errors.append(ConfigError("serve.max_concurrent", "must be at least 1"))
     if cfg.serve.summary_seconds <= 0:
         errors.append(ConfigError("serve.summary_seconds", "must be > 0"))
+    try:
+        from ztaudit.core.triage import parse_rules  # here: core.triage imports the sink, which the config must not
+
+        parse_rules(cfg.triage.suppress)
+    except ConfigError as exc:
+        errors.append(exc)
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | None:

@@ -165,8 +165,44 @@ FINDINGS: Final = table_schema(
         Column("score", pa.float64(), "Higher is more anomalous / more certain; detector-specific scale."),
         Column("context", pa.string(), "JSON object with detector-specific details (features, ranges, ...)."),
         Column("detected_at", TS, "When detect produced it."),
+        Column("first_detected_at", TS, "When a run first produced this finding_id (kept when later runs "
+               "produce it again); `report findings --new` compares it with the last detect run."),
+        Column("first_run", pa.string(), "The run that first produced it: 'detect:<start>' (ztaudit detect) "
+               "or 'consume:<start>' (the consumer's streaming detect)."),
     ],
 )
+
+TRIAGE: Final = table_schema(
+    "triage",
+    "Triage decisions on findings (ztaudit findings ack|suppress|expire), append-only: a finding's "
+    "current decision is its latest row (docs/triage.md).",
+    [
+        Column("triaged_at", TS, "When the decision was recorded (UTC)."),
+        Column("finding_id", pa.string(), "The finding decided on (findings.finding_id)."),
+        Column("action", pa.string(), "ack | suppress | expire (expire ends the finding's ack or suppression)."),
+        Column("reason", pa.string(), "Why, in the triager's words (required)."),
+        Column("until", TS, "When the ack or suppression ends; occurrences after it bring the finding back. "
+               "Null = no end."),
+        Column("triaged_by", pa.string(), "Who decided: --by, else $ZTAUDIT_ACTOR, else the OS user."),
+    ],
+)
+
+DETECT_RUNS: Final = table_schema(
+    "detect_runs",
+    "One row per `ztaudit detect` run that wrote findings: what `report findings --new` counts from.",
+    [
+        Column("run_id", pa.string(), "'detect:<started_at>', as in findings.first_run."),
+        Column("started_at", TS, "When the run began judging (the detected_at of the findings it wrote)."),
+        Column("finished_at", TS, "When its findings were durable."),
+        Column("detectors", STR_LIST, "Detector ids whose findings the run wrote."),
+        Column("findings", pa.int64(), "Findings the run produced."),
+        Column("new_findings", pa.int64(), "Of those, finding ids no earlier run had produced."),
+    ],
+)
+
+#: Version of every machine-readable output (report JSON, findings on Kafka, the consumer's metrics
+#: file): raised when a field is renamed, removed or changes type; adding a field keeps it.
+SCHEMA_VERSION: Final = 1
 
 TABLES: Final[dict[str, pa.Schema]] = {
     "k8s_audit": K8S_AUDIT,
@@ -174,6 +210,8 @@ TABLES: Final[dict[str, pa.Schema]] = {
     "idp_event": IDP_EVENT,
     "quarantine": QUARANTINE,
     "findings": FINDINGS,
+    "triage": TRIAGE,
+    "detect_runs": DETECT_RUNS,
     "rbac_snapshot": RBAC_GRANT,
     "reach": REACH,
     "credentials": CREDENTIALS,
@@ -194,6 +232,8 @@ PARTITION_TIME: Final[dict[str, str]] = {
     "idp_event": "occurred_at",
     "quarantine": "quarantined_at",
     "findings": "first_seen",
+    "triage": "triaged_at",
+    "detect_runs": "started_at",
     "rbac_snapshot": "snapshot_at",
     "reach": "window_start",
     "credentials": "day",

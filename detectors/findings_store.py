@@ -12,6 +12,12 @@ Idempotence: ``finding_id`` is a stable hash of the detector and the finding's k
 which the run no longer produced are removed (late data can turn an unmatched decision into a
 matched one). An unchanged finding keeps its original ``detected_at``.
 
+Which run created a finding: each call is one run, ``detect:<start>`` (``ztaudit detect``) or
+``consume:<start>`` (the streaming hook), where start is the ``detected_at`` of the rows it wrote.
+A finding keeps the ``first_detected_at`` and ``first_run`` of the run that first produced its id,
+and every ``detect`` run appends one row to the ``detect_runs`` table, so ``report findings --new``
+(first produced since the last detect run began) is right even when that run found nothing new.
+
 Failure: :class:`LockTimeout` (a :class:`SinkError`, exit 4) if the lock is not obtained in time;
 ``SinkError`` when the disk refuses. Nothing is half-written in either case.
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,8 @@ import pyarrow.parquet as pq
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import UNDATED, file_lock, makedirs, write_parquet_atomic
-from ztaudit.core.schema import FINDINGS
+from ztaudit.core.schema import DETECT_RUNS, FINDINGS
+from ztaudit.core.sink import LakeSink
 from ztaudit.core.window import Window, utc_day
 
 FILE_NAME = "findings.parquet"
@@ -66,8 +73,17 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return list(conform(table, FINDINGS).to_pylist())
 
 
+#: Columns that say when and by which run a finding was produced, not what it is.
+_RUN_COLUMNS = frozenset({"detected_at", "first_detected_at", "first_run"})
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in FINDINGS.names if k != "detected_at")
+    return all(a.get(k) == b.get(k) for k in FINDINGS.names if k not in _RUN_COLUMNS)
+
+
+def run_id(kind: str, started_at: datetime) -> str:
+    """``kind:<started_at as ISO-8601 UTC, microseconds, Z>`` (kind ``detect`` or ``consume``)."""
+    return f"{kind}:{started_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
 
 
 def _in_scope(row: dict[str, Any], detectors: set[str], since: datetime | None, until: datetime | None) -> bool:
@@ -98,7 +114,7 @@ def _combine(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detectors: Sequence[str],
                    since: datetime | None = None, until: datetime | None = None,
-                   lock_timeout: float = 120.0) -> list[dict[str, Any]]:
+                   lock_timeout: float = 120.0, run: str = "detect") -> list[dict[str, Any]]:
     """Merge ``rows`` (findings-table dicts) into the lake; return the rows that are new or changed.
 
     ``detectors`` and [``since``, ``until``) name what this run judged: existing findings of those
@@ -106,11 +122,19 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
     existing finding with the same id started before ``since`` (the run saw only part of it, e.g. the
     streaming hook's last hour of a per-day finding), the two are combined (earliest first_seen,
     latest last_seen, union of evidence) instead of the partial one replacing the whole.
+
+    ``run`` names the kind of run (``detect`` or ``consume``): a finding id no earlier run produced
+    gets this run's ``first_detected_at`` and ``first_run``; a ``detect`` run also appends its row
+    to ``detect_runs``.
     """
     lake = Path(lake)
     new: dict[str, dict[str, Any]] = {}
     for r in rows:
         new[r["finding_id"]] = r
+    started = next((r["detected_at"] for r in new.values() if r.get("detected_at") is not None), None) \
+        or datetime.now(UTC)
+    this_run = run_id(run, started)
+    created = 0
     scope = set(detectors)
     changed: list[dict[str, Any]] = []
     with findings_lock(lake, lock_timeout):
@@ -134,6 +158,12 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             if prev is not None and since is not None and prev["first_seen"] is not None \
                     and prev["first_seen"] < since:
                 r = _combine(prev, r)
+            if prev is None:
+                created += 1
+                r = {**r, "first_detected_at": r.get("detected_at") or started, "first_run": this_run}
+            else:  # an older lake's row has no first_*: its detected_at is the best known
+                r = {**r, "first_detected_at": prev.get("first_detected_at") or prev.get("detected_at"),
+                     "first_run": prev.get("first_run")}
             if prev is not None and _same(prev, r):
                 r = {**r, "detected_at": prev["detected_at"]}
             else:
@@ -152,4 +182,13 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             table = conform(pa.Table.from_pylist(ordered, schema=FINDINGS), FINDINGS)
             makedirs(path.parent)
             write_parquet_atomic(table, path)
+        if run == "detect":
+            _record_run(lake, this_run, started, sorted(scope), len(new), created)
     return changed
+
+
+def _record_run(lake: Path, rid: str, started: datetime, detectors: list[str], found: int, created: int) -> None:
+    """Append this detect run's row to ``detect_runs`` (under the findings lock, after its findings)."""
+    row = {"run_id": rid, "started_at": started, "finished_at": datetime.now(UTC), "detectors": detectors,
+           "findings": found, "new_findings": created}
+    LakeSink(lake).write("detect_runs", pa.Table.from_pylist([row], schema=DETECT_RUNS), rid)

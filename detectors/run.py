@@ -30,6 +30,7 @@ from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, ZtauditError
 from ztaudit.core.files import day_dirs, sweep_temp_files
 from ztaudit.core.lake import open_lake, spill_directory
+from ztaudit.core.progress import ProgressCallback
 from ztaudit.core.schema import FINDINGS
 from ztaudit.core.sink import LakeSink
 from ztaudit.detectors import registry, tables
@@ -68,13 +69,18 @@ def select_detectors(ids: Sequence[str] | None) -> list[str]:
     return list(ids)
 
 
-def build_derived(ctx: DetectContext, lake: Path, result: RunResult) -> None:
-    """Build and write every table of :data:`tables.DERIVED_TABLES`; errors go to ``result.errors``."""
+def build_derived(ctx: DetectContext, lake: Path, result: RunResult,
+                  progress: ProgressCallback | None = None, steps: int = 0) -> None:
+    """Build and write every table of :data:`tables.DERIVED_TABLES`; errors go to ``result.errors``.
+
+    ``progress`` is told ``(tables done, steps, "table:NAME")`` before each table is built."""
     sink = LakeSink(lake)
     # Temporary files a killed detect left (the sink sweeps the derived tables' own days).
     for d in (lake / "_state", *day_dirs(lake / "findings")):
         sweep_temp_files(d)
-    for name, builder in tables.DERIVED_TABLES.items():
+    for i, (name, builder) in enumerate(tables.DERIVED_TABLES.items()):
+        if progress is not None:
+            progress(i, steps or len(tables.DERIVED_TABLES), f"table:{name}")
         t0 = time.perf_counter()
         try:
             table = builder(ctx)
@@ -94,34 +100,42 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
                   until: datetime | None = None, detector_ids: Sequence[str] | None = None,
                   build_tables: bool = True, write: bool = True,
                   con: duckdb.DuckDBPyConnection | None = None,
-                  memory_limit: str | None = None) -> RunResult:
+                  memory_limit: str | None = None, progress: ProgressCallback | None = None) -> RunResult:
     """Run the selected (default: all) detectors over [since, until) and store their findings.
 
     ``con``: an open lake connection to reuse (the caller keeps owning it); else one is opened here
-    with a private spill directory and closed at the end.
+    with a private spill directory and closed at the end. ``progress`` (``ztaudit detect``'s line on
+    a terminal) is told ``(steps done, steps, step)`` before each derived table and each detector.
     """
     lake = Path(lake)
     ids = select_detectors(detector_ids)
     if con is not None:
-        return _run(con, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write)
+        return _run(con, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
+                    progress=progress)
     with spill_directory() as spill:
         own = open_lake(lake, must_exist=False, memory_limit=memory_limit, spill_dir=spill)
         try:
-            return _run(own, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write)
+            return _run(own, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
+                        progress=progress)
         finally:
             own.close()
 
 
 def _run(con: duckdb.DuckDBPyConnection, lake: Path, config: Config, ids: list[str], *, since: datetime | None,
-         until: datetime | None, build_tables: bool, write: bool) -> RunResult:
+         until: datetime | None, build_tables: bool, write: bool,
+         progress: ProgressCallback | None = None) -> RunResult:
     """:func:`run_detectors` on an open connection."""
     result = RunResult()
     ctx = DetectContext(con=con, config=config, since=since, until=until, lake=str(lake))
+    n_tables = len(tables.DERIVED_TABLES) if build_tables else 0
+    steps = n_tables + len(ids) + (1 if write else 0)
     if build_tables:
-        build_derived(ctx, lake, result)
+        build_derived(ctx, lake, result, progress, steps)
     now = datetime.now(UTC)
     ok: list[str] = []
-    for did in ids:
+    for i, did in enumerate(ids):
+        if progress is not None:
+            progress(n_tables + i, steps, did)
         t0 = time.perf_counter()
         try:
             findings = registry.get(did).run(ctx)
@@ -145,6 +159,8 @@ def _run(con: duckdb.DuckDBPyConnection, lake: Path, config: Config, ids: list[s
         result.counts[did] = len(findings)
         result.rows.extend(rows)
     if write:
+        if progress is not None:
+            progress(steps - 1, steps, "writing findings")
         try:
             result.changed = write_findings(lake, result.rows, detectors=ok, since=since, until=until,
                                             lock_timeout=config.detect.lock_timeout_seconds)

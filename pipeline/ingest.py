@@ -32,6 +32,7 @@ from typing import Final, TextIO
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, SourceError
 from ztaudit.core.files import makedirs, write_bytes_atomic
+from ztaudit.core.progress import ProgressLine
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.registry import NORMALIZERS
@@ -169,29 +170,24 @@ class IngestStats:
 
 
 class _Progress:
-    """A one-line updating counter on stderr (only on a TTY)."""
+    """Ingest's progress line on stderr, only on a TTY (:class:`~ztaudit.core.progress.ProgressLine`):
+    bytes read of the inputs' total with ETA, records, rows, quarantined and records/s."""
 
     def __init__(self, enabled: bool, total_bytes: int, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and self.stream.isatty()
+        self.line = ProgressLine.auto("ingest", quiet=not enabled, stream=stream or sys.stderr, unit="bytes")
         self.total = total_bytes
         self.start = time.monotonic()
-        self.shown = False
 
     def update(self, stats: IngestStats) -> None:
-        if not self.enabled:
+        if not self.line.enabled:
             return
         rate = stats.records / max(time.monotonic() - self.start, 1e-6)
-        pct = f" {100 * stats.bytes_read / self.total:5.1f}%" if self.total else ""
-        self.stream.write(f"\r{pct} {stats.records:,} records, {sum(stats.rows.values()):,} rows, "
-                          f"{stats.quarantined_total:,} quarantined, {rate:,.0f} records/s   ")
-        self.stream.flush()
-        self.shown = True
+        self.line(stats.bytes_read, self.total or None,
+                  f"{stats.records:,} records, {sum(stats.rows.values()):,} rows, "
+                  f"{stats.quarantined_total:,} quarantined, {rate:,.0f} records/s")
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.line.close()
 
 
 #: Where a lake remembers the chunk size its file chunks were cut with (``_state`` is the lake's own).

@@ -514,7 +514,11 @@ COLUMN_POLICY: Final[dict[str, dict[str, Rule]]] = {
     },
     "quarantine": {"detail": _T, "origin": _I, "source_guess": _K, "reason": _K, "raw": Rule.RAW},
     "findings": _derived("finding_id", "detector", "severity", "actor", "credential_id", "cluster", "namespace",
-                         "summary", "evidence", "context"),
+                         "summary", "evidence", "context", "first_run"),
+    # Triage rows are written by ztaudit from an operator's command; the reason is masked as free
+    # text before it is stored (core/triage.py), so here they are derived like findings.
+    "triage": _derived("finding_id", "action", "reason", "triaged_by"),
+    "detect_runs": _derived("run_id", "detectors"),
     "reach": _derived("window", "actor", "actor_kind", "cluster", "peer_group", "secret_namespace_list",
                       "new_namespace_list"),
     "credentials": _derived("credential_key", "credential_id", "key_kind", "credential_kind", "holder",

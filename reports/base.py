@@ -96,6 +96,9 @@ class ReportResult:
     generated_at: datetime | None = None
     #: the answer first: one line per question the report answers, shown above everything else
     verdict: list[str] = field(default_factory=list)
+    #: JSON rows carry ``schema_version`` (reports: their columns are ztaudit's contract); false for
+    #: ``ztaudit sql``, whose columns are the user's own query
+    versioned: bool = True
 
     @property
     def primary(self) -> Section:

@@ -35,6 +35,7 @@ from io import TextIOWrapper
 from pathlib import Path
 from typing import Any, Final
 
+from ztaudit.core.progress import ProgressCallback
 from ztaudit.synth.clock import DAY, HOUR, day_str, iso_us, parse_day, weekday
 from ztaudit.synth.events import emit_request
 from ztaudit.synth.incident_context import ALL_KINDS, Label
@@ -180,8 +181,11 @@ class Result:
     labels: list[Label] = field(default_factory=list)
 
 
-def generate(opts: GenerateOptions) -> Result:
-    """Generate the data set described by ``opts`` into ``opts.out`` (created if needed)."""
+def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) -> Result:
+    """Generate the data set described by ``opts`` into ``opts.out`` (created if needed).
+
+    ``progress`` (``ztaudit generate``'s line on a terminal) is told ``(hours done, hours, day)``
+    before each simulated hour; it does not change a byte of the output."""
     out_dir = opts.out
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("k8s_audit", "proxy_decision", "idp_event"):
@@ -206,6 +210,8 @@ def generate(opts: GenerateOptions) -> Result:
     obs = Observed()
 
     for h0 in range(world.start, world.end, HOUR):
+        if progress is not None:
+            progress((h0 - world.start) // HOUR, (world.end - world.start) // HOUR, day_str(h0 // DAY))
         h1 = h0 + HOUR
         factor = _diurnal(h0) * scale
         for c in world.clusters:

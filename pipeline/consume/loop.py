@@ -51,7 +51,8 @@ from ztaudit.core.errors import KafkaTransientError
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
 from ztaudit.pipeline.consume.commit import Committer, FlushHook
-from ztaudit.pipeline.consume.progress import IdleWatch, Metrics, Progress, lag_of
+from ztaudit.pipeline.consume.metrics_http import MetricsServer
+from ztaudit.pipeline.consume.progress import IdleWatch, Metrics, Progress, broker_diagnosis, lag_of
 from ztaudit.pipeline.consume.recovery import find_leftovers
 from ztaudit.pipeline.consume.writer import BACKOFF_START_S, ChunkWriter, Writer, retry
 from ztaudit.pipeline.normalize.base import NormalizeContext
@@ -80,6 +81,9 @@ class ConsumeOptions:
     start_from: str = "earliest"
     until_idle: float | None = None
     metrics_file: Path | None = None
+    #: ``--metrics-port``: the Prometheus endpoint (:mod:`.metrics_http`); 0 = none
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     progress_seconds: float = 10.0
     max_record_bytes: int = MiB
     poll_timeout_ms: int = 500
@@ -135,7 +139,12 @@ class StreamConsumer:
                                          cluster_fields=options.cluster_fields))
         self.idle = IdleWatch(options.until_idle, settings.session_timeout_ms)
         self.progress = Progress(options.progress_seconds, options.metrics_file)
-        self.committer = Committer(self.partitions, self.metrics, options.on_flush, password=password)
+        # the first hook marks when a commit went through, before the caller's hooks (detect) run
+        self.committer = Committer(self.partitions, self.metrics, [self._committed, *options.on_flush],
+                                   password=password)
+        self._committed_at: float | None = None
+        self.metrics_server = (MetricsServer(lambda: self.metrics, options.metrics_host, options.metrics_port)
+                               if options.metrics_port else None)
         self._factory = source_factory
         self._source: KafkaSource | None = None
         self._stopping = False
@@ -166,7 +175,15 @@ class StreamConsumer:
         """poll -> buffer -> cut -> write -> commit -> hooks, until stopped or idle; then drain: wait
         for the writer, commit, flush the rest. An error (writer, Kafka refusal) propagates after
         the in-flight round's renames finished; nothing after the last commit is committed."""
-        self._connect()
+        if self.metrics_server is not None:
+            self.metrics_server.start()  # before connecting: a consumer waiting for its broker is seen
+        try:
+            self.metrics.state = "connecting"
+            self._connect()
+        except BaseException:
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+            raise
         self.metrics.state = "running"
         self.writer.start()  # imports and DuckDB setup overlap the group join
         try:
@@ -190,6 +207,8 @@ class StreamConsumer:
             self._progress(force=True)
             self._close()
             self.writer.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
         return self.metrics
 
     def _connect(self) -> None:
@@ -212,8 +231,10 @@ class StreamConsumer:
 
         def failed(exc: BaseException, _attempt: int, delay: float) -> None:
             self.metrics.broker_errors += 1
-            log.warning("consume: Kafka at %s unreachable (%s); retrying in %.1f s",
-                        self.settings.bootstrap_servers, redact(str(exc), self.password), delay)
+            self.metrics.broker_problem = broker_diagnosis(self.settings.bootstrap_servers)
+            log.warning("consume: Kafka at %s unreachable (%s; %s); retrying in %.1f s",
+                        self.settings.bootstrap_servers, redact(str(exc), self.password),
+                        self.metrics.broker_problem, delay)
 
         if self._stopping:
             raise SystemExit(0)
@@ -223,6 +244,7 @@ class StreamConsumer:
             if not self._stopping:
                 raise
             raise SystemExit(0) from None  # stopped while the broker was unreachable
+        self.metrics.broker_problem = ""
         log.info("consume: subscribed to %s as group %s at %s (%s)", ", ".join(sorted(self.opts.topics)),
                  self.opts.group, self.settings.bootstrap_servers, self.source.backend)
 
@@ -327,11 +349,14 @@ class StreamConsumer:
                 return
             self._commit_round()
         while chunks := self.partitions.cut_round(self.policy, time.monotonic(), take_all=final or take_all):
+            submitted = time.monotonic()
             for c in self.writer.submit(chunks):
                 self.metrics.dropped_uncommitted += len(c.offsets)
                 self.partitions.drop_from(c.tp, c.first)
                 log.info("consume: %s revoked before its write started: not written (uncommitted; whoever owns "
                          "it next re-reads it)", c.where)
+            if (rnd := self.writer.inflight) is not None:  # flush latency, measured on the writer thread
+                rnd.future.add_done_callback(self._flush_timer(submitted))
             if not final:
                 return
             self._commit_round()
@@ -343,7 +368,18 @@ class StreamConsumer:
         of the round is committed -- then commit it and run the hooks (:mod:`.commit`)."""
         collected = self.writer.collect()
         if collected is not None:
+            started, commits, self._committed_at = time.monotonic(), self.metrics.commits, None
             self.committer.commit_round(self.source, *collected)
+            if self.metrics.commits > commits:  # hooks ran after _committed marked the commit; none ran without
+                self.metrics.observe_commit((self._committed_at or time.monotonic()) - started)
+
+    def _flush_timer(self, submitted: float) -> Callable[[Any], None]:
+        """A done-callback for a round's future: observes submit-to-done as the flush latency."""
+        return lambda _future: self.metrics.observe_flush(time.monotonic() - submitted)
+
+    def _committed(self, since: Any, until: Any, paths: list[Path]) -> None:
+        """The first on_flush hook: the commit before it just went through (for its latency)."""
+        self._committed_at = time.monotonic()
 
     def _progress(self, force: bool = False) -> None:
         """After each loop turn (a line when due) and once at the end (forced, with the final state)."""

@@ -1,9 +1,14 @@
 """How the consumer is doing: :class:`Metrics`, the progress line and ``--metrics-file``, idle exit.
 
-All of it runs on the main thread, between polls. The progress line (:class:`Progress`) and the
+All of it runs on the main thread, between polls, except two readers: the writer thread's end of
+a round (:meth:`Metrics.observe_flush`) and the ``--metrics-port`` endpoint
+(:mod:`.metrics_http`), which reads the counters while the loop runs (histograms take a lock;
+dicts are copied, which CPython does atomically). The progress line (:class:`Progress`) and the
 metrics file carry the same counters under the same names; the file is replaced atomically at
 each tick, so a reader never sees half of it. :class:`IdleWatch` decides when ``--until-idle`` is
 reached: nothing polled for that long *and* the broker confirms there is no lag.
+:class:`JsonLogFormatter` is ``--log-format json``; :func:`broker_diagnosis` says why the
+bootstrap brokers cannot be reached while the loop retries.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +27,57 @@ from typing import TYPE_CHECKING, Any
 
 from ztaudit.core.errors import KafkaTransientError
 from ztaudit.core.files import write_bytes_atomic
+from ztaudit.core.schema import SCHEMA_VERSION
 from ztaudit.pipeline.sources.kafka.base import TP, KafkaSource, lag_by_partition, tp_name
 
 if TYPE_CHECKING:
     from ztaudit.pipeline.consume.writer import Written
 
 log = logging.getLogger(__name__)
+
+
+#: Upper bounds (seconds) of the flush and commit latency histograms; +Inf is implied.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    """Cumulative latency buckets, their sum and count (Prometheus histogram semantics).
+
+    :meth:`observe` may run on the writer thread while the endpoint reads :meth:`snapshot` on
+    its own: both take the lock.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._sum += seconds
+            for i, bound in enumerate(self.bounds):
+                if seconds <= bound:
+                    self._counts[i] += 1
+                    break
+            else:
+                self._counts[-1] += 1
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float, int]:
+        """(cumulative (upper bound, count) pairs ending with +Inf, sum, count)."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return cumulative, total, running
+
+    def as_dict(self) -> dict[str, Any]:
+        """Count, sum and mean for the metrics file."""
+        _, total, count = self.snapshot()
+        return {"count": count, "sum_seconds": round(total, 6),
+                "mean_seconds": round(total / count, 6) if count else None}
 
 
 @dataclass
@@ -62,6 +114,23 @@ class Metrics:
     committed: dict[str, int] = field(default_factory=dict)
     buffered: int = 0
     state: str = "starting"
+    #: writer time of each flush round (normalize, write, rename), submit to done
+    flush_seconds: Histogram = field(default_factory=Histogram)
+    #: time of each offset commit, retries included (not the hooks after it)
+    commit_seconds: Histogram = field(default_factory=Histogram)
+    #: wall-clock time (epoch seconds) of the last successful commit; None before the first
+    last_commit_at: float | None = None
+    #: the last reason the bootstrap brokers could not be reached (:func:`broker_diagnosis`); "" once connected
+    broker_problem: str = ""
+
+    def observe_flush(self, seconds: float) -> None:
+        """A flush round took ``seconds`` on the writer (called on the writer thread)."""
+        self.flush_seconds.observe(seconds)
+
+    def observe_commit(self, seconds: float) -> None:
+        """An offset commit went through after ``seconds`` (main thread)."""
+        self.commit_seconds.observe(seconds)
+        self.last_commit_at = time.time()
 
     def add(self, res: Written) -> None:
         """Count what the writer made of one chunk (called once per chunk of a collected round,
@@ -83,7 +152,9 @@ class Metrics:
                       self.written, self.quarantined, self.ignored_total)
 
     def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+        """The counters as the metrics file writes them, with ``schema_version`` (core/schema.py)."""
+        d = {"schema_version": SCHEMA_VERSION,
+             **{k: v.as_dict() if isinstance(v, Histogram) else v for k, v in self.__dict__.items()}}
         d["updated_at"] = datetime.now(UTC).isoformat()
         return d
 
@@ -192,3 +263,58 @@ class IdleWatch:
             self.saw_records()
             return False
         return True
+
+
+class JsonLogFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line (``ts`` ISO-8601 UTC, ``level``, ``logger``,
+    ``msg``, and ``exc`` with the traceback when there is one), for log collectors.
+
+    Log messages carry log values (topic names, reasons): ``json.dumps`` escapes every control
+    character, so a value cannot start a new line or forge another record.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def broker_diagnosis(bootstrap_servers: str, timeout_s: float = 2.0) -> str:
+    """Why each bootstrap server cannot be reached, in words: ``host:port: cannot resolve host
+    (...)``, ``refused the connection``, ``no answer within 2 s``, or ``accepts TCP connections``
+    (then the problem is above TCP: TLS, protocol or the broker's advertised listeners).
+
+    Called by the consume loop each time connecting failed, before it waits to retry; at most one
+    name lookup and one TCP connect of ``timeout_s`` per server, and never raises.
+    """
+    out = []
+    for server in [s.strip() for s in bootstrap_servers.split(",") if s.strip()][:8]:
+        host, _, port_text = server.rpartition(":")
+        host = host.strip("[]") or server
+        try:
+            port = int(port_text)
+        except ValueError:
+            out.append(f"{server}: no port (write host:port)")
+            continue
+        try:
+            addrs = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            out.append(f"{server}: cannot resolve host {host!r} ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        family, kind, proto, _, addr = addrs[0]
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(addr)
+            out.append(f"{server}: accepts TCP connections (so the failure is TLS, the protocol or the "
+                       "broker's advertised listeners)")
+        except ConnectionRefusedError:
+            out.append(f"{server}: {addr[0]} port {port} refused the connection (no broker listening)")
+        except TimeoutError:
+            out.append(f"{server}: no answer from {addr[0]} within {timeout_s:g} s (firewall or host down)")
+        except OSError as exc:
+            out.append(f"{server}: {exc.strerror or exc}")
+    return "; ".join(out) or "no bootstrap server given"

@@ -122,7 +122,7 @@ def test_report_shows_the_exposure_in_every_format(lake: Path) -> None:
     assert "streams" not in by["dan@example.com"]  # the primary section's keys are unchanged
 
     streams = json.loads(_report(lake, "--format", "json", "--section", "streams"))
-    assert [list(s) for s in streams] == [STREAM_COLUMNS] * 2
+    assert [list(s) for s in streams] == [["schema_version", *STREAM_COLUMNS]] * 2
     got = {s["identity"]: s for s in streams}
     assert set(got) == {"dan@example.com", "erin@example.com"}
     dan = got["dan@example.com"]

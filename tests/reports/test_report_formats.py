@@ -49,7 +49,7 @@ def result(rows: list[dict[str, object]] | None = None, **kw: object) -> ReportR
 
 def test_json_is_the_primary_section_with_iso_utc_times() -> None:
     rows = json.loads(render_json(result()))
-    assert [list(r) for r in rows] == [["actor", "at", "n", "tags", "context", "score"]] * 2
+    assert [list(r) for r in rows] == [["schema_version", "actor", "at", "n", "tags", "context", "score"]] * 2
     assert rows[0]["at"] == "2026-11-20T09:30:15.250000Z"
     assert rows[1]["at"] == "2026-11-20T09:30:15.250000Z"  # converted to UTC
     assert rows[0]["context"] == {"k": 1} and rows[1]["context"] == "not json"
@@ -57,7 +57,7 @@ def test_json_is_the_primary_section_with_iso_utc_times() -> None:
 
 
 def test_json_named_and_all_sections() -> None:
-    assert json.loads(render_json(result(), "other")) == [{"x": 1}]
+    assert json.loads(render_json(result(), "other")) == [{"schema_version": 1, "x": 1}]
     allsec = json.loads(render_json(result(), "all"))
     assert set(allsec["sections"]) == {"main", "other"} and allsec["report"] == "t"
     with pytest.raises(KeyError):
