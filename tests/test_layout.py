@@ -1,6 +1,6 @@
 """The shape of the code: dependencies run one way between packages, no import cycles, no hidden imports.
 
-Rule (README, "Development"): ``core`` imports nothing of ours; ``pipeline``, ``detectors`` and
+Rule (docs/development.md, "Development"): ``core`` imports nothing of ours; ``pipeline``, ``detectors`` and
 ``synth`` import ``core``; ``reports`` imports ``core`` and ``detectors``; ``cli`` may import
 everything. Every import statement counts, including those inside functions, and a module loaded by
 name (``importlib.import_module``) is only allowed in the CLI's lazy command registry.

@@ -50,7 +50,7 @@ UID = 10001
 VENV = "/opt/ztaudit"
 
 #: Peak RSS in MiB per component, as measured: memory limits must leave at least a quarter on top.
-#: consume and detect from bench/ (README "Benchmarks"); serve from three rounds of 4 concurrent
+#: consume and detect from bench/ (docs/development.md "Benchmarks"); serve from three rounds of 4 concurrent
 #: 15.5 MB EventLists, its worst case (docs/deploy.md §7).
 BENCH_PEAK_MIB = {"consume": 720, "serve": 633, "detect": 2268}
 
