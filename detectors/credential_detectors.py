@@ -17,7 +17,15 @@ import pyarrow as pa
 
 from ztaudit.core.columns import TS
 from ztaudit.detectors.base import DetectContext, Finding, Severity
-from ztaudit.detectors.credentials import HOLDER_KIND_SQL, USES_SQL, in_cluster, register_ip_table, window_bounds
+from ztaudit.detectors.credentials import (
+    HOLDER_KIND_SQL,
+    USES_SQL,
+    in_cluster,
+    learn_networks,
+    placement,
+    register_ip_table,
+    window_bounds,
+)
 
 #: A finding's references: the first :data:`EVIDENCE` uses in (time, reference) order, so the same
 #: data always gives the same evidence (``findings_store`` compares it to see what changed).
@@ -360,11 +368,12 @@ o AS (SELECT a.*, NOT coalesce(p.inside, true) AS outside
       FROM a LEFT JOIN {ips} p ON p.cluster IS NOT DISTINCT FROM a.cluster AND p.ip = a.addr.ip),
 r AS (SELECT credential_key, holder, holder_kind, cluster, ts, audit_id, any_value(user_agent) AS user_agent,
              bool_or(outside AND addr.peer) AS peer_out, bool_or(outside AND NOT addr.peer) AS fwd_out,
-             list(DISTINCT addr.ip) FILTER (WHERE outside) AS out_ips
+             list(DISTINCT addr.ip) FILTER (WHERE outside) AS out_ips, list(DISTINCT addr.ip) AS all_ips
       FROM o GROUP BY credential_key, holder, holder_kind, cluster, ts, audit_id HAVING bool_or(outside))
 SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, holder_kind, cluster,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts), max(ts), count(*),
        bool_or(peer_out), bool_or(fwd_out), list_sort(list_distinct(flatten(list(out_ips)))),
+       list_sort(list_distinct(flatten(list(all_ips))))[1:10],
        list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
        list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:{EVIDENCE}]
 FROM r GROUP BY ALL
@@ -392,24 +401,36 @@ class OffCluster:
         pairs = ctx.con.sql(_OFF_ADDRS_SQL, params=params).fetchall()
         if not any(in_cluster(ctx.config, c, ip) is False for c, ip in pairs):
             return []
-        ips = register_ip_table(ctx.con, ctx.config, pairs)
+        learned = learn_networks(ctx.con, ctx.config, lo, hi, pairs)
+        if not any(placement(ctx.config, c, ip, learned)[0] is False for c, ip in pairs):
+            return []
+        ips = register_ip_table(ctx.con, ctx.config, pairs, learned)
         try:
             rows = ctx.con.sql(_off_sql(ips), params=params).fetchall()
         finally:
             ctx.con.unregister(ips)
         out = []
-        for key, holder, hkind, cluster, day, t0, t1, n, peer_out, _fwd_out, out_ips, uas, ev in rows:
+        for key, holder, hkind, cluster, day, t0, t1, n, peer_out, _fwd_out, out_ips, all_ips, uas, ev in rows:
             basis = ("the connection's own address" if peer_out else
                      "an X-Forwarded-For address (set by the client or a proxy in front of the API server)")
+            placed_by = {ip: placement(ctx.config, cluster, ip, learned)[1] for ip in all_ips or []}
+            rule = placement(ctx.config, cluster, out_ips[0], learned)[1]
+            ranges = [f"learned:{net} from {why}" for net, why in learned.get(cluster, [])][:10]
+            networks = ("its configured networks" if rule == "configured" else
+                        "the default private and link-local ranges" +
+                        (f" and the {len(ranges)} ranges learned from its nodes and pods" if ranges else
+                         "; no range of its own could be learned from its nodes and pods"))
             out.append(Finding(
                 detector=self.id, key=(key, cluster, day.date().isoformat()),
                 severity=Severity.HIGH if peer_out else Severity.MEDIUM,
                 actor=holder, credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1,
                 evidence=_ev_list(ev), score=float(n),
                 summary=(f"{hkind} credential {key} of {holder} made {n} requests to {cluster} from outside the "
-                         f"cluster's networks ({', '.join(out_ips[:5])}; {basis}). In-cluster credentials should "
-                         "never leave the cluster: find where it was copied and rotate it."),
+                         f"cluster's networks ({', '.join(out_ips[:5])}; {basis}; placed by {networks}). "
+                         "In-cluster credentials should never leave the cluster: find where it was copied and "
+                         "rotate it."),
                 context={"source_ips": list(out_ips), "outside_by": "peer" if peer_out else "x-forwarded-for",
-                         "user_agents": list(uas or []), "cluster_networks": ctx.config.networks_for(cluster)},
+                         "user_agents": list(uas or []), "cluster_networks": ctx.config.networks_for(cluster),
+                         "network_rule": rule, "placed_by": placed_by, "learned_networks": ranges},
             ))
         return out

@@ -45,7 +45,7 @@ import duckdb
 import pyarrow as pa
 
 from ztaudit.core.columns import conform
-from ztaudit.core.config import Config
+from ztaudit.core.config import Config, CredentialSettings
 from ztaudit.core.derived_tables import CREDENTIALS
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext
@@ -144,8 +144,140 @@ def build_credentials_table(ctx: DetectContext) -> pa.Table:
 
 # --- networks --------------------------------------------------------------------------------
 
-def _networks(config: Config, cluster: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Learned networks per cluster: (network, the evidence that taught it).
+Learned = dict[str | None, list[tuple[Net, str]]]
+
+#: Prefix lengths learned around a peer address: a /24 (IPv4) or /64 (IPv6) is the usual smallest
+#: subnet a cloud gives a node pool (an IPv6 /64 is one link, RFC 4291 §2.5.1).
+LEARN_PREFIX: Final = {4: 24, 6: 64}
+#: Share of an identity's requests that must come from a range for it to vouch for the range: a
+#: kubelet renews its Lease every 10 s (~8,640 requests a day from its own address), so a thief using
+#: a node's or a service account's credential from elsewhere is a small minority of that identity's
+#: traffic; 0.2 still lets a dual-stack node or one whose address changed once teach each range.
+LEARN_MIN_SHARE: Final = 0.2
+#: Service-account evidence without a node: this many distinct service accounts with pod-bound
+#: tokens, bound to pods on this many distinct nodes (one stolen token, or all tokens of one
+#: compromised node, cannot teach a range).
+LEARN_MIN_SAS: Final = 3
+LEARN_MIN_NODES: Final = 2
+_DEFAULT_NETWORKS: Final = list(CredentialSettings().cluster_networks.get("*", []))
+
+
+def _networks(config: Config, cluster: str | None) -> list[Net]:
     return [ipaddress.ip_network(n, strict=False) for n in config.networks_for(cluster)]
+
+
+def learns_networks(config: Config, cluster: str | None) -> bool:
+    """True when ``cluster``'s networks are the defaults (no ``cluster_networks`` entry names it and
+    ``'*'`` is unchanged): only then are its own networks learned from the traffic."""
+    m = config.credentials.cluster_networks
+    return (cluster or "") not in m and list(m.get("*", [])) == _DEFAULT_NETWORKS
+
+
+def network_prefix(ip: str | None) -> str | None:
+    """The learnable range around ``ip`` (:data:`LEARN_PREFIX`), None when it is not an address."""
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return None
+    return str(ipaddress.ip_network(f"{addr}/{LEARN_PREFIX[addr.version]}", strict=False))
+
+
+# One aggregation over the window: peer addresses of non-impersonating node and service-account
+# requests in candidate ranges ({map}: cluster, ip, net), per identity and range, with the identity's
+# share of its own requests, then per range the identities that vouch for it.
+_LEARN_SQL = f"""
+WITH u AS (
+    SELECT coalesce(cluster, '') AS cl, holder, holder_kind, pod_name, node_name, source_ip, namespace, resource,
+           verb, floor(epoch(ts) / 86400) AS day
+    FROM ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at < $hi
+          AND impersonator IS NULL AND source_ip IS NOT NULL)
+    WHERE holder_kind IN ('node', 'service_account')),
+days AS (SELECT cl, count(DISTINCT day) AS data_days FROM u GROUP BY cl),
+tot AS (SELECT cl, holder, count(*) AS total FROM u GROUP BY cl, holder),
+h AS (
+    SELECT u.cl, m.net, u.holder, any_value(u.holder_kind) AS kind, count(*) AS n,
+           count(DISTINCT u.day) AS on_days,
+           -- a kubelet's own Lease in kube-node-lease (NodeRestriction lets a node write only its own)
+           count(DISTINCT u.day) FILTER (WHERE u.resource = 'leases' AND u.namespace = 'kube-node-lease'
+                                         AND u.verb IN ('update', 'patch', 'create')) AS lease_days,
+           bool_or(u.pod_name IS NOT NULL) AS pod_bound,
+           list(DISTINCT u.node_name) FILTER (WHERE u.node_name IS NOT NULL) AS nodes
+    FROM u JOIN {{map}} m ON m.cl = u.cl AND m.ip = u.source_ip
+    GROUP BY u.cl, m.net, u.holder),
+q AS (
+    SELECT h.*, days.data_days FROM h JOIN tot USING (cl, holder) JOIN days USING (cl)
+    WHERE h.n >= $min_share * tot.total AND h.on_days >= least(2, days.data_days))
+SELECT cl, net,
+       list(holder ORDER BY holder) FILTER (WHERE kind = 'node' AND lease_days >= least(2, data_days)) AS node_ids,
+       list(holder ORDER BY holder) FILTER (WHERE kind = 'service_account' AND pod_bound) AS sas,
+       list_distinct(flatten(list(nodes) FILTER (WHERE kind = 'service_account' AND pod_bound))) AS sa_nodes,
+       max(on_days) AS on_days
+FROM q GROUP BY cl, net
+ORDER BY cl, net
+"""
+
+
+def learn_networks(con: duckdb.DuckDBPyConnection, config: Config, lo: datetime, hi: datetime,
+                   pairs: Iterable[tuple[Any, Any]]) -> Learned:
+    """The networks of clusters that :func:`learns_networks`, learned from the window's traffic.
+
+    Candidates are the ranges (:func:`network_prefix`) of the given (cluster, address) pairs that the
+    default networks leave outside. A range is learned when, on 2 distinct days (1 when the cluster's
+    data holds one day), it carries at least :data:`LEARN_MIN_SHARE` of the requests of either a node
+    identity that renews its own Lease from it, or :data:`LEARN_MIN_SAS` service accounts with
+    pod-bound tokens of pods on :data:`LEARN_MIN_NODES` nodes. Called by ``credential.off_cluster``.
+    """
+    pairs = set(pairs)
+    rows = []
+    for c, ip in pairs:
+        if learns_networks(config, c) and in_cluster(config, c, ip) is False:
+            net = network_prefix(ip)
+            if net is not None:
+                rows.append({"cl": c or "", "ip": ip, "net": net})
+    if not rows:
+        return {}
+    name = f"_cred_learn_{uuid.uuid4().hex[:12]}"
+    con.register(name, pa.Table.from_pylist(
+        rows, schema=pa.schema([("cl", pa.string()), ("ip", pa.string()), ("net", pa.string())])))
+    try:
+        found = con.sql(_LEARN_SQL.format(map=name),
+                        params={"lo": lo, "hi": hi, "min_share": LEARN_MIN_SHARE}).fetchall()
+    finally:
+        con.unregister(name)
+    clusters = {(c or ""): c for c, _ in pairs}
+    out: Learned = {}
+    for cl, net, node_ids, sas, sa_nodes, on_days in found:
+        node_ids, sas, sa_nodes = list(node_ids or []), list(sas or []), list(sa_nodes or [])
+        if node_ids:
+            more = f" (+{len(node_ids) - 1} more)" if len(node_ids) > 1 else ""
+            why = f"node lease renewals of {node_ids[0]}{more} on {on_days} day(s)"
+        elif len(sas) >= LEARN_MIN_SAS and len(sa_nodes) >= LEARN_MIN_NODES:
+            why = (f"{len(sas)} service accounts with pod-bound tokens on {len(sa_nodes)} nodes "
+                   f"on {on_days} day(s)")
+        else:
+            continue
+        out.setdefault(clusters.get(cl, cl or None), []).append((ipaddress.ip_network(net), why))
+    return out
+
+
+def placement(config: Config, cluster: str | None, ip: str | None,
+              learned: Learned | None = None) -> tuple[bool | None, str]:
+    """(inside, rule) for ``ip``: inside as :func:`in_cluster`, or inside a learned range; the rule
+    that placed it: ``configured`` (the cluster's networks are configured), ``default_private`` (the
+    default networks, and no learned range holds it) or ``learned:<cidr> from <evidence>``."""
+    inside = in_cluster(config, cluster, ip)
+    if not learns_networks(config, cluster):
+        return inside, "configured"
+    if inside is False and learned and ip:
+        addr = ipaddress.ip_address(ip.strip("[]"))
+        for net, why in learned.get(cluster, []):
+            if addr.version == net.version and addr in net:
+                return True, f"learned:{net} from {why}"
+    return inside, "default_private"
 
 
 def in_cluster(config: Config, cluster: str | None, ip: str | None) -> bool | None:
@@ -160,10 +292,11 @@ def in_cluster(config: Config, cluster: str | None, ip: str | None) -> bool | No
     return any(addr.version == n.version and addr in n for n in _networks(config, cluster))
 
 
-def register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Iterable[tuple[Any, Any]]) -> str:
-    """Register (cluster, ip, inside) for the given pairs; returns the relation name (``credential.shared``
-    joins it and unregisters it)."""
-    rows = [{"cluster": c, "ip": ip, "inside": in_cluster(config, c, ip)} for c, ip in pairs]
+def register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Iterable[tuple[Any, Any]],
+                      learned: Learned | None = None) -> str:
+    """Register (cluster, ip, inside) for the given pairs, inside by :func:`placement` (so with
+    ``learned`` ranges); returns the relation name (the caller joins it and unregisters it)."""
+    rows = [{"cluster": c, "ip": ip, "inside": placement(config, c, ip, learned)[0]} for c, ip in pairs]
     name = f"_cred_ips_{uuid.uuid4().hex[:12]}"
     con.register(name, pa.Table.from_pylist(
         rows, schema=pa.schema([("cluster", pa.string()), ("ip", pa.string()), ("inside", pa.bool_())])))
