@@ -25,7 +25,14 @@ from ztaudit.core.config import Config
 from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
 from ztaudit.detectors.base import DetectContext, Finding, Severity
-from ztaudit.detectors.correlate_queries import approved_predicate
+from ztaudit.detectors.correlate_queries import (
+    TIER_C_BURSTS,
+    TIER_C_PAIRS,
+    TIER_C_RANKS,
+    VERB_METHOD_SQL,
+    approved_predicate,
+)
+from ztaudit.detectors.sql import execute
 
 
 def _any_pattern(patterns: Sequence[str]) -> str | None:
@@ -134,29 +141,120 @@ _UNMATCHED_DECISIONS_SQL: Final = f"""
     FROM {correlate.Correlation().unmatched_proxy} WHERE judgeable GROUP BY ALL ORDER BY cluster, actor, day
 """
 
-#: impersonation.unobserved, shape 2: an approved impersonator's requests without impersonation (the
-#: proxy's own token used directly), per (cluster, identity, day).
+#: impersonation.unobserved, shape 2: an approved impersonator's requests without impersonation, each
+#: paired (or not) with a person's allowed proxy decision that no impersonated request explained. Run
+#: after ``correlate.ensure`` (reads ``zt_unmatched_proxy``) by :func:`classify_raw_proxy_requests`, in
+#: order. Pairing is tier C of :mod:`~ztaudit.detectors.correlate_queries` (same templates, the same
+#: multiset passes) with the key (cluster, method, path without query): the decision's person in place
+#: of an impersonated user, since a route that skipped impersonation sends the proxy's own token.
+_RAW_PREPARE: Final = (
+    # the raw requests: one row per request (docs/kubernetes-audit.md §9), no stage impersonated
+    f"""CREATE OR REPLACE TEMP TABLE zt_raw_a AS
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+           hash(any_value(coalesce(r.cluster, s.single_cluster)), {VERB_METHOD_SQL.format(v='any_value(r.verb)')},
+                split_part(any_value(r.request_uri), '?', 1)) AS k,
+           epoch_us(any_value(r.request_received_at)) AS r_us, CAST(NULL AS UBIGINT) AS kb,
+           any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(r.audit_id) AS audit_id,
+           any_value(r.request_received_at) AS request_received_at, any_value(r.user_name) AS user_name,
+           max(r.response_code) AS response_code, any_value(r.source_ip) AS source_ip,
+           any_value(r.user_agent) AS user_agent, any_value(r.credential_id) AS credential_id,
+           any_value(r.verb) AS verb, any_value(r.resource) AS resource, any_value(r.namespace) AS namespace
+    FROM k8s_audit r CROSS JOIN zt_correlation_settings s
+    WHERE {Window.sql("request_received_at", "r")}
+      AND {approved_predicate('r.user_name', 'coalesce(r.cluster, s.single_cluster)')}
+    GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
+    HAVING bool_and(r.impersonator IS NULL)""",
+    # the decisions a raw request may explain: allowed, for a person, paired with no impersonated request
+    """CREATE OR REPLACE TEMP TABLE zt_raw_p AS
+    SELECT hash(origin, request_id, check_request_id, decided_at) AS pk,
+           hash(cluster, upper(method), path) AS k, epoch_us(decided_at) AS d_us,
+           CASE WHEN epoch_us(decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
+           CAST(NULL AS UBIGINT) AS kb, coalesce(request_id, origin) AS ref
+    FROM zt_unmatched_proxy""",
+    "CREATE OR REPLACE TEMP TABLE zt_raw_pairs (p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR)",
+    *(sql for ranks in (TIER_C_RANKS, TIER_C_BURSTS, TIER_C_BURSTS)
+      for sql in ("CREATE OR REPLACE TEMP TABLE zt_raw_r AS "
+                  + ranks.format(decisions="zt_raw_p", requests="zt_raw_a", paired="zt_raw_pairs"),
+                  "INSERT INTO zt_raw_pairs " + TIER_C_PAIRS.format(ranked="zt_raw_r"))),
+    # the newest decision per cluster (any decision shows the proxy log was flowing), as in MATCHING
+    """CREATE OR REPLACE TEMP TABLE zt_raw_marks AS
+    SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
+    FROM proxy_decision d CROSS JOIN zt_correlation_settings s
+    LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    GROUP BY 1""",
+    # ``kind``: ``route`` (paired with a person's decision: a route that skipped impersonation),
+    # ``secrets`` (unpaired, reads secrets outside the identity's own namespace: a proxy reads at most
+    # its own TLS/config secrets, so this is its token in someone's hands), ``pending`` (unpaired but too
+    # close to the end of the proxy data, or no proxy data in the cluster: its decision may not be
+    # logged yet), ``own`` (unpaired: the proxy's own housekeeping, config maps, ingresses, leases).
+    """CREATE OR REPLACE TEMP TABLE zt_raw_proxy AS
+    SELECT a.* EXCLUDE (pk, k, r_us, kb), x.ref,
+           CASE WHEN x.ref IS NOT NULL THEN 'route'
+                WHEN a.resource = 'secrets' AND a.verb IN ('get', 'list', 'watch')
+                     AND a.namespace IS DISTINCT FROM
+                         CASE WHEN a.user_name LIKE 'system:serviceaccount:%' THEN split_part(a.user_name, ':', 3) END
+                     THEN 'secrets'
+                WHEN m.max_p IS NULL OR a.r_us + s.window_us + 1000000 >= m.max_p THEN 'pending'
+                ELSE 'own' END AS kind
+    FROM zt_raw_a a CROSS JOIN zt_correlation_settings s
+    LEFT JOIN (SELECT q.a_pk, any_value(p.ref) AS ref FROM zt_raw_pairs q JOIN zt_raw_p p ON p.pk = q.p_pk
+               GROUP BY q.a_pk) x ON x.a_pk = a.pk
+    LEFT JOIN zt_raw_marks m ON m.cluster = a.cluster""",
+    "DROP TABLE IF EXISTS zt_raw_a", "DROP TABLE IF EXISTS zt_raw_p", "DROP TABLE IF EXISTS zt_raw_r",
+    "DROP TABLE IF EXISTS zt_raw_pairs", "DROP TABLE IF EXISTS zt_raw_marks",
+)
+
+#: impersonation.unobserved, shape 2 findings: the ``route`` and ``secrets`` rows of ``zt_raw_proxy`` per
+#: (cluster, identity, day), with the audit events and the paired proxy decisions.
 _RAW_PROXY_IDENTITY_SQL: Final = f"""
-    WITH req AS (
-        SELECT cluster, audit_id, request_received_at, any_value(user_name) AS user_name,
-               max(response_code) AS response_code, any_value(source_ip) AS source_ip,
-               any_value(user_agent) AS user_agent, any_value(credential_id) AS credential_id,
-               any_value(verb) AS verb, any_value(resource) AS resource
-        FROM k8s_audit r
-        WHERE {Window.sql("request_received_at", "r")}
-          AND {approved_predicate('r.user_name', 'r.cluster')}
-        GROUP BY cluster, audit_id, request_received_at
-        HAVING bool_and(impersonator IS NULL)
-    )
     SELECT cluster, user_name, CAST(request_received_at AS DATE) AS day, count(*) AS requests,
+           count(*) FILTER (WHERE kind = 'route') AS paired, count(*) FILTER (WHERE kind = 'secrets') AS secrets,
            count(*) FILTER (WHERE response_code = 403) AS forbidden,
            min(request_received_at) AS first_seen, max(request_received_at) AS last_seen,
            {_dl('source_ip', 5)} AS source_ips, {_dl('user_agent', 3)} AS user_agents,
            {_dl('credential_id', 5)} AS credential_ids,
            {_dl(_ACTION, 10)} AS actions,
-           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids
-    FROM req GROUP BY ALL ORDER BY cluster, user_name, day
+           list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids,
+           coalesce(list(ref ORDER BY request_received_at, ref) FILTER (WHERE ref IS NOT NULL), [])[1:$cap]
+               AS decision_refs
+    FROM zt_raw_proxy WHERE kind IN ('route', 'secrets') GROUP BY ALL ORDER BY cluster, user_name, day
 """
+
+#: ``report impersonation``'s ``proxy_own_traffic``: the ``own`` rows of ``zt_raw_proxy`` per (cluster,
+#: identity).
+_OWN_TRAFFIC_SQL: Final = f"""
+    SELECT cluster, user_name AS identity, count(*) AS requests,
+           count(*) FILTER (WHERE response_code = 403) AS forbidden,
+           {_dl(_ACTION, 20)} AS actions, {_dl('namespace', 20)} AS namespaces,
+           min(request_received_at) AS first_seen, max(request_received_at) AS last_seen
+    FROM zt_raw_proxy WHERE kind = 'own' GROUP BY ALL ORDER BY cluster, identity
+"""
+
+OWN_TRAFFIC_COLUMNS: Final = ("cluster", "identity", "requests", "forbidden", "actions", "namespaces",
+                              "first_seen", "last_seen")
+
+
+def classify_raw_proxy_requests(con: duckdb.DuckDBPyConnection, window: Window) -> None:
+    """Write ``zt_raw_proxy`` on ``con``: each non-impersonated request of an approved impersonator in
+    ``window``, with the decision it paired with and its ``kind`` (see :data:`_RAW_PREPARE`).
+
+    Called by :class:`Unobserved` and :func:`proxy_own_traffic` after ``correlate``'s detect plan
+    built ``zt_unmatched_proxy`` for the same window on ``con``. Raises on SQL errors.
+    """
+    for sql in _RAW_PREPARE:
+        execute(con, sql, window.params())
+
+
+def proxy_own_traffic(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
+                      until: datetime | None = None) -> list[dict[str, Any]]:
+    """The proxy identities' own traffic (raw requests that pair with no person's decision), per
+    (cluster, identity): :data:`OWN_TRAFFIC_COLUMNS`. Called by ``ztaudit report impersonation`` with an
+    ``open_lake`` connection; runs the correlation's detect plan (no cache); raises on SQL errors."""
+    window = Window(since, until)
+    correlate.run_plan(con, config, window, correlate.DETECT_PLAN)
+    classify_raw_proxy_requests(con, window)
+    return _rows(con, _OWN_TRAFFIC_SQL, {})
+
 
 #: impersonation.unbrokered: judgeable unmatched impersonated requests per (cluster, impersonated user,
 #: day). ``min`` picks one spelling of the user when the log has several cases of it (deterministic).
@@ -254,6 +352,11 @@ class Unobserved:
     match window (``correlate``); (2) the misconfiguration where an approved proxy identity reaches
     the API with no ``impersonatedUser`` at all — the raw service-account token in use, so the human
     behind it is unobservable (docs/proxy-and-idp.md §1.6 "Expected combinations", §4 "Pitfalls").
+    Shape 2 is judged only for raw requests that pair with an otherwise unexplained allowed decision
+    for a person (a route that skipped impersonation), or that read secrets outside the identity's
+    own namespace (its token in someone's hands). Raw requests that pair with no person's decision
+    are the proxy's own housekeeping (config maps, ingresses, leases): ``report impersonation`` lists
+    them (:func:`proxy_own_traffic`); near the end of the proxy data they are not judged at all.
     """
 
     id: ClassVar[str] = "impersonation.unobserved"
@@ -262,7 +365,9 @@ class Unobserved:
 
     def run(self, ctx: DetectContext) -> list[Finding]:
         """Unmatched allowed decisions per (cluster, user, day) plus raw proxy-identity use per
-        (cluster, identity, day). Decisions too close to the end of the audit data are not judged."""
+        (cluster, identity, day), with the audit events and the paired decisions as evidence.
+        Decisions too close to the end of the audit data, and unpaired raw requests too close to the
+        end of the proxy data, are not judged."""
         cap = ctx.config.detect.max_evidence
         correlate.ensure(ctx)
         out: list[Finding] = []
@@ -282,21 +387,32 @@ class Unobserved:
                 context={"shape": "decision_without_audit", "decisions": r["decisions"],
                          "requests": r["requests"], "client_ips": r["client_ips"], "user_ids": r["user_ids"]},
             ))
-        correlate.install_config(ctx.con, ctx.config)
-        for r in _rows(ctx.con, _RAW_PROXY_IDENTITY_SQL, {**_window(ctx), "cap": cap}):
+        classify_raw_proxy_requests(ctx.con, Window(ctx.since, ctx.until))
+        for r in _rows(ctx.con, _RAW_PROXY_IDENTITY_SQL, {"cap": cap}):
+            why = []
+            if r["paired"]:
+                why.append(f"{r['paired']} of them pair with the proxy's allowed decisions for people (same "
+                           "method, path and time): a route forwards with the proxy's own token instead of "
+                           "impersonating, so no person is accountable for them. Set the route's "
+                           "kubernetes_service_account_token and impersonation")
+            if r["secrets"]:
+                why.append(f"{r['secrets']} read secrets outside the identity's own namespace with no person's "
+                           "decision behind them: the proxy's token is being used directly. Rotate it and find "
+                           "who holds it")
             summary = (f"Approved impersonator {r['user_name']} made {r['requests']} request(s) to cluster "
                        f"{_cl(r['cluster'])} without impersonating anyone ({r['forbidden']} forbidden), from "
                        f"{_ips(r['source_ips'])} between {_fmt(r['first_seen'])} and "
-                       f"{_fmt(r['last_seen'])}: the proxy's own token is being used directly, so no person "
-                       "is accountable for these requests. Rotate the token and find who holds it.")
+                       f"{_fmt(r['last_seen'])}; " + "; ".join(why) + ".")
+            evidence = (_audit_refs(r["cluster"], r["audit_ids"], cap)
+                        + tuple(f"proxy_decision:{x}" for x in r["decision_refs"]))
             out.append(Finding(
                 detector=self.id, key=("raw_identity", r["cluster"], r["user_name"], str(r["day"])),
                 severity=Severity.HIGH, actor=r["user_name"], summary=summary,
-                first_seen=r["first_seen"], last_seen=r["last_seen"],
-                evidence=_audit_refs(r["cluster"], r["audit_ids"], cap),
+                first_seen=r["first_seen"], last_seen=r["last_seen"], evidence=evidence,
                 credential_id=(r["credential_ids"] or [None])[0], cluster=r["cluster"],
                 score=float(r["requests"]),
                 context={"shape": "proxy_identity_without_impersonation", "requests": r["requests"],
+                         "paired_with_decisions": r["paired"], "secrets_outside_own_namespace": r["secrets"],
                          "forbidden": r["forbidden"], "source_ips": r["source_ips"],
                          "user_agents": r["user_agents"], "actions": r["actions"]},
             ))

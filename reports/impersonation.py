@@ -14,6 +14,11 @@ Sections:
   :func:`ztaudit.detectors.correlate.impersonation_summary` (cluster, actor, matched_tier_a,
   matched_tier_b, matched_tier_c, unmatched_proxy, unmatched_audit, pending, match_rate, first_seen,
   last_seen), narrowed by ``--actor`` and ``--cluster``.
+* ``proxy_own_traffic``: per cluster and approved impersonator, its requests without impersonation
+  that pair with no person's proxy decision (its own housekeeping: config maps, ingresses, leases),
+  from :func:`ztaudit.detectors.impersonation.proxy_own_traffic` (cluster, identity, requests,
+  forbidden, actions, namespaces, first_seen, last_seen), narrowed by ``--actor`` and ``--cluster``.
+  Those that pair with a person's decision are ``impersonation.unobserved`` findings instead.
 * ``findings``: ``impersonation.*`` findings in range.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from ztaudit.detectors.correlate import impersonation_summary
+from ztaudit.detectors.impersonation import OWN_TRAFFIC_COLUMNS, proxy_own_traffic
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, fetch
 from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_findings
 
@@ -104,6 +110,10 @@ def impersonation(ctx: ReportContext) -> ReportResult:
         paths = human_paths(ctx)
     with ctx.progress.step("matching proxy decisions to audit events"):
         match_cols, matching = matching_rows(ctx)
+    with ctx.progress.step("finding the proxy's own traffic"):
+        window = ctx.filters.window
+        own = [r for r in proxy_own_traffic(ctx.con, ctx.config, window.since, window.until)
+               if ctx.filters.actor in (None, r["identity"]) and ctx.filters.cluster in (None, r["cluster"])]
     with ctx.progress.step("reading findings"):
         found = query_findings(ctx, detector_prefix="impersonation")
     return ReportResult("impersonation", "Impersonation: how people reach the API server", [
@@ -113,6 +123,11 @@ def impersonation(ctx: ReportContext) -> ReportResult:
                             "cluster are suspect"),
         Section("matching", "Proxy decisions vs impersonated audit requests", match_cols, matching,
                 display=MATCH_DISPLAY),
+        Section("proxy_own_traffic", "Approved impersonators' own requests (no person's decision behind them)",
+                list(OWN_TRAFFIC_COLUMNS), own,
+                display=["cluster", "identity", "requests", "forbidden", "actions", "namespaces", "last_seen"],
+                description="requests without impersonation that pair with no person's proxy decision: the "
+                            "proxy's own housekeeping, not a finding"),
         Section("findings", "Impersonation findings", FINDING_COLUMNS, found, display=FINDING_DISPLAY,
                 detail="summary"),
     ])

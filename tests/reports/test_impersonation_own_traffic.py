@@ -1,0 +1,49 @@
+"""``report impersonation``'s ``proxy_own_traffic`` section: the approved impersonator's requests
+without impersonation that pair with no person's proxy decision (its own housekeeping), and only
+those: the raw request that pairs with carol's decision is an ``impersonation.unobserved`` finding.
+
+The lake is the detector case ``unobserved/pos_mixed_day`` (tests/cases), reported through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from support.cases import CASES, load_case, write_case
+
+from ztaudit.cli.main import cli
+
+PROXY = "system:serviceaccount:pomerium:pomerium-authorize"
+
+
+def _sections(*args: str) -> dict[str, list[dict[str, Any]]]:
+    res = CliRunner().invoke(cli, ["report", "impersonation", *args, "--format", "json", "--section", "all"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)["sections"]  # type: ignore[no-any-return]
+
+
+def test_own_traffic_lists_housekeeping_and_not_the_paired_request(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
+    rows = _sections("--lake", str(lake))["proxy_own_traffic"]
+    assert len(rows) == 1, rows
+    r = rows[0]
+    assert (r["cluster"], r["identity"]) == ("prod", PROXY)
+    # hk-1 (config map), hk-2 (ingresses), hk-3 (pods, a minute after carol's decision): not raw-1
+    assert r["requests"] == 3 and r["forbidden"] == 0
+    assert r["actions"] == ["get configmaps", "list ingresses", "list pods"]
+    assert r["namespaces"] == ["pay", "pomerium"]
+    assert r["first_seen"].startswith("2026-11-20T09:00:01") and r["last_seen"].startswith("2026-11-20T10:01:05")
+
+
+def test_own_traffic_follows_the_filters(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
+    assert [r["identity"] for r in _sections("--lake", str(lake), "--actor", PROXY)["proxy_own_traffic"]] == [PROXY]
+    assert _sections("--lake", str(lake), "--actor", "carol@example.com")["proxy_own_traffic"] == []
+    narrowed = _sections("--lake", str(lake), "--until", "2026-11-20T10:00:00Z")["proxy_own_traffic"]
+    assert [r["requests"] for r in narrowed] == [1], narrowed
