@@ -175,13 +175,20 @@ def learns_networks(config: Config, cluster: str | None) -> bool:
     return (cluster or "") not in m and list(m.get("*", [])) == _DEFAULT_NETWORKS
 
 
-def network_prefix(ip: str | None) -> str | None:
-    """The learnable range around ``ip`` (:data:`LEARN_PREFIX`), None when it is not an address."""
+def _address(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``ip`` as an address (``[::1]`` brackets allowed), None when missing or not an address."""
     if not ip:
         return None
     try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
+        return ipaddress.ip_address(ip.strip("[]"))
     except ValueError:
+        return None
+
+
+def network_prefix(ip: str | None) -> str | None:
+    """The learnable range around ``ip`` (:data:`LEARN_PREFIX`), None when it is not an address."""
+    addr = _address(ip)
+    if addr is None:
         return None
     return str(ipaddress.ip_network(f"{addr}/{LEARN_PREFIX[addr.version]}", strict=False))
 
@@ -272,8 +279,8 @@ def placement(config: Config, cluster: str | None, ip: str | None,
     inside = in_cluster(config, cluster, ip)
     if not learns_networks(config, cluster):
         return inside, "configured"
-    if inside is False and learned and ip:
-        addr = ipaddress.ip_address(ip.strip("[]"))
+    addr = _address(ip) if inside is False and learned else None
+    if addr is not None and learned:
         for net, why in learned.get(cluster, []):
             if addr.version == net.version and addr in net:
                 return True, f"learned:{net} from {why}"
@@ -283,11 +290,8 @@ def placement(config: Config, cluster: str | None, ip: str | None,
 def in_cluster(config: Config, cluster: str | None, ip: str | None) -> bool | None:
     """True when ``ip`` is inside the cluster's networks (config ``credentials.cluster_networks``);
     None when ``ip`` is missing or not an IP address."""
-    if not ip:
-        return None
-    try:
-        addr = ipaddress.ip_address(ip.strip("[]"))
-    except ValueError:
+    addr = _address(ip)
+    if addr is None:
         return None
     return any(addr.version == n.version and addr in n for n in _networks(config, cluster))
 

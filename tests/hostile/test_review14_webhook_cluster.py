@@ -1,7 +1,7 @@
 """Review of issue 14, defect 1: ``ztaudit serve`` lets one cluster's caller write another cluster's rows.
 
 docs/serve.md promises "a ``cluster`` field inside the posted JSON is never read (one cluster's token
-cannot write another cluster's rows)", and :class:`~ztaudit.pipeline.sources.webhook.PostWriter`
+cannot write another cluster's rows)", and :class:`~ztaudit.pipeline.sources.webhook_writer.PostWriter`
 passes ``cluster_fields=()`` for that. But the body is processed as a ``k8s_audit`` record, whose
 normalizer also opens the cloud envelopes (EKS CloudWatch subscription, AKS diagnostic records, GKE
 LogEntry), and an envelope's own cluster wins over the batch's. So a caller authenticated for
@@ -24,7 +24,7 @@ import pytest
 
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.normalize.base import NormalizeContext
-from ztaudit.pipeline.sources.webhook import PostWriter
+from ztaudit.pipeline.sources.webhook_writer import PostWriter
 
 EVENT: dict[str, Any] = {
     "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": "forged-1",

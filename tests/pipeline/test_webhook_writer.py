@@ -19,14 +19,8 @@ from ztaudit.core.errors import ConfigError
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.ingest import ingest_paths
 from ztaudit.pipeline.normalize.base import NormalizeContext
-from ztaudit.pipeline.sources.webhook import (
-    PostWriter,
-    ServeOptions,
-    TokenTable,
-    check_cluster_source,
-    parse_listen,
-    post_key,
-)
+from ztaudit.pipeline.sources.webhook import ServeOptions, TokenTable, check_cluster_source, parse_listen
+from ztaudit.pipeline.sources.webhook_writer import PostWriter, post_key
 
 
 def event(i: int, stage: str) -> dict[str, Any]:
