@@ -3,9 +3,10 @@
 Steps (each says what it did): find ``sample_logs/`` (``--samples``, ``$ZTAUDIT_SAMPLE_LOGS``, or
 the checkout's ``sample_logs/`` next to the package: the demo runs from a source checkout /
 editable install; a wheel does not carry the sample logs), rebuild the demo lake, ingest each
-``sample_logs/<source kind>/`` folder with that source kind, run every detector (which also builds
-the derived ``reach`` and ``credentials`` tables), then print ``report summary``, ``report
-findings`` and ``report revocation``.
+``sample_logs/<source kind>/`` folder with that source kind (``rbac_snapshot/`` included: the demo
+cluster's RBAC snapshot), run every detector (which also builds the derived ``reach`` and
+``credentials`` tables), then print ``report summary``, ``report findings``, ``report revocation``
+and ``report nhi``.
 
 The lake is rebuilt from scratch each run (so the demo is reproducible) unless ``--keep``; a
 directory that is not empty and was not made by ``demo`` is never deleted (marker file
@@ -30,6 +31,7 @@ from ztaudit.core.lake import open_lake
 from ztaudit.core.schema import SOURCE_KINDS
 from ztaudit.detectors.run import run_detectors
 from ztaudit.pipeline.ingest import ingest_paths
+from ztaudit.pipeline.normalize.rbac_snapshot import SOURCE as RBAC_SNAPSHOT
 from ztaudit.reports import run_report
 from ztaudit.reports.base import Progress, ReportContext
 from ztaudit.reports.filters import Filters
@@ -66,7 +68,7 @@ def ingest_samples(samples: Path, lake: Path, cfg: Config, *, echo: bool, cluste
     Plain audit lines do not name their cluster; the sample logs all come from cluster ``demo``
     (envelopes that name theirs, GKE/AKS/EKS, keep their own).
     """
-    kinds = [k for k in SOURCE_KINDS if (samples / k).is_dir()]
+    kinds = [k for k in (*SOURCE_KINDS, RBAC_SNAPSHOT) if (samples / k).is_dir()]
     batches: list[tuple[list[Path], str | None]] = [([samples / k], k) for k in kinds]
     if not kinds:
         batches = [([samples], None)]
@@ -126,7 +128,7 @@ def next_steps(lake: Path) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="Only the reports; no step messages.")
 def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cluster: str, width: int,
          quiet: bool) -> None:
-    """Ingest the sample logs, detect, and print the summary, findings and revocation reports."""
+    """Ingest the sample logs, detect, and print the summary, findings, revocation and nhi reports."""
     cfg = load_config(config_path)
     src = find_sample_logs(samples)
     path = Path(lake)
@@ -138,7 +140,7 @@ def demo(lake: str, keep: bool, samples: str | None, config_path: str | None, cl
     detected = run_detect(path, cfg, echo=echo)
     con = open_lake(path)
     try:
-        for name in ("summary", "findings", "revocation"):
+        for name in ("summary", "findings", "revocation", "nhi"):
             ctx = ReportContext(con=con, config=cfg, filters=Filters(),
                                 progress=Progress.auto(sys.stderr, quiet=quiet), limit=50)
             click.echo(render(run_report(name, ctx), "table", width=width))

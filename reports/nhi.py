@@ -13,7 +13,9 @@ not use in the baseline", the user's own version of the industry's 97 %).
 
 Sections:
 
-* ``identities`` (primary), one row per cluster and identity: ``cluster, identity, kind
+* ``identities`` (primary), one row per cluster and identity (an identity's requests are those made
+  with its credential, so the proxy's service account is seen through the people it impersonates):
+  ``cluster, identity, kind
   (service_account|node), namespace, status (active|unused|unknown|legacy_only), in_snapshot (yes |
   no | node_authorizer: kubelets are authorized by the Node authorizer, not RBAC), first_seen,
   last_seen, requests, requests_per_day (over the days the period's data spans), credentials (per
@@ -62,24 +64,33 @@ LIST_CAP: Final = 20
 
 #: An allowed request (reach counts what an identity could do, not what it was refused).
 OK: Final = "coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'"
+#: Requests with the non-human identity whose credential made them: the actor, or the impersonator
+#: (the proxy's service account impersonating people is seen, through its own credential).
+NHI_ROWS: Final = """
+SELECT *, coalesce(impersonator, actor) AS identity,
+       CASE WHEN impersonator IS NULL THEN actor_kind
+            WHEN impersonator LIKE 'system:serviceaccount:%' THEN 'service_account'
+            WHEN impersonator LIKE 'system:node:%' THEN 'node' END AS identity_kind
+FROM k8s_requests
+"""
 SEEN_SQL: Final = """
-SELECT cluster, actor AS identity, any_value(actor_kind) AS kind, any_value(sa_namespace) AS namespace,
+SELECT cluster, identity, any_value(identity_kind) AS kind,
+       any_value(CASE WHEN identity_kind = 'service_account' THEN split_part(identity, ':', 3) END) AS namespace,
        min(request_received_at) AS first_seen, max(request_received_at) AS last_seen, count(*) AS requests,
        count(DISTINCT namespace) FILTER (WHERE {ok}) AS namespaces,
        count(DISTINCT resource) FILTER (WHERE {ok}) AS resources,
        count(DISTINCT namespace) FILTER (WHERE resource = 'secrets' AND {ok}) AS secret_namespaces,
        bool_and(coalesce(is_legacy_token, false)) AS legacy_only
-FROM k8s_requests
-WHERE {where} AND actor_kind IN ('service_account', 'node') AND impersonator IS NULL
-GROUP BY cluster, actor
+FROM ({rows}) r
+WHERE {where} AND identity_kind IN ('service_account', 'node')
+GROUP BY cluster, identity
 """
 CRED_SQL: Final = """
 WITH c AS (
-    SELECT cluster, actor, credential_kind, credential_id,
+    SELECT cluster, identity AS actor, credential_kind, credential_id,
            epoch(max(request_received_at)) - epoch(min(request_received_at)) AS used_for
-    FROM k8s_requests
-    WHERE {where} AND actor_kind IN ('service_account', 'node') AND impersonator IS NULL
-      AND credential_id IS NOT NULL
+    FROM ({rows}) r
+    WHERE {where} AND identity_kind IN ('service_account', 'node') AND credential_id IS NOT NULL
     GROUP BY ALL
 )
 SELECT cluster, actor, credential_kind, count(*) AS n, max(used_for) / 3600.0 AS longest_hours
@@ -107,10 +118,10 @@ def _span_days(rows: list[Row]) -> int:
 def nhi(ctx: ReportContext) -> ReportResult:
     """The NHI inventory, right-sizing and visibility figures (``ztaudit report nhi``; module docstring)."""
     f = ctx.filters
-    where, params = f.where(time_col="request_received_at", actor_cols=("actor",))
+    where, params = f.where(time_col="request_received_at", actor_cols=("identity",))
     with ctx.progress.step("non-human identities in the audit log"):
-        seen = fetch(ctx.con, SEEN_SQL.format(where=where, ok=OK), params)
-        creds = fetch(ctx.con, CRED_SQL.format(where=where), params)
+        seen = fetch(ctx.con, SEEN_SQL.format(rows=NHI_ROWS, where=where, ok=OK), params)
+        creds = fetch(ctx.con, CRED_SQL.format(rows=NHI_ROWS, where=where), params)
     with ctx.progress.step("RBAC snapshot"):
         grants = [g for g in latest_grants(ctx.con, f.window.until)
                   if f.cluster is None or g["cluster"] == f.cluster]

@@ -4,7 +4,13 @@ Called by ``report nhi`` (its ``rightsize`` section and the over-privilege verdi
 service account with allowed requests in the baseline period; SQL errors propagate.
 
 * **Used** permissions are the identity's *allowed* requests (response below 400, decision not
-  ``forbid``) in the period, as :func:`ztaudit.detectors.rbac.granted_vs_used` counts them.
+  ``forbid``) in the period, as :func:`ztaudit.detectors.rbac.granted_vs_used` counts them (a request
+  made as the service account by an impersonator included: RBAC authorizes it as the account), plus the
+  ``impersonate`` checks its impersonated requests passed: the API server's impersonation filter
+  authorizes ``impersonate`` on ``users`` (the user's name), on ``groups`` (each group asked for) and,
+  for a service account, on ``serviceaccounts`` in its namespace
+  (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``); the groups the filter adds itself
+  (``system:authenticated``, ``system:serviceaccounts[:NS]``) are not checked and not counted.
 * **Unused grants**: every rule of the latest RBAC snapshot bound to the service account itself
   (ServiceAccount subject; grants to groups such as ``system:serviceaccounts`` or
   ``system:authenticated`` are shared by every account and are fixed on the group binding, so they
@@ -52,8 +58,29 @@ SELECT cluster, actor, verb, coalesce(api_group, '') AS api_group, resource, sub
        CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END AS path, count(*) AS n
 FROM k8s_requests
 WHERE request_received_at >= $lo AND request_received_at < $hi AND actor_kind = 'service_account'
-  AND impersonator IS NULL AND verb IS NOT NULL
+  AND verb IS NOT NULL
   AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+GROUP BY ALL
+"""
+#: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
+IMPERSONATE_SQL: Final = """
+WITH r AS (
+    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups
+    FROM k8s_requests
+    WHERE request_received_at >= $lo AND request_received_at < $hi
+      AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL
+      AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+)
+SELECT cluster, impersonator, CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN 'serviceaccounts'
+                                   ELSE 'users' END AS resource,
+       CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 3) END,
+       CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 4)
+            ELSE impersonated_user END AS name, count(*) AS n
+FROM r GROUP BY ALL
+UNION ALL
+SELECT cluster, impersonator, 'groups', NULL, g, count(*)
+FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
+WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
 GROUP BY ALL
 """
 
@@ -71,13 +98,16 @@ def baseline(con: duckdb.DuckDBPyConnection, since: datetime | None, until: date
 
 
 def used_by_identity(con: duckdb.DuckDBPyConnection, window: Window) -> dict[tuple[str | None, str], list[Use]]:
-    """Allowed requests of every service account in ``window``, as distinct :class:`Use` values."""
+    """Allowed requests of every service account in ``window``, and the impersonation checks its
+    impersonated requests passed, as distinct :class:`Use` values."""
     out: dict[tuple[str | None, str], list[Use]] = defaultdict(list)
     for cluster, actor, verb, grp, res, sub, ns, name, path, n in con.execute(
             USES_SQL, {"lo": window.lo, "hi": window.hi}).fetchall():
         if res is None and not path:
             continue
         out[(cluster, actor)].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
+    for cluster, actor, res, ns, name, n in con.execute(IMPERSONATE_SQL, {"lo": window.lo, "hi": window.hi}).fetchall():
+        out[(cluster, actor)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
     return out
 
 
@@ -201,8 +231,9 @@ def unused_grants(grants: Sequence[dict[str, Any]], uses: Sequence[Use]) -> tupl
         where = f" in {rule.scope_namespace}" if rule.scope_namespace else ""
         if "*" in rule.verbs or "*" in rule.api_groups or "*" in rule.resources:
             total += 1
-            unused.append(f"{','.join(rule.verbs)} {','.join(rule.api_groups) or '-'}/{','.join(rule.resources)}"
-                          f"{where} (wildcard, {g['role_kind']} {g['role_name']})")
+            what = (",".join(rule.non_resource_urls) if rule.non_resource_urls
+                    else f"{','.join(rule.api_groups) or '-'}/{','.join(rule.resources)}")
+            unused.append(f"{','.join(rule.verbs)} {what}{where} (wildcard, {g['role_kind']} {g['role_name']})")
             continue
         mine = [u for u in uses if covers(rule, u)]
         for v, grp, res, _scope, name in grants_of(rule):

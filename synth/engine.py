@@ -12,10 +12,12 @@ Output (``ztaudit ingest DIR`` reads the log folders; the source kind is detecte
     DIR/proxy_decision/pomerium-<YYYY-MM-DD>.jsonl      Pomerium authorize (+ some envoy) lines
     DIR/idp_event/okta-<YYYY-MM-DD>.jsonl               Okta System Log events
     DIR/idp_event/pomerium-identity-<YYYY-MM-DD>.jsonl  Pomerium identity_manager deletions
+    DIR/rbac_snapshot/<cluster>.json                    the cluster's RBAC snapshot at the end (:mod:`.rbac`)
     DIR/.ztaudit/labels.jsonl                           one line per labelled incident / near-miss
     DIR/.ztaudit/revocations.jsonl                      one line per IdP revocation: its expected status
-    DIR/.ztaudit/manifest.json                          seed, options, counts, clusters, time span
-    DIR/.ztaudit/ztaudit.toml                           proxy host -> cluster map, cluster networks
+    DIR/.ztaudit/manifest.json                          seed, options, counts, clusters, time span; ``rbac``:
+                                                        per cluster and service account, grants vs use (the truth)
+    DIR/.ztaudit/ztaudit.toml                           cluster from file path, proxy host -> cluster, networks
 
 The generator's own files live in the hidden ``DIR/.ztaudit/`` (:func:`metadata_dir`) because
 ``ingest`` skips hidden entries: ``ztaudit ingest DIR`` then reads logs only, never the labels or
@@ -41,6 +43,8 @@ from ztaudit.synth.events import emit_request
 from ztaudit.synth.incident_context import ALL_KINDS, Label
 from ztaudit.synth.incidents import plan_incidents
 from ztaudit.synth.people import ci_hour, human_hour
+from ztaudit.synth.rbac import DETECTOR as RIGHTS
+from ztaudit.synth.rbac import RBAC_DIR, UsedPermissions, write_snapshots
 from ztaudit.synth.revocation_truth import Observed, judge
 from ztaudit.synth.traffic import (
     Actor,
@@ -193,6 +197,9 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
         if d.is_dir():
             for f in d.glob("*.jsonl"):
                 f.unlink()
+    if (out_dir / RBAC_DIR).is_dir():
+        for f in (out_dir / RBAC_DIR).glob("*.json"):
+            f.unlink()
     scale = estimate_scale(opts) if opts.events else opts.scale
     world = build_world(opts.seed, list(opts.clusters), parse_day(opts.start), opts.days)
     rng = random.Random(f"{opts.seed}/traffic")  # noqa: S311 - synthetic data, reproducible by seed
@@ -208,6 +215,7 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
     okta_files = _DayFiles(out_dir, "idp_event", "okta", counts)
     ident_files = _DayFiles(out_dir, "idp_event", "pomerium-identity", counts)
     obs = Observed()
+    used = UsedPermissions()  # what each service account did, for the RBAC snapshot
 
     for h0 in range(world.start, world.end, HOUR):
         if progress is not None:
@@ -239,6 +247,7 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
         for c in world.clusters:
             ready = _take(bufs.audit[c.name], h1, world.start)
             obs.seen(ready)
+            used.observe(c.name, ready)
             audit_files[c.name].write(ready)
         ready = _take(bufs.proxy, h1, world.start)
         obs.seen(ready)
@@ -265,6 +274,8 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
         if st.first is not None and st.last is not None:
             st.label.first_seen, st.label.last_seen = st.first, st.last
             labels.append(st.label)
+    rbac_labels, rbac_truth, rbac_files = write_snapshots(out_dir, world, used, opts.seed, RIGHTS in opts.incidents)
+    labels += rbac_labels
     labels.sort(key=lambda lab: (lab.first_seen, lab.detector, lab.actor))
     meta = metadata_dir(out_dir)
     meta.mkdir(exist_ok=True)
@@ -276,6 +287,11 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
             fh.write(json.dumps(row, sort_keys=False) + "\n")
     (meta / "ztaudit.toml").write_text(config_toml(world), encoding="utf-8")
     manifest = _manifest(opts, scale, world, counts, labels)
+    manifest["ingest"]["rbac_snapshot"] = rbac_files
+    manifest["counts"]["rbac"] = {"service_accounts": len(rbac_truth),
+                                  "over_privileged": sum(1 for r in rbac_truth if r["over_privileged"]),
+                                  "impersonation_rights": sum(1 for r in rbac_truth if r["impersonation_right"])}
+    manifest["rbac"] = rbac_truth
     status: dict[str, int] = {}
     for row in revocations:
         status[row["expected_status"]] = status.get(row["expected_status"], 0) + 1
@@ -287,8 +303,9 @@ def generate(opts: GenerateOptions, progress: ProgressCallback | None = None) ->
 def config_toml(world: World) -> str:
     """A ``ztaudit.toml`` for this data set: proxy route hosts and each cluster's own networks.
 
-    Plain audit JSON lines carry no cluster name, so ``ingest.cluster_from_path`` reads it from
-    the file name (``k8s_audit/<cluster>-<day>.jsonl``) and ``ztaudit ingest --config
+    Plain audit JSON lines and RBAC snapshots carry no cluster name, so ``ingest.cluster_from_path``
+    reads it from the file name (``k8s_audit/<cluster>-<day>.jsonl``, ``rbac_snapshot/<cluster>.json``)
+    and ``ztaudit ingest --config
     DIR/.ztaudit/ztaudit.toml DIR`` takes the whole data set in one run; proxy lines name their route
     host, mapped here to the cluster.
     """
@@ -296,8 +313,9 @@ def config_toml(world: World) -> str:
     nets = ", ".join(f'"{c.name}" = ["10.{c.index}.0.0/16", "127.0.0.0/8", "::1/128"]' for c in world.clusters)
     return ("# Written by `ztaudit generate` for the data set in this directory.\n"
             "[ingest]\n"
-            "# audit files are k8s_audit/<cluster>-<YYYY-MM-DD>.jsonl\n"
-            "cluster_from_path = '(?:^|/)k8s_audit/(?P<cluster>[^/]+)-\\d{4}-\\d{2}-\\d{2}\\.jsonl$'\n\n"
+            "# audit files are k8s_audit/<cluster>-<YYYY-MM-DD>.jsonl, RBAC snapshots rbac_snapshot/<cluster>.json\n"
+            "cluster_from_path = '(?:^|/)(?:k8s_audit|rbac_snapshot)/(?P<cluster>[^/]+?)"
+            "(?:-\\d{4}-\\d{2}-\\d{2}\\.jsonl|\\.json)$'\n\n"
             "[impersonation]\n"
             f"proxy_hosts = {{ {hosts} }}\n\n"
             "[credentials]\n"

@@ -30,6 +30,7 @@ ALL_KINDS: frozenset[str] = frozenset({
     "impersonation.proxy_bypass", "impersonation.unobserved", "impersonation.unbrokered",
     "impersonation.unapproved_impersonator", "revocation.not_enforced", "reach.anomalous",
     "credential.stale", "credential.legacy_token", "credential.shared", "credential.off_cluster",
+    "impersonation.unapproved_right",  # planted in the RBAC snapshot (:mod:`.rbac`), not in the traffic
 })
 
 OFF = PROXY_UTC_OFFSET_MINUTES * MINUTE

@@ -32,7 +32,7 @@ from ztaudit.pipeline.sources.inputs import InputFile
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "sample_logs"
 GOLDEN = ROOT / "tests" / "golden"
-KINDS = ("k8s_audit", "proxy_decision", "idp_event")
+KINDS = ("k8s_audit", "proxy_decision", "idp_event", "rbac_snapshot")
 CLUSTER = "demo"
 EXCLUDED = ("ingested_at",)
 
