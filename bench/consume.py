@@ -74,14 +74,16 @@ def have_confluent() -> bool:
     return True
 
 
-def run_ztaudit(broker: KafkaBroker, topic: str, work: Path, backend: str) -> dict[str, Any]:
-    lake = work / f"lake-{backend}"
+def run_ztaudit(broker: KafkaBroker, topic: str, work: Path, backend: str,
+                table_format: str = "parquet") -> dict[str, Any]:
+    lake = work / f"lake-{backend}-{table_format}"
     metrics = work / f"metrics-{backend}.json"
     args = [ZTAUDIT, "consume", "--bootstrap-servers", broker.bootstrap, "--topic", f"{topic}=k8s_audit",
             "--lake", str(lake), "--group", f"bench-{uuid.uuid4().hex[:6]}", "--until-idle", str(UNTIL_IDLE),
             "--metrics-file", str(metrics), "--progress-seconds", "5", "-q", "--backend", backend]
+    env = {**os.environ, "ZTAUDIT_LAKE_FORMAT": table_format}
     t0 = time.monotonic()
-    p = subprocess.Popen(args)
+    p = subprocess.Popen(args, env=env)
     _, status, rusage = os.wait4(p.pid, 0)
     el = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -177,6 +179,8 @@ def main() -> int:
         nbytes, prod_s = produce(broker, topic, work)
         print(f"  {nbytes / N:,.0f} B/event, {nbytes / 1e6:,.0f} MB, produced in {prod_s:.1f} s", flush=True)
         z = run_ztaudit(broker, topic, work, "kafka-python")
+        # issue 16: the same consume into an Iceberg lake (one commit per table per flush round)
+        zi = run_ztaudit(broker, topic, work, "kafka-python", "iceberg")
         zc = run_ztaudit(broker, topic, work, "confluent") if have_confluent() else None
         bare = run_bare(broker, topic)
         bare_c = run_bare_confluent(broker, topic) if have_confluent() else None
@@ -189,6 +193,7 @@ def main() -> int:
                 f"peak RSS {r['rss_mb']:,.0f} MiB")
 
     rows = [zrow("ztaudit consume (kafka-python)", z, bare),
+            zrow("  same, Iceberg lake", zi, bare),
             ("bare kafka-python poll loop", bare["ev_s"], 1.0, f"{bare['events']:,} records in {bare['wall_s']} s")]
     if zc is not None and bare_c is not None:
         rows += [zrow("ztaudit consume (confluent)", zc, bare_c),
@@ -218,15 +223,19 @@ def main() -> int:
               f"({r['ev_s'] / bare['ev_s']:.0%}); RSS < 1 GiB: {'yes' if ok_rss else 'NO'} "
               f"({r['rss_mb']:,.0f} MiB); vs its own bare loop: {r['ev_s'] / base['ev_s']:.0%}"
               f"{'' if ok_ratio else ' (the client is not the bottleneck: normalization and writing are)'}")
+    slower = z["ev_s"] / zi["ev_s"]
+    print(f"Iceberg lake time / plain lake time (kafka-python): {slower:.2f} (target <= 1.10): "
+          f"{'yes' if slower <= 1.10 else 'NO'}")
     print(f"kafka-python ceiling vs librdkafka (kcat): {bare['ev_s'] / kc['ev_s']:.0%}")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
           "(other load on the machine lowers every rate above)")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "consume.json").write_text(json.dumps({"events": N, "ztaudit": z, "ztaudit_confluent": zc,
+    (out / "consume.json").write_text(json.dumps({"events": N, "ztaudit": z, "ztaudit_iceberg": zi,
+                                                  "ztaudit_confluent": zc,
                                                   "bare_kafka_python": bare, "bare_confluent": bare_c,
                                                   "kcat": kc, "process_only": proc}, indent=2))
-    ok = z["rc"] == 0 and z["events"] == N
+    ok = z["rc"] == 0 and z["events"] == N and zi["rc"] == 0 and zi["events"] == N
     if zc is not None:
         ok = ok and zc["rc"] == 0 and zc["events"] == N
     return 0 if ok else 1

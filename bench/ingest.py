@@ -146,6 +146,19 @@ def run_ztaudit(src: str, out: str) -> None:
     assert stats.quarantined_total == 0, stats.summary()
 
 
+def run_ztaudit_iceberg(src: str, out: str) -> None:
+    """The same ingest into an Iceberg lake (issue 16): same files, plus the catalog and one commit per
+    table every ``lake.publish_seconds`` and at the end."""
+    from dataclasses import replace
+
+    from ztaudit.core.config import Config, LakeSettings
+    from ztaudit.pipeline.ingest import ingest_paths
+
+    cfg = replace(Config(), lake=LakeSettings(format="iceberg"))
+    stats = ingest_paths([src], out, source=None, cluster="bench", config=cfg)
+    assert stats.quarantined_total == 0, stats.summary()
+
+
 def run_naive(src: str, out: str) -> None:
     import json
 
@@ -165,7 +178,8 @@ def run_duckdb(src: str, out: str) -> None:
     con.execute(f"COPY (SELECT * FROM read_json('{src}')) TO '{out}.parquet' (FORMAT parquet)")
 
 
-CONTENDERS = {"ztaudit": run_ztaudit, "naive": run_naive, "duckdb": run_duckdb}
+CONTENDERS = {"ztaudit": run_ztaudit, "ztaudit-iceberg": run_ztaudit_iceberg, "naive": run_naive,
+              "duckdb": run_duckdb}
 
 
 def measure(name: str, src: Path, work: Path) -> tuple[float, float, float]:
@@ -205,7 +219,7 @@ def main() -> None:
     with open(src, "rb") as fh:
         while fh.read(64 * 1024 * 1024):
             pass
-    order = [c for c in ("ztaudit", "duckdb", "naive") if c in args.only.split(",")]
+    order = [c for c in ("ztaudit", "ztaudit-iceberg", "duckdb", "naive") if c in args.only.split(",")]
     results: dict[str, tuple[float, float, float]] = {}
     for name in order:
         print(f"running {name} ...", file=sys.stderr)
@@ -229,6 +243,9 @@ def main() -> None:
             r = z[0] / results["duckdb"][0]
             print(f"ztaudit time / DuckDB time: {r:.2f} (target <= 2): {'PASS' if r <= 2 else 'FAIL'}")
         print(f"ztaudit peak RSS {z[1]:,.0f} MiB (target < 1024): {'PASS' if z[1] < 1024 else 'FAIL'}")
+        if "ztaudit-iceberg" in results:
+            r = results["ztaudit-iceberg"][0] / z[0]
+            print(f"Iceberg lake time / plain lake time: {r:.2f} (target <= 1.10): {'PASS' if r <= 1.10 else 'FAIL'}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

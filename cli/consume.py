@@ -186,7 +186,8 @@ def consume(bootstrap_servers: str | None, topics: tuple[str, ...], group: str |
         metrics_file=Path(metrics_file) if metrics_file else None, progress_seconds=progress_seconds,
         metrics_port=metrics_port, metrics_host=metrics_host,
         max_record_bytes=max_record_bytes or cfg.ingest.max_record_bytes, on_flush=hooks,
-        topic_clusters=k.topic_clusters, cluster_fields=tuple(cfg.ingest.cluster_fields))
+        topic_clusters=k.topic_clusters, cluster_fields=tuple(cfg.ingest.cluster_fields),
+        table_format=cfg.lake.format)
     m = run_consume(k, opts, ctx=context_from_config(cfg, cluster), password=password, signals=True)
     if not quiet:
         click.echo(f"consume: {m.events} events, {m.messages} messages, {m.quarantined} quarantined, "

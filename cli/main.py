@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "consume": "ztaudit.cli.consume:consume",
     "serve": "ztaudit.cli.serve:serve",
     "compact": "ztaudit.cli.compact:compact",
+    "migrate": "ztaudit.cli.migrate:migrate",
+    "maintain": "ztaudit.cli.maintain:maintain",
     "generate": "ztaudit.cli.generate:generate",
     "detect": "ztaudit.cli.detect:detect",
     "report": "ztaudit.cli.report:report",

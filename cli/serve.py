@@ -78,7 +78,7 @@ def serve(lake: str, cluster: str | None, listen: str | None, tls_cert: str | No
     opts = ServeOptions(lake=Path(lake), cluster=cluster or None, host=host, port=port, tls_cert=Path(s.tls_cert),
                         tls_key=Path(s.tls_key), client_ca=_path(s.client_ca), token_file=_path(s.token_file),
                         max_body_bytes=s.max_body_bytes, max_concurrent=s.max_concurrent,
-                        summary_seconds=s.summary_seconds)
+                        summary_seconds=s.summary_seconds, table_format=cfg.lake.format)
 
     def ready(h: str, p: int) -> None:
         shown = f"[{h}]" if ":" in h else h

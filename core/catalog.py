@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import table_files
+from ztaudit.core.iceberg import is_iceberg, snapshot_files
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
 
@@ -142,14 +143,20 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
     """
     kind = "VIEW" if persistent else "TEMP VIEW"
     names = []
+    iceberg = is_iceberg(lake)
     for table, schema in TABLES.items():
-        if has_files(lake, table):
+        files = snapshot_files(lake, table) if iceberg else None
+        if files:
+            # An Iceberg lake: exactly the current snapshot's files, each with its own DATE dt.
+            listed = ", ".join(sql_literal(f) for f in files)
+            _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")
+        elif files is None and has_files(lake, table):
             src = (f"read_parquet({sql_literal(table_glob(lake, table))}, hive_partitioning = true, "
                    f"union_by_name = true)")
             _create_table_view(con, kind, table, schema, src)
         else:
             cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
-            con.execute(f'CREATE OR REPLACE {kind} "{table}" AS SELECT {cols}, CAST(NULL AS VARCHAR) AS dt '
+            con.execute(f'CREATE OR REPLACE {kind} "{table}" AS SELECT {cols}, CAST(NULL AS DATE) AS dt '
                         f"WHERE false")
         names.append(table)
     for view in VIEWS.values():

@@ -36,6 +36,7 @@ KafkaBackend = Literal["kafka-python", "confluent"]
 StartFrom = Literal["earliest", "latest"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+TableFormat = Literal["parquet", "iceberg"]
 
 
 #: ``ingest.cluster_fields`` by default: where shippers' users put the cluster name (Fluent Bit
@@ -246,7 +247,17 @@ class TriageSettings:
 
 
 @dataclass(frozen=True)
+class LakeSettings:
+    format: TableFormat = _opt(
+        "parquet", "the format of a lake ingest/consume/serve create: plain hive-partitioned Parquet, or "
+        "Apache Iceberg v2 tables over the same files (docs/iceberg.md); an existing lake keeps its own")
+    publish_seconds: float = _opt(
+        10.0, "an Iceberg lake being ingested shows new rows within ten seconds, in few commits")
+
+
+@dataclass(frozen=True)
 class Config:
+    lake: LakeSettings = field(default_factory=LakeSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     impersonation: ImpersonationSettings = field(default_factory=ImpersonationSettings)
     identities: IdentitySettings = field(default_factory=IdentitySettings)
@@ -285,6 +296,16 @@ _FIELD_UNITS: dict[str, tuple[float, str]] = {
 }
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration_seconds(name: str, value: str) -> float:
+    """``value`` like ``15m``, ``12h``, ``7d`` (ms, s, m, h, d, w) in seconds; a flag's time span.
+
+    Raises :class:`ConfigError` naming ``name`` when it is not such a span."""
+    m = _DURATION.fullmatch(value)
+    if m is None:
+        raise ConfigError(name, f"{value!r} is not a time span", fix="write it like 30m, 12h or 7d")
+    return float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
 
 
 def _unit(key: str) -> tuple[float, str] | None:

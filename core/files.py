@@ -32,6 +32,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -332,12 +333,27 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return write_atomic(path, write)
 
 
+def with_dt(table: pa.Table, day: str) -> pa.Table:
+    """``table`` with its ``dt`` column set to ``day`` as a DATE (NULL for :data:`UNDATED`), last.
+
+    Every lake file carries its partition day as a real column (issue 16, item 2), so day
+    predicates prune on every engine, with or without hive partitioning; a ``dt`` already there
+    (a compaction's input read back, possibly as text) is replaced by the folder's day.
+    """
+    if "dt" in table.column_names:
+        table = table.drop_columns(["dt"])
+    value = None if day == UNDATED else date.fromisoformat(day)
+    return table.append_column(pa.field("dt", pa.date32()), pa.array([value] * table.num_rows, pa.date32()))
+
+
 def write_parquet_atomic(table: pa.Table, final: Path, metadata: dict[bytes, bytes] | None = None) -> Path:
     """Write ``table`` to ``final`` atomically as zstd Parquet with ``ROW_GROUP_ROWS`` row groups.
 
     ``metadata`` is added to the file's key-value metadata (the sink records a chunk's extent
     there). Raises :class:`SinkError` (nothing half-written is left behind) when the disk refuses.
     """
+    if final.parent.name.startswith("dt="):
+        table = with_dt(table, final.parent.name[3:])
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     low_card = [n for n in table.column_names if n not in HIGH_CARDINALITY]

@@ -22,6 +22,7 @@ import duckdb
 
 from ztaudit.core.catalog import create_views, sql_literal
 from ztaudit.core.errors import LakeError
+from ztaudit.core.iceberg import is_iceberg
 from ztaudit.core.schema import TABLES
 
 #: Scalar macros the views and detectors use: (name, parameters, description, expression).
@@ -93,7 +94,7 @@ def is_lake(path: Path) -> bool:
     :data:`~ztaudit.core.schema.TABLES` with a ``dt=`` partition in it (a folder of raw logs named
     ``k8s_audit/`` is not a lake). Unreadable entries count as absent."""
     try:
-        if (path / "_state").is_dir():
+        if (path / "_state").is_dir() or is_iceberg(path):
             return True
         return any((path / t).is_dir() and any(p.name.startswith("dt=") for p in (path / t).iterdir())
                    for t in TABLES)

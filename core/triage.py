@@ -296,4 +296,7 @@ def append(lake: str | Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
     first = rows[0]
     key = f"triage+{first['triaged_at'].astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}+{first['finding_id'][:16]}"
     table = pa.Table.from_pylist(list(rows), schema=TRIAGE)
-    return LakeSink(Path(lake)).write("triage", table, key)
+    sink = LakeSink(Path(lake))
+    paths = sink.write("triage", table, key)
+    sink.publish()
+    return paths

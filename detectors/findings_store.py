@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import UNDATED, file_lock, makedirs, write_parquet_atomic
+from ztaudit.core.iceberg import publish
 from ztaudit.core.schema import DETECT_RUNS, FINDINGS
 from ztaudit.core.sink import LakeSink
 from ztaudit.core.window import Window, utc_day
@@ -137,6 +138,8 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
     created = 0
     scope = set(detectors)
     changed: list[dict[str, Any]] = []
+    touched: set[str] = set()
+    written: list[Path] = []
     with findings_lock(lake, lock_timeout):
         days = {_partition_day(r["first_seen"]) for r in new.values()}
         window = Window(since, until)
@@ -174,6 +177,7 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             if not merged:
                 if path.exists():
                     path.unlink()
+                    touched.add(day)
                 continue
             if day in old_by_day and {r["finding_id"]: r for r in old_by_day[day]} == merged:
                 continue  # nothing changed in this partition: leave the file alone
@@ -182,6 +186,10 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             table = conform(pa.Table.from_pylist(ordered, schema=FINDINGS), FINDINGS)
             makedirs(path.parent)
             write_parquet_atomic(table, path)
+            touched.add(day)
+            written.append(path)
+        # An Iceberg lake: the findings table's snapshot changes here, under the lock (one commit).
+        publish(lake, {"findings": touched}, rewritten=written)
         if run == "detect":
             _record_run(lake, this_run, started, sorted(scope), len(new), created)
     return changed
@@ -191,4 +199,6 @@ def _record_run(lake: Path, rid: str, started: datetime, detectors: list[str], f
     """Append this detect run's row to ``detect_runs`` (under the findings lock, after its findings)."""
     row = {"run_id": rid, "started_at": started, "finished_at": datetime.now(UTC), "detectors": detectors,
            "findings": found, "new_findings": created}
-    LakeSink(lake).write("detect_runs", pa.Table.from_pylist([row], schema=DETECT_RUNS), rid)
+    sink = LakeSink(lake)
+    sink.write("detect_runs", pa.Table.from_pylist([row], schema=DETECT_RUNS), rid)
+    sink.publish()

@@ -93,6 +93,7 @@ def build_derived(ctx: DetectContext, lake: Path, result: RunResult,
             log.error("building derived table %s failed: %s", name, exc)
             result.errors[f"table:{name}"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
         result.seconds[f"table:{name}"] = time.perf_counter() - t0
+    sink.publish()  # an Iceberg lake: the new versions become the tables' snapshot
     catalog.create_views(ctx.con, lake)  # the new tables' views
 
 

@@ -72,9 +72,11 @@ from ztaudit.core.files import (
     file_lock,
     fsync_dir,
     makedirs,
+    with_dt,
     write_bytes_atomic,
     write_parquet_atomic,
 )
+from ztaudit.core.iceberg import publish
 from ztaudit.core.keys import (
     KAFKA_FILE_NAME,
     MANIFEST,
@@ -207,7 +209,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 lines = line_ranges(t.column("origin"))
                 if lines:
                     file_ranges[p.name] = sorted({*file_ranges.get(p.name, []), *lines})
-            parts.append(conform(t, schema))
+            parts.append(conform(t.drop_columns([c for c in ("dt",) if c in t.column_names]), schema))
         merged = pa.concat_tables(parts)
         time_col = PARTITION_TIME.get(table)
         if time_col and time_col in merged.column_names:
@@ -218,7 +220,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         outputs = []
         for n, start in enumerate(range(0, max(merged.num_rows, 1), target_rows)):
             name = f"compacted-{h}-{n:04d}.parquet"
-            write_parquet_atomic(merged.slice(start, target_rows), staging / name)
+            write_parquet_atomic(with_dt(merged.slice(start, target_rows), day), staging / name)
             outputs.append(name)
         manifest = Manifest(inputs=names, outputs=outputs,
                             kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()}, file_ranges=file_ranges,
@@ -250,6 +252,8 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 p.unlink(missing_ok=True)
             fsync_dir(day_dir)
             shutil.rmtree(staging, ignore_errors=True)
+        # An Iceberg lake: one overwrite commit swaps the day's inputs for the outputs in the snapshot.
+        publish(table_dir.parent, {table: {day}})
         forget_manifest(day_dir)
         result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], merged.num_rows, atomic)
         log.info("compact: %s", result.summary())

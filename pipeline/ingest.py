@@ -257,7 +257,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     path_pattern = re.compile(cfg.ingest.cluster_from_path) if cfg.ingest.cluster_from_path else None
     fields = tuple(cfg.ingest.cluster_fields)
     inputs = expand_paths([str(p) for p in paths])
-    sink = LakeSink(Path(lake))
+    sink = LakeSink(Path(lake), table_format=cfg.lake.format)
     chunk_size = lake_chunk_grid(Path(lake), chunk_size)
     ctx = NormalizeContext(
         cluster=cluster,
@@ -269,7 +269,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     )
     stats = IngestStats(inputs=len(inputs), skipped=list(inputs.skipped))
     bar = _Progress(progress, total_size(inputs))
-    started = time.monotonic()
+    started = published = time.monotonic()
     # Three stages overlap: a reader thread reads and splits chunk k+1 while DuckDB maps chunk k
     # (DuckDB, file reads, hashing, Parquet encoding and fsync release the GIL), and a writer
     # thread writes chunk k-1. One chunk waits at each hand-over, so memory stays bounded by a
@@ -294,11 +294,15 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
                 stats.add(ch.origins.path, result)
                 if pending is not None:
                     stats.files_written += pending.result()
+                    if time.monotonic() - published > cfg.lake.publish_seconds:
+                        sink.publish()  # an Iceberg lake shows rows while a long ingest runs
+                        published = time.monotonic()
                 pending = writer.submit(_write, sink, result, ch.file_key, ch.nbytes)
                 del result, ch
                 bar.update(stats)
             if pending is not None:
                 stats.files_written += pending.result()
+        sink.publish()
     finally:
         bar.close()
         stats.elapsed = time.monotonic() - started

@@ -18,15 +18,15 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from ztaudit.core.errors import KafkaTransientError
+from ztaudit.core.errors import KafkaTransientError, LakeError
 from ztaudit.pipeline.consume.buffers import Chunk, Partitions
 from ztaudit.pipeline.consume.progress import Metrics
 from ztaudit.pipeline.consume.recovery import Window, widen
-from ztaudit.pipeline.consume.writer import Round, Written, retry
+from ztaudit.pipeline.consume.writer import SINK_RETRIES, Round, Written, retry
 from ztaudit.pipeline.sources.kafka.base import TP, CommitRejectedError, KafkaSource, redact, tp_name
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,11 @@ class Committer:
     """Commits written rounds and runs the hooks; main thread only (it calls the Kafka client)."""
 
     def __init__(self, partitions: Partitions, metrics: Metrics, hooks: Sequence[FlushHook], *,
-                 password: str | None = None) -> None:
+                 password: str | None = None, publish: Callable[[Mapping[TP, int]], None] | None = None) -> None:
         self.partitions = partitions
+        #: registers the round's files in an Iceberg lake (offsets in the snapshot summary) before
+        #: the Kafka commit; a failure raises, and nothing of the round is committed
+        self.publish = publish
         self.metrics = metrics
         self.hooks = hooks
         self.password = password
@@ -77,6 +80,13 @@ class Committer:
             log.warning("consume: ZTAUDIT_CONSUME_KILL_AFTER_WRITES: SIGKILL after the rename of %s, before "
                         "its commit", rnd.where)
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.publish is not None:
+            # Iceberg lake: the snapshot must hold the round's files before Kafka hears they are done
+            # (publish also registers the files of revoked partitions' chunks: same names on replay).
+            retry(lambda: self.publish(offsets) if self.publish else None, retry_on=LakeError,
+                  tries=SINK_RETRIES, on_retry=lambda exc, n, d: log.warning(
+                      "consume: registering %s in the Iceberg tables failed (%s); retry %d in %.1f s",
+                      rnd.where, exc, n, d))
         committed = self.commit(source, offsets, committing) if offsets else False
         self.metrics.flushes += 1
         if committed and window is not None:

@@ -48,6 +48,7 @@ from typing import Any, Final
 
 from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS, Config, KafkaSettings
 from ztaudit.core.errors import KafkaTransientError
+from ztaudit.core.iceberg import offsets_summary
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
 from ztaudit.pipeline.consume.commit import Committer, FlushHook
@@ -97,6 +98,8 @@ class ConsumeOptions:
     topic_clusters: Mapping[str, str] = field(default_factory=dict)
     #: ``ingest.cluster_fields``: the shipper fields that name a record's cluster
     cluster_fields: tuple[str, ...] = DEFAULT_CLUSTER_FIELDS
+    #: ``lake.format``: the format a new lake is created in (an existing lake keeps its own)
+    table_format: str | None = None
 
     def cut_policy(self) -> CutPolicy:
         """The cut thresholds and memory budget, for the consumer built from these options."""
@@ -129,7 +132,7 @@ class StreamConsumer:
         self.settings = settings
         self.opts = options
         self.password = password
-        self.sink = LakeSink(options.lake)
+        self.sink = LakeSink(options.lake, table_format=options.table_format)
         self.metrics = Metrics()
         self.policy = options.cut_policy()
         self.partitions = Partitions()
@@ -141,7 +144,7 @@ class StreamConsumer:
         self.progress = Progress(options.progress_seconds, options.metrics_file)
         # the first hook marks when a commit went through, before the caller's hooks (detect) run
         self.committer = Committer(self.partitions, self.metrics, [self._committed, *options.on_flush],
-                                   password=password)
+                                   password=password, publish=self._publish)
         self._committed_at: float | None = None
         self.metrics_server = (MetricsServer(lambda: self.metrics, options.metrics_host, options.metrics_port)
                                if options.metrics_port else None)
@@ -362,6 +365,11 @@ class StreamConsumer:
             self._commit_round()
         if final:
             self.partitions.log_unflushed()
+
+    def _publish(self, offsets: Mapping[TP, int]) -> None:
+        """Register the round's files in the Iceberg tables before its offsets are committed (a
+        no-op on a plain lake); the writer thread is idle then (its round was collected)."""
+        self.sink.publish(offsets_summary({(tp.topic, tp.partition): off for tp, off in offsets.items()}))
 
     def _commit_round(self) -> None:
         """Collect the in-flight round -- wait for the writer; its error is raised here and nothing

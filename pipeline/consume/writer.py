@@ -268,6 +268,7 @@ class ChunkWriter:
         for stale in chunk.leftovers:
             if stale.resolve() not in keep:
                 stale.unlink(missing_ok=True)
+                self.sink.note_path(stale)
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
         if out.no_cluster:
             log.warning("consume: %s: %d k8s_audit rows have no cluster (plain audit lines do not name their "

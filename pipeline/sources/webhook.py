@@ -138,6 +138,8 @@ class ServeOptions:
     max_body_bytes: int
     max_concurrent: int
     summary_seconds: float = 60.0
+    #: ``lake.format``: the format a new lake is created in (an existing lake keeps its own)
+    table_format: str | None = None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -666,7 +668,7 @@ def serve(opts: ServeOptions, ctx: NormalizeContext, *, stop: threading.Event | 
         log.warning("serve: listening on %s, which is not a loopback address: anyone who can reach it can "
                     "try to authenticate; make sure a firewall or network policy limits it to the API servers",
                     opts.host)
-    sink = LakeSink(opts.lake)
+    sink = LakeSink(opts.lake, table_format=opts.table_format)
     # A serve killed mid-write (kill -9, OOM) leaves .<name>.tmp-<pid> files; clear them now rather
     # than at the first post that happens to write the same table.
     for table in (K8S, "quarantine"):

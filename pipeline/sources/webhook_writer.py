@@ -103,6 +103,8 @@ class PostWriter:
         now = datetime.now(UTC)
         paths += self.sink.write_quarantine(result.rejected, key, now)
         self._drop_other_days(key, now, paths)
+        # An Iceberg lake: the post's rows are in the snapshot before the API server hears 200.
+        self.sink.publish()
         self._written += 1
         if self._kill_after is not None and self._written >= self._kill_after:
             log.warning("serve: %s: SIGKILL after the rename of post %s, before its answer", KILL_AFTER_POSTS_ENV,
@@ -129,6 +131,7 @@ class PostWriter:
                 raise SinkError(f"cannot remove {stale}, an earlier copy of post {key}: {exc.strerror or exc}",
                                 fix="make the lake writable") from exc
             fsync_dir(stale.parent)
+            self.sink.touch("quarantine", day)
             log.info("serve: removed %s: post %s was written again on another day", stale, key)
 
 

@@ -36,6 +36,28 @@ KILLS = {"kafka-python": 12, "confluent": 10}
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: KafkaBroker, topic_name: str,
                                                                tmp_path: Path, backend: str) -> None:
+    kill_9_rounds(kafka_broker, topic_name, tmp_path, backend, KILLS[backend], {})
+
+
+def test_kill_9_into_an_iceberg_lake_loses_and_duplicates_nothing(kafka_broker: KafkaBroker, topic_name: str,
+                                                                  tmp_path: Path) -> None:
+    """The same kills into an Iceberg lake (issue 16): readers see the snapshot, which must hold
+    every event exactly once; a kill between the rename and the publish leaves files the replay
+    publishes under the same names."""
+    kill_9_rounds(kafka_broker, topic_name, tmp_path, "kafka-python", 9, {"ZTAUDIT_LAKE_FORMAT": "iceberg"})
+    lake = tmp_path / "lake"
+    assert (lake / "_iceberg" / "catalog.db").is_file()
+    from ztaudit.core.iceberg import snapshot_files
+
+    listed = set(snapshot_files(lake, "k8s_audit"))
+    on_disk = {str(p.resolve()) for p in lake.glob("k8s_audit/dt=*/*.parquet")}
+    assert listed == on_disk, f"unpublished: {sorted(on_disk - listed)[:3]}, gone: {sorted(listed - on_disk)[:3]}"
+
+
+def kill_9_rounds(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path, backend: str, rounds: int,
+                  extra_env: dict[str, str]) -> None:
+    """``rounds`` kill -9s (every third at the injected worst moment), then a run to the end; every
+    event must be in the lake exactly once (read the way readers read: the snapshot on Iceberg)."""
     rnd = random.Random(20261127)
     create_topic(kafka_broker, topic_name, 4)
     # ~1 KB events (no padding) so 200k stream through in well under a minute on 2 cores
@@ -52,14 +74,15 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: Kaf
     kills = 0
     injected = 0
     ran_for: list[str | float] = []
-    while kills < KILLS[backend]:
-        env = None
-        if kills % 3 == 2:
+    while kills < rounds:
+        env = ztaudit_env(**extra_env)
+        injected_now = kills % 3 == 2
+        if injected_now:
             # the worst moment, deterministically: files renamed into place, offsets not committed yet
-            env = ztaudit_env(ZTAUDIT_CONSUME_KILL_AFTER_WRITES=str(rnd.randint(1, 6)))
+            env = ztaudit_env(**extra_env, ZTAUDIT_CONSUME_KILL_AFTER_WRITES=str(rnd.randint(1, 6)))
         p = start_consume(kafka_broker, topic_name, lake, "g-crash", *flags, log=log, env=env, backend=backend)
         try:
-            if env is not None:
+            if injected_now:
                 rc = None
                 deadline = time.monotonic() + 120
                 while rc is None and time.monotonic() < deadline:
@@ -89,7 +112,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: Kaf
     if reserve:
         produce(kafka_broker, topic_name, reserve)
     done = run_consume(kafka_broker, topic_name, lake, "g-crash", *flags, until_idle=3.0, timeout=600,
-                       backend=backend)
+                       backend=backend, env=ztaudit_env(**extra_env))
     assert done.returncode == 0, done.stderr[-3000:]
 
     counts = audit_id_counts(lake)
@@ -102,6 +125,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka_broker: Kaf
     assert all(not p.name.startswith(".") for p in lake.glob("k8s_audit/dt=*/*.parquet"))
     text = log.read_text() + done.stderr
     recoveries = text.count("uncommitted earlier flush found")
-    print(f"kills: {ran_for}; leftover recoveries: {recoveries}")
+    print(f"kills ({backend}, {extra_env or 'plain lake'}): {ran_for}; leftover recoveries: {recoveries}")
     # the injected kills left renamed-but-uncommitted files: the restarts found and rewrote them
     assert injected >= 3 and recoveries >= injected

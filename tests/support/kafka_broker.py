@@ -273,12 +273,16 @@ def audit_id_counts(lake: Path) -> dict[str, int]:
     """audit_id -> number of rows in the lake (1 everywhere means exactly once)."""
     import duckdb
 
+    from ztaudit.core.iceberg import is_iceberg, snapshot_files
+
     glob = str(lake / "k8s_audit" / "dt=*" / "*.parquet")
-    if not list(lake.glob("k8s_audit/dt=*/*.parquet")):
+    # An Iceberg lake's rows are its snapshot's files (what every reader reads), not the folder.
+    source: str | list[str] = snapshot_files(lake, "k8s_audit") if is_iceberg(lake) else glob
+    if not source or not list(lake.glob("k8s_audit/dt=*/*.parquet")):
         return {}
     con = duckdb.connect()
     try:
-        rows = con.execute(f"SELECT audit_id, count(*) FROM read_parquet('{glob}') GROUP BY 1").fetchall()
+        rows = con.execute("SELECT audit_id, count(*) FROM read_parquet(?) GROUP BY 1", [source]).fetchall()
     finally:
         con.close()
     return {str(a): int(c) for a, c in rows}

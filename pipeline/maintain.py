@@ -1,0 +1,187 @@
+"""Keeping an Iceberg lake bounded, and turning a plain lake into one (issue 16, items 5 and 6).
+
+* :func:`migrate` (``ztaudit migrate``): a plain hive-partitioned lake becomes an Iceberg lake in
+  place. Every data file without a DATE ``dt`` column is rewritten with one (same name, same rows,
+  same key-value metadata, atomically: :func:`~ztaudit.core.files.write_parquet_atomic`), then the
+  catalog and tables are created and every day folder is registered
+  (:func:`~ztaudit.core.iceberg.publish_all`). Idempotent: a second run rewrites and registers
+  nothing; a run killed half-way is finished by the next.
+* :func:`maintain` (``ztaudit maintain``): ``expire_days`` drops snapshots older than that (the
+  current one always stays) and the metadata files only they used; ``remove_orphans`` deletes data
+  files that no snapshot references and that are older than ``orphan_grace_s`` (younger ones may be
+  a running writer's files, published at its next durability point); ``retention_days`` removes
+  whole old days: first from the snapshot (one commit per table), then from disk, so a reader never
+  meets a listed file that is gone.
+
+Failure: :class:`~ztaudit.core.errors.LakeError` (exit 2) when the lake or its catalog cannot be
+read or committed; nothing is deleted before the commit that stops referencing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ztaudit.core import iceberg
+from ztaudit.core.errors import LakeError
+from ztaudit.core.files import day_dirs, table_files, write_parquet_atomic
+from ztaudit.core.schema import TABLES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MigrateResult:
+    """What :func:`migrate` did: files given a ``dt`` column, files registered, rows per table."""
+
+    rewritten: int = 0
+    registered: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        total = sum(self.rows.values())
+        return (f"{self.rewritten} files given a dt column, {self.registered} files registered, "
+                f"{total} rows in {len(self.rows)} tables")
+
+
+def _needs_dt(path: Path) -> bool:
+    schema = pq.read_schema(path)
+    return "dt" not in schema.names or schema.field("dt").type != pa.date32()
+
+
+def migrate(lake: Path) -> MigrateResult:
+    """Make ``lake`` an Iceberg lake in place (see the module docstring); returns what it did.
+
+    Called by ``ztaudit migrate``. Raises :class:`LakeError` naming a file it cannot read."""
+    lake = Path(lake)
+    out = MigrateResult()
+    for table in TABLES:
+        for path in table_files(lake / table):
+            try:
+                if not _needs_dt(path):
+                    continue
+                data = pq.read_table(path)
+            except (OSError, pa.ArrowException) as exc:
+                raise LakeError(f"cannot read {path}: {exc}", fix="move the broken file out of the lake and rerun") \
+                    from exc
+            write_parquet_atomic(data, path)  # adds dt from its dt= folder, keeps the metadata
+            out.rewritten += 1
+    iceberg.create(lake)
+    out.registered = iceberg.publish_all(lake).added
+    for table in TABLES:
+        files = iceberg.snapshot_files(lake, table)
+        out.rows[table] = sum(pq.read_metadata(f).num_rows for f in files)
+    log.info("migrate: %s", out.summary())
+    return out
+
+
+@dataclass
+class MaintainResult:
+    """What :func:`maintain` removed."""
+
+    snapshots_expired: int = 0
+    metadata_files_removed: int = 0
+    orphans_removed: int = 0
+    days_dropped: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.snapshots_expired} snapshots expired, {self.metadata_files_removed} metadata files "
+                f"and {self.orphans_removed} orphan data files removed, {self.days_dropped} days dropped")
+
+
+def _referenced_metadata(tbl: object) -> set[str]:
+    """Local paths of every metadata file the table's current metadata still uses: manifest lists
+    of live snapshots, their manifests, the metadata log and the current metadata file."""
+    from pyiceberg.table import Table
+
+    assert isinstance(tbl, Table)
+    keep = {iceberg.local_path(tbl.metadata_location)}
+    keep |= {iceberg.local_path(e.metadata_file) for e in tbl.metadata.metadata_log}
+    for snap in tbl.snapshots():
+        keep.add(iceberg.local_path(snap.manifest_list))
+        keep |= {iceberg.local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
+    return keep
+
+
+def _referenced_data(tbl: object) -> set[str]:
+    """Local paths of every data file any live snapshot of ``tbl`` lists."""
+    from pyiceberg.table import Table
+
+    assert isinstance(tbl, Table)
+    out: set[str] = set()
+    for snap in tbl.snapshots():
+        for m in snap.manifests(tbl.io):
+            for entry in m.fetch_manifest_entry(tbl.io, discard_deleted=True):
+                out.add(iceberg.local_path(entry.data_file.file_path))
+    return out
+
+
+def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bool = False,
+             orphan_grace_s: float = 86400.0, retention_days: int | None = None,
+             now: datetime | None = None) -> MaintainResult:
+    """Expire snapshots, drop old days, remove orphans in an Iceberg lake (module docstring).
+
+    Called by ``ztaudit maintain``. Raises :class:`LakeError` on a plain lake (nothing to maintain:
+    ``migrate`` first) or when the catalog refuses a commit."""
+    lake = Path(lake)
+    if not iceberg.is_iceberg(lake):
+        raise LakeError(f"{lake} is a plain Parquet lake; snapshots and orphans are Iceberg's",
+                        fix=f"convert it with `ztaudit migrate --lake {lake}` first")
+    now = now or datetime.now(UTC)
+    out = MaintainResult()
+    catalog = iceberg.open_catalog(lake)
+    for table in TABLES:
+        tbl = iceberg.ensure_table(catalog, lake, table)
+        if retention_days is not None:
+            cutoff = (now - timedelta(days=retention_days)).date()
+            old = [d for d in day_dirs(lake / table) if (_day(d.name[3:]) or cutoff) < cutoff]
+            if old:
+                # the snapshot stops listing the days first; only then do their files go
+                with iceberg.owner_only():
+                    tbl.delete(delete_filter=f"dt < '{cutoff.isoformat()}'",
+                               snapshot_properties={"ztaudit.retention_days": str(retention_days)})
+                for d in old:
+                    shutil.rmtree(d, ignore_errors=True)
+                out.days_dropped += len(old)
+                tbl = catalog.load_table(tbl.name())
+        if expire_days is not None:
+            before = len(tbl.snapshots())
+            older = now - timedelta(days=expire_days)
+            current = tbl.current_snapshot()
+            if current is not None and before > 1:
+                with iceberg.owner_only():
+                    tbl.maintenance.expire_snapshots().older_than(older).commit()
+                tbl = catalog.load_table(tbl.name())
+                out.snapshots_expired += before - len(tbl.snapshots())
+            keep = _referenced_metadata(tbl)
+            meta_dir = lake / iceberg.ICEBERG_DIR / table / "metadata"
+            for entry in (os.scandir(meta_dir) if meta_dir.is_dir() else []):
+                if entry.is_file() and str(Path(entry.path).resolve()) not in keep \
+                        and entry.stat().st_mtime < time.time() - 60:
+                    os.unlink(entry.path)
+                    out.metadata_files_removed += 1
+        if remove_orphans:
+            referenced = _referenced_data(tbl)
+            limit = time.time() - orphan_grace_s
+            for path in table_files(lake / table):
+                if str(path.resolve()) not in referenced and path.stat().st_mtime < limit:
+                    path.unlink()
+                    out.orphans_removed += 1
+                    log.info("maintain: removed orphan %s (in no snapshot)", path)
+    log.info("maintain: %s", out.summary())
+    return out
+
+
+def _day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None

@@ -1,0 +1,158 @@
+"""Spark beside DuckDB in the tests: the jars, and a digest of a table that both engines compute alike.
+
+**The jars.** :func:`spark_jars` asks ``scripts/spark-jars --offline`` for the classpath (the script is
+the one place that knows the cache folder) and never fetches. Without the jars, or without PySpark,
+a test skips locally with the command to run and fails in CI (``CI=true``), which fetches them
+(``.ci/run``), as :mod:`support.realstack` does for the real stack.
+
+**The digest.** :func:`table_digest_duckdb` and :func:`table_digest_spark` return ``(row count,
+checksum)`` of a whole table, and :func:`arrow_digest` does the same for any Arrow table (what
+pyiceberg's own scan returns, or the rows a test wrote). Equal digests mean the same multiset of
+rows. Why it is computed in Python over Arrow, not in SQL:
+
+* SQL hashes are engine-specific: DuckDB's ``hash()`` is 64-bit, Spark's is 32-bit Murmur3, and
+  ``md5(CAST(row AS VARCHAR))`` depends on how each engine prints timestamps, maps, floats and
+  bytes. Both engines hand over Arrow (``DataFrame.toArrow()`` in PySpark 4, ``fetch_record_batch``
+  in DuckDB), so one Python function sees the same values from both.
+* Values are normalised to what they mean, not how they are typed: timestamps become UTC
+  microseconds since the epoch (whatever the unit or zone label), dates days since the epoch, every
+  integer width a Python ``int``, string and large string ``str``, binary ``bytes``; maps become
+  their entries sorted by key (a map has no order; engines keep the file's, which need not agree),
+  lists keep their order (it is data), structs their fields by name, floats stay floats (``repr`` is
+  exact, so ``-0.0``, ``inf`` and ``nan`` survive). Columns are taken by name in sorted order, and the
+  names are hashed too, so a missing or renamed column changes the checksum.
+* Each row is hashed on its own (SHA-256 of the ``repr`` of its normalised tuple, which is
+  unambiguous for attacker-chosen strings) and the row hashes are **added** modulo 2**256. A sum
+  needs no sort of the whole table and keeps multiplicities (unlike XOR, two equal rows do not
+  cancel), so the checksum is the multiset's, whatever order each engine returns rows in, computed
+  one record batch at a time. Spark's ``toArrow()`` still collects the table on the driver: this is
+  for test-sized tables, not a lake of 10**10 rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pytest
+
+from ztaudit.core.iceberg import CATALOG_NAME, NAMESPACE
+
+if TYPE_CHECKING:
+    import duckdb
+    from pyspark.sql import SparkSession
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCRIPT = ROOT / "scripts" / "spark-jars"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+_MOD = 1 << 256
+
+
+def spark_jars() -> list[Path]:
+    """The cached Spark jars (``scripts/spark-jars --offline``); skip locally / fail in CI without
+    them or without PySpark."""
+    why = None
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        why = "PySpark is not installed (pip install -c constraints.txt -e '.[dev]')"
+    if why is None:
+        p = subprocess.run([str(SCRIPT), "--offline"], capture_output=True, text=True, timeout=60)
+        if p.returncode == 0:
+            return [Path(j) for j in p.stdout.strip().split(":") if j]
+        why = f"the Spark jars are not fetched here: run scripts/spark-jars ({p.stderr.strip()})"
+    if IN_CI:
+        pytest.fail(f"CI must have Spark: {why}")
+    pytest.skip(why)
+
+
+# --- the digest ---------------------------------------------------------------------------------
+
+def _norm(value: Any, typ: pa.DataType) -> Any:
+    """``value`` (from ``to_pylist``) as an engine-neutral Python value of Arrow type ``typ``."""
+    if value is None:
+        return None
+    if pa.types.is_timestamp(typ):
+        if isinstance(value, datetime):
+            if value.tzinfo is None:  # a zone-less timestamp is read as UTC, like the lake's
+                value = value.replace(tzinfo=UTC)
+            delta = value - _EPOCH
+            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return int(value)
+    if pa.types.is_date(typ):
+        return (value - _EPOCH_DAY).days
+    if pa.types.is_map(typ):
+        entries = [(_norm(k, typ.key_type), _norm(v, typ.item_type)) for k, v in value]
+        return ("map", tuple(sorted(entries, key=repr)))
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return tuple(_norm(v, typ.value_type) for v in value)
+    if pa.types.is_struct(typ):
+        fields = sorted(typ.field(i).name for i in range(typ.num_fields))
+        return tuple((n, _norm(value[n], typ.field(n).type)) for n in fields)
+    if pa.types.is_integer(typ):
+        return int(value)
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
+        return bytes(value)
+    return value  # str, bool, float
+
+
+class _Digest:
+    """Row count and the sum of row hashes, fed one record batch at a time."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.total = 0
+        self.names: list[str] | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        names = sorted(batch.schema.names)
+        if self.names is None:
+            self.names = names
+        assert names == self.names, f"columns changed between batches: {self.names} vs {names}"
+        columns = []
+        for n in names:
+            col = batch.column(n)
+            if pa.types.is_timestamp(col.type):  # to_pylist of nanoseconds would not be datetimes
+                col = col.cast(pa.timestamp("us", tz="UTC"))
+            columns.append([_norm(v, col.type) for v in col.to_pylist()])
+        for row in zip(*columns, strict=True):
+            self.total = (self.total + int.from_bytes(hashlib.sha256(repr(row).encode()).digest(), "big")) % _MOD
+        self.rows += batch.num_rows
+
+    def result(self) -> tuple[int, str]:
+        header = hashlib.sha256(repr(self.names or []).encode()).digest()
+        return self.rows, hashlib.sha256(header + self.total.to_bytes(32, "big")).hexdigest()
+
+
+def arrow_digest(batches: pa.Table | Iterable[pa.RecordBatch]) -> tuple[int, str]:
+    """(rows, checksum) of an Arrow table or stream of record batches (see the module doc)."""
+    d = _Digest()
+    for b in batches.to_batches() if isinstance(batches, pa.Table) else batches:
+        d.add(b)
+    if d.names is None and isinstance(batches, pa.Table):
+        d.names = sorted(batches.schema.names)
+    return d.result()
+
+
+def table_digest_duckdb(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int, str]:
+    """(rows, checksum) of ``table`` (a view or table of ``con``) as DuckDB reads it."""
+    reader = con.sql(f'SELECT * FROM "{table}"').to_arrow_reader(8192)
+    d = _Digest()
+    for b in reader:
+        d.add(b)
+    if d.names is None:
+        d.names = sorted(reader.schema.names)
+    return d.result()
+
+
+def table_digest_spark(spark: SparkSession, table: str) -> tuple[int, str]:
+    """(rows, checksum) of the lake's ``table`` as Spark reads it (``ztaudit.lake.<table>``)."""
+    return arrow_digest(spark.table(f"{CATALOG_NAME}.{NAMESPACE}.{table}").toArrow())
