@@ -7,6 +7,17 @@ document or CSV file that grew (``[a, b]`` -> ``[a, b, c]``, a row appended) kee
 chunks' keys and the sink's replace-by-key leaves one row per record (issue 11, item 1). A chunk
 ends after the record that brings it to ``chunk_bytes`` or to
 :data:`~.inputs.MAX_CHUNK_LINES` records, which depends only on the records so far.
+
+A chunk's ``nbytes`` is the span of input it covers, from where its first record starts to where
+its last one ends, in UTF-8 bytes of the text -- never the size of its records as stored. The
+sink compares it between versions of one key (``LakeSink.write_chunk``: the version that covered
+more is the grown one and is not replaced by an older, shorter copy), which is right only if a
+prefix of the input never covers more than the grown input does. Record sizes break that: the
+element a prefix cuts short is quarantined as its raw, pretty-printed text, which is longer than
+the compact re-serialization of the whole element, so the cut chunk of ``[..., {"a": 1`` "covered"
+more than the grown chunk holding that element and the ones after it, replaced it, and those
+elements were lost (found by hypothesis: 150 events, a prefix of 37.9 % ingested after the whole
+file, event 56 gone).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, Final, Literal
 
 from ztaudit.core.quarantine import Reason, Rejected
@@ -144,6 +155,18 @@ def split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
     """(start offset, value, None) per top-level value -- a top-level array is split into its
     elements -- and (start offset, None, text) for a value that does not parse.
 
+    Also called by ``pipeline.process`` to split a quarantined array record; the document reader
+    uses :func:`split_document_spans`, which says where each value ends as well.
+    """
+    for start, _end, value, bad in split_document_spans(text):
+        yield start, value, bad
+
+
+def split_document_spans(text: str) -> Iterator[tuple[int, int, Any, str | None]]:
+    """(start offset, end offset, value, None) per top-level value -- a top-level array is split
+    into its elements -- and (start, end, None, text) for a value that does not parse; offsets
+    index ``text`` and ``end`` is past the value's last character.
+
     A value that does not parse is one record of its own, from its start to where its brackets
     close (:func:`_value_end`), and parsing goes on after it: it is quarantined whole, as a
     document, so the scrubber sees its keys (``"data":``) and cuts there, instead of the lines of
@@ -166,7 +189,7 @@ def split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
     while pos < n:
         if text[pos] != "[":
             start, val, bad, end = value_at(pos)
-            yield start, val, bad
+            yield start, end, val, bad
             pos = _skip_ws(text, end)
             continue
         p = _skip_ws(text, pos + 1)
@@ -176,11 +199,11 @@ def split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
         p_elem = p
         while p_elem < n:
             start, val, bad, end = value_at(p_elem)
-            yield start, val, bad
+            yield start, end, val, bad
             p = _skip_ws(text, end)
             while p < n and text[p] not in ",]":  # junk between elements: a record of its own
                 junk_end = _value_end(text, p)
-                yield p, None, text[p:junk_end]
+                yield p, junk_end, None, text[p:junk_end]
                 p = _skip_ws(text, junk_end)
             if p < n and text[p] == ",":
                 p_elem = _skip_ws(text, p + 1)
@@ -190,7 +213,11 @@ def split_document(text: str) -> Iterator[tuple[int, Any, str | None]]:
 
 
 class _Chunker:
-    """Cuts records into chunks with keys that a grown input keeps (the module docstring)."""
+    """Cuts records into chunks with keys that a grown input keeps (the module docstring).
+
+    Boundaries follow the records' sizes (so they, and the keys, stay what earlier lakes have);
+    ``nbytes`` is the input span the chunk covers, from its first record's ``begin`` to its last
+    record's ``end`` (byte positions in the input, given by the caller)."""
 
     def __init__(self, inp: InputFile, chunk_bytes: int, prefix: str) -> None:
         self.inp, self.chunk_bytes, self.prefix = inp, chunk_bytes, prefix
@@ -200,16 +227,19 @@ class _Chunker:
         self.lines: list[int] = []
         self.size = 0
         self.start = 0
+        self.begin = self.end = 0
 
-    def add(self, rec: bytes, line: int, start: int) -> Chunk | None:
-        """Add a record; the chunk it completes, if it does."""
+    def add(self, rec: bytes, line: int, start: int, begin: int, end: int) -> Chunk | None:
+        """Add a record that starts at ``start`` (what the key names: an offset or a line) and
+        covers input bytes ``[begin, end)``; the chunk it completes, if it does."""
         if not self.records:
-            self.start = start
+            self.start, self.begin = start, begin
         if self.anchor is None:
             self.anchor = rec
         self.records.append(rec)
         self.lines.append(line)
         self.size += len(rec)
+        self.end = end
         if self.size >= self.chunk_bytes or len(self.records) >= MAX_CHUNK_LINES:
             return self.flush()
         return None
@@ -222,9 +252,27 @@ class _Chunker:
         for rec in self.records:
             self.h.update(len(rec).to_bytes(8, "little"))
             self.h.update(rec)
-        chunk = Chunk(self.records, LineOrigins(self.inp.name, lines=self.lines), key, self.size)
+        chunk = Chunk(self.records, LineOrigins(self.inp.name, lines=self.lines), key, self.end - self.begin)
         self.records, self.lines, self.size = [], [], 0
         return chunk
+
+
+class _ByteOffsets:
+    """UTF-8 byte offsets of increasing character offsets into ``text``, in linear time overall
+    (each stretch of a non-ASCII text is encoded once; an ASCII text's offsets are its own)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.ascii = text, text.isascii()
+        self.pos = self.byte = 0
+
+    def at(self, pos: int) -> int:
+        """The byte offset of character offset ``pos`` (never less than the last one asked)."""
+        if self.ascii:
+            return pos
+        if pos > self.pos:
+            self.byte += len(self.text[self.pos:pos].encode("utf-8", "surrogatepass"))
+            self.pos = pos
+        return self.byte
 
 
 def document_chunks(text: str, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk] | None:
@@ -233,22 +281,23 @@ def document_chunks(text: str, inp: InputFile, chunk_bytes: int) -> Iterator[Chu
     next non-blank lines (up to :data:`_CONFIRM_LINES`) are complete JSON objects or arrays. Only
     then may it be read line by line: those lines carry their own keys, so the scrubber sees them.
     """
-    parts = split_document(text)
+    parts = split_document_spans(text)
     first = next(parts, None)
     if first is None:
         return None
-    if first[2] is not None and _json_lines_after_first(text, first[0]):
+    if first[3] is not None and _json_lines_after_first(text, first[0]):
         return None
 
     def gen() -> Iterator[Chunk]:
         chunker = _Chunker(inp, chunk_bytes, "d")
+        offsets = _ByteOffsets(text)
         line = 1
         last = 0
-        for start, value, bad in _chain(first, parts):
+        for start, end, value, bad in _chain(first, parts):
             line += text.count("\n", last, start)
             last = start
             rec = bad.encode("utf-8", "surrogatepass") if bad is not None else dumps(value)
-            chunk = chunker.add(rec, line, start)
+            chunk = chunker.add(rec, line, start, offsets.at(start), offsets.at(end))
             if chunk is not None:
                 yield chunk
         chunk = chunker.flush()
@@ -258,8 +307,8 @@ def document_chunks(text: str, inp: InputFile, chunk_bytes: int) -> Iterator[Chu
     return gen()
 
 
-def _chain(first: tuple[int, Any, str | None], rest: Iterator[tuple[int, Any, str | None]]
-           ) -> Iterator[tuple[int, Any, str | None]]:
+def _chain(first: tuple[int, int, Any, str | None], rest: Iterator[tuple[int, int, Any, str | None]]
+           ) -> Iterator[tuple[int, int, Any, str | None]]:
     yield first
     yield from rest
 
@@ -301,9 +350,11 @@ def unreadable_document(head: bytes, inp: InputFile, why: str) -> Chunk:
 
 
 def csv_chunks(opened: OpenedInput, inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
-    """CSV rows as JSON objects keyed by the header; origin = the row's first line."""
+    """CSV rows as JSON objects keyed by the header; origin = the row's first line. Bytes that are
+    not UTF-8 become U+FFFD in the rows (read with ``surrogateescape`` so that :func:`_counted`
+    still counts the input's own bytes, then replaced)."""
     with opened.stream() as stream:
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
             yield from _csv_rows(text, inp, chunk_bytes)
         finally:
@@ -313,16 +364,37 @@ def csv_chunks(opened: OpenedInput, inp: InputFile, chunk_bytes: int) -> Iterato
 def _csv_rows(text: IO[str], inp: InputFile, chunk_bytes: int) -> Iterator[Chunk]:
     """The chunks of :func:`csv_chunks` from the decoded text (keys: ``<16 hex>+L<first line>``;
     the anchor is the first row as a record, which holds the header and the first values)."""
-    reader = csv.DictReader(text, restkey="_extra")
+    read = [0]  # input bytes of the lines the reader has taken so far (the chunks' spans)
+    reader = csv.DictReader(_counted(text, read), restkey="_extra")
     chunker = _Chunker(inp, chunk_bytes, "L")
     reader.fieldnames  # noqa: B018 - reads the header line, so line_num points past it
     prev = reader.line_num
+    begin = read[0]
     for row in reader:
         start = prev + 1
         prev = reader.line_num
-        chunk = chunker.add(dumps({str(k): v for k, v in row.items()}), start, start)
+        chunk = chunker.add(dumps({str(k): v for k, v in row.items()}), start, start, begin, read[0])
+        begin = read[0]
         if chunk is not None:
             yield chunk
     chunk = chunker.flush()
     if chunk is not None:
         yield chunk
+
+
+def _counted(lines: Iterable[str], read: list[int]) -> Iterator[str]:
+    """``lines`` (decoded with ``surrogateescape``), adding each one's size in input bytes to
+    ``read[0]`` as the CSV reader takes it, and with bytes that were not UTF-8 replaced by U+FFFD.
+
+    The reader takes only the lines of the row it returns, so ``read[0]`` is then where that row
+    ends. Counted in the input's own bytes, not in the replaced text's: a prefix cut inside a
+    multi-byte character ends in U+FFFD, which is 3 bytes however few of the character's bytes
+    the prefix has, and it must not seem to cover as much as the grown line."""
+    for line in lines:
+        if line.isascii():
+            read[0] += len(line)
+            yield line
+        else:
+            raw = line.encode("utf-8", "surrogateescape")
+            read[0] += len(raw)
+            yield raw.decode("utf-8", "replace")

@@ -95,7 +95,11 @@ class Chunk:
         #: :data:`DOCUMENT_MAX_BYTES`): already scrubbed, to be written with the chunk's rejects
         self.rejected: list[Rejected] = rejected or []
         self.file_key = file_key
-        self.nbytes = nbytes  # input bytes this chunk covers (for progress)
+        #: input bytes this chunk covers, from its first record's start to its last one's end:
+        #: progress, and the extent the sink compares between versions of one key
+        #: (``LakeSink.write_chunk``), so never the records' stored size -- a prefix's chunk must
+        #: never cover more than the same chunk of the grown input (``.documents`` module docstring)
+        self.nbytes = nbytes
         #: input lines the chunk covers, blank ones included (the line reader's line counter)
         self.lines_covered = len(records) if packed is None else len(packed.lengths)
         self.packed: PackedRecords | None = packed

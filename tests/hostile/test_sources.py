@@ -154,6 +154,10 @@ def test_reingesting_prefixes_of_a_growing_log_leaves_one_row_per_event(tmp_path
 @given(layout=st.sampled_from(["jsonl", "array"]),
        cuts=st.lists(st.floats(0.05, 1.0), min_size=1, max_size=3), whole_at=st.integers(0, 3))
 @example(layout="jsonl", cuts=[0.5], whole_at=0)  # the grown file first, a half-copy after it
+# The grown file first, then a prefix cut inside element 56: the cut element, quarantined as its
+# pretty-printed text, made the cut chunk's extent (then the records' stored size) larger than the
+# grown chunk's, so it replaced it and event 56 was lost (test_a_prefix_never_covers_more_...).
+@example(layout="array", cuts=[0.37890625], whole_at=0)
 def test_prefixes_reingested_in_any_order_leave_one_row_per_event(tmp_path_factory: pytest.TempPathFactory,
                                                                   layout: str, cuts: list[float],
                                                                   whole_at: int) -> None:
@@ -177,6 +181,61 @@ def test_prefixes_reingested_in_any_order_leave_one_row_per_event(tmp_path_facto
         ingest_paths([path], lake, cluster="c1", chunk_bytes=8 * 1024)
     _ingested_exactly_once(lake, n)
     assert rows(lake, "quarantine") == []
+
+
+def _cut_formats() -> dict[str, tuple[str, bytes, int]]:
+    """Name, content and where its first record ends, for the inputs of the extent test: non-ASCII
+    values (byte and character offsets differ; a cut can fall inside a character) and, in the CSV,
+    rows whose last field is empty (a row cut before that field's comma reads it as ``null``,
+    longer than the whole row's ``""``)."""
+    arr = json.dumps([{"n": i, "who": "z" * (i * 7 % 30) + "é→"[: i % 3]} for i in range(12)],
+                     indent=2, ensure_ascii=False).encode() + b"\n"
+    rows_ = [f"user{i}@example.com,2026-11-21T08:00:{i:02d}Z,{'→é' * (i % 2)}\n" for i in range(14)]
+    csv_ = ("subject,revoked_at,reason\n" + "".join(rows_)).encode()
+    jsonl = b"".join(orjson.dumps({"n": i, "who": "é" * (i % 3)}) + b"\n" for i in range(30))
+    return {"array": ("in.json", arr, arr.index(b"}") + 1),
+            "csv": ("in.csv", csv_, csv_.index(b"\n", 30) + 1),
+            "jsonl": ("in.jsonl", jsonl, jsonl.index(b"\n") + 1)}
+
+
+@pytest.mark.parametrize("fmt", ["array", "csv", "jsonl"])
+def test_a_prefix_never_covers_more_than_the_grown_file(tmp_path: Path, fmt: str) -> None:
+    """The root of the lost event (the ``array`` example above): the sink keeps the version of a
+    key with the larger extent (``Chunk.nbytes``) when it holds the other's rows, so for every
+    prefix of an input, cut at every byte, each chunk key it shares with the grown input must
+    cover less of it than the grown chunk does -- strictly less when their records differ (a cut
+    last record, fewer records), or the cut copy replaces the grown chunk and what it lacks is
+    lost. The extent was the records' stored size: a document element cut short is stored as its
+    pretty-printed text, longer than the whole element re-serialized, and a CSV row cut before its
+    last comma holds ``null`` where the whole row holds ``""``."""
+    name, content, first_end = _cut_formats()[fmt]
+    path = tmp_path / name
+    path.write_bytes(content)
+    grown = {c.file_key: c for c in chunks_of(path, 96)}
+    assert len(grown) >= 4
+    # the extent is the input's bytes: an array chunk's span is its elements' text, from the first
+    # one's "{" to the last one's "}" (the key's d<offset> counts characters); CSV rows cover all
+    # but the header line
+    if fmt == "array":
+        text = content.decode()
+        for key, c in grown.items():
+            at = len(text[: int(key.split("+d")[1])].encode())
+            span = content[at: at + c.nbytes]
+            assert span[:1] == b"{" and span[-1:] == b"}" and span.count(b"{") == len(c.records)
+    if fmt == "csv":
+        assert sum(c.nbytes for c in grown.values()) == len(content) - content.index(b"\n") - 1
+    shared = 0
+    for length in range(first_end, len(content)):
+        path.write_bytes(content[:length])
+        for c in chunks_of(path, 96):
+            g = grown.get(c.file_key)
+            if g is None:
+                continue
+            shared += 1
+            assert c.nbytes <= g.nbytes, (length, c.file_key)
+            if c.records != g.records:
+                assert c.nbytes < g.nbytes, (length, c.file_key, c.records[-1], g.records[-1])
+    assert shared > len(content)  # most prefixes share several keys with the grown input
 
 
 def test_a_revocation_list_with_a_row_appended_keeps_one_row_per_revocation(tmp_path: Path) -> None:
