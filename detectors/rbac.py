@@ -11,9 +11,19 @@ Subjects are resolved the way the authorizer sees them (docs/kubernetes-audit.md
 by name; a service account as ``system:serviceaccount:NS:NAME`` plus its implicit groups
 ``system:serviceaccounts``, ``system:serviceaccounts:NS`` and ``system:authenticated``; groups
 from the audit log (``impersonated_groups`` when the proxy impersonates a person, else
-``user_groups``). Rule matching follows RBAC semantics: ``*`` wildcards for verbs, groups and
-resources, ``resource/subresource`` and ``resource/*``, ``resourceNames`` restricting by object
-name, ``nonResourceURLs`` with a trailing ``*`` prefix match.
+``user_groups``). Rule matching follows RBAC semantics (``ResourceMatches`` and friends in
+``pkg/apis/rbac/v1/evaluation_helpers.go``): ``*`` wildcards for verbs, groups and resources,
+``resource/subresource`` exactly, ``*/subresource`` for that subresource of every resource (and
+nothing else: ``pods/*`` is not "every subresource of pods", it matches only a subresource named
+``*``), ``resourceNames`` restricting by object name, ``nonResourceURLs`` with a trailing ``*``
+prefix match.
+
+A request counts as used when authorization allowed it (:data:`AUTHORIZED`): the audit annotation
+``authorization.k8s.io/decision`` (the lake's ``decision`` column) when present, else a response
+other than 401, 403 and 429. A 404 ``get`` or a 409 ``create`` passed authorization (the handler
+answered it), so it is a use; a 429 without a decision was refused by API Priority and Fairness,
+which runs before the authorization filter (``DefaultBuildHandlerChain`` in
+``k8s.io/apiserver/pkg/server/config.go``).
 """
 
 from __future__ import annotations
@@ -38,6 +48,12 @@ GRANTED_VS_USED: Final = pa.schema([
     ("used_requests", pa.int64()), ("used_permissions", pa.list_(pa.string())), ("never_used", pa.bool_()),
     ("suggestion", pa.string()),
 ])
+
+#: SQL predicate over ``k8s_requests``: authorization allowed the request (module docstring). The one
+#: definition of "allowed" for granted-vs-used, right-sizing and the NHI inventory.
+AUTHORIZED: Final = ("(CASE WHEN decision IS NOT NULL THEN decision = 'allow' "
+                     "ELSE coalesce(response_code, 200) NOT IN (401, 403, 429) END)")
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -85,8 +101,9 @@ def covers(rule: Rule, use: Use) -> bool:
     if "*" not in rule.api_groups and use.api_group not in rule.api_groups:
         return False
     full = use.resource + (f"/{use.subresource}" if use.subresource else "")
-    ok = any(r == "*" or r == full or (use.subresource and r == f"{use.resource}/*")
-             or (r == f"*/{use.subresource}" if use.subresource else False) for r in rule.resources)
+    # ResourceMatches: "*", the exact resource[/subresource], or "*/<subresource>"; never "<resource>/*"
+    ok = any(r == "*" or r == full or (use.subresource is not None and r == f"*/{use.subresource}")
+             for r in rule.resources)
     if not ok:
         return False
     return not rule.resource_names or (use.name is not None and use.name in rule.resource_names)
@@ -119,7 +136,8 @@ def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 
 def latest_grants(con: duckdb.DuckDBPyConnection, until: datetime | None) -> list[dict[str, Any]]:
-    """Rows of the latest RBAC snapshot per cluster taken before ``until`` (all clusters)."""
+    """Rows of the latest RBAC snapshot per cluster ingested before ``until`` (all clusters; ``None``:
+    the newest, whatever its time)."""
     if not _has_view(con, "rbac_grant"):
         return []
     rows: list[dict[str, Any]] = con.sql(
@@ -138,13 +156,13 @@ def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
     lo, hi = window.lo, window.hi
     grants = latest_grants(con, hi)
     uses_rows = con.execute(
-        """SELECT cluster, actor, any_value(actor_kind),
+        f"""SELECT cluster, actor, any_value(actor_kind),
                   list_distinct(flatten(list(coalesce(impersonated_groups, user_groups, [])))),
                   verb, coalesce(api_group, ''), resource, subresource, namespace, name,
                   CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END, count(*)
            FROM k8s_requests
            WHERE request_received_at >= ? AND request_received_at < ? AND actor IS NOT NULL
-             AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+             AND {AUTHORIZED}
            GROUP BY cluster, actor, verb, coalesce(api_group, ''), resource, subresource, namespace, name,
                     CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END""",
         [lo, hi]).fetchall()

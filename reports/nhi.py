@@ -1,20 +1,36 @@
 """``report nhi``: the non-human identities (service accounts, nodes), what they may do, what they did.
 
 Called by ``ztaudit report nhi`` and ``ztaudit demo``. Reads ``k8s_requests`` over
-``[--since, --until)`` (``--cluster``, ``--actor`` narrow it), the latest RBAC snapshot per cluster
-(``rbac_grant``, :func:`ztaudit.detectors.rbac.latest_grants`) and ``findings``; SQL errors
-propagate. Without a snapshot the inventory comes from the audit log alone and a note says what is
-missing.
+``[--since, --until)`` (``--cluster``, ``--actor`` narrow it), the newest RBAC snapshot per cluster
+whatever the window (``rbac_grant``, :func:`ztaudit.detectors.rbac.latest_grants`: a snapshot's time
+is when it was ingested, so an explicit ``--until`` in the past must not drop it; a note names each
+snapshot used) and ``findings``; SQL errors propagate. Without a snapshot the inventory comes from
+the audit log alone and a note says what is missing. A snapshot whose cluster matches no cluster of
+the audit log is named in a warning; a snapshot ingested without a cluster, with exactly one cluster
+in the audit log, is taken as that cluster's (and a note says so).
 
 Verdict lines first: the visibility figures (identities granted but never seen = ``unused``, seen
 but absent from the snapshot = ``unknown``, seen only with legacy secret-based tokens =
 ``legacy_only``) and the over-privilege share ("N of M service accounts hold permissions they did
 not use in the baseline", the user's own version of the industry's 97 %).
 
+One definition of an identity's requests, for every column and both sections: the requests made
+with its credential (its own, and for the proxy's service account those it made impersonating
+people) **and** the requests an impersonator made as it (RBAC authorizes them as the account, so
+its grants were used: ``kubectl --as=system:serviceaccount:ops:backup`` makes ``ops/backup`` seen).
+"Allowed" is :data:`ztaudit.detectors.rbac.AUTHORIZED` (the audit decision, else not 401/403/429).
+
+Grants through groups the account is in (``system:serviceaccounts:<ns>``, ``system:serviceaccounts``,
+``system:authenticated``) count for each member like its own grants, except those of bindings named
+``system:*``: Kubernetes' own defaults (``system:discovery``, ``system:basic-user``, ...; the
+snapshot table does not record the ``rbac.authorization.kubernetes.io/autoupdate`` annotation, and
+the ``system:`` prefix is reserved for the control plane, <https://kubernetes.io/docs/reference/
+access-authn-authz/rbac/#default-roles-and-role-bindings>), which are listed as ``(default)`` and
+counted apart from the over-privilege share.
+
 Sections:
 
-* ``identities`` (primary), one row per cluster and identity (an identity's requests are those made
-  with its credential, so the proxy's service account is seen through the people it impersonates):
+* ``identities`` (primary), one row per cluster and identity:
   ``cluster, identity, kind
   (service_account|node), namespace, status (active|unused|unknown|legacy_only), in_snapshot (yes |
   no | node_authorizer: kubelets are authorized by the Node authorizer, not RBAC), first_seen,
@@ -23,28 +39,47 @@ Sections:
   max_credential_age_hours, namespaces, resources, secret_namespaces (reach: allowed requests only),
   granted (rules bound to the identity itself, ``binding: verbs resources``), group_grants (rules it gets through groups
   such as ``system:serviceaccounts``), used (distinct permissions exercised, up to 20), used_count,
-  unused_grants (granted verb x resource pairs never used in the baseline, up to 20),
-  over_privileged, impersonable_by (subjects RBAC lets impersonate it, ``system:masters`` left
+  unused_grants (granted verb x resource pairs never used in the baseline, own and group grants, up to
+  20), over_privileged, impersonable_by (subjects RBAC lets impersonate it, ``system:masters`` left
   out), findings (detector ids with findings about it)``. Flagged rows (findings, over-privileged,
   unknown, unused) first, then by requests.
 * ``rightsize``, one row per service account with allowed requests in the baseline (the report's
   window, else the 30 days before the newest audit event; :mod:`ztaudit.reports.rightsize`):
-  ``cluster, identity, baseline_days, requests, granted_pairs, unused_pairs, unused_grants,
-  replayed_requests, allowed_by_suggestion, verified, suggestion`` (Kubernetes YAML, printed only
-  when the replay check passed).
+  ``cluster, identity, baseline_days, requests (allowed requests, as above), granted_pairs,
+  unused_pairs, unused_grants, left_out_requests, left_out_findings (allowed requests that are
+  evidence of open findings about it, left out of the suggestion, and those findings' ids),
+  replayed_requests (authorization checks replayed: one per kept request, plus one per impersonated
+  user and group), allowed_by_suggestion, verified, status (verified | review | withheld), review (why
+  a person must look), suggestion`` (Kubernetes YAML, printed unless withheld).
 * ``visibility``: the totals behind the verdict.
+
+``--limit`` cuts the ``identities`` and ``rightsize`` rows; a note says how many were left out.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Final
 
 from ztaudit.detectors.impersonation_rights import impersonation_rights, impersonators_of
-from ztaudit.detectors.rbac import Use, implicit_groups, latest_grants
+from ztaudit.detectors.rbac import AUTHORIZED, Use, implicit_groups, latest_grants
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
-from ztaudit.reports.rightsize import baseline, suggest, to_yaml, unused_grants, used_by_identity, verify
+from ztaudit.reports.findings import with_triage
+from ztaudit.reports.rightsize import (
+    baseline,
+    evidence_of,
+    left_out,
+    masters_uses,
+    object_name,
+    review_reasons,
+    suggest,
+    to_yaml,
+    unused_grants,
+    used_by_identity,
+    valid_service_account,
+    verify,
+)
 
 NHI_COLUMNS: Final = ["cluster", "identity", "kind", "namespace", "status", "in_snapshot", "first_seen", "last_seen",
                       "requests", "requests_per_day", "credentials", "max_credential_age_hours", "namespaces",
@@ -53,20 +88,34 @@ NHI_COLUMNS: Final = ["cluster", "identity", "kind", "namespace", "status", "in_
 NHI_DISPLAY: Final = ["cluster", "identity", "status", "last_seen", "requests_per_day", "credentials", "namespaces",
                       "used_count", "over_privileged", "findings"]
 RIGHTSIZE_COLUMNS: Final = ["cluster", "identity", "baseline_days", "requests", "granted_pairs", "unused_pairs",
-                            "unused_grants", "replayed_requests", "allowed_by_suggestion", "verified", "suggestion"]
-RIGHTSIZE_DISPLAY: Final = ["cluster", "identity", "requests", "granted_pairs", "unused_pairs", "verified"]
+                            "unused_grants", "left_out_requests", "left_out_findings", "replayed_requests",
+                            "allowed_by_suggestion", "verified", "status", "review", "suggestion"]
+RIGHTSIZE_DISPLAY: Final = ["cluster", "identity", "requests", "granted_pairs", "unused_pairs", "left_out_requests",
+                            "status"]
 VISIBILITY_COLUMNS: Final = ["identities", "service_accounts", "nodes", "seen", "unused", "unknown", "legacy_only",
-                             "with_grants", "over_privileged", "over_privileged_share", "baseline_days",
-                             "snapshot_clusters"]
-#: Groups every service account is in; their grants are shared defaults, not one account's.
+                             "with_grants", "over_privileged", "over_privileged_share", "unused_default_grants",
+                             "baseline_days", "snapshot_clusters"]
+#: Groups every service account is in; their grants alone do not put an account "in" the snapshot.
 SHARED_GROUPS: Final = ("system:authenticated", "system:serviceaccounts")
+#: Bindings with this prefix are Kubernetes' defaults (module docstring): listed, not charged.
+DEFAULT_PREFIX: Final = "system:"
 LIST_CAP: Final = 20
 
-#: An allowed request (reach counts what an identity could do, not what it was refused).
-OK: Final = "coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'"
-#: Requests with the non-human identity whose credential made them: the actor, or the impersonator
-#: (the proxy's service account impersonating people is seen, through its own credential).
+#: Requests with the non-human identity they count for (module docstring): the identity whose
+#: credential made them (the actor, or the impersonator), and the non-human actor an impersonator
+#: acted as. A request of one identity impersonating another counts for both.
 NHI_ROWS: Final = """
+SELECT *, coalesce(impersonator, actor) AS identity,
+       CASE WHEN impersonator IS NULL THEN actor_kind
+            WHEN impersonator LIKE 'system:serviceaccount:%' THEN 'service_account'
+            WHEN impersonator LIKE 'system:node:%' THEN 'node' END AS identity_kind
+FROM k8s_requests
+UNION ALL BY NAME
+SELECT *, actor AS identity, actor_kind AS identity_kind
+FROM k8s_requests WHERE impersonator IS NOT NULL AND actor_kind IN ('service_account', 'node')
+"""
+#: Requests with the identity whose credential made them (credentials are the caller's, not the target's).
+CREDENTIAL_ROWS: Final = """
 SELECT *, coalesce(impersonator, actor) AS identity,
        CASE WHEN impersonator IS NULL THEN actor_kind
             WHEN impersonator LIKE 'system:serviceaccount:%' THEN 'service_account'
@@ -85,6 +134,12 @@ FROM ({rows}) r
 WHERE {where} AND identity_kind IN ('service_account', 'node')
 GROUP BY cluster, identity
 """
+#: Allowed requests per service account in the right-sizing baseline, by the same definition.
+BASE_REQUESTS_SQL: Final = """
+SELECT cluster, identity, count(*) AS n FROM ({rows}) r
+WHERE request_received_at >= $lo AND request_received_at < $hi AND identity_kind = 'service_account' AND {ok}
+GROUP BY ALL
+"""
 CRED_SQL: Final = """
 WITH c AS (
     SELECT cluster, identity AS actor, credential_kind, credential_id,
@@ -96,15 +151,28 @@ WITH c AS (
 SELECT cluster, actor, credential_kind, count(*) AS n, max(used_for) / 3600.0 AS longest_hours
 FROM c GROUP BY ALL ORDER BY cluster, actor, credential_kind
 """
+FINDINGS_SQL: Final = """
+SELECT finding_id, detector, cluster, actor, namespace, evidence, first_seen, last_seen FROM findings
+WHERE actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%'
+QUALIFY row_number() OVER (PARTITION BY finding_id ORDER BY detected_at DESC NULLS LAST) = 1
+"""
 
 
 def _grant_label(g: dict[str, Any]) -> str:
     if not g["role_found"]:
         return f"{g['binding_name']}: {g['role_kind']} {g['role_name']} (not in snapshot)"
-    what = ",".join(g["resources"] or []) or ",".join(g["non_resource_urls"] or [])
+    if g["non_resource_urls"]:
+        what = "nonResourceURLs " + ",".join(g["non_resource_urls"])
+    else:
+        groups = ",".join(x or "core" for x in g["api_groups"] or [])
+        what = ",".join(g["resources"] or []) + (f" ({groups})" if groups and groups != "core" else "")
     names = f" [{','.join(g['resource_names'])}]" if g["resource_names"] else ""
     where = f" in {g['scope_namespace']}" if g["scope_namespace"] else ""
     return f"{g['binding_name']}: {','.join(g['verbs'] or [])} {what}{names}{where}"
+
+
+def _is_default(g: dict[str, Any]) -> bool:
+    return str(g["binding_name"] or "").startswith(DEFAULT_PREFIX)
 
 
 def _span_days(rows: list[Row]) -> int:
@@ -115,25 +183,60 @@ def _span_days(rows: list[Row]) -> int:
     return max(1, math.ceil(float((max(lasts) - min(firsts)).total_seconds()) / 86400))
 
 
+def _snapshots(ctx: ReportContext, result_notes: list[str]) -> list[dict[str, Any]]:
+    """The newest snapshot per cluster, attached and checked against the audit log's clusters."""
+    f = ctx.filters
+    grants = latest_grants(ctx.con, None)
+    audit = {c for (c,) in ctx.con.execute("SELECT DISTINCT cluster FROM k8s_requests").fetchall()}
+    snap = {g["cluster"] for g in grants}
+    named = [c for c in audit if c is not None]
+    if None in snap and len(named) == 1 and named[0] not in snap:
+        result_notes.append(f"the RBAC snapshot ingested without a cluster is taken as cluster {named[0]}'s, the "
+                            "only cluster in the audit log (ingest it with --cluster to say so)")
+        grants = [{**g, "cluster": named[0]} if g["cluster"] is None else g for g in grants]
+        snap = {g["cluster"] for g in grants}
+    for c in sorted(snap - audit, key=str):
+        result_notes.append(f"warning: the RBAC snapshot of cluster {c} matches no cluster of the audit log "
+                            f"({', '.join(sorted(str(x) for x in audit)) or 'none'}); re-ingest it with the "
+                            "audit log's --cluster")
+    grants = [g for g in grants if f.cluster is None or g["cluster"] == f.cluster]
+    when: dict[str | None, tuple[Any, str]] = {}
+    for g in grants:
+        when.setdefault(g["cluster"], (g["snapshot_at"], str(g["origin"])))
+    for c, (at, origin) in sorted(when.items(), key=lambda kv: str(kv[0])):
+        late = " (after the window: today's grants)" if (
+            f.window.until is not None and at is not None and at >= f.window.until) else ""
+        if origin.startswith("file:"):  # the file's name, without its folder and line
+            origin = origin[len("file:"):].rsplit("/", 1)[-1].rsplit(":", 1)[0]
+        result_notes.append(f"RBAC snapshot of cluster {c}: ingested {at:%Y-%m-%d %H:%M} UTC, {origin}{late}")
+    return grants
+
+
 def nhi(ctx: ReportContext) -> ReportResult:
     """The NHI inventory, right-sizing and visibility figures (``ztaudit report nhi``; module docstring)."""
     f = ctx.filters
+    notes: list[str] = []
     where, params = f.where(time_col="request_received_at", actor_cols=("identity",))
     with ctx.progress.step("non-human identities in the audit log"):
-        seen = fetch(ctx.con, SEEN_SQL.format(rows=NHI_ROWS, where=where, ok=OK), params)
-        creds = fetch(ctx.con, CRED_SQL.format(rows=NHI_ROWS, where=where), params)
+        seen = fetch(ctx.con, SEEN_SQL.format(rows=NHI_ROWS, where=where, ok=AUTHORIZED), params)
+        creds = fetch(ctx.con, CRED_SQL.format(rows=CREDENTIAL_ROWS, where=where), params)
     with ctx.progress.step("RBAC snapshot"):
-        grants = [g for g in latest_grants(ctx.con, f.window.until)
-                  if f.cluster is None or g["cluster"] == f.cluster]
+        grants = _snapshots(ctx, notes)
         rights = impersonation_rights(grants)
+    all_findings = with_triage(ctx, fetch(ctx.con, FINDINGS_SQL))
+    found: dict[tuple[str | None, str], list[str]] = defaultdict(list)
+    for x in all_findings:
+        found[(x["cluster"], x["actor"])].append(x["detector"])
+    exclude = evidence_of(x for x in all_findings if x["status"] == "open")
     with ctx.progress.step("right-sizing"):
         base = baseline(ctx.con, f.window.since, f.window.until)
-        uses = used_by_identity(ctx.con, base)
-        period_uses = uses if base == f.window else used_by_identity(ctx.con, f.window)
-    findings = fetch(ctx.con, """SELECT cluster, actor, list_sort(list(DISTINCT detector)) AS d FROM findings
-                                 WHERE actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%'
-                                 GROUP BY ALL""")
-    found: dict[tuple[str | None, str], list[str]] = {(r["cluster"], r["actor"]): r["d"] for r in findings}
+        # what RBAC allowed (grants used, attack or not) and what a suggestion may be built from
+        all_uses = used_by_identity(ctx.con, base)
+        uses = used_by_identity(ctx.con, base, exclude) if exclude else all_uses
+        left = left_out(ctx.con, base, exclude)
+        period_uses = all_uses if base == f.window else used_by_identity(ctx.con, f.window)
+        base_requests = {(r["cluster"], r["identity"]): int(r["n"]) for r in fetch(
+            ctx.con, BASE_REQUESTS_SQL.format(rows=NHI_ROWS, ok=AUTHORIZED), {"lo": base.lo, "hi": base.hi})}
 
     snap_clusters = {g["cluster"] for g in grants}
     direct: dict[tuple[str | None, str], list[dict[str, Any]]] = defaultdict(list)
@@ -163,11 +266,16 @@ def nhi(ctx: ReportContext) -> ReportResult:
         cred_text[key].append(f"{c['credential_kind']} x{c['n']}, longest {c['longest_hours']:.1f} h")
         cred_age[key] = max(cred_age.get(key, 0.0), float(c["longest_hours"] or 0.0))
 
+    # object names of the suggestions: hashed where two accounts of a cluster would share one
+    plain = Counter((k[0], object_name(k[1])) for k in set(uses) | set(left) if valid_service_account(k[1]))
+
     days = _span_days(seen)
     # the days of data the baseline holds: its length, or less when the lake covers less
     base_days = min(days, math.ceil((base.hi - base.lo).total_seconds() / 86400)) if base.since else days
     out: list[Row] = []
     sizing: list[Row] = []
+    charged: dict[tuple[str | None, str], bool] = {}
+    default_unused = 0
     for key in sorted(rows, key=lambda k: (str(k[0]), k[1])):
         r = rows[key]
         cluster, ident = key
@@ -175,9 +283,14 @@ def nhi(ctx: ReportContext) -> ReportResult:
         mine = direct.get(key, [])
         groups = implicit_groups(ident) if is_sa else {"system:nodes", "system:authenticated"}
         via_groups = [g for grp in sorted(groups) for g in by_group.get((cluster, grp), [])]
+        own_grants = [g for g in mine + via_groups if not (g["subject_kind"] == "Group" and _is_default(g))]
         own_uses: list[Use] = uses.get(key, [])
         labels = sorted({u.label() for u in period_uses.get(key, [])})
-        granted_pairs, unused = unused_grants(mine, own_uses) if is_sa else (0, [])
+        every_use = all_uses.get(key, [])
+        granted_pairs, unused = unused_grants(own_grants, every_use) if is_sa else (0, [])
+        if is_sa and unused_grants([g for g in via_groups if _is_default(g)], every_use)[1]:
+            default_unused += 1
+        charged[key] = bool(own_grants) and is_sa
         if not is_sa:
             in_snapshot = "node_authorizer"
         elif cluster in snap_clusters:
@@ -193,27 +306,22 @@ def nhi(ctx: ReportContext) -> ReportResult:
             "credentials": cred_text.get(key, []), "max_credential_age_hours": cred_age.get(key),
             "namespaces": r["namespaces"], "resources": r["resources"], "secret_namespaces": r["secret_namespaces"],
             "granted": [_grant_label(g) for g in mine][:LIST_CAP],
-            "group_grants": [f"{g['subject']} {_grant_label(g)}" for g in via_groups][:LIST_CAP],
+            "group_grants": [f"{g['subject']} {_grant_label(g)}" + (" (default)" if _is_default(g) else "")
+                             for g in via_groups][:LIST_CAP],
             "used": labels[:LIST_CAP], "used_count": len(labels), "unused_grants": unused[:LIST_CAP],
             "over_privileged": bool(unused), "impersonable_by": impersonators_of(rights, cluster, ident),
-            "findings": found.get(key, []),
+            "findings": sorted(set(found.get(key, []))),
         })
-        if is_sa and own_uses:
-            rules = suggest(own_uses)
-            check = verify(rules, own_uses)
-            sizing.append({
-                "cluster": cluster, "identity": ident, "baseline_days": base_days,
-                "requests": sum(u.requests for u in own_uses), "granted_pairs": granted_pairs,
-                "unused_pairs": len(unused), "unused_grants": unused[:LIST_CAP],
-                "replayed_requests": check.requests, "allowed_by_suggestion": check.allowed, "verified": check.ok,
-                "suggestion": to_yaml(cluster, ident, rules) if check.ok
-                else f"not printed: replay allowed {check.allowed} of {check.requests}; grants unused "
-                     f"{', '.join(check.never_used[:5])}",
-            })
+        n_left, left_ids = left.get(key, (0, []))
+        if is_sa and (own_uses or n_left):
+            sizing.append(_sizing_row(cluster, ident, own_uses, n_left, left_ids, base_days,
+                                      base_requests.get(key, 0), granted_pairs, unused,
+                                      plain[(cluster, object_name(ident))] > 1 if valid_service_account(ident)
+                                      else False))
     out.sort(key=lambda x: (not (x["findings"] or x["over_privileged"] or x["status"] in ("unknown", "unused")),
                             -int(x["requests"] or 0), str(x["cluster"]), x["identity"]))
     sas = [x for x in out if x["kind"] == "service_account"]
-    with_grants = [x for x in sas if direct.get((x["cluster"], x["identity"]))]
+    with_grants = [x for x in sas if charged.get((x["cluster"], x["identity"]))]
     over = [x for x in with_grants if x["over_privileged"]]
     totals = {
         "identities": len(out), "service_accounts": len(sas), "nodes": len(out) - len(sas),
@@ -223,6 +331,7 @@ def nhi(ctx: ReportContext) -> ReportResult:
         "legacy_only": sum(1 for x in out if x["status"] == "legacy_only"),
         "with_grants": len(with_grants), "over_privileged": len(over),
         "over_privileged_share": round(len(over) / len(with_grants), 3) if with_grants else None,
+        "unused_default_grants": default_unused,
         "baseline_days": base_days, "snapshot_clusters": sorted(str(c) for c in snap_clusters),
     }
     result = ReportResult("nhi", "Non-human identities: inventory, visibility and right-sizing", [
@@ -240,12 +349,52 @@ def nhi(ctx: ReportContext) -> ReportResult:
         result.verdict.append(
             f"{len(over)} of {len(with_grants)} service accounts with RBAC grants hold permissions they did not use "
             f"in {base_days:g} days ({100 * len(over) / len(with_grants):.0f} %)")
-    else:
-        result.notes.append("no RBAC snapshot ingested: granted, unused and over-privilege figures need one "
-                            "(docs/nhi.md)")
-    failed = [x["identity"] for x in sizing if not x["verified"]]
-    if failed:
-        result.notes.append(f"suggestions withheld (replay check failed): {', '.join(failed[:10])}")
+    if not grants:
+        result.notes.append("no RBAC snapshot ingested" + (f" for cluster {f.cluster}" if f.cluster else "")
+                            + ": granted, unused and over-privilege figures need one (docs/nhi.md)")
+    result.notes.extend(notes)
+    if default_unused:
+        result.notes.append(f"{default_unused} service accounts hold unused Kubernetes default grants "
+                            "(system:*), not in the share")
+    for name, rows_ in (("identities", out), ("rightsize", sizing)):
+        if len(rows_) > ctx.limit:
+            result.notes.append(f"{name}: {len(rows_) - ctx.limit} of {len(rows_)} rows left out by --limit "
+                                f"{ctx.limit} (the figures count them all)")
+    statuses = Counter(x["status"] for x in sizing)
+    if statuses["review"] or statuses["withheld"]:
+        result.notes.append(f"right-sizing: {statuses['review']} suggestions to review before applying, "
+                            f"{statuses['withheld']} withheld (rightsize: status, review)")
     result.params["baseline"] = {"since": base.since, "until": base.until}
     return result
 
+
+def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], n_left: int, left_ids: list[str],
+                base_days: int, requests: int, granted_pairs: int, unused: list[str], hashed: bool) -> Row:
+    """One ``rightsize`` row: the suggestion, its replay check and its status (module docstring)."""
+    masters = masters_uses(own_uses)
+    kept = [u for u in own_uses if u not in masters]
+    rules = suggest(kept)
+    check = verify(rules, kept)
+    review = review_reasons(rules)
+    if n_left:
+        review.append(f"{n_left} requests left out: evidence of open findings {', '.join(left_ids[:5])}")
+    if masters:
+        review.append(f"{sum(u.requests for u in masters)} impersonations of system:masters left out")
+    if not valid_service_account(ident):
+        status, text = "withheld", "not printed: the identity is not a valid service account name (DNS-1123)"
+    elif not kept:
+        status, text = "withheld", "not printed: every allowed request is evidence of an open finding"
+    elif not check.ok:
+        status = "withheld"
+        text = (f"not printed: replay allowed {check.allowed} of {check.requests}; grants unused "
+                f"{', '.join(check.never_used[:5])}")
+    else:
+        status = "review" if review else "verified"
+        text = to_yaml(cluster, ident, rules, object_name(ident, hashed=hashed))
+    return {
+        "cluster": cluster, "identity": ident, "baseline_days": base_days, "requests": requests,
+        "granted_pairs": granted_pairs, "unused_pairs": len(unused), "unused_grants": unused[:LIST_CAP],
+        "left_out_requests": n_left, "left_out_findings": left_ids[:LIST_CAP],
+        "replayed_requests": check.requests, "allowed_by_suggestion": check.allowed,
+        "verified": status == "verified", "status": status, "review": review, "suggestion": text,
+    }

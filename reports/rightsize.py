@@ -3,73 +3,105 @@
 Called by ``report nhi`` (its ``rightsize`` section and the over-privilege verdict line) for every
 service account with allowed requests in the baseline period; SQL errors propagate.
 
-* **Used** permissions are the identity's *allowed* requests (response below 400, decision not
-  ``forbid``) in the period, as :func:`ztaudit.detectors.rbac.granted_vs_used` counts them (a request
-  made as the service account by an impersonator included: RBAC authorizes it as the account), plus the
-  ``impersonate`` checks its impersonated requests passed: the API server's impersonation filter
-  authorizes ``impersonate`` on ``users`` (the user's name), on ``groups`` (each group asked for) and,
-  for a service account, on ``serviceaccounts`` in its namespace
+* **Used** permissions are what authorization allowed the identity in the period
+  (:data:`ztaudit.detectors.rbac.AUTHORIZED`: the audit decision ``allow``, else a response other
+  than 401/403/429; a 404 ``get`` or a 409 ``create`` passed authorization and is a use), as
+  :func:`ztaudit.detectors.rbac.granted_vs_used` counts them (a request made as the service account
+  by an impersonator included: RBAC authorizes it as the account), plus the ``impersonate`` checks
+  its impersonated requests passed: the API server's impersonation filter authorizes
+  ``impersonate`` on ``users`` (the user's name), on ``groups`` (each group asked for) and, for a
+  service account, on ``serviceaccounts`` in its namespace
   (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``); the groups the filter adds itself
   (``system:authenticated``, ``system:serviceaccounts[:NS]``) are not checked and not counted.
-* **Unused grants**: every rule of the latest RBAC snapshot bound to the service account itself
-  (ServiceAccount subject; grants to groups such as ``system:serviceaccounts`` or
-  ``system:authenticated`` are shared by every account and are fixed on the group binding, so they
-  are not charged to one account) is expanded into its explicit verb x resource pairs in its scope;
-  a pair no allowed request used is unused. A wildcard (``*`` verb, resource or group) is always
-  counted as unused: it grants verbs and resources no workload uses (``escalate``, ``bind``,
-  resources added later).
+* **Evidence of open findings is not a use to keep.** Requests that are evidence (``k8s_audit:``
+  references) of an open finding about the account (not acked, not suppressed, ``docs/triage.md``)
+  are left out of the suggestion and of its replay; the row says how many and which findings
+  (:func:`left_out`). A suggestion must not legalise the attack the report flags.
+* **Unused grants**: every rule of the RBAC snapshot bound to the service account, itself or
+  through a group it is in, is expanded into its explicit verb x resource pairs in its scope; a pair
+  no allowed request used is unused. A wildcard (``*`` verb, resource or group) is always counted as
+  unused: it grants verbs and resources no workload uses (``escalate``, ``bind``, resources added
+  later).
 * **The suggestion** is built from what the account actually did, as audit2rbac does
   (<https://github.com/liggitt/audit2rbac>): one Role per namespace it used, one ClusterRole for
   cluster-scoped and all-namespace requests and non-resource URLs; a rule per API group and resource
   with exactly the verbs used on it (resources with the same verbs share a rule, so no verb x resource
-  pair is granted that was not used); ``resourceNames`` when every ``get``/``update``/``patch``/
-  ``delete`` of that resource named one of at most :data:`MAX_NAMES` objects (RBAC cannot restrict
-  ``list``, ``watch`` or ``create`` by name, so those never get names).
+  pair is granted that was not used). **No** ``resourceNames`` for ordinary resources: a baseline of
+  a few days says nothing about tomorrow's object names, and generated names (``pvc-<uuid>``, a
+  Job's pods, a leader-election lease recreated under a new name) would break the workload.
+  Impersonation is the exception: ``impersonate`` rules name exactly the users, groups and service
+  accounts impersonated, and never ``system:masters`` (a request impersonating it is left out).
+  Object names are ``ztaudit-rightsized-<namespace>-<name>`` (:func:`object_name`), hashed when
+  longer than a Kubernetes name (253) or when two accounts would get the same name. An account
+  whose namespace or name is not a valid DNS-1123 name (so could not be a ServiceAccount, and could
+  inject YAML) gets no suggestion.
+* **Review, not verified**: a suggestion that grants RBAC writes (``create``/``update``/``patch``/
+  ``bind``/``escalate`` on roles and bindings), ``impersonate`` or secret reads (``get``/``list``/
+  ``watch`` secrets) is marked ``review`` (:func:`review_reasons`): replay cannot verify it (the API
+  server's escalation checks, ``bind``/``escalate``, judge RBAC writes against the writer's own
+  rights), and these are the permissions an attacker wants.
 * **The check** (:func:`verify`), before a suggestion is printed: every allowed request of the
-  period is replayed against the suggested rules with the RBAC matcher
+  period that was kept is replayed against the suggested rules with the RBAC matcher
   (:func:`ztaudit.detectors.rbac.covers`: wildcards, subresources, resourceNames, non-resource URL
-  prefixes) and must be allowed; every verb x resource (x name) pair the rules grant, in their scope,
-  must have been used. A suggestion that fails is not printed; the row says why.
+  prefixes) and must be allowed; every verb x resource pair the rules grant, in their scope, must
+  have been used (for ``impersonate``, every name). A suggestion that fails is not printed; the row
+  says why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import duckdb
+import pyarrow as pa
 
 from ztaudit.core.window import Window
-from ztaudit.detectors.rbac import Rule, Use, covers
+from ztaudit.detectors.rbac import AUTHORIZED, Rule, Use, covers
 
 #: The period right-sizing judges when the report is given neither --since nor --until.
 BASELINE: Final = timedelta(days=30)
-#: At most this many object names in one rule's resourceNames; more and the rule names none.
-MAX_NAMES: Final = 10
-#: Verbs RBAC authorizes with the object's name (only these can be restricted by resourceNames).
-NAMED_VERBS: Final = frozenset({"get", "update", "patch", "delete"})
+#: The group the API server authorizes before RBAC: never suggested as an impersonation target.
+MASTERS: Final = "system:masters"
+#: Longest object name suggested (a DNS-1123 subdomain, what ``kubectl`` and most tools accept).
+MAX_OBJECT_NAME: Final = 253
+NAME_PREFIX: Final = "ztaudit-rightsized-"
+#: DNS-1123 label (a namespace) and subdomain (a ServiceAccount name); lengths are checked first.
+_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+RBAC_GROUP: Final = "rbac.authorization.k8s.io"
+RBAC_OBJECTS: Final = frozenset({"roles", "rolebindings", "clusterroles", "clusterrolebindings"})
+RBAC_WRITE_VERBS: Final = frozenset({"create", "update", "patch", "bind", "escalate", "*"})
+SECRET_READ_VERBS: Final = frozenset({"get", "list", "watch", "*"})
+#: The name of the registered relation :func:`used_by_identity` and :func:`left_out` anti-join.
+EXCLUDED_VIEW: Final = "_rightsize_excluded"
+EXCLUDED_SCHEMA: Final = pa.schema([("cluster", pa.string()), ("actor", pa.string()), ("audit_id", pa.string()),
+                                    ("finding_id", pa.string())])
 
-USES_SQL: Final = """
+_NOT_EXCLUDED: Final = f"""NOT EXISTS (SELECT 1 FROM {EXCLUDED_VIEW} x
+    WHERE x.cluster IS NOT DISTINCT FROM r.cluster AND x.actor = r.{{who}} AND x.audit_id = r.audit_id)"""
+USES_SQL: Final = f"""
 SELECT cluster, actor, verb, coalesce(api_group, '') AS api_group, resource, subresource, namespace, name,
        CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END AS path, count(*) AS n
-FROM k8s_requests
+FROM k8s_requests r
 WHERE request_received_at >= $lo AND request_received_at < $hi AND actor_kind = 'service_account'
-  AND verb IS NOT NULL
-  AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+  AND verb IS NOT NULL AND {AUTHORIZED} AND {_NOT_EXCLUDED.format(who="actor")}
 GROUP BY ALL
 """
 #: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
-IMPERSONATE_SQL: Final = """
+IMPERSONATE_SQL: Final = f"""
 WITH r AS (
     SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups
-    FROM k8s_requests
+    FROM k8s_requests r
     WHERE request_received_at >= $lo AND request_received_at < $hi
       AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL
-      AND coalesce(response_code, 200) < 400 AND coalesce(decision, 'allow') <> 'forbid'
+      AND {AUTHORIZED} AND {_NOT_EXCLUDED.format(who="impersonator")}
 )
 SELECT cluster, impersonator, CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN 'serviceaccounts'
                                    ELSE 'users' END AS resource,
@@ -83,6 +115,18 @@ FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
 WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
 GROUP BY ALL
 """
+#: Requests left out per account: allowed requests (made as it, or impersonating with it) that are evidence.
+LEFT_OUT_SQL: Final = f"""
+SELECT x.cluster, x.actor, count(DISTINCT r.audit_id) AS n, list_sort(list(DISTINCT x.finding_id)) AS findings
+FROM k8s_requests r JOIN {EXCLUDED_VIEW} x
+  ON x.cluster IS NOT DISTINCT FROM r.cluster AND x.audit_id = r.audit_id
+ AND (x.actor = r.actor OR x.actor = r.impersonator)
+WHERE r.request_received_at >= $lo AND r.request_received_at < $hi AND {AUTHORIZED}
+GROUP BY ALL
+"""
+
+#: (cluster, service account) -> the audit ids to leave out, with the finding each is evidence of.
+Excluded = Mapping[tuple[str | None, str], Mapping[str, str]]
 
 
 def baseline(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None) -> Window:
@@ -90,48 +134,100 @@ def baseline(con: duckdb.DuckDBPyConnection, since: datetime | None, until: date
     newest audit event (the lake's last 30 days, whatever day the report runs)."""
     if since is not None or until is not None:
         return Window(since, until)
-    row = con.execute("SELECT max(request_received_at) FROM k8s_audit").fetchone()
-    last = row[0] if row else None
+    rows = con.execute("SELECT max(request_received_at) FROM k8s_audit").fetchall()
+    last = rows[0][0] if rows else None
     if last is None:
         return Window()
     return Window(last - BASELINE, last + timedelta(microseconds=1))
 
 
-def used_by_identity(con: duckdb.DuckDBPyConnection, window: Window) -> dict[tuple[str | None, str], list[Use]]:
-    """Allowed requests of every service account in ``window``, and the impersonation checks its
-    impersonated requests passed, as distinct :class:`Use` values."""
-    out: dict[tuple[str | None, str], list[Use]] = defaultdict(list)
-    for cluster, actor, verb, grp, res, sub, ns, name, path, n in con.execute(
-            USES_SQL, {"lo": window.lo, "hi": window.hi}).fetchall():
-        if res is None and not path:
-            continue
-        out[(cluster, actor)].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
-    for cluster, actor, res, ns, name, n in con.execute(IMPERSONATE_SQL, {"lo": window.lo, "hi": window.hi}).fetchall():
-        out[(cluster, actor)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
+def evidence_of(findings: Iterable[Mapping[str, Any]]) -> dict[tuple[str | None, str], dict[str, str]]:
+    """The audit ids each finding (``cluster``, ``actor``, ``finding_id``, ``evidence``) cites, per account.
+
+    Evidence references are ``k8s_audit:<cluster>/<audit id>`` (``detectors/base.py``); others
+    (``rbac_grant:``, ``proxy_decision:``) name no request of the account and are skipped.
+    """
+    out: dict[tuple[str | None, str], dict[str, str]] = defaultdict(dict)
+    for f in findings:
+        prefix = f"k8s_audit:{f['cluster']}/"
+        for ref in f.get("evidence") or []:
+            if isinstance(ref, str) and ref.startswith(prefix):
+                out[(f["cluster"], str(f["actor"]))].setdefault(ref[len(prefix):], str(f["finding_id"]))
     return out
+
+
+def _register(con: duckdb.DuckDBPyConnection, exclude: Excluded | None) -> None:
+    rows = [{"cluster": c, "actor": a, "audit_id": aid, "finding_id": fid}
+            for (c, a), ids in (exclude or {}).items() for aid, fid in ids.items()]
+    con.register(EXCLUDED_VIEW, pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA))
+
+
+def used_by_identity(con: duckdb.DuckDBPyConnection, window: Window,
+                     exclude: Excluded | None = None) -> dict[tuple[str | None, str], list[Use]]:
+    """Allowed requests of every service account in ``window``, and the impersonation checks its
+    impersonated requests passed, as distinct :class:`Use` values; requests in ``exclude`` (evidence
+    of open findings about that account) left out."""
+    out: dict[tuple[str | None, str], list[Use]] = defaultdict(list)
+    _register(con, exclude)
+    try:
+        params = {"lo": window.lo, "hi": window.hi}
+        for cluster, actor, verb, grp, res, sub, ns, name, path, n in con.execute(USES_SQL, params).fetchall():
+            if res is None and not path:
+                continue
+            out[(cluster, actor)].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
+        for cluster, actor, res, ns, name, n in con.execute(IMPERSONATE_SQL, params).fetchall():
+            out[(cluster, actor)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
+    finally:
+        con.unregister(EXCLUDED_VIEW)
+    return out
+
+
+def left_out(con: duckdb.DuckDBPyConnection, window: Window,
+             exclude: Excluded) -> dict[tuple[str | None, str], tuple[int, list[str]]]:
+    """Per account: how many allowed requests of ``window`` :func:`used_by_identity` left out, and
+    the ids of the findings they are evidence of."""
+    if not exclude:
+        return {}
+    _register(con, exclude)
+    try:
+        rows = con.execute(LEFT_OUT_SQL, {"lo": window.lo, "hi": window.hi}).fetchall()
+    finally:
+        con.unregister(EXCLUDED_VIEW)
+    return {(c, a): (int(n), list(f)) for c, a, n, f in rows}
 
 
 def _full(u: Use) -> str:
     return (u.resource or "") + (f"/{u.subresource}" if u.subresource else "")
 
 
+def masters_uses(uses: Sequence[Use]) -> list[Use]:
+    """The impersonation checks of ``uses`` that impersonate ``system:masters`` (never suggested)."""
+    return [u for u in uses if u.verb == "impersonate" and u.resource == "groups" and u.name == MASTERS]
+
+
 def suggest(uses: Sequence[Use]) -> list[Rule]:
-    """Least-privilege rules for ``uses`` (see the module docstring), sorted by scope."""
-    # (scope, group, resource) -> verb -> names (None in the set = some request named no object)
-    res: dict[tuple[str | None, str, str], dict[str, set[str | None]]] = defaultdict(lambda: defaultdict(set))
+    """Least-privilege rules for ``uses`` (see the module docstring), sorted by scope.
+
+    Only ``impersonate`` rules carry ``resourceNames`` (the names impersonated); impersonating
+    ``system:masters`` is never suggested.
+    """
+    # (scope, group, resource) -> verb -> names (only impersonate keeps them)
+    res: dict[tuple[str | None, str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     urls: dict[str, set[str]] = defaultdict(set)
     for u in uses:
         if u.resource is None:
             urls[u.path or ""].add(u.verb)
             continue
-        res[(u.namespace, u.api_group, _full(u))][u.verb].add(u.name)
+        names = res[(u.namespace, u.api_group, _full(u))][u.verb]
+        if u.verb == "impersonate" and u.name is not None and u.name != MASTERS:
+            names.add(u.name)
     # per (scope, group, resource, names): the verbs used with exactly those names (or with any name)
     per: dict[tuple[str | None, str, str, tuple[str, ...]], set[str]] = defaultdict(set)
     for (scope, group, resource), verbs in res.items():
         for verb, seen_names in verbs.items():
-            named = verb in NAMED_VERBS and None not in seen_names and len(seen_names) <= MAX_NAMES
-            key_names = tuple(sorted(n for n in seen_names if n is not None)) if named else ()
-            per[(scope, group, resource, key_names)].add(verb)
+            if verb == "impersonate" and not seen_names:
+                continue  # only system:masters (or nameless): nothing to grant
+            per[(scope, group, resource, tuple(sorted(seen_names)))].add(verb)
     # resources with the same verbs (and names) share a rule: the cross product is exactly what was used
     merged: dict[tuple[str | None, str, tuple[str, ...], tuple[str, ...]], set[str]] = defaultdict(set)
     for (scope, group, resource, rnames), verb_set in per.items():
@@ -174,14 +270,19 @@ class Check:
 
 
 def verify(rules: Sequence[Rule], uses: Sequence[Use]) -> Check:
-    """Replay ``uses`` against ``rules`` and list what the rules grant beyond them (see module docstring)."""
+    """Replay ``uses`` against ``rules`` and list what the rules grant beyond them (see module docstring).
+
+    An ``impersonate`` use counts only for its own name: an impersonation rule without
+    ``resourceNames`` (anyone) or with a name nobody impersonated grants more than was used.
+    """
     allowed = sum(u.requests for u in uses if any(covers(r, u) for r in rules))
     used: set[tuple[str, str, str, str | None, str | None]] = set()
     for u in uses:
         if u.resource is None:
             used.add((u.verb, "", u.path or "", None, None))
-        else:
-            used.add((u.verb, u.api_group, _full(u), u.namespace, u.name))
+            continue
+        used.add((u.verb, u.api_group, _full(u), u.namespace, u.name))
+        if u.verb != "impersonate":
             used.add((u.verb, u.api_group, _full(u), u.namespace, None))
     extra = []
     for r in rules:
@@ -189,16 +290,62 @@ def verify(rules: Sequence[Rule], uses: Sequence[Use]) -> Check:
                                                                             for p in r.non_resource_urls):
             extra.append(f"wildcard rule {r}")
             continue
-        extra += [f"{v} {g + '/' if g else ''}{res}" + (f" {n}" if n else "") + (f" in {ns}" if ns else "")
+        extra += [f"{v} {g + '/' if g else ''}{res}" + (f" {n}" if n else " (any name)" if v == "impersonate" else "")
+                  + (f" in {ns}" if ns else "")
                   for v, g, res, ns, n in grants_of(r) if (v, g, res, ns, n) not in used]
     return Check(sum(u.requests for u in uses), allowed, tuple(extra))
 
 
-def to_yaml(cluster: str | None, identity: str, rules: Sequence[Rule]) -> str:
-    """Roles, ClusterRole and their bindings for ``identity`` as Kubernetes YAML (JSON-quoted strings)."""
+def review_reasons(rules: Sequence[Rule]) -> list[str]:
+    """Why a suggestion needs a person's review rather than the replay's word (module docstring)."""
+    out: list[str] = []
+    for r in rules:
+        where = f" in {r.scope_namespace}" if r.scope_namespace else ""
+        verbs = set(r.verbs)
+        if {RBAC_GROUP, "*"} & set(r.api_groups):
+            objs = sorted(RBAC_OBJECTS & set(r.resources)) or (["*"] if "*" in r.resources else [])
+            writes = sorted(verbs & RBAC_WRITE_VERBS)
+            if objs and writes:
+                out.append(f"RBAC write: {','.join(writes)} {','.join(objs)}{where}")
+        if "impersonate" in verbs:
+            out.append(f"impersonate {','.join(r.resources)}{where}")
+        if {"", "*"} & set(r.api_groups) and {"secrets", "*"} & set(r.resources):
+            reads = sorted(verbs & SECRET_READ_VERBS)
+            if reads:
+                out.append(f"secret read: {','.join(reads)} secrets{where}")
+    return out
+
+
+def valid_service_account(identity: str) -> bool:
+    """``system:serviceaccount:<ns>:<name>`` with a DNS-1123 label namespace and subdomain name."""
+    parts = identity.split(":")
+    if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+        return False
+    ns, name = parts[2], parts[3]
+    return (0 < len(ns) <= 63 and _LABEL.fullmatch(ns) is not None
+            and 0 < len(name) <= MAX_OBJECT_NAME and _SUBDOMAIN.fullmatch(name) is not None)
+
+
+def object_name(identity: str, hashed: bool = False) -> str:
+    """``ztaudit-rightsized-<ns>-<name>`` for a valid service account (:func:`valid_service_account`),
+    ending in a hash of the identity when longer than :data:`MAX_OBJECT_NAME` or when ``hashed``
+    (the caller found two accounts with the same plain name, e.g. ``a-b``/``c`` and ``a``/``b-c``)."""
+    _, _, ns, name = identity.split(":", 3)
+    plain = f"{NAME_PREFIX}{ns}-{name}"
+    if len(plain) <= MAX_OBJECT_NAME and not hashed:
+        return plain
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    return f"{plain[:MAX_OBJECT_NAME - 11].rstrip('-.')}-{digest}"
+
+
+def to_yaml(cluster: str | None, identity: str, rules: Sequence[Rule], name: str | None = None) -> str:
+    """Roles, ClusterRole and their bindings for ``identity`` (a :func:`valid_service_account`) as
+    Kubernetes YAML; every string from the lake is JSON-quoted (ASCII), so none can break a line."""
+    if not valid_service_account(identity):
+        raise ValueError(f"not a valid service account name: {identity!r}")
     _, _, sa_ns, sa_name = identity.split(":", 3)
-    base = f"ztaudit-rightsized-{sa_name}"
-    docs: list[str] = [f"# least privilege for {identity} on cluster {cluster}, from its allowed requests"]
+    base = name or object_name(identity)
+    docs: list[str] = [f"# least privilege for {identity} on cluster {json.dumps(cluster)}, from its allowed requests"]
     scopes = sorted({r.scope_namespace for r in rules}, key=lambda s: (s is not None, s or ""))
     for scope in scopes:
         kind = "Role" if scope else "ClusterRole"
@@ -222,12 +369,17 @@ def to_yaml(cluster: str | None, identity: str, rules: Sequence[Rule]) -> str:
     return "\n---\n".join(docs) + "\n"
 
 
-def unused_grants(grants: Sequence[dict[str, Any]], uses: Sequence[Use]) -> tuple[int, list[str]]:
+def rule_of_grant(g: Mapping[str, Any]) -> Rule:
+    """The :class:`Rule` of one ``rbac_grant`` row."""
+    return Rule(tuple(g["verbs"] or ()), tuple(g["api_groups"] or ()), tuple(g["resources"] or ()),
+                tuple(g["resource_names"] or ()), tuple(g["non_resource_urls"] or ()), g["scope_namespace"])
+
+
+def unused_grants(grants: Sequence[Mapping[str, Any]], uses: Sequence[Use]) -> tuple[int, list[str]]:
     """(granted pairs, the unused ones as labels) for the rules of ``grants`` (rbac_grant rows)."""
     total, unused = 0, []
     for g in grants:
-        rule = Rule(tuple(g["verbs"] or ()), tuple(g["api_groups"] or ()), tuple(g["resources"] or ()),
-                    tuple(g["resource_names"] or ()), tuple(g["non_resource_urls"] or ()), g["scope_namespace"])
+        rule = rule_of_grant(g)
         where = f" in {rule.scope_namespace}" if rule.scope_namespace else ""
         if "*" in rule.verbs or "*" in rule.api_groups or "*" in rule.resources:
             total += 1
@@ -236,18 +388,10 @@ def unused_grants(grants: Sequence[dict[str, Any]], uses: Sequence[Use]) -> tupl
             unused.append(f"{','.join(rule.verbs)} {what}{where} (wildcard, {g['role_kind']} {g['role_name']})")
             continue
         mine = [u for u in uses if covers(rule, u)]
-        for v, grp, res, _scope, name in grants_of(rule):
+        for v, grp, res, scope, name in grants_of(rule):
             total += 1
-            hit = any(_uses_pair(u, v, grp, res, name) for u in mine)
-            if not hit and not (res.endswith("*") and mine):
+            pair = Rule((v,), (grp,), (res,), (name,) if name else (), (), scope) if not rule.non_resource_urls \
+                else Rule((v,), (), (), (), (res,), None)
+            if not any(covers(pair, u) for u in mine):
                 unused.append(f"{v} {grp + '/' if grp else ''}{res}" + (f" {name}" if name else "") + where)
     return total, unused
-
-
-def _uses_pair(u: Use, verb: str, group: str, resource: str, name: str | None) -> bool:
-    """True when ``u`` exercised ``verb`` on ``resource`` (a URL for a non-resource request)."""
-    if u.verb != verb:
-        return False
-    if u.resource is None:
-        return u.path == resource
-    return u.api_group == group and _full(u) == resource and (name is None or u.name == name)

@@ -112,8 +112,10 @@ class UsedPermissions:
     def observe(self, cluster: str, lines: Iterable[tuple[int, str]]) -> None:
         """Read the audit ``lines`` of ``cluster`` about to be written (only service-account lines are parsed).
 
-        A line counts as allowed as ``report nhi`` counts it: no response code or one below 400,
-        and no ``forbid`` decision (a ``RequestReceived`` stage has neither).
+        A line counts as allowed as ``report nhi`` counts it (``ztaudit.detectors.rbac.AUTHORIZED``):
+        the ``authorization.k8s.io/decision`` annotation when present, else a response other than
+        401, 403 and 429 (a ``RequestReceived`` stage has neither: allowed). A service account
+        impersonated by someone is seen, like one that made the request itself.
         """
         for _, line in lines:
             if SA_PREFIX not in line:
@@ -125,8 +127,11 @@ class UsedPermissions:
             imp = e.get("impersonatedUser")
             if imp is None:
                 self.seen.add((cluster, user))
+            elif str(imp.get("username", "")).startswith(SA_PREFIX):
+                self.seen.add((cluster, str(imp["username"])))
             code = (e.get("responseStatus") or {}).get("code", 200)
-            if code >= 400 or (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid":
+            decision = (e.get("annotations") or {}).get("authorization.k8s.io/decision")
+            if (decision != "allow") if decision is not None else code in (401, 403, 429):
                 continue
             self.seen.add((cluster, user))
             mine = self.used[(cluster, user)]

@@ -115,7 +115,9 @@ def check_over_privilege(out: Path, result: ReportResult) -> tuple[int, int]:
     assert vis["unused"] == sum(1 for t in truth.values() if not t["seen"])
     assert vis["unknown"] == sum(1 for t in truth.values() if t["seen"] and not t["in_snapshot"])
     sizing = result.section("rightsize").rows
-    assert sizing and all(r["verified"] and r["replayed_requests"] == r["allowed_by_suggestion"] for r in sizing)
+    assert sizing and all(r["replayed_requests"] == r["allowed_by_suggestion"] for r in sizing)
+    # printed unless every allowed request is evidence of an open finding (then nothing is left to build from)
+    assert all(r["status"] != "withheld" or r["replayed_requests"] == 0 for r in sizing)
     return vis["over_privileged"], vis["with_grants"]
 
 
