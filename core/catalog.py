@@ -147,6 +147,10 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
     for table, schema in TABLES.items():
         files = snapshot_files(lake, table) if iceberg else None
         if files:
+            gone = [f for f in files if not Path(f).is_file()]
+            if gone:
+                raise LakeError(f"the Iceberg snapshot of {table} lists {len(gone)} file(s) that are gone, e.g. "
+                                f"{gone[0]}", fix=f"register what is on disk again: ztaudit migrate --lake {lake}")
             # An Iceberg lake: exactly the current snapshot's files, each with its own DATE dt.
             listed = ", ".join(sql_literal(f) for f in files)
             _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")

@@ -253,6 +253,9 @@ class LakeSettings:
         "Apache Iceberg v2 tables over the same files (docs/iceberg.md); an existing lake keeps its own")
     publish_seconds: float = _opt(
         10.0, "an Iceberg lake being ingested shows new rows within ten seconds, in few commits")
+    retention_days: int = _opt(
+        0, "0 keeps every day; `ztaudit maintain` drops older days of the event and derived tables "
+        "(never findings, triage or RBAC snapshots)")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from ztaudit.core.files import (
     table_files,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import Published, is_iceberg, touched_days
+from ztaudit.core.iceberg import Published, is_iceberg
 from ztaudit.core.keys import MANIFEST, drop_merged, read_manifest
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Rejected
 from ztaudit.core.schema import PARTITION_TIME, QUARANTINE, SOURCE_KINDS, TABLES
@@ -131,54 +131,85 @@ class LakeSink:
     #: ``"iceberg"``: make a new lake an Iceberg lake (:func:`~ztaudit.core.iceberg.create`); None or
     #: ``"parquet"``: leave the lake as it is (a lake that is Iceberg already stays Iceberg)
     table_format: str | None = None
-    #: table -> days written or deleted since the last :meth:`publish`
-    touched: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
-    #: files written since the last :meth:`publish`: registered again even if their name was (a
-    #: rewrite in place can keep the size and change the rows)
-    rewritten: set[Path] = field(default_factory=set, init=False, repr=False)
+    #: files written since the last :meth:`publish` (registered by it in an Iceberg lake)
+    added: set[Path] = field(default_factory=set, init=False, repr=False)
+    #: files to delete: in an Iceberg lake they stay on disk until :meth:`publish` committed their removal
+    removed: set[Path] = field(default_factory=set, init=False, repr=False)
     #: table -> day -> names in ``dt=<day>``, for the tables :meth:`write_chunk` looked at (a
     #: consumer that only calls :meth:`write` for months keeps no index that grows with its files)
     _index: dict[str, dict[str, set[str]]] = field(default_factory=dict, init=False, repr=False)
+    _iceberg: bool | None = field(default=None, init=False, repr=False)
     #: tables whose leftover temporary files this sink swept
     _swept: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lake = Path(self.lake)
         makedirs(self.lake)
-        if self.table_format == "iceberg" and not is_iceberg(self.lake):
+        if self.table_format == "iceberg" and not self.iceberg:
             if any(table_files(self.lake / t) for t in TABLES):
                 raise SinkError(f"the lake {self.lake} holds plain Parquet tables, and lake.format is iceberg",
                                 fix=f"convert it once with `ztaudit migrate --lake {self.lake}`, or set "
                                     "lake.format = \"parquet\"")
             iceberg.create(self.lake)
+            self._iceberg = True
 
-    def touch(self, table: str, day: str) -> None:
-        """Record that a file of ``table`` in ``day`` was written or deleted: :meth:`publish` will
-        reconcile that day. Writers that delete lake files themselves call it too."""
-        self.touched.setdefault(table, set()).add(day)
+    def remove(self, path: Path) -> bool:
+        """Delete the lake file ``path`` (an earlier version of a chunk, a leftover of an uncommitted
+        flush). In a plain lake at once (and the folder fsynced); in an Iceberg lake the file stays
+        until :meth:`publish` committed its removal, so no reader of the current snapshot meets a
+        listed file that is gone. Returns False when there was no such file. Raises :class:`SinkError`
+        when it cannot be deleted."""
+        if self.iceberg:
+            self.added.discard(path)
+            if not path.exists():
+                return False
+            self.removed.add(path)
+            return True
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SinkError(f"cannot remove {path}: {exc.strerror or exc}",
+                            fix="make the lake writable and run the same command again") from exc
+        fsync_dir(path.parent)  # the deletion is durable before the run reports success
+        return True
 
-    def note_path(self, path: Path) -> None:
-        """:meth:`touch` the table and day of a data file ``path`` written or deleted outside the sink."""
-        for table, days in touched_days([path], self.lake).items():
-            for day in days:
-                self.touch(table, day)
+    @property
+    def iceberg(self) -> bool:
+        """Whether the lake is an Iceberg lake (looked up once per sink)."""
+        if self._iceberg is None:
+            self._iceberg = is_iceberg(self.lake)
+        return self._iceberg
 
     def publish(self, summary: Mapping[str, str] | None = None) -> Published:
-        """Register what this sink wrote and deleted since the last call in the lake's Iceberg tables,
-        one commit per table (:func:`~ztaudit.core.iceberg.publish`); a no-op on a plain lake.
+        """Register what this sink wrote since the last call in the lake's Iceberg tables and
+        unregister what it removed, one commit per table (:func:`~ztaudit.core.iceberg.publish`),
+        then delete the removed files; a no-op on a plain lake.
 
         Called at each writer's durability point, after its files are renamed into place and
         before it reports them done (the consumer: before it commits Kafka offsets, with the offsets
         as ``summary``). Raises :class:`~ztaudit.core.errors.LakeError` when the catalog refuses;
-        what was touched is kept, so the next call tries again.
+        what was pending is kept, so the next call tries again.
         """
-        if not self.touched or not is_iceberg(self.lake):
-            self.touched.clear()
-            self.rewritten.clear()
+        if not self.iceberg or not (self.added or self.removed):
+            self.added.clear()
+            self.removed.clear()
             return Published()
-        result = iceberg.publish(self.lake, self.touched, summary=summary, rewritten=self.rewritten)
-        self.touched.clear()
-        self.rewritten.clear()
+        result = iceberg.publish(self.lake, added=self.added, removed=self.removed, summary=summary)
+        dirs = set()
+        for path in self.removed:
+            try:
+                path.unlink()
+                dirs.add(path.parent)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # unlisted already: an orphan `maintain --remove-orphans` deletes
+                log.warning("lake: cannot delete %s after unlisting it: %s", path, exc.strerror or exc)
+        for d in dirs:
+            fsync_dir(d)
+        self.added.clear()
+        self.removed.clear()
         return result
 
     def sweep(self, table: str) -> None:
@@ -226,8 +257,8 @@ class LakeSink:
         for day, part in split_by_day(table, PARTITION_TIME[table_name]):
             meta = {CHUNK_EXTENT: str(extent).encode()} if extent is not None else None
             path = write_parquet_atomic(part, self.path_for(table_name, day, file_key), meta)
-            self.touch(table_name, day)
-            self.rewritten.add(path)
+            self.added.add(path)
+            self.removed.discard(path)
             if index is not None:
                 index.setdefault(day, set()).add(path.name)
             written.append(path)
@@ -262,7 +293,7 @@ class LakeSink:
             if longer is not None:
                 if all(self.holds(name, file_key, t) for name, t in tables.items() if t.num_rows):
                     # published by now, or (after a crash before the publish) registered by this one
-                    self._touch_key(file_key)
+                    self._republish_key(file_key)
                     log.info("lake: chunk %s: %s covers more of the input (%s > %d bytes) and holds every "
                              "row of this shorter version; not written again", file_key, longer[0],
                              longer[1], extent)
@@ -287,38 +318,30 @@ class LakeSink:
         keep = set(written)
         name = f"{safe_key(file_key)}.parquet"
         for table_name in scope:
-            touched: set[Path] = set()
             for day, names in self.day_index(table_name).items():
                 if name not in names:  # the common case: a set lookup, no path built
                     continue
                 stale = self.path_for(table_name, day, file_key)
                 if stale in keep:
                     continue
-                try:
-                    stale.unlink()
-                except FileNotFoundError:  # merged by a compaction since we listed the day
-                    names.discard(name)
-                    continue
-                except OSError as exc:
-                    raise SinkError(f"cannot remove {stale}, an earlier version of chunk {file_key}: "
-                                    f"{exc.strerror or exc}",
-                                    fix="make the lake writable and ingest the same input again") from exc
                 names.discard(name)
-                self.touch(table_name, day)
+                if not self.remove(stale):  # merged by a compaction since we listed the day
+                    continue
                 log.info("lake: removed %s: chunk %s now lives in %s", stale, file_key,
                          ", ".join(str(p.relative_to(self.lake)) for p in written) or "no file (no rows)")
-                touched.add(stale.parent)
-            for d in touched:
-                fsync_dir(d)  # the deletion is durable before the run reports success
         return written
 
-    def _touch_key(self, file_key: str) -> None:
-        """:meth:`touch` every day of every chunk table that holds a file of ``file_key``."""
+    def _republish_key(self, file_key: str) -> None:
+        """Register again every file of ``file_key`` in the chunk tables (an Iceberg lake: a version
+        written by a run killed before its publish is registered by this one; already listed, it is
+        replaced by itself)."""
+        if not self.iceberg:
+            return
         name = f"{safe_key(file_key)}.parquet"
         for table_name in CHUNK_TABLES:
             for day, names in self.day_index(table_name).items():
                 if name in names:
-                    self.touch(table_name, day)
+                    self.added.add(self.path_for(table_name, day, file_key))
 
     def longer_version(self, file_key: str, extent: int) -> tuple[Path, int] | None:
         """A file of ``file_key`` already in the lake whose recorded extent exceeds ``extent``, with

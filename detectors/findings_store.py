@@ -138,8 +138,8 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
     created = 0
     scope = set(detectors)
     changed: list[dict[str, Any]] = []
-    touched: set[str] = set()
     written: list[Path] = []
+    gone: list[Path] = []
     with findings_lock(lake, lock_timeout):
         days = {_partition_day(r["first_seen"]) for r in new.values()}
         window = Window(since, until)
@@ -176,8 +176,7 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             path = _partition(lake, day)
             if not merged:
                 if path.exists():
-                    path.unlink()
-                    touched.add(day)
+                    gone.append(path)  # deleted below: after an Iceberg lake's snapshot stopped listing it
                 continue
             if day in old_by_day and {r["finding_id"]: r for r in old_by_day[day]} == merged:
                 continue  # nothing changed in this partition: leave the file alone
@@ -186,10 +185,11 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             table = conform(pa.Table.from_pylist(ordered, schema=FINDINGS), FINDINGS)
             makedirs(path.parent)
             write_parquet_atomic(table, path)
-            touched.add(day)
             written.append(path)
         # An Iceberg lake: the findings table's snapshot changes here, under the lock (one commit).
-        publish(lake, {"findings": touched}, rewritten=written)
+        publish(lake, added=written, removed=gone)
+        for path in gone:
+            path.unlink(missing_ok=True)
         if run == "detect":
             _record_run(lake, this_run, started, sorted(scope), len(new), created)
     return changed

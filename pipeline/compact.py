@@ -76,7 +76,7 @@ from ztaudit.core.files import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import publish
+from ztaudit.core.iceberg import is_iceberg, publish, snapshot_files
 from ztaudit.core.keys import (
     KAFKA_FILE_NAME,
     MANIFEST,
@@ -182,6 +182,13 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         # The lake's own files only: a foreign or damaged *.parquet raises LakeError naming it before
         # anything is merged (it would be read as data, or merged away with the day's evidence).
         inputs = day_files(day_dir)
+        iceberg = is_iceberg(Path(lake))
+        if iceberg:
+            # An Iceberg lake's day is what its snapshot lists: not a killed compaction's unlisted
+            # outputs, not a writer's files it has not published yet.
+            listed = set(snapshot_files(Path(lake), table, (day, day))) if day != "unknown" else None
+            if listed is not None:
+                inputs = [p for p in inputs if str(p.resolve()) in listed]
         old = read_manifest(day_dir)
         if len(inputs) <= 1:
             rows = pq.ParquetFile(inputs[0]).metadata.num_rows if inputs else 0
@@ -227,6 +234,8 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                             rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
         _write_text_atomic(staging / MANIFEST, manifest.to_json())
         fsync_dir(staging)
+        if iceberg:
+            return _swap_in_snapshot(Path(lake), table, day, day_dir, staging, inputs, outputs, merged.num_rows)
         try:
             atomic = rename_exchange(staging, day_dir)
         except OSError as exc:
@@ -252,12 +261,34 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 p.unlink(missing_ok=True)
             fsync_dir(day_dir)
             shutil.rmtree(staging, ignore_errors=True)
-        # An Iceberg lake: one overwrite commit swaps the day's inputs for the outputs in the snapshot.
-        publish(table_dir.parent, {table: {day}})
         forget_manifest(day_dir)
         result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], merged.num_rows, atomic)
         log.info("compact: %s", result.summary())
         return result
+
+
+def _swap_in_snapshot(lake: Path, table: str, day: str, day_dir: Path, staging: Path, inputs: list[Path],
+                      outputs: list[str], rows: int) -> CompactResult:
+    """Steps 4-6 in an Iceberg lake: readers see the snapshot, not the folder, so the merged files are
+    renamed into ``dt=D`` (unlisted: invisible), one overwrite commit lists them instead of the inputs,
+    then the manifest is put in place and the inputs are deleted. A crash before the commit leaves
+    unlisted outputs that the next ``compact`` of D writes again (same names) and publishes; a crash
+    after it leaves unlisted inputs for ``maintain --remove-orphans``, and no manifest: a re-ingest of
+    one of those chunks then doubles its rows (never loses them) until the day is compacted again."""
+    for name in outputs:
+        os.replace(staging / name, day_dir / name)
+    fsync_dir(day_dir)
+    publish(lake, added=[day_dir / n for n in outputs], removed=inputs,
+            summary={"ztaudit.operation": "compact", "ztaudit.compacted_inputs": str(len(inputs))})
+    os.replace(staging / MANIFEST, day_dir / MANIFEST)
+    for p in inputs:
+        p.unlink(missing_ok=True)
+    fsync_dir(day_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    forget_manifest(day_dir)
+    result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], rows, True)
+    log.info("compact: %s (one Iceberg overwrite commit)", result.summary())
+    return result
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,9 +34,14 @@ import pyarrow.parquet as pq
 from ztaudit.core import iceberg
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import day_dirs, table_files, write_parquet_atomic
-from ztaudit.core.schema import TABLES
+from ztaudit.core.schema import SOURCE_KINDS, TABLES
 
 log = logging.getLogger(__name__)
+
+#: Tables whose old days ``--retention-days`` drops: the events and what is derived from them. Not
+#: ``findings`` (evidence outlives its events), ``triage`` (decisions must not resurface findings),
+#: ``rbac_snapshot`` (the newest snapshot may be old) or ``detect_runs``.
+RETAINED_TABLES: Final = (*SOURCE_KINDS, "quarantine", "reach", "credentials")
 
 
 @dataclass
@@ -50,6 +56,27 @@ class MigrateResult:
         total = sum(self.rows.values())
         return (f"{self.rewritten} files given a dt column, {self.registered} files registered, "
                 f"{total} rows in {len(self.rows)} tables")
+
+
+def _drop_foreign_catalog(lake: Path) -> None:
+    """Remove a catalog whose tables were made for another place (the lake was copied or moved: its
+    manifests name the old paths); :func:`migrate` then registers the files where they are now."""
+    if not iceberg.catalog_file(lake).is_file():
+        return
+    try:
+        cat = iceberg.open_catalog(lake)
+        locations = [iceberg.local_path(cat.load_table((iceberg.NAMESPACE, t)).location())
+                     for t, _ in [(t, None) for t in TABLES] if cat.table_exists((iceberg.NAMESPACE, t))]
+    except Exception as exc:  # an unreadable catalog is rebuilt from the folders too
+        log.warning("migrate: the Iceberg catalog of %s cannot be read (%s); rebuilding it", lake, exc)
+        locations = ["?"]
+    here = str(Path(lake).resolve() / iceberg.ICEBERG_DIR)
+    if all(loc == here or loc.startswith(here + "/") for loc in locations):
+        return
+    log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
+                lake, locations[0])
+    iceberg.forget_catalog(lake)
+    shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
 
 
 def _needs_dt(path: Path) -> bool:
@@ -74,8 +101,12 @@ def migrate(lake: Path) -> MigrateResult:
                     from exc
             write_parquet_atomic(data, path)  # adds dt from its dt= folder, keeps the metadata
             out.rewritten += 1
-    iceberg.create(lake)
+    _drop_foreign_catalog(lake)
+    # READY only once every file is registered: a migration killed before that leaves a plain lake
+    # that reads as before (not Iceberg tables that look empty), and the next run finishes it.
+    iceberg.create(lake, ready=False)
     out.registered = iceberg.publish_all(lake).added
+    iceberg.mark_ready(lake)
     for table in TABLES:
         files = iceberg.snapshot_files(lake, table)
         out.rows[table] = sum(pq.read_metadata(f).num_rows for f in files)
@@ -117,8 +148,12 @@ def _referenced_data(tbl: object) -> set[str]:
 
     assert isinstance(tbl, Table)
     out: set[str] = set()
+    seen: set[str] = set()  # snapshots share most manifests: read each once (else quadratic)
     for snap in tbl.snapshots():
         for m in snap.manifests(tbl.io):
+            if m.manifest_path in seen:
+                continue
+            seen.add(m.manifest_path)
             for entry in m.fetch_manifest_entry(tbl.io, discard_deleted=True):
                 out.add(iceberg.local_path(entry.data_file.file_path))
     return out
@@ -139,13 +174,15 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
     out = MaintainResult()
     catalog = iceberg.open_catalog(lake)
     for table in TABLES:
-        tbl = iceberg.ensure_table(catalog, lake, table)
-        if retention_days is not None:
+        with iceberg.commit_lock(lake):
+            tbl = iceberg.ensure_table(catalog, lake, table)
+        if retention_days is not None and table in RETAINED_TABLES:
             cutoff = (now - timedelta(days=retention_days)).date()
             old = [d for d in day_dirs(lake / table) if (_day(d.name[3:]) or cutoff) < cutoff]
             if old:
                 # the snapshot stops listing the days first; only then do their files go
-                with iceberg.owner_only():
+                with iceberg.commit_lock(lake), iceberg.owner_only():
+                    tbl = catalog.load_table(tbl.name())
                     tbl.delete(delete_filter=f"dt < '{cutoff.isoformat()}'",
                                snapshot_properties={"ztaudit.retention_days": str(retention_days)})
                 for d in old:
@@ -157,7 +194,8 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
             older = now - timedelta(days=expire_days)
             current = tbl.current_snapshot()
             if current is not None and before > 1:
-                with iceberg.owner_only():
+                with iceberg.commit_lock(lake), iceberg.owner_only():
+                    tbl = catalog.load_table(tbl.name())
                     tbl.maintenance.expire_snapshots().older_than(older).commit()
                 tbl = catalog.load_table(tbl.name())
                 out.snapshots_expired += before - len(tbl.snapshots())

@@ -267,8 +267,7 @@ class ChunkWriter:
         keep = {p.resolve() for p in out.paths}
         for stale in chunk.leftovers:
             if stale.resolve() not in keep:
-                stale.unlink(missing_ok=True)
-                self.sink.note_path(stale)
+                self.sink.remove(stale)  # an Iceberg lake: deleted once the round's publish unlisted it
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
         if out.no_cluster:
             log.warning("consume: %s: %d k8s_audit rows have no cluster (plain audit lines do not name their "

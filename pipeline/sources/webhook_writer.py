@@ -19,8 +19,6 @@ from typing import Final
 
 import pyarrow as pa
 
-from ztaudit.core.errors import SinkError
-from ztaudit.core.files import fsync_dir
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.k8s_audit import SOURCE as K8S
@@ -123,15 +121,8 @@ class PostWriter:
             stale = self.sink.path_for("quarantine", day, key)
             if stale in keep:
                 continue
-            try:
-                stale.unlink()
-            except FileNotFoundError:
+            if not self.sink.remove(stale):  # SinkError when it cannot be deleted
                 continue
-            except OSError as exc:
-                raise SinkError(f"cannot remove {stale}, an earlier copy of post {key}: {exc.strerror or exc}",
-                                fix="make the lake writable") from exc
-            fsync_dir(stale.parent)
-            self.sink.touch("quarantine", day)
             log.info("serve: removed %s: post %s was written again on another day", stale, key)
 
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ztaudit.core import iceberg
+from ztaudit.core.errors import LakeError
 from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
 
@@ -73,7 +74,7 @@ def test_files_are_invisible_until_published_and_a_replay_registers_nothing_new(
     again = sink.publish()
     assert _count(lake) == 5
     assert len(iceberg.snapshot_files(lake, "proxy_decision")) == 1
-    assert again.removed == again.added == 1, "a rewritten file is registered again, not twice"
+    assert (again.added, again.removed) == (1, 0), "a rewritten file is registered again, not twice"
     assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 5}
 
 
@@ -99,10 +100,12 @@ def test_a_file_deleted_on_disk_leaves_the_snapshot_at_the_next_publish(tmp_path
     sink.write("proxy_decision", _decisions(4, start=10), "b")
     sink.publish()
     assert _count(lake) == 7
-    a[0].unlink()
-    sink.note_path(a[0])
+    assert sink.remove(a[0])
+    assert a[0].exists(), "an Iceberg lake keeps a listed file until the commit that unlists it"
+    assert _count(lake) == 7
     r = sink.publish()
     assert r.removed == 1
+    assert not a[0].exists()
     assert _count(lake) == 4
 
 
@@ -190,14 +193,17 @@ def test_commits_interleaved_with_crashes_converge_to_the_files_on_disk(tmp_path
         elif op == "delete":
             path = sink.path_for("proxy_decision", (date(2026, 11, 20) + timedelta(days=day)).isoformat(), f"k{key}")
             if path.exists():
-                path.unlink()
-                sink.note_path(path)
+                sink.remove(path)
         elif op == "publish":
             sink.publish()
             listed = iceberg.snapshot_files(lake, "proxy_decision")
             assert len(listed) == len(set(listed))
-        else:  # kill -9 before the publish: the touched set is lost with the process
+            # never a listed file that is gone, never a file listed twice
+            assert all(Path(f).exists() for f in listed)
+        else:  # kill -9 before the publish: what was pending is lost with the process
             sink = LakeSink(lake)
+        listed = iceberg.snapshot_files(lake, "proxy_decision")
+        assert all(Path(f).exists() for f in listed), "a reader would meet a listed file that is gone"
     iceberg.publish_all(lake, ["proxy_decision"])
     listed = sorted(iceberg.snapshot_files(lake, "proxy_decision"))
     on_disk = sorted(str(p.resolve()) for p in lake.glob("proxy_decision/dt=*/*.parquet"))
@@ -215,3 +221,93 @@ def test_a_foreign_dt_folder_is_not_quoted_into_a_filter(tmp_path: Path) -> None
     r = iceberg.publish_all(lake, ["proxy_decision"])
     assert r.added == 0
     assert _count(lake) == 1
+
+
+def test_a_file_whose_dt_is_not_its_folders_day_is_refused_not_multiplied(tmp_path: Path) -> None:
+    """A file as the previous version wrote it (no dt column) in an Iceberg lake's day folder: listing
+    it under dt NULL would hide it from its day's lookups and register it again at every publish."""
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    sink.write("proxy_decision", _decisions(2), "a")
+    sink.publish()
+    stray = lake / "proxy_decision" / "dt=2026-11-20" / "old-writer.parquet"
+    pq.write_table(_decisions(3, start=50), stray)
+    with pytest.raises(LakeError, match="another day than its folder"):
+        iceberg.publish(lake, added=[stray])
+    assert _count(lake) == 2
+
+
+def test_folder_names_that_are_not_iso_days_are_never_taken_for_one(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    sink.write("proxy_decision", _decisions(5), "a")
+    sink.publish()
+    odd = lake / "proxy_decision" / "dt=20261120"  # date.fromisoformat accepts it on Python 3.11
+    odd.mkdir()
+    pq.write_table(_decisions(1, start=9), odd / "x.parquet")
+    assert iceberg.publish(lake, added=[odd / "x.parquet"]).commits == 0
+    assert iceberg.publish_all(lake, ["proxy_decision"]).removed == 0
+    assert _count(lake) == 5
+
+
+def test_a_copied_lake_is_refused_until_migrate_registers_it_where_it_is(tmp_path: Path) -> None:
+    import shutil
+
+    from ztaudit.pipeline.maintain import migrate
+
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    sink.write("proxy_decision", _decisions(4), "a")
+    sink.publish()
+    copy = tmp_path / "restored" / "lake"
+    shutil.copytree(lake, copy)
+    with pytest.raises(LakeError, match="copied or moved"):
+        open_lake(copy)
+    migrate(copy)
+    assert _count(copy) == 4
+    assert all(f.startswith(str(copy.resolve())) for f in iceberg.snapshot_files(copy, "proxy_decision"))
+    assert _count(lake) == 4, "the original is untouched"
+
+
+def test_a_lake_path_with_space_percent_and_hash_keeps_its_metadata_inside(tmp_path: Path) -> None:
+    lake = tmp_path / "odd 100% #1" / "lake"
+    sink = _iceberg_sink(lake)
+    sink.write("proxy_decision", _decisions(3), "a")
+    sink.publish()
+    assert _count(lake) == 3
+    assert list((lake / "_iceberg" / "proxy_decision" / "metadata").glob("*.metadata.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd 100% #1"]
+
+
+def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    for i in range(30):
+        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
+        sink.publish()
+    tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
+    assert 5 <= len(tbl.snapshots()) < 5 + 10
+    assert _count(lake) == 30
+
+
+def _busy_writer(lake: str, who: int, n: int) -> None:
+    sink = LakeSink(Path(lake))
+    for i in range(n):
+        sink.write("proxy_decision", _decisions(1, start=1000 * who + i), f"w{who}-{i}")
+        sink.publish()
+
+
+def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    _iceberg_sink(lake)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_busy_writer, args=(str(lake), w, 8)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    files = iceberg.snapshot_files(lake, "proxy_decision")
+    assert len(files) == len(set(files)) == 32
+    assert _count(lake) == 32

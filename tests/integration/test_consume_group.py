@@ -19,6 +19,7 @@ from support.kafka_broker import (
     start_consume,
     topic_size,
     wait_until,
+    ztaudit_env,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -47,6 +48,26 @@ def _assignments(log: Path) -> list[set[str]]:
 def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_broker: KafkaBroker,
                                                                           topic_name: str, tmp_path: Path,
                                                                           backend: str) -> None:
+    two_members(kafka_broker, topic_name, tmp_path, backend, {})
+
+
+def test_two_members_sharing_an_iceberg_lake_lose_and_double_nothing(kafka_broker: KafkaBroker, topic_name: str,
+                                                                     tmp_path: Path) -> None:
+    """The same group into an Iceberg lake (issue 16): two processes publish to the same tables
+    concurrently (optimistic commits), and a rebalance hands partitions over between them."""
+    two_members(kafka_broker, topic_name, tmp_path, "kafka-python", {"ZTAUDIT_LAKE_FORMAT": "iceberg"})
+    from ztaudit.core.iceberg import snapshot_files
+
+    lake = tmp_path / "lake"
+    listed = snapshot_files(lake, "k8s_audit")
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {str(p.resolve()) for p in lake.glob("k8s_audit/dt=*/*.parquet")}
+
+
+def two_members(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path, backend: str,
+                extra_env: dict[str, str]) -> None:
+    """A and B in one group; B joins, A leaves while data arrives: exactly once, rebalances seen."""
+    env = ztaudit_env(**extra_env)
     create_topic(kafka_broker, topic_name, 4)
     lake = tmp_path / "lake"
     events = audit_events(60_000, run="grp")
@@ -60,13 +81,14 @@ def test_two_members_share_partitions_and_a_leaving_member_loses_nothing(kafka_b
     def logs() -> str:
         return f"A: {a_log.read_text()[-2000:]}\nB: {b_log.read_text()[-2000:] if b_log.exists() else ''}"
 
-    a = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m1), log=a_log)
+    a = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m1), log=a_log,
+                      env=env)
     # B joins only once A owns every partition: B's partitions can then only come from A (a rebalance)
     wait_until(lambda: any(s == every for s in _assignments(a_log)) or a.poll() is not None, timeout=60,
                what=logs)
     assert a.poll() is None, logs()
     b = start_consume(kafka_broker, topic_name, lake, "g-two", *flags, "--metrics-file", str(m2), log=b_log,
-                      until_idle=8)
+                      until_idle=8, env=env)
     # both members commit partitions of their own (the group shares the topic)
     # (the metrics files are rewritten periodically, so wait for them rather than read them once)
     wait_until(lambda: a.poll() is not None or b.poll() is not None or (
