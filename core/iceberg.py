@@ -492,16 +492,17 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: dict[str, 
         out.added += len(files)
         out.removed += len(delete) - len([d for d in delete if d.file_path in new])
         out.commits += 1
-        _expire_beyond_bound(catalog, table)
+        _expire_beyond_bound(lake, catalog, table)
         return out
     raise LakeError(f"could not commit to the Iceberg table {table} after {COMMIT_RETRIES} attempts "
                     "(another writer kept committing first)",
                     fix="the files are durable; run the same command again, or `ztaudit migrate` to re-sync")
 
 
-def _expire_beyond_bound(catalog: SqlCatalog, table: str) -> None:
+def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
     """Expire the oldest snapshots of ``table`` beyond :data:`MAX_SNAPSHOTS` (every 10 over, so not
-    every commit pays). Their data files stay (``maintain --remove-orphans`` removes unlisted ones)."""
+    every commit pays) and delete the metadata files only they used. Their data files stay
+    (``maintain --remove-orphans`` removes unlisted ones)."""
     tbl = catalog.load_table(_identifier(table))
     snaps = sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms)
     if len(snaps) < MAX_SNAPSHOTS + 10:
@@ -511,6 +512,30 @@ def _expire_beyond_bound(catalog: SqlCatalog, table: str) -> None:
     if old:
         with owner_only():
             tbl.maintenance.expire_snapshots().by_ids(old).commit()
+        # under the commit lock: no other committer of this lake is writing metadata now
+        remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)), min_age_s=0.0)
+
+
+def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float = 60.0) -> int:
+    """Delete the files in ``tbl``'s metadata folder that its current metadata no longer uses (the
+    manifest lists and manifests only expired snapshots used; pyiceberg's expiry leaves them) and that
+    are older than ``min_age_s`` (a committer elsewhere may be writing new ones). Returns how many.
+    Called after an expiry (:func:`_expire_beyond_bound`, ``maintain --expire-snapshots``)."""
+    keep = {local_path(tbl.metadata_location)}
+    keep |= {local_path(e.metadata_file) for e in tbl.metadata.metadata_log}
+    for snap in tbl.snapshots():
+        keep.add(local_path(snap.manifest_list))
+        keep |= {local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
+    folder = Path(local_path(tbl.location())) / "metadata"
+    if not str(folder.resolve()).startswith(str(_location(lake)) + "/"):
+        return 0  # never delete outside this lake
+    limit = time.time() - min_age_s
+    removed = 0
+    for entry in (os.scandir(folder) if folder.is_dir() else []):
+        if entry.is_file() and str(Path(entry.path).resolve()) not in keep and entry.stat().st_mtime < limit:
+            os.unlink(entry.path)
+            removed += 1
+    return removed
 
 
 def disk_files(lake: Path, table: str) -> dict[str, Path]:

@@ -20,7 +20,6 @@ read or committed; nothing is deleted before the commit that stops referencing i
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -128,20 +127,6 @@ class MaintainResult:
                 f"and {self.orphans_removed} orphan data files removed, {self.days_dropped} days dropped")
 
 
-def _referenced_metadata(tbl: object) -> set[str]:
-    """Local paths of every metadata file the table's current metadata still uses: manifest lists
-    of live snapshots, their manifests, the metadata log and the current metadata file."""
-    from pyiceberg.table import Table
-
-    assert isinstance(tbl, Table)
-    keep = {iceberg.local_path(tbl.metadata_location)}
-    keep |= {iceberg.local_path(e.metadata_file) for e in tbl.metadata.metadata_log}
-    for snap in tbl.snapshots():
-        keep.add(iceberg.local_path(snap.manifest_list))
-        keep |= {iceberg.local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
-    return keep
-
-
 def _referenced_data(tbl: object) -> set[str]:
     """Local paths of every data file any live snapshot of ``tbl`` lists."""
     from pyiceberg.table import Table
@@ -199,13 +184,7 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
                     tbl.maintenance.expire_snapshots().older_than(older).commit()
                 tbl = catalog.load_table(tbl.name())
                 out.snapshots_expired += before - len(tbl.snapshots())
-            keep = _referenced_metadata(tbl)
-            meta_dir = lake / iceberg.ICEBERG_DIR / table / "metadata"
-            for entry in (os.scandir(meta_dir) if meta_dir.is_dir() else []):
-                if entry.is_file() and str(Path(entry.path).resolve()) not in keep \
-                        and entry.stat().st_mtime < time.time() - 60:
-                    os.unlink(entry.path)
-                    out.metadata_files_removed += 1
+            out.metadata_files_removed += iceberg.remove_unreferenced_metadata(lake, tbl)
         if remove_orphans:
             referenced = _referenced_data(tbl)
             limit = time.time() - orphan_grace_s

@@ -283,12 +283,16 @@ def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
-    for i in range(30):
+    for i in range(60):
         sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
         sink.publish()
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert 5 <= len(tbl.snapshots()) < 5 + 10
-    assert _count(lake) == 30
+    assert _count(lake) == 60
+    # the manifest lists and manifests of expired snapshots go too (about 3 files per commit stay
+    # without that: 60 manifest lists, 60 manifests, 20 metadata JSON files)
+    metadata = list((lake / "_iceberg" / "proxy_decision" / "metadata").iterdir())
+    assert len(metadata) < 90, len(metadata)
 
 
 def _busy_writer(lake: str, who: int, n: int) -> None:
