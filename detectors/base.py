@@ -1,7 +1,8 @@
 """Findings and the detector contract.
 
-A detector reads the lake through a DuckDB connection with the catalog views
-(``ztaudit.core.catalog``) and returns :class:`Finding` values; it never writes. ``detect``
+A detector reads the lake through the context's engine session (:attr:`DetectContext.engine`,
+:mod:`ztaudit.detectors.engine`: the catalog views of ``ztaudit.core.catalog`` and temp tables) and
+returns :class:`Finding` values; it never writes the lake. ``detect``
 (batch) and the consumer's post-flush hook (streaming) call :meth:`Detector.run` with a
 :class:`DetectContext` naming the time window to judge and the configuration.
 
@@ -21,9 +22,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
-import duckdb
-
 from ztaudit.core.config import Config
+from ztaudit.detectors.engine import Engine, Session, as_engine
 
 
 class Severity(StrEnum):
@@ -88,18 +88,28 @@ class Finding:
 
 @dataclass(frozen=True)
 class DetectContext:
-    """What a detector run judges: events in [since, until) plus whatever lookback it needs."""
+    """What a detector run judges: events in [since, until) plus whatever lookback it needs.
 
-    con: duckdb.DuckDBPyConnection
+    ``con`` is what the context is made with: an :class:`~ztaudit.detectors.engine.Engine`, or a DuckDB
+    connection from ``open_lake``, wrapped once in a ``DuckDBEngine`` (tests, ``bench/reach.py`` and
+    ``bench/report.py`` still make contexts that way). Detectors and builders read :attr:`engine` only.
+    """
+
+    con: Session
     config: Config
     since: datetime | None = None
     until: datetime | None = None
     lake: str | None = None
     #: The one cache of a run: results shared between the detectors and table builders of one run (the
     #: reach features, computed once for the ``reach`` table builder and ``reach.anomalous``; which
-    #: correlation tables ``correlate.ensure`` built on ``con``). Lives as long as the context, so a new
+    #: correlation tables ``correlate.ensure`` built on ``engine``). Lives as long as the context, so a new
     #: run (new data) starts empty; keys name the producer and every parameter the result depends on.
     cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+    #: The engine session every detector and builder of the run reads the lake through.
+    engine: Engine = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", as_engine(self.con))
 
 
 class Detector(Protocol):

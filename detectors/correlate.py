@@ -8,7 +8,8 @@ views; nothing loops over rows in Python.
 The SQL is a set of named statements (module constants, values always bound as parameters) in
 :mod:`ztaudit.detectors.correlate_queries`, which also describes the join tiers
 (docs/proxy-and-idp.md §0) and which decisions and requests take part. This module holds the
-plans and what runs them. Two plans run the statements in order: :data:`DETECT_PLAN` (the
+plans (tuples of :mod:`ztaudit.detectors.sql` steps) and what runs them on the run's engine
+(:mod:`ztaudit.detectors.engine`). Two plans run the statements in order: :data:`DETECT_PLAN` (the
 detectors: unmatched rows in detail and the per-day summary) and :data:`SUMMARY_PLAN` (the report:
 the summary only). The analyst view ``proxy_audit_match`` (``core/views/proxy_audit_match.sql``) is
 :data:`VIEW_SQL`, the same pieces without time bounds; ``tests/core/test_views.py`` fails if the
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import duckdb
 import pyarrow as pa
 
 from ztaudit.core.config import Config
@@ -47,14 +47,15 @@ from ztaudit.detectors.correlate_queries import (
     TIER_B,
     TIER_C_BURSTS,
     TIER_C_RANKS,
+    UNMATCHED_AUDIT,
     UNMATCHED_AUDIT_FROM_MATCHING,
-    UNMATCHED_AUDIT_SQL,
+    UNMATCHED_PROXY,
     UNMATCHED_PROXY_FROM_MATCHING,
-    UNMATCHED_PROXY_SQL,
     VERB_METHOD_SQL,
     tier_c_view,
 )
-from ztaudit.detectors.sql import execute
+from ztaudit.detectors.engine import Session, as_engine
+from ztaudit.detectors.sql import Drop, Step, Table, View, run_all
 
 #: The config views the correlation reads. :func:`install_config` replaces them per connection.
 CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correlation_settings")
@@ -67,29 +68,29 @@ CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correl
 #: :func:`install_config`'s statements, in order: the configuration in force as temp tables (every value
 #: bound), then the config views pointed at them. ``single_cluster`` names the lake's cluster when it
 #: has exactly one (decisions and requests without a cluster belong to it).
-_INSTALL_CONFIG: Final = (
-    """CREATE OR REPLACE TEMP TABLE zt_cfg_approved AS
-       SELECT unnest($approved_clusters::VARCHAR[]) AS cluster, unnest($approved_users::VARCHAR[]) AS username""",
-    """CREATE OR REPLACE TEMP TABLE zt_cfg_hosts AS
-       SELECT unnest($hosts::VARCHAR[]) AS host, unnest($host_clusters::VARCHAR[]) AS cluster""",
-    """CREATE OR REPLACE TEMP TABLE zt_cfg_settings AS
+_INSTALL_CONFIG: Final[tuple[Step, ...]] = (
+    Table("zt_cfg_approved", """
+       SELECT unnest($approved_clusters::VARCHAR[]) AS cluster, unnest($approved_users::VARCHAR[]) AS username"""),
+    Table("zt_cfg_hosts", """
+       SELECT unnest($hosts::VARCHAR[]) AS host, unnest($host_clusters::VARCHAR[]) AS cluster"""),
+    Table("zt_cfg_settings", """
        SELECT CAST($window_us AS BIGINT) AS window_us, CAST($exact_window_us AS BIGINT) AS exact_window_us,
               CAST($has_hosts AS BOOLEAN) AS has_hosts, CAST($unaudited AS VARCHAR[]) AS unaudited_paths,
               CAST((SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS VARCHAR)
-                  AS single_cluster""",
-    "CREATE OR REPLACE TEMP VIEW zt_approved_impersonators AS SELECT * FROM zt_cfg_approved",
-    "CREATE OR REPLACE TEMP VIEW zt_proxy_hosts AS SELECT * FROM zt_cfg_hosts",
-    "CREATE OR REPLACE TEMP VIEW zt_correlation_settings AS SELECT * FROM zt_cfg_settings",
+                  AS single_cluster"""),
+    View("zt_approved_impersonators", "SELECT * FROM zt_cfg_approved"),
+    View("zt_proxy_hosts", "SELECT * FROM zt_cfg_hosts"),
+    View("zt_correlation_settings", "SELECT * FROM zt_cfg_settings"),
 )
 
 
-def install_config(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
-    """Point the config views (:data:`CONFIG_VIEWS`) of ``con`` at ``cfg``; every value is bound.
+def install_config(con: Session, cfg: Config) -> None:
+    """Point the config views (:data:`CONFIG_VIEWS`) of engine ``con`` at ``cfg``; every value is bound.
 
     Called before any query that reads the config views: by :func:`run_plan` and by the impersonation
-    detectors. ``con`` must come from :func:`ztaudit.core.lake.open_lake` (it has the ``zt_*`` views
-    this replaces and the UTC session time zone every day boundary relies on). Idempotent; raises
-    ``duckdb.Error`` on a broken lake.
+    detectors. ``con`` is the run's engine, or an :func:`ztaudit.core.lake.open_lake` connection (it has
+    the ``zt_*`` views this replaces and the UTC session time zone every day boundary relies on).
+    Idempotent; raises the engine's error on a broken lake.
     """
     approved = [(c, u) for c, users in cfg.impersonation.approved_impersonators.items() for u in users]
     hosts = [(h.lower().split(":")[0], c) for h, c in cfg.impersonation.proxy_hosts.items()]
@@ -100,8 +101,7 @@ def install_config(con: duckdb.DuckDBPyConnection, cfg: Config) -> None:
         "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),
         "has_hosts": bool(hosts), "unaudited": list(cfg.correlation.unaudited_paths),
     }
-    for sql in _INSTALL_CONFIG:
-        execute(con, sql, params)
+    run_all(as_engine(con), _INSTALL_CONFIG, params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ VIEW_SQL: Final = f"""
 #: The intermediate tables of both plans: dropped at the end so the next detector has their memory.
 _INTERMEDIATE: Final = ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_r", "zt_lp", "zt_la", "zt_unpaired_a",
                         "zt_unpaired_p", "zt_proxy_marks", "zt_audit_marks")
-_DROP_INTERMEDIATE: Final = tuple(f"DROP TABLE IF EXISTS {t}" for t in _INTERMEDIATE)
+_DROP_INTERMEDIATE: Final = tuple(Drop(t) for t in _INTERMEDIATE)
 
 
 @dataclass(frozen=True)
@@ -181,43 +181,43 @@ SUMMARY_ONLY: Final = "zt_match_summary_only"
 _DETECT: Final = Correlation()
 
 #: The detectors' plan: both sides, matching, unmatched rows in detail, summary.
-DETECT_PLAN: Final = (
-    f"CREATE OR REPLACE TEMP TABLE zt_p AS {PROXY_SIDE}",
-    f"CREATE OR REPLACE TEMP TABLE zt_a AS {AUDIT_SIDE}",
+DETECT_PLAN: Final[tuple[Step, ...]] = (
+    Table("zt_p", PROXY_SIDE),
+    Table("zt_a", AUDIT_SIDE),
     *MATCHING,
-    UNMATCHED_PROXY_SQL,
-    UNMATCHED_AUDIT_SQL,
-    SUMMARY_SQL.format(summary=_DETECT.summary, unmatched_proxy=_DETECT.unmatched_proxy,
-                       unmatched_audit=_DETECT.unmatched_audit),
+    UNMATCHED_PROXY,
+    UNMATCHED_AUDIT,
+    Table(_DETECT.summary, SUMMARY_SQL.format(unmatched_proxy=_DETECT.unmatched_proxy,
+                                              unmatched_audit=_DETECT.unmatched_audit)),
     *_DROP_INTERMEDIATE,
 )
 
 #: The report's plan: the summary only. Its unmatched counts come from the matching tables themselves
 #: (same events, clusters, actors, times and judgeability as the detail tables), which saves a second
 #: read of every decision and every impersonated audit event (~0.5 s at 10M events).
-SUMMARY_PLAN: Final = (
-    f"CREATE OR REPLACE TEMP TABLE zt_p AS {PROXY_SIDE_WITH_ACTOR}",
-    f"CREATE OR REPLACE TEMP TABLE zt_a AS {AUDIT_SIDE_WITH_ALL_STAGES}",
+SUMMARY_PLAN: Final[tuple[Step, ...]] = (
+    Table("zt_p", PROXY_SIDE_WITH_ACTOR),
+    Table("zt_a", AUDIT_SIDE_WITH_ALL_STAGES),
     *MATCHING,
-    SUMMARY_SQL.format(summary=SUMMARY_ONLY, unmatched_proxy=UNMATCHED_PROXY_FROM_MATCHING,
-                       unmatched_audit=UNMATCHED_AUDIT_FROM_MATCHING),
+    Table(SUMMARY_ONLY, SUMMARY_SQL.format(unmatched_proxy=UNMATCHED_PROXY_FROM_MATCHING,
+                                           unmatched_audit=UNMATCHED_AUDIT_FROM_MATCHING)),
     *_DROP_INTERMEDIATE,
 )
 
-def run_plan(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, plan: tuple[str, ...]) -> None:
-    """Run ``plan`` (:data:`DETECT_PLAN` or :data:`SUMMARY_PLAN`) for ``window`` on ``con``.
+def run_plan(con: Session, cfg: Config, window: Window, plan: tuple[Step, ...]) -> None:
+    """Run ``plan`` (:data:`DETECT_PLAN` or :data:`SUMMARY_PLAN`) for ``window`` on engine ``con``.
 
     Events are read with a margin around the window (the widest tolerance + 2 s) so pairs
     straddling its edges are found; only rows inside it are reported. Called by :func:`ensure` and
-    :func:`impersonation_summary`; ``con`` must come from ``open_lake``. Raises on SQL errors, after
-    which the plan's tables may be partly written.
+    :func:`impersonation_summary`; ``con`` is the run's engine or an ``open_lake`` connection. Raises on
+    SQL errors, after which the plan's tables may be partly written.
     """
-    install_config(con, cfg)
+    engine = as_engine(con)
+    install_config(engine, cfg)
     margin = timedelta(seconds=max(cfg.correlation.match_window_seconds,
                                    cfg.correlation.exact_id_window_seconds) + 2)
     params = {**window.widened(margin, margin).params(), **window.params("j")}
-    for sql in plan:
-        execute(con, sql, params)
+    run_all(engine, plan, params)
 
 
 #: The one cache of this module, a slot of :attr:`DetectContext.cache`: the (window, correlation
@@ -226,11 +226,11 @@ _BUILT_FOR: Final = ("correlate.detect_tables",)
 
 
 def ensure(ctx: DetectContext) -> Correlation:
-    """The correlation tables for ``ctx``'s window and config; built on ``ctx.con`` by the first call.
+    """The correlation tables for ``ctx``'s window and config; built on ``ctx.engine`` by the first call.
 
     Called by ``impersonation.unobserved`` and ``impersonation.unbrokered``; the second caller of a
     run reuses the tables. Cache: the slot ``ctx.cache[("correlate.detect_tables",)]`` holds the
-    window and settings the fixed-name tables on ``ctx.con`` were built for, so a hit is exact; it
+    window and settings the fixed-name tables on ``ctx.engine`` were built for, so a hit is exact; it
     lives as long as the context (one detect run: a new run starts empty and rebuilds, because the
     lake may have grown). Raises on SQL errors (the slot is then not set).
     """
@@ -238,7 +238,7 @@ def ensure(ctx: DetectContext) -> Correlation:
     built_for = (window, ctx.config.impersonation.approved_impersonators, ctx.config.impersonation.proxy_hosts,
                  ctx.config.correlation)
     if ctx.cache.get(_BUILT_FOR) != built_for:
-        run_plan(ctx.con, ctx.config, window, DETECT_PLAN)
+        run_plan(ctx.engine, ctx.config, window, DETECT_PLAN)
         ctx.cache[_BUILT_FOR] = built_for
     return _DETECT
 
@@ -258,15 +258,16 @@ _SUMMARY_REPORT_SQL: Final = f"""
 """
 
 
-def impersonation_summary(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
+def impersonation_summary(con: Session, config: Config, since: datetime | None = None,
                           until: datetime | None = None) -> pa.Table:
     """Matched and unmatched proxy/audit counts per identity (for ``ztaudit report impersonation``).
 
     Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_b, matched_tier_c, unmatched_proxy
     (allowed decisions with no impersonated request), unmatched_audit (impersonated requests with
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
-    last_seen. Called by ``ztaudit report impersonation`` with an ``open_lake`` connection; runs
-    :data:`SUMMARY_PLAN` on every call (no cache); raises on SQL errors.
+    last_seen. Called by ``ztaudit report impersonation`` with an ``open_lake`` connection (or an
+    engine); runs :data:`SUMMARY_PLAN` on every call (no cache); raises on SQL errors.
     """
-    run_plan(con, config, Window(since, until), SUMMARY_PLAN)
-    return con.sql(_SUMMARY_REPORT_SQL).to_arrow_table()
+    engine = as_engine(con)
+    run_plan(engine, config, Window(since, until), SUMMARY_PLAN)
+    return engine.query(_SUMMARY_REPORT_SQL)

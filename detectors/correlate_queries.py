@@ -56,6 +56,7 @@ from __future__ import annotations
 from typing import Final
 
 from ztaudit.core.window import Window
+from ztaudit.detectors.sql import EmptyTable, Insert, Step, Table
 
 #: HTTP method a Kubernetes verb is made with (the verb → method direction of §1.6's mapping), on ``{v}``.
 VERB_METHOD_SQL: Final = (
@@ -280,39 +281,36 @@ def tier_c_view(ranks: str, paired: str) -> str:
 #: global ranks (cheap, settles nearly everything), then bursts twice over what is left (kept in the
 #: small tables ``zt_lp`` / ``zt_la`` so those passes do not rescan everything); then what stays
 #: unpaired, and the watermarks.
-MATCHING: Final = (
-    f"CREATE OR REPLACE TEMP TABLE zt_pairs AS {TIER_A}",
-    "INSERT INTO zt_pairs " + TIER_B.format(paired="zt_pairs"),
-    "CREATE OR REPLACE TEMP TABLE zt_r AS "
-    + TIER_C_RANKS.format(decisions="zt_p", requests="zt_a", paired="zt_pairs"),
-    "INSERT INTO zt_pairs " + TIER_C_PAIRS.format(ranked="zt_r"),
-    "CREATE OR REPLACE TEMP TABLE zt_lp AS SELECT * FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pairs)",
-    "CREATE OR REPLACE TEMP TABLE zt_la AS SELECT * FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pairs)",
-    "CREATE OR REPLACE TEMP TABLE zt_pairs2 (p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR)",
-    *(("CREATE OR REPLACE TEMP TABLE zt_r AS "
-       + TIER_C_BURSTS.format(decisions="zt_lp", requests="zt_la", paired="zt_pairs2"),
-       "INSERT INTO zt_pairs2 " + TIER_C_PAIRS.format(ranked="zt_r")) * 2),
-    "INSERT INTO zt_pairs SELECT * FROM zt_pairs2",
-    "CREATE OR REPLACE TEMP TABLE zt_unpaired_a AS SELECT pk FROM zt_la WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)",
-    "CREATE OR REPLACE TEMP TABLE zt_unpaired_p AS SELECT pk FROM zt_lp WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)",
+MATCHING: Final[tuple[Step, ...]] = (
+    Table("zt_pairs", TIER_A),
+    Insert("zt_pairs", TIER_B.format(paired="zt_pairs")),
+    Table("zt_r", TIER_C_RANKS.format(decisions="zt_p", requests="zt_a", paired="zt_pairs")),
+    Insert("zt_pairs", TIER_C_PAIRS.format(ranked="zt_r")),
+    Table("zt_lp", "SELECT * FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pairs)"),
+    Table("zt_la", "SELECT * FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pairs)"),
+    EmptyTable("zt_pairs2", "p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR"),
+    *((Table("zt_r", TIER_C_BURSTS.format(decisions="zt_lp", requests="zt_la", paired="zt_pairs2")),
+       Insert("zt_pairs2", TIER_C_PAIRS.format(ranked="zt_r"))) * 2),
+    Insert("zt_pairs", "SELECT * FROM zt_pairs2"),
+    Table("zt_unpaired_a", "SELECT pk FROM zt_la WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)"),
+    Table("zt_unpaired_p", "SELECT pk FROM zt_lp WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)"),
     # Watermarks: the newest event of each side per cluster, over *all* its rows (a denied decision
     # or a controller's request also shows the log was flowing). A decision newer than the newest
     # audit request minus the window cannot be judged yet (its request may still be in flight), and
     # the same the other way round; a cluster with no data at all on the other side is not judged.
-    """CREATE OR REPLACE TEMP TABLE zt_proxy_marks AS
+    Table("zt_proxy_marks", """
        SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
        FROM proxy_decision d CROSS JOIN zt_correlation_settings s
        LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
-       GROUP BY 1""",
-    """CREATE OR REPLACE TEMP TABLE zt_audit_marks AS
+       GROUP BY 1"""),
+    Table("zt_audit_marks", """
        SELECT coalesce(cluster, s.single_cluster) AS cluster, max(epoch_us(request_received_at)) AS max_a
-       FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1""",
+       FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1"""),
 )
 
 #: Detect plan: each unpaired decision in the judged window [$jlo, $jhi), in detail, read back from the
 #: lake by its key (only the day partitions of the window are read).
-UNMATCHED_PROXY_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_unmatched_proxy AS
+UNMATCHED_PROXY: Final = Table("zt_unmatched_proxy", f"""
     SELECT p.cluster, lower(d.email) AS actor, d.email, d.decided_at, d.request_id, d.check_request_id,
            d.session_id, d.user_id, d.method, d.path, d.host, d.proxy, d.client_ip, d.origin,
            (am.max_a IS NOT NULL AND p.d_us + p.prec_us + s.window_us < am.max_a) AS judgeable
@@ -323,11 +321,10 @@ UNMATCHED_PROXY_SQL: Final = f"""
       ON hash(d.origin, d.request_id, d.check_request_id, d.decided_at) = p.pk
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_audit_marks am ON am.cluster = p.cluster
-    """
+    """)
 
 #: Detect plan: each unpaired impersonated request in the judged window, in detail.
-UNMATCHED_AUDIT_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_unmatched_audit AS
+UNMATCHED_AUDIT: Final = Table("zt_unmatched_audit", f"""
     SELECT r.*, (m.max_p IS NOT NULL AND epoch_us(r.request_received_at) + s.window_us + 1000000 < m.max_p)
                 AS judgeable
     FROM (SELECT coalesce(any_value(cluster), any_value(s0.single_cluster)) AS cluster,
@@ -346,7 +343,7 @@ UNMATCHED_AUDIT_SQL: Final = f"""
           GROUP BY hash(cluster, audit_id, request_received_at)) r
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_marks m ON m.cluster = r.cluster
-    """
+    """)
 
 #: Summary plan: what the summary reads of unmatched decisions, from the unpaired decisions of ``zt_lp``
 #: (the same rows as ``zt_unmatched_proxy``: ``pk`` is the decision's key, ``who`` is lower(email),
@@ -369,10 +366,9 @@ UNMATCHED_AUDIT_FROM_MATCHING: Final = """(
     WHERE a.pk IN (SELECT pk FROM zt_unpaired_a)
       AND a.r_us >= epoch_us($jlo) AND a.r_us < epoch_us($jhi))"""
 
-#: Matched and unmatched counts per (cluster, actor, UTC day) in the judged window, into ``{summary}``
-#: from ``{unmatched_proxy}`` / ``{unmatched_audit}`` (tables, or the subqueries above).
+#: Matched and unmatched counts per (cluster, actor, UTC day) in the judged window (the plans store it as
+#: a temp table) from ``{unmatched_proxy}`` / ``{unmatched_audit}`` (tables, or the subqueries above).
 SUMMARY_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE {summary} AS
     WITH m AS (
         -- aggregate on integers first (4M pairs), convert the few group results to times after
         SELECT a.cluster, a.who AS actor,

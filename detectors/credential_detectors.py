@@ -121,17 +121,17 @@ class Stale:
         name = f"_cred_uses_{uuid.uuid4().hex[:12]}"
         # One pass over k8s_requests (the stage de-duplication is the expensive part); the four
         # checks below read this temp table.
-        ctx.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM ({USES_SQL}) WHERE ts < $hi", {"hi": hi})
+        ctx.engine.create_table(name, f"SELECT * FROM ({USES_SQL}) WHERE ts < $hi", {"hi": hi})
         try:
             return self._run(ctx, name, lo, hi)
         finally:
-            ctx.con.execute(f"DROP TABLE IF EXISTS {name}")
+            ctx.engine.drop(name)
 
     def _run(self, ctx: DetectContext, uses: str, lo: datetime, hi: datetime) -> list[Finding]:
         cfg = ctx.config.credentials
         out: list[Finding] = []
         # 1. Past maximum age: age from the TokenRequest that issued it (§4), else first seen.
-        info = ctx.con.sql(_STALE_SQL.format(uses=uses), params={"lo": lo, "hi": hi}).fetchall()
+        info = ctx.engine.rows(_STALE_SQL.format(uses=uses), {"lo": lo, "hi": hi})
         limits = []
         meta: dict[str, tuple[Any, ...]] = {}
         for key, kind, holder, cluster, first_seen, _last, issued_at in info:
@@ -145,12 +145,12 @@ class Stale:
             meta[key] = (kind, holder, cluster, origin, issued_at is not None, max_h)
         if limits:
             name = f"_cred_lim_{uuid.uuid4().hex[:12]}"
-            ctx.con.register(name, pa.Table.from_pylist(
+            ctx.engine.register_arrow(name, pa.Table.from_pylist(
                 limits, schema=pa.schema([("credential_key", pa.string()), ("limit_at", TS)])))
             try:
-                past = ctx.con.sql(_PAST_AGE_SQL.format(lim=name, uses=uses), params={"lo": lo}).fetchall()
+                past = ctx.engine.rows(_PAST_AGE_SQL.format(lim=name, uses=uses), {"lo": lo})
             finally:
-                ctx.con.unregister(name)
+                ctx.engine.drop(name)
             for key, first_past, last_past, n, ips, ev in past:
                 kind, holder, cluster, origin, from_issue, max_h = meta[key]
                 age_h = (last_past - origin).total_seconds() / 3600
@@ -168,8 +168,8 @@ class Stale:
                 ))
         # 2. Dormant then used again.
         dormant_s = float(cfg.dormancy_days) * 86400
-        for key, holder, cluster, prev, t0, ev in ctx.con.sql(
-                _DORMANT_SQL.format(uses=uses), params={"lo": lo, "dormant_s": dormant_s}).fetchall():
+        for key, holder, cluster, prev, t0, ev in ctx.engine.rows(
+                _DORMANT_SQL.format(uses=uses), {"lo": lo, "dormant_s": dormant_s}):
             days = (t0 - prev).total_seconds() / 86400
             out.append(Finding(
                 detector=self.id, key=(key, cluster or "", "dormant", t0.isoformat()), severity=Severity.MEDIUM,
@@ -183,8 +183,8 @@ class Stale:
         # 3. The API server's own stale-token annotation (undercounts: only on cache misses).
         # One finding per credential (first_seen = its first annotated use, so re-runs over later
         # windows replace it instead of adding one per day).
-        for key, holder, cluster, t0, t1, n, note, ev in ctx.con.sql(
-                _ANNOT_SQL.format(uses=uses), params={"lo": lo}).fetchall():
+        for key, holder, cluster, t0, t1, n, note, ev in ctx.engine.rows(
+                _ANNOT_SQL.format(uses=uses), {"lo": lo}):
             out.append(Finding(
                 detector=self.id, key=(key, "stale_token_annotation"),
                 severity=Severity.MEDIUM, actor=holder, credential_id=key, cluster=cluster,
@@ -227,8 +227,8 @@ class LegacyToken:
     def run(self, ctx: DetectContext) -> list[Finding]:
         lo, hi = window_bounds(ctx.since, ctx.until)
         out = []
-        for key, holder, cluster, day, t0, t1, n, invalidated, ips, uas, ev in ctx.con.sql(
-                _LEGACY_SQL, params={"lo": lo, "hi": hi}).fetchall():
+        for key, holder, cluster, day, t0, t1, n, invalidated, ips, uas, ev in ctx.engine.rows(
+                _LEGACY_SQL, {"lo": lo, "hi": hi}):
             outside = [ip for ip in (ips or []) if in_cluster(ctx.config, cluster, ip) is False]
             sev = Severity.HIGH if invalidated or outside else Severity.MEDIUM
             extra = f" ({invalidated} after the token was invalidated)" if invalidated else ""
@@ -310,16 +310,16 @@ class Shared:
     def run(self, ctx: DetectContext) -> list[Finding]:
         w = int(ctx.config.credentials.shared_window_seconds)
         lo, hi = window_bounds(ctx.since, ctx.until)
-        pairs = ctx.con.sql(
+        pairs = ctx.engine.rows(
             """SELECT DISTINCT cluster, source_ip FROM k8s_requests
                WHERE request_received_at >= $lo AND request_received_at < $hi AND credential_id IS NOT NULL""",
-            params={"lo": lo, "hi": hi}).fetchall()
-        name = register_ip_table(ctx.con, ctx.config, pairs)
+            {"lo": lo, "hi": hi})
+        name = register_ip_table(ctx.engine, ctx.config, pairs)
         try:
-            rows = ctx.con.sql(_SHARED_SQL.format(uses=USES_SQL, ips=name),
-                               params={"lo": lo, "hi": hi, "w": w, "evidence": EVIDENCE}).fetchall()
+            rows = ctx.engine.rows(_SHARED_SQL.format(uses=USES_SQL, ips=name),
+                                   {"lo": lo, "hi": hi, "w": w, "evidence": EVIDENCE})
         finally:
-            ctx.con.unregister(name)
+            ctx.engine.drop(name)
         out = []
         for key, holder, kind, cluster, pod_bound, day, t0, t1, places, uas, ev in rows:
             places = sorted(set(places or []))
@@ -398,17 +398,17 @@ class OffCluster:
     def run(self, ctx: DetectContext) -> list[Finding]:
         lo, hi = window_bounds(ctx.since, ctx.until)
         params = {"lo": lo, "hi": hi}
-        pairs = ctx.con.sql(_OFF_ADDRS_SQL, params=params).fetchall()
+        pairs = ctx.engine.rows(_OFF_ADDRS_SQL, params)
         if not any(in_cluster(ctx.config, c, ip) is False for c, ip in pairs):
             return []
-        learned = learn_networks(ctx.con, ctx.config, lo, hi, pairs)
+        learned = learn_networks(ctx.engine, ctx.config, lo, hi, pairs)
         if not any(placement(ctx.config, c, ip, learned)[0] is False for c, ip in pairs):
             return []
-        ips = register_ip_table(ctx.con, ctx.config, pairs, learned)
+        ips = register_ip_table(ctx.engine, ctx.config, pairs, learned)
         try:
-            rows = ctx.con.sql(_off_sql(ips), params=params).fetchall()
+            rows = ctx.engine.rows(_off_sql(ips), params)
         finally:
-            ctx.con.unregister(ips)
+            ctx.engine.drop(ips)
         out = []
         for key, holder, hkind, cluster, day, t0, t1, n, peer_out, _fwd_out, out_ips, all_ips, uas, ev in rows:
             basis = ("the connection's own address" if peer_out else

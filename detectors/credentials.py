@@ -41,7 +41,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final
 
-import duckdb
 import pyarrow as pa
 
 from ztaudit.core.columns import conform
@@ -49,6 +48,7 @@ from ztaudit.core.config import Config, CredentialSettings
 from ztaudit.core.derived_tables import CREDENTIALS
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext
+from ztaudit.detectors.engine import Engine, Session, as_engine
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
 INVALIDATED_ANNOTATION: Final = "authentication.k8s.io/legacy-token-invalidated"
@@ -92,10 +92,6 @@ def window_bounds(since: datetime | None, until: datetime | None) -> tuple[datet
     return w.lo, w.hi
 
 
-def _arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.Table:
-    return con.sql(sql, params=params).to_arrow_table()
-
-
 _INVENTORY_SQL = f"""
 WITH u AS ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at < $hi),
 issued AS (
@@ -130,16 +126,17 @@ ORDER BY day, u.credential_key
 """
 
 
-def inventory(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None) -> pa.Table:
-    """Credential-day rows for uses in [since, until) (the ``credentials`` table)."""
+def inventory(con: Session, since: datetime | None, until: datetime | None) -> pa.Table:
+    """Credential-day rows for uses in [since, until) (the ``credentials`` table), read through engine
+    ``con`` (or an ``open_lake`` connection: bench/report.py)."""
     lo, hi = window_bounds(since, until)
     # GROUP BY ALL groups by day and key only: every other column is aggregated.
-    return conform(_arrow(con, _INVENTORY_SQL, {"lo": lo, "hi": hi}), CREDENTIALS)
+    return conform(as_engine(con).query(_INVENTORY_SQL, {"lo": lo, "hi": hi}), CREDENTIALS)
 
 
 def build_credentials_table(ctx: DetectContext) -> pa.Table:
     """Derived-table builder for ``detect`` (detectors/tables.py)."""
-    return inventory(ctx.con, ctx.since, ctx.until)
+    return inventory(ctx.engine, ctx.since, ctx.until)
 
 
 # --- networks --------------------------------------------------------------------------------
@@ -228,7 +225,7 @@ ORDER BY cl, net
 """
 
 
-def learn_networks(con: duckdb.DuckDBPyConnection, config: Config, lo: datetime, hi: datetime,
+def learn_networks(engine: Engine, config: Config, lo: datetime, hi: datetime,
                    pairs: Iterable[tuple[Any, Any]]) -> Learned:
     """The networks of clusters that :func:`learns_networks`, learned from the window's traffic.
 
@@ -248,13 +245,12 @@ def learn_networks(con: duckdb.DuckDBPyConnection, config: Config, lo: datetime,
     if not rows:
         return {}
     name = f"_cred_learn_{uuid.uuid4().hex[:12]}"
-    con.register(name, pa.Table.from_pylist(
+    engine.register_arrow(name, pa.Table.from_pylist(
         rows, schema=pa.schema([("cl", pa.string()), ("ip", pa.string()), ("net", pa.string())])))
     try:
-        found = con.sql(_LEARN_SQL.format(map=name),
-                        params={"lo": lo, "hi": hi, "min_share": LEARN_MIN_SHARE}).fetchall()
+        found = engine.rows(_LEARN_SQL.format(map=name), {"lo": lo, "hi": hi, "min_share": LEARN_MIN_SHARE})
     finally:
-        con.unregister(name)
+        engine.drop(name)
     clusters = {(c or ""): c for c, _ in pairs}
     out: Learned = {}
     for cl, net, node_ids, sas, sa_nodes, on_days in found:
@@ -296,12 +292,12 @@ def in_cluster(config: Config, cluster: str | None, ip: str | None) -> bool | No
     return any(addr.version == n.version and addr in n for n in _networks(config, cluster))
 
 
-def register_ip_table(con: duckdb.DuckDBPyConnection, config: Config, pairs: Iterable[tuple[Any, Any]],
+def register_ip_table(engine: Engine, config: Config, pairs: Iterable[tuple[Any, Any]],
                       learned: Learned | None = None) -> str:
     """Register (cluster, ip, inside) for the given pairs, inside by :func:`placement` (so with
-    ``learned`` ranges); returns the relation name (the caller joins it and unregisters it)."""
+    ``learned`` ranges) on ``engine``; returns the relation name (the caller joins it and drops it)."""
     rows = [{"cluster": c, "ip": ip, "inside": placement(config, c, ip, learned)[0]} for c, ip in pairs]
     name = f"_cred_ips_{uuid.uuid4().hex[:12]}"
-    con.register(name, pa.Table.from_pylist(
+    engine.register_arrow(name, pa.Table.from_pylist(
         rows, schema=pa.schema([("cluster", pa.string()), ("ip", pa.string()), ("inside", pa.bool_())])))
     return name

@@ -3,9 +3,10 @@
 Four detectors (docs/design.md "Detector ids"; docs/detection-background.md "What NONE of them has";
 docs/kubernetes-audit.md §6; docs/proxy-and-idp.md §1.5, §4 "Pitfalls"). Each is called by
 ``ztaudit detect`` and the streaming hook with a :class:`DetectContext`; each reads the lake
-through DuckDB, returns findings grouped per actor per cluster per UTC day (so a busy day is one
-finding, with counts and up to ``detect.max_evidence`` event references), and raises on SQL
-errors (a broken lake is an error, never a silent "no findings").
+through the context's engine (:mod:`ztaudit.detectors.engine`), returns findings grouped per actor
+per cluster per UTC day (so a busy day is one finding, with counts and up to ``detect.max_evidence``
+event references), and raises on SQL errors (a broken lake is an error, never a silent "no
+findings").
 
 Human, break-glass and system identities come from ``[identities]`` / ``[impersonation]`` in the
 config at detect time (not from ``actor_kind`` fixed at ingest), so changing the config and
@@ -19,8 +20,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
-import duckdb
-
 from ztaudit.core.config import Config
 from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
@@ -32,7 +31,8 @@ from ztaudit.detectors.correlate_queries import (
     VERB_METHOD_SQL,
     approved_predicate,
 )
-from ztaudit.detectors.sql import execute
+from ztaudit.detectors.engine import Session, as_engine
+from ztaudit.detectors.sql import Drop, EmptyTable, Insert, Step, Table, run_all
 
 
 def _any_pattern(patterns: Sequence[str]) -> str | None:
@@ -43,12 +43,6 @@ def _any_pattern(patterns: Sequence[str]) -> str | None:
 def _window(ctx: DetectContext) -> dict[str, Any]:
     """Bound parameters of :meth:`Window.sql` for the context's window (open ends are far sentinels)."""
     return Window(ctx.since, ctx.until).params()
-
-
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params)
-    names = [d[0] for d in cur.description or []]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -147,9 +141,9 @@ _UNMATCHED_DECISIONS_SQL: Final = f"""
 #: order. Pairing is tier C of :mod:`~ztaudit.detectors.correlate_queries` (same templates, the same
 #: multiset passes) with the key (cluster, method, path without query): the decision's person in place
 #: of an impersonated user, since a route that skipped impersonation sends the proxy's own token.
-_RAW_PREPARE: Final = (
+_RAW_PREPARE: Final[tuple[Step, ...]] = (
     # the raw requests: one row per request (docs/kubernetes-audit.md §9), no stage impersonated
-    f"""CREATE OR REPLACE TEMP TABLE zt_raw_a AS
+    Table("zt_raw_a", f"""
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
            hash(any_value(coalesce(r.cluster, s.single_cluster)), {VERB_METHOD_SQL.format(v='any_value(r.verb)')},
                 split_part(any_value(r.request_uri), '?', 1)) AS k,
@@ -163,31 +157,30 @@ _RAW_PREPARE: Final = (
     WHERE {Window.sql("request_received_at", "r")}
       AND {approved_predicate('r.user_name', 'coalesce(r.cluster, s.single_cluster)')}
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
-    HAVING bool_and(r.impersonator IS NULL)""",
+    HAVING bool_and(r.impersonator IS NULL)"""),
     # the decisions a raw request may explain: allowed, for a person, paired with no impersonated request
-    """CREATE OR REPLACE TEMP TABLE zt_raw_p AS
+    Table("zt_raw_p", """
     SELECT hash(origin, request_id, check_request_id, decided_at) AS pk,
            hash(cluster, upper(method), path) AS k, epoch_us(decided_at) AS d_us,
            CASE WHEN epoch_us(decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            CAST(NULL AS UBIGINT) AS kb, coalesce(request_id, origin) AS ref
-    FROM zt_unmatched_proxy""",
-    "CREATE OR REPLACE TEMP TABLE zt_raw_pairs (p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR)",
-    *(sql for ranks in (TIER_C_RANKS, TIER_C_BURSTS, TIER_C_BURSTS)
-      for sql in ("CREATE OR REPLACE TEMP TABLE zt_raw_r AS "
-                  + ranks.format(decisions="zt_raw_p", requests="zt_raw_a", paired="zt_raw_pairs"),
-                  "INSERT INTO zt_raw_pairs " + TIER_C_PAIRS.format(ranked="zt_raw_r"))),
+    FROM zt_unmatched_proxy"""),
+    EmptyTable("zt_raw_pairs", "p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR"),
+    *(step for ranks in (TIER_C_RANKS, TIER_C_BURSTS, TIER_C_BURSTS)
+      for step in (Table("zt_raw_r", ranks.format(decisions="zt_raw_p", requests="zt_raw_a", paired="zt_raw_pairs")),
+                   Insert("zt_raw_pairs", TIER_C_PAIRS.format(ranked="zt_raw_r")))),
     # the newest decision per cluster (any decision shows the proxy log was flowing), as in MATCHING
-    """CREATE OR REPLACE TEMP TABLE zt_raw_marks AS
+    Table("zt_raw_marks", """
     SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
     FROM proxy_decision d CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
-    GROUP BY 1""",
+    GROUP BY 1"""),
     # ``kind``: ``route`` (paired with a person's decision: a route that skipped impersonation),
     # ``secrets`` (unpaired, reads secrets outside the identity's own namespace: a proxy reads at most
     # its own TLS/config secrets, so this is its token in someone's hands), ``pending`` (unpaired but too
     # close to the end of the proxy data, or no proxy data in the cluster: its decision may not be
     # logged yet), ``own`` (unpaired: the proxy's own housekeeping, config maps, ingresses, leases).
-    """CREATE OR REPLACE TEMP TABLE zt_raw_proxy AS
+    Table("zt_raw_proxy", """
     SELECT a.* EXCLUDE (pk, k, r_us, kb), x.ref,
            CASE WHEN x.ref IS NOT NULL THEN 'route'
                 WHEN a.resource = 'secrets' AND a.verb IN ('get', 'list', 'watch')
@@ -199,9 +192,8 @@ _RAW_PREPARE: Final = (
     FROM zt_raw_a a CROSS JOIN zt_correlation_settings s
     LEFT JOIN (SELECT q.a_pk, any_value(p.ref) AS ref FROM zt_raw_pairs q JOIN zt_raw_p p ON p.pk = q.p_pk
                GROUP BY q.a_pk) x ON x.a_pk = a.pk
-    LEFT JOIN zt_raw_marks m ON m.cluster = a.cluster""",
-    "DROP TABLE IF EXISTS zt_raw_a", "DROP TABLE IF EXISTS zt_raw_p", "DROP TABLE IF EXISTS zt_raw_r",
-    "DROP TABLE IF EXISTS zt_raw_pairs", "DROP TABLE IF EXISTS zt_raw_marks",
+    LEFT JOIN zt_raw_marks m ON m.cluster = a.cluster"""),
+    Drop("zt_raw_a"), Drop("zt_raw_p"), Drop("zt_raw_r"), Drop("zt_raw_pairs"), Drop("zt_raw_marks"),
 )
 
 #: impersonation.unobserved, shape 2 findings: the ``route`` and ``secrets`` rows of ``zt_raw_proxy`` per
@@ -234,26 +226,26 @@ OWN_TRAFFIC_COLUMNS: Final = ("cluster", "identity", "requests", "forbidden", "a
                               "first_seen", "last_seen")
 
 
-def classify_raw_proxy_requests(con: duckdb.DuckDBPyConnection, window: Window) -> None:
-    """Write ``zt_raw_proxy`` on ``con``: each non-impersonated request of an approved impersonator in
+def classify_raw_proxy_requests(con: Session, window: Window) -> None:
+    """Write ``zt_raw_proxy`` on engine ``con``: each non-impersonated request of an approved impersonator in
     ``window``, with the decision it paired with and its ``kind`` (see :data:`_RAW_PREPARE`).
 
     Called by :class:`Unobserved` and :func:`proxy_own_traffic` after ``correlate``'s detect plan
     built ``zt_unmatched_proxy`` for the same window on ``con``. Raises on SQL errors.
     """
-    for sql in _RAW_PREPARE:
-        execute(con, sql, window.params())
+    run_all(as_engine(con), _RAW_PREPARE, window.params())
 
 
-def proxy_own_traffic(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
+def proxy_own_traffic(con: Session, config: Config, since: datetime | None = None,
                       until: datetime | None = None) -> list[dict[str, Any]]:
     """The proxy identities' own traffic (raw requests that pair with no person's decision), per
     (cluster, identity): :data:`OWN_TRAFFIC_COLUMNS`. Called by ``ztaudit report impersonation`` with an
     ``open_lake`` connection; runs the correlation's detect plan (no cache); raises on SQL errors."""
     window = Window(since, until)
-    correlate.run_plan(con, config, window, correlate.DETECT_PLAN)
-    classify_raw_proxy_requests(con, window)
-    return _rows(con, _OWN_TRAFFIC_SQL, {})
+    engine = as_engine(con)
+    correlate.run_plan(engine, config, window, correlate.DETECT_PLAN)
+    classify_raw_proxy_requests(engine, window)
+    return engine.records(_OWN_TRAFFIC_SQL)
 
 
 #: impersonation.unbrokered: judgeable unmatched impersonated requests per (cluster, impersonated user,
@@ -313,7 +305,7 @@ class ProxyBypass:
         """Requests whose ``user.username`` is a human or break-glass identity, per (cluster, identity,
         day). Break-glass use is severity low; anyone else high."""
         params = {**_window(ctx), **_identity_params(ctx.config), "cap": ctx.config.detect.max_evidence}
-        rows = _rows(ctx.con, _PROXY_BYPASS_SQL, params)
+        rows = ctx.engine.records(_PROXY_BYPASS_SQL, params)
         out = []
         for r in rows:
             bg = bool(r["break_glass"])
@@ -371,7 +363,7 @@ class Unobserved:
         cap = ctx.config.detect.max_evidence
         correlate.ensure(ctx)
         out: list[Finding] = []
-        for r in _rows(ctx.con, _UNMATCHED_DECISIONS_SQL, {"cap": cap}):
+        for r in ctx.engine.records(_UNMATCHED_DECISIONS_SQL, {"cap": cap}):
             summary = (f"The proxy allowed {r['decisions']} Kubernetes request(s) for {r['actor']} to cluster "
                        f"{_cl(r['cluster'])} between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
                        f"(e.g. {', '.join(r['requests'][:3])}) but no audit event shows them arriving as that "
@@ -387,8 +379,8 @@ class Unobserved:
                 context={"shape": "decision_without_audit", "decisions": r["decisions"],
                          "requests": r["requests"], "client_ips": r["client_ips"], "user_ids": r["user_ids"]},
             ))
-        classify_raw_proxy_requests(ctx.con, Window(ctx.since, ctx.until))
-        for r in _rows(ctx.con, _RAW_PROXY_IDENTITY_SQL, {"cap": cap}):
+        classify_raw_proxy_requests(ctx.engine, Window(ctx.since, ctx.until))
+        for r in ctx.engine.records(_RAW_PROXY_IDENTITY_SQL, {"cap": cap}):
             why = []
             if r["paired"]:
                 why.append(f"{r['paired']} of them pair with the proxy's allowed decisions for people (same "
@@ -433,7 +425,7 @@ class Unbrokered:
         cap = ctx.config.detect.max_evidence
         correlate.ensure(ctx)
         out: list[Finding] = []
-        for r in _rows(ctx.con, _UNMATCHED_REQUESTS_SQL, {"cap": cap}):
+        for r in ctx.engine.records(_UNMATCHED_REQUESTS_SQL, {"cap": cap}):
             imps = ", ".join(map(str, r["impersonators"]))
             summary = (f"{imps} impersonated {r['impersonated_user']} in cluster {_cl(r['cluster'])} for "
                        f"{r['requests']} request(s) between {_fmt(r['first_seen'])} and {_fmt(r['last_seen'])} "
@@ -465,9 +457,9 @@ class UnapprovedImpersonator:
     def run(self, ctx: DetectContext) -> list[Finding]:
         """Impersonated requests whose impersonator is not approved, per (cluster, impersonator, day)."""
         cap = ctx.config.detect.max_evidence
-        correlate.install_config(ctx.con, ctx.config)
+        correlate.install_config(ctx.engine, ctx.config)
         out: list[Finding] = []
-        for r in _rows(ctx.con, _UNAPPROVED_SQL, {**_window(ctx), "cap": cap}):
+        for r in ctx.engine.records(_UNAPPROVED_SQL, {**_window(ctx), "cap": cap}):
             targets = ", ".join(map(str, r["targets"]))
             summary = (f"{r['impersonator']} is not an approved impersonator for cluster {_cl(r['cluster'])} but "
                        f"impersonated {targets} in {r['requests']} request(s) ({r['forbidden']} forbidden by "

@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
-import duckdb
-
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.engine import DuckDBConnection, DuckDBEngine, Engine
 from ztaudit.detectors.rbac import Rule, Use, covers, latest_grants
 
 DETECTOR: Final = "impersonation.unapproved_right"
@@ -148,10 +147,19 @@ def impersonators_of(rights: list[Right], cluster: str | None, identity: str) ->
             if r.cluster == cluster and r.subject != MASTERS and any(covers(rule, probe) for rule in r.rules)]
 
 
-def _uses(con: duckdb.DuckDBPyConnection, window: Window, cap: int) -> list[dict[str, Any]]:
+def _rbac_connection(engine: Engine) -> DuckDBConnection:
+    """The DuckDB connection :func:`~ztaudit.detectors.rbac.latest_grants` still takes (transitional:
+    :meth:`DuckDBEngine.transitional_connection`); on another engine this detector fails alone (the
+    run reports it and goes on), it cannot read the RBAC snapshot there yet."""
+    if not isinstance(engine, DuckDBEngine):
+        raise NotImplementedError(f"{DETECTOR} reads the RBAC snapshot on the DuckDB engine only, for now")
+    return engine.transitional_connection()
+
+
+def _uses(engine: Engine, window: Window, cap: int) -> list[dict[str, Any]]:
     """Per cluster and impersonator: its groups and the first ``cap`` impersonated requests."""
     params: dict[str, Any] = {**window.params(), "cap": cap}
-    cur = con.execute(f"""
+    return engine.records(f"""
         SELECT cluster, impersonator, list_distinct(flatten(list(coalesce(user_groups, [])))) AS groups,
                min(request_received_at) AS first_seen, max(request_received_at) AS last_seen, count(*) AS requests,
                list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids,
@@ -159,8 +167,6 @@ def _uses(con: duckdb.DuckDBPyConnection, window: Window, cap: int) -> list[dict
         FROM k8s_requests
         WHERE impersonator IS NOT NULL AND {Window.sql("request_received_at")}
         GROUP BY cluster, impersonator""", params)
-    names = [d[0] for d in cur.description or []]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 class UnapprovedRight:
@@ -172,12 +178,12 @@ class UnapprovedRight:
 
     def run(self, ctx: DetectContext) -> list[Finding]:
         """One finding per cluster and unapproved subject with an impersonation right (module docstring)."""
-        grants = latest_grants(ctx.con, ctx.until)
+        grants = latest_grants(_rbac_connection(ctx.engine), ctx.until)
         if not grants:
             return []
         window = Window(ctx.since, ctx.until)
         cap = ctx.config.detect.max_evidence
-        uses = _uses(ctx.con, window, cap)
+        uses = _uses(ctx.engine, window, cap)
         by_user: dict[tuple[str | None, str], dict[str, Any]] = {(u["cluster"], u["impersonator"]): u for u in uses}
         by_group: dict[tuple[str | None, str], list[dict[str, Any]]] = defaultdict(list)
         for u in uses:

@@ -58,7 +58,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -68,6 +67,7 @@ from ztaudit.core.config import Config
 from ztaudit.core.derived_tables import REACH
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.engine import Engine
 from ztaudit.detectors.reach_features import floor_to, window_seconds
 from ztaudit.detectors.reach_scoring import (
     RULES,
@@ -94,7 +94,7 @@ def reach_rows_table(df: pd.DataFrame, config: Config) -> pa.Table:
 
 def build_reach_table(ctx: DetectContext) -> pa.Table:
     """Derived-table builder for ``detect`` (detectors/tables.py): reach rows for [since, until)."""
-    return reach_rows_table(compute_reach(ctx.con, ctx.config, ctx.since, ctx.until, ctx.cache), ctx.config)
+    return reach_rows_table(compute_reach(ctx.engine, ctx.config, ctx.since, ctx.until, ctx.cache), ctx.config)
 
 
 # --- detector ----------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ ORDER BY k.i, (r.resource = 'secrets') DESC, r.request_received_at, r.cluster, r
 """
 
 
-def _evidence(con: duckdb.DuckDBPyConnection,
+def _evidence(engine: Engine,
               windows: list[tuple[str, str | None, datetime, datetime]]) -> list[list[str]]:
     """Event references for each (actor, scope, start, end): up to 20 of its requests in [start, end),
     secret requests first, then by time (one query for all windows)."""
@@ -147,12 +147,12 @@ def _evidence(con: duckdb.DuckDBPyConnection,
         "end": pa.array([w[3] for w in windows], TS),
     })
     name = f"_reach_ev_{uuid.uuid4().hex[:12]}"
-    con.register(name, keys)
+    engine.register_arrow(name, keys)
     try:
         span = Window(min(w[2] for w in windows), max(w[3] for w in windows))
-        rows = con.execute(_EVIDENCE_SQL.format(keys=name), span.params()).fetchall()
+        rows = engine.rows(_EVIDENCE_SQL.format(keys=name), span.params())
     finally:
-        con.unregister(name)
+        engine.drop(name)
     out: list[list[str]] = [[] for _ in windows]
     for i, cluster, audit_id in rows:
         out[i].append(f"k8s_audit:{cluster}/{audit_id}")
@@ -171,7 +171,7 @@ class AnomalousReach:
         wsec = window_seconds(ctx.config)
         # Lookback for training: one more baseline before the judged window.
         train_since = None if ctx.since is None else ctx.since - timedelta(days=cfg.baseline_days)
-        df_all = compute_reach(ctx.con, ctx.config, train_since, ctx.until, ctx.cache)
+        df_all = compute_reach(ctx.engine, ctx.config, train_since, ctx.until, ctx.cache)
         if len(df_all) == 0:
             return []
         model, meta = fit_or_load(df_all, ctx)
@@ -204,7 +204,7 @@ class AnomalousReach:
             start = row["w"].to_pydatetime()
             windows.append((str(row["actor"]), None if pd.isna(row["scope"]) else str(row["scope"]), start,
                             start + timedelta(seconds=wsec)))
-        evidence = _evidence(ctx.con, windows)
+        evidence = _evidence(ctx.engine, windows)
         findings: list[Finding] = []
         for (row, score, reasons), (actor, scope, start, end), refs in zip(hits, windows, evidence, strict=True):
             sev = Severity.HIGH if any(r["severity"] == "high" for r in reasons) else Severity.MEDIUM

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, Window
 from ztaudit.detectors.base import DetectContext, Severity
+from ztaudit.detectors.engine import Engine, Session, as_engine
 from ztaudit.detectors.reach_features import (
     COUNT_FEATURES,
     FEATURES_SQL,
@@ -187,7 +187,7 @@ def _baseline_sql() -> str:
                                 pop_top_cols=pop_top, pop_second_cols=pop_second, pop_cols=pop)
 
 
-def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None,
+def compute_reach(con: Session, config: Config, since: datetime | None,
                   until: datetime | None, cache: dict[tuple[Any, ...], Any] | None = None) -> pd.DataFrame:
     """Actor-window features with history and peer ranges, for windows overlapping [since, until).
 
@@ -208,7 +208,7 @@ def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetim
     if cache is not None and key in cache:
         df = cache[key]
     else:
-        df = _compute_features(con, wsec, baseline_days, lo, hi)
+        df = _compute_features(as_engine(con), wsec, baseline_days, lo, hi)
         if cache is not None:
             cache[key] = df
     if since is not None and len(df):
@@ -216,20 +216,19 @@ def compute_reach(con: duckdb.DuckDBPyConnection, config: Config, since: datetim
     return df.sort_values(["w", "actor", "cluster"]).reset_index(drop=True)
 
 
-def _compute_features(con: duckdb.DuckDBPyConnection, wsec: int, baseline_days: int, lo: datetime,
+def _compute_features(engine: Engine, wsec: int, baseline_days: int, lo: datetime,
                       hi: datetime) -> pd.DataFrame:
     """Features and baselines of every actor-window in [lo, hi) (lookback rows included)."""
-    # The catalog's views are TEMP views of ``con`` itself, so no cursor: a uniquely named
+    # The catalog's views belong to the engine's session, so no second session: a uniquely named
     # registered relation is dropped again in ``finally``.
     name = f"_reach_feat_{uuid.uuid4().hex[:12]}"
-    feat = con.sql(FEATURES_SQL, params={"w": wsec, "baseline_days": baseline_days,
-                                          **Window(lo, hi).params()}).to_arrow_table()
-    con.register(name, feat)
+    feat = engine.query(FEATURES_SQL, {"w": wsec, "baseline_days": baseline_days, **Window(lo, hi).params()})
+    engine.register_arrow(name, feat)
     try:
-        df = con.execute(_baseline_sql().replace("FROM feat", f"FROM {name}"),
-                         {"min_peer": MIN_PEER_GROUP, "baseline_days": baseline_days}).df()
+        df = engine.frame(_baseline_sql().replace("FROM feat", f"FROM {name}"),
+                          {"min_peer": MIN_PEER_GROUP, "baseline_days": baseline_days})
     finally:
-        con.unregister(name)
+        engine.drop(name)
     return df
 
 

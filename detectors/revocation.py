@@ -11,7 +11,7 @@ bridge, timing rules): :mod:`ztaudit.detectors.revocation_status`.
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 from ztaudit.detectors.revocation_status import build
@@ -29,13 +29,11 @@ class NotEnforced:
 
         Called by detect and the streaming hook; raises on SQL errors.
         """
-        table = build(ctx.con, ctx.config, ctx.since, ctx.until, lookback=True)
-        rows = ctx.con.execute(f"SELECT * FROM {table} WHERE status = 'not_enforced'").fetchall()
-        names = [d[0] for d in ctx.con.description or []]
+        table = build(ctx.engine, ctx.config, ctx.since, ctx.until, lookback=True)
+        rows = ctx.engine.records(f"SELECT * FROM {table} WHERE status = 'not_enforced'")
         grace = ctx.config.revocation.grace_seconds
         out: list[Finding] = []
-        for values in rows:
-            r: dict[str, Any] = dict(zip(names, values, strict=True))
+        for r in rows:
             where = []
             if r["allowed_after_grace_proxy"]:
                 where.append(f"{r['allowed_after_grace_proxy']} allowed proxy decision(s)")

@@ -19,10 +19,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Final
 
-import duckdb
-
 from ztaudit.core.window import LATEST
-from ztaudit.detectors.sql import execute
+from ztaudit.detectors.engine import Engine
+from ztaudit.detectors.sql import Table, run
 
 #: Bounds of every proxy scan of the revocation judgement: [$ulo, $until), $ulo being the earliest
 #: ``revoked_at`` of the kinds judged less the activity window (nothing a join could keep is dropped),
@@ -34,9 +33,8 @@ PROXY_BOUND: Final = ("d.decided_at >= $ulo AND d.decided_at < $until "
 #: used days earlier says nothing of who is there now), with the address it came from, and the
 #: subject's last allowed use after the revocation (``last_after``): a denial before it was not the
 #: subject's, whose access still worked.
-_LAST_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_last AS
-    SELECT b.*, b.ts - $notice_window AS look_from,
+_LAST_SQL: Final = Table("zt_rev_last", """
+        SELECT b.*, b.ts - $notice_window AS look_from,
            (SELECT max(u.ts) FROM zt_rev_use u WHERE u.rev_id = b.rev_id AND u.allowed AND u.ts > b.revoked_at
               AND (b.restored_at IS NULL OR u.ts < b.restored_at)) AS last_after
     FROM (SELECT u.rev_id, any_value(r.revoked_at) AS revoked_at, any_value(r.restored_at) AS restored_at,
@@ -46,16 +44,15 @@ _LAST_SQL: Final = """
           WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
             AND u.ts >= r.revoked_at - $notice_window AND coalesce(u.ip, '') <> ''
           GROUP BY u.rev_id) b
-"""
+""")
 
 #: Identified proxy decisions made from the subjects' addresses, cut into runs of one identity per
 #: address (``run``), with when the next run (another identity) starts: for a subject whose last allowed
 #: decision is at ``since``, the first *other* identity at that address after ``since`` is found by one
 #: ASOF lookup instead of a join of every denial with every decision (a shared NAT address would make
 #: that quadratic). ``who`` prefers the email, the spelling Pomerium logs on every line of a session.
-_SEEN_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_seen AS
-    WITH s AS (
+_SEEN_SQL: Final = Table("zt_rev_seen", f"""
+        WITH s AS (
         SELECT d.client_ip AS ip, d.decided_at AS ts, lower(nullif(d.email, '')) AS em, nullif(d.user_id, '') AS uid,
                coalesce(lower(nullif(d.email, '')), nullif(d.user_id, '')) AS who
         FROM proxy_decision d
@@ -70,21 +67,20 @@ _SEEN_SQL: Final = f"""
     )
     SELECT r.ip, r.ts, r.em, r.uid, n.start AS next_start
     FROM r LEFT JOIN runs n ON n.ip = r.ip AND n.run = r.run + 1
-"""
+""")
 
 #: Anonymous proxy denials (no user, email or session: Pomerium's ``user-unauthenticated`` lines after a
 #: session was deleted, §1.4, real-stack.md §4) from the subjects' addresses, numbered per (address,
 #: proxy) in time order, so a revocation's share is a range of numbers found by ASOF lookups.
-_DENIALS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_dn AS
-    SELECT d.client_ip AS ip, d.proxy, d.decided_at AS ts, d.user_agent AS ua,
+_DENIALS_SQL: Final = Table("zt_rev_dn", f"""
+        SELECT d.client_ip AS ip, d.proxy, d.decided_at AS ts, d.user_agent AS ua,
            'proxy_decision:' || coalesce(d.request_id, d.origin) AS ref,
            row_number() OVER (PARTITION BY d.client_ip, d.proxy
                               ORDER BY d.decided_at, coalesce(d.request_id, d.origin)) AS rn
     FROM proxy_decision d
     WHERE NOT d.is_allowed AND coalesce(d.user_id, '') = '' AND coalesce(d.email, '') = ''
       AND coalesce(d.session_id, '') = '' AND d.client_ip IN (SELECT ip FROM zt_rev_last) AND {PROXY_BOUND}
-"""
+""")
 
 #: Per revocation: its anonymous denials are those of the address and proxy of the subject's last
 #: allowed decision, from T0 (a denial logged in T0's second counts; after the subject's last allowed
@@ -95,9 +91,8 @@ _DENIALS_SQL: Final = f"""
 #: address is shared and nothing is attributed (``refused_shared``). Of the first $keep attributable ones,
 #: those whose user agent differs
 #: from the subject's (where both are logged) are not attributed either (``refused_ua``).
-_ANON_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_anon AS
-    WITH b AS (
+_ANON_SQL: Final = Table("zt_rev_anon", """
+        WITH b AS (
         SELECT l.rev_id, l.ip, l.proxy, l.ua AS last_ua, r.revoked_at,
                greatest(r.revoked_at - INTERVAL 1 SECOND, coalesce(l.last_after, r.revoked_at - INTERVAL 1 SECOND))
                  AS start,
@@ -141,18 +136,18 @@ _ANON_SQL: Final = """
                list(ref ORDER BY ts, ref) FILTER (WHERE NOT ua_differs) AS refs
         FROM sample GROUP BY rev_id) x USING (rev_id)
     WHERE g.hi >= g.lo
-"""
+""")
 
 
-def attribute_anonymous_denials(con: duckdb.DuckDBPyConnection, bounds: dict[str, Any], notice_window: timedelta,
+def attribute_anonymous_denials(engine: Engine, bounds: dict[str, Any], notice_window: timedelta,
                                 *, keep: int) -> None:
-    """Build ``zt_rev_anon`` on ``con`` from ``zt_rev`` and ``zt_rev_use``.
+    """Build ``zt_rev_anon`` on ``engine`` from ``zt_rev`` and ``zt_rev_use``.
 
     ``bounds`` are the use scans' bounds (``$ulo``, ``$until``, ``$ulo_day``, ``$hi_day``,
     ``$activity``); ``keep`` caps the references (and the user-agent check) per revocation. Called by
     :func:`ztaudit.detectors.revocation_status.build`; raises on SQL errors.
     """
-    execute(con, _LAST_SQL, {"notice_window": notice_window})
-    execute(con, _SEEN_SQL, bounds)
-    execute(con, _DENIALS_SQL, bounds)
-    execute(con, _ANON_SQL, {"activity": bounds["activity"], "forever": LATEST, "keep": keep})
+    run(engine, _LAST_SQL, {"notice_window": notice_window})
+    run(engine, _SEEN_SQL, bounds)
+    run(engine, _DENIALS_SQL, bounds)
+    run(engine, _ANON_SQL, {"activity": bounds["activity"], "forever": LATEST, "keep": keep})

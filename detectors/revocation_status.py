@@ -58,14 +58,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import duckdb
 import pyarrow as pa
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, Window, utc_day
+from ztaudit.detectors.engine import Engine, Session, as_engine
 from ztaudit.detectors.revocation_attribution import PROXY_BOUND, attribute_anonymous_denials
 from ztaudit.detectors.revocations_view import REVOCATIONS_IN_WINDOW_SQL
-from ztaudit.detectors.sql import execute
+from ztaudit.detectors.sql import EmptyTable, Insert, Table, run
 
 #: ``violations`` references :func:`revocation_status` returns per revocation.
 REPORT_VIOLATIONS = 20
@@ -95,9 +95,8 @@ DEDUP_SECONDS: Final = 60
 #: numbered, with ``login`` falling back to the email the proxy logged for the subject id (``min``: one
 #: deterministic choice when the proxy logged several spellings) and duplicates folded into the first
 #: row of each run (:data:`DEDUP_SECONDS`).
-_CANDIDATES_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_cand AS
-    WITH v AS (
+_CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
+        WITH v AS (
         -- a session or token, once cut, stays cut: only identities and grants are given back
         SELECT v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
                                                WHERE p.user_id = v.subject_id AND p.email <> '')) AS login,
@@ -129,16 +128,15 @@ _CANDIDATES_SQL: Final = f"""
                  AND x <> coalesce(regexp_extract(arg_min(inferred_from, (revoked_at, subject_id IS NULL, evidence)),
                                                                      '^[^ ]+'), '')] AS duplicates
     FROM g GROUP BY system, cluster, kind, subject, grp
-"""
+""")
 
 #: Proxy session deletions (Pomerium ``identity_manager``) that follow a revocation made elsewhere (the
 #: IdP) for the same subject within the notice window and before any restoration: the proxy noticing
 #: it (§1.4, §4 step 2). Bridges: the deletion's user id is the IdP subject id (Okta 00u..., Keycloak
 #: UUID, real-stack.md §4), or the proxy logged the deletion's user id with the revoked login as email.
 #: A deletion logged at whole second S happened in [S, S+1 s).
-_NOTICES_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_notice AS
-    SELECT r.cand_id, p.cand_id AS notice_id, p.revoked_at AS notice_at, p.event_type AS notice_event,
+_NOTICES_SQL: Final = Table("zt_rev_notice", """
+        SELECT r.cand_id, p.cand_id AS notice_id, p.revoked_at AS notice_at, p.event_type AS notice_event,
            p.evidence AS ref, p.duplicates AS refs,
            CASE WHEN p.subject_id = r.subject_id THEN 'IdP subject id = proxy user id'
                 ELSE 'IdP login = proxy email of the proxy user id' END AS bridge
@@ -147,7 +145,7 @@ _NOTICES_SQL: Final = """
      AND (p.subject_id = r.subject_id OR (p.login IS NOT NULL AND p.login = r.login))
      AND p.revoked_at + INTERVAL 1 SECOND > r.revoked_at AND p.revoked_at <= r.revoked_at + $notice_window
      AND (r.restored_at IS NULL OR p.revoked_at < r.restored_at)
-"""
+""")
 
 #: The revocations judged: candidates revoked in the window, less the proxy deletions that are another
 #: revocation's notice. ``by_sessions``: an IdP session revocation naming no session (Okta's "clear user
@@ -156,9 +154,8 @@ _NOTICES_SQL: Final = """
 #: IdP event cut something the lake cannot tie to the proxy: an application or group membership
 #: (``grant``: which application is not recorded) or one IdP session (a Keycloak LOGOUT of one SSO
 #: session, whose id the proxy's sessions do not carry). Their notice and denials still count.
-_REVOKED_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev AS
-    SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence) AS rev_id, c.*,
+_REVOKED_SQL: Final = Table("zt_rev", """
+        SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence) AS rev_id, c.*,
            c.kind = 'session' AND c.source = 'idp' AND c.system NOT IN ('pomerium', 'list')
              AND c.session_id IS NULL AS by_sessions,
            c.source = 'idp' AND (c.kind = 'grant' OR (c.kind = 'session' AND c.system NOT IN ('pomerium', 'list')
@@ -166,11 +163,11 @@ _REVOKED_SQL: Final = """
     FROM zt_rev_cand c
     WHERE c.revoked_at >= $lo AND c.revoked_at < $hi
       AND c.cand_id NOT IN (SELECT notice_id FROM zt_rev_notice)
-"""
+""")
 
-_USES_TABLE: Final = """CREATE OR REPLACE TEMP TABLE zt_rev_use (rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
+_USES_TABLE: Final = EmptyTable("zt_rev_use", """rev_id BIGINT, plane VARCHAR, ts TIMESTAMPTZ,
                         prec_us BIGINT, allowed BOOLEAN, ref VARCHAR, sess VARCHAR, ip VARCHAR, ua VARCHAR,
-                        cluster VARCHAR, proxy VARCHAR, code INTEGER, how VARCHAR)"""
+                        cluster VARCHAR, proxy VARCHAR, code INTEGER, how VARCHAR""")
 
 #: Every scan of the big tables below is bounded like :data:`~.revocation_attribution.PROXY_BOUND`.
 _PROXY_BOUND: Final = PROXY_BOUND
@@ -189,10 +186,10 @@ _API_USE_COLUMNS: Final = """r.rev_id, 'api' AS plane, q.request_received_at AS 
            NULL AS sess, q.ip, q.ua, q.cluster, q.response_code AS code"""
 
 #: Uses of a revoked service account (by ``user_name``) or legacy token (by ``credential_id``) at the API
-#: server, for ``{kind}`` / ``{column}``. Audit requests are grouped per (cluster, audit_id,
-#: request_received_at) after filtering: the time bounds are on a group key, so they drop whole
-#: requests, never stages of one.
-_SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use BY NAME
+#: server (the rows to insert into ``zt_rev_use``), for ``{kind}`` / ``{column}``. Audit requests are
+#: grouped per (cluster, audit_id, request_received_at) after filtering: the time bounds are on a group
+#: key, so they drop whole requests, never stages of one.
+_SUBJECT_API_USES: Final = f"""
     SELECT {_API_USE_COLUMNS}, '{{how}}' AS how
     FROM zt_rev r JOIN (
         SELECT cluster, audit_id, request_received_at, any_value({{column}}) AS subj,
@@ -208,8 +205,8 @@ _SUBJECT_API_USES: Final = f"""INSERT INTO zt_rev_use BY NAME
 #: ``$ulo_day``, ``$hi_day`` (bounds of its own kinds) and ``$activity``. Identity uses at the proxy
 #: are matched on the proxy user id and on the email, each use once, naming the bridges that matched
 #: (``how``). Binding uses: :func:`_binding_uses`.
-_USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
-    "identity at the proxy": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use BY NAME
+_USE_SCANS: Final[dict[str, tuple[tuple[str, ...], Insert]]] = {
+    "identity at the proxy": (_IDENT_KINDS, Insert("zt_rev_use", f"""
         SELECT rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code,
                string_agg(DISTINCT how, ', ' ORDER BY how) AS how
         FROM (SELECT {_PROXY_USE_COLUMNS}, 'login = proxy email' AS how
@@ -221,10 +218,10 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
               FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
               WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW})
-        GROUP BY ALL"""),
+        GROUP BY ALL""", by_name=True)),
     # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
     # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
-    "identity at the API server": (_IDENT_KINDS, f"""INSERT INTO zt_rev_use BY NAME
+    "identity at the API server": (_IDENT_KINDS, Insert("zt_rev_use", f"""
         WITH who AS MATERIALIZED (
             SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
             WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
@@ -235,13 +232,13 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
             FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
             GROUP BY ALL) q ON q.who = r.login
         WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
-          AND q.response_code IS NOT NULL AND q.request_received_at >= r.revoked_at - $activity"""),
-    "session at the proxy": (("session",), f"""INSERT INTO zt_rev_use BY NAME
+          AND q.response_code IS NOT NULL AND q.request_received_at >= r.revoked_at - $activity""", by_name=True)),
+    "session at the proxy": (("session",), Insert("zt_rev_use", f"""
         SELECT {_PROXY_USE_COLUMNS}, 'session id' AS how
         FROM zt_rev r JOIN proxy_decision d ON d.session_id = r.session_id
-        WHERE r.kind = 'session' AND NOT r.by_sessions AND NOT r.unjudged AND {_PROXY_USE_WINDOW}"""),
+        WHERE r.kind = 'session' AND NOT r.by_sessions AND NOT r.unjudged AND {_PROXY_USE_WINDOW}""", by_name=True)),
     # tier B (docs/proxy-and-idp.md §0): the API server mapped the proxy's session id into user.extra
-    "session at the API server": (("session",), f"""INSERT INTO zt_rev_use BY NAME
+    "session at the API server": (("session",), Insert("zt_rev_use", f"""
         SELECT {_API_USE_COLUMNS}, 'session id in audit user.extra (tier B)' AS how
         FROM zt_rev r JOIN (
             SELECT cluster, audit_id, request_received_at, any_value(proxy_session_id) AS sess,
@@ -252,13 +249,13 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], str]]] = {
               AND {_AUDIT_BOUND}
             GROUP BY ALL) q ON q.sess = r.session_id
         WHERE r.kind = 'session' AND NOT r.by_sessions AND NOT r.unjudged AND q.response_code IS NOT NULL
-          AND q.request_received_at >= r.revoked_at - $activity"""),
+          AND q.request_received_at >= r.revoked_at - $activity""", by_name=True)),
     "service account at the API server": (
-        ("service_account",), _SUBJECT_API_USES.format(kind="service_account", column="user_name",
-                                                       how="service account = audit user")),
+        ("service_account",), Insert("zt_rev_use", _SUBJECT_API_USES.format(
+            kind="service_account", column="user_name", how="service account = audit user"), by_name=True)),
     "legacy token at the API server": (
-        ("legacy_token",), _SUBJECT_API_USES.format(kind="legacy_token", column="credential_id",
-                                                    how="secret = audit credential id")),
+        ("legacy_token",), Insert("zt_rev_use", _SUBJECT_API_USES.format(
+            kind="legacy_token", column="credential_id", how="secret = audit credential id"), by_name=True)),
 }
 
 
@@ -273,22 +270,20 @@ _BINDING_SCOPE: Final = f"""authz_reason LIKE '%RoleBinding "%' AND {_AUDIT_BOUN
                      AND cluster IN (SELECT cluster FROM zt_rev WHERE kind = 'binding')"""
 
 #: The few distinct RBAC reasons that name a revoked binding.
-_BINDING_REASONS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_reason AS
-    SELECT authz_reason FROM (SELECT DISTINCT authz_reason FROM k8s_audit WHERE {_BINDING_SCOPE})
+_BINDING_REASONS_SQL: Final = Table("zt_rev_reason", f"""
+        SELECT authz_reason FROM (SELECT DISTINCT authz_reason FROM k8s_audit WHERE {_BINDING_SCOPE})
     WHERE {_BINDING_SUBJ.format(m=_BINDING_RE.format(reason='authz_reason'))}
           IN (SELECT subject FROM zt_rev WHERE kind = 'binding')
-"""
+""")
 
 #: The requests having a stage with such a reason.
-_BINDING_REQUESTS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_req AS
-    SELECT DISTINCT cluster, audit_id, request_received_at FROM k8s_audit
+_BINDING_REQUESTS_SQL: Final = Table("zt_rev_req", f"""
+        SELECT DISTINCT cluster, audit_id, request_received_at FROM k8s_audit
     WHERE authz_reason IN (SELECT authz_reason FROM zt_rev_reason) AND {_BINDING_SCOPE}
-"""
+""")
 
 #: Those requests judged with all their stages, exactly as over the whole log.
-_BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use BY NAME
+_BINDING_USES_SQL: Final = Insert("zt_rev_use", f"""
     SELECT r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us, true AS allowed,
            'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref, q.cluster, 'binding named in the RBAC reason' AS how
     FROM zt_rev r JOIN (
@@ -303,10 +298,10 @@ _BINDING_USES_SQL: Final = f"""INSERT INTO zt_rev_use BY NAME
                 AND CAST(a.dt AS VARCHAR) <= $hi_day
               GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
       ON q.subj = r.subject AND q.cluster = r.cluster
-    WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - $activity"""
+    WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - $activity""", by_name=True)
 
 
-def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+def _binding_uses(engine: Engine, params: dict[str, Any]) -> None:
     """Insert the uses of revoked role bindings: requests whose RBAC reason names the binding.
 
     A request's binding is read from one of its stages' reasons (``any_value``), so the parse runs
@@ -315,21 +310,21 @@ def _binding_uses(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> Non
     binding, take the requests having such a stage, and judge only those requests, all their
     stages included, exactly as over the whole log.
     """
-    execute(con, _BINDING_REASONS_SQL, params)
-    row = con.execute("SELECT count(*) FROM zt_rev_reason").fetchone()
-    if row and row[0]:
-        execute(con, _BINDING_REQUESTS_SQL, params)
-        execute(con, _BINDING_USES_SQL, params)
-    con.execute("DROP TABLE IF EXISTS zt_rev_req")
-    con.execute("DROP TABLE IF EXISTS zt_rev_reason")
+    run(engine, _BINDING_REASONS_SQL, params)
+    row = engine.rows("SELECT count(*) FROM zt_rev_reason")
+    if row and row[0][0]:
+        run(engine, _BINDING_REQUESTS_SQL, params)
+        run(engine, _BINDING_USES_SQL, params)
+    engine.drop("zt_rev_req")
+    engine.drop("zt_rev_reason")
 
 
-def _use_params(con: duckdb.DuckDBPyConnection, kinds: tuple[str, ...], hi: datetime,
+def _use_params(engine: Engine, kinds: tuple[str, ...], hi: datetime,
                 activity: timedelta) -> dict[str, Any]:
     """Bounds for the use scans of revocations of ``kinds`` (see :data:`_PROXY_BOUND`)."""
-    row = con.execute("SELECT min(revoked_at) - $activity FROM zt_rev WHERE list_contains($kinds, kind)",
-                      {"kinds": list(kinds), "activity": activity}).fetchone()
-    ulo: datetime = row[0] if row and row[0] is not None else EARLIEST
+    row = engine.rows("SELECT min(revoked_at) - $activity FROM zt_rev WHERE list_contains($kinds, kind)",
+                      {"kinds": list(kinds), "activity": activity})
+    ulo: datetime = row[0][0] if row and row[0][0] is not None else EARLIEST
     return {"until": hi, "ulo": ulo, "ulo_day": utc_day(ulo), "hi_day": utc_day(hi), "activity": activity}
 
 
@@ -343,9 +338,8 @@ _DUR: Final = """CASE WHEN {s} IS NULL THEN '?' WHEN {s} < 120 THEN printf('%.0f
 #: "after" the revocation only if its logged time is, a denial or notice in the revocation's own second
 #: counts as after it (latency clamped at 0). Session revocations made at the IdP count only the
 #: identity's proxy sessions that existed before them.
-_STATUS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_status AS
-    WITH old_sess AS (
+_STATUS_SQL: Final = Table("zt_rev_status", f"""
+        WITH old_sess AS (
         SELECT DISTINCT u.rev_id, u.sess FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
         WHERE r.by_sessions AND u.plane = 'proxy' AND coalesce(u.sess, '') <> '' AND u.ts <= r.revoked_at
     ), u AS (
@@ -493,18 +487,18 @@ _STATUS_SQL: Final = f"""
            coalesce(viol, []) AS violations
     FROM k
     ORDER BY revoked_at, subject, system, kind, evidence
-"""
+""")
 
 
-def _latest(con: duckdb.DuckDBPyConnection, until: datetime | None) -> datetime:
+def _latest(engine: Engine, until: datetime | None) -> datetime:
     """The instant up to which the logs can tell what happened after a revocation: the earlier of the
     proxy's and the API server's latest event (a plane whose log lags would otherwise make a recent
     revocation look quiet rather than pending), capped at ``until``. A lake with neither gives the
     newest revocation."""
-    got = con.execute(
+    (got,) = engine.rows(
         "SELECT (SELECT max(decided_at) FROM proxy_decision), "
         "(SELECT greatest(max(request_received_at), max(stage_at)) FROM k8s_audit), "
-        "(SELECT max(revoked_at) FROM zt_rev)").fetchone()
+        "(SELECT max(revoked_at) FROM zt_rev)")
     planes = [t for t in (got or (None, None, None))[:2] if t is not None]
     newest = got[2] if got else None
     latest: datetime | None = min(planes) if planes else newest
@@ -513,9 +507,9 @@ def _latest(con: duckdb.DuckDBPyConnection, until: datetime | None) -> datetime:
     return min(latest, until) if until else latest
 
 
-def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
+def build(engine: Engine, cfg: Config, since: datetime | None,
           until: datetime | None, *, lookback: bool = False) -> str:
-    """Build temp table ``zt_rev_status`` (one row per revocation) on ``con``; return its name.
+    """Build temp table ``zt_rev_status`` (one row per revocation) on ``engine``; return its name.
 
     Its ``violations`` holds the first max(:data:`REPORT_VIOLATIONS`, ``detect.max_evidence``)
     references of allowed uses after the grace period, oldest first (all that the report and the
@@ -524,46 +518,38 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, since: datetime | None,
     Revocations revoked in [since, until) — or, with ``lookback`` (the detector), in
     [since − revocation.lookback_days, until) — are judged against uses before ``until``; with
     ``lookback`` only uses at or after ``since`` count as violations, so a run over a later window
-    reports only what happened in it. Called by :func:`revocation_status` and the detector with an
-    ``open_lake`` connection (UTC session); raises on SQL errors.
+    reports only what happened in it. Called by :func:`revocation_status` and the detectors with the
+    run's engine (UTC session); raises on SQL errors.
     """
     rc = cfg.revocation
     window = Window(since, until).widened(before=timedelta(days=rc.lookback_days if lookback else 0))
     notice_window = timedelta(hours=rc.notice_window_hours)
     activity = timedelta(days=rc.activity_days)
     vsince = since if (lookback and since) else EARLIEST
-    execute(con, _CANDIDATES_SQL, window.widened(before=notice_window).params())
-    execute(con, _NOTICES_SQL, {"notice_window": notice_window})
-    execute(con, _REVOKED_SQL, window.params())
-    kinds = {str(r[0]) for r in con.execute("SELECT DISTINCT kind FROM zt_rev").fetchall()}
-    con.execute(_USES_TABLE)
-    # A semi-join on a small set of subjects lets DuckDB push the set into the Parquet scan as an IN
-    # filter, so row groups without any of them are skipped; by default only up to 50 values are
-    # pushed, too few for a lake with many revocations. Raised for these scans, then restored.
-    setting = con.execute("SELECT value FROM duckdb_settings() "
-                          "WHERE name = 'dynamic_or_filter_threshold'").fetchall()  # absent before DuckDB 1.2
-    old_threshold = int(setting[0][0]) if setting else None
-    if old_threshold is not None:
-        con.execute(f"SET dynamic_or_filter_threshold = {max(old_threshold, _IN_FILTER_THRESHOLD)}")
-    try:
-        for judged, sql in _USE_SCANS.values():
+    run(engine, _CANDIDATES_SQL, window.widened(before=notice_window).params())
+    run(engine, _NOTICES_SQL, {"notice_window": notice_window})
+    run(engine, _REVOKED_SQL, window.params())
+    kinds = {str(r[0]) for r in engine.rows("SELECT DISTINCT kind FROM zt_rev")}
+    run(engine, _USES_TABLE)
+    # A semi-join on a small set of subjects lets the engine push the set into the Parquet scan as an IN
+    # filter, so row groups without any of them are skipped; DuckDB by default pushes only up to 50
+    # values, too few for a lake with many revocations. Raised for these scans, then restored.
+    with engine.wider_in_filters(_IN_FILTER_THRESHOLD):
+        for judged, step in _USE_SCANS.values():
             if kinds & set(judged):
-                execute(con, sql, _use_params(con, judged, window.hi, activity))
+                run(engine, step, _use_params(engine, judged, window.hi, activity))
         if "binding" in kinds:
-            _binding_uses(con, _use_params(con, ("binding",), window.hi, activity))
-        attribute_anonymous_denials(con, _use_params(con, _IDENT_KINDS, window.hi, activity), notice_window,
+            _binding_uses(engine, _use_params(engine, ("binding",), window.hi, activity))
+        attribute_anonymous_denials(engine, _use_params(engine, _IDENT_KINDS, window.hi, activity), notice_window,
                                     keep=max(REPORT_VIOLATIONS, cfg.detect.max_evidence))
-    finally:
-        if old_threshold is not None:
-            con.execute(f"SET dynamic_or_filter_threshold = {old_threshold}")
-    execute(con, _STATUS_SQL, {
-        "grace": timedelta(seconds=rc.grace_seconds), "grace_s": rc.grace_seconds, "latest": _latest(con, until),
+    run(engine, _STATUS_SQL, {
+        "grace": timedelta(seconds=rc.grace_seconds), "grace_s": rc.grace_seconds, "latest": _latest(engine, until),
         "vsince": vsince, "forever": LATEST, "keep": max(REPORT_VIOLATIONS, cfg.detect.max_evidence),
         "objective": float(rc.objective_seconds), "activity_days": rc.activity_days})
     return "zt_rev_status"
 
 
-def revocation_status(con: duckdb.DuckDBPyConnection, config: Config, since: datetime | None = None,
+def revocation_status(con: Session, config: Config, since: datetime | None = None,
                       until: datetime | None = None) -> pa.Table:
     """One row per revocation with its status, reason, evidence chain and latencies
     (``ztaudit report revocation``, the revocation notebook).
@@ -572,7 +558,8 @@ def revocation_status(con: duckdb.DuckDBPyConnection, config: Config, since: dat
     references of allowed uses after the grace period). Raises on SQL errors; an empty lake gives
     an empty table.
     """
-    table = build(con, config, since, until)
+    engine = as_engine(con)
+    table = build(engine, config, since, until)
     cols = ", ".join(c if c != "violations" else f"violations[1:{REPORT_VIOLATIONS}] AS violations"
                      for c in STATUS_COLUMNS)
-    return con.sql(f"SELECT {cols} FROM {table}").to_arrow_table()
+    return engine.query(f"SELECT {cols} FROM {table}")

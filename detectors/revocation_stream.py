@@ -57,13 +57,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
-import duckdb
-
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, utc_day
 from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.engine import Engine, Session, as_engine
 from ztaudit.detectors.revocation_status import build
-from ztaudit.detectors.sql import execute
+from ztaudit.detectors.sql import Table, run
 
 #: Stream kinds (``stream`` in a finding's context) that hand the revoked person an interactive channel.
 HIGH_KINDS: Final = ("exec", "attach", "portforward", "proxy")
@@ -94,21 +93,19 @@ def _param_true(key: str) -> str:
 
 #: The revoked subjects' allowed API requests received before their revocation (from the judgement's
 #: ``zt_rev_use``): the only requests that can be streams surviving it.
-_CANDIDATES_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_stream_cand AS
-    SELECT u.rev_id, u.cluster, u.ref, u.ts AS received_at
+_CANDIDATES_SQL: Final = Table("zt_rev_stream_cand", """
+        SELECT u.rev_id, u.cluster, u.ref, u.ts AS received_at
     FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
     WHERE u.plane = 'api' AND u.allowed AND u.ts < r.revoked_at AND NOT r.unjudged
       AND u.cluster IS NOT NULL AND u.ref IS NOT NULL
-"""
+""")
 
 #: Those requests with their stages, one row per request: its end (ResponseComplete or Panic), its
 #: ResponseStarted, whether it was established, what it was, and each stage once (first time logged:
 #: a stage delivered twice is one). Read from ``k8s_audit`` bounded by the candidates' receive times;
 #: the reference is the ``'k8s_audit:' || cluster || '/' || audit_id`` every detector uses.
-_REQUESTS_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_stream_all AS
-    WITH st AS (
+_REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
+        WITH st AS (
         SELECT a.cluster, a.audit_id, a.request_received_at, a.stage, min(a.stage_at) AS stage_ts,
                arg_min(a.response_code, a.stage_at) AS code, arg_min(a.origin, a.stage_at) AS origin,
                bool_or(coalesce(a.decision, '') = 'forbid') AS forbid,
@@ -135,12 +132,11 @@ _REQUESTS_SQL: Final = """
            list({'stage': stage, 'at': stage_ts, 'response_code': code, 'origin': origin}
                 ORDER BY stage_ts, stage) AS stages
     FROM st GROUP BY cluster, audit_id, request_received_at
-"""
+""")
 
 #: The established streams among them, with their kind (see the module docstring).
-_KINDS_SQL: Final = f"""
-    CREATE OR REPLACE TEMP TABLE zt_rev_stream_req AS
-    SELECT * FROM (
+_KINDS_SQL: Final = Table("zt_rev_stream_req", f"""
+        SELECT * FROM (
         SELECT q.*, CASE
             WHEN q.subresource IN ('exec', 'attach', 'portforward') THEN q.subresource
             WHEN q.subresource = 'proxy' OR q.verb = 'proxy' THEN 'proxy'
@@ -150,25 +146,23 @@ _KINDS_SQL: Final = f"""
         FROM zt_rev_stream_all q
         WHERE q.response_code < 400 AND NOT q.forbid AND (q.ended_at IS NOT NULL OR q.started_at IS NOT NULL))
     WHERE stream IS NOT NULL
-"""
+""")
 
 #: Each cluster's latest audit time (receive or stage), for the streams with no end: how long the
 #: log shows them open. Only clusters with such a stream, only from the first of them on.
-_LATEST_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_stream_latest AS
-    SELECT cluster, least(greatest(max(request_received_at), max(stage_at)), $until) AS latest
+_LATEST_SQL: Final = Table("zt_rev_stream_latest", """
+        SELECT cluster, least(greatest(max(request_received_at), max(stage_at)), $until) AS latest
     FROM k8s_audit
     WHERE cluster IN (SELECT cluster FROM zt_rev_stream_req WHERE ended_at IS NULL)
       AND request_received_at >= $olo AND request_received_at < $until
       AND CAST(dt AS VARCHAR) >= $olo_day AND CAST(dt AS VARCHAR) <= $hi_day
     GROUP BY cluster
-"""
+""")
 
 #: One row per (revocation, stream) that survived it: open later than revoked_at + grace, before a
 #: restoration, and (detector windows) still open at or after ``$vsince``.
-_STREAMS_SQL: Final = """
-    CREATE OR REPLACE TEMP TABLE zt_rev_stream AS
-    WITH s AS (
+_STREAMS_SQL: Final = Table("zt_rev_stream", """
+        WITH s AS (
         SELECT c.rev_id, q.*, l.latest AS latest_audit_at, q.ended_at IS NULL AS still_open,
                coalesce(q.ended_at, l.latest) AS seen_until, r.revoked_at, r.restored_at
         FROM zt_rev_stream_cand c JOIN zt_rev r USING (rev_id)
@@ -186,43 +180,43 @@ _STREAMS_SQL: Final = """
     WHERE seen_until > revoked_at + $grace AND seen_until >= $vsince
       AND (restored_at IS NULL OR restored_at > revoked_at + $grace)
     ORDER BY rev_id, opened_at, cluster, audit_id
-"""
+""")
 
 
-def build_streams(con: duckdb.DuckDBPyConnection, cfg: Config, until: datetime | None,
+def build_streams(engine: Engine, cfg: Config, until: datetime | None,
                   vsince: datetime | None = None) -> str:
-    """Build temp table ``zt_rev_stream`` (:data:`STREAM_COLUMNS`) on ``con``; return its name.
+    """Build temp table ``zt_rev_stream`` (:data:`STREAM_COLUMNS`) on ``engine``; return its name.
 
     Needs ``zt_rev`` and ``zt_rev_use`` of :func:`~ztaudit.detectors.revocation_status.build` run just
-    before on ``con`` with the same ``until``. ``vsince``: only streams still open at or after it
+    before on ``engine`` with the same ``until``. ``vsince``: only streams still open at or after it
     (the detector's window start; None for all). Called by :class:`StreamSurvived` and
     :func:`stream_exposure`; raises on SQL errors. Every statement reads bounded time ranges.
     """
-    execute(con, _CANDIDATES_SQL, {})
-    row = con.execute("SELECT min(received_at), max(received_at) FROM zt_rev_stream_cand").fetchone()
+    run(engine, _CANDIDATES_SQL, {})
+    (row,) = engine.rows("SELECT min(received_at), max(received_at) FROM zt_rev_stream_cand")
     hi = until or LATEST
-    if row is None or row[0] is None:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE zt_rev_stream AS SELECT {', '.join(STREAM_COLUMNS)} FROM ("
-                    "SELECT NULL::BIGINT AS rev_id, NULL::VARCHAR AS cluster, NULL::VARCHAR AS audit_id, "
-                    "NULL::VARCHAR AS ref, NULL::TIMESTAMPTZ AS opened_at, NULL::TIMESTAMPTZ AS started_at, "
-                    "NULL::TIMESTAMPTZ AS ended_at, NULL::BOOLEAN AS still_open, NULL::TIMESTAMPTZ AS seen_until, "
-                    "NULL::TIMESTAMPTZ AS latest_audit_at, NULL::VARCHAR AS stream, NULL::VARCHAR AS verb, "
-                    "NULL::VARCHAR AS resource, NULL::VARCHAR AS subresource, NULL::VARCHAR AS namespace, "
-                    "NULL::VARCHAR AS name, NULL::VARCHAR AS request_uri, NULL::VARCHAR AS actor, "
-                    "NULL::INTEGER AS response_code, NULL::DOUBLE AS open_after_revocation, "
-                    "[]::STRUCT(stage VARCHAR, \"at\" TIMESTAMPTZ, response_code INTEGER, origin VARCHAR)[] AS stages"
-                    ") WHERE false")
+    if row[0] is None:
+        engine.create_table("zt_rev_stream", f"SELECT {', '.join(STREAM_COLUMNS)} FROM ("
+            "SELECT NULL::BIGINT AS rev_id, NULL::VARCHAR AS cluster, NULL::VARCHAR AS audit_id, "
+            "NULL::VARCHAR AS ref, NULL::TIMESTAMPTZ AS opened_at, NULL::TIMESTAMPTZ AS started_at, "
+            "NULL::TIMESTAMPTZ AS ended_at, NULL::BOOLEAN AS still_open, NULL::TIMESTAMPTZ AS seen_until, "
+            "NULL::TIMESTAMPTZ AS latest_audit_at, NULL::VARCHAR AS stream, NULL::VARCHAR AS verb, "
+            "NULL::VARCHAR AS resource, NULL::VARCHAR AS subresource, NULL::VARCHAR AS namespace, "
+            "NULL::VARCHAR AS name, NULL::VARCHAR AS request_uri, NULL::VARCHAR AS actor, "
+            "NULL::INTEGER AS response_code, NULL::DOUBLE AS open_after_revocation, "
+            "[]::STRUCT(stage VARCHAR, \"at\" TIMESTAMPTZ, response_code INTEGER, origin VARCHAR)[] AS stages"
+            ") WHERE false")
         return "zt_rev_stream"
     rlo, rhi = row[0], row[1]
-    execute(con, _REQUESTS_SQL, {"rlo": rlo, "rhi": rhi, "rlo_day": utc_day(rlo), "rhi_day": utc_day(rhi)})
-    execute(con, _KINDS_SQL, {})
-    open_row = con.execute("SELECT min(request_received_at) FROM zt_rev_stream_req WHERE ended_at IS NULL").fetchone()
-    olo = open_row[0] if open_row and open_row[0] is not None else hi
-    execute(con, _LATEST_SQL, {"until": hi, "olo": olo, "olo_day": utc_day(olo), "hi_day": utc_day(hi)})
-    execute(con, _STREAMS_SQL, {"grace": timedelta(seconds=cfg.revocation.grace_seconds),
-                                "vsince": vsince or EARLIEST})
+    run(engine, _REQUESTS_SQL, {"rlo": rlo, "rhi": rhi, "rlo_day": utc_day(rlo), "rhi_day": utc_day(rhi)})
+    run(engine, _KINDS_SQL, {})
+    (open_row,) = engine.rows("SELECT min(request_received_at) FROM zt_rev_stream_req WHERE ended_at IS NULL")
+    olo = open_row[0] if open_row[0] is not None else hi
+    run(engine, _LATEST_SQL, {"until": hi, "olo": olo, "olo_day": utc_day(olo), "hi_day": utc_day(hi)})
+    run(engine, _STREAMS_SQL, {"grace": timedelta(seconds=cfg.revocation.grace_seconds),
+                               "vsince": vsince or EARLIEST})
     for t in ("zt_rev_stream_cand", "zt_rev_stream_all", "zt_rev_stream_req", "zt_rev_stream_latest"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
+        engine.drop(t)
     return "zt_rev_stream"
 
 
@@ -242,7 +236,7 @@ _EXPOSURE_SQL: Final = """
 """
 
 
-def stream_exposure(con: duckdb.DuckDBPyConnection, cfg: Config, until: datetime | None,
+def stream_exposure(con: Session, cfg: Config, until: datetime | None,
                     keep: int = 20) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Streams that outlived each revocation judged on ``con``: (evidence, kind, subject, revoked_at) ->
     ``streams``, ``still_open``, ``longest_seconds``, ``longest_stream``, ``longest_ref``,
@@ -252,12 +246,10 @@ def stream_exposure(con: duckdb.DuckDBPyConnection, cfg: Config, until: datetime
     :func:`~ztaudit.detectors.revocation_status.revocation_status` on the same connection and window;
     raises on SQL errors.
     """
-    build_streams(con, cfg, until)
-    cur = con.execute(_EXPOSURE_SQL, {"keep": keep})
-    names = [d[0] for d in cur.description or []]
+    engine = as_engine(con)
+    build_streams(engine, cfg, until)
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for values in cur.fetchall():
-        r = dict(zip(names, values, strict=True))
+    for r in engine.records(_EXPOSURE_SQL, {"keep": keep}):
         out[(r.pop("evidence"), r.pop("kind"), r.pop("subject"), r.pop("revoked_at"))] = r
     return out
 
@@ -319,14 +311,11 @@ class StreamSurvived:
         detect; raises on SQL errors.
         """
         cfg = ctx.config
-        build(ctx.con, cfg, ctx.since, ctx.until, lookback=True)
-        build_streams(ctx.con, cfg, ctx.until, ctx.since)
-        cur = ctx.con.execute(_FINDINGS_SQL)
-        names = [d[0] for d in cur.description or []]
+        build(ctx.engine, cfg, ctx.since, ctx.until, lookback=True)
+        build_streams(ctx.engine, cfg, ctx.until, ctx.since)
         grace = cfg.revocation.grace_seconds
         out: list[Finding] = []
-        for values in cur.fetchall():
-            r: dict[str, Any] = dict(zip(names, values, strict=True))
+        for r in ctx.engine.records(_FINDINGS_SQL):
             secs = float(r["open_after_revocation"])
             who = r["subject"] if r["identity"] == r["subject"] else f"{r['subject']} ({r['identity']})"
             if r["still_open"]:

@@ -1,8 +1,9 @@
 """Run detectors over the lake and store their findings: the engine behind ``ztaudit detect``.
 
 Called by ``detect`` (batch) and by :mod:`ztaudit.detectors.streaming` (after each consumer flush).
-Order, as a sentence: open the catalog, build the derived tables (``detectors/tables.py``) and write
-them, run each detector, merge the findings into the lake.
+Order, as a sentence: open the engine over the lake (:mod:`ztaudit.detectors.engine`), build the
+derived tables (``detectors/tables.py``) and write them, run each detector, merge the findings into
+the lake.
 
 Failure: a builder or detector that raises is reported in :attr:`RunResult.errors` and the others
 still run; findings of the detectors that succeeded are written, and only those detectors' old
@@ -22,19 +23,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
-from ztaudit.core import catalog
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, ZtauditError
 from ztaudit.core.files import day_dirs, sweep_temp_files
-from ztaudit.core.lake import open_lake, spill_directory
+from ztaudit.core.lake import spill_directory
 from ztaudit.core.progress import ProgressCallback
 from ztaudit.core.schema import FINDINGS
 from ztaudit.core.sink import LakeSink
+from ztaudit.core.window import Window
 from ztaudit.detectors import registry, tables
 from ztaudit.detectors.base import DetectContext
+from ztaudit.detectors.engine import DuckDBEngine, Session
 from ztaudit.detectors.findings_store import write_findings
 
 log = logging.getLogger(__name__)
@@ -94,19 +95,20 @@ def build_derived(ctx: DetectContext, lake: Path, result: RunResult,
             result.errors[f"table:{name}"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
         result.seconds[f"table:{name}"] = time.perf_counter() - t0
     sink.publish()  # an Iceberg lake: the new versions become the tables' snapshot
-    catalog.create_views(ctx.con, lake)  # the new tables' views
+    ctx.engine.read_lake(lake, Window(ctx.since, ctx.until))  # the new tables, readable
 
 
 def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = None,
                   until: datetime | None = None, detector_ids: Sequence[str] | None = None,
                   build_tables: bool = True, write: bool = True,
-                  con: duckdb.DuckDBPyConnection | None = None,
+                  con: Session | None = None,
                   memory_limit: str | None = None, progress: ProgressCallback | None = None) -> RunResult:
     """Run the selected (default: all) detectors over [since, until) and store their findings.
 
-    ``con``: an open lake connection to reuse (the caller keeps owning it); else one is opened here
-    with a private spill directory and closed at the end. ``progress`` (``ztaudit detect``'s line on
-    a terminal) is told ``(steps done, steps, step)`` before each derived table and each detector.
+    ``con``: an open engine, or lake connection, to reuse (the caller keeps owning it); else a DuckDB
+    engine is opened here with a private spill directory and closed at the end. ``progress``
+    (``ztaudit detect``'s line on a terminal) is told ``(steps done, steps, step)`` before each derived
+    table and each detector.
     """
     lake = Path(lake)
     ids = select_detectors(detector_ids)
@@ -114,7 +116,7 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
         return _run(con, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
                     progress=progress)
     with spill_directory() as spill:
-        own = open_lake(lake, must_exist=False, memory_limit=memory_limit, spill_dir=spill)
+        own = DuckDBEngine.open(lake, must_exist=False, memory_limit=memory_limit, spill_dir=spill)
         try:
             return _run(own, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
                         progress=progress)
@@ -122,10 +124,10 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
             own.close()
 
 
-def _run(con: duckdb.DuckDBPyConnection, lake: Path, config: Config, ids: list[str], *, since: datetime | None,
+def _run(con: Session, lake: Path, config: Config, ids: list[str], *, since: datetime | None,
          until: datetime | None, build_tables: bool, write: bool,
          progress: ProgressCallback | None = None) -> RunResult:
-    """:func:`run_detectors` on an open connection."""
+    """:func:`run_detectors` on an open engine (or lake connection)."""
     result = RunResult()
     ctx = DetectContext(con=con, config=config, since=since, until=until, lake=str(lake))
     n_tables = len(tables.DERIVED_TABLES) if build_tables else 0

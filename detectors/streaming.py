@@ -19,6 +19,10 @@ impersonation and revocation checks); baselines and derived tables (reach, crede
 day-level batch work for ``ztaudit detect``. A per-day finding re-judged over the last hour is
 combined with the stored one (findings_store), not cut down to that hour.
 
+The hook stays on DuckDB (issue 17, item 4): it opens an ``open_lake`` connection, which
+:func:`~ztaudit.detectors.run.run_detectors` wraps in a ``DuckDBEngine`` for the detectors, and reads
+the triage decisions (:func:`publishable`) from the same connection.
+
 Failure: a detector that raises is logged and skipped (its previous findings stay); lake write
 errors (``SinkError``, including the lock timeout) propagate to the consumer, which decides whether
 to retry.
@@ -34,13 +38,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError
 from ztaudit.core.lake import open_lake, spill_directory
 from ztaudit.core.schema import FINDINGS, SCHEMA_VERSION
 from ztaudit.core.triage import State, latest_decisions, parse_rules, status_of
+from ztaudit.detectors.engine import DuckDBConnection
 from ztaudit.detectors.findings_store import write_findings
 from ztaudit.detectors.run import run_detectors
 
@@ -78,7 +81,7 @@ def on_flush(lake: str | Path, since: datetime, until: datetime, config: Config,
             con.close()
 
 
-def publishable(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]], config: Config,
+def publishable(con: DuckDBConnection, rows: Sequence[Mapping[str, Any]], config: Config,
                 now: datetime | None = None) -> list[dict[str, Any]]:
     """The machine records of ``rows`` (findings-table dicts) that triage does not suppress: their
     latest explicit decision (the ``triage`` view of ``con``) and the config's rules."""
