@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -189,6 +190,73 @@ def build_lake(lake: Path, events: int) -> float:
     return time.perf_counter() - t0
 
 
+def _rbac_item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta, **kw}
+
+
+def rbac_snapshot() -> dict[str, Any]:
+    """An RBAC snapshot for the synthesized lake's identities (the same for each cluster): a Role and
+    RoleBinding per service account in its own namespace, a ``view``-like ClusterRole for every fifth,
+    cluster-admin for every fiftieth, a reader Role per namespace bound to its
+    ``system:serviceaccounts:<ns>`` group, the ``system:discovery`` default and the proxy's impersonation."""
+    read = ["get", "list", "watch"]
+    items = [
+        _rbac_item("ClusterRole", "cluster-admin", rules=[{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
+        _rbac_item("ClusterRole", "view", rules=[
+            {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "events"], "verbs": read},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": read}]),
+        _rbac_item("ClusterRole", "system:discovery", rules=[
+            {"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/version"], "verbs": ["get"]}]),
+        _rbac_item("ClusterRoleBinding", "system:discovery",
+                   roleRef={"kind": "ClusterRole", "name": "system:discovery"},
+                   subjects=[{"kind": "Group", "name": "system:authenticated"}]),
+        _rbac_item("ClusterRole", "pomerium-impersonation", rules=[
+            {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]),
+        _rbac_item("ClusterRoleBinding", "pomerium-impersonation",
+                   roleRef={"kind": "ClusterRole", "name": "pomerium-impersonation"},
+                   subjects=[{"kind": "ServiceAccount", "name": "pomerium-authorize", "namespace": "pomerium"}]),
+    ]
+    for n in range(200):
+        ns = f"ns-{n}"
+        items += [_rbac_item("Role", "reader", ns, rules=[{"apiGroups": [""], "resources": ["events"], "verbs": read}]),
+                  _rbac_item("RoleBinding", "reader", ns, roleRef={"kind": "Role", "name": "reader"},
+                             subjects=[{"kind": "Group", "name": f"system:serviceaccounts:{ns}"}])]
+    for a in range(300, 1900):
+        ns, name = f"ns-{a % 200}", f"sa-{a}"
+        subject = [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+        items += [_rbac_item("Role", name, ns, rules=[
+                      {"apiGroups": [""], "resources": ["pods", "configmaps", "services"], "verbs": read},
+                      {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": [f"{name}-tls"]},
+                      {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "patch"]}]),
+                  _rbac_item("RoleBinding", name, ns, roleRef={"kind": "Role", "name": name}, subjects=subject)]
+        if a % 5 == 0:
+            items.append(_rbac_item("ClusterRoleBinding", f"{name}-view",
+                                    roleRef={"kind": "ClusterRole", "name": "view"}, subjects=subject))
+        if a % 50 == 0:
+            items.append(_rbac_item("ClusterRoleBinding", f"{name}-admin",
+                                    roleRef={"kind": "ClusterRole", "name": "cluster-admin"}, subjects=subject))
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def build_rbac(lake: Path) -> float:
+    """Ingest :func:`rbac_snapshot` for each cluster, as ``ztaudit ingest rbac.json --cluster C`` would."""
+    from ztaudit.core.sink import LakeSink
+    from ztaudit.pipeline.normalize.base import NormalizeContext
+    from ztaudit.pipeline.normalize.registry import get
+
+    t0 = time.perf_counter()
+    norm = get("rbac_snapshot")
+    snapshot = norm.unwrap(rbac_snapshot()) or []
+    for cluster in ("prod", "staging", "dev"):
+        ctx = NormalizeContext(cluster=cluster, ingested_at=START + timedelta(days=DAYS))
+        table, rejected = norm.to_table(snapshot, [f"file:rbac-{cluster}.json:1"], ctx)
+        if rejected:
+            raise RuntimeError(f"the synthesized RBAC snapshot was rejected: {rejected[0]}")
+        LakeSink(lake).write("rbac_snapshot", table, f"bench-{cluster}")
+    return time.perf_counter() - t0
+
+
 def build_derived(lake: Path) -> float:
     """Build the ``credentials`` and ``reach`` tables as ``detect`` would (detect's cost, timed apart)."""
     from ztaudit.core.sink import LakeSink
@@ -225,6 +293,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated audit event counts")
     ap.add_argument("--dir", help="where to build the lakes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the synthesized lakes")
+    ap.add_argument("--no-rbac", action="store_true", help="leave the RBAC snapshot out of the synthesized lakes")
     ap.add_argument("--json", dest="json_out", help="also write results as JSON here")
     ap.add_argument("--formats", default="parquet",
                     help="comma-separated lake formats: parquet, iceberg (a copy of the plain lake, migrated)")
@@ -240,6 +309,8 @@ def main() -> int:
             secs = build_derived(lake)
             print(f"built the derived credentials and reach tables (detect's job) in {secs:.1f} s",
                   file=sys.stderr)
+        if not args.no_rbac and not (lake / "rbac_snapshot").exists():
+            print(f"ingested an RBAC snapshot per cluster in {build_rbac(lake):.1f} s", file=sys.stderr)
         if fmt == "iceberg":
             plain, lake = lake, base / f"lake-{size}-iceberg"
             if not (lake / "_iceberg").exists():

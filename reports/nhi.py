@@ -60,8 +60,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
+from ztaudit.core.window import Window
 from ztaudit.detectors.impersonation_rights import impersonation_rights, impersonators_of
 from ztaudit.detectors.rbac import AUTHORIZED, Use, implicit_groups, latest_grants
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
@@ -77,6 +80,7 @@ from ztaudit.reports.rightsize import (
     to_yaml,
     unused_grants,
     used_by_identity,
+    uses_and_kept,
     valid_service_account,
     verify,
 )
@@ -101,6 +105,22 @@ SHARED_GROUPS: Final = ("system:authenticated", "system:serviceaccounts")
 DEFAULT_PREFIX: Final = "system:"
 LIST_CAP: Final = 20
 
+#: The one copy of ``k8s_requests`` every query below reads (``{src}``): the report's window, the
+#: columns they use, and only the requests of a non-human identity or made through an impersonator
+#: (the others count for no row). ``k8s_requests`` picks each request's stage with a window over the
+#: whole lake; doing that once instead of once per query is most of the report's SQL time.
+REQUESTS_TABLE: Final = "_nhi_requests"
+REQUESTS_SQL: Final = f"""
+CREATE OR REPLACE TEMP TABLE {REQUESTS_TABLE} AS
+SELECT cluster, audit_id, request_received_at, dt, actor, actor_kind, impersonator, impersonated_user,
+       impersonated_groups, verb, api_group, resource, subresource, namespace, name, request_uri, credential_id,
+       credential_kind, is_legacy_token, decision, response_code
+FROM k8s_requests
+WHERE request_received_at >= $lo AND request_received_at < $hi
+  AND (actor_kind IN ('service_account', 'node') OR impersonator IS NOT NULL
+       OR actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%')
+"""
+
 #: Requests with the non-human identity they count for (module docstring): the identity whose
 #: credential made them (the actor, or the impersonator), and the non-human actor an impersonator
 #: acted as. A request of one identity impersonating another counts for both.
@@ -109,10 +129,10 @@ SELECT *, coalesce(impersonator, actor) AS identity,
        CASE WHEN impersonator IS NULL THEN actor_kind
             WHEN impersonator LIKE 'system:serviceaccount:%' THEN 'service_account'
             WHEN impersonator LIKE 'system:node:%' THEN 'node' END AS identity_kind
-FROM k8s_requests
+FROM {src}
 UNION ALL BY NAME
 SELECT *, actor AS identity, actor_kind AS identity_kind
-FROM k8s_requests WHERE impersonator IS NOT NULL AND actor_kind IN ('service_account', 'node')
+FROM {src} WHERE impersonator IS NOT NULL AND actor_kind IN ('service_account', 'node')
 """
 #: Requests with the identity whose credential made them (credentials are the caller's, not the target's).
 CREDENTIAL_ROWS: Final = """
@@ -120,7 +140,7 @@ SELECT *, coalesce(impersonator, actor) AS identity,
        CASE WHEN impersonator IS NULL THEN actor_kind
             WHEN impersonator LIKE 'system:serviceaccount:%' THEN 'service_account'
             WHEN impersonator LIKE 'system:node:%' THEN 'node' END AS identity_kind
-FROM k8s_requests
+FROM {src}
 """
 SEEN_SQL: Final = """
 SELECT cluster, identity, any_value(identity_kind) AS kind,
@@ -187,7 +207,8 @@ def _snapshots(ctx: ReportContext, result_notes: list[str]) -> list[dict[str, An
     """The newest snapshot per cluster, attached and checked against the audit log's clusters."""
     f = ctx.filters
     grants = latest_grants(ctx.con, None)
-    audit = {c for (c,) in ctx.con.execute("SELECT DISTINCT cluster FROM k8s_requests").fetchall()}
+    # the clusters of k8s_requests, without its per-request window (every cluster keeps its requests)
+    audit = {c for (c,) in ctx.con.execute("SELECT DISTINCT cluster FROM k8s_audit").fetchall()}
     snap = {g["cluster"] for g in grants}
     named = [c for c in audit if c is not None]
     if None in snap and len(named) == 1 and named[0] not in snap:
@@ -215,11 +236,22 @@ def _snapshots(ctx: ReportContext, result_notes: list[str]) -> list[dict[str, An
 def nhi(ctx: ReportContext) -> ReportResult:
     """The NHI inventory, right-sizing and visibility figures (``ztaudit report nhi``; module docstring)."""
     f = ctx.filters
-    notes: list[str] = []
     where, params = f.where(time_col="request_received_at", actor_cols=("identity",))
+    # the baseline is the window when --since or --until is given, else inside it (all time)
+    ctx.con.execute(REQUESTS_SQL, {"lo": f.window.lo, "hi": f.window.hi})
+    try:
+        return _nhi(ctx, where, params)
+    finally:
+        ctx.con.execute(f"DROP TABLE IF EXISTS {REQUESTS_TABLE}")
+
+
+def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
+    f = ctx.filters
+    notes: list[str] = []
+    src = REQUESTS_TABLE
     with ctx.progress.step("non-human identities in the audit log"):
-        seen = fetch(ctx.con, SEEN_SQL.format(rows=NHI_ROWS, where=where, ok=AUTHORIZED), params)
-        creds = fetch(ctx.con, CRED_SQL.format(rows=CREDENTIAL_ROWS, where=where), params)
+        seen = fetch(ctx.con, SEEN_SQL.format(rows=NHI_ROWS.format(src=src), where=where, ok=AUTHORIZED), params)
+        creds = fetch(ctx.con, CRED_SQL.format(rows=CREDENTIAL_ROWS.format(src=src), where=where), params)
     with ctx.progress.step("RBAC snapshot"):
         grants = _snapshots(ctx, notes)
         rights = impersonation_rights(grants)
@@ -231,12 +263,12 @@ def nhi(ctx: ReportContext) -> ReportResult:
     with ctx.progress.step("right-sizing"):
         base = baseline(ctx.con, f.window.since, f.window.until)
         # what RBAC allowed (grants used, attack or not) and what a suggestion may be built from
-        all_uses = used_by_identity(ctx.con, base)
-        uses = used_by_identity(ctx.con, base, exclude) if exclude else all_uses
-        left = left_out(ctx.con, base, exclude)
-        period_uses = all_uses if base == f.window else used_by_identity(ctx.con, f.window)
+        all_uses, uses = uses_and_kept(ctx.con, base, exclude, src)
+        left = left_out(ctx.con, base, exclude, src)
+        period_uses = all_uses if _same_requests(ctx, src, base) else used_by_identity(ctx.con, f.window, src=src)
         base_requests = {(r["cluster"], r["identity"]): int(r["n"]) for r in fetch(
-            ctx.con, BASE_REQUESTS_SQL.format(rows=NHI_ROWS, ok=AUTHORIZED), {"lo": base.lo, "hi": base.hi})}
+            ctx.con, BASE_REQUESTS_SQL.format(rows=NHI_ROWS.format(src=src), ok=AUTHORIZED),
+            {"lo": base.lo, "hi": base.hi})}
 
     snap_clusters = {g["cluster"] for g in grants}
     direct: dict[tuple[str | None, str], list[dict[str, Any]]] = defaultdict(list)
@@ -334,6 +366,8 @@ def nhi(ctx: ReportContext) -> ReportResult:
         "unused_default_grants": default_unused,
         "baseline_days": base_days, "snapshot_clusters": sorted(str(c) for c in snap_clusters),
     }
+    for x in sizing[: ctx.limit]:  # the YAML of the rows shown only: the status does not depend on it
+        x["suggestion"] = x["suggestion"]() if callable(x["suggestion"]) else x["suggestion"]
     result = ReportResult("nhi", "Non-human identities: inventory, visibility and right-sizing", [
         Section("identities", "Service accounts and nodes (flagged first)", NHI_COLUMNS, out[: ctx.limit],
                 display=NHI_DISPLAY),
@@ -368,9 +402,20 @@ def nhi(ctx: ReportContext) -> ReportResult:
     return result
 
 
+def _same_requests(ctx: ReportContext, src: str, base: Window) -> bool:
+    """True when the report's period holds the same requests as the right-sizing baseline: the same
+    window, or (without --since/--until: all time) no request older than the baseline (a lake of
+    less than 30 days), so the baseline's uses are the period's."""
+    if base == ctx.filters.window:
+        return True
+    first = ctx.con.execute(f"SELECT min(request_received_at) FROM {src}").fetchall()[0][0]
+    return first is None or bool(first >= base.lo)
+
+
 def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], n_left: int, left_ids: list[str],
                 base_days: int, requests: int, granted_pairs: int, unused: list[str], hashed: bool) -> Row:
-    """One ``rightsize`` row: the suggestion, its replay check and its status (module docstring)."""
+    """One ``rightsize`` row: the suggestion, its replay check and its status (module docstring). A
+    printable suggestion is left as a call to :func:`to_yaml`, made for the rows ``--limit`` keeps."""
     masters = masters_uses(own_uses)
     kept = [u for u in own_uses if u not in masters]
     rules = suggest(kept)
@@ -380,6 +425,7 @@ def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], n_left: in
         review.append(f"{n_left} requests left out: evidence of open findings {', '.join(left_ids[:5])}")
     if masters:
         review.append(f"{sum(u.requests for u in masters)} impersonations of system:masters left out")
+    text: str | Callable[[], str]
     if not valid_service_account(ident):
         status, text = "withheld", "not printed: the identity is not a valid service account name (DNS-1123)"
     elif not kept:
@@ -390,7 +436,7 @@ def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], n_left: in
                 f"{', '.join(check.never_used[:5])}")
     else:
         status = "review" if review else "verified"
-        text = to_yaml(cluster, ident, rules, object_name(ident, hashed=hashed))
+        text = partial(to_yaml, cluster, ident, rules, object_name(ident, hashed=hashed))
     return {
         "cluster": cluster, "identity": ident, "baseline_days": base_days, "requests": requests,
         "granted_pairs": granted_pairs, "unused_pairs": len(unused), "unused_grants": unused[:LIST_CAP],

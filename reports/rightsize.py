@@ -55,7 +55,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -63,7 +63,7 @@ import duckdb
 import pyarrow as pa
 
 from ztaudit.core.window import Window
-from ztaudit.detectors.rbac import AUTHORIZED, Rule, Use, covers
+from ztaudit.detectors.rbac import AUTHORIZED, Rule, RuleIndex, Use, covers
 
 #: The period right-sizing judges when the report is given neither --since nor --until.
 BASELINE: Final = timedelta(days=30)
@@ -84,41 +84,46 @@ EXCLUDED_VIEW: Final = "_rightsize_excluded"
 EXCLUDED_SCHEMA: Final = pa.schema([("cluster", pa.string()), ("actor", pa.string()), ("audit_id", pa.string()),
                                     ("finding_id", pa.string())])
 
-_NOT_EXCLUDED: Final = f"""NOT EXISTS (SELECT 1 FROM {EXCLUDED_VIEW} x
+#: The relation the queries below read by default (``{src}``); ``report nhi`` passes its one-pass copy.
+REQUESTS: Final = "k8s_requests"
+_EXCLUDED: Final = f"""EXISTS (SELECT 1 FROM {EXCLUDED_VIEW} x
     WHERE x.cluster IS NOT DISTINCT FROM r.cluster AND x.actor = r.{{who}} AND x.audit_id = r.audit_id)"""
+#: Each distinct use with its allowed requests (``n``) and those not left out as evidence (``kept``):
+#: one pass gives both what RBAC allowed and what a suggestion may be built from.
 USES_SQL: Final = f"""
 SELECT cluster, actor, verb, coalesce(api_group, '') AS api_group, resource, subresource, namespace, name,
-       CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END AS path, count(*) AS n
-FROM k8s_requests r
-WHERE request_received_at >= $lo AND request_received_at < $hi AND actor_kind = 'service_account'
-  AND verb IS NOT NULL AND {AUTHORIZED} AND {_NOT_EXCLUDED.format(who="actor")}
+       CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END AS path, count(*) AS n,
+       count(*) FILTER (WHERE NOT excluded) AS kept
+FROM (SELECT *, {_EXCLUDED.format(who="actor")} AS excluded FROM {{src}} r
+      WHERE request_received_at >= $lo AND request_received_at < $hi AND actor_kind = 'service_account'
+        AND verb IS NOT NULL AND {AUTHORIZED})
 GROUP BY ALL
 """
 #: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
 IMPERSONATE_SQL: Final = f"""
 WITH r AS (
-    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups
-    FROM k8s_requests r
+    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups,
+           {_EXCLUDED.format(who="impersonator")} AS excluded
+    FROM {{src}} r
     WHERE request_received_at >= $lo AND request_received_at < $hi
-      AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL
-      AND {AUTHORIZED} AND {_NOT_EXCLUDED.format(who="impersonator")}
+      AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL AND {AUTHORIZED}
 )
 SELECT cluster, impersonator, CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN 'serviceaccounts'
                                    ELSE 'users' END AS resource,
        CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 3) END,
        CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 4)
-            ELSE impersonated_user END AS name, count(*) AS n
+            ELSE impersonated_user END AS name, count(*) AS n, count(*) FILTER (WHERE NOT excluded) AS kept
 FROM r GROUP BY ALL
 UNION ALL
-SELECT cluster, impersonator, 'groups', NULL, g, count(*)
-FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
+SELECT cluster, impersonator, 'groups', NULL, g, count(*), count(*) FILTER (WHERE NOT excluded)
+FROM (SELECT cluster, impersonator, unnest(groups) AS g, excluded FROM r)
 WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
 GROUP BY ALL
 """
 #: Requests left out per account: allowed requests (made as it, or impersonating with it) that are evidence.
 LEFT_OUT_SQL: Final = f"""
 SELECT x.cluster, x.actor, count(DISTINCT r.audit_id) AS n, list_sort(list(DISTINCT x.finding_id)) AS findings
-FROM k8s_requests r JOIN {EXCLUDED_VIEW} x
+FROM {{src}} r JOIN {EXCLUDED_VIEW} x
   ON x.cluster IS NOT DISTINCT FROM r.cluster AND x.audit_id = r.audit_id
  AND (x.actor = r.actor OR x.actor = r.impersonator)
 WHERE r.request_received_at >= $lo AND r.request_received_at < $hi AND {AUTHORIZED}
@@ -162,35 +167,50 @@ def _register(con: duckdb.DuckDBPyConnection, exclude: Excluded | None) -> None:
     con.register(EXCLUDED_VIEW, pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA))
 
 
+Uses = dict[tuple[str | None, str], list[Use]]
+
+
 def used_by_identity(con: duckdb.DuckDBPyConnection, window: Window,
-                     exclude: Excluded | None = None) -> dict[tuple[str | None, str], list[Use]]:
+                     exclude: Excluded | None = None, src: str = REQUESTS) -> Uses:
     """Allowed requests of every service account in ``window``, and the impersonation checks its
     impersonated requests passed, as distinct :class:`Use` values; requests in ``exclude`` (evidence
     of open findings about that account) left out."""
-    out: dict[tuple[str | None, str], list[Use]] = defaultdict(list)
+    return uses_and_kept(con, window, exclude, src)[1]
+
+
+def uses_and_kept(con: duckdb.DuckDBPyConnection, window: Window, exclude: Excluded | None,
+                  src: str = REQUESTS) -> tuple[Uses, Uses]:
+    """(every use, the uses with the requests in ``exclude`` left out) of :func:`used_by_identity`, in one
+    pass over ``src``; the second is the first when nothing is excluded."""
+    every: Uses = defaultdict(list)
+    kept: Uses = defaultdict(list)
     _register(con, exclude)
     try:
         params = {"lo": window.lo, "hi": window.hi}
-        for cluster, actor, verb, grp, res, sub, ns, name, path, n in con.execute(USES_SQL, params).fetchall():
-            if res is None and not path:
-                continue
-            out[(cluster, actor)].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
-        for cluster, actor, res, ns, name, n in con.execute(IMPERSONATE_SQL, params).fetchall():
-            out[(cluster, actor)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
+        rows = con.execute(USES_SQL.format(src=src), params).fetchall()
+        imp = con.execute(IMPERSONATE_SQL.format(src=src), params).fetchall()
     finally:
         con.unregister(EXCLUDED_VIEW)
-    return out
+    uses = [(cluster, actor, Use(verb, grp, res, sub, ns, name, path, int(n)), int(k))
+            for cluster, actor, verb, grp, res, sub, ns, name, path, n, k in rows if res is not None or path]
+    uses += [(cluster, actor, Use("impersonate", "", res, None, ns, name, None, int(n)), int(k))
+             for cluster, actor, res, ns, name, n, k in imp]
+    for cluster, actor, use, k in uses:
+        every[(cluster, actor)].append(use)
+        if exclude and k:
+            kept[(cluster, actor)].append(use if k == use.requests else replace(use, requests=k))
+    return every, (kept if exclude else every)
 
 
-def left_out(con: duckdb.DuckDBPyConnection, window: Window,
-             exclude: Excluded) -> dict[tuple[str | None, str], tuple[int, list[str]]]:
+def left_out(con: duckdb.DuckDBPyConnection, window: Window, exclude: Excluded,
+             src: str = REQUESTS) -> dict[tuple[str | None, str], tuple[int, list[str]]]:
     """Per account: how many allowed requests of ``window`` :func:`used_by_identity` left out, and
     the ids of the findings they are evidence of."""
     if not exclude:
         return {}
     _register(con, exclude)
     try:
-        rows = con.execute(LEFT_OUT_SQL, {"lo": window.lo, "hi": window.hi}).fetchall()
+        rows = con.execute(LEFT_OUT_SQL.format(src=src), {"lo": window.lo, "hi": window.hi}).fetchall()
     finally:
         con.unregister(EXCLUDED_VIEW)
     return {(c, a): (int(n), list(f)) for c, a, n, f in rows}
@@ -275,7 +295,8 @@ def verify(rules: Sequence[Rule], uses: Sequence[Use]) -> Check:
     An ``impersonate`` use counts only for its own name: an impersonation rule without
     ``resourceNames`` (anyone) or with a name nobody impersonated grants more than was used.
     """
-    allowed = sum(u.requests for u in uses if any(covers(r, u) for r in rules))
+    index = RuleIndex(rules)
+    allowed = sum(u.requests for u in uses if index.allows(u))
     used: set[tuple[str, str, str, str | None, str | None]] = set()
     for u in uses:
         if u.resource is None:
@@ -378,6 +399,9 @@ def rule_of_grant(g: Mapping[str, Any]) -> Rule:
 def unused_grants(grants: Sequence[Mapping[str, Any]], uses: Sequence[Use]) -> tuple[int, list[str]]:
     """(granted pairs, the unused ones as labels) for the rules of ``grants`` (rbac_grant rows)."""
     total, unused = 0, []
+    by_verb: dict[str, list[Use]] = defaultdict(list)  # a rule without a wildcard verb covers only its verbs
+    for u in uses:
+        by_verb[u.verb].append(u)
     for g in grants:
         rule = rule_of_grant(g)
         where = f" in {rule.scope_namespace}" if rule.scope_namespace else ""
@@ -387,7 +411,7 @@ def unused_grants(grants: Sequence[Mapping[str, Any]], uses: Sequence[Use]) -> t
                     else f"{','.join(rule.api_groups) or '-'}/{','.join(rule.resources)}")
             unused.append(f"{','.join(rule.verbs)} {what}{where} (wildcard, {g['role_kind']} {g['role_name']})")
             continue
-        mine = [u for u in uses if covers(rule, u)]
+        mine = [u for v in dict.fromkeys(rule.verbs) for u in by_verb.get(v, ()) if covers(rule, u)]
         for v, grp, res, scope, name in grants_of(rule):
             total += 1
             pair = Rule((v,), (grp,), (res,), (name,) if name else (), (), scope) if not rule.non_resource_urls \
