@@ -54,6 +54,15 @@ Sections:
 * ``visibility``: the totals behind the verdict.
 
 ``--limit`` cuts the ``identities`` and ``rightsize`` rows; a note says how many were left out.
+
+What decides the order and the figures is worked out per account in SQL, without a Python object per
+distinct use (a busy lake has millions): the suggestion's status from flags over the account's kept uses
+(:func:`ztaudit.reports.rightsize.account_flags`, :func:`~ztaudit.reports.rightsize.status_of`), the
+over-privilege and default-grant figures from the grants' explicit pairs matched against its uses
+(:func:`~ztaudit.reports.rightsize.used_grant_pairs`). The ``Use`` lists, the lists of used and unused
+grants, the suggestion and its YAML are built for the rows ``--limit`` keeps, and for the accounts whose
+status only building the suggestion can tell (an impersonation of ``system:masters`` or of no name:
+:func:`_needs_python`), which go through that full path from the start.
 """
 
 from __future__ import annotations
@@ -61,8 +70,11 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
+
+import pyarrow as pa
 
 from ztaudit.core.window import Window
 from ztaudit.detectors.impersonation_rights import impersonation_rights, impersonators_of
@@ -70,16 +82,24 @@ from ztaudit.detectors.rbac import AUTHORIZED, Use, implicit_groups, latest_gran
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, fetch
 from ztaudit.reports.findings import with_triage
 from ztaudit.reports.rightsize import (
+    NO_USES,
+    Excluded,
+    Flags,
+    Uses,
+    account_flags,
     baseline,
     evidence_of,
+    grant_pairs,
     left_out,
     masters_uses,
     object_name,
     review_reasons,
+    status_of,
     suggest,
     to_yaml,
     unused_grants,
     used_by_identity,
+    used_grant_pairs,
     uses_and_kept,
     valid_service_account,
     verify,
@@ -119,6 +139,19 @@ FROM k8s_requests
 WHERE request_received_at >= $lo AND request_received_at < $hi
   AND (actor_kind IN ('service_account', 'node') OR impersonator IS NOT NULL
        OR actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%')
+"""
+
+#: The requests of the accounts whose rows are worked out in Python (:func:`_python_uses`): made as one
+#: of them (``actor``) or with its credential (``impersonator``); ``{keys}`` holds (cluster, identity).
+SOME_TABLE: Final = "_nhi_some_requests"
+KEYS_VIEW: Final = "_nhi_keys"
+KEYS_SCHEMA: Final = pa.schema([("cluster", pa.string()), ("identity", pa.string())])
+SOME_SQL: Final = f"""
+CREATE OR REPLACE TEMP TABLE {SOME_TABLE} AS
+SELECT * FROM {REQUESTS_TABLE} r
+WHERE EXISTS (SELECT 1 FROM {KEYS_VIEW} k WHERE k.cluster IS NOT DISTINCT FROM r.cluster AND k.identity = r.actor)
+   OR EXISTS (SELECT 1 FROM {KEYS_VIEW} k WHERE k.cluster IS NOT DISTINCT FROM r.cluster
+                                           AND k.identity = r.impersonator)
 """
 
 #: Requests with the non-human identity they count for (module docstring): the identity whose
@@ -243,6 +276,7 @@ def nhi(ctx: ReportContext) -> ReportResult:
         return _nhi(ctx, where, params)
     finally:
         ctx.con.execute(f"DROP TABLE IF EXISTS {REQUESTS_TABLE}")
+        ctx.con.execute(f"DROP TABLE IF EXISTS {SOME_TABLE}")
 
 
 def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
@@ -262,10 +296,11 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
     exclude = evidence_of(x for x in all_findings if x["status"] == "open")
     with ctx.progress.step("right-sizing"):
         base = baseline(ctx.con, f.window.since, f.window.until)
-        # what RBAC allowed (grants used, attack or not) and what a suggestion may be built from
-        all_uses, uses = uses_and_kept(ctx.con, base, exclude, src)
+        # per account, in SQL: what its kept uses decide about its suggestion (Use lists come later,
+        # for the rows shown and the few accounts only building the suggestion decides)
+        flags = account_flags(ctx.con, base, exclude, src)
         left = left_out(ctx.con, base, exclude, src)
-        period_uses = all_uses if _same_requests(ctx, src, base) else used_by_identity(ctx.con, f.window, src=src)
+        same = _same_requests(ctx, src, base)
         base_requests = {(r["cluster"], r["identity"]): int(r["n"]) for r in fetch(
             ctx.con, BASE_REQUESTS_SQL.format(rows=NHI_ROWS.format(src=src), ok=AUTHORIZED),
             {"lo": base.lo, "hi": base.hi})}
@@ -299,7 +334,31 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
         cred_age[key] = max(cred_age.get(key, 0.0), float(c["longest_hours"] or 0.0))
 
     # object names of the suggestions: hashed where two accounts of a cluster would share one
-    plain = Counter((k[0], object_name(k[1])) for k in set(uses) | set(left) if valid_service_account(k[1]))
+    plain = Counter((k[0], object_name(k[1])) for k in {k for k, x in flags.items() if x.kept} | set(left)
+                    if valid_service_account(k[1]))
+
+    # each identity's grants: bound to it, through its groups, and of those its own (Kubernetes'
+    # defaults through groups apart); for service accounts, how many of each grant's pairs it used,
+    # for every account at once in SQL (grants by their index in ``grants``)
+    held: dict[tuple[str | None, str], Held] = {}
+    for key, r in rows.items():
+        cluster, ident = key
+        groups = implicit_groups(ident) if r["kind"] == "service_account" else {"system:nodes", "system:authenticated"}
+        via_groups = [g for grp in sorted(groups) for g in by_group.get((cluster, grp), [])]
+        held[key] = Held(direct.get(key, []), via_groups)
+    index = {id(g): i for i, g in enumerate(grants)}
+    pairs = grant_pairs(grants)
+    accounts = [k for k, r in rows.items() if r["kind"] == "service_account"]
+    used_pairs = used_grant_pairs(
+        ctx.con, base, pairs, [(*k, index[id(g)]) for k in accounts for g in held[k].own + held[k].defaults],
+        src) if grants else {}
+
+    def any_unused(key: tuple[str | None, str], of: list[dict[str, Any]]) -> bool:
+        return any(pairs.unused(index[id(g)], used_pairs.get((*key, index[id(g)]), 0)) > 0 for g in of)
+
+    # the accounts only building the suggestion can judge (module docstring), in Python from the start
+    python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))}
+    py = _python_uses(ctx, python_keys, base, exclude, same)
 
     days = _span_days(seen)
     # the days of data the baseline holds: its length, or less when the lake covers less
@@ -312,16 +371,13 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
         r = rows[key]
         cluster, ident = key
         is_sa = r["kind"] == "service_account"
-        mine = direct.get(key, [])
-        groups = implicit_groups(ident) if is_sa else {"system:nodes", "system:authenticated"}
-        via_groups = [g for grp in sorted(groups) for g in by_group.get((cluster, grp), [])]
-        own_grants = [g for g in mine + via_groups if not (g["subject_kind"] == "Group" and _is_default(g))]
-        own_uses: list[Use] = uses.get(key, [])
-        labels = sorted({u.label() for u in period_uses.get(key, [])})
-        every_use = all_uses.get(key, [])
-        granted_pairs, unused = unused_grants(own_grants, every_use) if is_sa else (0, [])
-        if is_sa and unused_grants([g for g in via_groups if _is_default(g)], every_use)[1]:
-            default_unused += 1
+        mine, via_groups, own_grants = held[key].direct, held[key].via_groups, held[key].own
+        if key in python_keys:
+            is_over = bool(unused_grants(own_grants, py.every.get(key, []))[1])
+            default_unused += bool(unused_grants(held[key].defaults, py.every.get(key, []))[1])
+        else:
+            is_over = is_sa and any_unused(key, own_grants)
+            default_unused += is_sa and any_unused(key, held[key].defaults)
         charged[key] = bool(own_grants) and is_sa
         if not is_sa:
             in_snapshot = "node_authorizer"
@@ -340,16 +396,20 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
             "granted": [_grant_label(g) for g in mine][:LIST_CAP],
             "group_grants": [f"{g['subject']} {_grant_label(g)}" + (" (default)" if _is_default(g) else "")
                              for g in via_groups][:LIST_CAP],
-            "used": labels[:LIST_CAP], "used_count": len(labels), "unused_grants": unused[:LIST_CAP],
-            "over_privileged": bool(unused), "impersonable_by": impersonators_of(rights, cluster, ident),
+            "used": [], "used_count": 0, "unused_grants": [],  # filled in for the rows shown, below
+            "over_privileged": is_over, "impersonable_by": impersonators_of(rights, cluster, ident),
             "findings": sorted(set(found.get(key, []))),
         })
         n_left, left_ids = left.get(key, (0, []))
-        if is_sa and (own_uses or n_left):
-            sizing.append(_sizing_row(cluster, ident, own_uses, n_left, left_ids, base_days,
-                                      base_requests.get(key, 0), granted_pairs, unused,
-                                      plain[(cluster, object_name(ident))] > 1 if valid_service_account(ident)
-                                      else False))
+        if is_sa and (flags.get(key, NO_USES).kept or n_left):
+            row = partial(_sizing_row, cluster, ident, n_left=n_left, left_ids=left_ids, base_days=base_days,
+                          requests=base_requests.get(key, 0),
+                          hashed=plain[(cluster, object_name(ident))] > 1 if valid_service_account(ident) else False)
+            if key in python_keys:
+                sizing.append(row(*py.sizing_args(key, own_grants)))
+            else:  # built for the rows shown only; the status is the SQL's
+                sizing.append({"cluster": cluster, "identity": ident, "status": status_of(
+                    ident, flags.get(key, NO_USES), n_left), "build": row})
     out.sort(key=lambda x: (not (x["findings"] or x["over_privileged"] or x["status"] in ("unknown", "unused")),
                             -int(x["requests"] or 0), str(x["cluster"]), x["identity"]))
     sas = [x for x in out if x["kind"] == "service_account"]
@@ -366,7 +426,20 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
         "unused_default_grants": default_unused,
         "baseline_days": base_days, "snapshot_clusters": sorted(str(c) for c in snap_clusters),
     }
-    for x in sizing[: ctx.limit]:  # the YAML of the rows shown only: the status does not depend on it
+    # the rows shown, in Python: the uses behind their lists, their suggestions and the YAML
+    shown = _python_uses(ctx, {(x["cluster"], x["identity"]) for x in out[: ctx.limit] + sizing[: ctx.limit]}
+                         - python_keys, base, exclude, same).merged(py)
+    for x in out[: ctx.limit]:
+        key = (x["cluster"], x["identity"])
+        labels = sorted({u.label() for u in shown.period.get(key, [])})
+        x["used"], x["used_count"] = labels[:LIST_CAP], len(labels)
+        if x["kind"] == "service_account":
+            x["unused_grants"] = unused_grants(held[key].own, shown.every.get(key, []))[1][:LIST_CAP]
+    for i, x in enumerate(sizing[: ctx.limit]):
+        if "build" in x:
+            key = (x["cluster"], x["identity"])
+            x = sizing[i] = x["build"](*shown.sizing_args(key, held[key].own))
+        # the YAML of the rows shown only: the status does not depend on it
         x["suggestion"] = x["suggestion"]() if callable(x["suggestion"]) else x["suggestion"]
     result = ReportResult("nhi", "Non-human identities: inventory, visibility and right-sizing", [
         Section("identities", "Service accounts and nodes (flagged first)", NHI_COLUMNS, out[: ctx.limit],
@@ -412,8 +485,65 @@ def _same_requests(ctx: ReportContext, src: str, base: Window) -> bool:
     return first is None or bool(first >= base.lo)
 
 
-def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], n_left: int, left_ids: list[str],
-                base_days: int, requests: int, granted_pairs: int, unused: list[str], hashed: bool) -> Row:
+@dataclass(frozen=True)
+class Held:
+    """An identity's grants: bound to it, through its groups; its own are both without Kubernetes'
+    defaults bound to groups, which are counted apart (module docstring)."""
+
+    direct: list[dict[str, Any]]
+    via_groups: list[dict[str, Any]]
+
+    @property
+    def own(self) -> list[dict[str, Any]]:
+        return [g for g in self.direct + self.via_groups if not (g["subject_kind"] == "Group" and _is_default(g))]
+
+    @property
+    def defaults(self) -> list[dict[str, Any]]:
+        return [g for g in self.via_groups if _is_default(g)]
+
+
+@dataclass(frozen=True)
+class PythonUses:
+    """The :class:`Use` lists of some accounts: every use and the kept ones in the baseline, the period's."""
+
+    every: Uses
+    kept: Uses
+    period: Uses
+
+    def merged(self, other: PythonUses) -> PythonUses:
+        return PythonUses({**self.every, **other.every}, {**self.kept, **other.kept}, {**self.period, **other.period})
+
+    def sizing_args(self, key: tuple[str | None, str], own_grants: list[dict[str, Any]]) -> tuple[Any, ...]:
+        """The arguments of :func:`_sizing_row` that need the account's uses."""
+        return (self.kept.get(key, []), *unused_grants(own_grants, self.every.get(key, [])))
+
+
+def _needs_python(identity: str, flags: Flags) -> bool:
+    """True when only building the suggestion can tell its status (:func:`ztaudit.reports.rightsize.status_of`
+    says ``None``); the report then works the account out from its :class:`Use` lists."""
+    return status_of(identity, flags, 0) is None
+
+
+def _python_uses(ctx: ReportContext, keys: set[tuple[str | None, str]], base: Window, exclude: Excluded,
+                 same: bool) -> PythonUses:
+    """The :class:`Use` lists of the accounts ``keys`` (cluster, identity), from a copy of the requests
+    made as them or with their credential: as :func:`uses_and_kept` and :func:`used_by_identity` give
+    them for every account, for a few."""
+    if not keys:
+        return PythonUses({}, {}, {})
+    ctx.con.register(KEYS_VIEW, pa.Table.from_pylist([{"cluster": c, "identity": i} for c, i in keys],
+                                                     schema=KEYS_SCHEMA))
+    try:
+        ctx.con.execute(SOME_SQL)
+    finally:
+        ctx.con.unregister(KEYS_VIEW)
+    every, kept = uses_and_kept(ctx.con, base, exclude, SOME_TABLE)
+    period = every if same else used_by_identity(ctx.con, ctx.filters.window, src=SOME_TABLE)
+    return PythonUses(every, kept, period)
+
+
+def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], granted_pairs: int, unused: list[str], *,
+                n_left: int, left_ids: list[str], base_days: int, requests: int, hashed: bool) -> Row:
     """One ``rightsize`` row: the suggestion, its replay check and its status (module docstring). A
     printable suggestion is left as a call to :func:`to_yaml`, made for the rows ``--limit`` keeps."""
     masters = masters_uses(own_uses)

@@ -99,15 +99,17 @@ FROM (SELECT *, {_EXCLUDED.format(who="actor")} AS excluded FROM {{src}} r
         AND verb IS NOT NULL AND {AUTHORIZED})
 GROUP BY ALL
 """
-#: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
-IMPERSONATE_SQL: Final = f"""
-WITH r AS (
+#: Allowed impersonated requests of a service account, with ``excluded`` (:data:`IMPERSONATE_SQL`).
+_IMPERSONATED: Final = f"""
     SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups,
            {_EXCLUDED.format(who="impersonator")} AS excluded
     FROM {{src}} r
     WHERE request_received_at >= $lo AND request_received_at < $hi
       AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL AND {AUTHORIZED}
-)
+"""
+#: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
+IMPERSONATE_SQL: Final = f"""
+WITH r AS ({_IMPERSONATED})
 SELECT cluster, impersonator, CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN 'serviceaccounts'
                                    ELSE 'users' END AS resource,
        CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 3) END,
@@ -118,6 +120,88 @@ UNION ALL
 SELECT cluster, impersonator, 'groups', NULL, g, count(*), count(*) FILTER (WHERE NOT excluded)
 FROM (SELECT cluster, impersonator, unnest(groups) AS g, excluded FROM r)
 WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
+GROUP BY ALL
+"""
+#: Every use of :data:`USES_SQL` and :data:`IMPERSONATE_SQL`, one row per request (per impersonated
+#: group) instead of one per distinct use, with ``full_resource`` (resource[/subresource]) and ``excluded``: what
+#: :func:`account_flags` and :func:`used_grant_pairs` aggregate without building a :class:`Use` each.
+EVERY_USE_SQL: Final = f"""
+SELECT cluster, actor, verb, api_group, resource, subresource, namespace, name, path, excluded,
+       resource || CASE WHEN subresource <> '' THEN '/' || subresource ELSE '' END AS full_resource
+FROM (
+    SELECT cluster, actor, verb, coalesce(api_group, '') AS api_group, resource, subresource, namespace, name,
+           CASE WHEN resource IS NULL THEN split_part(request_uri, '?', 1) END AS path,
+           {_EXCLUDED.format(who="actor")} AS excluded
+    FROM {{src}} r
+    WHERE request_received_at >= $lo AND request_received_at < $hi AND actor_kind = 'service_account'
+      AND verb IS NOT NULL AND {AUTHORIZED} AND (resource IS NOT NULL OR split_part(request_uri, '?', 1) <> '')
+    UNION ALL
+    SELECT cluster, impersonator, 'impersonate', '', resource, NULL, namespace, name, NULL, excluded
+    FROM (
+        SELECT cluster, impersonator, excluded,
+               CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END AS resource,
+               CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END AS namespace,
+               CASE WHEN sa THEN split_part(impersonated_user, ':', 4) ELSE impersonated_user END AS name
+        FROM (SELECT *, impersonated_user LIKE 'system:serviceaccount:%:%' AS sa FROM ({_IMPERSONATED}))
+        UNION ALL
+        SELECT cluster, impersonator, excluded, 'groups', NULL, g
+        FROM (SELECT cluster, impersonator, excluded, unnest(groups) AS g FROM ({_IMPERSONATED}))
+        WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
+    )
+)
+"""
+#: Per account, what its uses decide about its suggestion (:class:`Flags`, :func:`status_of`); the
+#: conditions are :func:`suggest`, :func:`verify` and :func:`review_reasons` read per use: a suggested
+#: rule grants exactly the verb x resource pairs used, so it is a wildcard, an RBAC write, a secret
+#: read or an impersonation exactly when one kept use is.
+FLAGS_SQL: Final = f"""
+SELECT cluster, actor,
+       bool_or(NOT excluded) AS kept,
+       coalesce(bool_or(NOT excluded AND NOT masters), false) AS buildable,
+       coalesce(bool_or(NOT excluded AND NOT masters AND (
+           verb = '*' OR (resource IS NOT NULL AND (api_group = '*' OR full_resource = '*'))
+           OR (resource IS NULL AND suffix(path, '*')))), false) AS wildcard,
+       coalesce(bool_or(NOT excluded AND NOT masters AND (
+           verb = 'impersonate'
+           OR (api_group = '{RBAC_GROUP}' AND full_resource IN ({", ".join(f"'{o}'" for o in sorted(RBAC_OBJECTS))})
+               AND verb IN ({", ".join(f"'{v}'" for v in sorted(RBAC_WRITE_VERBS - {"*"}))}))
+           OR (api_group = '' AND full_resource = 'secrets'
+               AND verb IN ({", ".join(f"'{v}'" for v in sorted(SECRET_READ_VERBS - {"*"}))})))), false) AS sensitive,
+       coalesce(bool_or(verb = 'impersonate' AND (name IS NULL OR name = '{MASTERS}')), false) AS python
+FROM (SELECT *, coalesce(verb = 'impersonate' AND resource = 'groups' AND name = '{MASTERS}', false) AS masters
+      FROM ({EVERY_USE_SQL}))
+GROUP BY ALL
+"""
+#: The registered relations :func:`used_grant_pairs` joins: each grant's explicit pairs, and who holds which grant.
+PAIRS_VIEW: Final = "_rightsize_pairs"
+HELD_VIEW: Final = "_rightsize_held"
+PAIRS_SCHEMA: Final = pa.schema([("grant", pa.int64()), ("pair", pa.int64()), ("verb", pa.string()),
+                                 ("api_group", pa.string()), ("resource", pa.string()), ("scope", pa.string()),
+                                 ("name", pa.string()), ("url", pa.bool_()), ("url_prefix", pa.string())])
+HELD_SCHEMA: Final = pa.schema([("cluster", pa.string()), ("identity", pa.string()), ("grant", pa.int64())])
+#: Per (account, grant it holds): how many of the grant's pairs one of its uses covered, by :func:`covers`'
+#: rules for a rule without wildcards: the verb and group exactly, the resource exactly or ``*/<sub>``, in
+#: the pair's namespace or cluster-wide, its one name if it has one; a non-resource URL exactly, ``*`` or
+#: a trailing-``*`` prefix, granted cluster-wide (a namespaced binding grants no URL).
+USED_PAIRS_SQL: Final = f"""
+WITH u AS ({EVERY_USE_SQL}),
+hp AS (SELECT h.cluster, h.identity, p.* FROM {HELD_VIEW} h JOIN {PAIRS_VIEW} p ON p.grant = h.grant)
+SELECT cluster, identity, grant, count(DISTINCT pair) AS used FROM (
+    SELECT hp.cluster, hp.identity, hp.grant, hp.pair FROM u JOIN hp
+      ON hp.cluster IS NOT DISTINCT FROM u.cluster AND hp.identity = u.actor AND hp.verb = u.verb
+     AND hp.api_group = u.api_group AND hp.resource = u.full_resource
+    WHERE NOT hp.url AND (hp.scope IS NULL OR hp.scope = u.namespace) AND (hp.name IS NULL OR hp.name = u.name)
+    UNION ALL
+    SELECT hp.cluster, hp.identity, hp.grant, hp.pair FROM u JOIN hp
+      ON hp.cluster IS NOT DISTINCT FROM u.cluster AND hp.identity = u.actor AND hp.verb = u.verb
+     AND hp.api_group = u.api_group AND hp.resource = '*/' || u.subresource
+    WHERE NOT hp.url AND (hp.scope IS NULL OR hp.scope = u.namespace) AND (hp.name IS NULL OR hp.name = u.name)
+    UNION ALL
+    SELECT hp.cluster, hp.identity, hp.grant, hp.pair FROM u JOIN hp
+      ON hp.cluster IS NOT DISTINCT FROM u.cluster AND hp.identity = u.actor AND hp.verb = u.verb
+    WHERE hp.url AND u.resource IS NULL AND hp.scope IS NULL
+      AND (hp.resource = u.path OR hp.resource = '*' OR starts_with(u.path, hp.url_prefix))
+)
 GROUP BY ALL
 """
 #: Requests left out per account: allowed requests (made as it, or impersonating with it) that are evidence.
@@ -214,6 +298,107 @@ def left_out(con: duckdb.DuckDBPyConnection, window: Window, exclude: Excluded,
     finally:
         con.unregister(EXCLUDED_VIEW)
     return {(c, a): (int(n), list(f)) for c, a, n, f in rows}
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What an account's uses of the baseline decide about its suggestion (:data:`FLAGS_SQL`)."""
+
+    kept: bool  # a use is kept (not evidence of an open finding): the account has a rightsize row
+    buildable: bool  # a kept use other than a system:masters impersonation: a suggestion can be built
+    wildcard: bool  # a kept use with a wildcard verb, group, resource or URL: the replay check fails
+    sensitive: bool  # an RBAC write, secret read or impersonation among the kept uses: review
+    python: bool  # an impersonation of no name or of system:masters: only the full path decides
+
+
+NO_USES: Final = Flags(False, False, False, False, False)
+
+
+def account_flags(con: duckdb.DuckDBPyConnection, window: Window, exclude: Excluded | None,
+                  src: str = REQUESTS) -> dict[tuple[str | None, str], Flags]:
+    """Per service account with allowed requests in ``window``: its :class:`Flags`, in one aggregation
+    (no :class:`Use` per distinct use: an account of a busy cluster has hundreds of thousands)."""
+    _register(con, exclude)
+    try:
+        rows = con.execute(FLAGS_SQL.format(src=src), {"lo": window.lo, "hi": window.hi}).fetchall()
+    finally:
+        con.unregister(EXCLUDED_VIEW)
+    return {(c, a): Flags(bool(k), bool(b), bool(w), bool(s), bool(p)) for c, a, k, b, w, s, p in rows}
+
+
+def status_of(identity: str, flags: Flags, left_requests: int) -> str | None:
+    """The ``status`` :func:`verify` and :func:`review_reasons` give the suggestion of an account with
+    ``flags`` (``left_requests`` left out as evidence), or ``None`` when only building it can say: an
+    impersonation of no name or of ``system:masters`` (the suggestion leaves it out, review or refusal
+    depends on what else was impersonated)."""
+    if not valid_service_account(identity):
+        return "withheld"
+    if flags.python:
+        return None
+    if not flags.buildable or flags.wildcard:
+        return "withheld"
+    return "review" if flags.sensitive or left_requests else "verified"
+
+
+def is_wildcard(rule: Rule) -> bool:
+    """A ``*`` verb, group or resource: :func:`unused_grants` counts the rule as one unused grant."""
+    return "*" in rule.verbs or "*" in rule.api_groups or "*" in rule.resources
+
+
+@dataclass(frozen=True)
+class GrantPairs:
+    """The explicit pairs of each grant (by its index in the grants list), as :func:`unused_grants` counts them."""
+
+    pairs: pa.Table  # PAIRS_SCHEMA
+    counts: tuple[int, ...]  # pairs per grant (a wildcard rule: 1, always unused)
+    wildcard: tuple[bool, ...]
+
+    def unused(self, grant: int, used: int) -> int:
+        """How many pairs of ``grant`` are unused when ``used`` of them were covered."""
+        return 1 if self.wildcard[grant] else self.counts[grant] - used
+
+
+def grant_pairs(grants: Sequence[Mapping[str, Any]]) -> GrantPairs:
+    """Each grant's :func:`grants_of` pairs as rows to match in SQL (:data:`USED_PAIRS_SQL`). Pairs of a
+    non-resource rule bound in a namespace are counted but left out: :func:`covers` never lets them match."""
+    rows: list[dict[str, Any]] = []
+    counts: list[int] = []
+    wild: list[bool] = []
+    for i, g in enumerate(grants):
+        rule = rule_of_grant(g)
+        wild.append(is_wildcard(rule))
+        if wild[-1]:
+            counts.append(1)
+            continue
+        pairs = list(grants_of(rule))
+        counts.append(len(pairs))
+        url = bool(rule.non_resource_urls)
+        if url and rule.scope_namespace is not None:
+            continue
+        rows += [{"grant": i, "pair": j, "verb": v, "api_group": grp, "resource": res, "scope": scope,
+                  "name": name or None, "url": url,
+                  "url_prefix": res[:-1] if url and isinstance(res, str) and res.endswith("*") else None}
+                 for j, (v, grp, res, scope, name) in enumerate(pairs)]
+    return GrantPairs(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), tuple(counts), tuple(wild))
+
+
+def used_grant_pairs(con: duckdb.DuckDBPyConnection, window: Window, pairs: GrantPairs,
+                     held: Iterable[tuple[str | None, str, int]],
+                     src: str = REQUESTS) -> dict[tuple[str | None, str, int], int]:
+    """(cluster, account, grant index) -> how many of the grant's pairs the account's allowed requests of
+    ``window`` used, for the grants ``held`` ((cluster, account, grant index)); absent: none. The SQL
+    counterpart of :func:`unused_grants` over every account at once."""
+    held_table = pa.Table.from_pylist([{"cluster": c, "identity": a, "grant": g} for c, a, g in held],
+                                      schema=HELD_SCHEMA)
+    con.register(PAIRS_VIEW, pairs.pairs)
+    con.register(HELD_VIEW, held_table)
+    _register(con, None)
+    try:
+        rows = con.execute(USED_PAIRS_SQL.format(src=src), {"lo": window.lo, "hi": window.hi}).fetchall()
+    finally:
+        for view in (EXCLUDED_VIEW, HELD_VIEW, PAIRS_VIEW):
+            con.unregister(view)
+    return {(c, a, int(g)): int(n) for c, a, g, n in rows}
 
 
 def _full(u: Use) -> str:
