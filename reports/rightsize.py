@@ -214,8 +214,8 @@ WHERE r.request_received_at >= $lo AND r.request_received_at < $hi AND {AUTHORIZ
 GROUP BY ALL
 """
 
-#: (cluster, service account) -> the audit ids to leave out, with the finding each is evidence of.
-Excluded = Mapping[tuple[str | None, str], Mapping[str, str]]
+#: (cluster, service account) -> the audit ids to leave out, with every finding each is evidence of.
+Excluded = Mapping[tuple[str | None, str], Mapping[str, Sequence[str]]]
 
 
 def baseline(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None) -> Window:
@@ -230,24 +230,29 @@ def baseline(con: duckdb.DuckDBPyConnection, since: datetime | None, until: date
     return Window(last - BASELINE, last + timedelta(microseconds=1))
 
 
-def evidence_of(findings: Iterable[Mapping[str, Any]]) -> dict[tuple[str | None, str], dict[str, str]]:
-    """The audit ids each finding (``cluster``, ``actor``, ``finding_id``, ``evidence``) cites, per account.
+def evidence_of(findings: Iterable[Mapping[str, Any]]) -> dict[tuple[str | None, str], dict[str, list[str]]]:
+    """The audit ids each finding (``cluster``, ``actor``, ``finding_id``, ``evidence``) cites, per account,
+    each with every finding that cites it (sorted: the result does not depend on the findings' order).
 
     Evidence references are ``k8s_audit:<cluster>/<audit id>`` (``detectors/base.py``); others
     (``rbac_grant:``, ``proxy_decision:``) name no request of the account and are skipped.
     """
-    out: dict[tuple[str | None, str], dict[str, str]] = defaultdict(dict)
+    out: dict[tuple[str | None, str], dict[str, list[str]]] = defaultdict(dict)
     for f in findings:
         prefix = f"k8s_audit:{f['cluster']}/"
         for ref in f.get("evidence") or []:
             if isinstance(ref, str) and ref.startswith(prefix):
-                out[(f["cluster"], str(f["actor"]))].setdefault(ref[len(prefix):], str(f["finding_id"]))
+                ids = out[(f["cluster"], str(f["actor"]))].setdefault(ref[len(prefix):], [])
+                if str(f["finding_id"]) not in ids:
+                    ids.append(str(f["finding_id"]))
+                    ids.sort()
     return out
 
 
 def _register(con: duckdb.DuckDBPyConnection, exclude: Excluded | None) -> None:
+    # one row per (request, finding): the EXISTS tests ignore the repeats, LEFT_OUT_SQL lists them all
     rows = [{"cluster": c, "actor": a, "audit_id": aid, "finding_id": fid}
-            for (c, a), ids in (exclude or {}).items() for aid, fid in ids.items()]
+            for (c, a), ids in (exclude or {}).items() for aid, fids in ids.items() for fid in fids]
     con.register(EXCLUDED_VIEW, pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA))
 
 
