@@ -152,18 +152,20 @@ def test_a_column_added_later_is_carried_by_schema_evolution(tmp_path: Path,
     assert got == {"e1": None, "e2": "revoked"}
 
 
-def _writer_process(lake: str, who: str, n: int) -> None:
+def _writer_process(lake: str, who: int, n: int) -> None:
+    """A separate process writing ``n`` two-row files under its own keys, one publish per file: as
+    many races with the other writers as possible."""
     sink = LakeSink(Path(lake))
     for i in range(n):
-        sink.write("proxy_decision", _decisions(2, start=1000 * (who == "b") + 10 * i), f"{who}-{i}")
-        sink.publish()  # one commit per file: as many races as possible
+        sink.write("proxy_decision", _decisions(2, start=1000 * who + 10 * i), f"w{who}-{i}")
+        sink.publish()
 
 
 def test_two_processes_committing_to_one_table_register_every_file_exactly_once(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _iceberg_sink(lake)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer_process, args=(str(lake), who, 12)) for who in ("a", "b")]
+    procs = [ctx.Process(target=_writer_process, args=(str(lake), who, 12)) for who in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
@@ -295,18 +297,11 @@ def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch:
     assert len(metadata) < 90, len(metadata)
 
 
-def _busy_writer(lake: str, who: int, n: int) -> None:
-    sink = LakeSink(Path(lake))
-    for i in range(n):
-        sink.write("proxy_decision", _decisions(1, start=1000 * who + i), f"w{who}-{i}")
-        sink.publish()
-
-
 def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _iceberg_sink(lake)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_busy_writer, args=(str(lake), w, 8)) for w in range(4)]
+    procs = [ctx.Process(target=_writer_process, args=(str(lake), w, 8)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -314,4 +309,4 @@ def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path)
         assert p.exitcode == 0
     files = iceberg.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 32
-    assert _count(lake) == 32
+    assert _count(lake) == 64
