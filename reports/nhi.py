@@ -76,6 +76,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
+from ztaudit.core.requests import requests_select
 from ztaudit.core.window import Window
 from ztaudit.detectors.impersonation_rights import impersonation_rights, impersonators_of
 from ztaudit.detectors.rbac import AUTHORIZED, Use, implicit_groups, latest_grants
@@ -127,19 +128,20 @@ LIST_CAP: Final = 20
 
 #: The one copy of ``k8s_requests`` every query below reads (``{src}``): the report's window, the
 #: columns they use, and only the requests of a non-human identity or made through an impersonator
-#: (the others count for no row). ``k8s_requests`` picks each request's stage with a window over the
-#: whole lake; doing that once instead of once per query is most of the report's SQL time.
+#: (the others count for no row). It is ``k8s_requests`` built by aggregation over these columns
+#: (:mod:`ztaudit.core.requests`): at 10M events choosing each request's stage is most of the report's
+#: SQL time, so it is done once, and without the view's window over every column.
 REQUESTS_TABLE: Final = "_nhi_requests"
-REQUESTS_SQL: Final = f"""
-CREATE OR REPLACE TEMP TABLE {REQUESTS_TABLE} AS
-SELECT cluster, audit_id, request_received_at, dt, actor, actor_kind, impersonator, impersonated_user,
-       impersonated_groups, verb, api_group, resource, subresource, namespace, name, request_uri, credential_id,
-       credential_kind, is_legacy_token, decision, response_code
-FROM k8s_requests
-WHERE request_received_at >= $lo AND request_received_at < $hi
+REQUESTS_COLUMNS: Final = ["cluster", "audit_id", "request_received_at", "dt", "actor", "actor_kind", "impersonator",
+                            "impersonated_user", "impersonated_groups", "verb", "api_group", "resource", "subresource",
+                            "namespace", "name", "request_uri", "credential_id", "credential_kind", "is_legacy_token",
+                            "decision", "response_code"]
+# every condition is on columns all stages of a request share, so it may come before the stage choice
+REQUESTS_WHERE: Final = """request_received_at >= $lo AND request_received_at < $hi
   AND (actor_kind IN ('service_account', 'node') OR impersonator IS NOT NULL
-       OR actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%')
-"""
+       OR actor LIKE 'system:serviceaccount:%' OR actor LIKE 'system:node:%')"""
+REQUESTS_SQL: Final = (f"CREATE OR REPLACE TEMP TABLE {REQUESTS_TABLE} AS\n"
+                       + requests_select(REQUESTS_COLUMNS, REQUESTS_WHERE))
 
 #: The requests of the accounts whose rows are worked out in Python (:func:`_python_uses`): made as one
 #: of them (``actor``) or with its credential (``impersonator``); ``{keys}`` holds (cluster, identity).
