@@ -222,6 +222,15 @@ _OWN_TRAFFIC_SQL: Final = f"""
     FROM zt_raw_proxy WHERE kind = 'own' GROUP BY ALL ORDER BY cluster, identity
 """
 
+#: Is there any stage of a non-impersonated request by an approved impersonator in the window? The rows
+#: ``zt_raw_a`` (:data:`_RAW_PREPARE`) groups are a subset of these, so "none" means no own traffic.
+_ANY_RAW_SQL: Final = f"""
+    SELECT 1 FROM k8s_audit r CROSS JOIN zt_correlation_settings s
+    WHERE {Window.sql("request_received_at", "r")} AND r.impersonator IS NULL
+      AND {approved_predicate('r.user_name', 'coalesce(r.cluster, s.single_cluster)')}
+    LIMIT 1
+"""
+
 OWN_TRAFFIC_COLUMNS: Final = ("cluster", "identity", "requests", "forbidden", "actions", "namespaces",
                               "first_seen", "last_seen")
 
@@ -240,9 +249,14 @@ def proxy_own_traffic(con: Session, config: Config, since: datetime | None = Non
                       until: datetime | None = None) -> list[dict[str, Any]]:
     """The proxy identities' own traffic (raw requests that pair with no person's decision), per
     (cluster, identity): :data:`OWN_TRAFFIC_COLUMNS`. Called by ``ztaudit report impersonation`` with an
-    ``open_lake`` connection; runs the correlation's detect plan (no cache); raises on SQL errors."""
+    ``open_lake`` connection; runs the correlation's detect plan (no cache) unless the window holds no
+    such request at all (then there is nothing to pair: a cheap check saves the plan, ~2 s at 10M
+    events); raises on SQL errors."""
     window = Window(since, until)
     engine = as_engine(con)
+    correlate.install_config(engine, config)
+    if not engine.rows(_ANY_RAW_SQL, window.params()):
+        return []
     correlate.run_plan(engine, config, window, correlate.DETECT_PLAN)
     classify_raw_proxy_requests(engine, window)
     return engine.records(_OWN_TRAFFIC_SQL)

@@ -8,6 +8,7 @@ The lake is the detector case ``unobserved/pos_mixed_day`` (tests/cases), report
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from click.testing import CliRunner
 from support.cases import CASES, load_case, write_case
 
 from ztaudit.cli.main import cli
+from ztaudit.core.config import Config
+from ztaudit.core.lake import open_lake
+from ztaudit.detectors.correlate import Correlation
+from ztaudit.detectors.impersonation import proxy_own_traffic
 
 PROXY = "system:serviceaccount:pomerium:pomerium-authorize"
 
@@ -47,3 +52,21 @@ def test_own_traffic_follows_the_filters(tmp_path: Path) -> None:
     assert _sections("--lake", str(lake), "--actor", "carol@example.com")["proxy_own_traffic"] == []
     narrowed = _sections("--lake", str(lake), "--until", "2026-11-20T10:00:00Z")["proxy_own_traffic"]
     assert [r["requests"] for r in narrowed] == [1], narrowed
+
+
+def test_no_raw_request_skips_the_correlation_plan(tmp_path: Path) -> None:
+    """A window without any non-impersonated request of the proxy returns no rows without building the
+    correlation tables (the shortcut in ``proxy_own_traffic``); the same lake over a window with one
+    builds them and finds it."""
+    lake = tmp_path / "lake"
+    write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
+    con = open_lake(lake)
+    try:
+        assert proxy_own_traffic(con, Config(), until=datetime(2026, 11, 20, 9, 0, tzinfo=UTC)) == []
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert Correlation().summary not in tables, tables
+        assert [r["requests"] for r in proxy_own_traffic(con, Config())] == [3]
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert Correlation().summary in tables, tables
+    finally:
+        con.close()
