@@ -21,12 +21,12 @@ its grants were used: ``kubectl --as=system:serviceaccount:ops:backup`` makes ``
 "Allowed" is :data:`ztaudit.detectors.rbac.AUTHORIZED` (the audit decision, else not 401/403/429).
 
 Grants through groups the account is in (``system:serviceaccounts:<ns>``, ``system:serviceaccounts``,
-``system:authenticated``) count for each member like its own grants, except those of bindings named
-``system:*``: Kubernetes' own defaults (``system:discovery``, ``system:basic-user``, ...; the
-snapshot table does not record the ``rbac.authorization.kubernetes.io/autoupdate`` annotation, and
-the ``system:`` prefix is reserved for the control plane, <https://kubernetes.io/docs/reference/
+``system:authenticated``) count for each member like its own grants, except Kubernetes' own defaults
+(``system:discovery``, ``system:basic-user``, ...: a binding and role the API server's bootstrap
+policy labels and still reconciles, ``rbac_grant.bootstrap``; <https://kubernetes.io/docs/reference/
 access-authn-authz/rbac/#default-roles-and-role-bindings>), which are listed as ``(default)`` and
-counted apart from the over-privilege share.
+counted apart from the over-privilege share. A ``system:`` name alone does not make a default (anyone
+who may create bindings can choose it), except in grants ingested before ztaudit kept the labels.
 
 Sections:
 
@@ -227,6 +227,10 @@ def _grant_label(g: dict[str, Any]) -> str:
 
 
 def _is_default(g: dict[str, Any]) -> bool:
+    """A grant of Kubernetes' own default policy: ``bootstrap`` (labels on the binding and its role);
+    in rows ingested before that column, a ``system:`` binding name."""
+    if g.get("bootstrap") is not None:
+        return bool(g["bootstrap"])
     return str(g["binding_name"] or "").startswith(DEFAULT_PREFIX)
 
 
@@ -464,7 +468,7 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
     result.notes.extend(notes)
     if default_unused:
         result.notes.append(f"{default_unused} service accounts hold unused Kubernetes default grants "
-                            "(system:*), not in the share")
+                            "(bootstrap policy), not in the share")
     for name, rows_ in (("identities", out), ("rightsize", sizing)):
         if len(rows_) > ctx.limit:
             result.notes.append(f"{name}: {len(rows_) - ctx.limit} of {len(rows_)} rows left out by --limit "

@@ -16,7 +16,14 @@ used", docs/detection-background.md §1.9: audit2rbac gives the used set, Audici
 * ``can_impersonate`` marks rules with the ``impersonate`` verb on users, groups,
   serviceaccounts, userextras or uids (docs/kubernetes-audit.md §6);
 * a binding whose role is not in the snapshot yields one row with ``role_found`` false and empty
-  rules, so a dangling binding is visible rather than dropped.
+  rules, so a dangling binding is visible rather than dropped;
+* ``bootstrap`` marks the grants of Kubernetes' own default policy: the binding and its role both
+  carry the label ``kubernetes.io/bootstrapping: rbac-defaults`` that the API server's bootstrap
+  policy puts on every object it creates, and neither has its
+  ``rbac.authorization.kubernetes.io/autoupdate`` annotation set to ``"false"`` (an administrator's
+  way to keep edits the API server would otherwise reconcile away: such an object is theirs now).
+  <https://kubernetes.io/docs/reference/access-authn-authz/rbac/#auto-reconciliation>. The name
+  alone (``system:``) is not enough: anyone allowed to create bindings can choose it.
 
 The snapshot time is the ingestion time (a List carries none); reports use the latest snapshot
 per cluster.
@@ -67,16 +74,34 @@ def can_impersonate(verbs: Sequence[str], resources: Sequence[str]) -> bool:
             and any(r.split("/")[0] in IMPERSONATE_RESOURCES for r in resources))
 
 
+BOOTSTRAP_LABEL: Final = ("kubernetes.io/bootstrapping", "rbac-defaults")
+AUTOUPDATE: Final = "rbac.authorization.kubernetes.io/autoupdate"
+
+
+def is_bootstrap(metadata: Any) -> bool:
+    """An object of the API server's default policy, still reconciled by it (module docstring)."""
+    if not isinstance(metadata, Mapping):
+        return False
+    labels, notes = metadata.get("labels"), metadata.get("annotations")
+    key, value = BOOTSTRAP_LABEL
+    return (isinstance(labels, Mapping) and labels.get(key) == value
+            and not (isinstance(notes, Mapping) and str(notes.get(AUTOUPDATE, "")).lower() == "false"))
+
+
 def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Grant rows for RBAC objects (roles and bindings of one snapshot) and problems found."""
     roles: dict[tuple[str, str | None, str], list[Mapping[str, Any]]] = {}
+    default_roles: set[tuple[str, str | None, str]] = set()
     problems: list[str] = []
     for it in items:
         if it.get("kind") in ROLE_KINDS:
             md = it.get("metadata") or {}
             ns = md.get("namespace") if it["kind"] == "Role" else None
             rules = it.get("rules") or []
-            roles[(str(it["kind"]), ns, str(md.get("name", "")))] = [r for r in rules if isinstance(r, Mapping)]
+            key = (str(it["kind"]), ns, str(md.get("name", "")))
+            roles[key] = [r for r in rules if isinstance(r, Mapping)]
+            if is_bootstrap(md):
+                default_roles.add(key)
     rows: list[dict[str, Any]] = []
     for it in items:
         if it.get("kind") not in BINDING_KINDS:
@@ -88,7 +113,9 @@ def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], li
         if not bname or rkind not in ROLE_KINDS or not rname:
             problems.append(f"{it['kind']} {bns or ''}/{bname}: missing name or roleRef")
             continue
-        rules = roles.get((rkind, bns if rkind == "Role" else None, rname))
+        role_key = (rkind, bns if rkind == "Role" else None, rname)
+        rules = roles.get(role_key)
+        bootstrap = is_bootstrap(md) and role_key in default_roles
         for subj in it.get("subjects") or []:
             if not isinstance(subj, Mapping) or not subj.get("kind") or not subj.get("name"):
                 problems.append(f"{it['kind']} {bns or ''}/{bname}: subject without kind or name")
@@ -98,7 +125,7 @@ def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], li
                 "subject_namespace": subj.get("namespace") or (bns if subj["kind"] == "ServiceAccount" else None),
                 "subject": subject_username(str(subj["kind"]), str(subj["name"]), subj.get("namespace"), bns),
                 "binding_kind": it["kind"], "binding_name": bname, "binding_namespace": bns,
-                "role_kind": rkind, "role_name": rname, "scope_namespace": bns,
+                "role_kind": rkind, "role_name": rname, "scope_namespace": bns, "bootstrap": bootstrap,
             }
             if rules is None:
                 rows.append({**base, "role_found": False, "verbs": [], "api_groups": [], "resources": [],

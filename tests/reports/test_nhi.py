@@ -31,8 +31,15 @@ OLD = "system:serviceaccount:ci:old"
 NODE = "system:node:n1"
 
 
-def _item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
+#: The metadata the bootstrap policy puts on its roles and bindings (``_item(..., **DEFAULT)``).
+DEFAULT: dict[str, Any] = {"labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                           "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}}
+
+
+def _item(kind: str, name: str, ns: str | None = None, labels: dict[str, str] | None = None,
+          annotations: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
     md: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
+    md.update({k: v for k, v in (("labels", labels), ("annotations", annotations)) if v})
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": md, **kw}
 
 
@@ -49,9 +56,10 @@ SNAPSHOT = {"apiVersion": "v1", "kind": "List", "items": [
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"], "resourceNames": ["app"]}]),
     _item("RoleBinding", "oncall", "shop", roleRef={"kind": "ClusterRole", "name": "sa-impersonator"},
           subjects=[{"kind": "Group", "name": "oncall"}]),
-    _item("ClusterRole", "discovery", rules=[{"nonResourceURLs": ["/api", "/api/*"], "verbs": ["get"]}]),
+    # a default of the API server's bootstrap policy, labelled as it labels them
+    _item("ClusterRole", "discovery", rules=[{"nonResourceURLs": ["/api", "/api/*"], "verbs": ["get"]}], **DEFAULT),
     _item("ClusterRoleBinding", "system:discovery", roleRef={"kind": "ClusterRole", "name": "discovery"},
-          subjects=[{"kind": "Group", "name": "system:authenticated"}]),
+          subjects=[{"kind": "Group", "name": "system:authenticated"}], **DEFAULT),
 ]}
 
 
@@ -102,7 +110,7 @@ def test_inventory_and_visibility(nhi_lake: Path) -> None:
     assert app["credentials"] == ["jti x3, longest 0.0 h"]
     assert app["secret_namespaces"] == 1  # the denied read in blog is a request, not a secret namespace used
     assert "app: get,list,watch configmaps in shop" in app["granted"]
-    # a Kubernetes default (binding named system:*): listed, not charged to the account
+    # a Kubernetes default (bootstrap labels on binding and role): listed, not charged to the account
     assert "system:authenticated system:discovery: get nonResourceURLs /api,/api/* (default)" in app["group_grants"]
     admin = "ServiceAccount system:serviceaccount:ci:old"  # cluster-admin-equivalent: may impersonate anyone
     assert app["impersonable_by"] == ["Group oncall", admin] and rows[IDLE]["impersonable_by"] == [admin]

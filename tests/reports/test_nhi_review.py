@@ -218,14 +218,26 @@ def test_until_before_the_snapshot_keeps_it_and_names_it(lake: Path) -> None:
            "grants)" in res.notes
 
 
+#: What the API server's bootstrap policy puts on every default role and binding.
+BOOTSTRAP = {"labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+             "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}}
+
+
+def _default(kind: str, name: str, **kw: Any) -> dict[str, Any]:
+    item = _item(kind, name, **kw)
+    item["metadata"].update(BOOTSTRAP)
+    return item
+
+
 def test_group_grants_count_for_each_member_but_defaults_apart(lake: Path) -> None:
     _snapshot(lake, [
         _item("ClusterRole", "cluster-admin", rules=[{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
         _item("ClusterRoleBinding", "oops", roleRef={"kind": "ClusterRole", "name": "cluster-admin"},
               subjects=[{"kind": "Group", "name": "system:serviceaccounts:shop"}]),
-        _item("ClusterRole", "system:discovery", rules=[{"nonResourceURLs": ["/api", "/version"], "verbs": ["get"]}]),
-        _item("ClusterRoleBinding", "system:discovery", roleRef={"kind": "ClusterRole", "name": "system:discovery"},
-              subjects=[{"kind": "Group", "name": "system:authenticated"}])])
+        _default("ClusterRole", "system:discovery",
+                 rules=[{"nonResourceURLs": ["/api", "/version"], "verbs": ["get"]}]),
+        _default("ClusterRoleBinding", "system:discovery", roleRef={"kind": "ClusterRole", "name": "system:discovery"},
+                 subjects=[{"kind": "Group", "name": "system:authenticated"}])])
     write_rows([row(T, f"{SA}shop:app", "list", "pods", "shop", cluster="c1"),
                 row(T, f"{SA}web:web", "list", "pods", "web", cluster="c1")], lake)
     res = _run(lake)
@@ -236,7 +248,36 @@ def test_group_grants_count_for_each_member_but_defaults_apart(lake: Path) -> No
         "system:authenticated system:discovery: get nonResourceURLs /api,/version (default)"]
     assert res.verdict[1].startswith("1 of 1 service accounts with RBAC grants")
     assert not any("no RBAC snapshot" in n for n in res.notes)
-    assert "2 service accounts hold unused Kubernetes default grants (system:*), not in the share" in res.notes
+    assert "2 service accounts hold unused Kubernetes default grants (bootstrap policy), not in the share" in res.notes
+
+
+@pytest.mark.parametrize("how", ["system name, no labels", "labelled binding, custom role", "autoupdate off",
+                                 "all labelled"])
+def test_a_system_name_alone_is_not_a_default(lake: Path, how: str) -> None:
+    """Anyone allowed to create bindings may name one ``system:...``; a default is what the bootstrap policy
+    labels on both the binding and its role, and still reconciles (autoupdate not turned off)."""
+    role = _default("ClusterRole", "system:secrets", rules=[{"apiGroups": [""], "resources": ["secrets"],
+                                                             "verbs": ["list"]}])
+    binding = _default("ClusterRoleBinding", "system:secrets",
+                       roleRef={"kind": "ClusterRole", "name": "system:secrets"},
+                       subjects=[{"kind": "Group", "name": "system:serviceaccounts"}])
+    if how == "system name, no labels":
+        binding["metadata"] = {"name": "system:secrets"}
+    elif how == "labelled binding, custom role":
+        role["metadata"] = {"name": "system:secrets"}
+    elif how == "autoupdate off":
+        role["metadata"]["annotations"] = {"rbac.authorization.kubernetes.io/autoupdate": "false"}
+    _snapshot(lake, [role, binding])
+    write_rows([row(T, f"{SA}web:web", "list", "pods", "web", cluster="c1")], lake)
+    res = _run(lake)
+    web = {r["identity"]: r for r in res.primary.rows}[f"{SA}web:web"]
+    if how == "all labelled":  # the control: the same grant from the bootstrap policy is a default
+        assert not web["over_privileged"] and web["unused_grants"] == []
+        assert "1 service accounts hold unused Kubernetes default grants (bootstrap policy), not in the share" \
+            in res.notes
+        return
+    assert web["over_privileged"] and web["unused_grants"] == ["list secrets"]
+    assert not any("default grants" in n for n in res.notes)
 
 
 def test_limit_says_what_it_left_out(lake: Path) -> None:

@@ -45,6 +45,13 @@ def _bind(name: str, role_kind: str, role: str, subject: dict[str, str], ns: str
     return _item(kind, name, ns, roleRef={"kind": role_kind, "name": role}, subjects=[subject])
 
 
+def _default(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as the API server's bootstrap policy creates it (labelled, reconciled)."""
+    item["metadata"].update(labels={"kubernetes.io/bootstrapping": "rbac-defaults"},
+                            annotations={"rbac.authorization.kubernetes.io/autoupdate": "true"})
+    return item
+
+
 def _sa(ns: str, name: str) -> dict[str, str]:
     return {"kind": "ServiceAccount", "name": name, "namespace": ns}
 
@@ -65,8 +72,10 @@ SNAPSHOT = [
     _bind("urls-in-ns", "ClusterRole", "urls", _sa("e", "url-ns"), "e"),
     _item("Role", "pods", "e", rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]),
     _bind("members", "Role", "pods", {"kind": "Group", "name": "system:serviceaccounts:e"}, "e"),
-    _item("ClusterRole", "system:discovery", rules=[{"nonResourceURLs": ["/api", "/version"], "verbs": ["get"]}]),
-    _bind("system:discovery", "ClusterRole", "system:discovery", {"kind": "Group", "name": "system:authenticated"}),
+    _default(_item("ClusterRole", "system:discovery",
+                   rules=[{"nonResourceURLs": ["/api", "/version"], "verbs": ["get"]}])),
+    _default(_bind("system:discovery", "ClusterRole", "system:discovery",
+                   {"kind": "Group", "name": "system:authenticated"})),
     _item("ClusterRole", "imp", rules=[{"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"],
                                         "verbs": ["impersonate"]}]),
     _bind("imp-a", "ClusterRole", "imp", _sa("proxy", "gw")),
