@@ -28,9 +28,9 @@ test: $(STAMP) system-deps realstack
 realstack:
 	scripts/realstack build >/dev/null
 
-## make test-fast: everything that needs neither the broker, the browser, the real stack, S3Proxy nor Spark.
+## make test-fast: everything that needs neither the broker, the browser, the real stack, S3Proxy, PostgreSQL nor Spark.
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not kafka and not browser and not realstack and not s3 and not spark" -q
+	$(BIN)/pytest -m "not kafka and not browser and not realstack and not s3 and not postgres and not spark" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts

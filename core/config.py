@@ -25,6 +25,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from ztaudit.core.catalog_uri import mask_uri, remember_file_setting
 from ztaudit.core.errors import ConfigError, ConfigErrors
 from ztaudit.core.names import did_you_mean
 
@@ -37,6 +38,7 @@ StartFrom = Literal["earliest", "latest"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 TableFormat = Literal["parquet", "iceberg"]
+DetectEngine = Literal["duckdb", "spark"]
 
 
 #: ``ingest.cluster_fields`` by default: where shippers' users put the cluster name (Fluent Bit
@@ -177,6 +179,13 @@ class DetectSettings:
                              "to read")
     memory_limit: str = _opt("2GB", "DuckDB spills to disk beyond this, so detect over a week of a busy "
                              "cluster stays within a 4 GiB host; empty = DuckDB's default (80% of RAM)")
+    engine: DetectEngine = _opt(
+        "duckdb", "DuckDB is embedded and fastest on one machine; spark runs the same SQL on a Spark "
+        "cluster (or local[N]) over an Iceberg lake too big for one (`ztaudit migrate` first)")
+    spark_master: str = _opt("local[2]", "with engine = spark: Spark in this process on two cores; a "
+                             "cluster's master URL (spark://HOST:7077, ...) spreads the work")
+    spark_jars: str = _opt("", "with engine = spark: the Iceberg runtime and SQLite JDBC jars as a classpath; "
+                           "empty = the cache scripts/spark-jars fills from Maven Central")
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,10 @@ class LakeSettings:
     retention_days: int = _opt(
         0, "0 keeps every day; `ztaudit maintain` drops older days of the event and derived tables "
         "(never findings, triage or RBAC snapshots)")
+    catalog_uri: str = _opt(
+        "", "empty = the Iceberg catalog is a SQLite file inside the lake: nothing to start, one machine; "
+        "postgresql+psycopg2://USER@HOST:PORT/DB shares it among writers on several machines (password from "
+        "~/.pgpass or $PGPASSFILE, or in the URI of $ZTAUDIT_LAKE_CATALOG_URI; never in this file)")
 
 
 @dataclass(frozen=True)
@@ -474,7 +487,40 @@ def _unknown_env(env: Mapping[str, str], cfg: Config) -> list[str]:
     return out
 
 
+#: URI schemes ``lake.catalog_uri`` accepts (pyiceberg's SQL catalog on PostgreSQL through psycopg2).
+CATALOG_URI_SCHEMES: tuple[str, ...] = ("postgresql+psycopg2", "postgresql")
+
+
+def _check_catalog_uri(cfg: Config, errors: list[ConfigError]) -> None:
+    """``lake.catalog_uri``: empty, or a PostgreSQL URI with a host and a database; a password only
+    from the environment (secrets are never stored in the file). Messages never hold the password."""
+    from urllib.parse import urlsplit
+
+    uri = cfg.lake.catalog_uri
+    if not uri:
+        return
+    fix = "write it like postgresql+psycopg2://USER@HOST:5432/DB, or leave it empty for the lake's own SQLite catalog"
+    # The URI itself is never repeated: a malformed one may hold the password where no parser finds it.
+    try:
+        parts = urlsplit(uri)
+        _ = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        errors.append(ConfigError("lake.catalog_uri", "is not a URI (its port is not a number)", fix=fix))
+        return
+    if parts.scheme not in CATALOG_URI_SCHEMES:
+        errors.append(ConfigError("lake.catalog_uri", f"scheme {parts.scheme[:40]!r} is not PostgreSQL's "
+                                  f"({' or '.join(CATALOG_URI_SCHEMES)})", fix=fix))
+    elif not parts.hostname or not parts.path.strip("/"):
+        errors.append(ConfigError("lake.catalog_uri", "names no " + ("host" if not parts.hostname else "database"),
+                                  fix=fix))
+    elif parts.password is not None and cfg.origins.get("lake.catalog_uri", "").startswith("file"):
+        errors.append(ConfigError("lake.catalog_uri", "holds a password, and secrets are never stored in the "
+                                  "config file", fix="drop it from the URI and put it in ~/.pgpass (or the file "
+                                  "$PGPASSFILE names, mode 0600), or set the whole URI in $ZTAUDIT_LAKE_CATALOG_URI"))
+
+
 def _validate(cfg: Config, errors: list[ConfigError]) -> None:
+    _check_catalog_uri(cfg, errors)
     for key, patterns in (("identities.human_user_patterns", cfg.identities.human_user_patterns),
                           ("identities.human_group_patterns", cfg.identities.human_group_patterns),
                           ("identities.system_user_patterns", cfg.identities.system_user_patterns)):
@@ -566,6 +612,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     value (:class:`ConfigErrors` when there are several: all of them at once). Unknown ``ZTAUDIT_*``
     variables are logged as warnings (``warn``) and kept in :attr:`Config.warnings`.
     """
+    own_env = env is None
     env = os.environ if env is None else env
     cfg_path = find_config_path(path, env)
     raw: dict[str, Any] = {}
@@ -605,6 +652,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if warn:
         for w in warnings:
             log.warning("config: %s", w)
+    if own_env:  # a command's configuration: its file's lake.catalog_uri is the one core.iceberg uses
+        from_file = cfg.origins.get("lake.catalog_uri", "").startswith("file")
+        remember_file_setting(cfg.lake.catalog_uri if from_file else "")
     return dataclasses.replace(cfg, warnings=tuple(warnings))
 
 
@@ -615,6 +665,8 @@ def effective_settings(cfg: Config) -> list[tuple[str, Any, str]]:
         section = getattr(cfg, name)
         for f in fields(section):
             value = getattr(section, f.name)
+            if isinstance(value, str) and "://" in value:
+                value = mask_uri(value)
             out.append((f"{name}.{f.name}", value, f.metadata.get("why", "")))
     return out
 

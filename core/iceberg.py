@@ -5,6 +5,7 @@ files, written the same way by :class:`~ztaudit.core.sink.LakeSink`) plus an Ice
 says which of those files *are* the table::
 
     LAKE/_iceberg/catalog.db                   pyiceberg's SQL catalog (SQLite), catalog "ztaudit"
+    LAKE/_iceberg/catalog.json                 or: the catalog is on PostgreSQL (URI without password, name)
     LAKE/_iceberg/READY                        written once every table exists and (migrate) every file is in
     LAKE/_iceberg/<table>/metadata/...         each table's metadata JSON, manifest lists, manifests
     LAKE/<table>/dt=YYYY-MM-DD/<key>.parquet   the data files, each holding a DATE column ``dt``
@@ -32,8 +33,15 @@ files of its day's partition finds it wherever it was registered.
 Commits of the processes on one machine are serialised by an ``flock`` on ``_iceberg/commit.lock``
 (the SQLite catalog lives on one machine anyway); the catalog's compare-and-swap on the metadata
 location still guards against anything else, and a lost race reloads, recomputes and retries
-(:data:`COMMIT_RETRIES`). pyiceberg's own retry is off (see :data:`TABLE_PROPERTIES`). Each table keeps
-at most :data:`MAX_SNAPSHOTS` snapshots: older ones are expired by the commit that passes the bound,
+(:data:`COMMIT_RETRIES`, jittered exponential backoff). A lake created while ``lake.catalog_uri``
+names a PostgreSQL database keeps its catalog there (``catalog.json`` records the URI without its
+password and the lake's own catalog name, so several lakes share one database): writers on several
+machines cannot share an ``flock``, so there the compare-and-swap and that retry are the only
+serialisation (a lost race recomputes its diff by path on the new head, so a file the other writer
+registered meanwhile is replaced, never listed twice). The password is never written to the lake
+and never appears in a message or log line (:func:`_mask`). pyiceberg's own retry is off (see
+:data:`TABLE_PROPERTIES`). Each table keeps at most :data:`MAX_SNAPSHOTS` snapshots: older ones are
+expired by the commit that passes the bound,
 so a table that takes a commit per flush round stays cheap to commit to (measured: 1.7 s per commit
 at 460 snapshots, 0.05 s at none) and ``maintain --expire-snapshots`` is for shorter histories.
 
@@ -66,6 +74,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
+from ztaudit.core import catalog_uri
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import HIGH_CARDINALITY, UNDATED, file_lock, fsync_dir, makedirs
 from ztaudit.core.schema import TABLES
@@ -91,6 +100,8 @@ logging.getLogger("pyiceberg.io.pyarrow").addFilter(_NoMissingStatsWarning())
 #: The folder of the catalog and the tables' metadata inside a lake.
 ICEBERG_DIR: Final = "_iceberg"
 CATALOG_FILE: Final = "catalog.db"
+#: Present instead of ``catalog.db`` when the lake's catalog is on PostgreSQL (``lake.catalog_uri``).
+CATALOG_REF_FILE: Final = "catalog.json"
 READY_FILE: Final = "READY"
 LOCK_FILE: Final = "commit.lock"
 CATALOG_NAME: Final = "ztaudit"
@@ -101,6 +112,9 @@ OFFSETS_PREFIX: Final = "ztaudit.offsets."
 COMMIT_RETRIES: Final = 20
 #: How long a publish waits for another process's commit on the same lake.
 LOCK_TIMEOUT_S: Final = 600.0
+#: With a shared (PostgreSQL) catalog, unreferenced metadata files younger than this are kept: a writer
+#: on another machine may have written its manifests and not committed them yet.
+SHARED_METADATA_GRACE_S: Final = 600.0
 #: Snapshots kept per table by the commits themselves (the newest; see the module docstring).
 MAX_SNAPSHOTS: Final = 100
 #: Table properties of every table: old metadata JSON files are deleted after a commit (keeping the
@@ -130,6 +144,8 @@ _umask_lock = threading.Lock()
 #: Catalogs opened by this process, by lake path (opening one costs ~0.1-0.4 s); tables known to
 #: exist with the current schema and properties.
 _catalogs: dict[str, SqlCatalog] = {}
+#: Passwords of the catalog URIs this process used: masked out of every message (:func:`_mask`).
+_secrets: set[str] = set()
 _ensured: set[tuple[str, str, tuple[str, ...]]] = set()
 _cache_lock = threading.Lock()
 
@@ -139,13 +155,112 @@ def catalog_file(lake: Path) -> Path:
     return Path(lake) / ICEBERG_DIR / CATALOG_FILE
 
 
+def catalog_ref(lake: Path) -> Path:
+    """The file that says ``lake``'s catalog is on PostgreSQL (whether or not it exists)."""
+    return Path(lake) / ICEBERG_DIR / CATALOG_REF_FILE
+
+
 def is_iceberg(lake: Path) -> bool:
     """Whether ``lake`` is an Iceberg lake: its catalog exists and is complete (``READY``). Called by
     every reader and writer to choose between the snapshot and the plain folders; never raises."""
     try:
-        return catalog_file(lake).is_file() and (Path(lake) / ICEBERG_DIR / READY_FILE).is_file()
+        return ((catalog_file(lake).is_file() or catalog_ref(lake).is_file())
+                and (Path(lake) / ICEBERG_DIR / READY_FILE).is_file())
     except OSError:
         return False
+
+
+def is_shared(lake: Path) -> bool:
+    """Whether ``lake``'s catalog is on PostgreSQL (shared by machines: no ``flock``, retries only).
+    Called before every commit; never raises."""
+    try:
+        return not catalog_file(lake).is_file() and catalog_ref(lake).is_file()
+    except OSError:
+        return False
+
+
+def _mask(text: str) -> str:
+    """``text`` without any catalog password this process knows, nor any ``user:password@`` of a URI.
+    Applied to every message and log line that may quote the catalog's URI or a driver's error."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return catalog_uri.mask_uri(text)
+
+
+def _public_uri(uri: str) -> str:
+    """``uri`` without its password (what ``catalog.json`` records and messages show)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{host}"))
+
+
+def _remember_secret(uri: str) -> None:
+    """Add the password of ``uri`` (if any) to the strings :func:`_mask` removes."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password:
+        _secrets.update({password, unquote(password)})
+
+
+def _write_ref(lake: Path, uri: str) -> None:
+    """Record that ``lake``'s catalog is the PostgreSQL database of ``uri`` (without its password),
+    under a catalog name of its own. Called by :func:`create` for a new lake. Exclusive create: of two
+    processes making the lake, the first one's name wins and the other reads it."""
+    import json
+    import uuid
+
+    ref = catalog_ref(lake)
+    body = json.dumps({"uri": _public_uri(uri), "name": f"{CATALOG_NAME}-{uuid.uuid4().hex[:12]}"}) + "\n"
+    tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+    with owner_only():
+        tmp.write_text(body)
+    try:
+        os.link(tmp, ref)  # fails if another process wrote it first: theirs stays
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(ref.parent)
+
+
+def _same_database(a: str, b: str) -> bool:
+    from urllib.parse import urlsplit
+
+    x, y = urlsplit(a), urlsplit(b)
+    return ((x.hostname, x.port or 5432, x.username, x.path.strip("/"))
+            == (y.hostname, y.port or 5432, y.username, y.path.strip("/")))
+
+
+def _shared_target(lake: Path) -> tuple[str, str]:
+    """(URI, with the password when one is configured; catalog name) of a lake whose catalog is on
+    PostgreSQL. The configured ``lake.catalog_uri`` supplies the password when it names the same
+    database; without one, psycopg2 finds it as libpq does (``~/.pgpass``, ``$PGPASSFILE``). Raises
+    :class:`LakeError` when ``catalog.json`` is unreadable or the configured URI names another database."""
+    import json
+
+    try:
+        ref = json.loads(catalog_ref(lake).read_text())
+        recorded, name = str(ref["uri"]), str(ref["name"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LakeError(f"cannot read {catalog_ref(lake)}: {type(exc).__name__}",
+                        fix="restore the file from a backup of the lake") from None
+    configured = catalog_uri.configured()
+    if not configured:
+        return recorded, name
+    _remember_secret(configured)
+    if not _same_database(configured, recorded):
+        raise LakeError(f"the Iceberg catalog of {lake} is in {_mask(recorded)}, and lake.catalog_uri names "
+                        f"{_mask(_public_uri(configured))}",
+                        fix="set lake.catalog_uri to the lake's database, or unset it (the lake names its own)")
+    return configured, name
 
 
 def iceberg_arrow_schema(table: str) -> pa.Schema:
@@ -187,8 +302,11 @@ def _location(lake: Path) -> Path:
 
 
 def open_catalog(lake: Path) -> SqlCatalog:
-    """pyiceberg's SQL catalog of ``lake``, opened once per process (the SQLite file must exist:
-    :func:`create` makes it). Raises :class:`LakeError` when the catalog cannot be opened."""
+    """pyiceberg's SQL catalog of ``lake``, opened once per process: the SQLite file in the lake
+    (:func:`create` makes it and the tables), or the PostgreSQL database ``catalog.json`` names
+    (:func:`_shared_target`). Raises :class:`LakeError` when the catalog cannot be opened (for
+    PostgreSQL: a server down, a refused password, a malformed URI): one line naming the lake, the URI
+    without its password and the fix, never a traceback or the password."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     path = catalog_file(lake).resolve()
@@ -196,6 +314,10 @@ def open_catalog(lake: Path) -> SqlCatalog:
         cached = _catalogs.get(str(path))
         if cached is not None:
             return cached
+        if is_shared(lake):
+            shared = _open_shared(lake)
+            _catalogs[str(path)] = shared
+            return shared
         try:
             with owner_only():
                 # SQLAlchemy decodes %XX in the URL's path: quote it, so '%', ' ' and '#' survive.
@@ -208,11 +330,38 @@ def open_catalog(lake: Path) -> SqlCatalog:
         return catalog
 
 
+def _open_shared(lake: Path) -> SqlCatalog:
+    """Open the PostgreSQL catalog of ``lake`` (called by :func:`open_catalog` under its lock); see there."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    uri, name = _shared_target(lake)
+    _remember_secret(uri)
+    last: Exception | None = None
+    for attempt in range(3):  # two processes creating the catalog's own tables at once: one retries
+        try:
+            catalog = SqlCatalog(name, uri=uri, warehouse=str(_location(lake)), pool_pre_ping="true")
+            with catalog.engine.connect():
+                pass
+            return catalog
+        except Exception as exc:  # OperationalError (server down, auth), ArgumentError (URI), ImportError
+            last = exc
+            if type(exc).__name__ not in ("IntegrityError", "ProgrammingError"):
+                break
+            time.sleep(0.1 * (attempt + 1))
+    detail = _mask(" ".join(str(getattr(last, "orig", None) or last).split()))[:400]
+    raise LakeError(f"cannot open the Iceberg catalog of {lake} at {_mask(_public_uri(uri))}: "
+                    f"{type(last).__name__}: {detail}",
+                    fix="check that PostgreSQL is up and lake.catalog_uri is right; the password comes from "
+                        "~/.pgpass, $PGPASSFILE or the URI in $ZTAUDIT_LAKE_CATALOG_URI") from None
+
+
 def forget_catalog(lake: Path) -> None:
     """Drop this process's cached catalog of ``lake`` (``migrate`` after it recreated the catalog)."""
     path = str(catalog_file(lake).resolve())
     with _cache_lock:
-        _catalogs.pop(path, None)
+        dropped = _catalogs.pop(path, None)
+        if dropped is not None and dropped.engine.dialect.name != "sqlite":
+            dropped.engine.dispose()  # a PostgreSQL pool: close its connections now, not at exit
         for key in [k for k in _ensured if k[0] == path]:
             _ensured.discard(key)
 
@@ -222,7 +371,7 @@ def _identifier(table: str) -> tuple[str, str]:
 
 
 def _wrap(lake: Path, what: str, exc: Exception) -> LakeError:
-    return LakeError(f"Iceberg catalog of {lake}: {what}: {type(exc).__name__}: {exc}",
+    return LakeError(_mask(f"Iceberg catalog of {lake}: {what}: {type(exc).__name__}: {exc}"),
                      fix="run the command again; if it persists, `ztaudit migrate --lake DIR` registers the "
                          "lake's files again")
 
@@ -291,23 +440,33 @@ def create(lake: Path, *, ready: bool = True) -> None:
 
     ``ready`` writes the ``READY`` marker at once (a new, empty lake); ``migrate`` passes False and
     calls :func:`mark_ready` after it registered every file. Registers nothing itself."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+    from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError
 
     makedirs(Path(lake) / ICEBERG_DIR)
     with commit_lock(lake):
+        if not catalog_file(lake).is_file() and not catalog_ref(lake).is_file():
+            uri = catalog_uri.configured()  # read only here and for a PostgreSQL lake: the default stays fast
+            if uri:
+                _remember_secret(uri)
+                _write_ref(lake, uri)
         catalog = open_catalog(lake)
-        try:
-            with owner_only():
-                try:
-                    catalog.create_namespace(NAMESPACE)
-                except NamespaceAlreadyExistsError:
-                    pass
-            for table in TABLES:
-                ensure_table(catalog, lake, table)
-        except LakeError:
-            raise
-        except Exception as exc:
-            raise _wrap(lake, "creating the tables", exc) from exc
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                with owner_only():
+                    try:
+                        catalog.create_namespace(NAMESPACE)
+                    except NamespaceAlreadyExistsError:
+                        pass
+                for table in TABLES:
+                    ensure_table(catalog, lake, table)
+                break
+            except LakeError:
+                raise
+            except CommitFailedException:
+                # another machine creating the same lake's tables (shared catalog): reload, go on from theirs
+                time.sleep(_backoff(attempt))
+            except Exception as exc:
+                raise _wrap(lake, "creating the tables", exc) from exc
         try:
             os.chmod(catalog_file(lake), 0o640)
         except OSError:
@@ -422,6 +581,12 @@ def publish(lake: Path, *, added: Iterable[Path] = (), removed: Iterable[Path] =
     listed is nothing to do. The caller deletes ``removed`` files after this returns, never before.
     A no-op on a plain lake. Raises :class:`LakeError` when a file's ``dt`` is not its folder's day or
     when the catalog keeps refusing (the files stay durable).
+
+    ``summary`` (a consumer round's Kafka offsets, :func:`offsets_summary`) goes on the commit of the
+    **last** table only: Iceberg commits one table at a time, so offsets found in a snapshot mean every
+    table of that round was committed before it (:func:`lake_offsets` relies on it). When that last
+    commit has nothing to do (a replay of files already listed), no offsets are recorded: the Kafka
+    group's own offsets still hold.
     """
     if not is_iceberg(lake):
         return Published()
@@ -429,11 +594,33 @@ def publish(lake: Path, *, added: Iterable[Path] = (), removed: Iterable[Path] =
     out = Published()
     if not adds and not drops:
         return out
-    with commit_lock(lake):
+    tables = sorted(set(adds) | set(drops))
+    with _serialised(lake):
         catalog = open_catalog(lake)
-        for table in sorted(set(adds) | set(drops)):
-            out += _publish_table(lake, catalog, table, adds.get(table, {}), drops.get(table, {}), summary)
+        for table in tables:
+            out += _publish_table(lake, catalog, table, adds.get(table, {}), drops.get(table, {}),
+                                  summary if table == tables[-1] else None)
     return out
+
+
+@contextmanager
+def _serialised(lake: Path) -> Iterator[None]:
+    """Around :func:`publish`'s commits: the commit lock for a SQLite catalog (one machine: commits
+    never race); nothing for a shared PostgreSQL catalog, whose writers on other machines no ``flock``
+    reaches: the catalog's compare-and-swap and :func:`_publish_table`'s retry keep every file
+    registered exactly once. Raises :class:`LakeError` when the lock is not free within the timeout."""
+    if is_shared(lake):
+        yield
+        return
+    with commit_lock(lake):
+        yield
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based) of a lost commit race: full jitter over an
+    exponential bound (20 ms doubling, at most 2 s), so racing writers spread out instead of colliding
+    again in step."""
+    return float(min(2.0, 0.02 * (2 ** attempt)) * random.random())  # noqa: S311 (jitter, not a secret)
 
 
 def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: dict[str, Path], drops: dict[str, Path],
@@ -480,10 +667,11 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: dict[str, 
                         for f in files:
                             app.append_data_file(f)
         except (CommitFailedException, ValidationException) as exc:
-            # Someone committed outside our lock (another machine, a tool): start over from the new head.
+            # Someone committed first (another machine, a shared catalog, a tool): start over from the
+            # new head: reload the table, recompute which of our paths are already listed.
             out.retries += 1
-            log.info("iceberg: %s: commit lost a race (%s); retrying", table, exc)
-            time.sleep(min(2.0, 0.02 * (2 ** attempt)) * random.random())  # noqa: S311 (jitter, not a secret)
+            log.info("iceberg: %s: commit lost a race (%s); retrying", table, _mask(str(exc)))
+            time.sleep(_backoff(attempt))
             continue
         except LakeError:
             raise
@@ -510,10 +698,17 @@ def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
     current = tbl.current_snapshot()
     old = [s.snapshot_id for s in snaps[:-MAX_SNAPSHOTS] if current is None or s.snapshot_id != current.snapshot_id]
     if old:
-        with owner_only():
-            tbl.maintenance.expire_snapshots().by_ids(old).commit()
-        # under the commit lock: no other committer of this lake is writing metadata now
-        remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)), min_age_s=0.0)
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            with owner_only():
+                tbl.maintenance.expire_snapshots().by_ids(old).commit()
+        except CommitFailedException:
+            return  # another writer committed meanwhile (shared catalog): a later commit expires them
+        # Under the commit lock (SQLite) no other committer of this lake is writing metadata now; with a
+        # shared catalog one elsewhere may be, so only files older than its grace go.
+        grace = SHARED_METADATA_GRACE_S if is_shared(lake) else 0.0
+        remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)), min_age_s=grace)
 
 
 def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float = 60.0) -> int:
@@ -621,6 +816,21 @@ def snapshot_offsets(lake: Path, table: str) -> dict[tuple[str, int], int]:
             if k.startswith(OFFSETS_PREFIX):
                 topic, _, part = k[len(OFFSETS_PREFIX):].rpartition(".")
                 found.setdefault((topic, int(part)), int(v))
+    return found
+
+
+def lake_offsets(lake: Path) -> dict[tuple[str, int], int]:
+    """Per Kafka (topic, partition), the highest next offset any table's snapshots record: every record
+    before it is registered in the lake (see :func:`publish`). Called by the consumer when it is
+    assigned partitions, to skip what a round committed to Iceberg but not to Kafka (a crash between
+    the two); empty on a plain lake. Expired snapshots take their offsets with them (then the Kafka
+    offsets hold, which only costs a replay that the deterministic file names make idempotent)."""
+    found: dict[tuple[str, int], int] = {}
+    if not is_iceberg(lake):
+        return found
+    for table in TABLES:
+        for tp, off in snapshot_offsets(lake, table).items():
+            found[tp] = max(off, found.get(tp, off))
     return found
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 # The real Kafka broker (tests/support/kafka_broker.py) and the real kube-apiserver/Pomerium/Keycloak
-# stack (tests/support/realstack.py); S3Proxy, a real S3-compatible store (tests/support/s3proxy.py).
-pytest_plugins = ["support.kafka_broker", "support.realstack", "support.s3proxy"]
+# stack (tests/support/realstack.py); S3Proxy, a real S3-compatible store (tests/support/s3proxy.py);
+# PostgreSQL, the shared Iceberg catalog (tests/support/postgres.py).
+pytest_plugins = ["support.kafka_broker", "support.realstack", "support.s3proxy", "support.postgres"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ZTAUDIT_SHARED", ROOT.parent / "shared"))

@@ -52,6 +52,11 @@ class Committer:
         crash = os.environ.get("ZTAUDIT_CONSUME_KILL_AFTER_WRITES")
         self._kill_after_writes = int(crash) if crash else None
         self._rounds_written = 0
+        #: ... or after N rounds were registered in an Iceberg lake but before their Kafka commit (the
+        #: lake is then ahead of the group: the restart resumes from the lake's offsets).
+        crash = os.environ.get("ZTAUDIT_CONSUME_KILL_AFTER_PUBLISH")
+        self._kill_after_publish = int(crash) if crash else None
+        self._rounds_published = 0
 
     def commit_round(self, source: KafkaSource, rnd: Round, results: list[Written], revoked: set[TP]) -> None:
         """Count what the writer made of ``rnd``, commit its partitions not in ``revoked`` (step 6)
@@ -87,6 +92,11 @@ class Committer:
                   tries=SINK_RETRIES, on_retry=lambda exc, n, d: log.warning(
                       "consume: registering %s in the Iceberg tables failed (%s); retry %d in %.1f s",
                       rnd.where, exc, n, d))
+            self._rounds_published += 1
+            if self._kill_after_publish is not None and self._rounds_published >= self._kill_after_publish:
+                log.warning("consume: ZTAUDIT_CONSUME_KILL_AFTER_PUBLISH: SIGKILL after registering %s, before "
+                            "its Kafka commit", rnd.where)
+                os.kill(os.getpid(), signal.SIGKILL)
         committed = self.commit(source, offsets, committing) if offsets else False
         self.metrics.flushes += 1
         if committed and window is not None:

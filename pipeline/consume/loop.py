@@ -48,7 +48,7 @@ from typing import Any, Final
 
 from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS, Config, KafkaSettings
 from ztaudit.core.errors import KafkaTransientError
-from ztaudit.core.iceberg import offsets_summary
+from ztaudit.core.iceberg import lake_offsets, offsets_summary
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
 from ztaudit.pipeline.consume.commit import Committer, FlushHook
@@ -141,6 +141,8 @@ class StreamConsumer:
                                          topic_clusters=options.topic_clusters,
                                          cluster_fields=options.cluster_fields))
         self.idle = IdleWatch(options.until_idle, settings.session_timeout_ms)
+        #: partitions assigned to this member whose first records decide whether to skip ahead
+        self._resume_pending: set[TP] = set()
         self.progress = Progress(options.progress_seconds, options.metrics_file)
         # the first hook marks when a commit went through, before the caller's hooks (detect) run
         self.committer = Committer(self.partitions, self.metrics, [self._committed, *options.on_flush],
@@ -192,7 +194,7 @@ class StreamConsumer:
         try:
             while not self._stopping:
                 records = self._poll()
-                rewound = self._apply_rebalance()
+                rewound = self._apply_rebalance() | self._resume_from_lake(records)
                 self._buffer({tp: r for tp, r in records.items() if tp not in rewound})
                 # --until-idle and nothing new for a whole poll: caught up, write what is buffered now
                 # rather than after the idle wait (a wall-clock cut, made idempotent like the others)
@@ -284,7 +286,7 @@ class StreamConsumer:
         first dropped offset (an uncommitted chunk's first offset if there is one) -- else those
         records would be skipped, or a second chunk would become durable-but-uncommitted.
         (librdkafka restarts a re-assigned partition at its committed offset, which is that same
-        offset.)
+        offset.) A partition new to this member may then skip ahead (:meth:`_resume_from_lake`).
         """
         rewound: set[TP] = set()
         events = self.writer.fence.drain()
@@ -293,11 +295,15 @@ class StreamConsumer:
         for kind, tps in events:
             if kind == "revoked":
                 self.metrics.dropped_uncommitted += self.partitions.revoke(tps)
+                self._resume_pending -= set(tps)
                 self.idle.revoked()
                 continue
             self.idle.assigned()
             self.metrics.rebalances += 1
-            for tp, first in self.partitions.assign(tps).items():
+            again = self.partitions.assign(tps)
+            if self.sink.iceberg and self.source.seeks_new_partitions:
+                self._resume_pending |= set(tps) - set(again)
+            for tp, first in again.items():
                 try:
                     self.source.seek(tp, first)
                     rewound.add(tp)
@@ -308,6 +314,53 @@ class StreamConsumer:
                                 first, exc)
             log.info("consume: assigned %s", ", ".join(tp_name(t.topic, t.partition) for t in sorted(tps)) or "-")
         return rewound
+
+    def _resume_from_lake(self, polled: Mapping[TP, Records]) -> set[TP]:
+        """Move partitions new to this member forward to where an Iceberg lake holds them up to, when
+        their first records arrive; returns the partitions moved (their records in ``polled`` come
+        from before the move: dropped, and read again from the new offset only if not in the lake).
+
+        A round's files are registered in Iceberg, with its offsets, before the offsets are committed
+        to Kafka (:mod:`.commit`); a crash between the two leaves the lake ahead of the group. The
+        replay that follows would be harmless (same keys, same files), but it re-reads and re-writes a
+        round: skip it. Decided on the first records, not at assignment: they show where reading began
+        (the group's offset, or ``auto.offset.reset``), and librdkafka ignores a seek made before a new
+        partition's first fetch. Only forward, and never past the partition's end (the lake's offsets
+        are then about an earlier topic of the same name). A plain lake, or a backend whose seek cannot
+        move a new partition (``seeks_new_partitions``: confluent, for now), changes nothing.
+        """
+        moved: set[TP] = set()
+        first = {tp: polled[tp][0][0] for tp in self._resume_pending if tp in polled and polled[tp][0]}
+        if not first:
+            return moved
+        self._resume_pending -= set(first)
+        written = lake_offsets(self.sink.lake)
+        want = {tp: written[(tp.topic, tp.partition)] for tp in first
+                if written.get((tp.topic, tp.partition), -1) > first[tp]}
+        if not want:
+            return moved
+        try:
+            end = self.source.end_offsets(sorted(want))
+        except KafkaTransientError as exc:
+            log.warning("consume: cannot compare the lake's offsets with the partitions' ends now (%s): reading "
+                        "from the group's offsets", exc)
+            return moved
+        for tp, off in sorted(want.items()):
+            name = tp_name(tp.topic, tp.partition)
+            if off > end.get(tp, -1):
+                log.warning("consume: %s: the lake records offset %d, past the partition's end %s (topic created "
+                            "again?): reading from offset %d", name, off, end.get(tp, "?"), first[tp])
+                continue
+            try:
+                self.source.seek(tp, off)
+            except KafkaTransientError as exc:
+                log.warning("consume: %s: cannot skip to the lake's offset %d: %s", name, off, exc)
+                continue
+            moved.add(tp)
+            self.metrics.resumed_from_lake += 1
+            log.info("consume: %s skips to offset %d: the lake's Iceberg snapshot holds everything before it "
+                     "(reading began at %d)", name, off, first[tp])
+        return moved
 
     def _buffer(self, records: Mapping[TP, Records]) -> None:
         """Step 1: append each owned partition's records to its buffer; the first record of a

@@ -107,6 +107,8 @@ class Metrics:
     rebalances: int = 0
     dropped_uncommitted: int = 0
     recovered_chunks: int = 0
+    #: partitions started past the group's offset, where an Iceberg lake's snapshots say it was written
+    resumed_from_lake: int = 0
     compacted_rows_skipped: int = 0
     broker_errors: int = 0
     events_per_s: float = 0.0

@@ -310,3 +310,25 @@ def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path)
     files = iceberg.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 32
     assert _count(lake) == 64
+
+
+def test_offsets_go_on_the_last_table_of_a_round_only(tmp_path: Path) -> None:
+    """Iceberg commits one table at a time: the round's offsets ride on its last commit, so offsets
+    found anywhere mean the whole round was registered (what the consumer's skip-ahead relies on)."""
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    sink.write("proxy_decision", _decisions(3), "topic+0+00000000000000000000")
+    sink.write("k8s_audit", pa.table({"audit_id": ["a1"], "stage": ["ResponseComplete"],
+                                      "request_received_at": _decisions(1)["decided_at"]}),
+               "topic+0+00000000000000000000")
+    sink.publish(iceberg.offsets_summary({("topic", 0): 4}))
+    assert iceberg.snapshot_offsets(lake, "k8s_audit") == {}
+    assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 4}
+    assert iceberg.lake_offsets(lake) == {("topic", 0): 4}
+    # a later round on the first table only: the highest offset per partition wins
+    sink.write("k8s_audit", pa.table({"audit_id": ["a2"], "stage": ["ResponseComplete"],
+                                      "request_received_at": _decisions(1)["decided_at"]}),
+               "topic+0+00000000000000000004")
+    sink.publish(iceberg.offsets_summary({("topic", 0): 9, ("topic", 1): 2}))
+    assert iceberg.lake_offsets(lake) == {("topic", 0): 9, ("topic", 1): 2}
+    assert iceberg.lake_offsets(tmp_path / "plain") == {}

@@ -1,0 +1,38 @@
+"""``lake.catalog_uri`` between the configuration and the Iceberg layer, and masking its password.
+
+A leaf module (it imports nothing of ours): :func:`ztaudit.core.config.load_config` records the value
+a command's config file gives (:func:`remember_file_setting`), and :mod:`ztaudit.core.iceberg` reads
+the setting (:func:`configured`) only when it creates a lake's catalog or opens one on PostgreSQL.
+The Iceberg layer cannot import the configuration itself: the configuration's validation imports the
+triage rules, which import the sink, which imports the Iceberg layer (an import cycle).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final
+
+#: The environment variable of ``lake.catalog_uri`` (wins over the file, as every ``ZTAUDIT_*`` does).
+ENV: Final = "ZTAUDIT_LAKE_CATALOG_URI"
+#: ``lake.catalog_uri`` as written in the config file the command of this process loaded ("" if none).
+_from_file: list[str] = [""]
+
+
+def remember_file_setting(value: str) -> None:
+    """Record the ``lake.catalog_uri`` of the config file a command loaded (called by ``load_config``
+    when it reads the process's own environment; "" when the file does not set it)."""
+    _from_file[0] = value
+
+
+def configured() -> str:
+    """``lake.catalog_uri`` as the running command sees it: ``$ZTAUDIT_LAKE_CATALOG_URI``, else the
+    value of the config file the command loaded, else "" (the lake's own SQLite catalog). Library code
+    that creates lakes without loading a configuration sets the environment variable. Never raises."""
+    return os.environ.get(ENV, "") or _from_file[0]
+
+
+def mask_uri(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``.
+    Called on every message, log line and setting that may hold a catalog URI."""
+    return re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text)
