@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -55,6 +56,8 @@ HIGH_CARDINALITY = frozenset({"audit_id", "origin", "request_uri", "request_id",
                               "finding_id", "evidence", "summary", "context", "detail", "annotations"})
 
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9._+=-]")
+#: The longest file name stem (file systems allow 255 bytes; ``.parquet`` and temp-file affixes need room).
+MAX_KEY = 200
 UNDATED = "unknown"
 
 
@@ -64,7 +67,13 @@ def safe_key(key: str) -> str:
     Never empty and never hidden: a leading ``.`` becomes ``_``, because readers skip hidden files
     (:func:`table_files`; a Kafka topic may start with ``.``).
     """
-    safe = _SAFE_KEY.sub("_", key)[:200]
+    safe = _SAFE_KEY.sub("_", key)
+    if len(safe) > MAX_KEY:
+        # A Kafka topic name may have 249 characters: cutting the key would cut the chunk's offset at
+        # its end, and chunks of one partition would share a name (each replacing the last). The head
+        # is shortened with a digest of the whole key instead; the last 21 characters stay.
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        safe = safe[:MAX_KEY - 21 - 17] + "-" + digest + safe[-21:]
     if not safe or safe[0] == ".":
         safe = "_" + safe[1:]
     return safe

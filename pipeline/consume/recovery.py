@@ -25,6 +25,12 @@ rewrote the same key can leave one overlapping file (plain file renames have no 
 if the broker deletes (retention) a partition's uncommitted range before the replay, the leftover
 file is kept as is. The natural key (``audit_id`` + ``stage``) is in every row for reports to
 dedupe if either ever happens.
+
+Offsets moved back (a topic deleted and created again under the same name, or a group reset): the
+file at the starting offset then has chunks after it, so it is committed data, not a leftover
+(:func:`later_chunks`); :func:`find_leftovers` raises :class:`OffsetsMovedBack` instead of letting the
+replay replace it. Keys over 200 characters (``safe_key`` shortens them with a digest of the whole
+key) and partitions whose later chunks were all compacted are not checked.
 """
 
 from __future__ import annotations
@@ -32,18 +38,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from glob import escape as glob_escape
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ztaudit.core.errors import ZtauditError
 from ztaudit.core.files import safe_key
 from ztaudit.core.keys import file_key, origin_offsets, read_manifest
 from ztaudit.core.schema import PARTITION_TIME
 from ztaudit.pipeline.sources.kafka.base import TP, tp_name
 
 log = logging.getLogger(__name__)
+
+
+class OffsetsMovedBack(ZtauditError):
+    """A partition is read from an offset the lake already holds committed chunks after (exit 2)."""
+
+    exit_code = 2
 
 #: An event-time window ``(min, max)``.
 Window = tuple[datetime, datetime]
@@ -70,6 +84,18 @@ def find_leftovers(lake: Path, tp: TP, first: int) -> Leftovers | None:
     paths = sorted(p for p in lake.glob(f"*/dt=*/{name}") if p.is_file())
     if not paths:
         return None
+    later = later_chunks(lake, tp, first)
+    if later:
+        raise OffsetsMovedBack(
+            f"{tp_name(tp.topic, tp.partition)}: reading starts at offset {first}, but the lake already holds "
+            f"this partition's chunks from offset {min(later)} on ({len(later)} file(s), e.g. "
+            f"{later[min(later)].relative_to(lake)}): the files at offset {first} were committed, not left by "
+            "an unfinished flush, and the records now at that offset are not theirs. The topic was deleted "
+            "and created again under the same name, or the group's offsets were moved back. Nothing was "
+            "written (writing would replace the committed files under the same names)",
+            fix="give a re-created topic a new name (or map it with --cluster/kafka.topic_clusters to another "
+                "lake), or consume it into a new lake; to re-read a partition into this lake, move its files "
+                "out first")
     boundary = -1
     for path in paths:
         try:
@@ -86,6 +112,20 @@ def find_leftovers(lake: Path, tp: TP, first: int) -> Leftovers | None:
              "first file at offset %s so it rewrites them", tp_name(tp.topic, tp.partition), first,
              len(paths), found.boundary)
     return found
+
+
+def later_chunks(lake: Path, tp: TP, first: int) -> dict[int, Path]:
+    """Files of ``tp``'s chunks whose first offset is after ``first`` (any table or day), by offset.
+
+    A partition has at most one durable-but-uncommitted chunk, and it is the newest (module
+    docstring): a file at ``first`` with chunks after it is committed data, never a leftover."""
+    stem = safe_key(file_key(tp.topic, tp.partition, 0))[:-20]  # ``<topic>+<partition>+``
+    out: dict[int, Path] = {}
+    for p in lake.glob(f"*/dt=*/{glob_escape(stem)}*.parquet"):
+        digits = p.name[len(stem):-len(".parquet")]
+        if p.name.startswith(stem) and len(digits) == 20 and digits.isdigit() and int(digits) > first:
+            out.setdefault(int(digits), p)
+    return out
 
 
 def drop_compacted(lake: Path, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:

@@ -1,5 +1,8 @@
-"""An Iceberg lake ahead of the Kafka group (issue 16): the consumer starts where the lake's snapshots
-say a partition was written up to, and never past the partition's end.
+"""Where a consumer starts reading a partition, against what the lake holds.
+
+An Iceberg lake ahead of the Kafka group (issue 16): the consumer starts where the lake's snapshots
+say a partition was written up to, and never past the partition's end. Offsets moved back behind
+committed files (a re-created topic): it refuses rather than replace them.
 
 A round's files are registered in Iceberg with its offsets before the offsets are committed to Kafka;
 ``ZTAUDIT_CONSUME_KILL_AFTER_PUBLISH`` kills the consumer between the two. The restart must skip what
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from support.kafka_broker import (
     create_topic,
     produce,
     run_consume,
+    wait_until,
     ztaudit_env,
 )
 
@@ -110,3 +115,47 @@ def test_lake_offsets_past_the_partition_end_are_not_followed(kafka_broker: Kafk
     assert m["resumed_from_lake"] == 0 and m["messages"] == 500
     counts = audit_id_counts(lake)
     assert len(counts) == 500 and set(counts.values()) == {1}
+
+
+def test_a_recreated_topic_is_refused_before_it_replaces_committed_files(kafka_broker: KafkaBroker,
+                                                                          topic_name: str, tmp_path: Path) -> None:
+    """A topic deleted and created again starts its offsets over, and its chunks would get the names
+    of the old topic's committed files. The consumer took the old file at offset 0 for a leftover of
+    its own, held the new records back until they reached its end, and would then have replaced it:
+    now it stops with exit 2 and the reason, and the lake keeps every old row."""
+    from kafka import KafkaConsumer
+    from kafka.admin import KafkaAdminClient
+
+    create_topic(kafka_broker, topic_name, 1)
+    produce(kafka_broker, topic_name, audit_events(3000, run="old"))
+    lake = tmp_path / "lake"
+    first = run_consume(kafka_broker, topic_name, lake, "g-old", *FLAGS)
+    assert first.returncode == 0, first.stderr[-3000:]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        admin.delete_topics([topic_name])
+    finally:
+        admin.close()
+    probe = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        wait_until(lambda: topic_name not in probe.topics(), timeout=60, what=f"topic {topic_name} deleted")
+    finally:
+        probe.close()
+    deadline = time.monotonic() + 60
+    while True:  # the broker may still be finishing the deletion
+        try:
+            create_topic(kafka_broker, topic_name, 1)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    produce(kafka_broker, topic_name, audit_events(1500, run="new"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in lake.glob("*/dt=*/*.parquet"))
+    second = run_consume(kafka_broker, topic_name, lake, "g-new", *FLAGS)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert "the lake already holds this partition's chunks from offset 1000 on" in second.stderr
+    assert "give a re-created topic a new name" in second.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in lake.glob("*/dt=*/*.parquet")) == before
+    counts = audit_id_counts(lake)
+    assert len(counts) == 3000 and set(counts.values()) == {1}
