@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 LAKE    ?= demo-lake
 
-.PHONY: demo test test-fast lint typecheck bench kafka system-deps clean install lock realstack
+.PHONY: demo spark-demo test test-fast lint typecheck bench kafka system-deps clean install lock realstack
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 ## make demo: sample logs -> lake -> detect -> report, no Kafka needed.
 demo: $(STAMP)
 	$(BIN)/ztaudit demo --lake $(LAKE)
+
+## make spark-demo: the demo lake as Iceberg, detect on Spark local[2] (scripts/spark-demo), then a report.
+spark-demo: $(STAMP)
+	scripts/spark-demo $(LAKE)-spark
 
 ## make test: every test, against a real Kafka broker that scripts/kafka-broker starts and stops and
 ## the real kube-apiserver/Pomerium/Keycloak stack (built once into ~/.cache/ztaudit/realstack, 8-10 min cold).

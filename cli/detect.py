@@ -40,9 +40,12 @@ class DetectFailed(ZtauditError):
               help="Run only this detector id or family, e.g. credential or credential.* (repeatable). "
                    "Default: every registered detector.")
 @click.option("--no-tables", is_flag=True, help="Do not rebuild derived tables (reach, credentials) first.")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default=None,
+              help="SQL engine: duckdb (embedded) or spark (an Iceberg lake; Spark master from the config, "
+                   "detect.spark_master). Default: detect.engine of the config, else duckdb.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 def detect(lake: str, config_path: str | None, since: str | None, until: str | None,
-           detectors: tuple[str, ...], no_tables: bool, quiet: bool) -> None:
+           detectors: tuple[str, ...], no_tables: bool, engine: str | None, quiet: bool) -> None:
     """Run the detectors over the lake and write findings to LAKE/findings/.
 
     Re-running over the same data replaces findings (stable finding ids), never duplicates them.
@@ -59,7 +62,7 @@ def detect(lake: str, config_path: str | None, since: str | None, until: str | N
     with ProgressLine.auto("detect", quiet=quiet, unit="steps") as line:  # on a terminal only
         result = run_detectors(path, cfg, since=t_since, until=t_until, detector_ids=ids,
                                build_tables=not no_tables, memory_limit=cfg.detect.memory_limit or None,
-                               progress=line)
+                               progress=line, engine=engine)
     if not quiet:
         width = max([len(d) for d in [*result.counts, *result.errors]] + [8])
         click.echo(f"{'detector':<{width}}  findings  seconds")

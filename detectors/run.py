@@ -102,11 +102,15 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
                   until: datetime | None = None, detector_ids: Sequence[str] | None = None,
                   build_tables: bool = True, write: bool = True,
                   con: Session | None = None,
-                  memory_limit: str | None = None, progress: ProgressCallback | None = None) -> RunResult:
+                  memory_limit: str | None = None, progress: ProgressCallback | None = None,
+                  engine: str | None = None) -> RunResult:
     """Run the selected (default: all) detectors over [since, until) and store their findings.
 
     ``con``: an open engine, or lake connection, to reuse (the caller keeps owning it); else a DuckDB
-    engine is opened here with a private spill directory and closed at the end. ``progress``
+    engine is opened here (``engine``, default ``config.detect.engine``: ``duckdb`` with a private spill
+    directory, or ``spark``, a :class:`~ztaudit.detectors.spark_engine.SparkEngine` over the lake's
+    Iceberg catalog, whose errors for a plain lake or missing jars are raised before anything runs)
+    and closed at the end. ``progress``
     (``ztaudit detect``'s line on a terminal) is told ``(steps done, steps, step)`` before each derived
     table and each detector.
     """
@@ -115,6 +119,15 @@ def run_detectors(lake: str | Path, config: Config, *, since: datetime | None = 
     if con is not None:
         return _run(con, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
                     progress=progress)
+    if (engine or config.detect.engine) == "spark":
+        from ztaudit.detectors.spark_engine import SparkEngine  # PySpark is an optional extra
+
+        spark = SparkEngine.open(lake, master=config.detect.spark_master, jars=config.detect.spark_jars)
+        try:
+            return _run(spark, lake, config, ids, since=since, until=until, build_tables=build_tables, write=write,
+                        progress=progress)
+        finally:
+            spark.close()
     with spill_directory() as spill:
         own = DuckDBEngine.open(lake, must_exist=False, memory_limit=memory_limit, spill_dir=spill)
         try:

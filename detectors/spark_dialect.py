@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Final
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.dialects.spark import Spark
 from sqlglot.errors import ErrorLevel, ParseError
 
@@ -340,6 +341,232 @@ def rewrite_scalar_macro(node: exp.Expr) -> exp.Expr:
     return exp.Paren(this=tree.transform(sub))
 
 
+def _sort_comparator(keys: list[exp.Ordered]) -> exp.Expr:
+    """A comparator lambda ``(l, r) -> int`` for Spark's ``array_sort`` over structs with fields
+    ``k0..kN``: ``coalesce(nullif(c0, 0), nullif(c1, 0), ..., 0)`` where ``ci`` compares key ``i`` in
+    its direction with NULLs first or last as its ``Ordered`` says (the next key decides a tie)."""
+    cmps: list[exp.Expr] = []
+    for i, o in enumerate(keys):
+        desc, nulls_first = bool(o.args.get("desc")), bool(o.args.get("nulls_first"))
+        lk = exp.Dot(this=exp.column("l"), expression=exp.to_identifier(f"k{i}"))
+        rk = exp.Dot(this=exp.column("r"), expression=exp.to_identifier(f"k{i}"))
+        null_l, null_r = exp.Is(this=lk.copy(), expression=exp.Null()), exp.Is(this=rk.copy(), expression=exp.Null())
+        first, later = exp.Neg(this=_lit(1)), _lit(1)
+        c = exp.Case(ifs=[
+            exp.If(this=exp.and_(null_l.copy(), null_r.copy()), true=_lit(0)),
+            exp.If(this=null_l, true=first.copy() if nulls_first else later.copy()),
+            exp.If(this=null_r, true=later.copy() if nulls_first else first.copy()),
+            exp.If(this=exp.LT(this=lk.copy(), expression=rk.copy()), true=later.copy() if desc else first.copy()),
+            exp.If(this=exp.GT(this=lk, expression=rk), true=first.copy() if desc else later.copy()),
+        ], default=_lit(0))
+        cmps.append(exp.Nullif(this=c, expression=_lit(0)))
+    body = exp.Coalesce(this=cmps[0], expressions=[*cmps[1:], _lit(0)])
+    return exp.Lambda(this=body, expressions=[exp.to_identifier("l"), exp.to_identifier("r")])
+
+
+def _v_of(arr: exp.Expr) -> exp.Expr:
+    lam = exp.Lambda(this=exp.Dot(this=exp.column("s"), expression=exp.to_identifier("v")),
+                     expressions=[exp.to_identifier("s")])
+    return _fn("transform", arr, lam)
+
+
+def rewrite_list_ordered(node: exp.Expr) -> exp.Expr:
+    """``list(x ORDER BY k1 [DESC], k2, ...) [FILTER (WHERE c)]`` and ``string_agg([DISTINCT] x, sep
+    ORDER BY ...)``: DuckDB's aggregate with its rows in the ORDER BY's order, NULLs last unless told
+    (DuckDB docs, "Aggregate Functions", "Order By Clause in Aggregate Functions"); ``list`` keeps NULL
+    values, ``string_agg`` skips them, and a group with no row (after its FILTER) or, for
+    ``string_agg``, no non-NULL value gives NULL. Spark's ``collect_list`` has no order (Spark SQL
+    functions: "non-deterministic because the order of collected results depends on the order of the
+    rows"). So each row is collected as ``struct(k0, ..., v)`` (a struct is never NULL, so NULL ``v`` are
+    kept), the array is sorted by ``array_sort`` with a comparator lambda that applies each key's
+    direction and NULL order (Spark SQL functions, ``array_sort(expr, func)``), and ``.v`` is taken;
+    ``string_agg`` then joins with ``array_join``, which skips NULLs. The ``CASE WHEN count(...) = 0
+    THEN NULL`` gives DuckDB's NULL where ``collect_list`` gives ``[]``. Rows tied on every key keep
+    an order neither engine specifies: the detectors end each ORDER BY with the value itself.
+    ``string_agg(DISTINCT x ORDER BY x)`` sorts the distinct values (``array_sort``). An ordered
+    ``list`` used as a window function is not translated (reported)."""
+    where = node.expression if isinstance(node, exp.Filter) else None
+    agg = node.this if isinstance(node, exp.Filter) else node
+    assert isinstance(agg, exp.ArrayAgg | exp.GroupConcat)
+    if isinstance(node.parent, exp.Window):
+        raise UnsupportedIdiom("list_ordered", f"{node.sql('duckdb')[:120]}: an ordered list over a window",
+                               fix="aggregate in a GROUP BY and join the result back")
+    order = agg.this
+    assert isinstance(order, exp.Order)
+    distinct = isinstance(order.this, exp.Distinct)
+    value = order.this.expressions[0] if distinct else order.this
+    keys = list(order.expressions)
+
+    def filtered(e: exp.Expr) -> exp.Expr:
+        return exp.Filter(this=e, expression=where.copy()) if where is not None else e
+
+    if distinct:
+        if not (len(keys) == 1 and keys[0].this == value and not keys[0].args.get("desc")):
+            raise UnsupportedIdiom("list_ordered", f"{node.sql('duckdb')[:120]}: DISTINCT ordered by another "
+                                   "expression", fix="order a DISTINCT aggregate by its value")
+        values: exp.Expr = _fn("array_sort", _fn("array_distinct", _v_of(filtered(
+            _fn("collect_list", _fn("struct", exp.alias_(value.copy(), "v")))))))
+    else:
+        fields = [exp.alias_(o.this.copy(), f"k{i}") for i, o in enumerate(keys)]
+        collected = filtered(_fn("collect_list", _fn("struct", *fields, exp.alias_(value.copy(), "v"))))
+        values = _v_of(_fn("array_sort", collected, _sort_comparator(keys)))
+    if isinstance(agg, exp.GroupConcat):
+        sep = agg.args.get("separator") or exp.Literal.string(",")
+        count = filtered(exp.Count(this=value.copy()))
+        result: exp.Expr = _fn("array_join", values, sep.copy())
+    else:
+        count = filtered(exp.Count(this=exp.Star()))
+        result = values
+    return exp.Case(ifs=[exp.If(this=exp.EQ(this=count, expression=_lit(0)), true=exp.Null())], default=result)
+
+
+def rewrite_glob(node: exp.Expr) -> exp.Expr:
+    """``s GLOB pattern``: DuckDB's shell-pattern match of the whole string, ``*`` any run of
+    characters (``/`` and newlines too), ``?`` one character (DuckDB docs, "Pattern Matching", GLOB).
+    Spark has no GLOB; ``s RLIKE regex`` with the pattern turned into an anchored Java regex in SQL
+    (the pattern may be a column or a lambda variable, as in the unaudited-paths check):
+    ``(?s)^\\Q`` + the pattern with ``*`` -> ``\\E.*\\Q`` and ``?`` -> ``\\E.\\Q`` + ``\\E$``,
+    so everything else is quoted literally (Java ``Pattern``: ``\\Q...\\E``, ``(?s)``). Character
+    classes (``[...]``) and backslashes have no quoted form: a pattern holding ``[`` or ``\\`` makes
+    the statement fail with ``raise_error`` rather than match differently. NULL on either side is
+    NULL on both engines."""
+    assert isinstance(node, exp.Glob)
+    s, pattern = node.this, node.expression
+    quoted = _fn("replace", _fn("replace", pattern.copy(), exp.Literal.string("*"),
+                                exp.Literal.string("\\E.*\\Q")),
+                 exp.Literal.string("?"), exp.Literal.string("\\E.\\Q"))
+    regex = _fn("concat", exp.Literal.string("(?s)^\\Q"), quoted, exp.Literal.string("\\E$"))
+    unsupported = exp.or_(exp.GT(this=_fn("instr", pattern.copy(), exp.Literal.string("[")), expression=_lit(0)),
+                          exp.GT(this=_fn("instr", pattern.copy(), exp.Literal.string("\\")), expression=_lit(0)))
+    fail = _fn("raise_error", exp.Literal.string("ztaudit: a GLOB pattern with [ or \\ has no Spark translation"))
+    return exp.Case(ifs=[exp.If(this=unsupported, true=exp.cast(fail, "BOOLEAN"))],
+                    default=exp.RegexpLike(this=s.copy(), expression=regex))
+
+
+def rewrite_list_bool_or(node: exp.Expr) -> exp.Expr:
+    """``list_bool_or(list)``: DuckDB's OR of a list's booleans, NULL elements skipped, NULL for a NULL
+    list, an empty list or one of only NULLs (DuckDB docs, "List Functions", ``list_aggregate`` with
+    ``bool_or``). Spark's ``exists`` differs (NULL when no element is true but one is NULL, false for
+    an empty list), so the rewrite keeps the non-NULL elements, ``filter(list, e -> e IS NOT NULL)``,
+    and gives NULL when none is left, else ``array_contains(..., true)`` (Spark SQL functions; ``size``
+    of a NULL array is NULL in Spark 4, so a NULL list stays NULL)."""
+    assert isinstance(node, exp.Anonymous)
+    arg = node.expressions[0]
+    e = exp.to_identifier("e")
+    kept = exp.ArrayFilter(this=arg.copy(), expression=exp.Lambda(
+        this=exp.Not(this=exp.Is(this=exp.column("e"), expression=exp.Null())), expressions=[e]))
+    return exp.Case(ifs=[exp.If(this=exp.EQ(this=_fn("size", kept.copy()), expression=_lit(0)), true=exp.Null())],
+                    default=_fn("array_contains", kept, exp.true()))
+
+
+def rewrite_star_exclude(node: exp.Expr) -> exp.Expr:
+    """``SELECT * EXCLUDE (a, b)``: DuckDB's every column but ``a`` and ``b`` (DuckDB docs, "Star
+    Expression"). Spark 4: ``SELECT * EXCEPT (a, b)`` is the same list, in the same order, and an
+    unknown name is an error on both (Spark SQL reference, "SELECT", star clause). sqlglot prints the
+    node as ``EXCEPT`` for Spark, so the node is kept as it is."""
+    assert isinstance(node, exp.Star)
+    return node
+
+
+def rewrite_qualify(node: exp.Expr) -> exp.Expr:
+    """``SELECT ... QUALIFY cond``: DuckDB filters the rows of a SELECT by a condition over its window
+    functions, after them (DuckDB docs, "QUALIFY Clause"). Spark 4.1 has no QUALIFY (a parse error), and
+    sqlglot's generic rewrite wraps the query as ``SELECT * FROM (SELECT *, <window> AS _w ...) WHERE
+    ...``, which **adds a column ``_w``** to a ``SELECT *`` (``k8s_requests`` gained one: a silent
+    difference). Here the condition becomes a column ``_zt_q`` of the inner SELECT, and the outer
+    query is ``SELECT * EXCEPT (_zt_q) FROM (...) WHERE _zt_q``: the same columns in the same order
+    and the rows for which the condition is TRUE (NULL drops the row in both). An ORDER BY applies
+    after QUALIFY: its keys (which may name the SELECT's tables) are computed inside as ``_zt_oN``,
+    sorted on outside and left out of the columns; a LIMIT or OFFSET moves outside too."""
+    assert isinstance(node, exp.Select)
+    cond = node.args["qualify"].this.copy()
+    inner = node.copy()
+    inner.set("qualify", None)
+    moved = {k: inner.args.get(k) for k in ("order", "limit", "offset")}
+    for k in moved:
+        inner.set(k, None)
+    extra: list[exp.Expr] = [exp.alias_(cond, "_zt_q")]
+    order = moved.pop("order")
+    if isinstance(order, exp.Order):  # its keys may name the SELECT's tables: computed inside, sorted outside
+        keys = []
+        for i, o in enumerate(order.expressions):
+            extra.append(exp.alias_(o.this.copy(), f"_zt_o{i}"))
+            keys.append(exp.Ordered(this=exp.column(f"_zt_o{i}"), desc=o.args.get("desc"),
+                                    nulls_first=o.args.get("nulls_first")))
+        moved["order"] = exp.Order(expressions=keys)
+    inner.set("expressions", [*inner.expressions, *extra])
+    star = exp.Star(except_=[exp.column(e.alias) for e in extra])
+    outer = exp.select(star).from_(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier("_zt_t"))))
+    outer = outer.where(exp.column("_zt_q"))
+    for k, v in moved.items():
+        if v is not None:
+            outer.set(k, v)
+    return outer
+
+
+def rewrite_list_len(node: exp.Expr) -> exp.Expr:
+    """``len(list)``: DuckDB's number of elements of a list, NULL for a NULL list (DuckDB docs, "List
+    Functions", ``len``). sqlglot reads ``len`` as ``length``, which Spark applies to strings only;
+    Spark's ``size(list)`` is the element count, and NULL for a NULL list in Spark 4 (Spark SQL
+    functions, ``size``; ``spark.sql.legacy.sizeOfNull`` is false). ztaudit's SQL writes ``len`` for
+    lists and ``length`` for strings, and the dialect's parser keeps the two apart (:class:`_DuckDB`)."""
+    assert isinstance(node, exp.Anonymous)
+    return _fn("size", node.expressions[0].copy())
+
+
+def rewrite_lambda_index(node: exp.Expr) -> exp.Expr:
+    """``list_transform(l, lambda x, i: ...)`` / ``list_filter`` with a second lambda parameter:
+    DuckDB's ``i`` is the element's 1-based position (DuckDB docs, "Lambda Functions": "the index
+    starts at 1"). Spark's ``transform``/``filter`` pass a **0-based** index (Spark SQL functions,
+    ``transform(expr, func)``). The body is given ``(i + 1)`` for each use of ``i``; without this, a
+    test such as ``i = len(addrs)`` (the last address) is silently never true on Spark."""
+    assert isinstance(node, exp.Transform | exp.ArrayFilter)
+    lam = node.expression
+    assert isinstance(lam, exp.Lambda)
+    idx = lam.expressions[1].name
+
+    def shift(e: exp.Expr) -> exp.Expr:
+        if isinstance(e, exp.Identifier | exp.Column) and e.name == idx and not (
+                isinstance(e, exp.Column) and e.table) and not isinstance(e.parent, exp.Lambda | exp.Column):
+            return exp.Paren(this=exp.Add(this=exp.column(idx), expression=_lit(1)))
+        return e
+
+    lam.set("this", lam.this.transform(shift))
+    return node
+
+
+def rewrite_list_comprehension(node: exp.Expr) -> exp.Expr:
+    """``[expr FOR x IN list IF cond]``: DuckDB's list comprehension, the elements kept by ``cond`` in
+    order, each mapped by ``expr``; NULL for a NULL list (DuckDB docs, "List Comprehension"). Spark:
+    ``transform(filter(list, x -> cond), x -> expr)`` keeps the same elements in the same order (Spark
+    SQL functions, ``filter``, ``transform``), NULL for a NULL list. ``filter`` keeps an element whose
+    condition is NULL out, as DuckDB's IF does."""
+    if isinstance(node, exp.Comprehension):  # its Array (the list brackets) is rewritten first, top-down
+        return node
+    assert isinstance(node, exp.Array) and len(node.expressions) == 1
+    comp = node.expressions[0]
+    assert isinstance(comp, exp.Comprehension)
+    var = comp.expression.copy()
+    src: exp.Expr = comp.args["iterator"].copy()
+    if comp.args.get("condition") is not None:
+        src = exp.ArrayFilter(this=src, expression=exp.Lambda(this=comp.args["condition"].copy(), expressions=[var]))
+    return exp.Transform(this=src, expression=exp.Lambda(this=comp.this.copy(), expressions=[var.copy()]))
+
+
+def rewrite_avg_double(node: exp.Expr) -> exp.Expr:
+    """``avg(x)``: DuckDB returns a DOUBLE for every numeric ``x``, DECIMAL included (``avg(CASE ...
+    THEN 1.0 ELSE 0.0 END)``, the reach model's shares, is 0.3333333333333333; DuckDB docs, "Aggregate
+    Functions"). Spark's ``avg`` of a DECIMAL is a DECIMAL with a few more digits (0.33333), which the
+    model then reads. ``avg(CAST(x AS DOUBLE))`` gives Spark's DOUBLE average: the same for integers
+    and for decimals whose values are exact in binary (0.0, 1.0, halves); a decimal such as 0.1 summed
+    many times may differ in the last bits (DuckDB sums decimals exactly, then divides). NULLs are
+    skipped by both; an empty group is NULL on both."""
+    assert isinstance(node, exp.Avg)
+    if isinstance(node.this, exp.Cast) and node.this.to.this == exp.DataType.Type.DOUBLE:
+        return node
+    return exp.Avg(this=exp.cast(node.this.copy(), "DOUBLE"))
+
+
 def _report(idiom: str, why: str, fix: str) -> Callable[[exp.Expr], exp.Expr]:
     def refuse(node: exp.Expr) -> exp.Expr:
         raise UnsupportedIdiom(idiom, f"{why}: {node.sql('duckdb')[:120]}", fix=fix)
@@ -366,6 +593,16 @@ class Rule:
 def _distinct_ordered(n: exp.Expr) -> bool:
     return (isinstance(n, exp.ArrayAgg) and isinstance(n.this, exp.Order) and isinstance(n.this.this, exp.Distinct)
             and _ordered_same(n.this, n.this.this.expressions[0]))
+
+
+def _ordered_agg(n: exp.Expr) -> bool:
+    return ((isinstance(n, exp.GroupConcat) and isinstance(n.this, exp.Order))
+            or (isinstance(n, exp.ArrayAgg) and isinstance(n.this, exp.Order) and not _distinct_ordered(n)))
+
+
+def _list_ordered(n: exp.Expr) -> bool:
+    """An ordered ``list``/``string_agg``, or the FILTER wrapping one (rewritten together)."""
+    return _ordered_agg(n.this if isinstance(n, exp.Filter) else n)
 
 
 def _is_macro_call(node: exp.Expr) -> bool:
@@ -410,13 +647,23 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("list_distinct_ordered", lambda n: _distinct_ordered(n.this if isinstance(n, exp.Filter) else n),
          rewrite_list_distinct_ordered),
     Rule("scalar_macro", _is_macro_call, rewrite_scalar_macro),
+    Rule("glob", lambda n: isinstance(n, exp.Glob), rewrite_glob),
+    Rule("list_ordered", _list_ordered, rewrite_list_ordered),
+    Rule("list_bool_or", lambda n: _anon(n, "list_bool_or"), rewrite_list_bool_or),
+    Rule("star_exclude", lambda n: isinstance(n, exp.Star) and bool(n.args.get("except_") or n.args.get("except")),
+         rewrite_star_exclude),
+    Rule("qualify", lambda n: isinstance(n, exp.Select) and n.args.get("qualify") is not None, rewrite_qualify),
+    Rule("list_len", lambda n: _anon(n, "len"), rewrite_list_len),
+    Rule("lambda_index", lambda n: isinstance(n, exp.Transform | exp.ArrayFilter)
+         and isinstance(n.expression, exp.Lambda) and len(n.expression.expressions) == 2, rewrite_lambda_index),
+    Rule("list_comprehension", lambda n: isinstance(n, exp.Comprehension) or (
+         isinstance(n, exp.Array) and len(n.expressions) == 1 and isinstance(n.expressions[0], exp.Comprehension)),
+         rewrite_list_comprehension),
+    Rule("avg_double", lambda n: isinstance(n, exp.Avg), rewrite_avg_double),
     # --- reported, not rewritten ---------------------------------------------------------------
     Rule("star_replace", lambda n: isinstance(n, exp.Star) and bool(n.args.get("replace")),
          _report("star_replace", "SELECT * REPLACE needs the column list, which Spark SQL cannot infer",
                  "write the columns out (portable), replacing the one that changes"), translated=False),
-    Rule("star_exclude", lambda n: isinstance(n, exp.Star) and bool(n.args.get("except_") or n.args.get("except")),
-         _report("star_exclude", "SELECT * EXCLUDE has no Spark SQL form", "write the kept columns out (portable)"),
-         translated=False),
     Rule("duckdb_catalog", lambda n: _anon(n, "duckdb_tables", "duckdb_settings", "duckdb_views"),
          _report("duckdb_catalog", "DuckDB's catalog functions are engine-specific",
                  "ask the engine seam (it knows its temp tables and settings)"), translated=False),
@@ -429,23 +676,6 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("macro_definition", lambda n: isinstance(n, exp.Create) and n.kind in ("MACRO", "FUNCTION"),
          _report("macro_definition", "DuckDB macros do not exist on Spark",
                  "scalar macros are expanded by the scalar_macro rule; table macros are for analysts on DuckDB"),
-         translated=False),
-    Rule("glob", lambda n: isinstance(n, exp.Glob),
-         _report("glob", "GLOB is DuckDB's (and SQLite's) shell-pattern match; Spark has none",
-                 "store the patterns as SQL LIKE patterns (portable)"), translated=False),
-    Rule("list_ordered", lambda n: (isinstance(n, exp.GroupConcat) and isinstance(n.this, exp.Order))
-         or (isinstance(n, exp.ArrayAgg) and isinstance(n.this, exp.Order) and not _distinct_ordered(n)),
-         _report("list_ordered", "list(x ORDER BY y) / string_agg(... ORDER BY ...) : Spark's collect_list has "
-                 "no order", "sort after collecting: list_sort(list({'k': y, 'v': x})) and take .v"),
-         translated=False),
-    Rule("list_comprehension", lambda n: isinstance(n, exp.Comprehension),
-         _report("list_comprehension", "[x FOR x IN list IF cond]",
-                 "write list_filter / list_transform with a lambda (portable to Spark's filter/transform)"),
-         translated=False),
-    Rule("list_bool_or", lambda n: _anon(n, "list_bool_or"),
-         _report("list_bool_or", "list_bool_or has no Spark equivalent of the same NULL handling",
-                 "write len(list_filter(list, lambda g: cond)) > 0, which sqlglot prints as Spark's "
-                 "size(filter(...)) > 0"),
          translated=False),
 ]}
 
@@ -490,9 +720,20 @@ class SparkStatement:
     by_name: bool = False
 
 
+class _DuckDB(DuckDB):
+    """DuckDB as sqlglot reads it, except that ``len(x)`` stays a call of ``len`` (the ``list_len``
+    rule) instead of becoming ``length``, which Spark applies to strings only."""
+
+    class Parser(DuckDB.Parser):  # type: ignore[misc, valid-type]
+        FUNCTIONS: ClassVar[dict[str, Callable[..., exp.Expr]]] = {
+            **DuckDB.Parser.FUNCTIONS,
+            "LEN": lambda args: exp.Anonymous(this="len", expressions=args),
+        }
+
+
 def _parse(sql: str) -> exp.Expr:
     try:
-        trees = sqlglot.parse(sql, read="duckdb", error_level=ErrorLevel.RAISE)
+        trees = sqlglot.parse(sql, read=_DuckDB, error_level=ErrorLevel.RAISE)
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         raise UnsupportedIdiom("unparsed", f"sqlglot cannot parse this DuckDB statement (line {first.get('line')}, "

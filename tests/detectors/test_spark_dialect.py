@@ -283,21 +283,105 @@ def test_scalar_macro_is_expanded(spark: Any) -> None:
     assert rows(spark.sql(transpile(sql)).toArrow()) == want
 
 
+@pytest.mark.spark
+@pytest.mark.slow
+def test_list_ordered_sorts_by_each_key_with_duckdbs_null_order(spark: Any) -> None:
+    t = pa.table({"g": [1, 1, 1, 1, 1, 2, 2, 3],
+                  "x": ["b", None, "a", "c", "d", "z", "y", None],
+                  "ts": pa.array([D0, D0, None, D0 - timedelta(seconds=1), D0 + timedelta(microseconds=1), D0, None,
+                                  None], pa.timestamp("us", tz="UTC")),
+                  "keep": [True, True, True, False, True, False, False, True]})
+    out = same(spark, "SELECT g, list(x ORDER BY ts, x) AS up, list(x ORDER BY ts DESC, x) AS down, "
+               "list(x ORDER BY ts NULLS FIRST, x DESC) AS nf, list(x ORDER BY ts, x) FILTER (WHERE keep) AS kept, "
+               "string_agg(x, '|' ORDER BY ts DESC, x) AS s, string_agg(DISTINCT x, ', ' ORDER BY x) AS d, "
+               "list({'ts': ts, 'x': x} ORDER BY ts, x) AS structs FROM t GROUP BY g",
+               {"t": t}, idiom="list_ordered")
+    assert "array_sort" in out.lower()
+    with pytest.raises(UnsupportedIdiom, match="list_ordered"):  # a window's ordered list is refused
+        transpile("SELECT list(x ORDER BY ts) OVER (PARTITION BY g) FROM t")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_glob_matches_the_whole_string_like_duckdb(spark: Any) -> None:
+    t = pa.table({"p": ["/healthz", "/healthz/ready", "/api/v1", "/apis", "/a.b", "/axb", "/x?y", None, "/v\nz"],
+                  "g": ["/healthz", "/healthz*", "/api*", "/api?", "/a.b", "/a.b", "/x?y", "/*", "/v*"]})
+    same(spark, "SELECT p, g, p GLOB g AS m, p GLOB '/a*' AS lit, NOT (p GLOB '/healthz') AS neg FROM t",
+         {"t": t}, idiom="glob")
+    bad = pa.table({"p": ["/a"], "g": ["/[ab]"]})  # a class: refused at run time, never a different answer
+    spark.createDataFrame(bad).createOrReplaceTempView("bad")
+    with pytest.raises(Exception, match="GLOB pattern"):
+        spark.sql(transpile("SELECT p GLOB g FROM bad")).collect()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_list_bool_or_and_the_unaudited_paths_check(spark: Any) -> None:
+    t = pa.table({"i": [1, 2, 3, 4, 5, 6], "p": ["/healthz", "/api", "/api", None, "/x", "/x"],
+                  "l": [["/healthz", "/version"], ["/healthz"], [], None, ["/x*"], [None, "/y"]],
+                  "b": [[True, None], [False, None], [], None, [None], [False]]})
+    same(spark, "SELECT i, list_bool_or(b) AS o, coalesce(list_bool_or(list_transform(l, lambda g: p GLOB g)), false) "
+         "AS skip FROM t", {"t": t}, idiom="list_bool_or")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_star_exclude(spark: Any) -> None:
+    same(spark, "SELECT * EXCLUDE (n), n + 1 AS m FROM t", {"t": TS}, idiom="star_exclude")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_qualify_keeps_the_columns_and_the_order(spark: Any) -> None:
+    t = pa.table({"k": ["a", "a", "b", "b", None], "v": [2, 1, 5, None, 3]})
+    out = same(spark, "SELECT * FROM t QUALIFY row_number() OVER (PARTITION BY k ORDER BY v) = 1",
+               {"t": t}, idiom="qualify")
+    assert "_zt_q" in out
+    want, got, out = both(spark, "SELECT x.k, x.v FROM t x QUALIFY row_number() OVER (PARTITION BY x.k ORDER BY x.v "
+                          "DESC) <= 1 ORDER BY x.k DESC, x.v", {"t": t})
+    con = duckdb.connect()
+    con.register("t", t)
+    ordered = con.sql("SELECT x.k, x.v FROM t x QUALIFY row_number() OVER (PARTITION BY x.k ORDER BY x.v DESC) <= 1 "
+                      "ORDER BY x.k DESC, x.v").fetchall()
+    assert [tuple(r.values()) for r in spark.sql(out).toArrow().to_pylist()] == ordered  # same order too
+    assert got == want
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_len_of_a_list_and_1_based_lambda_index(spark: Any) -> None:
+    t = pa.table({"i": [1, 2, 3, 4], "l": [["a", "b", "c"], [], None, ["x"]], "s": ["abc", "", None, "x"]})
+    same(spark, "SELECT i, len(l) AS n, length(s) AS ls, list_transform(l, lambda x, j: {'v': x, 'last': j = len(l)}) "
+         "AS marks, list_filter(l, lambda x, j: j > 1) AS tail FROM t", {"t": t}, idiom="lambda_index")
+    assert "list_len" in idioms("SELECT len(l) FROM t")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_list_comprehension(spark: Any) -> None:
+    t = pa.table({"i": [1, 2, 3],
+                  "l": [[{"ref": "a", "n": 1}, {"ref": "b", "n": 5}, {"ref": None, "n": None}], [], None]})
+    same(spark, "SELECT i, [x.ref FOR x IN l IF x.n > 1] AS big, [x.n FOR x IN l] AS ns FROM t", {"t": t},
+         idiom="list_comprehension")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_avg_is_a_double_like_duckdbs(spark: Any) -> None:
+    t = pa.table({"g": [1, 1, 1, 2, 2], "w": [True, False, False, None, True], "n": [1, 2, 2, None, 7]})
+    same(spark, "SELECT g, avg(CASE WHEN w THEN 1.0 ELSE 0.0 END) AS share, avg(n) AS an, "
+         "avg(n) OVER (PARTITION BY g) AS wn FROM t GROUP BY g, n, w", {"t": t}, idiom="avg_double")
+
+
 # --- reported idioms and the guard (no Spark) --------------------------------------------------------
 
 @pytest.mark.parametrize("idiom,sql", [
     ("star_replace", "SELECT * REPLACE (lower(a) AS a) FROM t"),
-    ("star_exclude", "SELECT * EXCLUDE (a) FROM t"),
     ("duckdb_catalog", "SELECT value FROM duckdb_settings() WHERE name = 'threads'"),
     ("duckdb_catalog", "SELECT count(*) FROM duckdb_tables()"),
     ("set_option", "SET threads = 2"),
     ("read_parquet", "SELECT * FROM read_parquet(['a.parquet', 'b.parquet'], union_by_name = true)"),
     ("macro_definition", "CREATE OR REPLACE TEMP MACRO f(x) AS x + 1"),
-    ("glob", "SELECT path GLOB '/api/*' FROM t"),
-    ("list_ordered", "SELECT list(a ORDER BY b DESC) FROM t"),
-    ("list_ordered", "SELECT string_agg(DISTINCT a, ', ' ORDER BY a) FROM t"),
-    ("list_comprehension", "SELECT [x FOR x IN l IF x > 1] FROM t"),
-    ("list_bool_or", "SELECT list_bool_or([true, false])"),
 ])
 def test_reported_idioms_raise_naming_the_idiom(idiom: str, sql: str) -> None:
     assert not RULES[idiom].translated

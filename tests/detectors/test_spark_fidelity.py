@@ -1,0 +1,165 @@
+"""Fidelity of ``detect --engine spark`` (issue 17): the demo lake, migrated to Iceberg, judged by both engines.
+
+The demo lake (``sample_logs/`` ingested, as ``make demo`` does, with the RBAC snapshot) is migrated
+with ``ztaudit migrate``'s function, then ``run_detectors`` runs on DuckDB and on Spark (``local[2]``,
+the lake's Iceberg catalog, :class:`~ztaudit.detectors.spark_engine.SparkEngine`). Compared:
+
+* the derived tables ``reach`` and ``credentials`` each engine wrote: row for row (the multiset digest
+  of ``tests/support/spark.py``, so the order of rows does not matter, every value does);
+* the findings, per detector: the same ``finding_id``s with every field equal (``detected_at``, the
+  clock, excepted); the Spark run is a child process (its own JVM, with the Iceberg jars);
+* the findings Spark's run wrote through the findings store, read back as reports read them (DuckDB).
+
+Detectors that do not run on Spark yet are listed in :data:`NOT_ON_SPARK_YET` with the idiom that
+stops them; the test asserts they fail *for that reason* (and that every other detector matches), so
+fixing one fails the test until it moves to the compared set, and a new gap cannot hide.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.lakes import build_sample_lake
+from support.spark import arrow_digest, spark_jars
+
+from ztaudit.core.config import Config
+from ztaudit.core.iceberg import is_iceberg
+from ztaudit.core.lake import open_lake
+from ztaudit.detectors.run import RunResult, run_detectors
+
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "sample_logs"
+pytestmark = [pytest.mark.spark, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket:"
+                                         "pytest.PytestUnraisableExceptionWarning")]
+
+#: Detector -> the reason it fails on Spark today (a substring of its error). Found by diffing the two
+#: runs; each is a statement the dialect reports rather than translates, or DuckDB-only code.
+NOT_ON_SPARK_YET: dict[str, str] = {
+    # detectors/impersonation_rights.py reads the RBAC snapshot through rbac.latest_grants, which
+    # still takes a DuckDB connection (the transitional seam of detectors/engine.py)
+    "impersonation.unapproved_right": "RBAC snapshot on the DuckDB engine only",
+    # revocation_status.py's candidates use `SELECT v.* REPLACE (...)` (star_replace, reported), and
+    # zt_rev_status a list comprehension over a `||` list that sqlglot cannot parse
+    "revocation.not_enforced": "star_replace",
+    "revocation.stream_survived": "star_replace",
+}
+
+TABLES = ("reach", "credentials")
+
+
+def _snapshot(lake: Path, result: RunResult) -> dict[str, Any]:
+    """What one run produced: its findings by id (without ``detected_at``) and the derived tables'
+    digests (``dt`` included: the day each row was written under)."""
+    con = open_lake(lake)
+    try:
+        tables = {t: arrow_digest(con.sql(f"SELECT * FROM {t}").to_arrow_table()) for t in TABLES}
+    finally:
+        con.close()
+    findings = {r["finding_id"]: {k: v for k, v in r.items() if k != "detected_at"} for r in result.rows}
+    return {"result": result, "tables": tables, "findings": findings}
+
+
+_SPARK_RUN = """
+import logging, pickle, sys
+from dataclasses import replace
+from pathlib import Path
+from ztaudit.core.config import Config
+from ztaudit.detectors.run import run_detectors
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+base = Config()
+cfg = replace(base, detect=replace(base.detect, spark_jars=sys.argv[2]))
+r = run_detectors(Path(sys.argv[1]), cfg, engine="spark")
+Path(sys.argv[3]).write_bytes(pickle.dumps(r))
+"""
+
+
+def _spark_run(lake: Path, jars: str, out: Path) -> RunResult:
+    """``run_detectors(engine="spark")`` (findings written) in a child process: PySpark keeps one JVM per
+    process and its classpath is fixed when it starts, so a session an earlier test module started
+    without the Iceberg jars would make this one fail; the child's JVM is this run's alone."""
+    proc = subprocess.run([sys.executable, "-c", _SPARK_RUN, str(lake), jars, str(out)],
+                          capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: RunResult = pickle.loads(out.read_bytes())  # our own child wrote it
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from ztaudit.pipeline.ingest import ingest_paths
+    from ztaudit.pipeline.maintain import migrate
+
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
+    jars = spark_jars()  # skips locally / fails in CI without PySpark or the jars
+    lake = build_sample_lake(tmp_path_factory.mktemp("s17f") / "lake", SAMPLES, detect=False)
+    ingest_paths([SAMPLES / "rbac_snapshot"], lake, source="rbac_snapshot", cluster="demo", config=Config())
+    migrate(lake)
+    assert is_iceberg(lake)
+    base = Config()
+    cfg = replace(base, detect=replace(base.detect, spark_jars=":".join(str(j) for j in jars)))
+    t0 = time.perf_counter()
+    duck = _snapshot(lake, run_detectors(lake, cfg, engine="duckdb"))
+    t1 = time.perf_counter()
+    spark = _snapshot(lake, _spark_run(lake, cfg.detect.spark_jars, tmp_path_factory.mktemp("s17r") / "run.pickle"))
+    t2 = time.perf_counter()
+    print(f"\ndetect on the demo lake: duckdb {t1 - t0:.1f} s, spark {t2 - t1:.1f} s (session start included)")
+    con = open_lake(lake)
+    try:  # what reports read after Spark's run: the findings table of the lake
+        rows = con.sql("SELECT * EXCLUDE (dt) FROM findings").to_arrow_table().to_pylist()
+        stored = {r["finding_id"]: r for r in rows}
+    finally:
+        con.close()
+    return {"duckdb": duck, "spark": spark, "stored": stored}
+
+
+def test_duckdb_runs_every_detector_with_findings_to_compare(runs: dict[str, Any]) -> None:
+    duck = runs["duckdb"]["result"]
+    assert not duck.errors, duck.errors
+    assert sum(duck.counts.values()) >= 10 and duck.tables_built["reach"] and duck.tables_built["credentials"]
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_derived_tables_are_the_same_row_for_row(runs: dict[str, Any], table: str) -> None:
+    assert runs["spark"]["result"].tables_built[table] == runs["duckdb"]["result"].tables_built[table] > 0
+    assert f"table:{table}" not in runs["spark"]["result"].errors
+    assert runs["spark"]["tables"][table] == runs["duckdb"]["tables"][table]
+
+
+def test_every_detector_on_spark_gives_duckdbs_findings(runs: dict[str, Any]) -> None:
+    duck, spark = runs["duckdb"], runs["spark"]
+    detectors = sorted(duck["result"].counts)
+    compared = [d for d in detectors if d not in NOT_ON_SPARK_YET]
+    assert len(compared) >= 9
+    with_findings = 0
+    for did in compared:
+        assert did not in spark["result"].errors, f"{did} failed on Spark: {spark['result'].errors.get(did)}"
+        want = {k: v for k, v in duck["findings"].items() if v["detector"] == did}
+        got = {k: v for k, v in spark["findings"].items() if v["detector"] == did}
+        assert sorted(got) == sorted(want), f"{did}: other finding ids"
+        for fid, row in want.items():
+            assert got[fid] == row, f"{did} {fid}: fields differ"
+        with_findings += bool(want)
+    assert with_findings >= 8, "too few detectors found something: the comparison proves little"
+
+
+def test_the_detectors_not_on_spark_yet_fail_for_the_known_reason(runs: dict[str, Any]) -> None:
+    errors = runs["spark"]["result"].errors
+    assert set(errors) == set(NOT_ON_SPARK_YET), errors
+    for did, why in NOT_ON_SPARK_YET.items():
+        assert why in errors[did], errors[did]
+
+
+def test_reports_read_the_findings_spark_wrote(runs: dict[str, Any]) -> None:
+    stored = runs["stored"]
+    spark = runs["spark"]["findings"]
+    assert spark and set(spark) <= set(stored)
+    for fid, row in spark.items():
+        assert {k: stored[fid][k] for k in row} == row
