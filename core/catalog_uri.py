@@ -32,7 +32,25 @@ def configured() -> str:
     return os.environ.get(ENV, "") or _from_file[0]
 
 
+#: Query parameters of a PostgreSQL URI that SQLAlchemy hands to libpq as secrets
+#: (``?password=...`` is a password as much as ``user:password@`` is).
+QUERY_SECRETS: Final = ("password", "sslpassword")
+_QUERY_SECRET: Final = re.compile(r"(?i)([?&](?:" + "|".join(QUERY_SECRETS) + r")=)[^&\s]*")
+
+
+def query_secrets(uri: str) -> list[str]:
+    """The values of ``uri``'s secret query parameters (:data:`QUERY_SECRETS`, any case). Never raises."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        pairs = parse_qsl(urlsplit(uri).query, keep_blank_values=True)
+    except ValueError:
+        return []
+    return [v for k, v in pairs if k.lower() in QUERY_SECRETS]
+
+
 def mask_uri(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it replaced by ``***``.
-    Called on every message, log line and setting that may hold a catalog URI."""
-    return re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text)
+    """``text`` with the password of every ``scheme://user:password@`` in it, and every ``password=`` or
+    ``sslpassword=`` query value, replaced by ``***``. Called on every message, log line and setting
+    that may hold a catalog URI."""
+    return _QUERY_SECRET.sub(r"\1***", re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text))

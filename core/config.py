@@ -25,7 +25,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from ztaudit.core.catalog_uri import mask_uri, remember_file_setting
+from ztaudit.core.catalog_uri import mask_uri, query_secrets, remember_file_setting
 from ztaudit.core.errors import ConfigError, ConfigErrors
 from ztaudit.core.names import did_you_mean
 
@@ -513,6 +513,11 @@ def _check_catalog_uri(cfg: Config, errors: list[ConfigError]) -> None:
     elif not parts.hostname or not parts.path.strip("/"):
         errors.append(ConfigError("lake.catalog_uri", "names no " + ("host" if not parts.hostname else "database"),
                                   fix=fix))
+    elif query_secrets(uri):
+        errors.append(ConfigError("lake.catalog_uri", "holds a password query parameter (password= or "
+                                  "sslpassword=), which would be recorded and printed with the URI",
+                                  fix="put the password in ~/.pgpass (or the file $PGPASSFILE names, mode 0600), "
+                                      "or as USER:PASSWORD@ in the URI of $ZTAUDIT_LAKE_CATALOG_URI"))
     elif parts.password is not None and cfg.origins.get("lake.catalog_uri", "").startswith("file"):
         errors.append(ConfigError("lake.catalog_uri", "holds a password, and secrets are never stored in the "
                                   "config file", fix="drop it from the URI and put it in ~/.pgpass (or the file "

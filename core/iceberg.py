@@ -108,6 +108,8 @@ CATALOG_NAME: Final = "ztaudit"
 NAMESPACE: Final = "lake"
 #: Snapshot summary keys of the Kafka offsets a publish made durable: ``<prefix><topic>.<partition>``.
 OFFSETS_PREFIX: Final = "ztaudit.offsets."
+#: ... and the offset the round started at: ``<prefix><topic>.<partition>`` (not a prefix of the above).
+STARTS_PREFIX: Final = "ztaudit.offsets_from."
 #: Attempts of one publish against a writer outside the lock (each reloads the table and recomputes).
 COMMIT_RETRIES: Final = 20
 #: How long a publish waits for another process's commit on the same lake.
@@ -192,8 +194,14 @@ def _public_uri(uri: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
+    if catalog_uri.query_secrets(uri):  # ?password=...: drop the parameter, keep the others
+        from urllib.parse import parse_qsl, urlencode
+
+        kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if k.lower() not in catalog_uri.QUERY_SECRETS]
+        parts = parts._replace(query=urlencode(kept))
     if parts.password is None:
-        return uri
+        return urlunsplit(parts)
     userinfo, _, host = parts.netloc.rpartition("@")
     return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{host}"))
 
@@ -206,8 +214,9 @@ def _remember_secret(uri: str) -> None:
         password = urlsplit(uri).password
     except ValueError:
         password = None
-    if password:
-        _secrets.update({password, unquote(password)})
+    for secret in [password, *catalog_uri.query_secrets(uri)]:
+        if secret:
+            _secrets.update({secret, unquote(secret)})
 
 
 def _write_ref(lake: Path, uri: str) -> None:
@@ -584,7 +593,7 @@ def publish(lake: Path, *, added: Iterable[Path] = (), removed: Iterable[Path] =
 
     ``summary`` (a consumer round's Kafka offsets, :func:`offsets_summary`) goes on the commit of the
     **last** table only: Iceberg commits one table at a time, so offsets found in a snapshot mean every
-    table of that round was committed before it (:func:`lake_offsets` relies on it). When that last
+    table of that round was committed before it (:func:`last_rounds` relies on it). When that last
     commit has nothing to do (a replay of files already listed), no offsets are recorded: the Kafka
     group's own offsets still hold.
     """
@@ -819,21 +828,54 @@ def snapshot_offsets(lake: Path, table: str) -> dict[tuple[str, int], int]:
     return found
 
 
-def lake_offsets(lake: Path) -> dict[tuple[str, int], int]:
-    """Per Kafka (topic, partition), the highest next offset any table's snapshots record: every record
-    before it is registered in the lake (see :func:`publish`). Called by the consumer when it is
-    assigned partitions, to skip what a round committed to Iceberg but not to Kafka (a crash between
-    the two); empty on a plain lake. Expired snapshots take their offsets with them (then the Kafka
-    offsets hold, which only costs a replay that the deterministic file names make idempotent)."""
-    found: dict[tuple[str, int], int] = {}
+@dataclass(frozen=True)
+class LastRound:
+    """The newest consumer round a lake's snapshots record for one Kafka partition: it read offsets
+    ``start`` (None when written by a version that did not record it) up to ``end`` (exclusive)."""
+
+    start: int | None
+    end: int
+
+
+def last_rounds(lake: Path) -> dict[tuple[str, int], LastRound]:
+    """Per Kafka (topic, partition), the newest round any table's snapshots record (by commit time).
+
+    Every record of that round is registered in the lake (:func:`publish` puts a round's offsets on
+    its last commit). Called by the consumer when a partition's first records arrive, to skip a round
+    committed to Iceberg but not to Kafka (a crash between the two): only when reading begins inside
+    that round, so a re-created topic, a group moved back or another Kafka cluster's offsets (which
+    merely share the topic's name) are never taken for it. Empty on a plain lake. Expired snapshots
+    take their rounds with them (then the replay, idempotent, happens). Raises :class:`LakeError` or
+    the catalog driver's error when the catalog cannot be read."""
+    found: dict[tuple[str, int], tuple[int, int, LastRound]] = {}
     if not is_iceberg(lake):
-        return found
+        return {}
+    from pyiceberg.exceptions import NoSuchTableError
+
+    catalog = open_catalog(lake)
     for table in TABLES:
-        for tp, off in snapshot_offsets(lake, table).items():
-            found[tp] = max(off, found.get(tp, off))
-    return found
+        try:
+            tbl = catalog.load_table(_identifier(table))
+        except NoSuchTableError:
+            continue
+        for snap in tbl.snapshots():
+            props = snap.summary.additional_properties if snap.summary else {}
+            when = (snap.timestamp_ms, snap.sequence_number or 0)
+            for k, v in props.items():
+                if not k.startswith(OFFSETS_PREFIX):
+                    continue
+                topic, _, part = k[len(OFFSETS_PREFIX):].rpartition(".")
+                start = props.get(f"{STARTS_PREFIX}{topic}.{part}")
+                tp = (topic, int(part))
+                if tp not in found or found[tp][:2] < when:
+                    found[tp] = (*when, LastRound(int(start) if start is not None else None, int(v)))
+    return {tp: r for tp, (_, _, r) in found.items()}
 
 
-def offsets_summary(offsets: Mapping[tuple[str, int], int]) -> dict[str, str]:
-    """Snapshot properties for ``{(topic, partition): next offset}`` (see :data:`OFFSETS_PREFIX`)."""
-    return {f"{OFFSETS_PREFIX}{t}.{p}": str(o) for (t, p), o in sorted(offsets.items())}
+def offsets_summary(offsets: Mapping[tuple[str, int], int],
+                    starts: Mapping[tuple[str, int], int] | None = None) -> dict[str, str]:
+    """Snapshot properties for a round: ``{(topic, partition): next offset}`` (:data:`OFFSETS_PREFIX`)
+    and, when given, the offset it started at per partition (:data:`STARTS_PREFIX`)."""
+    out = {f"{OFFSETS_PREFIX}{t}.{p}": str(o) for (t, p), o in sorted(offsets.items())}
+    out.update({f"{STARTS_PREFIX}{t}.{p}": str(o) for (t, p), o in sorted((starts or {}).items())})
+    return out

@@ -39,7 +39,8 @@ class Committer:
     """Commits written rounds and runs the hooks; main thread only (it calls the Kafka client)."""
 
     def __init__(self, partitions: Partitions, metrics: Metrics, hooks: Sequence[FlushHook], *,
-                 password: str | None = None, publish: Callable[[Mapping[TP, int]], None] | None = None) -> None:
+                 password: str | None = None,
+                 publish: Callable[[Mapping[TP, tuple[int, int]]], None] | None = None) -> None:
         self.partitions = partitions
         #: registers the round's files in an Iceberg lake (offsets in the snapshot summary) before
         #: the Kafka commit; a failure raises, and nothing of the round is committed
@@ -88,7 +89,8 @@ class Committer:
         if self.publish is not None:
             # Iceberg lake: the snapshot must hold the round's files before Kafka hears they are done
             # (publish also registers the files of revoked partitions' chunks: same names on replay).
-            retry(lambda: self.publish(offsets) if self.publish else None, retry_on=LakeError,
+            spans = {c.tp: (c.first, offsets[c.tp]) for c in committing}
+            retry(lambda: self.publish(spans) if self.publish else None, retry_on=LakeError,
                   tries=SINK_RETRIES, on_retry=lambda exc, n, d: log.warning(
                       "consume: registering %s in the Iceberg tables failed (%s); retry %d in %.1f s",
                       rnd.where, exc, n, d))

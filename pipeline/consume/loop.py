@@ -46,9 +46,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+from ztaudit.core.catalog_uri import mask_uri
 from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS, Config, KafkaSettings
 from ztaudit.core.errors import KafkaTransientError
-from ztaudit.core.iceberg import lake_offsets, offsets_summary
+from ztaudit.core.iceberg import last_rounds, offsets_summary
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
 from ztaudit.pipeline.consume.commit import Committer, FlushHook
@@ -325,18 +326,27 @@ class StreamConsumer:
         replay that follows would be harmless (same keys, same files), but it re-reads and re-writes a
         round: skip it. Decided on the first records, not at assignment: they show where reading began
         (the group's offset, or ``auto.offset.reset``), and librdkafka ignores a seek made before a new
-        partition's first fetch. Only forward, and never past the partition's end (the lake's offsets
-        are then about an earlier topic of the same name). A plain lake, or a backend whose seek cannot
-        move a new partition (``seeks_new_partitions``: confluent, for now), changes nothing.
+        partition's first fetch. Only when reading begins inside the lake's last round of the partition
+        (so a re-created topic or a group moved back is read, not skipped), and never past the
+        partition's end. A catalog that cannot be read now is a warning, not an error. A plain lake, or
+        a backend whose seek cannot move a new partition (``seeks_new_partitions``: confluent, for
+        now), changes nothing.
         """
         moved: set[TP] = set()
         first = {tp: polled[tp][0][0] for tp in self._resume_pending if tp in polled and polled[tp][0]}
         if not first:
             return moved
         self._resume_pending -= set(first)
-        written = lake_offsets(self.sink.lake)
-        want = {tp: written[(tp.topic, tp.partition)] for tp in first
-                if written.get((tp.topic, tp.partition), -1) > first[tp]}
+        try:
+            rounds = last_rounds(self.sink.lake)
+        except Exception as exc:  # optional: the replay it would save is harmless
+            log.warning("consume: cannot read the lake's last rounds (%s): reading from the group's offsets",
+                        mask_uri(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            return moved
+        # only a round that began at or before where reading begins, and ended after it: the lake holds
+        # what this member is about to re-read (module docstring of core.iceberg.last_rounds)
+        want = {tp: r.end for tp in first if (r := rounds.get((tp.topic, tp.partition))) is not None
+                and r.start is not None and r.start <= first[tp] < r.end}
         if not want:
             return moved
         try:
@@ -419,10 +429,12 @@ class StreamConsumer:
         if final:
             self.partitions.log_unflushed()
 
-    def _publish(self, offsets: Mapping[TP, int]) -> None:
+    def _publish(self, spans: Mapping[TP, tuple[int, int]]) -> None:
         """Register the round's files in the Iceberg tables before its offsets are committed (a
-        no-op on a plain lake); the writer thread is idle then (its round was collected)."""
-        self.sink.publish(offsets_summary({(tp.topic, tp.partition): off for tp, off in offsets.items()}))
+        no-op on a plain lake), with each partition's span ``(first offset, next offset)``; the
+        writer thread is idle then (its round was collected)."""
+        self.sink.publish(offsets_summary({(tp.topic, tp.partition): nxt for tp, (_, nxt) in spans.items()},
+                                          {(tp.topic, tp.partition): first for tp, (first, _) in spans.items()}))
 
     def _commit_round(self) -> None:
         """Collect the in-flight round -- wait for the writer; its error is raised here and nothing

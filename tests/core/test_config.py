@@ -140,3 +140,18 @@ def test_time_spans_accept_durations(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"reach\.baseline_days: must be a whole number of days or a duration"):
         load_config(None, env={"ZTAUDIT_REACH_BASELINE_DAYS": "36h"})
+
+
+@pytest.mark.parametrize("query", ["password=S3cretQ", "sslmode=require&PassWord=S3cretQ",
+                                   "sslpassword=S3cretQ"])
+def test_a_catalog_password_in_the_uri_query_is_refused_and_never_printed(query: str) -> None:
+    """SQLAlchemy hands ``?password=`` to libpq: it is a password like ``user:password@``, and would be
+    recorded in catalog.json and printed by ``config check`` if accepted."""
+    from ztaudit.core.catalog_uri import mask_uri
+    from ztaudit.core.errors import ConfigError
+
+    uri = f"postgresql+psycopg2://zt@127.0.0.1:5432/lake?{query}"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={"ZTAUDIT_LAKE_CATALOG_URI": uri})
+    assert "password query parameter" in str(err.value) and "S3cretQ" not in str(err.value)
+    assert "S3cretQ" not in mask_uri(f"could not connect to {uri}: refused")

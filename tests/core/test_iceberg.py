@@ -321,14 +321,16 @@ def test_offsets_go_on_the_last_table_of_a_round_only(tmp_path: Path) -> None:
     sink.write("k8s_audit", pa.table({"audit_id": ["a1"], "stage": ["ResponseComplete"],
                                       "request_received_at": _decisions(1)["decided_at"]}),
                "topic+0+00000000000000000000")
-    sink.publish(iceberg.offsets_summary({("topic", 0): 4}))
+    sink.publish(iceberg.offsets_summary({("topic", 0): 4}, {("topic", 0): 0}))
     assert iceberg.snapshot_offsets(lake, "k8s_audit") == {}
     assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 4}
-    assert iceberg.lake_offsets(lake) == {("topic", 0): 4}
-    # a later round on the first table only: the highest offset per partition wins
+    assert iceberg.last_rounds(lake) == {("topic", 0): iceberg.LastRound(0, 4)}
+    # a later round on the first table: the newest round per partition wins, whichever table holds it,
+    # and a round recorded without its start (an older version's) says so
     sink.write("k8s_audit", pa.table({"audit_id": ["a2"], "stage": ["ResponseComplete"],
                                       "request_received_at": _decisions(1)["decided_at"]}),
                "topic+0+00000000000000000004")
-    sink.publish(iceberg.offsets_summary({("topic", 0): 9, ("topic", 1): 2}))
-    assert iceberg.lake_offsets(lake) == {("topic", 0): 9, ("topic", 1): 2}
-    assert iceberg.lake_offsets(tmp_path / "plain") == {}
+    sink.publish(iceberg.offsets_summary({("topic", 0): 9, ("topic", 1): 2}, {("topic", 0): 4}))
+    assert iceberg.last_rounds(lake) == {("topic", 0): iceberg.LastRound(4, 9),
+                                         ("topic", 1): iceberg.LastRound(None, 2)}
+    assert iceberg.last_rounds(tmp_path / "plain") == {}
