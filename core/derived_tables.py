@@ -111,9 +111,10 @@ RBAC_GRANT: Final = table_schema(
         Column("scope_namespace", pa.string(), "Namespace the grant applies in; null = cluster-wide."),
         Column("can_impersonate", pa.bool_(), "The rule grants impersonate on users/groups/serviceaccounts/"
                "userextras/uids."),
-        Column("bootstrap", pa.bool_(), "The binding and its role are Kubernetes' bootstrap defaults (label "
-               "kubernetes.io/bootstrapping=rbac-defaults, autoupdate annotation not \"false\"); null in "
-               "rows ingested before ztaudit kept it."),
+        Column("bootstrap", pa.bool_(), "A grant of Kubernetes' default policy as shipped to a group every "
+               "service account is in (system:discovery, system:basic-user, system:public-info-viewer, "
+               "system:service-account-issuer-discovery): default binding, subject and rule, bootstrap labels "
+               "on binding and role; null in rows ingested before ztaudit kept it."),
         Column("origin", pa.string(), "Where the snapshot came from (file:<path>:<line>, kafka:...)."),
         Column("ingested_at", TS, "When ztaudit wrote the row (UTC)."),
     ],

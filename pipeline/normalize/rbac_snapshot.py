@@ -17,13 +17,16 @@ used", docs/detection-background.md §1.9: audit2rbac gives the used set, Audici
   serviceaccounts, userextras or uids (docs/kubernetes-audit.md §6);
 * a binding whose role is not in the snapshot yields one row with ``role_found`` false and empty
   rules, so a dangling binding is visible rather than dropped;
-* ``bootstrap`` marks the grants of Kubernetes' own default policy: the binding and its role both
-  carry the label ``kubernetes.io/bootstrapping: rbac-defaults`` that the API server's bootstrap
-  policy puts on every object it creates, and neither has its
-  ``rbac.authorization.kubernetes.io/autoupdate`` annotation set to ``"false"`` (an administrator's
-  way to keep edits the API server would otherwise reconcile away: such an object is theirs now).
-  <https://kubernetes.io/docs/reference/access-authn-authz/rbac/#auto-reconciliation>. The name
-  alone (``system:``) is not enough: anyone allowed to create bindings can choose it.
+* ``bootstrap`` marks a grant of Kubernetes' own default policy *as shipped*, to a group every
+  service account is in (:data:`DEFAULT_GROUP_GRANTS`, from the API server's bootstrap policy,
+  ``plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go``): the binding and its role have the
+  default's name, the subject is one of that binding's default groups, the rule grants nothing the
+  default role does not, and both objects carry the policy's label
+  ``kubernetes.io/bootstrapping: rbac-defaults`` without ``rbac.authorization.kubernetes.io/autoupdate:
+  "false"`` (<https://kubernetes.io/docs/reference/access-authn-authz/rbac/#auto-reconciliation>).
+  Names and labels alone prove nothing (anyone who may write RBAC objects sets them, and
+  reconciliation keeps the subjects and rules an administrator added): a group added to the
+  ``cluster-admin`` binding, or a rule added to ``system:basic-user``, is not a default.
 
 The snapshot time is the ingestion time (a List carries none); reports use the latest snapshot
 per cluster.
@@ -88,6 +91,42 @@ def is_bootstrap(metadata: Any) -> bool:
             and not (isinstance(notes, Mapping) and str(notes.get(AUTOUPDATE, "")).lower() == "false"))
 
 
+#: The bootstrap policy's ClusterRoleBindings to groups a service account is in, by name (binding and
+#: ClusterRole share it): (default subject groups, the role's rules as (verbs, apiGroups, resources,
+#: nonResourceURLs)). Kubernetes 1.20+ (the URLs of system:discovery and system:public-info-viewer).
+DEFAULT_GROUP_GRANTS: Final[dict[str, tuple[frozenset[str], tuple[tuple[frozenset[str], ...], ...]]]] = {
+    "system:basic-user": (frozenset({"system:authenticated"}), (
+        (frozenset({"create"}), frozenset({"authorization.k8s.io"}),
+         frozenset({"selfsubjectaccessreviews", "selfsubjectrulesreviews"}), frozenset()),
+        (frozenset({"create"}), frozenset({"authentication.k8s.io"}), frozenset({"selfsubjectreviews"}),
+         frozenset()))),
+    "system:discovery": (frozenset({"system:authenticated"}), (
+        (frozenset({"get"}), frozenset(), frozenset(),
+         frozenset({"/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*",
+                    "/readyz", "/version", "/version/"})),)),
+    "system:public-info-viewer": (frozenset({"system:authenticated", "system:unauthenticated"}), (
+        (frozenset({"get"}), frozenset(), frozenset(),
+         frozenset({"/healthz", "/livez", "/readyz", "/version", "/version/"})),)),
+    "system:service-account-issuer-discovery": (frozenset({"system:serviceaccounts"}), (
+        (frozenset({"get"}), frozenset(), frozenset(),
+         frozenset({"/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks", "/openid/v1/jwks/"})),)),
+}
+
+
+def is_default_group_grant(binding_kind: str, binding: str, role_kind: str, role: str, subject_kind: str,
+                           subject: str, rule: Mapping[str, Any]) -> bool:
+    """Whether one rule of one binding's subject is a grant of the bootstrap policy as shipped
+    (:data:`DEFAULT_GROUP_GRANTS`; the labels are checked by the caller)."""
+    default = DEFAULT_GROUP_GRANTS.get(binding)
+    if (default is None or binding_kind != "ClusterRoleBinding" or role_kind != "ClusterRole" or role != binding
+            or subject_kind != "Group" or subject not in default[0] or _strs(rule.get("resourceNames"))):
+        return False
+    got = (set(_strs(rule.get("verbs"))), set(_strs(rule.get("apiGroups"))), set(_strs(rule.get("resources"))),
+           set(_strs(rule.get("nonResourceURLs"))))
+    return any(all(g <= d for g, d in zip(got, allowed, strict=True)) for allowed in default[1])
+
+
 def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Grant rows for RBAC objects (roles and bindings of one snapshot) and problems found."""
     roles: dict[tuple[str, str | None, str], list[Mapping[str, Any]]] = {}
@@ -115,7 +154,7 @@ def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], li
             continue
         role_key = (rkind, bns if rkind == "Role" else None, rname)
         rules = roles.get(role_key)
-        bootstrap = is_bootstrap(md) and role_key in default_roles
+        labelled = is_bootstrap(md) and role_key in default_roles
         for subj in it.get("subjects") or []:
             if not isinstance(subj, Mapping) or not subj.get("kind") or not subj.get("name"):
                 problems.append(f"{it['kind']} {bns or ''}/{bname}: subject without kind or name")
@@ -125,7 +164,7 @@ def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], li
                 "subject_namespace": subj.get("namespace") or (bns if subj["kind"] == "ServiceAccount" else None),
                 "subject": subject_username(str(subj["kind"]), str(subj["name"]), subj.get("namespace"), bns),
                 "binding_kind": it["kind"], "binding_name": bname, "binding_namespace": bns,
-                "role_kind": rkind, "role_name": rname, "scope_namespace": bns, "bootstrap": bootstrap,
+                "role_kind": rkind, "role_name": rname, "scope_namespace": bns, "bootstrap": False,
             }
             if rules is None:
                 rows.append({**base, "role_found": False, "verbs": [], "api_groups": [], "resources": [],
@@ -133,7 +172,9 @@ def grants(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], li
                 continue
             for i, rule in enumerate(rules):
                 verbs, res = _strs(rule.get("verbs")), _strs(rule.get("resources"))
-                rows.append({**base, "role_found": True, "rule_index": i, "verbs": verbs,
+                default = labelled and is_default_group_grant(str(it["kind"]), str(bname), str(rkind), str(rname),
+                                                              str(subj["kind"]), str(subj["name"]), rule)
+                rows.append({**base, "bootstrap": default, "role_found": True, "rule_index": i, "verbs": verbs,
                              "api_groups": _strs(rule.get("apiGroups")), "resources": res,
                              "resource_names": _strs(rule.get("resourceNames")),
                              "non_resource_urls": _strs(rule.get("nonResourceURLs")),

@@ -57,8 +57,9 @@ SNAPSHOT = {"apiVersion": "v1", "kind": "List", "items": [
     _item("RoleBinding", "oncall", "shop", roleRef={"kind": "ClusterRole", "name": "sa-impersonator"},
           subjects=[{"kind": "Group", "name": "oncall"}]),
     # a default of the API server's bootstrap policy, labelled as it labels them
-    _item("ClusterRole", "discovery", rules=[{"nonResourceURLs": ["/api", "/api/*"], "verbs": ["get"]}], **DEFAULT),
-    _item("ClusterRoleBinding", "system:discovery", roleRef={"kind": "ClusterRole", "name": "discovery"},
+    _item("ClusterRole", "system:discovery", rules=[{"nonResourceURLs": ["/api", "/api/*"], "verbs": ["get"]}],
+          **DEFAULT),
+    _item("ClusterRoleBinding", "system:discovery", roleRef={"kind": "ClusterRole", "name": "system:discovery"},
           subjects=[{"kind": "Group", "name": "system:authenticated"}], **DEFAULT),
 ]}
 
