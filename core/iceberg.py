@@ -327,6 +327,11 @@ def open_catalog(lake: Path) -> SqlCatalog:
             shared = _open_shared(lake)
             _catalogs[str(path)] = shared
             return shared
+        if catalog_uri.configured():
+            # the setting chooses the catalog of a *new* lake; this one has had its own since it was made
+            log.warning("iceberg: lake.catalog_uri is set, but %s keeps its own SQLite catalog (%s), made "
+                        "before: the setting applies to lakes created with it, and writers on other machines "
+                        "must not share this one", lake, path)
         try:
             with owner_only():
                 # SQLAlchemy decodes %XX in the URL's path: quote it, so '%', ' ' and '#' survive.

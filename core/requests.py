@@ -10,7 +10,7 @@ asked for, about 40 % less CPU there.
 Same rows as the view, by construction and by test (``tests/core/test_requests.py`` compares the two
 on drawn stages, ties, NULLs and duplicate origins): the key orders stage rank descending, then
 ``stage_at`` descending with NULL last, then ``origin`` ascending with NULL last, as the view's
-``ORDER BY stage_rank(stage) DESC, stage_at DESC, origin`` does under DuckDB's default NULLS LAST.
+``ORDER BY stage_rank(stage) DESC, stage_at DESC NULLS LAST, origin NULLS LAST`` does.
 A full tie (two rows equal on all three) is settled arbitrarily by both, as it is by any window.
 
 Called by reports with the columns they need and a WHERE clause on ``k8s_audit`` columns that are the

@@ -318,3 +318,24 @@ def test_the_commands_config_file_puts_a_new_lake_on_postgres_and_readers_follow
         assert con.execute("SELECT count(*) FROM proxy_decision").fetchone() == (n,) and n > 0
     finally:
         con.close()
+
+
+def test_migrate_follows_the_config_file_and_a_sqlite_lake_says_it_ignores_the_setting(postgres: PgServer,
+                                                                                       tmp_path: Path) -> None:
+    """``migrate --config`` puts the catalog it creates on PostgreSQL (before, only the environment
+    variable counted); a lake that already has its own SQLite catalog keeps it, and says so."""
+    cfg = tmp_path / "shared.toml"
+    cfg.write_text(f'[lake]\ncatalog_uri = "{postgres.uri}"\n')
+    sample = ROOT / "sample_logs" / "proxy_decision"
+    env = {"PGPASSFILE": str(postgres.pgpass)}
+    lake = tmp_path / "lake"
+    assert _ztaudit(["ingest", "--lake", str(lake), str(sample)], {}, tmp_path).returncode == 0
+    mig = _ztaudit(["migrate", "--config", str(cfg), "--lake", str(lake)], env, tmp_path)
+    assert mig.returncode == 0, mig.stderr
+    assert iceberg.is_shared(lake) and not iceberg.catalog_file(lake).exists()
+    lite = tmp_path / "lite"
+    assert _ztaudit(["ingest", "--lake", str(lite), str(sample)], {"ZTAUDIT_LAKE_FORMAT": "iceberg"},
+                    tmp_path).returncode == 0
+    again = _ztaudit(["ingest", "--config", str(cfg), "--lake", str(lite), str(sample)], env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "keeps its own SQLite catalog" in again.stderr and not iceberg.is_shared(lite)
