@@ -725,7 +725,7 @@ def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
         remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)), min_age_s=grace)
 
 
-def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float = 60.0) -> int:
+def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None = None) -> int:
     """Delete the files in ``tbl``'s metadata folder that its current metadata no longer uses (the
     manifest lists and manifests only expired snapshots used; pyiceberg's expiry leaves them) and that
     are older than ``min_age_s`` (a committer elsewhere may be writing new ones). Returns how many.
@@ -738,6 +738,8 @@ def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float = 60.0
     folder = Path(local_path(tbl.location())) / "metadata"
     if not str(folder.resolve()).startswith(str(_location(lake)) + "/"):
         return 0  # never delete outside this lake
+    if min_age_s is None:  # a writer on another machine may be between its manifests and its commit
+        min_age_s = SHARED_METADATA_GRACE_S if is_shared(lake) else 60.0
     limit = time.time() - min_age_s
     removed = 0
     for entry in (os.scandir(folder) if folder.is_dir() else []):
