@@ -302,7 +302,7 @@ class StreamConsumer:
             self.idle.assigned()
             self.metrics.rebalances += 1
             again = self.partitions.assign(tps)
-            if self.sink.iceberg and self.source.seeks_new_partitions:
+            if self.sink.iceberg:
                 self._resume_pending |= set(tps) - set(again)
             for tp, first in again.items():
                 try:
@@ -328,9 +328,10 @@ class StreamConsumer:
         (the group's offset, or ``auto.offset.reset``), and librdkafka ignores a seek made before a new
         partition's first fetch. Only when reading begins inside the lake's last round of the partition
         (so a re-created topic or a group moved back is read, not skipped), and never past the
-        partition's end. A catalog that cannot be read now is a warning, not an error. A plain lake, or
-        a backend whose seek cannot move a new partition (``seeks_new_partitions``: confluent, for
-        now), changes nothing.
+        partition's end. A catalog that cannot be read now is a warning, not an error. The offset skipped
+        to is committed at once: the lake holds everything before it, and without a consumed record
+        librdkafka reports the committed offset as the position (the idle check would wait forever).
+        A plain lake changes nothing.
         """
         moved: set[TP] = set()
         first = {tp: polled[tp][0][0] for tp in self._resume_pending if tp in polled and polled[tp][0]}
@@ -368,6 +369,10 @@ class StreamConsumer:
                 continue
             moved.add(tp)
             self.metrics.resumed_from_lake += 1
+            try:  # the lake holds everything before it: the group may say so too (lag, the next member)
+                self.source.commit({tp: off})
+            except KafkaTransientError as exc:  # also a rejected commit: the next round commits past it
+                log.warning("consume: %s: skipped to offset %d but could not commit it yet: %s", name, off, exc)
             log.info("consume: %s skips to offset %d: the lake's Iceberg snapshot holds everything before it "
                      "(reading began at %d)", name, off, first[tp])
         return moved

@@ -85,9 +85,6 @@ class KafkaSource(Protocol):
     """
 
     backend: str
-    #: whether :meth:`seek` moves a partition this member was just given (the consumer's skip-ahead to
-    #: an Iceberg lake's offsets relies on it)
-    seeks_new_partitions: bool
 
     def subscribe(self, topics: Sequence[str], on_revoke: RevokeCallback, on_assign: RebalanceCallback) -> None:
         """Connect (failing fast on bad credentials) and join the group for ``topics``."""

@@ -133,10 +133,6 @@ class ConfluentSource:
     """
 
     backend = "confluent"
-    # Measured: after a seek on a partition whose first records had just been returned, librdkafka
-    # delivered nothing more for it (tests/integration/test_consume_resume.py); not investigated
-    # further, so this backend re-reads a round the lake already holds (same files, no duplicates).
-    seeks_new_partitions = False
 
     def __init__(self, settings: KafkaSettings, *, group: str, start_from: str, password: str | None = None,
                  batch: int = BATCH) -> None:

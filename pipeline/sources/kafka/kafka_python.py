@@ -204,7 +204,6 @@ class KafkaPythonSource:
     """
 
     backend = "kafka-python"
-    seeks_new_partitions = True
 
     def __init__(self, settings: KafkaSettings, *, group: str, start_from: str, password: str | None = None,
                  factory: Callable[..., Any] | None = None) -> None:
