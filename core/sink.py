@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 #: versions of one key (the same start in the same input), the one that covered more is the later,
 #: grown one, and a shorter one ingested afterwards must not replace it (:meth:`LakeSink.write_chunk`).
 CHUNK_EXTENT: Final = b"ztaudit.chunk_extent"
+#: Parquet key-value metadata of a Kafka chunk file: a digest of the raw bytes of the chunk's first
+#: record. A file under the same key whose digest differs holds other records at that offset (a topic
+#: deleted and created again under the same name): ``consume`` refuses to replace it
+#: (:mod:`ztaudit.pipeline.consume.recovery`).
+CHUNK_FIRST: Final = b"ztaudit.chunk_first_record"
 
 #: The tables an input chunk can write (the normalizers' tables, RBAC snapshots and the
 #: quarantine): where :meth:`LakeSink.write_chunk` looks for earlier files of a chunk's key. The
@@ -240,12 +245,13 @@ class LakeSink:
     def path_for(self, table: str, day: str, file_key: str) -> Path:
         return self.lake / table / f"dt={day}" / f"{safe_key(file_key)}.parquet"
 
-    def write(self, table_name: str, table: pa.Table, file_key: str, extent: int | None = None) -> list[Path]:
+    def write(self, table_name: str, table: pa.Table, file_key: str, extent: int | None = None,
+              first_record: str | None = None) -> list[Path]:
         """Conform ``table`` to its schema, split it by UTC day, write one file per day.
 
-        ``extent`` (input bytes the chunk covered) is recorded in each file's metadata
-        (:data:`CHUNK_EXTENT`). Returns the paths written (empty for an empty table). Raises
-        :class:`SinkError`.
+        ``extent`` (input bytes the chunk covered) and ``first_record`` (a Kafka chunk's first record's
+        digest) are recorded in each file's metadata (:data:`CHUNK_EXTENT`, :data:`CHUNK_FIRST`).
+        Returns the paths written (empty for an empty table). Raises :class:`SinkError`.
         """
         if table.num_rows == 0:
             return []
@@ -255,8 +261,10 @@ class LakeSink:
         index = self._index.get(table_name)
         written = []
         for day, part in split_by_day(table, PARTITION_TIME[table_name]):
-            meta = {CHUNK_EXTENT: str(extent).encode()} if extent is not None else None
-            path = write_parquet_atomic(part, self.path_for(table_name, day, file_key), meta)
+            meta = {CHUNK_EXTENT: str(extent).encode()} if extent is not None else {}
+            if first_record is not None:
+                meta[CHUNK_FIRST] = first_record.encode()
+            path = write_parquet_atomic(part, self.path_for(table_name, day, file_key), meta or None)
             self.added.add(path)
             self.removed.discard(path)
             if index is not None:
@@ -389,7 +397,7 @@ class LakeSink:
         return rows(new) <= rows(old)
 
     def write_quarantine(self, rejected: list[Rejected], file_key: str,
-                         now: datetime | None = None) -> list[Path]:
+                         now: datetime | None = None, first_record: str | None = None) -> list[Path]:
         """Write rejected records (raw capped at :data:`QUARANTINE_RAW_CAP`) to ``quarantine/``.
 
         The raw bytes must already be scrubbed of secrets (``pipeline.redact``; see
@@ -400,7 +408,7 @@ class LakeSink:
         """
         if not rejected:
             return []
-        return self.write("quarantine", quarantine_table(rejected, now), file_key)
+        return self.write("quarantine", quarantine_table(rejected, now), file_key, first_record=first_record)
 
     def merged_ranges(self, table: str, file_key: str) -> list[tuple[str, int, int]]:
         """The input lines of chunk ``file_key`` that ``compact`` already merged into any day of

@@ -392,14 +392,15 @@ class StreamConsumer:
             buf, fresh = self.partitions.buffer_for(tp, offs[0], now)
             if fresh:
                 self.writer.wait_for(tp)  # a rewind while its chunk is written: see its files renamed first
-                self._recover(tp, offs[0], buf)
+                self._recover(tp, offs[0], buf, vals[0])
             n = self.partitions.append(tp, buf, offs, vals, records_clusters(polled))
             self.metrics.messages += len(offs)
             self.metrics.message_bytes += n
 
-    def _recover(self, tp: TP, first: int, buf: PartitionBuffer) -> None:
-        """Make ``buf``'s first chunk end where the leftover files at ``first`` end, if there are any."""
-        found = find_leftovers(self.sink.lake, tp, first)
+    def _recover(self, tp: TP, first: int, buf: PartitionBuffer, value: bytes) -> None:
+        """Make ``buf``'s first chunk end where the leftover files at ``first`` end, if there are any
+        (``value``: the record at ``first``; :class:`~.recovery.OffsetsMovedBack` if they are not its)."""
+        found = find_leftovers(self.sink.lake, tp, first, value)
         if found is not None:
             buf.leftovers, buf.boundary = found.paths, found.boundary
             self.metrics.recovered_chunks += 1

@@ -26,15 +26,18 @@ if the broker deletes (retention) a partition's uncommitted range before the rep
 file is kept as is. The natural key (``audit_id`` + ``stage``) is in every row for reports to
 dedupe if either ever happens.
 
-Offsets moved back (a topic deleted and created again under the same name, or a group reset): the
-file at the starting offset then has chunks after it, so it is committed data, not a leftover
-(:func:`later_chunks`); :func:`find_leftovers` raises :class:`OffsetsMovedBack` instead of letting the
-replay replace it. Keys over 200 characters (``safe_key`` shortens them with a digest of the whole
-key) and partitions whose later chunks were all compacted are not checked.
+A topic deleted and created again under the same name starts its offsets over, and its first chunk
+would replace the old topic's file of the same name. Each Kafka chunk file records a digest of its
+first record (``CHUNK_FIRST``): a file at the starting offset whose digest differs from the record
+now there is not a leftover of this stream, and :func:`find_leftovers` raises
+:class:`OffsetsMovedBack` instead of letting the replay replace it. A new group re-reading the same
+topic sees the same digests and rewrites the same files, as before. Files written before the digest
+was kept, and days merged by ``compact`` (their files are gone), cannot be checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,13 +52,15 @@ from ztaudit.core.errors import ZtauditError
 from ztaudit.core.files import safe_key
 from ztaudit.core.keys import file_key, origin_offsets, read_manifest
 from ztaudit.core.schema import PARTITION_TIME
+from ztaudit.core.sink import CHUNK_FIRST
 from ztaudit.pipeline.sources.kafka.base import TP, tp_name
 
 log = logging.getLogger(__name__)
 
 
 class OffsetsMovedBack(ZtauditError):
-    """A partition is read from an offset the lake already holds committed chunks after (exit 2)."""
+    """The record at a partition's starting offset is not the one the lake's file there was written
+    from: a re-created topic (exit 2)."""
 
     exit_code = 2
 
@@ -73,29 +78,27 @@ class Leftovers:
     boundary: int | None
 
 
-def find_leftovers(lake: Path, tp: TP, first: int) -> Leftovers | None:
+def record_digest(value: bytes) -> str:
+    """A digest of one Kafka record's raw bytes, stored in its chunk's files (``CHUNK_FIRST``)."""
+    return hashlib.sha256(value).hexdigest()[:32]
+
+
+def find_leftovers(lake: Path, tp: TP, first: int, first_value: bytes | None = None) -> Leftovers | None:
     """The files of every table and day named ``<topic>+<partition>+<first>``, or None if none.
 
     Called on the main thread before the first record of a fresh partition is buffered (after an
-    assignment, a rewind or a rejected commit). An unreadable leftover is logged and left to be
-    replaced; it does not move the boundary.
+    assignment, a rewind or a rejected commit), with that record's bytes (``first_value``). An
+    unreadable leftover is logged and left to be replaced; it does not move the boundary. Raises
+    :class:`OffsetsMovedBack` when a file there records another first record (its digest differs):
+    the records now at ``first`` are not the ones the lake holds under that name, and replaying would
+    replace them (a topic deleted and created again under the same name).
     """
     name = f"{safe_key(file_key(tp.topic, tp.partition, first))}.parquet"
     paths = sorted(p for p in lake.glob(f"*/dt=*/{name}") if p.is_file())
     if not paths:
         return None
-    later = later_chunks(lake, tp, first)
-    if later:
-        raise OffsetsMovedBack(
-            f"{tp_name(tp.topic, tp.partition)}: reading starts at offset {first}, but the lake already holds "
-            f"this partition's chunks from offset {min(later)} on ({len(later)} file(s), e.g. "
-            f"{later[min(later)].relative_to(lake)}): the files at offset {first} were committed, not left by "
-            "an unfinished flush, and the records now at that offset are not theirs. The topic was deleted "
-            "and created again under the same name, or the group's offsets were moved back. Nothing was "
-            "written (writing would replace the committed files under the same names)",
-            fix="give a re-created topic a new name (or map it with --cluster/kafka.topic_clusters to another "
-                "lake), or consume it into a new lake; to re-read a partition into this lake, move its files "
-                "out first")
+    if first_value is not None:
+        _check_same_records(lake, tp, first, paths, record_digest(first_value))
     boundary = -1
     for path in paths:
         try:
@@ -112,6 +115,29 @@ def find_leftovers(lake: Path, tp: TP, first: int) -> Leftovers | None:
              "first file at offset %s so it rewrites them", tp_name(tp.topic, tp.partition), first,
              len(paths), found.boundary)
     return found
+
+
+def _check_same_records(lake: Path, tp: TP, first: int, paths: list[Path], digest: str) -> None:
+    """Raise :class:`OffsetsMovedBack` when a file of ``paths`` records a first record other than
+    ``digest`` (files written before the digest was kept record none: then nothing can be told)."""
+    for path in paths:
+        try:
+            meta = pq.read_metadata(path).metadata or {}
+        except (OSError, pa.ArrowException):
+            continue  # unreadable: find_leftovers logs it, and it is replaced
+        theirs = meta.get(CHUNK_FIRST)
+        if theirs is None or theirs.decode() == digest:
+            continue
+        later = later_chunks(lake, tp, first)
+        after = (f"; the lake also holds this partition's chunks from offset {min(later)} on ({len(later)} "
+                 "file(s)), so those files were committed") if later else ""
+        raise OffsetsMovedBack(
+            f"{tp_name(tp.topic, tp.partition)}: the record now at offset {first} is not the one the lake's "
+            f"file {path.relative_to(lake)} was written from{after}. The topic was deleted and created again "
+            "under the same name (its offsets started over). Nothing was written: the replay would replace "
+            "that file, whose records are not in Kafka any more",
+            fix="give a re-created topic a new name (or consume it into a new lake); to read it into this lake "
+                "anyway, move the old topic's files out of the lake first")
 
 
 def later_chunks(lake: Path, tp: TP, first: int) -> dict[int, Path]:

@@ -46,7 +46,7 @@ from ztaudit.core.keys import file_key
 from ztaudit.core.schema import PARTITION_TIME
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import Chunk
-from ztaudit.pipeline.consume.recovery import Window, drop_compacted, time_window, widen
+from ztaudit.pipeline.consume.recovery import Window, drop_compacted, record_digest, time_window, widen
 from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.records import KafkaOrigins, RawBatch
 from ztaudit.pipeline.sources.kafka.base import TP, tp_name
@@ -236,6 +236,7 @@ class ChunkWriter:
 
         tp = chunk.tp
         key = file_key(tp.topic, tp.partition, chunk.first)
+        first = record_digest(chunk.values[0]) if chunk.values else None
         batch = RawBatch(chunk.values, KafkaOrigins(tp.topic, tp.partition, chunk.offsets),
                          source=self.topics.get(tp.topic), cluster=self.topic_clusters.get(tp.topic) or self.cluster)
         result = process(batch, self.ctx, max_record_bytes=self.max_record_bytes, cluster_fields=self.cluster_fields,
@@ -250,10 +251,10 @@ class ChunkWriter:
                 skipped += n
                 if table.num_rows == 0:
                     continue
-                paths.extend(self.sink.write(table_name, table, key))
+                paths.extend(self.sink.write(table_name, table, key, first_record=first))
                 rows += table.num_rows
                 window = widen(window, time_window(table, PARTITION_TIME.get(table_name)))
-            paths.extend(self.sink.write_quarantine(result.rejected, key))
+            paths.extend(self.sink.write_quarantine(result.rejected, key, first_record=first))
             return Written(paths, window, rows, result.quarantined, skipped, records=result.records,
                            expanded=result.expanded, written=result.written,
                            ignored={f"{s}/{r}": n for (s, r), n in result.ignored.items()},

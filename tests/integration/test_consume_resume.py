@@ -124,7 +124,9 @@ def test_a_recreated_topic_is_refused_before_it_replaces_committed_files(kafka_b
     """A topic deleted and created again starts its offsets over, and its chunks would get the names
     of the old topic's committed files. The consumer took the old file at offset 0 for a leftover of
     its own, held the new records back until they reached its end, and would then have replaced it:
-    now it stops with exit 2 and the reason, and the lake keeps every old row."""
+    now the digest of the first record each chunk file keeps tells the records apart, and it stops
+    with exit 2 and the reason; the lake keeps every old row. (A new group re-reading the *same* topic
+    rewrites the same files: tests/integration/test_consume_basic.py.)"""
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient
 
@@ -160,7 +162,8 @@ def test_a_recreated_topic_is_refused_before_it_replaces_committed_files(kafka_b
     # on Iceberg, reading began (offset 0) outside the lake's last round (2000..2999): not skipped, although
     # the new topic now reaches past that round's end
     assert "skips to offset" not in second.stderr
-    assert "the lake already holds this partition's chunks from offset 1000 on" in second.stderr
+    assert "the record now at offset 0 is not the one the lake's file" in second.stderr
+    assert "chunks from offset 1000 on" in second.stderr
     assert "give a re-created topic a new name" in second.stderr
     assert sorted((p.name, p.stat().st_mtime_ns) for p in lake.glob("*/dt=*/*.parquet")) == before
     counts = audit_id_counts(lake)

@@ -487,7 +487,7 @@ def test_writer_error_surfaces_on_the_main_thread_and_nothing_is_committed(tmp_p
     monkeypatch.setattr(writer_mod, "BACKOFF_START_S", 0.01)
     calls = []
 
-    def broken(self: LakeSink, table_name: str, table: Any, key: str) -> list[Path]:
+    def broken(self: LakeSink, table_name: str, table: Any, key: str, **_: Any) -> list[Path]:
         calls.append(threading.current_thread().name)
         raise SinkError(f"disk full writing {key}")
 
