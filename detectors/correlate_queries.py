@@ -97,15 +97,24 @@ PROXY_MATCH_COLUMNS: Final = """hash(d.origin, d.request_id, d.check_request_id,
 
 #: Which decisions take part: allowed, with an email, for a Kubernetes host; the Envoy access line of a
 #: request that also has its authorize line is dropped (the same request logged twice).
+#:
+#: The dropped access lines are found with an anti-join on an equality key (``LEFT JOIN`` of the distinct
+#: authorize ``check_request_id``s, kept when nothing joined), not with ``request_id NOT IN (subquery)``
+#: inside an ``OR``: Spark plans that as a null-aware existence join with no key, a nested loop over
+#: every pair of decisions (it never finished at 1M), where the join hashes on both engines. Same rows:
+#: the subquery held no NULL (``IS NOT NULL``) and a NULL ``request_id`` or a non-access line was kept,
+#: which is what the join's ``ON`` (it matches only an access line whose ``request_id`` equals a
+#: non-NULL id) gives; ``DISTINCT`` keeps one row per decision.
 PROXY_DECISIONS: Final = """FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    LEFT JOIN (SELECT DISTINCT x.check_request_id AS rid FROM proxy_decision x
+               WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL) az
+           ON az.rid = d.request_id AND coalesce(d.record_type, '') = 'access'
     WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
       AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, lambda g: d.path GLOB g)), false)
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
-      AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
-           SELECT x.check_request_id FROM proxy_decision x
-           WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL))"""
+      AND az.rid IS NULL"""
 
 #: Proxy side of the detect plan: decisions in [$lo, $hi) (the judged window widened by the match
 #: margin), whole day partitions outside it skipped. The detail of unmatched ones is read back later.

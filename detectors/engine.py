@@ -152,11 +152,9 @@ class DuckDBEngine:
         self._con.close()
 
     def transitional_connection(self) -> duckdb.DuckDBPyConnection:
-        """The DuckDB connection itself, for code not yet on the seam. **Transitional**, two callers:
-        ``impersonation.unapproved_right``, which reads the RBAC snapshot through
-        :func:`ztaudit.detectors.rbac.latest_grants` (that module still takes a connection while its
-        performance work is in progress), and :func:`execute_on_connection` (kept for
-        ``tests/core/test_views.py``, which reads a result from the connection). Nothing else may."""
+        """The DuckDB connection itself, for code not yet on the seam. **Transitional**, one caller:
+        :func:`execute_on_connection` (kept for ``tests/core/test_views.py``, which reads a result from
+        the connection). Nothing else may."""
         return self._con
 
     # --- the one funnel -------------------------------------------------------------------------

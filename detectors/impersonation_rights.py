@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Final
 
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext, Finding, Severity
-from ztaudit.detectors.engine import DuckDBConnection, DuckDBEngine, Engine
+from ztaudit.detectors.engine import Engine
 from ztaudit.detectors.rbac import Rule, Use, covers, latest_grants
 
 DETECTOR: Final = "impersonation.unapproved_right"
@@ -147,15 +147,6 @@ def impersonators_of(rights: list[Right], cluster: str | None, identity: str) ->
             if r.cluster == cluster and r.subject != MASTERS and any(covers(rule, probe) for rule in r.rules)]
 
 
-def _rbac_connection(engine: Engine) -> DuckDBConnection:
-    """The DuckDB connection :func:`~ztaudit.detectors.rbac.latest_grants` still takes (transitional:
-    :meth:`DuckDBEngine.transitional_connection`); on another engine this detector fails alone (the
-    run reports it and goes on), it cannot read the RBAC snapshot there yet."""
-    if not isinstance(engine, DuckDBEngine):
-        raise NotImplementedError(f"{DETECTOR} reads the RBAC snapshot on the DuckDB engine only, for now")
-    return engine.transitional_connection()
-
-
 def _uses(engine: Engine, window: Window, cap: int) -> list[dict[str, Any]]:
     """Per cluster and impersonator: its groups and the first ``cap`` impersonated requests."""
     params: dict[str, Any] = {**window.params(), "cap": cap}
@@ -178,7 +169,7 @@ class UnapprovedRight:
 
     def run(self, ctx: DetectContext) -> list[Finding]:
         """One finding per cluster and unapproved subject with an impersonation right (module docstring)."""
-        grants = latest_grants(_rbac_connection(ctx.engine), ctx.until)
+        grants = latest_grants(ctx.engine, ctx.until)
         if not grants:
             return []
         window = Window(ctx.since, ctx.until)

@@ -38,6 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from ztaudit.core.window import Window
+from ztaudit.detectors.engine import DuckDBEngine, Session, as_engine
 
 GRANTED_VS_USED: Final = pa.schema([
     ("cluster", pa.string()), ("identity", pa.string()), ("identity_kind", pa.string()),
@@ -158,21 +159,39 @@ def _kind_of(identity: str) -> str:
     return "human"
 
 
-def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    got = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0]
-    return bool(got and got[0])
+def _has_view(session: Session, name: str) -> bool:
+    """Whether view ``name`` is readable. On DuckDB (a connection, or the engine over one), asked of
+    the connection's catalog (``open_lake`` makes every derived view; a bare connection has none). An
+    engine whose ``read_lake`` made the derived views itself (Spark: every view, empty over a table the
+    lake does not hold yet) has it; a view it could not translate makes the statement reading it fail,
+    naming it."""
+    if isinstance(session, duckdb.DuckDBPyConnection):
+        # a report's connection may hold an unfinished result: `execute` replaces it, as before the seam
+        got = session.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0]
+        return bool(got and got[0])
+    if not isinstance(session, DuckDBEngine):
+        return True
+    rows = session.rows("SELECT count(*) FROM duckdb_views() WHERE view_name = $name", {"name": name})
+    return bool(rows and rows[0][0])
 
 
-def latest_grants(con: duckdb.DuckDBPyConnection, until: datetime | None) -> list[dict[str, Any]]:
+def latest_grants(session: Session, until: datetime | None) -> list[dict[str, Any]]:
     """Rows of the latest RBAC snapshot per cluster ingested before ``until`` (all clusters; ``None``:
-    the newest, whatever its time)."""
-    if not _has_view(con, "rbac_grant"):
+    the newest, whatever its time).
+
+    Called by ``impersonation.unapproved_right`` with the run's engine (DuckDB or Spark), and by
+    :func:`granted_vs_used` and ``report nhi`` with a DuckDB connection (wrapped by
+    :func:`~ztaudit.detectors.engine.as_engine`). Rows are read through Arrow on both engines, so
+    their Python values are the same. SQL errors propagate (on Spark, a ``rbac_grant`` view it could
+    not make fails here, naming it)."""
+    if not _has_view(session, "rbac_grant"):
         return []
-    rows: list[dict[str, Any]] = con.sql(
+    engine = as_engine(session)
+    rows: list[dict[str, Any]] = engine.query(
         """SELECT * FROM rbac_grant g
             WHERE snapshot_at = (SELECT max(snapshot_at) FROM rbac_grant h
                                  WHERE h.cluster IS NOT DISTINCT FROM g.cluster AND h.snapshot_at < $until)""",
-        params={"until": Window(until=until).hi}).to_arrow_table().to_pylist()
+        {"until": Window(until=until).hi}).to_pylist()
     return rows
 
 

@@ -98,10 +98,13 @@ DEDUP_SECONDS: Final = 60
 _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         WITH v AS (
         -- a session or token, once cut, stays cut: only identities and grants are given back
-        SELECT v.* REPLACE (coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
-                                               WHERE p.user_id = v.subject_id AND p.email <> '')) AS login,
-                            CASE WHEN v.source = 'idp' AND v.kind IN ('session', 'token') THEN NULL
-                                 ELSE v.restored_at END AS restored_at)
+        -- the view's columns written out, in its order (not `v.* REPLACE`: Spark SQL has no such star)
+        SELECT v.source, v.system, v.cluster, v.kind, v.subject,
+               coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
+                                  WHERE p.user_id = v.subject_id AND p.email <> '')) AS login,
+               v.subject_id, v.session_id, v.revoked_at, v.revoked_by, v.event_type, v.evidence, v.inferred_from,
+               CASE WHEN v.source = 'idp' AND v.kind IN ('session', 'token') THEN NULL
+                    ELSE v.restored_at END AS restored_at
         FROM ({REVOCATIONS_IN_WINDOW_SQL}) v
     ), g AS (
         -- a new fact: the first line, more than {DEDUP_SECONDS} s after the previous one, or after the
@@ -413,9 +416,10 @@ _STATUS_SQL: Final = Table("zt_rev_status", f"""
     SELECT kind, subject, coalesce(login, subject) AS identity, subject_id, session_id, cluster,
            coalesce(CASE WHEN cluster IS NOT NULL THEN [cluster] END, clusters, []) AS clusters,
            source, system, event_type, revoked_at, revoked_by, inferred_from, restored_at,
-           nullif(array_to_string(list_sort(list_distinct([x FOR x IN
-               [n_bridge, CASE WHEN attributed > 0 THEN 'client address of the last allowed request' END]
-               || flatten([string_split(h, ', ') FOR h IN coalesce(hows, [])]) IF x IS NOT NULL])), '; '), '')
+           -- list_concat, not `||`: sqlglot cannot parse a comprehension over a `||` (neither side is NULL)
+           nullif(array_to_string(list_sort(list_distinct([x FOR x IN list_concat(
+               [n_bridge, CASE WHEN attributed > 0 THEN 'client address of the last allowed request' END],
+               flatten([string_split(h, ', ') FOR h IN coalesce(hows, [])])) IF x IS NOT NULL])), '; '), '')
              AS bridge,
            status,
            concat_ws('; ',

@@ -27,6 +27,7 @@ ztaudit's SQL (https://sqlglot.com/sqlglot/dialects/spark.html).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -196,11 +197,19 @@ def rewrite_min_by_n(node: exp.Expr) -> exp.Expr:
     here, and DuckDB also skips rows whose ``x`` is NULL (a struct of NULLs is not NULL) and gives
     NULL, not ``[]``, for a group with no such row (shown by the differential test). Ties in ``y``
     are ordered by ``x`` on Spark; DuckDB's choice among exact ties is unspecified, so the detectors
-    make ``y`` unique (``(ts, ref)``)."""
+    make ``y`` unique (``(ts, ref)``). With ``FILTER (WHERE c)`` (rewritten together, the node is the
+    filter): only rows where ``c`` holds are taken, on DuckDB as here, where ``c`` joins the
+    condition of each aggregate of the rewrite (a ``FILTER`` cannot follow the ``CASE`` it becomes)."""
+    cond: exp.Expr | None = None
+    if isinstance(node, exp.Filter):
+        cond = node.expression.this if isinstance(node.expression, exp.Where) else node.expression
+        node = node.this
     assert isinstance(node, exp.ArgMin)
     x, y, n = node.this, node.expression, node.args["count"]
     both = exp.and_(exp.Not(this=exp.Is(this=x.copy(), expression=exp.Null())),
                     exp.Not(this=exp.Is(this=y.copy(), expression=exp.Null())))
+    if cond is not None:
+        both = exp.and_(exp.Paren(this=cond.copy()), both)
     pair = _fn("struct", exp.alias_(y.copy(), "k"), exp.alias_(x.copy(), "v"))
     kept = exp.Filter(this=_fn("collect_list", pair), expression=exp.Where(this=both.copy()))
     first = _fn("slice", _fn("array_sort", kept), _lit(1), exp.Greatest(this=n.copy(), expressions=[_lit(0)]))
@@ -546,11 +555,196 @@ def rewrite_list_comprehension(node: exp.Expr) -> exp.Expr:
     assert isinstance(node, exp.Array) and len(node.expressions) == 1
     comp = node.expressions[0]
     assert isinstance(comp, exp.Comprehension)
+
+    def inner(e: exp.Expr) -> exp.Expr:
+        # a comprehension nested in this one (``[x FOR x IN flatten([... FOR h IN l])]``): the rule's
+        # top-down pass does not visit the children of the node it replaces, so they are rewritten here
+        return e.copy().transform(lambda n: rewrite_list_comprehension(n) if _is_comprehension(n) else n, copy=False)
+
     var = comp.expression.copy()
-    src: exp.Expr = comp.args["iterator"].copy()
+    src: exp.Expr = inner(comp.args["iterator"])
     if comp.args.get("condition") is not None:
-        src = exp.ArrayFilter(this=src, expression=exp.Lambda(this=comp.args["condition"].copy(), expressions=[var]))
-    return exp.Transform(this=src, expression=exp.Lambda(this=comp.this.copy(), expressions=[var.copy()]))
+        src = exp.ArrayFilter(this=src, expression=exp.Lambda(this=inner(comp.args["condition"]), expressions=[var]))
+    return exp.Transform(this=src, expression=exp.Lambda(this=inner(comp.this), expressions=[var.copy()]))
+
+
+def _is_comprehension(n: exp.Expr) -> bool:
+    return isinstance(n, exp.Array) and len(n.expressions) == 1 and isinstance(n.expressions[0], exp.Comprehension)
+
+
+def rewrite_string_split(node: exp.Expr) -> exp.Expr:
+    """``string_split(s, sep)``: DuckDB's list of the pieces of ``s`` between occurrences of the
+    literal ``sep``, empty pieces kept (a trailing separator gives a last ``''``), NULL for a NULL
+    ``s`` (DuckDB docs, "Text Functions", ``string_split``). Spark's ``split(s, regex, -1)`` splits by
+    a Java regex and, with limit -1, keeps every empty piece, trailing ones too (Spark SQL functions,
+    ``split``); ``sep`` is quoted as ``\\Q sep \\E`` so it matches literally. Only a literal ``sep``
+    without ``\\E`` is rewritten (the detectors split by ``', '``); any other fails the statement
+    here rather than splitting differently."""
+    assert isinstance(node, exp.Split)
+    sep = node.expression
+    if not (isinstance(sep, exp.Literal) and sep.is_string and sep.this and "\\E" not in sep.this):
+        raise UnsupportedIdiom("string_split", f"string_split by {sep.sql('duckdb')!r}: only a non-empty literal "
+                               "separator without \\E is translated",
+                               fix="split by a literal separator (a column or an empty one has no Spark translation)")
+    return _fn("split", node.this.copy(), exp.Literal.string(f"\\Q{sep.this}\\E"), _lit(-1))
+
+
+def _literal_text(node: exp.Expr) -> str | None:
+    """The text of a string literal, or of string literals joined by ``||``; None for anything else."""
+    if isinstance(node, exp.Literal) and node.is_string:
+        return str(node.this)
+    if isinstance(node, exp.Paren):
+        return _literal_text(node.this)
+    if isinstance(node, exp.DPipe):
+        left, right = _literal_text(node.this), _literal_text(node.expression)
+        return None if left is None or right is None else left + right
+    return None
+
+
+#: DuckDB ``strftime`` conversions and the Java ``DateTimeFormatter`` letters printing the same.
+_STRFTIME: Final = {"%Y": "yyyy", "%m": "MM", "%d": "dd", "%H": "HH", "%M": "mm", "%S": "ss"}
+
+
+def rewrite_strftime(node: exp.Expr) -> exp.Expr:
+    """``strftime(ts, format)``: DuckDB's C-style formatting of a timestamp in the session's time zone
+    (UTC on every lake connection); any character that is not a ``%`` conversion is printed as it is
+    (DuckDB docs, "Date Format Functions"). Spark's ``date_format(ts, pattern)`` takes a Java
+    ``DateTimeFormatter`` pattern in the session's time zone (UTC in every ztaudit Spark session),
+    where letters are fields: sqlglot's own translation kept the ``Z`` of ``'%H:%M:%SZ'`` as a
+    letter, which Spark prints as the offset ``+0000``. This rule maps ``%Y %m %d %H %M %S`` to
+    ``yyyy MM dd HH mm ss`` and quotes every other run of characters (``'...'``, a ``'`` doubled), so
+    ``Z`` stays a literal Z (Spark SQL reference, "Datetime Patterns"). A format that is not a literal
+    or uses another conversion fails the statement here."""
+    assert isinstance(node, exp.TimeToStr)
+    fmt = node.args.get("format")
+    text = _literal_text(fmt) if fmt is not None else None
+    if text is None:
+        raise UnsupportedIdiom("strftime", "strftime with a format that is not a literal",
+                               fix="write the format as a literal")
+    out, lit, i = [], "", 0
+    while i < len(text):
+        conv = text[i:i + 2]
+        if conv in _STRFTIME:
+            if lit:
+                out.append("'" + lit.replace("'", "''") + "'")
+                lit = ""
+            out.append(_STRFTIME[conv])
+            i += 2
+        elif text[i] == "%":
+            raise UnsupportedIdiom("strftime", f"strftime format {text!r}: only {' '.join(_STRFTIME)} are translated",
+                                   fix="use those conversions, or format in Python")
+        else:
+            lit += text[i]
+            i += 1
+    if lit:
+        out.append("'" + lit.replace("'", "''") + "'")
+    return _fn("date_format", node.this.copy(), exp.Literal.string("".join(out)))
+
+
+#: The ``printf`` conversions :func:`rewrite_printf` translates: ``%%``, ``%d``, ``%s`` and ``%.Nf``.
+_PRINTF_SPEC: Final = re.compile(r"%(%|d|s|\.(\d)f)")
+
+
+def rewrite_printf(node: exp.Expr) -> exp.Expr:
+    """``printf(format, args...)``: DuckDB's C-style formatting (the fmt library), NULL when an
+    argument is NULL; ``%.Nf`` rounds the exact binary value of the DOUBLE, a tie to even
+    (``printf('%.0f', 2.5)`` is ``2``, ``printf('%.1f', 0.15)`` is ``0.1``: 0.15 is a little under).
+    Spark's ``format_string`` is Java's ``Formatter``: ``%d`` and ``%s`` print the same, a NULL
+    argument prints ``null``, and ``%.Nf`` rounds half up from the shortest decimal (``3``, ``0.2``).
+    So each ``%.Nf`` argument is formatted by ``format_number(x, N)`` (``java.text.DecimalFormat``,
+    HALF_EVEN on the exact binary value since JDK 8, as C) with its grouping commas removed and put in
+    as ``%s``, and the call is NULL when any argument is (Spark SQL functions, ``format_string``,
+    ``format_number``). Only a literal format with these conversions is translated; any other fails
+    the statement here."""
+    assert isinstance(node, exp.Anonymous)
+    fmt, *args = node.expressions
+    text = _literal_text(fmt)
+    if text is None:
+        raise UnsupportedIdiom("printf", "printf with a format that is not a literal",
+                               fix="write the format as a literal (or literals joined by ||)")
+    specs = list(_PRINTF_SPEC.finditer(text))
+    if text.replace("%%", "").count("%") != sum(1 for m in specs if m.group(1) != "%"):
+        raise UnsupportedIdiom("printf", f"printf format {text!r}: only %d, %s, %.Nf and %% are translated",
+                               fix="use those conversions, or format in Python")
+    out_args: list[exp.Expr] = []
+    parts, pos, i = [], 0, 0
+    for m in specs:
+        parts.append(text[pos:m.start()])
+        pos = m.end()
+        if m.group(1) == "%":
+            parts.append("%%")
+            continue
+        arg = args[i].copy()
+        i += 1
+        if m.group(2) is not None:
+            number = _fn("format_number", exp.cast(arg, "DOUBLE"), _lit(int(m.group(2))))
+            out_args.append(_fn("replace", number, exp.Literal.string(","), exp.Literal.string("")))
+            parts.append("%s")
+        else:
+            out_args.append(arg)
+            parts.append(m.group(0))
+    parts.append(text[pos:])
+    if i != len(args):
+        raise UnsupportedIdiom("printf", f"printf format {text!r} takes {i} arguments, given {len(args)}")
+    call = _fn("format_string", exp.Literal.string("".join(parts)), *out_args)
+    if not args:
+        return call
+    any_null = exp.or_(*[exp.Is(this=a.copy(), expression=exp.Null()) for a in args])
+    return exp.Case(ifs=[exp.If(this=any_null, true=exp.cast(exp.Null(), "STRING"))], default=call)
+
+
+_INEQUALITIES: Final = (exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def rewrite_asof_join(node: exp.Expr) -> exp.Expr:
+    """``L ASOF [LEFT] JOIN R r ON <equalities> AND r.t >= l.x``: DuckDB joins each row of ``L`` with
+    the one row of ``R`` that meets the conditions and whose ``r.t`` is nearest to ``l.x`` on the side
+    the one inequality allows (the smallest ``r.t`` for ``>=``/``>``, the largest for ``<=``/``<``);
+    ``LEFT`` keeps a row of ``L`` without one (NULLs), plain ``ASOF JOIN`` drops it (DuckDB docs, "ASOF
+    Joins"). Spark has no ASOF join; a lateral subquery says the same: ``[LEFT] JOIN LATERAL (SELECT
+    r.* FROM R r WHERE <the same conditions> ORDER BY r.t [DESC] LIMIT 1) r [ON TRUE]``, which Spark 4
+    decorrelates into a join and a per-row ``row_number`` limit (Spark SQL reference, "LATERAL
+    SUBQUERY"). Rows of ``R`` tied on ``r.t`` are picked arbitrarily by both engines (DuckDB by storage
+    order), as with any ASOF join. An ASOF join whose ``ON`` does not have exactly one inequality
+    between a column of ``R`` and an expression without ``R`` fails the statement here."""
+    assert isinstance(node, exp.Join)
+    right = node.this
+    if not isinstance(right, exp.Table):
+        raise UnsupportedIdiom("asof_join", "an ASOF join of a subquery", fix="join a table or CTE by name")
+    alias = right.alias_or_name
+    on = node.args.get("on")
+    conds = list(on.flatten()) if isinstance(on, exp.And) else [on] if on is not None else []
+
+    def only_right(e: exp.Expr) -> bool:
+        cols = list(e.find_all(exp.Column))
+        return bool(cols) and all(c.table == alias for c in cols)
+
+    def no_right(e: exp.Expr) -> bool:
+        return all(c.table != alias for c in e.find_all(exp.Column))
+
+    order: list[exp.Ordered] = []
+    for c in conds:
+        if not isinstance(c, _INEQUALITIES):
+            continue
+        if only_right(c.this) and no_right(c.expression):
+            col, ascending = c.this, isinstance(c, exp.GT | exp.GTE)
+        elif only_right(c.expression) and no_right(c.this):
+            col, ascending = c.expression, isinstance(c, exp.LT | exp.LTE)
+        else:
+            continue
+        order.append(exp.Ordered(this=col.copy(), desc=not ascending, nulls_first=False))
+    if len(order) != 1:
+        raise UnsupportedIdiom("asof_join", f"ASOF join on {on.sql('duckdb') if on is not None else ''!r}: "
+                               "exactly one inequality between the right table and the left side is translated",
+                               fix="write the ASOF condition as equalities and one inequality")
+    body = (exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(alias)))
+            .from_(right.copy()).where(exp.and_(*[c.copy() for c in conds])))
+    body.set("order", exp.Order(expressions=order))
+    body.set("limit", exp.Limit(expression=_lit(1)))
+    lateral = exp.Lateral(this=exp.Subquery(this=body), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    if (node.side or "").upper() == "LEFT":
+        return exp.Join(this=lateral, side="LEFT", on=exp.true())
+    return exp.Join(this=lateral)
 
 
 def rewrite_avg_double(node: exp.Expr) -> exp.Expr:
@@ -588,6 +782,10 @@ class Rule:
     @property
     def doc(self) -> str:
         return (self.rewrite.__doc__ or "").strip()
+
+
+def _min_by_n(n: exp.Expr) -> bool:
+    return isinstance(n, exp.ArgMin) and n.args.get("count") is not None
 
 
 def _distinct_ordered(n: exp.Expr) -> bool:
@@ -639,7 +837,7 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("list_slice", lambda n: isinstance(n, exp.Bracket) and len(n.expressions) == 1
          and isinstance(n.expressions[0], exp.Slice), rewrite_list_slice),
     Rule("mode_ordered", lambda n: isinstance(n, exp.Mode), rewrite_mode_ordered),
-    Rule("min_by_n", lambda n: isinstance(n, exp.ArgMin) and n.args.get("count") is not None, rewrite_min_by_n),
+    Rule("min_by_n", lambda n: _min_by_n(n.this if isinstance(n, exp.Filter) else n), rewrite_min_by_n),
     Rule("regexp_extract_groups", lambda n: isinstance(n, exp.RegexpExtract)
          and isinstance(n.args.get("group"), exp.Array), rewrite_regexp_extract_groups),
     Rule("lag_with_frame", _lag_framed, rewrite_lag_with_frame),
@@ -656,10 +854,14 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("list_len", lambda n: _anon(n, "len"), rewrite_list_len),
     Rule("lambda_index", lambda n: isinstance(n, exp.Transform | exp.ArrayFilter)
          and isinstance(n.expression, exp.Lambda) and len(n.expression.expressions) == 2, rewrite_lambda_index),
-    Rule("list_comprehension", lambda n: isinstance(n, exp.Comprehension) or (
-         isinstance(n, exp.Array) and len(n.expressions) == 1 and isinstance(n.expressions[0], exp.Comprehension)),
+    Rule("list_comprehension", lambda n: isinstance(n, exp.Comprehension) or _is_comprehension(n),
          rewrite_list_comprehension),
     Rule("avg_double", lambda n: isinstance(n, exp.Avg), rewrite_avg_double),
+    Rule("string_split", lambda n: isinstance(n, exp.Split), rewrite_string_split),
+    Rule("printf", lambda n: _anon(n, "printf"), rewrite_printf),
+    Rule("strftime", lambda n: isinstance(n, exp.TimeToStr), rewrite_strftime),
+    Rule("asof_join", lambda n: isinstance(n, exp.Join) and str(n.args.get("method") or "").upper() == "ASOF",
+         rewrite_asof_join),
     # --- reported, not rewritten ---------------------------------------------------------------
     Rule("star_replace", lambda n: isinstance(n, exp.Star) and bool(n.args.get("replace")),
          _report("star_replace", "SELECT * REPLACE needs the column list, which Spark SQL cannot infer",
@@ -697,7 +899,7 @@ PORTABLE: Final[frozenset[type[exp.Expr]]] = frozenset({
     exp.Upper, exp.Where, exp.Window, exp.WindowSpec, exp.With, exp.Create, exp.Var, exp.Struct,
     exp.PropertyEQ, exp.Tuple, exp.Values, exp.Transform, exp.Flatten, exp.LogicalOr, exp.LogicalAnd,
     exp.ArrayAgg, exp.Bracket, exp.Slice, exp.Mode, exp.ToDays, exp.Anonymous, exp.ReturnsProperty,
-    exp.Chr, exp.ArrayToString, exp.TimeToUnix, exp.UnixToTime, exp.TimeToStr, exp.DPipe,
+    exp.Chr, exp.ArrayToString, exp.TimeToUnix, exp.UnixToTime, exp.DPipe, exp.ConcatWs,
 })
 
 

@@ -13,12 +13,13 @@ WITH zt_p AS MATERIALIZED (
     FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
     LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    LEFT JOIN (SELECT DISTINCT x.check_request_id AS rid FROM proxy_decision x
+               WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL) az
+           ON az.rid = d.request_id AND coalesce(d.record_type, '') = 'access'
     WHERE d.is_allowed AND d.email IS NOT NULL AND d.email <> ''
       AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, lambda g: d.path GLOB g)), false)
       AND (NOT s.has_hosts OR h.cluster IS NOT NULL OR (d.host IS NULL AND d.cluster IS NOT NULL))
-      AND (coalesce(d.record_type, '') <> 'access' OR d.request_id IS NULL OR d.request_id NOT IN (
-           SELECT x.check_request_id FROM proxy_decision x
-           WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL))
+      AND az.rid IS NULL
     ),
          zt_a AS MATERIALIZED (
     SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,

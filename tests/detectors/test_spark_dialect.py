@@ -10,7 +10,6 @@ DuckDB idiom that no rule names fails it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+from support.spark import plain_session
 from support.statements import capture_statements
 
 from ztaudit.detectors.spark_dialect import (
@@ -38,9 +38,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.s
                                          "pytest.PytestUnraisableExceptionWarning")]
 
 #: Statements of today's detectors that sqlglot cannot parse, by the temp table they create, with the
-#: reason; a new one fails the guard. zt_rev_status: a list comprehension whose iterable is a `||`
-#: expression (revocation_status.py); list comprehensions are reported anyway (list_comprehension).
-KNOWN_UNPARSED = {"zt_rev_status"}
+#: reason; a new one fails the guard. None since zt_rev_status's list comprehension over a `||` list
+#: became one over list_concat (revocation_status.py).
+KNOWN_UNPARSED: set[str] = set()
 
 D0 = datetime(2026, 11, 20, 23, 59, 59, 999_999, tzinfo=UTC)  # the last µs of a UTC day
 
@@ -49,15 +49,7 @@ D0 = datetime(2026, 11, 20, 23, 59, 59, 999_999, tzinfo=UTC)  # the last µs of 
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    pyspark = pytest.importorskip("pyspark.sql")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = pyspark.SparkSession.builder
-    for k, v in {"spark.master": "local[2]", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                 "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory"}.items():
-        builder = builder.config(k, v)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
+    session = plain_session()  # skips locally / fails in CI without PySpark
     yield session
     session.stop()
 
@@ -201,6 +193,10 @@ def test_min_by_n(spark: Any) -> None:
                                 pa.timestamp("us", tz="UTC"))})
     same(spark, "SELECT g, min_by(x, y, 2) AS two, min_by({'r': x}, y, $keep) AS structs FROM t GROUP BY g",
          {"t": t}, {"keep": 1}, idiom="min_by_n")
+    # with FILTER, inside a list comprehension, as zt_rev_status's violations (group 2: nothing passes)
+    # (a NULL inside the tuple key sorts differently on the engines: not covered, zt_rev_status's ts is never NULL)
+    same(spark, "SELECT g, [v.r FOR v IN min_by({'r': x}, (y, x), $keep) FILTER (WHERE x <> 'p' AND g <> 2)] AS f "
+         "FROM t WHERE y IS NOT NULL GROUP BY g", {"t": t}, {"keep": 2}, idiom="min_by_n")
 
 
 @pytest.mark.spark
@@ -363,6 +359,11 @@ def test_list_comprehension(spark: Any) -> None:
                   "l": [[{"ref": "a", "n": 1}, {"ref": "b", "n": 5}, {"ref": None, "n": None}], [], None]})
     same(spark, "SELECT i, [x.ref FOR x IN l IF x.n > 1] AS big, [x.n FOR x IN l] AS ns FROM t", {"t": t},
          idiom="list_comprehension")
+    # nested, as zt_rev_status's bridge: a comprehension in the iterable and in the condition of another
+    h = pa.table({"i": [1, 2, 3], "hows": [["a, b", "c"], [], None], "b": ["z", None, "y"]})
+    same(spark, "SELECT i, [x FOR x IN list_concat([b, NULL], flatten([string_split(s, ', ') FOR s IN "
+         "coalesce(hows, [])])) IF x IS NOT NULL AND len([y FOR y IN [x] IF y <> 'c']) > 0] AS parts FROM h",
+         {"h": h}, idiom="list_comprehension")
 
 
 @pytest.mark.spark
@@ -371,6 +372,128 @@ def test_avg_is_a_double_like_duckdbs(spark: Any) -> None:
     t = pa.table({"g": [1, 1, 1, 2, 2], "w": [True, False, False, None, True], "n": [1, 2, 2, None, 7]})
     same(spark, "SELECT g, avg(CASE WHEN w THEN 1.0 ELSE 0.0 END) AS share, avg(n) AS an, "
          "avg(n) OVER (PARTITION BY g) AS wn FROM t GROUP BY g, n, w", {"t": t}, idiom="avg_double")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_string_split_keeps_empty_pieces_and_splits_literally(spark: Any) -> None:
+    t = pa.table({"i": [1, 2, 3, 4, 5, 6],
+                  "h": ["login = proxy email, session id", "a, b, ", "", None, "x.y, z|w", ", "]})
+    same(spark, "SELECT i, string_split(h, ', ') AS parts, string_split(h, '.') AS dots, "
+         "string_split(h, '|') AS bars FROM t", {"t": t}, idiom="string_split")
+    with pytest.raises(UnsupportedIdiom, match="string_split"):
+        transpile("SELECT string_split(h, sep) FROM t")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_printf_rounds_like_duckdb_and_is_null_with_a_null_argument(spark: Any) -> None:
+    # exact binary ties (2.5, 3.5, 0.25) go to even on DuckDB; 0.15 and 0.35 are a little under and
+    # 0.45 a little over their decimal: Java's %.Nf would print 3, 0.3, 0.2, 0.4 for some of them
+    x = [2.5, 3.5, 0.25, 0.15, 0.35, 0.45, 119.5, 12345.25, -1.5, 0.0, None, 1e6 + 0.5]
+    t = pa.table({"i": list(range(len(x))), "x": pa.array(x, pa.float64()),
+                  "n": pa.array([3, None, 0, -4, 10**12, 1, 2, 3, 4, 5, 6, 7], pa.int64()),
+                  "s": ["a", "b", None, "it's", "%d", "", "x", "y", "z", "w", "v", "u"]})
+    same(spark, "SELECT i, printf('%.0f s', x) AS a, printf('%.1f min', x / 60) AS b, printf('%.1f h', x) AS c, "
+         "printf('%d denial(s) from %s at %s, %.2f %%', n, s, s, x) AS d, "
+         "printf('the %d s grace period ' || 'ends', $g) AS e, printf('no arguments %%') AS f FROM t",
+         {"t": t}, {"g": 300}, idiom="printf")
+    for bad in ("SELECT printf(fmt, 1) FROM t", "SELECT printf('%5d', 1)", "SELECT printf('%x', 1)"):
+        with pytest.raises(UnsupportedIdiom, match="printf"):
+            transpile(bad)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_strftime_keeps_literal_letters(spark: Any) -> None:
+    t = pa.table({"ts": pa.array([D0, datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC), None,
+                                  datetime(2026, 3, 29, 1, 30, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))})
+    out = same(spark, "SELECT ts, strftime(ts, '%Y-%m-%d %H:%M:%SZ') AS z, strftime(ts, 'at %H h, it''s %Y') AS w, "
+               "strftime($latest, '%Y-%m-%dT%H:%M:%SZ') AS p FROM t", {"t": t}, {"latest": D0}, idiom="strftime")
+    assert "Z" in out
+    with pytest.raises(UnsupportedIdiom, match="strftime"):
+        transpile("SELECT strftime(ts, '%j') FROM t")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_concat_ws_skips_nulls_on_both_engines(spark: Any) -> None:
+    t = pa.table({"i": [1, 2, 3, 4], "a": ["x", None, None, ""], "b": ["y", "z", None, None]})
+    want, got, _ = both(spark, "SELECT i, concat_ws('; ', a, b) AS c, concat_ws(' and ', a, b, 'end') AS d, "
+                        "concat_ws(NULL, a) AS e FROM t", {"t": t})
+    assert want and got == want
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_asof_join_picks_the_nearest_row_on_the_allowed_side(spark: Any) -> None:
+    # no ties on r.t within a key (ASOF picks among tied rows by storage order on DuckDB)
+    left = pa.table({"id": [1, 2, 3, 4, 5, 6], "k": ["a", "a", "a", "b", None, "c"],
+                     "x": pa.array([D0 - timedelta(seconds=5), D0, D0 + timedelta(seconds=50), D0, D0, None],
+                                   pa.timestamp("us", tz="UTC"))})
+    right = pa.table({"k": ["a", "a", "a", "b", None, "c"], "rn": [1, 2, 3, 4, 5, 6],
+                      "t": pa.array([D0 - timedelta(seconds=3), D0, D0 + timedelta(seconds=9),
+                                     D0 - timedelta(seconds=1), D0 + timedelta(seconds=1), D0],
+                                    pa.timestamp("us", tz="UTC"))})
+    tables = {"l": left, "r": right, "z": pa.table({"id": [1, 2, 3, 4, 5, 6], "w": list("uvwxyz")})}
+    for sql in (
+        "SELECT l.id, z.w, s.rn FROM l JOIN z USING (id) ASOF LEFT JOIN r s ON s.k IS NOT DISTINCT FROM l.k "
+        "AND s.t >= l.x",
+        "SELECT l.id, s.rn, s.t FROM l ASOF JOIN r s ON s.k = l.k AND s.t > l.x",
+        "SELECT l.id, s.rn FROM l ASOF LEFT JOIN r s ON l.k = s.k AND l.x >= s.t",
+        "SELECT l.id, s.rn FROM l ASOF JOIN r s ON s.k = l.k AND l.x < s.t",
+    ):
+        same(spark, sql, tables, idiom="asof_join")
+    with pytest.raises(UnsupportedIdiom, match="asof_join"):
+        transpile("SELECT * FROM l ASOF JOIN r s ON s.k = l.k")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_proxy_decisions_dedup_is_a_hash_join_on_spark(spark: Any) -> None:
+    """The access lines duplicating an authorize line are dropped by an equality anti-join
+    (correlate_queries.PROXY_DECISIONS): Spark plans no nested loop over pairs of decisions, which
+    the former ``request_id NOT IN (subquery)`` inside an OR was (it never finished at 1M)."""
+    from ztaudit.core.window import Window
+    from ztaudit.detectors.correlate_queries import PROXY_SIDE
+
+    decisions = pa.table({
+        "origin": ["o1", "o2", "o3", "o4", "o5"], "request_id": ["x-authz", "env-1", "env-2", None, "env-3"],
+        "check_request_id": ["env-1", None, None, None, None],
+        "decided_at": pa.array([D0] * 5, pa.timestamp("us", tz="UTC")),
+        "dt": pa.array([D0.date()] * 5, pa.date32()),
+        "email": ["a@x"] * 5, "method": ["GET"] * 5, "host": [None] * 5, "path": ["/api"] * 5,
+        "is_allowed": [True] * 5, "cluster": ["c"] * 5, "session_id": [None] * 5,
+        "record_type": ["authorize", "access", "access", "access", None]})
+    settings = pa.table({"single_cluster": ["c"], "has_hosts": [False], "exact_window_us": [1_000_000],
+                         "unaudited_paths": pa.array([["/healthz"]], pa.list_(pa.string()))})
+    hosts = pa.table({"host": pa.array([], pa.string()), "cluster": pa.array([], pa.string())})
+    params = Window(D0 - timedelta(days=1), D0 + timedelta(days=1)).params()
+    sql = f"SELECT d_us, cluster FROM ({PROXY_SIDE}) p"
+    want, got, out = both(spark, sql, {"proxy_decision": decisions, "zt_correlation_settings": settings,
+                                        "zt_proxy_hosts": hosts}, params)
+    assert len(want) == 4 and got == want  # env-1 (an access line of x-authz) dropped, the others kept
+    plan = spark.sql(out, args=params)._jdf.queryExecution().executedPlan().toString()
+    # the one nested loop left is the cross join with the one-row settings table
+    loops = [line for line in plan.splitlines() if "NestedLoopJoin" in line]
+    assert len(loops) == 1 and "Cross" in loops[0] and "ExistenceJoin" not in plan, plan
+    assert "HashJoin [request_id" in plan, plan
+
+
+def test_revocation_candidates_list_the_views_columns_in_order() -> None:
+    """revocation_status's candidates write the ``revocations`` columns out (``v.* REPLACE`` has no
+    Spark form): a column added to the view must be added there too, or it would be silently lost."""
+    import sqlglot
+    from sqlglot import exp
+
+    from ztaudit.detectors.revocation_status import _CANDIDATES_SQL
+    from ztaudit.detectors.revocations_view import REVOCATIONS_IN_WINDOW_SQL
+
+    tree = sqlglot.parse_one(_CANDIDATES_SQL.select, read="duckdb")
+    v = next(c for c in tree.find_all(exp.CTE) if c.alias == "v").this
+    inner = sqlglot.parse_one(REVOCATIONS_IN_WINDOW_SQL, read="duckdb")
+    view_columns = next(s for s in inner.find_all(exp.Select) if "restored_at" in s.named_selects).named_selects
+    assert v.named_selects == view_columns
 
 
 # --- reported idioms and the guard (no Spark) --------------------------------------------------------

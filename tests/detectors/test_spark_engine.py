@@ -10,7 +10,6 @@ casts to the table's types, by position or by name; and a Parquet lake is refuse
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+from support.spark import plain_session
 
 from ztaudit.core.errors import LakeError
 from ztaudit.detectors.engine import DuckDBEngine, Engine
@@ -35,15 +35,7 @@ EVENTS = pa.table({"who": ["alice", "bob", "alice", None], "n": pa.array([1, 2, 
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    pyspark = pytest.importorskip("pyspark.sql")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = pyspark.SparkSession.builder
-    for k, v in {"spark.master": "local[2]", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                 "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory"}.items():
-        builder = builder.config(k, v)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
+    session = plain_session()  # skips locally / fails in CI without PySpark
     yield session
     session.stop()
 

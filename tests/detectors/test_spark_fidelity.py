@@ -10,9 +10,9 @@ the lake's Iceberg catalog, :class:`~ztaudit.detectors.spark_engine.SparkEngine`
   clock, excepted); the Spark run is a child process (its own JVM, with the Iceberg jars);
 * the findings Spark's run wrote through the findings store, read back as reports read them (DuckDB).
 
-Detectors that do not run on Spark yet are listed in :data:`NOT_ON_SPARK_YET` with the idiom that
-stops them; the test asserts they fail *for that reason* (and that every other detector matches), so
-fixing one fails the test until it moves to the compared set, and a new gap cannot hide.
+Every detector of the registry must run on Spark and match (all 12, with at least 10 finding
+something); one that cannot yet would be listed in :data:`NOT_ON_SPARK_YET` with the idiom that stops
+it, and the test asserts it fails *for that reason*, so a gap cannot hide.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from support.spark import arrow_digest, spark_jars
 from ztaudit.core.config import Config
 from ztaudit.core.iceberg import is_iceberg
 from ztaudit.core.lake import open_lake
+from ztaudit.detectors import registry
 from ztaudit.detectors.run import RunResult, run_detectors
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "sample_logs"
@@ -40,17 +41,12 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket:"
                                          "pytest.PytestUnraisableExceptionWarning")]
 
-#: Detector -> the reason it fails on Spark today (a substring of its error). Found by diffing the two
-#: runs; each is a statement the dialect reports rather than translates, or DuckDB-only code.
-NOT_ON_SPARK_YET: dict[str, str] = {
-    # detectors/impersonation_rights.py reads the RBAC snapshot through rbac.latest_grants, which
-    # still takes a DuckDB connection (the transitional seam of detectors/engine.py)
-    "impersonation.unapproved_right": "RBAC snapshot on the DuckDB engine only",
-    # revocation_status.py's candidates use `SELECT v.* REPLACE (...)` (star_replace, reported), and
-    # zt_rev_status a list comprehension over a `||` list that sqlglot cannot parse
-    "revocation.not_enforced": "star_replace",
-    "revocation.stream_survived": "star_replace",
-}
+#: Detector -> the reason it fails on Spark today (a substring of its error). Empty: every detector runs
+#: on Spark since the revocation statements were written portably (explicit columns for `* REPLACE`,
+#: list_concat for a `||` list, the printf/strftime/string_split rules) and impersonation_rights reads
+#: the RBAC snapshot through the engine seam. A detector that stops running on Spark must be listed
+#: here with its reason (the test then checks it fails for that reason), never silently skipped.
+NOT_ON_SPARK_YET: dict[str, str] = {}
 
 TABLES = ("reach", "credentials")
 
@@ -137,7 +133,8 @@ def test_every_detector_on_spark_gives_duckdbs_findings(runs: dict[str, Any]) ->
     duck, spark = runs["duckdb"], runs["spark"]
     detectors = sorted(duck["result"].counts)
     compared = [d for d in detectors if d not in NOT_ON_SPARK_YET]
-    assert len(compared) >= 9
+    assert set(detectors) == set(registry.DETECTORS) and len(compared) == len(detectors) - len(NOT_ON_SPARK_YET)
+    assert len(compared) >= 12
     with_findings = 0
     for did in compared:
         assert did not in spark["result"].errors, f"{did} failed on Spark: {spark['result'].errors.get(did)}"
@@ -147,7 +144,7 @@ def test_every_detector_on_spark_gives_duckdbs_findings(runs: dict[str, Any]) ->
         for fid, row in want.items():
             assert got[fid] == row, f"{did} {fid}: fields differ"
         with_findings += bool(want)
-    assert with_findings >= 8, "too few detectors found something: the comparison proves little"
+    assert with_findings >= 10, "too few detectors found something: the comparison proves little"
 
 
 def test_the_detectors_not_on_spark_yet_fail_for_the_known_reason(runs: dict[str, Any]) -> None:

@@ -74,6 +74,27 @@ def spark_jars() -> list[Path]:
     pytest.skip(why)
 
 
+def plain_session() -> Any:
+    """A local ``SparkSession`` without the lake's catalog (``local[2]``, UTC, 127.0.0.1 only, no UI), for
+    tests that run SQL on Spark; skips locally / fails in CI without PySpark. Stop it when done."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        why = "PySpark is not installed (pip install -c constraints.txt -e '.[dev]')"
+        if IN_CI:
+            pytest.fail(f"CI must have Spark: {why}")
+        pytest.skip(why)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder
+    for k, v in {"spark.master": "local[2]", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                 "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory"}.items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
 # --- the digest ---------------------------------------------------------------------------------
 
 def _norm(value: Any, typ: pa.DataType) -> Any:
