@@ -129,7 +129,29 @@ class Engine(Protocol):
         ...
 
 
-class DuckDBEngine:
+class TempStatements:
+    """The statements of :class:`Engine` that are plain SQL in both engines' common subset: what makes a
+    temp table, an empty one, an insert or a view. A subclass provides ``execute`` (its one funnel,
+    where an engine materialises, translates or binds as it must)."""
+
+    def execute(self, sql: str, params: Params = None) -> object:
+        raise NotImplementedError
+
+    def create_table(self, name: str, select: str, params: Params = None) -> None:
+        """``CREATE OR REPLACE TEMP TABLE name AS select``: the engine stores the rows (materialised)."""
+        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}", params)
+
+    def create_empty_table(self, name: str, columns: str) -> None:
+        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({columns})")
+
+    def insert_into(self, name: str, select: str, params: Params = None, *, by_name: bool = False) -> None:
+        self.execute(f"INSERT INTO {name} {'BY NAME ' if by_name else ''}{select}", params)
+
+    def create_view(self, name: str, select: str) -> None:
+        self.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
+
+
+class DuckDBEngine(TempStatements):
     """:class:`Engine` over a DuckDB connection, running the SQL exactly as given (module docstring).
 
     The connection is the caller's (``open_lake``'s: UTC session time zone, macros, views); :meth:`open`
@@ -188,19 +210,6 @@ class DuckDBEngine:
         """(Re)create the views over the lake's files (:func:`ztaudit.core.catalog.create_views`). They
         span the whole lake whatever ``window`` is: each statement prunes by ``dt`` itself."""
         catalog.create_views(self._con, lake)
-
-    def create_table(self, name: str, select: str, params: Params = None) -> None:
-        """``CREATE OR REPLACE TEMP TABLE name AS select``: DuckDB stores the rows."""
-        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}", params)
-
-    def create_empty_table(self, name: str, columns: str) -> None:
-        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({columns})")
-
-    def insert_into(self, name: str, select: str, params: Params = None, *, by_name: bool = False) -> None:
-        self.execute(f"INSERT INTO {name} {'BY NAME ' if by_name else ''}{select}", params)
-
-    def create_view(self, name: str, select: str) -> None:
-        self.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
         self._con.register(name, table)

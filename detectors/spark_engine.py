@@ -53,7 +53,7 @@ from ztaudit.core.schema import TABLES
 from ztaudit.core.spark_session import SparkUnavailable, spark_session
 from ztaudit.core.views import VIEWS
 from ztaudit.core.window import Window
-from ztaudit.detectors.engine import Params
+from ztaudit.detectors.engine import Params, TempStatements
 from ztaudit.detectors.spark_dialect import SparkStatement, UnsupportedIdiom, transpile_statement
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _sparkable(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, names=table.column_names)
 
 
-class SparkEngine:
+class SparkEngine(TempStatements):
     """:class:`~ztaudit.detectors.engine.Engine` on a Spark session (module docstring).
 
     :meth:`open` starts a session over an Iceberg lake and :meth:`close` stops it; an engine made
@@ -253,19 +253,6 @@ class SparkEngine:
             except SparkStatementError as exc:  # a statement reading it fails, naming the view
                 self.unavailable_views[view.name] = str(exc)
                 log.warning("derived view %s is not available on Spark: %s", view.name, exc)
-
-    def create_table(self, name: str, select: str, params: Params = None) -> None:
-        """Materialised with ``localCheckpoint`` (module docstring)."""
-        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}", params)
-
-    def create_empty_table(self, name: str, columns: str) -> None:
-        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({columns})")
-
-    def insert_into(self, name: str, select: str, params: Params = None, *, by_name: bool = False) -> None:
-        self.execute(f"INSERT INTO {name} {'BY NAME ' if by_name else ''}{select}", params)
-
-    def create_view(self, name: str, select: str) -> None:
-        self.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
         """``spark.createDataFrame`` from the Arrow table, materialised like a temp table."""

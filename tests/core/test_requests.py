@@ -75,6 +75,8 @@ def test_same_stage_as_the_view(rows: list[tuple[Any, ...]]) -> None:
     ([("ResponseComplete", None, "a"), ("ResponseComplete", 0, "b")], 1),  # a NULL stage_at comes last
     ([("ResponseComplete", 0, "b"), ("ResponseComplete", 0, "a")], 1),    # then the smallest origin
     ([("ResponseComplete", 0, None), ("ResponseComplete", 0, "z")], 1),   # a NULL origin comes last
+    # a NULL stage_at after any time, even one before 1970 (a negative epoch: a sentinel of 0 fails)
+    ([("ResponseComplete", None, "a"), ("ResponseComplete", -2_000_000_000, "b")], 1),
 ])
 def test_named_cases(stages: list[tuple[str, int | None, str | None]], kept: int) -> None:
     rows = [("prod", "a", T0, s, None if at is None else T0 + timedelta(seconds=at), o) for s, at, o in stages]
