@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from s3warehouse import s3_warehouse  # noqa: E402
 from support.kafka_broker import KafkaBroker, audit_events, create_topic  # noqa: E402
 
 N = int(os.environ.get("BENCH_CONSUME_EVENTS", "500000"))
@@ -75,8 +76,8 @@ def have_confluent() -> bool:
 
 
 def run_ztaudit(broker: KafkaBroker, topic: str, work: Path, backend: str,
-                table_format: str = "parquet") -> dict[str, Any]:
-    lake = work / f"lake-{backend}-{table_format}"
+                table_format: str = "parquet", lake_name: str | None = None) -> dict[str, Any]:
+    lake = work / (lake_name or f"lake-{backend}-{table_format}")
     metrics = work / f"metrics-{backend}.json"
     args = [ZTAUDIT, "consume", "--bootstrap-servers", broker.bootstrap, "--topic", f"{topic}=k8s_audit",
             "--lake", str(lake), "--group", f"bench-{uuid.uuid4().hex[:6]}", "--until-idle", str(UNTIL_IDLE),
@@ -181,6 +182,8 @@ def main() -> int:
         z = run_ztaudit(broker, topic, work, "kafka-python")
         # issue 16: the same consume into an Iceberg lake (one commit per table per flush round)
         zi = run_ztaudit(broker, topic, work, "kafka-python", "iceberg")
+        with s3_warehouse(work, f"consume-{topic}"):  # the same, the lake's files on S3Proxy
+            zs = run_ztaudit(broker, topic, work, "kafka-python", "iceberg", lake_name="lake-s3")
         zc = run_ztaudit(broker, topic, work, "confluent") if have_confluent() else None
         bare = run_bare(broker, topic)
         bare_c = run_bare_confluent(broker, topic) if have_confluent() else None
@@ -194,6 +197,7 @@ def main() -> int:
 
     rows = [zrow("ztaudit consume (kafka-python)", z, bare),
             zrow("  same, Iceberg lake", zi, bare),
+            zrow("  same, Iceberg lake on S3Proxy", zs, bare),
             ("bare kafka-python poll loop", bare["ev_s"], 1.0, f"{bare['events']:,} records in {bare['wall_s']} s")]
     if zc is not None and bare_c is not None:
         rows += [zrow("ztaudit consume (confluent)", zc, bare_c),
@@ -226,16 +230,18 @@ def main() -> int:
     slower = z["ev_s"] / zi["ev_s"]
     print(f"Iceberg lake time / plain lake time (kafka-python): {slower:.2f} (target <= 1.10): "
           f"{'yes' if slower <= 1.10 else 'NO'}")
+    print(f"Iceberg lake on S3Proxy time / plain lake time (kafka-python): {z['ev_s'] / zs['ev_s']:.2f} "
+          "(no target: alongside)")
     print(f"kafka-python ceiling vs librdkafka (kcat): {bare['ev_s'] / kc['ev_s']:.0%}")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
           "(other load on the machine lowers every rate above)")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "consume.json").write_text(json.dumps({"events": N, "ztaudit": z, "ztaudit_iceberg": zi,
-                                                  "ztaudit_confluent": zc,
+                                                  "ztaudit_iceberg_s3": zs, "ztaudit_confluent": zc,
                                                   "bare_kafka_python": bare, "bare_confluent": bare_c,
                                                   "kcat": kc, "process_only": proc}, indent=2))
-    ok = z["rc"] == 0 and z["events"] == N and zi["rc"] == 0 and zi["events"] == N
+    ok = all(r["rc"] == 0 and r["events"] == N for r in (z, zi, zs))
     if zc is not None:
         ok = ok and zc["rc"] == 0 and zc["events"] == N
     return 0 if ok else 1

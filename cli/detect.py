@@ -15,8 +15,10 @@ import click
 
 from ztaudit.cli.completion import complete_detector
 from ztaudit.cli.options import lake_option
+from ztaudit.core import warehouse
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import ZtauditError
+from ztaudit.core.iceberg import is_iceberg
 from ztaudit.core.lake import check_lake
 from ztaudit.core.progress import ProgressLine
 from ztaudit.core.timeutil import parse_time
@@ -71,8 +73,10 @@ def detect(lake: str, config_path: str | None, since: str | None, until: str | N
             click.echo(f"{did:<{width}}  {n:>8}  {result.seconds.get(did, 0.0):7.2f}")
         for name, rows in result.tables_built.items():
             click.echo(f"derived table {name}: {rows} rows")
+        wh = warehouse.of_lake(path) if is_iceberg(path) else None
+        where = f"{wh.uri}/findings" if wh is not None else str(path / "findings")
         click.echo(f"total: {sum(result.counts.values())} findings "
-                   f"({len(result.changed)} new or changed) written to {path / 'findings'}")
+                   f"({len(result.changed)} new or changed) written to {where}")
     for did, err in result.errors.items():
         click.echo(f"ztaudit detect: {did} failed: {err.splitlines()[0]}", err=True)
     if result.errors:

@@ -38,6 +38,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from ztaudit.core import warehouse
+from ztaudit.core.duckdb_fs import attach
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import table_files
 from ztaudit.core.iceberg import is_iceberg, snapshot_files
@@ -144,16 +146,30 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
     kind = "VIEW" if persistent else "TEMP VIEW"
     names = []
     iceberg = is_iceberg(lake)
+    wh = warehouse.of_lake(lake) if iceberg else None
+    if wh is not None:
+        # The files are s3:// objects: DuckDB reads them through pyarrow's S3 client, never through
+        # its httpfs extension (downloaded at run time: impossible on an air-gapped machine).
+        attach(con, wh.filesystem)
     for table, schema in TABLES.items():
         files = snapshot_files(lake, table) if iceberg else None
         if files:
-            gone = [f for f in files if not Path(f).is_file()]
+            # (on S3 a HEAD per object would cost more than the read: DuckDB names a missing one itself)
+            gone = [f for f in files if not Path(f).is_file()] if wh is None else []
             if gone:
                 raise LakeError(f"the Iceberg snapshot of {table} lists {len(gone)} file(s) that are gone, e.g. "
                                 f"{gone[0]}", fix=f"register what is on disk again: ztaudit migrate --lake {lake}")
             # An Iceberg lake: exactly the current snapshot's files, each with its own DATE dt.
             listed = ", ".join(sql_literal(f) for f in files)
-            _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")
+            try:
+                _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")
+            except duckdb.IOException as exc:
+                if wh is None:
+                    raise
+                said = " ".join(str(exc).split())[:400]
+                raise LakeError(f"the Iceberg snapshot of {table} names an object of {wh.uri} that cannot be read: "
+                                f"{said}", fix="check that the store is up and the credentials may read the bucket; "
+                                "an object deleted by hand: restore it, or re-ingest its input") from None
         elif files is None and has_files(lake, table):
             src = (f"read_parquet({sql_literal(table_glob(lake, table))}, hive_partitioning = true, "
                    f"union_by_name = true)")

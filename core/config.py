@@ -25,6 +25,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from ztaudit.core import warehouse
 from ztaudit.core.catalog_uri import mask_uri, query_secrets, remember_file_setting
 from ztaudit.core.errors import ConfigError, ConfigErrors
 from ztaudit.core.names import did_you_mean
@@ -269,6 +270,15 @@ class LakeSettings:
         "", "empty = the Iceberg catalog is a SQLite file inside the lake: nothing to start, one machine; "
         "postgresql+psycopg2://USER@HOST:PORT/DB shares it among writers on several machines (password from "
         "~/.pgpass or $PGPASSFILE, or in the URI of $ZTAUDIT_LAKE_CATALOG_URI; never in this file)")
+    warehouse: str = _opt(
+        "", "empty = an Iceberg lake keeps its files in the lake folder; s3://BUCKET/PREFIX keeps its data files "
+        "and table metadata on S3-compatible storage (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+        "or AWS_SHARED_CREDENTIALS_FILE, never from here); applies to lakes created with it (docs/iceberg.md)")
+    s3_endpoint: str = _opt(
+        "", "empty = AWS S3 itself; http(s)://HOST:PORT of an S3-compatible store (MinIO, Ceph, S3Proxy), "
+        "reached with path-style addressing")
+    s3_region: str = _opt("us-east-1", "the S3 region requests are signed for (most S3-compatible stores "
+                                       "accept us-east-1)")
 
 
 @dataclass(frozen=True)
@@ -524,8 +534,26 @@ def _check_catalog_uri(cfg: Config, errors: list[ConfigError]) -> None:
                                   "$PGPASSFILE names, mode 0600), or set the whole URI in $ZTAUDIT_LAKE_CATALOG_URI"))
 
 
+def _check_warehouse(cfg: Config, errors: list[ConfigError]) -> None:
+    """``lake.warehouse`` and ``lake.s3_endpoint``: an ``s3://BUCKET/PREFIX`` and an ``http(s)://HOST:PORT``
+    without credentials (:mod:`ztaudit.core.warehouse`). Messages never repeat the values."""
+    fix = "write lake.warehouse like s3://BUCKET/PREFIX and lake.s3_endpoint like http://HOST:PORT"
+    if cfg.lake.warehouse:
+        problem = warehouse.uri_problem(cfg.lake.warehouse)
+        if problem:
+            errors.append(ConfigError("lake.warehouse", problem, fix=fix))
+        elif cfg.lake.format != "iceberg":
+            errors.append(ConfigError("lake.warehouse", "is set, and lake.format is not iceberg: only an Iceberg "
+                                      "lake can keep its files on S3", fix="set lake.format = \"iceberg\""))
+    if cfg.lake.s3_endpoint:
+        problem = warehouse.endpoint_problem(cfg.lake.s3_endpoint)
+        if problem:
+            errors.append(ConfigError("lake.s3_endpoint", problem, fix=fix))
+
+
 def _validate(cfg: Config, errors: list[ConfigError]) -> None:
     _check_catalog_uri(cfg, errors)
+    _check_warehouse(cfg, errors)
     for key, patterns in (("identities.human_user_patterns", cfg.identities.human_user_patterns),
                           ("identities.human_group_patterns", cfg.identities.human_group_patterns),
                           ("identities.system_user_patterns", cfg.identities.system_user_patterns)):
@@ -660,6 +688,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if own_env:  # a command's configuration: its file's lake.catalog_uri is the one core.iceberg uses
         from_file = cfg.origins.get("lake.catalog_uri", "").startswith("file")
         remember_file_setting(cfg.lake.catalog_uri if from_file else "")
+        warehouse.remember_file_settings(cfg.lake.warehouse, cfg.lake.s3_endpoint, cfg.lake.s3_region)
     return dataclasses.replace(cfg, warnings=tuple(warnings))
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -355,21 +355,33 @@ def with_dt(table: pa.Table, day: str) -> pa.Table:
     return table.append_column(pa.field("dt", pa.date32()), pa.array([value] * table.num_rows, pa.date32()))
 
 
+def parquet_options(table: pa.Table, day: str | None,
+                    metadata: dict[bytes, bytes] | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """``table`` as a lake file holds it (its ``dt`` set to ``day`` when given, ``metadata`` added to
+    its key-value metadata) and the ``pq.write_table`` options of every lake file: zstd,
+    ``ROW_GROUP_ROWS`` row groups, no dictionary or statistics for :data:`HIGH_CARDINALITY` columns.
+    Shared by the local writer (:func:`write_parquet_atomic`) and the object-store writer
+    (:mod:`ztaudit.core.sink`), so a lake's files are the same wherever they live."""
+    if day is not None:
+        table = with_dt(table, day)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    low_card = [n for n in table.column_names if n not in HIGH_CARDINALITY]
+    return table, {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS,
+                   "use_dictionary": low_card, "write_statistics": low_card}
+
+
 def write_parquet_atomic(table: pa.Table, final: Path, metadata: dict[bytes, bytes] | None = None) -> Path:
     """Write ``table`` to ``final`` atomically as zstd Parquet with ``ROW_GROUP_ROWS`` row groups.
 
     ``metadata`` is added to the file's key-value metadata (the sink records a chunk's extent
     there). Raises :class:`SinkError` (nothing half-written is left behind) when the disk refuses.
     """
-    if final.parent.name.startswith("dt="):
-        table = with_dt(table, final.parent.name[3:])
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    low_card = [n for n in table.column_names if n not in HIGH_CARDINALITY]
+    day = final.parent.name[3:] if final.parent.name.startswith("dt=") else None
+    table, options = parquet_options(table, day, metadata)
 
     def write(fh: BinaryIO) -> None:
-        pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-                       use_dictionary=low_card, write_statistics=low_card)
+        pq.write_table(table, fh, **options)
 
     try:
         makedirs(final.parent)

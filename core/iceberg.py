@@ -68,13 +68,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 import pyarrow as pa
 
-from ztaudit.core import catalog_uri
+from ztaudit.core import catalog_uri, warehouse
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import HIGH_CARDINALITY, UNDATED, file_lock, fsync_dir, makedirs
 from ztaudit.core.schema import TABLES
@@ -306,8 +306,30 @@ def commit_lock(lake: Path) -> Iterator[None]:
         yield
 
 
-def _location(lake: Path) -> Path:
-    return Path(lake).resolve() / ICEBERG_DIR
+def _location(lake: Path) -> str:
+    """Where the tables' metadata folders are: ``LAKE/_iceberg`` (absolute), or
+    ``s3://BUCKET/PREFIX/_iceberg`` for a lake whose warehouse is on S3."""
+    wh = warehouse.of_lake(lake)
+    return f"{wh.uri}/{ICEBERG_DIR}" if wh is not None else str(Path(lake).resolve() / ICEBERG_DIR)
+
+
+def _io_properties(lake: Path) -> dict[str, str]:
+    """pyiceberg FileIO properties of the lake's warehouse (none for the lake folder; no credential)."""
+    wh = warehouse.of_lake(lake)
+    return wh.iceberg_properties() if wh is not None else {}
+
+
+def file_key_of(lake: Path, path: PurePath) -> str:
+    """The path or URI a manifest records for the lake file ``path``: its resolved local path, or
+    ``s3://BUCKET/KEY`` for an object of the lake's S3 warehouse (``BUCKET/KEY``)."""
+    wh = warehouse.of_lake(lake)
+    return wh.object_uri(path) if wh is not None else str(Path(path).resolve())
+
+
+def data_root(lake: Path) -> PurePath:
+    """Where the tables' ``dt=`` folders are: the lake folder, or ``BUCKET/PREFIX`` on S3."""
+    wh = warehouse.of_lake(lake)
+    return Path(lake).resolve() if wh is None else wh.root
 
 
 def open_catalog(lake: Path) -> SqlCatalog:
@@ -336,7 +358,7 @@ def open_catalog(lake: Path) -> SqlCatalog:
             with owner_only():
                 # SQLAlchemy decodes %XX in the URL's path: quote it, so '%', ' ' and '#' survive.
                 catalog = SqlCatalog(CATALOG_NAME, uri="sqlite:///" + quote(str(path), safe="/"),
-                                     warehouse=str(_location(lake)))
+                                     warehouse=_location(lake), **_io_properties(lake))
         except Exception as exc:
             raise LakeError(f"cannot open the Iceberg catalog {path}: {exc}",
                             fix="check that the lake is readable; `ztaudit migrate --lake DIR` recreates it") from exc
@@ -353,7 +375,8 @@ def _open_shared(lake: Path) -> SqlCatalog:
     last: Exception | None = None
     for attempt in range(3):  # two processes creating the catalog's own tables at once: one retries
         try:
-            catalog = SqlCatalog(name, uri=uri, warehouse=str(_location(lake)), pool_pre_ping="true")
+            catalog = SqlCatalog(name, uri=uri, warehouse=_location(lake), pool_pre_ping="true",
+                                 **_io_properties(lake))
             with catalog.engine.connect():
                 pass
             return catalog
@@ -406,7 +429,7 @@ def ensure_table(catalog: SqlCatalog, lake: Path, table: str) -> Table:
             tbl = catalog.load_table(_identifier(table))
         except NoSuchTableError:
             tbl = catalog.create_table_if_not_exists(
-                _identifier(table), schema=wanted, location=str(_location(lake) / table),
+                _identifier(table), schema=wanted, location=f"{_location(lake)}/{table}",
                 properties=TABLE_PROPERTIES)
         if not tbl.spec().fields:
             with tbl.update_spec() as spec:
@@ -442,7 +465,7 @@ def _set_name_mapping(catalog: SqlCatalog, tbl: Table) -> Table:
 def _check_location(lake: Path, tbl: Table) -> None:
     """Refuse a table whose metadata lives outside this lake: the lake was copied or moved, and its
     manifests name the files at the old place (absolute paths, as the Iceberg spec requires)."""
-    here = str(_location(lake))
+    here = _location(lake)
     loc = local_path(tbl.location())
     if loc != here and not loc.startswith(here + "/"):
         raise LakeError(f"the Iceberg tables of {lake} were made for another place ({loc}): the lake was "
@@ -458,11 +481,17 @@ def create(lake: Path, *, ready: bool = True) -> None:
 
     makedirs(Path(lake) / ICEBERG_DIR)
     with commit_lock(lake):
+        wanted = warehouse.configured()  # LakeError for a malformed lake.warehouse, before anything is made
         if not catalog_file(lake).is_file() and not catalog_ref(lake).is_file():
+            if wanted is not None:  # first: a refused store leaves no catalog behind to pin the folder
+                warehouse.record(lake, wanted)
             uri = catalog_uri.configured()  # read only here and for a PostgreSQL lake: the default stays fast
             if uri:
                 _remember_secret(uri)
                 _write_ref(lake, uri)
+        elif wanted is not None and warehouse.of_lake(lake) is None:
+            log.warning("iceberg: lake.warehouse is set, but %s keeps its files in its own folder, as it was "
+                        "made: the setting applies to lakes created with it", lake)
         catalog = open_catalog(lake)
         for attempt in range(COMMIT_RETRIES):
             try:
@@ -524,11 +553,13 @@ def _epoch_day(day: str) -> int | None:
     return None if day == UNDATED else (date.fromisoformat(day) - date(1970, 1, 1)).days
 
 
-def table_day(lake: Path, path: Path) -> tuple[str, str] | None:
-    """``(table, day)`` of a data file path under ``lake`` (``LAKE/<table>/dt=<day>/<name>.parquet``),
-    or None for anything else (a foreign folder name, a file elsewhere)."""
+def table_day(lake: Path, path: PurePath) -> tuple[str, str] | None:
+    """``(table, day)`` of a data file path under ``lake`` (``LAKE/<table>/dt=<day>/<name>.parquet``, or
+    ``BUCKET/PREFIX/<table>/...`` for a lake on S3), or None for anything else (a foreign folder name, a
+    file elsewhere)."""
+    root = data_root(lake)
     try:
-        rel = Path(path).resolve().relative_to(Path(lake).resolve())
+        rel = (Path(path).resolve() if isinstance(root, Path) else path).relative_to(root)
     except ValueError:
         return None
     if len(rel.parts) != 3 or rel.parts[0] not in TABLES or not rel.parts[1].startswith("dt="):
@@ -577,16 +608,16 @@ class Published:
         return self
 
 
-def _by_table(lake: Path, paths: Iterable[Path]) -> dict[str, dict[str, Path]]:
-    out: dict[str, dict[str, Path]] = {}
+def _by_table(lake: Path, paths: Iterable[PurePath]) -> dict[str, dict[str, PurePath]]:
+    out: dict[str, dict[str, PurePath]] = {}
     for p in paths:
         where = table_day(lake, p)
         if where is not None:
-            out.setdefault(where[0], {})[str(Path(p).resolve())] = Path(p)
+            out.setdefault(where[0], {})[file_key_of(lake, p)] = p
     return out
 
 
-def publish(lake: Path, *, added: Iterable[Path] = (), removed: Iterable[Path] = (),
+def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[PurePath] = (),
             summary: Mapping[str, str] | None = None) -> Published:
     """Register ``added`` and unregister ``removed`` data files, one commit per table touched.
 
@@ -637,7 +668,8 @@ def _backoff(attempt: int) -> float:
     return float(min(2.0, 0.02 * (2 ** attempt)) * random.random())  # noqa: S311 (jitter, not a secret)
 
 
-def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: dict[str, Path], drops: dict[str, Path],
+def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[str, PurePath],
+                   drops: Mapping[str, PurePath],
                    summary: Mapping[str, str] | None) -> Published:
     """One table's commit of :func:`publish` (under the commit lock), retried on a lost race."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
@@ -735,16 +767,38 @@ def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None
     for snap in tbl.snapshots():
         keep.add(local_path(snap.manifest_list))
         keep |= {local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
-    folder = Path(local_path(tbl.location())) / "metadata"
-    if not str(folder.resolve()).startswith(str(_location(lake)) + "/"):
-        return 0  # never delete outside this lake
     if min_age_s is None:  # a writer on another machine may be between its manifests and its commit
         min_age_s = SHARED_METADATA_GRACE_S if is_shared(lake) else 60.0
     limit = time.time() - min_age_s
+    wh = warehouse.of_lake(lake)
+    if wh is not None:
+        return _remove_unreferenced_objects(lake, tbl, keep, limit)
+    folder = Path(local_path(tbl.location())) / "metadata"
+    if not str(folder.resolve()).startswith(_location(lake) + "/"):
+        return 0  # never delete outside this lake
     removed = 0
     for entry in (os.scandir(folder) if folder.is_dir() else []):
         if entry.is_file() and str(Path(entry.path).resolve()) not in keep and entry.stat().st_mtime < limit:
             os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
+def _remove_unreferenced_objects(lake: Path, tbl: Table, keep: set[str], limit: float) -> int:
+    """:func:`remove_unreferenced_metadata` for a table whose metadata is on S3: one listing of its
+    ``metadata/`` prefix, a ``DELETE`` per object not in ``keep`` and last modified before ``limit``."""
+    from pyarrow.fs import FileSelector, FileType
+
+    wh = warehouse.of_lake(lake)
+    loc = tbl.location().rstrip("/")
+    if wh is None or not loc.startswith(_location(lake) + "/"):
+        return 0  # never delete outside this lake's warehouse
+    fs = wh.filesystem
+    removed = 0
+    for info in fs.get_file_info(FileSelector(loc[len("s3://"):] + "/metadata", allow_not_found=True)):
+        if (info.type == FileType.File and f"s3://{info.path}" not in keep and info.mtime is not None
+                and info.mtime.timestamp() < limit):
+            fs.delete_file(info.path)
             removed += 1
     return removed
 
@@ -770,6 +824,10 @@ def publish_all(lake: Path, tables: Iterable[str] | None = None) -> Published:
     """Make each table (default: all) list exactly the committed files of its folders: registers the
     files it lacks or whose size changed, unregisters the files that are gone. ``ztaudit migrate``
     calls it (on a lake not yet READY too); one commit per table that changes."""
+    wh = warehouse.of_lake(lake)
+    if wh is not None:
+        raise LakeError(f"the files of {lake} are in {wh.uri}: registering a lake's files again from a listing is "
+                        "not supported on S3 yet", fix="nothing to migrate: a lake on S3 is made an Iceberg lake")
     out = Published()
     with commit_lock(lake):
         catalog = open_catalog(lake)

@@ -33,8 +33,8 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Final
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Final
 
 import orjson
 import pyarrow as pa
@@ -49,6 +49,7 @@ from ztaudit.core.files import (
     day_dirs,
     fsync_dir,
     makedirs,
+    parquet_options,
     safe_key,
     sweep_temp_files,
     table_files,
@@ -58,6 +59,11 @@ from ztaudit.core.iceberg import Published, is_iceberg
 from ztaudit.core.keys import MANIFEST, drop_merged, read_manifest
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Rejected
 from ztaudit.core.schema import PARTITION_TIME, QUARANTINE, SOURCE_KINDS, TABLES
+from ztaudit.core.warehouse import S3Warehouse, verify_claim
+from ztaudit.core.warehouse import of_lake as warehouse_of
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +143,17 @@ class LakeSink:
     #: ``"parquet"``: leave the lake as it is (a lake that is Iceberg already stays Iceberg)
     table_format: str | None = None
     #: files written since the last :meth:`publish` (registered by it in an Iceberg lake)
-    added: set[Path] = field(default_factory=set, init=False, repr=False)
+    added: set[PurePath] = field(default_factory=set, init=False, repr=False)
     #: files to delete: in an Iceberg lake they stay on disk until :meth:`publish` committed their removal
-    removed: set[Path] = field(default_factory=set, init=False, repr=False)
+    removed: set[PurePath] = field(default_factory=set, init=False, repr=False)
     #: table -> day -> names in ``dt=<day>``, for the tables :meth:`write_chunk` looked at (a
     #: consumer that only calls :meth:`write` for months keeps no index that grows with its files)
     _index: dict[str, dict[str, set[str]]] = field(default_factory=dict, init=False, repr=False)
     _iceberg: bool | None = field(default=None, init=False, repr=False)
     #: tables whose leftover temporary files this sink swept
     _swept: set[str] = field(default_factory=set, init=False, repr=False)
+    _wh: S3Warehouse | None = field(default=None, init=False, repr=False)
+    _wh_known: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lake = Path(self.lake)
@@ -157,8 +165,27 @@ class LakeSink:
                                     "lake.format = \"parquet\"")
             iceberg.create(self.lake)
             self._iceberg = True
+        if self.table_format is not None:
+            self._check_warehouse()
 
-    def remove(self, path: Path) -> bool:
+    def _check_warehouse(self) -> None:
+        """Refuse to write source data when ``lake.warehouse`` names another place than the one this lake
+        keeps its files in (it is fixed when the lake is made): the user expects the new files there.
+        Called for the writers that take ``lake.format`` (ingest, consume, serve); ``detect``,
+        ``triage`` and ``maintain`` work on the lake where it is. Raises :class:`SinkError` (exit 4)."""
+        from ztaudit.core import warehouse
+
+        wanted = warehouse.configured()
+        if wanted is None or not self.iceberg:
+            return
+        have = self.warehouse
+        if have is None or have.uri != wanted.uri:
+            where = have.uri if have is not None else "its own folder"
+            raise SinkError(f"the lake {self.lake} keeps its files in {where}, and lake.warehouse names {wanted.uri}",
+                            fix="unset lake.warehouse (the lake knows where its files are), or give the new "
+                                "warehouse a new --lake folder")
+
+    def remove(self, path: PurePath) -> bool:
         """Delete the lake file ``path`` (an earlier version of a chunk, a leftover of an uncommitted
         flush). In a plain lake at once (and the folder fsynced); in an Iceberg lake the file stays
         until :meth:`publish` committed its removal, so no reader of the current snapshot meets a
@@ -166,10 +193,11 @@ class LakeSink:
         when it cannot be deleted."""
         if self.iceberg:
             self.added.discard(path)
-            if not path.exists():
+            if not self.exists(path):
                 return False
             self.removed.add(path)
             return True
+        assert isinstance(path, Path)  # a plain lake is a local folder
         try:
             path.unlink()
         except FileNotFoundError:
@@ -179,6 +207,47 @@ class LakeSink:
                             fix="make the lake writable and run the same command again") from exc
         fsync_dir(path.parent)  # the deletion is durable before the run reports success
         return True
+
+    @property
+    def warehouse(self) -> S3Warehouse | None:
+        """The S3 warehouse of an Iceberg lake whose files live there (:mod:`ztaudit.core.warehouse`),
+        None when they are in the lake folder. Looked up once per sink."""
+        if not self._wh_known:
+            self._wh = warehouse_of(self.lake) if self.iceberg else None
+            if self._wh is not None:
+                verify_claim(self.lake, self._wh)  # before anything writes or deletes there
+            self._wh_known = True
+        return self._wh
+
+    @property
+    def filesystem(self) -> FileSystem | None:
+        """pyarrow's filesystem of the lake's files when they are not local (else None: plain paths)."""
+        wh = self.warehouse
+        return None if wh is None else wh.filesystem
+
+    @property
+    def root(self) -> PurePath:
+        """Where the tables' folders are: the lake folder, or ``BUCKET/PREFIX`` of its S3 warehouse."""
+        wh = self.warehouse
+        return self.lake if wh is None else wh.root
+
+    def exists(self, path: PurePath) -> bool:
+        """Whether the lake file ``path`` exists (a ``HEAD`` request on S3). Raises ``OSError`` when the
+        store cannot be asked."""
+        fs = self.filesystem
+        if fs is None:
+            return Path(path).exists()
+        from pyarrow.fs import FileType
+
+        return bool(fs.get_file_info(str(path)).type == FileType.File)
+
+    def _delete(self, path: PurePath) -> None:
+        """Delete ``path`` (raises ``FileNotFoundError`` when it is gone, ``OSError`` when refused)."""
+        fs = self.filesystem
+        if fs is None:
+            Path(path).unlink()
+        else:
+            fs.delete_file(str(path))
 
     @property
     def iceberg(self) -> bool:
@@ -205,14 +274,15 @@ class LakeSink:
         dirs = set()
         for path in self.removed:
             try:
-                path.unlink()
+                self._delete(path)
                 dirs.add(path.parent)
             except FileNotFoundError:
                 pass
             except OSError as exc:  # unlisted already: an orphan `maintain --remove-orphans` deletes
                 log.warning("lake: cannot delete %s after unlisting it: %s", path, exc.strerror or exc)
-        for d in dirs:
-            fsync_dir(d)
+        if self.filesystem is None:
+            for d in dirs:
+                fsync_dir(Path(d))
         self.added.clear()
         self.removed.clear()
         return result
@@ -222,7 +292,9 @@ class LakeSink:
         (i.e. once per run); called before the sink first writes or indexes the table."""
         if table not in self._swept:
             self._swept.add(table)
-            for d in day_dirs(self.table_dir(table)):
+            if self.filesystem is not None:
+                return  # objects are PUT whole: a killed writer leaves no temporary object
+            for d in day_dirs(self.lake / table):
                 sweep_temp_files(d)
 
     def day_index(self, table: str) -> dict[str, set[str]]:
@@ -231,7 +303,9 @@ class LakeSink:
         if index is None:
             self.sweep(table)
             index = {}
-            for d in day_dirs(self.table_dir(table)):
+            if self.filesystem is not None:
+                index = self._object_index(table)
+            for d in day_dirs(self.lake / table) if self.filesystem is None else []:
                 try:
                     index[d.name[3:]] = {e.name for e in os.scandir(d)}
                 except OSError:  # vanished (a compaction swap) or unreadable: nothing known there
@@ -239,14 +313,134 @@ class LakeSink:
             self._index[table] = index
         return index
 
-    def table_dir(self, table: str) -> Path:
-        return self.lake / table
+    def _object_index(self, table: str) -> dict[str, set[str]]:
+        """Day -> object names of ``table`` in an S3 warehouse: one recursive listing (``LIST`` pages
+        of 1,000 keys). Raises :class:`SinkError` when the store refuses."""
+        fs = self.filesystem
+        assert fs is not None
+        from pyarrow.fs import FileSelector, FileType
 
-    def path_for(self, table: str, day: str, file_key: str) -> Path:
-        return self.lake / table / f"dt={day}" / f"{safe_key(file_key)}.parquet"
+        base = str(self.table_dir(table))
+        try:
+            infos = fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise SinkError(f"cannot list {self.warehouse and self.warehouse.object_uri(PurePath(base))}: {exc}",
+                            fix="check that the S3 store is up and the credentials may list the bucket") from exc
+        index: dict[str, set[str]] = {}
+        for info in infos:
+            rel = info.path[len(base) + 1:].split("/")
+            if info.type == FileType.File and len(rel) == 2 and rel[0].startswith("dt="):
+                index.setdefault(rel[0][3:], set()).add(rel[1])
+        return index
+
+    def named(self, name: str) -> list[PurePath]:
+        """Every file called ``name`` in any table and day (sorted): the consumer's leftovers of a
+        chunk key (:mod:`ztaudit.pipeline.consume.recovery`). Lists the tables (on S3, all their objects)."""
+        return sorted(self.table_dir(t) / f"dt={day}" / name
+                      for t in TABLES for day, names in self.listing(t).items() if name in names)
+
+    def named_like(self, stem: str) -> list[PurePath]:
+        """Every file whose name starts with ``stem`` in any table and day (sorted)."""
+        return sorted(self.table_dir(t) / f"dt={day}" / n
+                      for t in TABLES for day, names in self.listing(t).items()
+                      for n in names if n.startswith(stem) and n.endswith(".parquet"))
+
+    def listing(self, table: str) -> dict[str, set[str]]:
+        """A fresh day -> names listing of ``table`` (not the cached index: another run may have
+        written since)."""
+        if self.filesystem is not None:
+            return self._object_index(table)
+        out: dict[str, set[str]] = {}
+        for d in day_dirs(self.lake / table):
+            try:
+                out[d.name[3:]] = {e.name for e in os.scandir(d) if e.is_file()}
+            except OSError:
+                continue
+        return out
+
+    def stat_files(self, table: str) -> list[tuple[PurePath, float]]:
+        """Every committed data file of ``table`` with its modification time (seconds since the epoch),
+        for ``maintain``'s orphan sweep: the lake folder's own files (:func:`table_files`, which raises
+        :class:`~ztaudit.core.errors.LakeError` naming a foreign one), or the objects of the S3 warehouse."""
+        fs = self.filesystem
+        if fs is None:
+            return [(p, p.stat().st_mtime) for p in table_files(self.lake / table)]
+        from pyarrow.fs import FileSelector, FileType
+
+        base = str(self.table_dir(table))
+        out: list[tuple[PurePath, float]] = []
+        for info in fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True)):
+            rel = info.path[len(base) + 1:].split("/")
+            if (info.type == FileType.File and len(rel) == 2 and rel[0].startswith("dt=")
+                    and rel[1].endswith(".parquet") and info.mtime is not None):
+                out.append((PurePath(info.path), info.mtime.timestamp()))
+        return sorted(out)
+
+    def delete_file(self, path: PurePath) -> None:
+        """Delete one file at once (``maintain``: an orphan no snapshot lists). Raises ``OSError``."""
+        self._delete(path)
+
+    def delete_day(self, table: str, day: str) -> None:
+        """Delete the folder (or the objects under the prefix) of one day of ``table`` at once: called by
+        ``maintain`` after a retention commit stopped listing that day. Errors are logged, not raised
+        (the files are orphans by then; the next ``--remove-orphans`` takes them)."""
+        where = self.table_dir(table) / f"dt={day}"
+        fs = self.filesystem
+        try:
+            if fs is None:
+                import shutil
+
+                shutil.rmtree(Path(where))
+            else:
+                fs.delete_dir(str(where))
+        except (OSError, FileNotFoundError) as exc:
+            log.warning("lake: cannot delete %s after retention unlisted it: %s", self.display(where), exc)
+
+    def table_dir(self, table: str) -> PurePath:
+        return self.root / table
+
+    def path_for(self, table: str, day: str, file_key: str) -> PurePath:
+        return self.root / table / f"dt={day}" / f"{safe_key(file_key)}.parquet"
+
+    def write_file(self, part: pa.Table, path: PurePath, meta: dict[bytes, bytes] | None) -> PurePath:
+        """Write one lake file: atomically in a local folder, as one whole object on S3 (serialised
+        in memory first, so a failed upload never leaves an object the footer of which is missing).
+        Raises :class:`SinkError`."""
+        fs = self.filesystem
+        if fs is None:
+            return write_parquet_atomic(part, Path(path), meta)
+        table, options = parquet_options(part, path.parent.name[3:], meta)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, **options)
+        try:
+            with fs.open_output_stream(str(path)) as out:
+                out.write(buf.getvalue())
+        except OSError as exc:
+            where = self.warehouse.object_uri(path) if self.warehouse else str(path)
+            raise SinkError(f"cannot write {where}: {exc}",
+                            fix="check that the S3 store is up and the credentials may write the bucket") from exc
+        return path
+
+    def read_metadata(self, path: PurePath) -> pq.FileMetaData:
+        """The Parquet footer of the lake file ``path``. Raises ``OSError`` or ``ArrowException``."""
+        return pq.read_metadata(str(path), filesystem=self.filesystem)
+
+    def read_table(self, path: PurePath, columns: list[str] | None = None) -> pa.Table:
+        """``columns`` (default: all) of the lake file ``path``. Raises ``OSError`` or ``ArrowException``."""
+        return pq.read_table(str(path), columns=columns, filesystem=self.filesystem)
+
+    def display(self, path: PurePath) -> str:
+        """How messages name a lake file: its path relative to the lake (or its ``s3://`` URI)."""
+        wh = self.warehouse
+        if wh is not None:
+            return wh.object_uri(path)
+        try:
+            return str(Path(path).relative_to(self.lake))
+        except ValueError:
+            return str(path)
 
     def write(self, table_name: str, table: pa.Table, file_key: str, extent: int | None = None,
-              first_record: str | None = None) -> list[Path]:
+              first_record: str | None = None) -> list[PurePath]:
         """Conform ``table`` to its schema, split it by UTC day, write one file per day.
 
         ``extent`` (input bytes the chunk covered) and ``first_record`` (a Kafka chunk's first record's
@@ -264,7 +458,7 @@ class LakeSink:
             meta = {CHUNK_EXTENT: str(extent).encode()} if extent is not None else {}
             if first_record is not None:
                 meta[CHUNK_FIRST] = first_record.encode()
-            path = write_parquet_atomic(part, self.path_for(table_name, day, file_key), meta or None)
+            path = self.write_file(part, self.path_for(table_name, day, file_key), meta or None)
             self.added.add(path)
             self.removed.discard(path)
             if index is not None:
@@ -274,7 +468,7 @@ class LakeSink:
 
     def write_chunk(self, tables: Mapping[str, pa.Table], rejected: Sequence[Rejected], file_key: str,
                     now: datetime | None = None, extent: int | None = None,
-                    scope: Sequence[str] = CHUNK_TABLES) -> list[Path]:
+                    scope: Sequence[str] = CHUNK_TABLES) -> list[PurePath]:
         """Write one input chunk under ``file_key`` and make it the only version of that key.
 
         Called by ``ingest`` (on its writer thread) once per chunk, and by ``detect`` for each
@@ -311,7 +505,7 @@ class LakeSink:
                 log.warning("lake: chunk %s: replaces %s, a longer version whose rows differ from this "
                             "input's (the input was edited, or another input starts with the same "
                             "record)", file_key, longer[0])
-        written: list[Path] = []
+        written: list[PurePath] = []
         parts = dict(tables)
         if rejected:
             parts["quarantine"] = quarantine_table(rejected, now)
@@ -336,7 +530,7 @@ class LakeSink:
                 if not self.remove(stale):  # merged by a compaction since we listed the day
                     continue
                 log.info("lake: removed %s: chunk %s now lives in %s", stale, file_key,
-                         ", ".join(str(p.relative_to(self.lake)) for p in written) or "no file (no rows)")
+                         ", ".join(self.display(p) for p in written) or "no file (no rows)")
         return written
 
     def _republish_key(self, file_key: str) -> None:
@@ -351,7 +545,7 @@ class LakeSink:
                 if name in names:
                     self.added.add(self.path_for(table_name, day, file_key))
 
-    def longer_version(self, file_key: str, extent: int) -> tuple[Path, int] | None:
+    def longer_version(self, file_key: str, extent: int) -> tuple[PurePath, int] | None:
         """A file of ``file_key`` already in the lake whose recorded extent exceeds ``extent``, with
         that extent; None if there is none (the usual case: one set lookup per table and day).
         An unreadable footer counts as no extent: the new version then replaces it."""
@@ -362,7 +556,7 @@ class LakeSink:
                     continue
                 path = self.path_for(table_name, day, file_key)
                 try:
-                    meta = pq.read_metadata(path).metadata or {}
+                    meta = self.read_metadata(path).metadata or {}
                     theirs = int(meta.get(CHUNK_EXTENT, b"-1"))
                 except (OSError, ValueError, pa.ArrowException):
                     continue
@@ -387,7 +581,7 @@ class LakeSink:
         new = conform(table, TABLES[table_name])
         cols = [c for c in new.column_names if c not in ("origin", "ingested_at")]
         try:
-            old = pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
+            old = pa.concat_tables([self.read_table(p, cols) for p in paths])
         except (OSError, pa.ArrowException):
             return False
 
@@ -397,7 +591,7 @@ class LakeSink:
         return rows(new) <= rows(old)
 
     def write_quarantine(self, rejected: list[Rejected], file_key: str,
-                         now: datetime | None = None, first_record: str | None = None) -> list[Path]:
+                         now: datetime | None = None, first_record: str | None = None) -> list[PurePath]:
         """Write rejected records (raw capped at :data:`QUARANTINE_RAW_CAP`) to ``quarantine/``.
 
         The raw bytes must already be scrubbed of secrets (``pipeline.redact``; see
@@ -415,10 +609,12 @@ class LakeSink:
         ``table`` (the ``_compacted.json`` of each day that has one, cached by mtime)."""
         name = f"{safe_key(file_key)}.parquet"
         ranges: list[tuple[str, int, int]] = []
+        if self.filesystem is not None:
+            return ranges  # `compact` does not run on an S3 warehouse: no day was merged
         for day, names in self.day_index(table).items():
             if MANIFEST not in names:
                 continue
-            manifest = read_manifest(self.table_dir(table) / f"dt={day}")
+            manifest = read_manifest(self.lake / table / f"dt={day}")
             if manifest is not None:
                 ranges += manifest.file_ranges.get(name, [])
         return ranges
@@ -429,4 +625,4 @@ class LakeSink:
         Raises :class:`~ztaudit.core.errors.LakeError` naming any foreign file a reader would
         read (:func:`~ztaudit.core.files.table_files`).
         """
-        return table_files(self.table_dir(table))
+        return table_files(self.lake / table)

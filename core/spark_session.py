@@ -31,6 +31,31 @@ What it sets, and why:
   cache that ``scripts/spark-jars`` fills from Maven Central, never ``spark.jars.packages``, so no
   session fetches anything at run time.
 
+**Tables on S3** (``s3=S3Settings(...)``; ``None``, the default, changes nothing above). A lake whose
+tables live on S3 or an S3-compatible store (table location ``s3://BUCKET/PREFIX/_iceberg/<table>``,
+data files ``s3://BUCKET/PREFIX/<table>/dt=.../<key>.parquet``) keeps its catalog in
+``LAKE/_iceberg/catalog.db`` as before; only the files are read through Iceberg's own S3 client:
+
+* ``io-impl=org.apache.iceberg.aws.s3.S3FileIO`` (its AWS SDK v2 is ``iceberg-aws-bundle``, which
+  ``scripts/spark-jars`` fetches beside the runtime), not Hadoop's ``s3a``: no ``hadoop-aws`` on the
+  classpath, and the paths are read exactly as written (``s3://``, ``+`` and ``=`` kept).
+* ``s3.endpoint`` (when set: S3Proxy, MinIO, ...; unset = AWS's own endpoint of the region),
+  ``s3.path-style-access`` (``true`` for a store without per-bucket DNS names, as pyiceberg's
+  ``s3.force-virtual-addressing=false``), ``client.region``.
+* **No credentials in the Spark conf, ever.** Spark prints its properties in logs, the event log and
+  the UI, and PySpark hands them to ``spark-submit`` as ``--conf`` arguments, visible to every local
+  user in the JVM's command line; so neither :func:`spark_conf` nor ``extra`` may carry a key id,
+  secret or session token (:data:`SECRET_PROPERTY_MARKERS`; refused with :class:`SparkUnavailable`),
+  nor may the endpoint carry ``user:password@``. S3FileIO given no ``s3.access-key-id`` asks the AWS
+  SDK's default credentials chain, which reads the **environment of the JVM**: ``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN``), else the shared credentials file
+  ``AWS_SHARED_CREDENTIALS_FILE`` (default ``~/.aws/credentials``, profile ``AWS_PROFILE``), else
+  web identity, container or instance credentials. PySpark launches the JVM with a copy of
+  ``os.environ`` and keeps that JVM for the life of the process (``session.stop()`` does not end
+  it): the variables must be set before the process's first Spark session, and a later change
+  does not reach it. ``tests/core/test_spark_reads_s3.py`` proves both ways (variables, credentials
+  file) against S3Proxy, and that the secret is in no Spark property.
+
 Failure: without PySpark (the optional ``spark`` extra), without the jars or without the lake's
 catalog it raises :class:`SparkUnavailable` or :class:`~ztaudit.core.errors.LakeError` (exit 2)
 with the fix; nothing is started. An active session of this process configured for another lake is
@@ -42,9 +67,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
+from ztaudit.core import warehouse
 from ztaudit.core.errors import LakeError, ZtauditError
 from ztaudit.core.iceberg import CATALOG_NAME, ICEBERG_DIR, catalog_file
 
@@ -55,6 +83,17 @@ if TYPE_CHECKING:
 LOOPBACK: Final = "127.0.0.1"
 #: The Spark property that names the lake a session reads (compared when a session is reused).
 CATALOG_URI_KEY: Final = f"spark.sql.catalog.{CATALOG_NAME}.uri"
+#: Besides the lake, what a reused session must agree on: how it reads the files (local or S3, where).
+_REUSE_KEYS: Final = tuple(f"spark.sql.catalog.{CATALOG_NAME}.{k}"
+                           for k in ("io-impl", "s3.endpoint", "s3.path-style-access", "client.region"))
+#: Iceberg's FileIO for ``s3://`` files (``iceberg-aws-bundle`` carries the AWS SDK it uses).
+S3_FILE_IO: Final = "org.apache.iceberg.aws.s3.S3FileIO"
+#: A Spark property whose name contains one of these (case-insensitive) carries a credential:
+#: Iceberg's ``s3.access-key-id`` / ``s3.secret-access-key`` / ``s3.session-token`` /
+#: ``client.credentials-provider.*``, Hadoop's ``fs.s3a.access.key`` / ``fs.s3a.secret.key`` /
+#: ``fs.s3a.session.token``, and anything named like a secret or password.
+SECRET_PROPERTY_MARKERS: Final = ("access-key", "access.key", "secret", "session-token", "session.token",
+                                  "credentials-provider", "password")
 
 
 class SparkUnavailable(ZtauditError):
@@ -63,11 +102,65 @@ class SparkUnavailable(ZtauditError):
     exit_code = 2
 
 
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the lake's ``s3://`` files are and how to address them; never credentials (module doc).
+
+    ``endpoint``: ``http://127.0.0.1:PORT`` for S3Proxy or MinIO, ``None`` for AWS itself;
+    ``region``: the SDK's signing region (S3Proxy and MinIO take ``us-east-1``); ``path_style``:
+    ``http://HOST/BUCKET/KEY`` instead of ``http://BUCKET.HOST/KEY`` (needed where buckets have no
+    DNS names, as on 127.0.0.1)."""
+
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = True
+
+    @classmethod
+    def from_pyiceberg(cls, props: Mapping[str, str]) -> S3Settings:
+        """The settings pyiceberg's ``PyArrowFileIO`` properties describe (``s3.endpoint``,
+        ``s3.region``, ``s3.force-virtual-addressing``); any credentials among them are ignored."""
+        virtual = str(props.get("s3.force-virtual-addressing", "false")).strip().lower() in ("true", "1", "yes")
+        return cls(endpoint=props.get("s3.endpoint") or None, region=props.get("s3.region") or "us-east-1",
+                   path_style=not virtual)
+
+    def catalog_properties(self) -> dict[str, str]:
+        """Iceberg catalog properties (without the ``spark.sql.catalog.<name>.`` prefix)."""
+        props = {"io-impl": S3_FILE_IO, "client.region": self.region,
+                 "s3.path-style-access": "true" if self.path_style else "false"}
+        if self.endpoint:
+            parts = urlsplit(self.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SparkUnavailable(f"the S3 endpoint {parts.scheme}://{parts.hostname or ''}... is not an "
+                                       "http(s) URL", fix="give it as http://HOST:PORT or https://HOST")
+            if parts.username is not None or parts.password is not None:
+                # Never echo the URL: its user-info is the credential.
+                raise SparkUnavailable("the S3 endpoint carries user:password@, which would put a credential "
+                                       "into the Spark conf",
+                                       fix="give the endpoint without it; the AWS SDK reads the credentials "
+                                           "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                                           "AWS_SHARED_CREDENTIALS_FILE in the environment")
+            props["s3.endpoint"] = self.endpoint
+        return props
+
+
+def _refuse_credentials(conf: Mapping[str, str]) -> None:
+    """Raise when a property is named like a credential (:data:`SECRET_PROPERTY_MARKERS`); the
+    message names the property, never its value."""
+    bad = sorted(k for k in conf if any(m in k.lower() for m in SECRET_PROPERTY_MARKERS))
+    if bad:
+        raise SparkUnavailable(f"Spark properties must not carry credentials: {', '.join(bad)}",
+                               fix="leave them out; the AWS SDK's default chain reads AWS_ACCESS_KEY_ID / "
+                                   "AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE from the "
+                                   "environment of the process that starts Spark")
+
+
 def spark_conf(lake: Path, *, master: str = "local[2]", jars: Sequence[Path],
-               extra: Mapping[str, str] | None = None) -> dict[str, str]:
+               extra: Mapping[str, str] | None = None, s3: S3Settings | None = None) -> dict[str, str]:
     """The Spark properties of a session over ``lake`` (pure; :func:`spark_session` applies them).
 
-    ``extra`` is applied last (a cluster's memory settings, say) and may override anything."""
+    ``s3`` adds the catalog's S3FileIO properties (module doc). ``extra`` is applied last (a
+    cluster's memory settings, say) and may override anything but may not carry a credential
+    (:class:`SparkUnavailable`)."""
     root = Path(lake).resolve()
     db = catalog_file(root)
     if "?" in str(db):  # sqlite-jdbc reads what follows '?' in its URL as connection options
@@ -94,17 +187,25 @@ def spark_conf(lake: Path, *, master: str = "local[2]", jars: Sequence[Path],
         f"{cat}.jdbc.schema-version": "V1",
         f"{cat}.cache-enabled": "false",
     }
+    if s3 is None:  # a lake whose warehouse is on S3 (lake.warehouse) says how to reach it
+        wh = warehouse.of_lake(root)
+        if wh is not None:
+            s3 = S3Settings(endpoint=wh.endpoint, region=wh.region, path_style=wh.endpoint is not None)
+    if s3 is not None:
+        conf.update({f"{cat}.{k}": v for k, v in s3.catalog_properties().items()})
     conf.update(extra or {})
+    _refuse_credentials(conf)
     return conf
 
 
 def spark_session(lake: Path, *, master: str = "local[2]", jars: list[Path],
-                  extra: Mapping[str, str] | None = None) -> SparkSession:
+                  extra: Mapping[str, str] | None = None, s3: S3Settings | None = None) -> SparkSession:
     """A Spark session whose catalog ``ztaudit`` is ``lake``'s Iceberg catalog (see the module doc).
 
-    ``jars`` is the classpath ``scripts/spark-jars`` prints (the Iceberg Spark runtime and the SQLite
-    JDBC driver). Starting the JVM takes seconds (about 5 s on 2 cores); callers keep the session
-    and stop it with ``session.stop()`` when done."""
+    ``jars`` is the classpath ``scripts/spark-jars`` prints (the Iceberg Spark runtime, the AWS
+    bundle and the SQLite JDBC driver). ``s3``: the lake's tables are on S3 (module doc; the
+    credentials come from the environment, never from here). Starting the JVM takes seconds (about
+    5 s on 2 cores); callers keep the session and stop it with ``session.stop()`` when done."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -116,13 +217,18 @@ def spark_session(lake: Path, *, master: str = "local[2]", jars: list[Path],
     if missing or not jars:
         raise SparkUnavailable(f"Spark jars missing: {', '.join(missing) or 'none given'}",
                                fix="run scripts/spark-jars and pass the classpath it prints")
-    conf = spark_conf(lake, master=master, jars=jars, extra=extra)
+    conf = spark_conf(lake, master=master, jars=jars, extra=extra, s3=s3)
     active = SparkSession.getActiveSession()
     if active is not None:
         if active.conf.get(CATALOG_URI_KEY, None) != conf[CATALOG_URI_KEY]:
             raise SparkUnavailable(
                 f"this process already runs a Spark session for {active.conf.get(CATALOG_URI_KEY, None)}",
                 fix="stop it (session.stop()) before opening another lake")
+        for key in _REUSE_KEYS:  # the same lake, but read through other files settings
+            if active.conf.get(key, None) != conf.get(key):
+                raise SparkUnavailable(f"this process already runs a Spark session for this lake with {key}="
+                                       f"{active.conf.get(key, None)}",
+                                       fix="stop it (session.stop()) before opening the lake with other S3 settings")
         return active
     if master.startswith("local"):
         # The JVM picks its own address for what the properties above do not cover; keep it on loopback.

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import duckdb
@@ -288,7 +288,7 @@ def triage_row(finding_id: str, action: str, reason: str, *, by: str, until: dat
             "reason": reason, "until": until, "triaged_by": by}
 
 
-def append(lake: str | Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+def append(lake: str | Path, rows: Sequence[dict[str, Any]]) -> list[PurePath]:
     """Append ``rows`` to the lake's ``triage`` table through the sink: one new file per call, named
     by the first row's time and finding, so nothing earlier is ever rewritten. Raises ``SinkError``."""
     if not rows:

@@ -27,16 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import SinkError
-from ztaudit.core.files import UNDATED, file_lock, makedirs, write_parquet_atomic
-from ztaudit.core.iceberg import publish
+from ztaudit.core.files import UNDATED, file_lock
 from ztaudit.core.schema import DETECT_RUNS, FINDINGS
 from ztaudit.core.sink import LakeSink
 from ztaudit.core.window import Window, utc_day
@@ -61,14 +59,14 @@ def _partition_day(first_seen: datetime | None) -> str:
     return utc_day(first_seen) if first_seen is not None else UNDATED
 
 
-def _partition(lake: Path, day: str) -> Path:
-    return Path(lake) / "findings" / f"dt={day}" / FILE_NAME
+def _partition(sink: LakeSink, day: str) -> PurePath:
+    return sink.table_dir("findings") / f"dt={day}" / FILE_NAME
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+def _read(sink: LakeSink, path: PurePath) -> list[dict[str, Any]]:
+    if not sink.exists(path):
         return []
-    table = pq.read_table(path)
+    table = sink.read_table(path)
     if "dt" in table.column_names:
         table = table.drop(["dt"])
     return list(conform(table, FINDINGS).to_pylist())
@@ -96,11 +94,8 @@ def _in_scope(row: dict[str, Any], detectors: set[str], since: datetime | None, 
     return (since is None or t >= since) and (until is None or t < until)
 
 
-def _existing_days(lake: Path) -> list[str]:
-    root = Path(lake) / "findings"
-    if not root.exists():
-        return []
-    return sorted(p.name[3:] for p in root.glob("dt=*") if p.is_dir())
+def _existing_days(sink: LakeSink) -> list[str]:
+    return sorted(sink.listing("findings"))
 
 
 def _combine(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -138,17 +133,18 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
     created = 0
     scope = set(detectors)
     changed: list[dict[str, Any]] = []
-    written: list[Path] = []
-    gone: list[Path] = []
+    written: list[PurePath] = []
+    gone: list[PurePath] = []
+    sink = LakeSink(lake)  # its files go where the lake keeps them (the folder, or an S3 warehouse)
     with findings_lock(lake, lock_timeout):
         days = {_partition_day(r["first_seen"]) for r in new.values()}
         window = Window(since, until)
-        for d in _existing_days(lake):
+        for d in _existing_days(sink):
             if since is None and until is None:
                 days.add(d)
             elif d != UNDATED and utc_day(window.lo) <= d <= utc_day(window.hi):
                 days.add(d)
-        old_by_day = {d: _read(_partition(lake, d)) for d in sorted(days)}
+        old_by_day = {d: _read(sink, _partition(sink, d)) for d in sorted(days)}
         previous = {r["finding_id"]: r for rows_ in old_by_day.values() for r in rows_}
         final: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in old_by_day}
         for d, old_rows in old_by_day.items():
@@ -173,9 +169,9 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
                 changed.append(r)
             final.setdefault(_partition_day(r["first_seen"]), {})[fid] = r
         for day, merged in sorted(final.items()):
-            path = _partition(lake, day)
+            path = _partition(sink, day)
             if not merged:
-                if path.exists():
+                if sink.exists(path):
                     gone.append(path)  # deleted below: after an Iceberg lake's snapshot stopped listing it
                 continue
             if day in old_by_day and {r["finding_id"]: r for r in old_by_day[day]} == merged:
@@ -183,13 +179,13 @@ def write_findings(lake: str | Path, rows: Iterable[dict[str, Any]], *, detector
             ordered = sorted(merged.values(), key=lambda r: (r["detector"], r["first_seen"] is None,
                                                               r["first_seen"] or 0, r["finding_id"]))
             table = conform(pa.Table.from_pylist(ordered, schema=FINDINGS), FINDINGS)
-            makedirs(path.parent)
-            write_parquet_atomic(table, path)
-            written.append(path)
-        # An Iceberg lake: the findings table's snapshot changes here, under the lock (one commit).
-        publish(lake, added=written, removed=gone)
+            written.append(sink.write_file(table, path, None))
+        # An Iceberg lake: the findings table's snapshot changes here, under the lock (one commit);
+        # the files it no longer lists are deleted after it (a plain lake: at once).
+        sink.added.update(written)
         for path in gone:
-            path.unlink(missing_ok=True)
+            sink.remove(path)
+        sink.publish()
         if run == "detect":
             _record_run(lake, this_run, started, sorted(scope), len(new), created)
     return changed

@@ -65,6 +65,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ztaudit.core import warehouse
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import LakeError, SinkError
 from ztaudit.core.files import (
@@ -173,6 +174,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         raise LakeError(f"bad date {day!r}", fix="write --date YYYY-MM-DD")
     if target_rows < 1:
         raise LakeError("--target-rows must be >= 1")
+    warehouse.refuse_on_s3(Path(lake), "compact")
     table_dir = Path(lake) / table
     day_dir = table_dir / f"dt={day}"
     if not day_dir.is_dir():

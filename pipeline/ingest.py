@@ -26,7 +26,7 @@ from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Final, TextIO
 
 from ztaudit.core.config import Config
@@ -92,7 +92,7 @@ class IngestStats:
     total: Tally = field(default_factory=Tally)
     per_input: dict[str, Tally] = field(default_factory=dict)
     bytes_read: int = 0
-    files_written: list[Path] = field(default_factory=list)
+    files_written: list[PurePath] = field(default_factory=list)
     elapsed: float = 0.0
     #: what the folder walk did not read, and why (an unreadable folder, a FIFO in a folder, a
     #: dangling link): said in the summary, never passed over silently (issue 11, item 8)
@@ -274,7 +274,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     # (DuckDB, file reads, hashing, Parquet encoding and fsync release the GIL), and a writer
     # thread writes chunk k-1. One chunk waits at each hand-over, so memory stays bounded by a
     # few chunks; a SourceError or SinkError surfaces in this thread at the next hand-over.
-    pending: Future[list[Path]] | None = None
+    pending: Future[list[PurePath]] | None = None
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztaudit-sink") as writer, \
                 _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
@@ -364,7 +364,7 @@ class _Prefetch:
         self._thread.join(timeout=5)
 
 
-def _write(sink: LakeSink, result: BatchResult, file_key: str, extent: int) -> list[Path]:
+def _write(sink: LakeSink, result: BatchResult, file_key: str, extent: int) -> list[PurePath]:
     """Write one processed chunk as the only version of its key (runs on the writer thread).
 
     ``LakeSink.write_chunk`` writes its tables and its rejects, then deletes the files an earlier

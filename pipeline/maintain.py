@@ -30,10 +30,11 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ztaudit.core import iceberg
+from ztaudit.core import iceberg, warehouse
 from ztaudit.core.errors import LakeError
-from ztaudit.core.files import day_dirs, table_files, write_parquet_atomic
+from ztaudit.core.files import table_files, write_parquet_atomic
 from ztaudit.core.schema import SOURCE_KINDS, TABLES
+from ztaudit.core.sink import LakeSink
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def migrate(lake: Path) -> MigrateResult:
 
     Called by ``ztaudit migrate``. Raises :class:`LakeError` naming a file it cannot read."""
     lake = Path(lake)
+    warehouse.refuse_on_s3(lake, "migrate")
     out = MigrateResult()
     for table in TABLES:
         for path in table_files(lake / table):
@@ -128,7 +130,7 @@ class MaintainResult:
 
 
 def _referenced_data(tbl: object) -> set[str]:
-    """Local paths of every data file any live snapshot of ``tbl`` lists."""
+    """Local paths (or ``s3://`` URIs) of every data file any live snapshot of ``tbl`` lists."""
     from pyiceberg.table import Table
 
     assert isinstance(tbl, Table)
@@ -158,12 +160,13 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
     now = now or datetime.now(UTC)
     out = MaintainResult()
     catalog = iceberg.open_catalog(lake)
+    files = LakeSink(lake)  # where the lake keeps its files: its folder, or its S3 warehouse
     for table in TABLES:
         with iceberg.commit_lock(lake):
             tbl = iceberg.ensure_table(catalog, lake, table)
         if retention_days is not None and table in RETAINED_TABLES:
             cutoff = (now - timedelta(days=retention_days)).date()
-            old = [d for d in day_dirs(lake / table) if (_day(d.name[3:]) or cutoff) < cutoff]
+            old = [d for d in sorted(files.listing(table)) if (_day(d) or cutoff) < cutoff]
             if old:
                 # the snapshot stops listing the days first; only then do their files go
                 with iceberg.commit_lock(lake), iceberg.owner_only():
@@ -171,7 +174,7 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
                     tbl.delete(delete_filter=f"dt < '{cutoff.isoformat()}'",
                                snapshot_properties={"ztaudit.retention_days": str(retention_days)})
                 for d in old:
-                    shutil.rmtree(d, ignore_errors=True)
+                    files.delete_day(table, d)
                 out.days_dropped += len(old)
                 tbl = catalog.load_table(tbl.name())
         if expire_days is not None:
@@ -188,11 +191,11 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
         if remove_orphans:
             referenced = _referenced_data(tbl)
             limit = time.time() - orphan_grace_s
-            for path in table_files(lake / table):
-                if str(path.resolve()) not in referenced and path.stat().st_mtime < limit:
-                    path.unlink()
+            for path, mtime in files.stat_files(table):
+                if iceberg.file_key_of(lake, path) not in referenced and mtime < limit:
+                    files.delete_file(path)
                     out.orphans_removed += 1
-                    log.info("maintain: removed orphan %s (in no snapshot)", path)
+                    log.info("maintain: removed orphan %s (in no snapshot)", files.display(path))
     log.info("maintain: %s", out.summary())
     return out
 

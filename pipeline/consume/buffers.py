@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePath
 from typing import Final
 
 from ztaudit.pipeline.sources.kafka.base import TP, tp_name
@@ -44,7 +44,7 @@ class Chunk:
     values: list[bytes]
     offsets: list[int]
     #: files of an earlier, uncommitted flush under this chunk's key (deleted if not rewritten)
-    leftovers: list[Path]
+    leftovers: list[PurePath]
     #: True when the cut ended at a recovered boundary (the chunk replays an earlier flush)
     recovered: bool
     nbytes: int = 0
@@ -78,7 +78,7 @@ class PartitionBuffer:
         #: last offset of an earlier uncommitted flush this buffer must end its first chunk at
         self.boundary: int | None = None
         #: files that earlier flush left under this buffer's first key
-        self.leftovers: list[Path] = []
+        self.leftovers: list[PurePath] = []
         #: the records' Kafka header clusters, parallel to ``values`` (None while no record had one)
         self.clusters: list[str | None] | None = None
 

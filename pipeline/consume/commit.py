@@ -20,7 +20,7 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
+from pathlib import PurePath
 
 from ztaudit.core.errors import KafkaTransientError, LakeError
 from ztaudit.pipeline.consume.buffers import Chunk, Partitions
@@ -32,7 +32,7 @@ from ztaudit.pipeline.sources.kafka.base import TP, CommitRejectedError, KafkaSo
 log = logging.getLogger(__name__)
 
 #: A hook called after each durable flush + commit with the event-time window just written.
-FlushHook = Callable[[datetime, datetime, list[Path]], None]
+FlushHook = Callable[[datetime, datetime, list[PurePath]], None]
 
 
 class Committer:
@@ -66,7 +66,7 @@ class Committer:
         A revoked partition's chunk is not committed; if the partition comes back here it is
         re-read from the chunk's first offset (:meth:`~.buffers.Partitions.drop_from`).
         """
-        paths: list[Path] = []
+        paths: list[PurePath] = []
         window: Window | None = None
         offsets: dict[TP, int] = {}
         committing: list[Chunk] = []
@@ -143,7 +143,7 @@ class Committer:
         log.debug("consume: committed %s", where)
         return True
 
-    def run_hooks(self, window: Window, paths: list[Path]) -> None:
+    def run_hooks(self, window: Window, paths: list[PurePath]) -> None:
         """Step 7: the ``on_flush`` hooks, after the commit. A failing hook is logged, never raised:
         the data is durable and committed, ingestion goes on."""
         since, until = window

@@ -42,7 +42,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import FrameType
 from typing import Any, Final
 
@@ -400,7 +400,7 @@ class StreamConsumer:
     def _recover(self, tp: TP, first: int, buf: PartitionBuffer, value: bytes) -> None:
         """Make ``buf``'s first chunk end where the leftover files at ``first`` end, if there are any
         (``value``: the record at ``first``; :class:`~.recovery.OffsetsMovedBack` if they are not its)."""
-        found = find_leftovers(self.sink.lake, tp, first, value)
+        found = find_leftovers(self.sink, tp, first, value)
         if found is not None:
             buf.leftovers, buf.boundary = found.paths, found.boundary
             self.metrics.recovered_chunks += 1
@@ -456,7 +456,7 @@ class StreamConsumer:
         """A done-callback for a round's future: observes submit-to-done as the flush latency."""
         return lambda _future: self.metrics.observe_flush(time.monotonic() - submitted)
 
-    def _committed(self, since: Any, until: Any, paths: list[Path]) -> None:
+    def _committed(self, since: Any, until: Any, paths: list[PurePath]) -> None:
         """The first on_flush hook: the commit before it just went through (for its latency)."""
         self._committed_at = time.monotonic()
 

@@ -41,18 +41,16 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from glob import escape as glob_escape
-from pathlib import Path
+from pathlib import PurePath
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ztaudit.core.errors import ZtauditError
 from ztaudit.core.files import safe_key
 from ztaudit.core.keys import file_key, origin_offsets, read_manifest
 from ztaudit.core.schema import PARTITION_TIME
-from ztaudit.core.sink import CHUNK_FIRST
+from ztaudit.core.sink import CHUNK_FIRST, LakeSink
 from ztaudit.pipeline.sources.kafka.base import TP, tp_name
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ Window = tuple[datetime, datetime]
 class Leftovers:
     """Files an earlier, uncommitted flush left under a partition's next key."""
 
-    paths: list[Path]
+    paths: list[PurePath]
     #: the highest offset they hold (the replay's first chunk ends there); None when no readable
     #: file holds one at or after the key's first offset (the files are then simply replaced)
     boundary: int | None
@@ -83,7 +81,7 @@ def record_digest(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()[:32]
 
 
-def find_leftovers(lake: Path, tp: TP, first: int, first_value: bytes | None = None) -> Leftovers | None:
+def find_leftovers(sink: LakeSink, tp: TP, first: int, first_value: bytes | None = None) -> Leftovers | None:
     """The files of every table and day named ``<topic>+<partition>+<first>``, or None if none.
 
     Called on the main thread before the first record of a fresh partition is buffered (after an
@@ -94,15 +92,15 @@ def find_leftovers(lake: Path, tp: TP, first: int, first_value: bytes | None = N
     replace them (a topic deleted and created again under the same name).
     """
     name = f"{safe_key(file_key(tp.topic, tp.partition, first))}.parquet"
-    paths = sorted(p for p in lake.glob(f"*/dt=*/{name}") if p.is_file())
+    paths = sink.named(name)
     if not paths:
         return None
     if first_value is not None:
-        _check_same_records(lake, tp, first, paths, record_digest(first_value))
+        _check_same_records(sink, tp, first, paths, record_digest(first_value))
     boundary = -1
     for path in paths:
         try:
-            col = pq.read_table(path, columns=["origin"]).column("origin")
+            col = sink.read_table(path, ["origin"]).column("origin")
         except (OSError, pa.ArrowException, KeyError) as exc:
             log.warning("consume: %s leftover %s unreadable (%s); it will be replaced",
                         tp_name(tp.topic, tp.partition), path, exc)
@@ -117,54 +115,54 @@ def find_leftovers(lake: Path, tp: TP, first: int, first_value: bytes | None = N
     return found
 
 
-def _check_same_records(lake: Path, tp: TP, first: int, paths: list[Path], digest: str) -> None:
+def _check_same_records(sink: LakeSink, tp: TP, first: int, paths: list[PurePath], digest: str) -> None:
     """Raise :class:`OffsetsMovedBack` when a file of ``paths`` records a first record other than
     ``digest`` (files written before the digest was kept record none: then nothing can be told)."""
     for path in paths:
         try:
-            meta = pq.read_metadata(path).metadata or {}
+            meta = sink.read_metadata(path).metadata or {}
         except (OSError, pa.ArrowException):
             continue  # unreadable: find_leftovers logs it, and it is replaced
         theirs = meta.get(CHUNK_FIRST)
         if theirs is None or theirs.decode() == digest:
             continue
-        later = later_chunks(lake, tp, first)
+        later = later_chunks(sink, tp, first)
         after = (f"; the lake also holds this partition's chunks from offset {min(later)} on ({len(later)} "
                  "file(s)), so those files were committed") if later else ""
         raise OffsetsMovedBack(
             f"{tp_name(tp.topic, tp.partition)}: the record now at offset {first} is not the one the lake's "
-            f"file {path.relative_to(lake)} was written from{after}. The topic was deleted and created again "
+            f"file {sink.display(path)} was written from{after}. The topic was deleted and created again "
             "under the same name (its offsets started over). Nothing was written: the replay would replace "
             "that file, whose records are not in Kafka any more",
             fix="give a re-created topic a new name (or consume it into a new lake); to read it into this lake "
                 "anyway, move the old topic's files out of the lake first")
 
 
-def later_chunks(lake: Path, tp: TP, first: int) -> dict[int, Path]:
+def later_chunks(sink: LakeSink, tp: TP, first: int) -> dict[int, PurePath]:
     """Files of ``tp``'s chunks whose first offset is after ``first`` (any table or day), by offset.
 
     A partition has at most one durable-but-uncommitted chunk, and it is the newest (module
     docstring): a file at ``first`` with chunks after it is committed data, never a leftover."""
     stem = safe_key(file_key(tp.topic, tp.partition, 0))[:-20]  # ``<topic>+<partition>+``
-    out: dict[int, Path] = {}
-    for p in lake.glob(f"*/dt=*/{glob_escape(stem)}*.parquet"):
+    out: dict[int, PurePath] = {}
+    for p in sink.named_like(stem):
         digits = p.name[len(stem):-len(".parquet")]
         if p.name.startswith(stem) and len(digits) == 20 and digits.isdigit() and int(digits) > first:
             out.setdefault(int(digits), p)
     return out
 
 
-def drop_compacted(lake: Path, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:
+def drop_compacted(sink: LakeSink, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:
     """Drop rows a replay would write again into a day that ``compact`` already merged (its
     ``_compacted.json`` lists this partition's offset ranges); returns the rest and how many were
     dropped. Called on the writer thread; reads only manifests (cached by mtime)."""
     time_col = PARTITION_TIME.get(table_name)
-    if time_col is None or table.num_rows == 0:
+    if time_col is None or table.num_rows == 0 or sink.filesystem is not None:  # never compacted on S3
         return table, 0
     w = time_window(table, time_col)
     ranges_by_day: dict[str, list[tuple[int, int]]] = {}
     for day in days_between(w) if w is not None else []:
-        manifest = read_manifest(lake / table_name / f"dt={day}")
+        manifest = read_manifest(sink.lake / table_name / f"dt={day}")
         if manifest is not None:
             ranges = manifest.kafka_ranges.get(f"{tp.topic}+{tp.partition}")
             if ranges:

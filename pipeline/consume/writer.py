@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePath
 from typing import Final, TypeVar
 
 import pyarrow as pa
@@ -95,7 +95,7 @@ def retry(call: Callable[[], T], *, retry_on: type[BaseException],
 class Written:
     """What the writer made of one chunk (the main thread adds it to the metrics)."""
 
-    paths: list[Path]
+    paths: list[PurePath]
     window: Window | None
     rows: int
     quarantined: int
@@ -243,11 +243,11 @@ class ChunkWriter:
                          record_clusters=chunk.clusters)
 
         def write_all() -> Written:
-            paths: list[Path] = []
+            paths: list[PurePath] = []
             rows = skipped = 0
             window: Window | None = None
             for table_name, table in sorted(result.tables.items()):
-                table, n = drop_compacted(self.sink.lake, table_name, table, tp)
+                table, n = drop_compacted(self.sink, table_name, table, tp)
                 skipped += n
                 if table.num_rows == 0:
                     continue
@@ -265,9 +265,9 @@ class ChunkWriter:
                         attempt, SINK_RETRIES, delay)
 
         out = retry(write_all, retry_on=SinkError, tries=SINK_RETRIES, on_retry=failed)
-        keep = {p.resolve() for p in out.paths}
+        keep = set(out.paths)  # one sink names a file one way: both lists come from its root
         for stale in chunk.leftovers:
-            if stale.resolve() not in keep:
+            if stale not in keep:
                 self.sink.remove(stale)  # an Iceberg lake: deleted once the round's publish unlisted it
                 log.info("consume: %s: removed leftover %s of an earlier uncommitted flush", chunk.where, stale)
         if out.no_cluster:

@@ -14,7 +14,7 @@ import os
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import PurePath
 from typing import Final
 
 import pyarrow as pa
@@ -95,7 +95,7 @@ class PostWriter:
         # ingest honours; here every row is the caller's cluster.
         if cluster is not None:
             result.tables = {name: _with_cluster(t, cluster) for name, t in result.tables.items()}
-        paths: list[Path] = []
+        paths: list[PurePath] = []
         for name, table in sorted(result.tables.items()):
             paths += self.sink.write(name, table, key)
         now = datetime.now(UTC)
@@ -110,7 +110,7 @@ class PostWriter:
             os.kill(os.getpid(), signal.SIGKILL)
         return PostResult(key, sha, result, len(paths))
 
-    def _drop_other_days(self, key: str, now: datetime, written: list[Path]) -> None:
+    def _drop_other_days(self, key: str, now: datetime, written: list[PurePath]) -> None:
         """Delete a quarantine file of ``key`` that an earlier attempt of the same post wrote on the
         day before or after ``now`` (a re-send across midnight UTC; the API server gives up on a
         batch within minutes, so no other day can hold one). Rows of the tables are partitioned by

@@ -12,11 +12,13 @@ from support.kafka_broker import (
     audit_events,
     audit_id_counts,
     create_topic,
+    data_files,
     produce,
     start_consume,
     wait_until,
     ztaudit_env,
 )
+from support.s3proxy import S3Store, lake_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -35,6 +37,18 @@ def test_broker_down_20s_into_an_iceberg_lake_no_loss_no_duplicates(kafka_broker
     assert (tmp_path / "lake" / "_iceberg" / "catalog.db").is_file()
 
 
+@pytest.mark.s3
+def test_broker_down_20s_into_a_lake_on_s3_no_loss_no_duplicates(kafka_broker: KafkaBroker, topic_name: str,
+                                                                  tmp_path: Path, s3proxy: S3Store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same outage with the Iceberg lake's files on S3 (S3Proxy, issue 16): nothing on local disk."""
+    env = lake_env(s3proxy, "outage")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)  # this process counts the rows: it reads the lake on S3 too
+    broker_outage(kafka_broker, topic_name, tmp_path, "kafka-python", env)
+    assert not list((tmp_path / "lake").glob("*/dt=*"))
+
+
 def broker_outage(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path, backend: str,
                   extra_env: dict[str, str]) -> None:
     """Stop the broker for 20 s mid-stream, then produce more: every event in the lake exactly once."""
@@ -50,7 +64,7 @@ def broker_outage(kafka_broker: KafkaBroker, topic_name: str, tmp_path: Path, ba
                       "--metrics-file", str(metrics), log=log, until_idle=6, backend=backend,
                       env=ztaudit_env(**extra_env))
     # stop the broker while the consumer is mid-stream (some files written, most not)
-    wait_until(lambda: p.poll() is not None or len(list(lake.glob("k8s_audit/dt=*/*.parquet"))) >= 2, timeout=60,
+    wait_until(lambda: p.poll() is not None or len(data_files(lake, "k8s_audit")) >= 2, timeout=60,
                what=lambda: log.read_text()[-3000:])
     assert p.poll() is None, log.read_text()[-3000:]
     kafka_broker.stop()

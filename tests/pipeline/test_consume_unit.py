@@ -117,9 +117,10 @@ def test_recovered_boundary_reproduces_the_earlier_cut(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     events = audit_events(7, run="rec")
     table = process(RawBatch(events, KafkaOrigins("audit", 0, list(range(10, 17)))), NormalizeContext())
-    LakeSink(lake).write("k8s_audit", table.tables["k8s_audit"], file_key("audit", 0, 10))
-    assert find_leftovers(lake, A0, 11) is None
-    found = find_leftovers(lake, A0, 10)
+    sink = LakeSink(lake)
+    sink.write("k8s_audit", table.tables["k8s_audit"], file_key("audit", 0, 10))
+    assert find_leftovers(sink, A0, 11) is None
+    found = find_leftovers(sink, A0, 10)
     assert found is not None and found.boundary == 16 and len(found.paths) == 1
     policy = _policy(flush_records=3)
     buf = _buffer(list(range(10, 15)), size=2)

@@ -273,19 +273,39 @@ def audit_id_counts(lake: Path) -> dict[str, int]:
     """audit_id -> number of rows in the lake (1 everywhere means exactly once)."""
     import duckdb
 
+    from ztaudit.core import warehouse
+    from ztaudit.core.duckdb_fs import attach
     from ztaudit.core.iceberg import is_iceberg, snapshot_files
 
     glob = str(lake / "k8s_audit" / "dt=*" / "*.parquet")
     # An Iceberg lake's rows are its snapshot's files (what every reader reads), not the folder.
     source: str | list[str] = snapshot_files(lake, "k8s_audit") if is_iceberg(lake) else glob
-    if not source or not list(lake.glob("k8s_audit/dt=*/*.parquet")):
+    wh = warehouse.of_lake(lake) if is_iceberg(lake) else None
+    if not source or (wh is None and not list(lake.glob("k8s_audit/dt=*/*.parquet"))):
         return {}
     con = duckdb.connect()
+    if wh is not None:  # the files are s3:// objects: read through pyarrow's S3 client, as the views do
+        attach(con, wh.filesystem)
     try:
         rows = con.execute("SELECT audit_id, count(*) FROM read_parquet(?) GROUP BY 1", [source]).fetchall()
     finally:
         con.close()
     return {str(a): int(c) for a, c in rows}
+
+
+def data_files(lake: Path, table: str) -> set[str]:
+    """The data files of ``table`` where the lake keeps them, whether listed in a snapshot or not: the
+    resolved paths under ``LAKE/<table>/dt=*``, or the ``s3://`` URIs of the objects under the S3
+    warehouse's ``<table>/`` (listed; hidden names included, so a test sees a temporary one)."""
+    from pyarrow import fs
+
+    from ztaudit.core import warehouse
+
+    wh = warehouse.of_lake(lake)
+    if wh is None:
+        return {str(p.resolve()) for p in lake.glob(f"{table}/dt=*/*.parquet")}
+    infos = wh.filesystem.get_file_info(fs.FileSelector(f"{wh.root}/{table}", recursive=True, allow_not_found=True))
+    return {f"s3://{i.path}" for i in infos if i.type == fs.FileType.File}
 
 
 def ztaudit_env(**extra: str) -> dict[str, str]:

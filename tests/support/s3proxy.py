@@ -75,6 +75,29 @@ class S3Store:
         }
 
 
+def lake_env(store: S3Store, name: str) -> dict[str, str]:
+    """The environment of a ``ztaudit`` process that makes a new Iceberg lake whose warehouse is a fresh
+    prefix of ``store`` (``lake.warehouse``), credentials the AWS way (the only way ztaudit takes them).
+    Also right for ``monkeypatch.setenv`` when the test process reads that lake itself."""
+    return {
+        "ZTAUDIT_LAKE_FORMAT": "iceberg",
+        "ZTAUDIT_LAKE_WAREHOUSE": f"s3://{store.prefix(name)}",
+        "ZTAUDIT_LAKE_S3_ENDPOINT": store.endpoint,
+        "ZTAUDIT_LAKE_S3_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": store.access_key,
+        "AWS_SECRET_ACCESS_KEY": store.secret_key,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def objects(store: S3Store, prefix: str) -> set[str]:
+    """``s3://`` URIs of every object under ``prefix`` (``bucket/key-prefix``, no scheme), listed."""
+    from pyarrow import fs
+
+    infos = store.pyarrow_fs().get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return {f"s3://{i.path}" for i in infos if i.type == fs.FileType.File}
+
+
 def _from_env() -> S3Store | None:
     endpoint = os.environ.get("ZTAUDIT_TEST_S3_ENDPOINT")
     if not endpoint:
