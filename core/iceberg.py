@@ -248,6 +248,20 @@ def _same_database(a: str, b: str) -> bool:
             == (y.hostname, y.port or 5432, y.username, y.path.strip("/")))
 
 
+def recorded_catalog(lake: Path) -> tuple[str, str]:
+    """(URI without password, catalog name) that ``catalog.json`` records for a lake whose catalog is on
+    PostgreSQL: what another engine (Spark's JDBC catalog) is configured from. Raises :class:`LakeError`
+    when the file is unreadable."""
+    import json
+
+    try:
+        ref = json.loads(catalog_ref(lake).read_text())
+        return _public_uri(str(ref["uri"])), str(ref["name"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LakeError(f"cannot read {catalog_ref(lake)}: {type(exc).__name__}",
+                        fix="restore the file from a backup of the lake") from None
+
+
 def _shared_target(lake: Path) -> tuple[str, str]:
     """(URI, with the password when one is configured; catalog name) of a lake whose catalog is on
     PostgreSQL. The configured ``lake.catalog_uri`` supplies the password when it names the same

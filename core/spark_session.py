@@ -74,18 +74,51 @@ from urllib.parse import urlsplit
 
 from ztaudit.core import warehouse
 from ztaudit.core.errors import LakeError, ZtauditError
-from ztaudit.core.iceberg import CATALOG_NAME, ICEBERG_DIR, catalog_file
+from ztaudit.core.iceberg import CATALOG_NAME, ICEBERG_DIR, NAMESPACE, catalog_file, is_shared, recorded_catalog
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 #: Driver address: every port Spark opens (driver RPC, block manager) is on loopback.
 LOOPBACK: Final = "127.0.0.1"
+#: The Spark property that names the session's catalog (the lake's, :func:`catalog_name`).
+DEFAULT_CATALOG_KEY: Final = "spark.sql.defaultCatalog"
 #: The Spark property that names the lake a session reads (compared when a session is reused).
 CATALOG_URI_KEY: Final = f"spark.sql.catalog.{CATALOG_NAME}.uri"
 #: Besides the lake, what a reused session must agree on: how it reads the files (local or S3, where).
-_REUSE_KEYS: Final = tuple(f"spark.sql.catalog.{CATALOG_NAME}.{k}"
-                           for k in ("io-impl", "s3.endpoint", "s3.path-style-access", "client.region"))
+_REUSE_SUFFIXES: Final = ("uri", "io-impl", "s3.endpoint", "s3.path-style-access", "client.region")
+
+
+def catalog_name(lake: Path) -> str:
+    """The Spark catalog name of ``lake``'s tables: ``ztaudit`` for the lake's own SQLite catalog, the
+    name ``catalog.json`` records for one on PostgreSQL (``ztaudit-<12 hex>``). Iceberg's JDBC catalog
+    keeps every catalog's rows in the same tables, told apart by that name, so Spark's catalog must
+    carry it. In SQL it needs backticks (:func:`qualified`)."""
+    if is_shared(lake):
+        return recorded_catalog(lake)[1]
+    return CATALOG_NAME
+
+
+def qualified(spark: SparkSession, table: str) -> str:
+    """```<catalog>`.lake.<table>`` for the session's own catalog (whatever the lake's catalog is called)."""
+    name = spark.conf.get(DEFAULT_CATALOG_KEY, CATALOG_NAME) or CATALOG_NAME
+    return f"`{name}`.{NAMESPACE}.{table}"
+
+
+def _jdbc_postgresql(uri: str) -> tuple[str, str | None]:
+    """(JDBC URL, user) of a PostgreSQL URI without password (``postgresql+psycopg2://USER@HOST:PORT/DB``).
+    Query parameters other than ``sslmode`` are not carried over."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k == "sslmode"]
+    url = f"jdbc:postgresql://{host}:{parts.port or 5432}/{parts.path.strip('/')}"
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query)
+    return url, parts.username
 #: Iceberg's FileIO for ``s3://`` files (``iceberg-aws-bundle`` carries the AWS SDK it uses).
 S3_FILE_IO: Final = "org.apache.iceberg.aws.s3.S3FileIO"
 #: A Spark property whose name contains one of these (case-insensitive) carries a credential:
@@ -163,10 +196,12 @@ def spark_conf(lake: Path, *, master: str = "local[2]", jars: Sequence[Path],
     (:class:`SparkUnavailable`)."""
     root = Path(lake).resolve()
     db = catalog_file(root)
-    if "?" in str(db):  # sqlite-jdbc reads what follows '?' in its URL as connection options
+    shared = is_shared(root)
+    if "?" in str(db) and not shared:  # sqlite-jdbc reads what follows '?' in its URL as connection options
         raise LakeError(f"the lake path {root} contains '?', which a SQLite JDBC URL cannot carry",
                         fix="move or link the lake to a path without '?'")
-    cat = f"spark.sql.catalog.{CATALOG_NAME}"
+    name = catalog_name(root)
+    cat = f"spark.sql.catalog.{name}"
     conf = {
         "spark.master": master,
         "spark.app.name": "ztaudit",
@@ -179,7 +214,7 @@ def spark_conf(lake: Path, *, master: str = "local[2]", jars: Sequence[Path],
         # No Hive metastore (and no metastore_db/ in the working directory); the lake is the catalog.
         "spark.sql.catalogImplementation": "in-memory",
         "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
-        "spark.sql.defaultCatalog": CATALOG_NAME,
+        DEFAULT_CATALOG_KEY: name,
         cat: "org.apache.iceberg.spark.SparkCatalog",
         f"{cat}.type": "jdbc",
         f"{cat}.uri": f"jdbc:sqlite:{db}",
@@ -187,6 +222,14 @@ def spark_conf(lake: Path, *, master: str = "local[2]", jars: Sequence[Path],
         f"{cat}.jdbc.schema-version": "V1",
         f"{cat}.cache-enabled": "false",
     }
+    if shared:
+        # The catalog on PostgreSQL (lake.catalog_uri): the URL and user catalog.json records; the
+        # password never enters Spark's properties: the PostgreSQL JDBC driver reads libpq's password
+        # file ($PGPASSFILE or ~/.pgpass) in the JVM, as psycopg2 does in Python.
+        url, user = _jdbc_postgresql(recorded_catalog(root)[0])
+        conf[f"{cat}.uri"] = url
+        if user:
+            conf[f"{cat}.jdbc.user"] = user
     if s3 is None:  # a lake whose warehouse is on S3 (lake.warehouse) says how to reach it
         wh = warehouse.of_lake(root)
         if wh is not None:
@@ -210,7 +253,7 @@ def spark_session(lake: Path, *, master: str = "local[2]", jars: list[Path],
         from pyspark.sql import SparkSession
     except ImportError as exc:
         raise SparkUnavailable("PySpark is not installed", fix="pip install 'ztaudit[spark]'") from exc
-    if not catalog_file(lake).is_file():
+    if not catalog_file(lake).is_file() and not is_shared(lake):
         raise LakeError(f"{lake} has no Iceberg catalog ({catalog_file(lake)})",
                         fix="Spark reads Iceberg lakes only: `ztaudit migrate --lake DIR` converts a plain one")
     missing = [str(j) for j in jars if not Path(j).is_file()]
@@ -220,11 +263,13 @@ def spark_session(lake: Path, *, master: str = "local[2]", jars: list[Path],
     conf = spark_conf(lake, master=master, jars=jars, extra=extra, s3=s3)
     active = SparkSession.getActiveSession()
     if active is not None:
-        if active.conf.get(CATALOG_URI_KEY, None) != conf[CATALOG_URI_KEY]:
+        name = conf[DEFAULT_CATALOG_KEY]
+        uri_key = f"spark.sql.catalog.{name}.uri"
+        if active.conf.get(DEFAULT_CATALOG_KEY, None) != name or active.conf.get(uri_key, None) != conf[uri_key]:
             raise SparkUnavailable(
-                f"this process already runs a Spark session for {active.conf.get(CATALOG_URI_KEY, None)}",
+                f"this process already runs a Spark session for {active.conf.get(uri_key, None) or 'another lake'}",
                 fix="stop it (session.stop()) before opening another lake")
-        for key in _REUSE_KEYS:  # the same lake, but read through other files settings
+        for key in (f"spark.sql.catalog.{name}.{k}" for k in _REUSE_SUFFIXES):  # the same lake, other files
             if active.conf.get(key, None) != conf.get(key):
                 raise SparkUnavailable(f"this process already runs a Spark session for this lake with {key}="
                                        f"{active.conf.get(key, None)}",

@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any, Final
 import pyarrow as pa
 
 from ztaudit.core.errors import LakeError
-from ztaudit.core.iceberg import CATALOG_NAME, NAMESPACE, iceberg_arrow_schema, is_iceberg
+from ztaudit.core.iceberg import iceberg_arrow_schema, is_iceberg
 from ztaudit.core.schema import TABLES
-from ztaudit.core.spark_session import SparkUnavailable, spark_session
+from ztaudit.core.spark_session import SparkUnavailable, qualified, spark_session
 from ztaudit.core.views import VIEWS
 from ztaudit.core.window import Window
 from ztaudit.detectors.engine import Params, TempStatements
@@ -235,11 +235,11 @@ class SparkEngine(TempStatements):
         created yet, then the derived views of :data:`ztaudit.core.views.VIEWS` the detectors read,
         translated (not :data:`ANALYST_VIEWS`). A view the dialect cannot translate is logged and
         listed in :attr:`unavailable_views`; a statement reading it then fails naming it."""
-        present = {r[1] if len(r) > 1 else r[0] for r in
-                   self._spark.sql(f"SHOW TABLES IN {CATALOG_NAME}.{NAMESPACE}").collect()}
+        namespace = qualified(self._spark, "")[:-1]  # `<the lake's catalog>`.lake
+        present = {r[1] if len(r) > 1 else r[0] for r in self._spark.sql(f"SHOW TABLES IN {namespace}").collect()}
         for table in TABLES:
             if table in present:
-                df = self._spark.table(f"{CATALOG_NAME}.{NAMESPACE}.{table}")
+                df = self._spark.table(qualified(self._spark, table))
             else:
                 df = self._spark.createDataFrame(iceberg_arrow_schema(table).empty_table())
             df.createOrReplaceTempView(table)

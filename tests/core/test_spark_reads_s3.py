@@ -14,7 +14,7 @@ Spark reads through :func:`ztaudit.core.spark_session.spark_session` with
 chain. The credentials reach the JVM only through its environment: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` (the class of tests below), or ``AWS_SHARED_CREDENTIALS_FILE`` (the last
 test). PySpark keeps its JVM for the life of the process and the JVM's environment is fixed when it
-starts, so each of these starts a JVM of its own after ending any earlier one (:func:`_end_jvm`),
+starts, so each of these starts a JVM of its own after ending any earlier one (:func:`support.spark.end_jvm`),
 one at a time, and ends it again afterwards, so no later test's Spark carries these variables.
 Expected rows are checked three ways: what the test knows the snapshot holds, pyarrow reading the
 files pyiceberg plans from the bucket, and Spark; equal (rows, checksum) from :mod:`support.spark`.
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from support.s3proxy import REGION, S3Store
-from support.spark import arrow_digest, spark_jars, table_digest_spark
+from support.spark import arrow_digest, end_jvm, spark_jars, table_digest_spark
 
 from ztaudit.core.iceberg import CATALOG_NAME, ICEBERG_DIR, NAMESPACE, catalog_file
 from ztaudit.core.schema import TABLES
@@ -63,35 +63,6 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "
 
 
 # --- the JVM --------------------------------------------------------------------------------------
-
-def _end_jvm() -> None:
-    """Stop the active session and end PySpark's JVM, so that the next session starts a new JVM with
-    ``os.environ`` as it is then (``session.stop()`` alone keeps the JVM and its environment)."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    gateway = SparkContext._gateway
-    if gateway is None:
-        return
-    proc = getattr(gateway, "proc", None)
-    try:
-        gateway.shutdown()
-    except Exception:  # the connection may already be gone; the process is what matters
-        pass
-    SparkContext._gateway = None
-    SparkContext._jvm = None
-    if proc is not None:
-        if proc.stdin is not None:
-            proc.stdin.close()  # PythonGatewayServer exits on EOF of its stdin
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
 
 def _settings(store: S3Store) -> S3Settings:
     return S3Settings(endpoint=store.endpoint, region=REGION, path_style=True)
@@ -257,7 +228,7 @@ class TestCredentialsFromEnvironmentVariables:
     def spark(cls, s3_lake: S3Lake, jars: list[Path], aws_env: S3Store) -> Iterator[Any]:
         from ztaudit.core.spark_session import spark_session
 
-        _end_jvm()  # an earlier test's JVM has another environment
+        end_jvm()  # an earlier test's JVM has another environment
         t0 = time.monotonic()
         session = spark_session(s3_lake.root, jars=jars, s3=_settings(aws_env))
         print(f"\nSpark session (new JVM) started in {time.monotonic() - t0:.1f} s")
@@ -265,7 +236,7 @@ class TestCredentialsFromEnvironmentVariables:
         try:
             yield session
         finally:
-            _end_jvm()  # its environment holds the credentials: no later test reuses it
+            end_jvm()  # its environment holds the credentials: no later test reuses it
 
     def test_spark_reads_the_snapshot_from_s3(self, s3_lake: S3Lake, spark: Any, aws_env: S3Store) -> None:
         assert s3_lake.expected is not None
@@ -320,7 +291,7 @@ def test_credentials_from_a_shared_credentials_file(s3_lake: S3Lake, jars: list[
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     assert s3_lake.expected is not None
-    _end_jvm()
+    end_jvm()
     try:
         spark = spark_session(s3_lake.root, jars=jars, s3=_settings(aws_env))
         spark.sparkContext.setLogLevel("ERROR")
@@ -330,7 +301,7 @@ def test_credentials_from_a_shared_credentials_file(s3_lake: S3Lake, jars: list[
         assert table_digest_spark(spark, TABLE) == arrow_digest(s3_lake.expected)
         _secret_nowhere_in_conf(spark, aws_env.secret_key, aws_env.access_key)
     finally:
-        _end_jvm()
+        end_jvm()
 
 
 # --- the Spark properties themselves (no JVM) ------------------------------------------------------
@@ -417,7 +388,7 @@ def test_spark_reads_a_lake_ztaudit_wrote_on_s3_with_duckdbs_rows(jars: list[Pat
     duck = {t: table_digest_duckdb(con, t) for t in tables}
     con.close()
     assert duck["k8s_audit"][0] > 50
-    _end_jvm()
+    end_jvm()
     session = spark_session(lake, jars=jars)  # no s3=: the lake says where its files are
     try:
         session.sparkContext.setLogLevel("ERROR")
@@ -425,4 +396,4 @@ def test_spark_reads_a_lake_ztaudit_wrote_on_s3_with_duckdbs_rows(jars: list[Pat
         for t in tables:
             assert table_digest_spark(session, t) == duck[t], t
     finally:
-        _end_jvm()
+        end_jvm()

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pytest
 
-from ztaudit.core.iceberg import CATALOG_NAME, NAMESPACE
+from ztaudit.core.spark_session import qualified
 
 if TYPE_CHECKING:
     import duckdb
@@ -176,4 +176,33 @@ def table_digest_duckdb(con: duckdb.DuckDBPyConnection, table: str) -> tuple[int
 
 def table_digest_spark(spark: SparkSession, table: str) -> tuple[int, str]:
     """(rows, checksum) of the lake's ``table`` as Spark reads it (``ztaudit.lake.<table>``)."""
-    return arrow_digest(spark.table(f"{CATALOG_NAME}.{NAMESPACE}.{table}").toArrow())
+    return arrow_digest(spark.table(qualified(spark, table)).toArrow())
+
+
+def end_jvm() -> None:
+    """Stop the active session and end PySpark's JVM, so that the next session starts a new JVM with
+    ``os.environ`` as it is then (``session.stop()`` alone keeps the JVM and its environment)."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    try:
+        gateway.shutdown()
+    except Exception:  # the connection may already be gone; the process is what matters
+        pass
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    if proc is not None:
+        if proc.stdin is not None:
+            proc.stdin.close()  # PythonGatewayServer exits on EOF of its stdin
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
