@@ -521,7 +521,7 @@ def create(lake: Path, *, ready: bool = True) -> None:
                 raise
             except CommitFailedException:
                 # another machine creating the same lake's tables (shared catalog): reload, go on from theirs
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
             except Exception as exc:
                 raise _wrap(lake, "creating the tables", exc) from exc
         try:
@@ -675,7 +675,7 @@ def _serialised(lake: Path) -> Iterator[None]:
         yield
 
 
-def _backoff(attempt: int) -> float:
+def backoff(attempt: int) -> float:
     """Seconds to wait before retry ``attempt`` (0-based) of a lost commit race: full jitter over an
     exponential bound (20 ms doubling, at most 2 s), so racing writers spread out instead of colliding
     again in step."""
@@ -731,7 +731,7 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
             # new head: reload the table, recompute which of our paths are already listed.
             out.retries += 1
             log.info("iceberg: %s: commit lost a race (%s); retrying", table, _mask(str(exc)))
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
             continue
         except LakeError:
             raise

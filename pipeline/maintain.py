@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,23 +171,17 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
             old = [d for d in sorted(files.listing(table)) if (_day(d) or cutoff) < cutoff]
             if old:
                 # the snapshot stops listing the days first; only then do their files go
-                with iceberg.commit_lock(lake), iceberg.owner_only():
-                    tbl = catalog.load_table(tbl.name())
-                    tbl.delete(delete_filter=f"dt < '{cutoff.isoformat()}'",
-                               snapshot_properties={"ztaudit.retention_days": str(retention_days)})
+                tbl = _commit(lake, catalog, tbl, f"dropping days before {cutoff}",
+                              partial(_drop_before, cutoff.isoformat(), str(retention_days)))
                 for d in old:
                     files.delete_day(table, d)
                 out.days_dropped += len(old)
-                tbl = catalog.load_table(tbl.name())
         if expire_days is not None:
             before = len(tbl.snapshots())
             older = now - timedelta(days=expire_days)
             current = tbl.current_snapshot()
             if current is not None and before > 1:
-                with iceberg.commit_lock(lake), iceberg.owner_only():
-                    tbl = catalog.load_table(tbl.name())
-                    tbl.maintenance.expire_snapshots().older_than(older).commit()
-                tbl = catalog.load_table(tbl.name())
+                tbl = _commit(lake, catalog, tbl, "expiring snapshots", partial(_expire, older))
                 out.snapshots_expired += before - len(tbl.snapshots())
             out.metadata_files_removed += iceberg.remove_unreferenced_metadata(lake, tbl)
         if remove_orphans:
@@ -198,6 +194,37 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
                     log.info("maintain: removed orphan %s (in no snapshot)", files.display(path))
     log.info("maintain: %s", out.summary())
     return out
+
+
+def _drop_before(day: str, retention_days: str, tbl: Any) -> None:
+    tbl.delete(delete_filter=f"dt < '{day}'", snapshot_properties={"ztaudit.retention_days": retention_days})
+
+
+def _expire(older: datetime, tbl: Any) -> None:
+    tbl.maintenance.expire_snapshots().older_than(older).commit()
+
+
+def _commit(lake: Path, catalog: Any, tbl: Any, what: str, change: Callable[[Any], object]) -> Any:
+    """Apply ``change`` to the newest version of ``tbl`` and commit it; returns the table as committed.
+
+    The commit lock serialises the processes of this machine; a writer elsewhere (a catalog on
+    PostgreSQL shared by machines) can still commit between the load and the commit, which Iceberg's
+    compare-and-swap refuses (``CommitFailedException``): the change is then computed again on the new
+    head, after a jittered backoff, up to :data:`~ztaudit.core.iceberg.COMMIT_RETRIES` times, then
+    :class:`LakeError` (nothing was changed by the lost attempts)."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    for attempt in range(iceberg.COMMIT_RETRIES):
+        with iceberg.commit_lock(lake), iceberg.owner_only():
+            fresh = catalog.load_table(tbl.name())
+            try:
+                change(fresh)
+                return catalog.load_table(tbl.name())
+            except CommitFailedException as exc:
+                log.info("maintain: %s: %s lost a race with another writer (%s); retrying", tbl.name(), what, exc)
+        time.sleep(iceberg.backoff(attempt))
+    raise LakeError(f"{what} in {tbl.name()}: another writer kept committing first "
+                    f"({iceberg.COMMIT_RETRIES} attempts)", fix="run `ztaudit maintain` again")
 
 
 def _day(value: str) -> date | None:

@@ -303,3 +303,35 @@ def test_migrating_a_generated_week_keeps_every_row_and_finding(tmp_path: Path) 
     assert _snapshot(lake) == before
     print(f"generated week: {before[0]['k8s_audit']} audit rows, {len(before[1])} findings, identical after "
           "migrate and after a detect over the Iceberg lake")
+
+
+def test_a_maintain_commit_that_loses_a_race_is_computed_again_on_the_new_head(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer on another machine (a catalog shared on PostgreSQL; no flock reaches it) commits between
+    maintain's load and its commit: Iceberg refuses the stale commit, and maintain reloads and commits
+    again instead of failing (the other writer's change is kept)."""
+    from pyiceberg.table import Table
+
+    lake = tmp_path / "lake"
+    sink = LakeSink(lake, table_format="iceberg")
+    for day in range(4):
+        sink.write("proxy_decision", _rows(2, day, start=10 * day), f"d{day}")
+    sink.publish()
+    real_delete = Table.delete
+    raced = []
+
+    def delete_after_a_rival_commit(self: Table, *args: object, **kwargs: object) -> None:
+        if not raced:  # the rival commits first: this table object is now one version behind
+            raced.append(True)
+            rival = iceberg.open_catalog(lake).load_table(self.name())
+            rival.transaction().set_properties({"rival.writer": "committed"}).commit_transaction()
+        real_delete(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Table, "delete", delete_after_a_rival_commit)
+    r = maintain(lake, retention_days=3, now=T0 + timedelta(days=5))
+    assert raced and r.days_dropped == 2
+    tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
+    assert tbl.properties.get("rival.writer") == "committed"
+    assert {Path(f).parent.name for f in iceberg.snapshot_files(lake, "proxy_decision")} == \
+        {"dt=2026-11-22", "dt=2026-11-23"}
+    assert _count(lake) == 4
