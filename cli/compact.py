@@ -26,7 +26,8 @@ from ztaudit.pipeline.compact import compact as run_compact
               help="Rows per merged file (each file has DuckDB-sized row groups of 122,880 rows).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 def compact(lake: str, table: str, day: str, target_rows: int, quiet: bool) -> None:
-    """Merge LAKE/SOURCE/dt=DATE into few large files with an atomic directory swap.
+    """Merge LAKE/SOURCE/dt=DATE into few large files: an atomic directory swap, or on an Iceberg lake
+    whose files are on S3 one overwrite commit.
 
     A --lake that is not a lake is refused (exit 2) before anything is touched.
     """

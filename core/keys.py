@@ -23,12 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Final
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from ztaudit.core.warehouse import S3Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,18 @@ class Manifest:
                            "rows": self.rows, "created_at": self.created_at}, indent=1)
 
 
+def manifest_from_json(text: str | bytes) -> Manifest:
+    """A :class:`Manifest` from :meth:`Manifest.to_json`'s text. Raises ``ValueError``, ``TypeError`` or
+    ``AttributeError`` when it is not one."""
+    raw = json.loads(text)
+    return Manifest(
+        inputs=list(raw.get("inputs", [])), outputs=list(raw.get("outputs", [])),
+        kafka_ranges={k: [(int(a), int(b)) for a, b in v] for k, v in raw.get("kafka_ranges", {}).items()},
+        rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")),
+        file_ranges={k: [(str(p), int(a), int(b)) for p, a, b in v]
+                     for k, v in raw.get("file_ranges", {}).items()})
+
+
 _manifest_cache: dict[Path, tuple[float, Manifest | None]] = {}
 
 
@@ -129,14 +145,8 @@ def read_manifest(day_dir: Path) -> Manifest | None:
     if cached is not None and cached[0] == mtime:
         return cached[1]
     try:
-        raw = json.loads(path.read_text())
-        m: Manifest | None = Manifest(
-            inputs=list(raw.get("inputs", [])), outputs=list(raw.get("outputs", [])),
-            kafka_ranges={k: [(int(a), int(b)) for a, b in v] for k, v in raw.get("kafka_ranges", {}).items()},
-            rows=int(raw.get("rows", 0)), created_at=str(raw.get("created_at", "")),
-            file_ranges={k: [(str(p), int(a), int(b)) for p, a, b in v]
-                         for k, v in raw.get("file_ranges", {}).items()})
-    except (OSError, ValueError, TypeError) as exc:
+        m: Manifest | None = manifest_from_json(path.read_text())
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.warning("compact: unreadable manifest %s (%s); ignoring it", path, exc)
         m = None
     _manifest_cache[path] = (mtime, m)
@@ -157,3 +167,128 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def forget_manifest(day_dir: Path) -> None:
     """Drop the cached manifest of ``day_dir`` (called after compaction replaced it)."""
     _manifest_cache.pop(day_dir / MANIFEST, None)
+
+
+# --- A lake on S3: the manifest travels in the footers of the compacted objects -----------------------
+
+#: Parquet key-value metadata of each object ``compact`` writes into a day of a lake on S3: the day's
+#: merge manifest (:meth:`Manifest.to_json`, cumulative over the day's compactions). There is no
+#: ``_compacted.json`` object: one written before the commit would claim ranges merged even when the
+#: commit then failed, and a re-ingest or replay would drop those rows. In the footer it counts only
+#: once the snapshot lists the object, i.e. atomically with the overwrite commit.
+FOOTER_MANIFEST: Final = b"ztaudit.compacted"
+#: The name prefix of compaction's outputs (``compacted-<h>-<n>.parquet``).
+COMPACTED_PREFIX: Final = "compacted-"
+
+#: (object, size) -> the manifest in its footer. Compacted objects are not rewritten under a key with
+#: other content (the key hashes the input names); the size guards against it anyway.
+_footer_cache: dict[tuple[str, int], Manifest | None] = {}
+#: (lake, table, days) -> (the table's metadata location, day -> manifest) of the last lookup.
+_listed_cache: dict[tuple[str, str, tuple[str, ...] | None], tuple[str, dict[str, Manifest]]] = {}
+
+
+def footer_manifest(meta: Mapping[bytes, bytes] | None) -> Manifest | None:
+    """The manifest in a compacted object's Parquet key-value metadata, None when it has none. Raises
+    ``ValueError`` when it is there but unreadable (never ignored: ignoring it would double rows)."""
+    raw = (meta or {}).get(FOOTER_MANIFEST)
+    if raw is None:
+        return None
+    try:
+        return manifest_from_json(raw)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable compaction manifest: {exc}") from exc
+
+
+def union_manifests(manifests: Iterable[Manifest]) -> Manifest | None:
+    """One manifest holding every range of ``manifests`` (the compacted objects of one day; normally
+    all carry the same one), None when there is none."""
+    ms = list(manifests)
+    if not ms:
+        return None
+    kafka: dict[str, list[tuple[int, int]]] = {}
+    files: dict[str, set[tuple[str, int, int]]] = {}
+    for m in ms:
+        for tp, offsets in m.kafka_ranges.items():
+            kafka.setdefault(tp, []).extend(offsets)
+        for name, lines in m.file_ranges.items():
+            files.setdefault(name, set()).update(lines)
+    newest = max(ms, key=lambda m: m.created_at)
+    return Manifest(inputs=sorted({i for m in ms for i in m.inputs}),
+                    outputs=sorted({o for m in ms for o in m.outputs}),
+                    kafka_ranges={k: merge_ranges(v) for k, v in kafka.items()},
+                    file_ranges={k: sorted(v) for k, v in files.items()}, rows=newest.rows,
+                    created_at=newest.created_at)
+
+
+def listed_manifests(lake: Path, table: str, days: Sequence[str] | None = None) -> dict[str, Manifest]:
+    """Day -> what ``compact`` merged into that day of ``table`` in a lake whose files are on S3: the
+    manifests in the footers of the day's ``compacted-*`` objects that the table's **current snapshot
+    lists** (an object written by a compaction killed before its commit is listed by no snapshot and
+    claims nothing). ``days``: only those days (``YYYY-MM-DD``); None: every day, ``unknown`` too.
+
+    Cached per snapshot (the table's metadata location, one catalog lookup per call) and per object.
+    Called by :meth:`~ztaudit.core.sink.LakeSink.merged_ranges` and
+    :func:`~ztaudit.pipeline.consume.recovery.drop_compacted`. Raises :class:`SinkError` when the
+    catalog or an object cannot be read (the consumer retries the write; nothing is dropped blindly)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from ztaudit.core import iceberg, warehouse
+    from ztaudit.core.errors import SinkError
+
+    wh = warehouse.of_lake(lake)
+    if wh is None:
+        return {}
+    try:
+        tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, table))
+    except NoSuchTableError:
+        return {}
+    except Exception as exc:  # the catalog's or the store's error: one line, retried by the caller
+        raise SinkError(f"cannot read the snapshot of {table} in {lake}: {' '.join(str(exc).split())[:300]}",
+                        fix="check that the catalog and the S3 store are reachable, then run again") from exc
+    want = tuple(sorted(d for d in days if iceberg.valid_day(d) and d != "unknown")) if days is not None else None
+    key = (str(Path(lake).resolve()), table, want)
+    hit = _listed_cache.get(key)
+    if hit is not None and hit[0] == tbl.metadata_location:
+        return hit[1]
+    out: dict[str, Manifest] = {}
+    if tbl.current_snapshot() is not None and want != ():
+        try:
+            scan = tbl.scan() if want is None else tbl.scan(row_filter=f"dt >= '{want[0]}' AND dt <= '{want[-1]}'")
+            tasks = list(scan.plan_files())
+        except Exception as exc:
+            raise SinkError(f"cannot plan the snapshot of {table} in {lake}: {' '.join(str(exc).split())[:300]}",
+                            fix="check that the S3 store is reachable, then run again") from exc
+        per_day: dict[str, list[Manifest]] = {}
+        for task in tasks:
+            uri = task.file.file_path
+            loc = wh.location(uri)
+            if loc is None or not loc.name.startswith(COMPACTED_PREFIX):
+                continue
+            where = iceberg.table_day(lake, loc)
+            if where is None or (want is not None and where[1] not in want):
+                continue
+            m = _footer_of(wh, loc, int(task.file.file_size_in_bytes))
+            if m is not None:
+                per_day.setdefault(where[1], []).append(m)
+        out = {d: u for d, ms in per_day.items() if (u := union_manifests(ms)) is not None}
+    _listed_cache[key] = (tbl.metadata_location, out)
+    return out
+
+
+def _footer_of(wh: S3Warehouse, loc: PurePosixPath, size: int) -> Manifest | None:
+    """The manifest in the footer of the compacted object ``loc`` (cached per object and size)."""
+    import pyarrow.parquet as pq
+
+    from ztaudit.core.errors import SinkError
+
+    key = (str(loc), size)
+    if key in _footer_cache:
+        return _footer_cache[key]
+    try:
+        m = footer_manifest(pq.read_metadata(str(loc), filesystem=wh.filesystem).metadata)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise SinkError(f"cannot read the compaction manifest in {wh.object_uri(loc)}: {exc}",
+                        fix="check that the S3 store is reachable; an object deleted by hand must be restored "
+                            "(the snapshot lists it)") from exc
+    _footer_cache[key] = m
+    return m

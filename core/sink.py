@@ -606,11 +606,18 @@ class LakeSink:
 
     def merged_ranges(self, table: str, file_key: str) -> list[tuple[str, int, int]]:
         """The input lines of chunk ``file_key`` that ``compact`` already merged into any day of
-        ``table`` (the ``_compacted.json`` of each day that has one, cached by mtime)."""
+        ``table``: the ``_compacted.json`` of each day that has one (cached by mtime), or on S3 the
+        manifests in the footers of the compacted objects the current snapshot lists
+        (:func:`~ztaudit.core.keys.listed_manifests`, cached per snapshot). Raises :class:`SinkError`
+        when those cannot be read."""
         name = f"{safe_key(file_key)}.parquet"
         ranges: list[tuple[str, int, int]] = []
         if self.filesystem is not None:
-            return ranges  # `compact` does not run on an S3 warehouse: no day was merged
+            from ztaudit.core.keys import listed_manifests
+
+            for merged in listed_manifests(self.lake, table).values():
+                ranges += merged.file_ranges.get(name, [])
+            return ranges
         for day, names in self.day_index(table).items():
             if MANIFEST not in names:
                 continue

@@ -41,6 +41,14 @@ Guarantees and honest limits:
   compacted file, since compaction cannot tell which of its rows came from which chunk.
 * Without ``RENAME_EXCHANGE`` (another OS or file system) the fallback renames the merged files in
   and then deletes the inputs: readers can see duplicates for that moment; a warning says so.
+
+**An Iceberg lake whose files are on S3** (``lake.warehouse``) has no rename and no directory: the
+snapshot is the truth (:func:`_compact_on_s3`). The inputs are the day's files the current snapshot
+lists; the merged objects ``compacted-<h>-<n>.parquet`` are written unlisted, each carrying the day's
+manifest in its Parquet footer (:data:`~ztaudit.core.keys.FOOTER_MANIFEST`, never a separate object,
+which could claim ranges merged by a commit that then failed); one overwrite commit lists them
+instead of the inputs; the inputs are deleted after it. Re-ingest and replay read the manifests of
+the compacted objects the snapshot lists (:func:`~ztaudit.core.keys.listed_manifests`).
 """
 
 from __future__ import annotations
@@ -55,10 +63,10 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import pyarrow as pa
@@ -69,6 +77,7 @@ from ztaudit.core import warehouse
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import LakeError, SinkError
 from ztaudit.core.files import (
+    UNDATED,
     day_files,
     file_lock,
     fsync_dir,
@@ -77,18 +86,23 @@ from ztaudit.core.files import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import is_iceberg, publish, snapshot_files
+from ztaudit.core.iceberg import is_iceberg, publish, snapshot_files, table_day
 from ztaudit.core.keys import (
+    COMPACTED_PREFIX,
+    FOOTER_MANIFEST,
     KAFKA_FILE_NAME,
     MANIFEST,
     Manifest,
+    footer_manifest,
     forget_manifest,
     line_ranges,
     merge_ranges,
     origin_offsets,
     read_manifest,
+    union_manifests,
 )
 from ztaudit.core.schema import PARTITION_TIME, TABLES
+from ztaudit.core.sink import LakeSink
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +165,36 @@ def _offsets_of(table: pa.Table) -> pa.Array:
     return origin_offsets(table.column("origin"))
 
 
+def _note_ranges(name: str, t: pa.Table, ranges: dict[str, list[tuple[int, int]]],
+                 file_ranges: dict[str, list[tuple[str, int, int]]], outputs_before: set[str]) -> None:
+    """Add what the input file ``name`` (rows ``t``) held to the manifest being built: a Kafka chunk's
+    offset range, or a file chunk's input lines (not for an earlier compaction's output, whose chunks'
+    lines are in the earlier manifest already)."""
+    m = KAFKA_FILE_NAME.match(name)
+    if m and "origin" in t.column_names and t.num_rows:
+        hi = pc.max(_offsets_of(t)).as_py()
+        if hi is not None:
+            ranges.setdefault(m["tp"], []).append((int(m["first"]), int(hi)))
+    elif not m and name not in outputs_before and "origin" in t.column_names and t.num_rows:
+        # a file chunk: remember its lines, so an ingest that writes this key again drops them
+        lines = line_ranges(t.column("origin"))
+        if lines:
+            file_ranges[name] = sorted({*file_ranges.get(name, []), *lines})
+
+
 @dataclass
 class CompactResult:
     table: str
     day: str
     inputs: int
-    outputs: list[Path]
+    outputs: Sequence[PurePath]
     rows: int
     atomic: bool
+    #: how the merged files replaced the inputs, when not by a directory swap (a lake on S3)
+    how: str = ""
 
     def summary(self) -> str:
-        how = "atomic directory swap" if self.atomic else "NON-atomic fallback"
+        how = self.how or ("atomic directory swap" if self.atomic else "NON-atomic fallback")
         return (f"{self.table} dt={self.day}: {self.inputs} files -> {len(self.outputs)} files, "
                 f"{self.rows} rows ({how})")
 
@@ -174,7 +207,8 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         raise LakeError(f"bad date {day!r}", fix="write --date YYYY-MM-DD")
     if target_rows < 1:
         raise LakeError("--target-rows must be >= 1")
-    warehouse.refuse_on_s3(Path(lake), "compact")
+    if warehouse.of_lake(Path(lake)) is not None:
+        return _compact_on_s3(Path(lake), table, day, target_rows)
     table_dir = Path(lake) / table
     day_dir = table_dir / f"dt={day}"
     if not day_dir.is_dir():
@@ -208,16 +242,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
                 t = pq.read_table(p)
             except (OSError, pa.ArrowException) as exc:
                 raise LakeError(f"cannot read {p}: {exc}", fix="move the broken file away and rerun") from exc
-            m = KAFKA_FILE_NAME.match(p.name)
-            if m and "origin" in t.column_names and t.num_rows:
-                hi = pc.max(_offsets_of(t)).as_py()
-                if hi is not None:
-                    ranges.setdefault(m["tp"], []).append((int(m["first"]), int(hi)))
-            elif not m and p.name not in outputs_before and "origin" in t.column_names and t.num_rows:
-                # a file chunk: remember its lines, so an ingest that writes this key again drops them
-                lines = line_ranges(t.column("origin"))
-                if lines:
-                    file_ranges[p.name] = sorted({*file_ranges.get(p.name, []), *lines})
+            _note_ranges(p.name, t, ranges, file_ranges, outputs_before)
             parts.append(conform(t.drop_columns([c for c in ("dt",) if c in t.column_names]), schema))
         merged = pa.concat_tables(parts)
         time_col = PARTITION_TIME.get(table)
@@ -291,6 +316,93 @@ def _swap_in_snapshot(lake: Path, table: str, day: str, day_dir: Path, staging: 
     result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], rows, True)
     log.info("compact: %s (one Iceberg overwrite commit)", result.summary())
     return result
+
+
+def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> CompactResult:
+    """Compaction of one day of an Iceberg lake whose files are on S3 (no rename, no directory swap:
+    the snapshot is the truth):
+
+    1. **inputs** = the day's files the current snapshot lists (not a listing: a killed writer's or a
+       killed compaction's unlisted objects are not the day's rows);
+    2. **write** the merged rows as ``compacted-<h>-<n>.parquet`` in the day's prefix (``h`` = hash of
+       the sorted input names: a rerun after a crash writes the same keys), each object carrying the
+       day's merge manifest in its footer (:data:`~ztaudit.core.keys.FOOTER_MANIFEST`; cumulative with
+       the manifests of the compacted objects among the inputs). Unlisted, they are invisible and
+       claim nothing;
+    3. **one overwrite commit** lists the outputs and unlists the inputs (readers see one or the other,
+       and the manifest takes effect with it);
+    4. **delete** the inputs. A crash before 3 leaves unlisted outputs (rewritten by the rerun, or
+       orphans for ``maintain --remove-orphans``); a crash after it leaves unlisted inputs (orphans).
+
+    One compaction of a day at a time on this machine (a lock in the lake folder); two machines
+    compacting the same day at once are not supported."""
+    sink = LakeSink(lake)
+    wh = sink.warehouse  # checks the prefix's claim before anything is written or deleted
+    assert wh is not None
+    lock = lake / "_iceberg" / f".compact-{table}-dt={day}.lock"
+    with file_lock(lock, timeout=None, busy=lambda: LakeError(
+            f"another `ztaudit compact` is working on {table} dt={day}", fix="wait for it to finish")):
+        listed = snapshot_files(lake, table, None if day == UNDATED else (day, day))
+        inputs: list[PurePath] = sorted(loc for u in listed if (loc := wh.location(u)) is not None
+                                        and table_day(lake, loc) == (table, day))
+        if len(inputs) <= 1:
+            rows = sink.read_metadata(inputs[0]).num_rows if inputs else 0
+            return CompactResult(table, day, len(inputs), list(inputs), rows, True, how="nothing to merge")
+        names = [p.name for p in inputs]
+        h = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+        earlier: list[Manifest] = []
+        parts = []
+        schema = TABLES[table]
+        tables: list[tuple[PurePath, pa.Table]] = []
+        for p in inputs:
+            try:
+                t = sink.read_table(p)
+                m = footer_manifest(t.schema.metadata) if p.name.startswith(COMPACTED_PREFIX) else None
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise LakeError(f"cannot read {sink.display(p)}: {exc}",
+                                fix="check that the S3 store is reachable (the snapshot lists this object), "
+                                    "then rerun") from exc
+            if m is not None:
+                earlier.append(m)
+            tables.append((p, t))
+        old = union_manifests(earlier)
+        ranges: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in (old.kafka_ranges if old else {}).items()}
+        file_ranges: dict[str, list[tuple[str, int, int]]] = dict(old.file_ranges) if old else {}
+        outputs_before = ({p.name for p in inputs if p.name.startswith(COMPACTED_PREFIX)}
+                          | set(old.outputs if old else ()))
+        for p, t in tables:
+            _note_ranges(p.name, t, ranges, file_ranges, outputs_before)
+            parts.append(conform(t.drop_columns([c for c in ("dt",) if c in t.column_names]), schema))
+        tables.clear()
+        merged = pa.concat_tables(parts).replace_schema_metadata(None)
+        del parts
+        time_col = PARTITION_TIME.get(table)
+        if time_col and time_col in merged.column_names:
+            merged = merged.sort_by([(time_col, "ascending")])
+        starts = range(0, max(merged.num_rows, 1), target_rows)
+        out_names = [f"{COMPACTED_PREFIX}{h}-{n:04d}.parquet" for n in range(len(starts))]
+        manifest = Manifest(inputs=names, outputs=out_names,
+                            kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()}, file_ranges=file_ranges,
+                            rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
+        meta = {FOOTER_MANIFEST: manifest.to_json().encode()}
+        day_dir = sink.table_dir(table) / f"dt={day}"
+        outputs = [sink.write_file(merged.slice(start, target_rows), day_dir / name, meta)
+                   for name, start in zip(out_names, starts, strict=True)]
+        publish(lake, added=outputs, removed=inputs,
+                summary={"ztaudit.operation": "compact", "ztaudit.compacted_inputs": str(len(inputs))})
+        for p in inputs:
+            if p in outputs:
+                continue
+            try:
+                sink.delete_file(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # unlisted already: an orphan `maintain --remove-orphans` deletes
+                log.warning("compact: cannot delete %s after the commit unlisted it: %s", sink.display(p), exc)
+        result = CompactResult(table, day, len(inputs), outputs, merged.num_rows, True,
+                               how="one Iceberg overwrite commit")
+        log.info("compact: %s", result.summary())
+        return result
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -154,15 +154,25 @@ def later_chunks(sink: LakeSink, tp: TP, first: int) -> dict[int, PurePath]:
 
 def drop_compacted(sink: LakeSink, table_name: str, table: pa.Table, tp: TP) -> tuple[pa.Table, int]:
     """Drop rows a replay would write again into a day that ``compact`` already merged (its
-    ``_compacted.json`` lists this partition's offset ranges); returns the rest and how many were
-    dropped. Called on the writer thread; reads only manifests (cached by mtime)."""
+    ``_compacted.json`` lists this partition's offset ranges; on S3 the footers of the day's compacted
+    objects the current snapshot lists, :func:`~ztaudit.core.keys.listed_manifests`); returns the rest
+    and how many were dropped. Called on the writer thread; reads only manifests (cached by mtime, on
+    S3 per snapshot: one catalog lookup per call). Raises :class:`SinkError` (retried) when the
+    manifests of a lake on S3 cannot be read."""
     time_col = PARTITION_TIME.get(table_name)
-    if time_col is None or table.num_rows == 0 or sink.filesystem is not None:  # never compacted on S3
+    if time_col is None or table.num_rows == 0:
         return table, 0
     w = time_window(table, time_col)
     ranges_by_day: dict[str, list[tuple[int, int]]] = {}
-    for day in days_between(w) if w is not None else []:
-        manifest = read_manifest(sink.lake / table_name / f"dt={day}")
+    days = days_between(w) if w is not None else []
+    if sink.filesystem is None:
+        manifests = {day: read_manifest(sink.lake / table_name / f"dt={day}") for day in days}
+    else:
+        from ztaudit.core.keys import listed_manifests
+
+        on_s3 = listed_manifests(sink.lake, table_name, days) if days else {}
+        manifests = {day: on_s3.get(day) for day in days}
+    for day, manifest in manifests.items():
         if manifest is not None:
             ranges = manifest.kafka_ranges.get(f"{tp.topic}+{tp.partition}")
             if ranges:

@@ -5,6 +5,8 @@ after compaction does not reintroduce rows."""
 from __future__ import annotations
 
 import subprocess
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,238 @@ def test_interrupted_compaction_is_finished_by_the_next_run(tmp_path: Path, monk
     compact_mod.compact(lake, "k8s_audit", DAY)
     assert not [p for p in (lake / "k8s_audit").iterdir() if p.name.startswith(".compact-dt") and p.is_dir()]
     assert sum(audit_id_counts(lake).values()) == before[0] + 5
+
+
+# --- A lake whose files are on S3 (issue 16): inputs from the snapshot, the manifest in the footers ----
+
+S3_TABLE = "k8s_audit"
+
+
+def _s3_lake(s3proxy: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A new Iceberg lake on a fresh prefix of the S3 store (this process's environment set for it)."""
+    from support.s3proxy import lake_env
+
+    env = lake_env(s3proxy, name)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    lake = tmp_path / "lake"
+    LakeSink(lake, table_format="iceberg")
+    return lake, env["ZTAUDIT_LAKE_WAREHOUSE"][len("s3://"):]
+
+
+def _published_small_files(lake: Path, n_files: int, per_file: int = 10, rounds: int = 4) -> int:
+    """``n_files`` consumer-style chunks (4 partitions) of DAY, published in ``rounds`` commits; the rows."""
+    sink = LakeSink(lake)
+    per_part = n_files // 4 * per_file
+    events = audit_events(per_part * 4, run="s3cmp")
+    writes = []
+    for part in range(4):
+        res = process(RawBatch(events[part * per_part:(part + 1) * per_part],
+                               KafkaOrigins("audit", part, list(range(per_part)))), NormalizeContext())
+        table = res.tables["k8s_audit"]
+        writes += [(table.slice(first, per_file), f"audit+{part}+{first:020d}")
+                   for first in range(0, per_part, per_file)]
+    for i, (t, key) in enumerate(writes):
+        sink.write("k8s_audit", t, key)
+        if (i + 1) % max(1, len(writes) // rounds) == 0:
+            sink.publish()
+    sink.publish()
+    return per_part * 4
+
+
+def _day_sum(lake: Path) -> tuple[int, str]:
+    """(rows, sha256 of every row sorted) of DAY's k8s_audit through ztaudit's reader (the snapshot)."""
+    import hashlib
+
+    from ztaudit.core.lake import open_lake
+
+    con = open_lake(lake)
+    try:
+        rows = con.execute(f"SELECT * EXCLUDE (dt) FROM k8s_audit WHERE dt = DATE '{DAY}' "
+                           "ORDER BY origin, audit_id, stage").fetchall()
+    finally:
+        con.close()
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(repr(r).encode())
+    return len(rows), h.hexdigest()
+
+
+def _day_objects(s3proxy: Any, prefix: str) -> set[str]:
+    from support.s3proxy import objects
+
+    return {o for o in objects(s3proxy, f"{prefix}/{S3_TABLE}/dt={DAY}") if o.endswith(".parquet")}
+
+
+def _listed(lake: Path) -> set[str]:
+    from ztaudit.core import iceberg
+
+    return set(iceberg.snapshot_files(lake, S3_TABLE, (DAY, DAY)))
+
+
+@pytest.mark.s3
+def test_compact_on_s3_keeps_the_rows_in_fewer_objects_and_deletes_the_inputs(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ztaudit.core.keys import listed_manifests
+
+    lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "compact")
+    rows = _published_small_files(lake, 60)
+    before = _day_sum(lake)
+    inputs = _listed(lake)
+    assert before[0] == rows == 600 and len(inputs) == 60 and _day_objects(s3proxy, prefix) == inputs
+
+    result = compact_mod.compact(lake, S3_TABLE, DAY, target_rows=250)
+    assert (result.inputs, len(result.outputs), result.rows) == (60, 3, 600)
+    assert "one Iceberg overwrite commit" in result.summary()
+    listed = _listed(lake)
+    assert len(listed) == 3 and all(o.rsplit("/", 1)[1].startswith("compacted-") for o in listed)
+    assert _day_objects(s3proxy, prefix) == listed, "the inputs are deleted, only the listed outputs remain"
+    assert _day_sum(lake) == before
+    # The manifest is in every output's footer, and counts because the snapshot lists them.
+    merged = listed_manifests(lake, S3_TABLE)
+    assert set(merged) == {DAY} and merged[DAY].kafka_ranges == {f"audit+{p}": [(0, 149)] for p in range(4)}
+    assert len(merged[DAY].inputs) == 60 and merged[DAY].rows == 600
+    assert not (lake / S3_TABLE).exists(), "nothing of the day is kept in the lake folder"
+
+    # Newer chunks of the day are merged with the compacted objects; the manifest stays cumulative.
+    sink = LakeSink(lake)
+    extra = process(RawBatch(audit_events(20, run="later"), KafkaOrigins("audit", 0, list(range(150, 170)))),
+                    NormalizeContext()).tables["k8s_audit"]
+    sink.write("k8s_audit", extra, "audit+0+00000000000000000150")
+    sink.publish()
+    again = compact_mod.compact(lake, S3_TABLE, DAY)
+    assert again.inputs == 4 and len(again.outputs) == 1 and _day_sum(lake)[0] == 620
+    assert _day_objects(s3proxy, prefix) == _listed(lake) and len(_listed(lake)) == 1
+    assert listed_manifests(lake, S3_TABLE)[DAY].kafka_ranges["audit+0"] == [(0, 169)]
+    # Compacting a day of one object is a no-op.
+    assert compact_mod.compact(lake, S3_TABLE, DAY).inputs == 1 and _day_sum(lake)[0] == 620
+
+
+@pytest.mark.s3
+def test_compact_on_s3_killed_before_its_commit_changes_nothing_and_the_rerun_finishes(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ztaudit.core.keys import listed_manifests
+    from ztaudit.pipeline.consume.recovery import drop_compacted
+    from ztaudit.pipeline.maintain import maintain
+    from ztaudit.pipeline.sources.kafka.base import TP
+
+    lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "crash")
+    _published_small_files(lake, 12)
+    before, inputs = _day_sum(lake), _listed(lake)
+
+    def killed(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt("kill -9 between the writes and the commit")
+
+    real_publish = compact_mod.publish
+    monkeypatch.setattr(compact_mod, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compact_mod.compact(lake, S3_TABLE, DAY)
+    monkeypatch.setattr(compact_mod, "publish", real_publish)
+    # Readers see the inputs, all of them; the written outputs are unlisted objects that claim nothing:
+    # a replay of those offsets now is written again (dropping it would lose the rows if no rerun came).
+    stray = _day_objects(s3proxy, prefix) - inputs
+    assert _listed(lake) == inputs and _day_sum(lake) == before and len(stray) == 1
+    assert listed_manifests(lake, S3_TABLE) == {}
+    first_ten = audit_events(120, run="s3cmp")[:10]  # partition 0's offsets 0-9, as written above
+    replay = process(RawBatch(first_ten, KafkaOrigins("audit", 0, list(range(10)))),
+                     NormalizeContext()).tables["k8s_audit"]
+    assert drop_compacted(LakeSink(lake), "k8s_audit", replay, TP("audit", 0))[1] == 0
+
+    # The rerun writes the same keys and commits.
+    result = compact_mod.compact(lake, S3_TABLE, DAY)
+    assert result.inputs == 12 and {f"s3://{p}" for p in result.outputs} == stray == _listed(lake)
+    assert _day_objects(s3proxy, prefix) == stray and _day_sum(lake) == before
+
+    # Killed after the commit, before the deletions: readers see the outputs alone; the unlisted inputs
+    # are orphans that `maintain --remove-orphans` deletes once no snapshot kept lists them.
+    sink = LakeSink(lake)
+    for i in range(3):
+        t = process(RawBatch(audit_events(5, run=f"o{i}"), KafkaOrigins("audit", 7, list(range(10 * i, 10 * i + 5)))),
+                    NormalizeContext()).tables["k8s_audit"]
+        sink.write("k8s_audit", t, f"audit+7+{10 * i:020d}")
+    sink.publish()
+    grown = _day_sum(lake)
+
+    def dies(self: LakeSink, path: object) -> None:
+        raise KeyboardInterrupt("kill -9 after the commit")
+
+    real_delete = LakeSink.delete_file
+    monkeypatch.setattr(LakeSink, "delete_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        compact_mod.compact(lake, S3_TABLE, DAY)
+    monkeypatch.setattr(LakeSink, "delete_file", real_delete)
+    assert len(_listed(lake)) == 1 and _day_sum(lake) == grown
+    assert len(_day_objects(s3proxy, prefix)) == 5
+    time.sleep(1.1)  # object times are whole seconds
+    maintain(lake, expire_days=0, remove_orphans=True, orphan_grace_s=0, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert _day_objects(s3proxy, prefix) == _listed(lake) and _day_sum(lake) == grown
+
+
+def _run_ztaudit(args: list[str], env: dict[str, str]) -> str:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("ZTAUDIT_", "AWS_"))}
+    full.update(env)
+    p = subprocess.run([ZTAUDIT, *args], capture_output=True, text=True, env=full, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, out[-4000:]
+    return out
+
+
+@pytest.mark.s3
+def test_compact_cli_on_s3_and_reingest_or_replay_afterwards_doubles_nothing(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.s3proxy import lake_env
+
+    from ztaudit.core.keys import listed_manifests
+    from ztaudit.pipeline.consume.recovery import drop_compacted
+    from ztaudit.pipeline.sources.kafka.base import TP
+
+    env = lake_env(s3proxy, "cli")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    prefix = env["ZTAUDIT_LAKE_WAREHOUSE"][len("s3://"):]
+    lake, logs = tmp_path / "lake", tmp_path / "logs"
+    logs.mkdir()
+    events = audit_events(60, run="files")
+    for i in range(3):
+        (logs / f"audit-{i}.jsonl").write_bytes(b"\n".join(events[20 * i:20 * i + 20]) + b"\n")
+    _run_ztaudit(["ingest", "--lake", str(lake), str(logs)], env)
+    before = _day_sum(lake)
+    assert before[0] == 60 and len(_listed(lake)) == 3
+
+    out = _run_ztaudit(["compact", "--lake", str(lake), "--source", S3_TABLE, "--date", DAY], env)
+    assert "3 files -> 1 files, 60 rows (one Iceberg overwrite commit)" in out
+    assert len(_listed(lake)) == 1 and _day_objects(s3proxy, prefix) == _listed(lake)
+    assert _day_sum(lake) == before
+    chunks = listed_manifests(lake, S3_TABLE)[DAY].file_ranges  # each merged chunk's input lines
+    assert len(chunks) == 3 and all(r[0][1:] == (1, 20) for r in chunks.values())
+
+    # The same input again: its chunks' records are in the compacted object already, nothing is written.
+    _run_ztaudit(["ingest", "--lake", str(lake), str(logs)], env)
+    assert _day_sum(lake) == before and len(_day_objects(s3proxy, prefix)) == 1
+    # A grown input: only its new records are added.
+    more = audit_events(5, start=60, run="files")
+    with (logs / "audit-1.jsonl").open("ab") as fh:
+        fh.write(b"\n".join(more) + b"\n")
+    _run_ztaudit(["ingest", "--lake", str(lake), str(logs)], env)
+    assert _day_sum(lake)[0] == 65
+
+    # A consumer's replay into a compacted day: the offsets the footers list are dropped, the rest written.
+    sink = LakeSink(lake)
+    kafka = audit_events(30, run="kafka")
+    for first in (0, 10):
+        t = process(RawBatch(kafka[first:first + 10], KafkaOrigins("audit", 3, list(range(first, first + 10)))),
+                    NormalizeContext()).tables["k8s_audit"]
+        sink.write("k8s_audit", t, f"audit+3+{first:020d}")
+    sink.publish()
+    compact_mod.compact(lake, S3_TABLE, DAY)
+    compacted = _day_sum(lake)
+    assert compacted[0] == 85 and len(_listed(lake)) == 1
+    replay = process(RawBatch(kafka[5:30], KafkaOrigins("audit", 3, list(range(5, 30)))),
+                     NormalizeContext()).tables["k8s_audit"]
+    rest, dropped = drop_compacted(sink, "k8s_audit", replay, TP("audit", 3))
+    assert (dropped, rest.num_rows) == (15, 10)
+    sink.write("k8s_audit", rest, "audit+3+00000000000000000005")
+    sink.publish()
+    assert _day_sum(lake)[0] == 95
