@@ -631,8 +631,14 @@ def _by_table(lake: Path, paths: Iterable[PurePath]) -> dict[str, dict[str, Pure
     return out
 
 
+class ChangedMeanwhile(LakeError):
+    """A file :func:`publish` was to unlist is not the one its caller read: a writer replaced it under its
+    name since (``compact`` passes what it merged as ``expect``). Nothing was committed."""
+
+
 def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[PurePath] = (),
-            summary: Mapping[str, str] | None = None) -> Published:
+            summary: Mapping[str, str] | None = None,
+            expect: Mapping[PurePath, tuple[int, int]] | None = None) -> Published:
     """Register ``added`` and unregister ``removed`` data files, one commit per table touched.
 
     An added path already listed is replaced (its new footer, size and statistics); an added path
@@ -650,6 +656,7 @@ def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[Pur
     if not is_iceberg(lake):
         return Published()
     adds, drops = _by_table(lake, added), _by_table(lake, removed)
+    expected = {file_key_of(lake, p): v for p, v in (expect or {}).items()}
     out = Published()
     if not adds and not drops:
         return out
@@ -658,7 +665,7 @@ def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[Pur
         catalog = open_catalog(lake)
         for table in tables:
             out += _publish_table(lake, catalog, table, adds.get(table, {}), drops.get(table, {}),
-                                  summary if table == tables[-1] else None)
+                                  summary if table == tables[-1] else None, expected)
     return out
 
 
@@ -684,7 +691,8 @@ def backoff(attempt: int) -> float:
 
 def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[str, PurePath],
                    drops: Mapping[str, PurePath],
-                   summary: Mapping[str, str] | None) -> Published:
+                   summary: Mapping[str, str] | None,
+                   expected: Mapping[str, tuple[int, int]] | None = None) -> Published:
     """One table's commit of :func:`publish` (under the commit lock), retried on a lost race."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
@@ -712,6 +720,13 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
                 files.append(df)
             new = {f.file_path for f in files}
             delete = [df for p, df in registered.items() if p in new or p in drops]
+            for df in delete:
+                want = (expected or {}).get(df.file_path)
+                if want is not None and (df.file_size_in_bytes, df.record_count) != want:
+                    raise ChangedMeanwhile(
+                        f"{df.file_path} was replaced by another writer since it was read ({df.record_count} "
+                        f"rows now, {want[1]} then): nothing was committed",
+                        fix="run the command again (it reads the day as it is now)")
             if not files and not delete:
                 return out
             with owner_only(), tbl.transaction() as tx:
@@ -884,6 +899,29 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
         lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
         scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
     return sorted(local_path(task.file.file_path) for task in scan.plan_files())
+
+
+def snapshot_entries(lake: Path, table: str, days: tuple[str, str] | None) -> dict[str, tuple[int, int]]:
+    """Path or URI -> (bytes, rows) of ``table``'s data files in the current snapshot whose ``dt`` lies in
+    ``days`` (None: ``dt`` NULL, the ``unknown`` day): what :func:`publish`'s ``expect`` compares. Raises
+    :class:`LakeError` as :func:`snapshot_files` does."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        tbl = open_catalog(lake).load_table(_identifier(table))
+    except NoSuchTableError:
+        return {}
+    except Exception as exc:
+        raise _wrap(lake, f"loading {table}", exc) from exc
+    if tbl.current_snapshot() is None:
+        return {}
+    if days is None:
+        expr = "dt IS NULL"
+    else:
+        lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
+        expr = f"dt >= '{lo}' AND dt <= '{hi}'"
+    return {local_path(t.file.file_path): (t.file.file_size_in_bytes, t.file.record_count)
+            for t in tbl.scan(row_filter=expr).plan_files()}
 
 
 def snapshot_offsets(lake: Path, table: str) -> dict[tuple[str, int], int]:

@@ -271,6 +271,8 @@ def listed_manifests(lake: Path, table: str, days: Sequence[str] | None = None) 
             if m is not None:
                 per_day.setdefault(where[1], []).append(m)
         out = {d: u for d, ms in per_day.items() if (u := union_manifests(ms)) is not None}
+    if len(_listed_cache) > 256:  # a consumer asks for ever new day ranges: keep the cache bounded
+        _listed_cache.clear()
     _listed_cache[key] = (tbl.metadata_location, out)
     return out
 

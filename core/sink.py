@@ -331,7 +331,28 @@ class LakeSink:
             rel = info.path[len(base) + 1:].split("/")
             if info.type == FileType.File and len(rel) == 2 and rel[0].startswith("dt="):
                 index.setdefault(rel[0][3:], set()).add(rel[1])
+        self._hide_merged_inputs(table, index)
         return index
+
+    def _hide_merged_inputs(self, table: str, index: dict[str, set[str]]) -> None:
+        """Drop from ``index`` the objects ``compact`` merged and the snapshot no longer lists: on S3
+        they stay in the bucket until ``maintain --remove-orphans`` (older snapshots list them), and are
+        not the day's files any more, as on disk after the directory swap. An object of that name the
+        snapshot lists again (a newer version of the chunk) stays."""
+        from ztaudit.core.keys import listed_manifests
+
+        merged = listed_manifests(self.lake, table)
+        if not merged:
+            return
+        listed = set(iceberg.snapshot_files(self.lake, table))
+        for day, manifest in merged.items():
+            names = index.get(day)
+            if not names:
+                continue
+            folder = self.table_dir(table) / f"dt={day}"
+            for name in manifest.inputs:
+                if name in names and iceberg.file_key_of(self.lake, folder / name) not in listed:
+                    names.discard(name)
 
     def named(self, name: str) -> list[PurePath]:
         """Every file called ``name`` in any table and day (sorted): the consumer's leftovers of a

@@ -86,7 +86,15 @@ from ztaudit.core.files import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import is_iceberg, publish, snapshot_files, table_day
+from ztaudit.core.iceberg import (
+    ChangedMeanwhile,
+    is_iceberg,
+    publish,
+    snapshot_entries,
+    snapshot_files,
+    table_day,
+    valid_day,
+)
 from ztaudit.core.keys import (
     COMPACTED_PREFIX,
     FOOTER_MANIFEST,
@@ -203,8 +211,8 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
     """Merge ``LAKE/<table>/dt=<day>`` (see the module docstring for the steps and guarantees)."""
     if table not in TABLES:
         raise LakeError(f"unknown table {table!r}", fix=f"use one of {', '.join(sorted(TABLES))}")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}|unknown", day):
-        raise LakeError(f"bad date {day!r}", fix="write --date YYYY-MM-DD")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}|unknown", day) or not valid_day(day):
+        raise LakeError(f"bad date {day!r}", fix="write --date YYYY-MM-DD (a real date) or unknown")
     if target_rows < 1:
         raise LakeError("--target-rows must be >= 1")
     if warehouse.of_lake(Path(lake)) is not None:
@@ -331,8 +339,16 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
        claim nothing;
     3. **one overwrite commit** lists the outputs and unlists the inputs (readers see one or the other,
        and the manifest takes effect with it);
-    4. **delete** the inputs. A crash before 3 leaves unlisted outputs (rewritten by the rerun, or
-       orphans for ``maintain --remove-orphans``); a crash after it leaves unlisted inputs (orphans).
+    4. the inputs are **not deleted** here: older snapshots still list them (a reader of one may be
+       reading them), and a writer may have replaced one under its key since; ``maintain
+       --expire-snapshots ... --remove-orphans`` deletes them once no live snapshot lists them. Until
+       then the sink does not take them for the day's files (:meth:`LakeSink._object_index`).
+
+    The commit unlists exactly the objects that were read: each input's size and row count as the
+    snapshot listed them are checked against the head it commits on, and a writer that replaced one
+    under its key in between makes the commit refuse (:class:`~ztaudit.core.iceberg.ChangedMeanwhile`):
+    the outputs are deleted, nothing changed, run it again. A crash before 3 leaves unlisted outputs
+    (rewritten by the rerun, or orphans).
 
     One compaction of a day at a time on this machine (a lock in the lake folder); two machines
     compacting the same day at once are not supported."""
@@ -342,9 +358,10 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
     lock = lake / "_iceberg" / f".compact-{table}-dt={day}.lock"
     with file_lock(lock, timeout=None, busy=lambda: LakeError(
             f"another `ztaudit compact` is working on {table} dt={day}", fix="wait for it to finish")):
-        listed = snapshot_files(lake, table, None if day == UNDATED else (day, day))
-        inputs: list[PurePath] = sorted(loc for u in listed if (loc := wh.location(u)) is not None
+        entries = snapshot_entries(lake, table, None if day == UNDATED else (day, day))
+        inputs: list[PurePath] = sorted(loc for u in entries if (loc := wh.location(u)) is not None
                                         and table_day(lake, loc) == (table, day))
+        read_as = {p: entries[wh.object_uri(p)] for p in inputs}
         if len(inputs) <= 1:
             rows = sink.read_metadata(inputs[0]).num_rows if inputs else 0
             return CompactResult(table, day, len(inputs), list(inputs), rows, True, how="nothing to merge")
@@ -381,24 +398,25 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
             merged = merged.sort_by([(time_col, "ascending")])
         starts = range(0, max(merged.num_rows, 1), target_rows)
         out_names = [f"{COMPACTED_PREFIX}{h}-{n:04d}.parquet" for n in range(len(starts))]
-        manifest = Manifest(inputs=names, outputs=out_names,
+        # inputs: cumulative over the day's compactions, so every input ever merged (left in the bucket
+        # until `maintain --remove-orphans`) stays out of the sink's view of the day
+        manifest = Manifest(inputs=sorted(set(names) | set(old.inputs if old else ())), outputs=out_names,
                             kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()}, file_ranges=file_ranges,
                             rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
         meta = {FOOTER_MANIFEST: manifest.to_json().encode()}
         day_dir = sink.table_dir(table) / f"dt={day}"
         outputs = [sink.write_file(merged.slice(start, target_rows), day_dir / name, meta)
                    for name, start in zip(out_names, starts, strict=True)]
-        publish(lake, added=outputs, removed=inputs,
-                summary={"ztaudit.operation": "compact", "ztaudit.compacted_inputs": str(len(inputs))})
-        for p in inputs:
-            if p in outputs:
-                continue
-            try:
-                sink.delete_file(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # unlisted already: an orphan `maintain --remove-orphans` deletes
-                log.warning("compact: cannot delete %s after the commit unlisted it: %s", sink.display(p), exc)
+        try:
+            publish(lake, added=outputs, removed=inputs, expect=read_as,
+                    summary={"ztaudit.operation": "compact", "ztaudit.compacted_inputs": str(len(inputs))})
+        except ChangedMeanwhile:
+            for p in outputs:  # unlisted and ours (the keys hash this run's inputs): nothing else reads them
+                try:
+                    sink.delete_file(p)
+                except OSError:
+                    pass
+            raise
         result = CompactResult(table, day, len(inputs), outputs, merged.num_rows, True,
                                how="one Iceberg overwrite commit")
         log.info("compact: %s", result.summary())

@@ -163,6 +163,7 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
     out = MaintainResult()
     catalog = iceberg.open_catalog(lake)
     files = LakeSink(lake)  # where the lake keeps its files: its folder, or its S3 warehouse
+    _ = files.warehouse  # on S3: the prefix's claim is checked before any commit or delete
     for table in TABLES:
         with iceberg.commit_lock(lake):
             tbl = iceberg.ensure_table(catalog, lake, table)
@@ -173,8 +174,12 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
                 # the snapshot stops listing the days first; only then do their files go
                 tbl = _commit(lake, catalog, tbl, f"dropping days before {cutoff}",
                               partial(_drop_before, cutoff.isoformat(), str(retention_days)))
-                for d in old:
-                    files.delete_day(table, d)
+                if files.filesystem is None:
+                    for d in old:
+                        files.delete_day(table, d)
+                # On S3 the objects stay until `--remove-orphans` finds no live snapshot listing them: a
+                # late event a writer published into an old day after this listing must not lose its
+                # object (it is listed, so it stays), nor one being written (the orphans' grace).
                 out.days_dropped += len(old)
         if expire_days is not None:
             before = len(tbl.snapshots())

@@ -179,9 +179,10 @@ def _listed(lake: Path) -> set[str]:
 
 
 @pytest.mark.s3
-def test_compact_on_s3_keeps_the_rows_in_fewer_objects_and_deletes_the_inputs(
+def test_compact_on_s3_keeps_the_rows_in_fewer_objects_and_maintain_reclaims_the_inputs(
         s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ztaudit.core.keys import listed_manifests
+    from ztaudit.pipeline.maintain import maintain
 
     lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "compact")
     rows = _published_small_files(lake, 60)
@@ -194,8 +195,11 @@ def test_compact_on_s3_keeps_the_rows_in_fewer_objects_and_deletes_the_inputs(
     assert "one Iceberg overwrite commit" in result.summary()
     listed = _listed(lake)
     assert len(listed) == 3 and all(o.rsplit("/", 1)[1].startswith("compacted-") for o in listed)
-    assert _day_objects(s3proxy, prefix) == listed, "the inputs are deleted, only the listed outputs remain"
+    # The inputs stay in the bucket (older snapshots list them) until maintain finds them orphaned.
+    assert _day_objects(s3proxy, prefix) == listed | inputs
     assert _day_sum(lake) == before
+    assert LakeSink(lake).listing(S3_TABLE)[DAY] == {o.rsplit("/", 1)[1] for o in listed}, \
+        "the sink must not take merged inputs for the day's files"
     # The manifest is in every output's footer, and counts because the snapshot lists them.
     merged = listed_manifests(lake, S3_TABLE)
     assert set(merged) == {DAY} and merged[DAY].kafka_ranges == {f"audit+{p}": [(0, 149)] for p in range(4)}
@@ -210,8 +214,12 @@ def test_compact_on_s3_keeps_the_rows_in_fewer_objects_and_deletes_the_inputs(
     sink.publish()
     again = compact_mod.compact(lake, S3_TABLE, DAY)
     assert again.inputs == 4 and len(again.outputs) == 1 and _day_sum(lake)[0] == 620
-    assert _day_objects(s3proxy, prefix) == _listed(lake) and len(_listed(lake)) == 1
     assert listed_manifests(lake, S3_TABLE)[DAY].kafka_ranges["audit+0"] == [(0, 169)]
+    assert len(listed_manifests(lake, S3_TABLE)[DAY].inputs) == 64  # cumulative: every input ever merged
+    assert len(LakeSink(lake).listing(S3_TABLE)[DAY]) == 1
+    time.sleep(1.1)  # object times are whole seconds
+    maintain(lake, expire_days=0, remove_orphans=True, orphan_grace_s=0, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert _day_objects(s3proxy, prefix) == _listed(lake) and len(_listed(lake)) == 1 and _day_sum(lake)[0] == 620
     # Compacting a day of one object is a no-op.
     assert compact_mod.compact(lake, S3_TABLE, DAY).inputs == 1 and _day_sum(lake)[0] == 620
 
@@ -249,10 +257,10 @@ def test_compact_on_s3_killed_before_its_commit_changes_nothing_and_the_rerun_fi
     # The rerun writes the same keys and commits.
     result = compact_mod.compact(lake, S3_TABLE, DAY)
     assert result.inputs == 12 and {f"s3://{p}" for p in result.outputs} == stray == _listed(lake)
-    assert _day_objects(s3proxy, prefix) == stray and _day_sum(lake) == before
+    assert _day_objects(s3proxy, prefix) == stray | inputs and _day_sum(lake) == before
 
-    # Killed after the commit, before the deletions: readers see the outputs alone; the unlisted inputs
-    # are orphans that `maintain --remove-orphans` deletes once no snapshot kept lists them.
+    # After the commit the inputs are not deleted by compact: readers see the outputs alone, the
+    # unlisted inputs are orphans that `maintain --remove-orphans` deletes once no snapshot kept lists them.
     sink = LakeSink(lake)
     for i in range(3):
         t = process(RawBatch(audit_events(5, run=f"o{i}"), KafkaOrigins("audit", 7, list(range(10 * i, 10 * i + 5)))),
@@ -260,17 +268,9 @@ def test_compact_on_s3_killed_before_its_commit_changes_nothing_and_the_rerun_fi
         sink.write("k8s_audit", t, f"audit+7+{10 * i:020d}")
     sink.publish()
     grown = _day_sum(lake)
-
-    def dies(self: LakeSink, path: object) -> None:
-        raise KeyboardInterrupt("kill -9 after the commit")
-
-    real_delete = LakeSink.delete_file
-    monkeypatch.setattr(LakeSink, "delete_file", dies)
-    with pytest.raises(KeyboardInterrupt):
-        compact_mod.compact(lake, S3_TABLE, DAY)
-    monkeypatch.setattr(LakeSink, "delete_file", real_delete)
+    compact_mod.compact(lake, S3_TABLE, DAY)
     assert len(_listed(lake)) == 1 and _day_sum(lake) == grown
-    assert len(_day_objects(s3proxy, prefix)) == 5
+    assert len(_day_objects(s3proxy, prefix)) == 1 + 12 + 1 + 3  # outputs, and every input still there
     time.sleep(1.1)  # object times are whole seconds
     maintain(lake, expire_days=0, remove_orphans=True, orphan_grace_s=0, now=datetime.now(UTC) + timedelta(seconds=1))
     assert _day_objects(s3proxy, prefix) == _listed(lake) and _day_sum(lake) == grown
@@ -311,14 +311,21 @@ def test_compact_cli_on_s3_and_reingest_or_replay_afterwards_doubles_nothing(
 
     out = _run_ztaudit(["compact", "--lake", str(lake), "--source", S3_TABLE, "--date", DAY], env)
     assert "3 files -> 1 files, 60 rows (one Iceberg overwrite commit)" in out
-    assert len(_listed(lake)) == 1 and _day_objects(s3proxy, prefix) == _listed(lake)
+    assert len(_listed(lake)) == 1 and len(_day_objects(s3proxy, prefix)) == 4  # the inputs wait for maintain
     assert _day_sum(lake) == before
     chunks = listed_manifests(lake, S3_TABLE)[DAY].file_ranges  # each merged chunk's input lines
     assert len(chunks) == 3 and all(r[0][1:] == (1, 20) for r in chunks.values())
 
     # The same input again: its chunks' records are in the compacted object already, nothing is written.
     _run_ztaudit(["ingest", "--lake", str(lake), str(logs)], env)
-    assert _day_sum(lake) == before and len(_day_objects(s3proxy, prefix)) == 1
+    assert _day_sum(lake) == before and len(_day_objects(s3proxy, prefix)) == 4
+    # A shorter prefix of an input (an older copy of a log): its lines are merged already, nothing doubles
+    # (the merged inputs left in the bucket are not taken for a longer version of its chunk).
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "audit-0.jsonl").write_bytes(b"\n".join(events[:5]) + b"\n")
+    _run_ztaudit(["ingest", "--lake", str(lake), str(short)], env)
+    assert _day_sum(lake) == before
     # A grown input: only its new records are added.
     more = audit_events(5, start=60, run="files")
     with (logs / "audit-1.jsonl").open("ab") as fh:
@@ -344,3 +351,38 @@ def test_compact_cli_on_s3_and_reingest_or_replay_afterwards_doubles_nothing(
     sink.write("k8s_audit", rest, "audit+3+00000000000000000005")
     sink.publish()
     assert _day_sum(lake)[0] == 95
+
+
+@pytest.mark.s3
+def test_compact_on_s3_refuses_when_a_writer_replaced_an_input_meanwhile(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer replaces one of the day's objects under its key (a grown chunk re-ingested, a replay) and
+    publishes it after compaction read the day and before its commit: the commit would unlist the newer
+    object and its extra rows would be lost. It refuses instead (nothing changed, its outputs deleted),
+    and the rerun merges the day as it is now."""
+    from ztaudit.core.iceberg import ChangedMeanwhile
+
+    lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "race")
+    rows = _published_small_files(lake, 8)
+    assert _day_sum(lake)[0] == rows == 80
+    # partition 0's last chunk (offsets 10-19) read again with 5 more records after it (offsets 20-24)
+    events = audit_events(80, run="s3cmp")[10:20] + audit_events(5, run="grown")
+    grown = process(RawBatch(events, KafkaOrigins("audit", 0, list(range(10, 25)))),
+                    NormalizeContext()).tables["k8s_audit"]
+    real_publish = compact_mod.publish
+
+    def a_writer_commits_first(*args: Any, **kwargs: Any) -> Any:
+        sink = LakeSink(lake)
+        sink.write("k8s_audit", grown, "audit+0+00000000000000000010")  # the same key, 15 rows now
+        sink.publish()
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(compact_mod, "publish", a_writer_commits_first)
+    with pytest.raises(ChangedMeanwhile, match="replaced by another writer"):
+        compact_mod.compact(lake, S3_TABLE, DAY)
+    monkeypatch.setattr(compact_mod, "publish", real_publish)
+    after = _day_sum(lake)
+    assert after[0] == 85, "the writer's newer object (5 more rows) must stay listed"
+    assert not [o for o in _day_objects(s3proxy, prefix) if "/compacted-" in o], "the refused outputs are deleted"
+    result = compact_mod.compact(lake, S3_TABLE, DAY)
+    assert result.inputs == 8 and _day_sum(lake) == after
