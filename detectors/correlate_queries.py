@@ -81,10 +81,21 @@ def approved_predicate(imp: str, cluster: str) -> str:
 # the two sides
 # --------------------------------------------------------------------------------------------
 
+#: Tie-breaks of the pairing windows (``tb``), the same on both engines: ``pk`` is a ``hash()``, whose
+#: values differ between DuckDB and Spark (``spark_dialect.rewrite_hash``), so ordering rows tied on
+#: time by ``pk`` alone paired other rows on each engine (two requests of one tier C key in the same
+#: µs, decisions of one key logged in the same second). The first 12 hex digits of the MD5 of the
+#: row's identity (``md5`` is the same function on both) order such ties; ``pk`` stays the last key.
+PROXY_TIE_SQL: Final = ("substr(md5(coalesce(d.origin, '') || chr(0) || coalesce(d.request_id, '') || chr(0) "
+                        "|| coalesce(d.check_request_id, '')), 1, 12)")
+#: The audit side's ``tb`` over alias ``r`` (an aggregate: one request is one (cluster, audit_id, time)).
+AUDIT_TIE_SQL: Final = "substr(md5(coalesce(any_value(r.audit_id), '')), 1, 12)"
+
 #: Proxy side, what matching needs of a decision, hashed so 4M decisions stay small in memory: its key
 #: ``pk``, the composite key ``k`` (tier C), cluster, time in µs and precision (1 s when logged in whole
 #: seconds) and the hash of the id an exact audit id would equal (tier A).
-PROXY_MATCH_COLUMNS: Final = """hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
+PROXY_MATCH_COLUMNS: Final = f"""hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
+           {PROXY_TIE_SQL} AS tb,
            hash(coalesce(h.cluster, d.cluster, s.single_cluster), lower(d.email), upper(d.method), d.path) AS k,
            coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster,
            epoch_us(d.decided_at) AS d_us,
@@ -144,7 +155,7 @@ _AUDIT_KB: Final = (f"CASE WHEN r.proxy_session_id IS NOT NULL THEN hash(coalesc
 #: Audit side, what matching needs of a request: key, composite key, cluster, hash of its audit id,
 #: impersonated user and time (µs). One row per request: grouping by one 64-bit hash of (cluster,
 #: audit_id, request_received_at) is ~2x faster than by the columns.
-AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_at) AS pk, {AUDIT_TIE_SQL} AS tb,
            any_value({_AUDIT_K.format(single='s.single_cluster')}) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
            lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
@@ -175,7 +186,7 @@ AUDIT_SIDE: Final = f"""
 #: stage with an impersonator, which is the ``actor`` the detect plan's ``zt_unmatched_audit`` gives an
 #: unmatched request; so the summary needs no second read of the audit log.
 AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
-    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk, {AUDIT_TIE_SQL} AS tb,
            any_value({_AUDIT_K.format(single='r.single_cluster')}) FILTER (WHERE r.lean) AS k,
            any_value(coalesce(r.cluster, r.single_cluster)) FILTER (WHERE r.lean) AS cluster,
            any_value(hash(r.audit_id)) FILTER (WHERE r.lean) AS audit_h,
@@ -206,8 +217,8 @@ TIER_A: Final = """
     FROM zt_p p JOIN zt_a a ON a.audit_h = p.rid_h AND a.cluster = p.cluster
     CROSS JOIN zt_correlation_settings s
     WHERE abs(a.r_us - p.d_us) <= s.exact_window_us
-    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
-        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.tb, a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.tb, p.pk) = 1
 """
 
 #: Tier B over ``zt_p`` / ``zt_a``: the same proxy session id, cluster, method and path (``kb``), within the
@@ -219,8 +230,8 @@ TIER_B: Final = """
     CROSS JOIN zt_correlation_settings s
     WHERE abs(a.r_us - (p.d_us + p.prec_us // 2)) <= s.window_us + p.prec_us // 2
       AND p.pk NOT IN (SELECT p_pk FROM {paired}) AND a.pk NOT IN (SELECT a_pk FROM {paired})
-    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
-        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.tb, a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.tb, p.pk) = 1
 """
 
 #: Rows of ``{decisions}`` / ``{requests}`` not paired in ``{paired}``, on one time line per key: a
@@ -229,10 +240,10 @@ TIER_B: Final = """
 #: paired by tier B belong to different sessions, so tier C does not pair them either (a request with
 #: a session id still pairs with a decision logged without one, e.g. an older log or an access line).
 _UNPAIRED: Final = """
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM {decisions} WHERE pk NOT IN (SELECT p_pk FROM {paired})
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
         FROM {requests} WHERE pk NOT IN (SELECT a_pk FROM {paired})
     """
 
@@ -241,7 +252,7 @@ _UNPAIRED: Final = """
 #: the ranks shift, those pairs fail the time check and go on to the burst passes.
 TIER_C_RANKS: Final = f"""
     WITH u AS ({_UNPAIRED})
-    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n
+    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, tb, pk) AS n
     FROM u
     """
 
@@ -255,13 +266,13 @@ TIER_C_BURSTS: Final = f"""
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
                sum(CASE WHEN is_a THEN 0 ELSE 1 END) OVER w AS cp,
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
-        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
+        SELECT pk, tb, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
-        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     )
     SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     """

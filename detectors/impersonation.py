@@ -25,6 +25,8 @@ from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 from ztaudit.detectors.correlate_queries import (
+    AUDIT_TIE_SQL,
+    PROXY_TIE_SQL,
     TIER_C_BURSTS,
     TIER_C_PAIRS,
     TIER_C_RANKS,
@@ -129,7 +131,8 @@ _PROXY_BYPASS_SQL: Final = f"""
 _UNMATCHED_DECISIONS_SQL: Final = f"""
     SELECT cluster, actor, CAST(decided_at AS DATE) AS day, count(*) AS decisions,
            min(decided_at) AS first_seen, max(decided_at) AS last_seen,
-           list(DISTINCT method || ' ' || path ORDER BY method || ' ' || path)[1:10] AS requests,
+           list(DISTINCT coalesce(method, '?') || ' ' || coalesce(path, '?')
+                ORDER BY coalesce(method, '?') || ' ' || coalesce(path, '?'))[1:10] AS requests,
            {_dl('client_ip', 5)} AS client_ips, {_dl('user_id', 3)} AS user_ids,
            list(coalesce(request_id, origin) ORDER BY decided_at, coalesce(request_id, origin))[1:$cap] AS refs
     FROM {correlate.Correlation().unmatched_proxy} WHERE judgeable GROUP BY ALL ORDER BY cluster, actor, day
@@ -144,7 +147,7 @@ _UNMATCHED_DECISIONS_SQL: Final = f"""
 _RAW_PREPARE: Final[tuple[Step, ...]] = (
     # the raw requests: one row per request (docs/kubernetes-audit.md §9), no stage impersonated
     Table("zt_raw_a", f"""
-    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk, {AUDIT_TIE_SQL} AS tb,
            hash(any_value(coalesce(r.cluster, s.single_cluster)), {VERB_METHOD_SQL.format(v='any_value(r.verb)')},
                 split_part(any_value(r.request_uri), '?', 1)) AS k,
            epoch_us(any_value(r.request_received_at)) AS r_us, CAST(NULL AS UBIGINT) AS kb,
@@ -159,8 +162,8 @@ _RAW_PREPARE: Final[tuple[Step, ...]] = (
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
     HAVING bool_and(r.impersonator IS NULL)"""),
     # the decisions a raw request may explain: allowed, for a person, paired with no impersonated request
-    Table("zt_raw_p", """
-    SELECT hash(origin, request_id, check_request_id, decided_at) AS pk,
+    Table("zt_raw_p", f"""
+    SELECT hash(origin, request_id, check_request_id, decided_at) AS pk, {PROXY_TIE_SQL.replace('d.', '')} AS tb,
            hash(cluster, upper(method), path) AS k, epoch_us(decided_at) AS d_us,
            CASE WHEN epoch_us(decided_at) % 1000000 = 0 THEN 1000000 ELSE 0 END AS prec_us,
            CAST(NULL AS UBIGINT) AS kb, coalesce(request_id, origin) AS ref
@@ -181,7 +184,7 @@ _RAW_PREPARE: Final[tuple[Step, ...]] = (
     # close to the end of the proxy data, or no proxy data in the cluster: its decision may not be
     # logged yet), ``own`` (unpaired: the proxy's own housekeeping, config maps, ingresses, leases).
     Table("zt_raw_proxy", """
-    SELECT a.* EXCLUDE (pk, k, r_us, kb), x.ref,
+    SELECT a.* EXCLUDE (pk, tb, k, r_us, kb), x.ref,
            CASE WHEN x.ref IS NOT NULL THEN 'route'
                 WHEN a.resource = 'secrets' AND a.verb IN ('get', 'list', 'watch')
                      AND a.namespace IS DISTINCT FROM

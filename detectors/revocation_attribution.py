@@ -32,14 +32,19 @@ PROXY_BOUND: Final = ("d.decided_at >= $ulo AND d.decided_at < $until "
 #: The subject's last allowed proxy decision before the revocation (within the notice window: an address
 #: used days earlier says nothing of who is there now), with the address it came from, and the
 #: subject's last allowed use after the revocation (``last_after``): a denial before it was not the
-#: subject's, whose access still worked.
+#: subject's, whose access still worked. Decisions in one second (Pomerium logs whole seconds) tie on
+#: ``ts``: address, user agent and proxy are those of the last in (ts, ref, ip, ua, proxy) order, the
+#: same row on both engines (``arg_max`` among exact ties picks any row, differently on DuckDB and Spark).
 _LAST_SQL: Final = Table("zt_rev_last", """
         SELECT b.*, b.ts - $notice_window AS look_from,
            (SELECT max(u.ts) FROM zt_rev_use u WHERE u.rev_id = b.rev_id AND u.allowed AND u.ts > b.revoked_at
               AND (b.restored_at IS NULL OR u.ts < b.restored_at)) AS last_after
     FROM (SELECT u.rev_id, any_value(r.revoked_at) AS revoked_at, any_value(r.restored_at) AS restored_at,
-                 max(u.ts) AS ts, arg_max(u.ip, u.ts) AS ip,
-                 arg_max(u.ua, u.ts) AS ua, arg_max(u.proxy, u.ts) AS proxy
+                 max(u.ts) AS ts, arg_max(u.ip, (u.ts, coalesce(u.ref, ''), u.ip, coalesce(u.ua, ''),
+                                                   coalesce(u.proxy, ''))) AS ip,
+                 arg_max(u.ua, (u.ts, coalesce(u.ref, ''), u.ip, coalesce(u.ua, ''), coalesce(u.proxy, ''))) AS ua,
+                 arg_max(u.proxy, (u.ts, coalesce(u.ref, ''), u.ip, coalesce(u.ua, ''), coalesce(u.proxy, '')))
+                   AS proxy
           FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
           WHERE u.plane = 'proxy' AND u.allowed AND u.ts + to_microseconds(u.prec_us) <= r.revoked_at
             AND u.ts >= r.revoked_at - $notice_window AND coalesce(u.ip, '') <> ''
@@ -51,6 +56,8 @@ _LAST_SQL: Final = Table("zt_rev_last", """
 #: decision is at ``since``, the first *other* identity at that address after ``since`` is found by one
 #: ASOF lookup instead of a join of every denial with every decision (a shared NAT address would make
 #: that quadratic). ``who`` prefers the email, the spelling Pomerium logs on every line of a session.
+#: One row per (address, time), the first in ``who`` order: the ASOF lookup takes the row with the
+#: smallest ``ts``, and among rows tied on it DuckDB and Spark would each pick their own.
 _SEEN_SQL: Final = Table("zt_rev_seen", f"""
         WITH s AS (
         SELECT d.client_ip AS ip, d.decided_at AS ts, lower(nullif(d.email, '')) AS em, nullif(d.user_id, '') AS uid,
@@ -67,6 +74,7 @@ _SEEN_SQL: Final = Table("zt_rev_seen", f"""
     )
     SELECT r.ip, r.ts, r.em, r.uid, n.start AS next_start
     FROM r LEFT JOIN runs n ON n.ip = r.ip AND n.run = r.run + 1
+    QUALIFY row_number() OVER (PARTITION BY r.ip, r.ts ORDER BY r.who, coalesce(r.uid, ''), coalesce(r.em, '')) = 1
 """)
 
 #: Anonymous proxy denials (no user, email or session: Pomerium's ``user-unauthenticated`` lines after a
@@ -90,9 +98,13 @@ _DENIALS_SQL: Final = Table("zt_rev_dn", f"""
 #: (``other_at``; number ``mid``; a NAT address where others work is never attributed): after it the
 #: address is shared and nothing is attributed (``refused_shared``). Of the first $keep attributable ones,
 #: those whose user agent differs
-#: from the subject's (where both are logged) are not attributed either (``refused_ua``).
+#: from the subject's (where both are logged) are not attributed either (``refused_ua``). The ASOF lookups
+#: read ``dts``, the smallest number per (address, proxy, time): denials logged in one second tie on
+#: ``ts``, and the lookup must take the first of them on both engines (an ASOF join picks any of tied rows).
 _ANON_SQL: Final = Table("zt_rev_anon", """
-        WITH b AS (
+        WITH dts AS (
+        SELECT ip, proxy, ts, min(rn) AS rn FROM zt_rev_dn GROUP BY ip, proxy, ts
+    ), b AS (
         SELECT l.rev_id, l.ip, l.proxy, l.ua AS last_ua, r.revoked_at,
                greatest(r.revoked_at - INTERVAL 1 SECOND, coalesce(l.last_after, r.revoked_at - INTERVAL 1 SECOND))
                  AS start,
@@ -104,13 +116,13 @@ _ANON_SQL: Final = Table("zt_rev_anon", """
         FROM zt_rev_last l JOIN zt_rev r USING (rev_id)
         ASOF LEFT JOIN zt_rev_seen s ON s.ip = l.ip AND s.ts >= l.look_from
     ), lo AS (
-        SELECT b.rev_id, d.rn AS lo FROM b ASOF JOIN zt_rev_dn d
+        SELECT b.rev_id, d.rn AS lo FROM b ASOF JOIN dts d
           ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts > b.start
     ), hi AS (
-        SELECT b.rev_id, d.rn AS hi_next FROM b ASOF JOIN zt_rev_dn d
+        SELECT b.rev_id, d.rn AS hi_next FROM b ASOF JOIN dts d
           ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.stop
     ), mid AS (
-        SELECT b.rev_id, d.rn AS mid FROM b ASOF JOIN zt_rev_dn d
+        SELECT b.rev_id, d.rn AS mid FROM b ASOF JOIN dts d
           ON d.ip = b.ip AND d.proxy IS NOT DISTINCT FROM b.proxy AND d.ts >= b.other_at
     ), top AS (
         SELECT ip, proxy, max(rn) AS top FROM zt_rev_dn GROUP BY ip, proxy

@@ -82,11 +82,12 @@ def _param_true(key: str) -> str:
     ``&`` after the first ``?``, the key percent-decoded (an undecodable one never matches), the first
     pair with that key decides, and its value is false only when it is ``0`` or ``false`` (any case);
     present without ``=`` or empty is true. Linear in the URI (``string_split``, no backtracking).
+    Written with ``substr``, not slices (``kv[:n]``, which sqlglot cannot read for Spark).
     """
     pairs = ("string_split(CASE WHEN strpos(q.request_uri, '?') > 0 "
-             "THEN q.request_uri[strpos(q.request_uri, '?') + 1:] ELSE '' END, '&')")
-    key_of = "try(url_decode(CASE WHEN strpos(kv, '=') > 0 THEN kv[:strpos(kv, '=') - 1] ELSE kv END))"
-    value_of = "CASE WHEN strpos(kv, '=') > 0 THEN kv[strpos(kv, '=') + 1:] ELSE '' END"
+             "THEN substr(q.request_uri, strpos(q.request_uri, '?') + 1) ELSE '' END, '&')")
+    key_of = "try(url_decode(CASE WHEN strpos(kv, '=') > 0 THEN substr(kv, 1, strpos(kv, '=') - 1) ELSE kv END))"
+    value_of = "CASE WHEN strpos(kv, '=') > 0 THEN substr(kv, strpos(kv, '=') + 1) ELSE '' END"
     first = f"[{value_of} FOR kv IN {pairs} IF {key_of} = '{key}'][1]"
     return f"coalesce(lower(coalesce(try(url_decode({first})), {first})) NOT IN ('0', 'false'), false)"
 
@@ -102,12 +103,15 @@ _CANDIDATES_SQL: Final = Table("zt_rev_stream_cand", """
 
 #: Those requests with their stages, one row per request: its end (ResponseComplete or Panic), its
 #: ResponseStarted, whether it was established, what it was, and each stage once (first time logged:
-#: a stage delivered twice is one). Read from ``k8s_audit`` bounded by the candidates' receive times;
-#: the reference is the ``'k8s_audit:' || cluster || '/' || audit_id`` every detector uses.
+#: a stage delivered twice is one; of two copies logged at the same time, e.g. a log read twice from two
+#: files, the code and origin of the first in origin order, on both engines and at any thread count).
+#: Read from ``k8s_audit`` bounded by the candidates' receive times; the reference is the
+#: ``'k8s_audit:' || cluster || '/' || audit_id`` every detector uses.
 _REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
         WITH st AS (
         SELECT a.cluster, a.audit_id, a.request_received_at, a.stage, min(a.stage_at) AS stage_ts,
-               arg_min(a.response_code, a.stage_at) AS code, arg_min(a.origin, a.stage_at) AS origin,
+               arg_min(a.response_code, (a.stage_at, coalesce(a.origin, ''))) AS code,
+               arg_min(a.origin, (a.stage_at, coalesce(a.origin, ''))) AS origin,
                bool_or(coalesce(a.decision, '') = 'forbid') AS forbid,
                any_value(a.verb) AS verb, any_value(a.resource) AS resource, any_value(a.subresource) AS subresource,
                any_value(a.namespace) AS namespace, any_value(a.name) AS name,

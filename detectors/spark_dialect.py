@@ -761,6 +761,62 @@ def rewrite_avg_double(node: exp.Expr) -> exp.Expr:
     return exp.Avg(this=exp.cast(node.this.copy(), "DOUBLE"))
 
 
+def rewrite_list_index(node: exp.Expr) -> exp.Expr:
+    """``list[i]``: DuckDB's 1-based element, NULL when ``i`` is past either end (a negative ``i``
+    counts from the end) and for a NULL list (DuckDB docs, "List Functions", ``list_extract``). sqlglot
+    prints Spark's ``list[i - 1]``, which in Spark 4's ANSI mode (the default) *fails the statement*
+    for an index past the end ([INVALID_ARRAY_INDEX]: the first element of an empty list comprehension
+    stopped ``revocation.stream_survived``). Spark's ``try_element_at(list, i)`` is 1-based, counts a
+    negative ``i`` from the end and gives NULL past either end (Spark SQL functions,
+    ``try_element_at``); on a map it is the value of key ``i`` or NULL. A string index (a map or struct
+    key, ``m['k']``) is left to sqlglot."""
+    assert isinstance(node, exp.Bracket)
+    idx = node.expressions[0]
+    # sqlglot shifts a literal index to 0-based when it reads DuckDB (1 -> 0, -1 -> -2) and leaves any
+    # other expression as written (1-based)
+    one_based: exp.Expr
+    if isinstance(idx, exp.Literal) and not idx.is_string:
+        one_based = _lit(int(idx.name) + 1)
+    elif isinstance(idx, exp.Neg) and isinstance(idx.this, exp.Literal) and not idx.this.is_string:
+        one_based = _lit(1 - int(idx.this.name))
+    else:
+        one_based = _nested(idx, _list_index, rewrite_list_index)
+    return _fn("try_element_at", _nested(node.this, _list_index, rewrite_list_index), one_based)
+
+
+def _nested(e: exp.Expr, matches: Callable[[exp.Expr], bool], rewrite: Callable[[exp.Expr], exp.Expr]) -> exp.Expr:
+    """A copy of ``e`` with ``rewrite`` applied inside: a rule's top-down pass does not visit the
+    children of the node it replaces, so a rule whose node may hold another of its kind calls this."""
+    return e.copy().transform(lambda n: rewrite(n) if matches(n) else n, copy=False)
+
+
+def _list_index(n: exp.Expr) -> bool:
+    if not (isinstance(n, exp.Bracket) and len(n.expressions) == 1):
+        return False
+    idx = n.expressions[0]
+    return not isinstance(idx, exp.Slice) and not (isinstance(idx, exp.Literal) and idx.is_string)
+
+
+def rewrite_try_url_decode(node: exp.Expr) -> exp.Expr:
+    """``try(url_decode(s))``: DuckDB decodes ``%XX`` escapes and keeps an invalid one (``'%zz'``) and
+    ``+`` as they are, so ``try`` never fires (DuckDB docs, "Text Functions", ``url_decode``; "TRY").
+    Spark's ``try_url_decode(s)`` decodes ``%XX`` and ``+`` (a space) and is NULL for an invalid
+    escape (Spark SQL functions). The values differ for ``+`` and invalid escapes, but ztaudit only
+    compares the result with literals holding neither (``'watch'``, ``'follow'``, ``'0'``,
+    ``'false'``), and a value containing ``+`` or ``%`` equals none of them on either engine. Any other
+    ``try(...)`` is not translated (the ``url_decode`` inside matches too, and is replaced with its
+    ``try``)."""
+    if not isinstance(node, exp.Try):
+        return node
+    return _fn("try_url_decode", *[_nested(a, _try_url_decode, rewrite_try_url_decode) for a in node.this.expressions])
+
+
+def _try_url_decode(n: exp.Expr) -> bool:
+    if isinstance(n, exp.Try):
+        return _anon(n.this, "url_decode") and len(n.this.expressions) == 1
+    return _anon(n, "url_decode") and isinstance(n.parent, exp.Try) and len(n.expressions) == 1
+
+
 def _report(idiom: str, why: str, fix: str) -> Callable[[exp.Expr], exp.Expr]:
     def refuse(node: exp.Expr) -> exp.Expr:
         raise UnsupportedIdiom(idiom, f"{why}: {node.sql('duckdb')[:120]}", fix=fix)
@@ -862,6 +918,8 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("strftime", lambda n: isinstance(n, exp.TimeToStr), rewrite_strftime),
     Rule("asof_join", lambda n: isinstance(n, exp.Join) and str(n.args.get("method") or "").upper() == "ASOF",
          rewrite_asof_join),
+    Rule("list_index", _list_index, rewrite_list_index),
+    Rule("try_url_decode", _try_url_decode, rewrite_try_url_decode),
     # --- reported, not rewritten ---------------------------------------------------------------
     Rule("star_replace", lambda n: isinstance(n, exp.Star) and bool(n.args.get("replace")),
          _report("star_replace", "SELECT * REPLACE needs the column list, which Spark SQL cannot infer",
@@ -900,6 +958,7 @@ PORTABLE: Final[frozenset[type[exp.Expr]]] = frozenset({
     exp.PropertyEQ, exp.Tuple, exp.Values, exp.Transform, exp.Flatten, exp.LogicalOr, exp.LogicalAnd,
     exp.ArrayAgg, exp.Bracket, exp.Slice, exp.Mode, exp.ToDays, exp.Anonymous, exp.ReturnsProperty,
     exp.Chr, exp.ArrayToString, exp.TimeToUnix, exp.UnixToTime, exp.DPipe, exp.ConcatWs,
+    exp.Substring, exp.StrPosition, exp.MD5,
 })
 
 

@@ -1,5 +1,6 @@
 WITH zt_p AS MATERIALIZED (
     SELECT hash(d.origin, d.request_id, d.check_request_id, d.decided_at) AS pk,
+           substr(md5(coalesce(d.origin, '') || chr(0) || coalesce(d.request_id, '') || chr(0) || coalesce(d.check_request_id, '')), 1, 12) AS tb,
            hash(coalesce(h.cluster, d.cluster, s.single_cluster), lower(d.email), upper(d.method), d.path) AS k,
            coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster,
            epoch_us(d.decided_at) AS d_us,
@@ -22,7 +23,7 @@ WITH zt_p AS MATERIALIZED (
       AND az.rid IS NULL
     ),
          zt_a AS MATERIALIZED (
-    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk,
+    SELECT hash(r.cluster, r.audit_id, r.request_received_at) AS pk, substr(md5(coalesce(any_value(r.audit_id), '')), 1, 12) AS tb,
            any_value(hash(coalesce(r.cluster, s.single_cluster), lower(coalesce(r.impersonated_user, r.user_name)), CASE r.verb WHEN 'get' THEN 'GET' WHEN 'list' THEN 'GET' WHEN 'watch' THEN 'GET' WHEN 'create' THEN 'POST' WHEN 'update' THEN 'PUT' WHEN 'patch' THEN 'PATCH' WHEN 'delete' THEN 'DELETE' WHEN 'deletecollection' THEN 'DELETE' ELSE upper(r.verb) END, split_part(r.request_uri, '?', 1))) AS k,
            any_value(coalesce(r.cluster, s.single_cluster)) AS cluster, any_value(hash(r.audit_id)) AS audit_h,
            lower(any_value(coalesce(r.impersonated_user, r.user_name))) AS who,
@@ -44,8 +45,8 @@ WITH zt_p AS MATERIALIZED (
     FROM zt_p p JOIN zt_a a ON a.audit_h = p.rid_h AND a.cluster = p.cluster
     CROSS JOIN zt_correlation_settings s
     WHERE abs(a.r_us - p.d_us) <= s.exact_window_us
-    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
-        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.tb, a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.tb, p.pk) = 1
 ),
          zt_pb AS MATERIALIZED (
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'B' AS tier
@@ -53,20 +54,20 @@ WITH zt_p AS MATERIALIZED (
     CROSS JOIN zt_correlation_settings s
     WHERE abs(a.r_us - (p.d_us + p.prec_us // 2)) <= s.window_us + p.prec_us // 2
       AND p.pk NOT IN (SELECT p_pk FROM zt_pa0) AND a.pk NOT IN (SELECT a_pk FROM zt_pa0)
-    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.pk) = 1
-        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.pk) = 1
+    QUALIFY row_number() OVER (PARTITION BY p.pk ORDER BY abs(a.r_us - p.d_us), a.tb, a.pk) = 1
+        AND row_number() OVER (PARTITION BY a.pk ORDER BY abs(a.r_us - p.d_us), p.tb, p.pk) = 1
 ),
          zt_pa AS MATERIALIZED (SELECT * FROM zt_pa0 UNION ALL SELECT * FROM zt_pb),
          zt_c0 AS MATERIALIZED (
              WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_pa)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
         FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_pa)
     )
-    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, pk) AS n
+    SELECT pk, is_a, k, t, half, has_sid, 0 AS grp, row_number() OVER (PARTITION BY k, is_a ORDER BY t, tb, pk) AS n
     FROM u
     ) 
     SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
@@ -77,23 +78,23 @@ WITH zt_p AS MATERIALIZED (
          zt_x0 AS MATERIALIZED (SELECT * FROM zt_pa UNION ALL SELECT * FROM zt_c0),
          zt_c1 AS MATERIALIZED (WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x0)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
         FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x0)
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
                sum(CASE WHEN is_a THEN 0 ELSE 1 END) OVER w AS cp,
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
-        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
+        SELECT pk, tb, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
-        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     )
     SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     ) 
@@ -105,23 +106,23 @@ WITH zt_p AS MATERIALIZED (
          zt_x1 AS MATERIALIZED (SELECT * FROM zt_x0 UNION ALL SELECT * FROM zt_c1),
          zt_c2 AS MATERIALIZED (WITH r AS MATERIALIZED (
     WITH u AS (
-        SELECT pk, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x1)
         UNION ALL
-        SELECT pk, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        SELECT pk, tb, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
         FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x1)
     ), l1 AS (
         SELECT u.*,
                coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
                sum(CASE WHEN is_a THEN 0 ELSE 1 END) OVER w AS cp,
                sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
-        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     ), l2 AS (
-        SELECT pk, is_a, k, t, half, has_sid, cp, ca,
+        SELECT pk, tb, is_a, k, t, half, has_sid, cp, ca,
                sum(brk::INT) OVER w AS grp,
                max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
                max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
-        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, pk ROWS UNBOUNDED PRECEDING)
+        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
     )
     SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
     ) 
