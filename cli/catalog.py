@@ -21,16 +21,19 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import duckdb
 
 from ztaudit.cli.options import lake_option
 from ztaudit.cli.report import write_output
+from ztaudit.core import warehouse
 from ztaudit.core.catalog import sql_literal
 from ztaudit.core.columns import describe
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import FILE_MODE, fsync_dir, makedirs
+from ztaudit.core.iceberg import is_iceberg
 from ztaudit.core.lake import MACROS, SCALAR_MACROS, open_lake
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
@@ -143,6 +146,16 @@ def catalog(lake: str, out: str | None, show_columns: bool, fmt: str) -> None:
         counts = write_catalog(lake, out)
         click.echo(f"wrote {out}: {counts['views']} views, {counts['macros']} macros; "
                    f"try: duckdb {out} \"SELECT * FROM findings LIMIT 5\"", err=True)
+        wh = warehouse.of_lake(Path(lake)) if is_iceberg(Path(lake)) else None
+        if wh is not None:
+            # The views name s3:// objects, which ztaudit reads through pyarrow; a plain DuckDB needs its
+            # httpfs extension and an S3 secret (never written here) to open them.
+            endpoint = (f", ENDPOINT '{urlsplit(wh.endpoint).netloc}', URL_STYLE 'path', USE_SSL "
+                        f"{str(wh.secure).lower()}") if wh.endpoint else ""
+            click.echo(f"note: the views read objects in {wh.uri}; a DuckDB outside ztaudit opens them only "
+                       f"with its httpfs extension and an S3 secret, e.g.: INSTALL httpfs; CREATE SECRET "
+                       f"(TYPE s3, KEY_ID '<access key id>', SECRET '<secret access key>', REGION '{wh.region}'"
+                       f"{endpoint});", err=True)
         return
     con = open_lake(lake)
     try:

@@ -401,3 +401,20 @@ def test_commits_interleaved_with_crashes_on_s3_never_list_a_missing_or_doubled_
     con.close()
     expected = sum(pq.read_metadata(o[len("s3://"):], filesystem=s3proxy.pyarrow_fs()).num_rows for o in listed)
     assert rows == (expected,)
+
+
+def test_catalog_out_of_a_lake_on_s3_says_how_a_plain_duckdb_opens_it(s3proxy: S3Store, tmp_path: Path) -> None:
+    """``ztaudit catalog --out`` writes views that name s3:// objects: the command says what a DuckDB
+    outside ztaudit needs to open them (httpfs and an S3 secret), with placeholders, never a credential."""
+    env = lake_env(s3proxy, "catalog")
+    lake = tmp_path / "lake"
+    _ok(_ztaudit(["ingest", "--lake", str(lake), str(SAMPLE / "proxy_decision")], env, tmp_path))
+    out = _ok(_ztaudit(["catalog", "--lake", str(lake), "--out", str(tmp_path / "c.duckdb")], env, tmp_path),
+              s3proxy.secret_key, s3proxy.access_key)
+    assert "INSTALL httpfs" in out and "<secret access key>" in out and env["ZTAUDIT_LAKE_WAREHOUSE"] in out
+    con = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)
+    try:
+        view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'proxy_decision'").fetchone()
+    finally:
+        con.close()
+    assert view is not None and env["ZTAUDIT_LAKE_WAREHOUSE"] in str(view[0])
