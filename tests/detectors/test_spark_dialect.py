@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from support.spark import plain_session
+from support.spark import end_jvm, plain_session
 from support.statements import capture_statements
 
 from ztaudit.detectors.spark_dialect import (
@@ -51,7 +51,7 @@ D0 = datetime(2026, 11, 20, 23, 59, 59, 999_999, tzinfo=UTC)  # the last µs of 
 def spark() -> Iterator[Any]:
     session = plain_session()  # skips locally / fails in CI without PySpark
     yield session
-    session.stop()
+    end_jvm()
 
 
 def _norm(v: Any) -> Any:

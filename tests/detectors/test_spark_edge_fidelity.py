@@ -438,7 +438,7 @@ URIS: Final = ["/api/v1/pods?watch=true", "/api/v1/pods?watch=0", "/api/v1/pods?
 
 def test_stream_parameters_and_list_index_are_read_alike_on_both_engines() -> None:
     import duckdb
-    from support.spark import plain_session
+    from support.spark import end_jvm, plain_session
 
     from ztaudit.detectors.revocation_stream import _param_true
     from ztaudit.detectors.spark_dialect import idioms, transpile
@@ -458,6 +458,6 @@ def test_stream_parameters_and_list_index_are_read_alike_on_both_engines() -> No
         spark.createDataFrame(table).createOrReplaceTempView("q")
         got = sorted((tuple(r) for r in spark.sql(transpile(sql)).collect()), key=repr)
     finally:
-        spark.stop()
+        end_jvm()
     assert got == want
     assert [r[1] for r in want if r[0] is not None and r[0].endswith("watch=true")] == [True]

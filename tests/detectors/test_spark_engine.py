@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from support.spark import plain_session
+from support.spark import end_jvm, plain_session
 
 from ztaudit.core.errors import LakeError
 from ztaudit.detectors.engine import DuckDBEngine, Engine
@@ -37,7 +37,7 @@ EVENTS = pa.table({"who": ["alice", "bob", "alice", None], "n": pa.array([1, 2, 
 def spark() -> Iterator[Any]:
     session = plain_session()  # skips locally / fails in CI without PySpark
     yield session
-    session.stop()
+    end_jvm()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -74,9 +75,17 @@ def spark_jars() -> list[Path]:
     pytest.skip(why)
 
 
+#: The test JVM's heap. Spark's default (1 GiB) is what detect's replayed statements peak near on the
+#: sample lake, and an earlier module's JVM, reused by ``getOrCreate``, arrives with its own garbage:
+#: CI once ran out of heap there. The machine has 24 GiB; two test JVMs never run at once.
+DRIVER_MEMORY = "3g"
+
+
 def plain_session() -> Any:
-    """A local ``SparkSession`` without the lake's catalog (``local[2]``, UTC, 127.0.0.1 only, no UI), for
-    tests that run SQL on Spark; skips locally / fails in CI without PySpark. Stop it when done."""
+    """A local ``SparkSession`` without the lake's catalog (``local[2]``, UTC, 127.0.0.1 only, no UI,
+    :data:`DRIVER_MEMORY` of heap), for tests that run SQL on Spark; skips locally / fails in CI without
+    PySpark. It starts a JVM of its own (any earlier one is ended first: heap size is fixed at launch and
+    an earlier module's JVM carries its state). End it with :func:`end_jvm` when done."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -85,10 +94,14 @@ def plain_session() -> Any:
             pytest.fail(f"CI must have Spark: {why}")
         pytest.skip(why)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    end_jvm()
     builder = SparkSession.builder
-    for k, v in {"spark.master": "local[2]", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+    for k, v in {"spark.master": "local[2]", "spark.driver.memory": DRIVER_MEMORY,
+                 "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
                  "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                 "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory"}.items():
+                 "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory",
+                 # Spark creates its warehouse folder at start, in the working directory by default
+                 "spark.sql.warehouse.dir": tempfile.mkdtemp(prefix="ztaudit-test-spark-")}.items():
         builder = builder.config(k, v)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
