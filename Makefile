@@ -37,7 +37,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not kafka and not browser and not realstack and not s3 and not postgres and not spark" -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts
+	$(BIN)/ruff check core pipeline detectors reports synth cli tests bench scripts notebooks
 	scripts/typecheck
 
 typecheck: lint
