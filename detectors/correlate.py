@@ -65,14 +65,11 @@ CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correl
 # configuration as relations
 # --------------------------------------------------------------------------------------------
 
-#: :func:`install_config`'s statements, in order: the configuration in force as temp tables (every value
-#: bound), then the config views pointed at them. ``single_cluster`` names the lake's cluster when it
+#: :func:`install_config`'s statements, in order, after the (cluster, user) and (host, cluster) pair
+#: tables (:func:`_pairs_sql`): the configuration in force as temp tables (every value bound), then the
+#: config views pointed at them. ``single_cluster`` names the lake's cluster when it
 #: has exactly one (decisions and requests without a cluster belong to it).
 _INSTALL_CONFIG: Final[tuple[Step, ...]] = (
-    Table("zt_cfg_approved", """
-       SELECT unnest($approved_clusters::VARCHAR[]) AS cluster, unnest($approved_users::VARCHAR[]) AS username"""),
-    Table("zt_cfg_hosts", """
-       SELECT unnest($hosts::VARCHAR[]) AS host, unnest($host_clusters::VARCHAR[]) AS cluster"""),
     Table("zt_cfg_settings", """
        SELECT CAST($window_us AS BIGINT) AS window_us, CAST($exact_window_us AS BIGINT) AS exact_window_us,
               CAST($has_hosts AS BOOLEAN) AS has_hosts, CAST($unaudited AS VARCHAR[]) AS unaudited_paths,
@@ -95,13 +92,29 @@ def install_config(con: Session, cfg: Config) -> None:
     approved = [(c, u) for c, users in cfg.impersonation.approved_impersonators.items() for u in users]
     hosts = [(h.lower().split(":")[0], c) for h, c in cfg.impersonation.proxy_hosts.items()]
     params: dict[str, Any] = {
-        "approved_clusters": [c for c, _ in approved], "approved_users": [u for _, u in approved],
-        "hosts": [h for h, _ in hosts], "host_clusters": [c for _, c in hosts],
         "window_us": int(cfg.correlation.match_window_seconds * 1_000_000),
         "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),
         "has_hosts": bool(hosts), "unaudited": list(cfg.correlation.unaudited_paths),
     }
-    run_all(as_engine(con), _INSTALL_CONFIG, params)
+    approved_sql = _pairs_sql(("cluster", "username"), approved, "ap", params)
+    hosts_sql = _pairs_sql(("host", "cluster"), hosts, "hp", params)
+    steps = (Table("zt_cfg_approved", approved_sql), Table("zt_cfg_hosts", hosts_sql), *_INSTALL_CONFIG)
+    run_all(as_engine(con), steps, params)
+
+
+def _pairs_sql(names: tuple[str, str], pairs: list[tuple[str, str]], prefix: str, params: dict[str, Any]) -> str:
+    """A SELECT of two string columns ``names`` holding ``pairs``, as a VALUES list of parameters bound
+    in ``params`` (``$<prefix><i>a``, ``$<prefix><i>b``): the same rows on DuckDB and Spark. (Two
+    ``unnest``s of two lists in one SELECT zip on DuckDB but make a cross product on Spark: every proxy
+    host was mapped to every cluster there; see spark_dialect's ``parallel_unnest``.)"""
+    a, b = names
+    if not pairs:
+        return f"SELECT CAST(NULL AS VARCHAR) AS {a}, CAST(NULL AS VARCHAR) AS {b} WHERE false"
+    values = []
+    for i, (x, y) in enumerate(pairs):
+        params[f"{prefix}{i}a"], params[f"{prefix}{i}b"] = x, y
+        values.append(f"(CAST(${prefix}{i}a AS VARCHAR), CAST(${prefix}{i}b AS VARCHAR))")
+    return f"SELECT {a}, {b} FROM (VALUES {', '.join(values)}) AS v({a}, {b})"
 
 
 # --------------------------------------------------------------------------------------------

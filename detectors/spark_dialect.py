@@ -840,6 +840,17 @@ class Rule:
         return (self.rewrite.__doc__ or "").strip()
 
 
+def _parallel_unnest(n: exp.Expr) -> bool:
+    """A SELECT whose own list has two or more ``unnest`` calls. DuckDB unnests them side by side (the
+    i-th elements on row i; DuckDB docs, "unnest"); Spark 4.1 runs two generators in one SELECT as a
+    cross product (every pair of elements), silently: ``unnest(hosts), unnest(clusters)`` mapped every
+    proxy host to every cluster there."""
+    if not isinstance(n, exp.Select):
+        return False
+    calls = [x for e in n.expressions for x in e.find_all(exp.Explode, exp.Unnest) if x.find_ancestor(exp.Select) is n]
+    return len(calls) >= 2
+
+
 def _min_by_n(n: exp.Expr) -> bool:
     return isinstance(n, exp.ArgMin) and n.args.get("count") is not None
 
@@ -933,6 +944,10 @@ RULES: Final[dict[str, Rule]] = {r.idiom: r for r in [
     Rule("read_parquet", lambda n: isinstance(n, exp.ReadParquet),
          _report("read_parquet", "the lake's DuckDB views read Parquet files",
                  "on Spark the seam reads the lake's Iceberg tables (core/spark_session.py)"), translated=False),
+    Rule("parallel_unnest", _parallel_unnest,
+         _report("parallel_unnest", "two unnests in one SELECT are zipped on DuckDB but a cross product on Spark",
+                 "unnest once per SELECT, or write the pairs as VALUES of bound parameters (correlate._pairs_sql)"),
+         translated=False),
     Rule("macro_definition", lambda n: isinstance(n, exp.Create) and n.kind in ("MACRO", "FUNCTION"),
          _report("macro_definition", "DuckDB macros do not exist on Spark",
                  "scalar macros are expanded by the scalar_macro rule; table macros are for analysts on DuckDB"),

@@ -10,6 +10,7 @@ casts to the table's types, by position or by name; and a Parquet lake is refuse
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,3 +142,32 @@ def test_an_untranslatable_statement_fails_the_caller_not_the_run(engines: tuple
         sp.rows("SELECT v.* REPLACE (lower(v.who) AS who) FROM events v")
     assert err.value.idiom == "star_replace"
     assert not isinstance(err.value, LakeError)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_config_pairs_are_the_same_rows_on_both_engines(engines: tuple[Engine, Engine]) -> None:
+    """install_config's (host, cluster) and (cluster, user) pairs: as configured on both engines. They
+    were two unnests in one SELECT, which Spark ran as a cross product: every proxy host mapped to every
+    cluster, so a generated month's unpaired decisions became findings in all three clusters."""
+    from ztaudit.core.config import load_config
+    from ztaudit.detectors.correlate import install_config
+
+    cfg = load_config(os.devnull, env={}, overrides={"impersonation": {
+        "proxy_hosts": {"k8s-prod.example.com": "prod", "K8S-Dev.example.com:443": "dev",
+                        "k8s-stg.example.com": "staging"},
+        "approved_impersonators": {"prod": ["system:serviceaccount:pomerium:a"], "dev": ["x", "y"]}}})
+    for e in engines:
+        e.register_arrow("k8s_audit", pa.table({"cluster": ["prod", "dev"]}))
+        install_config(e, cfg)
+    hosts = _same(*engines, "SELECT host, cluster FROM zt_proxy_hosts")
+    assert hosts == [("k8s-dev.example.com", "dev"), ("k8s-prod.example.com", "prod"),
+                     ("k8s-stg.example.com", "staging")]
+    approved = _same(*engines, "SELECT cluster, username FROM zt_approved_impersonators")
+    assert approved == [("dev", "x"), ("dev", "y"), ("prod", "system:serviceaccount:pomerium:a")]
+    defaults = load_config(os.devnull, env={})
+    for e in engines:  # no host map: an empty table of strings, on both
+        install_config(e, defaults)
+        assert e.rows("SELECT count(*), count(host) FROM zt_proxy_hosts") == [(0, 0)]
+    assert len(_same(*engines, "SELECT cluster, username FROM zt_approved_impersonators")) == sum(
+        len(users) for users in defaults.impersonation.approved_impersonators.values())
