@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from support.spark import end_jvm, plain_session
+from support.spark import end_jvm, hash_collisions, plain_session
 from support.statements import capture_statements
 
 from ztaudit.detectors.spark_dialect import (
@@ -168,6 +168,28 @@ def test_hash_is_a_stable_64_bit_key_that_keeps_null_positions(spark: Any) -> No
     assert "xxhash64" in out.lower()
     typ = spark.sql(f"SELECT typeof({transpile('SELECT hash(1, NULL)')[7:]})").collect()[0][0]
     assert typ == "bigint"  # 64 bits, not Murmur3's 32
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_hash_keeps_apart_the_keys_sparks_own_hash_merges(spark: Any) -> None:
+    """The detectors group the stages of a request by ``hash(cluster, audit_id, request_received_at)``
+    (correlate_queries.PER_REQUEST). Requests whose keys collide under Spark's 32-bit ``hash()`` (found
+    here, so the collision is real) stay apart on both engines: as many groups as requests, each with
+    its own audit id; translated naively (``hash`` kept) they merge, which this checks too, so the
+    test would fail if the rule regressed."""
+    pairs = hash_collisions(spark, "prod", D0)
+    assert len(pairs) >= 3, pairs
+    ids = [i for pair in pairs for i in pair]
+    t = pa.table({"cluster": ["prod"] * len(ids), "audit_id": ids,
+                  "request_received_at": pa.array([D0] * len(ids), pa.timestamp("us", tz="UTC"))})
+    sql = ("SELECT any_value(audit_id) AS audit_id, count(*) AS stages FROM t "
+           "GROUP BY hash(cluster, audit_id, request_received_at)")
+    want, got, out = both(spark, sql, {"t": t})
+    assert got == want == sorted(((i, 1) for i in ids), key=repr)
+    naive = spark.sql(sql).collect()  # Spark's own hash(): the colliding requests become one
+    assert len(naive) == len(pairs) < len(ids)
+    assert "xxhash64" in out.lower()
 
 
 @pytest.mark.spark
@@ -505,12 +527,31 @@ def test_revocation_candidates_list_the_views_columns_in_order() -> None:
     ("set_option", "SET threads = 2"),
     ("read_parquet", "SELECT * FROM read_parquet(['a.parquet', 'b.parquet'], union_by_name = true)"),
     ("macro_definition", "CREATE OR REPLACE TEMP MACRO f(x) AS x + 1"),
+    ("parallel_unnest", "SELECT unnest($a::VARCHAR[]) AS x, unnest($b::VARCHAR[]) AS y"),
+    ("parallel_unnest", "SELECT k, unnest(l1) AS x, 1 + len(unnest(l2)) AS y FROM t"),
 ])
 def test_reported_idioms_raise_naming_the_idiom(idiom: str, sql: str) -> None:
     assert not RULES[idiom].translated
     with pytest.raises(UnsupportedIdiom) as err:
         transpile(sql)
     assert err.value.idiom == idiom and f"[{idiom}]" in str(err.value) and err.value.fix
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_two_generators_in_one_select_are_a_cross_product_on_spark(spark: Any) -> None:
+    """Why ``parallel_unnest`` is refused: DuckDB zips two unnests of one SELECT, Spark 4.1 pairs every
+    element with every other (it raised UNSUPPORTED_GENERATOR.MULTI_GENERATOR in 3.x). If Spark changes
+    this, the rule's explanation is to be revisited."""
+    duck = duckdb.connect().execute("SELECT unnest([1, 2]) AS a, unnest([3, 4]) AS b").fetchall()
+    assert sorted(duck) == [(1, 3), (2, 4)]
+    got = spark.sql("SELECT explode(array(1, 2)) AS a, explode(array(3, 4)) AS b").collect()
+    assert sorted(tuple(r) for r in got) == [(1, 3), (1, 4), (2, 3), (2, 4)]
+
+
+def test_one_unnest_per_select_is_portable() -> None:
+    out = transpile("SELECT x FROM (SELECT unnest(l) AS x FROM t) q JOIN (SELECT unnest(m) AS y FROM u) r ON x = y")
+    assert out.upper().count("EXPLODE") == 2
 
 
 def test_an_unknown_construct_fails_as_unreviewed() -> None:

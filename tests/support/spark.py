@@ -108,6 +108,18 @@ def plain_session() -> Any:
     return session
 
 
+def hash_collisions(spark: Any, cluster: str, at: datetime, n: int = 300_000) -> list[tuple[str, str]]:
+    """Pairs of audit ids ``audit-<i>`` (``i < n``) that Spark's own 32-bit Murmur3
+    ``hash(cluster, id, at)`` maps to one value: forced collisions of the detectors' request key, found
+    by a birthday search (about ``n**2 / 2**33`` pairs: 10 at 300k), in ascending order."""
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")  # the session's zone is UTC
+    rows = spark.sql(f"""
+        SELECT sort_array(collect_list(id)) AS ids FROM (
+            SELECT concat('audit-', cast(id AS STRING)) AS id FROM range({int(n)})) q
+        GROUP BY hash(:cluster, id, TIMESTAMP'{stamp}') HAVING count(*) > 1""", args={"cluster": cluster}).collect()
+    return sorted((r[0][0], r[0][1]) for r in rows)
+
+
 # --- the digest ---------------------------------------------------------------------------------
 
 def _norm(value: Any, typ: pa.DataType) -> Any:
