@@ -210,9 +210,16 @@ def end_jvm() -> None:
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
+    # Not SparkSession.getActiveSession(): after a JVM ran out of memory it may find no active session
+    # while the context lives on, and the next session then meets a context without a JVM (CI saw it).
+    sc = SparkContext._active_spark_context
+    if sc is not None:
+        try:
+            sc.stop()
+        except Exception:  # a JVM that ran out of memory may not answer; its process is ended below
+            pass
+    SparkContext._active_spark_context = None
+    SparkSession._instantiatedSession = None
     gateway = SparkContext._gateway
     if gateway is None:
         return
