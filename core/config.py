@@ -29,6 +29,7 @@ from ztaudit.core import warehouse
 from ztaudit.core.catalog_uri import mask_uri, query_secrets, remember_file_setting
 from ztaudit.core.errors import ConfigError, ConfigErrors
 from ztaudit.core.names import did_you_mean
+from ztaudit.core.proxy_hosts import host_map
 
 log = logging.getLogger(__name__)
 
@@ -591,10 +592,15 @@ def _validate(cfg: Config, errors: list[ConfigError]) -> None:
     if cfg.detect.memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", cfg.detect.memory_limit):
         errors.append(ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
                                   fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default"))
-    for host in cfg.impersonation.proxy_hosts.values():
-        if not isinstance(host, str) or not host:
+    for cluster in cfg.impersonation.proxy_hosts.values():
+        if not isinstance(cluster, str) or not cluster:
             errors.append(ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
                                       fix='write proxy_hosts = { "k8s.example.com" = "prod" }'))
+    for problem in host_map(cfg.impersonation.proxy_hosts)[1]:
+        errors.append(ConfigError("impersonation.proxy_hosts", problem,
+                                  fix="write the route's host as the proxy logs it, e.g. k8s.example.com, "
+                                      "k8s.example.com:443 or [2001:db8::1]:6443; hosts are compared in lower "
+                                      "case without the port, so keep one cluster per host"))
     try:
         if cfg.ingest.cluster_from_path and "cluster" not in re.compile(cfg.ingest.cluster_from_path).groupindex:
             errors.append(ConfigError("ingest.cluster_from_path", "the pattern has no (?P<cluster>...) group",

@@ -29,6 +29,7 @@ from typing import Any, Final
 import pyarrow as pa
 
 from ztaudit.core.config import Config
+from ztaudit.core.proxy_hosts import host_map
 from ztaudit.core.window import Window
 from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.correlate_queries import (
@@ -90,7 +91,7 @@ def install_config(con: Session, cfg: Config) -> None:
     Idempotent; raises the engine's error on a broken lake.
     """
     approved = [(c, u) for c, users in cfg.impersonation.approved_impersonators.items() for u in users]
-    hosts = [(h.lower().split(":")[0], c) for h, c in cfg.impersonation.proxy_hosts.items()]
+    hosts = sorted(host_map(cfg.impersonation.proxy_hosts)[0].items())  # one row per host: the join doubles none
     params: dict[str, Any] = {
         "window_us": int(cfg.correlation.match_window_seconds * 1_000_000),
         "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),

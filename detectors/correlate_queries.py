@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from ztaudit.core.proxy_hosts import host_key_sql
 from ztaudit.core.window import Window
 from ztaudit.detectors.sql import EmptyTable, Insert, Step, Table
 
@@ -106,6 +107,10 @@ PROXY_MATCH_COLUMNS: Final = f"""hash(d.origin, d.request_id, d.check_request_id
                           upper(d.method), d.path)
            END AS kb"""
 
+#: A decision's logged route host as ``impersonation.proxy_hosts`` keys are compared
+#: (:func:`ztaudit.core.proxy_hosts.host_key`: lower case, no port, ``[v6]`` kept whole).
+PROXY_HOST_KEY: Final = host_key_sql("d.host")
+
 #: Which decisions take part: allowed, with an email, for a Kubernetes host; the Envoy access line of a
 #: request that also has its authorize line is dropped (the same request logged twice).
 #:
@@ -118,7 +123,7 @@ PROXY_MATCH_COLUMNS: Final = f"""hash(d.origin, d.request_id, d.check_request_id
 #: non-NULL id) gives; ``DISTINCT`` keeps one row per decision.
 PROXY_DECISIONS: Final = """FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
-    LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    LEFT JOIN zt_proxy_hosts h ON h.host = """ + PROXY_HOST_KEY + """
     LEFT JOIN (SELECT DISTINCT x.check_request_id AS rid FROM proxy_decision x
                WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL) az
            ON az.rid = d.request_id AND coalesce(d.record_type, '') = 'access'
@@ -321,7 +326,7 @@ MATCHING: Final[tuple[Step, ...]] = (
     Table("zt_proxy_marks", """
        SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
        FROM proxy_decision d CROSS JOIN zt_correlation_settings s
-       LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+       LEFT JOIN zt_proxy_hosts h ON h.host = """ + PROXY_HOST_KEY + """
        GROUP BY 1"""),
     Table("zt_audit_marks", """
        SELECT coalesce(cluster, s.single_cluster) AS cluster, max(epoch_us(request_received_at)) AS max_a

@@ -26,6 +26,7 @@ from ztaudit.detectors import correlate
 from ztaudit.detectors.base import DetectContext, Finding, Severity
 from ztaudit.detectors.correlate_queries import (
     AUDIT_TIE_SQL,
+    PROXY_HOST_KEY,
     PROXY_TIE_SQL,
     TIER_C_BURSTS,
     TIER_C_PAIRS,
@@ -176,7 +177,7 @@ _RAW_PREPARE: Final[tuple[Step, ...]] = (
     Table("zt_raw_marks", """
     SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
     FROM proxy_decision d CROSS JOIN zt_correlation_settings s
-    LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    LEFT JOIN zt_proxy_hosts h ON h.host = """ + PROXY_HOST_KEY + """
     GROUP BY 1"""),
     # ``kind``: ``route`` (paired with a person's decision: a route that skipped impersonation),
     # ``secrets`` (unpaired, reads secrets outside the identity's own namespace: a proxy reads at most

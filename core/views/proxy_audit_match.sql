@@ -13,7 +13,7 @@ WITH zt_p AS MATERIALIZED (
            d.request_id, d.check_request_id, d.session_id, d.user_id, d.host
     FROM proxy_decision d
     CROSS JOIN zt_correlation_settings s
-    LEFT JOIN zt_proxy_hosts h ON h.host = split_part(lower(d.host), ':', 1)
+    LEFT JOIN zt_proxy_hosts h ON h.host = CASE WHEN regexp_matches(d.host, '[^ -~]') THEN d.host WHEN substr(lower(d.host), 1, 1) = '[' AND strpos(lower(d.host), ']') > 0 THEN substr(lower(d.host), 1, strpos(lower(d.host), ']')) WHEN strpos(substr(lower(d.host), strpos(lower(d.host), ':') + 1), ':') > 0 THEN lower(d.host) ELSE split_part(lower(d.host), ':', 1) END
     LEFT JOIN (SELECT DISTINCT x.check_request_id AS rid FROM proxy_decision x
                WHERE x.record_type = 'authorize' AND x.check_request_id IS NOT NULL) az
            ON az.rid = d.request_id AND coalesce(d.record_type, '') = 'access'

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final, Protocol
 
 import pyarrow as pa
 
+from ztaudit.core.proxy_hosts import host_map
 from ztaudit.core.quarantine import IgnoreReason, Rejected
 
 #: The valid range of an event's time, one rule for every source kind and both paths of
@@ -85,6 +86,8 @@ class NormalizeContext:
 
     cluster: str | None = None
     ingested_at: datetime | None = None
+    #: impersonation.proxy_hosts; stored keyed by :func:`~ztaudit.core.proxy_hosts.host_key` (a host
+    #: the config spells twice keeps its first cluster; config validation refuses such a config)
     proxy_hosts: Mapping[str, str] = field(default_factory=dict)
     proxy_utc_offset: str = ""
     #: identities.system_user_patterns (regexes); empty = the config defaults. Used by k8s_audit's
@@ -93,6 +96,9 @@ class NormalizeContext:
     #: correlation.session_extra_key: the audit ``user.extra`` key whose first value is the proxy
     #: session id (k8s_audit ``proxy_session_id``, tier B); empty = off.
     session_extra_key: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "proxy_hosts", host_map(self.proxy_hosts)[0])
 
 
 class Normalizer(Protocol):

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Final
 
 import pyarrow as pa
 
+from ztaudit.core.proxy_hosts import host_key
 from ztaudit.core.quarantine import IgnoreReason, Reason, Rejected
 from ztaudit.core.schema import PROXY_DECISION
 from ztaudit.core.timeutil import TimestampError, parse_go_layout, parse_timestamp
@@ -129,9 +130,10 @@ def _strip_port(addr: Any) -> str | None:
 
 
 def _cluster_for(host: str | None, ctx: NormalizeContext) -> str | None:
-    """Cluster behind a proxy route host: ``proxy_hosts`` (with or without port), else --cluster."""
+    """Cluster behind a proxy route host: ``proxy_hosts`` (keyed by
+    :func:`~ztaudit.core.proxy_hosts.host_key`, as detection compares them), else --cluster."""
     if host and ctx.proxy_hosts:
-        hit = ctx.proxy_hosts.get(host) or ctx.proxy_hosts.get(host.rsplit(":", 1)[0])
+        hit = ctx.proxy_hosts.get(host_key(host))
         if hit:
             return hit
     return ctx.cluster

@@ -46,6 +46,11 @@ def test_file_values_shown(tmp_path: Path) -> None:
     ("[identities]\nhuman_user_patterns = ['(?<=x)y']\n", "identities.human_user_patterns", "RE2"),
     ("[detect]\nmax_evidence = 0\n", "detect.max_evidence", "must be >= 1"),
     ("[detect]\nmemory_limit = 'lots'\n", "detect.memory_limit", "is not a size"),
+    ('[impersonation]\nproxy_hosts = { "K8S-X:443" = "a", "k8s-x" = "b" }\n', "impersonation.proxy_hosts",
+     "are the same host (k8s-x) but name clusters 'a' and 'b'"),
+    ('[impersonation]\nproxy_hosts = { ":6443" = "a" }\n', "impersonation.proxy_hosts", "is not a host name"),
+    ('[impersonation]\nproxy_hosts = { "https://k8s.example.com" = "a" }\n', "impersonation.proxy_hosts",
+     "is not a host name"),
 ])
 def test_errors_name_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, key: str,
                                     fix: str) -> None:

@@ -129,6 +129,20 @@ def test_identity_cluster_and_host(lake: Path) -> None:
     assert _sides(lake, cfg) == {"both": 2, "proxy": 0, "audit": 0}
 
 
+def test_a_host_spelled_twice_in_the_config_pairs_each_decision_once(lake: Path) -> None:
+    """Two spellings of one host (one entry after host_key) and an IPv6 route: each decision once, in its
+    cluster. Before, ``K8S-DEV.example.com:443`` and ``k8s-dev.example.com`` were two rows of the host
+    map, so every dev decision was joined twice, and ``[::1]:6443`` was cut to ``[``."""
+    proxy = [_decision(1, T0, cluster=None, host="k8s-dev.example.com"),
+             _decision(2, T0 + timedelta(minutes=1), cluster=None, host="[::1]:6443")]
+    audit = [_request(1, T0 + timedelta(milliseconds=300), cluster="dev"),
+             _request(2, T0 + timedelta(minutes=1, milliseconds=300), cluster="v6")]
+    _write(lake, proxy, audit)
+    cfg = replace(Config(), "impersonation", proxy_hosts={
+        "K8S-DEV.example.com:443": "dev", "k8s-dev.example.com": "dev", "[::1]": "v6"})
+    assert _sides(lake, cfg) == {"both": 2, "proxy": 0, "audit": 0}
+
+
 def test_tier_a_exact_id(lake: Path) -> None:
     # clocks 20 s apart: only the exact Audit-ID join pairs them; a wrong user is still tier A
     proxy = [_decision(1, T0, rid="6f1c2b4a-0000-4000-8000-00000000000a")]

@@ -169,6 +169,19 @@ def test_cluster_from_proxy_hosts() -> None:
     assert one(AUTHZ, NormalizeContext())["cluster"] is None
 
 
+def test_cluster_from_proxy_hosts_any_spelling() -> None:
+    """Hosts compare as detection compares them (core/proxy_hosts.py): any case, the port ignored on
+    both sides, IPv6 in brackets. Before, ingest matched a logged host only as written or without its
+    port, case-sensitively, so ``k8s.DEMO.example.com`` or a config key with a port missed."""
+    ctx = NormalizeContext(cluster="fallback", proxy_hosts={"K8S.demo.example.com:443": "demo-east",
+                                                           "[::1]:6443": "v6"})
+    assert one(dict(AUTHZ, host="k8s.DEMO.example.com"), ctx)["cluster"] == "demo-east"
+    assert one(dict(AUTHZ, host="k8s.demo.example.com:8443"), ctx)["cluster"] == "demo-east"
+    assert one(dict(AUTHZ, host="[::1]"), ctx)["cluster"] == "v6"
+    assert one(dict(AUTHZ, host="[::1]:443"), ctx)["cluster"] == "v6"
+    assert one(dict(AUTHZ, host="[::2]:6443"), ctx)["cluster"] == "fallback"
+
+
 # --- Envoy access line (§1.3) -----------------------------------------------------------------
 
 
