@@ -282,8 +282,9 @@ pairs AS (  -- equi-join on (key, bucket): a bucket meets its own and the previo
 )
 SELECT credential_key, min(holder), min(kind), min(cluster), bool_or(pod_bound),
        to_timestamp(floor(epoch(t0) / 86400) * 86400) AS day, min(t0), max(t1),
-       list(DISTINCT place_a) || list(DISTINCT place_b) AS places,
-       flatten(list(uas_a) || list(uas_b)) AS uas,
+       -- sorted sets: list() keeps the order rows arrive in, which no engine promises
+       list_sort(list_distinct(list(place_a) || list(place_b))) AS places,
+       list_sort(list_distinct(flatten(list(uas_a) || list(uas_b)))) AS uas,
        [x.ref FOR x IN list_sort(list_distinct(flatten(list(ev))))][1:$evidence] AS ev
 FROM pairs GROUP BY credential_key, day
 """

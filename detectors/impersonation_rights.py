@@ -154,7 +154,8 @@ def _uses(engine: Engine, window: Window, cap: int) -> list[dict[str, Any]]:
         SELECT cluster, impersonator, list_distinct(flatten(list(coalesce(user_groups, [])))) AS groups,
                min(request_received_at) AS first_seen, max(request_received_at) AS last_seen, count(*) AS requests,
                list(audit_id ORDER BY request_received_at, audit_id)[1:$cap] AS audit_ids,
-               list(DISTINCT impersonated_user)[1:20] AS targets
+               -- the first 20 by name: an unordered list's first 20 are whichever rows came first
+               list(DISTINCT impersonated_user ORDER BY impersonated_user)[1:20] AS targets
         FROM k8s_requests
         WHERE impersonator IS NOT NULL AND {Window.sql("request_received_at")}
         GROUP BY cluster, impersonator""", params)

@@ -116,7 +116,11 @@ _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         FROM (SELECT *, lag(revoked_at) OVER w AS prev, lag(restored_at) OVER w AS prev_restored FROM v
               WINDOW w AS (PARTITION BY system, kind, subject, coalesce(cluster, '') ORDER BY revoked_at, evidence))
     )
-    SELECT row_number() OVER (ORDER BY min(revoked_at), subject, system, min(evidence)) AS cand_id,
+    -- numbered in a total order, so every engine numbers alike: one IdP line can be two revocations of
+    -- one subject equal in time, system and evidence but not kind (a Google Workspace activity listing
+    -- REMOVE_GROUP_MEMBER and DELETE_USER: a grant and an identity)
+    SELECT row_number() OVER (ORDER BY min(revoked_at), subject, system, min(evidence), kind,
+                                       cluster IS NULL, coalesce(cluster, '')) AS cand_id,
            any_value(source) AS source, system, cluster, kind, subject,
            arg_min(login, (revoked_at, subject_id IS NULL, evidence)) AS login,
            arg_min(subject_id, (revoked_at, subject_id IS NULL, evidence)) AS subject_id,
@@ -158,7 +162,7 @@ _NOTICES_SQL: Final = Table("zt_rev_notice", """
 #: (``grant``: which application is not recorded) or one IdP session (a Keycloak LOGOUT of one SSO
 #: session, whose id the proxy's sessions do not carry). Their notice and denials still count.
 _REVOKED_SQL: Final = Table("zt_rev", """
-        SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence) AS rev_id, c.*,
+        SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence, c.cand_id) AS rev_id, c.*,
            c.kind = 'session' AND c.source = 'idp' AND c.system NOT IN ('pomerium', 'list')
              AND c.session_id IS NULL AS by_sessions,
            c.source = 'idp' AND (c.kind = 'grant' OR (c.kind = 'session' AND c.system NOT IN ('pomerium', 'list')

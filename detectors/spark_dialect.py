@@ -1036,13 +1036,13 @@ def _check(tree: exp.Expr) -> list[str]:
     stack = [tree]
     while stack:
         node = stack.pop()
-        rule = next((r for r in RULES.values() if r.matches(node)), None)
-        if rule is not None and rule.idiom not in found:
-            found.append(rule.idiom)
-        if rule is not None and not rule.translated:
+        # every rule a node matches (a SELECT can hold QUALIFY and two unnests: both are named)
+        matched = [r for r in RULES.values() if r.matches(node)]
+        found.extend(r.idiom for r in matched if r.idiom not in found)
+        if any(not r.translated for r in matched):
             continue  # reported: what is inside does not matter
         stack.extend(reversed(list(node.iter_expressions())))
-        if rule is not None:
+        if matched:
             continue
         if isinstance(node, exp.Anonymous) or type(node) not in PORTABLE:
             what = node.name if isinstance(node, exp.Anonymous) else type(node).__name__

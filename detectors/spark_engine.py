@@ -70,7 +70,7 @@ _JARS_SCRIPT: Final = Path(__file__).resolve().parent.parent / "scripts" / "spar
 #: Derived views of :data:`ztaudit.core.views.VIEWS` that :meth:`SparkEngine.read_lake` leaves out: views
 #: for analysts on DuckDB that no detector reads (the detectors build the same pairs and revocations
 #: step by step in temp tables). ``proxy_audit_match`` chains eleven CTEs, most referenced several
-#: times; Spark's analyzer inlines them into a plan that exhausted a 1 GiB driver heap on the demo lake.
+#: times; Spark's analyzer inlines them into a plan that exhausts even a 3 GiB driver heap on the demo lake.
 ANALYST_VIEWS: Final = frozenset({"proxy_audit_match", "revocations"})
 
 

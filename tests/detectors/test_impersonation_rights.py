@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
 import pytest
 from support.cases import CASES, check_findings, detect, load_case, run_case
 
 from ztaudit.core.config import load_config
+from ztaudit.core.window import Window
 from ztaudit.detectors import registry
-from ztaudit.detectors.impersonation_rights import impersonation_rights, impersonation_targets, impersonators_of
+from ztaudit.detectors.engine import as_engine
+from ztaudit.detectors.impersonation_rights import (
+    _uses,
+    impersonation_rights,
+    impersonation_targets,
+    impersonators_of,
+)
 from ztaudit.detectors.rbac import Rule
 
 FILES = sorted((CASES / "impersonation" / "unapproved_right").glob("*.jsonl"))
@@ -79,3 +89,22 @@ def test_impersonators_of_a_service_account() -> None:
         "ServiceAccount system:serviceaccount:x:y"]
     assert impersonators_of(rights, "c1", "system:node:n1") == ["User node-debugger"]
     assert impersonators_of(rights, "c2", "system:node:n1") == []
+
+
+def test_the_impersonated_names_kept_are_the_first_by_name_whatever_the_row_order() -> None:
+    """An impersonator that impersonated more people than the finding lists keeps the first 20 by name,
+    whatever order the engine meets the requests in (an unordered list's first 20 differed between
+    DuckDB and Spark, and between two DuckDB runs on several threads)."""
+    names = [f"user-{i:02d}" for i in range(30)]
+    for order in (names, names[::-1], names[15:] + names[:15]):
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("k8s_requests", pa.table({
+            "cluster": ["c1"] * 30, "impersonator": ["system:serviceaccount:proxy:pomerium"] * 30,
+            "user_groups": [["system:authenticated"]] * 30,
+            "request_received_at": pa.array([1_795_000_000_000_000 + i for i in range(30)], pa.timestamp("us", "UTC")),
+            "audit_id": [f"a{i:02d}" for i in range(30)], "impersonated_user": order,
+            "dt": pa.array([date(2026, 11, 17)] * 30, pa.date32())}))
+        (row,) = _uses(as_engine(con), Window(), cap=5)
+        assert row["targets"] == names[:20]
+        con.close()

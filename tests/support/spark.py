@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -95,13 +96,15 @@ def plain_session() -> Any:
         pytest.skip(why)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     end_jvm()
+    warehouse = tempfile.mkdtemp(prefix="ztaudit-test-spark-")
+    _WAREHOUSES.append(warehouse)
     builder = SparkSession.builder
     for k, v in {"spark.master": "local[2]", "spark.driver.memory": DRIVER_MEMORY,
                  "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
                  "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
                  "spark.sql.session.timeZone": "UTC", "spark.sql.catalogImplementation": "in-memory",
                  # Spark creates its warehouse folder at start, in the working directory by default
-                 "spark.sql.warehouse.dir": tempfile.mkdtemp(prefix="ztaudit-test-spark-")}.items():
+                 "spark.sql.warehouse.dir": warehouse}.items():
         builder = builder.config(k, v)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
@@ -204,6 +207,10 @@ def table_digest_spark(spark: SparkSession, table: str) -> tuple[int, str]:
     return arrow_digest(spark.table(qualified(spark, table)).toArrow())
 
 
+#: Warehouse folders of the sessions :func:`plain_session` started; :func:`end_jvm` removes them.
+_WAREHOUSES: list[str] = []
+
+
 def end_jvm() -> None:
     """Stop the active session and end PySpark's JVM, so that the next session starts a new JVM with
     ``os.environ`` as it is then (``session.stop()`` alone keeps the JVM and its environment)."""
@@ -222,6 +229,7 @@ def end_jvm() -> None:
     SparkSession._instantiatedSession = None
     gateway = SparkContext._gateway
     if gateway is None:
+        _remove_warehouses()
         return
     proc = getattr(gateway, "proc", None)
     try:
@@ -238,3 +246,9 @@ def end_jvm() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+    _remove_warehouses()  # after the JVM ended: it may have been writing there
+
+
+def _remove_warehouses() -> None:
+    while _WAREHOUSES:
+        shutil.rmtree(_WAREHOUSES.pop(), ignore_errors=True)
