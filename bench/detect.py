@@ -28,6 +28,7 @@ import duckdb
 
 from ztaudit.core.catalog import _duck_type
 from ztaudit.core.schema import TABLES
+from ztaudit.detectors.findings_store import RUN_COLUMNS
 
 SA = "system:serviceaccount:pomerium:pomerium-authorize"
 DETECTORS = ["impersonation.proxy_bypass", "impersonation.unobserved", "impersonation.unbrokered",
@@ -180,6 +181,34 @@ def run_detect(lake: Path, engine: str = "duckdb") -> tuple[float, float, float,
     return wall, cpu, usage.ru_maxrss / 1024.0, stdout
 
 
+def findings_of(lake: Path) -> dict[str, dict[str, object]]:
+    """The lake's findings by ``finding_id``, without the columns that say when a run wrote them
+    (read in a child process, so this process stays small for the detect children it forks)."""
+    code = ("import json, sys; from ztaudit.core.lake import open_lake\n"
+            "con = open_lake(sys.argv[1])\n"
+            "t = con.execute('SELECT * FROM findings').fetch_arrow_table()\n"
+            "print(json.dumps(t.to_pylist(), default=str))")
+    out = subprocess.run([sys.executable, "-c", code, str(lake)], capture_output=True, text=True, check=True)
+    return {r["finding_id"]: {k: v for k, v in r.items() if k not in RUN_COLUMNS}
+            for r in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def compare_findings(spark: dict[str, dict[str, object]], duck: dict[str, dict[str, object]]) -> str:
+    """One line per difference between the two engines' findings (ids only one has; per shared id, the
+    fields that differ with both values), headed by the counts."""
+    only_s, only_d = sorted(spark.keys() - duck.keys()), sorted(duck.keys() - spark.keys())
+    lines = [f"findings: Spark {len(spark)}, DuckDB {len(duck)}; only Spark {len(only_s)}, only DuckDB {len(only_d)}"]
+    lines += [f"  only Spark: {spark[i]['detector']} {i} {spark[i]['summary']}" for i in only_s[:10]]
+    lines += [f"  only DuckDB: {duck[i]['detector']} {i} {duck[i]['summary']}" for i in only_d[:10]]
+    differ = [i for i in sorted(spark.keys() & duck.keys()) if spark[i] != duck[i]]
+    lines.append(f"  same id, other fields: {len(differ)}")
+    for i in differ[:10]:
+        fields = [k for k in spark[i] if spark[i][k] != duck[i].get(k)]
+        lines.append(f"  {duck[i]['detector']} {i}: " + "; ".join(
+            f"{k}: Spark {str(spark[i][k])[:300]!r} vs DuckDB {str(duck[i].get(k))[:300]!r}" for k in fields))
+    return "\n".join(lines)
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--synthesize-only":
         synthesize(Path(sys.argv[2]), int(sys.argv[3]))
@@ -216,8 +245,11 @@ def main() -> None:
                   f"{scpu:6.1f}s CPU (Python + JVM, start included)  peak RSS {srss:7.0f} MiB (Python + JVM)",
                   flush=True)
             print(sout, flush=True)
+            spark_found = findings_of(lake)
         load = os.getloadavg()[0]
         wall, cpu, rss, out = run_detect(lake)
+        if args.engine == "spark":
+            print(compare_findings(spark_found, findings_of(lake)), flush=True)
         results.append({"audit_events": n, "proxy_decisions": n, "synth_s": round(gen, 1),
                         "detect_s": round(wall, 2), "detect_cpu_s": round(cpu, 1), "peak_rss_mib": round(rss),
                         "load_avg_before": round(load, 1), "summary": out.strip()})

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -73,11 +73,11 @@ def _read(sink: LakeSink, path: PurePath) -> list[dict[str, Any]]:
 
 
 #: Columns that say when and by which run a finding was produced, not what it is.
-_RUN_COLUMNS = frozenset({"detected_at", "first_detected_at", "first_run"})
+RUN_COLUMNS: Final = frozenset({"detected_at", "first_detected_at", "first_run"})
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in FINDINGS.names if k not in _RUN_COLUMNS)
+    return all(a.get(k) == b.get(k) for k in FINDINGS.names if k not in RUN_COLUMNS)
 
 
 def run_id(kind: str, started_at: datetime) -> str:
