@@ -186,7 +186,7 @@ def findings_of(lake: Path) -> dict[str, dict[str, object]]:
     (read in a child process, so this process stays small for the detect children it forks)."""
     code = ("import json, sys; from ztaudit.core.lake import open_lake\n"
             "con = open_lake(sys.argv[1])\n"
-            "t = con.execute('SELECT * FROM findings').fetch_arrow_table()\n"
+            "t = con.execute('SELECT * FROM findings').to_arrow_table()\n"
             "print(json.dumps(t.to_pylist(), default=str))")
     out = subprocess.run([sys.executable, "-c", code, str(lake)], capture_output=True, text=True, check=True)
     return {r["finding_id"]: {k: v for k, v in r.items() if k not in RUN_COLUMNS}
