@@ -593,7 +593,7 @@ def _validate(cfg: Config, errors: list[ConfigError]) -> None:
         errors.append(ConfigError("detect.memory_limit", f"{cfg.detect.memory_limit!r} is not a size",
                                   fix="write it like '2GB' or '1500MiB', or '' for DuckDB's default"))
     for cluster in cfg.impersonation.proxy_hosts.values():
-        if not isinstance(cluster, str) or not cluster:
+        if not isinstance(cluster, str) or not cluster.strip() or not cluster.isprintable():
             errors.append(ConfigError("impersonation.proxy_hosts", "each host must map to a cluster name",
                                       fix='write proxy_hosts = { "k8s.example.com" = "prod" }'))
     for problem in host_map(cfg.impersonation.proxy_hosts)[1]:

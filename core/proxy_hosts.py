@@ -32,7 +32,9 @@ _NOT_PRINTABLE: Final = "[^ -~]"
 _NOT_PRINTABLE_RE: Final = re.compile(_NOT_PRINTABLE)
 #: A config key, lower-cased: a bracketed IPv6 literal (zone id allowed) or a reg-name / IPv4 address
 #: (RFC 3986 unreserved, sub-delims and %-escapes), then an optional port. Not a URL, not blank.
-_HOST_RE: Final = re.compile(r"(\[[0-9a-z:.%]+\]|[a-z0-9._~%!$&'()*+,;=-]+)(:[0-9]{1,5})?")
+#: No ``*``: a Pomerium ``from: https://*.example.com`` wildcard is not a host and would match nothing.
+#: At most 253 characters of name (DNS) and a port.
+_HOST_RE: Final = re.compile(r"(\[[0-9a-z:.%]{1,253}\]|[a-z0-9._~%!$&'()+,;=-]{1,253})(:[0-9]{1,5})?")
 
 
 def host_key(host: str) -> str:
@@ -61,16 +63,18 @@ def host_key_sql(expr: str) -> str:
 
 def host_map(hosts: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """(``hosts`` keyed by :func:`host_key`, problems): a key that is no host (blank, a URL, spaces, a
-    character outside printable ASCII), and two spellings of one host naming different clusters (routes
-    told apart only by port), are problems: config validation refuses them; the map leaves such a key
-    out, or keeps the first spelling's cluster. Two spellings naming the same cluster are one entry."""
+    wildcard, over 253 characters, a character outside printable ASCII), and two spellings of one host
+    naming different clusters (routes told apart only by port), are problems: config validation refuses
+    them; the map leaves such a key out, or keeps the first spelling's cluster. Two spellings naming the
+    same cluster are one entry."""
     out: dict[str, str] = {}
     spelled: dict[str, str] = {}
     problems: list[str] = []
     for host, cluster in hosts.items():
         if _NOT_PRINTABLE_RE.search(host) or not _HOST_RE.fullmatch(host.lower()):
-            problems.append(f"{host!r} is not a host name, IPv4 address or [IPv6] literal "
-                            "(with an optional :port)")
+            shown = repr(host) if len(host) <= 80 else f"{host[:60]!r}... ({len(host)} characters)"
+            problems.append(f"{shown} is not a host name, IPv4 address or [IPv6] literal (with an optional "
+                            ":port)" + ("; wildcards are not supported: list each host" if "*" in host else ""))
             continue
         key = host_key(host)
         if key in out and out[key] != cluster:

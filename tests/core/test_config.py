@@ -51,6 +51,8 @@ def test_file_values_shown(tmp_path: Path) -> None:
     ('[impersonation]\nproxy_hosts = { ":6443" = "a" }\n', "impersonation.proxy_hosts", "is not a host name"),
     ('[impersonation]\nproxy_hosts = { "https://k8s.example.com" = "a" }\n', "impersonation.proxy_hosts",
      "is not a host name"),
+    ('[impersonation]\nproxy_hosts = { "k8s.example.com" = "  " }\n', "impersonation.proxy_hosts",
+     "each host must map to a cluster name"),
 ])
 def test_errors_name_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, key: str,
                                     fix: str) -> None:

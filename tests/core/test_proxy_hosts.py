@@ -40,9 +40,13 @@ def test_host_map_merges_spellings_and_names_problems() -> None:
     hosts, problems = host_map({"K8S-X:443": "a", "k8s-x": "a", "[::1]:6443": "v6"})
     assert hosts == {"k8s-x": "a", "[::1]": "v6"} and problems == []
     hosts, problems = host_map({"K8S-X:443": "a", "k8s-x:8443": "b", "": "c", "https://k8s-y": "d",
-                                "k8s z": "e", "fe80::1": "f", "k8s-\u0130": "g"})
+                                "k8s z": "e", "fe80::1": "f", "k8s-\u0130": "g", "*.example.com": "h",
+                                "a" * 254: "i"})
     assert hosts == {"k8s-x": "a"}
     assert problems[0] == ("'K8S-X:443' and 'k8s-x:8443' are the same host (k8s-x) but name clusters 'a' and "
                            "'b': routes told apart only by port are not supported")
     assert [p.split(" is not")[0] for p in problems[1:]] == [
-        "''", "'https://k8s-y'", "'k8s z'", "'fe80::1'", "'k8s-\u0130'"]
+        "''", "'https://k8s-y'", "'k8s z'", "'fe80::1'", "'k8s-\u0130'", "'*.example.com'",
+        f"{'a' * 60!r}... (254 characters)"]
+    assert problems[-2].endswith("wildcards are not supported: list each host")
+    assert host_map({"a" * 253 + ":443": "ok"})[1] == []
