@@ -43,7 +43,8 @@ and never appears in a message or log line (:func:`_mask`). pyiceberg's own retr
 :data:`TABLE_PROPERTIES`). Each table keeps at most :data:`MAX_SNAPSHOTS` snapshots: older ones are
 expired by the commit that passes the bound,
 so a table that takes a commit per flush round stays cheap to commit to (measured: 1.7 s per commit
-at 460 snapshots, 0.05 s at none) and ``maintain --expire-snapshots`` is for shorter histories.
+at 460 snapshots, 0.13 s at 100, 0.07 s at 20) and ``maintain --expire-snapshots`` is for shorter
+histories.
 
 **Reading.** :func:`snapshot_files` lists the data files of the current snapshot, optionally only
 those of a ``dt`` range (Iceberg prunes manifests by partition summaries); DuckDB reads exactly that
@@ -117,8 +118,14 @@ LOCK_TIMEOUT_S: Final = 600.0
 #: With a shared (PostgreSQL) catalog, unreferenced metadata files younger than this are kept: a writer
 #: on another machine may have written its manifests and not committed them yet.
 SHARED_METADATA_GRACE_S: Final = 600.0
-#: Snapshots kept per table by the commits themselves (the newest; see the module docstring).
-MAX_SNAPSHOTS: Final = 100
+#: Snapshots kept per table by the commits themselves (the newest; see the module docstring). Every
+#: commit pays for the history: pyiceberg 0.12 deep-copies the whole table metadata, snapshot list
+#: included, each time a transaction reads it (about 18 times per append; upstream
+#: apache/iceberg-python#2673, unfixed in 0.12). ``bench/iceberg_commit.py``: 68-75 ms per commit in
+#: steady state at this bound, 130 ms at the earlier bound of 100. The history it buys is short
+#: anyway (minutes of a busy consumer); a round older than the bound only means an idempotent replay
+#: after a crash (:func:`last_rounds`).
+MAX_SNAPSHOTS: Final = 20
 #: Table properties of every table: old metadata JSON files are deleted after a commit (keeping the
 #: newest 20), appends merge manifests once 50 accumulated, so planning a scan stays bounded in a lake
 #: that takes one commit per flush round (Iceberg table properties, "Write properties").
@@ -445,6 +452,17 @@ def ensure_table(catalog: SqlCatalog, lake: Path, table: str) -> Table:
             tbl = catalog.create_table_if_not_exists(
                 _identifier(table), schema=wanted, location=f"{_location(lake)}/{table}",
                 properties=TABLE_PROPERTIES)
+            if not tbl.spec().fields and tbl.metadata.name_mapping() is None:
+                # a new table: its partition spec and name mapping in one commit (each metadata
+                # version costs a copy of the metadata; a new lake makes ten tables)
+                from pyiceberg.table import TableProperties
+
+                with tbl.transaction() as tx:
+                    with tx.update_spec() as spec:
+                        spec.add_identity("dt")
+                    tx.set_properties({TableProperties.DEFAULT_NAME_MAPPING:
+                                       tbl.schema().name_mapping.model_dump_json()})
+                tbl = catalog.load_table(_identifier(table))
         if not tbl.spec().fields:
             with tbl.update_spec() as spec:
                 spec.add_identity("dt")
