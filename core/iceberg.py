@@ -40,8 +40,8 @@ machines cannot share an ``flock``, so there the compare-and-swap and that retry
 serialisation (a lost race recomputes its diff by path on the new head, so a file the other writer
 registered meanwhile is replaced, never listed twice). The password is never written to the lake
 and never appears in a message or log line (:func:`_mask`). pyiceberg's own retry is off (see
-:data:`TABLE_PROPERTIES`). Each table keeps :data:`MAX_SNAPSHOTS` to ``MAX_SNAPSHOTS + 9`` snapshots:
-the commit that brings it to ``MAX_SNAPSHOTS + 10`` expires the oldest (:func:`_expire_beyond_bound`),
+:data:`TABLE_PROPERTIES`). Each table keeps at most ``MAX_SNAPSHOTS + 9`` snapshots: the commit that
+brings it to ``MAX_SNAPSHOTS + 10`` expires the oldest down to :data:`MAX_SNAPSHOTS` (:func:`_expire_beyond_bound`),
 so a table that takes a commit per flush round stays cheap to commit to (measured: 1.7 s per commit
 at 460 snapshots, 0.13 s at 100, 0.07 s at 20) and ``maintain --expire-snapshots`` is for shorter
 histories.
@@ -119,7 +119,9 @@ LOCK_TIMEOUT_S: Final = 600.0
 #: on another machine may have written its manifests and not committed them yet.
 SHARED_METADATA_GRACE_S: Final = 600.0
 #: Metadata files (manifest lists, manifests) that only expired snapshots used are deleted by the commits'
-#: own expiry once they are this old: readers take no lock, and one may be planning an old snapshot.
+#: own expiry (and by ``maintain``) once they were *written* this long ago: readers take no lock, and one
+#: may be planning a recent snapshot. (A snapshot written long ago that a burst of commits expires is
+#: not covered: its reader would have to have planned it just before the burst.)
 READER_GRACE_S: Final = 60.0
 #: Snapshots kept per table by the commits themselves (the newest; see the module docstring). Every
 #: commit pays for the history: each read of pyiceberg 0.12's ``Transaction.table_metadata`` replays the
@@ -787,34 +789,47 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
 
 def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
     """Expire the oldest snapshots of ``table`` beyond :data:`MAX_SNAPSHOTS` (once 10 over, so not
-    every commit pays: a table holds 20 to 29) and delete the metadata files only they used and that
-    are older than :data:`READER_GRACE_S` (a reader that planned an old snapshot a moment ago still
-    finds its manifests; with a shared catalog :data:`SHARED_METADATA_GRACE_S`). Their data files
-    stay (``maintain --remove-orphans`` removes unlisted ones).
+    every commit pays: a table that had 30 commits holds 20 to 29) and delete the metadata files only
+    they used that were written more than :data:`READER_GRACE_S` ago (with a shared catalog
+    :data:`SHARED_METADATA_GRACE_S`). Snapshots a branch or tag points at are kept (Iceberg refuses
+    to expire them; a tag made from Spark would otherwise block every expiry). Their data files stay
+    (``maintain --remove-orphans`` removes unlisted ones).
 
-    Called after a commit went through, so it never raises: housekeeping that fails (two machines on a
-    shared catalog expiring the same snapshots: pyiceberg applies the second expiry on the new head and
-    raises ``ValueError`` for the ids already gone; a metadata file the other one deleted first) is
-    logged and left to a later commit. "Oldest" is by sequence number, not by the committing machine's
-    clock (a machine whose clock runs behind would otherwise see its fresh snapshots expired first)."""
+    Called after a commit went through, so it never raises. A lost race with another writer (two
+    machines on a shared catalog expiring the same snapshots: pyiceberg applies the second expiry on
+    the new head and raises ``ValueError`` for ids already gone; a commit in between) is a warning,
+    left to a later commit; anything else is logged as an error (masked, no traceback: a driver's
+    message may quote the catalog URI), and the history then grows and commits slow down until it
+    is fixed. "Oldest" is by sequence number, not by the
+    committing machine's clock (a machine whose clock runs behind would see its fresh snapshots go first)."""
+    from pyiceberg.exceptions import CommitFailedException
+
     try:
         tbl = catalog.load_table(_identifier(table))
         snaps = sorted(tbl.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
         if len(snaps) < MAX_SNAPSHOTS + 10:
             return
-        current = tbl.current_snapshot()
-        old = [s.snapshot_id for s in snaps[:-MAX_SNAPSHOTS]
-               if current is None or s.snapshot_id != current.snapshot_id]
+        kept = {ref.snapshot_id for ref in tbl.metadata.refs.values()}  # main's head, branches, tags
+        old = [s.snapshot_id for s in snaps[:-MAX_SNAPSHOTS] if s.snapshot_id not in kept]
         if not old:
             return
         with owner_only():
             tbl.maintenance.expire_snapshots().by_ids(old).commit()
+    except (CommitFailedException, ValueError) as exc:
+        log.warning("iceberg: %s: another writer changed the snapshots meanwhile; expiring them is left to a later "
+                    "commit (%s)", table, " ".join(_mask(str(exc)).split())[:300])
+        return
+    except Exception as exc:
+        log.error("iceberg: %s: expiring old snapshots failed (the commit before stands; the history grows until "
+                  "this is fixed): %s: %s", table, type(exc).__name__, " ".join(_mask(str(exc)).split())[:600])
+        return
+    try:
         remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)),
                                      min_age_s=SHARED_METADATA_GRACE_S if is_shared(lake) else READER_GRACE_S)
     except Exception as exc:
-        # the commit before this stands; another writer's commit (or its expiry) came in between
-        log.warning("iceberg: %s: expiring old snapshots skipped this time (%s); a later commit retries",
-                 table, _mask(" ".join(str(exc).split())[:300]))
+        log.error("iceberg: %s: snapshots expired, but deleting the metadata files only they used failed "
+                  "(`ztaudit maintain --expire-snapshots` retries): %s: %s", table, type(exc).__name__,
+                  " ".join(_mask(str(exc)).split())[:600])
 
 
 def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None = None) -> int:
@@ -828,7 +843,7 @@ def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None
         keep.add(local_path(snap.manifest_list))
         keep |= {local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
     if min_age_s is None:  # a writer on another machine may be between its manifests and its commit
-        min_age_s = SHARED_METADATA_GRACE_S if is_shared(lake) else 60.0
+        min_age_s = SHARED_METADATA_GRACE_S if is_shared(lake) else READER_GRACE_S
     limit = time.time() - min_age_s
     wh = warehouse.of_lake(lake)
     if wh is not None:

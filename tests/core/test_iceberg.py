@@ -301,8 +301,9 @@ def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch:
 def test_an_expired_snapshots_manifests_stay_for_a_reader_until_the_grace_passed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers take no lock: one that planned a snapshot just before the commits expired it still
-    reads its manifest list (deleted only once older than ``READER_GRACE_S``)."""
+    reads its manifest list (deleted only once written longer than ``READER_GRACE_S`` ago)."""
     monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
+    monkeypatch.setattr(iceberg, "READER_GRACE_S", 3600.0)  # however slow this machine is
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
     sink.write("proxy_decision", _decisions(1, start=0), "k0")
@@ -319,8 +320,8 @@ def test_an_expired_snapshots_manifests_stay_for_a_reader_until_the_grace_passed
     assert len(list(tbl.scan().plan_files())) == 1  # the reader's plan of the expired snapshot still works
 
 
-def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Two writers on a shared catalog passing the bound together expire the same snapshots: pyiceberg
     applies the second expiry on the new head and raises ValueError for the ids already gone. The
     commit before it went through, so the publish must not fail (a consumer would die between its
@@ -346,8 +347,33 @@ def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Pa
 
     with pytest.raises(ValueError):  # what pyiceberg does (else this test tests nothing)
         stale.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in stale.snapshots()[:3]]).commit()
-    iceberg._expire_beyond_bound(lake, Racing(), "proxy_decision")  # type: ignore[arg-type]
-    assert _count(lake) == 20
+    with caplog.at_level("WARNING", logger="ztaudit.core.iceberg"):
+        iceberg._expire_beyond_bound(lake, Racing(), "proxy_decision")  # type: ignore[arg-type]
+    assert "another writer changed the snapshots meanwhile" in caplog.text
+    assert len(catalog.load_table(ident).snapshots()) == 5
+
+
+def test_a_tagged_snapshot_is_kept_and_does_not_block_the_expiry_of_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag (made from Spark, say) on an old snapshot: Iceberg refuses to expire it, and asking it to
+    would fail every expiry after, so the history would grow for good. It is left out instead."""
+    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 1000)
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    for i in range(3):
+        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
+        sink.publish()
+    catalog = iceberg.open_catalog(lake)
+    ident = (iceberg.NAMESPACE, "proxy_decision")
+    first = min(catalog.load_table(ident).snapshots(), key=lambda s: s.sequence_number or 0).snapshot_id
+    catalog.load_table(ident).manage_snapshots().create_tag(first, "audit-2026-11").commit()
+    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
+    for i in range(3, 20):
+        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
+        sink.publish()
+    ids = {s.snapshot_id for s in catalog.load_table(ident).snapshots()}
+    assert first in ids
+    assert len(ids) < 5 + 10 + 1, "the others were expired"
 
 
 def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path) -> None:
