@@ -371,6 +371,7 @@ class StreamConsumer:
             self.metrics.resumed_from_lake += 1
             try:  # the lake holds everything before it: the group may say so too (lag, the next member)
                 self.source.commit({tp: off})
+                self.metrics.committed[name] = off
             except KafkaTransientError as exc:  # also a rejected commit: the next round commits past it
                 log.warning("consume: %s: skipped to offset %d but could not commit it yet: %s", name, off, exc)
             log.info("consume: %s skips to offset %d: the lake's Iceberg snapshot holds everything before it "
