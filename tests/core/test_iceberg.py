@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +35,13 @@ def _decisions(n: int, start: int = 0, day: int = 0) -> pa.Table:
 
 def _iceberg_sink(lake: Path) -> LakeSink:
     return LakeSink(lake, table_format="iceberg")
+
+
+def _publish_each(sink: LakeSink, keys: range) -> None:
+    """One ``proxy_decision`` file of one row per key, each published on its own (a commit each)."""
+    for i in keys:
+        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
+        sink.publish()
 
 
 def _count(lake: Path, table: str = "proxy_decision") -> int:
@@ -286,9 +294,7 @@ def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(iceberg, "READER_GRACE_S", 0.0)  # the grace is the next test's
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
-    for i in range(60):
-        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
-        sink.publish()
+    _publish_each(sink, range(60))
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert 5 <= len(tbl.snapshots()) < 5 + 10
     assert _count(lake) == 60
@@ -306,18 +312,28 @@ def test_an_expired_snapshots_manifests_stay_for_a_reader_until_the_grace_passed
     monkeypatch.setattr(iceberg, "READER_GRACE_S", 3600.0)  # however slow this machine is
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
-    sink.write("proxy_decision", _decisions(1, start=0), "k0")
-    sink.publish()
+    _publish_each(sink, range(1))
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     planned = tbl.current_snapshot()
     assert planned is not None
-    for i in range(1, 20):
-        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
-        sink.publish()
+    _publish_each(sink, range(1, 20))
     head = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert planned.snapshot_id not in {s.snapshot_id for s in head.snapshots()}, "expired (else nothing is tested)"
     assert Path(planned.manifest_list).is_file()
     assert len(list(tbl.scan().plan_files())) == 1  # the reader's plan of the expired snapshot still works
+
+
+PD: Final = (iceberg.NAMESPACE, "proxy_decision")
+
+
+def _history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commits: int) -> tuple[Path, LakeSink, Any]:
+    """A lake whose ``proxy_decision`` took ``commits`` commits, none expired (the bound raised for
+    them, to be lowered by the test): the lake, its sink and its catalog."""
+    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 1000)
+    lake = tmp_path / "lake"
+    sink = _iceberg_sink(lake)
+    _publish_each(sink, range(commits))
+    return lake, sink, iceberg.open_catalog(lake)
 
 
 def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -326,18 +342,11 @@ def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Pa
     applies the second expiry on the new head and raises ValueError for the ids already gone. The
     commit before it went through, so the publish must not fail (a consumer would die between its
     Iceberg and Kafka commits). Reproduced with a table handle loaded before the first expiry."""
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 1000)
-    lake = tmp_path / "lake"
-    sink = _iceberg_sink(lake)
-    for i in range(20):
-        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
-        sink.publish()
-    catalog = iceberg.open_catalog(lake)
-    ident = (iceberg.NAMESPACE, "proxy_decision")
-    stale = catalog.load_table(ident)
+    lake, _, catalog = _history(tmp_path, monkeypatch, 20)
+    stale = catalog.load_table(PD)
     monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
     iceberg._expire_beyond_bound(lake, catalog, "proxy_decision")
-    assert len(catalog.load_table(ident).snapshots()) == 5
+    assert len(catalog.load_table(PD).snapshots()) == 5
 
     class Racing:
         """The other writer's view: it loaded the table before the expiry above committed."""
@@ -350,28 +359,19 @@ def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Pa
     with caplog.at_level("WARNING", logger="ztaudit.core.iceberg"):
         iceberg._expire_beyond_bound(lake, Racing(), "proxy_decision")  # type: ignore[arg-type]
     assert "another writer changed the snapshots meanwhile" in caplog.text
-    assert len(catalog.load_table(ident).snapshots()) == 5
+    assert len(catalog.load_table(PD).snapshots()) == 5
 
 
 def test_a_tagged_snapshot_is_kept_and_does_not_block_the_expiry_of_the_others(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tag (made from Spark, say) on an old snapshot: Iceberg refuses to expire it, and asking it to
     would fail every expiry after, so the history would grow for good. It is left out instead."""
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 1000)
-    lake = tmp_path / "lake"
-    sink = _iceberg_sink(lake)
-    for i in range(3):
-        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
-        sink.publish()
-    catalog = iceberg.open_catalog(lake)
-    ident = (iceberg.NAMESPACE, "proxy_decision")
-    first = min(catalog.load_table(ident).snapshots(), key=lambda s: s.sequence_number or 0).snapshot_id
-    catalog.load_table(ident).manage_snapshots().create_tag(first, "audit-2026-11").commit()
+    _, sink, catalog = _history(tmp_path, monkeypatch, 3)
+    first = min(catalog.load_table(PD).snapshots(), key=lambda s: s.sequence_number or 0).snapshot_id
+    catalog.load_table(PD).manage_snapshots().create_tag(first, "audit-2026-11").commit()
     monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
-    for i in range(3, 20):
-        sink.write("proxy_decision", _decisions(1, start=i), f"k{i}")
-        sink.publish()
-    ids = {s.snapshot_id for s in catalog.load_table(ident).snapshots()}
+    _publish_each(sink, range(3, 20))
+    ids = {s.snapshot_id for s in catalog.load_table(PD).snapshots()}
     assert first in ids
     assert len(ids) < 5 + 10 + 1, "the others were expired"
 
