@@ -787,6 +787,12 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
                     fix="the files are durable; run the same command again, or `ztaudit migrate` to re-sync")
 
 
+def _said(exc: BaseException, limit: int) -> str:
+    """``exc``'s message for one log line: passwords masked first (a cut could split one), then
+    whitespace collapsed and cut to ``limit`` characters."""
+    return " ".join(_mask(str(exc)).split())[:limit]
+
+
 def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
     """Expire the oldest snapshots of ``table`` beyond :data:`MAX_SNAPSHOTS` (once 10 over, so not
     every commit pays: a table that had 30 commits holds 20 to 29) and delete the metadata files only
@@ -817,11 +823,11 @@ def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
             tbl.maintenance.expire_snapshots().by_ids(old).commit()
     except (CommitFailedException, ValueError) as exc:
         log.warning("iceberg: %s: another writer changed the snapshots meanwhile; expiring them is left to a later "
-                    "commit (%s)", table, " ".join(_mask(str(exc)).split())[:300])
+                    "commit (%s)", table, _said(exc, 300))
         return
     except Exception as exc:
         log.error("iceberg: %s: expiring old snapshots failed (the commit before stands; the history grows until "
-                  "this is fixed): %s: %s", table, type(exc).__name__, " ".join(_mask(str(exc)).split())[:600])
+                  "this is fixed): %s: %s", table, type(exc).__name__, _said(exc, 600))
         return
     try:
         remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)),
@@ -829,7 +835,7 @@ def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
     except Exception as exc:
         log.error("iceberg: %s: snapshots expired, but deleting the metadata files only they used failed "
                   "(`ztaudit maintain --expire-snapshots` retries): %s: %s", table, type(exc).__name__,
-                  " ".join(_mask(str(exc)).split())[:600])
+                  _said(exc, 600))
 
 
 def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None = None) -> int:
