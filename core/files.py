@@ -55,6 +55,23 @@ ROW_GROUP_ROWS = 122_880
 HIGH_CARDINALITY = frozenset({"audit_id", "origin", "request_uri", "request_id", "check_request_id", "raw",
                               "finding_id", "evidence", "summary", "context", "detail", "annotations"})
 
+#: Columns an identity, credential, session or address is looked up by ("the uses of the revoked
+#: subject X", ``kubectl --as``'s target, ``ztaudit report identity``): each row group gets a Parquet
+#: bloom filter on them. Min/max statistics cannot skip a row group for ``actor = 'system:serviceaccount:
+#: ns:x'`` (every row group's range spans from ``system:...`` to ``user...``); a bloom filter can, and
+#: DuckDB (and Spark's and Trino's Parquet readers) use it for ``=`` and ``IN`` filters, including the
+#: IN lists a join pushes into the scan. Measured at 10M audit events: the revoked service accounts'
+#: uses read 171 MB and 84 of 84 row groups without, 1 MB and 0 row groups with (bench/report.py).
+LOOKUP_COLUMNS: Final = frozenset({
+    "user_name", "actor", "impersonator", "impersonated_user", "credential_id", "proxy_session_id", "source_ip",
+    "user_id", "email", "session_id", "client_ip", "subject_id", "subject_login", "credential_key", "holder"})
+#: Distinct values a row group's bloom filter is sized for (pyarrow sizes it down to the values
+#: present, so a column of a few thousand identities costs ~4 KiB): at most 32 KiB per column and row
+#: group; past that many distinct values the filter skips less often, it never drops a match.
+BLOOM_NDV: Final = 32_768
+#: The false-positive rate at that size (pyarrow's default; 0.01 would double the bytes).
+BLOOM_FPP: Final = 0.05
+
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9._+=-]")
 #: The longest file name stem (file systems allow 255 bytes; ``.parquet`` and temp-file affixes need room).
 MAX_KEY = 200
@@ -359,7 +376,8 @@ def parquet_options(table: pa.Table, day: str | None,
                     metadata: dict[bytes, bytes] | None = None) -> tuple[pa.Table, dict[str, Any]]:
     """``table`` as a lake file holds it (its ``dt`` set to ``day`` when given, ``metadata`` added to
     its key-value metadata) and the ``pq.write_table`` options of every lake file: zstd,
-    ``ROW_GROUP_ROWS`` row groups, no dictionary or statistics for :data:`HIGH_CARDINALITY` columns.
+    ``ROW_GROUP_ROWS`` row groups, no dictionary or statistics for :data:`HIGH_CARDINALITY` columns,
+    a bloom filter per row group on the :data:`LOOKUP_COLUMNS` it has.
     Shared by the local writer (:func:`write_parquet_atomic`) and the object-store writer
     (:mod:`ztaudit.core.sink`), so a lake's files are the same wherever they live."""
     if day is not None:
@@ -367,8 +385,9 @@ def parquet_options(table: pa.Table, day: str | None,
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     low_card = [n for n in table.column_names if n not in HIGH_CARDINALITY]
+    bloom = {n: {"ndv": BLOOM_NDV, "fpp": BLOOM_FPP} for n in table.column_names if n in LOOKUP_COLUMNS}
     return table, {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS,
-                   "use_dictionary": low_card, "write_statistics": low_card}
+                   "use_dictionary": low_card, "write_statistics": low_card, "bloom_filter_options": bloom}
 
 
 def write_parquet_atomic(table: pa.Table, final: Path, metadata: dict[bytes, bytes] | None = None) -> Path:
