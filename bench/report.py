@@ -5,7 +5,9 @@ and ingest for 10M events would take far longer and measure something else): 14 
 clusters, ~2,000 identities (people through the proxy, service accounts with bound tokens, a few
 legacy tokens, nodes, control plane), two audit stages per request, realistic verbs, resources,
 namespaces, codes, IPs and user agents, plus proxy decisions for the people's requests, IdP
-events with revocations, findings and quarantine rows. Files use the sink's row-group size.
+events with revocations, findings and quarantine rows. Each file DuckDB wrote is then written again
+by the lake's own writer (``write_parquet_atomic``: row groups, dictionaries, statistics and bloom
+filters as ``ingest`` and ``consume`` write them), so the reports read the files a real lake holds.
 
 Each report runs in a fresh DuckDB connection (no warm cache from the previous report) and is
 rendered as JSON; "all" = the whole lake, "24h" = ``--since`` the last day (partition pruning).
@@ -190,6 +192,22 @@ def build_lake(lake: Path, events: int) -> float:
     return time.perf_counter() - t0
 
 
+def rewrite_as_lake_files(lake: Path) -> float:
+    """Write every Parquet file of ``lake`` again with the lake's writer (module docstring); seconds.
+
+    DuckDB's ``COPY`` writes bloom filters on dictionary-encoded columns and its own row groups: a lake
+    of such files is faster to query by identity than one ``ingest`` writes, which flattered the
+    figures before (171 MB read instead of 1 MB for one statement of ``report revocation``)."""
+    import pyarrow.parquet as pq
+
+    from ztaudit.core.files import write_parquet_atomic
+
+    t0 = time.perf_counter()
+    for path in sorted(lake.glob("*/dt=*/*.parquet")):
+        write_parquet_atomic(pq.ParquetFile(path).read(), path)
+    return time.perf_counter() - t0
+
+
 def _rbac_item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta, **kw}
@@ -306,6 +324,8 @@ def main() -> int:
         if not (lake / "k8s_audit").exists():
             secs = build_lake(lake, size)
             print(f"built {size:,} audit events in {secs:.1f} s at {lake}", file=sys.stderr)
+            secs = rewrite_as_lake_files(lake)
+            print(f"wrote its files again with the lake's writer in {secs:.1f} s", file=sys.stderr)
         if not (lake / "reach").exists():
             secs = build_derived(lake)
             print(f"built the derived credentials and reach tables (detect's job) in {secs:.1f} s",
