@@ -8,6 +8,7 @@ says which of those files *are* the table::
     LAKE/_iceberg/catalog.json                 or: the catalog is on PostgreSQL (URI without password, name)
     LAKE/_iceberg/READY                        written once every table exists and (migrate) every file is in
     LAKE/_iceberg/<table>/metadata/...         each table's metadata JSON, manifest lists, manifests
+    LAKE/_iceberg/plans/<table>.json           the file list of the snapshot last read (core/plan_cache.py)
     LAKE/<table>/dt=YYYY-MM-DD/<key>.parquet   the data files, each holding a DATE column ``dt``
 
 Tables are ``lake.<table>`` for every table of :data:`~ztaudit.core.schema.TABLES`, format v2,
@@ -75,7 +76,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from ztaudit.core import catalog_uri, warehouse
+from ztaudit.core import catalog_uri, plan_cache, warehouse
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import HIGH_CARDINALITY, UNDATED, file_lock, fsync_dir, makedirs
 from ztaudit.core.schema import TABLES
@@ -938,6 +939,13 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
     """Local paths of ``table``'s data files in the current snapshot, sorted; only those whose ``dt``
     lies in ``days`` (inclusive ``YYYY-MM-DD`` bounds) when given. Called by the DuckDB views; raises
     :class:`LakeError` for a lake copied or moved since its files were registered."""
+    # a whole snapshot planned before in any process: no pyiceberg import (core/plan_cache.py)
+    cacheable = days is None and not is_shared(lake)
+    folder = Path(lake) / ICEBERG_DIR
+    if cacheable:
+        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, _location(lake))
+        if known is not None:
+            return known
     from pyiceberg.exceptions import NoSuchTableError
 
     catalog = open_catalog(lake)
@@ -949,13 +957,16 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
         raise _wrap(lake, f"loading {table}", exc) from exc
     _check_location(lake, tbl)
     if tbl.current_snapshot() is None:
-        return []
-    if days is None:
-        scan = tbl.scan()
+        files: list[str] = []
+    elif days is None:
+        files = sorted(local_path(task.file.file_path) for task in tbl.scan().plan_files())
     else:
         lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
         scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
-    return sorted(local_path(task.file.file_path) for task in scan.plan_files())
+        return sorted(local_path(task.file.file_path) for task in scan.plan_files())
+    if cacheable:
+        plan_cache.remember(folder, table, tbl.metadata_location, _location(lake), files)
+    return files
 
 
 def snapshot_entries(lake: Path, table: str, days: tuple[str, str] | None) -> dict[str, tuple[int, int]]:

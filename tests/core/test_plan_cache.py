@@ -1,0 +1,126 @@
+"""Remembered snapshot plans (core/plan_cache.py): an Iceberg lake opens without pyiceberg once its
+snapshots were planned, and never reads a stale or foreign plan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ztaudit.core import iceberg, plan_cache
+from ztaudit.core.errors import LakeError
+from ztaudit.core.lake import open_lake
+from ztaudit.core.sink import LakeSink
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+#: Opens the lake in a new process; prints the row count and whether pyiceberg was imported.
+_PROBE = """
+import sys
+from ztaudit.core.lake import open_lake
+con = open_lake(sys.argv[1])
+print(con.execute("SELECT count(*) FROM proxy_decision").fetchone()[0], "pyiceberg" in sys.modules)
+"""
+
+
+def _decisions(n: int, start: int = 0) -> pa.Table:
+    return pa.table({"request_id": [f"r{start + i}" for i in range(n)],
+                     "decided_at": [T0 + timedelta(seconds=start + i) for i in range(n)],
+                     "email": ["alice@example.com"] * n, "is_allowed": [True] * n})
+
+
+def _lake(tmp_path: Path, rows: int = 3) -> tuple[Path, LakeSink]:
+    lake = tmp_path / "lake"
+    sink = LakeSink(lake, table_format="iceberg")
+    sink.write("proxy_decision", _decisions(rows), "k0")
+    sink.publish()
+    return lake, sink
+
+
+def _probe(lake: Path) -> tuple[int, bool]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(lake)], capture_output=True, text=True, check=True)
+    count, imported = out.stdout.split()
+    return int(count), imported == "True"
+
+
+def _count(lake: Path) -> int:
+    con = open_lake(lake)
+    try:
+        return int(con.execute("SELECT count(*) FROM proxy_decision").fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
+
+
+def test_a_second_open_reads_the_remembered_plans_without_importing_pyiceberg(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    assert _probe(lake) == (3, True), "the first open plans with pyiceberg"
+    assert _probe(lake) == (3, False), "the next one reads the plans it left"
+    entry = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
+    assert entry.stat().st_mode & 0o007 == 0, "owner and group only, like every lake file"
+
+
+def test_a_commit_after_the_plan_was_remembered_is_read(tmp_path: Path) -> None:
+    lake, sink = _lake(tmp_path)
+    assert _probe(lake)[0] == 3
+    sink.write("proxy_decision", _decisions(4, start=10), "k1")
+    sink.publish()
+    assert _probe(lake) == (7, True), "a new metadata file: planned again"
+    assert _probe(lake) == (7, False)
+
+
+@pytest.mark.parametrize("entry", [b"{not json", b"[]", json.dumps({"version": 1, "files": "x"}).encode(),
+                                   json.dumps({"version": 99}).encode()])
+def test_a_broken_entry_is_planned_again_and_rewritten(tmp_path: Path, entry: bytes) -> None:
+    lake, _ = _lake(tmp_path)
+    _count(lake)
+    path = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
+    path.write_bytes(entry)
+    assert _count(lake) == 3
+    assert json.loads(path.read_bytes())["files"], "rewritten"
+
+
+def test_a_plan_naming_another_metadata_file_is_not_used(tmp_path: Path) -> None:
+    """An entry whose metadata file is not the catalog's current one (an older commit) is ignored,
+    even when its file list would be readable."""
+    lake, sink = _lake(tmp_path)
+    _count(lake)
+    path = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
+    old = json.loads(path.read_bytes())
+    sink.write("proxy_decision", _decisions(4, start=10), "k1")
+    sink.publish()
+    path.write_text(json.dumps(old))
+    assert _count(lake) == 7
+
+
+def test_a_moved_lake_is_still_refused_with_the_planners_message(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    _count(lake)
+    moved = tmp_path / "moved"
+    shutil.copytree(lake, moved)
+    iceberg._catalogs.clear()
+    with pytest.raises(LakeError, match="made for another place"):
+        open_lake(moved)
+
+
+def test_a_lake_that_cannot_hold_the_plans_is_still_read(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    (lake / "_iceberg" / plan_cache.PLANS_DIR).write_text("not a folder")
+    assert _count(lake) == 3
+    assert _count(lake) == 3
+
+
+def test_the_catalog_row_is_read_without_pyiceberg_and_unknown_tables_give_none(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    db = iceberg.catalog_file(lake)
+    tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
+    assert plan_cache.current_metadata(db, iceberg.CATALOG_NAME, iceberg.NAMESPACE, "proxy_decision") \
+        == tbl.metadata_location
+    assert plan_cache.current_metadata(db, iceberg.CATALOG_NAME, iceberg.NAMESPACE, "nope") is None
+    assert plan_cache.current_metadata(tmp_path / "missing.db", iceberg.CATALOG_NAME, iceberg.NAMESPACE,
+                                       "proxy_decision") is None
