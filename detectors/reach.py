@@ -56,10 +56,9 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from ztaudit.core.columns import TS, conform
@@ -79,9 +78,14 @@ from ztaudit.detectors.reach_scoring import (
     model_inputs,
 )
 
+if TYPE_CHECKING:  # pandas costs ~0.2 s to import: only building the reach table and the model need it
+    import pandas as pd
+
 
 def reach_rows_table(df: pd.DataFrame, config: Config) -> pa.Table:
     """The ``reach`` table (registered schema) for a :func:`compute_reach` frame."""
+    import pandas as pd
+
     wsec = window_seconds(config)
     if len(df) == 0:
         return REACH.empty_table()
@@ -167,6 +171,8 @@ class AnomalousReach:
                                   "for its own history and its peer group; the finding names the features")
 
     def run(self, ctx: DetectContext) -> list[Finding]:
+        import pandas as pd
+
         cfg = ctx.config.reach
         wsec = window_seconds(ctx.config)
         # Lookback for training: one more baseline before the judged window.

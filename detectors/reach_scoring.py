@@ -15,10 +15,9 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import pandas as pd
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, Window
@@ -31,6 +30,9 @@ from ztaudit.detectors.reach_features import (
     floor_to,
     window_seconds,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made (detectors/reach.py)
+    import pandas as pd
 
 #: A peer group is used only with at least this many actors (else the next, broader one).
 MIN_PEER_GROUP: Final = 3
@@ -212,6 +214,8 @@ def compute_reach(con: Session, config: Config, since: datetime | None,
         if cache is not None:
             cache[key] = df
     if since is not None and len(df):
+        import pandas as pd
+
         df = df[df["w"] >= pd.Timestamp(floor_to(since, wsec))]
     return df.sort_values(["w", "actor", "cluster"]).reset_index(drop=True)
 
@@ -263,6 +267,8 @@ def model_inputs(df: pd.DataFrame) -> dict[str, Any]:
 
 def fit_or_load(df_all: pd.DataFrame, ctx: DetectContext) -> tuple[Any, dict[str, Any]]:
     """The reach model for this run: retrained on the baseline windows, reused when persisted."""
+    import pandas as pd
+
     from ztaudit.detectors import ml  # scikit-learn is imported only when reach runs
 
     cfg = ctx.config.reach
