@@ -939,11 +939,13 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
     """Local paths of ``table``'s data files in the current snapshot, sorted; only those whose ``dt``
     lies in ``days`` (inclusive ``YYYY-MM-DD`` bounds) when given. Called by the DuckDB views; raises
     :class:`LakeError` for a lake copied or moved since its files were registered."""
-    # a whole snapshot planned before in any process: no pyiceberg import (core/plan_cache.py)
-    cacheable = days is None and not is_shared(lake)
+    # a whole snapshot planned before in any process: no pyiceberg import (core/plan_cache.py); only
+    # for a SQLite catalog and metadata on disk (on S3 the checks of the metadata would be requests)
+    location = _location(lake)
+    cacheable = days is None and not is_shared(lake) and not location.startswith("s3://")
     folder = Path(lake) / ICEBERG_DIR
     if cacheable:
-        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, _location(lake))
+        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, location)
         if known is not None:
             return known
     from pyiceberg.exceptions import NoSuchTableError
@@ -956,7 +958,8 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
     except Exception as exc:
         raise _wrap(lake, f"loading {table}", exc) from exc
     _check_location(lake, tbl)
-    if tbl.current_snapshot() is None:
+    snap = tbl.current_snapshot()
+    if snap is None:
         files: list[str] = []
     elif days is None:
         files = sorted(local_path(task.file.file_path) for task in tbl.scan().plan_files())
@@ -965,7 +968,10 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
         scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
         return sorted(local_path(task.file.file_path) for task in scan.plan_files())
     if cacheable:
-        plan_cache.remember(folder, table, tbl.metadata_location, _location(lake), files)
+        planned_from = [tbl.metadata_location] if snap is None else [
+            tbl.metadata_location, snap.manifest_list, *(m.manifest_path for m in snap.manifests(tbl.io))]
+        plan_cache.remember(folder, catalog_file(lake), table, tbl.metadata_location, location,
+                            [local_path(p) for p in planned_from], files)
     return files
 
 

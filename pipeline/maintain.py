@@ -78,7 +78,12 @@ def _drop_foreign_catalog(lake: Path) -> None:
     log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
                 lake, locations[0])
     iceberg.forget_catalog(lake)
-    shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
+    try:
+        shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
+    except OSError as exc:
+        raise LakeError(f"cannot remove the old Iceberg catalog of {lake}: {exc.strerror or exc}: "
+                        f"{getattr(exc, 'filename', None) or Path(lake) / iceberg.ICEBERG_DIR}",
+                        fix="run migrate as the user who owns the lake, or remove that folder by hand") from exc
 
 
 def _needs_dt(path: Path) -> bool:

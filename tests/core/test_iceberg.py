@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.lakes import count_rows
 
 from ztaudit.core import iceberg
 from ztaudit.core.errors import LakeError
@@ -44,14 +45,6 @@ def _publish_each(sink: LakeSink, keys: range) -> None:
         sink.publish()
 
 
-def _count(lake: Path, table: str = "proxy_decision") -> int:
-    con = open_lake(lake)
-    try:
-        return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
-    finally:
-        con.close()
-
-
 def test_a_new_lake_in_iceberg_format_has_every_table_partitioned_by_dt(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     _iceberg_sink(lake)
@@ -73,14 +66,14 @@ def test_files_are_invisible_until_published_and_a_replay_registers_nothing_new(
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
     sink.write("proxy_decision", _decisions(5), "topic+0+00000000000000000000")
-    assert _count(lake) == 0, "a durable but unpublished file must not be read"
+    assert count_rows(lake) == 0, "a durable but unpublished file must not be read"
     first = sink.publish({"ztaudit.offsets.topic.0": "5"})
     assert (first.added, first.commits) == (1, 1)
-    assert _count(lake) == 5
+    assert count_rows(lake) == 5
     # the same round again (a replay after a crash before the Kafka commit): same name, same rows
     sink.write("proxy_decision", _decisions(5), "topic+0+00000000000000000000")
     again = sink.publish()
-    assert _count(lake) == 5
+    assert count_rows(lake) == 5
     assert len(iceberg.snapshot_files(lake, "proxy_decision")) == 1
     assert (again.added, again.removed) == (1, 0), "a rewritten file is registered again, not twice"
     assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 5}
@@ -107,14 +100,14 @@ def test_a_file_deleted_on_disk_leaves_the_snapshot_at_the_next_publish(tmp_path
     a = sink.write("proxy_decision", _decisions(3), "a")
     sink.write("proxy_decision", _decisions(4, start=10), "b")
     sink.publish()
-    assert _count(lake) == 7
+    assert count_rows(lake) == 7
     assert sink.remove(a[0])
     assert a[0].exists(), "an Iceberg lake keeps a listed file until the commit that unlists it"
-    assert _count(lake) == 7
+    assert count_rows(lake) == 7
     r = sink.publish()
     assert r.removed == 1
     assert not a[0].exists()
-    assert _count(lake) == 4
+    assert count_rows(lake) == 4
 
 
 def test_dt_is_a_date_column_in_every_file_and_prunes_the_snapshot(tmp_path: Path) -> None:
@@ -181,7 +174,7 @@ def test_two_processes_committing_to_one_table_register_every_file_exactly_once(
         assert p.exitcode == 0
     files = iceberg.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 24
-    assert _count(lake) == 48
+    assert count_rows(lake) == 48
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert len(tbl.snapshots()) == 24, "one snapshot per publish, none lost to a race"
 
@@ -230,7 +223,7 @@ def test_a_foreign_dt_folder_is_not_quoted_into_a_filter(tmp_path: Path) -> None
     pq.write_table(_decisions(1, start=5), weird / "f.parquet")
     r = iceberg.publish_all(lake, ["proxy_decision"])
     assert r.added == 0
-    assert _count(lake) == 1
+    assert count_rows(lake) == 1
 
 
 def test_a_file_whose_dt_is_not_its_folders_day_is_refused_not_multiplied(tmp_path: Path) -> None:
@@ -244,7 +237,7 @@ def test_a_file_whose_dt_is_not_its_folders_day_is_refused_not_multiplied(tmp_pa
     pq.write_table(_decisions(3, start=50), stray)
     with pytest.raises(LakeError, match="another day than its folder"):
         iceberg.publish(lake, added=[stray])
-    assert _count(lake) == 2
+    assert count_rows(lake) == 2
 
 
 def test_folder_names_that_are_not_iso_days_are_never_taken_for_one(tmp_path: Path) -> None:
@@ -257,7 +250,7 @@ def test_folder_names_that_are_not_iso_days_are_never_taken_for_one(tmp_path: Pa
     pq.write_table(_decisions(1, start=9), odd / "x.parquet")
     assert iceberg.publish(lake, added=[odd / "x.parquet"]).commits == 0
     assert iceberg.publish_all(lake, ["proxy_decision"]).removed == 0
-    assert _count(lake) == 5
+    assert count_rows(lake) == 5
 
 
 def test_a_copied_lake_is_refused_until_migrate_registers_it_where_it_is(tmp_path: Path) -> None:
@@ -274,9 +267,9 @@ def test_a_copied_lake_is_refused_until_migrate_registers_it_where_it_is(tmp_pat
     with pytest.raises(LakeError, match="copied or moved"):
         open_lake(copy)
     migrate(copy)
-    assert _count(copy) == 4
+    assert count_rows(copy) == 4
     assert all(f.startswith(str(copy.resolve())) for f in iceberg.snapshot_files(copy, "proxy_decision"))
-    assert _count(lake) == 4, "the original is untouched"
+    assert count_rows(lake) == 4, "the original is untouched"
 
 
 def test_a_lake_path_with_space_percent_and_hash_keeps_its_metadata_inside(tmp_path: Path) -> None:
@@ -284,7 +277,7 @@ def test_a_lake_path_with_space_percent_and_hash_keeps_its_metadata_inside(tmp_p
     sink = _iceberg_sink(lake)
     sink.write("proxy_decision", _decisions(3), "a")
     sink.publish()
-    assert _count(lake) == 3
+    assert count_rows(lake) == 3
     assert list((lake / "_iceberg" / "proxy_decision" / "metadata").glob("*.metadata.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd 100% #1"]
 
@@ -297,7 +290,7 @@ def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch:
     _publish_each(sink, range(60))
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert 5 <= len(tbl.snapshots()) < 5 + 10
-    assert _count(lake) == 60
+    assert count_rows(lake) == 60
     # the manifest lists and manifests of expired snapshots go too (about 3 files per commit stay
     # without that: 60 manifest lists, 60 manifests, 20 metadata JSON files)
     metadata = list((lake / "_iceberg" / "proxy_decision" / "metadata").iterdir())
@@ -388,7 +381,7 @@ def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path)
         assert p.exitcode == 0
     files = iceberg.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 32
-    assert _count(lake) == 64
+    assert count_rows(lake) == 64
 
 
 def test_offsets_go_on_the_last_table_of_a_round_only(tmp_path: Path) -> None:

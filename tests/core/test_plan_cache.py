@@ -4,6 +4,7 @@ snapshots were planned, and never reads a stale or foreign plan."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from support.lakes import count_rows
 
 from ztaudit.core import iceberg, plan_cache
 from ztaudit.core.errors import LakeError
@@ -49,14 +51,6 @@ def _probe(lake: Path) -> tuple[int, bool]:
     return int(count), imported == "True"
 
 
-def _count(lake: Path) -> int:
-    con = open_lake(lake)
-    try:
-        return int(con.execute("SELECT count(*) FROM proxy_decision").fetchone()[0])  # type: ignore[index]
-    finally:
-        con.close()
-
-
 def test_a_second_open_reads_the_remembered_plans_without_importing_pyiceberg(tmp_path: Path) -> None:
     lake, _ = _lake(tmp_path)
     assert _probe(lake) == (3, True), "the first open plans with pyiceberg"
@@ -74,14 +68,14 @@ def test_a_commit_after_the_plan_was_remembered_is_read(tmp_path: Path) -> None:
     assert _probe(lake) == (7, False)
 
 
-@pytest.mark.parametrize("entry", [b"{not json", b"[]", json.dumps({"version": 1, "files": "x"}).encode(),
+@pytest.mark.parametrize("entry", [b"{not json", b"[]", json.dumps({"version": 2, "files": "x"}).encode(),
                                    json.dumps({"version": 99}).encode()])
 def test_a_broken_entry_is_planned_again_and_rewritten(tmp_path: Path, entry: bytes) -> None:
     lake, _ = _lake(tmp_path)
-    _count(lake)
+    count_rows(lake)
     path = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
     path.write_bytes(entry)
-    assert _count(lake) == 3
+    assert count_rows(lake) == 3
     assert json.loads(path.read_bytes())["files"], "rewritten"
 
 
@@ -89,18 +83,18 @@ def test_a_plan_naming_another_metadata_file_is_not_used(tmp_path: Path) -> None
     """An entry whose metadata file is not the catalog's current one (an older commit) is ignored,
     even when its file list would be readable."""
     lake, sink = _lake(tmp_path)
-    _count(lake)
+    count_rows(lake)
     path = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
     old = json.loads(path.read_bytes())
     sink.write("proxy_decision", _decisions(4, start=10), "k1")
     sink.publish()
     path.write_text(json.dumps(old))
-    assert _count(lake) == 7
+    assert count_rows(lake) == 7
 
 
 def test_a_moved_lake_is_still_refused_with_the_planners_message(tmp_path: Path) -> None:
     lake, _ = _lake(tmp_path)
-    _count(lake)
+    count_rows(lake)
     moved = tmp_path / "moved"
     shutil.copytree(lake, moved)
     iceberg._catalogs.clear()
@@ -111,8 +105,8 @@ def test_a_moved_lake_is_still_refused_with_the_planners_message(tmp_path: Path)
 def test_a_lake_that_cannot_hold_the_plans_is_still_read(tmp_path: Path) -> None:
     lake, _ = _lake(tmp_path)
     (lake / "_iceberg" / plan_cache.PLANS_DIR).write_text("not a folder")
-    assert _count(lake) == 3
-    assert _count(lake) == 3
+    assert count_rows(lake) == 3
+    assert count_rows(lake) == 3
 
 
 def test_the_catalog_row_is_read_without_pyiceberg_and_unknown_tables_give_none(tmp_path: Path) -> None:
@@ -124,3 +118,58 @@ def test_the_catalog_row_is_read_without_pyiceberg_and_unknown_tables_give_none(
     assert plan_cache.current_metadata(db, iceberg.CATALOG_NAME, iceberg.NAMESPACE, "nope") is None
     assert plan_cache.current_metadata(tmp_path / "missing.db", iceberg.CATALOG_NAME, iceberg.NAMESPACE,
                                        "proxy_decision") is None
+
+
+def _entry(lake: Path) -> Path:
+    return lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
+
+
+def test_a_lost_metadata_file_or_manifest_still_fails_the_open(tmp_path: Path) -> None:
+    """The remembered list would still name the snapshot's data files, but a table whose metadata is
+    gone is broken for every writer and for Spark: the open must say so, as it did without the cache."""
+    lake, _ = _lake(tmp_path)
+    count_rows(lake)
+    metadata = json.loads(_entry(lake).read_bytes())["metadata"]
+    manifests = [p for p in metadata if p.endswith(".avro") and not Path(p).name.startswith("snap-")]
+    assert manifests, metadata
+    Path(manifests[0]).unlink()
+    iceberg._catalogs.clear()
+    with pytest.raises((LakeError, FileNotFoundError)):
+        count_rows(lake)
+    tbl_meta = next(p for p in metadata if p.endswith(".metadata.json"))
+    Path(tbl_meta).unlink()
+    with pytest.raises(LakeError):
+        count_rows(lake)
+
+
+def test_a_reader_that_does_not_own_the_lake_writes_nothing_into_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An administrator reading a service account's lake must leave no file the owner cannot replace
+    (and ``migrate`` cannot remove) and must not be led anywhere by a link the owner made."""
+    lake, _ = _lake(tmp_path)
+    real = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: real + 1)
+    assert count_rows(lake) == 3
+    assert not (lake / "_iceberg" / plan_cache.PLANS_DIR).exists()
+
+
+def test_a_plans_link_is_never_written_through(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "proxy_decision.json").write_text("precious")
+    (lake / "_iceberg" / plan_cache.PLANS_DIR).symlink_to(elsewhere)
+    assert count_rows(lake) == 3
+    assert [p.name for p in elsewhere.iterdir()] == ["proxy_decision.json"]
+    assert (elsewhere / "proxy_decision.json").read_text() == "precious"
+
+
+def test_a_killed_writers_temporary_entry_is_removed_by_the_next(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    count_rows(lake)
+    leftover = _entry(lake).with_name(".proxy_decision.json.tmp-999999999")
+    leftover.write_text("{")
+    os.utime(leftover, (0, 0))
+    _entry(lake).unlink()
+    count_rows(lake)
+    assert not leftover.exists()

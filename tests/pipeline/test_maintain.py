@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support.lakes import build_sample_lake
+from support.lakes import build_sample_lake, count_rows
 
 from ztaudit.cli.main import main
 from ztaudit.core import iceberg
@@ -128,14 +128,6 @@ def _rows(n: int, day: int, start: int = 0) -> pa.Table:
                      "decided_at": [T0 + timedelta(days=day, seconds=i) for i in range(n)]})
 
 
-def _count(lake: Path) -> int:
-    con = open_lake(lake)
-    try:
-        return int(con.execute("SELECT count(*) FROM proxy_decision").fetchone()[0])  # type: ignore[index]
-    finally:
-        con.close()
-
-
 def test_expiring_snapshots_removes_their_metadata_and_keeps_the_current_rows(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     sink = LakeSink(lake, table_format="iceberg")
@@ -153,7 +145,7 @@ def test_expiring_snapshots_removes_their_metadata_and_keeps_the_current_rows(tm
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert len(tbl.snapshots()) == 1 and r.snapshots_expired >= 5
     assert r.metadata_files_removed > 0 and len(list(meta.iterdir())) < n_before
-    assert _count(lake) == 12
+    assert count_rows(lake) == 12
     # every file the current metadata names is still there
     for snap in tbl.snapshots():
         assert Path(iceberg.local_path(snap.manifest_list)).exists()
@@ -173,7 +165,7 @@ def test_orphans_older_than_the_grace_go_and_a_running_writers_files_stay(tmp_pa
     r = maintain(lake, remove_orphans=True)
     assert r.orphans_removed == 1
     assert not old_orphan.exists() and young.exists()
-    assert _count(lake) == 3
+    assert count_rows(lake) == 3
 
 
 def test_retention_drops_old_days_from_the_snapshot_before_the_disk(tmp_path: Path) -> None:
@@ -188,7 +180,7 @@ def test_retention_drops_old_days_from_the_snapshot_before_the_disk(tmp_path: Pa
     assert sorted(p.name for p in (lake / "proxy_decision").glob("dt=*")) == ["dt=2026-11-22", "dt=2026-11-23"]
     assert {Path(f).parent.name for f in iceberg.snapshot_files(lake, "proxy_decision")} == \
         {"dt=2026-11-22", "dt=2026-11-23"}
-    assert _count(lake) == 4
+    assert count_rows(lake) == 4
 
 
 def test_maintain_refuses_a_plain_lake(tmp_path: Path) -> None:
@@ -245,12 +237,12 @@ def test_compacting_a_day_of_an_iceberg_lake_is_one_commit_and_survives_a_crash(
     # the snapshot still lists the inputs, every one of them is there, the outputs are invisible
     assert set(iceberg.snapshot_files(lake, "proxy_decision")) == inputs
     assert all(Path(f).exists() for f in inputs)
-    assert _count(lake) == 18
+    assert count_rows(lake) == 18
     result = compact_mod.compact(lake, "proxy_decision", day)
     assert result.inputs == 6 and len(result.outputs) == 1
     listed = iceberg.snapshot_files(lake, "proxy_decision")
     assert listed == [str(result.outputs[0].resolve())]
-    assert _count(lake) == 18
+    assert count_rows(lake) == 18
     assert not any(Path(f).exists() for f in inputs)
 
 
@@ -334,4 +326,24 @@ def test_a_maintain_commit_that_loses_a_race_is_computed_again_on_the_new_head(
     assert tbl.properties.get("rival.writer") == "committed"
     assert {Path(f).parent.name for f in iceberg.snapshot_files(lake, "proxy_decision")} == \
         {"dt=2026-11-22", "dt=2026-11-23"}
-    assert _count(lake) == 4
+    assert count_rows(lake) == 4
+
+
+def test_a_copied_lakes_old_catalog_that_cannot_be_removed_is_a_lake_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`migrate` on a copied lake removes the copied catalog first; a folder it may not remove (files
+    another user left there) is named in one line with the fix, not a PermissionError traceback."""
+    lake = tmp_path / "lake"
+    sink = LakeSink(lake, table_format="iceberg")
+    sink.write("proxy_decision", _rows(3, day=0), "k0")
+    sink.publish()
+    copy = tmp_path / "copy"
+    shutil.copytree(lake, copy)
+    iceberg.forget_catalog(copy)
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(copy / "_iceberg" / "plans"))
+
+    monkeypatch.setattr("ztaudit.pipeline.maintain.shutil.rmtree", refuse)
+    with pytest.raises(LakeError, match="cannot remove the old Iceberg catalog.*Permission denied.*plans"):
+        migrate(copy)

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ztaudit.core.config import Config
+from ztaudit.core.lake import open_lake
 from ztaudit.core.schema import TABLES
 from ztaudit.core.sink import LakeSink
 
@@ -32,6 +33,15 @@ HOSTILE = "o'brien\"; DROP TABLE findings; --@example.com"
 PROXY_SA = "system:serviceaccount:pomerium:pomerium-authorize"
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 REVOKED_AT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def count_rows(lake: Path, table: str = "proxy_decision") -> int:
+    """Rows of ``table`` as a reader of ``lake`` sees them now (a new :func:`open_lake` connection)."""
+    con = open_lake(lake)
+    try:
+        return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
 
 
 def _ts(minutes: float) -> datetime:
