@@ -65,10 +65,11 @@ HIGH_CARDINALITY = frozenset({"audit_id", "origin", "request_uri", "request_id",
 LOOKUP_COLUMNS: Final = frozenset({
     "user_name", "actor", "impersonator", "impersonated_user", "credential_id", "proxy_session_id", "source_ip",
     "user_id", "email", "session_id", "client_ip", "subject_id", "subject_login", "credential_key", "holder"})
-#: Distinct values a row group's bloom filter is sized for (pyarrow sizes it down to the values
-#: present, so a column of a few thousand identities costs ~4 KiB): at most 32 KiB per column and row
-#: group; past that many distinct values the filter skips less often, it never drops a match.
-BLOOM_NDV: Final = 32_768
+#: Distinct values a row group's bloom filter is sized for: its rows, so even a column of per-pod
+#: credentials or session ids keeps ~5 % false positives. pyarrow folds the filter down to the values
+#: present, so a column of a few thousand identities costs ~4 KiB; 128 KiB per column and row group
+#: at most (32,768 gave 32 KiB but 83 % false positives at 122,880 distinct values: useless).
+BLOOM_NDV: Final = ROW_GROUP_ROWS
 #: The false-positive rate at that size (pyarrow's default; 0.01 would double the bytes).
 BLOOM_FPP: Final = 0.05
 
