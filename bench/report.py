@@ -44,6 +44,8 @@ DAYS = 14
 START = datetime(2026, 11, 1, tzinfo=UTC)
 ROW_GROUP = 122_880
 BUSY_HUMAN = "user7@example.com"
+#: Left in a synthesized lake once its files were written again by the lake's writer.
+REWRITTEN = ".bench-lake-writer"
 
 K8S_SQL = """
 COPY (
@@ -324,7 +326,9 @@ def main() -> int:
         if not (lake / "k8s_audit").exists():
             secs = build_lake(lake, size)
             print(f"built {size:,} audit events in {secs:.1f} s at {lake}", file=sys.stderr)
+        if not (lake / REWRITTEN).exists():  # also a lake kept (--keep) by an earlier version of this bench
             secs = rewrite_as_lake_files(lake)
+            (lake / REWRITTEN).touch()
             print(f"wrote its files again with the lake's writer in {secs:.1f} s", file=sys.stderr)
         if not (lake / "reach").exists():
             secs = build_derived(lake)
