@@ -345,5 +345,5 @@ def test_a_copied_lakes_old_catalog_that_cannot_be_removed_is_a_lake_error(
         raise PermissionError(13, "Permission denied", str(copy / "_iceberg" / "plans"))
 
     monkeypatch.setattr("ztaudit.pipeline.maintain.shutil.rmtree", refuse)
-    with pytest.raises(LakeError, match="cannot remove the old Iceberg catalog.*Permission denied.*plans"):
+    with pytest.raises(LakeError, match=r"cannot remove the old Iceberg catalog.*Permission denied.*plans"):
         migrate(copy)
