@@ -945,7 +945,8 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
     cacheable = days is None and not is_shared(lake) and not location.startswith("s3://")
     folder = Path(lake) / ICEBERG_DIR
     if cacheable:
-        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, location)
+        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, location,
+                                  str(data_root(lake)))
         if known is not None:
             return known
     from pyiceberg.exceptions import NoSuchTableError

@@ -13,21 +13,24 @@ therefore that location's list for good.
 :func:`remember` is called after pyiceberg planned a table's whole snapshot; :func:`recall` before
 planning. It reads the table's row of the SQLite catalog with the standard library's ``sqlite3``
 (read-only) and returns the remembered list only when that row still names the remembered metadata
-file, that file, the snapshot's manifest list and its manifests are still on disk with the sizes
-they had, and the lake's metadata location is the one it was remembered for (a copied or moved lake
-is refused by the planner with its own message; a lost metadata file or manifest fails the open as
-before instead of being papered over). Anything else (no entry, an unreadable or foreign entry, a
-newer commit, a catalog on PostgreSQL or metadata on S3, which the caller never asks about) gives
-None, and the caller plans with pyiceberg as before: the cache can make an open faster, never
-different.
+file; that file, the snapshot's manifest list and its manifests are still on disk as they were (size,
+modification time, inode); the lake's metadata location is the one it was remembered for (a copied or
+moved lake is refused by the planner with its own message); and the entry can only have been written
+by the catalog's owner. Anything else (no entry, an unreadable, foreign or implausible entry, a newer
+commit, a catalog on PostgreSQL or metadata on S3, which the caller never asks about) gives None, and
+the caller plans with pyiceberg as before: the cache can make an open faster, never different, and a
+lost or damaged metadata file fails the open as it did without it.
 
-Entries are ``LAKE/_iceberg/plans/<table>.json``, written atomically and owner-only like every lake
-file, and only by the user who owns the catalog: a reader running as anyone else (an administrator
-with ``sudo``, an analyst with group read access) writes nothing into the lake, so it can neither
-leave files the owner cannot replace or ``migrate`` cannot remove, nor be led by a ``plans``
-symbolic link to overwrite files elsewhere. A ``plans`` that is a symbolic link or not a folder is
-never written through. A temporary file a killed writer left there is removed by the next one
-(:func:`~ztaudit.core.files.sweep_temp_files`).
+Who writes and who is trusted. Without the cache, changing what a reader sees takes writing the
+catalog, which only the lake's owner can. So an entry is trusted only when the catalog is a regular
+file, and ``_iceberg``, ``plans`` and the entry are owned by the catalog's owner and writable by nobody
+else; every data file it lists lies under the lake's data folder and every metadata file under its
+metadata folder. Entries are written only by a process running as that owner, relative to directory
+handles opened without following links (``O_NOFOLLOW``), so a reader running as anyone else (an
+administrator with ``sudo``, an analyst with group access) writes nothing into the lake, and no link
+swapped in at any moment leads a write elsewhere. Entries are ``LAKE/_iceberg/plans/<table>.json``,
+mode 0640 in a 0750 folder. A ``plans`` folder this process may not use is named once in the log
+(info). A temporary entry a killed writer left is removed by the next writer after a minute.
 """
 
 from __future__ import annotations
@@ -35,28 +38,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import stat
-from contextlib import closing
+import time
+from contextlib import closing, suppress
 from pathlib import Path
-from typing import Final
-
-from ztaudit.core.errors import SinkError
-from ztaudit.core.files import makedirs, sweep_temp_files, write_bytes_atomic
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
 #: The folder of the entries, inside the lake's ``_iceberg`` folder (no table is named so).
 PLANS_DIR: Final = "plans"
 #: Format of an entry; another value is ignored (planned again and rewritten).
-VERSION: Final = 2
+VERSION: Final = 3
 #: The table pyiceberg's SQL catalog keeps its tables in, and its key columns.
 _ROW_SQL: Final = ("SELECT metadata_location FROM iceberg_tables "
                    "WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?")
-
-
-def _entry(folder: Path, table: str) -> Path:
-    return folder / PLANS_DIR / f"{table}.json"
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TEMP: Final = re.compile(r"^\.[A-Za-z0-9_]+\.json\.tmp-[1-9][0-9]{0,9}$")
+#: A temporary entry older than this is a killed writer's (a writer holds one for milliseconds).
+_TEMP_GRACE_S: Final = 60.0
+_told: set[str] = set()
 
 
 def current_metadata(catalog_db: Path, catalog: str, namespace: str, table: str) -> str | None:
@@ -71,74 +74,167 @@ def current_metadata(catalog_db: Path, catalog: str, namespace: str, table: str)
     return str(row[0]) if row and row[0] else None
 
 
-def _sizes(paths: list[str]) -> dict[str, int] | None:
-    """Each local file's size; None when one is missing or unreadable."""
-    out: dict[str, int] = {}
+def _stamps(paths: list[str]) -> dict[str, list[int]] | None:
+    """Each local file's (size, modification time in ns, inode); None when one cannot be read."""
+    out: dict[str, list[int]] = {}
     for p in paths:
         try:
-            out[p] = os.stat(p).st_size
+            st = os.stat(p)
         except (OSError, ValueError):
             return None
+        out[p] = [st.st_size, st.st_mtime_ns, st.st_ino]
     return out
 
 
+def _owner(catalog_db: Path) -> int | None:
+    """The uid owning the catalog when it is a regular file (not a link); None otherwise."""
+    try:
+        st = os.lstat(catalog_db)
+    except OSError:
+        return None
+    return st.st_uid if stat.S_ISREG(st.st_mode) else None
+
+
+def _sound(fd: int, owner: int, kind: int) -> bool:
+    """Whether the open ``fd`` is of ``kind`` (``S_IFDIR``/``S_IFREG``), owned by ``owner`` and
+    writable by nobody else."""
+    st = os.fstat(fd)
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == owner and not st.st_mode & 0o022
+
+
+def _open_plans(folder: Path, owner: int, *, create: bool) -> int | None:
+    """A handle on ``folder/plans`` when both are sound for ``owner`` (made first when ``create``);
+    None otherwise. Never follows a link in either name."""
+    try:
+        ice = os.open(folder, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        if not _sound(ice, owner, stat.S_IFDIR):
+            return None
+        if create:
+            with suppress(FileExistsError):
+                os.mkdir(PLANS_DIR, 0o750, dir_fd=ice)
+        try:
+            plans = os.open(PLANS_DIR, _DIR_FLAGS, dir_fd=ice)
+        except OSError:
+            return None
+        if _sound(plans, owner, stat.S_IFDIR):
+            return plans
+        os.close(plans)
+        if create and str(folder) not in _told:
+            _told.add(str(folder))
+            log.info("iceberg: %s is not a folder of the lake's owner only; plans are not remembered (each "
+                     "open plans with pyiceberg) until it is removed", folder / PLANS_DIR)
+        return None
+    except OSError:
+        return None
+    finally:
+        os.close(ice)
+
+
+def _valid(entry: Any, location: str, data_root: str) -> bool:
+    """Whether ``entry`` has this format, this lake's location, and names only files where this lake
+    keeps them (data files once each)."""
+    if not isinstance(entry, dict) or entry.get("version") != VERSION or entry.get("location") != location:
+        return False
+    files, metadata = entry.get("files"), entry.get("metadata")
+    if not isinstance(files, list) or not isinstance(metadata, dict) or not metadata:
+        return False
+    if not all(isinstance(f, str) and f.startswith(data_root + "/") and f.endswith(".parquet") for f in files):
+        return False
+    if len(set(files)) != len(files) or entry.get("metadata_location") not in metadata:
+        return False
+    return all(isinstance(k, str) and k.startswith(location + "/") and isinstance(v, list) for k, v in metadata.items())
+
+
 def recall(folder: Path, catalog_db: Path, catalog: str, namespace: str, table: str,
-           location: str) -> list[str] | None:
+           location: str, data_root: str) -> list[str] | None:
     """The remembered file list of ``table``'s current snapshot, or None (module docstring).
 
     ``folder`` is the lake's ``_iceberg`` folder, ``catalog_db`` its SQLite catalog, ``location``
-    where the lake's table metadata lives now. Never raises."""
+    where the lake's table metadata lives now, ``data_root`` where its data files are. Never raises."""
+    owner = _owner(catalog_db)
+    if owner is None:
+        return None
+    plans = _open_plans(folder, owner, create=False)
+    if plans is None:
+        return None
     try:
-        entry = json.loads(_entry(folder, table).read_bytes())
+        fd = os.open(f"{table}.json", os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=plans)
+    except OSError:
+        return None
+    finally:
+        os.close(plans)
+    try:
+        if not _sound(fd, owner, stat.S_IFREG):
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            entry = json.loads(fh.read())
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("version") != VERSION or entry.get("location") != location:
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if not _valid(entry, location, data_root):
         return None
-    files, metadata = entry.get("files"), entry.get("metadata")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+    if current_metadata(catalog_db, catalog, namespace, table) != entry["metadata_location"]:
         return None
-    if not isinstance(metadata, dict) or not metadata or not all(
-            isinstance(k, str) and isinstance(v, int) for k, v in metadata.items()):
+    if _stamps(list(entry["metadata"])) != entry["metadata"]:
         return None
-    if current_metadata(catalog_db, catalog, namespace, table) != entry.get("metadata_location"):
-        return None
-    if _sizes(list(metadata)) != metadata:
-        return None
-    return files
+    return list(entry["files"])
 
 
-def _may_write(folder: Path, catalog_db: Path) -> bool:
-    """Whether this process may write entries (module docstring): it owns the catalog, and ``plans``
-    is absent or a real folder it owns."""
-    try:
-        if os.stat(catalog_db).st_uid != os.geteuid():
-            return False
-        st = os.lstat(folder / PLANS_DIR)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+def _sweep(plans: int) -> None:
+    """Remove the temporary entries of writers killed more than a minute ago (ours, regular files)."""
+    now = time.time()
+    for name in os.listdir(plans):
+        if not _TEMP.match(name):
+            continue
+        with suppress(OSError):
+            st = os.stat(name, dir_fd=plans, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and now - st.st_mtime > _TEMP_GRACE_S:
+                os.unlink(name, dir_fd=plans)
 
 
 def remember(folder: Path, catalog_db: Path, table: str, metadata_location: str, location: str,
              metadata_files: list[str], files: list[str]) -> None:
     """Remember ``files`` as the snapshot of ``table`` that ``metadata_location`` names, with the
     local ``metadata_files`` it was planned from (the metadata file, manifest list and manifests:
-    :func:`recall` checks they are still there). Called right after planning; does nothing for a
-    process that does not own the lake (module docstring); a failure to write is logged at debug
-    level and ignored."""
-    if not _may_write(folder, catalog_db):
+    :func:`recall` checks they are still as they were). Called right after planning; does nothing
+    unless this process runs as the catalog's owner (module docstring); a failure to write is logged
+    at debug level and ignored."""
+    owner = _owner(catalog_db)
+    if owner is None or owner != os.geteuid():
         return
-    sizes = _sizes(metadata_files)
-    if sizes is None:
+    stamps = _stamps(metadata_files)
+    if stamps is None:
         return
-    body = {"version": VERSION, "location": location, "metadata_location": metadata_location,
-            "metadata": sizes, "files": files}
-    path = _entry(folder, table)
+    body = json.dumps({"version": VERSION, "location": location, "metadata_location": metadata_location,
+                       "metadata": stamps, "files": files}).encode()
+    plans = _open_plans(folder, owner, create=True)
+    if plans is None:
+        return
+    name, tmp = f"{table}.json", f".{table}.json.tmp-{os.getpid()}"
     try:
-        makedirs(path.parent)
-        sweep_temp_files(path.parent)
-        write_bytes_atomic(path, json.dumps(body).encode())
-    except (OSError, SinkError) as exc:
+        _sweep(plans)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=plans)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o640, dir_fd=plans)
+        try:
+            os.fchmod(fd, 0o640)
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=plans, dst_dir_fd=plans)
+    except OSError as exc:
+        with suppress(OSError):
+            os.unlink(tmp, dir_fd=plans)
         log.debug("iceberg: not remembering the plan of %s: %s", table, exc)
+    finally:
+        os.close(plans)

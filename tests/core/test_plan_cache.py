@@ -173,3 +173,43 @@ def test_a_killed_writers_temporary_entry_is_removed_by_the_next(tmp_path: Path)
     _entry(lake).unlink()
     count_rows(lake)
     assert not leftover.exists()
+
+
+def test_an_entry_others_could_have_written_or_naming_foreign_files_is_not_trusted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without the cache only the catalog's owner decides what a reader sees: a ``plans`` folder the
+    group may write, or an entry listing files outside the lake, must not decide it either."""
+    lake, _ = _lake(tmp_path)
+    count_rows(lake)
+    entry = json.loads(_entry(lake).read_bytes())
+    for files in ([*entry["files"], *entry["files"]], ["/etc/passwd.parquet"], [f"{entry['files'][0]}.x"]):
+        _entry(lake).write_text(json.dumps({**entry, "files": files}))
+        assert count_rows(lake) == 3, files
+    # an entry hiding every row, in a folder the group may write: ignored, and left alone
+    _entry(lake).write_text(json.dumps({**entry, "files": []}))
+    (lake / "_iceberg" / plan_cache.PLANS_DIR).chmod(0o770)
+    with caplog.at_level("INFO", logger="ztaudit.core.plan_cache"):
+        assert count_rows(lake) == 3
+    assert json.loads(_entry(lake).read_bytes())["files"] == [], "not rewritten in a folder others may write"
+    assert "not a folder of the lake's owner only" in caplog.text
+
+
+def test_a_manifest_damaged_in_place_fails_the_open_even_at_the_same_size(tmp_path: Path) -> None:
+    lake, _ = _lake(tmp_path)
+    count_rows(lake)
+    metadata = json.loads(_entry(lake).read_bytes())["metadata"]
+    manifest = next(p for p in metadata if p.endswith(".avro") and not Path(p).name.startswith("snap-"))
+    Path(manifest).write_bytes(bytes(Path(manifest).stat().st_size))
+    iceberg._catalogs.clear()
+    with pytest.raises(Exception):  # whatever pyiceberg raises on a broken manifest
+        count_rows(lake)
+
+
+def test_nothing_is_written_for_a_lake_without_its_catalog(tmp_path: Path) -> None:
+    """A reader finishing its plan while the owner's ``migrate`` removed ``_iceberg`` must not make it
+    again (as root, a folder the owner could no longer write)."""
+    folder = tmp_path / "lake" / "_iceberg"
+    folder.mkdir(parents=True)
+    plan_cache.remember(folder, folder / "catalog.db", "proxy_decision", str(folder / "m.json"), str(folder),
+                        [], [])
+    assert list(folder.iterdir()) == []
