@@ -938,7 +938,8 @@ def publish_all(lake: Path, tables: Iterable[str] | None = None) -> Published:
 def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) -> list[str]:
     """Local paths of ``table``'s data files in the current snapshot, sorted; only those whose ``dt``
     lies in ``days`` (inclusive ``YYYY-MM-DD`` bounds) when given. Called by the DuckDB views; raises
-    :class:`LakeError` for a lake copied or moved since its files were registered."""
+    :class:`LakeError` for a lake copied or moved since its files were registered, and for a table
+    whose metadata file, manifest list or manifests cannot be read."""
     # a whole snapshot planned before in any process: no pyiceberg import (core/plan_cache.py); only
     # for a SQLite catalog and metadata on disk (on S3 the checks of the metadata would be requests)
     location = _location(lake)
@@ -960,17 +961,21 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
         raise _wrap(lake, f"loading {table}", exc) from exc
     _check_location(lake, tbl)
     snap = tbl.current_snapshot()
-    if snap is None:
-        files: list[str] = []
-    elif days is None:
-        files = sorted(local_path(task.file.file_path) for task in tbl.scan().plan_files())
-    else:
+    if days is not None:
         lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
-        scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
-        return sorted(local_path(task.file.file_path) for task in scan.plan_files())
-    if cacheable:
+    try:  # a manifest list or manifest lost or damaged: one line naming the table, as for the metadata
+        if snap is None:
+            files: list[str] = []
+        elif days is None:
+            files = sorted(local_path(task.file.file_path) for task in tbl.scan().plan_files())
+        else:
+            scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
+            return sorted(local_path(task.file.file_path) for task in scan.plan_files())
         planned_from = [tbl.metadata_location] if snap is None else [
             tbl.metadata_location, snap.manifest_list, *(m.manifest_path for m in snap.manifests(tbl.io))]
+    except Exception as exc:
+        raise _wrap(lake, f"planning {table}", exc) from exc
+    if cacheable:
         plan_cache.remember(folder, catalog_file(lake), table, tbl.metadata_location, location,
                             [local_path(p) for p in planned_from], files)
     return files
