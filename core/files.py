@@ -60,8 +60,8 @@ HIGH_CARDINALITY = frozenset({"audit_id", "origin", "request_uri", "request_id",
 #: bloom filter on them. Min/max statistics cannot skip a row group for ``actor = 'system:serviceaccount:
 #: ns:x'`` (every row group's range spans from ``system:...`` to ``user...``); a bloom filter can, and
 #: DuckDB (and Spark's and Trino's Parquet readers) use it for ``=`` and ``IN`` filters, including the
-#: IN lists a join pushes into the scan. Measured at 10M audit events: the revoked service accounts'
-#: uses read 171 MB and 84 of 84 row groups without, 1 MB and 0 row groups with (bench/report.py).
+#: IN lists a join pushes into the scan. Measured at 10M audit events (bench/report.py): the statement
+#: finding the revoked service accounts' uses read 171 MB, all 84 row groups, in 0.39 s without; 0.05 s with.
 LOOKUP_COLUMNS: Final = frozenset({
     "user_name", "actor", "impersonator", "impersonated_user", "credential_id", "proxy_session_id", "source_ip",
     "user_id", "email", "session_id", "client_ip", "subject_id", "subject_login", "credential_key", "holder"})

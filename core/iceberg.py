@@ -971,7 +971,8 @@ def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) 
         else:
             scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
             return sorted(local_path(task.file.file_path) for task in scan.plan_files())
-        planned_from = [tbl.metadata_location] if snap is None else [
+        # what the remembered list is checked against (read only when it will be remembered)
+        planned_from = [] if not cacheable else [tbl.metadata_location] if snap is None else [
             tbl.metadata_location, snap.manifest_list, *(m.manifest_path for m in snap.manifests(tbl.io))]
     except Exception as exc:
         raise _wrap(lake, f"planning {table}", exc) from exc
