@@ -659,7 +659,7 @@ def _by_table(lake: Path, paths: Iterable[PurePath]) -> dict[str, dict[str, Pure
 
 class ChangedMeanwhile(LakeError):
     """A file :func:`publish` was to unlist is not the one its caller read: a writer replaced it under its
-    name since (``compact`` passes what it merged as ``expect``). Nothing was committed."""
+    name since, or unlisted it (``compact`` passes what it merged as ``expect``). Nothing was committed."""
 
 
 def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[PurePath] = (),
@@ -669,9 +669,14 @@ def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[Pur
 
     An added path already listed is replaced (its new footer, size and statistics); an added path
     that no longer exists (removed meanwhile by another writer) is skipped; a removed path that is not
-    listed is nothing to do. The caller deletes ``removed`` files after this returns, never before.
-    A no-op on a plain lake. Raises :class:`LakeError` when a file's ``dt`` is not its folder's day or
-    when the catalog keeps refusing (the files stay durable).
+    listed is nothing to do, unless ``expect`` names it (see below). The caller deletes ``removed``
+    files after this returns, never before. A no-op on a plain lake. Raises :class:`LakeError` when a
+    file's ``dt`` is not its folder's day or when the catalog keeps refusing (the files stay durable).
+
+    ``expect`` (path -> bytes, rows as the caller read it) guards a caller whose ``added`` files hold
+    the rows of ``removed`` (``compact``): when one of those is no longer listed, or listed with
+    another size or row count, at the head the commit would be made on, it raises
+    :class:`ChangedMeanwhile` and commits nothing in that table.
 
     ``summary`` (a consumer round's Kafka offsets, :func:`offsets_summary`) goes on the commit of the
     **last** table only: Iceberg commits one table at a time, so offsets found in a snapshot mean every
@@ -745,6 +750,15 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
                                         "files their dt column")
                 files.append(df)
             new = {f.file_path for f in files}
+            for key in drops:
+                if expected and key in expected and key not in registered:
+                    # another writer unlisted it since it was read: a compaction of the same day on
+                    # another machine (or a retention drop); listing outputs made from it would list
+                    # its rows twice (they are in that writer's outputs too)
+                    raise ChangedMeanwhile(
+                        f"{key} is no longer listed: another writer (a compaction of the same day on another "
+                        "machine, or retention) unlisted it since it was read: nothing was committed",
+                        fix="run the command again (it reads the day as it is now)")
             delete = [df for p, df in registered.items() if p in new or p in drops]
             for df in delete:
                 want = (expected or {}).get(df.file_path)

@@ -333,7 +333,8 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
     1. **inputs** = the day's files the current snapshot lists (not a listing: a killed writer's or a
        killed compaction's unlisted objects are not the day's rows);
     2. **write** the merged rows as ``compacted-<h>-<n>.parquet`` in the day's prefix (``h`` = hash of
-       the sorted input names: a rerun after a crash writes the same keys), each object carrying the
+       the sorted inputs' names, sizes and row counts as listed: a rerun after a crash writes the same
+       keys, and the same bytes: no creation time is written), each object carrying the
        day's merge manifest in its footer (:data:`~ztaudit.core.keys.FOOTER_MANIFEST`; cumulative with
        the manifests of the compacted objects among the inputs). Unlisted, they are invisible and
        claim nothing;
@@ -346,12 +347,15 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
 
     The commit unlists exactly the objects that were read: each input's size and row count as the
     snapshot listed them are checked against the head it commits on, and a writer that replaced one
-    under its key in between makes the commit refuse (:class:`~ztaudit.core.iceberg.ChangedMeanwhile`):
-    the outputs are deleted, nothing changed, run it again. A crash before 3 leaves unlisted outputs
+    under its key in between, or unlisted one (another machine's compaction of the day committed first),
+    makes the commit refuse (:class:`~ztaudit.core.iceberg.ChangedMeanwhile`): nothing changed, the
+    outputs the head does not list are deleted, run it again. A crash before 3 leaves unlisted outputs
     (rewritten by the rerun, or orphans).
 
-    One compaction of a day at a time on this machine (a lock in the lake folder); two machines
-    compacting the same day at once are not supported."""
+    One compaction of a day at a time on this machine (a lock in the lake folder). Two machines
+    compacting the same day at once: the first commit wins, the other refuses as above. When both read
+    the same objects they write the same keys with the same bytes (same rows, same order, same pyarrow),
+    so the loser's writes leave the winner's listed objects as they were and it deletes none of them."""
     sink = LakeSink(lake)
     wh = sink.warehouse  # checks the prefix's claim before anything is written or deleted
     assert wh is not None
@@ -366,7 +370,11 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
             rows = sink.read_metadata(inputs[0]).num_rows if inputs else 0
             return CompactResult(table, day, len(inputs), list(inputs), rows, True, how="nothing to merge")
         names = [p.name for p in inputs]
-        h = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+        # the keys name the inputs as read (name, bytes, rows): a rerun after a crash writes the same
+        # keys, and so does a compaction on another machine that read the same objects (the same rows
+        # in the same order, the same bytes); one that read a replaced input writes other keys
+        h = hashlib.sha256("\n".join(f"{p.name} {read_as[p][0]} {read_as[p][1]}" for p in inputs)
+                           .encode()).hexdigest()[:12]
         earlier: list[Manifest] = []
         parts = []
         schema = TABLES[table]
@@ -400,9 +408,11 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
         out_names = [f"{COMPACTED_PREFIX}{h}-{n:04d}.parquet" for n in range(len(starts))]
         # inputs: cumulative over the day's compactions, so every input ever merged (left in the bucket
         # until `maintain --remove-orphans`) stays out of the sink's view of the day
+        # no creation time in the footer: two machines merging the same objects must write the same bytes
+        # (a listed object overwritten with another size would not match its snapshot entry)
         manifest = Manifest(inputs=sorted(set(names) | set(old.inputs if old else ())), outputs=out_names,
                             kafka_ranges={k: merge_ranges(v) for k, v in ranges.items()}, file_ranges=file_ranges,
-                            rows=merged.num_rows, created_at=datetime.now(UTC).isoformat())
+                            rows=merged.num_rows)
         meta = {FOOTER_MANIFEST: manifest.to_json().encode()}
         day_dir = sink.table_dir(table) / f"dt={day}"
         outputs = [sink.write_file(merged.slice(start, target_rows), day_dir / name, meta)
@@ -411,7 +421,12 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
             publish(lake, added=outputs, removed=inputs, expect=read_as,
                     summary={"ztaudit.operation": "compact", "ztaudit.compacted_inputs": str(len(inputs))})
         except ChangedMeanwhile:
-            for p in outputs:  # unlisted and ours (the keys hash this run's inputs): nothing else reads them
+            # Ours unless the head lists them: a compaction on another machine that read the same objects
+            # wrote and committed the same keys (the same bytes) first. The unlisted ones nothing reads.
+            listed = snapshot_entries(lake, table, None if day == UNDATED else (day, day))
+            for p in outputs:
+                if wh.object_uri(p) in listed:
+                    continue
                 try:
                     sink.delete_file(p)
                 except OSError:

@@ -386,3 +386,44 @@ def test_compact_on_s3_refuses_when_a_writer_replaced_an_input_meanwhile(
     assert not [o for o in _day_objects(s3proxy, prefix) if "/compacted-" in o], "the refused outputs are deleted"
     result = compact_mod.compact(lake, S3_TABLE, DAY)
     assert result.inputs == 8 and _day_sum(lake) == after
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("writes_first", [False, True], ids=["same-objects", "a-chunk-added-first"])
+def test_two_machines_compacting_one_day_on_s3_list_every_row_once(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes_first: bool) -> None:
+    """Another machine (its day lock is not ours: here a compaction run while ours waits to commit)
+    compacts the same day and commits first. Ours must refuse: committing would list the rows of the
+    objects it read a second time, in its outputs beside the other machine's. When both read the same
+    objects they wrote the same keys: ours must not delete the other's listed outputs."""
+    import contextlib
+
+    from ztaudit.core.iceberg import ChangedMeanwhile
+
+    lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "twomachines")
+    rows = _published_small_files(lake, 8)
+    monkeypatch.setattr(compact_mod, "file_lock", lambda *_a, **_k: contextlib.nullcontext())
+    extra = process(RawBatch(audit_events(7, run="other"), KafkaOrigins("audit", 9, list(range(7)))),
+                    NormalizeContext()).tables["k8s_audit"]
+    real_publish = compact_mod.publish
+    other: list[compact_mod.CompactResult] = []
+
+    def another_machine_commits_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(compact_mod, "publish", real_publish)
+        if writes_first:  # a consumer adds a chunk to the day, then the other machine merges all of it
+            sink = LakeSink(lake)
+            sink.write("k8s_audit", extra, "audit+9+00000000000000000000")
+            sink.publish()
+        other.append(compact_mod.compact(lake, S3_TABLE, DAY))
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(compact_mod, "publish", another_machine_commits_first)
+    with pytest.raises(ChangedMeanwhile, match="no longer listed"):
+        compact_mod.compact(lake, S3_TABLE, DAY)
+    expected = rows + (extra.num_rows if writes_first else 0)
+    listed = _listed(lake)
+    assert _day_sum(lake)[0] == expected == other[0].rows, "every row listed once"
+    assert listed == {f"s3://{p}" for p in other[0].outputs}, "the other machine's outputs stay listed"
+    assert listed <= _day_objects(s3proxy, prefix), "and in the bucket"
+    again = compact_mod.compact(lake, S3_TABLE, DAY)
+    assert again.inputs == len(listed) and _day_sum(lake)[0] == expected
