@@ -3,7 +3,7 @@
     .venv/bin/python bench/iceberg_commit.py                  # bounds 20 (ours) and 100 (the old one)
     .venv/bin/python bench/iceberg_commit.py --commits 300 --bounds 20,100,1000
 
-For each bound (:data:`ztaudit.core.iceberg.MAX_SNAPSHOTS`), in its own subprocess (so each starts
+For each bound (:data:`ztaudit.core.iceberg_publish.MAX_SNAPSHOTS`), in its own subprocess (so each starts
 with pyiceberg cold and the same caches): a new Iceberg lake, then ``--commits`` rounds of one small
 ``proxy_decision`` file each (50 rows, three days in turn), published through :class:`LakeSink`
 with a consumer round's offsets summary (four partitions) as ``consume`` does. Prints the time to
@@ -49,11 +49,12 @@ def _decisions(n: int, start: int, day: int) -> pa.Table:
 
 def one(bound: int, commits: int) -> dict[str, object]:
     """Run in the child: a new lake, ``commits`` publishes with ``MAX_SNAPSHOTS = bound``."""
-    from ztaudit.core import iceberg
+    from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot
     from ztaudit.core.sink import LakeSink
 
-    iceberg.MAX_SNAPSHOTS = bound  # type: ignore[misc]  # the knob under measurement
-    summary = iceberg.offsets_summary({("audit", p): 1000 * p for p in range(4)}, {("audit", p): 0 for p in range(4)})
+    iceberg_publish.MAX_SNAPSHOTS = bound  # type: ignore[misc]  # the knob under measurement
+    summary = iceberg_snapshot.offsets_summary({("audit", p): 1000 * p for p in range(4)},
+                                               {("audit", p): 0 for p in range(4)})
     with tempfile.TemporaryDirectory(prefix="ztaudit-bench-commit-") as tmp:
         lake = Path(tmp) / "lake"
         t0 = time.perf_counter()

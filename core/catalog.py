@@ -42,7 +42,8 @@ from ztaudit.core import warehouse
 from ztaudit.core.duckdb_fs import attach
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import table_files
-from ztaudit.core.iceberg import is_iceberg, snapshot_files
+from ztaudit.core.iceberg import is_iceberg
+from ztaudit.core.iceberg_snapshot import snapshot_files
 from ztaudit.core.schema import TABLES
 from ztaudit.core.views import VIEWS
 

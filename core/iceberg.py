@@ -1,4 +1,4 @@
-"""The lake's tables as Apache Iceberg v2 tables (issue 16): the catalog, publishing files, planning reads.
+"""The lake's tables as Apache Iceberg v2 tables (issue 16): the catalog and the lake's layout.
 
 An Iceberg lake is a plain lake (the same deterministic ``LAKE/<table>/dt=YYYY-MM-DD/<key>.parquet``
 files, written the same way by :class:`~ztaudit.core.sink.LakeSink`) plus an Iceberg catalog that
@@ -19,43 +19,19 @@ Projection"), so the same file serves DuckDB, pyiceberg and Spark. A lake is an 
 once ``READY`` exists (:func:`is_iceberg`): a ``migrate`` killed before it registered every file
 leaves a plain lake that reads as before, not an Iceberg lake with empty tables.
 
-**Writing.** A writer makes its files durable (temp file, fsync, rename) exactly as in a plain lake,
-then calls :func:`publish` at its own durability point (the consumer once per flush round, before it
-commits Kafka offsets; ``ingest`` every few seconds and at the end; ``detect``, ``compact`` and
-``serve`` when done) with the files it **added** and the files it **removes**, and deletes the removed
-files only after the commit: a reader of the previous snapshot never meets a listed file that is gone.
-Only what a writer names is registered, so another process's unpublished files stay invisible. One
-commit per table touched, carrying the caller's summary properties (the Kafka offsets,
-``ztaudit.offsets.<topic>.<partition>``). A path is registered at most once: an added path the
-snapshot already lists is replaced (a replay rewrites the same deterministic name). Every added
-file's ``dt`` must be its folder's day (else :class:`LakeError`), so looking a path up among the
-files of its day's partition finds it wherever it was registered.
+The catalog is pyiceberg's SQL catalog: SQLite in the lake by default, or a PostgreSQL database when
+the lake was created while ``lake.catalog_uri`` named one (``catalog.json`` records the URI without its
+password and the lake's own catalog name, so several lakes share one database). The password is never
+written to the lake and never appears in a message or log line (:func:`mask_secrets`). pyiceberg's
+own commit retry is off (see :data:`TABLE_PROPERTIES`).
 
-Commits of the processes on one machine are serialised by an ``flock`` on ``_iceberg/commit.lock``
-(the SQLite catalog lives on one machine anyway); the catalog's compare-and-swap on the metadata
-location still guards against anything else, and a lost race reloads, recomputes and retries
-(:data:`COMMIT_RETRIES`, jittered exponential backoff). A lake created while ``lake.catalog_uri``
-names a PostgreSQL database keeps its catalog there (``catalog.json`` records the URI without its
-password and the lake's own catalog name, so several lakes share one database): writers on several
-machines cannot share an ``flock``, so there the compare-and-swap and that retry are the only
-serialisation (a lost race recomputes its diff by path on the new head, so a file the other writer
-registered meanwhile is replaced, never listed twice). The password is never written to the lake
-and never appears in a message or log line (:func:`_mask`). pyiceberg's own retry is off (see
-:data:`TABLE_PROPERTIES`). Each table keeps at most ``MAX_SNAPSHOTS + 9`` snapshots: the commit that
-brings it to ``MAX_SNAPSHOTS + 10`` expires the oldest down to :data:`MAX_SNAPSHOTS` (:func:`_expire_beyond_bound`),
-so a table that takes a commit per flush round stays cheap to commit to (measured: 1.7 s per commit
-at 460 snapshots, 0.13 s at 100, 0.07 s at 20) and ``maintain --expire-snapshots`` is for shorter
-histories.
-
-**Reading.** :func:`snapshot_files` lists the data files of the current snapshot, optionally only
-those of a ``dt`` range (Iceberg prunes manifests by partition summaries); DuckDB reads exactly that
-list (``read_parquet([...])``, :mod:`ztaudit.core.catalog`), never a glob. Manifests hold absolute
-paths (the Iceberg spec has no relative ones): a lake copied or moved elsewhere is refused with the
-fix (``ztaudit migrate`` registers its files again at the new place).
+This module is the catalog and the lake's layout: opening and creating the tables, the commit lock,
+which file belongs to which table and day. Writing files into the tables is
+:mod:`ztaudit.core.iceberg_publish`; planning reads and the consumer's recorded offsets are
+:mod:`ztaudit.core.iceberg_snapshot`.
 
 Failure: every pyiceberg or catalog error surfaces as :class:`~ztaudit.core.errors.LakeError` (exit 2)
-naming the lake and the fix; the data files of a failed publish stay durable, and the next publish of
-the same files (a replay) or ``ztaudit migrate`` registers them.
+naming the lake and the fix (:func:`lake_error`).
 """
 
 from __future__ import annotations
@@ -66,9 +42,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Final
@@ -76,14 +51,13 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from ztaudit.core import catalog_uri, plan_cache, warehouse
+from ztaudit.core import catalog_uri, warehouse
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import HIGH_CARDINALITY, UNDATED, file_lock, fsync_dir, makedirs
 from ztaudit.core.schema import TABLES
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
-    from pyiceberg.manifest import DataFile
     from pyiceberg.table import Table
 
 log = logging.getLogger(__name__)
@@ -108,32 +82,10 @@ READY_FILE: Final = "READY"
 LOCK_FILE: Final = "commit.lock"
 CATALOG_NAME: Final = "ztaudit"
 NAMESPACE: Final = "lake"
-#: Snapshot summary keys of the Kafka offsets a publish made durable: ``<prefix><topic>.<partition>``.
-OFFSETS_PREFIX: Final = "ztaudit.offsets."
-#: ... and the offset the round started at: ``<prefix><topic>.<partition>`` (not a prefix of the above).
-STARTS_PREFIX: Final = "ztaudit.offsets_from."
 #: Attempts of one publish against a writer outside the lock (each reloads the table and recomputes).
 COMMIT_RETRIES: Final = 20
 #: How long a publish waits for another process's commit on the same lake.
 LOCK_TIMEOUT_S: Final = 600.0
-#: With a shared (PostgreSQL) catalog, unreferenced metadata files younger than this are kept: a writer
-#: on another machine may have written its manifests and not committed them yet.
-SHARED_METADATA_GRACE_S: Final = 600.0
-#: Metadata files (manifest lists, manifests) that only expired snapshots used are deleted by the commits'
-#: own expiry (and by ``maintain``) once they were *written* this long ago: readers take no lock, and one
-#: may be planning a recent snapshot. (A snapshot written long ago that a burst of commits expires is
-#: not covered: its reader would have to have planned it just before the burst.)
-READER_GRACE_S: Final = 60.0
-#: Snapshots kept per table by the commits themselves (the newest; see the module docstring). Every
-#: commit pays for the history: each read of pyiceberg 0.12's ``Transaction.table_metadata`` replays the
-#: staged updates and deep-copies the whole table metadata, snapshot list included, and one append
-#: reads it about 18 times (the per-data-file copies of apache/iceberg-python#2673 were fixed in #2674;
-#: the proposed caches of this one, #3302 and #3784, were closed unmerged). ``bench/iceberg_commit.py``:
-#: 68-75 ms per commit in steady state at this bound, 130 ms at the earlier bound of 100. The history
-#: it buys is short anyway (minutes of a busy consumer); a round older than the bound only means a
-#: replay after a crash, made idempotent by the consumer's recovery (:mod:`ztaudit.pipeline.consume.recovery`),
-#: instead of a skip (:func:`last_rounds`).
-MAX_SNAPSHOTS: Final = 20
 #: Table properties of every table: old metadata JSON files are deleted after a commit (keeping the
 #: newest 20), appends merge manifests once 50 accumulated, so planning a scan stays bounded in a lake
 #: that takes one commit per flush round (Iceberg table properties, "Write properties").
@@ -161,7 +113,7 @@ _umask_lock = threading.Lock()
 #: Catalogs opened by this process, by lake path (opening one costs ~0.1-0.4 s); tables known to
 #: exist with the current schema and properties.
 _catalogs: dict[str, SqlCatalog] = {}
-#: Passwords of the catalog URIs this process used: masked out of every message (:func:`_mask`).
+#: Passwords of the catalog URIs this process used: masked out of every message (:func:`mask_secrets`).
 _secrets: set[str] = set()
 _ensured: set[tuple[str, str, tuple[str, ...]]] = set()
 _cache_lock = threading.Lock()
@@ -196,7 +148,7 @@ def is_shared(lake: Path) -> bool:
         return False
 
 
-def _mask(text: str) -> str:
+def mask_secrets(text: str) -> str:
     """``text`` without any catalog password this process knows, nor any ``user:password@`` of a URI.
     Applied to every message and log line that may quote the catalog's URI or a driver's error."""
     for secret in sorted(_secrets, key=len, reverse=True):
@@ -222,7 +174,7 @@ def _public_uri(uri: str) -> str:
 
 
 def _remember_secret(uri: str) -> None:
-    """Add the password of ``uri`` (if any) to the strings :func:`_mask` removes."""
+    """Add the password of ``uri`` (if any) to the strings :func:`mask_secrets` removes."""
     from urllib.parse import unquote, urlsplit
 
     try:
@@ -295,8 +247,8 @@ def _shared_target(lake: Path) -> tuple[str, str]:
         return recorded, name
     _remember_secret(configured)
     if not _same_database(configured, recorded):
-        raise LakeError(f"the Iceberg catalog of {lake} is in {_mask(recorded)}, and lake.catalog_uri names "
-                        f"{_mask(_public_uri(configured))}",
+        raise LakeError(f"the Iceberg catalog of {lake} is in {mask_secrets(recorded)}, and lake.catalog_uri names "
+                        f"{mask_secrets(_public_uri(configured))}",
                         fix="set lake.catalog_uri to the lake's database, or unset it (the lake names its own)")
     return configured, name
 
@@ -335,7 +287,7 @@ def commit_lock(lake: Path) -> Iterator[None]:
         yield
 
 
-def _location(lake: Path) -> str:
+def lake_location(lake: Path) -> str:
     """Where the tables' metadata folders are: ``LAKE/_iceberg`` (absolute), or
     ``s3://BUCKET/PREFIX/_iceberg`` for a lake whose warehouse is on S3."""
     wh = warehouse.of_lake(lake)
@@ -387,7 +339,7 @@ def open_catalog(lake: Path) -> SqlCatalog:
             with owner_only():
                 # SQLAlchemy decodes %XX in the URL's path: quote it, so '%', ' ' and '#' survive.
                 catalog = SqlCatalog(CATALOG_NAME, uri="sqlite:///" + quote(str(path), safe="/"),
-                                     warehouse=_location(lake), **_io_properties(lake))
+                                     warehouse=lake_location(lake), **_io_properties(lake))
         except Exception as exc:
             raise LakeError(f"cannot open the Iceberg catalog {path}: {exc}",
                             fix="check that the lake is readable; `ztaudit migrate --lake DIR` recreates it") from exc
@@ -404,7 +356,7 @@ def _open_shared(lake: Path) -> SqlCatalog:
     last: Exception | None = None
     for attempt in range(3):  # two processes creating the catalog's own tables at once: one retries
         try:
-            catalog = SqlCatalog(name, uri=uri, warehouse=_location(lake), pool_pre_ping="true",
+            catalog = SqlCatalog(name, uri=uri, warehouse=lake_location(lake), pool_pre_ping="true",
                                  **_io_properties(lake))
             with catalog.engine.connect():
                 pass
@@ -414,8 +366,8 @@ def _open_shared(lake: Path) -> SqlCatalog:
             if type(exc).__name__ not in ("IntegrityError", "ProgrammingError"):
                 break
             time.sleep(0.1 * (attempt + 1))
-    detail = _mask(" ".join(str(getattr(last, "orig", None) or last).split()))[:400]
-    raise LakeError(f"cannot open the Iceberg catalog of {lake} at {_mask(_public_uri(uri))}: "
+    detail = mask_secrets(" ".join(str(getattr(last, "orig", None) or last).split()))[:400]
+    raise LakeError(f"cannot open the Iceberg catalog of {lake} at {mask_secrets(_public_uri(uri))}: "
                     f"{type(last).__name__}: {detail}",
                     fix="check that PostgreSQL is up and lake.catalog_uri is right; the password comes from "
                         "~/.pgpass, $PGPASSFILE or the URI in $ZTAUDIT_LAKE_CATALOG_URI") from None
@@ -432,12 +384,12 @@ def forget_catalog(lake: Path) -> None:
             _ensured.discard(key)
 
 
-def _identifier(table: str) -> tuple[str, str]:
+def identifier(table: str) -> tuple[str, str]:
     return (NAMESPACE, table)
 
 
-def _wrap(lake: Path, what: str, exc: Exception) -> LakeError:
-    return LakeError(_mask(f"Iceberg catalog of {lake}: {what}: {type(exc).__name__}: {exc}"),
+def lake_error(lake: Path, what: str, exc: Exception) -> LakeError:
+    return LakeError(mask_secrets(f"Iceberg catalog of {lake}: {what}: {type(exc).__name__}: {exc}"),
                      fix="run the command again; if it persists, `ztaudit migrate --lake DIR` registers the "
                          "lake's files again")
 
@@ -452,13 +404,13 @@ def ensure_table(catalog: SqlCatalog, lake: Path, table: str) -> Table:
     wanted = iceberg_arrow_schema(table)
     key = (str(catalog_file(lake).resolve()), table, tuple(wanted.names))
     if key in _ensured:
-        return catalog.load_table(_identifier(table))
+        return catalog.load_table(identifier(table))
     with owner_only():
         try:
-            tbl = catalog.load_table(_identifier(table))
+            tbl = catalog.load_table(identifier(table))
         except NoSuchTableError:
             tbl = catalog.create_table_if_not_exists(
-                _identifier(table), schema=wanted, location=f"{_location(lake)}/{table}",
+                identifier(table), schema=wanted, location=f"{lake_location(lake)}/{table}",
                 properties=TABLE_PROPERTIES)
             if not tbl.spec().fields and tbl.metadata.name_mapping() is None:
                 # a new table: its partition spec and name mapping in one commit (each metadata
@@ -470,24 +422,24 @@ def ensure_table(catalog: SqlCatalog, lake: Path, table: str) -> Table:
                         spec.add_identity("dt")
                     tx.set_properties({TableProperties.DEFAULT_NAME_MAPPING:
                                        tbl.schema().name_mapping.model_dump_json()})
-                tbl = catalog.load_table(_identifier(table))
+                tbl = catalog.load_table(identifier(table))
         if not tbl.spec().fields:
             with tbl.update_spec() as spec:
                 spec.add_identity("dt")
-            tbl = catalog.load_table(_identifier(table))
+            tbl = catalog.load_table(identifier(table))
         have = {f.name for f in tbl.schema().fields}
         if any(f.name not in have for f in wanted):
             with tbl.update_schema() as upd:
                 upd.union_by_name(wanted)
-            tbl = _set_name_mapping(catalog, catalog.load_table(_identifier(table)))
+            tbl = _set_name_mapping(catalog, catalog.load_table(identifier(table)))
         elif tbl.metadata.name_mapping() is None:
             tbl = _set_name_mapping(catalog, tbl)
         props = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version"}
         if any(tbl.properties.get(k) != v for k, v in props.items()):
             # a table made by an earlier version of this module: bring its properties up to date
             tbl.transaction().set_properties(props).commit_transaction()
-            tbl = catalog.load_table(_identifier(table))
-    _check_location(lake, tbl)
+            tbl = catalog.load_table(identifier(table))
+    check_location(lake, tbl)
     _ensured.add(key)
     return tbl
 
@@ -502,10 +454,10 @@ def _set_name_mapping(catalog: SqlCatalog, tbl: Table) -> Table:
     return catalog.load_table(tbl.name())
 
 
-def _check_location(lake: Path, tbl: Table) -> None:
+def check_location(lake: Path, tbl: Table) -> None:
     """Refuse a table whose metadata lives outside this lake: the lake was copied or moved, and its
     manifests name the files at the old place (absolute paths, as the Iceberg spec requires)."""
-    here = _location(lake)
+    here = lake_location(lake)
     loc = local_path(tbl.location())
     if loc != here and not loc.startswith(here + "/"):
         raise LakeError(f"the Iceberg tables of {lake} were made for another place ({loc}): the lake was "
@@ -549,7 +501,7 @@ def create(lake: Path, *, ready: bool = True) -> None:
                 # another machine creating the same lake's tables (shared catalog): reload, go on from theirs
                 time.sleep(backoff(attempt))
             except Exception as exc:
-                raise _wrap(lake, "creating the tables", exc) from exc
+                raise lake_error(lake, "creating the tables", exc) from exc
         try:
             os.chmod(catalog_file(lake), 0o640)
         except OSError:
@@ -588,7 +540,7 @@ def valid_day(day: str) -> bool:
     return True
 
 
-def _epoch_day(day: str) -> int | None:
+def epoch_day(day: str) -> int | None:
     """The Iceberg partition value of ``identity(dt)`` for a folder day: days since 1970-01-01."""
     return None if day == UNDATED else (date.fromisoformat(day) - date(1970, 1, 1)).days
 
@@ -610,109 +562,6 @@ def table_day(lake: Path, path: PurePath) -> tuple[str, str] | None:
     return (rel.parts[0], day) if valid_day(day) else None
 
 
-def _registered(tbl: Table, days: Iterable[str] | None) -> dict[str, DataFile]:
-    """Path -> DataFile of the current snapshot, only files of ``days`` when given. Every registered
-    file's ``dt`` is its folder's day (:func:`publish` checks it), so this finds a path wherever it is."""
-    if tbl.current_snapshot() is None:
-        return {}
-    expr = "True"
-    if days is not None:
-        # Iceberg's filter syntax; each value is a date we validated (a folder name is never quoted in).
-        wanted = {d for d in days if valid_day(d)}
-        parts = []
-        values = sorted(d for d in wanted if d != UNDATED)
-        if values:
-            parts.append("dt IN (" + ", ".join(f"'{v}'" for v in values) + ")")
-        if UNDATED in wanted:
-            parts.append("dt IS NULL")
-        if not parts:
-            return {}
-        expr = " OR ".join(parts)
-    return {task.file.file_path: task.file for task in tbl.scan(row_filter=expr).plan_files()}
-
-
-@dataclass
-class Published:
-    """What one :func:`publish` registered: files added and removed, commits made, races lost."""
-
-    added: int = 0
-    removed: int = 0
-    commits: int = 0
-    retries: int = 0
-
-    def __iadd__(self, other: Published) -> Published:
-        self.added += other.added
-        self.removed += other.removed
-        self.commits += other.commits
-        self.retries += other.retries
-        return self
-
-
-def _by_table(lake: Path, paths: Iterable[PurePath]) -> dict[str, dict[str, PurePath]]:
-    out: dict[str, dict[str, PurePath]] = {}
-    for p in paths:
-        where = table_day(lake, p)
-        if where is not None:
-            out.setdefault(where[0], {})[file_key_of(lake, p)] = p
-    return out
-
-
-class ChangedMeanwhile(LakeError):
-    """A file :func:`publish` was to unlist is not the one its caller read: a writer replaced it under its
-    name since, or unlisted it (``compact`` passes what it merged as ``expect``). Nothing was committed."""
-
-
-def publish(lake: Path, *, added: Iterable[PurePath] = (), removed: Iterable[PurePath] = (),
-            summary: Mapping[str, str] | None = None,
-            expect: Mapping[PurePath, tuple[int, int]] | None = None) -> Published:
-    """Register ``added`` and unregister ``removed`` data files, one commit per table touched.
-
-    An added path already listed is replaced (its new footer, size and statistics); an added path
-    that no longer exists (removed meanwhile by another writer) is skipped; a removed path that is not
-    listed is nothing to do, unless ``expect`` names it (see below). The caller deletes ``removed``
-    files after this returns, never before. A no-op on a plain lake. Raises :class:`LakeError` when a
-    file's ``dt`` is not its folder's day or when the catalog keeps refusing (the files stay durable).
-
-    ``expect`` (path -> bytes, rows as the caller read it) guards a caller whose ``added`` files hold
-    the rows of ``removed`` (``compact``): when one of those is no longer listed, or listed with
-    another size or row count, at the head the commit would be made on, it raises
-    :class:`ChangedMeanwhile` and commits nothing in that table.
-
-    ``summary`` (a consumer round's Kafka offsets, :func:`offsets_summary`) goes on the commit of the
-    **last** table only: Iceberg commits one table at a time, so offsets found in a snapshot mean every
-    table of that round was committed before it (:func:`last_rounds` relies on it). When that last
-    commit has nothing to do (a replay of files already listed), no offsets are recorded: the Kafka
-    group's own offsets still hold.
-    """
-    if not is_iceberg(lake):
-        return Published()
-    adds, drops = _by_table(lake, added), _by_table(lake, removed)
-    expected = {file_key_of(lake, p): v for p, v in (expect or {}).items()}
-    out = Published()
-    if not adds and not drops:
-        return out
-    tables = sorted(set(adds) | set(drops))
-    with _serialised(lake):
-        catalog = open_catalog(lake)
-        for table in tables:
-            out += _publish_table(lake, catalog, table, adds.get(table, {}), drops.get(table, {}),
-                                  summary if table == tables[-1] else None, expected)
-    return out
-
-
-@contextmanager
-def _serialised(lake: Path) -> Iterator[None]:
-    """Around :func:`publish`'s commits: the commit lock for a SQLite catalog (one machine: commits
-    never race); nothing for a shared PostgreSQL catalog, whose writers on other machines no ``flock``
-    reaches: the catalog's compare-and-swap and :func:`_publish_table`'s retry keep every file
-    registered exactly once. Raises :class:`LakeError` when the lock is not free within the timeout."""
-    if is_shared(lake):
-        yield
-        return
-    with commit_lock(lake):
-        yield
-
-
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry ``attempt`` (0-based) of a lost commit race: full jitter over an
     exponential bound (20 ms doubling, at most 2 s), so racing writers spread out instead of colliding
@@ -720,374 +569,3 @@ def backoff(attempt: int) -> float:
     return float(min(2.0, 0.02 * (2 ** attempt)) * random.random())  # noqa: S311 (jitter, not a secret)
 
 
-def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[str, PurePath],
-                   drops: Mapping[str, PurePath],
-                   summary: Mapping[str, str] | None,
-                   expected: Mapping[str, tuple[int, int]] | None = None) -> Published:
-    """One table's commit of :func:`publish` (under the commit lock), retried on a lost race."""
-    from pyiceberg.exceptions import CommitFailedException, ValidationException
-    from pyiceberg.io.pyarrow import parquet_file_to_data_file
-
-    out = Published()
-    days = {d for p in (*adds.values(), *drops.values()) for _, d in [table_day(lake, p) or ("", UNDATED)]}
-    for attempt in range(COMMIT_RETRIES):
-        try:
-            tbl = ensure_table(catalog, lake, table)
-            registered = _registered(tbl, days)
-            files = []
-            for path_s, path in sorted(adds.items()):
-                if path_s in drops:
-                    continue
-                try:
-                    df = parquet_file_to_data_file(tbl.io, tbl.metadata, path_s)
-                except FileNotFoundError:
-                    continue  # removed since it was written: nothing to register
-                day = (table_day(lake, path) or ("", UNDATED))[1]
-                if df.partition[0] != _epoch_day(day):
-                    raise LakeError(f"{path} holds rows of another day than its folder dt={day} (its dt column "
-                                    "is missing or different): registering it would list it under the wrong day",
-                                    fix="move the file out of the lake, or run `ztaudit migrate` to give old "
-                                        "files their dt column")
-                files.append(df)
-            new = {f.file_path for f in files}
-            for key in drops:
-                if expected and key in expected and key not in registered:
-                    # another writer unlisted it since it was read: a compaction of the same day on
-                    # another machine (or a retention drop); listing outputs made from it would list
-                    # its rows twice (they are in that writer's outputs too)
-                    raise ChangedMeanwhile(
-                        f"{key} is no longer listed: another writer (a compaction of the same day on another "
-                        "machine, or retention) unlisted it since it was read: nothing was committed",
-                        fix="run the command again (it reads the day as it is now)")
-            delete = [df for p, df in registered.items() if p in new or p in drops]
-            for df in delete:
-                want = (expected or {}).get(df.file_path)
-                if want is not None and (df.file_size_in_bytes, df.record_count) != want:
-                    raise ChangedMeanwhile(
-                        f"{df.file_path} was replaced by another writer since it was read ({df.record_count} "
-                        f"rows now, {want[1]} then): nothing was committed",
-                        fix="run the command again (it reads the day as it is now)")
-            if not files and not delete:
-                return out
-            with owner_only(), tbl.transaction() as tx:
-                props = dict(summary or {})
-                if delete:
-                    with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
-                        for df in delete:
-                            ow.delete_data_file(df)
-                        for f in files:
-                            ow.append_data_file(f)
-                else:
-                    with tx.update_snapshot(snapshot_properties=props).merge_append() as app:
-                        for f in files:
-                            app.append_data_file(f)
-        except (CommitFailedException, ValidationException) as exc:
-            # Someone committed first (another machine, a shared catalog, a tool): start over from the
-            # new head: reload the table, recompute which of our paths are already listed.
-            out.retries += 1
-            log.info("iceberg: %s: commit lost a race (%s); retrying", table, _mask(str(exc)))
-            time.sleep(backoff(attempt))
-            continue
-        except LakeError:
-            raise
-        except Exception as exc:
-            raise _wrap(lake, f"publishing {table}", exc) from exc
-        out.added += len(files)
-        out.removed += len(delete) - len([d for d in delete if d.file_path in new])
-        out.commits += 1
-        _expire_beyond_bound(lake, catalog, table)
-        return out
-    raise LakeError(f"could not commit to the Iceberg table {table} after {COMMIT_RETRIES} attempts "
-                    "(another writer kept committing first)",
-                    fix="the files are durable; run the same command again, or `ztaudit migrate` to re-sync")
-
-
-def _said(exc: BaseException, limit: int) -> str:
-    """``exc``'s message for one log line: passwords masked first (a cut could split one), then
-    whitespace collapsed and cut to ``limit`` characters."""
-    return " ".join(_mask(str(exc)).split())[:limit]
-
-
-def _expire_beyond_bound(lake: Path, catalog: SqlCatalog, table: str) -> None:
-    """Expire the oldest snapshots of ``table`` beyond :data:`MAX_SNAPSHOTS` (once 10 over, so not
-    every commit pays: a table that had 30 commits holds 20 to 29) and delete the metadata files only
-    they used that were written more than :data:`READER_GRACE_S` ago (with a shared catalog
-    :data:`SHARED_METADATA_GRACE_S`). Snapshots a branch or tag points at are kept (Iceberg refuses
-    to expire them; a tag made from Spark would otherwise block every expiry). Their data files stay
-    (``maintain --remove-orphans`` removes unlisted ones).
-
-    Called after a commit went through, so it never raises. A lost race with another writer (two
-    machines on a shared catalog expiring the same snapshots: pyiceberg applies the second expiry on
-    the new head and raises ``ValueError`` for ids already gone; a commit in between) is a warning,
-    left to a later commit; anything else is logged as an error (masked, no traceback: a driver's
-    message may quote the catalog URI), and the history then grows and commits slow down until it
-    is fixed. "Oldest" is by sequence number, not by the
-    committing machine's clock (a machine whose clock runs behind would see its fresh snapshots go first)."""
-    from pyiceberg.exceptions import CommitFailedException
-
-    try:
-        tbl = catalog.load_table(_identifier(table))
-        snaps = sorted(tbl.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
-        if len(snaps) < MAX_SNAPSHOTS + 10:
-            return
-        kept = {ref.snapshot_id for ref in tbl.metadata.refs.values()}  # main's head, branches, tags
-        old = [s.snapshot_id for s in snaps[:-MAX_SNAPSHOTS] if s.snapshot_id not in kept]
-        if not old:
-            return
-        with owner_only():
-            tbl.maintenance.expire_snapshots().by_ids(old).commit()
-    except (CommitFailedException, ValueError) as exc:
-        log.warning("iceberg: %s: another writer changed the snapshots meanwhile; expiring them is left to a later "
-                    "commit (%s)", table, _said(exc, 300))
-        return
-    except Exception as exc:
-        log.error("iceberg: %s: expiring old snapshots failed (the commit before stands; the history grows until "
-                  "this is fixed): %s: %s", table, type(exc).__name__, _said(exc, 600))
-        return
-    try:
-        remove_unreferenced_metadata(lake, catalog.load_table(_identifier(table)),
-                                     min_age_s=SHARED_METADATA_GRACE_S if is_shared(lake) else READER_GRACE_S)
-    except Exception as exc:
-        log.error("iceberg: %s: snapshots expired, but deleting the metadata files only they used failed "
-                  "(`ztaudit maintain --expire-snapshots` retries): %s: %s", table, type(exc).__name__,
-                  _said(exc, 600))
-
-
-def remove_unreferenced_metadata(lake: Path, tbl: Table, min_age_s: float | None = None) -> int:
-    """Delete the files in ``tbl``'s metadata folder that its current metadata no longer uses (the
-    manifest lists and manifests only expired snapshots used; pyiceberg's expiry leaves them) and that
-    are older than ``min_age_s`` (a committer elsewhere may be writing new ones). Returns how many.
-    Called after an expiry (:func:`_expire_beyond_bound`, ``maintain --expire-snapshots``)."""
-    keep = {local_path(tbl.metadata_location)}
-    keep |= {local_path(e.metadata_file) for e in tbl.metadata.metadata_log}
-    for snap in tbl.snapshots():
-        keep.add(local_path(snap.manifest_list))
-        keep |= {local_path(m.manifest_path) for m in snap.manifests(tbl.io)}
-    if min_age_s is None:  # a writer on another machine may be between its manifests and its commit
-        min_age_s = SHARED_METADATA_GRACE_S if is_shared(lake) else READER_GRACE_S
-    limit = time.time() - min_age_s
-    wh = warehouse.of_lake(lake)
-    if wh is not None:
-        return _remove_unreferenced_objects(lake, tbl, keep, limit)
-    folder = Path(local_path(tbl.location())) / "metadata"
-    if not str(folder.resolve()).startswith(_location(lake) + "/"):
-        return 0  # never delete outside this lake
-    removed = 0
-    for entry in (os.scandir(folder) if folder.is_dir() else []):
-        if not entry.is_file() or str(Path(entry.path).resolve()) in keep:
-            continue
-        try:
-            if entry.stat().st_mtime < limit:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            continue  # removed meanwhile by another process cleaning the same table
-    return removed
-
-
-def _remove_unreferenced_objects(lake: Path, tbl: Table, keep: set[str], limit: float) -> int:
-    """:func:`remove_unreferenced_metadata` for a table whose metadata is on S3: one listing of its
-    ``metadata/`` prefix, a ``DELETE`` per object not in ``keep`` and last modified before ``limit``."""
-    from pyarrow.fs import FileSelector, FileType
-
-    wh = warehouse.of_lake(lake)
-    loc = tbl.location().rstrip("/")
-    if wh is None or not loc.startswith(_location(lake) + "/"):
-        return 0  # never delete outside this lake's warehouse
-    fs = wh.filesystem
-    removed = 0
-    for info in fs.get_file_info(FileSelector(loc[len("s3://"):] + "/metadata", allow_not_found=True)):
-        if (info.type == FileType.File and f"s3://{info.path}" not in keep and info.mtime is not None
-                and info.mtime.timestamp() < limit):
-            fs.delete_file(info.path)
-            removed += 1
-    return removed
-
-
-def disk_files(lake: Path, table: str) -> dict[str, Path]:
-    """Path -> Path of every committed data file of ``table`` in a valid ``dt=`` folder (no temp or
-    hidden file): what :func:`publish_all` makes the table."""
-    out: dict[str, Path] = {}
-    try:
-        folders = [e for e in os.scandir(Path(lake) / table) if e.is_dir() and e.name.startswith("dt=")]
-    except FileNotFoundError:
-        return out
-    for folder in folders:
-        if not valid_day(folder.name[3:]):
-            continue
-        for e in os.scandir(folder.path):
-            if e.name.endswith(".parquet") and not e.name.startswith(".") and e.is_file():
-                out[str(Path(e.path).resolve())] = Path(e.path)
-    return out
-
-
-def publish_all(lake: Path, tables: Iterable[str] | None = None) -> Published:
-    """Make each table (default: all) list exactly the committed files of its folders: registers the
-    files it lacks or whose size changed, unregisters the files that are gone. ``ztaudit migrate``
-    calls it (on a lake not yet READY too); one commit per table that changes."""
-    wh = warehouse.of_lake(lake)
-    if wh is not None:
-        raise LakeError(f"the files of {lake} are in {wh.uri}: registering a lake's files again from a listing is "
-                        "not supported on S3 yet", fix="nothing to migrate: a lake on S3 is made an Iceberg lake")
-    out = Published()
-    with commit_lock(lake):
-        catalog = open_catalog(lake)
-        for table in tables or TABLES:
-            try:
-                tbl = ensure_table(catalog, lake, table)
-                registered = _registered(tbl, None)
-            except LakeError:
-                raise
-            except Exception as exc:
-                raise _wrap(lake, f"reading {table}", exc) from exc
-            disk = disk_files(lake, table)
-            adds = {p: path for p, path in disk.items()
-                    if p not in registered or path.stat().st_size != registered[p].file_size_in_bytes}
-            drops = {p: Path(p) for p in registered if p not in disk}
-            if adds or drops:
-                out += _publish_table(lake, catalog, table, adds, drops, {"ztaudit.operation": "sync"})
-    return out
-
-
-def snapshot_files(lake: Path, table: str, days: tuple[str, str] | None = None) -> list[str]:
-    """Local paths of ``table``'s data files in the current snapshot, sorted; only those whose ``dt``
-    lies in ``days`` (inclusive ``YYYY-MM-DD`` bounds) when given. Called by the DuckDB views; raises
-    :class:`LakeError` for a lake copied or moved since its files were registered, and for a table
-    whose metadata file, manifest list or manifests cannot be read."""
-    # a whole snapshot planned before in any process: no pyiceberg import (core/plan_cache.py); only
-    # for a SQLite catalog and metadata on disk (on S3 the checks of the metadata would be requests)
-    location = _location(lake)
-    cacheable = days is None and not is_shared(lake) and not location.startswith("s3://")
-    folder = Path(lake) / ICEBERG_DIR
-    if cacheable:
-        known = plan_cache.recall(folder, catalog_file(lake), CATALOG_NAME, NAMESPACE, table, location,
-                                  str(data_root(lake)))
-        if known is not None:
-            return known
-    from pyiceberg.exceptions import NoSuchTableError
-
-    catalog = open_catalog(lake)
-    try:
-        tbl = catalog.load_table(_identifier(table))
-    except NoSuchTableError:
-        return []
-    except Exception as exc:
-        raise _wrap(lake, f"loading {table}", exc) from exc
-    _check_location(lake, tbl)
-    snap = tbl.current_snapshot()
-    if days is not None:
-        lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
-    try:  # a manifest list or manifest lost or damaged: one line naming the table, as for the metadata
-        if snap is None:
-            files: list[str] = []
-        elif days is None:
-            files = sorted(local_path(task.file.file_path) for task in tbl.scan().plan_files())
-        else:
-            scan = tbl.scan(row_filter=f"dt >= '{lo}' AND dt <= '{hi}'")
-            return sorted(local_path(task.file.file_path) for task in scan.plan_files())
-        # what the remembered list is checked against (read only when it will be remembered)
-        planned_from = [] if not cacheable else [tbl.metadata_location] if snap is None else [
-            tbl.metadata_location, snap.manifest_list, *(m.manifest_path for m in snap.manifests(tbl.io))]
-    except Exception as exc:
-        raise _wrap(lake, f"planning {table}", exc) from exc
-    if cacheable:
-        plan_cache.remember(folder, catalog_file(lake), table, tbl.metadata_location, location,
-                            [local_path(p) for p in planned_from], files)
-    return files
-
-
-def snapshot_entries(lake: Path, table: str, days: tuple[str, str] | None) -> dict[str, tuple[int, int]]:
-    """Path or URI -> (bytes, rows) of ``table``'s data files in the current snapshot whose ``dt`` lies in
-    ``days`` (None: ``dt`` NULL, the ``unknown`` day): what :func:`publish`'s ``expect`` compares. Raises
-    :class:`LakeError` as :func:`snapshot_files` does."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        tbl = open_catalog(lake).load_table(_identifier(table))
-    except NoSuchTableError:
-        return {}
-    except Exception as exc:
-        raise _wrap(lake, f"loading {table}", exc) from exc
-    if tbl.current_snapshot() is None:
-        return {}
-    if days is None:
-        expr = "dt IS NULL"
-    else:
-        lo, hi = (date.fromisoformat(d).isoformat() for d in days)  # ValueError on anything but a date
-        expr = f"dt >= '{lo}' AND dt <= '{hi}'"
-    return {local_path(t.file.file_path): (t.file.file_size_in_bytes, t.file.record_count)
-            for t in tbl.scan(row_filter=expr).plan_files()}
-
-
-def snapshot_offsets(lake: Path, table: str) -> dict[tuple[str, int], int]:
-    """The Kafka offsets recorded in the summaries of ``table``'s snapshots, newest first per
-    partition: ``{(topic, partition): next offset}``; empty on a plain lake or without any."""
-    if not is_iceberg(lake):
-        return {}
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        tbl = open_catalog(lake).load_table(_identifier(table))
-    except NoSuchTableError:
-        return {}
-    found: dict[tuple[str, int], int] = {}
-    for snap in sorted(tbl.snapshots(), key=lambda s: s.sequence_number or 0, reverse=True):
-        props = snap.summary.additional_properties if snap.summary else {}
-        for k, v in props.items():
-            if k.startswith(OFFSETS_PREFIX):
-                topic, _, part = k[len(OFFSETS_PREFIX):].rpartition(".")
-                found.setdefault((topic, int(part)), int(v))
-    return found
-
-
-@dataclass(frozen=True)
-class LastRound:
-    """The newest consumer round a lake's snapshots record for one Kafka partition: it read offsets
-    ``start`` (None when written by a version that did not record it) up to ``end`` (exclusive)."""
-
-    start: int | None
-    end: int
-
-
-def last_rounds(lake: Path) -> dict[tuple[str, int], LastRound]:
-    """Per Kafka (topic, partition), the newest round any table's snapshots record (by commit time).
-
-    Every record of that round is registered in the lake (:func:`publish` puts a round's offsets on
-    its last commit). Called by the consumer when a partition's first records arrive, to skip a round
-    committed to Iceberg but not to Kafka (a crash between the two): only when reading begins inside
-    that round, so a re-created topic, a group moved back or another Kafka cluster's offsets (which
-    merely share the topic's name) are never taken for it. Empty on a plain lake. Expired snapshots
-    take their rounds with them (then the replay, idempotent, happens). Raises :class:`LakeError` or
-    the catalog driver's error when the catalog cannot be read."""
-    found: dict[tuple[str, int], tuple[int, int, LastRound]] = {}
-    if not is_iceberg(lake):
-        return {}
-    from pyiceberg.exceptions import NoSuchTableError
-
-    catalog = open_catalog(lake)
-    for table in TABLES:
-        try:
-            tbl = catalog.load_table(_identifier(table))
-        except NoSuchTableError:
-            continue
-        for snap in tbl.snapshots():
-            props = snap.summary.additional_properties if snap.summary else {}
-            when = (snap.timestamp_ms, snap.sequence_number or 0)
-            for k, v in props.items():
-                if not k.startswith(OFFSETS_PREFIX):
-                    continue
-                topic, _, part = k[len(OFFSETS_PREFIX):].rpartition(".")
-                start = props.get(f"{STARTS_PREFIX}{topic}.{part}")
-                tp = (topic, int(part))
-                if tp not in found or found[tp][:2] < when:
-                    found[tp] = (*when, LastRound(int(start) if start is not None else None, int(v)))
-    return {tp: r for tp, (_, _, r) in found.items()}
-
-
-def offsets_summary(offsets: Mapping[tuple[str, int], int],
-                    starts: Mapping[tuple[str, int], int] | None = None) -> dict[str, str]:
-    """Snapshot properties for a round: ``{(topic, partition): next offset}`` (:data:`OFFSETS_PREFIX`)
-    and, when given, the offset it started at per partition (:data:`STARTS_PREFIX`)."""
-    out = {f"{OFFSETS_PREFIX}{t}.{p}": str(o) for (t, p), o in sorted(offsets.items())}
-    out.update({f"{STARTS_PREFIX}{t}.{p}": str(o) for (t, p), o in sorted((starts or {}).items())})
-    return out

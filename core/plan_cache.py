@@ -2,7 +2,7 @@
 import pyiceberg.
 
 Opening an Iceberg lake plans each table's current snapshot
-(:func:`ztaudit.core.iceberg.snapshot_files`). In a new process that first imports pyiceberg,
+(:func:`ztaudit.core.iceberg_snapshot.snapshot_files`). In a new process that first imports pyiceberg,
 SQLAlchemy and ``pyarrow.dataset``: ~0.65 s of every ``ztaudit report`` or ``ztaudit sql`` on an
 Iceberg lake, against ~0.2 s for the whole open of a plain lake. Yet a snapshot never changes, and the
 catalog names the current one by its metadata file: every commit writes a new metadata file and swaps

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ztaudit.core import iceberg
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot
 from ztaudit.core.columns import conform
 from ztaudit.core.errors import SinkError
 from ztaudit.core.files import (
@@ -55,7 +55,8 @@ from ztaudit.core.files import (
     table_files,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import Published, is_iceberg
+from ztaudit.core.iceberg import is_iceberg
+from ztaudit.core.iceberg_publish import Published
 from ztaudit.core.keys import MANIFEST, drop_merged, read_manifest
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Rejected
 from ztaudit.core.schema import PARTITION_TIME, QUARANTINE, SOURCE_KINDS, TABLES
@@ -258,7 +259,7 @@ class LakeSink:
 
     def publish(self, summary: Mapping[str, str] | None = None) -> Published:
         """Register what this sink wrote since the last call in the lake's Iceberg tables and
-        unregister what it removed, one commit per table (:func:`~ztaudit.core.iceberg.publish`),
+        unregister what it removed, one commit per table (:func:`~ztaudit.core.iceberg_publish.publish`),
         then delete the removed files; a no-op on a plain lake.
 
         Called at each writer's durability point, after its files are renamed into place and
@@ -270,7 +271,7 @@ class LakeSink:
             self.added.clear()
             self.removed.clear()
             return Published()
-        result = iceberg.publish(self.lake, added=self.added, removed=self.removed, summary=summary)
+        result = iceberg_publish.publish(self.lake, added=self.added, removed=self.removed, summary=summary)
         dirs = set()
         for path in self.removed:
             try:
@@ -344,7 +345,7 @@ class LakeSink:
         merged = listed_manifests(self.lake, table)
         if not merged:
             return
-        listed = set(iceberg.snapshot_files(self.lake, table))
+        listed = set(iceberg_snapshot.snapshot_files(self.lake, table))
         for day, manifest in merged.items():
             names = index.get(day)
             if not names:

@@ -4,7 +4,7 @@
 --engine spark`` of issue 17) once per process, before the first query. It returns a session whose
 catalog ``ztaudit`` is the lake's own Iceberg catalog, so ``spark.table("ztaudit.lake.k8s_audit")``
 (or ``lake.k8s_audit``: ``ztaudit`` is the default catalog) reads exactly the files of the table's
-current snapshot, the same files DuckDB reads (:func:`ztaudit.core.iceberg.snapshot_files`).
+current snapshot, the same files DuckDB reads (:func:`ztaudit.core.iceberg_snapshot.snapshot_files`).
 
 What it sets, and why:
 

@@ -86,15 +86,9 @@ from ztaudit.core.files import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from ztaudit.core.iceberg import (
-    ChangedMeanwhile,
-    is_iceberg,
-    publish,
-    snapshot_entries,
-    snapshot_files,
-    table_day,
-    valid_day,
-)
+from ztaudit.core.iceberg import is_iceberg, table_day, valid_day
+from ztaudit.core.iceberg_publish import ChangedMeanwhile, publish
+from ztaudit.core.iceberg_snapshot import snapshot_entries, snapshot_files
 from ztaudit.core.keys import (
     COMPACTED_PREFIX,
     FOOTER_MANIFEST,
@@ -348,7 +342,7 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
     The commit unlists exactly the objects that were read: each input's size and row count as the
     snapshot listed them are checked against the head it commits on, and a writer that replaced one
     under its key in between, or unlisted one (another machine's compaction of the day committed first),
-    makes the commit refuse (:class:`~ztaudit.core.iceberg.ChangedMeanwhile`): nothing changed, the
+    makes the commit refuse (:class:`~ztaudit.core.iceberg_publish.ChangedMeanwhile`): nothing changed, the
     outputs the head does not list are deleted, run it again. A crash before 3 leaves unlisted outputs
     (rewritten by the rerun, or orphans).
 

@@ -4,7 +4,7 @@
   place. Every data file without a DATE ``dt`` column is rewritten with one (same name, same rows,
   same key-value metadata, atomically: :func:`~ztaudit.core.files.write_parquet_atomic`), then the
   catalog and tables are created and every day folder is registered
-  (:func:`~ztaudit.core.iceberg.publish_all`). Idempotent: a second run rewrites and registers
+  (:func:`~ztaudit.core.iceberg_publish.publish_all`). Idempotent: a second run rewrites and registers
   nothing; a run killed half-way is finished by the next.
 * :func:`maintain` (``ztaudit maintain``): ``expire_days`` drops snapshots older than that (the
   current one always stays) and the metadata files only they used; ``remove_orphans`` deletes data
@@ -32,7 +32,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ztaudit.core import iceberg, warehouse
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot, warehouse
 from ztaudit.core.errors import LakeError
 from ztaudit.core.files import table_files, write_parquet_atomic
 from ztaudit.core.schema import SOURCE_KINDS, TABLES
@@ -113,10 +113,10 @@ def migrate(lake: Path) -> MigrateResult:
     # READY only once every file is registered: a migration killed before that leaves a plain lake
     # that reads as before (not Iceberg tables that look empty), and the next run finishes it.
     iceberg.create(lake, ready=False)
-    out.registered = iceberg.publish_all(lake).added
+    out.registered = iceberg_publish.publish_all(lake).added
     iceberg.mark_ready(lake)
     for table in TABLES:
-        files = iceberg.snapshot_files(lake, table)
+        files = iceberg_snapshot.snapshot_files(lake, table)
         out.rows[table] = sum(pq.read_metadata(f).num_rows for f in files)
     log.info("migrate: %s", out.summary())
     return out
@@ -193,7 +193,7 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
             if current is not None and before > 1:
                 tbl = _commit(lake, catalog, tbl, "expiring snapshots", partial(_expire, older))
                 out.snapshots_expired += before - len(tbl.snapshots())
-            out.metadata_files_removed += iceberg.remove_unreferenced_metadata(lake, tbl)
+            out.metadata_files_removed += iceberg_publish.remove_unreferenced_metadata(lake, tbl)
         if remove_orphans:
             referenced = _referenced_data(tbl)
             limit = time.time() - orphan_grace_s

@@ -49,7 +49,7 @@ from typing import Any, Final
 from ztaudit.core.catalog_uri import mask_uri
 from ztaudit.core.config import DEFAULT_CLUSTER_FIELDS, Config, KafkaSettings
 from ztaudit.core.errors import KafkaTransientError
-from ztaudit.core.iceberg import last_rounds, offsets_summary
+from ztaudit.core.iceberg_snapshot import last_rounds, offsets_summary
 from ztaudit.core.sink import LakeSink
 from ztaudit.pipeline.consume.buffers import CutPolicy, PartitionBuffer, Partitions
 from ztaudit.pipeline.consume.commit import Committer, FlushHook
@@ -345,7 +345,7 @@ class StreamConsumer:
                         mask_uri(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
             return moved
         # only a round that began at or before where reading begins, and ended after it: the lake holds
-        # what this member is about to re-read (module docstring of core.iceberg.last_rounds)
+        # what this member is about to re-read (module docstring of core.iceberg_snapshot.last_rounds)
         want = {tp: r.end for tp in first if (r := rounds.get((tp.topic, tp.partition))) is not None
                 and r.start is not None and r.start <= first[tp] < r.end}
         if not want:

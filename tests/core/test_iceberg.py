@@ -1,6 +1,6 @@
-"""The Iceberg layer (core/iceberg.py, issue 16): publishing is exactly-once by path, readers read
-the snapshot only, schema evolution, concurrent writers, and a model test of crashes between the
-rename and the publish."""
+"""The Iceberg layer (core/iceberg.py, iceberg_publish.py, iceberg_snapshot.py; issue 16): publishing is
+exactly-once by path, readers read the snapshot only, schema evolution, concurrent writers, and a model
+test of crashes between the rename and the publish."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.lakes import count_rows
 
-from ztaudit.core import iceberg
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot
 from ztaudit.core.errors import LakeError
 from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
@@ -74,9 +74,9 @@ def test_files_are_invisible_until_published_and_a_replay_registers_nothing_new(
     sink.write("proxy_decision", _decisions(5), "topic+0+00000000000000000000")
     again = sink.publish()
     assert count_rows(lake) == 5
-    assert len(iceberg.snapshot_files(lake, "proxy_decision")) == 1
+    assert len(iceberg_snapshot.snapshot_files(lake, "proxy_decision")) == 1
     assert (again.added, again.removed) == (1, 0), "a rewritten file is registered again, not twice"
-    assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 5}
+    assert iceberg_snapshot.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 5}
 
 
 def test_a_rewrite_in_place_with_other_rows_replaces_the_registered_file(tmp_path: Path) -> None:
@@ -116,11 +116,11 @@ def test_dt_is_a_date_column_in_every_file_and_prunes_the_snapshot(tmp_path: Pat
     for day in range(3):
         sink.write("proxy_decision", _decisions(2, start=10 * day, day=day), f"d{day}")
     sink.publish()
-    for f in iceberg.snapshot_files(lake, "proxy_decision"):
+    for f in iceberg_snapshot.snapshot_files(lake, "proxy_decision"):
         col = pq.read_table(f).column("dt")
         assert col.type == pa.date32()
         assert f"dt={col[0].as_py().isoformat()}" == Path(f).parent.name
-    only = iceberg.snapshot_files(lake, "proxy_decision", ("2026-11-21", "2026-11-21"))
+    only = iceberg_snapshot.snapshot_files(lake, "proxy_decision", ("2026-11-21", "2026-11-21"))
     assert [Path(f).parent.name for f in only] == ["dt=2026-11-21"]
     con = open_lake(lake)
     assert con.execute("SELECT typeof(dt) FROM proxy_decision LIMIT 1").fetchone() == ("DATE",)
@@ -172,7 +172,7 @@ def test_two_processes_committing_to_one_table_register_every_file_exactly_once(
     for p in procs:
         p.join(timeout=300)
         assert p.exitcode == 0
-    files = iceberg.snapshot_files(lake, "proxy_decision")
+    files = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 24
     assert count_rows(lake) == 48
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
@@ -199,16 +199,16 @@ def test_commits_interleaved_with_crashes_converge_to_the_files_on_disk(tmp_path
                 sink.remove(path)
         elif op == "publish":
             sink.publish()
-            listed = iceberg.snapshot_files(lake, "proxy_decision")
+            listed = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
             assert len(listed) == len(set(listed))
             # never a listed file that is gone, never a file listed twice
             assert all(Path(f).exists() for f in listed)
         else:  # kill -9 before the publish: what was pending is lost with the process
             sink = LakeSink(lake)
-        listed = iceberg.snapshot_files(lake, "proxy_decision")
+        listed = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
         assert all(Path(f).exists() for f in listed), "a reader would meet a listed file that is gone"
-    iceberg.publish_all(lake, ["proxy_decision"])
-    listed = sorted(iceberg.snapshot_files(lake, "proxy_decision"))
+    iceberg_publish.publish_all(lake, ["proxy_decision"])
+    listed = sorted(iceberg_snapshot.snapshot_files(lake, "proxy_decision"))
     on_disk = sorted(str(p.resolve()) for p in lake.glob("proxy_decision/dt=*/*.parquet"))
     assert listed == on_disk
 
@@ -221,7 +221,7 @@ def test_a_foreign_dt_folder_is_not_quoted_into_a_filter(tmp_path: Path) -> None
     weird = lake / "proxy_decision" / "dt=x') OR (1=1"
     weird.mkdir()
     pq.write_table(_decisions(1, start=5), weird / "f.parquet")
-    r = iceberg.publish_all(lake, ["proxy_decision"])
+    r = iceberg_publish.publish_all(lake, ["proxy_decision"])
     assert r.added == 0
     assert count_rows(lake) == 1
 
@@ -236,7 +236,7 @@ def test_a_file_whose_dt_is_not_its_folders_day_is_refused_not_multiplied(tmp_pa
     stray = lake / "proxy_decision" / "dt=2026-11-20" / "old-writer.parquet"
     pq.write_table(_decisions(3, start=50), stray)
     with pytest.raises(LakeError, match="another day than its folder"):
-        iceberg.publish(lake, added=[stray])
+        iceberg_publish.publish(lake, added=[stray])
     assert count_rows(lake) == 2
 
 
@@ -248,8 +248,8 @@ def test_folder_names_that_are_not_iso_days_are_never_taken_for_one(tmp_path: Pa
     odd = lake / "proxy_decision" / "dt=20261120"  # date.fromisoformat accepts it on Python 3.11
     odd.mkdir()
     pq.write_table(_decisions(1, start=9), odd / "x.parquet")
-    assert iceberg.publish(lake, added=[odd / "x.parquet"]).commits == 0
-    assert iceberg.publish_all(lake, ["proxy_decision"]).removed == 0
+    assert iceberg_publish.publish(lake, added=[odd / "x.parquet"]).commits == 0
+    assert iceberg_publish.publish_all(lake, ["proxy_decision"]).removed == 0
     assert count_rows(lake) == 5
 
 
@@ -268,7 +268,7 @@ def test_a_copied_lake_is_refused_until_migrate_registers_it_where_it_is(tmp_pat
         open_lake(copy)
     migrate(copy)
     assert count_rows(copy) == 4
-    assert all(f.startswith(str(copy.resolve())) for f in iceberg.snapshot_files(copy, "proxy_decision"))
+    assert all(f.startswith(str(copy.resolve())) for f in iceberg_snapshot.snapshot_files(copy, "proxy_decision"))
     assert count_rows(lake) == 4, "the original is untouched"
 
 
@@ -283,8 +283,8 @@ def test_a_lake_path_with_space_percent_and_hash_keeps_its_metadata_inside(tmp_p
 
 
 def test_commits_keep_a_bounded_number_of_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
-    monkeypatch.setattr(iceberg, "READER_GRACE_S", 0.0)  # the grace is the next test's
+    monkeypatch.setattr(iceberg_publish, "MAX_SNAPSHOTS", 5)
+    monkeypatch.setattr(iceberg_publish, "READER_GRACE_S", 0.0)  # the grace is the next test's
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
     _publish_each(sink, range(60))
@@ -301,8 +301,8 @@ def test_an_expired_snapshots_manifests_stay_for_a_reader_until_the_grace_passed
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers take no lock: one that planned a snapshot just before the commits expired it still
     reads its manifest list (deleted only once written longer than ``READER_GRACE_S`` ago)."""
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
-    monkeypatch.setattr(iceberg, "READER_GRACE_S", 3600.0)  # however slow this machine is
+    monkeypatch.setattr(iceberg_publish, "MAX_SNAPSHOTS", 5)
+    monkeypatch.setattr(iceberg_publish, "READER_GRACE_S", 3600.0)  # however slow this machine is
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
     _publish_each(sink, range(1))
@@ -322,7 +322,7 @@ PD: Final = (iceberg.NAMESPACE, "proxy_decision")
 def _history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commits: int) -> tuple[Path, LakeSink, Any]:
     """A lake whose ``proxy_decision`` took ``commits`` commits, none expired (the bound raised for
     them, to be lowered by the test): the lake, its sink and its catalog."""
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 1000)
+    monkeypatch.setattr(iceberg_publish, "MAX_SNAPSHOTS", 1000)
     lake = tmp_path / "lake"
     sink = _iceberg_sink(lake)
     _publish_each(sink, range(commits))
@@ -337,8 +337,8 @@ def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Pa
     Iceberg and Kafka commits). Reproduced with a table handle loaded before the first expiry."""
     lake, _, catalog = _history(tmp_path, monkeypatch, 20)
     stale = catalog.load_table(PD)
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
-    iceberg._expire_beyond_bound(lake, catalog, "proxy_decision")
+    monkeypatch.setattr(iceberg_publish, "MAX_SNAPSHOTS", 5)
+    iceberg_publish._expire_beyond_bound(lake, catalog, "proxy_decision")
     assert len(catalog.load_table(PD).snapshots()) == 5
 
     class Racing:
@@ -349,8 +349,8 @@ def test_a_second_expiry_of_the_same_snapshots_is_logged_not_raised(tmp_path: Pa
 
     with pytest.raises(ValueError):  # what pyiceberg does (else this test tests nothing)
         stale.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in stale.snapshots()[:3]]).commit()
-    with caplog.at_level("WARNING", logger="ztaudit.core.iceberg"):
-        iceberg._expire_beyond_bound(lake, Racing(), "proxy_decision")  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="ztaudit.core.iceberg_publish"):
+        iceberg_publish._expire_beyond_bound(lake, Racing(), "proxy_decision")  # type: ignore[arg-type]
     assert "another writer changed the snapshots meanwhile" in caplog.text
     assert len(catalog.load_table(PD).snapshots()) == 5
 
@@ -362,7 +362,7 @@ def test_a_tagged_snapshot_is_kept_and_does_not_block_the_expiry_of_the_others(
     _, sink, catalog = _history(tmp_path, monkeypatch, 3)
     first = min(catalog.load_table(PD).snapshots(), key=lambda s: s.sequence_number or 0).snapshot_id
     catalog.load_table(PD).manage_snapshots().create_tag(first, "audit-2026-11").commit()
-    monkeypatch.setattr(iceberg, "MAX_SNAPSHOTS", 5)
+    monkeypatch.setattr(iceberg_publish, "MAX_SNAPSHOTS", 5)
     _publish_each(sink, range(3, 20))
     ids = {s.snapshot_id for s in catalog.load_table(PD).snapshots()}
     assert first in ids
@@ -379,7 +379,7 @@ def test_four_processes_publishing_at_once_all_land_exactly_once(tmp_path: Path)
     for p in procs:
         p.join(timeout=300)
         assert p.exitcode == 0
-    files = iceberg.snapshot_files(lake, "proxy_decision")
+    files = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 32
     assert count_rows(lake) == 64
 
@@ -393,16 +393,16 @@ def test_offsets_go_on_the_last_table_of_a_round_only(tmp_path: Path) -> None:
     sink.write("k8s_audit", pa.table({"audit_id": ["a1"], "stage": ["ResponseComplete"],
                                       "request_received_at": _decisions(1)["decided_at"]}),
                "topic+0+00000000000000000000")
-    sink.publish(iceberg.offsets_summary({("topic", 0): 4}, {("topic", 0): 0}))
-    assert iceberg.snapshot_offsets(lake, "k8s_audit") == {}
-    assert iceberg.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 4}
-    assert iceberg.last_rounds(lake) == {("topic", 0): iceberg.LastRound(0, 4)}
+    sink.publish(iceberg_snapshot.offsets_summary({("topic", 0): 4}, {("topic", 0): 0}))
+    assert iceberg_snapshot.snapshot_offsets(lake, "k8s_audit") == {}
+    assert iceberg_snapshot.snapshot_offsets(lake, "proxy_decision") == {("topic", 0): 4}
+    assert iceberg_snapshot.last_rounds(lake) == {("topic", 0): iceberg_snapshot.LastRound(0, 4)}
     # a later round on the first table: the newest round per partition wins, whichever table holds it,
     # and a round recorded without its start (an older version's) says so
     sink.write("k8s_audit", pa.table({"audit_id": ["a2"], "stage": ["ResponseComplete"],
                                       "request_received_at": _decisions(1)["decided_at"]}),
                "topic+0+00000000000000000004")
-    sink.publish(iceberg.offsets_summary({("topic", 0): 9, ("topic", 1): 2}, {("topic", 0): 4}))
-    assert iceberg.last_rounds(lake) == {("topic", 0): iceberg.LastRound(4, 9),
-                                         ("topic", 1): iceberg.LastRound(None, 2)}
-    assert iceberg.last_rounds(tmp_path / "plain") == {}
+    sink.publish(iceberg_snapshot.offsets_summary({("topic", 0): 9, ("topic", 1): 2}, {("topic", 0): 4}))
+    assert iceberg_snapshot.last_rounds(lake) == {("topic", 0): iceberg_snapshot.LastRound(4, 9),
+                                         ("topic", 1): iceberg_snapshot.LastRound(None, 2)}
+    assert iceberg_snapshot.last_rounds(tmp_path / "plain") == {}

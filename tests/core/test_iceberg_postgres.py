@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from support.postgres import PgServer
 
-from ztaudit.core import iceberg
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot
 from ztaudit.core.config import load_config
 from ztaudit.core.errors import ConfigError, LakeError
 from ztaudit.core.lake import open_lake
@@ -68,7 +68,7 @@ def _writer_process(lake: str, who: int, n: int, shared: list[str], out: str, go
         r = sink.publish()
         retries, commits = retries + r.retries, commits + r.commits
         if i < len(shared):
-            r = iceberg.publish(Path(lake), added=[Path(shared[i])])
+            r = iceberg_publish.publish(Path(lake), added=[Path(shared[i])])
             retries, commits = retries + r.retries, commits + r.commits
     Path(out).write_text(json.dumps({"retries": retries, "commits": commits}))
 
@@ -91,7 +91,7 @@ def test_two_processes_on_a_postgres_catalog_register_every_file_exactly_once(pg
         p.join(timeout=300)
         assert p.exitcode == 0
     stats = [json.loads(o.read_text()) for o in outs]
-    files = iceberg.snapshot_files(lake, "proxy_decision")
+    files = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 24 + 12, "every file once, none lost, none doubled"
     assert set(shared) <= set(files)
     con = open_lake(lake)
@@ -104,7 +104,7 @@ def test_two_processes_on_a_postgres_catalog_register_every_file_exactly_once(pg
     # one snapshot per commit: each took the next sequence number (the snapshots themselves are expired
     # down to the bound as they go, by both writers, which may expire the same ones: no writer failed)
     assert tbl.metadata.last_sequence_number == sum(s["commits"] for s in stats) == 48, "one snapshot per commit"
-    assert iceberg.MAX_SNAPSHOTS <= len(tbl.snapshots()) < iceberg.MAX_SNAPSHOTS + 10
+    assert iceberg_publish.MAX_SNAPSHOTS <= len(tbl.snapshots()) < iceberg_publish.MAX_SNAPSHOTS + 10
     # No flock between them: the catalog's compare-and-swap refused some commits, which were redone.
     assert sum(s["retries"] for s in stats) > 0, stats
 
@@ -119,23 +119,23 @@ def test_a_commit_that_loses_the_race_to_the_same_file_is_redone_without_listing
     sink.write("proxy_decision", _decisions(2, start=50), "before")
     sink.publish()
     other = LakeSink(lake).write("proxy_decision", _decisions(4), "both")[0]  # durable, not yet published
-    real = iceberg._registered
+    real = iceberg_publish._registered
     calls = []
 
     def registered_then_raced(tbl: Any, days: Any) -> Any:
         seen = real(tbl, days)
         if not calls:  # first attempt: the other writer commits the same path right now
             p = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                                "from ztaudit.core import iceberg; "
-                                "print(iceberg.publish(Path(sys.argv[1]), added=[Path(sys.argv[2])]).added)",
+                                "from ztaudit.core import iceberg_publish; "
+                                "print(iceberg_publish.publish(Path(sys.argv[1]), added=[Path(sys.argv[2])]).added)",
                                 str(lake), str(other)], capture_output=True, text=True, cwd=tmp_path)
             assert p.returncode == 0 and p.stdout.strip() == "1", p.stderr
         calls.append(len(seen))
         return seen
 
-    monkeypatch.setattr(iceberg, "_registered", registered_then_raced)
-    out = iceberg.publish(lake, added=[other])
-    files = iceberg.snapshot_files(lake, "proxy_decision")
+    monkeypatch.setattr(iceberg_publish, "_registered", registered_then_raced)
+    out = iceberg_publish.publish(lake, added=[other])
+    files = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert len(files) == len(set(files)) == 2, "the path the other writer registered is listed once"
     assert (out.retries, out.commits, out.added) == (1, 1, 1)
     assert calls == [1, 2], "the retry read the snapshot again, with the other writer's entry"
@@ -270,7 +270,7 @@ def test_a_server_that_is_down_is_one_clear_error_for_readers_and_writers(pg_env
     monkeypatch.delenv("ZTAUDIT_LAKE_CATALOG_URI")
     iceberg.forget_catalog(lake)
     with pytest.raises(LakeError, match=f"cannot open the Iceberg catalog of .* at .*127.0.0.1:{port}/") as err:
-        iceberg.snapshot_files(lake, "proxy_decision")
+        iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert "check that PostgreSQL is up" in str(err.value)
     p = _ztaudit(["sql", "--lake", str(lake), "SELECT count(*) FROM proxy_decision"], {}, tmp_path)
     assert p.returncode == 2

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.s3proxy import S3Store, lake_env, objects
 
-from ztaudit.core import iceberg, warehouse
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot, warehouse
 from ztaudit.core.errors import LakeError
 from ztaudit.core.lake import open_lake
 from ztaudit.core.sink import LakeSink
@@ -237,7 +237,7 @@ def test_maintain_on_s3_drops_old_days_removes_orphans_and_expires(s3proxy: S3St
         return {o.split("/dt=")[1].split("/")[0] for o in uris if "/proxy_decision/dt=" in o}
 
     left = objects(s3proxy, prefix)
-    listed = iceberg.snapshot_files(lake, "proxy_decision")
+    listed = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert days_of(set(listed)) == {"2026-11-22", "2026-11-23"} and set(listed) <= left
     # The dropped days' objects stay while older snapshots list them (a late event published into an
     # old day meanwhile keeps its object); the orphan sweep after their expiry takes them.
@@ -251,7 +251,7 @@ def test_maintain_on_s3_drops_old_days_removes_orphans_and_expires(s3proxy: S3St
     e = maintain(lake, expire_days=0, now=datetime.now(UTC) + timedelta(seconds=1))
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert e.snapshots_expired >= 4 and len(tbl.snapshots()) == 1
-    removed = iceberg.remove_unreferenced_metadata(lake, tbl, min_age_s=0)
+    removed = iceberg_publish.remove_unreferenced_metadata(lake, tbl, min_age_s=0)
     meta_after = {o for o in objects(s3proxy, prefix) if "/_iceberg/proxy_decision/metadata/" in o}
     assert removed > 0 and not meta_before <= meta_after
     time.sleep(1.1)  # object times are whole seconds
@@ -389,11 +389,11 @@ def test_commits_interleaved_with_crashes_on_s3_never_list_a_missing_or_doubled_
             sink.publish()
         else:  # kill -9 before the publish: what was pending is lost with the process
             sink = LakeSink(lake)
-        listed = iceberg.snapshot_files(lake, "proxy_decision")
+        listed = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
         assert len(listed) == len(set(listed)), "an object listed twice"
         assert set(listed) <= data_objects(), "a reader would meet a listed object that is gone"
     maintain(lake, remove_orphans=True, orphan_grace_s=0)
-    listed = set(iceberg.snapshot_files(lake, "proxy_decision"))
+    listed = set(iceberg_snapshot.snapshot_files(lake, "proxy_decision"))
     assert listed == data_objects()
     con = open_lake(lake)
     rows = con.execute("SELECT count(*) FROM proxy_decision").fetchone()

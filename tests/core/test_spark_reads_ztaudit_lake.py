@@ -17,7 +17,8 @@ import pytest
 from support.spark import spark_jars, table_digest_duckdb, table_digest_spark
 
 from ztaudit.core.config import Config, LakeSettings
-from ztaudit.core.iceberg import is_iceberg, snapshot_files
+from ztaudit.core.iceberg import is_iceberg
+from ztaudit.core.iceberg_snapshot import snapshot_files
 from ztaudit.core.lake import open_lake
 from ztaudit.core.schema import SOURCE_KINDS, TABLES
 from ztaudit.detectors.run import run_detectors

@@ -49,7 +49,7 @@ def test_kill_9_into_an_iceberg_lake_loses_and_duplicates_nothing(kafka_broker: 
     kill_9_rounds(kafka_broker, topic_name, tmp_path, "kafka-python", 9, {"ZTAUDIT_LAKE_FORMAT": "iceberg"})
     lake = tmp_path / "lake"
     assert (lake / "_iceberg" / "catalog.db").is_file()
-    from ztaudit.core.iceberg import snapshot_files
+    from ztaudit.core.iceberg_snapshot import snapshot_files
 
     listed = set(snapshot_files(lake, "k8s_audit"))
     on_disk = data_files(lake, "k8s_audit")
@@ -69,7 +69,7 @@ def test_kill_9_into_a_lake_on_s3_loses_and_duplicates_nothing(kafka_broker: Kaf
         monkeypatch.setenv(k, v)  # this process counts the rows: it reads the lake on S3 too
     kill_9_rounds(kafka_broker, topic_name, tmp_path, "kafka-python", 9, env)
     lake = tmp_path / "lake"
-    from ztaudit.core.iceberg import snapshot_files
+    from ztaudit.core.iceberg_snapshot import snapshot_files
 
     listed = set(snapshot_files(lake, "k8s_audit"))
     in_bucket = data_files(lake, "k8s_audit")

@@ -58,7 +58,7 @@ def test_two_members_sharing_an_iceberg_lake_lose_and_double_nothing(kafka_broke
     """The same group into an Iceberg lake (issue 16): two processes publish to the same tables
     concurrently (optimistic commits), and a rebalance hands partitions over between them."""
     two_members(kafka_broker, topic_name, tmp_path, "kafka-python", {"ZTAUDIT_LAKE_FORMAT": "iceberg"})
-    from ztaudit.core.iceberg import snapshot_files
+    from ztaudit.core.iceberg_snapshot import snapshot_files
 
     lake = tmp_path / "lake"
     listed = snapshot_files(lake, "k8s_audit")
@@ -76,7 +76,7 @@ def test_two_members_sharing_a_lake_on_s3_lose_and_double_nothing(kafka_broker: 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     two_members(kafka_broker, topic_name, tmp_path, "kafka-python", env)
-    from ztaudit.core.iceberg import snapshot_files
+    from ztaudit.core.iceberg_snapshot import snapshot_files
 
     lake = tmp_path / "lake"
     listed = snapshot_files(lake, "k8s_audit")

@@ -28,7 +28,8 @@ from support.kafka_broker import (
     ztaudit_env,
 )
 
-from ztaudit.core.iceberg import LastRound, last_rounds, offsets_summary, publish, snapshot_files
+from ztaudit.core.iceberg_publish import publish
+from ztaudit.core.iceberg_snapshot import LastRound, last_rounds, offsets_summary, snapshot_files
 
 pytestmark = pytest.mark.kafka
 

@@ -173,9 +173,9 @@ def _day_objects(s3proxy: Any, prefix: str) -> set[str]:
 
 
 def _listed(lake: Path) -> set[str]:
-    from ztaudit.core import iceberg
+    from ztaudit.core import iceberg_snapshot
 
-    return set(iceberg.snapshot_files(lake, S3_TABLE, (DAY, DAY)))
+    return set(iceberg_snapshot.snapshot_files(lake, S3_TABLE, (DAY, DAY)))
 
 
 @pytest.mark.s3
@@ -360,7 +360,7 @@ def test_compact_on_s3_refuses_when_a_writer_replaced_an_input_meanwhile(
     publishes it after compaction read the day and before its commit: the commit would unlist the newer
     object and its extra rows would be lost. It refuses instead (nothing changed, its outputs deleted),
     and the rerun merges the day as it is now."""
-    from ztaudit.core.iceberg import ChangedMeanwhile
+    from ztaudit.core.iceberg_publish import ChangedMeanwhile
 
     lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "race")
     rows = _published_small_files(lake, 8)
@@ -398,7 +398,7 @@ def test_two_machines_compacting_one_day_on_s3_list_every_row_once(
     objects they wrote the same keys: ours must not delete the other's listed outputs."""
     import contextlib
 
-    from ztaudit.core.iceberg import ChangedMeanwhile
+    from ztaudit.core.iceberg_publish import ChangedMeanwhile
 
     lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "twomachines")
     rows = _published_small_files(lake, 8)

@@ -16,7 +16,7 @@ import pytest
 from support.lakes import build_sample_lake, count_rows
 
 from ztaudit.cli.main import main
-from ztaudit.core import iceberg
+from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot
 from ztaudit.core.config import Config
 from ztaudit.core.errors import LakeError
 from ztaudit.core.lake import open_lake
@@ -72,7 +72,7 @@ def test_migrating_the_demo_lake_keeps_every_row_and_finding(previous_lake: Path
     assert iceberg.is_iceberg(lake)
     assert _snapshot(lake) == before
     # every file now carries its day as a DATE
-    for f in iceberg.snapshot_files(lake, "k8s_audit"):
+    for f in iceberg_snapshot.snapshot_files(lake, "k8s_audit"):
         assert pq.read_schema(f).field("dt").type == pa.date32()
     again = migrate(lake)
     assert (again.rewritten, again.registered) == (0, 0)
@@ -178,7 +178,7 @@ def test_retention_drops_old_days_from_the_snapshot_before_the_disk(tmp_path: Pa
     r = maintain(lake, retention_days=3, now=now)  # keeps days >= 2026-11-22
     assert r.days_dropped == 2
     assert sorted(p.name for p in (lake / "proxy_decision").glob("dt=*")) == ["dt=2026-11-22", "dt=2026-11-23"]
-    assert {Path(f).parent.name for f in iceberg.snapshot_files(lake, "proxy_decision")} == \
+    assert {Path(f).parent.name for f in iceberg_snapshot.snapshot_files(lake, "proxy_decision")} == \
         {"dt=2026-11-22", "dt=2026-11-23"}
     assert count_rows(lake) == 4
 
@@ -201,7 +201,7 @@ def test_a_migration_killed_before_registering_leaves_a_plain_lake_that_reads_wh
     def killed(*_a: object, **_k: object) -> None:
         raise KeyboardInterrupt("kill -9")
 
-    monkeypatch.setattr(iceberg, "publish_all", killed)
+    monkeypatch.setattr(iceberg_publish, "publish_all", killed)
     with pytest.raises(KeyboardInterrupt):
         migrate(lake)
     monkeypatch.undo()
@@ -224,7 +224,7 @@ def test_compacting_a_day_of_an_iceberg_lake_is_one_commit_and_survives_a_crash(
         sink.write("proxy_decision", _rows(3, 0, start=10 * i), f"t+0+{i:020d}")
     sink.publish()
     day = (T0.date()).isoformat()
-    inputs = set(iceberg.snapshot_files(lake, "proxy_decision"))
+    inputs = set(iceberg_snapshot.snapshot_files(lake, "proxy_decision"))
     assert len(inputs) == 6
 
     def crash(*_a: object, **_k: object) -> None:
@@ -235,12 +235,12 @@ def test_compacting_a_day_of_an_iceberg_lake_is_one_commit_and_survives_a_crash(
         compact_mod.compact(lake, "proxy_decision", day)
     monkeypatch.undo()
     # the snapshot still lists the inputs, every one of them is there, the outputs are invisible
-    assert set(iceberg.snapshot_files(lake, "proxy_decision")) == inputs
+    assert set(iceberg_snapshot.snapshot_files(lake, "proxy_decision")) == inputs
     assert all(Path(f).exists() for f in inputs)
     assert count_rows(lake) == 18
     result = compact_mod.compact(lake, "proxy_decision", day)
     assert result.inputs == 6 and len(result.outputs) == 1
-    listed = iceberg.snapshot_files(lake, "proxy_decision")
+    listed = iceberg_snapshot.snapshot_files(lake, "proxy_decision")
     assert listed == [str(result.outputs[0].resolve())]
     assert count_rows(lake) == 18
     assert not any(Path(f).exists() for f in inputs)
@@ -272,7 +272,7 @@ def test_detect_twice_over_an_iceberg_lake_keeps_its_findings(previous_lake: Pat
     for _ in range(2):
         assert not run_detectors(lake, Config()).errors
         assert _snapshot(lake) == before
-    listed = iceberg.snapshot_files(lake, "findings")
+    listed = iceberg_snapshot.snapshot_files(lake, "findings")
     assert listed and all(Path(f).exists() for f in listed)
 
 
@@ -324,7 +324,7 @@ def test_a_maintain_commit_that_loses_a_race_is_computed_again_on_the_new_head(
     assert raced and r.days_dropped == 2
     tbl = iceberg.open_catalog(lake).load_table((iceberg.NAMESPACE, "proxy_decision"))
     assert tbl.properties.get("rival.writer") == "committed"
-    assert {Path(f).parent.name for f in iceberg.snapshot_files(lake, "proxy_decision")} == \
+    assert {Path(f).parent.name for f in iceberg_snapshot.snapshot_files(lake, "proxy_decision")} == \
         {"dt=2026-11-22", "dt=2026-11-23"}
     assert count_rows(lake) == 4
 

@@ -275,7 +275,8 @@ def audit_id_counts(lake: Path) -> dict[str, int]:
 
     from ztaudit.core import warehouse
     from ztaudit.core.duckdb_fs import attach
-    from ztaudit.core.iceberg import is_iceberg, snapshot_files
+    from ztaudit.core.iceberg import is_iceberg
+    from ztaudit.core.iceberg_snapshot import snapshot_files
 
     glob = str(lake / "k8s_audit" / "dt=*" / "*.parquet")
     # An Iceberg lake's rows are its snapshot's files (what every reader reads), not the folder.
