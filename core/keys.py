@@ -60,13 +60,21 @@ def origin_lines(origins: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Arra
 
 
 def line_ranges(origins: pa.ChunkedArray | pa.Array) -> list[tuple[str, int, int]]:
-    """``(path, first line, last line)`` per input path of ``file:`` origins (a chunk is one
-    contiguous byte range of one input, so its lines are one range per path)."""
+    """``(path, first line, last line)`` per run of consecutive input lines of ``file:`` origins: the
+    exact lines a compacted file holds. One chunk's lines are contiguous in the input, but a day's
+    file holds only the lines whose events fell on that day (a log that crosses midnight, or whose
+    events come out of order, gives a day lines 10-22 and 37-38): a single first-last range per path
+    would claim lines 23-36, which live in another day's file, and a re-ingest would drop them."""
     path, line = origin_lines(origins)
-    grouped = pa.table({"path": path, "line": line}).filter(pc.is_valid(path)).group_by("path").aggregate(
-        [("line", "min"), ("line", "max")])
-    return sorted(zip(grouped["path"].to_pylist(), grouped["line_min"].to_pylist(), grouped["line_max"].to_pylist(),
-                      strict=True))
+    t = pa.table({"path": path, "line": line}).filter(pc.is_valid(path))
+    t = t.group_by(["path", "line"]).aggregate([]).sort_by([("path", "ascending"), ("line", "ascending")])
+    out: list[tuple[str, int, int]] = []
+    for p, n in zip(t["path"].to_pylist(), t["line"].to_pylist(), strict=True):
+        if out and out[-1][0] == p and out[-1][2] == n - 1:
+            out[-1] = (p, out[-1][1], n)
+        else:
+            out.append((p, n, n))
+    return out
 
 
 def drop_merged(table: pa.Table, ranges: list[tuple[str, int, int]]) -> tuple[pa.Table, int]:
@@ -80,14 +88,26 @@ def drop_merged(table: pa.Table, ranges: list[tuple[str, int, int]]) -> tuple[pa
     ``a.log.1``) holds the same records at the same lines."""
     if not ranges or table.num_rows == 0 or "origin" not in table.column_names:
         return table, 0
-    path, line = origin_lines(table.column("origin"))
-    drop = pa.array([False] * table.num_rows)
-    is_file = pc.is_valid(path)
-    for _p, lo, hi in ranges:
-        hit = pc.and_(is_file, pc.and_(pc.greater_equal(line, lo), pc.less_equal(line, hi)))
-        drop = pc.or_(drop, pc.fill_null(hit, False))
-    n = int(pc.sum(pc.cast(drop, pa.int64())).as_py() or 0)
-    return (table.filter(pc.invert(drop)), n) if n else (table, 0)
+    import numpy as np
+
+    _path, line = origin_lines(table.column("origin"))
+    # the ranges merged into disjoint sorted intervals, then one binary search per row (a day's
+    # lines may be thousands of runs: linear in rows times log of runs, not rows times runs)
+    merged: list[list[int]] = []
+    for lo, hi in sorted((lo, hi) for _p, lo, hi in ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    los = np.array([m[0] for m in merged], dtype=np.int64)
+    his = np.array([m[1] for m in merged], dtype=np.int64)
+    lines = line.to_numpy(zero_copy_only=False)
+    valid = ~np.isnan(lines) if lines.dtype.kind == "f" else np.ones(len(lines), dtype=bool)
+    at = np.where(valid, lines, -1).astype(np.int64)
+    i = np.searchsorted(los, at, side="right") - 1
+    drop = valid & (i >= 0) & (at <= his[np.maximum(i, 0)])
+    n = int(drop.sum())
+    return (table.filter(pa.array(~drop)), n) if n else (table, 0)
 
 
 def origin_offsets(origins: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -534,7 +534,7 @@ class LakeSink:
         for table_name, table in parts.items():
             # Records of this key that `compact` already merged into a day of this table are in
             # the compacted files; writing them again would double them (pipeline/compact.py).
-            table, dropped = drop_merged(table, self.merged_ranges(table_name, file_key))
+            table, dropped = self._drop_merged(table_name, table, file_key)
             if dropped:
                 log.info("lake: chunk %s: %d %s rows are already in compacted files; not written again",
                          file_key, dropped, table_name)
@@ -592,7 +592,7 @@ class LakeSink:
         ``ingested_at``. Called by :meth:`write_chunk` only when a longer version of the key exists
         (a rare path: it reads those files)."""
         # Rows `compact` already merged away from this key's files are held by the compacted files.
-        table, _ = drop_merged(table, self.merged_ranges(table_name, file_key))
+        table, _ = self._drop_merged(table_name, table, file_key)
         if table.num_rows == 0:
             return True
         name = f"{safe_key(file_key)}.parquet"
@@ -628,25 +628,50 @@ class LakeSink:
 
     def merged_ranges(self, table: str, file_key: str) -> list[tuple[str, int, int]]:
         """The input lines of chunk ``file_key`` that ``compact`` already merged into any day of
-        ``table``: the ``_compacted.json`` of each day that has one (cached by mtime), or on S3 the
+        ``table`` (:meth:`merged_ranges_by_day`, every day's together)."""
+        return [r for ranges in self.merged_ranges_by_day(table, file_key).values() for r in ranges]
+
+    def merged_ranges_by_day(self, table: str, file_key: str) -> dict[str, list[tuple[str, int, int]]]:
+        """Day -> the input lines of chunk ``file_key`` that ``compact`` already merged into that day
+        of ``table``: the ``_compacted.json`` of each day that has one (cached by mtime), or on S3 the
         manifests in the footers of the compacted objects the current snapshot lists
         (:func:`~ztaudit.core.keys.listed_manifests`, cached per snapshot). Raises :class:`SinkError`
         when those cannot be read."""
         name = f"{safe_key(file_key)}.parquet"
-        ranges: list[tuple[str, int, int]] = []
+        out: dict[str, list[tuple[str, int, int]]] = {}
         if self.filesystem is not None:
             from ztaudit.core.keys import listed_manifests
 
-            for merged in listed_manifests(self.lake, table).values():
-                ranges += merged.file_ranges.get(name, [])
-            return ranges
+            for day, merged in listed_manifests(self.lake, table).items():
+                if merged.file_ranges.get(name):
+                    out[day] = list(merged.file_ranges[name])
+            return out
         for day, names in self.day_index(table).items():
             if MANIFEST not in names:
                 continue
             manifest = read_manifest(self.lake / table / f"dt={day}")
-            if manifest is not None:
-                ranges += manifest.file_ranges.get(name, [])
-        return ranges
+            if manifest is not None and manifest.file_ranges.get(name):
+                out[day] = list(manifest.file_ranges[name])
+        return out
+
+    def _drop_merged(self, table_name: str, table: pa.Table, file_key: str) -> tuple[pa.Table, int]:
+        """``table`` (rows of chunk ``file_key``) without the rows ``compact`` already merged, and how
+        many: a row is dropped only by the lines merged into **its own day** (a day's manifest names
+        the lines that day holds; manifests written before :func:`~ztaudit.core.keys.line_ranges`
+        kept exact runs claim the lines between too, which may live in another day's file). Quarantine
+        rows are matched against every day: their day is when they were rejected, not the record's."""
+        by_day = self.merged_ranges_by_day(table_name, file_key)
+        if not by_day or table.num_rows == 0:
+            return table, 0
+        time_col = PARTITION_TIME.get(table_name)
+        if table_name == "quarantine" or time_col is None or time_col not in table.column_names:
+            return drop_merged(table, [r for ranges in by_day.values() for r in ranges])
+        parts, dropped = [], 0
+        for day, part in split_by_day(table, time_col):
+            kept, n = drop_merged(part, by_day.get(day, []))
+            parts.append(kept)
+            dropped += n
+        return (pa.concat_tables(parts), dropped) if dropped else (table, 0)
 
     def files(self, table: str) -> list[Path]:
         """All committed Parquet files of ``table`` (temp and hidden files excluded), sorted.
