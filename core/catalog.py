@@ -159,15 +159,20 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
             gone = [f for f in files if not Path(f).is_file()] if wh is None else []
             if gone:
                 raise LakeError(f"the Iceberg snapshot of {table} lists {len(gone)} file(s) that are gone, e.g. "
-                                f"{gone[0]}", fix=f"register what is on disk again: ztaudit migrate --lake {lake}")
+                                f"{gone[0]}", fix="restore them (from a backup), or re-ingest their input; or "
+                                f"unlist them (their rows leave the lake): ztaudit migrate --lake {lake}")
             # An Iceberg lake: exactly the current snapshot's files, each with its own DATE dt.
-            listed = ", ".join(sql_literal(f) for f in files)
+            # each element of the list is a glob to DuckDB: a local lake at lk[1] must not read lk1's files
+            listed = ", ".join(sql_literal(f if wh is not None else glob_escape(f)) for f in files)
             try:
                 _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")
-            except duckdb.IOException as exc:
-                if wh is None:
-                    raise
+            except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+                # binding reads every listed file's footer: a damaged or unreadable one fails here
                 said = " ".join(str(exc).split())[:400]
+                if wh is None:
+                    raise LakeError(f"the Iceberg snapshot of {table} lists a file that cannot be read: {said}",
+                                    fix="restore the file (its permissions, or a copy), or delete it and re-ingest "
+                                        f"its input, then run: ztaudit migrate --lake {lake}") from None
                 raise LakeError(f"the Iceberg snapshot of {table} names an object of {wh.uri} that cannot be read: "
                                 f"{said}", fix="check that the store is up and the credentials may read the bucket; "
                                 "an object deleted by hand: restore it, or re-ingest its input") from None

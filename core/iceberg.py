@@ -40,10 +40,11 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import date
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Final
@@ -131,12 +132,25 @@ def catalog_ref(lake: Path) -> Path:
 
 def is_iceberg(lake: Path) -> bool:
     """Whether ``lake`` is an Iceberg lake: its catalog exists and is complete (``READY``). Called by
-    every reader and writer to choose between the snapshot and the plain folders; never raises."""
+    every reader and writer to choose between the snapshot and the plain folders.
+
+    Raises :class:`LakeError` when it cannot tell, rather than answer "plain": ``_iceberg`` exists but
+    cannot be read (permissions, an I/O error), or ``READY`` is there and the catalog is gone. Taken
+    for a plain lake, such a lake would be read from its folders (files no snapshot lists, or that
+    compaction or retention unlisted) and written without registering anything."""
+    folder = Path(lake) / ICEBERG_DIR
     try:
-        return ((catalog_file(lake).is_file() or catalog_ref(lake).is_file())
-                and (Path(lake) / ICEBERG_DIR / READY_FILE).is_file())
-    except OSError:
-        return False
+        ready = (folder / READY_FILE).is_file()
+        has_catalog = catalog_file(lake).is_file() or catalog_ref(lake).is_file()
+    except OSError as exc:
+        raise LakeError(f"cannot read the Iceberg catalog folder {folder}: {exc.strerror or exc}",
+                        fix="make it readable (and writable, to write) by the user running ztaudit") from None
+    if ready and not has_catalog:
+        raise LakeError(f"{lake} is an Iceberg lake ({folder / READY_FILE} exists) but its catalog "
+                        f"{catalog_file(lake)} is gone",
+                        fix=f"restore it from a backup, or register the lake's files again: ztaudit migrate "
+                            f"--lake {lake}")
+    return ready and has_catalog
 
 
 def is_shared(lake: Path) -> bool:
@@ -335,6 +349,12 @@ def open_catalog(lake: Path) -> SqlCatalog:
             log.warning("iceberg: lake.catalog_uri is set, but %s keeps its own SQLite catalog (%s), made "
                         "before: the setting applies to lakes created with it, and writers on other machines "
                         "must not share this one", lake, path)
+        hollow = _hollow_catalog(path) if (Path(lake) / ICEBERG_DIR / READY_FILE).is_file() else None
+        if hollow:
+            # pyiceberg would make its tables in it and every table would read as empty: "no events"
+            raise LakeError(f"the Iceberg catalog {path} of this lake cannot be its catalog: {hollow}",
+                            fix=f"restore it from a backup, or register the lake's files again: ztaudit migrate "
+                                f"--lake {lake}")
         try:
             with owner_only():
                 # SQLAlchemy decodes %XX in the URL's path: quote it, so '%', ' ' and '#' survive.
@@ -342,9 +362,32 @@ def open_catalog(lake: Path) -> SqlCatalog:
                                      warehouse=lake_location(lake), **_io_properties(lake))
         except Exception as exc:
             raise LakeError(f"cannot open the Iceberg catalog {path}: {exc}",
-                            fix="check that the lake is readable; `ztaudit migrate --lake DIR` recreates it") from exc
+                            fix=f"check that the lake is readable; `ztaudit migrate --lake {lake}` recreates "
+                                "it") from exc
         _catalogs[str(path)] = catalog
         return catalog
+
+
+def _hollow_catalog(path: Path) -> str | None:
+    """Why the SQLite file ``path`` cannot be the catalog of a lake that is ``READY`` (emptied,
+    replaced by another file, its tables gone), read without writing (``mode=ro``); None when it may
+    be, or when it cannot tell (locked by a writer, unreadable: opening it then says why)."""
+    try:
+        if path.stat().st_size == 0:
+            return "it is empty (0 bytes)"
+        with closing(sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=5.0)) as con:
+            (n,) = con.execute("SELECT count(*) FROM iceberg_tables WHERE catalog_name = ? AND table_namespace = ?",
+                               (CATALOG_NAME, NAMESPACE)).fetchone()
+    except sqlite3.DatabaseError as exc:
+        said = str(exc)
+        if "no such table" in said:
+            return "it holds no Iceberg catalog"
+        if "not a database" in said:
+            return "it is not a SQLite database"
+        return None
+    except (OSError, ValueError):
+        return None
+    return None if n else "it lists none of the lake's tables"
 
 
 def _open_shared(lake: Path) -> SqlCatalog:
@@ -390,7 +433,7 @@ def identifier(table: str) -> tuple[str, str]:
 
 def lake_error(lake: Path, what: str, exc: Exception) -> LakeError:
     return LakeError(mask_secrets(f"Iceberg catalog of {lake}: {what}: {type(exc).__name__}: {exc}"),
-                     fix="run the command again; if it persists, `ztaudit migrate --lake DIR` registers the "
+                     fix=f"run the command again; if it persists, `ztaudit migrate --lake {lake}` registers the "
                          "lake's files again")
 
 

@@ -418,6 +418,10 @@ def publish_all(lake: Path, tables: Iterable[str] | None = None) -> Published:
             adds = {p: path for p, path in disk.items()
                     if p not in registered or path.stat().st_size != registered[p].file_size_in_bytes}
             drops = {p: Path(p) for p in registered if p not in disk}
+            if drops:  # deleted by hand, or lost: their rows leave the table; say which
+                log.warning("iceberg: %s: %d listed file(s) are gone from the disk and are unlisted (their rows "
+                            "leave the table; restore them and run migrate again to bring them back): %s", table,
+                            len(drops), ", ".join(sorted(drops)[:10]) + (" ..." if len(drops) > 10 else ""))
             if adds or drops:
                 out += _publish_table(lake, catalog, table, adds, drops, {"ztaudit.operation": "sync"})
     return out

@@ -255,7 +255,7 @@ def spark_session(lake: Path, *, master: str = "local[2]", jars: list[Path],
         raise SparkUnavailable("PySpark is not installed", fix="pip install 'ztaudit[spark]'") from exc
     if not catalog_file(lake).is_file() and not is_shared(lake):
         raise LakeError(f"{lake} has no Iceberg catalog ({catalog_file(lake)})",
-                        fix="Spark reads Iceberg lakes only: `ztaudit migrate --lake DIR` converts a plain one")
+                        fix=f"Spark reads Iceberg lakes only: `ztaudit migrate --lake {lake}` converts a plain one")
     missing = [str(j) for j in jars if not Path(j).is_file()]
     if missing or not jars:
         raise SparkUnavailable(f"Spark jars missing: {', '.join(missing) or 'none given'}",

@@ -52,31 +52,56 @@ class MigrateResult:
 
     rewritten: int = 0
     registered: int = 0
+    #: files the tables listed that are gone from the disk: unlisted, their rows left the lake
+    unregistered: int = 0
     rows: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         total = sum(self.rows.values())
-        return (f"{self.rewritten} files given a dt column, {self.registered} files registered, "
+        gone = (f", {self.unregistered} listed files that are gone unlisted (their rows left the lake; "
+                "the log names them)") if self.unregistered else ""
+        return (f"{self.rewritten} files given a dt column, {self.registered} files registered{gone}, "
                 f"{total} rows in {len(self.rows)} tables")
 
 
 def _drop_foreign_catalog(lake: Path) -> None:
-    """Remove a catalog whose tables were made for another place (the lake was copied or moved: its
-    manifests name the old paths); :func:`migrate` then registers the files where they are now."""
-    if not iceberg.catalog_file(lake).is_file():
+    """Remove a catalog that cannot be this lake's, so :func:`migrate` registers the files where they
+    are now: made for another place (the lake was copied or moved: its manifests name the old paths),
+    unreadable (a damaged metadata file, manifest list or manifest; an emptied catalog file). A lake
+    whose catalog is gone but that is still marked ``READY`` loses the mark until migrate is done.
+    Raises :class:`LakeError` when the catalog folder cannot be read."""
+    folder = Path(lake) / iceberg.ICEBERG_DIR
+    try:
+        has_db = iceberg.catalog_file(lake).is_file()
+        ready = (folder / iceberg.READY_FILE).is_file() and not iceberg.catalog_ref(lake).is_file()
+    except OSError as exc:
+        raise LakeError(f"cannot read the Iceberg catalog folder {folder}: {exc.strerror or exc}",
+                        fix="run migrate as the user who owns the lake") from None
+    if not has_db:
+        if ready:
+            log.warning("migrate: %s was an Iceberg lake but its catalog is gone; registering its files again", lake)
+            (folder / iceberg.READY_FILE).unlink()
         return
     try:
         cat = iceberg.open_catalog(lake)
-        locations = [iceberg.local_path(cat.load_table((iceberg.NAMESPACE, t)).location())
-                     for t, _ in [(t, None) for t in TABLES] if cat.table_exists((iceberg.NAMESPACE, t))]
+        locations = []
+        for t in TABLES:
+            if not cat.table_exists((iceberg.NAMESPACE, t)):
+                continue
+            tbl = cat.load_table((iceberg.NAMESPACE, t))
+            locations.append(iceberg.local_path(tbl.location()))
+            for _ in tbl.scan().plan_files():  # every manifest list and manifest can be read
+                pass
     except Exception as exc:  # an unreadable catalog is rebuilt from the folders too
-        log.warning("migrate: the Iceberg catalog of %s cannot be read (%s); rebuilding it", lake, exc)
+        log.warning("migrate: the Iceberg catalog of %s cannot be read (%s); rebuilding it from the lake's folders",
+                    lake, " ".join(iceberg.mask_secrets(str(exc)).split())[:300])
         locations = ["?"]
     here = str(Path(lake).resolve() / iceberg.ICEBERG_DIR)
     if all(loc == here or loc.startswith(here + "/") for loc in locations):
         return
-    log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
-                lake, locations[0])
+    if locations != ["?"]:
+        log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
+                    lake, locations[0])
     iceberg.forget_catalog(lake)
     try:
         shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
@@ -113,7 +138,8 @@ def migrate(lake: Path) -> MigrateResult:
     # READY only once every file is registered: a migration killed before that leaves a plain lake
     # that reads as before (not Iceberg tables that look empty), and the next run finishes it.
     iceberg.create(lake, ready=False)
-    out.registered = iceberg_publish.publish_all(lake).added
+    published = iceberg_publish.publish_all(lake)
+    out.registered, out.unregistered = published.added, published.removed
     iceberg.mark_ready(lake)
     for table in TABLES:
         files = iceberg_snapshot.snapshot_files(lake, table)
