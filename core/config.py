@@ -325,6 +325,10 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
+#: The longest time span a flag takes: 100 years (``datetime`` arithmetic overflows past year 9999).
+_DURATION_MAX_S = 100 * 366 * 86400.0
+
+
 def parse_duration_seconds(name: str, value: str) -> float:
     """``value`` like ``15m``, ``12h``, ``7d`` (ms, s, m, h, d, w) in seconds; a flag's time span.
 
@@ -332,7 +336,10 @@ def parse_duration_seconds(name: str, value: str) -> float:
     m = _DURATION.fullmatch(value)
     if m is None:
         raise ConfigError(name, f"{value!r} is not a time span", fix="write it like 30m, 12h or 7d")
-    return float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+    if seconds > _DURATION_MAX_S:  # a date that far back or ahead is out of Python's range
+        raise ConfigError(name, f"{value!r} is longer than 100 years", fix="write a shorter span, like 3650d")
+    return seconds
 
 
 def _unit(key: str) -> tuple[float, str] | None:

@@ -162,3 +162,12 @@ def test_a_catalog_password_in_the_uri_query_is_refused_and_never_printed(query:
         load_config(None, env={"ZTAUDIT_LAKE_CATALOG_URI": uri})
     assert "password query parameter" in str(err.value) and "S3cretQ" not in str(err.value)
     assert "S3cretQ" not in mask_uri(f"could not connect to {uri}: refused")
+
+
+@pytest.mark.parametrize("value", ["99999999d", "36700d", "5300w"])
+def test_a_time_span_past_a_hundred_years_is_a_config_error_not_an_overflow(value: str) -> None:
+    from ztaudit.core.config import ConfigError, parse_duration_seconds
+
+    with pytest.raises(ConfigError, match="longer than 100 years"):
+        parse_duration_seconds("--expire-snapshots", value)
+    assert parse_duration_seconds("--expire-snapshots", "3650d") == 3650 * 86400
