@@ -68,7 +68,7 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
     Called by ``ztaudit catalog --out``. DuckDB builds the database (and its ``.wal``) inside a
     fresh private directory beside ``out`` (``mkdtemp``: mode 0700, unguessable name, so no other
     user can plant a symlink where DuckDB creates its files); it is checkpointed, closed, set to
-    0640 like the lake's files, fsynced and renamed over ``out`` (one file system, so the rename is
+    0600 like the lake's files, fsynced and renamed over ``out`` (one file system, so the rename is
     atomic: a reader sees the old catalog or the new one). Whatever fails, the private directory
     with the half-built database and its ``.wal`` is removed and an existing ``out`` is untouched.
     Raises :class:`SinkError` (exit 4) when the file cannot be written (full disk, I/O error) and
@@ -85,7 +85,7 @@ def write_catalog(lake: str | Path, out: str | Path) -> dict[str, int]:
         tmp = work / out.name
         try:
             counts = _build_catalog(Path(lake).resolve(), tmp)
-            os.chmod(tmp, FILE_MODE)  # like the lake's own files: 0640, whatever the umask
+            os.chmod(tmp, FILE_MODE)  # like the lake's own files: 0600, whatever the umask
             fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fsync(fd)

@@ -58,7 +58,7 @@ def prepare_lake(lake: Path, *, keep: bool) -> None:
             raise LakeError(f"{lake} exists and was not created by `ztaudit demo`; refusing to delete it",
                             fix="pass another --lake, or --keep to add the sample logs to it")
         shutil.rmtree(lake)
-    makedirs(lake)  # 0750 like every lake directory (sink.makedirs), whatever the umask
+    makedirs(lake)  # 0700 like every lake directory (sink.makedirs), whatever the umask
     (lake / MARKER).write_text("created by `ztaudit demo`; safe to delete\n")
 
 

@@ -48,7 +48,7 @@ def write_output(text: str, out: str | None, *, quiet: bool) -> None:
 
     Called by ``report``, ``sql`` and ``catalog`` with their ``--out``. A file goes through
     :func:`~ztaudit.core.files.write_bytes_atomic` like the lake's own files (exclusive no-follow
-    temp file, fsync, rename; 0640, because reports name people): a reader sees the old file or the
+    temp file, fsync, rename; 0600, because reports name people): a reader sees the old file or the
     new one, and a failure leaves no temporary file behind. A full disk or an I/O error raises
     :class:`~ztaudit.core.errors.SinkError` (exit 4) naming the file.
     """

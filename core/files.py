@@ -44,8 +44,10 @@ from ztaudit.core.errors import LakeError, SinkError
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o750
-FILE_MODE = 0o640
+#: Owner-only: audit logs name people and carry what they did (the guide: "owner-only lake files").
+#: Readers in another account read through ztaudit run as the owner, or a copy made for them.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 #: DuckDB parallelises per row group; 122,880 is its own default and within the 100k-1M advice.
 ROW_GROUP_ROWS = 122_880
 

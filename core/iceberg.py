@@ -109,7 +109,7 @@ DT_DOC: Final = "UTC day of the row's partition time (the table's event time); N
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 #: pyiceberg writes metadata files with the process umask; lake files are owner-and-group only.
-_UMASK: Final = 0o027
+_UMASK: Final = 0o077
 _umask_lock = threading.Lock()
 #: Catalogs opened by this process, by lake path (opening one costs ~0.1-0.4 s); tables known to
 #: exist with the current schema and properties.
@@ -546,7 +546,7 @@ def create(lake: Path, *, ready: bool = True) -> None:
             except Exception as exc:
                 raise lake_error(lake, "creating the tables", exc) from exc
         try:
-            os.chmod(catalog_file(lake), 0o640)
+            os.chmod(catalog_file(lake), 0o600)
         except OSError:
             pass
         if ready:

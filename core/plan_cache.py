@@ -114,7 +114,7 @@ def _open_plans(folder: Path, owner: int, *, create: bool) -> int | None:
             return None
         if create:
             with suppress(FileExistsError):
-                os.mkdir(PLANS_DIR, 0o750, dir_fd=ice)
+                os.mkdir(PLANS_DIR, 0o700, dir_fd=ice)
         try:
             plans = os.open(PLANS_DIR, _DIR_FLAGS, dir_fd=ice)
         except OSError:
@@ -222,9 +222,9 @@ def remember(folder: Path, catalog_db: Path, table: str, metadata_location: str,
         with suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=plans)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                     0o640, dir_fd=plans)
+                     0o600, dir_fd=plans)
         try:
-            os.fchmod(fd, 0o640)
+            os.fchmod(fd, 0o600)
             view = memoryview(body)
             while view:
                 view = view[os.write(fd, view):]

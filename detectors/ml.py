@@ -16,7 +16,7 @@ Persistence: ``LAKE/_state/reach-model-v<VERSION>.pkl`` plus ``.json`` metadata 
 names, training range, row count, library versions, sha256 of the pickle). The pickle is only
 loaded when the metadata matches *and* the sha256 matches, so a truncated or swapped file is
 retrained rather than trusted; the lake's ``_state`` directory must be as trusted as the code
-itself (pickle loading executes code), which is why it is written 0640 like the rest of the lake.
+itself (pickle loading executes code), which is why it is written 0600 like the rest of the lake.
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def _paths(lake: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def save_model(model: ReachModel, lake: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
-    """Persist ``model`` and its metadata under ``LAKE/_state`` (atomic rename, 0640)."""
+    """Persist ``model`` and its metadata under ``LAKE/_state`` (atomic rename, 0600)."""
     pkl, js = _paths(lake)
-    makedirs(pkl.parent)  # 0750 whatever the umask, like every lake directory
+    makedirs(pkl.parent)  # 0700 whatever the umask, like every lake directory
     blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     full = {**meta, "version": MODEL_VERSION, "sha256": hashlib.sha256(blob).hexdigest(),
             "sklearn": sklearn.__version__, "numpy": np.__version__,

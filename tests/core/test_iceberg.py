@@ -56,10 +56,10 @@ def test_a_new_lake_in_iceberg_format_has_every_table_partitioned_by_dt(tmp_path
         assert [f.name for f in tbl.spec().fields] == ["dt"]
         assert tbl.schema().find_field("dt").field_type.__class__.__name__ == "DateType"
         assert tbl.metadata.name_mapping() is not None
-    # owner and group only, like every lake file
-    assert iceberg.catalog_file(lake).stat().st_mode & 0o007 == 0
+    # owner only, like every lake file
+    assert iceberg.catalog_file(lake).stat().st_mode & 0o077 == 0
     meta = next((lake / "_iceberg" / "proxy_decision" / "metadata").iterdir())
-    assert meta.stat().st_mode & 0o007 == 0
+    assert meta.stat().st_mode & 0o077 == 0
 
 
 def test_files_are_invisible_until_published_and_a_replay_registers_nothing_new(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_a_second_open_reads_the_remembered_plans_without_importing_pyiceberg(tm
     assert _probe(lake) == (3, True), "the first open plans with pyiceberg"
     assert _probe(lake) == (3, False), "the next one reads the plans it left"
     entry = lake / "_iceberg" / plan_cache.PLANS_DIR / "proxy_decision.json"
-    assert entry.stat().st_mode & 0o007 == 0, "owner and group only, like every lake file"
+    assert entry.stat().st_mode & 0o077 == 0, "owner only, like every lake file"
 
 
 def test_a_commit_after_the_plan_was_remembered_is_read(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_persistence_roundtrip_and_guards(tmp_path: Path) -> None:
     meta = {"features": ["a", "b", "c", "d", "e"], "trained_until": "2026-03-01"}
     path = ml.save_model(m, tmp_path, meta)
     assert path.name == f"reach-model-v{ml.MODEL_VERSION}.pkl"
-    assert (path.stat().st_mode & 0o777) == 0o640
+    assert (path.stat().st_mode & 0o777) == 0o600
     loaded = ml.load_model(tmp_path, meta)
     assert loaded is not None and np.array_equal(loaded.score_samples(X[:5]), m.score_samples(X[:5]))
     assert ml.load_model(tmp_path, {**meta, "trained_until": "2026-03-02"}) is None  # retrain on new baseline

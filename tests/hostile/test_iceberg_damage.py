@@ -81,7 +81,7 @@ def test_an_unreadable_catalog_folder_is_an_error_not_a_plain_lake(tmp_path: Pat
                             ZTAUDIT, "sql", "--lake", str(lake), "SELECT count(*) FROM proxy_decision"],
                            capture_output=True, text=True, timeout=120)
     finally:
-        (lake / "_iceberg").chmod(0o750)
+        (lake / "_iceberg").chmod(0o700)
     assert p.returncode == 2 and "cannot read the Iceberg catalog folder" in p.stderr, p.stdout + p.stderr
     assert "Traceback" not in p.stderr
 

@@ -7,7 +7,7 @@ Every input is generated here (tmp_path); nothing is copied from the shared corp
 * readers read the lake's own files only: hidden files are skipped, foreign or damaged files are
   named in a ``LakeError`` instead of being counted or crashing every query;
 * the temporary files of a killed writer are swept, and nothing else is;
-* ``--out`` files are atomic and 0640;
+* ``--out`` files are atomic and 0600;
 * lake paths are literal for DuckDB (``lk[1]`` is not ``lk1``).
 """
 
@@ -389,13 +389,13 @@ def test_a_writer_holds_the_lock_on_its_temporary_file_while_it_writes(tmp_path:
     assert target.exists()
 
 
-# --- item 18: --out files are atomic and 0640 ------------------------------------------------------------
+# --- item 18: --out files are atomic and 0600 ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", [["sql", "SELECT 42 AS answer"], ["report", "summary"]])
-def test_out_files_are_written_0640_whatever_the_umask_and_never_through_a_symlink(
+def test_out_files_are_written_0600_whatever_the_umask_and_never_through_a_symlink(
         lake: Path, tmp_path: Path, command: list[str]) -> None:
-    # (`catalog --out` was already renamed into place with 0640; its failure paths are tested in
+    # (`catalog --out` was already renamed into place with 0600; its failure paths are tested in
     # tests/cli/test_exit_codes.py.)
     LakeSink(lake).write("k8s_audit", audit_rows(2), KEY)
     out = tmp_path / "reports" / "out.json"
@@ -409,7 +409,7 @@ def test_out_files_are_written_0640_whatever_the_umask_and_never_through_a_symli
     finally:
         os.umask(old)
     assert res.exit_code == 0, res.output
-    assert not out.is_symlink() and out.stat().st_mode & 0o777 == 0o640
+    assert not out.is_symlink() and out.stat().st_mode & 0o777 == 0o600
     json.loads(out.read_text())
     assert victim.read_text() == "untouched"
     assert [p.name for p in out.parent.iterdir()] == ["out.json"]

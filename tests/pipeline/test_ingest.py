@@ -79,7 +79,7 @@ def test_large_mixed_chunk_takes_the_slow_path_for_envelopes_and_bad_lines(tmp_p
 
 
 def test_lake_is_private_whatever_the_umask(tmp_path: Path, lake: Path) -> None:
-    """README "The lake": directories 0750, files 0640 (audit logs name people), even under umask 0."""
+    """README "The lake": directories 0700, files 0600 (audit logs name people), even under umask 0."""
     src = jsonl(tmp_path / "a.jsonl", [event(i) for i in range(5)], [b"{broken"])
     old = os.umask(0)
     try:
@@ -90,9 +90,9 @@ def test_lake_is_private_whatever_the_umask(tmp_path: Path, lake: Path) -> None:
     files = [p for p in lake.rglob("*") if p.is_file()]
     assert {p.parent.name for p in files} >= {"dt=2026-11-01"} and any("quarantine" in str(p) for p in files)
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in dirs
-            if p.stat().st_mode & 0o777 != 0o750} == {}
+            if p.stat().st_mode & 0o777 != 0o700} == {}
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files
-            if p.stat().st_mode & 0o777 != 0o640} == {}
+            if p.stat().st_mode & 0o777 != 0o600} == {}
 
 
 def test_ingest_twice_is_idempotent(tmp_path: Path, lake: Path) -> None:
