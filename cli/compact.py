@@ -7,8 +7,6 @@ are in that module's docstring.
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from ztaudit.cli.options import lake_option
@@ -26,13 +24,12 @@ from ztaudit.pipeline.compact import compact as run_compact
               help="Rows per merged file (each file has DuckDB-sized row groups of 122,880 rows).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 def compact(lake: str, table: str, day: str, target_rows: int, quiet: bool) -> None:
-    """Merge LAKE/SOURCE/dt=DATE into few large files: an atomic directory swap, or on an Iceberg lake
-    whose files are on S3 one overwrite commit.
+    """Merge LAKE/SOURCE/dt=DATE into few large files: an atomic directory swap on a plain lake, one
+    overwrite commit on an Iceberg lake (its files on disk or on S3). Prints one summary line (-v: the
+    steps too).
 
     A --lake that is not a lake is refused (exit 2) before anything is touched.
     """
-    if not quiet:
-        logging.getLogger("ztaudit.pipeline").setLevel(logging.INFO)
     result = run_compact(check_lake(lake), table, day, target_rows=target_rows)
     if not quiet:
         click.echo(f"compact: {result.summary()}")

@@ -33,7 +33,8 @@ class ConfigError(ZtauditError):
 
     def __init__(self, key: str, message: str, *, fix: str | None = None) -> None:
         self.key = key
-        super().__init__(f"config {key}: {message}", fix=fix)
+        # a flag names itself (--expire-snapshots: ...); a setting says it is one (config lake.format: ...)
+        super().__init__(f"{key}: {message}" if key.startswith("-") else f"config {key}: {message}", fix=fix)
 
 
 class ConfigErrors(ConfigError):

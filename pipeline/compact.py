@@ -230,7 +230,7 @@ def compact(lake: Path, table: str, day: str, *, target_rows: int = DEFAULT_TARG
         old = read_manifest(day_dir)
         if len(inputs) <= 1:
             rows = pq.ParquetFile(inputs[0]).metadata.num_rows if inputs else 0
-            return CompactResult(table, day, len(inputs), inputs, rows, True)
+            return CompactResult(table, day, len(inputs), inputs, rows, True, how="nothing to merge")
         names = [p.name for p in inputs]
         h = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
         ranges: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in (old.kafka_ranges if old else {}).items()}
@@ -315,8 +315,9 @@ def _swap_in_snapshot(lake: Path, table: str, day: str, day_dir: Path, staging: 
     fsync_dir(day_dir)
     shutil.rmtree(staging, ignore_errors=True)
     forget_manifest(day_dir)
-    result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], rows, True)
-    log.info("compact: %s (one Iceberg overwrite commit)", result.summary())
+    result = CompactResult(table, day, len(inputs), [day_dir / n for n in outputs], rows, True,
+                           how="one Iceberg overwrite commit")
+    log.info("compact: %s", result.summary())
     return result
 
 
