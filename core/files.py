@@ -415,7 +415,7 @@ def write_parquet_atomic(table: pa.Table, final: Path, metadata: dict[bytes, byt
 
 @contextmanager
 def file_lock(path: Path, *, timeout: float | None, busy: Callable[[], Exception]) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created 0640) for the ``with`` block.
+    """Hold an exclusive ``flock`` on ``path`` (created owner-only, :data:`FILE_MODE`) for the ``with`` block.
 
     ``timeout`` None: fail at once when another process holds it; else wait up to ``timeout``
     seconds. When the lock cannot be had, raises ``busy()``, the caller's error that says who

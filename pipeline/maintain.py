@@ -82,33 +82,35 @@ def _drop_foreign_catalog(lake: Path) -> None:
             log.warning("migrate: %s was an Iceberg lake but its catalog is gone; registering its files again", lake)
             (folder / iceberg.READY_FILE).unlink()
         return
-    try:
-        cat = iceberg.open_catalog(lake)
-        locations = []
-        for t in TABLES:
-            if not cat.table_exists((iceberg.NAMESPACE, t)):
-                continue
-            tbl = cat.load_table((iceberg.NAMESPACE, t))
-            locations.append(iceberg.local_path(tbl.location()))
-            for _ in tbl.scan().plan_files():  # every manifest list and manifest can be read
-                pass
-    except Exception as exc:  # an unreadable catalog is rebuilt from the folders too
-        log.warning("migrate: the Iceberg catalog of %s cannot be read (%s); rebuilding it from the lake's folders",
-                    lake, " ".join(iceberg.mask_secrets(str(exc)).split())[:300])
-        locations = ["?"]
-    here = str(Path(lake).resolve() / iceberg.ICEBERG_DIR)
-    if all(loc == here or loc.startswith(here + "/") for loc in locations):
-        return
-    if locations != ["?"]:
-        log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
-                    lake, locations[0])
-    iceberg.forget_catalog(lake)
-    try:
-        shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
-    except OSError as exc:
-        raise LakeError(f"cannot remove the old Iceberg catalog of {lake}: {exc.strerror or exc}: "
-                        f"{getattr(exc, 'filename', None) or Path(lake) / iceberg.ICEBERG_DIR}",
-                        fix="run migrate as the user who owns the lake, or remove that folder by hand") from exc
+    # under the commit lock: no commit of this machine is half done while the catalog is judged and removed
+    with iceberg.commit_lock(lake):
+        try:
+            cat = iceberg.open_catalog(lake)
+            locations = []
+            for t in TABLES:
+                if not cat.table_exists((iceberg.NAMESPACE, t)):
+                    continue
+                tbl = cat.load_table((iceberg.NAMESPACE, t))
+                locations.append(iceberg.local_path(tbl.location()))
+                for _ in tbl.scan().plan_files():  # every manifest list and manifest can be read
+                    pass
+        except Exception as exc:  # an unreadable catalog is rebuilt from the folders too
+            log.warning("migrate: the Iceberg catalog of %s cannot be read (%s); rebuilding it from the lake's folders",
+                        lake, " ".join(iceberg.mask_secrets(str(exc)).split())[:300])
+            locations = ["?"]
+        here = str(Path(lake).resolve() / iceberg.ICEBERG_DIR)
+        if all(loc == here or loc.startswith(here + "/") for loc in locations):
+            return
+        if locations != ["?"]:
+            log.warning("migrate: the Iceberg tables of %s were made for %s; registering the files here again",
+                        lake, locations[0])
+        iceberg.forget_catalog(lake)
+        try:
+            shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
+        except OSError as exc:
+            raise LakeError(f"cannot remove the old Iceberg catalog of {lake}: {exc.strerror or exc}: "
+                            f"{getattr(exc, 'filename', None) or Path(lake) / iceberg.ICEBERG_DIR}",
+                            fix="run migrate as the user who owns the lake, or remove that folder by hand") from exc
 
 
 def _needs_dt(path: Path) -> bool:
