@@ -14,7 +14,6 @@ non-empty quarantine into exit code 3 at the end, in the CLI).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -29,8 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import Final, TextIO
-
-import numpy as np
 
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, SourceError
@@ -102,8 +99,6 @@ class IngestStats:
     skipped: list[Skipped] = field(default_factory=list)
     #: ``k8s_audit`` rows written without a cluster name (warned about in the summary)
     no_cluster: int = 0
-    #: (input, the earlier input of this run whose first record it shares): given a key of its own
-    shared_first: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
@@ -163,12 +158,6 @@ class IngestStats:
                 lines.append(f"    ... {len(rest):,} more inputs, {bad:,} of them unbalanced")
         if warning:
             lines.append(warning)
-        if self.shared_first:
-            lines.append(f"WARNING: {len(self.shared_first):,} input(s) start with the same record as another input "
-                         "of this run (e.g. a license header); each was written under a key of its own, so none "
-                         "replaced the other. Ingest them together again, not one alone (docs/design.md §3):")
-            for path, other in self.shared_first[:SUMMARY_INPUTS]:
-                lines.append(f"    {path} (same first record as {other})")
         return "\n".join(lines)
 
     def cluster_warning(self) -> str:
@@ -289,9 +278,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztaudit-sink") as writer, \
                 _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
-            firsts: dict[str, tuple[str, str]] = {}  # first chunk's key -> (input, content digest)
             for ch in chunks:
-                file_key = _own_key(ch, firsts, stats)
                 batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
                 raw = RawBatch([] if ch.packed is not None else ch.records, ch.origins, source=source,
                                cluster=batch_cluster, packed=ch.packed)
@@ -310,7 +297,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
                     if time.monotonic() - published > cfg.lake.publish_seconds:
                         sink.publish()  # an Iceberg lake shows rows while a long ingest runs
                         published = time.monotonic()
-                pending = writer.submit(_write, sink, result, file_key, ch.nbytes)
+                pending = writer.submit(_write, sink, result, ch.file_key, ch.nbytes)
                 del result, ch
                 bar.update(stats)
             if pending is not None:
@@ -375,47 +362,6 @@ class _Prefetch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-#: The key of an input's first chunk: ``<hex>+0``, ``+d0``, ``+L0`` (it starts at 0 of its kind).
-_FIRST_CHUNK: Final = re.compile(r"\+[A-Za-z]*0$")
-
-
-def _own_key(ch: Chunk, firsts: dict[str, tuple[str, str]], stats: IngestStats) -> str:
-    """The key chunk ``ch`` is written under. A chunk's key names its input by the input's first record
-    (:func:`~ztaudit.pipeline.sources.inputs.chunk_key`), so two inputs of one run that start with the
-    same record (a license header, a YAML comment) would give their first chunks one key, and the
-    second would replace the first: its rows lost, exit 0 (found by a trial on the corpus). Such a
-    chunk with other content than the first one's gets a key of its own (the input's name mixed in:
-    the same inputs ingested together again get the same keys); the same content under two names
-    (one file given twice) keeps the shared key, so it is written once."""
-    if not _FIRST_CHUNK.search(ch.file_key):  # later chunks' keys hash everything before them
-        return ch.file_key
-    digest = _content_digest(ch)
-    seen = firsts.setdefault(ch.file_key, (ch.origins.path, digest))
-    if seen[1] == digest:
-        return ch.file_key
-    stats.shared_first.append((ch.origins.path, seen[0]))
-    log.warning("ingest: %s starts with the same record as %s: written under a key of its own", ch.origins.path,
-                seen[0])
-    return f"{ch.file_key}~{hashlib.sha256(ch.origins.path.encode()).hexdigest()[:8]}"
-
-
-def _content_digest(ch: Chunk) -> str:
-    """sha256 of a chunk's record bytes (the packed array's data, or the records joined)."""
-    h = hashlib.sha256()
-    if ch.packed is not None:
-        arr = ch.packed.array
-        bufs = arr.buffers()
-        if len(arr) and bufs[2] is not None:
-            offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-            h.update(memoryview(bufs[2])[int(offs[0]):int(offs[-1])])
-        h.update(ch.packed.lengths.tobytes())
-    else:
-        for r in ch.records:
-            h.update(len(r).to_bytes(8, "little"))
-            h.update(r)
-    return h.hexdigest()
 
 
 def _write(sink: LakeSink, result: BatchResult, file_key: str, extent: int) -> list[PurePath]:

@@ -253,24 +253,3 @@ def test_ingest_warns_about_audit_rows_without_a_cluster(tmp_path: Path) -> None
             path.write_bytes(src.read_bytes())
         res = CliRunner().invoke(cli, ["ingest", str(path), "--lake", str(tmp_path / "lake2"), *args])
         assert res.exit_code == 0 and "no cluster" not in res.output, res.output
-
-
-def test_inputs_of_one_run_that_start_with_the_same_record_are_both_kept(tmp_path: Path) -> None:
-    """A license header as every file's first line (the corpus' khi YAML files): the first chunks of
-    two different inputs shared one key and the later replaced the earlier, its rows lost, exit 0."""
-    from support.lakes import count_rows
-
-    header = b"# Copyright 2025 Example LLC\n"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "a.log").write_bytes(header + b"".join(orjson.dumps(event(i)) + b"\n" for i in range(5)))
-    (logs / "b.log").write_bytes(header + b"".join(orjson.dumps(event(i)) + b"\n" for i in range(10, 17)))
-    (logs / "c.log").write_bytes((logs / "a.log").read_bytes())  # the same input twice: written once
-    lake = tmp_path / "lake"
-    stats = ingest_paths([logs], lake, cluster="c")
-    assert [p.rsplit("/", 1)[1] for p, _ in stats.shared_first] == ["b.log"]
-    assert "start with the same record" in stats.summary()
-    assert count_rows(lake, "k8s_audit") == 12 and count_rows(lake, "quarantine") == 2
-    again = ingest_paths([logs], lake, cluster="c")
-    assert len(again.shared_first) == 1
-    assert count_rows(lake, "k8s_audit") == 12 and count_rows(lake, "quarantine") == 2
