@@ -14,6 +14,7 @@ non-empty quarantine into exit code 3 at the end, in the CLI).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import Final, TextIO
+
+import numpy as np
 
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, SourceError
@@ -99,6 +102,8 @@ class IngestStats:
     skipped: list[Skipped] = field(default_factory=list)
     #: ``k8s_audit`` rows written without a cluster name (warned about in the summary)
     no_cluster: int = 0
+    #: (input, earlier input of this run, that input's records replaced): first chunks sharing one key
+    replaced_first: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
@@ -158,6 +163,14 @@ class IngestStats:
                 lines.append(f"    ... {len(rest):,} more inputs, {bad:,} of them unbalanced")
         if warning:
             lines.append(warning)
+        if self.replaced_first:
+            lost = sum(n for _, _, n in self.replaced_first)
+            lines.append(f"WARNING: {len(self.replaced_first):,} input(s) start with the same record as an earlier "
+                         f"input of this run but differ after it: their first chunks share one key, so the later "
+                         f"replaced the earlier's, and {lost:,} records counted above are not in the lake (a known "
+                         "limit, docs/design.md section 3):")
+            for path, other, n in self.replaced_first[:SUMMARY_INPUTS]:
+                lines.append(f"    {other}: {n:,} records replaced by {path}")
         return "\n".join(lines)
 
     def cluster_warning(self) -> str:
@@ -278,7 +291,9 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztaudit-sink") as writer, \
                 _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
+            firsts: dict[str, tuple[str, str, int, int]] = {}  # first chunk key -> input, digest, bytes, records
             for ch in chunks:
+                _note_shared_first(ch, firsts, stats)
                 batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
                 raw = RawBatch([] if ch.packed is not None else ch.records, ch.origins, source=source,
                                cluster=batch_cluster, packed=ch.packed)
@@ -362,6 +377,44 @@ class _Prefetch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+#: The key of an input's first chunk: ``<hex>+0``, ``+d0``, ``+L0`` (it starts at 0 of its kind).
+_FIRST_CHUNK: Final = re.compile(r"\+[A-Za-z]*0$")
+
+
+def _note_shared_first(ch: Chunk, firsts: dict[str, tuple[str, str, int, int]], stats: IngestStats) -> None:
+    """Say it when chunk ``ch`` will replace another input's first chunk of this run. A chunk's key
+    names its input by the input's first record (:func:`~ztaudit.pipeline.sources.inputs.chunk_key`,
+    independent of the path so that a re-ingest under another spelling, in another order, replaces),
+    so two inputs starting with the same record (a license header) give their first chunks one key
+    and the later replaces the earlier's rows. No loss when the earlier one's bytes begin the later
+    one's (one file given twice, or a copy that grew); a later, shorter copy is the sink's to judge
+    (:meth:`~ztaudit.core.sink.LakeSink.write_chunk` keeps the longer version, or warns). Called
+    before the chunk is processed (its records are still held)."""
+    if not _FIRST_CHUNK.search(ch.file_key):  # later chunks' keys hash everything before them
+        return
+    data = _chunk_bytes(ch)
+    seen = firsts.get(ch.file_key)
+    firsts[ch.file_key] = (ch.origins.path, hashlib.sha256(data).hexdigest(), len(data), ch.count + len(ch.rejected))
+    if seen is None or len(data) < seen[2] or hashlib.sha256(data[:seen[2]]).hexdigest() == seen[1]:
+        return
+    stats.replaced_first.append((ch.origins.path, seen[0], seen[3]))
+    log.warning("ingest: %s starts with the same record as %s: its first chunk replaces that input's %d records",
+                ch.origins.path, seen[0], seen[3])
+
+
+def _chunk_bytes(ch: Chunk) -> bytes | memoryview:
+    """A chunk's record bytes in input order: the packed array's data (the lines as read), or the
+    records joined by newlines (document inputs)."""
+    if ch.packed is None:
+        return b"\n".join(ch.records)
+    arr = ch.packed.array
+    bufs = arr.buffers()
+    if not len(arr) or bufs[2] is None:
+        return b""
+    offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    return memoryview(bufs[2])[int(offs[0]):int(offs[-1])]
 
 
 def _write(sink: LakeSink, result: BatchResult, file_key: str, extent: int) -> list[PurePath]:
