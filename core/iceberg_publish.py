@@ -215,6 +215,9 @@ def _publish_table(lake: Path, catalog: SqlCatalog, table: str, adds: Mapping[st
                 try:
                     df = parquet_file_to_data_file(tbl.io, tbl.metadata, path_s)
                 except FileNotFoundError:
+                    if expected:  # compaction: unlisting its inputs without this output would lose rows
+                        raise ChangedMeanwhile(f"{path_s} was removed since it was written: nothing was committed",
+                                               fix="run the command again") from None
                     continue  # removed since it was written: nothing to register
                 day = (table_day(lake, path) or ("", UNDATED))[1]
                 if df.partition[0] != epoch_day(day):

@@ -328,8 +328,9 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
     1. **inputs** = the day's files the current snapshot lists (not a listing: a killed writer's or a
        killed compaction's unlisted objects are not the day's rows);
     2. **write** the merged rows as ``compacted-<h>-<n>.parquet`` in the day's prefix (``h`` = hash of
-       the sorted inputs' names, sizes and row counts as listed: a rerun after a crash writes the same
-       keys, and the same bytes: no creation time is written), each object carrying the
+       the sorted inputs' names, sizes and row counts as listed, ``target_rows`` and the pyarrow and
+       ztaudit versions: a rerun after a crash writes the same keys, and the same bytes: no creation
+       time is written), each object carrying the
        day's merge manifest in its footer (:data:`~ztaudit.core.keys.FOOTER_MANIFEST`; cumulative with
        the manifests of the compacted objects among the inputs). Unlisted, they are invisible and
        claim nothing;
@@ -349,8 +350,9 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
 
     One compaction of a day at a time on this machine (a lock in the lake folder). Two machines
     compacting the same day at once: the first commit wins, the other refuses as above. When both read
-    the same objects they write the same keys with the same bytes (same rows, same order, same pyarrow),
-    so the loser's writes leave the winner's listed objects as they were and it deletes none of them."""
+    the same objects with the same settings and versions they write the same keys with the same bytes
+    (same rows, same order), so the loser's writes leave the winner's listed objects as they were and it
+    deletes none of them; otherwise their keys differ."""
     sink = LakeSink(lake)
     wh = sink.warehouse  # checks the prefix's claim before anything is written or deleted
     assert wh is not None
@@ -365,10 +367,12 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
             rows = sink.read_metadata(inputs[0]).num_rows if inputs else 0
             return CompactResult(table, day, len(inputs), list(inputs), rows, True, how="nothing to merge")
         names = [p.name for p in inputs]
-        # the keys name the inputs as read (name, bytes, rows): a rerun after a crash writes the same
-        # keys, and so does a compaction on another machine that read the same objects (the same rows
-        # in the same order, the same bytes); one that read a replaced input writes other keys
-        h = hashlib.sha256("\n".join(f"{p.name} {read_as[p][0]} {read_as[p][1]}" for p in inputs)
+        # the keys name everything that decides the outputs' bytes: the inputs as read (name, bytes,
+        # rows), the rows per output, the writer's versions. A rerun after a crash writes the same keys,
+        # and so does a compaction on another machine that read the same objects with the same settings
+        # (the same bytes); one that read a replaced input, or cuts or writes differently, other keys
+        made_by = f"target_rows={target_rows} pyarrow={pa.__version__} ztaudit={_version()}"
+        h = hashlib.sha256("\n".join([*(f"{p.name} {read_as[p][0]} {read_as[p][1]}" for p in inputs), made_by])
                            .encode()).hexdigest()[:12]
         earlier: list[Manifest] = []
         parts = []
@@ -431,6 +435,16 @@ def _compact_on_s3(lake: Path, table: str, day: str, target_rows: int) -> Compac
                                how="one Iceberg overwrite commit")
         log.info("compact: %s", result.summary())
         return result
+
+
+def _version() -> str:
+    """ztaudit's installed version (part of a compacted object's key on S3)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ztaudit")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -427,3 +427,36 @@ def test_two_machines_compacting_one_day_on_s3_list_every_row_once(
     assert listed <= _day_objects(s3proxy, prefix), "and in the bucket"
     again = compact_mod.compact(lake, S3_TABLE, DAY)
     assert again.inputs == len(listed) and _day_sum(lake)[0] == expected
+
+
+@pytest.mark.s3
+def test_two_machines_compacting_one_day_with_other_settings_write_other_keys(
+        s3proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other machine cuts the day into 10-row objects and commits before this one writes its single
+    object: with the same keys, this one's write replaced the other's listed objects (other contents:
+    70 rows read twice), and its refusal kept them because the head lists their names."""
+    import contextlib
+
+    from ztaudit.core.iceberg_publish import ChangedMeanwhile
+
+    lake, prefix = _s3_lake(s3proxy, monkeypatch, tmp_path, "twosettings")
+    rows = _published_small_files(lake, 8)
+    monkeypatch.setattr(compact_mod, "file_lock", lambda *_a, **_k: contextlib.nullcontext())
+    real_write = LakeSink.write_file
+    other: list[compact_mod.CompactResult] = []
+    started: list[bool] = []
+
+    def the_other_machine_first(self: LakeSink, *args: Any, **kwargs: Any) -> Any:
+        if not started:
+            started.append(True)
+            other.append(compact_mod.compact(lake, S3_TABLE, DAY, target_rows=10))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(LakeSink, "write_file", the_other_machine_first)
+    with pytest.raises(ChangedMeanwhile, match="no longer listed"):
+        compact_mod.compact(lake, S3_TABLE, DAY)
+    assert len(other[0].outputs) == 8
+    assert _day_sum(lake)[0] == rows, "every row listed once"
+    assert _listed(lake) == {f"s3://{p}" for p in other[0].outputs} <= _day_objects(s3proxy, prefix)
+    assert not [o for o in _day_objects(s3proxy, prefix) - _listed(lake) if "/compacted-" in o], \
+        "the refused compaction's own outputs are deleted"
