@@ -8,8 +8,8 @@ writes, is built in a private temporary directory and renamed the same way): a t
 old file or the new one, never half a file; that rename is the durability point the Kafka consumer
 commits offsets after. On any error the temporary file is removed and the error propagates.
 
-Permissions: directories 0750 and files 0640 (owner read-write, owner's group read, nothing for
-others), whatever the umask, because audit logs name people and carry attacker-chosen strings.
+Permissions: directories 0700 and files 0600 (owner only, nothing for group or others), whatever
+the umask, because audit logs name people and carry attacker-chosen strings.
 
 Locks are ``flock`` on a lock file (released by the kernel when the process dies, so a killed
 ``detect`` or ``compact`` never leaves a stale lock).
@@ -100,7 +100,7 @@ def safe_key(key: str) -> str:
 
 
 def makedirs(path: Path) -> None:
-    """Create ``path`` and parents with mode 0750 (umask-independent).
+    """Create ``path`` and parents with mode 0700 (umask-independent).
 
     Raises :class:`SinkError` (exit 4) naming the directory when it cannot be created.
     """

@@ -98,7 +98,8 @@ TABLE_PROPERTIES: Final = {
     "commit.manifest.min-count-to-merge": "50",
     # No retry inside pyiceberg: its retry re-applies our appends on top of the other writer's commit
     # without asking whether a path is in it already (measured: two writers doubled 4 of 24 files).
-    # A lost race raises instead, and :func:`publish` recomputes its diff by path on the new head.
+    # A lost race raises instead, and :func:`~ztaudit.core.iceberg_publish.publish` recomputes its diff by
+    # path on the new head.
     "commit.retry.num-retries": "0",
     # The sink writes no Parquet statistics for these (core/files.py); none to copy into manifests.
     **{f"write.metadata.metrics.column.{c}": "none" for c in sorted(HIGH_CARDINALITY)},
@@ -108,7 +109,7 @@ DT_DOC: Final = "UTC day of the row's partition time (the table's event time); N
 #: A ``dt=`` folder name ztaudit writes: ``YYYY-MM-DD`` (``20261120`` is not one, though Python parses it).
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
-#: pyiceberg writes metadata files with the process umask; lake files are owner-and-group only.
+#: pyiceberg writes metadata files with the process umask; lake files are owner-only.
 _UMASK: Final = 0o077
 _umask_lock = threading.Lock()
 #: Catalogs opened by this process, by lake path (opening one costs ~0.1-0.4 s); tables known to
@@ -279,7 +280,7 @@ def iceberg_arrow_schema(table: str) -> pa.Schema:
 
 @contextmanager
 def owner_only() -> Iterator[None]:
-    """Create the catalog's and metadata files 0640 (umask 027) while the block runs. The umask is
+    """Create the catalog's and metadata files 0600 (umask 077) while the block runs. The umask is
     process-wide; another thread creating a file meanwhile gets stricter modes, never looser."""
     with _umask_lock:
         old = os.umask(_UMASK)
@@ -441,7 +442,8 @@ def ensure_table(catalog: SqlCatalog, lake: Path, table: str) -> Table:
     """Load ``lake.<table>``, creating it (partitioned by ``identity(dt)``) if it does not exist, and
     adding any column the code declares that the table lacks (Iceberg schema evolution: files written
     before read it as NULL), with current properties and name mapping. Called under the commit lock
-    (:func:`create`, :func:`publish`); the checks are made once per process and table."""
+    (:func:`create`, :func:`~ztaudit.core.iceberg_publish.publish`); the checks are made once per process
+    and table."""
     from pyiceberg.exceptions import NoSuchTableError
 
     wanted = iceberg_arrow_schema(table)

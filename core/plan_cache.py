@@ -29,7 +29,7 @@ metadata folder. Entries are written only by a process running as that owner, re
 handles opened without following links (``O_NOFOLLOW``), so a reader running as anyone else (an
 administrator with ``sudo``, an analyst with group access) writes nothing into the lake, and no link
 swapped in at any moment leads a write elsewhere. Entries are ``LAKE/_iceberg/plans/<table>.json``,
-mode 0640 in a 0750 folder. A ``plans`` folder this process may not use is named once in the log
+mode 0600 in a 0700 folder. A ``plans`` folder this process may not use is named once in the log
 (info). A temporary entry a killed writer left is removed by the next writer after a minute.
 """
 

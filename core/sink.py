@@ -11,9 +11,8 @@ fsynced, renamed into place with ``os.replace`` (atomic on one filesystem), and 
 fsynced, so a reader or a crash sees either the old file or the new one, never half a file. That
 rename is the durability point the Kafka consumer commits offsets after.
 
-Permissions: directories 0750 and files 0640 (owner read-write, owner group read, nothing for
-others), whatever the umask, because audit logs name people and carry attacker-controlled
-strings.
+Permissions: directories 0700 and files 0600 (owner only), whatever the umask, because audit logs
+name people and carry attacker-controlled strings.
 
 **A file key names the unit of replacement** (issue 11, items 1 and 2). A chunk's rows can land in
 several tables and ``dt=`` days, and a later chunk with the same key (the same input replayed, or

@@ -34,7 +34,7 @@ Guarantees and honest limits:
   so re-reading committed or uncommitted offsets does not reintroduce duplicates into D. For file
   chunks the manifest keeps, per merged chunk file, the input lines it held (``file_ranges``,
   cumulative over compactions); ``ingest`` writing the same chunk key again (the same input, or a
-  grown file's superset chunk) drops those records in every table and day
+  grown file's superset chunk) drops those records, each from the day whose manifest names its line
   (:meth:`ztaudit.core.sink.LakeSink.write_chunk`), so re-ingesting after compaction does not
   double them. Limit: a record of that chunk that *changed table or day* in the new version (a
   truncated last line quarantined before compaction, complete now) keeps its old row inside the
