@@ -163,7 +163,8 @@ def create_views(con: duckdb.DuckDBPyConnection, lake: Path, *, persistent: bool
                                 f"unlist them (their rows leave the lake): ztaudit migrate --lake {lake}")
             # An Iceberg lake: exactly the current snapshot's files, each with its own DATE dt.
             # each element of the list is a glob to DuckDB: a local lake at lk[1] must not read lk1's files
-            listed = ", ".join(sql_literal(f if wh is not None else glob_escape(f)) for f in files)
+            listed = ", ".join(sql_literal(glob_escape(f) if wh is None and _GLOB_CHARS.search(f) else f)
+                               for f in files)
             try:
                 _create_table_view(con, kind, table, schema, f"read_parquet([{listed}], union_by_name = true)")
             except (duckdb.IOException, duckdb.InvalidInputException) as exc:

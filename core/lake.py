@@ -22,7 +22,7 @@ import duckdb
 
 from ztaudit.core.catalog import create_views, sql_literal
 from ztaudit.core.errors import LakeError
-from ztaudit.core.iceberg import is_iceberg
+from ztaudit.core.iceberg import ICEBERG_DIR, READY_FILE
 from ztaudit.core.schema import TABLES
 
 #: Scalar macros the views and detectors use: (name, parameters, description, expression).
@@ -94,7 +94,13 @@ def is_lake(path: Path) -> bool:
     :data:`~ztaudit.core.schema.TABLES` with a ``dt=`` partition in it (a folder of raw logs named
     ``k8s_audit/`` is not a lake). Unreadable entries count as absent."""
     try:
-        if (path / "_state").is_dir() or is_iceberg(path):
+        # an Iceberg lake is marked READY (its catalog may be gone: readers then say so, migrate mends it);
+        # a catalog folder that cannot be read is a lake too (readers say why)
+        try:
+            marked = (path / ICEBERG_DIR / READY_FILE).is_file()
+        except PermissionError:
+            marked = (path / ICEBERG_DIR).is_dir()
+        if (path / "_state").is_dir() or marked:
             return True
         return any((path / t).is_dir() and any(p.name.startswith("dt=") for p in (path / t).iterdir())
                    for t in TABLES)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ztaudit.core import iceberg, iceberg_publish, iceberg_snapshot, warehouse
-from ztaudit.core.errors import LakeError
+from ztaudit.core.errors import ConfigError, LakeError
 from ztaudit.core.files import table_files, write_parquet_atomic
 from ztaudit.core.schema import SOURCE_KINDS, TABLES
 from ztaudit.core.sink import LakeSink
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 #: ``findings`` (evidence outlives its events), ``triage`` (decisions must not resurface findings),
 #: ``rbac_snapshot`` (the newest snapshot may be old) or ``detect_runs``.
 RETAINED_TABLES: Final = (*SOURCE_KINDS, "quarantine", "reach", "credentials")
+#: The longest retention: 100 years (a cutoff further back is out of ``date``'s range).
+MAX_RETENTION_DAYS: Final = 36_600
 
 
 @dataclass
@@ -106,7 +108,14 @@ def _drop_foreign_catalog(lake: Path) -> None:
                         lake, locations[0])
         iceberg.forget_catalog(lake)
         try:
-            shutil.rmtree(Path(lake) / iceberg.ICEBERG_DIR)
+            # all but the lock file: a process waiting on it must wait on the one migrate goes on using
+            for entry in sorted(folder.iterdir()):
+                if entry.name == iceberg.LOCK_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         except OSError as exc:
             raise LakeError(f"cannot remove the old Iceberg catalog of {lake}: {exc.strerror or exc}: "
                             f"{getattr(exc, 'filename', None) or Path(lake) / iceberg.ICEBERG_DIR}",
@@ -189,6 +198,10 @@ def maintain(lake: Path, *, expire_days: float | None = None, remove_orphans: bo
     Called by ``ztaudit maintain``. Raises :class:`LakeError` on a plain lake (nothing to maintain:
     ``migrate`` first) or when the catalog refuses a commit."""
     lake = Path(lake)
+    if retention_days is not None and not 0 < retention_days <= MAX_RETENTION_DAYS:
+        raise ConfigError("--retention-days (or lake.retention_days)",
+                          f"{retention_days} is not between 1 and {MAX_RETENTION_DAYS} (100 years)",
+                          fix="pass a number of days such as 90 (lake.retention_days = 0 keeps all)")
     if not iceberg.is_iceberg(lake):
         raise LakeError(f"{lake} is a plain Parquet lake; snapshots and orphans are Iceberg's",
                         fix=f"convert it with `ztaudit migrate --lake {lake}` first")
