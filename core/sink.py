@@ -56,7 +56,7 @@ from ztaudit.core.files import (
 )
 from ztaudit.core.iceberg import is_iceberg
 from ztaudit.core.iceberg_publish import Published
-from ztaudit.core.keys import MANIFEST, drop_merged, read_manifest
+from ztaudit.core.keys import MANIFEST, drop_merged, line_runs, read_manifest, within
 from ztaudit.core.quarantine import QUARANTINE_RAW_CAP, Rejected
 from ztaudit.core.schema import PARTITION_TIME, QUARANTINE, SOURCE_KINDS, TABLES
 from ztaudit.core.warehouse import S3Warehouse, verify_claim
@@ -154,6 +154,9 @@ class LakeSink:
     _swept: set[str] = field(default_factory=set, init=False, repr=False)
     _wh: S3Warehouse | None = field(default=None, init=False, repr=False)
     _wh_known: bool = field(default=False, init=False, repr=False)
+    #: (table, day) -> the line runs its compacted files hold (read once per day by a re-ingest)
+    _compacted_lines: dict[tuple[str, str], list[tuple[str, int, int]]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lake = Path(self.lake)
@@ -655,22 +658,49 @@ class LakeSink:
 
     def _drop_merged(self, table_name: str, table: pa.Table, file_key: str) -> tuple[pa.Table, int]:
         """``table`` (rows of chunk ``file_key``) without the rows ``compact`` already merged, and how
-        many: a row is dropped only by the lines merged into **its own day** (a day's manifest names
-        the lines that day holds; manifests written before :func:`~ztaudit.core.keys.line_ranges`
-        kept exact runs claim the lines between too, which may live in another day's file). Quarantine
-        rows are matched against every day: their day is when they were rejected, not the record's."""
+        many. A day's manifest gives each merged chunk's lines as one range per input path; a row is
+        dropped only when the compacted files of **its own day** hold its line (read once per day,
+        :meth:`_held_lines`): a range may span lines of another day, or lines that were quarantined
+        then and are valid now. Quarantine rows (their day is when they were rejected) are looked up
+        in every day's quarantine. Raises :class:`SinkError` when a compacted file cannot be read."""
         by_day = self.merged_ranges_by_day(table_name, file_key)
         if not by_day or table.num_rows == 0:
             return table, 0
         time_col = PARTITION_TIME.get(table_name)
         if table_name == "quarantine" or time_col is None or time_col not in table.column_names:
-            return drop_merged(table, [r for ranges in by_day.values() for r in ranges])
+            return drop_merged(table, [r for day, ranges in by_day.items()
+                                       for r in within(self._held_lines(table_name, day), ranges)])
         parts, dropped = [], 0
         for day, part in split_by_day(table, time_col):
-            kept, n = drop_merged(part, by_day.get(day, []))
+            ranges = by_day.get(day)
+            kept, n = drop_merged(part, within(self._held_lines(table_name, day), ranges) if ranges else [])
             parts.append(kept)
             dropped += n
         return (pa.concat_tables(parts), dropped) if dropped else (table, 0)
+
+    def _held_lines(self, table: str, day: str) -> list[tuple[str, int, int]]:
+        """The ``file:`` lines the compacted files of ``table``'s day hold (the outputs its manifest
+        names that are the day's files now), as exact runs. Cached for the sink's life (an ingest run)."""
+        known = self._compacted_lines.get((table, day))
+        if known is not None:
+            return known
+        if self.filesystem is not None:
+            from ztaudit.core.keys import listed_manifests
+
+            manifest = listed_manifests(self.lake, table).get(day)
+        else:
+            manifest = read_manifest(self.lake / table / f"dt={day}")
+        present = self.day_index(table).get(day, set())
+        names = sorted(set(manifest.outputs) & present) if manifest else []
+        folder = self.table_dir(table) / f"dt={day}"
+        try:
+            origins = [self.read_table(folder / n, ["origin"]).column("origin") for n in names]
+        except (OSError, pa.ArrowException) as exc:
+            raise SinkError(f"cannot read the compacted files of {table} dt={day}: {exc}",
+                            fix="check that they are readable (or the S3 store reachable), then run again") from exc
+        runs = line_runs(pa.chunked_array([c for o in origins for c in o.chunks], pa.string())) if origins else []
+        self._compacted_lines[(table, day)] = runs
+        return runs
 
     def files(self, table: str) -> list[Path]:
         """All committed Parquet files of ``table`` (temp and hidden files excluded), sorted.

@@ -206,6 +206,24 @@ def test_reingesting_after_compacting_one_day_keeps_the_lines_of_the_other_days(
     assert count(lake, "SELECT count(*) FROM k8s_audit WHERE dt = DATE '2026-03-02'") == 10
 
 
+def test_a_line_that_was_not_a_row_when_compacted_is_written_when_it_is_one(tmp_path: Path, lake: Path) -> None:
+    """A compacted day records a chunk's lines as one range per input; a line inside it that was no
+    row of that table then (quarantined: broken, or a time too far ahead) and is one now (the line was
+    fixed, the clock moved on) was dropped as merged and its quarantine row deleted as stale: the
+    record was nowhere, exit 0 (found by a review). Only lines the compacted files hold are dropped."""
+    events = [json.dumps(e) for e in _crossing_midnight(30)]
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join([*events[:4], "{broken", *events[5:]]) + "\n")  # line 5, of the compacted day
+    ingest_paths([log], lake, cluster="c")
+    LakeSink(lake).write_chunk({"k8s_audit": audit_rows(1, tag="other")}, [], "other+0-1", now=DAY1)
+    compact(lake, "k8s_audit", "2026-03-01")
+    assert count(lake, "SELECT count(*) FROM k8s_audit WHERE audit_id LIKE 'mid-%'") == 29
+    log.write_text("\n".join(events) + "\n")  # the broken line fixed: the same first record, the same key
+    ingest_paths([log], lake, cluster="c")
+    assert count(lake, "SELECT count(*) FROM k8s_audit WHERE audit_id LIKE 'mid-%'") == 30
+    assert count(lake, "SELECT count(*) FROM quarantine") == 0
+
+
 # --- item 2: the same input on a later UTC day does not duplicate its quarantine -------------------------
 
 
