@@ -102,8 +102,8 @@ class IngestStats:
     skipped: list[Skipped] = field(default_factory=list)
     #: ``k8s_audit`` rows written without a cluster name (warned about in the summary)
     no_cluster: int = 0
-    #: (input, earlier input of this run, that input's records replaced): first chunks sharing one key
-    replaced_first: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (input, earlier input of this run): first chunks sharing one key with other records
+    replaced_first: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
@@ -164,13 +164,12 @@ class IngestStats:
         if warning:
             lines.append(warning)
         if self.replaced_first:
-            lost = sum(n for _, _, n in self.replaced_first)
-            lines.append(f"WARNING: {len(self.replaced_first):,} input(s) start with the same record as an earlier "
-                         f"input of this run but differ after it: their first chunks share one key, so the later "
-                         f"replaced the earlier's, and {lost:,} records counted above are not in the lake (a known "
-                         "limit, docs/design.md section 3):")
-            for path, other, n in self.replaced_first[:SUMMARY_INPUTS]:
-                lines.append(f"    {other}: {n:,} records replaced by {path}")
+            lines.append(f"WARNING: {len(self.replaced_first):,} pair(s) of inputs start with the same record and "
+                         "differ after it: their first chunks share one key and the lake keeps one version, so "
+                         "records of the other, counted above, are not in the lake (a known limit, docs/design.md "
+                         "section 3; the log says which version was kept):")
+            for path, other in self.replaced_first[:SUMMARY_INPUTS]:
+                lines.append(f"    {other} / {path}")
         return "\n".join(lines)
 
     def cluster_warning(self) -> str:
@@ -291,7 +290,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ztaudit-sink") as writer, \
                 _Prefetch(chunk for inp in inputs for chunk in read_chunks(inp, chunk_size, cap)) as chunks:
-            firsts: dict[str, tuple[str, str, int, int]] = {}  # first chunk key -> input, digest, bytes, records
+            firsts: dict[str, tuple[str, str, int, bytes]] = {}  # first chunk key -> input, digest, size, head
             for ch in chunks:
                 _note_shared_first(ch, firsts, stats)
                 batch_cluster = cluster_for_path(ch.origins.path, path_pattern) or cluster
@@ -383,25 +382,37 @@ class _Prefetch:
 _FIRST_CHUNK: Final = re.compile(r"\+[A-Za-z]*0$")
 
 
-def _note_shared_first(ch: Chunk, firsts: dict[str, tuple[str, str, int, int]], stats: IngestStats) -> None:
-    """Say it when chunk ``ch`` will replace another input's first chunk of this run. A chunk's key
-    names its input by the input's first record (:func:`~ztaudit.pipeline.sources.inputs.chunk_key`,
-    independent of the path so that a re-ingest under another spelling, in another order, replaces),
-    so two inputs starting with the same record (a license header) give their first chunks one key
-    and the later replaces the earlier's rows. No loss when the earlier one's bytes begin the later
-    one's (one file given twice, or a copy that grew); a later, shorter copy is the sink's to judge
-    (:meth:`~ztaudit.core.sink.LakeSink.write_chunk` keeps the longer version, or warns). Called
-    before the chunk is processed (its records are still held)."""
+def _note_shared_first(ch: Chunk, firsts: dict[str, tuple[str, str, int, bytes]], stats: IngestStats) -> None:
+    """Say it when chunk ``ch`` and an earlier input's first chunk of this run share one key but not
+    their records. A chunk's key names its input by the input's first record
+    (:func:`~ztaudit.pipeline.sources.inputs.chunk_key`, independent of the path so that a re-ingest
+    under another spelling, in another order, replaces), so two inputs starting with the same record
+    (a license header) give their first chunks one key, and the lake keeps one version of it: the other
+    input's records of that chunk are not in the lake. No loss when one is the other's beginning (one
+    file given twice, a copy that grew: the sink keeps the longer). Compared with the first input of
+    the run that used the key (its first :data:`_HEAD_KEPT` bytes are kept for that). Called before the
+    chunk is processed (its records are still held)."""
     if not _FIRST_CHUNK.search(ch.file_key):  # later chunks' keys hash everything before them
         return
     data = _chunk_bytes(ch)
     seen = firsts.get(ch.file_key)
-    firsts[ch.file_key] = (ch.origins.path, hashlib.sha256(data).hexdigest(), len(data), ch.count + len(ch.rejected))
-    if seen is None or len(data) < seen[2] or hashlib.sha256(data[:seen[2]]).hexdigest() == seen[1]:
+    if seen is None:
+        firsts[ch.file_key] = (ch.origins.path, hashlib.sha256(data).hexdigest(), len(data),
+                               bytes(data[:_HEAD_KEPT]))
         return
-    stats.replaced_first.append((ch.origins.path, seen[0], seen[3]))
-    log.warning("ingest: %s starts with the same record as %s: its first chunk replaces that input's %d records",
-                ch.origins.path, seen[0], seen[3])
+    path, digest, size, head = seen
+    if len(data) >= size:
+        if hashlib.sha256(data[:size]).hexdigest() == digest:
+            return  # the same records, or those and more
+    elif len(data) <= len(head) and head[:len(data)] == bytes(data):
+        return  # a beginning of the earlier one's
+    stats.replaced_first.append((ch.origins.path, path))
+    log.warning("ingest: %s and %s start with the same record and differ after it: the lake keeps one version of "
+                "their first chunk", ch.origins.path, path)
+
+
+#: How much of an input's first chunk is kept to tell whether a later, shorter input is its beginning.
+_HEAD_KEPT: Final = 1 << 20
 
 
 def _chunk_bytes(ch: Chunk) -> bytes | memoryview:

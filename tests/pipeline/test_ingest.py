@@ -257,21 +257,22 @@ def test_ingest_warns_about_audit_rows_without_a_cluster(tmp_path: Path) -> None
 
 def test_an_input_replacing_another_inputs_first_chunk_is_said_not_silent(tmp_path: Path) -> None:
     """Two inputs that start with the same record (a license header, as the corpus' two khi YAML files)
-    share their first chunk's key (docs/design.md section 3): the later replaced the earlier's rows while
-    the summary counted both, exit 0. The summary now says which records are not in the lake; a copy
-    (the same bytes, or the same bytes and more) is no loss and is not reported."""
+    share their first chunk's key (docs/design.md section 3): the lake kept one and the summary counted
+    both, exit 0. The summary now names them, in either order of length; a copy (the same bytes, or a
+    beginning of the other's) is no loss and is not reported."""
     from support.lakes import count_rows
 
     header = b"# Copyright 2025 Example LLC\n"
     logs = tmp_path / "logs"
     logs.mkdir()
     a = header + b"".join(orjson.dumps(event(i)) + b"\n" for i in range(5))
-    (logs / "a.log").write_bytes(a)
-    (logs / "a2.log").write_bytes(a)  # a copy: no loss
-    (logs / "a3.log").write_bytes(a + orjson.dumps(event(5)) + b"\n")  # a copy that grew: no loss
+    (logs / "a.log").write_bytes(a + orjson.dumps(event(5)) + b"\n")
+    (logs / "a2.log").write_bytes(a)  # a beginning of a.log: no loss (the sink keeps the longer)
+    (logs / "a3.log").write_bytes(a + orjson.dumps(event(5)) + b"\n")  # a copy: no loss
     (logs / "b.log").write_bytes(header + b"".join(orjson.dumps(event(i)) + b"\n" for i in range(10, 17)))
+    (logs / "c.log").write_bytes(header + orjson.dumps(event(20)) + b"\n")  # shorter, other records
     stats = ingest_paths([logs], tmp_path / "lake", cluster="c")
-    assert [(p.rsplit("/", 1)[1], o.rsplit("/", 1)[1], n) for p, o, n in stats.replaced_first] == \
-        [("b.log", "a3.log", 7)]
-    assert "7 records counted above are not in the lake" in stats.summary()
-    assert count_rows(tmp_path / "lake", "k8s_audit") == 7, "b's rows, which replaced a3's (the documented limit)"
+    assert [(p.rsplit("/", 1)[1], o.rsplit("/", 1)[1]) for p, o in stats.replaced_first] == \
+        [("b.log", "a.log"), ("c.log", "a.log")]
+    assert "2 pair(s) of inputs start with the same record" in stats.summary()
+    assert count_rows(tmp_path / "lake", "k8s_audit") < 6 + 7 + 1, "one version kept (the documented limit)"
