@@ -167,7 +167,7 @@ class IngestStats:
             lines.append(f"WARNING: {len(self.replaced_first):,} pair(s) of inputs start with the same record and "
                          "differ after it: their first chunks share one key and the lake keeps one version, so "
                          "records of the other, counted above, are not in the lake (a known limit, docs/design.md "
-                         "section 3; the log says which version was kept):")
+                         "section 3):")
             for path, other in self.replaced_first[:SUMMARY_INPUTS]:
                 lines.append(f"    {other} / {path}")
         return "\n".join(lines)
