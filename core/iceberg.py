@@ -131,24 +131,31 @@ def catalog_ref(lake: Path) -> Path:
     return Path(lake) / ICEBERG_DIR / CATALOG_REF_FILE
 
 
+def catalog_state(lake: Path) -> tuple[bool, bool]:
+    """(marked ``READY``, a catalog is there: ``catalog.db`` or ``catalog.json``) of ``lake``. Raises
+    :class:`LakeError` when ``_iceberg`` exists but cannot be read (permissions, an I/O error): the
+    lake's kind cannot be told then. Called by :func:`is_iceberg` and by ``migrate``."""
+    folder = Path(lake) / ICEBERG_DIR
+    try:
+        return ((folder / READY_FILE).is_file(),
+                catalog_file(lake).is_file() or catalog_ref(lake).is_file())
+    except OSError as exc:
+        raise LakeError(f"cannot read the Iceberg catalog folder {folder}: {exc.strerror or exc}",
+                        fix="make it readable (and writable, to write) by the user running ztaudit") from None
+
+
 def is_iceberg(lake: Path) -> bool:
     """Whether ``lake`` is an Iceberg lake: its catalog exists and is complete (``READY``). Called by
     every reader and writer to choose between the snapshot and the plain folders.
 
     Raises :class:`LakeError` when it cannot tell, rather than answer "plain": ``_iceberg`` exists but
-    cannot be read (permissions, an I/O error), or ``READY`` is there and the catalog is gone. Taken
-    for a plain lake, such a lake would be read from its folders (files no snapshot lists, or that
+    cannot be read (:func:`catalog_state`), or ``READY`` is there and the catalog is gone. Taken for a
+    plain lake, such a lake would be read from its folders (files no snapshot lists, or that
     compaction or retention unlisted) and written without registering anything."""
-    folder = Path(lake) / ICEBERG_DIR
-    try:
-        ready = (folder / READY_FILE).is_file()
-        has_catalog = catalog_file(lake).is_file() or catalog_ref(lake).is_file()
-    except OSError as exc:
-        raise LakeError(f"cannot read the Iceberg catalog folder {folder}: {exc.strerror or exc}",
-                        fix="make it readable (and writable, to write) by the user running ztaudit") from None
+    ready, has_catalog = catalog_state(lake)
     if ready and not has_catalog:
-        raise LakeError(f"{lake} is an Iceberg lake ({folder / READY_FILE} exists) but its catalog "
-                        f"{catalog_file(lake)} is gone",
+        raise LakeError(f"{lake} is an Iceberg lake ({Path(lake) / ICEBERG_DIR / READY_FILE} exists) but its "
+                        f"catalog {catalog_file(lake)} is gone",
                         fix=f"restore it from a backup, or register the lake's files again: ztaudit migrate "
                             f"--lake {lake}")
     return ready and has_catalog

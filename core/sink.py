@@ -628,11 +628,6 @@ class LakeSink:
             return []
         return self.write("quarantine", quarantine_table(rejected, now), file_key, first_record=first_record)
 
-    def merged_ranges(self, table: str, file_key: str) -> list[tuple[str, int, int]]:
-        """The input lines of chunk ``file_key`` that ``compact`` already merged into any day of
-        ``table`` (:meth:`merged_ranges_by_day`, every day's together)."""
-        return [r for ranges in self.merged_ranges_by_day(table, file_key).values() for r in ranges]
-
     def merged_ranges_by_day(self, table: str, file_key: str) -> dict[str, list[tuple[str, int, int]]]:
         """Day -> the input lines of chunk ``file_key`` that ``compact`` already merged into that day
         of ``table``: the ``_compacted.json`` of each day that has one (cached by mtime), or on S3 the

@@ -73,14 +73,9 @@ def _drop_foreign_catalog(lake: Path) -> None:
     whose catalog is gone but that is still marked ``READY`` loses the mark until migrate is done.
     Raises :class:`LakeError` when the catalog folder cannot be read."""
     folder = Path(lake) / iceberg.ICEBERG_DIR
-    try:
-        has_db = iceberg.catalog_file(lake).is_file()
-        ready = (folder / iceberg.READY_FILE).is_file() and not iceberg.catalog_ref(lake).is_file()
-    except OSError as exc:
-        raise LakeError(f"cannot read the Iceberg catalog folder {folder}: {exc.strerror or exc}",
-                        fix="run migrate as the user who owns the lake") from None
-    if not has_db:
-        if ready:
+    ready, has_catalog = iceberg.catalog_state(lake)
+    if not iceberg.catalog_file(lake).is_file():  # a PostgreSQL catalog (catalog.json) is not judged here
+        if ready and not has_catalog:
             log.warning("migrate: %s was an Iceberg lake but its catalog is gone; registering its files again", lake)
             (folder / iceberg.READY_FILE).unlink()
         return
