@@ -215,17 +215,19 @@ _SUBJECT_API_USES: Final = f"""
 _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], Insert]]] = {
     "identity at the proxy": (_IDENT_KINDS, Insert("zt_rev_use", f"""
         SELECT rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code,
-               string_agg(DISTINCT how, ', ' ORDER BY how) AS how
-        FROM (SELECT {_PROXY_USE_COLUMNS}, 'login = proxy email' AS how
+               CASE WHEN bool_or(by_id) AND bool_or(NOT by_id)
+                    THEN 'IdP subject id = proxy user id, login = proxy email'
+                    WHEN bool_or(by_id) THEN 'IdP subject id = proxy user id' ELSE 'login = proxy email' END AS how
+        FROM (SELECT {_PROXY_USE_COLUMNS}, false AS by_id
               FROM zt_rev r JOIN proxy_decision d ON lower(d.email) = r.login
               WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW}
               UNION ALL
-              SELECT {_PROXY_USE_COLUMNS}, 'IdP subject id = proxy user id' AS how
+              SELECT {_PROXY_USE_COLUMNS}, true AS by_id
               FROM zt_rev r JOIN proxy_decision d ON d.user_id = r.subject_id
               WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW})
-        GROUP BY ALL""", by_name=True)),
+        GROUP BY rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code""", by_name=True)),
     # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
     # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
     "identity at the API server": (_IDENT_KINDS, Insert("zt_rev_use", f"""

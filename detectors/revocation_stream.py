@@ -116,9 +116,12 @@ _REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
                any_value(a.verb) AS verb, any_value(a.resource) AS resource, any_value(a.subresource) AS subresource,
                any_value(a.namespace) AS namespace, any_value(a.name) AS name,
                any_value(a.request_uri) AS request_uri, any_value(a.actor) AS actor
-        FROM k8s_audit a SEMI JOIN (SELECT DISTINCT cluster, ref, received_at FROM zt_rev_stream_cand) c
-          ON a.cluster = c.cluster AND a.request_received_at = c.received_at
-         AND 'k8s_audit:' || a.cluster || '/' || a.audit_id = c.ref
+        FROM k8s_audit a SEMI JOIN (
+            -- the audit id out of the reference, so the join builds no string per audit row
+            SELECT DISTINCT cluster, received_at, substr(ref, length('k8s_audit:' || cluster || '/') + 1) AS audit_id
+            FROM zt_rev_stream_cand
+            WHERE substr(ref, 1, length('k8s_audit:' || cluster || '/')) = 'k8s_audit:' || cluster || '/') c
+          ON a.cluster = c.cluster AND a.request_received_at = c.received_at AND a.audit_id = c.audit_id
         WHERE a.request_received_at >= $rlo AND a.request_received_at <= $rhi
           AND CAST(a.dt AS VARCHAR) >= $rlo_day AND CAST(a.dt AS VARCHAR) <= $rhi_day
         GROUP BY a.cluster, a.audit_id, a.request_received_at, a.stage
