@@ -257,7 +257,8 @@ def ensure(ctx: DetectContext) -> Correlation:
     return _DETECT
 
 
-_SUMMARY_REPORT_SQL: Final = f"""
+#: Per (cluster, actor) over a summary table (``{table}``: :data:`SUMMARY_ONLY` or the detect plan's).
+_SUMMARY_REPORT_SQL: Final = """
     SELECT * FROM (
     SELECT cluster, actor, sum(matched_tier_a)::BIGINT AS matched_tier_a,
            sum(matched_tier_b)::BIGINT AS matched_tier_b,
@@ -267,21 +268,27 @@ _SUMMARY_REPORT_SQL: Final = f"""
                  / nullif(sum(matched_tier_a) + sum(matched_tier_b) + sum(matched_tier_c)
                           + sum(unmatched_proxy) + sum(unmatched_audit), 0), 4) AS match_rate,
            min(first_seen) AS first_seen, max(last_seen) AS last_seen
-    FROM {SUMMARY_ONLY} GROUP BY cluster, actor
+    FROM {table} GROUP BY cluster, actor
     ) ORDER BY unmatched_proxy + unmatched_audit DESC, cluster, actor
 """
 
 
 def impersonation_summary(con: Session, config: Config, since: datetime | None = None,
-                          until: datetime | None = None) -> pa.Table:
+                          until: datetime | None = None, *, detect_tables: bool = False) -> pa.Table:
     """Matched and unmatched proxy/audit counts per identity (for ``ztaudit report impersonation``).
 
     Returns a ``pyarrow.Table``: cluster, actor, matched_tier_a, matched_tier_b, matched_tier_c, unmatched_proxy
     (allowed decisions with no impersonated request), unmatched_audit (impersonated requests with
     no decision), pending (too close to the data's end to judge), match_rate, first_seen,
     last_seen. Called by ``ztaudit report impersonation`` with an ``open_lake`` connection (or an
-    engine); runs :data:`SUMMARY_PLAN` on every call (no cache); raises on SQL errors.
+    engine); runs :data:`SUMMARY_PLAN` on every call (no cache), unless ``detect_tables`` says that
+    :data:`DETECT_PLAN`'s tables for the same window and config are on ``con`` (the report's
+    ``proxy_own_traffic`` built them): their summary counts what the summary plan counts
+    (tests/detectors/test_correlate.py), so it is read instead of running a second plan. Raises on SQL
+    errors.
     """
     engine = as_engine(con)
+    if detect_tables:
+        return engine.query(_SUMMARY_REPORT_SQL.format(table=_DETECT.summary))
     run_plan(engine, config, Window(since, until), SUMMARY_PLAN)
-    return engine.query(_SUMMARY_REPORT_SQL)
+    return engine.query(_SUMMARY_REPORT_SQL.format(table=SUMMARY_ONLY))

@@ -17,6 +17,7 @@ re-running ``detect`` re-judges old data. Patterns are regular expressions evalu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -231,6 +232,8 @@ _OWN_TRAFFIC_SQL: Final = f"""
 _ANY_RAW_SQL: Final = f"""
     SELECT 1 FROM k8s_audit r CROSS JOIN zt_correlation_settings s
     WHERE {Window.sql("request_received_at", "r")} AND r.impersonator IS NULL
+      -- implied by the next line; a plain IN the engine pushes into the Parquet scan
+      AND r.user_name IN (SELECT username FROM zt_approved_impersonators)
       AND {approved_predicate('r.user_name', 'coalesce(r.cluster, s.single_cluster)')}
     LIMIT 1
 """
@@ -249,8 +252,18 @@ def classify_raw_proxy_requests(con: Session, window: Window) -> None:
     run_all(as_engine(con), _RAW_PREPARE, window.params())
 
 
+@dataclass(frozen=True)
+class OwnTraffic:
+    """What :func:`proxy_own_traffic` found: ``rows`` (:data:`OWN_TRAFFIC_COLUMNS`), and whether it left
+    the correlation's detect-plan tables for its window and config on the connection
+    (``detect_tables``: :func:`~ztaudit.detectors.correlate.impersonation_summary` can then read them)."""
+
+    rows: list[dict[str, Any]]
+    detect_tables: bool
+
+
 def proxy_own_traffic(con: Session, config: Config, since: datetime | None = None,
-                      until: datetime | None = None) -> list[dict[str, Any]]:
+                      until: datetime | None = None) -> OwnTraffic:
     """The proxy identities' own traffic (raw requests that pair with no person's decision), per
     (cluster, identity): :data:`OWN_TRAFFIC_COLUMNS`. Called by ``ztaudit report impersonation`` with an
     ``open_lake`` connection; runs the correlation's detect plan (no cache) unless the window holds no
@@ -260,10 +273,10 @@ def proxy_own_traffic(con: Session, config: Config, since: datetime | None = Non
     engine = as_engine(con)
     correlate.install_config(engine, config)
     if not engine.rows(_ANY_RAW_SQL, window.params()):
-        return []
+        return OwnTraffic([], detect_tables=False)
     correlate.run_plan(engine, config, window, correlate.DETECT_PLAN)
     classify_raw_proxy_requests(engine, window)
-    return engine.records(_OWN_TRAFFIC_SQL)
+    return OwnTraffic(engine.records(_OWN_TRAFFIC_SQL), detect_tables=True)
 
 
 #: impersonation.unbrokered: judgeable unmatched impersonated requests per (cluster, impersonated user,

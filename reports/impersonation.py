@@ -87,14 +87,15 @@ def human_paths(ctx: ReportContext) -> list[Row]:
     return sorted(out, key=lambda a: (order[a["status"]], -a["requests"], str(a["cluster"]), str(a["actor"])))
 
 
-def matching_rows(ctx: ReportContext) -> tuple[list[str], list[Row]]:
+def matching_rows(ctx: ReportContext, *, detect_tables: bool = False) -> tuple[list[str], list[Row]]:
     """(columns, rows) of the detector's proxy/audit matching summary, narrowed by ``--actor``/``--cluster``.
 
-    Called by :func:`impersonation`; the columns are the detector table's own, so they are right
-    even when no row matched. Errors of the detector's SQL propagate.
+    Called by :func:`impersonation`; ``detect_tables``: the correlation's detect-plan tables for the
+    report's window are on ``ctx.con`` (see :func:`impersonation_summary`). The columns are the detector
+    table's own, so they are right even when no row matched. Errors of the detector's SQL propagate.
     """
     window = ctx.filters.window
-    table = impersonation_summary(ctx.con, ctx.config, window.since, window.until)
+    table = impersonation_summary(ctx.con, ctx.config, window.since, window.until, detect_tables=detect_tables)
     rows = arrow_rows(table)
     if ctx.filters.actor is not None:
         rows = [r for r in rows if r["actor"] == ctx.filters.actor]
@@ -108,12 +109,15 @@ def impersonation(ctx: ReportContext) -> ReportResult:
     (``ztaudit report impersonation``)."""
     with ctx.progress.step("classifying request paths"):
         paths = human_paths(ctx)
-    with ctx.progress.step("matching proxy decisions to audit events"):
-        match_cols, matching = matching_rows(ctx)
+    # the proxy's own traffic first: when the window has some, its pairing builds the correlation's
+    # detect tables, whose summary the matching section then reads (one plan, not two: ~2 s at 10M)
     with ctx.progress.step("finding the proxy's own traffic"):
         window = ctx.filters.window
-        own = [r for r in proxy_own_traffic(ctx.con, ctx.config, window.since, window.until)
+        traffic = proxy_own_traffic(ctx.con, ctx.config, window.since, window.until)
+        own = [r for r in traffic.rows
                if ctx.filters.actor in (None, r["identity"]) and ctx.filters.cluster in (None, r["cluster"])]
+    with ctx.progress.step("matching proxy decisions to audit events"):
+        match_cols, matching = matching_rows(ctx, detect_tables=traffic.detect_tables)
     with ctx.progress.step("reading findings"):
         found = query_findings(ctx, detector_prefix="impersonation")
     return ReportResult("impersonation", "Impersonation: how people reach the API server", [

@@ -18,8 +18,11 @@ from support.cases import CASES, load_case, write_case
 from ztaudit.cli.main import cli
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
-from ztaudit.detectors.correlate import Correlation
+from ztaudit.detectors.correlate import SUMMARY_ONLY, Correlation, impersonation_summary
 from ztaudit.detectors.impersonation import proxy_own_traffic
+from ztaudit.reports import run_report
+from ztaudit.reports.base import ReportContext
+from ztaudit.reports.filters import Filters
 
 PROXY = "system:serviceaccount:pomerium:pomerium-authorize"
 
@@ -62,11 +65,34 @@ def test_no_raw_request_skips_the_correlation_plan(tmp_path: Path) -> None:
     write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
     con = open_lake(lake)
     try:
-        assert proxy_own_traffic(con, Config(), until=datetime(2026, 11, 20, 9, 0, tzinfo=UTC)) == []
+        assert proxy_own_traffic(con, Config(), until=datetime(2026, 11, 20, 9, 0, tzinfo=UTC)).rows == []
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert Correlation().summary not in tables, tables
-        assert [r["requests"] for r in proxy_own_traffic(con, Config())] == [3]
+        assert [r["requests"] for r in proxy_own_traffic(con, Config()).rows] == [3]
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert Correlation().summary in tables, tables
     finally:
         con.close()
+
+
+def test_with_own_traffic_the_matching_section_reads_the_detect_tables(tmp_path: Path) -> None:
+    """When the window has own traffic, pairing it built the correlation's detect tables: the matching
+    section reads their summary instead of running the summary plan (a second pass over the lake),
+    and gets the rows the summary plan gives."""
+    lake = tmp_path / "lake"
+    write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
+    con = open_lake(lake)
+    try:
+        ctx = ReportContext(con=con, config=Config(), filters=Filters(), limit=50, lake=str(lake))
+        result = run_report("impersonation", ctx)
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert Correlation().summary in tables and SUMMARY_ONLY not in tables, tables
+        matching = next(s for s in result.sections if s.name == "matching").rows
+    finally:
+        con.close()
+    assert matching  # carol's decisions and requests
+    fresh = open_lake(lake)
+    try:
+        assert matching == impersonation_summary(fresh, Config()).to_pylist()
+    finally:
+        fresh.close()
