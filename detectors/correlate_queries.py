@@ -167,14 +167,18 @@ AUDIT_MATCH_COLUMNS: Final = f"""hash(r.cluster, r.audit_id, r.request_received_
            epoch_us(any_value(r.request_received_at)) AS r_us,
            any_value({_AUDIT_KB.format(single='s.single_cluster')}) AS kb"""
 
+#: The stage's path is none of ``correlation.unaudited_paths`` (left out on both sides: module
+#: docstring), over aliases ``r`` and ``s``; never NULL.
+_NOT_UNAUDITED: Final = ("NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, "
+                         "lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)")
+
 #: Which requests take part: stages impersonated by an approved impersonator for their cluster, and
 #: stages carrying a proxy session id (tier B).
 AUDIT_REQUESTS: Final = f"""FROM k8s_audit r CROSS JOIN zt_correlation_settings s
     WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
             AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
            OR r.proxy_session_id IS NOT NULL)
-      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths,
-                                                   lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)"""
+      AND {_NOT_UNAUDITED}"""
 
 PER_REQUEST: Final = "GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)"
 
@@ -201,9 +205,11 @@ AUDIT_SIDE_WITH_ALL_STAGES: Final = f"""
            lower(coalesce(any_value(r.impersonated_user), any_value(r.user_name))) AS who_all
     FROM (SELECT r.cluster, r.audit_id, r.request_received_at, r.impersonated_user, r.user_name, r.verb,
                  r.request_uri, r.proxy_session_id, s.single_cluster,
-                 (r.impersonated_user IS NOT NULL
-                  AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
-                 OR r.proxy_session_id IS NOT NULL AS lean
+                 -- the stages AUDIT_REQUESTS takes (a request on an unaudited path is in neither plan)
+                 ((r.impersonated_user IS NOT NULL
+                   AND {approved_predicate('r.impersonator', 'coalesce(r.cluster, s.single_cluster)')})
+                  OR r.proxy_session_id IS NOT NULL)
+                 AND {_NOT_UNAUDITED} AS lean
           FROM k8s_audit r CROSS JOIN zt_correlation_settings s
           WHERE (r.impersonator IS NOT NULL OR r.proxy_session_id IS NOT NULL)
             AND {Window.sql("request_received_at", "r")}) r

@@ -82,6 +82,17 @@ def test_identical_requests_pair_as_multiset(lake: Path) -> None:
     assert _sides(lake) == {"both": 28, "proxy": 2, "audit": 0}
 
 
+def test_unaudited_path_is_left_out_by_both_plans(lake: Path) -> None:
+    """An impersonated ``GET /version`` that an audit policy did log (a catch-all Metadata rule) is on an
+    unaudited path: neither the detect plan nor the report's summary plan counts it (``_sides`` compares
+    them; the summary plan counted it as unmatched audit)."""
+    proxy = [_decision(1, T0)]
+    audit = [_request(1, T0 + timedelta(milliseconds=200)),
+             _request(2, T0 + timedelta(seconds=5), verb="get", uri="/version?timeout=32s")]
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 1, "proxy": 0, "audit": 0}
+
+
 def test_burst_in_one_second(lake: Path) -> None:
     proxy = [_decision(i, T0) for i in range(6)]  # six GET /apis logged in the same whole second
     audit = [_request(i, T0 + timedelta(milliseconds=100 + 90 * i), verb="get", uri="/apis?timeout=32s")

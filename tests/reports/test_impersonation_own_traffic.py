@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from support.cases import CASES, load_case, write_case
 
@@ -75,15 +76,19 @@ def test_no_raw_request_skips_the_correlation_plan(tmp_path: Path) -> None:
         con.close()
 
 
-def test_with_own_traffic_the_matching_section_reads_the_detect_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize("since,until", [(None, None), (datetime(2026, 11, 20, 9, 30, tzinfo=UTC),
+                                                       datetime(2026, 11, 20, 10, 0, 30, tzinfo=UTC))])
+def test_with_own_traffic_the_matching_section_reads_the_detect_tables(
+        tmp_path: Path, since: datetime | None, until: datetime | None) -> None:
     """When the window has own traffic, pairing it built the correlation's detect tables: the matching
     section reads their summary instead of running the summary plan (a second pass over the lake),
-    and gets the rows the summary plan gives."""
+    and gets the rows the summary plan gives, over all time and over a window that cuts the day."""
     lake = tmp_path / "lake"
     write_case(load_case(CASES / "impersonation" / "unobserved" / "pos_mixed_day.jsonl"), lake)
     con = open_lake(lake)
     try:
-        ctx = ReportContext(con=con, config=Config(), filters=Filters(), limit=50, lake=str(lake))
+        ctx = ReportContext(con=con, config=Config(), filters=Filters(since=since, until=until), limit=50,
+                            lake=str(lake))
         result = run_report("impersonation", ctx)
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert Correlation().summary in tables and SUMMARY_ONLY not in tables, tables
@@ -93,6 +98,6 @@ def test_with_own_traffic_the_matching_section_reads_the_detect_tables(tmp_path:
     assert matching  # carol's decisions and requests
     fresh = open_lake(lake)
     try:
-        assert matching == impersonation_summary(fresh, Config()).to_pylist()
+        assert matching == impersonation_summary(fresh, Config(), since, until).to_pylist()
     finally:
         fresh.close()
