@@ -160,13 +160,17 @@ _NOTICES_SQL: Final = Table("zt_rev_notice", """
 #: login afterwards is legitimate). ``unjudged``: allowed use afterwards proves nothing, because the
 #: IdP event cut something the lake cannot tie to the proxy: an application or group membership
 #: (``grant``: which application is not recorded) or one IdP session (a Keycloak LOGOUT of one SSO
-#: session, whose id the proxy's sessions do not carry). Their notice and denials still count.
-_REVOKED_SQL: Final = Table("zt_rev", """
+#: session, whose id the proxy's sessions do not carry). A Keycloak user ``LOGOUT`` is one session even
+#: when the event lacks its ``sessionId`` (the corpus' idp/keycloak/logout.sekoia-test.json): which one
+#: is then not said, which is no reason to judge it as every session (its admin "sign out" of all of a
+#: user's sessions is ``admin:ACTION:USER``, users/<id>/logout).
+_IDP_SESSION: Final = "c.kind = 'session' AND c.source = 'idp' AND c.system NOT IN ('pomerium', 'list')"
+_ONE_IDP_SESSION: Final = (f"{_IDP_SESSION} AND (c.session_id IS NOT NULL "
+                           "OR (c.system = 'keycloak' AND coalesce(c.event_type, '') = 'LOGOUT'))")
+_REVOKED_SQL: Final = Table("zt_rev", f"""
         SELECT row_number() OVER (ORDER BY c.revoked_at, c.subject, c.source, c.evidence, c.cand_id) AS rev_id, c.*,
-           c.kind = 'session' AND c.source = 'idp' AND c.system NOT IN ('pomerium', 'list')
-             AND c.session_id IS NULL AS by_sessions,
-           c.source = 'idp' AND (c.kind = 'grant' OR (c.kind = 'session' AND c.system NOT IN ('pomerium', 'list')
-                                                       AND c.session_id IS NOT NULL)) AS unjudged
+           {_IDP_SESSION} AND NOT ({_ONE_IDP_SESSION}) AS by_sessions,
+           c.source = 'idp' AND (c.kind = 'grant' OR ({_ONE_IDP_SESSION})) AS unjudged
     FROM zt_rev_cand c
     WHERE c.revoked_at >= $lo AND c.revoked_at < $hi
       AND c.cand_id NOT IN (SELECT notice_id FROM zt_rev_notice)

@@ -24,7 +24,8 @@ Revocation semantics (``is_revocation`` / ``revocation_scope``), decided here on
 * ``identity``: the person can no longer authenticate (deactivate, suspend, disable, delete,
   Teleport user lock).
 * ``session``: sessions are ended (Okta ``user.session.clear``, universal logout, Keycloak
-  ``LOGOUT``, Pomerium session deletion). ``session_id`` null means all sessions of the subject.
+  ``LOGOUT``, Pomerium session deletion). ``session_id`` null means all sessions of the subject,
+  except for a Keycloak user ``LOGOUT``, which ends one SSO session even when it does not name it.
 * ``token``: refresh tokens are invalidated (Entra ``Update StsRefreshTokenValidFrom Timestamp``).
 * ``grant``: one grant is removed (app unassignment, group-membership removal, Keycloak
   ``REVOKE_GRANT``).
