@@ -16,7 +16,7 @@ WITH zt_cd AS MATERIALIZED (
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
-               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND e.event_type = 'LOGIN'))
+               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))
                AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at
@@ -27,20 +27,20 @@ WITH zt_cd AS MATERIALIZED (
     SELECT 'idp', 'keycloak', NULL, 'identity', c.subject_id, NULL, c.subject_id, NULL,
            coalesce(c.updated_at, c.first_confirmed_at),
            (SELECT min(u.actor) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
-              AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at),
+              AND u.event_type LIKE 'admin:UPDATE:%' AND u.event_type NOT LIKE '%:enabled' AND u.occurred_at = c.updated_at),
            CASE WHEN c.updated_at IS NULL THEN c.event_type ELSE 'admin:UPDATE:USER' END,
            'idp_event:' || coalesce(
                (SELECT min(u.origin) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
-                  AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at = c.updated_at), c.origin),
+                  AND u.event_type LIKE 'admin:UPDATE:%' AND u.event_type NOT LIKE '%:enabled' AND u.occurred_at = c.updated_at), c.origin),
            'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
-               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR e.event_type = 'LOGIN'))
+               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled'))
     FROM (SELECT k.*,
                  (SELECT max(u.occurred_at) FROM idp_event u
                   WHERE u.idp = 'keycloak' AND u.subject_id = k.subject_id
-                    AND u.event_type LIKE 'admin:UPDATE:%' AND u.occurred_at <= k.occurred_at
+                    AND u.event_type LIKE 'admin:UPDATE:%' AND u.event_type NOT LIKE '%:enabled' AND u.occurred_at <= k.occurred_at
                     AND u.occurred_at > k.occurred_at - INTERVAL 1 DAY) AS updated_at,
                  -- without the admin event, the earliest confirmation of the day stands for the disable,
                  -- so every client's failed refresh gives the same instant (one revocation)

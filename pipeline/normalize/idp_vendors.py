@@ -187,6 +187,9 @@ _JBOSS_LINE: Final = re.compile(
     r"(?P<level>[A-Z]+)\s+\[org\.keycloak\.events\]\s+(?:\([^)]*\)\s+)?(?P<body>(?:type|operationType)=.*)$"
 )
 _USERS_PATH: Final = re.compile(r"^users/([^/]+)(?:/(.*))?$")
+#: Ends the event type of an admin UPDATE of a user whose representation says ``enabled: true``
+#: (``admin:UPDATE:USER:enabled``): the user is enabled after it, which ends a disable's judgement.
+KEYCLOAK_ENABLED_SUFFIX: Final = ":enabled"
 _SESSIONS_PATH: Final = re.compile(r"^sessions/([^/]+)$")
 
 
@@ -244,6 +247,7 @@ def _keycloak_event(ev: Mapping[str, Any], when: Any, ctx: NormalizeContext) -> 
         actor = as_str(auth.get("username")) or as_str(auth.get("userId"))
         subject_id = session_id = None
         scope: str | None = None
+        enables = False
         mu, ms = _USERS_PATH.match(path), _SESSIONS_PATH.match(path)
         if mu:
             subject_id, rest = mu.group(1), mu.group(2) or ""
@@ -259,6 +263,10 @@ def _keycloak_event(ev: Mapping[str, Any], when: Any, ctx: NormalizeContext) -> 
                 # Disabling a user is only visible with "include representation" on (§3.4); an
                 # UPDATE without it is kept as a non-revocation rather than guessed.
                 scope = "identity"
+            elif op == "UPDATE" and rest == "" and isinstance(rep, Mapping) and rep.get("enabled") is True:
+                # the user is enabled after it (re-enabled if it was disabled): a restoration, marked
+                # in the event type (the representation itself is not kept: it may hold credentials)
+                enables = True
             elif op == "ACTION" and rest == "logout":
                 scope = "session"
             elif op == "DELETE" and (rest.startswith(("groups/", "role-mappings/", "consents/"))):
@@ -268,6 +276,8 @@ def _keycloak_event(ev: Mapping[str, Any], when: Any, ctx: NormalizeContext) -> 
         event_type = f"admin:{op}:{as_str(ev.get('resourceType')) or path.split('/', 1)[0] or '?'}"
         # resourceType is USER (26.x writes resourceType="USER") for users/<id>; an UPDATE without
         # representation stays admin:UPDATE:USER, a non-revocation (see above).
+        if enables:
+            event_type += KEYCLOAK_ENABLED_SUFFIX
         return idp_row(occurred_at, "keycloak", event_type, scope, subject_id=subject_id,
                     session_id=session_id, actor=actor, outcome=ev.get("error") and "FAILURE",
                     reason=ev.get("error"))

@@ -263,6 +263,15 @@ def test_keycloak_admin_events(event: dict[str, Any], scope: str | None, subject
     assert row["actor"] == "admin-1" and row["event_type"].startswith("admin:")
 
 
+def test_keycloak_admin_enable_is_marked_in_the_event_type() -> None:
+    """An UPDATE whose representation enables the user ends a disable's judgement (detectors/
+    revocations_view.py): its event type says so; a disable or an UPDATE without representation does not."""
+    kinds = [one(admin("UPDATE", f"users/{KC_USER}", rep))["event_type"]
+             for rep in ({"enabled": True}, orjson.dumps({"enabled": True, "email": "a@b"}).decode(),
+                         {"enabled": False}, None, {"firstName": "Dana"})]
+    assert kinds == ["admin:UPDATE:USER:enabled"] * 2 + ["admin:UPDATE:USER"] * 3
+
+
 def test_keycloak_jboss_text_quoted_and_unquoted() -> None:
     quoted = ('2026-11-24 12:31:44,918 INFO  [org.keycloak.events] (executor-thread-2) type="LOGOUT", '
               f'realmId="{REALM}", realmName="lab", clientId="pomerium", userId="{KC_USER}", sessionId="s-2", '
