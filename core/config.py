@@ -94,6 +94,11 @@ class IdentitySettings:
     human_user_patterns: list[str] = _opt(
         [r"^[^@\s:]+@[^@\s]+\.[^@\s]+$", r"^(oidc|okta|azure|google|sso):"],
         "people log in with an email or an OIDC-prefixed name; machines are system:* identities")
+    username_prefixes: list[str] = _opt(
+        ["oidc:", "okta:", "azure:", "google:", "sso:"],
+        "prefixes an API server adds to people's names (--oidc-username-prefix); a revoked IdP login is "
+        "also looked for behind them in the audit log (an issuer-URL prefix such as "
+        "'https://idp.example.com#' can be listed too)")
     human_group_patterns: list[str] = _opt([], "groups that only people are in (e.g. an IdP group prefix)")
     system_user_patterns: list[str] = _opt(
         [r"^system:(kube-|apiserver|volume-scheduler|admin$|anonymous$)", r"^(eks|aks|gke)[:-]",

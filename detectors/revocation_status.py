@@ -55,6 +55,7 @@ Failure: SQL errors propagate; an empty lake gives an empty table.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -232,18 +233,25 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], Insert]]] = {
               WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW})
         GROUP BY rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code""", by_name=True)),
-    # the actors whose lower case is a revoked login, spelled as in the log: an IN on the plain
-    # column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
+    # the actors whose lower case, without an API server's username prefix ($prefix_re: a direct
+    # login through the API server's own OIDC, --oidc-username-prefix=oidc:), is a revoked login,
+    # spelled as in the log: an IN on the plain column lets DuckDB push the filter into the Parquet
+    # scan (lower(actor) IN ... cannot)
     "identity at the API server": (_IDENT_KINDS, Insert("zt_rev_use", f"""
         WITH who AS MATERIALIZED (
-            SELECT actor FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND})
-            WHERE lower(actor) IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
-        SELECT {_API_USE_COLUMNS}, 'login = audit user' AS how
+            SELECT actor, login FROM (
+                SELECT actor, regexp_replace(lower(actor), $prefix_re, '') AS login
+                FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND}))
+            WHERE login IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
+        SELECT {_API_USE_COLUMNS},
+               CASE WHEN lower(q.actor) = r.login THEN 'login = audit user'
+                    ELSE 'login = audit user without its prefix' END AS how
         FROM zt_rev r JOIN (
-            SELECT cluster, audit_id, request_received_at, lower(any_value(actor)) AS who,
-                   max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
-            FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
-            GROUP BY ALL) q ON q.who = r.login
+            SELECT q.*, w.login AS who FROM (
+                SELECT cluster, audit_id, request_received_at, any_value(actor) AS actor,
+                       max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
+                FROM k8s_audit WHERE actor IN (SELECT actor FROM who) AND {_AUDIT_BOUND}
+                GROUP BY ALL) q JOIN who w ON w.actor = q.actor) q ON q.who = r.login
         WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
           AND q.response_code IS NOT NULL AND q.request_received_at >= r.revoked_at - $activity""", by_name=True)),
     "session at the proxy": (("session",), Insert("zt_rev_use", f"""
@@ -330,6 +338,14 @@ def _binding_uses(engine: Engine, params: dict[str, Any]) -> None:
         run(engine, _BINDING_USES_SQL, params)
     engine.drop("zt_rev_req")
     engine.drop("zt_rev_reason")
+
+
+def prefix_pattern(prefixes: list[str]) -> str:
+    """A regular expression matching any of ``prefixes`` (lower-cased, literal) at the start of a
+    lower-cased name, for ``regexp_replace`` on both engines (RE2 and Java read the escapes alike);
+    one that matches nothing when there is none. Called by :func:`build` for the identity scan."""
+    alts = "|".join(re.escape(p.lower()) for p in prefixes if p)
+    return f"^(?:{alts})" if alts else "[^\\s\\S]"
 
 
 def _use_params(engine: Engine, kinds: tuple[str, ...], hi: datetime,
@@ -551,7 +567,8 @@ def build(engine: Engine, cfg: Config, since: datetime | None,
     with engine.wider_in_filters(_IN_FILTER_THRESHOLD):
         for judged, step in _USE_SCANS.values():
             if kinds & set(judged):
-                run(engine, step, _use_params(engine, judged, window.hi, activity))
+                run(engine, step, {**_use_params(engine, judged, window.hi, activity),
+                                   "prefix_re": prefix_pattern(cfg.identities.username_prefixes)})
         if "binding" in kinds:
             _binding_uses(engine, _use_params(engine, ("binding",), window.hi, activity))
         attribute_anonymous_denials(engine, _use_params(engine, _IDENT_KINDS, window.hi, activity), notice_window,
