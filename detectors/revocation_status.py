@@ -94,15 +94,19 @@ DEDUP_SECONDS: Final = 60
 #: Revocation candidates (the ``revocations`` view's rows, read from a window widened by the notice
 #: window in front, so a proxy deletion just inside the window finds an IdP revocation just before it),
 #: numbered, with ``login`` falling back to the email the proxy logged for the subject id (``min``: one
-#: deterministic choice when the proxy logged several spellings) and duplicates folded into the first
-#: row of each run (:data:`DEDUP_SECONDS`).
+#: deterministic choice when the proxy logged several spellings), else to the login the same IdP logged
+#: for it in another event (a Keycloak admin disable names only the user id; the user's LOGIN events
+#: carry ``username``: a person who never used the proxy is still looked for at the API server), and
+#: duplicates folded into the first row of each run (:data:`DEDUP_SECONDS`).
 _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         WITH v AS (
         -- a session or token, once cut, stays cut: only identities and grants are given back
         -- the view's columns written out, in its order (not `v.* REPLACE`: Spark SQL has no such star)
         SELECT v.source, v.system, v.cluster, v.kind, v.subject,
                coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
-                                  WHERE p.user_id = v.subject_id AND p.email <> '')) AS login,
+                                  WHERE p.user_id = v.subject_id AND p.email <> ''),
+                        (SELECT min(lower(e.subject_login)) FROM idp_event e
+                         WHERE e.idp = v.system AND e.subject_id = v.subject_id AND e.subject_login <> '')) AS login,
                v.subject_id, v.session_id, v.revoked_at, v.revoked_by, v.event_type, v.evidence, v.inferred_from,
                CASE WHEN v.source = 'idp' AND v.kind IN ('session', 'token') THEN NULL
                     ELSE v.restored_at END AS restored_at

@@ -32,7 +32,13 @@ WITH zt_cd AS MATERIALIZED (
            'idp_event:' || coalesce(
                (SELECT min(u.origin) FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
                   AND u.event_type LIKE 'admin:UPDATE:%' AND u.event_type NOT LIKE '%:enabled' AND u.occurred_at = c.updated_at), c.origin),
-           'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")',
+           'idp_event:' || c.origin || ' (' || c.event_type || ' "' || c.reason || '")' || coalesce(
+               (SELECT '; ' || count(*) || ' earlier admin update(s) of the user that day may be the disable, '
+                       || 'the first idp_event:' || arg_min(u.origin, u.occurred_at)
+                FROM idp_event u WHERE u.idp = 'keycloak' AND u.subject_id = c.subject_id
+                  AND u.event_type LIKE 'admin:UPDATE:%' AND u.event_type NOT LIKE '%:enabled'
+                  AND u.occurred_at < c.updated_at AND u.occurred_at > c.occurred_at - INTERVAL 1 DAY
+                HAVING count(*) > 0), ''),
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE e.idp = 'keycloak' AND e.subject_id = c.subject_id AND e.occurred_at > c.occurred_at
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
