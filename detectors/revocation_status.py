@@ -465,8 +465,9 @@ _STATUS_SQL: Final = Table("zt_rev_status", f"""
                     CASE WHEN allowed_after_grace_api > 0 THEN allowed_after_grace_api || ' allowed API request(s)' END)
                     || printf(' more than %d s after the revocation, the last %s after it', $grace_s,
                               {_DUR.format(s='exposure_seconds')})
-               WHEN 'pending' THEN printf('the %d s grace period ends at %s, after the latest event in the lake (%s): '
-                    || 'judged again when later logs arrive', $grace_s,
+               WHEN 'pending' THEN printf('the %d s grace period ends at %s, after the logs end (%s: the earlier '
+                    || 'of the proxy''s and the API server''s latest events): judged again when later logs arrive',
+                    $grace_s,
                     strftime(revoked_at + $grace, '%Y-%m-%d %H:%M:%SZ'), strftime($latest, '%Y-%m-%d %H:%M:%SZ'))
                WHEN 'enforced' THEN concat_ws(', ',
                     CASE WHEN system = 'pomerium' AND source = 'idp' THEN 'the proxy deleted the session itself'
