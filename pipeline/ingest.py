@@ -104,6 +104,8 @@ class IngestStats:
     no_cluster: int = 0
     #: (input, earlier input of this run): first chunks sharing one key with other records
     replaced_first: list[tuple[str, str]] = field(default_factory=list)
+    #: (input, earlier input of this run): the same records (a copy, or a beginning of it): stored once
+    repeated_first: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def quarantined_total(self) -> int:
@@ -170,6 +172,12 @@ class IngestStats:
                          "section 3):")
             for path, other in self.replaced_first[:SUMMARY_INPUTS]:
                 lines.append(f"    {other} / {path}")
+        if self.repeated_first:
+            lines.append(f"note: {len(self.repeated_first):,} input(s) start with the records of another input of "
+                         "this run, or are its beginning (a copy, a file that grew): the rows above count those "
+                         "records for each input, the lake stores them once:")
+            for path, other in self.repeated_first[:SUMMARY_INPUTS]:
+                lines.append(f"    {path} (as {other})")
         return "\n".join(lines)
 
     def cluster_warning(self) -> str:
@@ -403,8 +411,10 @@ def _note_shared_first(ch: Chunk, firsts: dict[str, tuple[str, str, int, bytes]]
     path, digest, size, head = seen
     if len(data) >= size:
         if hashlib.sha256(data[:size]).hexdigest() == digest:
+            stats.repeated_first.append((ch.origins.path, path))
             return  # the same records, or those and more
     elif len(data) <= len(head) and head[:len(data)] == bytes(data):
+        stats.repeated_first.append((ch.origins.path, path))
         return  # a beginning of the earlier one's
     stats.replaced_first.append((ch.origins.path, path))
     log.warning("ingest: %s and %s start with the same record and differ after it: the lake keeps one version of "

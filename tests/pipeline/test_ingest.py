@@ -275,4 +275,8 @@ def test_an_input_replacing_another_inputs_first_chunk_is_said_not_silent(tmp_pa
     assert [(p.rsplit("/", 1)[1], o.rsplit("/", 1)[1]) for p, o in stats.replaced_first] == \
         [("b.log", "a.log"), ("c.log", "a.log")]
     assert "2 pair(s) of inputs start with the same record" in stats.summary()
+    # the copies are said too: counted for each input, stored once
+    assert [(p.rsplit("/", 1)[1], o.rsplit("/", 1)[1]) for p, o in stats.repeated_first] == \
+        [("a2.log", "a.log"), ("a3.log", "a.log")]
+    assert "note: 2 input(s) start with the records of another input" in stats.summary()
     assert count_rows(tmp_path / "lake", "k8s_audit") < 6 + 7 + 1, "one version kept (the documented limit)"
