@@ -7,9 +7,11 @@ Sections:
   through an approved impersonator (the proxy) or with a proxy-minted JWT carrying a session id the
   proxy issued (tier B), directly, or through an impersonator that is not approved for that cluster
   (``impersonation.approved_impersonators``). ``status`` is ``ok``,
-  ``proxy_bypass`` (direct requests) or ``unapproved_impersonator``. Fields: ``cluster``,
-  ``actor``, ``requests``, ``via_approved_proxy``, ``direct``, ``via_unapproved``,
-  ``impersonators`` (list), ``first_seen``, ``last_seen``, ``status``.
+  ``proxy_bypass`` (direct requests), ``unapproved_impersonator``, or ``flagged`` (every path is the
+  approved proxy, but open impersonation findings concern the person: :func:`flag_paths`). Fields:
+  ``cluster``, ``actor``, ``requests``, ``via_approved_proxy``, ``direct``, ``via_unapproved``,
+  ``impersonators`` (list), ``first_seen``, ``last_seen``, ``status``, ``findings`` (detectors of the
+  open impersonation findings about the person).
 * ``matching``: proxy decisions paired with impersonated audit requests, from
   :func:`ztaudit.detectors.correlate.impersonation_summary` (cluster, actor, matched_tier_a,
   matched_tier_b, matched_tier_c, unmatched_proxy, unmatched_audit, pending, match_rate, first_seen,
@@ -24,7 +26,7 @@ Sections:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ztaudit.detectors.correlate import impersonation_summary
 from ztaudit.detectors.impersonation import OWN_TRAFFIC_COLUMNS, proxy_own_traffic
@@ -32,7 +34,9 @@ from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arro
 from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_findings
 
 PATH_COLUMNS = ["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "impersonators",
-                "first_seen", "last_seen", "status"]
+                "first_seen", "last_seen", "status", "findings"]
+#: The order of the ``paths`` rows by status, worst first.
+_RANK: Final = {"unapproved_impersonator": 0, "proxy_bypass": 1, "flagged": 2, "ok": 3}
 MATCH_DISPLAY = ["cluster", "actor", "matched_tier_a", "matched_tier_b", "matched_tier_c", "unmatched_proxy",
                  "unmatched_audit", "match_rate"]
 
@@ -83,8 +87,25 @@ def human_paths(ctx: ReportContext) -> list[Row]:
                        "proxy_bypass" if a["direct"] and a["actor"] not in ctx.config.impersonation.break_glass
                        else "ok")
         out.append(a)
-    order = {"unapproved_impersonator": 0, "proxy_bypass": 1, "ok": 2}
-    return sorted(out, key=lambda a: (order[a["status"]], -a["requests"], str(a["cluster"]), str(a["actor"])))
+    return sorted(out, key=lambda a: (_RANK[a["status"]], -a["requests"], str(a["cluster"]), str(a["actor"])))
+
+
+def flag_paths(paths: list[Row], found: list[Row]) -> None:
+    """Give each ``paths`` row the detectors of the open impersonation findings about its person
+    (``findings``; cluster equal, actor compared case-insensitively), and the status ``flagged`` to an
+    ``ok`` row that has some: every request came through the approved proxy, yet a finding says one
+    had no person's decision behind it (``impersonation.unbrokered``: the proxy's credential used by
+    someone else) or similar, and "ok" beside it would read as an all-clear. Called by
+    :func:`impersonation` with the findings it shows; changes ``paths`` in place, never raises."""
+    about: dict[tuple[Any, str], set[str]] = {}
+    for f in found:
+        if f.get("status") == "open" and f.get("actor"):
+            about.setdefault((f["cluster"], str(f["actor"]).lower()), set()).add(str(f["detector"]))
+    for p in paths:
+        p["findings"] = sorted(about.get((p["cluster"], str(p["actor"]).lower()), set()))
+        if p["status"] == "ok" and p["findings"]:
+            p["status"] = "flagged"
+    paths.sort(key=lambda a: _RANK[a["status"]])  # stable: the order within a status stays
 
 
 def matching_rows(ctx: ReportContext, *, detect_tables: bool = False) -> tuple[list[str], list[Row]]:
@@ -120,6 +141,7 @@ def impersonation(ctx: ReportContext) -> ReportResult:
         match_cols, matching = matching_rows(ctx, detect_tables=traffic.detect_tables)
     with ctx.progress.step("reading findings"):
         found = query_findings(ctx, detector_prefix="impersonation")
+    flag_paths(paths, found)
     return ReportResult("impersonation", "Impersonation: how people reach the API server", [
         Section("paths", "Human identities by path to the API server", PATH_COLUMNS, paths,
                 display=["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "status"],
