@@ -284,6 +284,7 @@ def ingest_paths(paths: Sequence[str | Path], lake: str | Path, *, source: str |
         ingested_at=datetime.now(UTC),
         proxy_hosts=dict(cfg.impersonation.proxy_hosts),
         proxy_utc_offset=cfg.correlation.proxy_utc_offset,
+        idp_utc_offset=cfg.correlation.idp_utc_offset,
         system_user_patterns=tuple(cfg.identities.system_user_patterns),
         session_extra_key=cfg.correlation.session_extra_key,
     )

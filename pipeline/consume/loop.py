@@ -111,6 +111,7 @@ def context_from_config(cfg: Config, cluster: str | None) -> NormalizeContext:
     """The normalizer settings the consumer passes to every ``process()`` call."""
     return NormalizeContext(cluster=cluster, proxy_hosts=dict(cfg.impersonation.proxy_hosts),
                             proxy_utc_offset=cfg.correlation.proxy_utc_offset,
+                            idp_utc_offset=cfg.correlation.idp_utc_offset,
                             system_user_patterns=tuple(cfg.identities.system_user_patterns),
                             session_extra_key=cfg.correlation.session_extra_key)
 

@@ -90,6 +90,8 @@ class NormalizeContext:
     #: the config spells twice keeps its first cluster; config validation refuses such a config)
     proxy_hosts: Mapping[str, str] = field(default_factory=dict)
     proxy_utc_offset: str = ""
+    #: correlation.idp_utc_offset: for identity-provider times without a zone (Keycloak text lines)
+    idp_utc_offset: str = ""
     #: identities.system_user_patterns (regexes); empty = the config defaults. Used by k8s_audit's
     #: actor_kind (control-plane components and cloud agents are ``system``).
     system_user_patterns: Sequence[str] = ()

@@ -64,11 +64,15 @@ def get_field(rec: Mapping[str, Any], key: str) -> Any:
     return rec.get(key.replace("-", "_"))
 
 
-def parse_when(value: Any, what: str, ctx: NormalizeContext) -> Any:
+def parse_when(value: Any, what: str, ctx: NormalizeContext, *, proxy: bool = False) -> Any:
+    """The event time of an IdP row builder's record; a time without a zone is read in
+    ``correlation.idp_utc_offset``, or in ``proxy_utc_offset`` for the proxy's own lines (``proxy``:
+    Pomerium's identity_manager, Teleport, and the revocation list as docs/revocation-list.md says).
+    Raises :class:`Reject` (missing, unreadable or out-of-range time)."""
     if value is None or value == "":
         raise Reject(Reason.MISSING_FIELD, f"{what}: no event time, so it cannot be ordered against requests")
     try:
-        when = parse_timestamp(value, ctx.proxy_utc_offset)
+        when = parse_timestamp(value, ctx.proxy_utc_offset if proxy else ctx.idp_utc_offset)
     except TimestampError as exc:
         raise Reject(Reason.BAD_TIMESTAMP, f"{what}: {exc}") from None
     return in_event_range(when, ctx, what)

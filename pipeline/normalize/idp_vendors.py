@@ -376,7 +376,7 @@ def is_pomerium(v: Mapping[str, Any]) -> bool:
 
 def pomerium_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     message = str(rec["message"])
-    occurred_at = parse_when(rec.get("time"), "pomerium identity_manager 'time'", ctx)
+    occurred_at = parse_when(rec.get("time"), "pomerium identity_manager 'time'", ctx, proxy=True)
     # "... deleting session", "deleting expired session", "deleting session": the session is gone.
     # "failed to refresh oauth2 token" without "deleting" is a temporary error; the session stays.
     scope = "session" if "deleting" in message and "session" in message else None
@@ -396,7 +396,7 @@ def is_teleport(v: Mapping[str, Any]) -> bool:
 
 def teleport_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     event = str(rec["event"])
-    occurred_at = parse_when(rec.get("time"), f"teleport {event} 'time'", ctx)
+    occurred_at = parse_when(rec.get("time"), f"teleport {event} 'time'", ctx, proxy=True)
     actor = rec.get("updated_by") or rec.get("user")
     if event == "user.delete":
         return idp_row(occurred_at, "teleport", event, "identity", subject_login=rec.get("name"), actor=actor)
@@ -431,7 +431,7 @@ def revocation_list_row(rec: Mapping[str, Any], ctx: NormalizeContext) -> Row:
     if unknown:
         raise Reject(Reason.UNKNOWN_SHAPE, f"revocation list: unknown column(s) {sorted(unknown)}; "
                       f"allowed: {sorted(LIST_COLUMNS)}")
-    occurred_at = parse_when(rec.get("revoked_at"), "revocation list 'revoked_at'", ctx)
+    occurred_at = parse_when(rec.get("revoked_at"), "revocation list 'revoked_at'", ctx, proxy=True)
     if not any(as_str(rec.get(k)) for k in LIST_SUBJECT):
         raise Reject(Reason.MISSING_FIELD, "revocation list: none of subject, subject_id, session_id is set")
     scope = (as_str(rec.get("scope")) or "identity").lower()

@@ -293,6 +293,19 @@ def test_keycloak_jboss_text_quoted_and_unquoted() -> None:
     assert rows[2]["session_id"] == "s-2" and rows[2]["actor"] == "admin-1"
 
 
+def test_keycloak_text_time_without_zone_is_read_in_the_idp_offset_not_the_proxy_one() -> None:
+    """A jboss-logging line's time has no zone: it is the Keycloak server's, read in
+    correlation.idp_utc_offset (default UTC); the proxy's offset (proxy_utc_offset, e.g. for
+    oauth2-proxy lines) used to move every Keycloak event too, and every latency with it."""
+    line = (f"2026-11-24 12:31:44,918 INFO  [org.keycloak.events] (executor-thread-2) type=LOGOUT, "
+            f"realmId={REALM}, userId={KC_USER}, sessionId=s-2")
+    at = {name: run([line], ctx)[0][0]["occurred_at"] for name, ctx in (
+        ("utc", CTX), ("proxy+1", NormalizeContext(cluster="demo", proxy_utc_offset="+01:00")),
+        ("idp+1", NormalizeContext(cluster="demo", idp_utc_offset="+01:00")))}
+    assert at["utc"] == at["proxy+1"] == datetime(2026, 11, 24, 12, 31, 44, 918000, tzinfo=UTC)
+    assert at["idp+1"] == datetime(2026, 11, 24, 11, 31, 44, 918000, tzinfo=UTC)
+
+
 def test_keycloak_text_without_date_is_bad_timestamp() -> None:
     line = "21:01:45,403 WARN  [org.keycloak.events] (default task-1) type=LOGOUT, realmId=test, userId=u"
     rows, rejected = run([line])
