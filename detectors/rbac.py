@@ -195,6 +195,33 @@ def latest_grants(session: Session, until: datetime | None) -> list[dict[str, An
     return rows
 
 
+#: The ``impersonate`` checks behind each allowed impersonated request, per impersonator: the API
+#: server's impersonation filter authorizes ``impersonate`` on ``users`` (the user's name, cluster-wide),
+#: or on ``serviceaccounts`` (its name in its namespace) for a ``system:serviceaccount:NS:NAME``, and on
+#: ``groups`` for each group asked for; the groups the filter adds itself (``system:authenticated``, a
+#: service account's ``system:serviceaccounts`` and ``system:serviceaccounts:NS``) are not checked
+#: (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``). The request passed authorization, so
+#: did every check (a refused one answers 403). The same checks :mod:`ztaudit.reports.rightsize` replays.
+IMPERSONATE_CHECKS_SQL: Final = f"""
+WITH r AS (
+    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups,
+           impersonated_user LIKE 'system:serviceaccount:%:%' AS sa
+    FROM k8s_requests
+    WHERE request_received_at >= ? AND request_received_at < ? AND impersonator IS NOT NULL
+      AND impersonated_user IS NOT NULL AND {AUTHORIZED}
+)
+SELECT cluster, impersonator, CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END,
+       CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END,
+       CASE WHEN sa THEN split_part(impersonated_user, ':', 4) ELSE impersonated_user END, count(*)
+FROM r GROUP BY ALL
+UNION ALL
+SELECT cluster, impersonator, 'groups', NULL, g, count(*)
+FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
+WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
+GROUP BY ALL
+"""
+
+
 def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
                     until: datetime | None) -> pa.Table:
     """Per identity and cluster: granted rules with their use in [since, until), never-used rules,
@@ -221,6 +248,10 @@ def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
         uses[key].append(Use(verb, grp, res, sub, ns, name, path, int(n)))
         groups[key] |= set(grps or [])
         kinds[key] = kind or _kind_of(actor)
+    # the impersonator's own uses: the impersonate checks its allowed impersonated requests passed
+    # (without them every impersonation right read "never used: remove it", the proxy's included)
+    for cluster, impersonator, res, ns, name, n in con.execute(IMPERSONATE_CHECKS_SQL, [lo, hi]).fetchall():
+        uses[(cluster, impersonator)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
     by_cluster: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
     for g in grants:
         by_cluster[g["cluster"]].append(g)

@@ -133,6 +133,30 @@ def test_granted_vs_used(lake: Path) -> None:
     assert any(r["identity"] == "mallory@example.com" and "missing" in r["suggestion"] for r in t)
 
 
+def test_granted_vs_used_counts_the_impersonators_impersonate_checks(lake: Path) -> None:
+    """The proxy's impersonation right is used by every request it makes as a person: the API server
+    checks impersonate on users (her name) and on groups (each group asked for). It read "never used:
+    remove it from this identity's grants" (an analyst trial), which would cut every person off."""
+    pom = "system:serviceaccount:pomerium:pomerium-authorize"
+    LakeSink(lake).write("rbac_snapshot", _grant_table(), "snap")
+    as_ann = {"impersonator": pom, "impersonated_user": "ann@example.com",
+              "impersonated_groups": ["team-a", "system:authenticated"], "namespace": "shop"}
+    write_rows([
+        row(T, "ann@example.com", verb="get", resource="pods", **as_ann),
+        row(T, "ann@example.com", verb="list", resource="pods", **as_ann),
+        row(T, "ann@example.com", verb="get", resource="secrets", response_code=403, decision="forbid", **as_ann),
+    ], lake)
+    con = open_lake(lake, must_exist=False)
+    t = granted_vs_used(con, None, None).to_pylist()
+    (right,) = [r for r in t if r["identity"] == pom and r["row_type"] == "granted"]
+    assert right["can_impersonate"] and not right["never_used"]
+    # two allowed requests, each checked on users (ann) and on groups (team-a; system:authenticated is
+    # added by the filter, not checked); the refused one is no use
+    assert right["used_requests"] == 4, right
+    assert sorted(right["used_permissions"]) == ["impersonate groups (cluster)", "impersonate users (cluster)"]
+    assert "never used" not in right["suggestion"]
+
+
 def test_snapshot_file_through_ingest(lake: Path, tmp_path: Path) -> None:
     """A pretty-printed `kubectl get ... -o json` file is detected as rbac_snapshot by ingest."""
     from ztaudit.pipeline import ingest
