@@ -115,8 +115,9 @@ class CorrelationSettings:
         "", "offset for proxy lines whose time has no zone (e.g. '+02:00'); empty = the line's own "
         "offset, else UTC")
     idp_utc_offset: str = _opt(
-        "", "offset for identity-provider lines whose time has no zone (Keycloak's jboss-logging text "
-        "lines: the Keycloak server's own time zone); empty = UTC. The proxy's lines use proxy_utc_offset")
+        "", "offset for identity-provider events whose time has no zone (Keycloak's jboss-logging text "
+        "lines, in the Keycloak server's own time zone; Okta, Entra, Google times carry one); empty = UTC. "
+        "The proxy's lines (Pomerium, Teleport) and the revocation list use proxy_utc_offset")
     exact_id_window_seconds: float = _opt(
         300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
         "client-chosen Audit-IDs reused much later, so it can be generous")

@@ -55,7 +55,6 @@ Failure: SQL errors propagate; an empty lake gives an empty table.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -96,8 +95,12 @@ DEDUP_SECONDS: Final = 60
 #: numbered, with ``login`` falling back to the email the proxy logged for the subject id (``min``: one
 #: deterministic choice when the proxy logged several spellings), else to the login the same IdP logged
 #: for it in another event (a Keycloak admin disable names only the user id; the user's LOGIN events
-#: carry ``username``: a person who never used the proxy is still looked for at the API server), and
-#: duplicates folded into the first row of each run (:data:`DEDUP_SECONDS`).
+#: carry ``username``, what she typed: an email is preferred, then the latest; a person who never
+#: used the proxy is still looked for at the API server), and
+#: duplicates folded into the first row of each run (:data:`DEDUP_SECONDS`). A Keycloak user ``LOGOUT``
+#: (one SSO session, judged apart: :data:`_REVOKED_SQL`) is never folded with a revocation of all the
+#: user's sessions (:data:`_KC_LOGOUT` in the run's partition).
+_KC_LOGOUT: Final = "coalesce(system = 'keycloak' AND event_type = 'LOGOUT', false)"
 _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         WITH v AS (
         -- a session or token, once cut, stays cut: only identities and grants are given back
@@ -105,7 +108,8 @@ _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         SELECT v.source, v.system, v.cluster, v.kind, v.subject,
                coalesce(v.login, (SELECT min(lower(p.email)) FROM proxy_decision p
                                   WHERE p.user_id = v.subject_id AND p.email <> ''),
-                        (SELECT min(lower(e.subject_login)) FROM idp_event e
+                        (SELECT arg_max(lower(e.subject_login), (e.subject_login LIKE '%@%', e.occurred_at))
+                         FROM idp_event e
                          WHERE e.idp = v.system AND e.subject_id = v.subject_id AND e.subject_login <> '')) AS login,
                v.subject_id, v.session_id, v.revoked_at, v.revoked_by, v.event_type, v.evidence, v.inferred_from,
                CASE WHEN v.source = 'idp' AND v.kind IN ('session', 'token') THEN NULL
@@ -116,10 +120,11 @@ _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
         -- previous one was restored (suspend, unsuspend, deactivate within a minute are two revocations)
         SELECT *, sum(CASE WHEN prev IS NULL OR revoked_at - prev > INTERVAL {DEDUP_SECONDS} SECOND
                                 OR prev_restored <= revoked_at THEN 1 ELSE 0 END)
-                    OVER (PARTITION BY system, kind, subject, coalesce(cluster, '')
+                    OVER (PARTITION BY system, kind, subject, coalesce(cluster, ''), {_KC_LOGOUT}
                           ORDER BY revoked_at, evidence ROWS UNBOUNDED PRECEDING) AS grp
         FROM (SELECT *, lag(revoked_at) OVER w AS prev, lag(restored_at) OVER w AS prev_restored FROM v
-              WINDOW w AS (PARTITION BY system, kind, subject, coalesce(cluster, '') ORDER BY revoked_at, evidence))
+              WINDOW w AS (PARTITION BY system, kind, subject, coalesce(cluster, ''), {_KC_LOGOUT}
+                           ORDER BY revoked_at, evidence))
     )
     -- numbered in a total order, so every engine numbers alike: one IdP line can be two revocations of
     -- one subject equal in time, system and evidence but not kind (a Google Workspace activity listing
@@ -139,7 +144,7 @@ _CANDIDATES_SQL: Final = Table("zt_rev_cand", f"""
               IF x <> min(evidence)
                  AND x <> coalesce(regexp_extract(arg_min(inferred_from, (revoked_at, subject_id IS NULL, evidence)),
                                                                      '^[^ ]+'), '')] AS duplicates
-    FROM g GROUP BY system, cluster, kind, subject, grp
+    FROM g GROUP BY system, cluster, kind, subject, {_KC_LOGOUT}, grp
 """)
 
 #: Proxy session deletions (Pomerium ``identity_manager``) that follow a revocation made elsewhere (the
@@ -237,15 +242,18 @@ _USE_SCANS: Final[dict[str, tuple[tuple[str, ...], Insert]]] = {
               WHERE r.kind IN {_IDENT_KINDS} AND (r.kind <> 'session' OR r.by_sessions OR r.unjudged)
                 AND {_PROXY_USE_WINDOW})
         GROUP BY rev_id, plane, ts, prec_us, allowed, ref, sess, ip, ua, cluster, proxy, code""", by_name=True)),
-    # the actors whose lower case, without an API server's username prefix ($prefix_re: a direct
-    # login through the API server's own OIDC, --oidc-username-prefix=oidc:), is a revoked login,
-    # spelled as in the log: an IN on the plain column lets DuckDB push the filter into the Parquet
-    # scan (lower(actor) IN ... cannot)
+    # the actors whose lower case is a revoked login, or is one after a prefix an API server adds to
+    # people's names (zt_rev_prefix: a direct login through the API server's own OIDC,
+    # --oidc-username-prefix=oidc:), spelled as in the log (one row per login an actor can be): an IN
+    # on the plain column lets DuckDB push the filter into the Parquet scan (lower(actor) IN ... cannot)
     "identity at the API server": (_IDENT_KINDS, Insert("zt_rev_use", f"""
-        WITH who AS MATERIALIZED (
-            SELECT actor, login FROM (
-                SELECT actor, regexp_replace(lower(actor), $prefix_re, '') AS login
-                FROM (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND}))
+        WITH acts AS MATERIALIZED (SELECT DISTINCT actor FROM k8s_audit WHERE {_AUDIT_BOUND}),
+        who AS MATERIALIZED (
+            SELECT DISTINCT actor, login FROM (
+                SELECT actor, lower(actor) AS login FROM acts
+                UNION ALL
+                SELECT a.actor, substr(lower(a.actor), length(x.prefix) + 1) AS login
+                FROM acts a JOIN zt_rev_prefix x ON substr(lower(a.actor), 1, length(x.prefix)) = x.prefix)
             WHERE login IN (SELECT login FROM zt_rev WHERE login IS NOT NULL))
         SELECT {_API_USE_COLUMNS},
                CASE WHEN lower(q.actor) = r.login THEN 'login = audit user'
@@ -344,12 +352,19 @@ def _binding_uses(engine: Engine, params: dict[str, Any]) -> None:
     engine.drop("zt_rev_reason")
 
 
-def prefix_pattern(prefixes: list[str]) -> str:
-    """A regular expression matching any of ``prefixes`` (lower-cased, literal) at the start of a
-    lower-cased name, for ``regexp_replace`` on both engines (RE2 and Java read the escapes alike);
-    one that matches nothing when there is none. Called by :func:`build` for the identity scan."""
-    alts = "|".join(re.escape(p.lower()) for p in prefixes if p)
-    return f"^(?:{alts})" if alts else "[^\\s\\S]"
+def prefixes_table(prefixes: list[str]) -> tuple[Table, dict[str, Any]]:
+    """The statement that writes ``zt_rev_prefix`` (one lower-cased ``prefix`` per non-empty entry of
+    ``identities.username_prefixes``) and its bound parameters: a VALUES list of parameters, the same
+    rows on DuckDB and Spark. Every prefix of an actor counts (``oidc:`` and ``oidc:corp:`` both), so
+    their order does not matter. Called by :func:`build` before the identity scan."""
+    params: dict[str, Any] = {}
+    values = []
+    for i, p in enumerate(dict.fromkeys(p.lower() for p in prefixes if p)):
+        params[f"pfx{i}"] = p
+        values.append(f"(CAST($pfx{i} AS VARCHAR))")
+    if not values:
+        return Table("zt_rev_prefix", "SELECT CAST(NULL AS VARCHAR) AS prefix WHERE false"), params
+    return Table("zt_rev_prefix", f"SELECT prefix FROM (VALUES {', '.join(values)}) AS v(prefix)"), params
 
 
 def _use_params(engine: Engine, kinds: tuple[str, ...], hi: datetime,
@@ -465,9 +480,8 @@ _STATUS_SQL: Final = Table("zt_rev_status", f"""
                     CASE WHEN allowed_after_grace_api > 0 THEN allowed_after_grace_api || ' allowed API request(s)' END)
                     || printf(' more than %d s after the revocation, the last %s after it', $grace_s,
                               {_DUR.format(s='exposure_seconds')})
-               WHEN 'pending' THEN printf('the %d s grace period ends at %s, after the logs end (%s: the earlier '
-                    || 'of the proxy''s and the API server''s latest events): judged again when later logs arrive',
-                    $grace_s,
+               WHEN 'pending' THEN printf('the %d s grace period ends at %s, after the end of the logs read (%s): '
+                    || 'judged again when later logs arrive', $grace_s,
                     strftime(revoked_at + $grace, '%Y-%m-%d %H:%M:%SZ'), strftime($latest, '%Y-%m-%d %H:%M:%SZ'))
                WHEN 'enforced' THEN concat_ws(', ',
                     CASE WHEN system = 'pomerium' AND source = 'idp' THEN 'the proxy deleted the session itself'
@@ -570,10 +584,11 @@ def build(engine: Engine, cfg: Config, since: datetime | None,
     # filter, so row groups without any of them are skipped; DuckDB by default pushes only up to 50
     # values, too few for a lake with many revocations. Raised for these scans, then restored.
     with engine.wider_in_filters(_IN_FILTER_THRESHOLD):
+        prefix_step, prefix_params = prefixes_table(cfg.identities.username_prefixes)
+        run(engine, prefix_step, prefix_params)
         for judged, step in _USE_SCANS.values():
             if kinds & set(judged):
-                run(engine, step, {**_use_params(engine, judged, window.hi, activity),
-                                   "prefix_re": prefix_pattern(cfg.identities.username_prefixes)})
+                run(engine, step, _use_params(engine, judged, window.hi, activity))
         if "binding" in kinds:
             _binding_uses(engine, _use_params(engine, ("binding",), window.hi, activity))
         attribute_anonymous_denials(engine, _use_params(engine, _IDENT_KINDS, window.hi, activity), notice_window,

@@ -42,6 +42,8 @@ from ztaudit.core.window import Window
 #: a disabled Keycloak user cannot log in; and so is an admin UPDATE whose representation enables the
 #: user (``admin:UPDATE:USER:enabled``, pipeline/normalize/idp_vendors.py; without the representation
 #: the re-enable says nothing, §3.4), which is also never taken for the disable an inference dates.
+#: These two Keycloak events restore only a Keycloak revocation (a subject id is one IdP's: another's
+#: revocation of the same id is not given back by a Keycloak login).
 _RESTORE_RE: Final = (r"(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock"
                       r"|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted"
                       r"|(re)?activate|unsuspend|enable|restore|unlock)$")
@@ -73,7 +75,8 @@ _REVOCATIONS: Final = f"""
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
                AND (regexp_matches(e.event_type, '{_RESTORE_RE}')
-                    OR (e.idp = 'keycloak' AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))
+                    OR (e.idp = 'keycloak' AND i.idp = 'keycloak'
+                        AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))
                AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at

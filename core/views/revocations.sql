@@ -16,7 +16,8 @@ WITH zt_cd AS MATERIALIZED (
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
-               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))
+               AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND i.idp = 'keycloak'
+                        AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))
                AND ((e.subject_id IS NOT NULL AND e.subject_id = i.subject_id)
                     OR (e.subject_login IS NOT NULL AND lower(e.subject_login) = lower(i.subject_login)))
            ) AS restored_at

@@ -132,8 +132,9 @@ def test_pending_until_the_grace_period_has_passed(tmp_path: Path, lake: Path) -
     (row,) = status_rows(lake, Config())
     assert row["status"] == "pending"
     assert "grace period ends at 2026-11-20 10:15:00Z" in row["reason"]
-    # the instant named is where the planes' logs both reach, not the newest event of either
-    assert "after the logs end (2026-11-20 10:00:31Z: the earlier of the proxy's and the API" in row["reason"]
+    # the instant named is the end of the logs read (docs/revocation.md: the earlier plane's latest
+    # event, capped at --until), not called "the latest event in the lake"
+    assert "after the end of the logs read (2026-11-20 10:00:31Z)" in row["reason"]
     assert row["denial_latency_seconds"] == pytest.approx(30.75)
 
 
