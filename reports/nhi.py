@@ -62,7 +62,9 @@ over-privilege and default-grant figures from the grants' explicit pairs matched
 (:func:`~ztaudit.reports.rightsize.used_grant_pairs`). The ``Use`` lists, the lists of used and unused
 grants, the suggestion and its YAML are built for the rows ``--limit`` keeps, and for the accounts whose
 status only building the suggestion can tell (an impersonation of ``system:masters`` or of no name:
-:func:`_needs_python`), which go through that full path from the start.
+:func:`_needs_python`), or granted on named objects (a suggestion keeps no ``resourceNames``, so it may widen
+them: :func:`~ztaudit.reports.rightsize.wider_than_granted` makes that a review reason), which go through that
+full path from the start.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ from ztaudit.reports.rightsize import (
     uses_and_kept,
     valid_service_account,
     verify,
+    wider_than_granted,
 )
 
 NHI_COLUMNS: Final = ["cluster", "identity", "kind", "namespace", "status", "in_snapshot", "first_seen", "last_seen",
@@ -362,8 +365,11 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
     def any_unused(key: tuple[str | None, str], of: list[dict[str, Any]]) -> bool:
         return any(pairs.unused(index[id(g)], used_pairs.get((*key, index[id(g)]), 0)) > 0 for g in of)
 
-    # the accounts only building the suggestion can judge (module docstring), in Python from the start
-    python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))}
+    # the accounts only building the suggestion can judge (module docstring), in Python from the start:
+    # those the SQL flags cannot tell, and those granted on named objects (a suggestion may widen them:
+    # :func:`~ztaudit.reports.rightsize.wider_than_granted`, a review reason the SQL does not know)
+    python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))
+                   or any(g["resource_names"] for g in held[k].own)}
     py = _python_uses(ctx, python_keys, base, exclude, same)
 
     days = _span_days(seen)
@@ -520,8 +526,8 @@ class PythonUses:
         return PythonUses({**self.every, **other.every}, {**self.kept, **other.kept}, {**self.period, **other.period})
 
     def sizing_args(self, key: tuple[str | None, str], own_grants: list[dict[str, Any]]) -> tuple[Any, ...]:
-        """The arguments of :func:`_sizing_row` that need the account's uses."""
-        return (self.kept.get(key, []), *unused_grants(own_grants, self.every.get(key, [])))
+        """The arguments of :func:`_sizing_row` that need the account's uses (and its own grants)."""
+        return (self.kept.get(key, []), *unused_grants(own_grants, self.every.get(key, [])), own_grants)
 
 
 def _needs_python(identity: str, flags: Flags) -> bool:
@@ -548,15 +554,16 @@ def _python_uses(ctx: ReportContext, keys: set[tuple[str | None, str]], base: Wi
     return PythonUses(every, kept, period)
 
 
-def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], granted_pairs: int, unused: list[str], *,
-                n_left: int, left_ids: list[str], base_days: int, requests: int, hashed: bool) -> Row:
+def _sizing_row(cluster: str | None, ident: str, own_uses: list[Use], granted_pairs: int, unused: list[str],
+                own_grants: list[dict[str, Any]], *, n_left: int, left_ids: list[str], base_days: int, requests: int,
+                hashed: bool) -> Row:
     """One ``rightsize`` row: the suggestion, its replay check and its status (module docstring). A
     printable suggestion is left as a call to :func:`to_yaml`, made for the rows ``--limit`` keeps."""
     masters = masters_uses(own_uses)
     kept = [u for u in own_uses if u not in masters]
     rules = suggest(kept)
     check = verify(rules, kept)
-    review = review_reasons(rules)
+    review = review_reasons(rules) + wider_than_granted(rules, own_grants)
     if n_left:
         review.append(f"{n_left} requests left out: evidence of open findings {', '.join(left_ids[:5])}")
     if masters:

@@ -527,6 +527,31 @@ def review_reasons(rules: Sequence[Rule]) -> list[str]:
     return out
 
 
+def wider_than_granted(rules: Sequence[Rule], grants: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The pairs of a suggestion that today's grants allow only on named objects (``resourceNames``):
+    a suggestion keeps no resourceNames (module docstring), so applying it would widen them (``get
+    secrets [db-pass]`` becomes ``get secrets``, every secret of the namespace). One review reason per
+    such (verb, resource, scope), naming today's objects; none when no grant is known (no snapshot).
+    Called by ``report nhi`` for each suggestion."""
+    granted = [rule_of_grant(g) for g in grants]
+    out: list[str] = []
+    for r in rules:
+        if r.non_resource_urls or "impersonate" in r.verbs:
+            continue  # URLs have no objects; impersonate rules keep their names
+        for v, grp, res, scope, _ in grants_of(r):
+            sub = res.split("/", 1)
+            any_object = Use(v, grp, sub[0], sub[1] if len(sub) > 1 else None, scope, None, None, 1)
+            if any(covers(g, any_object) for g in granted):
+                continue
+            names = sorted({n for g in granted if g.resource_names for n in g.resource_names
+                            if covers(g, replace(any_object, name=n))})
+            if names:
+                where = f" in {scope}" if scope else ""
+                out.append(f"wider than today's grant: {v} {grp + '/' if grp else ''}{res}{where} "
+                           f"(granted only on {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    return out
+
+
 def valid_service_account(identity: str) -> bool:
     """``system:serviceaccount:<ns>:<name>`` with a DNS-1123 label namespace and subdomain name."""
     parts = identity.split(":")

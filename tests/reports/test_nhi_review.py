@@ -357,3 +357,27 @@ def test_a_request_cited_by_two_findings_names_both_whatever_their_order() -> No
     one, two = evidence_of([a, b]), evidence_of([b, a])
     assert one == two
     assert one[("c", "system:serviceaccount:ns:sa")] == {"req-1": ["f-a", "f-b"], "req-2": ["f-b"]}
+
+
+@pytest.mark.parametrize("limit", [50, 0])
+def test_a_suggestion_wider_than_a_grant_on_named_objects_is_reviewed_not_verified(lake: Path, limit: int) -> None:
+    """Granted get on one config map (resourceNames [app-config]) and used exactly that: the suggestion
+    keeps no resourceNames, so it would grant every config map of the namespace. It read ``verified``
+    (an analyst trial); it is ``review``, saying so, also for a row --limit leaves out (the status is
+    then the one the counts use)."""
+    reader = f"{SA}app:reader"
+    _snapshot(lake, [
+        _item("Role", "reader", "app", rules=[{"apiGroups": [""], "resources": ["configmaps"],
+                                               "resourceNames": ["app-config"], "verbs": ["get"]}]),
+        _item("RoleBinding", "reader", "app", roleRef={"kind": "Role", "name": "reader"},
+              subjects=[{"kind": "ServiceAccount", "name": "reader"}])])
+    write_rows([row(T + timedelta(hours=h), reader, "get", "configmaps", "app", name="app-config", cluster="c1")
+                for h in range(3)], lake)
+    res = _run(lake, limit=limit)
+    if limit:
+        sizing = _sizing(res)[reader]
+        assert sizing["status"] == "review", sizing
+        assert any("wider than today's grant: get configmaps in app (granted only on app-config)" in r
+                   for r in sizing["review"]), sizing["review"]
+    else:
+        assert any("1 suggestions to review" in n for n in res.notes), res.notes
