@@ -217,11 +217,16 @@ class AnomalousReach:
             signals = sorted({sig for r in reasons for sig in r["signals"]})
             conf = confidence(row, reasons, cfg.min_history_windows)
             rules = sorted({str(r["rule"]) for r in reasons if r["rule"] is not None})
+            # the features count requests whatever their answer: say how many were refused
+            refused = int(row["forbidden_requests"]) if "forbidden_requests" in row else 0
             summary = (f"{actor} ({row['actor_kind']}, peer group {row['peer_group']}) in the {cfg.window} "
                        f"from {start:%Y-%m-%d %H:%M} UTC: " + "; ".join(r["text"] for r in reasons[:3])
+                       + (f" ({refused} of its {int(row['requests'])} requests in the {cfg.window} refused)"
+                          if refused else "")
                        + f". Rests on {', '.join(signals)} ({int(row['history_windows'])} earlier "
                        f"{cfg.window}s of its own); confidence {conf}."
-                       " Check what this identity did and whether its credential was taken.")
+                       " Check what this identity did and who acted as it: its credential, or someone "
+                       "impersonating it (the evidence names the impersonator).")
             context = {
                 "window": cfg.window, "window_start": start.isoformat(), "peer_group": row["peer_group"],
                 "peers": int(row["peers"]), "history_windows": int(row["history_windows"]),
@@ -232,6 +237,7 @@ class AnomalousReach:
                 "model": {"version": ml_version, "trained_from": meta["trained_from"],
                           "trained_until": meta["trained_until"]},
                 "features": reasons,
+                "requests": int(row["requests"]), "refused_requests": refused,
                 "secret_namespaces": list(row["secret_namespace_list"])[:50],
                 "new_namespaces": list(row["new_namespace_list"])[:50],
             }

@@ -52,18 +52,20 @@ class Gate:
     severity: Severity
 
 
-#: Feature -> gate. Margins are absolute counts chosen so the generator's near-misses (one new team
+#: Feature -> gate. The phrases say "requested": the features count requests whatever their answer
+#: (a credential probing for secrets it is refused is also news), so a refused one is not said "read".
+#: Margins are absolute counts chosen so the generator's near-misses (one new team
 #: namespace, scale-out, daily rhythm) stay below them while a credential abused for discovery
 #: (secrets in several namespaces, a node reading outside its pods) clears them.
 GATES: Final[dict[str, Gate]] = {
-    "foreign_secret_namespaces": Gate(2, 2.0, "read secrets in {v} namespaces outside its own (or its "
-                                      "pods') namespaces", Severity.HIGH),
-    "secret_namespaces": Gate(3, 2.0, "read secrets in {v} namespaces", Severity.HIGH),
-    "secret_cluster_lists": Gate(2, 2.0, "listed/watched secrets cluster-wide {v} times", Severity.HIGH),
+    "foreign_secret_namespaces": Gate(2, 2.0, "requested secrets in {v} namespaces outside its own (or "
+                                      "its pods') namespaces", Severity.HIGH),
+    "secret_namespaces": Gate(3, 2.0, "requested secrets in {v} namespaces", Severity.HIGH),
+    "secret_cluster_lists": Gate(2, 2.0, "requested secrets cluster-wide (list/watch) {v} times", Severity.HIGH),
     "new_namespaces": Gate(3, 2.0, "touched {v} namespaces it never used before", Severity.MEDIUM),
     "namespaces": Gate(4, 2.0, "touched {v} namespaces", Severity.MEDIUM),
     "resources": Gate(6, 2.0, "used {v} resource types", Severity.MEDIUM),
-    "exec_count": Gate(5, 3.0, "ran {v} exec/attach/port-forward requests", Severity.MEDIUM),
+    "exec_count": Gate(5, 3.0, "requested {v} exec/attach/port-forward", Severity.MEDIUM),
     "clusters": Gate(1, 2.0, "reached {v} clusters", Severity.MEDIUM),
     "forbidden_requests": Gate(20, 3.0, "was denied {v} times", Severity.LOW),
 }
@@ -86,9 +88,9 @@ class Rule:
 #: model's rank (docs/detection-background.md §2.4). Control-plane identities are not judged by rules.
 RULES: Final[dict[str, Rule]] = {
     "secrets_across_namespaces": Rule("foreign_secret_namespaces", 5, 2, ("service_account",),
-                                      "read secrets in {v} namespaces other than its own", Severity.HIGH),
+                                      "requested secrets in {v} namespaces other than its own", Severity.HIGH),
     "exec_other_namespaces": Rule("foreign_exec_namespaces", 1, 1, ("service_account",),
-                                  "ran exec/attach/port-forward in pods of {v} namespace(s) other than its own",
+                                  "requested exec/attach/port-forward in pods of {v} namespace(s) other than its own",
                                   Severity.HIGH),
 }
 
