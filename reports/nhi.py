@@ -73,6 +73,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any, Final
 
@@ -374,7 +375,9 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
 
     days = _span_days(seen)
     # the days of data the baseline holds: its length, or less when the lake covers less
-    base_days = min(days, math.ceil((base.hi - base.lo).total_seconds() / 86400)) if base.since else days
+    # (the default baseline ends 1 µs after the newest event: 30 days, not 31)
+    base_days = min(days, math.ceil((base.hi - base.lo - timedelta(microseconds=1)).total_seconds() / 86400)
+                    ) if base.since else days
     out: list[Row] = []
     sizing: list[Row] = []
     charged: dict[tuple[str | None, str], bool] = {}

@@ -381,3 +381,13 @@ def test_a_suggestion_wider_than_a_grant_on_named_objects_is_reviewed_not_verifi
                    for r in sizing["review"]), sizing["review"]
     else:
         assert any("1 suggestions to review" in n for n in res.notes), res.notes
+
+
+def test_the_default_baseline_is_thirty_days_not_thirty_one(lake: Path) -> None:
+    """The default baseline is the 30 days before the newest event (its end 1 µs after it, so that
+    event is in): it read baseline_days 31 (an analyst trial)."""
+    worker = f"{SA}app:worker"
+    write_rows([row(T + timedelta(days=d), worker, "get", "pods", "app", cluster="c1") for d in (0, 40, 41)], lake)
+    res = _run(lake)
+    assert res.section("visibility").rows[0]["baseline_days"] == 30
+    assert _sizing(res)[worker]["baseline_days"] == 30
