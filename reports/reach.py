@@ -17,10 +17,13 @@ says so.
 With ``--granted`` the rows are :func:`ztaudit.detectors.rbac.granted_vs_used` over
 ``[--since, --until)`` (needs an ingested RBAC snapshot): the detector's
 :data:`~ztaudit.detectors.rbac.GRANTED_VS_USED` columns, one row per identity and granted rule or
-used-but-not-granted permission; ``--actor`` matches ``identity``.
+used-but-not-granted permission; ``--actor`` matches ``identity``. Grants never used come first, then
+uses no grant explains; a note says how many rows ``--limit`` left out.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 from ztaudit.detectors.rbac import granted_vs_used
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, empty_table_note, fetch
@@ -71,8 +74,14 @@ def reach_rows(ctx: ReportContext) -> list[Row]:
                  [*params, *fparams, ctx.limit])
 
 
+#: The columns the table format shows for ``--granted`` (JSON and CSV carry them all).
+GRANTED_DISPLAY: Final = ["cluster", "identity", "row_type", "binding", "verbs", "resources", "used_requests",
+                          "never_used"]
+
+
 def granted_rows(ctx: ReportContext) -> tuple[list[str], list[Row]]:
-    """(columns, rows) of the detector's RBAC granted-vs-used table, narrowed and cut to ``--limit``.
+    """(columns, rows) of the detector's RBAC granted-vs-used table, narrowed, what to act on first
+    (grants never used, then uses no grant explains); :func:`reach` cuts them to ``--limit``.
 
     Called by :func:`reach` for ``--granted``; the columns are the detector table's own, so they
     are right even without rows. Errors of the detector's SQL propagate.
@@ -84,22 +93,28 @@ def granted_rows(ctx: ReportContext) -> tuple[list[str], list[Row]]:
         rows = [r for r in rows if r["identity"] == ctx.filters.actor]
     if ctx.filters.cluster is not None:
         rows = [r for r in rows if r["cluster"] == ctx.filters.cluster]
-    return list(table.schema.names), rows[: ctx.limit]
+    # what to act on first: grants never used, then uses no grant explains; then by name (stable)
+    rows.sort(key=lambda r: (not r["never_used"], r["row_type"] != "used_not_granted"))
+    return list(table.schema.names), rows
 
 
 def reach(ctx: ReportContext) -> ReportResult:
     """Top identities by blast radius, or RBAC granted vs used with ``--granted`` (``ztaudit report reach``)."""
     if ctx.options.get("granted"):
         with ctx.progress.step("comparing RBAC grants with use"):
-            columns, rows = granted_rows(ctx)
-        section = Section("reach", "Granted vs used (RBAC snapshot)", columns, rows,
-                          description="what RBAC grants each identity against what it used in range")
+            columns, every = granted_rows(ctx)
+        rows = every[: ctx.limit]
+        section = Section("reach", "Granted vs used (RBAC snapshot)", columns, rows, display=GRANTED_DISPLAY,
+                          description="what RBAC grants each identity against what it used in range; "
+                                      "never-used grants first")
     else:
         with ctx.progress.step("measuring reach"):
             rows = reach_rows(ctx)
         section = Section("reach", f"Top {ctx.limit} identities by blast radius", REACH_COLUMNS, rows,
                           display=REACH_DISPLAY, description=f"per actor over {ctx.config.reach.window} windows")
     result = ReportResult("reach", "Identity reach (blast radius)", [section])
+    if ctx.options.get("granted") and len(every) > ctx.limit:
+        result.notes.append(f"reach: {len(every) - ctx.limit} of {len(every)} rows left out by --limit {ctx.limit}")
     if not rows and ctx.options.get("granted"):
         result.notes.append("no rows in range; --granted compares with an ingested RBAC snapshot (rbac_snapshot)")
     elif not rows:
