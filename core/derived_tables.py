@@ -36,9 +36,10 @@ REACH: Final = table_schema(
             ("api_groups", "Distinct API groups."),
             ("clusters", "Distinct clusters."),
             ("secret_reads", "get/list/watch requests on secrets."),
-            ("secret_namespaces", "Distinct namespaces where secrets were read ('cluster-wide' counts as one)."),
+            ("secret_namespaces", "Distinct namespaces where secrets were requested, allowed or not "
+             "('cluster-wide' counts as one)."),
             ("secret_cluster_lists", "list/watch of secrets across all namespaces."),
-            ("foreign_secret_namespaces", "Namespaces where secrets were read outside the SA's namespace or "
+            ("foreign_secret_namespaces", "Namespaces where secrets were requested outside the SA's namespace or "
              "outside the namespaces of the node's pods."),
             ("exec_count", "exec/attach/portforward requests."),
             ("new_namespaces", "Namespaces not touched in the actor's history (0 without history)."),
@@ -50,7 +51,7 @@ REACH: Final = table_schema(
         Column("write_share", pa.float64(), "Share of create/update/patch requests."),
         Column("delete_share", pa.float64(), "Share of delete/deletecollection requests."),
         Column("forbidden_share", pa.float64(), "Share of denied requests."),
-        Column("secret_namespace_list", STR_LIST, "Namespaces where secrets were read (first 50)."),
+        Column("secret_namespace_list", STR_LIST, "Namespaces where secrets were requested (first 50)."),
         Column("new_namespace_list", STR_LIST, "Namespaces new to the actor (first 50)."),
     ],
 )

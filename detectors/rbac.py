@@ -37,6 +37,7 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 
+from ztaudit.core.requests import requests_select
 from ztaudit.core.window import Window
 from ztaudit.detectors.engine import DuckDBEngine, Session, as_engine
 
@@ -201,14 +202,19 @@ def latest_grants(session: Session, until: datetime | None) -> list[dict[str, An
 #: ``groups`` for each group asked for; the groups the filter adds itself (``system:authenticated``, a
 #: service account's ``system:serviceaccounts`` and ``system:serviceaccounts:NS``) are not checked
 #: (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``). The request passed authorization, so
-#: did every check (a refused one answers 403). The same checks :mod:`ztaudit.reports.rightsize` replays.
+#: A record that names the impersonated user passed every check, whatever the request's own answer (a
+#: refused impersonation is answered 403 before the request and logs no impersonatedUser:
+#: docs/kubernetes-audit.md §6). Each check counts once per request (``list_distinct`` of the groups).
+#: One row per request (:func:`~ztaudit.core.requests.requests_select`, on the columns every stage
+#: shares), not the ``k8s_requests`` view's window over the whole lake. Also each impersonator's own
+#: groups (``user_groups``), through which a grant may be its own (``group`` rows, name NULL).
 IMPERSONATE_CHECKS_SQL: Final = f"""
 WITH r AS (
-    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups,
-           impersonated_user LIKE 'system:serviceaccount:%:%' AS sa
-    FROM k8s_requests
-    WHERE request_received_at >= ? AND request_received_at < ? AND impersonator IS NOT NULL
-      AND impersonated_user IS NOT NULL AND {AUTHORIZED}
+    SELECT cluster, impersonator, impersonated_user, list_distinct(coalesce(impersonated_groups, [])) AS groups,
+           impersonated_user LIKE 'system:serviceaccount:%:%' AS sa, coalesce(user_groups, []) AS own_groups
+    FROM ({requests_select(["cluster", "impersonator", "impersonated_user", "impersonated_groups", "user_groups"],
+                           "impersonator IS NOT NULL AND impersonated_user IS NOT NULL "
+                           "AND request_received_at >= ? AND request_received_at < ?")})
 )
 SELECT cluster, impersonator, CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END,
        CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END,
@@ -219,6 +225,9 @@ SELECT cluster, impersonator, 'groups', NULL, g, count(*)
 FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
 WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
 GROUP BY ALL
+UNION ALL
+SELECT DISTINCT cluster, impersonator, 'group', NULL, g, 0
+FROM (SELECT cluster, impersonator, unnest(own_groups) AS g FROM r)
 """
 
 
@@ -251,7 +260,10 @@ def granted_vs_used(con: duckdb.DuckDBPyConnection, since: datetime | None,
     # the impersonator's own uses: the impersonate checks its allowed impersonated requests passed
     # (without them every impersonation right read "never used: remove it", the proxy's included)
     for cluster, impersonator, res, ns, name, n in con.execute(IMPERSONATE_CHECKS_SQL, [lo, hi]).fetchall():
-        uses[(cluster, impersonator)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
+        if res == "group":  # a group the impersonator is in (its grants may come through it)
+            groups[(cluster, impersonator)].add(name)
+        else:
+            uses[(cluster, impersonator)].append(Use("impersonate", "", res, None, ns, name, None, int(n)))
     by_cluster: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
     for g in grants:
         by_cluster[g["cluster"]].append(g)

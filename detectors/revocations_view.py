@@ -42,8 +42,9 @@ from ztaudit.core.window import Window
 #: a disabled Keycloak user cannot log in; and so is an admin UPDATE whose representation enables the
 #: user (``admin:UPDATE:USER:enabled``, pipeline/normalize/idp_vendors.py; without the representation
 #: the re-enable says nothing, §3.4), which is also never taken for the disable an inference dates.
-#: These two Keycloak events restore only a Keycloak revocation (a subject id is one IdP's: another's
-#: revocation of the same id is not given back by a Keycloak login).
+#: A restoration is the revoking IdP's own (an Okta deactivation is not given back by a Google
+#: unsuspend of the same login, nor by a Keycloak login of the same id); a revocation-list row, which
+#: records a revocation made anywhere, is given back by any IdP's.
 _RESTORE_RE: Final = (r"(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock"
                       r"|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted"
                       r"|(re)?activate|unsuspend|enable|restore|unlock)$")
@@ -73,6 +74,7 @@ _REVOCATIONS: Final = f"""
            CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
+               AND (e.idp = i.idp OR i.idp = 'list')
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
                AND (regexp_matches(e.event_type, '{_RESTORE_RE}')
                     OR (e.idp = 'keycloak' AND i.idp = 'keycloak'

@@ -367,10 +367,10 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
         return any(pairs.unused(index[id(g)], used_pairs.get((*key, index[id(g)]), 0)) > 0 for g in of)
 
     # the accounts only building the suggestion can judge (module docstring), in Python from the start:
-    # those the SQL flags cannot tell, and those granted on named objects (a suggestion may widen them:
-    # :func:`~ztaudit.reports.rightsize.wider_than_granted`, a review reason the SQL does not know)
+    # those the SQL flags cannot tell, and those with a suggestion granted on named objects (it may widen
+    # them: :func:`~ztaudit.reports.rightsize.wider_than_granted`, a review reason the SQL does not know)
     python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))
-                   or any(g["resource_names"] for g in held[k].own)}
+                   or (flags.get(k, NO_USES).buildable and any(g["resource_names"] for g in held[k].own))}
     py = _python_uses(ctx, python_keys, base, exclude, same)
 
     days = _span_days(seen)

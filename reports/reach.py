@@ -76,7 +76,7 @@ def reach_rows(ctx: ReportContext) -> list[Row]:
 
 #: The columns the table format shows for ``--granted`` (JSON and CSV carry them all).
 GRANTED_DISPLAY: Final = ["cluster", "identity", "row_type", "binding", "verbs", "resources", "used_requests",
-                          "never_used"]
+                          "suggestion"]
 
 
 def granted_rows(ctx: ReportContext) -> tuple[list[str], list[Row]]:

@@ -15,6 +15,7 @@ WITH zt_cd AS MATERIALIZED (
            CAST(NULL AS VARCHAR) AS inferred_from,
            (SELECT min(e.occurred_at) FROM idp_event e
              WHERE NOT coalesce(e.is_revocation, false) AND e.occurred_at > i.occurred_at
+               AND (e.idp = i.idp OR i.idp = 'list')
                AND coalesce(upper(e.outcome), 'SUCCESS') NOT IN ('FAILURE', 'DENY', 'DENIED')
                AND (regexp_matches(e.event_type, '(?i)^(user\.lifecycle\.(re)?activate|user\.lifecycle\.unsuspend|user\.account\.unlock|unsuspend_user|undelete_user|enable account|restore user|lock\.deleted|(re)?activate|unsuspend|enable|restore|unlock)$') OR (e.idp = 'keycloak' AND i.idp = 'keycloak'
                         AND (e.event_type = 'LOGIN' OR e.event_type LIKE 'admin:UPDATE:%:enabled')))

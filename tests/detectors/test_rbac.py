@@ -150,11 +150,33 @@ def test_granted_vs_used_counts_the_impersonators_impersonate_checks(lake: Path)
     t = granted_vs_used(con, None, None).to_pylist()
     (right,) = [r for r in t if r["identity"] == pom and r["row_type"] == "granted"]
     assert right["can_impersonate"] and not right["never_used"]
-    # two allowed requests, each checked on users (ann) and on groups (team-a; system:authenticated is
-    # added by the filter, not checked); the refused one is no use
-    assert right["used_requests"] == 4, right
+    # three requests, each checked on users (ann) and on groups (team-a; system:authenticated is added
+    # by the filter, not checked); the secret read RBAC refused as ann had passed the impersonation
+    # checks (a refused impersonation logs no impersonatedUser: docs/kubernetes-audit.md §6)
+    assert right["used_requests"] == 6, right
     assert sorted(right["used_permissions"]) == ["impersonate groups (cluster)", "impersonate users (cluster)"]
     assert "never used" not in right["suggestion"]
+
+
+def test_an_impersonation_right_through_the_impersonators_group_is_its_own(lake: Path) -> None:
+    """root@example.com holds impersonate through group sre and only ever runs kubectl --as: its groups
+    come from those impersonated requests (user_groups), so the sre grant is credited, not a
+    'used_not_granted' row blaming something outside the snapshot (a review)."""
+    snap = {"apiVersion": "v1", "kind": "List", "items": [
+        _item("ClusterRole", "imp", rules=[{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}]),
+        _item("ClusterRoleBinding", "sre-imp", roleRef={"kind": "ClusterRole", "name": "imp"},
+              subjects=[{"kind": "Group", "name": "sre"}])]}
+    norm = get("rbac_snapshot")
+    table, rejected = norm.to_table(norm.unwrap(snap) or [], ["file:snap.json:1"],
+                                    NormalizeContext(cluster="c1", ingested_at=T))
+    assert not rejected
+    LakeSink(lake).write("rbac_snapshot", table, "snap")
+    write_rows([row(T, "bob@example.com", verb="get", resource="pods", namespace="shop", cluster="c1",
+                    user_name="root@example.com", user_groups=["sre", "system:authenticated"],
+                    impersonator="root@example.com", impersonated_user="bob@example.com")], lake)
+    con = open_lake(lake, must_exist=False)
+    t = [r for r in granted_vs_used(con, None, None).to_pylist() if r["identity"] == "root@example.com"]
+    assert [(r["row_type"], r["via"], r["used_requests"]) for r in t] == [("granted", "Group sre", 1)], t
 
 
 def test_snapshot_file_through_ingest(lake: Path, tmp_path: Path) -> None:
