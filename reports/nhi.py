@@ -62,9 +62,10 @@ over-privilege and default-grant figures from the grants' explicit pairs matched
 (:func:`~ztaudit.reports.rightsize.used_grant_pairs`). The ``Use`` lists, the lists of used and unused
 grants, the suggestion and its YAML are built for the rows ``--limit`` keeps, and for the accounts whose
 status only building the suggestion can tell (an impersonation of ``system:masters`` or of no name:
-:func:`_needs_python`), or granted on named objects (a suggestion keeps no ``resourceNames``, so it may widen
-them: :func:`~ztaudit.reports.rightsize.wider_than_granted` makes that a review reason), which go through that
-full path from the start.
+:func:`_needs_python`), which go through that full path from the start. A suggestion wider than a grant on
+named objects (:func:`~ztaudit.reports.rightsize.wider_than_granted`) is a review reason of the rows built;
+the SQL status of a row ``--limit`` leaves out does not know it, so the note's count of suggestions to
+review can be lower than the rows' (a known limit).
 """
 
 from __future__ import annotations
@@ -366,11 +367,10 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
     def any_unused(key: tuple[str | None, str], of: list[dict[str, Any]]) -> bool:
         return any(pairs.unused(index[id(g)], used_pairs.get((*key, index[id(g)]), 0)) > 0 for g in of)
 
-    # the accounts only building the suggestion can judge (module docstring), in Python from the start:
-    # those the SQL flags cannot tell, and those with a suggestion granted on named objects (it may widen
-    # them: :func:`~ztaudit.reports.rightsize.wider_than_granted`, a review reason the SQL does not know)
-    python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))
-                   or (flags.get(k, NO_USES).buildable and any(g["resource_names"] for g in held[k].own))}
+    # the accounts only building the suggestion can judge (module docstring), in Python from the start
+    # (not those granted on named objects: routing them here cost 10x at 10M events, bench/report.py;
+    # the "wider than today's grant" reason is given to the rows built, see the module docstring)
+    python_keys = {k for k in accounts if _needs_python(k[1], flags.get(k, NO_USES))}
     py = _python_uses(ctx, python_keys, base, exclude, same)
 
     days = _span_days(seen)
