@@ -40,9 +40,10 @@ Sections:
   granted (rules bound to the identity itself, ``binding: verbs resources``), group_grants (rules it gets through groups
   such as ``system:serviceaccounts``), used (distinct permissions exercised, up to 20), used_count,
   unused_grants (granted verb x resource pairs never used in the baseline, own and group grants, up to
-  20), over_privileged, impersonable_by (subjects RBAC lets impersonate it, ``system:masters`` left
-  out), findings (detector ids with findings about it)``. Flagged rows (findings, over-privileged,
-  unknown, unused) first, then by requests.
+  20), over_privileged (null for nodes and without a snapshot of the cluster: not known),
+  impersonable_by (subjects RBAC lets impersonate it, ``system:masters`` left out), findings (detector
+  ids with findings about it)``. Flagged rows (findings, over-privileged, unknown, unused) first, then
+  by requests.
 * ``rightsize``, one row per service account with allowed requests in the baseline (the report's
   window, else the 30 days before the newest audit event; :mod:`ztaudit.reports.rightsize`):
   ``cluster, identity, baseline_days, requests (allowed requests, as above), granted_pairs,
@@ -400,6 +401,9 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
             in_snapshot = "yes" if mine or any(g["subject"] not in SHARED_GROUPS for g in via_groups) else "no"
         else:
             in_snapshot = "no snapshot"
+        # unknown, not "no": a node's rights come from the Node authorizer, and without a snapshot of
+        # its cluster nothing says what an account was granted
+        over: bool | None = is_over if in_snapshot in ("yes", "no") else None
         status = ("unused" if not r["seen"] else "unknown" if in_snapshot == "no"
                   else "legacy_only" if r["legacy_only"] else "active")
         out.append({
@@ -412,7 +416,7 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
             "group_grants": [f"{g['subject']} {_grant_label(g)}" + (" (default)" if _is_default(g) else "")
                              for g in via_groups][:LIST_CAP],
             "used": [], "used_count": 0, "unused_grants": [],  # filled in for the rows shown, below
-            "over_privileged": is_over, "impersonable_by": impersonators_of(rights, cluster, ident),
+            "over_privileged": over, "impersonable_by": impersonators_of(rights, cluster, ident),
             "findings": sorted(set(found.get(key, []))),
         })
         n_left, left_ids = left.get(key, (0, []))
@@ -429,15 +433,15 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
                             -int(x["requests"] or 0), str(x["cluster"]), x["identity"]))
     sas = [x for x in out if x["kind"] == "service_account"]
     with_grants = [x for x in sas if charged.get((x["cluster"], x["identity"]))]
-    over = [x for x in with_grants if x["over_privileged"]]
+    over_rows = [x for x in with_grants if x["over_privileged"]]
     totals = {
         "identities": len(out), "service_accounts": len(sas), "nodes": len(out) - len(sas),
         "seen": sum(1 for x in out if x["status"] != "unused"),
         "unused": sum(1 for x in out if x["status"] == "unused"),
         "unknown": sum(1 for x in out if x["status"] == "unknown"),
         "legacy_only": sum(1 for x in out if x["status"] == "legacy_only"),
-        "with_grants": len(with_grants), "over_privileged": len(over),
-        "over_privileged_share": round(len(over) / len(with_grants), 3) if with_grants else None,
+        "with_grants": len(with_grants), "over_privileged": len(over_rows),
+        "over_privileged_share": round(len(over_rows) / len(with_grants), 3) if with_grants else None,
         "unused_default_grants": default_unused,
         "baseline_days": base_days, "snapshot_clusters": sorted(str(c) for c in snap_clusters),
     }
@@ -469,8 +473,8 @@ def _nhi(ctx: ReportContext, where: str, params: list[Any]) -> ReportResult:
         f"snapshot (unknown), {totals['legacy_only']} seen only with legacy tokens")
     if with_grants:
         result.verdict.append(
-            f"{len(over)} of {len(with_grants)} service accounts with RBAC grants hold permissions they did not use "
-            f"in {base_days:g} days ({100 * len(over) / len(with_grants):.0f} %)")
+            f"{len(over_rows)} of {len(with_grants)} service accounts with RBAC grants hold permissions they did not "
+            f"use in {base_days:g} days ({100 * len(over_rows) / len(with_grants):.0f} %)")
     if not grants:
         result.notes.append("no RBAC snapshot ingested" + (f" for cluster {f.cluster}" if f.cluster else "")
                             + ": granted, unused and over-privilege figures need one (docs/nhi.md)")

@@ -106,6 +106,7 @@ def test_inventory_and_visibility(nhi_lake: Path) -> None:
     assert {k: r["status"] for k, r in rows.items()} == {
         APP: "active", IDLE: "unused", STRAY: "unknown", OLD: "legacy_only", NODE: "active"}
     assert rows[NODE]["in_snapshot"] == "node_authorizer" and rows[NODE]["kind"] == "node"
+    assert rows[NODE]["over_privileged"] is None
     app = rows[APP]
     assert app["requests"] == 13 and app["requests_per_day"] == pytest.approx(13 / 3, abs=0.1)  # denied too
     assert app["credentials"] == ["jti x3, longest 0.0 h"]
@@ -218,4 +219,6 @@ def test_without_snapshot(lake: Path) -> None:
     res = _run(lake)
     assert [r["status"] for r in res.primary.rows] == ["active"]
     assert res.primary.rows[0]["in_snapshot"] == "no snapshot"
+    # nothing says what it was granted: not known, rather than "not over-privileged"
+    assert res.primary.rows[0]["over_privileged"] is None
     assert any("no RBAC snapshot" in n for n in res.notes)
