@@ -196,38 +196,60 @@ def latest_grants(session: Session, until: datetime | None) -> list[dict[str, An
     return rows
 
 
-#: The ``impersonate`` checks behind each allowed impersonated request, per impersonator: the API
-#: server's impersonation filter authorizes ``impersonate`` on ``users`` (the user's name, cluster-wide),
-#: or on ``serviceaccounts`` (its name in its namespace) for a ``system:serviceaccount:NS:NAME``, and on
-#: ``groups`` for each group asked for; the groups the filter adds itself (``system:authenticated``, a
-#: service account's ``system:serviceaccounts`` and ``system:serviceaccounts:NS``) are not checked
-#: (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``). The request passed authorization, so
-#: A record that names the impersonated user passed every check, whatever the request's own answer (a
-#: refused impersonation is answered 403 before the request and logs no impersonatedUser:
-#: docs/kubernetes-audit.md §6). Each check counts once per request (``list_distinct`` of the groups).
-#: One row per request (:func:`~ztaudit.core.requests.requests_select`, on the columns every stage
-#: shares), not the ``k8s_requests`` view's window over the whole lake. Also each impersonator's own
-#: groups (``user_groups``), through which a grant may be its own (``group`` rows, name NULL).
+#: Groups an impersonated request names that the impersonation filter adds itself and does not check.
+_CHECKED_GROUP: Final = ("g <> 'system:authenticated' AND g <> 'system:serviceaccounts' "
+                         "AND g NOT LIKE 'system:serviceaccounts:%'")
+
+
+def impersonate_checks(requests: str, keep: tuple[str, ...] = ()) -> str:
+    """SQL: the ``impersonate`` checks behind each impersonated request of ``requests``, one row per check.
+
+    The API server's impersonation filter authorizes ``impersonate`` on ``users`` (the user's name,
+    cluster-wide), or on ``serviceaccounts`` (its name in its namespace) for a
+    ``system:serviceaccount:NS:NAME``, and on ``groups`` for each group asked for; the groups the filter
+    adds itself (``system:authenticated``, a service account's ``system:serviceaccounts`` and
+    ``system:serviceaccounts:NS``) are not checked (``k8s.io/apiserver/pkg/endpoints/filters/
+    impersonation.go``). A record that names the impersonated user passed every check, whatever the
+    request's own answer (a refused impersonation is answered 403 before the request and logs no
+    impersonatedUser: docs/kubernetes-audit.md §6), so no "allowed" condition belongs here. Each check
+    counts once per request (``list_distinct`` of the groups).
+
+    Called by :func:`granted_vs_used` and by the right-sizing queries of ``report nhi``
+    (:mod:`ztaudit.reports.rightsize`), so both read the same checks. ``requests`` names a relation
+    (a CTE: it is read twice) with ``cluster, impersonator, impersonated_user, impersonated_groups``
+    and the ``keep`` columns; the result has ``cluster, impersonator, resource, namespace, name`` and
+    the ``keep`` columns.
+    """
+    kept = "".join(f", {c}" for c in keep)
+    return f"""
+SELECT cluster, impersonator, CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END AS resource,
+       CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END AS namespace,
+       CASE WHEN sa THEN split_part(impersonated_user, ':', 4) ELSE impersonated_user END AS name{kept}
+FROM (SELECT *, impersonated_user LIKE 'system:serviceaccount:%:%' AS sa FROM {requests}
+      WHERE impersonator IS NOT NULL AND impersonated_user IS NOT NULL)
+UNION ALL
+SELECT cluster, impersonator, 'groups', NULL, g{kept}
+FROM (SELECT cluster, impersonator, unnest(list_distinct(coalesce(impersonated_groups, []))) AS g{kept}
+      FROM {requests} WHERE impersonator IS NOT NULL AND impersonated_user IS NOT NULL)
+WHERE {_CHECKED_GROUP}
+"""
+
+
+#: The :func:`impersonate_checks` of the window's requests, counted per impersonator and check, and
+#: each impersonator's own groups (``user_groups``), through which a grant may be its own (``group``
+#: rows with count 0). One row per request (:func:`~ztaudit.core.requests.requests_select`,
+#: on the columns every stage shares), not the ``k8s_requests`` view's window over the whole lake.
 IMPERSONATE_CHECKS_SQL: Final = f"""
 WITH r AS (
-    SELECT cluster, impersonator, impersonated_user, list_distinct(coalesce(impersonated_groups, [])) AS groups,
-           impersonated_user LIKE 'system:serviceaccount:%:%' AS sa, coalesce(user_groups, []) AS own_groups
-    FROM ({requests_select(["cluster", "impersonator", "impersonated_user", "impersonated_groups", "user_groups"],
-                           "impersonator IS NOT NULL AND impersonated_user IS NOT NULL "
-                           "AND request_received_at >= ? AND request_received_at < ?")})
+    {requests_select(["cluster", "impersonator", "impersonated_user", "impersonated_groups", "user_groups"],
+                     "impersonator IS NOT NULL AND impersonated_user IS NOT NULL "
+                     "AND request_received_at >= ? AND request_received_at < ?")}
 )
-SELECT cluster, impersonator, CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END,
-       CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END,
-       CASE WHEN sa THEN split_part(impersonated_user, ':', 4) ELSE impersonated_user END, count(*)
-FROM r GROUP BY ALL
-UNION ALL
-SELECT cluster, impersonator, 'groups', NULL, g, count(*)
-FROM (SELECT cluster, impersonator, unnest(groups) AS g FROM r)
-WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
-GROUP BY ALL
+SELECT cluster, impersonator, resource, namespace, name, count(*)
+FROM ({impersonate_checks("r")}) GROUP BY ALL
 UNION ALL
 SELECT DISTINCT cluster, impersonator, 'group', NULL, g, 0
-FROM (SELECT cluster, impersonator, unnest(own_groups) AS g FROM r)
+FROM (SELECT cluster, impersonator, unnest(coalesce(user_groups, [])) AS g FROM r)
 """
 
 

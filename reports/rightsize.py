@@ -8,11 +8,12 @@ service account with allowed requests in the baseline period; SQL errors propaga
   than 401/403/429; a 404 ``get`` or a 409 ``create`` passed authorization and is a use), as
   :func:`ztaudit.detectors.rbac.granted_vs_used` counts them (a request made as the service account
   by an impersonator included: RBAC authorizes it as the account), plus the ``impersonate`` checks
-  its impersonated requests passed: the API server's impersonation filter authorizes
-  ``impersonate`` on ``users`` (the user's name), on ``groups`` (each group asked for) and, for a
-  service account, on ``serviceaccounts`` in its namespace
-  (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``); the groups the filter adds itself
-  (``system:authenticated``, ``system:serviceaccounts[:NS]``) are not checked and not counted.
+  its impersonated requests passed, whatever the request's own answer
+  (:func:`ztaudit.detectors.rbac.impersonate_checks`, shared with ``report reach --granted``): the
+  API server's impersonation filter authorizes ``impersonate`` on ``users`` (the user's name), on
+  ``groups`` (each group asked for) and, for a service account, on ``serviceaccounts`` in its
+  namespace (``k8s.io/apiserver/pkg/endpoints/filters/impersonation.go``); the groups the filter adds
+  itself (``system:authenticated``, ``system:serviceaccounts[:NS]``) are not checked and not counted.
 * **Evidence of open findings is not a use to keep.** Requests that are evidence (``k8s_audit:``
   references) of an open finding about the account (not acked, not suppressed, ``docs/triage.md``)
   are left out of the suggestion and of its replay; the row says how many and which findings
@@ -63,7 +64,7 @@ import duckdb
 import pyarrow as pa
 
 from ztaudit.core.window import Window
-from ztaudit.detectors.rbac import AUTHORIZED, Rule, RuleIndex, Use, covers
+from ztaudit.detectors.rbac import AUTHORIZED, Rule, RuleIndex, Use, covers, impersonate_checks
 
 #: The period right-sizing judges when the report is given neither --since nor --until.
 BASELINE: Final = timedelta(days=30)
@@ -99,33 +100,27 @@ FROM (SELECT *, {_EXCLUDED.format(who="actor")} AS excluded FROM {{src}} r
         AND verb IS NOT NULL AND {AUTHORIZED})
 GROUP BY ALL
 """
-#: Allowed impersonated requests of a service account, with ``excluded`` (:data:`IMPERSONATE_SQL`).
+#: A service account's impersonated requests, with ``excluded``: the relation the
+#: :func:`~ztaudit.detectors.rbac.impersonate_checks` below read (not only allowed ones: a record that
+#: names the impersonated user passed the impersonate checks whatever the request's own answer).
 _IMPERSONATED: Final = f"""
-    SELECT cluster, impersonator, impersonated_user, coalesce(impersonated_groups, []) AS groups,
+    SELECT cluster, impersonator, impersonated_user, impersonated_groups,
            {_EXCLUDED.format(who="impersonator")} AS excluded
     FROM {{src}} r
     WHERE request_received_at >= $lo AND request_received_at < $hi
-      AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL AND {AUTHORIZED}
+      AND impersonator LIKE 'system:serviceaccount:%' AND impersonated_user IS NOT NULL
 """
-#: The impersonation checks behind each allowed impersonated request of a service account (module docstring).
+#: The impersonation checks behind each impersonated request of a service account (module docstring).
 IMPERSONATE_SQL: Final = f"""
 WITH r AS ({_IMPERSONATED})
-SELECT cluster, impersonator, CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN 'serviceaccounts'
-                                   ELSE 'users' END AS resource,
-       CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 3) END,
-       CASE WHEN impersonated_user LIKE 'system:serviceaccount:%:%' THEN split_part(impersonated_user, ':', 4)
-            ELSE impersonated_user END AS name, count(*) AS n, count(*) FILTER (WHERE NOT excluded) AS kept
-FROM r GROUP BY ALL
-UNION ALL
-SELECT cluster, impersonator, 'groups', NULL, g, count(*), count(*) FILTER (WHERE NOT excluded)
-FROM (SELECT cluster, impersonator, unnest(groups) AS g, excluded FROM r)
-WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
-GROUP BY ALL
+SELECT cluster, impersonator, resource, namespace, name, count(*) AS n, count(*) FILTER (WHERE NOT excluded) AS kept
+FROM ({impersonate_checks("r", ("excluded",))}) GROUP BY ALL
 """
 #: Every use of :data:`USES_SQL` and :data:`IMPERSONATE_SQL`, one row per request (per impersonated
 #: group) instead of one per distinct use, with ``full_resource`` (resource[/subresource]) and ``excluded``: what
 #: :func:`account_flags` and :func:`used_grant_pairs` aggregate without building a :class:`Use` each.
 EVERY_USE_SQL: Final = f"""
+WITH imp AS ({_IMPERSONATED})
 SELECT cluster, actor, verb, api_group, resource, subresource, namespace, name, path, excluded,
        resource || CASE WHEN subresource <> '' THEN '/' || subresource ELSE '' END AS full_resource
 FROM (
@@ -137,17 +132,7 @@ FROM (
       AND verb IS NOT NULL AND {AUTHORIZED} AND (resource IS NOT NULL OR split_part(request_uri, '?', 1) <> '')
     UNION ALL
     SELECT cluster, impersonator, 'impersonate', '', resource, NULL, namespace, name, NULL, excluded
-    FROM (
-        SELECT cluster, impersonator, excluded,
-               CASE WHEN sa THEN 'serviceaccounts' ELSE 'users' END AS resource,
-               CASE WHEN sa THEN split_part(impersonated_user, ':', 3) END AS namespace,
-               CASE WHEN sa THEN split_part(impersonated_user, ':', 4) ELSE impersonated_user END AS name
-        FROM (SELECT *, impersonated_user LIKE 'system:serviceaccount:%:%' AS sa FROM ({_IMPERSONATED}))
-        UNION ALL
-        SELECT cluster, impersonator, excluded, 'groups', NULL, g
-        FROM (SELECT cluster, impersonator, excluded, unnest(groups) AS g FROM ({_IMPERSONATED}))
-        WHERE g <> 'system:authenticated' AND g <> 'system:serviceaccounts' AND g NOT LIKE 'system:serviceaccounts:%'
-    )
+    FROM ({impersonate_checks("imp", ("excluded",))})
 )
 """
 #: Per account, what its uses decide about its suggestion (:class:`Flags`, :func:`status_of`); the

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from support.cases import row, write_rows
+from support.rbac import rbac_item as _item
 
 from ztaudit.core.derived_tables import RBAC_GRANT
 from ztaudit.core.lake import open_lake
@@ -18,13 +19,6 @@ from ztaudit.pipeline.normalize.base import NormalizeContext
 from ztaudit.pipeline.normalize.registry import get
 
 T = datetime(2026, 3, 2, 10, tzinfo=UTC)
-
-
-def _item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
-    md: dict[str, Any] = {"name": name}
-    if ns:
-        md["namespace"] = ns
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": md, **kw}
 
 
 SNAPSHOT: dict[str, Any] = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": [

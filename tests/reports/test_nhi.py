@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from support.cases import row, write_rows
+from support.rbac import rbac_item as _item
 
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
@@ -34,13 +35,6 @@ NODE = "system:node:n1"
 #: The metadata the bootstrap policy puts on its roles and bindings (``_item(..., **DEFAULT)``).
 DEFAULT: dict[str, Any] = {"labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
                            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}}
-
-
-def _item(kind: str, name: str, ns: str | None = None, labels: dict[str, str] | None = None,
-          annotations: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
-    md: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
-    md.update({k: v for k, v in (("labels", labels), ("annotations", annotations)) if v})
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": md, **kw}
 
 
 SNAPSHOT = {"apiVersion": "v1", "kind": "List", "items": [

@@ -16,13 +16,12 @@ from typing import Any
 import pytest
 import yaml
 from support.cases import row, write_rows
+from support.rbac import rbac_item as _item
+from support.rbac import write_snapshot
 
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
-from ztaudit.core.sink import LakeSink
 from ztaudit.detectors.rbac import Rule, Use, covers
-from ztaudit.pipeline.normalize.base import NormalizeContext
-from ztaudit.pipeline.normalize.registry import get
 from ztaudit.reports import run_report
 from ztaudit.reports.base import ReportContext, ReportResult
 from ztaudit.reports.filters import Filters
@@ -33,18 +32,9 @@ SA = "system:serviceaccount:"
 CI = f"{SA}ci:deployer"
 
 
-def _item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
-    md: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": md, **kw}
-
-
 def _snapshot(lake: Path, items: list[dict[str, Any]], cluster: str | None = "c1", at: datetime = T,
               key: str = "snap") -> None:
-    norm = get("rbac_snapshot")
-    table, rejected = norm.to_table(norm.unwrap({"apiVersion": "v1", "kind": "List", "items": items}) or [],
-                                    [f"file:{key}.json:1"], NormalizeContext(cluster=cluster, ingested_at=at))
-    assert not rejected
-    LakeSink(lake).write("rbac_snapshot", table, key)
+    write_snapshot(lake, items, at, cluster, key)
 
 
 def _finding(lake: Path, fid: str, actor: str, evidence: list[str], detector: str = "reach.anomalous") -> None:
@@ -173,6 +163,26 @@ def test_system_masters_impersonation_is_left_out_and_reviewed(lake: Path) -> No
     assert "1 impersonations of system:masters left out" in sizing["review"]
     assert _rules(sizing["suggestion"]) == [Rule(("impersonate",), ("",), ("users",), ("bob@example.com",), (),
                                                  None)]
+
+
+def test_impersonation_of_a_refused_request_is_a_use_of_the_impersonate_right(lake: Path) -> None:
+    # the impersonation filter ran and passed before the request's own authorization refused it (a
+    # refused impersonation logs no impersonatedUser): the proxy's right to impersonate bob was used
+    gw = f"{SA}proxy:gw"
+    _snapshot(lake, [_item("ClusterRole", "gw", rules=[{"apiGroups": [""], "resources": ["users"],
+                                                         "verbs": ["impersonate"]}]),
+                     _item("ClusterRoleBinding", "gw", roleRef={"kind": "ClusterRole", "name": "gw"},
+                           subjects=[{"kind": "ServiceAccount", "name": "gw", "namespace": "proxy"}])])
+    write_rows([row(T, "bob@example.com", "delete", "pods", "web", impersonator=gw, cluster="c1",
+                    impersonated_user="bob@example.com", impersonated_groups=["devs", "devs"],
+                    response_code=403, decision="forbid")], lake)
+    res = _run(lake)
+    ident = {r["identity"]: r for r in res.primary.rows}[gw]
+    assert ident["unused_grants"] == [] and ident["over_privileged"] is False, ident
+    assert set(_rules(_sizing(res)[gw]["suggestion"])) == {
+        Rule(("impersonate",), ("",), ("users",), ("bob@example.com",), (), None),
+        Rule(("impersonate",), ("",), ("groups",), ("devs",), (), None)}
+    assert _sizing(res)[gw]["replayed_requests"] == 2  # bob, and "devs" once
 
 
 def test_object_names_carry_the_namespace_and_are_hashed_when_needed(lake: Path) -> None:
@@ -385,25 +395,3 @@ def test_the_default_baseline_is_thirty_days_not_thirty_one(lake: Path) -> None:
     res = _run(lake)
     assert res.section("visibility").rows[0]["baseline_days"] == 30
     assert _sizing(res)[worker]["baseline_days"] == 30
-
-
-def test_reach_granted_puts_never_used_grants_first_and_says_what_limit_cut(lake: Path) -> None:
-    """``report reach --granted`` was cut to --limit by name with no note (an analyst trial: the rows that
-    mattered were among those dropped): never-used grants come first, and a note counts what was cut."""
-    _snapshot(lake, [
-        *ADMIN,
-        _item("Role", "reader", "app", rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]),
-        _item("RoleBinding", "reader", "app", roleRef={"kind": "Role", "name": "reader"},
-              subjects=[{"kind": "ServiceAccount", "name": f"a{i}"} for i in range(5)])])
-    write_rows([row(T, f"{SA}app:a{i}", "get", "pods", "app", cluster="c1") for i in range(5)], lake)
-    con = open_lake(lake, must_exist=False)
-    try:
-        res = run_report("reach", ReportContext(con=con, config=Config(), filters=Filters(), limit=2,
-                                                options={"granted": True}))
-    finally:
-        con.close()
-    rows = res.primary.rows
-    # the CI account's unused admin-all first, though app:a0..a4 sort before it by name
-    assert len(rows) == 2 and rows[0]["identity"] == CI and rows[0]["never_used"], rows
-    assert not rows[1]["never_used"]
-    assert any("rows left out by --limit 2" in n for n in res.notes), res.notes

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from support.cases import row, write_rows
+from support.rbac import rbac_item as _item
 
 from ztaudit.core.config import Config
 from ztaudit.core.lake import open_lake
@@ -33,11 +34,6 @@ nhi_module = importlib.import_module("ztaudit.reports.nhi")  # the package's ``n
 T = datetime(2026, 3, 2, 10, tzinfo=UTC)
 SA = "system:serviceaccount:"
 READ = ["get", "list", "watch"]
-
-
-def _item(kind: str, name: str, ns: str | None = None, **kw: Any) -> dict[str, Any]:
-    md: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": md, **kw}
 
 
 def _bind(name: str, role_kind: str, role: str, subject: dict[str, str], ns: str | None = None) -> dict[str, Any]:
