@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from ztaudit.core.config import Config
 from ztaudit.detectors.engine import Engine, Session, as_engine
@@ -34,6 +34,24 @@ class Severity(StrEnum):
     MEDIUM = "medium"
     HIGH = "high"
     CRITICAL = "critical"
+
+
+#: The cluster part of an evidence reference to a request of a lake without cluster names (plain audit
+#: files ingested without ``--cluster``): the text Python gives ``None``, so references built in SQL
+#: and in Python agree, and the audit id is never lost to a NULL.
+NO_CLUSTER_REF: Final = "None"
+
+
+def audit_ref(cluster: str | None, audit_id: str) -> str:
+    """Evidence reference to one Kubernetes request: ``k8s_audit:<cluster>/<audit id>``."""
+    return f"k8s_audit:{NO_CLUSTER_REF if cluster is None else cluster}/{audit_id}"
+
+
+def audit_ref_sql(cluster: str, audit_id: str, prefix: bool = True) -> str:
+    """SQL for :func:`audit_ref` over the columns ``cluster`` and ``audit_id`` (column names, never
+    values); ``prefix=False`` leaves out ``k8s_audit:`` (``<cluster>/<audit id>``)."""
+    body = f"coalesce({cluster}, '{NO_CLUSTER_REF}') || '/' || {audit_id}"
+    return f"'k8s_audit:' || {body}" if prefix else body
 
 
 def finding_id(detector: str, key: Sequence[Any]) -> str:

@@ -313,28 +313,57 @@ def _chain(first: tuple[int, int, Any, str | None], rest: Iterator[tuple[int, in
     yield from rest
 
 
+#: A line that opens an object and names a member on the line itself (``{"kind": "Event", ...``):
+#: a record of a JSON-lines file, whole or cut off. A pretty-printed document opens its objects on
+#: a line of their own (``{``, ``"metadata": {``) and names members on the lines below.
+_RECORD_START: Final = re.compile(r'\{\s*"(?:[^"\\]|\\.)*"\s*:')
+
+
+def _record_line(line: str) -> Literal["complete", "cut", ""]:
+    """What ``line`` (stripped) is: a complete JSON object or array, a JSON-lines record cut off
+    after its first member began (an API server killed mid-write), or neither (``""``)."""
+    if line[:1] not in "{[":
+        return ""
+    if _complete_line(line.encode("utf-8", "surrogatepass")):
+        return "complete"
+    return "cut" if _RECORD_START.match(line) is not None and line[-1:] not in "{[," else ""
+
+
 def _json_lines_after_first(text: str, start: int) -> bool:
     """True when most of the (up to :data:`_CONFIRM_LINES`) lines after the one at ``start`` are
-    complete JSON objects or arrays: a JSON-lines file whose first line is broken.
+    JSON-lines records (:func:`_record_line`: complete, or cut off after a member began): a
+    JSON-lines file whose first line is broken.
 
-    A majority, not all: an API server in a crash loop leaves several cut-off lines, and one more
-    cut line among the next few must not turn a whole log into one quarantined "document". The
-    lines of a pretty-printed document are almost never complete values on their own (``{``,
-    ``"key": value,``, ``},``), so they stay a document."""
+    Cut-off records count for the file, not against it: an API server in a crash loop leaves many
+    cut lines in a row (a hostile test: 10 cut lines before 2,000 events made the whole file one
+    quarantined "document" when only complete lines counted). The lines of a pretty-printed
+    document are almost never records on their own (``{``, ``"key": value,``, ``},``), so it stays a
+    document, and its lines are never stored one by one without the key above them."""
     nl = text.find("\n", start)
     if nl < 0:
         return False
-    seen = complete = 0
+    seen = records = complete = 0
     for line in text[nl + 1: nl + 1 + PEEK_BYTES].split("\n")[:-1]:
         s = line.strip()
         if not s:
             continue
         seen += 1
-        if s[:1] in "{[" and _complete_line(s.encode("utf-8", "surrogatepass")):
-            complete += 1
+        kind = _record_line(s)
+        records += kind != ""
+        complete += kind == "complete"
         if seen >= _CONFIRM_LINES:
             break
-    return complete > 0 and 2 * complete > seen
+    return complete > 0 and 2 * records > seen
+
+
+def json_lines_head(head: bytes) -> bool:
+    """Whether an input that :func:`classify` called a document but that cannot be read as one text
+    (:func:`read_document`: over :data:`DOCUMENT_MAX_BYTES`, or not UTF-8) is a JSON-lines file
+    whose first line is cut, judged on its first :data:`PEEK_BYTES` as :func:`document_chunks`
+    judges a readable one. Called by :func:`.files.read_chunks` before it gives up on the input:
+    read line by line, a stray Latin-1 byte or a 1 GiB log costs one quarantined line, not the file."""
+    text = head.removeprefix(BOM).decode("utf-8", "replace")
+    return _json_lines_after_first(text, _skip_ws(text, 0))
 
 
 def unreadable_document(head: bytes, inp: InputFile, why: str) -> Chunk:

@@ -37,7 +37,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ztaudit.core.errors import SourceError
-from ztaudit.pipeline.sources.documents import classify, csv_chunks, document_chunks, read_document, unreadable_document
+from ztaudit.pipeline.sources.documents import (
+    classify,
+    csv_chunks,
+    document_chunks,
+    json_lines_head,
+    read_document,
+    unreadable_document,
+)
 from ztaudit.pipeline.sources.inputs import PEEK_BYTES, Chunk, InputFile, open_input
 from ztaudit.pipeline.sources.lines import line_chunks
 
@@ -61,10 +68,10 @@ def read_chunks(inp: InputFile, chunk_bytes: int, max_record_bytes: int) -> Iter
                 head = stream.read(PEEK_BYTES)
             if classify(head) == "document":
                 text, why, first_bytes = read_document(opened)
-                if text is None:
+                if text is None and not json_lines_head(head):
                     yield unreadable_document(first_bytes, inp, why)
                     return
-                chunks = document_chunks(text, inp, chunk_bytes)
+                chunks = document_chunks(text, inp, chunk_bytes) if text is not None else None
                 del text
                 if chunks is not None:
                     yield from chunks

@@ -358,6 +358,25 @@ def test_json_lines_with_several_cut_lines_near_the_top_are_still_lines(tmp_path
     assert stats.rows["k8s_audit"] == 998 and stats.quarantined_total == 2
 
 
+@pytest.mark.parametrize("stray", [b"", b"caf\xe9 "])
+def test_a_crash_loop_of_ten_cut_lines_keeps_the_events_after_it(tmp_path: Path, stray: bytes) -> None:
+    """A hostile trial: 10 cut lines (a crash loop) before 2,000 events made the file one quarantined
+    "document" (1 record, 2,000 events lost): only complete lines counted as JSON lines, and 9 of
+    the next 16 were cut. With a Latin-1 byte further down, the whole file was one ``not_utf8``
+    record. Cut records count for JSON lines now, and an unreadable document is looked at first."""
+    lines = [orjson.dumps(event(i)) for i in range(2010)]
+    for i in range(10):
+        lines[i] = lines[i][: 60 + 7 * i]
+    if stray:
+        lines[1510] = lines[1510].replace(b'"alice', b'"' + stray + b"alice", 1)
+        assert stray in lines[1510]
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ingest_paths([path], tmp_path / "lake", cluster="c1")
+    bad = 1 if stray else 0
+    assert stats.rows["k8s_audit"] == 2000 - bad and stats.quarantined_total == 10 + bad, stats
+
+
 def test_a_broken_pretty_printed_secret_does_not_leak_its_data(tmp_path: Path) -> None:
     """One stray comma in a pretty-printed Secret event: the reader fell back to one record per
     line, and ``"db-pass": "<base64>",`` lines (no ``"data":`` key to cut at) were stored verbatim
