@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
@@ -492,7 +492,7 @@ class LakeSink:
 
     def write_chunk(self, tables: Mapping[str, pa.Table], rejected: Sequence[Rejected], file_key: str,
                     now: datetime | None = None, extent: int | None = None,
-                    scope: Sequence[str] = CHUNK_TABLES) -> list[PurePath]:
+                    scope: Sequence[str] = CHUNK_TABLES, days: Collection[str] | None = None) -> list[PurePath]:
         """Write one input chunk under ``file_key`` and make it the only version of that key.
 
         Called by ``ingest`` (on its writer thread) once per chunk, and by ``detect`` for each
@@ -500,7 +500,8 @@ class LakeSink:
         day) and the ``rejected`` records (quarantined at ``now``), then deletes every other file
         named ``file_key`` in any table of ``scope`` (default :data:`CHUNK_TABLES`) and any day: an
         earlier version of this chunk whose rows fell on other days, or in a table this version
-        has no rows for, is stale (see the module docstring). Returns the paths written. Raises
+        has no rows for, is stale (see the module docstring); with ``days``, only in those days (a
+        derived table rebuilt for a window keeps the days outside it). Returns the paths written. Raises
         :class:`SinkError` when a file cannot be written (the old version then stays whole) or a
         stale one cannot be deleted.
 
@@ -545,7 +546,7 @@ class LakeSink:
         name = f"{safe_key(file_key)}.parquet"
         for table_name in scope:
             for day, names in self.day_index(table_name).items():
-                if name not in names:  # the common case: a set lookup, no path built
+                if name not in names or (days is not None and day not in days):  # a set lookup, no path built
                     continue
                 stale = self.path_for(table_name, day, file_key)
                 if stale in keep:

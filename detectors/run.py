@@ -19,26 +19,30 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ztaudit.core.columns import conform
 from ztaudit.core.config import Config
 from ztaudit.core.errors import SinkError, ZtauditError
-from ztaudit.core.files import day_dirs, sweep_temp_files
+from ztaudit.core.files import UNDATED, day_dirs, sweep_temp_files
 from ztaudit.core.lake import spill_directory
 from ztaudit.core.progress import ProgressCallback
-from ztaudit.core.schema import FINDINGS
+from ztaudit.core.schema import FINDINGS, PARTITION_TIME, TABLES
 from ztaudit.core.sink import LakeSink
-from ztaudit.core.window import Window
+from ztaudit.core.window import Window, utc_day
 from ztaudit.detectors import registry, tables
 from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.engine import DuckDBEngine, Session
 from ztaudit.detectors.findings_store import write_findings
 
 log = logging.getLogger(__name__)
+#: The name of every derived table's files (one per day): each run's build replaces them.
+DERIVED_KEY = "derived"
 
 
 class DetectError(ZtauditError):
@@ -70,6 +74,40 @@ def select_detectors(ids: Sequence[str] | None) -> list[str]:
     return list(ids)
 
 
+def write_derived(sink: LakeSink, name: str, table: pa.Table, cover: tables.Cover) -> None:
+    """Make ``table`` the rows of derived table ``name`` whose partition time is in ``cover``
+    (``[lo, hi)``; None: the whole table), keeping every other row. Called by :func:`build_derived`.
+
+    One file per day (``derived.parquet``): a day of the cover the build has no rows for loses its
+    file, a day outside it is not touched, and the day on each edge of a cover that cuts through a
+    day is rewritten with its old rows outside the cover (an hourly ``reach`` run from 14:00 keeps
+    the morning's windows). Raises :class:`SinkError` when a file cannot be read or written.
+    """
+    if cover is None:
+        sink.write_chunk({name: table}, [], DERIVED_KEY, scope=(name,))
+        return
+    lo, hi = cover
+    column, schema = PARTITION_TIME[name], TABLES[name]
+    first, last = utc_day(lo), utc_day(hi - timedelta(microseconds=1))
+    index = sink.day_index(name)
+    days = {d for d in index if d != UNDATED and first <= d <= last}
+    kept = [conform(table, schema)]
+    for day in sorted(days & {first, last}):
+        path = sink.path_for(name, day, DERIVED_KEY)
+        if path.name not in index[day]:
+            continue
+        try:
+            old = conform(sink.read_table(path), schema)
+        except (OSError, pa.ArrowException) as exc:
+            raise SinkError(f"cannot read {sink.display(path)} to keep its rows outside this run's window: {exc}",
+                            fix="check that it is readable, or run detect without --since/--until to rebuild "
+                                "the whole table") from exc
+        at = old.column(column)
+        outside = pc.or_kleene(pc.less(at, pa.scalar(lo, at.type)), pc.greater_equal(at, pa.scalar(hi, at.type)))
+        kept.append(old.filter(pc.fill_null(outside, True)))
+    sink.write_chunk({name: pa.concat_tables(kept)}, [], DERIVED_KEY, scope=(name,), days=days)
+
+
 def build_derived(ctx: DetectContext, lake: Path, result: RunResult,
                   progress: ProgressCallback | None = None, steps: int = 0) -> None:
     """Build and write every table of :data:`tables.DERIVED_TABLES`; errors go to ``result.errors``.
@@ -79,14 +117,13 @@ def build_derived(ctx: DetectContext, lake: Path, result: RunResult,
     # Temporary files a killed detect left (the sink sweeps the derived tables' own days).
     for d in (lake / "_state", *day_dirs(lake / "findings")):
         sweep_temp_files(d)
-    for i, (name, builder) in enumerate(tables.DERIVED_TABLES.items()):
+    for i, (name, derived) in enumerate(tables.DERIVED_TABLES.items()):
         if progress is not None:
             progress(i, steps or len(tables.DERIVED_TABLES), f"table:{name}")
         t0 = time.perf_counter()
         try:
-            table = builder(ctx)
-            # One version per run: a day the table no longer has rows for loses its old file.
-            sink.write_chunk({name: table}, [], "derived", scope=(name,))
+            table = derived.build(ctx)
+            write_derived(sink, name, table, derived.cover(ctx))
             result.tables_built[name] = table.num_rows
         except ZtauditError:
             raise
