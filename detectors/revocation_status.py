@@ -62,6 +62,7 @@ import pyarrow as pa
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, Window, utc_day
+from ztaudit.detectors.base import audit_ref_sql
 from ztaudit.detectors.engine import Engine, Session, as_engine
 from ztaudit.detectors.revocation_attribution import PROXY_BOUND, attribute_anonymous_denials
 from ztaudit.detectors.revocations_view import REVOCATIONS_IN_WINDOW_SQL
@@ -202,8 +203,8 @@ _PROXY_USE_COLUMNS: Final = """r.rev_id, 'proxy' AS plane, d.decided_at AS ts,
            d.session_id AS sess, d.client_ip AS ip, d.user_agent AS ua, d.cluster AS cluster, d.proxy AS proxy,
            CAST(NULL AS INTEGER) AS code"""
 _PROXY_USE_WINDOW: Final = f"d.decided_at >= r.revoked_at - $activity AND {_PROXY_BOUND}"
-_API_USE_COLUMNS: Final = """r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us,
-           q.response_code NOT IN (401, 403) AS allowed, 'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref,
+_API_USE_COLUMNS: Final = f"""r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us,
+           q.response_code NOT IN (401, 403) AS allowed, {audit_ref_sql("q.cluster", "q.audit_id")} AS ref,
            NULL AS sess, q.ip, q.ua, q.cluster, q.response_code AS code"""
 
 #: Uses of a revoked service account (by ``user_name``) or legacy token (by ``credential_id``) at the API
@@ -217,7 +218,7 @@ _SUBJECT_API_USES: Final = f"""
                max(response_code) AS response_code, any_value(source_ip) AS ip, any_value(user_agent) AS ua
         FROM k8s_audit WHERE {{column}} IN (SELECT subject FROM zt_rev WHERE kind = '{{kind}}')
           AND {_AUDIT_BOUND}
-        GROUP BY ALL) q ON q.subj = r.subject AND q.cluster = r.cluster
+        GROUP BY ALL) q ON q.subj = r.subject AND q.cluster IS NOT DISTINCT FROM r.cluster
     WHERE r.kind = '{{kind}}' AND q.response_code IS NOT NULL
       AND q.request_received_at >= r.revoked_at - $activity"""
 
@@ -300,7 +301,8 @@ _BINDING_SUBJ: Final = """CASE WHEN {m}.kind = 'ClusterRoleBinding' THEN 'Cluste
                         ELSE 'RoleBinding/' || split_part({m}.ref, '/', 2) || '/' || split_part({m}.ref, '/', 1)
                    END"""
 _BINDING_SCOPE: Final = f"""authz_reason LIKE '%RoleBinding "%' AND {_AUDIT_BOUND}
-                     AND cluster IN (SELECT cluster FROM zt_rev WHERE kind = 'binding')"""
+                     AND coalesce(cluster, chr(0)) IN (SELECT coalesce(cluster, chr(0)) FROM zt_rev
+                                                       WHERE kind = 'binding')"""
 
 #: The few distinct RBAC reasons that name a revoked binding.
 _BINDING_REASONS_SQL: Final = Table("zt_rev_reason", f"""
@@ -318,19 +320,19 @@ _BINDING_REQUESTS_SQL: Final = Table("zt_rev_req", f"""
 #: Those requests judged with all their stages, exactly as over the whole log.
 _BINDING_USES_SQL: Final = Insert("zt_rev_use", f"""
     SELECT r.rev_id, 'api' AS plane, q.request_received_at AS ts, 0 AS prec_us, true AS allowed,
-           'k8s_audit:' || q.cluster || '/' || q.audit_id AS ref, q.cluster, 'binding named in the RBAC reason' AS how
+           {audit_ref_sql("q.cluster", "q.audit_id")} AS ref, q.cluster, 'binding named in the RBAC reason' AS how
     FROM zt_rev r JOIN (
         SELECT cluster, audit_id, request_received_at, {_BINDING_SUBJ.format(m='m')} AS subj
         FROM (SELECT a.cluster, a.audit_id, a.request_received_at,
                      {_BINDING_RE.format(reason='any_value(a.authz_reason)')} AS m
               FROM k8s_audit a SEMI JOIN zt_rev_req k
-                ON a.cluster = k.cluster AND a.audit_id IS NOT DISTINCT FROM k.audit_id
+                ON a.cluster IS NOT DISTINCT FROM k.cluster AND a.audit_id IS NOT DISTINCT FROM k.audit_id
                AND a.request_received_at = k.request_received_at
               WHERE a.authz_reason LIKE '%RoleBinding "%' AND a.request_received_at >= $ulo
                 AND a.request_received_at < $until AND CAST(a.dt AS VARCHAR) >= $ulo_day
                 AND CAST(a.dt AS VARCHAR) <= $hi_day
               GROUP BY ALL HAVING max(a.response_code) BETWEEN 200 AND 399)) q
-      ON q.subj = r.subject AND q.cluster = r.cluster
+      ON q.subj = r.subject AND q.cluster IS NOT DISTINCT FROM r.cluster
     WHERE r.kind = 'binding' AND q.request_received_at >= r.revoked_at - $activity""", by_name=True)
 
 

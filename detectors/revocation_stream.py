@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Final
 
 from ztaudit.core.config import Config
 from ztaudit.core.window import EARLIEST, LATEST, utc_day
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import NO_CLUSTER_REF, DetectContext, Finding, Severity, audit_ref_sql
 from ztaudit.detectors.engine import Engine, Session, as_engine
 from ztaudit.detectors.revocation_status import build
 from ztaudit.detectors.sql import Table, run
@@ -92,13 +92,14 @@ def _param_true(key: str) -> str:
     return f"coalesce(lower(coalesce(try(url_decode({first})), {first})) NOT IN ('0', 'false'), false)"
 
 
+#: SQL: the part of a request's evidence reference before its audit id, for the ``cluster`` column.
+_REF_PREFIX: Final = f"'k8s_audit:' || coalesce(cluster, '{NO_CLUSTER_REF}') || '/'"
 #: The revoked subjects' allowed API requests received before their revocation (from the judgement's
 #: ``zt_rev_use``): the only requests that can be streams surviving it.
 _CANDIDATES_SQL: Final = Table("zt_rev_stream_cand", """
         SELECT u.rev_id, u.cluster, u.ref, u.ts AS received_at
     FROM zt_rev_use u JOIN zt_rev r USING (rev_id)
-    WHERE u.plane = 'api' AND u.allowed AND u.ts < r.revoked_at AND NOT r.unjudged
-      AND u.cluster IS NOT NULL AND u.ref IS NOT NULL
+    WHERE u.plane = 'api' AND u.allowed AND u.ts < r.revoked_at AND NOT r.unjudged AND u.ref IS NOT NULL
 """)
 
 #: Those requests with their stages, one row per request: its end (ResponseComplete or Panic), its
@@ -106,8 +107,9 @@ _CANDIDATES_SQL: Final = Table("zt_rev_stream_cand", """
 #: a stage delivered twice is one; of two copies logged at the same time, e.g. a log read twice from two
 #: files, the code and origin of the first in origin order, on both engines and at any thread count).
 #: Read from ``k8s_audit`` bounded by the candidates' receive times; the reference is the
-#: ``'k8s_audit:' || cluster || '/' || audit_id`` every detector uses.
-_REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
+#: :func:`~ztaudit.detectors.base.audit_ref_sql` every detector uses (a lake without cluster names too:
+#: the clusters are compared with IS NOT DISTINCT FROM).
+_REQUESTS_SQL: Final = Table("zt_rev_stream_all", f"""
         WITH st AS (
         SELECT a.cluster, a.audit_id, a.request_received_at, a.stage, min(a.stage_at) AS stage_ts,
                arg_min(a.response_code, (a.stage_at, coalesce(a.origin, ''))) AS code,
@@ -118,16 +120,17 @@ _REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
                any_value(a.request_uri) AS request_uri, any_value(a.actor) AS actor
         FROM k8s_audit a SEMI JOIN (
             -- the audit id out of the reference, so the join builds no string per audit row
-            SELECT DISTINCT cluster, received_at, substr(ref, length('k8s_audit:' || cluster || '/') + 1) AS audit_id
+            SELECT DISTINCT cluster, received_at, substr(ref, length({_REF_PREFIX}) + 1) AS audit_id
             FROM zt_rev_stream_cand
-            WHERE substr(ref, 1, length('k8s_audit:' || cluster || '/')) = 'k8s_audit:' || cluster || '/') c
-          ON a.cluster = c.cluster AND a.request_received_at = c.received_at AND a.audit_id = c.audit_id
+            WHERE substr(ref, 1, length({_REF_PREFIX})) = {_REF_PREFIX}) c
+          ON a.cluster IS NOT DISTINCT FROM c.cluster AND a.request_received_at = c.received_at
+         AND a.audit_id = c.audit_id
         WHERE a.request_received_at >= $rlo AND a.request_received_at <= $rhi
           AND CAST(a.dt AS VARCHAR) >= $rlo_day AND CAST(a.dt AS VARCHAR) <= $rhi_day
         GROUP BY a.cluster, a.audit_id, a.request_received_at, a.stage
     )
     SELECT cluster, audit_id, request_received_at,
-           'k8s_audit:' || cluster || '/' || audit_id AS ref,
+           {audit_ref_sql("cluster", "audit_id")} AS ref,
            max(stage_ts) FILTER (WHERE stage IN ('ResponseComplete', 'Panic')) AS ended_at,
            min(stage_ts) FILTER (WHERE stage = 'ResponseStarted') AS started_at,
            coalesce(min(code) FILTER (WHERE stage = 'ResponseStarted'),
@@ -136,7 +139,7 @@ _REQUESTS_SQL: Final = Table("zt_rev_stream_all", """
            any_value(verb) AS verb, any_value(resource) AS resource, any_value(subresource) AS subresource,
            any_value(namespace) AS namespace, any_value(name) AS name, any_value(request_uri) AS request_uri,
            any_value(actor) AS actor,
-           list({'stage': stage, 'at': stage_ts, 'response_code': code, 'origin': origin}
+           list({{'stage': stage, 'at': stage_ts, 'response_code': code, 'origin': origin}}
                 ORDER BY stage_ts, stage) AS stages
     FROM st GROUP BY cluster, audit_id, request_received_at
 """)
@@ -160,7 +163,7 @@ _KINDS_SQL: Final = Table("zt_rev_stream_req", f"""
 _LATEST_SQL: Final = Table("zt_rev_stream_latest", """
         SELECT cluster, least(greatest(max(request_received_at), max(stage_at)), $until) AS latest
     FROM k8s_audit
-    WHERE cluster IN (SELECT cluster FROM zt_rev_stream_req WHERE ended_at IS NULL)
+    WHERE coalesce(cluster, chr(0)) IN (SELECT coalesce(cluster, chr(0)) FROM zt_rev_stream_req WHERE ended_at IS NULL)
       AND request_received_at >= $olo AND request_received_at < $until
       AND CAST(dt AS VARCHAR) >= $olo_day AND CAST(dt AS VARCHAR) <= $hi_day
     GROUP BY cluster
@@ -174,8 +177,8 @@ _STREAMS_SQL: Final = Table("zt_rev_stream", """
                coalesce(q.ended_at, l.latest) AS seen_until, r.revoked_at, r.restored_at
         FROM zt_rev_stream_cand c JOIN zt_rev r USING (rev_id)
         JOIN zt_rev_stream_req q
-          ON q.cluster = c.cluster AND q.request_received_at = c.received_at AND q.ref = c.ref
-        LEFT JOIN zt_rev_stream_latest l ON l.cluster = q.cluster AND q.ended_at IS NULL
+          ON q.cluster IS NOT DISTINCT FROM c.cluster AND q.request_received_at = c.received_at AND q.ref = c.ref
+        LEFT JOIN zt_rev_stream_latest l ON l.cluster IS NOT DISTINCT FROM q.cluster AND q.ended_at IS NULL
     )
     SELECT rev_id, cluster, audit_id, ref, request_received_at AS opened_at, started_at, ended_at, still_open,
            seen_until, latest_audit_at, stream, verb, resource, subresource, namespace, name, request_uri, actor,

@@ -75,9 +75,9 @@ WITH zt_cd AS MATERIALIZED (
                 WHEN 'rolebindings' THEN 'RoleBinding/' || d.namespace || '/' || d.name
                 ELSE 'ClusterRoleBinding/' || d.name END,
            NULL, NULL, NULL, d.request_received_at, d.actor, 'delete ' || d.resource,
-           'k8s_audit:' || d.cluster || '/' || d.audit_id, NULL,
+           'k8s_audit:' || coalesce(d.cluster, 'None') || '/' || d.audit_id, NULL,
            (SELECT min(c.request_received_at) FROM zt_cd c
-             WHERE c.cluster = d.cluster AND c.verb = 'create' AND c.resource = d.resource
+             WHERE c.cluster IS NOT DISTINCT FROM d.cluster AND c.verb = 'create' AND c.resource = d.resource
                AND c.name = d.name AND coalesce(c.namespace, '') = coalesce(d.namespace, '')
                AND c.response_code BETWEEN 200 AND 299 AND c.request_received_at > d.request_received_at)
     FROM (
