@@ -121,6 +121,11 @@ class CorrelationSettings:
     exact_id_window_seconds: float = _opt(
         300.0, "tier A (Audit-ID == proxy request id) is exact; the time check only guards against "
         "client-chosen Audit-IDs reused much later, so it can be generous")
+    max_clock_skew_seconds: float = _opt(
+        120.0, "a proxy whose clock is off the API server's by more than the match window (a host without "
+        "NTP) left every request unpaired; ztaudit then measures the offset on the unpaired requests (the "
+        "median of at least 10 rank pairs of one user, method and path, 80 % of them within the match window "
+        "of it) and pairs them again with it, up to this many seconds; 0 = never")
     unaudited_paths: list[str] = _opt(
         ["/version", "/healthz*", "/livez*", "/readyz*"],
         "paths (globs) the audit policy does not log: readable by everyone (ClusterRole "
@@ -599,6 +604,8 @@ def _validate(cfg: Config, errors: list[ConfigError]) -> None:
         errors.append(ConfigError("correlation.match_window_seconds", "must be > 0"))
     if cfg.correlation.exact_id_window_seconds <= 0:
         errors.append(ConfigError("correlation.exact_id_window_seconds", "must be > 0"))
+    if cfg.correlation.max_clock_skew_seconds < 0:
+        errors.append(ConfigError("correlation.max_clock_skew_seconds", "must be >= 0"))
     if cfg.detect.streaming_lookback_seconds < 0:
         errors.append(ConfigError("detect.streaming_lookback_seconds", "must be >= 0"))
     if cfg.detect.lock_timeout_seconds <= 0:

@@ -22,6 +22,7 @@ a lake without proxy data gives empty results.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -37,12 +38,15 @@ from ztaudit.detectors.correlate_queries import (
     AUDIT_REQUESTS,
     AUDIT_SIDE,
     AUDIT_SIDE_WITH_ALL_STAGES,
+    CLOCK_SKEW,
     MATCHING,
     PER_REQUEST,
     PROXY_DECISIONS,
     PROXY_MATCH_COLUMNS,
     PROXY_SIDE,
     PROXY_SIDE_WITH_ACTOR,
+    SKEWED_DECISIONS,
+    SKEWED_REQUESTS,
     SUMMARY_SQL,
     TIER_A,
     TIER_B,
@@ -57,6 +61,8 @@ from ztaudit.detectors.correlate_queries import (
 )
 from ztaudit.detectors.engine import Session, as_engine
 from ztaudit.detectors.sql import Drop, Step, Table, View, run_all
+
+log = logging.getLogger(__name__)
 
 #: The config views the correlation reads. :func:`install_config` replaces them per connection.
 CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correlation_settings")
@@ -73,6 +79,7 @@ CONFIG_VIEWS: Final = ("zt_approved_impersonators", "zt_proxy_hosts", "zt_correl
 _INSTALL_CONFIG: Final[tuple[Step, ...]] = (
     Table("zt_cfg_settings", """
        SELECT CAST($window_us AS BIGINT) AS window_us, CAST($exact_window_us AS BIGINT) AS exact_window_us,
+              CAST($max_skew_us AS BIGINT) AS max_skew_us,
               CAST($has_hosts AS BOOLEAN) AS has_hosts, CAST($unaudited AS VARCHAR[]) AS unaudited_paths,
               CAST((SELECT CASE WHEN count(DISTINCT cluster) = 1 THEN min(cluster) END FROM k8s_audit) AS VARCHAR)
                   AS single_cluster"""),
@@ -95,6 +102,7 @@ def install_config(con: Session, cfg: Config) -> None:
     params: dict[str, Any] = {
         "window_us": int(cfg.correlation.match_window_seconds * 1_000_000),
         "exact_window_us": int(cfg.correlation.exact_id_window_seconds * 1_000_000),
+        "max_skew_us": int(cfg.correlation.max_clock_skew_seconds * 1_000_000),
         "has_hosts": bool(hosts), "unaudited": list(cfg.correlation.unaudited_paths),
     }
     approved_sql = _pairs_sql(("cluster", "username"), approved, "ap", params)
@@ -147,7 +155,12 @@ VIEW_SQL: Final = f"""
          zt_c1 AS MATERIALIZED ({tier_c_view(TIER_C_BURSTS, "zt_x0")}),
          zt_x1 AS MATERIALIZED (SELECT * FROM zt_x0 UNION ALL SELECT * FROM zt_c1),
          zt_c2 AS MATERIALIZED ({tier_c_view(TIER_C_BURSTS, "zt_x1")}),
-         zt_pairs AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2)
+         zt_x2 AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2),
+         zt_skew AS MATERIALIZED ({CLOCK_SKEW.format(decisions="zt_p", requests="zt_a", paired="zt_x2")}),
+         zt_sp AS MATERIALIZED ({SKEWED_DECISIONS.format(decisions="zt_p", skew="zt_skew", paired="zt_x2")}),
+         zt_sa AS MATERIALIZED ({SKEWED_REQUESTS.format(requests="zt_a", skew="zt_skew", paired="zt_x2")}),
+         zt_c3 AS MATERIALIZED ({tier_c_view(TIER_C_BURSTS, "zt_x2", "zt_sp", "zt_sa")}),
+         zt_pairs AS MATERIALIZED (SELECT * FROM zt_x2 UNION ALL SELECT * FROM zt_c3)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,
            p.path, p.request_id, p.check_request_id, p.session_id, p.user_id, a.audit_id, a.impersonator,
            a.response_code, true AS matched, 'both' AS side,
@@ -169,8 +182,8 @@ VIEW_SQL: Final = f"""
 # --------------------------------------------------------------------------------------------
 
 #: The intermediate tables of both plans: dropped at the end so the next detector has their memory.
-_INTERMEDIATE: Final = ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_r", "zt_lp", "zt_la", "zt_unpaired_a",
-                        "zt_unpaired_p", "zt_proxy_marks", "zt_audit_marks")
+_INTERMEDIATE: Final = ("zt_p", "zt_a", "zt_pairs", "zt_pairs2", "zt_r", "zt_lp", "zt_la", "zt_sp", "zt_sa",
+                        "zt_unpaired_a", "zt_unpaired_p", "zt_proxy_marks", "zt_audit_marks")
 _DROP_INTERMEDIATE: Final = tuple(Drop(t) for t in _INTERMEDIATE)
 
 
@@ -254,7 +267,21 @@ def ensure(ctx: DetectContext) -> Correlation:
     if ctx.cache.get(_BUILT_FOR) != built_for:
         run_plan(ctx.engine, ctx.config, window, DETECT_PLAN)
         ctx.cache[_BUILT_FOR] = built_for
+        for note in clock_offsets(ctx.engine):
+            log.warning("%s", note)
     return _DETECT
+
+
+def clock_offsets(con: Session) -> list[str]:
+    """One sentence per cluster whose proxy clock the last plan run on ``con`` found off the API
+    server's (:data:`~ztaudit.detectors.correlate_queries.CLOCK_SKEW`, table ``zt_skew``, which the plans
+    keep): how far, on how many pairs, and that its requests were paired with it. Called after a plan
+    by :func:`ensure` (a warning of ``detect``) and by ``report impersonation`` (a note)."""
+    rows = as_engine(con).query("SELECT cluster, offset_us, pairs FROM zt_skew ORDER BY cluster").to_pylist()
+    return [f"the proxy's clock for cluster {r['cluster'] or '(unnamed)'} is {abs(r['offset_us']) / 1e6:.1f} s "
+            f"{'behind' if r['offset_us'] > 0 else 'ahead of'} the API server's (measured on {r['pairs']} "
+            "request pairs): its decisions were paired with that offset; fix the proxy host's time sync "
+            "(correlation.max_clock_skew_seconds, docs/proxy-and-idp.md §0)" for r in rows]
 
 
 #: Per (cluster, actor) over a summary table (``{table}``: :data:`SUMMARY_ONLY` or the detect plan's).

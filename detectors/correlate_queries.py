@@ -297,11 +297,68 @@ TIER_C_PAIRS: Final = """
 """
 
 
-def tier_c_view(ranks: str, paired: str) -> str:
+def tier_c_view(ranks: str, paired: str, decisions: str = "zt_p", requests: str = "zt_a") -> str:
     """One tier-C pass of the view as a single SELECT (``ranks``: :data:`TIER_C_RANKS` or
-    :data:`TIER_C_BURSTS`)."""
-    ranked = ranks.format(decisions="zt_p", requests="zt_a", paired=paired)
+    :data:`TIER_C_BURSTS`) over ``decisions`` and ``requests`` without the pairs of ``paired``."""
+    ranked = ranks.format(decisions=decisions, requests=requests, paired=paired)
     return f"WITH r AS MATERIALIZED ({ranked}) {TIER_C_PAIRS.format(ranked='r')}"
+
+
+# --------------------------------------------------------------------------------------------
+# a proxy clock off the API server's
+# --------------------------------------------------------------------------------------------
+
+#: Rank pairs a clock offset is measured on: at least this many per cluster.
+SKEW_MIN_PAIRS: Final = 10
+
+#: Per cluster, the offset of the proxy's clock from the API server's, measured on what the passes above
+#: left unpaired (``{decisions}`` / ``{requests}`` without ``{paired}``): the k-th decision of a key (user, method,
+#: path) against its k-th request, for keys with as many of each, within ``max_skew_us``; the median
+#: difference (request time − middle of the decision's logged second) when at least
+#: :data:`SKEW_MIN_PAIRS` pairs give it, 80 % of them lie within the match window of it, and it is wider
+#: than the window (a narrower one would have paired). Empty when the clocks agree, which is the usual
+#: case: then nothing is left over but what truly has no partner, and this reads only those rows.
+#: A host without NTP drifts seconds a day; Pomerium logs in whole seconds (module docstring), so a
+#: drift beyond the window made every request of a person "unobserved" (a false finding per request).
+CLOCK_SKEW: Final = f"""
+    WITH lp AS (
+        SELECT cluster, k, d_us + prec_us // 2 AS t,
+               row_number() OVER (PARTITION BY k ORDER BY d_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
+        FROM {{decisions}} WHERE pk NOT IN (SELECT p_pk FROM {{paired}})
+    ), la AS (
+        SELECT k, r_us AS t,
+               row_number() OVER (PARTITION BY k ORDER BY r_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
+        FROM {{requests}} WHERE pk NOT IN (SELECT a_pk FROM {{paired}})
+    ), d AS (
+        SELECT p.cluster, a.t - p.t AS diff
+        FROM lp p JOIN la a ON a.k = p.k AND a.n = p.n AND a.c = p.c
+        CROSS JOIN zt_correlation_settings s
+        WHERE abs(a.t - p.t) <= s.max_skew_us
+    ), m AS (
+        -- the median (the lower of two), by rank: the engines' common SQL
+        SELECT cluster, diff AS offset_us
+        FROM (SELECT cluster, diff, row_number() OVER (PARTITION BY cluster ORDER BY diff) AS n,
+                     count(*) OVER (PARTITION BY cluster) AS c FROM d)
+        WHERE n = (c + 1) // 2 AND c >= {SKEW_MIN_PAIRS}
+    )
+    SELECT m.cluster, m.offset_us, count(*) AS pairs
+    FROM m JOIN d ON d.cluster = m.cluster CROSS JOIN zt_correlation_settings s
+    WHERE abs(m.offset_us) > s.window_us
+    GROUP BY m.cluster, m.offset_us, s.window_us
+    HAVING 5 * count(*) FILTER (WHERE abs(d.diff - m.offset_us) <= s.window_us) >= 4 * count(*)
+    """
+
+#: The decisions left unpaired in a cluster with a measured offset (:data:`CLOCK_SKEW`), their time moved
+#: onto the API server's clock; tier C pairs them again with the requests of :data:`SKEWED_REQUESTS`.
+SKEWED_DECISIONS: Final = """
+    SELECT p.pk, p.tb, p.k, p.d_us + k.offset_us AS d_us, p.prec_us, p.kb
+    FROM {decisions} p JOIN {skew} k ON k.cluster = p.cluster
+    WHERE p.pk NOT IN (SELECT p_pk FROM {paired})
+    """
+SKEWED_REQUESTS: Final = """
+    SELECT a.pk, a.tb, a.k, a.r_us, a.kb
+    FROM {requests} a WHERE a.cluster IN (SELECT cluster FROM {skew}) AND a.pk NOT IN (SELECT a_pk FROM {paired})
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +379,12 @@ MATCHING: Final[tuple[Step, ...]] = (
     EmptyTable("zt_pairs2", "p_pk UBIGINT, a_pk UBIGINT, tier VARCHAR"),
     *((Table("zt_r", TIER_C_BURSTS.format(decisions="zt_lp", requests="zt_la", paired="zt_pairs2")),
        Insert("zt_pairs2", TIER_C_PAIRS.format(ranked="zt_r"))) * 2),
+    # a proxy clock off the API server's: what is left, paired again with the measured offset
+    Table("zt_skew", CLOCK_SKEW.format(decisions="zt_lp", requests="zt_la", paired="zt_pairs2")),
+    Table("zt_sp", SKEWED_DECISIONS.format(decisions="zt_lp", skew="zt_skew", paired="zt_pairs2")),
+    Table("zt_sa", SKEWED_REQUESTS.format(requests="zt_la", skew="zt_skew", paired="zt_pairs2")),
+    Table("zt_r", TIER_C_BURSTS.format(decisions="zt_sp", requests="zt_sa", paired="zt_pairs2")),
+    Insert("zt_pairs2", TIER_C_PAIRS.format(ranked="zt_r")),
     Insert("zt_pairs", "SELECT * FROM zt_pairs2"),
     Table("zt_unpaired_a", "SELECT pk FROM zt_la WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)"),
     Table("zt_unpaired_p", "SELECT pk FROM zt_lp WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)"),

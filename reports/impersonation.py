@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ztaudit.detectors.correlate import impersonation_summary
+from ztaudit.detectors.correlate import clock_offsets, impersonation_summary
 from ztaudit.detectors.impersonation import OWN_TRAFFIC_COLUMNS, proxy_own_traffic
 from ztaudit.reports.base import ReportContext, ReportResult, Row, Section, arrow_rows, fetch
 from ztaudit.reports.findings import FINDING_COLUMNS, FINDING_DISPLAY, query_findings
@@ -139,10 +139,11 @@ def impersonation(ctx: ReportContext) -> ReportResult:
                if ctx.filters.actor in (None, r["identity"]) and ctx.filters.cluster in (None, r["cluster"])]
     with ctx.progress.step("matching proxy decisions to audit events"):
         match_cols, matching = matching_rows(ctx, detect_tables=traffic.detect_tables)
+        skew = clock_offsets(ctx.con)
     with ctx.progress.step("reading findings"):
         found = query_findings(ctx, detector_prefix="impersonation")
     flag_paths(paths, found)
-    return ReportResult("impersonation", "Impersonation: how people reach the API server", [
+    result = ReportResult("impersonation", "Impersonation: how people reach the API server", [
         Section("paths", "Human identities by path to the API server", PATH_COLUMNS, paths,
                 display=["cluster", "actor", "requests", "via_approved_proxy", "direct", "via_unapproved", "status"],
                 description="direct requests by people bypass the proxy; impersonators not approved for the "
@@ -157,3 +158,5 @@ def impersonation(ctx: ReportContext) -> ReportResult:
         Section("findings", "Impersonation findings", FINDING_COLUMNS, found, display=FINDING_DISPLAY,
                 detail="summary"),
     ])
+    result.notes.extend(skew)
+    return result

@@ -36,8 +36,7 @@ WITH zt_p AS MATERIALIZED (
     WHERE ((r.impersonator IS NOT NULL AND r.impersonated_user IS NOT NULL
             AND (coalesce(r.impersonator IN (SELECT username FROM zt_approved_impersonators WHERE cluster = '*'), false) OR coalesce(coalesce(coalesce(r.cluster, s.single_cluster), '') || chr(0) || r.impersonator IN (SELECT cluster || chr(0) || username FROM zt_approved_impersonators), false)))
            OR r.proxy_session_id IS NOT NULL)
-      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths,
-                                                   lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)
+      AND NOT coalesce(list_bool_or(list_transform(s.unaudited_paths, lambda g: split_part(r.request_uri, '?', 1) GLOB g)), false)
     GROUP BY hash(r.cluster, r.audit_id, r.request_received_at)
     ),
          zt_pa0 AS MATERIALIZED (
@@ -131,7 +130,71 @@ WITH zt_p AS MATERIALIZED (
     CROSS JOIN zt_correlation_settings s
     WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
 ),
-         zt_pairs AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2)
+         zt_x2 AS MATERIALIZED (SELECT * FROM zt_x1 UNION ALL SELECT * FROM zt_c2),
+         zt_skew AS MATERIALIZED (
+    WITH lp AS (
+        SELECT cluster, k, d_us + prec_us // 2 AS t,
+               row_number() OVER (PARTITION BY k ORDER BY d_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
+        FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x2)
+    ), la AS (
+        SELECT k, r_us AS t,
+               row_number() OVER (PARTITION BY k ORDER BY r_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
+        FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x2)
+    ), d AS (
+        SELECT p.cluster, a.t - p.t AS diff
+        FROM lp p JOIN la a ON a.k = p.k AND a.n = p.n AND a.c = p.c
+        CROSS JOIN zt_correlation_settings s
+        WHERE abs(a.t - p.t) <= s.max_skew_us
+    ), m AS (
+        -- the median (the lower of two), by rank: the engines' common SQL
+        SELECT cluster, diff AS offset_us
+        FROM (SELECT cluster, diff, row_number() OVER (PARTITION BY cluster ORDER BY diff) AS n,
+                     count(*) OVER (PARTITION BY cluster) AS c FROM d)
+        WHERE n = (c + 1) // 2 AND c >= 10
+    )
+    SELECT m.cluster, m.offset_us, count(*) AS pairs
+    FROM m JOIN d ON d.cluster = m.cluster CROSS JOIN zt_correlation_settings s
+    WHERE abs(m.offset_us) > s.window_us
+    GROUP BY m.cluster, m.offset_us, s.window_us
+    HAVING 5 * count(*) FILTER (WHERE abs(d.diff - m.offset_us) <= s.window_us) >= 4 * count(*)
+    ),
+         zt_sp AS MATERIALIZED (
+    SELECT p.pk, p.tb, p.k, p.d_us + k.offset_us AS d_us, p.prec_us, p.kb
+    FROM zt_p p JOIN zt_skew k ON k.cluster = p.cluster
+    WHERE p.pk NOT IN (SELECT p_pk FROM zt_x2)
+    ),
+         zt_sa AS MATERIALIZED (
+    SELECT a.pk, a.tb, a.k, a.r_us, a.kb
+    FROM zt_a a WHERE a.cluster IN (SELECT cluster FROM zt_skew) AND a.pk NOT IN (SELECT a_pk FROM zt_x2)
+    ),
+         zt_c3 AS MATERIALIZED (WITH r AS MATERIALIZED (
+    WITH u AS (
+        SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
+        FROM zt_sp WHERE pk NOT IN (SELECT p_pk FROM zt_x2)
+        UNION ALL
+        SELECT pk, tb, true AS is_a, k, r_us AS t, 0 AS half, kb IS NOT NULL AS has_sid
+        FROM zt_sa WHERE pk NOT IN (SELECT a_pk FROM zt_x2)
+    ), l1 AS (
+        SELECT u.*,
+               coalesce(t - lag(t) OVER w > (SELECT window_us + 500000 FROM zt_correlation_settings), true) AS brk,
+               sum(CASE WHEN is_a THEN 0 ELSE 1 END) OVER w AS cp,
+               sum(CASE WHEN is_a THEN 1 ELSE 0 END) OVER w AS ca
+        FROM u WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
+    ), l2 AS (
+        SELECT pk, tb, is_a, k, t, half, has_sid, cp, ca,
+               sum(brk::INT) OVER w AS grp,
+               max(CASE WHEN brk THEN cp - (CASE WHEN is_a THEN 0 ELSE 1 END) END) OVER w AS base_p,
+               max(CASE WHEN brk THEN ca - (CASE WHEN is_a THEN 1 ELSE 0 END) END) OVER w AS base_a
+        FROM l1 WINDOW w AS (PARTITION BY k ORDER BY t, is_a, tb, pk ROWS UNBOUNDED PRECEDING)
+    )
+    SELECT pk, is_a, k, t, half, has_sid, grp, CASE WHEN is_a THEN ca - base_a ELSE cp - base_p END AS n FROM l2
+    ) 
+    SELECT p.pk AS p_pk, a.pk AS a_pk, 'C' AS tier
+    FROM r p JOIN r a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
+    CROSS JOIN zt_correlation_settings s
+    WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
+),
+         zt_pairs AS MATERIALIZED (SELECT * FROM zt_x2 UNION ALL SELECT * FROM zt_c3)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,
            p.path, p.request_id, p.check_request_id, p.session_id, p.user_id, a.audit_id, a.impersonator,
            a.response_code, true AS matched, 'both' AS side,

@@ -235,3 +235,50 @@ def test_without_session_ids_tier_c_as_before(lake: Path) -> None:
     assert _sides(lake) == {"both": 1, "proxy": 0, "audit": 0}
     con = open_lake(lake, must_exist=False)
     assert con.execute("SELECT tier FROM proxy_audit_match WHERE side = 'both'").fetchall() == [("C",)]
+
+
+def _skewed(offset_s: float, n: int = 24) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``n`` requests of alice on 8 paths, 7 s apart, each decided by a proxy whose clock runs
+    ``offset_s`` behind the API server's and logs whole seconds."""
+    proxy, audit = [], []
+    for i in range(n):
+        at = T0 + timedelta(seconds=7 * i, milliseconds=300)
+        path = f"/api/v1/namespaces/web/pods/p{i % 8}"
+        logged = (at - timedelta(seconds=offset_s)).replace(microsecond=0)
+        proxy.append(_decision(i, logged, path=path))
+        audit.append(_request(i, at, verb="get", uri=path))
+    return proxy, audit
+
+
+def test_a_proxy_clock_seconds_behind_is_measured_and_its_requests_paired(lake: Path) -> None:
+    """A proxy host without NTP, 4.5 s behind: no request paired within the 3 s window, so each was
+    "unobserved" (a false finding per request). The offset is measured on what is left unpaired and
+    the requests are paired with it; one request that no decision asked for stays unpaired."""
+    proxy, audit = _skewed(4.5)
+    audit.append(_request("bypass", T0 + timedelta(seconds=3, milliseconds=700), verb="delete",
+                          uri="/api/v1/namespaces/web/secrets/db"))
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 24, "proxy": 0, "audit": 1}
+    con = open_lake(lake)
+    correlate.run_plan(con, Config(), Window(), correlate.SUMMARY_PLAN)
+    # the request at :00.300 was logged at the proxy in the whole second 4.5 s earlier, :55 -> 4.8 s
+    assert correlate.clock_offsets(con) == [
+        "the proxy's clock for cluster prod is 4.8 s behind the API server's (measured on 24 request pairs): its "
+        "decisions were paired with that offset; fix the proxy host's time sync "
+        "(correlation.max_clock_skew_seconds, docs/proxy-and-idp.md §0)"]
+    assert _sides(lake, replace(Config(), "correlation", max_clock_skew_seconds=0)) == {
+        "both": 0, "proxy": 24, "audit": 25}
+
+
+def test_unrelated_leftovers_give_no_clock_offset(lake: Path) -> None:
+    """Decisions and requests of the same keys that are far apart at varying distances (a proxy
+    that only sometimes reached the API server, and requests made around it) give no consistent
+    offset: nothing is paired by it."""
+    proxy, audit = [], []
+    for i in range(24):
+        path = f"/api/v1/namespaces/web/pods/p{i % 8}"
+        proxy.append(_decision(i, T0 + timedelta(seconds=30 * i), path=path))
+        audit.append(_request(i, T0 + timedelta(seconds=30 * i + 5 + 7 * (i % 5), milliseconds=300),
+                              verb="get", uri=path))
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 0, "proxy": 24, "audit": 24}
