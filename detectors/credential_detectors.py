@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 import pyarrow as pa
 
 from ztaudit.core.columns import TS
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import DetectContext, Finding, Severity, audit_ref_sql
 from ztaudit.detectors.credentials import (
     HOLDER_KIND_SQL,
     USES_SQL,
@@ -30,6 +30,15 @@ from ztaudit.detectors.credentials import (
 #: A finding's references: the first :data:`EVIDENCE` uses in (time, reference) order, so the same
 #: data always gives the same evidence (``findings_store`` compares it to see what changed).
 EVIDENCE: Final = 20
+#: SQL for a use's evidence reference, ``k8s_audit:<cluster>/<audit id>`` (``None`` for a lake without
+#: cluster names: a NULL cluster must not turn the whole reference NULL and lose the audit id).
+_REF: Final = audit_ref_sql("cluster", "audit_id")
+
+
+def _cluster_name(cluster: str | None) -> str:
+    """The cluster as a summary names it (as :mod:`ztaudit.detectors.impersonation` does: plain audit
+    files ingested without ``--cluster`` have none)."""
+    return cluster if cluster else "(unnamed cluster; ingest with --cluster)"
 
 
 def _dt(v: Any) -> datetime | None:
@@ -66,7 +75,7 @@ WITH u AS (SELECT * FROM {uses}),
 lim AS (SELECT * FROM {lim})
 SELECT u.credential_key, min(ts) AS first_past, max(ts) AS last_past, count(*) AS n,
        list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
-       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
+       list({ref} ORDER BY ts, {ref})[1:20] AS ev
 FROM u JOIN lim USING (credential_key)
 WHERE ts >= lim.limit_at
 GROUP BY u.credential_key
@@ -82,8 +91,8 @@ _DORMANT_SQL = """
 WITH u AS (SELECT * FROM {uses}),
 b AS (
     SELECT credential_key, cluster, min(holder) AS holder, min(ts) AS t0, max(ts) AS t1,
-           arg_min(cluster || '/' || audit_id, (ts, audit_id)) AS first_ref,
-           arg_max(cluster || '/' || audit_id, (ts, audit_id)) AS last_ref
+           arg_min({ref}, (ts, audit_id)) AS first_ref,
+           arg_max({ref}, (ts, audit_id)) AS last_ref
     FROM u WHERE credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
     GROUP BY credential_key, cluster, floor(epoch(ts) / 3600)
 ),
@@ -98,19 +107,28 @@ WITH u AS (SELECT * FROM {uses} WHERE stale_note IS NOT NULL)
 SELECT coalesce(credential_key, 'USER=' || holder) AS key, min(holder) AS holder,
        min(cluster) AS cluster, min(ts) AS t0, max(ts) AS t1,
        count(*) FILTER (WHERE ts >= $lo) AS n, arg_max(stale_note, ts) AS note,
-       list(cluster || '/' || audit_id ORDER BY ts DESC, cluster || '/' || audit_id)[1:20] AS ev
+       list({ref} ORDER BY ts DESC, {ref})[1:20] AS ev
 FROM u GROUP BY key HAVING max(ts) >= $lo
 """
 
 
 def _ev_list(v: Any) -> tuple[str, ...]:
-    """Evidence references for ``cluster/audit_id`` strings already in (time, reference) order."""
-    return tuple(f"k8s_audit:{x}" for x in (v or [])[:EVIDENCE])
+    """Evidence references (:data:`_REF` strings, already in (time, reference) order), at most
+    :data:`EVIDENCE`."""
+    return tuple(str(x) for x in (v or [])[:EVIDENCE])
 
 
 class Stale:
     """``credential.stale``: used past its kind's maximum age, after dormancy, or flagged stale by
-    the API server (``authentication.k8s.io/stale-token``, docs/kubernetes-audit.md §5.1)."""
+    the API server (``authentication.k8s.io/stale-token``, docs/kubernetes-audit.md §5.1).
+
+    The age counts from the token's origin: the earlier of its TokenRequest (``issued_at``, §4) and
+    its first use, because API servers' clocks differ and a TokenRequest logged by one server can
+    carry a later time than the first use logged by another (a token cannot be used before it is
+    issued, so the earlier time is the nearer to the truth). Fallback keys: maximum age never,
+    dormancy for ``TOKEN?=`` but not ``USER=``, the annotation always
+    (:mod:`ztaudit.detectors.credentials` says why).
+    """
 
     id: ClassVar[str] = "credential.stale"
     description: ClassVar[str] = ("a credential used past its maximum age, after long dormancy, or with the "
@@ -138,21 +156,25 @@ class Stale:
             max_h = cfg.max_age_hours.get(kind)
             if max_h is None:
                 continue
-            origin = _dt(issued_at) or _dt(first_seen)
-            if origin is None:
+            # The earlier of issue and first use (see the class docstring: clock skew between API
+            # servers can log the TokenRequest after the token's first use).
+            issued, first = _dt(issued_at), _dt(first_seen)
+            times = [x for x in (issued, first) if x is not None]
+            if not times:
                 continue
+            origin = min(times)
             limits.append({"credential_key": key, "limit_at": origin + timedelta(hours=float(max_h))})
-            meta[key] = (kind, holder, cluster, origin, issued_at is not None, max_h)
+            meta[key] = (kind, holder, cluster, origin, issued is not None and issued == origin, max_h, issued)
         if limits:
             name = f"_cred_lim_{uuid.uuid4().hex[:12]}"
             ctx.engine.register_arrow(name, pa.Table.from_pylist(
                 limits, schema=pa.schema([("credential_key", pa.string()), ("limit_at", TS)])))
             try:
-                past = ctx.engine.rows(_PAST_AGE_SQL.format(lim=name, uses=uses), {"lo": lo})
+                past = ctx.engine.rows(_PAST_AGE_SQL.format(lim=name, uses=uses, ref=_REF), {"lo": lo})
             finally:
                 ctx.engine.drop(name)
             for key, first_past, last_past, n, ips, ev in past:
-                kind, holder, cluster, origin, from_issue, max_h = meta[key]
+                kind, holder, cluster, origin, from_issue, max_h, issued = meta[key]
                 age_h = (last_past - origin).total_seconds() / 3600
                 basis = "issued" if from_issue else "first seen"
                 out.append(Finding(
@@ -163,13 +185,13 @@ class Stale:
                              "Find the client that keeps an old token and make it reload or rotate it."),
                     evidence=_ev_list(ev), score=age_h / float(max_h),
                     context={"reason": "max_age", "kind": kind, "age_hours": age_h, "max_age_hours": max_h,
-                             "age_from": basis, "origin": origin, "uses_past_max_age": n,
+                             "age_from": basis, "origin": origin, "issued_at": issued, "uses_past_max_age": n,
                              "source_ips": list(ips or [])},
                 ))
         # 2. Dormant then used again.
         dormant_s = float(cfg.dormancy_days) * 86400
         for key, holder, cluster, prev, t0, ev in ctx.engine.rows(
-                _DORMANT_SQL.format(uses=uses), {"lo": lo, "dormant_s": dormant_s}):
+                _DORMANT_SQL.format(uses=uses, ref=_REF), {"lo": lo, "dormant_s": dormant_s}):
             days = (t0 - prev).total_seconds() / 86400
             out.append(Finding(
                 detector=self.id, key=(key, cluster or "", "dormant", t0.isoformat()), severity=Severity.MEDIUM,
@@ -184,7 +206,7 @@ class Stale:
         # One finding per credential (first_seen = its first annotated use, so re-runs over later
         # windows replace it instead of adding one per day).
         for key, holder, cluster, t0, t1, n, note, ev in ctx.engine.rows(
-                _ANNOT_SQL.format(uses=uses), {"lo": lo}):
+                _ANNOT_SQL.format(uses=uses, ref=_REF), {"lo": lo}):
             out.append(Finding(
                 detector=self.id, key=(key, "stale_token_annotation"),
                 severity=Severity.MEDIUM, actor=holder, credential_id=key, cluster=cluster,
@@ -204,9 +226,11 @@ WITH u AS ({USES_SQL} WHERE request_received_at >= $lo AND request_received_at <
 SELECT credential_key, min(holder) AS holder, mode(cluster ORDER BY cluster) AS cluster,
        to_timestamp(floor(epoch(ts) / 86400) * 86400) AS day, min(ts) AS t0, max(ts) AS t1, count(*) AS n,
        count(*) FILTER (WHERE invalidated_note IS NOT NULL) AS invalidated,
+       -- a failed authentication logs no user (§5.4); the annotation names <secret>/<namespace> (§5.2)
+       min(split_part(invalidated_note, '/', 2)) FILTER (WHERE invalidated_note IS NOT NULL) AS invalidated_ns,
        list(DISTINCT source_ip ORDER BY source_ip) FILTER (WHERE source_ip IS NOT NULL)[1:10] AS ips,
        list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:10] AS uas,
-       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:20] AS ev
+       list({_REF} ORDER BY ts, {_REF})[1:20] AS ev
 FROM u GROUP BY credential_key, day
 """
 
@@ -227,20 +251,34 @@ class LegacyToken:
     def run(self, ctx: DetectContext) -> list[Finding]:
         lo, hi = window_bounds(ctx.since, ctx.until)
         out = []
-        for key, holder, cluster, day, t0, t1, n, invalidated, ips, uas, ev in ctx.engine.rows(
+        for key, holder, cluster, day, t0, t1, n, invalidated, inv_ns, ips, uas, ev in ctx.engine.rows(
                 _LEGACY_SQL, {"lo": lo, "hi": hi}):
             outside = [ip for ip in (ips or []) if in_cluster(ctx.config, cluster, ip) is False]
             sev = Severity.HIGH if invalidated or outside else Severity.MEDIUM
-            extra = f" ({invalidated} after the token was invalidated)" if invalidated else ""
+            whose = holder
+            if holder is None and inv_ns:
+                # Only failed authentications (no user, §5.4): the holder is a service account of the
+                # Secret's namespace, named by the group every one of them is in (§2).
+                holder = f"system:serviceaccounts:{inv_ns}"
+                whose = f"{holder} (a service account of the Secret's namespace: a rejected request logs no user)"
+            on = f"{day:%Y-%m-%d}"
+            if invalidated and invalidated == n:
+                did = (f"was presented {n} times on {on} after it was invalidated, every attempt rejected "
+                       "(401)")
+            elif invalidated:
+                did = (f"made {n - invalidated} requests on {on}, and {invalidated} rejected "
+                       f"attempt{'s' if invalidated > 1 else ''} after the token was invalidated")
+            else:
+                did = f"made {n} requests on {on}"
             where = f" including from outside the cluster ({', '.join(outside)})" if outside else ""
             out.append(Finding(
                 detector=self.id, key=(key, day.date().isoformat()), severity=sev, actor=holder,
                 credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1, evidence=_ev_list(ev),
                 score=float(n),
-                summary=(f"legacy secret-based token {key} of {holder} made {n} requests on {day:%Y-%m-%d}{extra}"
-                         f"{where}. Move the client to a bound token (TokenRequest / projected volume) and "
-                         "delete the Secret."),
-                context={"requests": n, "invalidated_requests": invalidated, "source_ips": list(ips or []),
+                summary=(f"legacy secret-based token {key} of {whose} {did}{where}. Move the client to a bound "
+                         "token (TokenRequest / projected volume) and delete the Secret."),
+                context={"requests": n, "invalidated_requests": invalidated, "rejected_attempts": invalidated,
+                         "accepted_requests": n - invalidated, "source_ips": list(ips or []),
                          "user_agents": list(uas or []), "outside_ips": outside},
             ))
         return out
@@ -262,7 +300,7 @@ b AS (
            bool_or(pod_name IS NOT NULL) AS pod_bound,
            list(DISTINCT user_agent) FILTER (WHERE user_agent IS NOT NULL) AS uas,
            -- the bucket's first uses, as (time, reference) so the finding can take the first overall
-           list({{'ts': ts, 'ref': cluster || '/' || audit_id}} ORDER BY ts, cluster || '/' || audit_id)[1:5] AS ev
+           list({{'ts': ts, 'ref': {ref}}} ORDER BY ts, {ref})[1:5] AS ev
     FROM p WHERE place IS NOT NULL GROUP BY credential_key, place, bucket
 ),
 multi AS (  -- only credentials seen from more than one place can be shared
@@ -276,9 +314,10 @@ pairs AS (  -- equi-join on (key, bucket): a bucket meets its own and the previo
            a.uas AS uas_a, b.uas AS uas_b, list_concat(a.ev, b.ev) AS ev
     FROM multi a JOIN shifted b ON a.credential_key = b.credential_key AND b.jb = a.bucket AND a.place <> b.place
     WHERE greatest(epoch(a.t0) - epoch(b.t1), epoch(b.t0) - epoch(a.t1), 0) <= $w
-      -- explained by a proxy hop: an in-cluster peer forwarding for the other place
-      AND NOT (b.hop_inside AND list_contains(b.chain, a.place))
-      AND NOT (a.hop_inside AND list_contains(a.chain, b.place))
+      -- explained by a proxy hop: an in-cluster peer forwarding for the other place, and never for a
+      -- pod-bound token (the class docstring: X-Forwarded-For is the client's to set, audit/v1 types.go)
+      AND (a.pod_bound OR b.pod_bound OR NOT (
+           (b.hop_inside AND list_contains(b.chain, a.place)) OR (a.hop_inside AND list_contains(a.chain, b.place))))
 )
 SELECT credential_key, min(holder), min(kind), min(cluster), bool_or(pod_bound),
        to_timestamp(floor(epoch(t0) / 86400) * 86400) AS day, min(t0), max(t1),
@@ -295,14 +334,26 @@ class Shared:
 
     Place = the peer IP (the last ``sourceIPs`` entry): the credential is where the connection
     comes from; X-Forwarded-For entries are the clients of a proxy that holds its own credential
-    (Pomerium impersonating people). Two places are *explained by a proxy hop* when one peer is
-    inside the cluster's networks and forwards for the other (the other's IP is in its
-    ``sourceIPs``); a forwarding chain from an outside peer is client-controlled and not trusted
-    (docs/detection-background.md "What NONE of them has": sourceIPs is client-controlled). A pod-bound token
-    (pod-name extra, §3) belongs to one pod, so two places are enough; for other credentials
-    (x509, unbound JTI, legacy secrets mounted by replicas) at least one place must be outside the
-    cluster's networks. Fallback keys (USER=, TOKEN?=) are not judged: they merge several
-    credentials of one holder.
+    (Pomerium impersonating people). "All but the last IP can be arbitrarily set by the client"
+    (``staging/src/k8s.io/apiserver/pkg/apis/audit/v1/types.go``, ``Event.SourceIPs``), so a
+    forwarding chain is a claim, and it is trusted only where a real proxy could make it:
+
+    * Two places are *explained by a proxy hop* when one peer is inside the cluster's networks and
+      forwards for the other (the other's IP is in its ``sourceIPs``), and the credential is not
+      pod-bound: an in-cluster proxy that re-sends the client's own bearer token (a dashboard
+      serving a person's token) is a real deployment; a chain from an outside peer is not trusted
+      (docs/detection-background.md "What NONE of them has": sourceIPs is client-controlled).
+    * A pod-bound token (pod-name extra, §3) is never excused by a hop: its pod uses it, and the
+      proxies in front of the API server authenticate with their own credential (impersonating, §6)
+      while egress gateways that SNAT add no X-Forwarded-For. Any pod can set X-Forwarded-For to
+      the victim pod's address, so trusting the chain would let a copied token hide in the
+      cluster.
+
+    A pod-bound token belongs to one pod, so two places are enough; for other credentials (x509,
+    unbound JTI, legacy secrets mounted by replicas) at least one place must be outside the
+    cluster's networks. Not covered: an in-cluster thief of a credential that is NOT pod-bound
+    (a person's token) who sets X-Forwarded-For to the owner's address is taken for a proxy hop.
+    Fallback keys (USER=, TOKEN?=) are not judged: they merge several credentials of one holder.
     """
 
     id: ClassVar[str] = "credential.shared"
@@ -317,7 +368,7 @@ class Shared:
             {"lo": lo, "hi": hi})
         name = register_ip_table(ctx.engine, ctx.config, pairs)
         try:
-            rows = ctx.engine.rows(_SHARED_SQL.format(uses=USES_SQL, ips=name),
+            rows = ctx.engine.rows(_SHARED_SQL.format(uses=USES_SQL, ips=name, ref=_REF),
                                    {"lo": lo, "hi": hi, "w": w, "evidence": EVIDENCE})
         finally:
             ctx.engine.drop(name)
@@ -376,7 +427,7 @@ SELECT coalesce(credential_key, 'USER=' || holder) AS credential_key, holder, ho
        bool_or(peer_out), bool_or(fwd_out), list_sort(list_distinct(flatten(list(out_ips)))),
        list_sort(list_distinct(flatten(list(all_ips))))[1:10],
        list(DISTINCT user_agent ORDER BY user_agent) FILTER (WHERE user_agent IS NOT NULL)[1:5],
-       list(cluster || '/' || audit_id ORDER BY ts, cluster || '/' || audit_id)[1:{EVIDENCE}]
+       list({_REF} ORDER BY ts, {_REF})[1:{EVIDENCE}]
 FROM r GROUP BY ALL
 ORDER BY credential_key, holder, holder_kind, cluster, day
 """
@@ -426,8 +477,9 @@ class OffCluster:
                 severity=Severity.HIGH if peer_out else Severity.MEDIUM,
                 actor=holder, credential_id=key, cluster=cluster, first_seen=t0, last_seen=t1,
                 evidence=_ev_list(ev), score=float(n),
-                summary=(f"{hkind} credential {key} of {holder} made {n} requests to {cluster} from outside the "
-                         f"cluster's networks ({', '.join(out_ips[:5])}; {basis}; placed by {networks}). "
+                summary=(f"{hkind} credential {key} of {holder} made {n} requests to {_cluster_name(cluster)} "
+                         f"from outside the cluster's networks ({', '.join(out_ips[:5])}; {basis}; "
+                         f"placed by {networks}). "
                          "In-cluster credentials should never leave the cluster: find where it was copied and "
                          "rotate it."),
                 context={"source_ips": list(out_ips), "outside_by": "peer" if peer_out else "x-forwarded-for",

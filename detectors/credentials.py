@@ -20,15 +20,25 @@ mapped claim, legacy tokens before 1.29), so the inventory still has one row per
   webhook). Anonymous requests have no credential.
 
 Fallback keys stand for *all* credentials of a holder, so ``credential.shared`` ignores them (two
-devices of one person are not one shared credential) and ``credential.stale`` judges them only on
-the stale-token annotation.
+devices of one person are not one shared credential) and ``credential.stale`` never judges their
+age (the holder's first use says nothing of the token it holds now). ``credential.stale`` judges
+them as follows:
+
+* maximum age: not judged (``USER=``, ``TOKEN?=``);
+* dormancy: ``TOKEN?=`` keys are judged (per cluster, like ``SECRET=``). Merging cannot invent a
+  dormancy: when no token of the service account was used for ``dormancy_days``, none of the
+  tokens the key stands for was; it can only hide one behind another token's use. ``USER=`` keys
+  are not: they stand for every login of a person or external identity, and a person back from a
+  month away is not a credential resurfacing;
+* the stale-token annotation: judged on every key (it is the API server's own verdict on the
+  token the request carried, §5.1).
 
 The credential is the **authenticated** user's (``user_name``, the impersonator when
 impersonating, §6): impersonated identities never carry a trustworthy credential-id (§3).
 
 This module holds the keys (:data:`USES_SQL`: one row per request with its credential key and
-holder), the ``credentials`` table (:func:`inventory`; :func:`build_credentials_table` is its
-derived-table builder, called by detectors/tables.py) and the cluster networks (:func:`in_cluster`);
+holder), the ``credentials`` table (:func:`inventory`, which :mod:`ztaudit.detectors.tables` calls over
+whole UTC days as its derived-table builder) and the cluster networks (:func:`in_cluster`);
 ``ztaudit report credentials`` reads the ``credentials`` table. The four ``credential.*``
 detectors in :mod:`ztaudit.detectors.credential_detectors` judge these uses with its keys, bounds
 and networks; bench/report.py and the credential tests call it too.
@@ -48,7 +58,6 @@ from ztaudit.core.columns import conform
 from ztaudit.core.config import Config, CredentialSettings
 from ztaudit.core.derived_tables import CREDENTIALS
 from ztaudit.core.window import Window
-from ztaudit.detectors.base import DetectContext
 from ztaudit.detectors.engine import Engine, Session, as_engine
 
 STALE_ANNOTATION: Final = "authentication.k8s.io/stale-token"
@@ -133,11 +142,6 @@ def inventory(con: Session, since: datetime | None, until: datetime | None) -> p
     lo, hi = window_bounds(since, until)
     # GROUP BY ALL groups by day and key only: every other column is aggregated.
     return conform(as_engine(con).query(_INVENTORY_SQL, {"lo": lo, "hi": hi}), CREDENTIALS)
-
-
-def build_credentials_table(ctx: DetectContext) -> pa.Table:
-    """Derived-table builder for ``detect`` (detectors/tables.py)."""
-    return inventory(ctx.engine, ctx.since, ctx.until)
 
 
 # --- networks --------------------------------------------------------------------------------

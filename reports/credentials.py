@@ -11,7 +11,7 @@ Sections: ``inventory`` (flagged first, then most recently used, ``--limit`` row
 every credential in range). Fields: ``credential_key``, ``credential_id``, ``credential_kind``,
 ``holder``, ``holder_kind``, ``issued_at``, ``issued_by``, ``first_seen``, ``last_seen``,
 ``days_used``, ``requests``, ``stale_token_requests``, ``clusters``, ``source_ips``,
-``user_agents``, ``age_hours`` (last use - issue time, else first use), ``past_max_age`` (age
+``user_agents``, ``age_hours`` (last use - the earlier of issue time and first use), ``past_max_age`` (age
 above ``credentials.max_age_hours`` for its kind), ``legacy`` (legacy secret-based token or a
 ``credential.legacy_token`` finding), ``stale`` (past its maximum age, stale-token annotations or a
 ``credential.stale`` finding), ``shared`` (a ``credential.shared`` finding), ``findings`` (the
@@ -46,14 +46,17 @@ WITH c AS (
            count(*) AS days_used, sum(requests) AS requests, sum(stale_token_requests) AS stale_token_requests
     FROM credentials WHERE {where} GROUP BY credential_key
 ),
-f AS (
-    SELECT credential_id, list_sort(list(DISTINCT detector)) AS dets FROM findings
+f AS (  -- a credential.* finding's credential_id holds the credential KEY (fallback keys too)
+    SELECT credential_id AS credential_key, list_sort(list(DISTINCT detector)) AS dets FROM findings
     WHERE starts_with(detector, 'credential.') AND credential_id IS NOT NULL GROUP BY credential_id
 ),
 a AS (
-    SELECT c.*, (epoch(c.last_seen) - epoch(coalesce(c.issued_at, c.first_seen))) / 3600.0 AS age_hours,
+    -- age from the earlier of issue and first use: a TokenRequest logged by an API server whose clock
+    -- runs late can carry a later time than the token's first use (as credential.stale does)
+    SELECT c.*, (epoch(c.last_seen) - epoch(least(coalesce(c.issued_at, c.first_seen), c.first_seen))) / 3600.0
+               AS age_hours,
            coalesce(f.dets, []) AS findings
-    FROM c LEFT JOIN f ON f.credential_id = c.credential_id
+    FROM c LEFT JOIN f ON f.credential_key = c.credential_key
 ),
 b AS (
     SELECT *, coalesce(age_hours > CASE credential_kind WHEN 'jti' THEN ? WHEN 'x509' THEN ?

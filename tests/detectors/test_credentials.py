@@ -108,3 +108,41 @@ def test_evidence_is_the_first_uses_by_time_then_id(lake: Path, detector: str) -
     assert runs == [evidence] * 3
     assert len(evidence) == 20 and len(set(evidence)) == 20
     assert list(evidence) == sorted(evidence, key=lambda ref: (when[ref], ref))
+
+
+def test_evidence_keeps_the_audit_id_without_a_cluster_name(lake: Path) -> None:
+    """Plain audit files ingested without --cluster (NULL cluster, the default): every credential.*
+    finding still references its requests, as ``k8s_audit:None/<audit id>`` (detectors/base.py
+    audit_ref), and no summary names the cluster ``None``."""
+    t = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    sa = "system:serviceaccount:shop:api"
+    rows = [
+        # credential.stale: max age (JTI used 3 days after first use), dormancy (fallback key), annotation
+        row(t, sa, credential_id="JTI=old", pod_name="api-1", audit_id="stale-0"),
+        row(t + timedelta(days=3), sa, credential_id="JTI=old", pod_name="api-1", audit_id="stale-1"),
+        row(t - timedelta(days=40), "system:serviceaccount:ops:old", audit_id="dormant-0"),
+        row(t + timedelta(days=3), "system:serviceaccount:ops:old", audit_id="dormant-1"),
+        row(t, "system:serviceaccount:mon:agent", credential_id="JTI=warn", audit_id="annot-0",
+            annotations={"authentication.k8s.io/stale-token": "subject: x, seconds after warning threshold: 9"}),
+        # credential.legacy_token, credential.shared and credential.off_cluster
+        row(t, "system:serviceaccount:ci:old", credential_id="SECRET=ci/old-token", audit_id="legacy-0"),
+        row(t, sa, credential_id="JTI=two", pod_name="api-2", source_ip="10.1.2.3", audit_id="shared-0"),
+        row(t + timedelta(seconds=30), sa, credential_id="JTI=two", pod_name="api-2", source_ip="203.0.113.7",
+            audit_id="shared-1"),
+    ]
+    for r in rows:
+        r["cluster"] = None
+    write_rows(rows, lake)
+    refs = {f"k8s_audit:None/{r['audit_id']}" for r in rows}
+    con = open_lake(lake, must_exist=False)
+    for detector in ("credential.stale", "credential.legacy_token", "credential.shared", "credential.off_cluster"):
+        findings = registry.get(detector).run(DetectContext(con, load_config(None, env={})))
+        assert findings, detector
+        for f in findings:
+            assert f.evidence and set(f.evidence) <= refs, (detector, f.evidence)
+            assert f.cluster is None and " None " not in f.summary, f.summary
+    (off,) = registry.get("credential.off_cluster").run(DetectContext(con, load_config(None, env={})))
+    assert "to (unnamed cluster; ingest with --cluster) from outside" in off.summary
+    reasons = {f.context["reason"]: f.evidence
+               for f in registry.get("credential.stale").run(DetectContext(con, load_config(None, env={})))}
+    assert reasons["dormant"] == ("k8s_audit:None/dormant-0", "k8s_audit:None/dormant-1")
