@@ -57,14 +57,16 @@ keys AS (SELECT DISTINCT credential_key FROM u
          WHERE ts >= $lo AND credential_key IS NOT NULL AND NOT starts_with(credential_key, 'USER=')
            AND NOT starts_with(credential_key, 'TOKEN?=')),
 issued AS (  -- the base table is enough here: every stage of a TokenRequest has the same time
-    SELECT issued_credential_id AS credential_key, min(request_received_at) AS issued_at FROM k8s_audit
+    SELECT issued_credential_id AS credential_key, min(request_received_at) AS issued_at,
+           arg_min(user_name, request_received_at) AS issued_by FROM k8s_audit
     WHERE issued_credential_id IS NOT NULL AND request_received_at < $hi GROUP BY 1
 )
 SELECT u.credential_key,
        mode(kind ORDER BY kind) AS kind,
        mode(holder ORDER BY holder) AS holder,
        mode(cluster ORDER BY cluster) AS cluster,
-       min(ts) AS first_seen, max(ts) AS last_seen, any_value(i.issued_at) AS issued_at
+       min(ts) AS first_seen, max(ts) AS last_seen, any_value(i.issued_at) AS issued_at,
+       any_value(i.issued_by) AS issued_by
 FROM u JOIN keys USING (credential_key) LEFT JOIN issued i USING (credential_key)
 GROUP BY u.credential_key
 """
@@ -118,6 +120,15 @@ def _ev_list(v: Any) -> tuple[str, ...]:
     return tuple(str(x) for x in (v or [])[:EVIDENCE])
 
 
+def _requested_by_a_person(kind: str, issued_by: str | None) -> bool:
+    """Whether the token is one a person asked for (``kubectl create token --duration 720h``: a
+    TokenRequest whose user is no ``system:`` identity): it lives as long as they asked, which the audit
+    log does not keep (``spec.expirationSeconds`` is in the request body), not the hour the kubelet
+    rotates a pod's token on. Its use past the maximum age is still a finding (a long-lived bearer token
+    is how a holder of ``serviceaccounts/token`` keeps access), with advice about the token, not a client."""
+    return kind == "jti" and issued_by is not None and not issued_by.startswith("system:")
+
+
 class Stale:
     """``credential.stale``: used past its kind's maximum age, after dormancy, or flagged stale by
     the API server (``authentication.k8s.io/stale-token``, docs/kubernetes-audit.md §5.1).
@@ -152,7 +163,7 @@ class Stale:
         info = ctx.engine.rows(_STALE_SQL.format(uses=uses), {"lo": lo, "hi": hi})
         limits = []
         meta: dict[str, tuple[Any, ...]] = {}
-        for key, kind, holder, cluster, first_seen, _last, issued_at in info:
+        for key, kind, holder, cluster, first_seen, _last, issued_at, issued_by in info:
             max_h = cfg.max_age_hours.get(kind)
             if max_h is None:
                 continue
@@ -164,7 +175,8 @@ class Stale:
                 continue
             origin = min(times)
             limits.append({"credential_key": key, "limit_at": origin + timedelta(hours=float(max_h))})
-            meta[key] = (kind, holder, cluster, origin, issued is not None and issued == origin, max_h, issued)
+            meta[key] = (kind, holder, cluster, origin, issued is not None and issued == origin, max_h, issued,
+                         issued_by)
         if limits:
             name = f"_cred_lim_{uuid.uuid4().hex[:12]}"
             ctx.engine.register_arrow(name, pa.Table.from_pylist(
@@ -174,18 +186,24 @@ class Stale:
             finally:
                 ctx.engine.drop(name)
             for key, first_past, last_past, n, ips, ev in past:
-                kind, holder, cluster, origin, from_issue, max_h, issued = meta[key]
+                kind, holder, cluster, origin, from_issue, max_h, issued, issued_by = meta[key]
                 age_h = (last_past - origin).total_seconds() / 3600
                 basis = "issued" if from_issue else "first seen"
+                advice = ("Find the client that keeps an old token and make it reload or rotate it."
+                          if not _requested_by_a_person(kind, issued_by) else
+                          f"{issued_by} requested it (a TokenRequest: it lives as long as they asked, which the "
+                          "audit log does not keep): a long-lived bearer token outside the kubelet's hourly "
+                          "rotation; ask why it must live this long, and prefer a short --duration.")
                 out.append(Finding(
                     detector=self.id, key=(key, "max_age"), severity=Severity.MEDIUM, actor=holder,
                     credential_id=key, cluster=cluster, first_seen=first_past, last_seen=last_past,
                     summary=(f"{kind} credential {key} of {holder} used {n} times up to {age_h:.0f} h after it was "
                              f"{basis} ({origin:%Y-%m-%d %H:%M} UTC); the maximum for {kind} is {max_h:g} h. "
-                             "Find the client that keeps an old token and make it reload or rotate it."),
+                             + advice),
                     evidence=_ev_list(ev), score=age_h / float(max_h),
                     context={"reason": "max_age", "kind": kind, "age_hours": age_h, "max_age_hours": max_h,
-                             "age_from": basis, "origin": origin, "issued_at": issued, "uses_past_max_age": n,
+                             "age_from": basis, "origin": origin, "issued_at": issued, "issued_by": issued_by,
+                             "uses_past_max_age": n,
                              "source_ips": list(ips or [])},
                 ))
         # 2. Dormant then used again.
