@@ -13,19 +13,23 @@ and cites it as §n. In short:
   "assemble" step, which both ``ztaudit ingest`` and ``ztaudit consume`` go through, so no
   unmasked value reaches the lake sink.
 * **The text rules** (§2) are one RE2 pattern, :data:`TEXT_PATTERN`: credential-named parameters
-  (``token=``, ``%74oken=``, ``bearer=``, ``"client_secret":"..."``, ``refresh_token: ...``),
-  ``Authorization``/``Cookie`` header values, ``Bearer``/``Basic`` credentials, exec ``command=``
-  arguments, URL passwords, PEM blocks and JWT/base64-JSON blobs. The quarantine's
-  :func:`scrub_raw` uses the same pattern on every string it keeps.
+  (``token=``, ``%74oken=``, ``bearer=``, ``"client_secret":"..."``, ``refresh_token: ...``,
+  ``pin=``, ``SAMLResponse=``, ``q=%7B%22access_token%22%3A...``), quoted values to their closing
+  quote (``token="..."``, ``token=\\"...\\"``), array and object values to their closing bracket,
+  ``Authorization``/``Cookie`` header values to the end of the line, ``Bearer``/``Basic``
+  credentials, exec ``command=`` arguments, URL passwords, PEM blocks and JWT/base64-JSON blobs.
+  The quarantine's :func:`scrub_raw` uses the same pattern on every string it keeps.
 * **Linear time** (§5). An attacker chooses the query string a proxy logs and the user agent an
   API server logs, so masking must not backtrack: every pattern runs in RE2 (pyarrow's
   ``replace_substring_regex``/``match_substring_regex``), which is linear by construction, never
-  in Python's backtracking ``re``. The one Python ``re`` left (:data:`_KEY_COLON`, which finds JSON
-  keys in bytes that do not parse) starts only at a quote and has no nested quantifier, so each
-  byte is examined a bounded number of times. ``bench/hostile.py`` measures it.
+  in Python's backtracking ``re``. The Python ``re`` left (:data:`_KEY_COLON`, which finds JSON
+  keys in bytes that do not parse; :data:`_NAME_PARTS`, which splits a key at non-alphanumerics)
+  has no nested quantifier, and :data:`_KEY_COLON` starts only at a quote, so each byte is
+  examined a bounded number of times. ``bench/hostile.py`` measures it.
 * **Cheap on the common path** (§5). RE2 compilation costs ~0.3 ms per call, so columns are masked
-  whole: one ``match_substring_regex`` over every text column's data buffer at once tells which
-  columns hold anything to mask at all; only those are masked, and only their matching rows.
+  whole: one ``match_substring_regex`` over every text column's data buffer at once
+  (:data:`TEXT_SCAN_PATTERN`) tells which columns hold anything to mask at all; only those are
+  masked, and only their matching rows.
 
 Nothing here raises for bad input: a value that cannot be masked precisely is cut or replaced by
 :data:`MASK`, so failure means *less* is stored, never more (§4).
@@ -53,22 +57,32 @@ CUT: Final = b"...[cut by ztaudit: secret-bearing key]"
 # --- the text rules (docs/redaction.md §2) -----------------------------------------------------
 #
 # Each alternative of TEXT_PATTERN is (kept prefix)(secret); the replacement TEXT_REPLACEMENT
-# re-emits whichever prefix group took part (the others are empty) followed by ***. RE2 tries the
-# alternatives at the leftmost position first, so an ``Authorization:`` header is masked whole
-# before its ``Bearer`` word is looked at. All patterns are ASCII and run on bytes (RE2's Latin-1
-# mode): a match starts and ends at an ASCII byte, so masking never splits a UTF-8 character.
-# No pattern uses an anchor, a word boundary or a lookaround, so a match inside one value is a
-# match inside any string that contains the value: that makes the whole-buffer prefilter of
-# _needs_masking exact ("no match in the buffer" proves "no match in any value").
+# re-emits whichever prefix group took part (the others are empty) followed by ***. A quoted value
+# keeps its opening quote (a group of the prefix) and its closing quote (never consumed), so
+# '"client_secret":"x"' stays a JSON string: '"client_secret":"***"'. RE2 rewrites know only \1-\9,
+# so alternatives whose values are alike share one prefix group. RE2 tries the alternatives at the
+# leftmost position first, so an ``Authorization:`` header is masked whole before its ``Bearer``
+# word is looked at. All patterns are ASCII and run on bytes (RE2's Latin-1 mode): a match starts
+# and ends at an ASCII byte, so masking never splits a UTF-8 character. No pattern uses a word
+# boundary or a lookaround; the one anchor, the '^' that lets a short name (WHOLE_WORDS) start a
+# value, is left out of TEXT_SCAN_PATTERN, so a TEXT_PATTERN match inside one value contains a
+# TEXT_SCAN_PATTERN match inside any string that contains the value: that makes the whole-buffer
+# prefilter of _needs_masking safe ("no match in the buffer" proves "no match in any value").
 
 #: Words that make a parameter, key or header name a credential name, anywhere in the name
 #: (``access_token``, ``X-Amz-Security-Token``, ``client_secret``, ``sessionToken``, ``JSESSIONID``,
-#: ``X-Goog-Signature``, ``x-api-key``, ``bearer``, OAuth ``code``, Google ``key``, ``sig``, ``pwd``).
-#: Substrings, not whole words: ``encode=`` or ``monkey=`` are masked too. Over-masking a harmless
-#: name costs a value; storing a credential cannot be undone (§1). No Kubernetes API query
-#: parameter contains one of them.
+#: ``X-Goog-Signature``, ``x-api-key``, ``bearer``, OAuth ``code``, Google ``key``, ``sig``, ``pwd``,
+#: ``SAMLResponse``, CAS ``ticket``). Substrings, not whole words: ``encode=`` or ``monkey=`` are
+#: masked too. Over-masking a harmless name costs a value; storing a credential cannot be undone
+#: (§1). No Kubernetes API query parameter contains one of them.
 CREDENTIAL_WORDS: Final = ("token", "secret", "pass", "pw", "signature", "sig", "credential", "assertion",
-                           "key", "jwt", "auth", "bearer", "session", "cookie", "private", "code")
+                           "key", "jwt", "auth", "bearer", "session", "cookie", "private", "code", "saml",
+                           "ticket")
+#: One-time codes and PINs (§1): words too short to match as substrings (``spinner``, ``mapping``,
+#: ``rootPath``, ``footprint``), so they make a credential name only as the whole name or a whole
+#: part of it between characters that are not letters or digits (``pin``, ``user_pin``, ``x-otp``,
+#: ``auth[pin]``; not ``pinned``).
+WHOLE_WORDS: Final = ("otp", "totp", "hotp", "pin")
 #: Body keys: their values are request/response bodies or whole user representations, dropped from
 #: quarantined JSON and cut at in bytes that do not parse (§4). ``request``/``response`` are GKE's
 #: names for requestObject/responseObject (docs/kubernetes-audit.md §8.1); ``representation`` is a
@@ -77,44 +91,96 @@ BODY_KEYS: Final = frozenset({"requestObject", "responseObject", "request", "res
                               "representation", "password", "token"})
 
 # Brackets belong to names: PHP/Rails-style 'auth[token]=x' is a credential-named parameter.
-_NC = r"""[^\s=&;#?/\\"'<>{}(),:]"""  # a character of a parameter/key name
-_NAME = rf"{_NC}*(?:{'|'.join(CREDENTIAL_WORDS)}|%){_NC}*"  # '%': a name hidden by percent-encoding
-# A value after '=': up to the next parameter separator, blank or quote; an escaped quote (\")
-# ends it too, so a key inside a JSON string (AKS properties.log) keeps the rest of its document.
+_DELIM = r"""\s=&;#?/\\"'<>{}(),:"""  # what ends a parameter/key name
+_NC = rf"[^{_DELIM}]"  # a character of a parameter/key name
+_NCP = rf"[^{_DELIM}%]"  # ... of a key of percent-encoded JSON ('%22' ends it)
+_PS = rf"[^{_DELIM}A-Za-z0-9]"  # ... that separates the parts of a name ('_', '-', '.', '[', ']')
+_WORDS = "|".join(CREDENTIAL_WORDS)
+_WHOLE = "|".join(WHOLE_WORDS)
+
+
+def _name(guard: str) -> str:
+    """A credential name: a credential word or a '%' (a name hidden by percent-encoding, §2.2)
+    anywhere in it, or a short word as a whole part of it after ``guard`` (the start of the value
+    or a delimiter, which the match keeps in its prefix group; empty for the scan pattern)."""
+    return (rf"(?:{_NC}*(?:{_WORDS}|%){_NC}*|"
+            rf"{guard}(?:{_NC}*{_PS})?(?:{_WHOLE})(?:{_PS}{_NC}*)?)")
+
+
+# A credential-named key of percent-encoded JSON between its encoded quotes (the '%22' before it
+# is its guard).
+_ENCODED_NAME = rf"(?:{_NCP}*(?:{_WORDS}){_NCP}*|(?:{_NCP}*{_PS})?(?:{_WHOLE})(?:{_PS}{_NCP}*)?)"
+# A bare value after '=' (or a key of percent-encoded JSON): up to the next parameter separator,
+# blank or quote; an escaped quote (\") ends it too, so a key inside a JSON string (AKS
+# properties.log) keeps the rest of its document.
 _VALUE = r"""(?:[^&;#\s"'\\]|\\[^"'\s])*"""
-_TEXT_ALTERNATIVES: Final = (
-    # 1. header or JSON key form: 'authorization: Bearer x', '"client_secret":"x"', 'refresh_token: x'
-    #    -> the whole value up to its closing quote or the end of the line. The colon needs a quote
-    #    before it or a blank after it, so 'system:serviceaccount:auth:x' is not a header.
-    #    'Authorization:' and 'Cookie:' are headers with or without the blank.
-    rf"""({_NAME}(?:\\*["']\s*:\s*\\*["']?|\s*:\s+\\*["']?)|(?:proxy-)?authorization\s*:\s*|"""
-    r"""(?:set-)?cookie\s*:\s*)[^"'\r\n\\]*""",
-    # 2. an HTTP authorization scheme with its credential (RFC 9110 §11.6.2; Basic: RFC 7617)
-    r"((?:bearer|basic|digest|negotiate|ntlm)\s+)[A-Za-z0-9._~+/=-]+",
-    # 3. a credential-named parameter, '=' or percent-encoded '%3D' (or twice encoded, '%253D',
-    #    a query inside a redirect parameter)
-    rf"({_NAME}(?:=|%3[dD]|%253[dD])){_VALUE}",
-    # 4. exec/attach command arguments: '?command=mysql&command=-pPASSWORD' (§2.3)
-    rf"(command(?:=|%3[dD]|%253[dD])){_VALUE}",
-    # 5. the password of a URL's userinfo: 'postgres://user:PASSWORD@host'
-    r"""([a-z][a-z0-9+.-]*://[^/\s:@"'?#]*:)[^/\s@"'?#]*(@)""",
-    # 6. a PEM block (private keys, certificates)
-    r"()-----BEGIN [A-Z0-9 ]+-----[A-Za-z0-9+/=\s]*(?:-----END [A-Z0-9 ]+-----)?",
-    # 7. a JWT or any base64-encoded JSON object ('eyJ' is base64 of '{"'), dots included
-    r"()eyJ[A-Za-z0-9_+/=.-]{8,}",
-)
-TEXT_PATTERN: Final = "(?i)" + "|".join(f"(?:{a})" for a in _TEXT_ALTERNATIVES[:-1]) + \
-    "|(?-i:" + _TEXT_ALTERNATIVES[-1] + ")"
-# Groups: 1-4 the prefixes of alternatives 1-4, 5 and 6 the userinfo prefix and its '@' (re-emitted
-# after the mask), 7 and 8 the empty groups of the PEM and JWT alternatives.
-TEXT_REPLACEMENT: Final = r"\1\2\3\4\5\7\8" + MASK + r"\6"
+_EQ = r"(?:=|%3[dD]|%253[dD])"  # '=', percent-encoded once (a nested redirect URL) or twice
+_COLON = r"""(?:\\*["']\s*:\s*|\s*:\s+)"""  # after a JSON key ('"k":', '\"k\":') or a header ('k: ')
+# Quoted values: the opening quote is a group (kept); the content is masked up to, not including,
+# its closing quote or the end of the line. '"...' and "'...": a backslash escapes any character.
+# '\"...' (quotes escaped because the text is inside a JSON string): a backslash run before a
+# quote closes the value if it is one backslash (\"), is part of the value if it is odd and longer
+# (\\\", a quote escaped inside the value), and ends it if it is even (\\", the JSON string's end).
+_DQUOTED = r'(")(?:[^"\\\r\n]|\\[^\r\n])*'
+_SQUOTED = r"(')(?:[^'\\\r\n]|\\[^\r\n])*"
+_EQUOTED = r'(\\+")(?:[^"\\\r\n]|\\+[^"\\\r\n]|(?:\\\\)+\\")*'
+# An array or object value, masked whole up to the bracket that closes it: a string is one unit
+# (a bracket inside it does not count), three levels are matched, a fourth or an unclosed bracket
+# masks to the end of the line. What follows is then masked like a bare value of the same form
+# ('token=[a]b' is one value), so masking its own output changes nothing.
+_UNIT = r'(?:[^\[\]{}"\\\r\n]|\\[^\r\n]|"(?:[^"\\\r\n]|\\[^\r\n])*"?)'
+_DEEP = r"[\[{][^\r\n]*"
+_LEVEL3 = rf"[\[{{](?:{_UNIT}|{_DEEP})*[\]}}]?"
+_LEVEL2 = rf"[\[{{](?:{_UNIT}|{_LEVEL3})*[\]}}]?"
+_BRACKETED = rf"(?:[\[{{](?:{_UNIT}|{_LEVEL2})*[\]}}]?)?"
+_SCHEMES = "bearer|basic|digest|negotiate|ntlm"
+# 7. a JWT or any base64-encoded JSON object ('eyJ' is base64 of '{"'), dots included; case-sensitive
+_JWT = r"eyJ[A-Za-z0-9_+/=.-]{8,}"
+
+
+def _text_pattern(guard: str) -> str:
+    """The text rules as one RE2 pattern, in the order RE2 tries them at one position; ``guard``
+    as for :func:`_name`."""
+    name = _name(guard)
+    alternatives = (
+        # 1a. an Authorization/Proxy-Authorization/Cookie/Set-Cookie header: the whole value to the
+        #     end of the line, quotes included (Digest: 'username="x", response="..."').
+        rf"({_NC}*(?:authorization|cookie)\s*:\s*)[^\r\n]*",
+        # 1b/3/4. a credential name in any form, then a quoted value
+        rf"({name}{_COLON}|{name}{_EQ}|command{_EQ})(?:{_DQUOTED}|{_SQUOTED}|{_EQUOTED})",
+        # 1c. header or JSON key form, an array/object or bare value: 'refresh_token: x', '"n": 3'
+        #     -> up to a quote, a backslash or the end of the line. The colon needs a quote before it
+        #     or a blank after it, so 'system:serviceaccount:auth:x' is not a header.
+        rf"""({name}{_COLON}){_BRACKETED}[^"'\r\n\\]*""",
+        # 2/3/4. a bare value after '=' ('%3D', '%253D'), after a key of percent-encoded JSON
+        #     ('%22access_token%22%3A', once or twice encoded: the rest of the parameter), exec/attach
+        #     'command=' arguments (§2.3), or after an HTTP authorization scheme (RFC 9110 §11.6.2;
+        #     Basic: RFC 7617)
+        rf"({name}{_EQ}|command{_EQ}|(?:%22|%2522){_ENCODED_NAME}(?:%22|%2522)(?:%3[aA]|%253[aA])|"
+        rf"(?:{_SCHEMES})\s+){_BRACKETED}{_VALUE}",
+        # 5. the password of a URL's userinfo: 'postgres://user:PASSWORD@host'
+        r"""([a-z][a-z0-9+.-]*://[^/\s:@"'?#]*:)[^/\s@"'?#]*(@)""",
+        # 6. a PEM block (private keys, certificates)
+        r"-----BEGIN [A-Z0-9 ]+-----[A-Za-z0-9+/=\s]*(?:-----END [A-Z0-9 ]+-----)?",
+    )
+    return "(?i)" + "|".join(f"(?:{a})" for a in alternatives) + "|(?-i:" + _JWT + ")"
+
+
+TEXT_PATTERN: Final = _text_pattern(rf"(?:^|[{_DELIM}])")
+#: TEXT_PATTERN without the condition before a short name (the start of a value, which a data
+#: buffer of many values does not show): it matches wherever TEXT_PATTERN does; the prefilter's.
+TEXT_SCAN_PATTERN: Final = _text_pattern("")
+# Groups: 1 the header prefix; 2 the prefix of a quoted value and 3-5 its opening quote (", ', \");
+# 6 the prefix of a header/JSON-key value; 7 of an '=', JSON-in-query or scheme value; 8 and 9 the
+# userinfo prefix and its '@' (re-emitted after the mask).
+TEXT_REPLACEMENT: Final = r"\1\2\3\4\5\6\7\8" + MASK + r"\9"
 #: Identifiers (§3): only a value that is a credential by its shape is masked.
-IDENT_PATTERN: Final = _TEXT_ALTERNATIVES[-1]
+IDENT_PATTERN: Final = f"(){_JWT}"
 IDENT_REPLACEMENT: Final = "\\1" + MASK
 
 #: Lower-case literals at least one of which every TEXT_PATTERN match contains. Checked with
 #: ``in`` (linear) before a single value is handed to RE2, whose per-call compile costs ~0.3 ms.
-_TRIGGERS: Final = (*CREDENTIAL_WORDS, "%", "bearer", "basic", "digest", "negotiate",
+_TRIGGERS: Final = (*CREDENTIAL_WORDS, *WHOLE_WORDS, "%", "bearer", "basic", "digest", "negotiate",
                     "ntlm", "command", "://", "-----begin", "eyj")
 _BTRIGGERS: Final = tuple(t.encode() for t in _TRIGGERS)
 
@@ -192,12 +258,20 @@ def mask_query(uri: str | None, *, bare_query: bool = False) -> str | None:
 _KEY_COLON = re.compile(rb'"([^"\\]{1,256})\\*"\s*:\s*([\[{]?)')
 _BODY_KEYS_LOWER: Final = frozenset(k.lower().encode() for k in BODY_KEYS)
 _BODY_KEYS_LOWER_STR: Final = frozenset(k.lower() for k in BODY_KEYS)
+_WHOLE_WORDS: Final = frozenset(WHOLE_WORDS)
 _MAX_DEPTH = 64
 
 
+_NAME_PARTS = re.compile(r"[^a-z0-9]+")  # one character class under one quantifier: linear
+
+
 def _is_credential_name(name: str) -> bool:
+    """The name rule of the text rules (:func:`_name`) for a whole key: a credential word or '%'
+    anywhere, or a short word (:data:`WHOLE_WORDS`) as a part between non-alphanumerics."""
     low = name.lower()
-    return any(w in low for w in CREDENTIAL_WORDS) or "%" in low
+    if any(w in low for w in CREDENTIAL_WORDS) or "%" in low:
+        return True
+    return any(w in low for w in WHOLE_WORDS) and not _WHOLE_WORDS.isdisjoint(_NAME_PARTS.split(low))
 
 
 def _cut_position(raw: bytes) -> int | None:
@@ -572,7 +646,8 @@ def _string_leaves(arr: pa.Array) -> list[pa.Array]:
 
 def _buffer_of(arr: pa.Array) -> pa.Array | None:
     """One binary value spanning ``arr``'s whole data buffer (zero copy), for the prefilter. Any
-    match inside one of ``arr``'s values is a match inside the buffer, so "no match" is exact."""
+    :data:`TEXT_SCAN_PATTERN` (or :data:`IDENT_PATTERN`) match inside one of ``arr``'s values is a
+    match inside the buffer, so "no match" proves that no value needs masking."""
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_binary(arr.type)
             or pa.types.is_large_binary(arr.type)):
         return None
@@ -694,7 +769,7 @@ def redact_table(kind: str, table: pa.Table) -> pa.Table:
             if any(a is not b for a, b in zip(cut, col.chunks, strict=True)):
                 columns[name] = pa.chunked_array(cut, col.type)
                 changed.add(name)
-    for pattern, wanted, text in ((TEXT_PATTERN, (Rule.TEXT, Rule.ANNOTATIONS), True),
+    for pattern, wanted, text in ((TEXT_SCAN_PATTERN, (Rule.TEXT, Rule.ANNOTATIONS), True),
                                   (IDENT_PATTERN, (Rule.IDENT,), False)):
         names = [n for n in columns if rules[n] in wanted]
         for name, hit in zip(names, _needs_masking([columns[n] for n in names], pattern), strict=True):
