@@ -91,20 +91,26 @@ def write_derived(sink: LakeSink, name: str, table: pa.Table, cover: tables.Cove
     first, last = utc_day(lo), utc_day(hi - timedelta(microseconds=1))
     index = sink.day_index(name)
     days = {d for d in index if d != UNDATED and first <= d <= last}
-    kept = [conform(table, schema)]
+
+    def inside(t: pa.Table) -> pa.Array:
+        at = t.column(column)
+        return pc.and_kleene(pc.greater_equal(at, pa.scalar(lo, at.type)), pc.less(at, pa.scalar(hi, at.type)))
+
+    table = conform(table, schema)
+    kept = [table.filter(pc.fill_null(inside(table), False))]  # a build never reaches outside its cover
     for day in sorted(days & {first, last}):
         path = sink.path_for(name, day, DERIVED_KEY)
         if path.name not in index[day]:
             continue
         try:
-            old = conform(sink.read_table(path), schema)
-        except (OSError, pa.ArrowException) as exc:
+            old = sink.read_table(path)
+            # the file's own columns: a hive reader adds the folder's dt, which is no column of the schema
+            old = conform(old.drop_columns([c for c in old.column_names if c not in schema.names]), schema)
+        except (OSError, pa.ArrowException, ValueError) as exc:
             raise SinkError(f"cannot read {sink.display(path)} to keep its rows outside this run's window: {exc}",
                             fix="check that it is readable, or run detect without --since/--until to rebuild "
                                 "the whole table") from exc
-        at = old.column(column)
-        outside = pc.or_kleene(pc.less(at, pa.scalar(lo, at.type)), pc.greater_equal(at, pa.scalar(hi, at.type)))
-        kept.append(old.filter(pc.fill_null(outside, True)))
+        kept.append(old.filter(pc.invert(pc.fill_null(inside(old), False))))
     sink.write_chunk({name: pa.concat_tables(kept)}, [], DERIVED_KEY, scope=(name,), days=days)
 
 

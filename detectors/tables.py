@@ -12,7 +12,7 @@ read these tables like any other. One explicit registry, keyed by table name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -56,16 +56,30 @@ def _credentials(ctx: DetectContext) -> pa.Table:
 
 
 def _reach_cover(ctx: DetectContext) -> Cover:
-    """The reach windows a build makes: from the window holding ``since`` to ``until``
-    (:func:`~ztaudit.detectors.reach_scoring.compute_reach`)."""
+    """The reach windows a build makes: whole windows, from the one holding ``since`` to the one
+    holding ``until`` (:func:`_reach`)."""
     if ctx.since is None and ctx.until is None:
         return None
-    lo = EARLIEST if ctx.since is None else floor_to(ctx.since, window_seconds(ctx.config))
-    return lo, ctx.until or LATEST
+    wsec = window_seconds(ctx.config)
+    lo = EARLIEST if ctx.since is None else floor_to(ctx.since, wsec)
+    return lo, LATEST if ctx.until is None else _window_end(ctx.until, wsec)
+
+
+def _window_end(until: datetime, wsec: int) -> datetime:
+    """The end of the reach window holding the last instant before ``until``."""
+    return floor_to(until - timedelta(microseconds=1), wsec) + timedelta(seconds=wsec)
+
+
+def _reach(ctx: DetectContext) -> pa.Table:
+    """The reach rows of whole windows (:func:`_reach_cover`): the window holding ``--until`` is built
+    from all its events, or a windowed run would replace a complete row with the part before ``until``."""
+    if ctx.until is not None:
+        ctx = replace(ctx, until=_window_end(ctx.until, window_seconds(ctx.config)))
+    return build_reach_table(ctx)
 
 
 #: table name -> its builder and cover, in build order.
 DERIVED_TABLES: Final[dict[str, Derived]] = {
     "credentials": Derived(_credentials, _whole_days),
-    "reach": Derived(build_reach_table, _reach_cover),
+    "reach": Derived(_reach, _reach_cover),
 }
