@@ -46,6 +46,7 @@ from ztaudit.detectors.correlate_queries import (
     PROXY_SIDE,
     PROXY_SIDE_WITH_ACTOR,
     SKEWED_DECISIONS,
+    SKEWED_PAIRS,
     SKEWED_REQUESTS,
     SUMMARY_SQL,
     TIER_A,
@@ -159,7 +160,7 @@ VIEW_SQL: Final = f"""
          zt_skew AS MATERIALIZED ({CLOCK_SKEW.format(decisions="zt_p", requests="zt_a", paired="zt_x2")}),
          zt_sp AS MATERIALIZED ({SKEWED_DECISIONS.format(decisions="zt_p", skew="zt_skew", paired="zt_x2")}),
          zt_sa AS MATERIALIZED ({SKEWED_REQUESTS.format(requests="zt_a", skew="zt_skew", paired="zt_x2")}),
-         zt_c3 AS MATERIALIZED ({tier_c_view(TIER_C_BURSTS, "zt_x2", "zt_sp", "zt_sa")}),
+         zt_c3 AS MATERIALIZED ({SKEWED_PAIRS.format(pairs=tier_c_view(TIER_C_BURSTS, "zt_x2", "zt_sp", "zt_sa"))}),
          zt_pairs AS MATERIALIZED (SELECT * FROM zt_x2 UNION ALL SELECT * FROM zt_c3)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,
            p.path, p.request_id, p.check_request_id, p.session_id, p.user_id, a.audit_id, a.impersonator,
@@ -241,8 +242,8 @@ def run_plan(con: Session, cfg: Config, window: Window, plan: tuple[Step, ...]) 
     """
     engine = as_engine(con)
     install_config(engine, cfg)
-    margin = timedelta(seconds=max(cfg.correlation.match_window_seconds,
-                                   cfg.correlation.exact_id_window_seconds) + 2)
+    margin = timedelta(seconds=max(cfg.correlation.match_window_seconds, cfg.correlation.exact_id_window_seconds,
+                                   cfg.correlation.max_clock_skew_seconds) + 2)
     params = {**window.widened(margin, margin).params(), **window.params("j")}
     run_all(engine, plan, params)
 

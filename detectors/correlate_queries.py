@@ -308,29 +308,34 @@ def tier_c_view(ranks: str, paired: str, decisions: str = "zt_p", requests: str 
 # a proxy clock off the API server's
 # --------------------------------------------------------------------------------------------
 
-#: Rank pairs a clock offset is measured on: at least this many per cluster.
+#: Rank pairs a clock offset is measured on: at least this many per cluster, of at least
+#: :data:`SKEW_MIN_SPREAD` people and as many keys among those that agree with it.
 SKEW_MIN_PAIRS: Final = 10
+SKEW_MIN_SPREAD: Final = 3
 
 #: Per cluster, the offset of the proxy's clock from the API server's, measured on what the passes above
-#: left unpaired (``{decisions}`` / ``{requests}`` without ``{paired}``): the k-th decision of a key (user, method,
-#: path) against its k-th request, for keys with as many of each, within ``max_skew_us``; the median
-#: difference (request time − middle of the decision's logged second) when at least
-#: :data:`SKEW_MIN_PAIRS` pairs give it, 80 % of them lie within the match window of it, and it is wider
-#: than the window (a narrower one would have paired). Empty when the clocks agree, which is the usual
-#: case: then nothing is left over but what truly has no partner, and this reads only those rows.
-#: A host without NTP drifts seconds a day; Pomerium logs in whole seconds (module docstring), so a
-#: drift beyond the window made every request of a person "unobserved" (a false finding per request).
+#: left unpaired (``{decisions}`` / ``{requests}`` without ``{paired}``): the k-th decision of a key (user,
+#: method, path) against its k-th request, for keys with as many of each, within ``max_skew_us``; the
+#: median difference (request time − middle of the decision's logged second) when at least
+#: :data:`SKEW_MIN_PAIRS` pairs give it, 80 % of them lie within the match window of it, those come from
+#: at least :data:`SKEW_MIN_SPREAD` people and keys (a clock moves everyone's times; one person's long
+#: requests logged at their end do not, and must not make an offset under which an attack request pairs
+#: with an unrelated decision), and it is wider than the window (a narrower one would have paired).
+#: Empty when the clocks agree, which is the usual case: then nothing is left over but what truly has no
+#: partner, and this reads only those rows. A host without NTP drifts seconds a day; Pomerium logs whole
+#: seconds (module docstring), so a drift beyond the window made every request of a person "unobserved".
+#: A lake without cluster names has one NULL cluster: it is compared IS NOT DISTINCT FROM.
 CLOCK_SKEW: Final = f"""
     WITH lp AS (
         SELECT cluster, k, d_us + prec_us // 2 AS t,
                row_number() OVER (PARTITION BY k ORDER BY d_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
         FROM {{decisions}} WHERE pk NOT IN (SELECT p_pk FROM {{paired}})
     ), la AS (
-        SELECT k, r_us AS t,
+        SELECT k, who, r_us AS t,
                row_number() OVER (PARTITION BY k ORDER BY r_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
         FROM {{requests}} WHERE pk NOT IN (SELECT a_pk FROM {{paired}})
     ), d AS (
-        SELECT p.cluster, a.t - p.t AS diff
+        SELECT p.cluster, p.k, a.who, a.t - p.t AS diff
         FROM lp p JOIN la a ON a.k = p.k AND a.n = p.n AND a.c = p.c
         CROSS JOIN zt_correlation_settings s
         WHERE abs(a.t - p.t) <= s.max_skew_us
@@ -340,25 +345,35 @@ CLOCK_SKEW: Final = f"""
         FROM (SELECT cluster, diff, row_number() OVER (PARTITION BY cluster ORDER BY diff) AS n,
                      count(*) OVER (PARTITION BY cluster) AS c FROM d)
         WHERE n = (c + 1) // 2 AND c >= {SKEW_MIN_PAIRS}
+    ), j AS (
+        SELECT m.cluster, m.offset_us, d.k, d.who, abs(d.diff - m.offset_us) <= s.window_us AS agrees
+        FROM m JOIN d ON d.cluster IS NOT DISTINCT FROM m.cluster CROSS JOIN zt_correlation_settings s
+        WHERE abs(m.offset_us) > s.window_us
     )
-    SELECT m.cluster, m.offset_us, count(*) AS pairs
-    FROM m JOIN d ON d.cluster = m.cluster CROSS JOIN zt_correlation_settings s
-    WHERE abs(m.offset_us) > s.window_us
-    GROUP BY m.cluster, m.offset_us, s.window_us
-    HAVING 5 * count(*) FILTER (WHERE abs(d.diff - m.offset_us) <= s.window_us) >= 4 * count(*)
+    SELECT cluster, offset_us, count(*) AS pairs
+    FROM j
+    GROUP BY cluster, offset_us
+    HAVING 5 * count(CASE WHEN agrees THEN 1 END) >= 4 * count(*)
+       AND count(DISTINCT CASE WHEN agrees THEN who END) >= {SKEW_MIN_SPREAD}
+       AND count(DISTINCT CASE WHEN agrees THEN k END) >= {SKEW_MIN_SPREAD}
     """
 
 #: The decisions left unpaired in a cluster with a measured offset (:data:`CLOCK_SKEW`), their time moved
-#: onto the API server's clock; tier C pairs them again with the requests of :data:`SKEWED_REQUESTS`.
+#: onto the API server's clock; tier C pairs them again with the requests of :data:`SKEWED_REQUESTS`, as
+#: tier ``S`` (:data:`SKEWED_PAIRS`: a pair that needed the offset is weaker evidence than one that did not).
 SKEWED_DECISIONS: Final = """
     SELECT p.pk, p.tb, p.k, p.d_us + k.offset_us AS d_us, p.prec_us, p.kb
-    FROM {decisions} p JOIN {skew} k ON k.cluster = p.cluster
+    FROM {decisions} p JOIN {skew} k ON k.cluster IS NOT DISTINCT FROM p.cluster
     WHERE p.pk NOT IN (SELECT p_pk FROM {paired})
     """
 SKEWED_REQUESTS: Final = """
     SELECT a.pk, a.tb, a.k, a.r_us, a.kb
-    FROM {requests} a WHERE a.cluster IN (SELECT cluster FROM {skew}) AND a.pk NOT IN (SELECT a_pk FROM {paired})
+    FROM {requests} a
+    WHERE coalesce(a.cluster, chr(0)) IN (SELECT coalesce(cluster, chr(0)) FROM {skew})
+      AND a.pk NOT IN (SELECT a_pk FROM {paired})
     """
+#: Tier C pairs of ``{pairs}`` (a :data:`TIER_C_PAIRS` over the skewed rows) relabelled tier ``S``.
+SKEWED_PAIRS: Final = "SELECT p_pk, a_pk, 'S' AS tier FROM ({pairs}) sp"
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +399,7 @@ MATCHING: Final[tuple[Step, ...]] = (
     Table("zt_sp", SKEWED_DECISIONS.format(decisions="zt_lp", skew="zt_skew", paired="zt_pairs2")),
     Table("zt_sa", SKEWED_REQUESTS.format(requests="zt_la", skew="zt_skew", paired="zt_pairs2")),
     Table("zt_r", TIER_C_BURSTS.format(decisions="zt_sp", requests="zt_sa", paired="zt_pairs2")),
-    Insert("zt_pairs2", TIER_C_PAIRS.format(ranked="zt_r")),
+    Insert("zt_pairs2", SKEWED_PAIRS.format(pairs=TIER_C_PAIRS.format(ranked="zt_r"))),
     Insert("zt_pairs", "SELECT * FROM zt_pairs2"),
     Table("zt_unpaired_a", "SELECT pk FROM zt_la WHERE pk NOT IN (SELECT a_pk FROM zt_pairs2)"),
     Table("zt_unpaired_p", "SELECT pk FROM zt_lp WHERE pk NOT IN (SELECT p_pk FROM zt_pairs2)"),
@@ -392,14 +407,18 @@ MATCHING: Final[tuple[Step, ...]] = (
     # or a controller's request also shows the log was flowing). A decision newer than the newest
     # audit request minus the window cannot be judged yet (its request may still be in flight), and
     # the same the other way round; a cluster with no data at all on the other side is not judged.
+    # With a measured clock offset (zt_skew), each side's watermark is put on the other side's clock.
     Table("zt_proxy_marks", """
+       SELECT m.cluster, m.max_p + coalesce(k.offset_us, 0) AS max_p FROM (
        SELECT coalesce(h.cluster, d.cluster, s.single_cluster) AS cluster, max(epoch_us(d.decided_at)) AS max_p
        FROM proxy_decision d CROSS JOIN zt_correlation_settings s
        LEFT JOIN zt_proxy_hosts h ON h.host = """ + PROXY_HOST_KEY + """
-       GROUP BY 1"""),
+       GROUP BY 1) m LEFT JOIN zt_skew k ON k.cluster IS NOT DISTINCT FROM m.cluster"""),
     Table("zt_audit_marks", """
+       SELECT m.cluster, m.max_a - coalesce(k.offset_us, 0) AS max_a FROM (
        SELECT coalesce(cluster, s.single_cluster) AS cluster, max(epoch_us(request_received_at)) AS max_a
-       FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1"""),
+       FROM k8s_audit CROSS JOIN zt_correlation_settings s GROUP BY 1) m
+       LEFT JOIN zt_skew k ON k.cluster IS NOT DISTINCT FROM m.cluster"""),
 )
 
 #: Detect plan: each unpaired decision in the judged window [$jlo, $jhi), in detail, read back from the
@@ -468,7 +487,7 @@ SUMMARY_SQL: Final = """
         SELECT a.cluster, a.who AS actor,
                CAST(DATE '1970-01-01' + CAST(a.r_us // 86400000000 AS INTEGER) AS DATE) AS day,
                count(*) FILTER (WHERE x.tier = 'A') AS matched_a, count(*) FILTER (WHERE x.tier = 'B') AS matched_b,
-               count(*) FILTER (WHERE x.tier = 'C') AS matched_c,
+               count(*) FILTER (WHERE x.tier IN ('C', 'S')) AS matched_c,
                make_timestamp(min(a.r_us))::TIMESTAMPTZ AS first_at,
                make_timestamp(max(a.r_us))::TIMESTAMPTZ AS last_at
         FROM zt_pairs x JOIN zt_a a ON a.pk = x.a_pk

@@ -137,11 +137,11 @@ WITH zt_p AS MATERIALIZED (
                row_number() OVER (PARTITION BY k ORDER BY d_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
         FROM zt_p WHERE pk NOT IN (SELECT p_pk FROM zt_x2)
     ), la AS (
-        SELECT k, r_us AS t,
+        SELECT k, who, r_us AS t,
                row_number() OVER (PARTITION BY k ORDER BY r_us, tb, pk) AS n, count(*) OVER (PARTITION BY k) AS c
         FROM zt_a WHERE pk NOT IN (SELECT a_pk FROM zt_x2)
     ), d AS (
-        SELECT p.cluster, a.t - p.t AS diff
+        SELECT p.cluster, p.k, a.who, a.t - p.t AS diff
         FROM lp p JOIN la a ON a.k = p.k AND a.n = p.n AND a.c = p.c
         CROSS JOIN zt_correlation_settings s
         WHERE abs(a.t - p.t) <= s.max_skew_us
@@ -151,23 +151,30 @@ WITH zt_p AS MATERIALIZED (
         FROM (SELECT cluster, diff, row_number() OVER (PARTITION BY cluster ORDER BY diff) AS n,
                      count(*) OVER (PARTITION BY cluster) AS c FROM d)
         WHERE n = (c + 1) // 2 AND c >= 10
+    ), j AS (
+        SELECT m.cluster, m.offset_us, d.k, d.who, abs(d.diff - m.offset_us) <= s.window_us AS agrees
+        FROM m JOIN d ON d.cluster IS NOT DISTINCT FROM m.cluster CROSS JOIN zt_correlation_settings s
+        WHERE abs(m.offset_us) > s.window_us
     )
-    SELECT m.cluster, m.offset_us, count(*) AS pairs
-    FROM m JOIN d ON d.cluster = m.cluster CROSS JOIN zt_correlation_settings s
-    WHERE abs(m.offset_us) > s.window_us
-    GROUP BY m.cluster, m.offset_us, s.window_us
-    HAVING 5 * count(*) FILTER (WHERE abs(d.diff - m.offset_us) <= s.window_us) >= 4 * count(*)
+    SELECT cluster, offset_us, count(*) AS pairs
+    FROM j
+    GROUP BY cluster, offset_us
+    HAVING 5 * count(CASE WHEN agrees THEN 1 END) >= 4 * count(*)
+       AND count(DISTINCT CASE WHEN agrees THEN who END) >= 3
+       AND count(DISTINCT CASE WHEN agrees THEN k END) >= 3
     ),
          zt_sp AS MATERIALIZED (
     SELECT p.pk, p.tb, p.k, p.d_us + k.offset_us AS d_us, p.prec_us, p.kb
-    FROM zt_p p JOIN zt_skew k ON k.cluster = p.cluster
+    FROM zt_p p JOIN zt_skew k ON k.cluster IS NOT DISTINCT FROM p.cluster
     WHERE p.pk NOT IN (SELECT p_pk FROM zt_x2)
     ),
          zt_sa AS MATERIALIZED (
     SELECT a.pk, a.tb, a.k, a.r_us, a.kb
-    FROM zt_a a WHERE a.cluster IN (SELECT cluster FROM zt_skew) AND a.pk NOT IN (SELECT a_pk FROM zt_x2)
+    FROM zt_a a
+    WHERE coalesce(a.cluster, chr(0)) IN (SELECT coalesce(cluster, chr(0)) FROM zt_skew)
+      AND a.pk NOT IN (SELECT a_pk FROM zt_x2)
     ),
-         zt_c3 AS MATERIALIZED (WITH r AS MATERIALIZED (
+         zt_c3 AS MATERIALIZED (SELECT p_pk, a_pk, 'S' AS tier FROM (WITH r AS MATERIALIZED (
     WITH u AS (
         SELECT pk, tb, false AS is_a, k, d_us + prec_us // 2 AS t, prec_us // 2 AS half, kb IS NOT NULL AS has_sid
         FROM zt_sp WHERE pk NOT IN (SELECT p_pk FROM zt_x2)
@@ -193,7 +200,7 @@ WITH zt_p AS MATERIALIZED (
     FROM r p JOIN r a ON a.k = p.k AND a.grp = p.grp AND a.n = p.n
     CROSS JOIN zt_correlation_settings s
     WHERE NOT p.is_a AND a.is_a AND abs(a.t - p.t) <= s.window_us + p.half AND NOT (p.has_sid AND a.has_sid)
-),
+) sp),
          zt_pairs AS MATERIALIZED (SELECT * FROM zt_x2 UNION ALL SELECT * FROM zt_c3)
     SELECT a.cluster, a.who AS actor, x.tier, p.decided_at, a.request_received_at, p.method, a.verb,
            p.path, p.request_id, p.check_request_id, p.session_id, p.user_id, a.audit_id, a.impersonator,

@@ -33,17 +33,17 @@ def _decision(i: int, at: datetime, *, email: str = "alice@example.com", method:
 
 
 def _request(i: str | int, at: datetime, *, user: str = "alice@example.com", verb: str = "list",
-             uri: str = "/api/v1/namespaces/web/pods?limit=500", cluster: str = "prod") -> dict[str, Any]:
+             uri: str = "/api/v1/namespaces/web/pods?limit=500", cluster: str | None = "prod") -> dict[str, Any]:
     return {"audit_id": f"a{i}", "cluster": cluster, "stage": "ResponseComplete", "request_received_at": at,
             "stage_at": at, "verb": verb, "request_uri": uri, "user_name": SA, "impersonator": SA,
             "impersonated_user": user, "actor": user, "response_code": 200, "origin": f"test:a:{i}"}
 
 
-def _write(lake: Path, proxy: list[dict[str, Any]], audit: list[dict[str, Any]]) -> None:
+def _write(lake: Path, proxy: list[dict[str, Any]], audit: list[dict[str, Any]], cluster: str | None = "prod") -> None:
     # a late unrelated row on each side so nothing is "pending" at the data's end
     late = T0 + timedelta(hours=1)
-    proxy = [*proxy, _decision(999, late, email="zed@example.com", allowed=False)]
-    audit = [*audit, {"audit_id": "late", "cluster": "prod", "request_received_at": late, "user_name": "system:x",
+    proxy = [*proxy, _decision(999, late, email="zed@example.com", allowed=False, cluster=cluster)]
+    audit = [*audit, {"audit_id": "late", "cluster": cluster, "request_received_at": late, "user_name": "system:x",
                       "verb": "get", "request_uri": "/healthz", "origin": "test:late"}]
     sink = LakeSink(lake)
     for table, rows in (("proxy_decision", proxy), ("k8s_audit", audit)):
@@ -237,16 +237,20 @@ def test_without_session_ids_tier_c_as_before(lake: Path) -> None:
     assert con.execute("SELECT tier FROM proxy_audit_match WHERE side = 'both'").fetchall() == [("C",)]
 
 
-def _skewed(offset_s: float, n: int = 24) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``n`` requests of alice on 8 paths, 7 s apart, each decided by a proxy whose clock runs
+PEOPLE = ("alice@example.com", "bob@example.com", "carol@example.com")
+
+
+def _skewed(offset_s: float, n: int = 24, cluster: str | None = "prod") -> tuple[list[dict[str, Any]],
+                                                                                list[dict[str, Any]]]:
+    """``n`` requests of three people on 8 paths, 7 s apart, each decided by a proxy whose clock runs
     ``offset_s`` behind the API server's and logs whole seconds."""
     proxy, audit = [], []
     for i in range(n):
         at = T0 + timedelta(seconds=7 * i, milliseconds=300)
         path = f"/api/v1/namespaces/web/pods/p{i % 8}"
         logged = (at - timedelta(seconds=offset_s)).replace(microsecond=0)
-        proxy.append(_decision(i, logged, path=path))
-        audit.append(_request(i, at, verb="get", uri=path))
+        proxy.append(_decision(i, logged, path=path, email=PEOPLE[i % 3], cluster=cluster))
+        audit.append(_request(i, at, verb="get", uri=path, user=PEOPLE[i % 3], cluster=cluster))
     return proxy, audit
 
 
@@ -282,3 +286,34 @@ def test_unrelated_leftovers_give_no_clock_offset(lake: Path) -> None:
                               verb="get", uri=path))
     _write(lake, proxy, audit)
     assert _sides(lake) == {"both": 0, "proxy": 24, "audit": 24}
+
+
+def test_one_persons_late_logged_requests_make_no_offset_to_hide_an_attack(lake: Path) -> None:
+    """A hostile review: one person's 12 watches, shipped as Envoy access lines stamped at the stream's
+    end (60 s after the request), looked like a clock 60 s ahead; the offset then paired an attacker's
+    DELETE (bob impersonated with a stolen proxy token, 59.5 s before an unaudited decision of bob's)
+    with that decision, and the bypass vanished. An offset needs three people and three keys now."""
+    proxy, audit = [], []
+    path = "/apis/apps/v1/namespaces/ci/deployments"
+    for i in range(12):
+        start = T0 + timedelta(minutes=2 * i, milliseconds=200)
+        audit.append(_request(f"w{i}", start, user="ci@example.com", verb="watch", uri=path + "?watch=1"))
+        access = _decision(i, (start + timedelta(seconds=60)).replace(microsecond=0), email="ci@example.com",
+                           path=path)
+        proxy.append({**access, "record_type": "access"})
+    unaudited = T0 + timedelta(minutes=40)
+    secret = "/api/v1/namespaces/prod/secrets/db"
+    proxy.append(_decision(100, unaudited, email="bob@example.com", method="DELETE", path=secret))
+    audit.append(_request("attack", unaudited - timedelta(seconds=59, milliseconds=500), user="bob@example.com",
+                          verb="delete", uri=secret))
+    _write(lake, proxy, audit)
+    assert _sides(lake) == {"both": 0, "proxy": 13, "audit": 13}
+
+
+def test_a_lake_without_cluster_names_gets_its_clock_offset_too(lake: Path) -> None:
+    """A hostile review: the offset was joined on cluster equality, never true for NULL."""
+    proxy, audit = _skewed(4.5, cluster=None)
+    _write(lake, proxy, audit, cluster=None)
+    con = open_lake(lake)
+    assert con.execute("SELECT count(*) FROM k8s_audit WHERE cluster IS NOT NULL").fetchall() == [(0,)]
+    assert _sides(lake) == {"both": 24, "proxy": 0, "audit": 0}
