@@ -107,12 +107,13 @@ def test_proxy_audit_match_view_counts_what_the_detect_plan_counts(tmp_path: Pat
                                      coalesce(sum(matched_tier_c), 0),
                                      coalesce(sum(unmatched_proxy + unmatched_audit + pending), 0)
                               FROM {corr.summary}""").fetchone()
-        assert (view.get("A", 0), view.get("B", 0), view.get("C", 0),
+        # tier S (paired with a measured proxy clock offset) is counted with tier C
+        assert (view.get("A", 0), view.get("B", 0), view.get("C", 0) + view.get("S", 0),
                 view.get("proxy", 0) + view.get("audit", 0)) == got, path.name
         for k, n in view.items():
             totals[k] = totals.get(k, 0) + n
         con.close()
-    assert set(totals) == {"A", "B", "C", "proxy", "audit"}, totals
+    assert set(totals) == {"A", "B", "C", "S", "proxy", "audit"}, totals
 
 
 @pytest.mark.parametrize(("stages", "winner"), [
