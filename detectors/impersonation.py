@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Final
 from ztaudit.core.config import Config
 from ztaudit.core.window import Window
 from ztaudit.detectors import correlate
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import DetectContext, Finding, Severity, audit_ref
 from ztaudit.detectors.correlate_queries import (
     AUDIT_TIE_SQL,
     PROXY_HOST_KEY,
@@ -70,7 +70,7 @@ def _ips(ips: Sequence[str] | None) -> str:
 
 
 def _audit_refs(cluster: str | None, ids: Sequence[str], cap: int) -> tuple[str, ...]:
-    return tuple(f"k8s_audit:{cluster}/{i}" for i in list(ids)[:cap])
+    return tuple(audit_ref(cluster, i) for i in list(ids)[:cap])
 
 
 #: Predicate: the row's authenticated user is a person. The lake's own classification first: a row

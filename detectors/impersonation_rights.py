@@ -42,7 +42,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Final
 
 from ztaudit.core.window import Window
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import DetectContext, Finding, Severity, audit_ref
 from ztaudit.detectors.engine import Engine
 from ztaudit.detectors.rbac import Rule, Use, covers, latest_grants
 
@@ -207,7 +207,7 @@ def _finding(r: Right, used: list[dict[str, Any]], snapshot_at: datetime, cap: i
     requests = sum(int(u["requests"]) for u in used)
     if used:
         for u in used:
-            evidence += [f"k8s_audit:{u['cluster']}/{a}" for a in u["audit_ids"]]
+            evidence += [audit_ref(u["cluster"], a) for a in u["audit_ids"]]
         first = min(u["first_seen"] for u in used)
         last = max(u["last_seen"] for u in used)
         summary = (f"{label} may impersonate {whom}{names} ({where}){admin}, is not an approved impersonator, "

@@ -65,7 +65,7 @@ from ztaudit.core.columns import TS, conform
 from ztaudit.core.config import Config
 from ztaudit.core.derived_tables import REACH
 from ztaudit.core.window import Window
-from ztaudit.detectors.base import DetectContext, Finding, Severity
+from ztaudit.detectors.base import DetectContext, Finding, Severity, audit_ref
 from ztaudit.detectors.engine import Engine
 from ztaudit.detectors.reach_features import floor_to, window_seconds
 from ztaudit.detectors.reach_scoring import (
@@ -159,7 +159,7 @@ def _evidence(engine: Engine,
         engine.drop(name)
     out: list[list[str]] = [[] for _ in windows]
     for i, cluster, audit_id in rows:
-        out[i].append(f"k8s_audit:{cluster}/{audit_id}")
+        out[i].append(audit_ref(cluster, audit_id))
     return out
 
 
